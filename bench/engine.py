@@ -1,0 +1,119 @@
+"""Engine benchmark: overhead against bare diffusers, and memory across checkpoint switches.
+
+    .venv/bin/python bench/engine.py [--size 64] [--steps 20] [--runs 7]
+
+(1) huabu's ``Engine.generate`` time ÷ a bare ``StableDiffusionPipeline(...)`` call on the same
+    request (same weights, sampler, size, steps, seed; target ≤ 1.03).
+(2) RSS while switching 10 times between two checkpoints with a one-slot pipeline cache
+    (target: the last switch ≤ 5 % above the second).
+Uses the demo model under a temporary HUABU_HOME; prints ratios, asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionPipeline
+
+from huabu.engine import demo, quiet_libraries
+from huabu.engine.engine import Engine
+from huabu.native import GenerationRequest
+from huabu.settings import Settings
+
+
+def rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def timed_pair(first, second, runs: int) -> tuple[float, float]:
+    """Median times of two callables, interleaved so drift (heat, caches) hits both alike."""
+    first(), second()  # warm-up
+    a, b = [], []
+    for _ in range(runs):
+        for fn, samples in ((first, a), (second, b)):
+            start = time.perf_counter()
+            fn()
+            samples.append(time.perf_counter() - start)
+    return statistics.median(a), statistics.median(b)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--runs", type=int, default=15)
+    parser.add_argument("--home", type=Path, default=None)
+    args = parser.parse_args()
+    home = args.home or Path(tempfile.mkdtemp(prefix="huabu-bench-"))
+    settings = Settings(home=home)
+    demo.build(settings)
+    quiet_libraries()
+    torch.set_num_threads(torch.get_num_threads())
+
+    request = GenerationRequest(
+        model="demo",
+        prompt="a red fox in the snow",
+        negative_prompt="blurry",
+        sampler="Euler a",
+        width=args.size,
+        height=args.size,
+        steps=args.steps,
+        guidance=7.0,
+        seed=42,
+    )
+    engine = Engine(settings)
+
+    bare = StableDiffusionPipeline.from_pretrained(
+        settings.models_dir / "checkpoints" / "demo",
+        safety_checker=None,
+        requires_safety_checker=False,
+        local_files_only=True,
+    )
+    bare.set_progress_bar_config(disable=True)
+    bare.scheduler = EulerAncestralDiscreteScheduler.from_config(
+        bare.scheduler.config, timestep_spacing="linspace"
+    )
+
+    def bare_call():
+        return bare(
+            prompt=request.prompt,
+            negative_prompt=request.negative_prompt,
+            width=request.width,
+            height=request.height,
+            num_inference_steps=request.steps,
+            guidance_scale=request.guidance,
+            generator=torch.Generator("cpu").manual_seed(42),
+        ).images
+
+    huabu_s, bare_s = timed_pair(lambda: engine.generate(request), bare_call, args.runs)
+    print(
+        f"engine overhead @ {args.size}x{args.size}, {args.steps} steps, Euler a "
+        f"(median of {args.runs}, {torch.get_num_threads()} threads)"
+    )
+    print(f"  huabu engine  {huabu_s * 1000:8.1f} ms")
+    print(f"  bare diffusers{bare_s * 1000:8.1f} ms")
+    print(f"  ratio         {huabu_s / bare_s:8.3f}   (target <= 1.03)")
+
+    switching = Engine(settings.model_copy(update={"pipeline_cache_size": 1}))
+    small = request.model_copy(update={"steps": 2})
+    samples = []
+    for i in range(10):
+        switching.generate(small.model_copy(update={"model": ("demo", "demo-single")[i % 2]}))
+        samples.append(rss_mib())
+    print(
+        "RSS across 10 checkpoint switches (cache size 1), MiB: "
+        + " ".join(f"{s:.0f}" for s in samples)
+    )
+    print(f"  growth last/second {samples[-1] / samples[1]:8.3f}   (target <= 1.05)")
+
+
+if __name__ == "__main__":
+    main()

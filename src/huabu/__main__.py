@@ -1,0 +1,3 @@
+from huabu.cli import main
+
+main()

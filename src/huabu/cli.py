@@ -1,0 +1,202 @@
+"""``huabu`` command line: generate images, manage the model library (serve arrives with the
+service core). Errors are one line on stderr and exit status 2 — never a traceback."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from huabu.errors import HuabuError, InvalidRequest
+from huabu.settings import Settings
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+models_app = typer.Typer(no_args_is_help=True, help="The model library under $HUABU_HOME/models.")
+app.add_typer(models_app, name="models")
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def _size(value: str) -> tuple[int, int]:
+    try:
+        width, height = (int(part) for part in value.lower().split("x"))
+    except ValueError:
+        raise InvalidRequest(
+            f"--size must look like 512x512, got {value!r}", param="size"
+        ) from None
+    return width, height
+
+
+def _next_counter(folder: Path) -> int:
+    numbers = [int(p.name[:5]) for p in folder.glob("[0-9][0-9][0-9][0-9][0-9]-*")]
+    return max(numbers, default=-1) + 1
+
+
+@app.command()
+def generate(
+    prompt: Annotated[str, typer.Argument(help="A1111 syntax: (word:1.3), [word], BREAK.")],
+    model: Annotated[str, typer.Option("--model", "-m")] = "demo",
+    negative: Annotated[str, typer.Option("--negative", help="Negative prompt.")] = "",
+    n: Annotated[int, typer.Option("-n", help="Number of images.")] = 1,
+    size: Annotated[str, typer.Option(help="WIDTHxHEIGHT")] = "512x512",
+    steps: int = 20,
+    cfg: Annotated[float, typer.Option("--cfg", help="Guidance (CFG) scale.")] = 7.0,
+    sampler: str = "Euler a",
+    seed: Annotated[int, typer.Option(help="-1 for random; image i uses seed + i.")] = -1,
+    init_image: Annotated[Path | None, typer.Option(help="Source image for img2img.")] = None,
+    strength: Annotated[float, typer.Option(help="img2img denoising strength.")] = 0.75,
+    clip_skip: int = 1,
+    vae: Annotated[str | None, typer.Option(help="VAE from models/vae/.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="png, jpeg or webp.")] = "png",
+    out: Annotated[Path, typer.Option("--out", "-o")] = Path("out"),
+) -> None:
+    """Generate images from a prompt (and an init image for img2img)."""
+    try:
+        _generate(locals())
+    except HuabuError as exc:
+        _fail(exc.message)
+
+
+def _generate(args: dict) -> None:
+    from tqdm import tqdm
+
+    from huabu.engine.demo import DEMO, DEMO_SINGLE, NOTICE
+    from huabu.engine.engine import Engine
+    from huabu.engine.metadata import encode_image
+    from huabu.images import decode_image
+    from huabu.native import GenerationRequest
+
+    settings = Settings()
+    width, height = _size(args["size"])
+    init_path: Path | None = args["init_image"]
+    request = GenerationRequest.parse(
+        {
+            "model": args["model"],
+            "prompt": args["prompt"],
+            "negative_prompt": args["negative"],
+            "width": width,
+            "height": height,
+            "steps": args["steps"],
+            "guidance": args["cfg"],
+            "sampler": args["sampler"],
+            "seed": args["seed"],
+            "n_images": args["n"],
+            "init_image": str(init_path) if init_path else None,
+            "strength": args["strength"],
+            "clip_skip": args["clip_skip"],
+            "vae": args["vae"],
+            "output_format": args["fmt"],
+        }
+    ).checked(settings)
+    init = None
+    if init_path is not None:
+        try:
+            data = init_path.read_bytes()
+        except OSError as exc:
+            raise InvalidRequest(
+                f"init_image: cannot read {init_path}: {exc.strerror}", param="init_image"
+            ) from None
+        init = decode_image(data, field="init_image", max_pixels=settings.max_input_pixels)
+    if request.model in (DEMO, DEMO_SINGLE):
+        typer.echo(f"note: {NOTICE}", err=True)
+    engine = Engine(settings)
+    with tqdm(total=request.steps, unit="step", file=sys.stderr, leave=False) as bar:
+
+        def progress(step: int, total: int) -> None:
+            bar.total = total
+            bar.n = step
+            bar.refresh()
+
+        result = engine.generate(request, init_image=init, on_progress=progress)
+    folder: Path = args["out"]
+    folder.mkdir(parents=True, exist_ok=True)
+    counter = _next_counter(folder)
+    for offset, (image, seed, text) in enumerate(
+        zip(result.images, result.seeds, result.infotexts, strict=True)
+    ):
+        ext = "jpg" if request.output_format == "jpeg" else request.output_format
+        path = folder / f"{counter + offset:05d}-{seed}.{ext}"
+        path.write_bytes(encode_image(image, request.output_format, text))
+        typer.echo(f"{path}\tseed={seed}")
+    typer.echo(f"{len(result.images)} image(s) in {result.timings.total:.2f}s", err=True)
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Show every model in the library with its architecture and size."""
+    from huabu.engine.library import KINDS, ModelLibrary
+
+    library = ModelLibrary(Settings())
+    typer.echo(f"{'KIND':12} {'NAME':32} {'LAYOUT':12} {'ARCH':8} SIZE")
+    count = 0
+    for kind in KINDS:
+        for entry in library.entries(kind):
+            arch = entry.describe_architecture if kind == "checkpoints" else "-"
+            typer.echo(
+                f"{kind:12} {entry.name:32} {entry.layout:12} {arch:8} "
+                f"{entry.size_bytes / 2**20:.1f} MiB"
+            )
+            count += 1
+    if not count:
+        typer.echo(
+            f"(empty: put checkpoints in {library.root / 'checkpoints'}, "
+            "or run `huabu models demo`)"
+        )
+
+
+@models_app.command("demo")
+def models_demo(
+    force: Annotated[bool, typer.Option(help="Rebuild even if present.")] = False,
+    if_missing: Annotated[
+        bool, typer.Option("--if-missing", help="Only when the library has no checkpoint.")
+    ] = False,
+) -> None:
+    """Build the tiny offline demo model (random weights: noise-like images)."""
+    from huabu.engine import demo
+    from huabu.engine.library import ModelLibrary
+
+    settings = Settings()
+    library = ModelLibrary(settings)
+    if if_missing and library.entries("checkpoints"):
+        return
+    library.ensure_folders()
+    written = demo.build(settings, force=force)
+    for path in written:
+        typer.echo(f"wrote {path}")
+    if not written:
+        typer.echo("demo model already present (use --force to rebuild)")
+    typer.echo(f"note: {demo.NOTICE}", err=True)
+
+
+@models_app.command("pull")
+def models_pull(repo_id: str) -> None:
+    """Download a diffusers checkpoint from the Hugging Face hub (needs internet)."""
+    from huabu.engine.library import ModelLibrary
+
+    settings = Settings()
+    target = ModelLibrary(settings).root / "checkpoints" / repo_id.rsplit("/", 1)[-1]
+    try:
+        from huggingface_hub import snapshot_download
+
+        snapshot_download(
+            repo_id,
+            local_dir=target,
+            allow_patterns=["*.json", "*.txt", "*.safetensors", "*.model"],
+            etag_timeout=10,
+        )
+    except Exception as exc:  # network, auth, missing repo: all reach the user the same way
+        _fail(
+            f"cannot download {repo_id} ({type(exc).__name__}). This machine may have no "
+            "access to the Hugging Face hub; copy the checkpoint into "
+            f"{target.parent} instead."
+        )
+    typer.echo(f"wrote {target}")
+
+
+def main() -> None:
+    app()

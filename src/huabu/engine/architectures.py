@@ -1,0 +1,237 @@
+"""The model families huabu loads, and the diffusers configs it ships for them (no weights).
+
+A single-file checkpoint carries weights only. To load one offline huabu detects its family
+from the state-dict keys, takes that family's reference config below (the published
+SD 1.5 / SD 2.1 / SDXL base configs) and overlays every dimension that can be read from the
+tensor shapes, so fine-tunes, inpainting models and huabu's own tiny demo load through the same
+path. What shapes cannot tell (attention heads, prediction type) comes from the family default,
+or from overrides in the file's safetensors metadata (``huabu.config``) or a ``<name>.json``
+sidecar, e.g. ``{"scheduler": {"prediction_type": "epsilon"}}`` for an SD 2.x *base* model.
+"""
+
+from __future__ import annotations
+
+import copy
+import enum
+from typing import Any
+
+Config = dict[str, Any]
+
+
+class Architecture(enum.StrEnum):
+    SD1 = "sd1"
+    SD2 = "sd2"
+    SDXL = "sdxl"
+
+    @property
+    def label(self) -> str:
+        return {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}[self.value]
+
+
+_SCHEDULER: Config = {
+    "_class_name": "PNDMScheduler",
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "clip_sample": False,
+    "prediction_type": "epsilon",
+    "timestep_spacing": "leading",
+}
+
+_VAE: Config = {
+    "_class_name": "AutoencoderKL",
+    "act_fn": "silu",
+    "block_out_channels": [128, 256, 512, 512],
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "in_channels": 3,
+    "out_channels": 3,
+    "latent_channels": 4,
+    "layers_per_block": 2,
+    "norm_num_groups": 32,
+    "sample_size": 512,
+    "scaling_factor": 0.18215,
+}
+
+_CLIP_L: Config = {
+    "architectures": ["CLIPTextModel"],
+    "model_type": "clip_text_model",
+    "hidden_size": 768,
+    "intermediate_size": 3072,
+    "num_attention_heads": 12,
+    "num_hidden_layers": 12,
+    "max_position_embeddings": 77,
+    "vocab_size": 49408,
+    "hidden_act": "quick_gelu",
+    "projection_dim": 768,
+    "layer_norm_eps": 1e-5,
+    "attention_dropout": 0.0,
+    "initializer_factor": 1.0,
+    "initializer_range": 0.02,
+    "bos_token_id": 0,
+    "eos_token_id": 2,
+    "pad_token_id": 1,
+    "torch_dtype": "float32",
+}
+
+_UNET_SD1: Config = {
+    "_class_name": "UNet2DConditionModel",
+    "act_fn": "silu",
+    "attention_head_dim": 8,
+    "block_out_channels": [320, 640, 1280, 1280],
+    "center_input_sample": False,
+    "cross_attention_dim": 768,
+    "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+    "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
+    "downsample_padding": 1,
+    "flip_sin_to_cos": True,
+    "freq_shift": 0,
+    "in_channels": 4,
+    "out_channels": 4,
+    "layers_per_block": 2,
+    "mid_block_scale_factor": 1,
+    "norm_eps": 1e-5,
+    "norm_num_groups": 32,
+    "sample_size": 64,
+}
+
+_TOKENIZER_L: Config = {
+    "model_max_length": 77,
+    "bos_token": "<|startoftext|>",
+    "eos_token": "<|endoftext|>",
+    "unk_token": "<|endoftext|>",
+    "pad_token": "<|endoftext|>",
+    "do_lower_case": True,
+    "tokenizer_class": "CLIPTokenizer",
+}
+# OpenCLIP-trained encoders (SD 2.x, SDXL's second) pad with "!" (id 0), not end-of-text.
+_TOKENIZER_OPENCLIP: Config = {**_TOKENIZER_L, "pad_token": "!"}
+
+_SD1: dict[str, Config] = {
+    "model_index": {
+        "_class_name": "StableDiffusionPipeline",
+        "feature_extractor": [None, None],
+        "safety_checker": [None, None],
+        "requires_safety_checker": False,
+        "scheduler": ["diffusers", "PNDMScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    },
+    "scheduler": _SCHEDULER,
+    "text_encoder": _CLIP_L,
+    "tokenizer": _TOKENIZER_L,
+    "unet": _UNET_SD1,
+    "vae": _VAE,
+}
+
+# SD 2.1 (768, v-prediction). The OpenCLIP ViT-H text encoder is used up to its penultimate
+# layer, so the diffusers text encoder has 23 of its 24 layers.
+_SD2: dict[str, Config] = {
+    **_SD1,
+    "scheduler": {**_SCHEDULER, "prediction_type": "v_prediction"},
+    "text_encoder": {
+        **_CLIP_L,
+        "hidden_size": 1024,
+        "intermediate_size": 4096,
+        "num_attention_heads": 16,
+        "num_hidden_layers": 23,
+        "hidden_act": "gelu",
+        "projection_dim": 512,
+    },
+    "tokenizer": _TOKENIZER_OPENCLIP,
+    "unet": {
+        **_UNET_SD1,
+        "attention_head_dim": [5, 10, 20, 20],
+        "cross_attention_dim": 1024,
+        "use_linear_projection": True,
+        "upcast_attention": True,
+        "sample_size": 96,
+    },
+    "vae": {**_VAE, "sample_size": 768},
+}
+
+_SDXL: dict[str, Config] = {
+    "model_index": {
+        "_class_name": "StableDiffusionXLPipeline",
+        "force_zeros_for_empty_prompt": True,
+        "scheduler": ["diffusers", "EulerDiscreteScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "tokenizer_2": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    },
+    "scheduler": {
+        **{k: v for k, v in _SCHEDULER.items() if k not in ("skip_prk_steps", "set_alpha_to_one")},
+        "_class_name": "EulerDiscreteScheduler",
+        "interpolation_type": "linear",
+        "use_karras_sigmas": False,
+    },
+    "text_encoder": _CLIP_L,
+    "text_encoder_2": {
+        **_CLIP_L,
+        "architectures": ["CLIPTextModelWithProjection"],
+        "model_type": "clip_text_model",
+        "hidden_size": 1280,
+        "intermediate_size": 5120,
+        "num_attention_heads": 20,
+        "num_hidden_layers": 32,
+        "hidden_act": "gelu",
+        "projection_dim": 1280,
+    },
+    "tokenizer": _TOKENIZER_L,
+    "tokenizer_2": _TOKENIZER_OPENCLIP,
+    "unet": {
+        **_UNET_SD1,
+        "addition_embed_type": "text_time",
+        "addition_embed_type_num_heads": 64,
+        "addition_time_embed_dim": 256,
+        "attention_head_dim": [5, 10, 20],
+        "block_out_channels": [320, 640, 1280],
+        "cross_attention_dim": 2048,
+        "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+        "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+        "projection_class_embeddings_input_dim": 2816,
+        "transformer_layers_per_block": [1, 2, 10],
+        "use_linear_projection": True,
+        "sample_size": 128,
+    },
+    "vae": {**_VAE, "sample_size": 1024, "scaling_factor": 0.13025, "force_upcast": True},
+}
+
+_CONFIGS = {Architecture.SD1: _SD1, Architecture.SD2: _SD2, Architecture.SDXL: _SDXL}
+
+
+def reference_config(architecture: Architecture) -> dict[str, Config]:
+    """A fresh deep copy of a family's configs, keyed by component folder name."""
+    return copy.deepcopy(_CONFIGS[architecture])
+
+
+def detect_architecture(keys: set[str]) -> Architecture | None:
+    """The family of an original-layout (LDM / SGM) state dict, from its key names."""
+    if any(k.startswith("conditioner.embedders.1.") for k in keys):
+        return Architecture.SDXL
+    if any(k.startswith("cond_stage_model.model.") for k in keys):
+        return Architecture.SD2
+    if any(k.startswith("cond_stage_model.transformer.") for k in keys):
+        return Architecture.SD1
+    return None
+
+
+def detect_folder_architecture(model_index: Config, unet_config: Config) -> Architecture | None:
+    """The family of a diffusers folder, from its model_index and UNet config."""
+    if "XL" in model_index.get("_class_name", "") or "text_encoder_2" in model_index:
+        return Architecture.SDXL
+    cross = unet_config.get("cross_attention_dim")
+    if cross == 1024 or unet_config.get("use_linear_projection"):
+        return Architecture.SD2
+    if model_index.get("_class_name", "").startswith("StableDiffusion"):
+        return Architecture.SD1
+    return None

@@ -1,0 +1,123 @@
+"""The offline demo model: a tiny SD 1.5-architecture checkpoint with random weights.
+
+It exists so that everything huabu does runs offline and fast on a CPU — every sampler, img2img,
+the single-file loader — with a real CLIP tokenizer. Its images are coloured noise: it has never
+been trained. Built deterministically (seeded), in both layouts: ``checkpoints/demo/`` (diffusers
+folder) and ``checkpoints/demo-single.safetensors`` (original LDM single-file layout).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from safetensors.torch import save_file
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from huabu.engine.architectures import Architecture, reference_config
+from huabu.engine.ldm_layout import text_encoder_to_ldm, unet_to_ldm, vae_to_ldm
+from huabu.engine.single_file import METADATA_KEY, _tokenizer_files
+from huabu.settings import Settings
+
+DEMO = "demo"
+DEMO_SINGLE = "demo-single"
+NOTICE = (
+    "The demo model has random weights: it makes noise-like images, not pictures. "
+    "Put a real Stable Diffusion checkpoint in models/checkpoints/ for real images."
+)
+_SEED = 20240601
+
+# Two attention heads (head dim 16): with 8, attention dominates and 512² is 3.5× slower.
+_UNET = {
+    "block_out_channels": [32, 64],
+    "layers_per_block": 2,
+    "sample_size": 64,
+    "in_channels": 4,
+    "out_channels": 4,
+    "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
+    "cross_attention_dim": 32,
+    "attention_head_dim": 2,
+    "norm_num_groups": 32,
+}
+_VAE = {
+    "block_out_channels": [32, 32, 64, 64],
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "latent_channels": 4,
+    "layers_per_block": 1,
+    "norm_num_groups": 32,
+    "sample_size": 64,
+}
+_TEXT = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_attention_heads": 2,
+    "num_hidden_layers": 5,
+    "max_position_embeddings": 77,
+    "vocab_size": 49408,
+    "hidden_act": "quick_gelu",
+    "projection_dim": 32,
+    "bos_token_id": 0,
+    "eos_token_id": 2,
+    "pad_token_id": 1,
+}
+
+
+def build_pipeline(seed: int = _SEED) -> StableDiffusionPipeline:
+    """The demo pipeline in memory, identical for the same seed."""
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**_UNET)
+    vae = AutoencoderKL(**_VAE)
+    text_encoder = CLIPTextModel(CLIPTextConfig(**_TEXT))
+    files = _tokenizer_files()
+    tokenizer = CLIPTokenizer(
+        vocab=str(files / "vocab.json"), merges=str(files / "merges.txt"), model_max_length=77
+    )
+    scheduler = PNDMScheduler.from_config(reference_config(Architecture.SD1)["scheduler"])
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def single_file_state(pipe: StableDiffusionPipeline) -> dict[str, torch.Tensor]:
+    """The pipeline's weights in the original single-file (LDM) layout."""
+    state = {}
+    state |= unet_to_ldm(pipe.unet.state_dict(), dict(pipe.unet.config))
+    state |= vae_to_ldm(pipe.vae.state_dict(), dict(pipe.vae.config))
+    state |= text_encoder_to_ldm(pipe.text_encoder.state_dict())
+    return {k: v.detach().contiguous().clone() for k, v in state.items()}
+
+
+def build(settings: Settings, *, force: bool = False) -> list[Path]:
+    """Write both demo layouts into the model library; returns the paths written."""
+    checkpoints = settings.models_dir / "checkpoints"
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    folder = checkpoints / DEMO
+    single = checkpoints / f"{DEMO_SINGLE}.safetensors"
+    if not force and folder.is_dir() and single.is_file():
+        return []
+    pipe = build_pipeline()
+    staging = checkpoints / f".{DEMO}.staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    pipe.save_pretrained(staging, safe_serialization=True)
+    shutil.rmtree(folder, ignore_errors=True)
+    staging.rename(folder)
+    # What tensor shapes cannot tell the loader: the demo's head counts.
+    overrides = {"unet": {"attention_head_dim": 2}, "text_encoder": {"num_attention_heads": 2}}
+    tmp = single.with_suffix(".tmp")
+    save_file(single_file_state(pipe), str(tmp), metadata={METADATA_KEY: json.dumps(overrides)})
+    tmp.rename(single)
+    return [folder, single]

@@ -1,0 +1,110 @@
+"""The UNet seen as a k-diffusion denoiser ``D(x, sigma) -> x0``, with classifier-free guidance.
+
+This is how k-diffusion (and A1111) drive a discrete-time eps- or v-prediction model:
+``c_in = 1/sqrt(sigma²+1)``, the timestep is the sigma's position on the model's log-sigma
+table, and the output is turned into a denoised estimate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+
+class Denoiser:
+    def __init__(
+        self,
+        unet,
+        alphas_cumprod: torch.Tensor,
+        *,
+        prediction_type: str,
+        embeds: torch.Tensor,
+        negative_embeds: torch.Tensor,
+        guidance: float,
+        added_cond: dict[str, torch.Tensor] | None = None,
+        negative_added_cond: dict[str, torch.Tensor] | None = None,
+        on_call: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.unet = unet
+        self.sigmas = ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5
+        self.log_sigmas = self.sigmas.log()
+        self.prediction_type = prediction_type
+        self.guidance = guidance
+        self.on_call = on_call
+        self.embeds, self.negative_embeds = embeds, negative_embeds
+        self.added, self.negative_added = added_cond, negative_added_cond
+
+    @property
+    def sigma_min(self) -> float:
+        return float(self.sigmas[0])
+
+    @property
+    def sigma_max(self) -> float:
+        return float(self.sigmas[-1])
+
+    def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
+        log_sigma = sigma.log()
+        dists = log_sigma - self.log_sigmas[:, None]
+        low = dists.ge(0).cumsum(dim=0).argmax(dim=0).clamp(max=self.log_sigmas.shape[0] - 2)
+        high = low + 1
+        low_value, high_value = self.log_sigmas[low], self.log_sigmas[high]
+        w = ((low_value - log_sigma) / (low_value - high_value)).clamp(0, 1)
+        return (1 - w) * low + w * high
+
+    def t_to_sigma(self, t: torch.Tensor) -> torch.Tensor:
+        low, high, frac = t.floor().long(), t.ceil().long(), t.frac()
+        return ((1 - frac) * self.log_sigmas[low] + frac * self.log_sigmas[high]).exp()
+
+    def schedule(self, steps: int, karras: bool) -> torch.Tensor:
+        """k-diffusion's sigmas for ``steps`` steps, ending with 0."""
+        if karras:
+            rho = 7.0
+            ramp = torch.linspace(0, 1, steps)
+            lo, hi = self.sigma_min ** (1 / rho), self.sigma_max ** (1 / rho)
+            sigmas = (hi + ramp * (lo - hi)) ** rho
+        else:
+            t = torch.linspace(len(self.sigmas) - 1, 0, steps)
+            sigmas = self.t_to_sigma(t)
+        return torch.cat([sigmas, sigmas.new_zeros([1])])
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        self.on_call()
+        batch = x.shape[0]
+        s = sigma.to(torch.float32).reshape(-1).cpu()
+        t = self.sigma_to_t(s).to(x.device)
+        s4 = s.to(x.device, x.dtype)[:, None, None, None]
+        x_in = x / (s4**2 + 1) ** 0.5
+
+        def per_image(value: torch.Tensor) -> torch.Tensor:
+            return value.expand(batch, *value.shape[1:])
+
+        context = per_image(self.embeds)
+        added = {k: per_image(v) for k, v in self.added.items()} if self.added else None
+        use_cfg = self.guidance > 1
+        if use_cfg:  # one UNet call for [negative × batch, positive × batch]
+            x_in, t = torch.cat([x_in, x_in]), torch.cat([t, t])
+            context = torch.cat([per_image(self.negative_embeds), context])
+            if added is not None and self.negative_added is not None:
+                added = {
+                    k: torch.cat([per_image(self.negative_added[k]), v]) for k, v in added.items()
+                }
+        out = self.unet(x_in, t, encoder_hidden_states=context, added_cond_kwargs=added).sample
+        if use_cfg:
+            uncond, cond = out.chunk(2)
+            out = uncond + self.guidance * (cond - uncond)
+        if self.prediction_type == "v_prediction":
+            return x / (s4**2 + 1) - out * s4 / (s4**2 + 1) ** 0.5
+        return x - out * s4
+
+
+def noise_sampler(generators: list[torch.Generator], shape: tuple[int, ...], device, dtype):
+    """Fresh noise for each image from its own generator (so image i depends on seed + i only)."""
+
+    def sample() -> torch.Tensor:
+        return torch.stack(
+            [torch.randn(shape, generator=g, dtype=torch.float32) for g in generators]
+        ).to(device, dtype)
+
+    return sample

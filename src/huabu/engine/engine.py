@@ -1,0 +1,240 @@
+"""The engine: one call turns a native request into images.
+
+``Engine.generate`` validates against the server's limits, resolves the seed, loads (or reuses)
+the checkpoint, encodes the A1111-syntax prompts, samples with the requested sampler, decodes,
+and returns the images with the seeds and parameters actually used. Progress is reported per
+step; a cancellation check runs at every step and stops sampling by raising ``Cancelled``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+from PIL import Image
+
+from huabu.engine import ksampling, quiet_libraries
+from huabu.engine.architectures import Architecture
+from huabu.engine.denoiser import Denoiser, noise_sampler
+from huabu.engine.library import ModelLibrary
+from huabu.engine.metadata import infotext
+from huabu.engine.pipelines import LoadedModel, PipelineCache
+from huabu.engine.samplers import SAMPLERS, Sampler
+from huabu.errors import Cancelled, GenerationFailed, HuabuError, InvalidRequest
+from huabu.native import GenerationRequest, GenerationResult, Timings
+from huabu.settings import Settings
+
+#: on_progress(step, total) after each sampling step.
+ProgressCallback = Callable[[int, int], None]
+#: should_cancel() -> True to stop at the next step.
+CancelCheck = Callable[[], bool]
+
+
+class Engine:
+    """Generates images; one instance per worker process (it is not meant to be shared)."""
+
+    def __init__(self, settings: Settings, library: ModelLibrary | None = None) -> None:
+        self.settings = settings
+        self.library = library or ModelLibrary(settings)
+        self.cache = PipelineCache(settings, self.library)
+        quiet_libraries()
+        if settings.threads:
+            torch.set_num_threads(settings.threads)
+
+    def generate(
+        self,
+        request: GenerationRequest,
+        *,
+        init_image: Image.Image | None = None,
+        on_progress: ProgressCallback | None = None,
+        should_cancel: CancelCheck | None = None,
+    ) -> GenerationResult:
+        started = time.perf_counter()
+        request = request.checked(self.settings)
+        if request.is_img2img and init_image is None:
+            raise InvalidRequest("init_image could not be read", param="init_image")
+        model = self.cache.get(request.model)
+        vae = self.cache.vae(request.vae) if request.vae else model.components["vae"]
+        loaded = time.perf_counter()
+
+        conditioning = model.prompt_encoder.encode(
+            request.prompt, request.negative_prompt, request.clip_skip
+        )
+        encoded = time.perf_counter()
+
+        sampler = SAMPLERS[request.sampler]
+        generators = [torch.Generator("cpu").manual_seed(s) for s in request.image_seeds()]
+        step = _StepHook(on_progress, should_cancel)
+        source = None
+        if init_image is not None:
+            source = init_image.convert("RGB")
+            if source.size != (request.width, request.height):
+                source = source.resize((request.width, request.height), Image.Resampling.LANCZOS)
+        try:
+            with torch.inference_mode():
+                if sampler.k_sampler:
+                    latents = self._k_sample(
+                        model, vae, sampler, request, conditioning, generators, source, step
+                    )
+                else:
+                    latents = self._diffusers_sample(
+                        model, vae, sampler, request, conditioning, generators, source, step
+                    )
+                sampled = time.perf_counter()
+                images = [self._decode(model, vae, latents[i : i + 1]) for i in range(len(latents))]
+        except HuabuError:
+            raise
+        except (RuntimeError, ValueError) as exc:  # torch/diffusers failures on a valid request
+            raise GenerationFailed(f"generation failed: {exc}") from exc
+        finished = time.perf_counter()
+        seeds = request.image_seeds()
+        return GenerationResult(
+            request=request,
+            images=images,
+            seeds=seeds,
+            timings=Timings(
+                load=loaded - started,
+                prompt=encoded - loaded,
+                sample=sampled - encoded,
+                decode=finished - sampled,
+                total=finished - started,
+            ),
+            infotexts=[infotext(request, s, model_hash=model.model_hash) for s in seeds],
+        )
+
+    def _diffusers_sample(
+        self, model, vae, sampler: Sampler, request, conditioning, generators, source, step
+    ) -> torch.Tensor:
+        scheduler = sampler.make_scheduler(model.txt2img.scheduler.config, request.image_seeds())
+        pipe = model.img2img if source is not None else model.txt2img
+        kwargs = {
+            "prompt_embeds": conditioning.embeds,
+            "negative_prompt_embeds": conditioning.negative_embeds,
+            "num_inference_steps": request.steps,
+            "guidance_scale": request.guidance,
+            "num_images_per_prompt": request.n_images,
+            "generator": generators,
+            "output_type": "latent",
+            "callback_on_step_end": step.diffusers_callback,
+        }
+        if model.architecture is Architecture.SDXL:
+            kwargs["pooled_prompt_embeds"] = conditioning.pooled
+            kwargs["negative_pooled_prompt_embeds"] = conditioning.negative_pooled
+        if source is not None:
+            kwargs |= {"image": source, "strength": request.strength}
+        else:
+            kwargs |= {"width": request.width, "height": request.height}
+        # A pipeline object holds per-call state; give it this request's scheduler only.
+        call_pipe = type(pipe)(**{**pipe.components, "scheduler": scheduler, "vae": vae})
+        call_pipe.set_progress_bar_config(disable=True)
+        return call_pipe(**kwargs).images
+
+    def _k_sample(
+        self,
+        model: LoadedModel,
+        vae,
+        sampler: Sampler,
+        request,
+        conditioning,
+        generators,
+        source,
+        step,
+    ) -> torch.Tensor:
+        unet = model.components["unet"]
+        scheduler = model.txt2img.scheduler
+        device, dtype = self.cache.device, unet.dtype
+        denoiser = Denoiser(
+            unet,
+            scheduler.alphas_cumprod.to(torch.float32),
+            prediction_type=scheduler.config.prediction_type,
+            embeds=conditioning.embeds.to(device, dtype),
+            negative_embeds=conditioning.negative_embeds.to(device, dtype),
+            guidance=request.guidance,
+            added_cond=_sdxl_conditions(model, request, conditioning.pooled, device, dtype),
+            negative_added_cond=_sdxl_conditions(
+                model, request, conditioning.negative_pooled, device, dtype
+            ),
+            on_call=step.check_cancel,
+        )
+        shape = (unet.config.in_channels, request.height // 8, request.width // 8)
+        noise = noise_sampler(generators, shape, device, dtype)
+        sigmas = denoiser.schedule(request.steps, sampler.karras)
+        x = noise()
+        if source is not None:  # img2img: start part-way down the schedule, as A1111 does
+            kept = int(min(request.strength, 0.999) * request.steps)
+            sigmas = sigmas[request.steps - kept - 1 :]
+            init = _encode_image(vae, model, source, device, dtype)
+            x = init.expand(len(generators), -1, -1, -1) + x * sigmas[0]
+        else:
+            x = x * sigmas[0]
+        total = len(sigmas) - 1
+        report = step.fraction_reporter(total)
+        if sampler.k_sampler == "dpmpp_2s_a":
+            return ksampling.sample_dpmpp_2s_ancestral(denoiser, x, sigmas, noise, report)
+        sigma_min = float(sigmas[-2]) if source is not None else denoiser.sigma_min
+        sigma_max = float(sigmas[0])
+        if sampler.k_sampler == "dpm_fast":
+            return ksampling.sample_dpm_fast(
+                denoiser, x, sigma_min, sigma_max, total, noise, report
+            )
+        return ksampling.sample_dpm_adaptive(denoiser, x, sigma_min, sigma_max, noise, report)
+
+    def _decode(self, model: LoadedModel, vae, latents: torch.Tensor) -> Image.Image:
+        # The checkpoint's own scaling applies even with an override VAE (weights only, as A1111).
+        config = model.components["vae"].config
+        upcast = vae.dtype == torch.float16 and config.get("force_upcast", False)
+        dtype = torch.float32 if upcast else vae.dtype
+        if upcast:
+            vae.to(torch.float32)
+        try:
+            latents = latents.to(vae.device, dtype) / config.scaling_factor
+            pixels = vae.decode(latents).sample
+        finally:
+            if upcast:
+                vae.to(torch.float16)
+        return model.txt2img.image_processor.postprocess(pixels, output_type="pil")[0]
+
+
+class _StepHook:
+    """Progress reporting and cancellation, shared by both sampling paths."""
+
+    def __init__(self, on_progress: ProgressCallback | None, should_cancel: CancelCheck | None):
+        self.on_progress = on_progress
+        self.should_cancel = should_cancel
+
+    def check_cancel(self) -> None:
+        if self.should_cancel is not None and self.should_cancel():
+            raise Cancelled()
+
+    def diffusers_callback(self, pipe, index: int, timestep, tensors: dict) -> dict:
+        if self.on_progress is not None:
+            self.on_progress(index + 1, pipe.num_timesteps)
+        self.check_cancel()
+        return tensors
+
+    def fraction_reporter(self, total: int) -> Callable[[float], None]:
+        def report(fraction: float) -> None:
+            if self.on_progress is not None:
+                self.on_progress(min(round(fraction * total), total), total)
+
+        return report
+
+
+def _encode_image(vae, model: LoadedModel, image, device, dtype) -> torch.Tensor:
+    # The distribution's mode, not a sample: it consumes no generator state, so image i of a
+    # batch still depends on seed + i alone.
+    pixels = model.txt2img.image_processor.preprocess(image).to(device, vae.dtype)
+    latent = vae.encode(pixels).latent_dist.mode()
+    return (latent * model.components["vae"].config.scaling_factor).to(dtype)
+
+
+def _sdxl_conditions(model, request, pooled, device, dtype):
+    if model.architecture is not Architecture.SDXL or pooled is None:
+        return None
+    time_ids = torch.tensor(
+        [[request.height, request.width, 0, 0, request.height, request.width]],
+        device=device,
+        dtype=dtype,
+    )
+    return {"text_embeds": pooled.to(device, dtype), "time_ids": time_ids}

@@ -1,0 +1,151 @@
+"""diffusers → original (LDM) state-dict layout for SD 1.x, the layout downloaded checkpoints use.
+
+huabu writes its demo ``demo-single.safetensors`` with this, so the single-file path is tested
+on a file laid out like a real download. The mapping follows diffusers'
+``scripts/convert_diffusers_to_original_stable_diffusion.py``, generalised to any number of
+levels and layers per level (the demo has 2 levels, SD 1.5 has 4).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from huabu.engine.architectures import Config
+
+_RESNET = [
+    ("in_layers.0", "norm1"),
+    ("in_layers.2", "conv1"),
+    ("out_layers.0", "norm2"),
+    ("out_layers.3", "conv2"),
+    ("emb_layers.1", "time_emb_proj"),
+    ("skip_connection", "conv_shortcut"),
+]
+_UNET_FIXED = {
+    "time_embedding.linear_1.": "time_embed.0.",
+    "time_embedding.linear_2.": "time_embed.2.",
+    "conv_in.": "input_blocks.0.0.",
+    "conv_norm_out.": "out.0.",
+    "conv_out.": "out.2.",
+}
+
+
+def _unet_prefixes(config: Config) -> list[tuple[str, str]]:
+    """(diffusers prefix, LDM prefix) pairs for every block of a UNet with this config."""
+    levels = len(config["block_out_channels"])
+    per_level = config["layers_per_block"]
+    down_attn = [t.startswith("CrossAttn") for t in config["down_block_types"]]
+    up_attn = [t.startswith("CrossAttn") for t in config["up_block_types"]]
+    pairs = []
+    for i in range(levels):
+        for j in range(per_level):
+            ldm = f"input_blocks.{(per_level + 1) * i + j + 1}."
+            pairs.append((f"down_blocks.{i}.resnets.{j}.", ldm + "0."))
+            if down_attn[i]:
+                pairs.append((f"down_blocks.{i}.attentions.{j}.", ldm + "1."))
+        for j in range(per_level + 1):
+            ldm = f"output_blocks.{(per_level + 1) * i + j}."
+            pairs.append((f"up_blocks.{i}.resnets.{j}.", ldm + "0."))
+            if up_attn[i]:
+                pairs.append((f"up_blocks.{i}.attentions.{j}.", ldm + "1."))
+        if i < levels - 1:
+            pairs.append(
+                (
+                    f"down_blocks.{i}.downsamplers.0.conv.",
+                    f"input_blocks.{(per_level + 1) * (i + 1)}.0.op.",
+                )
+            )
+            slot = 2 if up_attn[i] else 1
+            pairs.append(
+                (
+                    f"up_blocks.{i}.upsamplers.0.",
+                    f"output_blocks.{(per_level + 1) * i + per_level}.{slot}.",
+                )
+            )
+    pairs.append(("mid_block.attentions.0.", "middle_block.1."))
+    pairs.extend((f"mid_block.resnets.{j}.", f"middle_block.{2 * j}.") for j in range(2))
+    return pairs
+
+
+def _rename(key: str, pairs: list[tuple[str, str]]) -> str:
+    for source, target in pairs:
+        if key.startswith(source):
+            return target + key[len(source) :]
+    raise KeyError(key)
+
+
+def unet_to_ldm(state: dict[str, torch.Tensor], config: Config) -> dict[str, torch.Tensor]:
+    pairs = list(_UNET_FIXED.items()) + _unet_prefixes(config)
+    out = {}
+    for key, value in state.items():
+        if ".resnets." in key:
+            for ldm_part, hf_part in _RESNET:
+                key = key.replace(f".{hf_part}.", f".{ldm_part}.")
+        out["model.diffusion_model." + _rename(key, pairs)] = value
+    return out
+
+
+def vae_to_ldm(state: dict[str, torch.Tensor], config: Config) -> dict[str, torch.Tensor]:
+    levels = len(config["block_out_channels"])
+    per_level = config["layers_per_block"]
+    pairs = [
+        ("encoder.conv_norm_out.", "encoder.norm_out."),
+        ("decoder.conv_norm_out.", "decoder.norm_out."),
+    ]
+    for i in range(levels):
+        pairs += [
+            (f"encoder.down_blocks.{i}.resnets.{j}.", f"encoder.down.{i}.block.{j}.")
+            for j in range(per_level)
+        ]
+        pairs += [
+            (f"decoder.up_blocks.{i}.resnets.{j}.", f"decoder.up.{levels - 1 - i}.block.{j}.")
+            for j in range(per_level + 1)
+        ]
+        if i < levels - 1:
+            pairs.append(
+                (f"encoder.down_blocks.{i}.downsamplers.0.", f"encoder.down.{i}.downsample.")
+            )
+            pairs.append(
+                (f"decoder.up_blocks.{i}.upsamplers.0.", f"decoder.up.{levels - 1 - i}.upsample.")
+            )
+    for part in ("encoder", "decoder"):
+        pairs += [
+            (f"{part}.mid_block.resnets.{j}.", f"{part}.mid.block_{j + 1}.") for j in range(2)
+        ]
+        pairs.append((f"{part}.mid_block.attentions.0.", f"{part}.mid.attn_1."))
+    attention = {
+        "group_norm.": "norm.",
+        "to_q.": "q.",
+        "to_k.": "k.",
+        "to_v.": "v.",
+        "to_out.0.": "proj_out.",
+    }
+    out = {}
+    for key, value in state.items():
+        new = key
+        for source, target in pairs:
+            if key.startswith(source):
+                new = target + key[len(source) :]
+                break
+        if ".mid.attn_1." in new:
+            head, _, tail = new.rpartition(".mid.attn_1.")
+            for source, target in attention.items():
+                if tail.startswith(source):
+                    tail = target + tail[len(source) :]
+            new = f"{head}.mid.attn_1.{tail}"
+            if value.ndim == 2:  # LDM's attention projections are 1×1 convolutions
+                value = value[:, :, None, None]
+        new = new.replace(".conv_shortcut.", ".nin_shortcut.")
+        out["first_stage_model." + new] = value
+    return out
+
+
+def text_encoder_to_ldm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """SD 1.x files nest HF CLIP under ``cond_stage_model.transformer.text_model.``
+    (transformers 5 state dicts no longer carry the ``text_model.`` level)."""
+    out = {}
+    for key, value in state.items():
+        if key == "text_model.embeddings.position_ids" or key == "embeddings.position_ids":
+            continue
+        key = key if key.startswith("text_model.") else "text_model." + key
+        out["cond_stage_model.transformer." + key] = value
+    return out

@@ -1,0 +1,123 @@
+"""The model library under ``$HUABU_HOME/models``: what is there, and what each thing is.
+
+    models/checkpoints/   diffusers folders or single-file .safetensors (.ckpt/.pt: opt-in)
+    models/loras/  models/embeddings/  models/vae/  models/controlnet/
+
+A model's name is its file stem or folder name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from huabu.engine.architectures import Architecture, detect_folder_architecture
+from huabu.engine.single_file import CheckpointHeader
+from huabu.errors import InvalidRequest, ModelUnavailable
+from huabu.settings import Settings
+
+KINDS = ("checkpoints", "loras", "embeddings", "vae", "controlnet")
+SAFE_SUFFIXES = (".safetensors",)
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One model file or folder in the library."""
+
+    name: str
+    kind: str
+    path: Path
+    layout: str  # 'diffusers' | 'single-file' | 'pickle'
+    size_bytes: int
+    architecture: Architecture | None
+
+    @property
+    def describe_architecture(self) -> str:
+        return self.architecture.label if self.architecture else "unknown"
+
+
+def _size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _folder_architecture(path: Path) -> Architecture | None:
+    try:
+        index = json.loads((path / "model_index.json").read_text())
+        unet = json.loads((path / "unet" / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return detect_folder_architecture(index, unet)
+
+
+class ModelLibrary:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.root = settings.models_dir
+
+    def ensure_folders(self) -> None:
+        for kind in KINDS:
+            (self.root / kind).mkdir(parents=True, exist_ok=True)
+
+    def entries(self, kind: str) -> list[ModelEntry]:
+        """Every model of ``kind``, sorted by name. Unreadable files are listed as unknown."""
+        folder = self.root / kind
+        if not folder.is_dir():
+            return []
+        found = []
+        for path in sorted(folder.iterdir()):
+            if path.name.startswith("."):
+                continue
+            if path.is_dir():
+                if kind == "checkpoints" and not (path / "model_index.json").is_file():
+                    continue
+                arch = _folder_architecture(path) if kind == "checkpoints" else None
+                found.append(ModelEntry(path.name, kind, path, "diffusers", _size(path), arch))
+            elif path.suffix in SAFE_SUFFIXES:
+                arch = None
+                if kind == "checkpoints":
+                    try:
+                        arch = CheckpointHeader.read(path).architecture()
+                    except ModelUnavailable:
+                        arch = None
+                found.append(ModelEntry(path.stem, kind, path, "single-file", _size(path), arch))
+            elif path.suffix in PICKLE_SUFFIXES:
+                found.append(ModelEntry(path.stem, kind, path, "pickle", _size(path), None))
+        return found
+
+    def names(self, kind: str) -> list[str]:
+        return [entry.name for entry in self.entries(kind)]
+
+    def find(self, kind: str, name: str, *, param: str = "model") -> ModelEntry:
+        """The entry called ``name``, or InvalidRequest (naming ``param``) listing what exists."""
+        for entry in self.entries(kind):
+            if entry.name == name:
+                return entry
+        available = ", ".join(self.names(kind)) or "none"
+        singular = {"checkpoints": "model", "vae": "VAE"}.get(kind, kind.rstrip("s"))
+        raise InvalidRequest(f"unknown {singular} {name!r}; available: {available}", param=param)
+
+    def model_hash(self, entry: ModelEntry) -> str | None:
+        """A1111's short model hash (first 10 hex of the file's sha256), cached by mtime."""
+        if not entry.path.is_file():
+            return None
+        stat = entry.path.stat()
+        cache_file = self.settings.cache_dir / "hashes.json"
+        try:
+            cache = json.loads(cache_file.read_text())
+        except (OSError, ValueError):
+            cache = {}
+        key = f"{entry.path}:{stat.st_size}:{stat.st_mtime_ns}"
+        if key not in cache:
+            digest = hashlib.sha256()
+            with entry.path.open("rb") as handle:
+                while block := handle.read(1 << 20):
+                    digest.update(block)
+            cache[key] = digest.hexdigest()[:10]
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            cache_file.write_text(json.dumps(cache))
+        return cache[key]

@@ -1,0 +1,116 @@
+"""Generation parameters inside image files, the way A1111 writes and reads them.
+
+PNG: a ``parameters`` text chunk. JPEG/WebP: EXIF UserComment, ``UNICODE\\0`` + UTF-16BE (what
+piexif's UserComment helper writes, and what A1111, ComfyUI readers and civitai parse).
+The text ("infotext") is::
+
+    a red fox
+    Negative prompt: blurry
+    Steps: 20, Sampler: Euler a, CFG scale: 7, Seed: 42, Size: 512x512, Model: demo
+"""
+
+from __future__ import annotations
+
+import io
+import re
+
+from PIL import Image, PngImagePlugin
+
+from huabu.native import GenerationRequest
+
+_EXIF_IFD = 0x8769
+_USER_COMMENT = 0x9286
+_UNICODE_PREFIX = b"UNICODE\x00"
+_PARAM_RE = re.compile(r'\s*([\w ]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+
+
+def _number(value: float) -> str:
+    return f"{value:g}"
+
+
+def infotext(request: GenerationRequest, seed: int, *, model_hash: str | None = None) -> str:
+    """The A1111 parameters text for one image of ``request`` generated with ``seed``."""
+    fields: list[tuple[str, str]] = [
+        ("Steps", str(request.steps)),
+        ("Sampler", request.sampler),
+        ("CFG scale", _number(request.guidance)),
+        ("Seed", str(seed)),
+        ("Size", f"{request.width}x{request.height}"),
+    ]
+    if model_hash:
+        fields.append(("Model hash", model_hash))
+    fields.append(("Model", request.model))
+    if request.is_img2img:
+        fields.append(("Denoising strength", _number(request.strength)))
+    if request.clip_skip > 1:
+        fields.append(("Clip skip", str(request.clip_skip)))
+    if request.vae:
+        fields.append(("VAE", request.vae))
+    lines = [request.prompt]
+    if request.negative_prompt:
+        lines.append(f"Negative prompt: {request.negative_prompt}")
+    lines.append(", ".join(f"{key}: {_quote(value)}" for key, value in fields))
+    return "\n".join(lines)
+
+
+def _quote(value: str) -> str:
+    if "," not in value and '"' not in value and "\n" not in value:
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def _unquote(value: str) -> str:
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        return re.sub(r"\\(.)", lambda m: {"n": "\n"}.get(m[1], m[1]), value[1:-1])
+    return value
+
+
+def parse_infotext(text: str) -> dict[str, str]:
+    """Parse A1111 parameters text into ``{"Prompt", "Negative prompt", "Steps", ...}``."""
+    *head, last = text.strip().split("\n")
+    if len(_PARAM_RE.findall(last)) < 3:  # no parameter line: it is all prompt
+        head, last = [*head, last], ""
+    prompt_lines: list[str] = []
+    negative_lines: list[str] = []
+    for line in head:
+        if line.startswith("Negative prompt:"):
+            negative_lines.append(line[len("Negative prompt:") :].strip())
+        elif negative_lines:
+            negative_lines.append(line)
+        else:
+            prompt_lines.append(line)
+    result = {"Prompt": "\n".join(prompt_lines), "Negative prompt": "\n".join(negative_lines)}
+    for key, value in _PARAM_RE.findall(last):
+        result[key.strip()] = _unquote(value.strip())
+    return result
+
+
+def encode_image(image: Image.Image, fmt: str, parameters: str) -> bytes:
+    """Encode ``image`` as png/jpeg/webp with ``parameters`` embedded as A1111 does."""
+    buffer = io.BytesIO()
+    if fmt == "png":
+        info = PngImagePlugin.PngInfo()
+        info.add_text("parameters", parameters)
+        image.save(buffer, format="PNG", pnginfo=info)
+    elif fmt in ("jpeg", "webp"):
+        exif = Image.Exif()
+        exif.get_ifd(_EXIF_IFD)[_USER_COMMENT] = _UNICODE_PREFIX + parameters.encode("utf-16-be")
+        image.save(buffer, format=fmt.upper(), quality=92, exif=exif.tobytes())
+    else:
+        raise ValueError(f"unsupported output format {fmt!r}")
+    return buffer.getvalue()
+
+
+def read_parameters(image: Image.Image) -> str | None:
+    """The A1111 parameters text stored in an opened image, if any."""
+    text = image.info.get("parameters")
+    if isinstance(text, str):
+        return text
+    comment = image.getexif().get_ifd(_EXIF_IFD).get(_USER_COMMENT)
+    if isinstance(comment, bytes):
+        if comment.startswith(_UNICODE_PREFIX):
+            # UTF-16 big-endian, as piexif writes it and A1111 reads it back.
+            return comment[len(_UNICODE_PREFIX) :].decode("utf-16-be", errors="replace")
+        if comment.startswith(b"ASCII\x00\x00\x00"):
+            return comment[8:].decode("ascii", errors="replace")
+    return None

@@ -1,0 +1,209 @@
+"""Loading checkpoints into diffusers pipelines, and an LRU cache of loaded ones.
+
+One set of weights per checkpoint serves txt2img and img2img (two pipeline objects over the
+same modules); schedulers are never shared (see :mod:`huabu.engine.samplers`).
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import logging
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    StableDiffusionImg2ImgPipeline,
+    StableDiffusionPipeline,
+    StableDiffusionXLImg2ImgPipeline,
+    StableDiffusionXLPipeline,
+)
+
+from huabu.engine.architectures import Architecture
+from huabu.engine.library import ModelEntry, ModelLibrary
+from huabu.engine.prompts import PromptEncoder
+from huabu.engine.single_file import CheckpointHeader, config_folder, derive_configs
+from huabu.errors import ModelUnavailable
+from huabu.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_PIPELINES = {
+    Architecture.SD1: (StableDiffusionPipeline, StableDiffusionImg2ImgPipeline),
+    Architecture.SD2: (StableDiffusionPipeline, StableDiffusionImg2ImgPipeline),
+    Architecture.SDXL: (StableDiffusionXLPipeline, StableDiffusionXLImg2ImgPipeline),
+}
+
+
+def pick_device(setting: str) -> tuple[torch.device, torch.dtype]:
+    """The torch device and dtype to run on: fp16 on accelerators, fp32 on CPU."""
+    if setting == "auto":
+        if torch.cuda.is_available():
+            setting = "cuda"
+        elif torch.backends.mps.is_available():
+            setting = "mps"
+        else:
+            setting = "cpu"
+    device = torch.device(setting)
+    return device, (torch.float32 if device.type == "cpu" else torch.float16)
+
+
+@dataclass
+class LoadedModel:
+    """A checkpoint in memory, ready to serve requests."""
+
+    entry: ModelEntry
+    architecture: Architecture
+    txt2img: Any
+    img2img: Any
+    prompt_encoder: PromptEncoder
+    model_hash: str | None
+
+    @property
+    def components(self) -> dict[str, Any]:
+        return self.txt2img.components
+
+
+class PipelineCache:
+    """Keeps the ``settings.pipeline_cache_size`` most recently used checkpoints loaded."""
+
+    def __init__(self, settings: Settings, library: ModelLibrary) -> None:
+        self.settings = settings
+        self.library = library
+        self.device, self.dtype = pick_device(settings.device)
+        self._models: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._vaes: OrderedDict[str, AutoencoderKL] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, name: str) -> LoadedModel:
+        with self._lock:
+            if name in self._models:
+                self._models.move_to_end(name)
+                return self._models[name]
+            entry = self.library.find("checkpoints", name)
+            while len(self._models) >= self.settings.pipeline_cache_size:
+                evicted, _ = self._models.popitem(last=False)
+                log.info("unloading %s", evicted)
+                self._release()
+            model = self._load(entry)
+            self._models[name] = model
+            return model
+
+    def vae(self, name: str) -> AutoencoderKL:
+        with self._lock:
+            if name not in self._vaes:
+                entry = self.library.find("vae", name, param="vae")
+                if entry.layout == "diffusers":
+                    vae = AutoencoderKL.from_pretrained(entry.path, local_files_only=True)
+                elif entry.layout == "single-file":
+                    vae = self._single_file_vae(entry.path)
+                else:
+                    raise ModelUnavailable(f"VAE {name!r} is a pickle; convert it to safetensors")
+                self._vaes[name] = vae.to(self.device, self.dtype)
+                while len(self._vaes) > 2:
+                    self._vaes.popitem(last=False)
+            self._vaes.move_to_end(name)
+            return self._vaes[name]
+
+    def loaded(self) -> list[str]:
+        return list(self._models)
+
+    def _release(self) -> None:
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _load(self, entry: ModelEntry) -> LoadedModel:
+        path = entry.path
+        if entry.layout == "pickle":
+            path = self._convert_pickle(entry)
+        if entry.layout == "diffusers":
+            architecture = entry.architecture
+            if architecture is None:
+                raise ModelUnavailable(f"{entry.name}: not a Stable Diffusion diffusers folder")
+            txt2img_cls, img2img_cls = _PIPELINES[architecture]
+            extra = (
+                {}
+                if architecture is Architecture.SDXL
+                else {
+                    "safety_checker": None,
+                    "feature_extractor": None,
+                    "requires_safety_checker": False,
+                }
+            )
+            try:
+                pipe = txt2img_cls.from_pretrained(
+                    path, dtype=self.dtype, local_files_only=True, **extra
+                )
+            except (OSError, ValueError) as exc:
+                raise ModelUnavailable(
+                    f"{entry.name}: cannot load diffusers folder: {exc}"
+                ) from None
+        else:
+            header = CheckpointHeader.read(path)
+            architecture = header.architecture()
+            if architecture is None:
+                raise ModelUnavailable(
+                    f"{entry.name}: not a Stable Diffusion 1.x, 2.x or SDXL checkpoint "
+                    "(unrecognised tensor names)"
+                )
+            configs = derive_configs(header, architecture, entry.path.with_suffix(".json"))
+            folder = config_folder(configs, architecture, self.settings.cache_dir)
+            txt2img_cls, img2img_cls = _PIPELINES[architecture]
+            try:
+                pipe = txt2img_cls.from_single_file(
+                    str(path), config=str(folder), dtype=self.dtype, local_files_only=True
+                )
+            except (OSError, ValueError, KeyError, RuntimeError) as exc:
+                raise ModelUnavailable(f"{entry.name}: cannot load checkpoint: {exc}") from None
+        pipe.to(self.device)
+        pipe.set_progress_bar_config(disable=True)
+        img2img = img2img_cls(**pipe.components)
+        img2img.set_progress_bar_config(disable=True)
+        xl = architecture is Architecture.SDXL
+        tokenizers = [pipe.tokenizer, pipe.tokenizer_2] if xl else [pipe.tokenizer]
+        encoders = [pipe.text_encoder, pipe.text_encoder_2] if xl else [pipe.text_encoder]
+        encoder = PromptEncoder(
+            tokenizers,
+            encoders,
+            penultimate=xl,
+            zero_empty_negative=bool(pipe.config.get("force_zeros_for_empty_prompt", False)),
+        )
+        return LoadedModel(
+            entry, architecture, pipe, img2img, encoder, self.library.model_hash(entry)
+        )
+
+    def _convert_pickle(self, entry: ModelEntry) -> Path:
+        """Pickled checkpoints can run code when loaded: only with HUABU_ALLOW_PICKLE=true."""
+        if not self.settings.allow_pickle:
+            raise ModelUnavailable(
+                f"{entry.name}{entry.path.suffix} is a pickled checkpoint, which can run "
+                "arbitrary code when loaded. Convert it to .safetensors, or set "
+                "HUABU_ALLOW_PICKLE=true if you trust its source."
+            )
+        from safetensors.torch import save_file
+
+        stat = entry.path.stat()
+        key = hashlib.sha256(f"{entry.path}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()
+        target = self.settings.cache_dir / "converted" / f"{entry.name}-{key[:12]}.safetensors"
+        if not target.exists():
+            state = torch.load(entry.path, map_location="cpu", weights_only=False)
+            state = state.get("state_dict", state)
+            tensors = {k: v.contiguous() for k, v in state.items() if isinstance(v, torch.Tensor)}
+            target.parent.mkdir(parents=True, exist_ok=True)
+            save_file(tensors, str(target))
+        return target
+
+    def _single_file_vae(self, path: Path) -> AutoencoderKL:
+        from huabu.engine.architectures import reference_config
+
+        vae_config = reference_config(Architecture.SD1)["vae"]
+        folder = config_folder({"vae": vae_config}, Architecture.SD1, self.settings.cache_dir)
+        return AutoencoderKL.from_single_file(
+            str(path), config=str(folder / "vae"), local_files_only=True
+        )

@@ -1,0 +1,177 @@
+"""Prompts as A1111 users write them, turned into text-encoder conditioning.
+
+Syntax: ``(word)`` ×1.1, ``((word))`` ×1.21, ``[word]`` ÷1.1, ``(word:1.3)`` ×1.3, ``\\(``
+literal bracket, ``BREAK`` starts a new 75-token chunk. Prompts longer than 75 tokens are split
+into chunks of 75 (+ start/end tokens = 77), each encoded separately and concatenated, so
+nothing is truncated. Token weights scale the embeddings, then the chunk's mean is restored —
+A1111's semantics, so prompts copied from A1111 or civitai mean the same thing here.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+
+ROUND_UP = 1.1
+CHUNK_TOKENS = 75
+
+_TOKEN = re.compile(
+    r"""\\[()\[\]\\]        # escaped bracket or backslash
+      | \(|\[               # openers
+      | :\s*([+-]?(?:\d+\.?\d*|\.\d+))\s*\)   # explicit weight closing a round bracket
+      | \)|\]               # closers
+      | [^\\()\[\]:]+       # plain text
+      | [:\\]               # a lone colon or backslash
+    """,
+    re.VERBOSE,
+)
+_BREAK = re.compile(r"\s*\bBREAK\b\s*")
+
+
+def parse_weights(prompt: str) -> list[tuple[str, float]]:
+    """Split an A1111 prompt into (text, weight) runs; ``("BREAK", -1)`` marks a chunk break."""
+    runs: list[list] = []
+    rounds: list[int] = []
+    squares: list[int] = []
+
+    def scale(start: int, factor: float) -> None:
+        for run in runs[start:]:
+            run[1] *= factor
+
+    for match in _TOKEN.finditer(prompt):
+        token, weight = match[0], match[1]
+        if token.startswith("\\") and len(token) == 2:
+            runs.append([token[1], 1.0])
+        elif token == "(":
+            rounds.append(len(runs))
+        elif token == "[":
+            squares.append(len(runs))
+        elif weight is not None and rounds:
+            scale(rounds.pop(), float(weight))
+        elif token == ")" and rounds:
+            scale(rounds.pop(), ROUND_UP)
+        elif token == "]" and squares:
+            scale(squares.pop(), 1 / ROUND_UP)
+        else:
+            parts = _BREAK.split(token)
+            for i, part in enumerate(parts):
+                if i:
+                    runs.append(["BREAK", -1.0])
+                if part:
+                    runs.append([part, 1.0])
+    for start in rounds:  # unclosed brackets apply to the rest of the prompt, as in A1111
+        scale(start, ROUND_UP)
+    for start in squares:
+        scale(start, 1 / ROUND_UP)
+
+    merged: list[tuple[str, float]] = []
+    for text, weight in runs:
+        if merged and merged[-1][1] == weight and weight != -1.0:
+            merged[-1] = (merged[-1][0] + text, weight)
+        else:
+            merged.append((text, weight))
+    return merged or [("", 1.0)]
+
+
+@dataclass
+class Chunks:
+    """Token ids and weights, cut into chunks of at most 75 tokens."""
+
+    ids: list[list[int]]
+    weights: list[list[float]]
+
+
+def tokenize(tokenizer, prompt: str) -> Chunks:
+    """Tokenize a weighted prompt into chunks (without start/end tokens)."""
+    chunks = Chunks([[]], [[]])
+    for text, weight in parse_weights(prompt):
+        if weight == -1.0:  # BREAK
+            chunks.ids.append([])
+            chunks.weights.append([])
+            continue
+        for token in tokenizer(text, add_special_tokens=False).input_ids:
+            if len(chunks.ids[-1]) == CHUNK_TOKENS:
+                chunks.ids.append([])
+                chunks.weights.append([])
+            chunks.ids[-1].append(token)
+            chunks.weights[-1].append(weight)
+    return chunks
+
+
+@dataclass
+class Conditioning:
+    """Encoder outputs for a prompt and its negative, equal in length."""
+
+    embeds: torch.Tensor  # [1, 77 * chunks, dim]
+    negative_embeds: torch.Tensor
+    pooled: torch.Tensor | None = None  # SDXL only: [1, dim]
+    negative_pooled: torch.Tensor | None = None
+
+
+class PromptEncoder:
+    """Encodes prompts with a model's tokenizer(s) and text encoder(s).
+
+    ``penultimate`` is SDXL's convention (hidden states before the last layer, no final norm,
+    concatenated across encoders; pooled output from the last encoder).
+    """
+
+    def __init__(self, tokenizers, encoders, *, penultimate: bool, zero_empty_negative: bool):
+        self.tokenizers = tokenizers
+        self.encoders = encoders
+        self.penultimate = penultimate
+        self.zero_empty_negative = zero_empty_negative
+
+    @torch.no_grad()
+    def encode(self, prompt: str, negative: str, clip_skip: int = 1) -> Conditioning:
+        parts, negative_parts = [], []
+        pooled = negative_pooled = None
+        for tokenizer, encoder in zip(self.tokenizers, self.encoders, strict=True):
+            chunks, negative_chunks = tokenize(tokenizer, prompt), tokenize(tokenizer, negative)
+            length = max(len(chunks.ids), len(negative_chunks.ids))
+            for c in (chunks, negative_chunks):
+                c.ids += [[] for _ in range(length - len(c.ids))]
+                c.weights += [[] for _ in range(length - len(c.weights))]
+            embeds, pooled = self._encode_chunks(tokenizer, encoder, chunks, clip_skip)
+            negative_embeds, negative_pooled = self._encode_chunks(
+                tokenizer, encoder, negative_chunks, clip_skip
+            )
+            parts.append(embeds)
+            negative_parts.append(negative_embeds)
+        result = Conditioning(
+            torch.cat(parts, dim=-1), torch.cat(negative_parts, dim=-1), pooled, negative_pooled
+        )
+        if self.zero_empty_negative and not negative.strip():
+            result.negative_embeds = torch.zeros_like(result.negative_embeds)
+            if result.negative_pooled is not None:
+                result.negative_pooled = torch.zeros_like(result.negative_pooled)
+        return result
+
+    def _encode_chunks(self, tokenizer, encoder, chunks: Chunks, clip_skip: int):
+        bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+        outputs, pooled = [], None
+        for ids, weights in zip(chunks.ids, chunks.weights, strict=True):
+            padding = CHUNK_TOKENS - len(ids)
+            full_ids = [bos, *ids, eos] + [pad] * padding
+            full_weights = [1.0, *weights, 1.0] + [1.0] * padding
+            tensor = torch.tensor([full_ids], device=encoder.device)
+            out = encoder(tensor, output_hidden_states=True)
+            if self.penultimate:
+                hidden = out.hidden_states[-(clip_skip + 1)]
+            elif clip_skip > 1:
+                # transformers 5 flattened CLIPTextModel; older layouts nest it in text_model.
+                final_norm = getattr(encoder, "text_model", encoder).final_layer_norm
+                hidden = final_norm(out.hidden_states[-clip_skip])
+            else:
+                hidden = out.last_hidden_state
+            if pooled is None and hasattr(out, "text_embeds"):
+                pooled = out.text_embeds
+            weight = torch.tensor(full_weights, device=hidden.device, dtype=hidden.dtype)
+            if (weight != 1.0).any():
+                original_mean = hidden.mean()
+                hidden = hidden * weight[None, :, None]
+                hidden = hidden * (original_mean / hidden.mean())
+            outputs.append(hidden)
+        return torch.cat(outputs, dim=1), pooled

@@ -1,0 +1,180 @@
+"""Loading single-file checkpoints offline: family detection and config derivation.
+
+See :mod:`huabu.engine.architectures` for the why. The derived configs are written once into
+``$HUABU_HOME/cache/configs/<family>-<hash>/`` (a diffusers config folder with tokenizer files
+and no weights) and handed to ``from_single_file(config=...)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from safetensors import safe_open
+
+from huabu.engine.architectures import Architecture, Config, detect_architecture, reference_config
+from huabu.errors import ModelUnavailable
+
+METADATA_KEY = "huabu.config"
+_UNET = "model.diffusion_model."
+_VAE = "first_stage_model."
+
+
+@dataclass(frozen=True)
+class CheckpointHeader:
+    """What a safetensors file says about itself without reading its tensors."""
+
+    shapes: dict[str, tuple[int, ...]]
+    metadata: dict[str, str]
+
+    @classmethod
+    def read(cls, path: Path) -> CheckpointHeader:
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}  # noqa: SIM118
+                metadata = handle.metadata() or {}
+        except Exception as exc:  # safetensors raises its own untyped errors
+            raise ModelUnavailable(
+                f"{path.name} is not a readable safetensors file: {exc}"
+            ) from None
+        return cls(shapes, metadata)
+
+    def architecture(self) -> Architecture | None:
+        return detect_architecture(set(self.shapes))
+
+
+def _indices(shapes: dict[str, Any], prefix: str) -> list[int]:
+    pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
+    return sorted({int(m[1]) for key in shapes if (m := pattern.match(key))})
+
+
+def _derive_unet(shapes: dict[str, tuple[int, ...]], unet: Config) -> None:
+    blocks = _indices(shapes, _UNET + "input_blocks.")
+    downsamplers = [i for i in blocks if f"{_UNET}input_blocks.{i}.0.op.weight" in shapes]
+    levels = len(downsamplers) + 1
+    per_level = (len(blocks) - 1 - len(downsamplers)) // levels
+    channels, has_attention, depth = [], [], []
+    for level in range(levels):
+        first = f"{_UNET}input_blocks.{level * (per_level + 1) + 1}."
+        channels.append(shapes[first + "0.out_layers.3.weight"][0])
+        has_attention.append(f"{first}1.proj_in.weight" in shapes)
+        depth.append(len(_indices(shapes, first + "1.transformer_blocks.")) or 1)
+    unet["in_channels"] = shapes[_UNET + "input_blocks.0.0.weight"][1]
+    unet["out_channels"] = shapes[_UNET + "out.2.weight"][0]
+    unet["block_out_channels"] = channels
+    unet["layers_per_block"] = per_level
+    unet["down_block_types"] = [
+        "CrossAttnDownBlock2D" if a else "DownBlock2D" for a in has_attention
+    ]
+    unet["up_block_types"] = [
+        "CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(has_attention)
+    ]
+    cross = next(v for k, v in shapes.items() if k.endswith("attn2.to_k.weight"))
+    unet["cross_attention_dim"] = cross[1]
+    proj_in = next(v for k, v in shapes.items() if k.endswith(".proj_in.weight"))
+    unet["use_linear_projection"] = len(proj_in) == 2
+    if isinstance(unet["attention_head_dim"], list):  # SD 2 / SDXL: 64-wide heads per level
+        unet["attention_head_dim"] = [max(c // 64, 1) for c in channels]
+    if "transformer_layers_per_block" in unet or max(depth) > 1:
+        unet["transformer_layers_per_block"] = depth
+    if (label := shapes.get(_UNET + "label_emb.0.0.weight")) is not None:
+        unet["projection_class_embeddings_input_dim"] = label[1]
+
+
+def _derive_vae(shapes: dict[str, tuple[int, ...]], vae: Config) -> None:
+    levels = _indices(shapes, _VAE + "encoder.down.")
+    per_level = len(_indices(shapes, _VAE + "encoder.down.0.block."))
+    vae["block_out_channels"] = [
+        shapes[f"{_VAE}encoder.down.{i}.block.{per_level - 1}.conv2.weight"][0] for i in levels
+    ]
+    vae["layers_per_block"] = per_level
+    vae["down_block_types"] = ["DownEncoderBlock2D"] * len(levels)
+    vae["up_block_types"] = ["UpDecoderBlock2D"] * len(levels)
+    vae["latent_channels"] = shapes[_VAE + "post_quant_conv.weight"][0]
+
+
+def _derive_clip(shapes: dict[str, tuple[int, ...]], prefix: str, encoder: Config) -> None:
+    token = shapes[prefix + "embeddings.token_embedding.weight"]
+    hidden = token[1]
+    if hidden != encoder["hidden_size"]:
+        encoder["num_attention_heads"] = max(hidden // 64, 1)
+    encoder["vocab_size"], encoder["hidden_size"] = token
+    encoder["projection_dim"] = hidden  # CLIP-L's projection is as wide as its hidden state
+    encoder["num_hidden_layers"] = len(_indices(shapes, prefix + "encoder.layers."))
+    encoder["intermediate_size"] = shapes[prefix + "encoder.layers.0.mlp.fc1.weight"][0]
+    encoder["max_position_embeddings"] = shapes[prefix + "embeddings.position_embedding.weight"][0]
+
+
+def derive_configs(
+    header: CheckpointHeader, architecture: Architecture, sidecar: Path | None = None
+) -> dict[str, Config]:
+    """The diffusers configs that fit this checkpoint's tensors."""
+    configs = reference_config(architecture)
+    try:
+        _derive_unet(header.shapes, configs["unet"])
+        _derive_vae(header.shapes, configs["vae"])
+        if architecture is Architecture.SD1:
+            prefix = "cond_stage_model.transformer.text_model."
+            _derive_clip(header.shapes, prefix, configs["text_encoder"])
+    except (KeyError, StopIteration, IndexError) as exc:
+        raise ModelUnavailable(
+            f"checkpoint looks like {architecture.label} but lacks expected tensors ({exc})"
+        ) from None
+    overrides: dict[str, Config] = {}
+    if METADATA_KEY in header.metadata:
+        overrides.update(json.loads(header.metadata[METADATA_KEY]))
+    if sidecar is not None and sidecar.is_file():
+        for component, values in json.loads(sidecar.read_text()).items():
+            overrides.setdefault(component, {}).update(values)
+    for component, values in overrides.items():
+        if component not in configs:
+            raise ModelUnavailable(f"config override for unknown component {component!r}")
+        configs[component].update(values)
+    return configs
+
+
+def _tokenizer_files() -> Path:
+    return Path(str(resources.files("huabu.engine") / "configs" / "clip_tokenizer"))
+
+
+def write_config_folder(configs: dict[str, Config], destination: Path) -> None:
+    """Write ``configs`` as a diffusers folder (no weights) at ``destination``."""
+    destination.mkdir(parents=True, exist_ok=True)
+    for component, config in configs.items():
+        if component == "model_index":
+            (destination / "model_index.json").write_text(json.dumps(config, indent=2))
+            continue
+        folder = destination / component
+        folder.mkdir(exist_ok=True)
+        if component.startswith("tokenizer"):
+            for name in ("vocab.json", "merges.txt"):
+                shutil.copyfile(_tokenizer_files() / name, folder / name)
+            (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+        elif component == "scheduler":
+            (folder / "scheduler_config.json").write_text(json.dumps(config, indent=2))
+        else:
+            (folder / "config.json").write_text(json.dumps(config, indent=2))
+
+
+def config_folder(configs: dict[str, Config], architecture: Architecture, cache: Path) -> Path:
+    """A cached config folder for ``configs``, written atomically on first use."""
+    digest = hashlib.sha256(json.dumps(configs, sort_keys=True).encode()).hexdigest()[:16]
+    destination = cache / "configs" / f"{architecture.value}-{digest}"
+    if destination.is_dir():
+        return destination
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=destination.parent, prefix=".staging-"))
+    write_config_folder(configs, staging)
+    try:
+        os.rename(staging, destination)
+    except OSError:  # another process won the race; its folder is identical
+        shutil.rmtree(staging, ignore_errors=True)
+    return destination

@@ -1,0 +1,46 @@
+"""huabu's error tree. Raised anywhere below the dialect line; each dialect renders it.
+
+HuabuError                      any error a caller should see, with a readable message
+├── InvalidRequest(param)       the request is wrong; ``param`` names the offending field
+├── NotFound                    unknown id or name (also: exists but is not yours)
+├── ModelUnavailable            the model exists but cannot be loaded
+├── Cancelled                   the task was cancelled while running
+└── GenerationFailed            the engine failed on a valid request
+"""
+
+from __future__ import annotations
+
+
+class HuabuError(Exception):
+    """Base of every error whose message is meant for the user."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidRequest(HuabuError):
+    """A request field is missing, malformed or out of range."""
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class NotFound(HuabuError):
+    """No such thing, or not the caller's (the two are indistinguishable on purpose)."""
+
+
+class ModelUnavailable(HuabuError):
+    """A model file exists but cannot be used (refused format, corrupt, unknown layout)."""
+
+
+class Cancelled(HuabuError):
+    """Generation stopped because its task was cancelled."""
+
+    def __init__(self, message: str = "cancelled") -> None:
+        super().__init__(message)
+
+
+class GenerationFailed(HuabuError):
+    """The engine failed on a request that passed validation."""

@@ -1,0 +1,157 @@
+"""The native request/result model: the only shapes below the dialect line.
+
+Every dialect translates its wire format to a :class:`GenerationRequest` and renders a
+:class:`GenerationResult` back. Validation happens here, once, with errors naming the field.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from huabu.errors import InvalidRequest
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+    from huabu.settings import Settings
+
+#: The A1111 sampler names huabu accepts (spec 003's twenty, plus the DPM++ 2M SDE pair).
+SAMPLER_NAMES: tuple[str, ...] = (
+    "Euler a",
+    "Euler",
+    "LMS",
+    "Heun",
+    "DPM2",
+    "DPM2 a",
+    "DPM++ 2S a",
+    "DPM++ 2M",
+    "DPM++ SDE",
+    "DPM fast",
+    "DPM adaptive",
+    "LMS Karras",
+    "DPM2 Karras",
+    "DPM2 a Karras",
+    "DPM++ 2S a Karras",
+    "DPM++ 2M Karras",
+    "DPM++ SDE Karras",
+    "DDIM",
+    "PLMS",
+    "UniPC",
+    "DPM++ 2M SDE",
+    "DPM++ 2M SDE Karras",
+)
+_SAMPLERS_BY_KEY = {name.lower(): name for name in SAMPLER_NAMES}
+
+OutputFormat = Literal["png", "jpeg", "webp"]
+MAX_SEED = 2**32 - 1
+
+
+def canonical_sampler(name: str) -> str:
+    """The canonical spelling of a sampler name (matching ignores case), or InvalidRequest."""
+    canonical = _SAMPLERS_BY_KEY.get(name.strip().lower())
+    if canonical is None:
+        raise InvalidRequest(
+            f"unknown sampler {name!r}; valid names: {', '.join(SAMPLER_NAMES)}", param="sampler"
+        )
+    return canonical
+
+
+class GenerationRequest(BaseModel):
+    """One text-to-image or image-to-image request, in huabu's own terms."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str = Field(min_length=1)
+    prompt: str = Field(default="", max_length=16_000)
+    negative_prompt: str = Field(default="", max_length=16_000)
+    width: int = 512
+    height: int = 512
+    steps: int = Field(default=20, ge=1)
+    guidance: float = Field(default=7.0, ge=0, le=30)
+    sampler: str = "Euler a"
+    seed: int = Field(default=-1, ge=-1, le=MAX_SEED)
+    n_images: int = Field(default=1, ge=1)
+    #: A reference to the img2img source: a storage key or, from the CLI, a file path.
+    init_image: str | None = None
+    strength: float = Field(default=0.75, gt=0, le=1)
+    clip_skip: int = Field(default=1, ge=1, le=12)
+    vae: str | None = None
+    output_format: OutputFormat = "png"
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> GenerationRequest:
+        """Build a request from plain data; errors become InvalidRequest naming the field."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            param = ".".join(str(part) for part in first["loc"]) or None
+            raise InvalidRequest(f"{param}: {first['msg']}", param=param) from None
+
+    @property
+    def is_img2img(self) -> bool:
+        return self.init_image is not None
+
+    def checked(self, settings: Settings) -> GenerationRequest:
+        """Enforce the server's configured limits and canonicalise names.
+
+        Returns the request with the sampler spelled canonically and the seed resolved
+        (-1 becomes a concrete random seed, so a retried task reproduces the same images).
+        """
+        for name, value in (("width", self.width), ("height", self.height)):
+            if value % 8:
+                raise InvalidRequest(f"{name} must be a multiple of 8, got {value}", param=name)
+            if not settings.min_size <= value <= settings.max_size:
+                raise InvalidRequest(
+                    f"{name} must be between {settings.min_size} and {settings.max_size}, "
+                    f"got {value}",
+                    param=name,
+                )
+        if self.width * self.height > settings.max_pixels:
+            raise InvalidRequest(
+                f"width × height must be at most {settings.max_pixels} pixels, "
+                f"got {self.width}×{self.height}",
+                param="width",
+            )
+        if self.steps > settings.max_steps:
+            raise InvalidRequest(
+                f"steps must be between 1 and {settings.max_steps}, got {self.steps}",
+                param="steps",
+            )
+        if self.n_images > settings.max_images:
+            raise InvalidRequest(
+                f"n_images must be between 1 and {settings.max_images}, got {self.n_images}",
+                param="n_images",
+            )
+        seed = self.seed if self.seed >= 0 else secrets.randbelow(MAX_SEED - settings.max_images)
+        return self.model_copy(update={"sampler": canonical_sampler(self.sampler), "seed": seed})
+
+    def image_seeds(self) -> list[int]:
+        """The seed of each image, A1111's convention: image i uses seed + i."""
+        return [self.seed + i for i in range(self.n_images)]
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Where the time of one generation went, in seconds."""
+
+    load: float
+    prompt: float
+    sample: float
+    decode: float
+    total: float
+
+
+@dataclass
+class GenerationResult:
+    """What the engine made: images in order, with the seeds and parameters actually used."""
+
+    request: GenerationRequest
+    images: list[Image]
+    seeds: list[int]
+    timings: Timings
+    infotexts: list[str] = field(default_factory=list)

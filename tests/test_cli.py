@@ -1,0 +1,101 @@
+"""The command line, run as a user runs it."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+from huabu.engine.metadata import parse_infotext, read_parameters
+
+HUABU = [sys.executable, "-m", "huabu"]
+
+
+def run(home: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HUABU_HOME": str(home), "HUABU_THREADS": "2"}
+    return subprocess.run([*HUABU, *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_generate_writes_images_with_parameters(home, tmp_path):
+    out = tmp_path / "out"
+    result = run(
+        home,
+        "generate",
+        "a red fox",
+        "--model",
+        "demo",
+        "-n",
+        "2",
+        "--size",
+        "64x64",
+        "--steps",
+        "6",
+        "--seed",
+        "42",
+        "--sampler",
+        "DPM++ 2M Karras",
+        "-o",
+        str(out),
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert [line.split("\t")[1] for line in lines] == ["seed=42", "seed=43"]
+    assert "noise-like images" in result.stderr  # the demo banner
+    first = Image.open(lines[0].split("\t")[0])
+    assert first.size == (64, 64)
+    parameters = parse_infotext(read_parameters(first))
+    assert parameters["Sampler"] == "DPM++ 2M Karras" and parameters["Seed"] == "42"
+    assert parameters["Prompt"] == "a red fox"
+
+
+def test_img2img_from_the_command_line(home, tmp_path):
+    source = tmp_path / "in.png"
+    Image.new("RGB", (80, 80), "green").save(source)
+    result = run(
+        home,
+        "generate",
+        "fox",
+        "--size",
+        "64x64",
+        "--steps",
+        "4",
+        "--init-image",
+        str(source),
+        "--strength",
+        "0.5",
+        "--format",
+        "webp",
+        "-o",
+        str(tmp_path),
+    )
+    assert result.returncode == 0, result.stderr
+    path = Path(result.stdout.split("\t")[0])
+    assert path.suffix == ".webp" and Image.open(path).size == (64, 64)
+
+
+def test_bad_input_is_one_line_and_no_traceback(home, tmp_path):
+    for args, message in [
+        (["--sampler", "Euler b"], "unknown sampler 'Euler b'; valid names: Euler a"),
+        (["--size", "65x64"], "width must be a multiple of 8"),
+        (["--model", "nope"], "unknown model 'nope'; available: demo, demo-single"),
+        (["--init-image", str(tmp_path / "missing.png")], "init_image: cannot read"),
+    ]:
+        result = run(home, "generate", "fox", "--steps", "2", "--size", "64x64", *args)
+        assert result.returncode == 2
+        assert message in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_models_list_shows_architecture_and_size(home):
+    result = run(home, "models", "list")
+    assert result.returncode == 0
+    demo_line = next(line for line in result.stdout.splitlines() if " demo " in line)
+    assert "diffusers" in demo_line and "SD 1.x" in demo_line and "MiB" in demo_line
+
+
+def test_models_pull_offline_fails_clearly(home):
+    result = run(home, "models", "pull", "some-org/some-model")
+    assert result.returncode == 2
+    assert "cannot download some-org/some-model" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,113 @@
+"""Engine behaviour a user notices: seeds, img2img, single files, cancellation, VAE override."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from helpers import max_difference, pixels
+from huabu.errors import Cancelled
+from huabu.native import GenerationRequest
+
+
+def test_image_i_uses_seed_plus_i(engine, small):
+    batch = engine.generate(small(seed=42, n_images=3))
+    assert batch.seeds == [42, 43, 44]
+    alone = engine.generate(small(seed=44))
+    # Batched matmuls may round differently from a batch of one; the image is the same.
+    assert max_difference(batch.images[2], alone.images[0]) <= 2
+    assert max_difference(batch.images[0], batch.images[1]) > 20
+
+
+def test_random_seed_is_resolved_and_reported(engine, small):
+    result = engine.generate(small(seed=-1))
+    assert result.seeds[0] >= 0 and result.request.seed == result.seeds[0]
+    again = engine.generate(small(seed=result.seeds[0]))
+    assert np.array_equal(pixels(result.images[0]), pixels(again.images[0]))
+    assert f"Seed: {result.seeds[0]}," in result.infotexts[0]
+
+
+def test_non_square_sizes(engine, small):
+    result = engine.generate(small(width=96, height=64))
+    assert result.images[0].size == (96, 64)
+
+
+@pytest.mark.parametrize("sampler", ["Euler a", "DPM++ 2S a Karras", "DPM fast"])
+def test_img2img_init_image_steers_the_result_more_at_low_strength(engine, small, sampler):
+    rng = np.random.default_rng(0)
+    green = Image.new("RGB", (48, 48), (20, 200, 40))  # resized to the requested 64×64
+    noise = Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
+
+    def run(init, strength):
+        request = small(sampler=sampler, init_image="ref", strength=strength)
+        return pixels(engine.generate(request, init_image=init).images[0])
+
+    gap_low = np.abs(run(green, 0.3) - run(noise, 0.3)).mean()
+    gap_high = np.abs(run(green, 0.95) - run(noise, 0.95)).mean()
+    assert gap_low > 2 * gap_high
+    text2image = pixels(engine.generate(small(sampler=sampler)).images[0])
+    assert np.abs(run(green, 0.3) - text2image).mean() > 5
+    low = engine.generate(small(sampler=sampler, init_image="ref", strength=0.3), init_image=green)
+    assert low.images[0].size == (64, 64)
+    assert "Denoising strength: 0.3" in low.infotexts[0]
+
+
+def test_single_file_checkpoint_loads_the_same_weights_as_the_folder(engine, small):
+    folder = engine.cache.get("demo").components
+    single = engine.cache.get("demo-single").components
+    for name in ("unet", "vae", "text_encoder"):
+        a, b = folder[name].state_dict(), single[name].state_dict()
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    one = engine.generate(small(model="demo"))
+    two = engine.generate(small(model="demo-single"))
+    assert np.array_equal(pixels(one.images[0]), pixels(two.images[0]))
+    assert "Model hash: " in two.infotexts[0]  # single files carry A1111's short hash
+
+
+@pytest.mark.parametrize("sampler", ["Euler", "DPM adaptive"])
+def test_cancellation_stops_within_a_step(engine, small, sampler):
+    seen = []
+
+    def cancel_after_three():
+        return len(seen) >= 3
+
+    with pytest.raises(Cancelled):
+        engine.generate(
+            small(sampler=sampler, steps=20),
+            on_progress=lambda s, t: seen.append(s),
+            should_cancel=cancel_after_three,
+        )
+    assert len(seen) <= 4
+
+
+def test_vae_override_is_used_and_does_not_stick(engine, small, settings):
+    vae_dir = settings.models_dir / "vae"
+    vae = engine.cache.get("demo").components["vae"]
+    original = {k: v.clone() for k, v in vae.state_dict().items()}
+    with torch.no_grad():
+        for parameter in vae.decoder.conv_out.parameters():
+            parameter.mul_(-1)
+    vae.save_pretrained(vae_dir / "inverted")
+    vae.load_state_dict(original)
+
+    base = engine.generate(small())
+    inverted = engine.generate(small(vae="inverted"))
+    after = engine.generate(small())
+    assert max_difference(base.images[0], inverted.images[0]) > 50
+    assert np.array_equal(pixels(base.images[0]), pixels(after.images[0]))
+    assert "VAE: inverted" in inverted.infotexts[0]
+
+
+def test_pipeline_cache_evicts_least_recently_used(settings, small):
+    from huabu.engine.engine import Engine
+
+    engine = Engine(settings.model_copy(update={"pipeline_cache_size": 1}))
+    engine.generate(small(model="demo"))
+    engine.generate(small(model="demo-single"))
+    assert engine.cache.loaded() == ["demo-single"]
+
+
+def test_request_round_trips_through_json():
+    request = GenerationRequest(model="demo", prompt="fox", seed=7, output_format="webp")
+    assert GenerationRequest.model_validate_json(request.model_dump_json()) == request

@@ -1,0 +1,47 @@
+"""The model library: families detected from keys, configs derived from shapes."""
+
+import json
+
+from huabu.engine.architectures import Architecture, detect_architecture
+from huabu.engine.library import ModelLibrary
+from huabu.engine.single_file import CheckpointHeader, derive_configs
+
+
+def test_families_are_detected_from_key_names():
+    assert detect_architecture({"cond_stage_model.transformer.text_model.x"}) is Architecture.SD1
+    assert detect_architecture({"cond_stage_model.model.transformer.x"}) is Architecture.SD2
+    assert detect_architecture({"conditioner.embedders.1.model.x"}) is Architecture.SDXL
+    assert detect_architecture({"model.diffusion_model.x"}) is None
+
+
+def test_library_lists_both_demo_layouts(settings):
+    entries = {e.name: e for e in ModelLibrary(settings).entries("checkpoints")}
+    assert entries["demo"].layout == "diffusers"
+    assert entries["demo-single"].layout == "single-file"
+    assert {e.architecture for e in entries.values()} == {Architecture.SD1}
+    assert all(e.size_bytes > 1_000_000 for e in entries.values())
+
+
+def test_configs_derived_from_shapes_match_the_folder(settings):
+    checkpoints = settings.models_dir / "checkpoints"
+    header = CheckpointHeader.read(checkpoints / "demo-single.safetensors")
+    derived = derive_configs(header, Architecture.SD1)
+    for component in ("unet", "vae", "text_encoder"):
+        actual = json.loads((checkpoints / "demo" / component / "config.json").read_text())
+        for key, value in derived[component].items():
+            # sample_size only sets a default output size (huabu always passes one): not in
+            # the tensors, so not derived.
+            if key.startswith("_") or key not in actual or key in ("architectures", "sample_size"):
+                continue
+            assert actual[key] == value or (
+                isinstance(value, list) and list(actual[key]) == value
+            ), (component, key, actual[key], value)
+
+
+def test_sidecar_overrides_apply(settings, tmp_path):
+    header = CheckpointHeader.read(settings.models_dir / "checkpoints" / "demo-single.safetensors")
+    sidecar = tmp_path / "demo-single.json"
+    sidecar.write_text(json.dumps({"scheduler": {"prediction_type": "v_prediction"}}))
+    assert derive_configs(header, Architecture.SD1, sidecar)["scheduler"]["prediction_type"] == (
+        "v_prediction"
+    )
