@@ -99,6 +99,24 @@ def test_vae_override_is_used_and_does_not_stick(engine, small, settings):
     assert "VAE: inverted" in inverted.infotexts[0]
 
 
+def test_single_file_vae_in_a1111_layout(engine, small, settings):
+    from safetensors.torch import save_file
+
+    from huabu.engine.ldm_layout import vae_to_ldm
+
+    vae = engine.cache.get("demo").components["vae"]
+    state = vae_to_ldm(vae.state_dict(), dict(vae.config))
+    prefix = "first_stage_model."
+    # Standalone VAE files (e.g. vae-ft-mse-840000) carry no first_stage_model. prefix.
+    save_file(
+        {k[len(prefix) :]: v.contiguous() for k, v in state.items()},
+        str(settings.models_dir / "vae" / "same-weights.safetensors"),
+    )
+    base = engine.generate(small())
+    overridden = engine.generate(small(vae="same-weights"))
+    assert np.array_equal(pixels(base.images[0]), pixels(overridden.images[0]))
+
+
 def test_pipeline_cache_evicts_least_recently_used(settings, small):
     from huabu.engine.engine import Engine
 

@@ -27,7 +27,12 @@ from diffusers import (
 from huabu.engine.architectures import Architecture
 from huabu.engine.library import ModelEntry, ModelLibrary
 from huabu.engine.prompts import PromptEncoder
-from huabu.engine.single_file import CheckpointHeader, config_folder, derive_configs
+from huabu.engine.single_file import (
+    CheckpointHeader,
+    config_folder,
+    derive_configs,
+    derive_vae_config,
+)
 from huabu.errors import ModelUnavailable
 from huabu.settings import Settings
 
@@ -200,10 +205,8 @@ class PipelineCache:
         return target
 
     def _single_file_vae(self, path: Path) -> AutoencoderKL:
-        from huabu.engine.architectures import reference_config
-
-        vae_config = reference_config(Architecture.SD1)["vae"]
-        folder = config_folder({"vae": vae_config}, Architecture.SD1, self.settings.cache_dir)
+        config = derive_vae_config(CheckpointHeader.read(path))
+        folder = config_folder({"vae": config}, Architecture.SD1, self.settings.cache_dir)
         return AutoencoderKL.from_single_file(
-            str(path), config=str(folder / "vae"), local_files_only=True
+            str(path), config=str(folder), subfolder="vae", local_files_only=True
         )

@@ -89,16 +89,28 @@ def _derive_unet(shapes: dict[str, tuple[int, ...]], unet: Config) -> None:
         unet["projection_class_embeddings_input_dim"] = label[1]
 
 
-def _derive_vae(shapes: dict[str, tuple[int, ...]], vae: Config) -> None:
-    levels = _indices(shapes, _VAE + "encoder.down.")
-    per_level = len(_indices(shapes, _VAE + "encoder.down.0.block."))
+def _derive_vae(shapes: dict[str, tuple[int, ...]], vae: Config, prefix: str = _VAE) -> None:
+    levels = _indices(shapes, prefix + "encoder.down.")
+    per_level = len(_indices(shapes, prefix + "encoder.down.0.block."))
     vae["block_out_channels"] = [
-        shapes[f"{_VAE}encoder.down.{i}.block.{per_level - 1}.conv2.weight"][0] for i in levels
+        shapes[f"{prefix}encoder.down.{i}.block.{per_level - 1}.conv2.weight"][0] for i in levels
     ]
     vae["layers_per_block"] = per_level
     vae["down_block_types"] = ["DownEncoderBlock2D"] * len(levels)
     vae["up_block_types"] = ["UpDecoderBlock2D"] * len(levels)
-    vae["latent_channels"] = shapes[_VAE + "post_quant_conv.weight"][0]
+    vae["latent_channels"] = shapes[prefix + "post_quant_conv.weight"][0]
+
+
+def derive_vae_config(header: CheckpointHeader) -> Config:
+    """The AutoencoderKL config of a standalone VAE file (A1111 layout, with or without the
+    ``first_stage_model.`` prefix)."""
+    prefix = _VAE if any(k.startswith(_VAE) for k in header.shapes) else ""
+    vae = reference_config(Architecture.SD1)["vae"]
+    try:
+        _derive_vae(header.shapes, vae, prefix)
+    except (KeyError, IndexError) as exc:
+        raise ModelUnavailable(f"not an SD VAE file (missing {exc})") from None
+    return vae
 
 
 def _derive_clip(shapes: dict[str, tuple[int, ...]], prefix: str, encoder: Config) -> None:
