@@ -15,6 +15,10 @@ from huabu.settings import Settings
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 models_app = typer.Typer(no_args_is_help=True, help="The model library under $HUABU_HOME/models.")
 app.add_typer(models_app, name="models")
+users_app = typer.Typer(no_args_is_help=True, help="User accounts.")
+app.add_typer(users_app, name="users")
+keys_app = typer.Typer(no_args_is_help=True, help="API keys (Bearer credentials).")
+app.add_typer(keys_app, name="keys")
 
 
 def _fail(message: str) -> None:
@@ -196,6 +200,49 @@ def models_pull(repo_id: str) -> None:
             f"{target.parent} instead."
         )
     typer.echo(f"wrote {target}")
+
+
+def _accounts():
+    from huabu.auth import Accounts
+    from huabu.db.session import open_database
+
+    return Accounts(open_database(Settings()))
+
+
+@users_app.command("add")
+def users_add(
+    email: str,
+    password: Annotated[str, typer.Option(prompt=True, hide_input=True)],
+    admin: Annotated[bool, typer.Option("--admin")] = False,
+) -> None:
+    """Create a user who can log in with EMAIL and PASSWORD."""
+    try:
+        user = _accounts().add_user(email, password, admin=admin)
+    except HuabuError as exc:
+        _fail(exc.message)
+    typer.echo(f"added {user.email}{' (admin)' if user.is_admin else ''}")
+
+
+@keys_app.command("create")
+def keys_create(email: str) -> None:
+    """Create an API key for EMAIL; the key is the last line of output, shown only once."""
+    try:
+        accounts = _accounts()
+        key = accounts.create_key(accounts.user_by_email(email).id)
+    except HuabuError as exc:
+        _fail(exc.message)
+    typer.echo(f"API key for {email.strip().lower()} (shown once; store it now):")
+    typer.echo(key)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key: Annotated[str, typer.Argument(help="The key, or its hb_<prefix>.")]) -> None:
+    """Revoke an API key at once."""
+    try:
+        _accounts().revoke_key(key)
+    except HuabuError as exc:
+        _fail(exc.message)
+    typer.echo("revoked")
 
 
 def main() -> None:

@@ -21,6 +21,10 @@ class Settings(BaseSettings):
         default=False, description="Load pickled .ckpt/.pt checkpoints (can run arbitrary code)."
     )
     threads: int = Field(default=0, ge=0, description="torch CPU threads; 0 = torch's default.")
+    database_url: str | None = Field(
+        default=None,
+        description="External PostgreSQL (postgresql://...); unset = embedded, under HUABU_HOME.",
+    )
 
     # Request limits, enforced by the native request validator for every dialect.
     min_size: int = Field(default=64, ge=8)

@@ -1,0 +1,1 @@
+"""PostgreSQL: the embedded server or an external one, the schema, and migrations."""

@@ -1,0 +1,112 @@
+"""Users and API keys on a real (embedded) PostgreSQL, and the CLI that manages them."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+from sqlalchemy import inspect, text
+
+from huabu.auth import Accounts, AuthFailed
+from huabu.db.session import open_database
+from huabu.errors import InvalidRequest, NotFound
+from huabu.settings import Settings
+
+
+@pytest.fixture(scope="module")
+def db_home(tmp_path_factory):
+    return tmp_path_factory.mktemp("db-home")
+
+
+@pytest.fixture(scope="module")
+def accounts(db_home):
+    return Accounts(open_database(Settings(home=db_home)))
+
+
+def test_schema_is_migrated_and_migration_is_idempotent(db_home, accounts):
+    engine = accounts.sessions.kw["bind"]
+    assert {"users", "api_keys", "alembic_version"} <= set(inspect(engine).get_table_names())
+    open_database(Settings(home=db_home))  # second start: nothing to do, nothing breaks
+    with engine.connect() as connection:
+        assert (
+            connection.execute(text("select version_num from alembic_version")).scalar() == "0001"
+        )
+
+
+def test_password_login(accounts):
+    user = accounts.add_user("Ada@Example.com", "correct horse", admin=True)
+    assert user.email == "ada@example.com" and user.is_admin
+    assert accounts.check_password("ada@example.com", "correct horse").id == user.id
+    with pytest.raises(AuthFailed, match="wrong email or password"):
+        accounts.check_password("ada@example.com", "wrong horse")
+    with pytest.raises(AuthFailed, match="wrong email or password"):
+        accounts.check_password("nobody@example.com", "correct horse")
+
+
+def test_passwords_are_not_stored_in_clear(accounts):
+    user = accounts.add_user("bob@example.com", "hunter2hunter2")
+    assert user.password_hash.startswith("$argon2") and "hunter2" not in user.password_hash
+
+
+@pytest.mark.parametrize(
+    ("email", "password", "param"),
+    [("not-an-email", "long enough", "email"), ("carol@example.com", "short", "password")],
+)
+def test_bad_user_fields_are_named(accounts, email, password, param):
+    with pytest.raises(InvalidRequest) as caught:
+        accounts.add_user(email, password)
+    assert caught.value.param == param
+
+
+def test_duplicate_email_is_refused(accounts):
+    accounts.add_user("dup@example.com", "password1")
+    with pytest.raises(InvalidRequest, match="already has an account"):
+        accounts.add_user("DUP@example.com", "password2")
+
+
+def test_api_keys_authenticate_until_revoked(accounts):
+    user = accounts.add_user("keys@example.com", "password1")
+    key = accounts.create_key(user.id)
+    other = accounts.create_key(user.id)
+    assert key.startswith("hb_") and key != other
+    assert accounts.user_for_key(key).email == "keys@example.com"
+    accounts.revoke_key(key[:15])  # by its hb_<prefix>
+    with pytest.raises(AuthFailed):
+        accounts.user_for_key(key)
+    assert accounts.user_for_key(other).id == user.id  # other keys unaffected
+    with pytest.raises(AuthFailed):
+        accounts.user_for_key(other[:-1] + ("A" if other[-1] != "A" else "B"))
+    with pytest.raises(AuthFailed):
+        accounts.user_for_key("Bearer nonsense")
+    with pytest.raises(NotFound):
+        accounts.revoke_key("hb_doesnotexist1")
+
+
+def test_cli_manages_users_and_keys(tmp_path):
+    env = {**os.environ, "HUABU_HOME": str(tmp_path)}
+
+    def huabu(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "huabu", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+
+    added = huabu("users", "add", "eve@example.com", "--password", "s3cret-pass", "--admin")
+    assert added.returncode == 0, added.stderr
+    assert "eve@example.com (admin)" in added.stdout
+    created = huabu("keys", "create", "eve@example.com")
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.strip().splitlines()[-1]
+    accounts = Accounts(open_database(Settings(home=tmp_path)))
+    assert accounts.user_for_key(key).email == "eve@example.com"
+    assert huabu("keys", "revoke", key).returncode == 0
+    with pytest.raises(AuthFailed):
+        accounts.user_for_key(key)
+    again = huabu("users", "add", "eve@example.com", "--password", "another-pass")
+    assert again.returncode == 2 and "already has an account" in again.stderr
+    assert "Traceback" not in again.stderr
+    missing = huabu("keys", "create", "nobody@example.com")
+    assert missing.returncode == 2 and "no user nobody@example.com" in missing.stderr
