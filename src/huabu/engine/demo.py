@@ -19,7 +19,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from huabu.engine.architectures import Architecture, reference_config
 from huabu.engine.ldm_layout import text_encoder_to_ldm, unet_to_ldm, vae_to_ldm
-from huabu.engine.single_file import METADATA_KEY, _tokenizer_files
+from huabu.engine.single_file import METADATA_KEY, tokenizer_files
 from huabu.settings import Settings
 
 DEMO = "demo"
@@ -75,7 +75,7 @@ def build_pipeline(seed: int = _SEED) -> StableDiffusionPipeline:
     unet = UNet2DConditionModel(**_UNET)
     vae = AutoencoderKL(**_VAE)
     text_encoder = CLIPTextModel(CLIPTextConfig(**_TEXT))
-    files = _tokenizer_files()
+    files = tokenizer_files()
     tokenizer = CLIPTokenizer(
         vocab=str(files / "vocab.json"), merges=str(files / "merges.txt"), model_max_length=77
     )

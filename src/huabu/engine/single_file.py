@@ -153,7 +153,8 @@ def derive_configs(
     return configs
 
 
-def _tokenizer_files() -> Path:
+def tokenizer_files() -> Path:
+    """The shipped CLIP BPE vocabulary (vocab.json, merges.txt), shared by every family."""
     return Path(str(resources.files("huabu.engine") / "configs" / "clip_tokenizer"))
 
 
@@ -168,7 +169,7 @@ def write_config_folder(configs: dict[str, Config], destination: Path) -> None:
         folder.mkdir(exist_ok=True)
         if component.startswith("tokenizer"):
             for name in ("vocab.json", "merges.txt"):
-                shutil.copyfile(_tokenizer_files() / name, folder / name)
+                shutil.copyfile(tokenizer_files() / name, folder / name)
             (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
         elif component == "scheduler":
             (folder / "scheduler_config.json").write_text(json.dumps(config, indent=2))
