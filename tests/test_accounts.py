@@ -110,3 +110,42 @@ def test_cli_manages_users_and_keys(tmp_path):
     assert "Traceback" not in again.stderr
     missing = huabu("keys", "create", "nobody@example.com")
     assert missing.returncode == 2 and "no user nobody@example.com" in missing.stderr
+
+
+def test_concurrent_starts_migrate_once(tmp_path):
+    """A server and its workers may start at the same moment on a fresh database."""
+    import threading
+
+    from sqlalchemy import create_engine
+
+    from huabu.db.server import database_url
+    from huabu.db.session import migrate
+
+    url = database_url(Settings(home=tmp_path))
+    contenders = 4
+    barrier = threading.Barrier(contenders)
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        engine = create_engine(url)
+        barrier.wait()  # all reach the migration together
+        try:
+            migrate(engine)
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+        finally:
+            engine.dispose()
+
+    threads = [threading.Thread(target=start) for _ in range(contenders)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not any(thread.is_alive() for thread in threads), "a migration hung"
+    assert errors == []
+    engine = create_engine(url)
+    with engine.connect() as connection:
+        assert (
+            connection.execute(text("select version_num from alembic_version")).scalar() == "0001"
+        )
+    engine.dispose()

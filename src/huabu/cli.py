@@ -228,10 +228,11 @@ def keys_create(email: str) -> None:
     """Create an API key for EMAIL; the key is the last line of output, shown only once."""
     try:
         accounts = _accounts()
-        key = accounts.create_key(accounts.user_by_email(email).id)
+        user = accounts.user_by_email(email)
+        key = accounts.create_key(user.id)
     except HuabuError as exc:
         _fail(exc.message)
-    typer.echo(f"API key for {email.strip().lower()} (shown once; store it now):")
+    typer.echo(f"API key for {user.email} (shown once; store it now):")
     typer.echo(key)
 
 

@@ -32,6 +32,11 @@ class AuthFailed(HuabuError):
     """Credentials missing, wrong, or revoked (deliberately not saying which)."""
 
 
+def normalise_email(email: str) -> str:
+    """Emails are stored and looked up trimmed and lower-cased."""
+    return email.strip().lower()
+
+
 def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
@@ -41,7 +46,7 @@ class Accounts:
         self.sessions = sessions
 
     def add_user(self, email: str, password: str | None, *, admin: bool = False) -> User:
-        email = email.strip().lower()
+        email = normalise_email(email)
         if not _EMAIL.match(email):
             raise InvalidRequest(f"email: {email!r} is not an email address", param="email")
         if password is not None and len(password) < 8:
@@ -63,7 +68,7 @@ class Accounts:
 
     def user_by_email(self, email: str) -> User:
         with self.sessions() as session:
-            user = session.scalar(select(User).where(User.email == email.strip().lower()))
+            user = session.scalar(select(User).where(User.email == normalise_email(email)))
         if user is None:
             raise NotFound(f"no user {email}")
         return user
