@@ -20,17 +20,21 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --disable-pip-version-check -q -e '.[test]'
 	touch $(STAMP)
 
-# Until the HTTP service lands (issue #3), `make run` proves the engine end to end.
+# Serve on HOST:PORT with a worker inside; build the demo model if the library has no checkpoint.
+# Bound to loopback, requests without credentials are accepted (as one anonymous user) unless
+# HUABU_ANONYMOUS says otherwise; on any other address they need an API key.
+LOOPBACK := $(filter 127.0.0.1 localhost ::1,$(HOST))
 run: $(STAMP)
 	$(BIN)/huabu models demo --if-missing
-	$(BIN)/huabu models list
-	$(BIN)/huabu generate "a red fox in the snow" --size 256x256 --steps 20 --seed 42 -o out/
+	HUABU_ANONYMOUS=$${HUABU_ANONYMOUS:-$(if $(LOOPBACK),true,false)} \
+		$(BIN)/huabu serve --host $(HOST) --port $(PORT)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
 	$(BIN)/python bench/engine.py
+	$(BIN)/python bench/service.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

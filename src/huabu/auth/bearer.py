@@ -1,0 +1,61 @@
+"""Turning a request's credentials into a Principal, with a short cache.
+
+Every poll of every client carries its key; looking each one up costs a database round trip.
+A few seconds of caching (by the token's digest, never the token) makes polling cheap; the
+price is that a revoked key or ended session keeps working on each server for at most
+``ttl`` seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+
+from huabu.auth.accounts import Accounts, Principal
+from huabu.errors import AuthFailed
+
+_MAX_ENTRIES = 10_000
+
+
+class Authenticator:
+    def __init__(self, accounts: Accounts, *, anonymous: bool, ttl: float = 5.0) -> None:
+        self.accounts = accounts
+        self.anonymous = anonymous
+        self.ttl = ttl
+        self._cache: dict[str, tuple[Principal, float]] = {}
+        self._lock = threading.Lock()
+        self._anonymous: Principal | None = None
+
+    def principal(self, authorization: str | None) -> Principal:
+        """The caller, from an ``Authorization`` header value (or its absence)."""
+        if not authorization:
+            if self.anonymous:
+                return self.anonymous_principal()
+            raise AuthFailed("missing credentials: send 'Authorization: Bearer <API key>'")
+        scheme, _, token = authorization.strip().partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise AuthFailed("credentials must be 'Authorization: Bearer <API key>'")
+        return self.for_token(token.strip())
+
+    def for_token(self, token: str) -> Principal:
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        now = time.monotonic()
+        cached = self._cache.get(digest)
+        if cached and cached[1] > now:
+            return cached[0]
+        principal = Principal.of(self.accounts.user_for_bearer(token))
+        with self._lock:
+            if len(self._cache) >= _MAX_ENTRIES:
+                self._cache.clear()
+            self._cache[digest] = (principal, now + self.ttl)
+        return principal
+
+    def forget(self, token: str) -> None:
+        """Drop a token from this server's cache at once (logout)."""
+        self._cache.pop(hashlib.sha256(token.encode()).hexdigest(), None)
+
+    def anonymous_principal(self) -> Principal:
+        if self._anonymous is None:
+            self._anonymous = Principal.of(self.accounts.anonymous_user())
+        return self._anonymous

@@ -1,0 +1,322 @@
+"""huabu's own API, under ``/huabu/v1`` (a prefix no emulated service uses).
+
+Its request body *is* the native ``GenerationRequest`` (it is the one API with no foreign
+wire format to adapt); its responses are the task, image and model shapes below.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response, status
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from huabu.engine.library import KINDS
+from huabu.errors import InvalidRequest
+from huabu.native import GenerationRequest
+from huabu.tasks.records import TaskRecord, UploadRecord
+from huabu.web.deps import BaseUrl, CurrentUser, ServicesDep
+from huabu.web.services import Services
+
+PREFIX = "/huabu/v1"
+router = APIRouter(prefix=PREFIX, tags=["native"])
+
+_KEEPALIVE_SECONDS = 15.0
+_MAX_WAIT_SECONDS = 60.0
+
+
+class ProgressOut(BaseModel):
+    step: int
+    total: int
+    percent: float
+
+
+class ImageOut(BaseModel):
+    index: int
+    seed: int
+    url: str
+    preview_url: str
+    format: str
+    width: int
+    height: int
+    size_bytes: int
+    infotext: str
+
+
+class TaskOut(BaseModel):
+    id: str
+    kind: str
+    origin: str
+    state: str = Field(description="queued, running, succeeded, failed or cancelled")
+    model: str
+    progress: ProgressOut
+    queue_position: int | None = Field(description="Tasks ahead of this one (0 = next).")
+    eta_seconds: float | None = Field(description="Estimated seconds to finish.")
+    attempts: int
+    error: str | None
+    request: dict[str, Any]
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    images: list[ImageOut]
+
+
+class TaskPage(BaseModel):
+    data: list[TaskOut]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page.")
+
+
+class ModelOut(BaseModel):
+    name: str
+    kind: str
+    architecture: str
+    layout: str
+    size_bytes: int
+
+
+class ModelList(BaseModel):
+    data: list[ModelOut]
+
+
+class UploadOut(BaseModel):
+    id: str = Field(description="Use as `init_image` in a generation request.")
+    content_type: str
+    width: int
+    height: int
+    size_bytes: int
+
+
+class LoginIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    email: str
+    password: str
+
+
+class SessionOut(BaseModel):
+    token: str = Field(description="Send as 'Authorization: Bearer <token>'.")
+    expires_at: datetime
+
+
+class MeOut(BaseModel):
+    id: str
+    email: str
+    is_admin: bool
+
+
+def task_out(record: TaskRecord, services: Services, base: str) -> TaskOut:
+    sign = services.signer.path
+    return TaskOut(
+        id=str(record.id),
+        kind=record.kind,
+        origin=record.origin,
+        state=record.state,
+        model=record.model,
+        progress=ProgressOut(step=record.step, total=record.total, percent=record.percent),
+        queue_position=record.queue_position,
+        eta_seconds=record.eta_seconds,
+        attempts=record.attempts,
+        error=record.error,
+        request=record.request,
+        created_at=record.created_at,
+        started_at=record.started_at,
+        finished_at=record.finished_at,
+        images=[
+            ImageOut(
+                index=image.index,
+                seed=image.seed,
+                url=base + sign(image.key),
+                preview_url=base + sign(image.preview_key),
+                format=image.format,
+                width=image.width,
+                height=image.height,
+                size_bytes=image.size_bytes,
+                infotext=image.infotext,
+            )
+            for image in record.images
+        ],
+    )
+
+
+def upload_out(record: UploadRecord) -> UploadOut:
+    return UploadOut(
+        id=str(record.id),
+        content_type=record.content_type,
+        width=record.width,
+        height=record.height,
+        size_bytes=record.size_bytes,
+    )
+
+
+@router.post(
+    "/generations",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=TaskOut,
+    summary="Queue a text-to-image or image-to-image generation",
+)
+def submit_generation(
+    body: GenerationRequest, user: CurrentUser, services: ServicesDep, base: BaseUrl
+) -> TaskOut:
+    record = services.tasks.submit_generation(user.id, body, origin="native")
+    return task_out(record, services, base)
+
+
+@router.get("/tasks", response_model=TaskPage, summary="Your tasks, newest first")
+def list_tasks(
+    user: CurrentUser,
+    services: ServicesDep,
+    base: BaseUrl,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: str | None = None,
+) -> TaskPage:
+    records, next_cursor = services.tasks.list(user.id, limit=limit, cursor=cursor)
+    return TaskPage(data=[task_out(r, services, base) for r in records], next_cursor=next_cursor)
+
+
+@router.get("/tasks/{task_id}", response_model=TaskOut, summary="One task")
+async def get_task(
+    task_id: str,
+    user: CurrentUser,
+    services: ServicesDep,
+    base: BaseUrl,
+    wait: Annotated[
+        float,
+        Query(
+            ge=0,
+            le=_MAX_WAIT_SECONDS,
+            description="Long poll: wait up to this many seconds for the task to finish.",
+        ),
+    ] = 0,
+) -> TaskOut:
+    changed = services.events.subscribe(task_id)
+    try:
+        record = await run_in_threadpool(services.tasks.get, user.id, task_id)
+        deadline = asyncio.get_running_loop().time() + wait
+        while not record.finished:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                break
+            try:
+                await asyncio.wait_for(changed.wait(), left)
+            except TimeoutError:
+                break
+            changed.clear()
+            record = await run_in_threadpool(services.tasks.get, user.id, task_id)
+    finally:
+        services.events.unsubscribe(task_id, changed)
+    return task_out(record, services, base)
+
+
+@router.post("/tasks/{task_id}/cancel", response_model=TaskOut, summary="Cancel a task")
+def cancel_task(task_id: str, user: CurrentUser, services: ServicesDep, base: BaseUrl) -> TaskOut:
+    """Queued: cancelled at once. Running: stops at its next step (the returned state is still
+    `running`; follow the task). Finished: returned unchanged."""
+    return task_out(services.tasks.cancel(user.id, task_id), services, base)
+
+
+@router.get(
+    "/tasks/{task_id}/events",
+    summary="Live progress (server-sent events)",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
+async def task_events(
+    task_id: str, user: CurrentUser, services: ServicesDep, base: BaseUrl
+) -> StreamingResponse:
+    """One `task` event with the whole task at every change; the stream ends after the
+    task finishes."""
+    changed = services.events.subscribe(task_id)
+    try:
+        first = await run_in_threadpool(services.tasks.get, user.id, task_id)
+    except BaseException:
+        services.events.unsubscribe(task_id, changed)
+        raise
+
+    async def stream():
+        record = first
+        try:
+            while True:
+                body = task_out(record, services, base).model_dump_json()
+                yield f"event: task\ndata: {body}\n\n"
+                if record.finished:
+                    return
+                while True:
+                    try:
+                        await asyncio.wait_for(changed.wait(), _KEEPALIVE_SECONDS)
+                        break
+                    except TimeoutError:
+                        yield ": keep-alive\n\n"
+                changed.clear()
+                record = await run_in_threadpool(services.tasks.get, user.id, task_id)
+        finally:
+            services.events.unsubscribe(task_id, changed)
+
+    return StreamingResponse(
+        stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+    )
+
+
+@router.get("/models", response_model=ModelList, summary="Models this server can use")
+def list_models(user: CurrentUser, services: ServicesDep, kind: str = "checkpoints") -> ModelList:
+    if kind not in KINDS:
+        raise InvalidRequest(f"kind must be one of {', '.join(KINDS)}, got {kind!r}", param="kind")
+    return ModelList(
+        data=[
+            ModelOut(
+                name=entry.name,
+                kind=entry.kind,
+                architecture=entry.describe_architecture,
+                layout=entry.layout,
+                size_bytes=entry.size_bytes,
+            )
+            for entry in services.library.entries(kind)
+        ]
+    )
+
+
+@router.post(
+    "/uploads",
+    status_code=status.HTTP_201_CREATED,
+    response_model=UploadOut,
+    summary="Upload an image (multipart field `file`, or the raw image as the body)",
+)
+async def upload(request: Request, user: CurrentUser, services: ServicesDep) -> UploadOut:
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        form = await request.form()
+        file = form.get("file")
+        if file is None or isinstance(file, str):
+            raise InvalidRequest("file: send the image as the multipart field 'file'", param="file")
+        data = await file.read()
+    else:
+        data = await request.body()
+    record = await run_in_threadpool(services.tasks.upload, user.id, data)
+    return upload_out(record)
+
+
+@router.post("/sessions", status_code=201, response_model=SessionOut, summary="Log in")
+def login(body: LoginIn, services: ServicesDep) -> SessionOut:
+    user = services.accounts.check_password(body.email, body.password)
+    token, expires = services.accounts.create_session(user.id, services.settings.session_ttl)
+    return SessionOut(token=token, expires_at=expires)
+
+
+@router.delete("/sessions/current", status_code=204, summary="Log out")
+def logout(request: Request, user: CurrentUser, services: ServicesDep) -> Response:
+    token = request.headers.get("authorization", "").partition(" ")[2].strip()
+    if token.startswith("hbs_"):
+        services.accounts.end_session(token)
+        services.auth.forget(token)
+    return Response(status_code=204)
+
+
+@router.get("/me", response_model=MeOut, summary="Who you are")
+def me(user: CurrentUser) -> MeOut:
+    return MeOut(id=str(user.id), email=user.email, is_admin=user.is_admin)
+
+
+@router.get("/health", summary="Liveness, live workers, queue length (no credentials)")
+def health(services: ServicesDep) -> dict[str, Any]:
+    return {"status": "ok", **services.tasks.queue_summary()}

@@ -1,0 +1,52 @@
+"""Image storage in a local folder: ``images/<task>/<index>.<ext>``, ``previews/…``,
+``uploads/<id>.<ext>``. Keys are derived from ids, so re-running a task overwrites, never
+duplicates."""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+
+from huabu.errors import NotFound
+
+_KEY = re.compile(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*\.[a-z0-9]{2,5}$")
+_CONTENT_TYPES = {
+    "png": "image/png",
+    "jpg": "image/jpeg",
+    "jpeg": "image/jpeg",
+    "webp": "image/webp",
+}
+
+
+def content_type(key: str) -> str:
+    return _CONTENT_TYPES.get(key.rsplit(".", 1)[-1], "application/octet-stream")
+
+
+class LocalStorage:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def path(self, key: str) -> Path:
+        """The file behind ``key``; a key that could escape the root is simply not found."""
+        if not _KEY.match(key):
+            raise NotFound("no such file")
+        return self.root / key
+
+    def put(self, key: str, data: bytes) -> None:
+        """Write atomically: a reader never sees half a file, a crash leaves none."""
+        target = self.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as handle:
+            handle.write(data)
+        os.replace(handle.name, target)
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self.path(key).read_bytes()
+        except FileNotFoundError:
+            raise NotFound("no such file") from None
+
+    def exists(self, key: str) -> bool:
+        return self.path(key).is_file()

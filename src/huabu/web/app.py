@@ -1,0 +1,59 @@
+"""The ASGI application: every dialect's router, the file server, and the services behind
+them; with ``HUABU_WORKER`` (the default) a worker runs in the same process."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
+
+from huabu import __version__
+from huabu.db.server import database_uri
+from huabu.db.session import open_database
+from huabu.dialects import native
+from huabu.settings import Settings
+from huabu.web import errors, files
+from huabu.web.limits import BodyLimit
+from huabu.web.services import Services
+
+log = logging.getLogger("huabu.web")
+
+
+def create_app(settings: Settings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        uri = await run_in_threadpool(database_uri, settings)
+        sessions = await run_in_threadpool(open_database, settings)
+        services = Services.build(settings, sessions, uri)
+        app.state.services = services
+        await services.events.start()
+        worker = None
+        if settings.worker:
+            from huabu.tasks.worker import Worker  # imports torch; API-only servers skip it
+
+            worker = await run_in_threadpool(Worker, settings, sessions)
+            await worker.start()
+        try:
+            yield
+        finally:
+            if worker is not None:
+                await worker.stop()
+            await services.events.stop()
+
+    app = FastAPI(
+        title="huabu",
+        version=__version__,
+        description="Self-hosted image generation. Native API under /huabu/v1; "
+        "files under /files (signed URLs).",
+        lifespan=lifespan,
+    )
+    renderers = errors.ErrorRenderers()
+    app.state.error_renderers = renderers
+    errors.install(app, renderers)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, renderers=renderers)
+    app.include_router(native.router)
+    app.include_router(files.router)
+    return app

@@ -1,0 +1,27 @@
+"""``GET /files/<key>?expires=…&sig=…``: stored images, for anyone holding a signed URL."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Query
+from fastapi.responses import FileResponse
+
+from huabu.errors import NotFound
+from huabu.storage import content_type
+from huabu.web.deps import ServicesDep
+
+router = APIRouter(tags=["files"])
+
+
+@router.get("/files/{key:path}", response_class=FileResponse, summary="Download a stored image")
+def download(
+    key: str, services: ServicesDep, expires: int = Query(0), sig: str = Query("")
+) -> FileResponse:
+    services.signer.verify(key, expires, sig)
+    path = services.storage.path(key)
+    if not path.is_file():
+        raise NotFound("no such file")
+    return FileResponse(
+        path,
+        media_type=content_type(key),
+        headers={"Cache-Control": "private, max-age=86400, immutable"},
+    )

@@ -1,0 +1,47 @@
+"""Everything a request handler may use, built once per server process."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from huabu.auth import Accounts, Authenticator
+from huabu.engine.library import ModelLibrary
+from huabu.settings import Settings
+from huabu.storage import LocalStorage, UrlSigner
+from huabu.storage.signing import installation_secret
+from huabu.tasks.events import TaskEvents
+from huabu.tasks.service import TaskService
+
+
+@dataclass
+class Services:
+    settings: Settings
+    sessions: sessionmaker[Session]
+    accounts: Accounts
+    auth: Authenticator
+    library: ModelLibrary
+    storage: LocalStorage
+    signer: UrlSigner
+    tasks: TaskService
+    events: TaskEvents
+
+    @classmethod
+    def build(
+        cls, settings: Settings, sessions: sessionmaker[Session], database_uri: str
+    ) -> Services:
+        accounts = Accounts(sessions)
+        library = ModelLibrary(settings)
+        storage = LocalStorage(settings.files_dir)
+        return cls(
+            settings=settings,
+            sessions=sessions,
+            accounts=accounts,
+            auth=Authenticator(accounts, anonymous=settings.anonymous),
+            library=library,
+            storage=storage,
+            signer=UrlSigner(installation_secret(settings), settings.url_ttl),
+            tasks=TaskService(settings, sessions, storage, library),
+            events=TaskEvents(database_uri),
+        )

@@ -1,0 +1,104 @@
+"""Real huabu processes for end-to-end tests: `huabu serve` and `huabu worker` as
+subprocesses on a free port, talking to the embedded PostgreSQL of a shared HUABU_HOME."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+HUABU = [sys.executable, "-m", "huabu"]
+#: Fast failure detection for tests: heartbeat every 0.5 s, a worker silent 3 s is dead.
+FAST = {"HUABU_HEARTBEAT_SECONDS": "0.5", "HUABU_STALLED_SECONDS": "3", "HUABU_THREADS": "1"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Process:
+    """A huabu subprocess whose output goes to a log file (read it when a test fails)."""
+
+    def __init__(self, args: list[str], home: Path, env: dict[str, str], log: Path) -> None:
+        self.log = log
+        self.handle = open(log, "ab")  # noqa: SIM115 - closed in stop()
+        full_env = os.environ | {"HUABU_HOME": str(home)} | FAST | env
+        self.process = subprocess.Popen(
+            [*HUABU, *args], env=full_env, stdout=self.handle, stderr=subprocess.STDOUT
+        )
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, no goodbye, like a crash or the OOM killer."""
+        self.process.kill()
+        self.process.wait(10)
+        self.handle.close()
+
+    def stop(self, timeout: float = 60) -> int:
+        if self.alive():
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        self.handle.close()
+        return self.process.returncode
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+class Server(Process):
+    def __init__(self, home: Path, env: dict[str, str] | None = None, log: Path | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        super().__init__(
+            ["serve"],
+            home,
+            {"HUABU_PORT": str(self.port)} | (env or {}),
+            log or home / f"serve-{self.port}.log",
+        )
+        self.wait_ready()
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise RuntimeError(f"huabu serve exited:\n{self.output()[-3000:]}")
+            try:
+                if httpx.get(self.url + "/huabu/v1/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"huabu serve did not come up:\n{self.output()[-3000:]}")
+
+    def client(self, key: str | None = None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=60)
+
+
+class Worker(Process):
+    def __init__(self, home: Path, env: dict[str, str] | None = None):
+        super().__init__(["worker"], home, env or {}, home / f"worker-{time.monotonic_ns()}.log")
+
+
+def stop_embedded_postgres(home: Path) -> None:
+    """Stop the embedded server a test home started (a SIGKILLed process never says goodbye,
+    so the embedded-postgres package would otherwise leave it running)."""
+    pid_file = home / "postgres" / "postmaster.pid"
+    if pid_file.exists():
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(int(pid_file.read_text().split()[0]), signal.SIGINT)  # fast shutdown

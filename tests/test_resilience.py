@@ -1,0 +1,129 @@
+"""What users of hosted APIs lose money over: tasks that vanish. Workers are SIGKILLed,
+servers restarted, queues filled; every accepted task still ends in a final state."""
+
+from __future__ import annotations
+
+import signal
+
+import httpx
+import pytest
+
+from huabu.auth import Accounts
+from huabu.db.session import open_database
+from huabu.settings import Settings
+from serving import Server, Worker, stop_embedded_postgres
+from test_service import SLOW, SMALL, submit, wait_finished, wait_state
+
+
+@pytest.fixture
+def fresh_home(tmp_path, home):
+    (tmp_path / "models").symlink_to(home / "models")
+    yield tmp_path
+    stop_embedded_postgres(tmp_path)
+
+
+def key_for(home, email: str = "user@example.com") -> str:
+    accounts = Accounts(open_database(Settings(home=home)))
+    return accounts.create_key(accounts.add_user(email, "password123").id)
+
+
+def test_killed_worker_task_is_rerun_by_another(fresh_home):
+    key = key_for(fresh_home)
+    api = Server(fresh_home, {"HUABU_WORKER": "false"})
+    first = Worker(fresh_home)
+    try:
+        client = api.client(key)
+        task = submit(client, SLOW)
+        wait_state(client, task["id"], "running", timeout=90)
+        first.kill()
+        second = Worker(fresh_home)
+        try:
+            done = wait_finished(client, task["id"], timeout=120)
+        finally:
+            second.stop()
+        assert done["state"] == "succeeded", done
+        assert done["attempts"] == 2
+        assert len(done["images"]) == 1
+    finally:
+        api.stop()
+
+
+def test_task_that_keeps_killing_workers_fails_with_a_reason(fresh_home):
+    key = key_for(fresh_home)
+    api = Server(fresh_home, {"HUABU_WORKER": "false", "HUABU_MAX_ATTEMPTS": "1"})
+    try:
+        client = api.client(key)
+        task = submit(client, SLOW)
+        worker = Worker(fresh_home, {"HUABU_MAX_ATTEMPTS": "1"})
+        wait_state(client, task["id"], "running", timeout=90)
+        worker.kill()
+        survivor = Worker(fresh_home, {"HUABU_MAX_ATTEMPTS": "1"})
+        try:
+            failed = wait_finished(client, task["id"], timeout=120)
+            # ...and the worker it failed on is fine: it runs the next task.
+            after = wait_finished(client, submit(client, SMALL)["id"], timeout=60)
+        finally:
+            survivor.stop()
+        assert failed["state"] == "failed"
+        assert "stopped 1 times before it finished" in failed["error"]
+        assert after["state"] == "succeeded"
+    finally:
+        api.stop()
+
+
+def test_restart_loses_no_task(fresh_home):
+    key = key_for(fresh_home)
+    server = Server(fresh_home)
+    client = server.client(key)
+    ids = [submit(client, SLOW | {"steps": 20})["id"] for _ in range(3)]
+    wait_state(client, ids[0], "running", timeout=90)
+    # SIGTERM mid-task: a graceful stop (uvicorn re-raises the signal once it is done).
+    assert server.stop() in (0, -signal.SIGTERM)
+    interrupted = None
+    restarted = Server(fresh_home)
+    try:
+        client = restarted.client(key)
+        interrupted = client.get(f"/huabu/v1/tasks/{ids[0]}").json()
+        finished = [wait_finished(client, task_id, timeout=120) for task_id in ids]
+    finally:
+        restarted.stop()
+    assert interrupted["state"] in ("queued", "running", "succeeded")
+    assert [task["state"] for task in finished] == ["succeeded"] * 3
+    # A clean shutdown is not a crash: it does not count against the task's attempts.
+    assert finished[0]["attempts"] == 1
+
+
+def test_queue_limits_answer_429_with_retry_after(fresh_home):
+    busy, other = key_for(fresh_home, "busy@example.com"), key_for(fresh_home, "other@x.org")
+    server = Server(
+        fresh_home,
+        {"HUABU_WORKER": "false", "HUABU_MAX_QUEUED_PER_USER": "2", "HUABU_MAX_QUEUED": "3"},
+    )
+    try:
+        with server.client(busy) as client:
+            for _ in range(2):
+                submit(client, SMALL)
+            refused = client.post("/huabu/v1/generations", json=SMALL)
+            assert refused.status_code == 429
+            assert int(refused.headers["retry-after"]) >= 1
+            assert "limit is 2" in refused.json()["error"]["message"]
+            assert len(client.get("/huabu/v1/tasks").json()["data"]) == 2  # nothing half-made
+        with server.client(other) as client:
+            submit(client, SMALL)  # other users are not blocked by one user's backlog
+            assert client.post("/huabu/v1/generations", json=SMALL).status_code == 429  # global
+    finally:
+        server.stop()
+
+
+def test_anonymous_mode_serves_without_credentials(fresh_home):
+    server = Server(fresh_home, {"HUABU_ANONYMOUS": "true"})
+    try:
+        task = submit(server.client(), SMALL)
+        assert wait_finished(server.client(), task["id"])["state"] == "succeeded"
+        with server.client(key_for(fresh_home)) as keyed:  # real users still see only theirs
+            assert keyed.get(f"/huabu/v1/tasks/{task['id']}").status_code == 404
+        # Without a worker and with nothing alive to run it, a queued task has no ETA.
+        health = httpx.get(server.url + "/huabu/v1/health").json()
+        assert health["workers"] == 1
+    finally:
+        server.stop()

@@ -1,0 +1,298 @@
+"""The service end to end: a real `huabu serve` (worker inside) over real HTTP, on the
+embedded PostgreSQL, generating with the demo model."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+
+import httpx
+import pytest
+from PIL import Image
+
+from helpers import max_difference
+from huabu.auth import Accounts
+from huabu.db.session import open_database
+from huabu.engine.metadata import parse_infotext, read_parameters
+from huabu.settings import Settings
+from serving import Server, stop_embedded_postgres
+
+SMALL = {"model": "demo", "prompt": "a red fox", "width": 64, "height": 64, "steps": 8}
+#: Long enough (a few seconds on one CPU thread) to be caught queued or running.
+SLOW = SMALL | {"width": 256, "height": 256, "steps": 60}
+
+
+@pytest.fixture(scope="module")
+def service_home(tmp_path_factory, home):
+    path = tmp_path_factory.mktemp("service")
+    (path / "models").symlink_to(home / "models")
+    yield path
+    stop_embedded_postgres(path)
+
+
+@pytest.fixture(scope="module")
+def accounts(service_home):
+    return Accounts(open_database(Settings(home=service_home)))
+
+
+@pytest.fixture(scope="module")
+def server(service_home, accounts):
+    server = Server(service_home)
+    yield server
+    server.stop()
+
+
+def client_for(accounts: Accounts, server: Server, email: str) -> httpx.Client:
+    user = accounts.add_user(email, "password123")
+    return server.client(accounts.create_key(user.id))
+
+
+@pytest.fixture(scope="module")
+def alice(accounts, server):
+    return client_for(accounts, server, "alice@example.com")
+
+
+@pytest.fixture(scope="module")
+def bob(accounts, server):
+    return client_for(accounts, server, "bob@example.com")
+
+
+def submit(client: httpx.Client, body: dict) -> dict:
+    response = client.post("/huabu/v1/generations", json=body)
+    assert response.status_code == 202, response.text
+    return response.json()
+
+
+def wait_finished(client: httpx.Client, task_id: str, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        task = client.get(f"/huabu/v1/tasks/{task_id}", params={"wait": 10}).json()
+        if task["state"] in ("succeeded", "failed", "cancelled"):
+            return task
+    raise AssertionError(f"task {task_id} did not finish: {task}")
+
+
+def wait_state(client: httpx.Client, task_id: str, state: str, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        task = client.get(f"/huabu/v1/tasks/{task_id}").json()
+        if task["state"] == state:
+            return task
+        time.sleep(0.05)
+    raise AssertionError(f"task {task_id} never became {state}: {task}")
+
+
+def test_submit_poll_download(alice):
+    queued = submit(alice, SMALL | {"n_images": 2, "seed": 77})
+    assert queued["state"] == "queued" and queued["request"]["seed"] == 77
+    task = wait_finished(alice, queued["id"])
+    assert task["state"] == "succeeded", task
+    assert task["progress"] == {"step": 8, "total": 8, "percent": 100.0}
+    assert [image["seed"] for image in task["images"]] == [77, 78]
+    for image in task["images"]:
+        response = httpx.get(image["url"])  # signed: no credentials needed
+        assert response.headers["content-type"] == "image/png"
+        picture = Image.open(io.BytesIO(response.content))
+        assert picture.size == (64, 64)
+        assert parse_infotext(read_parameters(picture))["Seed"] == str(image["seed"])
+        preview = httpx.get(image["preview_url"])
+        assert preview.headers["content-type"] == "image/jpeg"
+        assert Image.open(io.BytesIO(preview.content)).size == (64, 64)  # never upscaled
+
+
+def test_output_format_and_preview_size(alice):
+    task = wait_finished(alice, submit(alice, SLOW | {"steps": 2, "output_format": "webp"})["id"])
+    image = task["images"][0]
+    response = httpx.get(image["url"])
+    assert response.headers["content-type"] == "image/webp"
+    assert Image.open(io.BytesIO(response.content)).size == (256, 256)
+    preview = Image.open(io.BytesIO(httpx.get(image["preview_url"]).content))
+    assert max(preview.size) == 256 and preview.format == "JPEG"
+
+
+@pytest.mark.parametrize(
+    ("change", "param"),
+    [
+        ({"width": 65}, "width"),
+        ({"steps": 0}, "steps"),
+        ({"model": "no-such-model"}, "model"),
+        ({"sampler": "Euler z"}, "sampler"),
+        ({"colour": "red"}, "colour"),
+        ({"init_image": "not-an-upload"}, "init_image"),
+    ],
+)
+def test_bad_requests_name_the_field_and_queue_nothing(alice, change, param):
+    before = alice.get("/huabu/v1/tasks", params={"limit": 100}).json()["data"]
+    response = alice.post("/huabu/v1/generations", json=SMALL | change)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request" and error["param"] == param
+    assert param in error["message"] and "Traceback" not in response.text
+    assert alice.get("/huabu/v1/tasks", params={"limit": 100}).json()["data"] == before
+
+
+def test_malformed_json_is_a_400(alice):
+    response = alice.post(
+        "/huabu/v1/generations", content=b"{nope", headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["message"] == "the request body is not valid JSON"
+
+
+def test_credentials_are_required(server, accounts):
+    with server.client() as anonymous:
+        response = anonymous.post("/huabu/v1/generations", json=SMALL)
+        assert response.status_code == 401
+        assert response.headers["www-authenticate"] == "Bearer"
+    with server.client("hb_aaaaaaaaaaaa_" + "x" * 43) as forged:
+        assert forged.get("/huabu/v1/tasks").status_code == 401
+
+
+def test_revoked_key_is_refused(server, accounts):
+    user = accounts.add_user("revoked@example.com", "password123")
+    key = accounts.create_key(user.id)
+    accounts.revoke_key(key)
+    with server.client(key) as client:
+        assert client.get("/huabu/v1/me").status_code == 401
+
+
+def test_login_session_and_logout(server, accounts):
+    accounts.add_user("carol@example.com", "correct horse")
+    with server.client() as client:
+        wrong = client.post(
+            "/huabu/v1/sessions", json={"email": "carol@example.com", "password": "nope nope"}
+        )
+        assert wrong.status_code == 401
+        login = client.post(
+            "/huabu/v1/sessions", json={"email": "Carol@Example.com", "password": "correct horse"}
+        )
+        assert login.status_code == 201
+        token = login.json()["token"]
+    with server.client(token) as client:
+        assert client.get("/huabu/v1/me").json()["email"] == "carol@example.com"
+        assert client.delete("/huabu/v1/sessions/current").status_code == 204
+        assert client.get("/huabu/v1/me").status_code == 401
+
+
+def test_users_cannot_see_each_others_tasks_or_images(alice, bob):
+    task = wait_finished(alice, submit(alice, SMALL)["id"])
+    path = f"/huabu/v1/tasks/{task['id']}"
+    for response in (
+        bob.get(path),
+        bob.post(path + "/cancel"),
+        bob.get(path + "/events"),
+    ):
+        assert response.status_code == 404  # not 403: ids do not leak
+        assert response.json()["error"]["type"] == "not_found"
+    assert task["id"] not in {t["id"] for t in bob.get("/huabu/v1/tasks").json()["data"]}
+    url = task["images"][0]["url"]
+    assert httpx.get(url).status_code == 200
+    tampered = url.replace(task["id"], bob.get("/huabu/v1/me").json()["id"])
+    assert httpx.get(tampered).status_code == 404
+    unsigned = url.split("?")[0]
+    assert httpx.get(unsigned).status_code == 404
+
+
+def test_upload_and_img2img(alice, bob):
+    source = Image.new("RGB", (96, 64), (200, 30, 30))
+    buffer = io.BytesIO()
+    source.save(buffer, format="JPEG")
+    upload = alice.post("/huabu/v1/uploads", files={"file": ("red.jpg", buffer.getvalue())})
+    assert upload.status_code == 201, upload.text
+    assert upload.json()["width"] == 96 and upload.json()["content_type"] == "image/jpeg"
+    body = SMALL | {"init_image": upload.json()["id"], "strength": 0.5, "width": 96, "seed": 5}
+    task = wait_finished(alice, submit(alice, body)["id"])
+    assert task["state"] == "succeeded", task
+    image = Image.open(io.BytesIO(httpx.get(task["images"][0]["url"]).content))
+    assert image.size == (96, 64)
+    # The source image was used: the same seed without it gives another picture.
+    plain = wait_finished(alice, submit(alice, body | {"init_image": None})["id"])
+    other = Image.open(io.BytesIO(httpx.get(plain["images"][0]["url"]).content))
+    assert max_difference(image, other) > 32
+    # Bob cannot use Alice's upload.
+    response = bob.post("/huabu/v1/generations", json=body)
+    assert response.status_code == 400 and response.json()["error"]["param"] == "init_image"
+
+
+def test_upload_that_is_not_an_image(alice):
+    response = alice.post(
+        "/huabu/v1/uploads", content=b"GIF89a garbage", headers={"content-type": "image/gif"}
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "file"
+
+
+def test_cancel_queued_and_running(alice):
+    running = submit(alice, SLOW)
+    queued = submit(alice, SLOW)
+    wait_state(alice, running["id"], "running")
+    # The second waits behind the first: one task ahead of it, and an estimate.
+    waiting = alice.get(f"/huabu/v1/tasks/{queued['id']}").json()
+    assert waiting["state"] == "queued" and waiting["queue_position"] == 0
+    assert waiting["eta_seconds"] is not None and waiting["eta_seconds"] > 0
+
+    cancelled = alice.post(f"/huabu/v1/tasks/{queued['id']}/cancel").json()
+    assert cancelled["state"] == "cancelled"  # at once, not at some later point
+
+    alice.post(f"/huabu/v1/tasks/{running['id']}/cancel")
+    stopped = wait_finished(alice, running["id"])
+    assert stopped["state"] == "cancelled"
+    assert stopped["progress"]["step"] < stopped["progress"]["total"]
+    assert stopped["images"] == []
+    # The worker is free again: a new task runs and succeeds.
+    assert wait_finished(alice, submit(alice, SMALL)["id"])["state"] == "succeeded"
+
+
+def test_progress_stream(alice):
+    task = submit(alice, SLOW | {"steps": 30})
+    states, steps = [], []
+    with alice.stream("GET", f"/huabu/v1/tasks/{task['id']}/events") as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                event = json.loads(line[len("data: ") :])
+                states.append(event["state"])
+                steps.append(event["progress"]["step"])
+    assert states[-1] == "succeeded"
+    assert "running" in states
+    assert any(0 < step < 30 for step in steps), steps  # progress seen mid-way
+    assert steps == sorted(steps)
+
+
+def test_list_is_paged_newest_first(accounts, server):
+    client = client_for(accounts, server, "pager@example.com")
+    ids = [submit(client, SMALL)["id"] for _ in range(5)]
+    seen, cursor = [], None
+    while True:
+        params = {"limit": 2} | ({"cursor": cursor} if cursor else {})
+        page = client.get("/huabu/v1/tasks", params=params).json()
+        assert len(page["data"]) <= 2
+        seen += [task["id"] for task in page["data"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == ids[::-1]
+    for task_id in ids:
+        wait_finished(client, task_id)
+
+
+def test_models_and_health(alice, server):
+    names = {model["name"] for model in alice.get("/huabu/v1/models").json()["data"]}
+    assert {"demo", "demo-single"} <= names
+    health = httpx.get(server.url + "/huabu/v1/health").json()
+    assert health["status"] == "ok" and health["workers"] >= 1
+
+
+def test_body_limit(alice):
+    response = alice.post(
+        "/huabu/v1/uploads", content=b"\0" * (51 * 2**20), headers={"content-type": "image/png"}
+    )
+    assert response.status_code == 413
+    assert response.json()["error"]["type"] == "too_large"
+
+
+def test_openapi_docs_are_served(server):
+    spec = httpx.get(server.url + "/openapi.json").json()
+    assert "/huabu/v1/generations" in spec["paths"]
+    assert httpx.get(server.url + "/docs").status_code == 200
