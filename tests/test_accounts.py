@@ -12,7 +12,6 @@ from huabu.db.session import open_database
 from huabu.errors import InvalidRequest, NotFound
 from huabu.settings import Settings
 
-
 HEAD = "0002"  # the newest migration in src/huabu/db/migrations/versions
 
 
@@ -33,9 +32,7 @@ def test_schema_is_migrated_and_migration_is_idempotent(db_home, accounts):
     assert {"procrastinate_jobs", "procrastinate_workers", "alembic_version"} <= tables
     open_database(Settings(home=db_home))  # second start: nothing to do, nothing breaks
     with engine.connect() as connection:
-        assert (
-            connection.execute(text("select version_num from alembic_version")).scalar() == HEAD
-        )
+        assert connection.execute(text("select version_num from alembic_version")).scalar() == HEAD
 
 
 def test_password_login(accounts):
@@ -150,7 +147,5 @@ def test_concurrent_starts_migrate_once(tmp_path):
     assert errors == []
     engine = create_engine(url)
     with engine.connect() as connection:
-        assert (
-            connection.execute(text("select version_num from alembic_version")).scalar() == HEAD
-        )
+        assert connection.execute(text("select version_num from alembic_version")).scalar() == HEAD
     engine.dispose()

@@ -226,11 +226,15 @@ def test_upload_that_is_not_an_image(alice):
 def test_cancel_queued_and_running(alice):
     running = submit(alice, SLOW)
     queued = submit(alice, SLOW)
+    last = submit(alice, SLOW)
+    assert last["queue_position"] >= 1  # at submit: behind the queued ones
     wait_state(alice, running["id"], "running")
-    # The second waits behind the first: one task ahead of it, and an estimate.
-    waiting = alice.get(f"/huabu/v1/tasks/{queued['id']}").json()
-    assert waiting["state"] == "queued" and waiting["queue_position"] == 0
-    assert waiting["eta_seconds"] is not None and waiting["eta_seconds"] > 0
+    # The others wait in order, each with an estimate that grows along the queue.
+    first, second = (alice.get(f"/huabu/v1/tasks/{t['id']}").json() for t in (queued, last))
+    assert (first["state"], first["queue_position"]) == ("queued", 0)
+    assert (second["state"], second["queue_position"]) == ("queued", 1)
+    assert 0 < first["eta_seconds"] < second["eta_seconds"]
+    alice.post(f"/huabu/v1/tasks/{last['id']}/cancel")
 
     cancelled = alice.post(f"/huabu/v1/tasks/{queued['id']}/cancel").json()
     assert cancelled["state"] == "cancelled"  # at once, not at some later point

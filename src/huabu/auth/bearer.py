@@ -38,6 +38,14 @@ class Authenticator:
             raise AuthFailed("credentials must be 'Authorization: Bearer <API key>'")
         return self.for_token(token.strip())
 
+    def cached(self, authorization: str | None) -> Principal | None:
+        """The caller if known without a database query (cached token or anonymous), else None."""
+        if not authorization:
+            return self._anonymous if self.anonymous else None
+        token = authorization.strip().partition(" ")[2].strip()
+        hit = self._cache.get(hashlib.sha256(token.encode()).hexdigest()) if token else None
+        return hit[0] if hit and hit[1] > time.monotonic() else None
+
     def for_token(self, token: str) -> Principal:
         digest = hashlib.sha256(token.encode()).hexdigest()
         now = time.monotonic()

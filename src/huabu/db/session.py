@@ -30,6 +30,8 @@ def migrate(engine: Engine) -> None:
 def open_database(settings: Settings) -> sessionmaker[Session]:
     """A new engine and session factory for this installation's database, migrated first.
     Call once per process and share the result."""
-    engine = create_engine(database_url(settings), pool_pre_ping=True)
+    # No pre-ping (a round trip per request): a connection the server dropped fails one
+    # request, and SQLAlchemy then replaces the pool's connections.
+    engine = create_engine(database_url(settings), pool_size=10, max_overflow=30)
     migrate(engine)
     return sessionmaker(engine, expire_on_commit=False)

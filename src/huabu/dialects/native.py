@@ -141,6 +141,17 @@ def task_out(record: TaskRecord, services: Services, base: str) -> TaskOut:
     )
 
 
+def task_response(
+    record: TaskRecord, services: Services, base: str, status_code: int = 200
+) -> Response:
+    """The task as JSON, serialised once (returning the model would validate it again)."""
+    return Response(
+        task_out(record, services, base).model_dump_json(),
+        status_code=status_code,
+        media_type="application/json",
+    )
+
+
 def upload_out(record: UploadRecord) -> UploadOut:
     return UploadOut(
         id=str(record.id),
@@ -159,9 +170,9 @@ def upload_out(record: UploadRecord) -> UploadOut:
 )
 def submit_generation(
     body: GenerationRequest, user: CurrentUser, services: ServicesDep, base: BaseUrl
-) -> TaskOut:
+) -> Response:
     record = services.tasks.submit_generation(user.id, body, origin="native")
-    return task_out(record, services, base)
+    return task_response(record, services, base, status.HTTP_202_ACCEPTED)
 
 
 @router.get("/tasks", response_model=TaskPage, summary="Your tasks, newest first")
@@ -190,7 +201,10 @@ async def get_task(
             description="Long poll: wait up to this many seconds for the task to finish.",
         ),
     ] = 0,
-) -> TaskOut:
+) -> Response:
+    record = services.tasks.peek(user.id, task_id)
+    if record is not None and (record.finished or not wait):
+        return task_response(record, services, base)  # the common poll: no database
     changed = services.events.subscribe(task_id)
     try:
         record = await run_in_threadpool(services.tasks.get, user.id, task_id)
@@ -207,14 +221,14 @@ async def get_task(
             record = await run_in_threadpool(services.tasks.get, user.id, task_id)
     finally:
         services.events.unsubscribe(task_id, changed)
-    return task_out(record, services, base)
+    return task_response(record, services, base)
 
 
 @router.post("/tasks/{task_id}/cancel", response_model=TaskOut, summary="Cancel a task")
-def cancel_task(task_id: str, user: CurrentUser, services: ServicesDep, base: BaseUrl) -> TaskOut:
+def cancel_task(task_id: str, user: CurrentUser, services: ServicesDep, base: BaseUrl) -> Response:
     """Queued: cancelled at once. Running: stops at its next step (the returned state is still
     `running`; follow the task). Finished: returned unchanged."""
-    return task_out(services.tasks.cancel(user.id, task_id), services, base)
+    return task_response(services.tasks.cancel(user.id, task_id), services, base)
 
 
 @router.get(

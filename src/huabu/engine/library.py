@@ -58,6 +58,9 @@ class ModelLibrary:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.root = settings.models_dir
+        #: Described entries by (path, mtime, size): listing stays live (a model copied in
+        #: appears at once) but headers and folder sizes are read once per version of a file.
+        self._described: dict[tuple[Path, int, int], ModelEntry | None] = {}
 
     def ensure_folders(self) -> None:
         for kind in KINDS:
@@ -72,22 +75,35 @@ class ModelLibrary:
         for path in sorted(folder.iterdir()):
             if path.name.startswith("."):
                 continue
-            if path.is_dir():
-                if kind == "checkpoints" and not (path / "model_index.json").is_file():
-                    continue
-                arch = _folder_architecture(path) if kind == "checkpoints" else None
-                found.append(ModelEntry(path.name, kind, path, "diffusers", _size(path), arch))
-            elif path.suffix in SAFE_SUFFIXES:
-                arch = None
-                if kind == "checkpoints":
-                    try:
-                        arch = CheckpointHeader.read(path).architecture()
-                    except ModelUnavailable:
-                        arch = None
-                found.append(ModelEntry(path.stem, kind, path, "single-file", _size(path), arch))
-            elif path.suffix in PICKLE_SUFFIXES:
-                found.append(ModelEntry(path.stem, kind, path, "pickle", _size(path), None))
+            try:
+                stat = path.stat()
+            except FileNotFoundError:  # removed while we looked
+                continue
+            key = (path, stat.st_mtime_ns, stat.st_size)
+            if key not in self._described:
+                self._described[key] = self._describe(kind, path)
+            entry = self._described[key]
+            if entry is not None:
+                found.append(entry)
         return found
+
+    def _describe(self, kind: str, path: Path) -> ModelEntry | None:
+        if path.is_dir():
+            if kind == "checkpoints" and not (path / "model_index.json").is_file():
+                return None
+            arch = _folder_architecture(path) if kind == "checkpoints" else None
+            return ModelEntry(path.name, kind, path, "diffusers", _size(path), arch)
+        if path.suffix in SAFE_SUFFIXES:
+            arch = None
+            if kind == "checkpoints":
+                try:
+                    arch = CheckpointHeader.read(path).architecture()
+                except ModelUnavailable:
+                    arch = None
+            return ModelEntry(path.stem, kind, path, "single-file", _size(path), arch)
+        if path.suffix in PICKLE_SUFFIXES:
+            return ModelEntry(path.stem, kind, path, "pickle", _size(path), None)
+        return None
 
     def names(self, kind: str) -> list[str]:
         return [entry.name for entry in self.entries(kind)]

@@ -3,13 +3,15 @@
 Speed is seconds per unit of work (steps × pixels × images), averaged over the last finished
 tasks of the same model (any model while a model has no history yet), so the estimate adapts
 to the hardware the workers actually have. ETA = work ahead × speed ÷ live workers + this
-task's own remaining work × its model's speed.
+task's own remaining work × its model's speed. Speeds and the worker count are cached for a
+moment: an estimate needs no precision worth a database round trip per poll.
 """
 
 from __future__ import annotations
 
+import bisect
+import threading
 import time
-import uuid
 
 from sqlalchemy import text
 from sqlalchemy.orm import Session
@@ -19,6 +21,7 @@ from huabu.settings import Settings
 #: Seconds per work unit before anything has finished: a 2-core CPU on the demo model.
 _DEFAULT_SPEED = 4e-6
 _SPEED_TTL = 10.0
+_WORKERS_TTL = 1.0
 
 _SPEED = text(
     """
@@ -29,29 +32,57 @@ _SPEED = text(
              ORDER BY finished_at DESC LIMIT 20) recent
     """
 )
-_AHEAD = text(
-    """
-    SELECT count(*) FILTER (WHERE t.state = 'queued'),
-           coalesce(sum(CASE WHEN t.state = 'queued' THEN t.work
-                             ELSE t.work * (1 - t.step::float / greatest(t.total, 1)) END), 0)
-      FROM tasks t
-     WHERE t.state IN ('queued', 'running') AND t.queue = :queue AND t.id <> :id
-       AND (t.state = 'running' OR t.job_id < :job_id)
-    """
-)
 _WORKERS = text(
     "SELECT count(*) FROM procrastinate_workers "
     "WHERE last_heartbeat > now() - make_interval(secs => :stalled)"
 )
+
+_LIVE = text(
+    """
+    SELECT job_id, state, work * (1 - step::float / greatest(total, 1)) AS remaining
+      FROM tasks WHERE state IN ('queued', 'running') AND queue = :queue
+    """
+)
+_SNAPSHOT_TTL = 0.5
+
+
+class _QueueSnapshot:
+    """The live queue, read in one query at most twice a second and shared by every poll:
+    position and work ahead become a binary search instead of a scan per request."""
+
+    def __init__(self, rows: list[tuple[int | None, str, float]]) -> None:
+        queued = sorted(
+            (job_id or 0, remaining) for job_id, state, remaining in rows if state == "queued"
+        )
+        self.job_ids = [job_id for job_id, _ in queued]
+        self.prefix = [0.0]
+        for _, remaining in queued:
+            self.prefix.append(self.prefix[-1] + remaining)
+        self.running_work = sum(remaining for _, state, remaining in rows if state == "running")
+        self.newest_job = max((job or 0 for job, _, _ in rows), default=0)
+        self.taken = time.monotonic()
+
+    def stale_for(self, job_id: int | None) -> bool:
+        """Too old, or older than the job asked about (it was queued after this was read)."""
+        return time.monotonic() - self.taken > _SNAPSHOT_TTL or (job_id or 0) > self.newest_job
+
+    def ahead(self, job_id: int | None) -> tuple[int, float]:
+        """Queued tasks ahead of job ``job_id`` (jobs run in id order; None: a job not queued
+        yet, behind all of them) and the work ahead, running tasks' remainder included."""
+        count = len(self.job_ids) if job_id is None else bisect.bisect_left(self.job_ids, job_id)
+        return count, self.prefix[count] + self.running_work
 
 
 class EtaEstimator:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._speeds: dict[str | None, tuple[float, float]] = {}
+        self._workers: tuple[int, float] | None = None
+        self._snapshots: dict[str, _QueueSnapshot] = {}
+        self._lock = threading.Lock()
 
     def speed(self, session: Session, model: str | None) -> float:
-        """Seconds per work unit for ``model`` (None: all models), cached for a few seconds."""
+        """Seconds per work unit for ``model`` (None: all models)."""
         cached = self._speeds.get(model)
         now = time.monotonic()
         if cached and now - cached[1] < _SPEED_TTL:
@@ -63,30 +94,40 @@ class EtaEstimator:
         return float(value)
 
     def live_workers(self, session: Session) -> int:
-        return session.execute(_WORKERS, {"stalled": self.settings.stalled_seconds}).scalar_one()
+        now = time.monotonic()
+        if self._workers is None or now - self._workers[1] > _WORKERS_TTL:
+            count = session.execute(_WORKERS, {"stalled": self.settings.stalled_seconds}).scalar()
+            self._workers = (int(count or 0), now)
+        return self._workers[0]
+
+    def ahead(self, session: Session, queue: str, job_id: int | None) -> tuple[int, float]:
+        """(queued tasks ahead, work ahead including running tasks' remainder), at most
+        half a second old."""
+        snapshot = self._snapshots.get(queue)
+        if snapshot is None or snapshot.stale_for(job_id):
+            with self._lock:  # one refresh at a time; the others use the fresh result
+                snapshot = self._snapshots.get(queue)
+                if snapshot is None or snapshot.stale_for(job_id):
+                    rows = session.execute(_LIVE, {"queue": queue}).all()
+                    snapshot = self._snapshots[queue] = _QueueSnapshot([tuple(r) for r in rows])
+        return snapshot.ahead(job_id)
 
     def estimate(
         self,
         session: Session,
         *,
-        task_id: uuid.UUID,
-        queue: str,
-        job_id: int | None,
         state: str,
         model: str,
         work: float,
         step: int,
         total: int,
-    ) -> tuple[int | None, float | None]:
-        """(tasks ahead in the queue or None if running, seconds to finish or None)."""
+        ahead_work: float,
+    ) -> float | None:
+        """Seconds until the task finishes, or None when no worker is alive to run it."""
         own = work * (1 - step / total if total else 1) * self.speed(session, model)
         if state == "running":
-            return None, round(own, 2)
-        ahead, ahead_work = session.execute(
-            _AHEAD, {"queue": queue, "id": task_id, "job_id": job_id or 0}
-        ).one()
+            return round(own, 2)
         workers = self.live_workers(session)
         if not workers:
-            return ahead, None
-        wait = ahead_work * self.speed(session, None) / workers
-        return ahead, round(wait + own, 2)
+            return None
+        return round(ahead_work * self.speed(session, None) / workers + own, 2)

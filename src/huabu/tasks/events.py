@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 
 import psycopg
 
@@ -24,6 +25,9 @@ class TaskEvents:
         self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
         self._runner: asyncio.Task | None = None
         self._connected = asyncio.Event()
+        #: Called with each changed task's id (None: anything may have changed), before
+        #: waiters wake, so a cache is dropped before anyone re-reads.
+        self.listeners: list[Callable[[str | None], None]] = []
 
     async def start(self) -> None:
         self._runner = asyncio.create_task(self._listen(), name="huabu-task-events")
@@ -46,6 +50,8 @@ class TaskEvents:
                     delay = 0.5
                     self._wake_all()  # anything may have changed while we were away
                     async for notice in connection.notifies():
+                        for listener in self.listeners:
+                            listener(notice.payload)
                         for event in self._waiters.get(notice.payload, ()):
                             event.set()
             except asyncio.CancelledError:
@@ -57,6 +63,8 @@ class TaskEvents:
                 delay = min(delay * 2, 10)
 
     def _wake_all(self) -> None:
+        for listener in self.listeners:
+            listener(None)
         for events in self._waiters.values():
             for event in events:
                 event.set()

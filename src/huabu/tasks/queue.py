@@ -7,8 +7,6 @@ procrastinate's Python ``defer`` (which commits on its own connection) cannot pr
 
 from __future__ import annotations
 
-import json
-
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
@@ -16,23 +14,16 @@ from sqlalchemy.orm import Session
 TASK_NAMES = {"generate": "huabu.generate", "train": "huabu.train"}
 QUEUES = {"generate": "generate", "train": "train"}
 
-_DEFER = text(
+#: Defers one job (bind ``queue``, ``task_name``, ``args``); selects its id as ``id``.
+DEFER_SQL = (
     "SELECT unnest(procrastinate_defer_jobs_v1(ARRAY[ROW("
     ":queue, :task_name, 0, NULL, NULL, CAST(:args AS jsonb), NULL"
-    ")::procrastinate_job_to_defer_v1]))"
+    ")::procrastinate_job_to_defer_v1])) AS id"
 )
 _CANCEL = text("SELECT procrastinate_cancel_job_v1(:job_id, false, false)")
 _NOTIFY = text("SELECT pg_notify('huabu_tasks', :task_id)")
 #: The channel task changes are announced on (payload: the task id), see ``events``.
 CHANNEL = "huabu_tasks"
-
-
-def defer(session: Session, kind: str, task_id: str) -> int:
-    """Queue the job that runs task ``task_id``; part of ``session``'s transaction."""
-    args = json.dumps({"task_id": task_id})
-    return session.execute(
-        _DEFER, {"queue": QUEUES[kind], "task_name": TASK_NAMES[kind], "args": args}
-    ).scalar_one()
 
 
 def cancel_job(session: Session, job_id: int) -> None:

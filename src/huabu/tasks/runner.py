@@ -42,6 +42,9 @@ _CLAIM = text(
     RETURNING request, attempts, cancel_requested
     """
 )
+#: For the claim and progress writes only: no wait for the WAL flush. A crash can lose
+#: them, which costs nothing: the job is re-run anyway and progress is rewritten.
+_NOT_DURABLE = text("SET LOCAL synchronous_commit = off")
 _PROGRESS = text(
     "UPDATE tasks SET step = :step, total = :total WHERE id = :id RETURNING cancel_requested"
 )
@@ -78,6 +81,7 @@ class _Progress:
         if now - self.last >= PROGRESS_INTERVAL:
             self.last = now
             with self.runner.sessions.begin() as session:
+                session.execute(_NOT_DURABLE)
                 self.cancel_requested = bool(
                     session.execute(
                         _PROGRESS, {"step": step, "total": total, "id": self.task_id}
@@ -105,6 +109,7 @@ class GenerationRunner:
     def run(self, task_id: uuid.UUID, stopping: threading.Event) -> None:
         """Run task ``task_id`` to a final state. Raises only WorkerStopping."""
         with self.sessions.begin() as session:
+            session.execute(_NOT_DURABLE)
             claimed = session.execute(_CLAIM, {"id": task_id}).one_or_none()
             if claimed is not None:
                 queue.announce(session, task_id)

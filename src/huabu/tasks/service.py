@@ -3,17 +3,21 @@ upload images. Every query is scoped to the caller; someone else's task is simpl
 
 from __future__ import annotations
 
+import contextlib
 import io
+import json
 import math
+import time
 import uuid
-from collections import defaultdict
+from collections import OrderedDict
 from datetime import UTC, datetime
+from typing import Any
 
 from PIL import Image
-from sqlalchemy import func, select, text, tuple_
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from huabu.db.tables import Task, TaskImage, Upload
+from huabu.db.tables import Task, Upload
 from huabu.engine.library import ModelLibrary
 from huabu.errors import InvalidRequest, NotFound, Overloaded
 from huabu.images import decode_image
@@ -24,6 +28,50 @@ from huabu.tasks import queue
 from huabu.tasks.eta import EtaEstimator
 from huabu.tasks.records import UNFINISHED, ImageRecord, TaskRecord, UploadRecord
 
+#: How stale a cached unfinished task may be, and how many tasks the read cache holds.
+CACHE_SECONDS = 1.0
+CACHE_ENTRIES = 50_000
+_IMAGE_FIELDS = (
+    "index", "seed", "key", "preview_key", "format", "width", "height", "size_bytes", "infotext"
+)  # fmt: skip
+#: Tasks with their images and, for queued ones, the work ahead: one round trip per read.
+_SELECT_TASKS = f"""
+    SELECT t.id, t.owner_id, t.kind, t.origin, t.state, t.model, t.request, t.step, t.total,
+           t.work, t.attempts, t.error, t.created_at, t.started_at, t.finished_at, t.queue,
+           t.job_id,
+           CASE WHEN t.state = 'succeeded' THEN
+             (SELECT json_agg(json_build_object({", ".join(f"'{f}', i.{f}" for f in _IMAGE_FIELDS)})
+                              ORDER BY i.index)
+                FROM task_images i WHERE i.task_id = t.id)
+           END AS images
+      FROM tasks t
+     WHERE {{where}}
+"""
+_GET = text(_SELECT_TASKS.format(where="t.id = :id AND t.owner_id = :owner"))
+_LIMITS = text(
+    """
+    SELECT mine.count, mine.min, everyone.count, everyone.min, everyone.ahead, everyone.work
+      FROM (SELECT count(*), min(work) FROM tasks
+             WHERE owner_id = :owner AND state IN ('queued', 'running')) mine,
+           (SELECT count(*), min(work),
+                   count(*) FILTER (WHERE state = 'queued' AND queue = :queue) AS ahead,
+                   coalesce(sum(work * (1 - step::float / greatest(total, 1)))
+                            FILTER (WHERE queue = :queue), 0) AS work
+              FROM tasks WHERE state IN ('queued', 'running')) everyone
+    """
+)
+#: The task row and its procrastinate job, in one statement (see ``queue``).
+_INSERT_AND_DEFER = text(
+    f"""
+    WITH job AS ({queue.DEFER_SQL})
+    INSERT INTO tasks (id, owner_id, kind, origin, queue, state, model, request, step, total,
+                       work, attempts, job_id, cancel_requested)
+    SELECT :id, :owner, :kind, :origin, :queue, 'queued', :model, CAST(:request AS jsonb), 0,
+           :total, :work, 0, job.id, false
+      FROM job
+    RETURNING created_at, job_id
+    """
+)
 _KEPT_FORMATS = {
     "PNG": ("png", "image/png"),
     "JPEG": ("jpg", "image/jpeg"),
@@ -57,9 +105,15 @@ class TaskService:
     ) -> None:
         self.settings = settings
         self.sessions = sessions
+        # Reads in autocommit: one round trip per query instead of BEGIN, query, ROLLBACK.
+        self.reads = sessionmaker(
+            sessions.kw["bind"].execution_options(isolation_level="AUTOCOMMIT"),
+            expire_on_commit=False,
+        )
         self.storage = storage
         self.library = library or ModelLibrary(settings)
         self.eta = EtaEstimator(settings)
+        self._cache: OrderedDict[uuid.UUID, tuple[TaskRecord, float]] | None = None
 
     # -- submitting -------------------------------------------------------------------------
 
@@ -93,37 +147,53 @@ class TaskService:
 
     def _enqueue(self, task: Task) -> TaskRecord:
         with self.sessions.begin() as session:
-            # One submit at a time per user, so two racing submits cannot both pass the limit.
-            session.execute(
-                text("SELECT pg_advisory_xact_lock(hashtextextended(:owner, 0))"),
-                {"owner": str(task.owner_id)},
-            )
-            self._check_limits(session, task.owner_id)
-            session.add(task)
-            session.flush()
-            task.job_id = queue.defer(session, task.kind, str(task.id))
-            session.flush()
-            return self._record(session, task, [])
+            ahead, ahead_work = self._check_limits(session, task)
+            created_at, task.job_id = session.execute(
+                _INSERT_AND_DEFER,
+                {
+                    "id": task.id,
+                    "owner": task.owner_id,
+                    "kind": task.kind,
+                    "origin": task.origin,
+                    "queue": task.queue,
+                    "model": task.model,
+                    "request": json.dumps(task.request),
+                    "total": task.total,
+                    "work": task.work,
+                    "task_name": queue.TASK_NAMES[task.kind],
+                    "args": json.dumps({"task_id": str(task.id)}),
+                },
+            ).one()
+            row = dict(
+                id=task.id, owner_id=task.owner_id, kind=task.kind, origin=task.origin,
+                state="queued", model=task.model, request=task.request, step=0,
+                total=task.total, work=task.work, attempts=0, error=None,
+                created_at=created_at, started_at=None, finished_at=None,
+                ahead=ahead, ahead_work=ahead_work, images=None,
+            )  # fmt: skip
+            return self._record(session, row)
 
-    def _check_limits(self, session: Session, owner_id: uuid.UUID) -> None:
-        live = Task.state.in_(UNFINISHED)
-        mine, smallest = session.execute(
-            select(func.count(), func.min(Task.work)).where(Task.owner_id == owner_id, live)
+    def _check_limits(self, session: Session, task: Task) -> tuple[int, float]:
+        """Refuse with Overloaded past a queue limit; else (tasks, work) ahead of ``task``.
+
+        Deliberately lock-free: submits racing at the very same moment can each pass the
+        check, so a limit can be exceeded by the number of submits in flight at once. Exact
+        enforcement would serialise all of a user's submits."""
+        mine, my_smallest, everyone, smallest, ahead, ahead_work = session.execute(
+            _LIMITS, {"owner": task.owner_id, "queue": task.queue}
         ).one()
         if mine >= self.settings.max_queued_per_user:
             raise Overloaded(
                 f"you have {mine} unfinished tasks, the limit is "
                 f"{self.settings.max_queued_per_user}; wait for some to finish",
-                retry_after=self._retry_after(session, smallest),
+                retry_after=self._retry_after(session, my_smallest),
             )
-        everyone, smallest = session.execute(
-            select(func.count(), func.min(Task.work)).where(live)
-        ).one()
         if everyone >= self.settings.max_queued:
             raise Overloaded(
                 f"the server has {everyone} unfinished tasks, its limit; try again shortly",
                 retry_after=self._retry_after(session, smallest),
             )
+        return ahead, ahead_work  # a new task is behind every queued one
 
     def _retry_after(self, session: Session, work: float | None) -> int:
         """Roughly when one slot frees up: the smallest queued task's run time."""
@@ -132,13 +202,52 @@ class TaskService:
 
     # -- reading ----------------------------------------------------------------------------
 
+    def enable_cache(self) -> None:
+        """Serve repeated reads from memory. Only for a process that calls ``forget`` on every
+        task change notification (see ``events``): then a cached finished task is exact, and
+        an unfinished one at most CACHE_SECONDS old (queue positions move without a
+        notification of their own)."""
+        self._cache = OrderedDict()
+
+    def forget(self, task_id: str | None = None) -> None:
+        """Drop one task (or, with None, every task) from the read cache."""
+        if self._cache is None:
+            return
+        if task_id is None:
+            self._cache.clear()
+            return
+        with contextlib.suppress(ValueError, KeyError):
+            del self._cache[uuid.UUID(task_id)]
+
+    def peek(self, owner_id: uuid.UUID, task_id: str) -> TaskRecord | None:
+        """The task from the read cache if it is there and fresh; never touches the database."""
+        if self._cache is None:
+            return None
+        try:
+            record, fetched = self._cache[uuid.UUID(task_id)]
+        except (ValueError, KeyError):
+            return None
+        if record.owner_id != owner_id:
+            return None
+        if not record.finished and time.monotonic() - fetched > CACHE_SECONDS:
+            return None
+        return record
+
     def get(self, owner_id: uuid.UUID, task_id: str | uuid.UUID) -> TaskRecord:
         task_id = parse_id(task_id)
-        with self.sessions() as session:
-            task = session.scalar(select(Task).where(Task.id == task_id, Task.owner_id == owner_id))
-            if task is None:
+        cached = self.peek(owner_id, str(task_id))
+        if cached is not None:
+            return cached
+        with self.reads() as session:
+            row = session.execute(_GET, {"id": task_id, "owner": owner_id}).one_or_none()
+            if row is None:
                 raise NotFound(f"no task {task_id}")
-            return self._record(session, task, self._images(session, [task]).get(task.id, []))
+            record = self._record(session, row._asdict())
+        if self._cache is not None:
+            self._cache[record.id] = (record, time.monotonic())
+            if len(self._cache) > CACHE_ENTRIES:
+                self._cache.popitem(last=False)
+        return record
 
     def list(
         self, owner_id: uuid.UUID, *, limit: int = 20, cursor: str | None = None
@@ -146,93 +255,66 @@ class TaskService:
         """The caller's tasks, newest first, ``limit`` per page; the cursor continues a list."""
         if not 1 <= limit <= 100:
             raise InvalidRequest(f"limit must be between 1 and 100, got {limit}", param="limit")
-        query = select(Task).where(Task.owner_id == owner_id)
+        where = "t.owner_id = :owner"
+        params: dict[str, Any] = {"owner": owner_id, "limit": limit + 1}
         if cursor:
             try:
-                after = uuid.UUID(cursor)
+                params["cursor"] = uuid.UUID(cursor)
             except ValueError:
                 raise InvalidRequest(
                     "cursor is not one this server handed out", param="cursor"
                 ) from None
-            mark = (
-                select(Task.created_at, Task.id)
-                .where(Task.id == after, Task.owner_id == owner_id)
-                .subquery()
+            where += (
+                " AND (t.created_at, t.id) < "
+                "(SELECT created_at, id FROM tasks WHERE id = :cursor AND owner_id = :owner)"
             )
-            query = query.where(
-                tuple_(Task.created_at, Task.id)
-                < select(mark.c.created_at, mark.c.id).scalar_subquery()
-            )
-        query = query.order_by(Task.created_at.desc(), Task.id.desc()).limit(limit + 1)
-        with self.sessions() as session:
-            tasks = list(session.scalars(query))
-            more = len(tasks) > limit
-            tasks = tasks[:limit]
-            images = self._images(session, tasks)
-            records = [self._record(session, task, images.get(task.id, [])) for task in tasks]
-        return records, (str(tasks[-1].id) if more else None)
+        query = (
+            _SELECT_TASKS.format(where=where)
+            + " ORDER BY t.created_at DESC, t.id DESC LIMIT :limit"
+        )
+        with self.reads() as session:
+            rows = [row._asdict() for row in session.execute(text(query), params)]
+            more = len(rows) > limit
+            records = [self._record(session, row) for row in rows[:limit]]
+        return records, (str(records[-1].id) if more else None)
 
-    def _images(self, session: Session, tasks: list[Task]) -> dict[uuid.UUID, list[TaskImage]]:
-        done = [task.id for task in tasks if task.state == "succeeded"]
-        found: dict[uuid.UUID, list[TaskImage]] = defaultdict(list)
-        if done:
-            rows = session.scalars(
-                select(TaskImage).where(TaskImage.task_id.in_(done)).order_by(TaskImage.index)
-            )
-            for row in rows:
-                found[row.task_id].append(row)
-        return found
-
-    def _record(self, session: Session, task: Task, images: list[TaskImage]) -> TaskRecord:
-        position = eta = None
-        if task.state in UNFINISHED:
-            position, eta = self.eta.estimate(
+    def _record(self, session: Session, row: dict[str, Any]) -> TaskRecord:
+        eta = None
+        if row["state"] == "queued" and "ahead" not in row:
+            row["ahead"], row["ahead_work"] = self.eta.ahead(session, row["queue"], row["job_id"])
+        if row["state"] in UNFINISHED:
+            eta = self.eta.estimate(
                 session,
-                task_id=task.id,
-                queue=task.queue,
-                job_id=task.job_id,
-                state=task.state,
-                model=task.model,
-                work=task.work,
-                step=task.step,
-                total=task.total,
+                state=row["state"],
+                model=row["model"],
+                work=row["work"],
+                step=row["step"],
+                total=row["total"],
+                ahead_work=row.get("ahead_work") or 0.0,
             )
         return TaskRecord(
-            id=task.id,
-            owner_id=task.owner_id,
-            kind=task.kind,
-            origin=task.origin,
-            state=task.state,  # type: ignore[arg-type]
-            model=task.model,
-            request=task.request,
-            step=task.step,
-            total=task.total,
-            attempts=task.attempts,
-            error=task.error,
-            created_at=task.created_at,
-            started_at=task.started_at,
-            finished_at=task.finished_at,
-            queue_position=position,
+            id=row["id"],
+            owner_id=row["owner_id"],
+            kind=row["kind"],
+            origin=row["origin"],
+            state=row["state"],
+            model=row["model"],
+            request=row["request"],
+            step=row["step"],
+            total=row["total"],
+            attempts=row["attempts"],
+            error=row["error"],
+            created_at=row["created_at"],
+            started_at=row["started_at"],
+            finished_at=row["finished_at"],
+            queue_position=row.get("ahead") if row["state"] == "queued" else None,
             eta_seconds=eta,
-            images=tuple(
-                ImageRecord(
-                    index=image.index,
-                    seed=image.seed,
-                    key=image.key,
-                    preview_key=image.preview_key,
-                    format=image.format,
-                    width=image.width,
-                    height=image.height,
-                    size_bytes=image.size_bytes,
-                    infotext=image.infotext,
-                )
-                for image in images
-            ),
+            images=tuple(ImageRecord(**image) for image in row["images"] or ()),
         )
 
     def queue_summary(self) -> dict[str, int]:
         """Live workers and unfinished tasks, for health checks and dashboards."""
-        with self.sessions() as session:
+        with self.reads() as session:
             counts = dict(
                 session.execute(
                     select(Task.state, func.count())
@@ -268,8 +350,8 @@ class TaskService:
             elif task.state == "running" and not task.cancel_requested:
                 task.cancel_requested = True
                 queue.announce(session, task.id)
-            session.flush()
-            return self._record(session, task, [])
+        self.forget(str(task_id))
+        return self.get(owner_id, task_id)
 
     # -- uploads ----------------------------------------------------------------------------
 

@@ -34,6 +34,10 @@ class Services:
         accounts = Accounts(sessions)
         library = ModelLibrary(settings)
         storage = LocalStorage(settings.files_dir)
+        tasks = TaskService(settings, sessions, storage, library)
+        events = TaskEvents(database_uri)
+        tasks.enable_cache()
+        events.listeners.append(tasks.forget)
         return cls(
             settings=settings,
             sessions=sessions,
@@ -42,6 +46,6 @@ class Services:
             library=library,
             storage=storage,
             signer=UrlSigner(installation_secret(settings), settings.url_ttl),
-            tasks=TaskService(settings, sessions, storage, library),
-            events=TaskEvents(database_uri),
+            tasks=tasks,
+            events=events,
         )

@@ -86,6 +86,12 @@ def upgrade() -> None:
         postgresql_where=sa.text("state IN ('queued', 'running')"),
     )
     op.create_index(
+        "ix_tasks_owner_live",
+        "tasks",
+        ["owner_id"],
+        postgresql_where=sa.text("state IN ('queued', 'running')"),
+    )
+    op.create_index(
         "ix_tasks_speed",
         "tasks",
         ["model", sa.text("finished_at DESC")],
