@@ -1,4 +1,5 @@
-"""Shared fixtures: one demo model library per test session, one engine over it."""
+"""Shared fixtures: one demo model library per test session, one engine over it, and one
+running `huabu serve` (worker inside) over its own embedded PostgreSQL for HTTP tests."""
 
 from __future__ import annotations
 
@@ -6,10 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from huabu.auth import Accounts
+from huabu.db.session import open_database
 from huabu.engine import demo
 from huabu.engine.engine import Engine
 from huabu.native import GenerationRequest
 from huabu.settings import Settings
+from serving import Server, stop_embedded_postgres
 
 
 @pytest.fixture(scope="session")
@@ -47,3 +51,23 @@ def small():
         return GenerationRequest(**(base | changes))
 
     return make
+
+
+@pytest.fixture(scope="session")
+def service_home(tmp_path_factory, home):
+    path = tmp_path_factory.mktemp("service")
+    (path / "models").symlink_to(home / "models")
+    yield path
+    stop_embedded_postgres(path)
+
+
+@pytest.fixture(scope="session")
+def accounts(service_home):
+    return Accounts(open_database(Settings(home=service_home)))
+
+
+@pytest.fixture(scope="session")
+def server(service_home, accounts):
+    server = Server(service_home)
+    yield server
+    server.stop()

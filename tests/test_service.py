@@ -13,34 +13,12 @@ from PIL import Image
 
 from helpers import max_difference
 from huabu.auth import Accounts
-from huabu.db.session import open_database
 from huabu.engine.metadata import parse_infotext, read_parameters
-from huabu.settings import Settings
-from serving import Server, stop_embedded_postgres
+from serving import Server
 
 SMALL = {"model": "demo", "prompt": "a red fox", "width": 64, "height": 64, "steps": 8}
 #: Long enough (a few seconds on one CPU thread) to be caught queued or running.
 SLOW = SMALL | {"width": 256, "height": 256, "steps": 60}
-
-
-@pytest.fixture(scope="module")
-def service_home(tmp_path_factory, home):
-    path = tmp_path_factory.mktemp("service")
-    (path / "models").symlink_to(home / "models")
-    yield path
-    stop_embedded_postgres(path)
-
-
-@pytest.fixture(scope="module")
-def accounts(service_home):
-    return Accounts(open_database(Settings(home=service_home)))
-
-
-@pytest.fixture(scope="module")
-def server(service_home, accounts):
-    server = Server(service_home)
-    yield server
-    server.stop()
 
 
 def client_for(accounts: Accounts, server: Server, email: str) -> httpx.Client:
@@ -48,12 +26,12 @@ def client_for(accounts: Accounts, server: Server, email: str) -> httpx.Client:
     return server.client(accounts.create_key(user.id))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def alice(accounts, server):
     return client_for(accounts, server, "alice@example.com")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def bob(accounts, server):
     return client_for(accounts, server, "bob@example.com")
 

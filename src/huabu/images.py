@@ -46,3 +46,22 @@ def decode_image(data: bytes, *, field: str, max_pixels: int) -> Image.Image:
         return image.convert("RGB")
     except (OSError, ValueError, SyntaxError):
         raise InvalidRequest(f"{field} is a truncated or corrupt image", param=field) from None
+
+
+def decode_base64(text: str, *, field: str) -> bytes:
+    """Bytes from base64 as clients send it: bare, or a ``data:image/...;base64,`` URL."""
+    import base64
+    import binascii
+
+    if not isinstance(text, str) or not text.strip():
+        raise InvalidRequest(f"{field} is empty", param=field)
+    payload = text.strip()
+    if payload.startswith("data:"):
+        header, _, payload = payload.partition(",")
+        if ";base64" not in header:
+            raise InvalidRequest(f"{field}: a data URL must be base64-encoded", param=field)
+    payload = "".join(payload.split())  # line breaks some encoders insert
+    try:
+        return base64.b64decode(payload + "=" * (-len(payload) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidRequest(f"{field} is not valid base64", param=field) from None

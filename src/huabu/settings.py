@@ -57,6 +57,15 @@ class Settings(BaseSettings):
         default=10.0, gt=0, description="A worker silent this long is dead; its task is re-run."
     )
 
+    default_model: str | None = Field(
+        default=None,
+        description="Checkpoint for dialects whose requests name none; unset = the first "
+        "checkpoint in the library by name.",
+    )
+    sync_timeout: float = Field(
+        default=300.0, gt=0, description="How long synchronous APIs (/txt2img) wait, s."
+    )
+
     # Request limits, enforced by the native request validator for every dialect.
     min_size: int = Field(default=64, ge=8)
     max_size: int = Field(default=2048, ge=8)

@@ -21,6 +21,7 @@ from huabu.native import GenerationRequest
 from huabu.tasks.records import TaskRecord, UploadRecord
 from huabu.web.deps import BaseUrl, CurrentUser, ServicesDep
 from huabu.web.services import Services
+from huabu.web.waiting import wait_for_task
 
 PREFIX = "/huabu/v1"
 router = APIRouter(prefix=PREFIX, tags=["native"])
@@ -203,24 +204,8 @@ async def get_task(
     ] = 0,
 ) -> Response:
     record = services.tasks.peek(user.id, task_id)
-    if record is not None and (record.finished or not wait):
-        return task_response(record, services, base)  # the common poll: no database
-    changed = services.events.subscribe(task_id)
-    try:
-        record = await run_in_threadpool(services.tasks.get, user.id, task_id)
-        deadline = asyncio.get_running_loop().time() + wait
-        while not record.finished:
-            left = deadline - asyncio.get_running_loop().time()
-            if left <= 0:
-                break
-            try:
-                await asyncio.wait_for(changed.wait(), left)
-            except TimeoutError:
-                break
-            changed.clear()
-            record = await run_in_threadpool(services.tasks.get, user.id, task_id)
-    finally:
-        services.events.unsubscribe(task_id, changed)
+    if record is None or (wait and not record.finished):
+        record = await wait_for_task(services, user.id, task_id, wait)
     return task_response(record, services, base)
 
 

@@ -145,6 +145,15 @@ class TaskService:
         )
         return self._enqueue(task)
 
+    def default_model(self) -> str:
+        """The checkpoint used when a request names none (HUABU_DEFAULT_MODEL, else the first)."""
+        if self.settings.default_model:
+            return self.settings.default_model
+        names = self.library.names("checkpoints")
+        if not names:
+            raise InvalidRequest("the server has no checkpoint to generate with", param="model")
+        return names[0]
+
     def _enqueue(self, task: Task) -> TaskRecord:
         with self.sessions.begin() as session:
             ahead, ahead_work = self._check_limits(session, task)
@@ -250,13 +259,23 @@ class TaskService:
         return record
 
     def list(
-        self, owner_id: uuid.UUID, *, limit: int = 20, cursor: str | None = None
+        self,
+        owner_id: uuid.UUID,
+        *,
+        limit: int = 20,
+        cursor: str | None = None,
+        offset: int = 0,
+        kind: str | None = None,
     ) -> tuple[list[TaskRecord], str | None]:
-        """The caller's tasks, newest first, ``limit`` per page; the cursor continues a list."""
+        """The caller's tasks, newest first, ``limit`` per page; the cursor (or, for APIs that
+        page by position, ``offset``) continues a list."""
         if not 1 <= limit <= 100:
             raise InvalidRequest(f"limit must be between 1 and 100, got {limit}", param="limit")
         where = "t.owner_id = :owner"
-        params: dict[str, Any] = {"owner": owner_id, "limit": limit + 1}
+        params: dict[str, Any] = {"owner": owner_id, "limit": limit + 1, "offset": offset}
+        if kind is not None:
+            where += " AND t.kind = :kind"
+            params["kind"] = kind
         if cursor:
             try:
                 params["cursor"] = uuid.UUID(cursor)
@@ -270,7 +289,7 @@ class TaskService:
             )
         query = (
             _SELECT_TASKS.format(where=where)
-            + " ORDER BY t.created_at DESC, t.id DESC LIMIT :limit"
+            + " ORDER BY t.created_at DESC, t.id DESC LIMIT :limit OFFSET :offset"
         )
         with self.reads() as session:
             rows = [row._asdict() for row in session.execute(text(query), params)]

@@ -13,7 +13,7 @@ from fastapi.concurrency import run_in_threadpool
 from huabu import __version__
 from huabu.db.server import database_uri
 from huabu.db.session import open_database
-from huabu.dialects import native
+from huabu.dialects import kamiya, native, sdserver
 from huabu.settings import Settings
 from huabu.web import errors, files
 from huabu.web.limits import BodyLimit
@@ -55,5 +55,10 @@ def create_app(settings: Settings) -> FastAPI:
     errors.install(app, renderers)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, renderers=renderers)
     app.include_router(native.router)
+    app.include_router(sdserver.router)
+    app.include_router(kamiya.router)
+    renderers.register(kamiya.PREFIX, kamiya.render_error)
+    for path in sdserver.PATHS:
+        renderers.register(path, sdserver.render_error)
     app.include_router(files.router)
     return app
