@@ -68,6 +68,7 @@ def accounts(service_home):
 
 @pytest.fixture(scope="session")
 def server(service_home, accounts):
-    server = Server(service_home)
+    # 127.0.0.2 stands in for "a public image host" in the URL-fetching tests.
+    server = Server(service_home, {"HUABU_FETCH_ALLOW": '["127.0.0.2/32"]'})
     yield server
     server.stop()

@@ -66,6 +66,14 @@ class Settings(BaseSettings):
         default=300.0, gt=0, description="How long synchronous APIs (/txt2img) wait, s."
     )
 
+    fetch_allow: list[str] = Field(
+        default_factory=list,
+        description="Networks (CIDR) the URL fetcher may reach although they are not public, "
+        "e.g. '[\"10.1.2.0/24\"]' for an internal image store.",
+    )
+    fetch_timeout: float = Field(default=15.0, gt=0, description="Whole fetch of one URL, s.")
+    fetch_max_bytes: int = Field(default=30 * 2**20, ge=1024, description="Fetched image cap.")
+
     # Request limits, enforced by the native request validator for every dialect.
     min_size: int = Field(default=64, ge=8)
     max_size: int = Field(default=2048, ge=8)

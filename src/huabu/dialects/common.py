@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 from typing import Any, TypeVar
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
 
-from huabu.errors import InvalidRequest
+from huabu.errors import InvalidRequest, NotFound
+from huabu.fetch import fetch
+from huabu.web.services import Services
 
 Wire = TypeVar("Wire", bound=BaseModel)
 
@@ -41,3 +44,25 @@ def validate(schema: type[Wire], data: dict[str, Any]) -> Wire:
         param = ".".join(str(part) for part in first["loc"]) or None
         message = first["msg"] if first["type"] != "missing" else "is required"
         raise InvalidRequest(f"{param}: {message}", param=param) from None
+
+
+def image_bytes_from_url(services: Services, url: str, *, field: str) -> bytes:
+    """The image a client points at: huabu's own signed ``/files/…`` URL straight from storage
+    (valid signature required), anything else through the SSRF-safe fetcher. Blocking."""
+    parts = urlsplit(url.strip())
+    if parts.path.startswith("/files/"):
+        query = parse_qs(parts.query)
+        try:
+            expires, signature = int(query["expires"][0]), query["sig"][0]
+        except (KeyError, ValueError, IndexError):
+            expires, signature = 0, ""
+        if signature:
+            key = unquote(parts.path.removeprefix("/files/"))
+            try:
+                services.signer.verify(key, expires, signature)
+                return services.storage.get(key)
+            except NotFound:
+                raise InvalidRequest(
+                    f"{field}: this server's image link is invalid or has expired", param=field
+                ) from None
+    return fetch(url.strip(), field=field, settings=services.settings)

@@ -19,7 +19,6 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from huabu.dialects.common import read_body, validate
-from huabu.engine.library import ModelLibrary
 from huabu.errors import HuabuError, InvalidRequest, NotFound
 from huabu.images import decode_base64
 from huabu.native import MAX_SEED, SAMPLER_NAMES, GenerationRequest
@@ -159,7 +158,7 @@ def render_error(error: HuabuError, status: int) -> Response:
 @router.get("/config", summary="Models, LoRAs, samplers, sizes and limits")
 def config(user: CurrentUser, services: ServicesDep) -> Response:
     settings = services.settings
-    library: ModelLibrary = services.library
+    library = services.library
     sizes = [(w, h) for w, h in ((512, 512), (768, 512), (512, 768), (1024, 1024), (1024, 576),
                                  (576, 1024)) if w * h <= settings.max_pixels]  # fmt: skip
     return envelope(

@@ -15,7 +15,6 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from huabu.engine.library import KINDS
 from huabu.errors import InvalidRequest
 from huabu.native import GenerationRequest
 from huabu.tasks.records import TaskRecord, UploadRecord
@@ -260,8 +259,9 @@ async def task_events(
 
 @router.get("/models", response_model=ModelList, summary="Models this server can use")
 def list_models(user: CurrentUser, services: ServicesDep, kind: str = "checkpoints") -> ModelList:
-    if kind not in KINDS:
-        raise InvalidRequest(f"kind must be one of {', '.join(KINDS)}, got {kind!r}", param="kind")
+    kinds = services.library.kinds
+    if kind not in kinds:
+        raise InvalidRequest(f"kind must be one of {', '.join(kinds)}, got {kind!r}", param="kind")
     return ModelList(
         data=[
             ModelOut(

@@ -55,6 +55,8 @@ def _folder_architecture(path: Path) -> Architecture | None:
 
 
 class ModelLibrary:
+    kinds = KINDS
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.root = settings.models_dir
