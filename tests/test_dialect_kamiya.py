@@ -11,6 +11,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from helpers import max_difference
 from test_service import client_for
 
 # The request example of spec 002, as documented.
@@ -74,8 +75,9 @@ def test_config_reflects_the_server(erin):
 
 
 def test_documented_example_names_what_it_cannot_do(erin):
-    body = envelope(erin.post("/api/image/generate", json=EXAMPLE), 400)
-    assert body["data"] is None and "LoRAs" in body["message"]
+    body = envelope(erin.post("/api/image/generate", json=EXAMPLE | {"model": "demo"}), 400)
+    assert body["data"] is None and body["message"].startswith("LoRAs.0.id: ")
+    assert "bocchiEdStyleLora_bocchiEdStyle" in body["message"] and "demo-lora" in body["message"]
     body = envelope(erin.post("/api/image/generate", json=EXAMPLE | {"LoRAs": []}), 400)
     assert "original" in body["message"] and "demo" in body["message"]  # lists what exists
 
@@ -93,6 +95,20 @@ def test_text2image_lifecycle(erin):
     response = httpx.get(done["metadata"]["jpg"])
     assert response.headers["content-type"] == "image/jpeg"
     assert Image.open(io.BytesIO(response.content)).size == (128, 96)
+
+
+def test_loras_are_applied_and_reported(erin):
+    plain = envelope(erin.post("/api/image/generate", json=RUNNABLE | {"seed": 9}))["data"]
+    lora = {"LoRAs": [{"id": "demo-lora", "weight": 100}], "seed": 9}
+    styled = envelope(erin.post("/api/image/generate", json=RUNNABLE | lora))["data"]
+    assert styled["metadata"]["LoRAs"] == [{"id": "demo-lora", "weight": 100}]
+    images = []
+    for created in (plain, styled):
+        done = wait_generated(erin, created["hashid"])
+        images.append(Image.open(io.BytesIO(httpx.get(done["metadata"]["jpg"]).content)))
+    assert max_difference(*images) > 8  # the LoRA changed the picture
+    config = envelope(erin.get("/api/image/config"))["data"]
+    assert {"id": "demo-lora", "name": "demo-lora"} in config["LoRAs"]
 
 
 def test_image2image_with_a_data_url(erin):
@@ -116,7 +132,7 @@ def test_image2image_with_a_data_url(erin):
         ({"step": 0}, "step"),
         ({"cfg": 31}, "cfg"),
         ({"width": 100}, "width"),
-        ({"sampling": "Euler z"}, "sampler"),
+        ({"sampling": "Euler z"}, "sampling"),
         ({"LoRAs": [{"id": "x", "weight": 101}]}, "LoRAs"),
     ],
 )

@@ -60,6 +60,18 @@ def canonical_sampler(name: str) -> str:
     return canonical
 
 
+MAX_LORAS = 5
+
+
+class LoraRef(BaseModel):
+    """A LoRA from ``models/loras`` and its strength (0 = off, 1 = as trained)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(min_length=1)
+    weight: float = Field(default=1.0, ge=-4, le=4)
+
+
 class GenerationRequest(BaseModel):
     """One text-to-image or image-to-image request, in huabu's own terms."""
 
@@ -80,6 +92,7 @@ class GenerationRequest(BaseModel):
     strength: float = Field(default=0.75, gt=0, le=1)
     clip_skip: int = Field(default=1, ge=1, le=12)
     vae: str | None = None
+    loras: tuple[LoraRef, ...] = Field(default=(), max_length=MAX_LORAS)
     output_format: OutputFormat = "png"
 
     @classmethod

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from huabu.dialects.common import read_body, validate
 from huabu.errors import HuabuError, InvalidRequest, NotFound
 from huabu.images import decode_base64
-from huabu.native import MAX_SEED, SAMPLER_NAMES, GenerationRequest
+from huabu.native import MAX_LORAS, MAX_SEED, SAMPLER_NAMES, GenerationRequest, LoraRef
 from huabu.tasks.records import TaskRecord
 from huabu.web.deps import BaseUrl, CurrentUser, ServicesDep
 
@@ -83,11 +83,8 @@ def task_id_of(value: str) -> uuid.UUID:
 
 
 def to_native(body: GenerateIn, *, model: str, init_image: str | None) -> GenerationRequest:
-    if body.LoRAs:
-        raise InvalidRequest(
-            "LoRAs: LoRA support is not available on this server yet; send an empty list",
-            param="LoRAs",
-        )
+    if len(body.LoRAs) > MAX_LORAS:
+        raise InvalidRequest(f"LoRAs: at most {MAX_LORAS}, got {len(body.LoRAs)}", param="LoRAs")
     return GenerationRequest(
         model=model,
         prompt=body.prompts,
@@ -100,8 +97,20 @@ def to_native(body: GenerateIn, *, model: str, init_image: str | None) -> Genera
         sampler=body.sampling,
         n_images=1,
         init_image=init_image,
+        # kamiya's weight is a percentage: 60 = strength 0.6.
+        loras=tuple(LoraRef(name=lora.id, weight=lora.weight / 100) for lora in body.LoRAs),
         output_format="jpeg",
     )
+
+
+def renamed(error: InvalidRequest) -> InvalidRequest:
+    """A native validation error naming kamiya's field: ``loras.0.name`` → ``LoRAs.0.id``."""
+    native = {"loras": "LoRAs", "steps": "step", "guidance": "cfg", "sampler": "sampling"}
+    head, _, rest = (error.param or "").partition(".")
+    if head not in native:
+        return error
+    param = native[head] + ("." + rest.replace(".name", ".id") if rest else "")
+    return InvalidRequest(f"{param}: {error.message}", param=param)
 
 
 def _stamp(moment: datetime | None) -> str:
@@ -111,7 +120,10 @@ def _stamp(moment: datetime | None) -> str:
 def from_native(record: TaskRecord, image_url) -> dict[str, Any]:
     request = record.request
     metadata: dict[str, Any] = {
-        "LoRAs": [],
+        "LoRAs": [
+            {"id": lora["name"], "weight": round(lora["weight"] * 100, 2)}
+            for lora in request.get("loras", [])
+        ],
         "model": request["model"],
         "width": request["width"],
         "height": request["height"],
@@ -164,7 +176,7 @@ def config(user: CurrentUser, services: ServicesDep) -> Response:
     return envelope(
         {
             "models": [{"id": name, "name": name} for name in library.names("checkpoints")],
-            "LoRAs": [],  # LoRA support arrives with the novita work (issue #5)
+            "LoRAs": [{"id": name, "name": name} for name in library.names("loras")],
             "samplings": list(SAMPLER_NAMES),
             "artboards": [f"{w}x{h}" for w, h in sizes],
             "limits": {
@@ -194,9 +206,12 @@ async def generate(
         upload_id = str(upload.id)
     model = body.model or await run_in_threadpool(services.tasks.default_model)
     native = to_native(body, model=model, init_image=upload_id)
-    record = await run_in_threadpool(
-        services.tasks.submit_generation, user.id, native, origin=ORIGIN
-    )
+    try:
+        record = await run_in_threadpool(
+            services.tasks.submit_generation, user.id, native, origin=ORIGIN
+        )
+    except InvalidRequest as exc:
+        raise renamed(exc) from None
     return envelope(from_native(record, lambda key: base + services.signer.path(key)))
 
 

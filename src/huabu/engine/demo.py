@@ -24,6 +24,7 @@ from huabu.settings import Settings
 
 DEMO = "demo"
 DEMO_SINGLE = "demo-single"
+DEMO_LORA = "demo-lora"
 NOTICE = (
     "The demo model has random weights: it makes noise-like images, not pictures. "
     "Put a real Stable Diffusion checkpoint in models/checkpoints/ for real images."
@@ -101,15 +102,43 @@ def single_file_state(pipe: StableDiffusionPipeline) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().clone() for k, v in state.items()}
 
 
+def build_lora(pipe: StableDiffusionPipeline, seed: int = _SEED + 1) -> dict[str, torch.Tensor]:
+    """A tiny random LoRA (rank 4) for the demo's UNet attention, in diffusers' layout."""
+    from peft import LoraConfig, get_peft_model_state_dict
+
+    torch.manual_seed(seed)
+    config = LoraConfig(
+        r=4,
+        lora_alpha=4,
+        target_modules=["to_q", "to_k", "to_v", "to_out.0"],
+        init_lora_weights=False,  # random B as well as A: the LoRA visibly changes images
+    )
+    pipe.unet.add_adapter(config, adapter_name="demo")
+    state = get_peft_model_state_dict(pipe.unet, adapter_name="demo")
+    pipe.unet.delete_adapters("demo")
+    return {f"unet.{key}": value.detach().contiguous().clone() for key, value in state.items()}
+
+
 def build(settings: Settings, *, force: bool = False) -> list[Path]:
-    """Write both demo layouts into the model library; returns the paths written."""
+    """Write the demo model (both layouts) and its LoRA into the model library, each if it is
+    missing (or all with ``force``); returns the paths written."""
     checkpoints = settings.models_dir / "checkpoints"
     checkpoints.mkdir(parents=True, exist_ok=True)
     folder = checkpoints / DEMO
     single = checkpoints / f"{DEMO_SINGLE}.safetensors"
-    if not force and folder.is_dir() and single.is_file():
+    lora = settings.models_dir / "loras" / f"{DEMO_LORA}.safetensors"
+    if not force and folder.is_dir() and single.is_file() and lora.is_file():
         return []
     pipe = build_pipeline()
+    written = []
+    if force or not lora.is_file():
+        lora.parent.mkdir(parents=True, exist_ok=True)
+        tmp = lora.with_suffix(".tmp")
+        save_file(build_lora(build_pipeline()), str(tmp))
+        tmp.rename(lora)
+        written.append(lora)
+    if not force and folder.is_dir() and single.is_file():
+        return written
     staging = checkpoints / f".{DEMO}.staging"
     shutil.rmtree(staging, ignore_errors=True)
     pipe.save_pretrained(staging, safe_serialization=True)
@@ -120,4 +149,4 @@ def build(settings: Settings, *, force: bool = False) -> list[Path]:
     tmp = single.with_suffix(".tmp")
     save_file(single_file_state(pipe), str(tmp), metadata={METADATA_KEY: json.dumps(overrides)})
     tmp.rename(single)
-    return [folder, single]
+    return [folder, single, *written]

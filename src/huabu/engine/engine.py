@@ -58,6 +58,13 @@ class Engine:
         vae = self.cache.vae(request.vae) if request.vae else model.components["vae"]
         loaded = time.perf_counter()
 
+        with model.loras.applied(request.loras):
+            return self._generate(request, model, vae, init_image, on_progress, should_cancel,
+                                  started, loaded)  # fmt: skip
+
+    def _generate(
+        self, request, model, vae, init_image, on_progress, should_cancel, started, loaded
+    ) -> GenerationResult:
         conditioning = model.prompt_encoder.encode(
             request.prompt, request.negative_prompt, request.clip_skip
         )

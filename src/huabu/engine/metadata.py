@@ -46,6 +46,9 @@ def infotext(request: GenerationRequest, seed: int, *, model_hash: str | None = 
         fields.append(("Clip skip", str(request.clip_skip)))
     if request.vae:
         fields.append(("VAE", request.vae))
+    if request.loras:
+        used = ", ".join(f"{lora.name}:{_number(lora.weight)}" for lora in request.loras)
+        fields.append(("LoRAs", used))
     lines = [request.prompt]
     if request.negative_prompt:
         lines.append(f"Negative prompt: {request.negative_prompt}")

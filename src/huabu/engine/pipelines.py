@@ -24,6 +24,7 @@ from diffusers import (
     StableDiffusionXLPipeline,
 )
 
+from huabu.engine.adapters import LoraSwitch
 from huabu.engine.architectures import Architecture
 from huabu.engine.library import ModelEntry, ModelLibrary
 from huabu.engine.prompts import PromptEncoder
@@ -68,6 +69,7 @@ class LoadedModel:
     img2img: Any
     prompt_encoder: PromptEncoder
     model_hash: str | None
+    loras: LoraSwitch
 
     @property
     def components(self) -> dict[str, Any]:
@@ -180,7 +182,13 @@ class PipelineCache:
             zero_empty_negative=bool(pipe.config.get("force_zeros_for_empty_prompt", False)),
         )
         return LoadedModel(
-            entry, architecture, pipe, img2img, encoder, self.library.model_hash(entry)
+            entry,
+            architecture,
+            pipe,
+            img2img,
+            encoder,
+            self.library.model_hash(entry),
+            LoraSwitch(pipe, self.library),
         )
 
     def _convert_pickle(self, entry: ModelEntry) -> Path:

@@ -125,6 +125,8 @@ class TaskService:
         self.library.find("checkpoints", request.model, param="model")
         if request.vae:
             self.library.find("vae", request.vae, param="vae")
+        for index, lora in enumerate(request.loras):
+            self.library.find("loras", lora.name, param=f"loras.{index}.name")
         if request.init_image is not None:
             upload = self._upload_of(owner_id, request.init_image, param="init_image")
             request = request.model_copy(update={"init_image": upload.key})

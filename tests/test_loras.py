@@ -1,0 +1,54 @@
+"""LoRAs on the cached pipeline: applied for one request, gone for the next."""
+
+import pytest
+
+from helpers import max_difference
+from huabu.errors import InvalidRequest
+from huabu.native import GenerationRequest, LoraRef
+
+LORA = (LoraRef(name="demo-lora", weight=1.0),)
+
+
+@pytest.mark.parametrize("sampler", ["Euler", "DPM fast"])  # diffusers and k-diffusion paths
+def test_lora_applies_and_leaves_no_trace(engine, small, sampler):
+    base = engine.generate(small(sampler=sampler)).images[0]
+    styled = engine.generate(small(sampler=sampler, loras=LORA)).images[0]
+    off = engine.generate(
+        small(sampler=sampler, loras=(LoraRef(name="demo-lora", weight=0.0),))
+    ).images[0]
+    after = engine.generate(small(sampler=sampler)).images[0]
+    assert max_difference(base, styled) > 8
+    assert max_difference(base, off) == 0  # strength 0 is the base model, bit for bit
+    assert max_difference(base, after) == 0  # nothing leaks into the next request
+
+
+def test_lora_strength_scales_the_effect(engine, small):
+    base = engine.generate(small()).images[0]
+    half = engine.generate(small(loras=(LoraRef(name="demo-lora", weight=0.5),))).images[0]
+    full = engine.generate(small(loras=LORA)).images[0]
+    assert 0 < max_difference(base, half) < max_difference(base, full)
+
+
+def test_lora_is_the_same_on_both_checkpoint_layouts(engine, small):
+    folder = engine.generate(small(loras=LORA)).images[0]
+    single = engine.generate(small(model="demo-single", loras=LORA)).images[0]
+    assert max_difference(folder, single) == 0
+
+
+def test_infotext_records_the_loras(engine, small):
+    result = engine.generate(small(loras=(LoraRef(name="demo-lora", weight=0.7),)))
+    assert "LoRAs: demo-lora:0.7" in result.infotexts[0]
+
+
+def test_unknown_lora_and_ranges(engine, small):
+    with pytest.raises(InvalidRequest) as caught:
+        engine.generate(small(loras=(LoraRef(name="nope"),)))
+    assert caught.value.param == "loras" and "demo-lora" in caught.value.message
+    for bad in (
+        {"loras": [{"name": "demo-lora", "weight": 5}]},
+        {"loras": [{"name": "demo-lora"}] * 6},
+        {"loras": [{"name": ""}]},
+    ):
+        with pytest.raises(InvalidRequest) as caught:
+            GenerationRequest.parse({"model": "demo"} | bad)
+        assert caught.value.param.startswith("loras")
