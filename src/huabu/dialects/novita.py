@@ -1,0 +1,347 @@
+"""novita's v3 async API (spec 003): ``POST /v3/async/txt2img``, ``POST /v3/async/img2img``,
+``GET /v3/async/task-result?task_id=``, ``GET /v3/model``. Shapes as the official
+``novita-client`` SDK reads them (``novita_client/proto.py``), so the SDK works against huabu by
+changing only its ``base_url``. Errors: ``{"code", "reason", "message", "metadata"}``.
+
+Not yet available here (refused with a 400 naming the field): embeddings, ControlNet units,
+IP-Adapters, hires fix and refiner.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import APIRouter, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from huabu.dialects.common import read_body, validate
+from huabu.errors import AuthFailed, HuabuError, InvalidRequest, NotFound, Overloaded, TooLarge
+from huabu.images import decode_base64
+from huabu.native import MAX_LORAS, MAX_SEED, GenerationRequest, LoraRef
+from huabu.tasks.records import TaskRecord
+from huabu.web.deps import BaseUrl, CurrentUser, ServicesDep
+
+ORIGIN = "novita"
+PREFIX = "/v3"
+router = APIRouter(prefix=PREFIX, tags=["novita v3 (spec 003)"])
+
+_STATUS = {
+    "queued": "TASK_STATUS_QUEUED",
+    "running": "TASK_STATUS_PROCESSING",
+    "succeeded": "TASK_STATUS_SUCCEED",
+    "failed": "TASK_STATUS_FAILED",
+    "cancelled": "TASK_STATUS_FAILED",
+}
+#: Library kind → novita's model type name and display name.
+_TYPES = {
+    "checkpoints": ("checkpoint", "Checkpoint"),
+    "loras": ("lora", "LoRA"),
+    "vae": ("vae", "VAE"),
+    "controlnet": ("controlnet", "ControlNet"),
+    "embeddings": ("textualinversion", "Textual Inversion"),
+}
+_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+
+
+class LoraIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    model_name: str = Field(min_length=1)
+    strength: float = Field(default=1.0, ge=-4, le=4)
+
+
+class NamedIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    model_name: str = ""
+
+
+class ControlNetIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    units: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class Txt2ImgIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model_name: str = Field(min_length=1)
+    prompt: str = Field(min_length=1, max_length=1024)
+    negative_prompt: str | None = Field(default=None, max_length=1024)
+    width: int = Field(default=512, ge=128, le=2048)
+    height: int = Field(default=512, ge=128, le=2048)
+    image_num: int = Field(default=1, ge=1, le=8)
+    steps: int = Field(default=20, ge=1, le=100)
+    guidance_scale: float = Field(default=7.5, ge=1, le=30)
+    sampler_name: str = "Euler a"
+    seed: int | None = Field(default=-1, ge=-1, le=MAX_SEED)
+    sd_vae: str | None = None
+    clip_skip: int | None = Field(default=None, ge=1, le=12)
+    loras: list[LoraIn] | None = Field(default=None, max_length=MAX_LORAS)
+    embeddings: list[NamedIn] | None = Field(default=None, max_length=5)
+    hires_fix: dict[str, Any] | None = None
+    refiner: dict[str, Any] | None = None
+
+
+class Img2ImgIn(Txt2ImgIn):
+    image_base64: str = Field(min_length=1)
+    strength: float = Field(default=0.75, gt=0, le=1)
+    controlnet: ControlNetIn | None = None
+    ip_adapters: list[dict[str, Any]] | None = Field(default=None, max_length=1)
+
+
+class ExtraIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    response_image_type: Literal["png", "webp", "jpeg"] = "png"
+
+
+class Envelope(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    extra: ExtraIn | None = None
+    request: dict[str, Any]
+
+
+# -- pure translation -------------------------------------------------------------------------
+
+
+def _unsupported(body: Txt2ImgIn) -> None:
+    present = {
+        "embeddings": bool(body.embeddings),
+        "hires_fix": body.hires_fix is not None,
+        "refiner": body.refiner is not None,
+    }
+    if isinstance(body, Img2ImgIn):
+        present["controlnet"] = bool(body.controlnet and body.controlnet.units)
+        present["ip_adapters"] = bool(body.ip_adapters)
+    for field, used in present.items():
+        if used:
+            raise InvalidRequest(
+                f"request.{field}: not supported by this server yet; leave it out",
+                param=f"request.{field}",
+            )
+
+
+def model_name(value: str) -> str:
+    """novita names models with their file suffix; huabu's library names are stems."""
+    for suffix in _SUFFIXES:
+        if value.endswith(suffix):
+            return value[: -len(suffix)]
+    return value
+
+
+def to_native(
+    body: Txt2ImgIn, extra: ExtraIn, *, init_image: str | None = None
+) -> GenerationRequest:
+    _unsupported(body)
+    return GenerationRequest(
+        model=model_name(body.model_name),
+        prompt=body.prompt,
+        negative_prompt=body.negative_prompt or "",
+        width=body.width,
+        height=body.height,
+        steps=body.steps,
+        guidance=body.guidance_scale,
+        sampler=body.sampler_name,
+        seed=-1 if body.seed is None else body.seed,
+        n_images=body.image_num,
+        init_image=init_image,
+        strength=body.strength if isinstance(body, Img2ImgIn) else 0.75,
+        clip_skip=body.clip_skip or 1,
+        vae=model_name(body.sd_vae) if body.sd_vae else None,
+        loras=tuple(
+            LoraRef(name=model_name(lora.model_name), weight=lora.strength)
+            for lora in body.loras or ()
+        ),
+        output_format=extra.response_image_type,
+    )
+
+
+def _ms(moment) -> int:
+    return int(moment.timestamp() * 1000) if moment else 0
+
+
+def from_native(record: TaskRecord, sign, ttl: int) -> dict[str, Any]:
+    task: dict[str, Any] = {
+        "task_id": str(record.id),
+        "status": _STATUS[record.state],
+        "reason": record.error or "",
+        "task_type": "IMG_TO_IMG" if record.request.get("init_image") else "TXT_TO_IMG",
+        "eta": int(record.eta_seconds or 0),
+        "progress_percent": int(record.percent),
+    }
+    return {
+        "task": task,
+        "images": [
+            {
+                "image_url": sign(image.key),
+                "image_type": image.format,
+                "image_url_ttl": ttl,
+                "nsfw_detection_result": None,
+            }
+            for image in record.images
+        ],
+        "videos": [],
+        "extra": {
+            "seed": record.request["seed"],
+            "enable_nsfw_detection": False,
+            "debug_info": {
+                "request_info": "",
+                "submit_time_ms": _ms(record.created_at),
+                "execute_time_ms": _ms(record.started_at),
+                "complete_time_ms": _ms(record.finished_at),
+            },
+        },
+    }
+
+
+_REASONS = (
+    (TooLarge, "REQUEST_TOO_LARGE"),
+    (InvalidRequest, "INVALID_REQUEST_BODY"),
+    (AuthFailed, "INVALID_API_KEY"),
+    (NotFound, "NOT_FOUND"),
+    (Overloaded, "RATE_LIMIT_EXCEEDED"),
+)
+
+
+def render_error(error: HuabuError, status: int) -> Response:
+    reason = next((name for kind, name in _REASONS if isinstance(error, kind)), "INTERNAL_ERROR")
+    metadata = {"param": error.param} if isinstance(error, InvalidRequest) else {}
+    return JSONResponse(
+        {"code": status, "reason": reason, "message": error.message, "metadata": metadata},
+        status_code=status,
+    )
+
+
+def _renamed(error: InvalidRequest) -> InvalidRequest:
+    """Native field names → novita's, with the ``request.`` prefix of its body."""
+    native = {"model": "model_name", "steps": "steps", "guidance": "guidance_scale",
+              "sampler": "sampler_name", "n_images": "image_num", "vae": "sd_vae",
+              "init_image": "image_base64", "loras": "loras", "width": "width",
+              "height": "height", "seed": "seed"}  # fmt: skip
+    head, _, rest = (error.param or "").partition(".")
+    if head not in native:
+        return error
+    param = "request." + native[head] + ("." + rest.replace("name", "model_name") if rest else "")
+    return InvalidRequest(f"{param}: {error.message}", param=param)
+
+
+# -- routes -----------------------------------------------------------------------------------
+
+
+async def _envelope(request: Request) -> tuple[dict[str, Any], ExtraIn]:
+    envelope = validate(Envelope, await read_body(request))
+    return envelope.request, envelope.extra or ExtraIn()
+
+
+def _prefixed(error: InvalidRequest) -> InvalidRequest:
+    param = f"request.{error.param}" if error.param else "request"
+    return InvalidRequest(error.message.replace(error.param or "\0", param, 1), param=param)
+
+
+async def _submit(native: GenerationRequest, user, services) -> Response:
+    try:
+        record = await run_in_threadpool(
+            services.tasks.submit_generation, user.id, native, origin=ORIGIN
+        )
+    except InvalidRequest as exc:
+        raise _renamed(exc) from None
+    return JSONResponse({"task_id": str(record.id)})
+
+
+@router.post("/async/txt2img", summary="Queue a text-to-image task")
+async def txt2img(request: Request, user: CurrentUser, services: ServicesDep) -> Response:
+    body, extra = await _envelope(request)
+    try:
+        parsed = validate(Txt2ImgIn, body)
+    except InvalidRequest as exc:
+        raise _prefixed(exc) from None
+    try:
+        native = to_native(parsed, extra)
+    except InvalidRequest as exc:
+        raise _renamed(exc) from None
+    return await _submit(native, user, services)
+
+
+@router.post("/async/img2img", summary="Queue an image-to-image task")
+async def img2img(request: Request, user: CurrentUser, services: ServicesDep) -> Response:
+    body, extra = await _envelope(request)
+    try:
+        parsed = validate(Img2ImgIn, body)
+    except InvalidRequest as exc:
+        raise _prefixed(exc) from None
+    _unsupported(parsed)
+    data = decode_base64(parsed.image_base64, field="request.image_base64")
+    upload = await run_in_threadpool(
+        services.tasks.upload, user.id, data, field="request.image_base64"
+    )
+    if max(upload.width, upload.height) > 2048:
+        raise InvalidRequest(
+            f"request.image_base64: {upload.width}×{upload.height} is over 2048 pixels a side",
+            param="request.image_base64",
+        )
+    try:
+        native = to_native(parsed, extra, init_image=str(upload.id))
+    except InvalidRequest as exc:
+        raise _renamed(exc) from None
+    return await _submit(native, user, services)
+
+
+@router.get("/async/task-result", summary="A task's status, progress and images")
+def task_result(
+    user: CurrentUser, services: ServicesDep, base: BaseUrl, task_id: str = Query("")
+) -> Response:
+    if not task_id:
+        raise InvalidRequest("task_id is required", param="task_id")
+    record = services.tasks.get(user.id, task_id)
+    sign = services.signer.path
+    return JSONResponse(
+        from_native(record, lambda key: base + sign(key), services.settings.url_ttl)
+    )
+
+
+@router.get("/model", summary="Models by type (checkpoint, lora, vae, controlnet, …)")
+def models(
+    user: CurrentUser,
+    services: ServicesDep,
+    types: str | None = Query(None, alias="filter.types"),
+    type_: str | None = Query(None, alias="filter.type"),
+    is_sdxl: bool | None = Query(None, alias="filter.is_sdxl"),
+    visibility: str | None = Query(None, alias="filter.visibility"),
+    cursor: str = Query("c_0", alias="pagination.cursor"),
+    limit: int = Query(100, alias="pagination.limit", ge=1, le=100),
+) -> Response:
+    wanted = {t.strip() for t in (types or type_ or "").split(",") if t.strip()}
+    unknown = wanted - {name for name, _ in _TYPES.values()}
+    if unknown:
+        raise InvalidRequest(
+            f"filter.types: unknown type {sorted(unknown)[0]!r}; "
+            f"known: {', '.join(name for name, _ in _TYPES.values())}",
+            param="filter.types",
+        )
+    try:
+        offset = int(cursor.removeprefix("c_") or 0)
+    except ValueError:
+        raise InvalidRequest("pagination.cursor is not one this server handed out",
+                             param="pagination.cursor") from None  # fmt: skip
+    found: list[dict[str, Any]] = []
+    if visibility in (None, "public"):  # a self-hosted library has no private models
+        for kind, (type_name, display) in _TYPES.items():
+            if wanted and type_name not in wanted:
+                continue
+            for entry in services.library.entries(kind):
+                sdxl = entry.architecture is not None and entry.architecture.name == "SDXL"
+                if is_sdxl is not None and sdxl != is_sdxl:
+                    continue
+                found.append({
+                    "id": len(found) + 1, "name": entry.name, "sd_name": entry.name,
+                    "sd_name_in_api": entry.name, "type": {"name": type_name,
+                    "display_name": display}, "status": 1, "base_model": (
+                        entry.architecture.label if entry.architecture else ""),
+                    "source": "local", "visibility": "public", "is_nsfw": False,
+                    "categories": [], "download_url": "", "download_url_ttl": 0,
+                    "cover_url": "", "hash_sha256": "",
+                })  # fmt: skip
+    page = found[offset : offset + limit]
+    more = offset + limit < len(found)
+    return JSONResponse(
+        {"models": page, "pagination": {"next_cursor": f"c_{offset + limit}" if more else ""}}
+    )

@@ -1,0 +1,129 @@
+"""Spec 003, novita's v3 API, driven by the official `novita-client` SDK from PyPI with only
+its base_url pointed at a running huabu."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import pytest
+import requests
+from novita_client import NovitaClient, NovitaResponseError, Txt2ImgV3LoRA
+from novita_client.proto import V3TaskResponseStatus
+from PIL import Image
+
+from helpers import max_difference
+
+
+@pytest.fixture(scope="module")
+def key(accounts, server):
+    return accounts.create_key(accounts.add_user("ivan@example.com", "password123").id)
+
+
+@pytest.fixture(scope="module")
+def client(server, key):
+    return NovitaClient(key, base_url=server.url)
+
+
+def decoded(result) -> list[Image.Image]:
+    return [Image.open(io.BytesIO(base64.b64decode(b))) for b in result.images_encoded]
+
+
+def test_txt2img_v3_with_a_lora(client):
+    common = dict(model_name="demo", prompt="a red fox", image_num=2, width=128, height=128,
+                  steps=8, seed=42, sampler_name="Euler a", response_image_type="png")  # fmt: skip
+    plain = client.txt2img_v3(**common)
+    styled = client.txt2img_v3(**common, loras=[Txt2ImgV3LoRA(model_name="demo-lora", strength=1)])
+    for result in (plain, styled):
+        assert result.task.status == V3TaskResponseStatus.TASK_STATUS_SUCCEED
+        assert result.extra.seed == 42 and result.task.progress_percent == 100
+        assert [image.image_type for image in result.images] == ["png", "png"]
+        assert all(image.image_url_ttl > 0 for image in result.images)
+        assert [picture.size for picture in decoded(result)] == [(128, 128)] * 2
+    assert max_difference(decoded(plain)[0], decoded(styled)[0]) > 8
+
+
+def test_img2img_v3(client):
+    buffer = io.BytesIO()
+    Image.new("RGB", (160, 128), (20, 90, 200)).save(buffer, format="PNG")
+    source = base64.b64encode(buffer.getvalue()).decode()
+    result = client.img2img_v3(model_name="demo.safetensors", input_image=source, prompt="sea",
+                               image_num=1, width=160, height=128, steps=8, strength=0.6,
+                               response_image_type="webp")  # fmt: skip
+    assert result.task.status == V3TaskResponseStatus.TASK_STATUS_SUCCEED
+    assert result.task.task_type == "IMG_TO_IMG" and result.images[0].image_type == "webp"
+    assert decoded(result)[0].size == (160, 128)
+
+
+def test_models_v3_lists_the_library_by_type(client):
+    models = client.models_v3(refresh=True)
+    checkpoints = {m.name for m in models.filter_by_type("checkpoint")}
+    assert {"demo", "demo-single"} <= checkpoints
+    assert {m.name for m in models.filter_by_type("lora")} == {"demo-lora"}
+    loras = client.query_model_v3(types="lora")
+    assert [m.name for m in loras.models] == ["demo-lora"]
+
+
+def raw(server, key, path: str, request: dict, extra: dict | None = None):
+    return requests.post(
+        server.url + path,
+        json={"extra": extra or {}, "request": request},
+        headers={"Authorization": f"Bearer {key}"},
+    )
+
+
+VALID = {"model_name": "demo", "prompt": "fox", "width": 128, "height": 128, "image_num": 1,
+         "steps": 8}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("change", "param"),
+    [
+        ({"width": 64}, "request.width"),  # spec range [128, 2048]
+        ({"image_num": 9}, "request.image_num"),
+        ({"steps": 101}, "request.steps"),
+        ({"guidance_scale": 0.5}, "request.guidance_scale"),
+        ({"prompt": ""}, "request.prompt"),
+        ({"clip_skip": 13}, "request.clip_skip"),
+        ({"seed": -2}, "request.seed"),
+        ({"sampler_name": "Euler z"}, "request.sampler_name"),
+        ({"model_name": "nope"}, "request.model_name"),
+        ({"loras": [{"model_name": "nope", "strength": 1}]}, "request.loras.0.model_name"),
+        ({"loras": [{"model_name": "demo-lora"}] * 6}, "request.loras"),
+        ({"embeddings": [{"model_name": "x"}]}, "request.embeddings"),
+        ({"sd_vae": "nope.safetensors"}, "request.sd_vae"),
+    ],
+)
+def test_ranges_are_enforced_and_named(server, key, change, param):
+    response = raw(server, key, "/v3/async/txt2img", VALID | change)
+    assert response.status_code == 400, response.text
+    body = response.json()
+    assert set(body) == {"code", "reason", "message", "metadata"}
+    assert body["reason"] == "INVALID_REQUEST_BODY" and body["metadata"]["param"] == param
+    assert param in body["message"]
+
+
+def test_img2img_errors(server, key):
+    ok_image = base64.b64encode(io.BytesIO(b"not an image").getvalue()).decode()
+    response = raw(server, key, "/v3/async/img2img", VALID | {"image_base64": ok_image})
+    assert response.status_code == 400
+    assert response.json()["metadata"]["param"] == "request.image_base64"
+    unit = {"model_name": "cn", "image_base64": ok_image, "preprocessor": "canny"}
+    response = raw(server, key, "/v3/async/img2img",
+                   VALID | {"image_base64": ok_image, "controlnet": {"units": [unit]}})  # fmt: skip
+    assert response.json()["metadata"]["param"] == "request.controlnet"
+    response = raw(server, key, "/v3/async/txt2img", VALID, {"response_image_type": "gif"})
+    assert response.status_code == 400 and "response_image_type" in response.json()["message"]
+
+
+def test_bad_key_and_unknown_task(server, key):
+    with pytest.raises(NovitaResponseError, match="401"):
+        NovitaClient("hb_aaaaaaaaaaaa_" + "x" * 43, base_url=server.url).txt2img_v3(
+            model_name="demo", prompt="x", image_num=1
+        )
+    response = requests.get(
+        server.url + "/v3/async/task-result",
+        params={"task_id": "6a3c6c6a-0000-4000-8000-000000000000"},
+        headers={"Authorization": f"Bearer {key}"},
+    )
+    assert response.status_code == 404 and response.json()["reason"] == "NOT_FOUND"
