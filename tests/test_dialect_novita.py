@@ -8,7 +8,7 @@ import io
 
 import pytest
 import requests
-from novita_client import NovitaClient, NovitaResponseError, Txt2ImgV3LoRA
+from novita_client import NovitaClient, NovitaResponseError, Txt2ImgV3Embedding, Txt2ImgV3LoRA
 from novita_client.proto import V3TaskResponseStatus
 from PIL import Image
 
@@ -43,6 +43,18 @@ def test_txt2img_v3_with_a_lora(client):
     assert max_difference(decoded(plain)[0], decoded(styled)[0]) > 8
 
 
+def test_embeddings_are_used_in_the_prompt(client):
+    common = dict(model_name="demo", image_num=1, width=128, height=128, steps=8, seed=7)
+    plain = client.txt2img_v3(prompt="a fox", **common)
+    embedded = client.txt2img_v3(
+        prompt="a fox, demo-embedding",
+        embeddings=[Txt2ImgV3Embedding(model_name="demo-embedding.safetensors")],
+        **common,
+    )
+    assert embedded.task.status == V3TaskResponseStatus.TASK_STATUS_SUCCEED
+    assert max_difference(decoded(plain)[0], decoded(embedded)[0]) > 0
+
+
 def test_img2img_v3(client):
     buffer = io.BytesIO()
     Image.new("RGB", (160, 128), (20, 90, 200)).save(buffer, format="PNG")
@@ -60,6 +72,7 @@ def test_models_v3_lists_the_library_by_type(client):
     checkpoints = {m.name for m in models.filter_by_type("checkpoint")}
     assert {"demo", "demo-single"} <= checkpoints
     assert {m.name for m in models.filter_by_type("lora")} == {"demo-lora"}
+    assert {m.name for m in models.filter_by_type("textualinversion")} == {"demo-embedding"}
     loras = client.query_model_v3(types="lora")
     assert [m.name for m in loras.models] == ["demo-lora"]
 
@@ -90,7 +103,9 @@ VALID = {"model_name": "demo", "prompt": "fox", "width": 128, "height": 128, "im
         ({"model_name": "nope"}, "request.model_name"),
         ({"loras": [{"model_name": "nope", "strength": 1}]}, "request.loras.0.model_name"),
         ({"loras": [{"model_name": "demo-lora"}] * 6}, "request.loras"),
-        ({"embeddings": [{"model_name": "x"}]}, "request.embeddings"),
+        ({"embeddings": [{"model_name": "x"}]}, "request.embeddings.0.model_name"),
+        ({"embeddings": [{"model_name": "demo-embedding"}] * 6}, "request.embeddings"),
+        ({"hires_fix": {"target_width": 256, "target_height": 256}}, "request.hires_fix"),
         ({"sd_vae": "nope.safetensors"}, "request.sd_vae"),
     ],
 )

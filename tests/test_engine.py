@@ -6,6 +6,7 @@ import torch
 from PIL import Image
 
 from helpers import max_difference, pixels
+from huabu.engine.engine import Engine
 from huabu.errors import Cancelled
 from huabu.native import GenerationRequest
 
@@ -52,7 +53,8 @@ def test_img2img_init_image_steers_the_result_more_at_low_strength(engine, small
     assert "Denoising strength: 0.3" in low.infotexts[0]
 
 
-def test_single_file_checkpoint_loads_the_same_weights_as_the_folder(engine, small):
+def test_single_file_checkpoint_loads_the_same_weights_as_the_folder(settings, small):
+    engine = Engine(settings)  # its own cache: no LoRA or embedding loaded by other tests
     folder = engine.cache.get("demo").components
     single = engine.cache.get("demo-single").components
     for name in ("unet", "vae", "text_encoder"):

@@ -61,6 +61,7 @@ def canonical_sampler(name: str) -> str:
 
 
 MAX_LORAS = 5
+MAX_EMBEDDINGS = 5
 
 
 class LoraRef(BaseModel):
@@ -93,6 +94,10 @@ class GenerationRequest(BaseModel):
     clip_skip: int = Field(default=1, ge=1, le=12)
     vae: str | None = None
     loras: tuple[LoraRef, ...] = Field(default=(), max_length=MAX_LORAS)
+    #: Textual-inversion embeddings from ``models/embeddings`` to make sure are loaded. As in
+    #: A1111, an embedding applies where its name appears in the prompt or negative prompt
+    #: (listed or not); listing one only checks that it exists.
+    embeddings: tuple[str, ...] = Field(default=(), max_length=MAX_EMBEDDINGS)
     output_format: OutputFormat = "png"
 
     @classmethod

@@ -3,8 +3,8 @@
 ``novita-client`` SDK reads them (``novita_client/proto.py``), so the SDK works against huabu by
 changing only its ``base_url``. Errors: ``{"code", "reason", "message", "metadata"}``.
 
-Not yet available here (refused with a 400 naming the field): embeddings, ControlNet units,
-IP-Adapters, hires fix and refiner.
+Not yet available here (refused with a 400 naming the field): ControlNet units, IP-Adapters,
+hires fix and refiner.
 """
 
 from __future__ import annotations
@@ -105,7 +105,6 @@ class Envelope(BaseModel):
 
 def _unsupported(body: Txt2ImgIn) -> None:
     present = {
-        "embeddings": bool(body.embeddings),
         "hires_fix": body.hires_fix is not None,
         "refiner": body.refiner is not None,
     }
@@ -151,6 +150,7 @@ def to_native(
             LoraRef(name=model_name(lora.model_name), weight=lora.strength)
             for lora in body.loras or ()
         ),
+        embeddings=tuple(model_name(e.model_name) for e in body.embeddings or ()),
         output_format=extra.response_image_type,
     )
 
@@ -216,10 +216,12 @@ def _renamed(error: InvalidRequest) -> InvalidRequest:
     native = {"model": "model_name", "steps": "steps", "guidance": "guidance_scale",
               "sampler": "sampler_name", "n_images": "image_num", "vae": "sd_vae",
               "init_image": "image_base64", "loras": "loras", "width": "width",
-              "height": "height", "seed": "seed"}  # fmt: skip
+              "height": "height", "seed": "seed", "embeddings": "embeddings"}  # fmt: skip
     head, _, rest = (error.param or "").partition(".")
     if head not in native:
         return error
+    if head == "embeddings" and rest:
+        rest += ".name"  # native lists names; novita lists {model_name}
     param = "request." + native[head] + ("." + rest.replace("name", "model_name") if rest else "")
     return InvalidRequest(f"{param}: {error.message}", param=param)
 

@@ -1,4 +1,6 @@
-"""LoRAs on a cached pipeline: loaded once as peft adapters, switched on for one request with
+"""LoRAs and textual-inversion embeddings on a cached pipeline.
+
+LoRAs: loaded once as peft adapters, switched on for one request with
 its strengths, switched off after it — no reload of the base weights, and nothing of one
 request's LoRAs leaks into the next (a disabled peft adapter leaves its layer's output
 bit-identical to the base layer's).
@@ -71,3 +73,48 @@ class LoraSwitch:
             yield
         finally:
             self.pipe.disable_lora()
+
+
+class Embeddings:
+    """Textual-inversion embeddings loaded into one pipeline's tokenizer and text encoder.
+
+    As in A1111, an embedding applies wherever its name appears in a prompt. It is loaded the
+    first time it is needed and stays loaded: an added token changes no other token's
+    embedding, so prompts that do not name it give bit-identical results."""
+
+    def __init__(self, pipe: Any, library: ModelLibrary, *, supported: bool) -> None:
+        self.pipe = pipe
+        self.library = library
+        self.supported = supported
+        self.loaded: set[str] = set()
+
+    def prepare(self, prompts: list[str], listed: tuple[str, ...]) -> list[str]:
+        """Load the embeddings ``prompts`` name (and those ``listed``); return the prompts with
+        multi-vector embeddings expanded to their tokens."""
+        names = set(listed)
+        for name in self.library.names("embeddings"):
+            word = re.compile(rf"(?<![\w-]){re.escape(name)}(?![\w-])")
+            if any(word.search(prompt) for prompt in prompts):
+                names.add(name)
+        for name in sorted(names - self.loaded):
+            self._load(name)
+        if not self.loaded:
+            return prompts
+        return [self.pipe.maybe_convert_prompt(prompt, self.pipe.tokenizer) for prompt in prompts]
+
+    def _load(self, name: str) -> None:
+        entry = self.library.find("embeddings", name, param="embeddings")
+        if not self.supported:
+            raise ModelUnavailable("textual-inversion embeddings work with SD 1.x/2.x models only")
+        if entry.layout == "pickle" and not self.library.settings.allow_pickle:
+            raise ModelUnavailable(
+                f"embedding {name!r} is a pickle (.pt); allow it with HUABU_ALLOW_PICKLE=true "
+                "or convert it to safetensors"
+            )
+        try:
+            self.pipe.load_textual_inversion(str(entry.path), token=name)
+        except (ValueError, KeyError, RuntimeError) as exc:
+            raise ModelUnavailable(
+                f"embedding {name!r} does not fit this checkpoint or is not an embedding ({exc})"
+            ) from exc
+        self.loaded.add(name)

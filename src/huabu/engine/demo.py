@@ -25,6 +25,7 @@ from huabu.settings import Settings
 DEMO = "demo"
 DEMO_SINGLE = "demo-single"
 DEMO_LORA = "demo-lora"
+DEMO_EMBEDDING = "demo-embedding"
 NOTICE = (
     "The demo model has random weights: it makes noise-like images, not pictures. "
     "Put a real Stable Diffusion checkpoint in models/checkpoints/ for real images."
@@ -127,10 +128,20 @@ def build(settings: Settings, *, force: bool = False) -> list[Path]:
     folder = checkpoints / DEMO
     single = checkpoints / f"{DEMO_SINGLE}.safetensors"
     lora = settings.models_dir / "loras" / f"{DEMO_LORA}.safetensors"
-    if not force and folder.is_dir() and single.is_file() and lora.is_file():
+    embedding = settings.models_dir / "embeddings" / f"{DEMO_EMBEDDING}.safetensors"
+    if not force and all(p.exists() for p in (folder, single, lora, embedding)):
         return []
     pipe = build_pipeline()
     written = []
+    if force or not embedding.is_file():
+        # A two-vector embedding in A1111's safetensors layout, random like everything here.
+        embedding.parent.mkdir(parents=True, exist_ok=True)
+        generator = torch.Generator().manual_seed(_SEED + 2)
+        vectors = torch.randn(2, _TEXT["hidden_size"], generator=generator)
+        tmp = embedding.with_suffix(".tmp")
+        save_file({"emb_params": vectors}, str(tmp))
+        tmp.rename(embedding)
+        written.append(embedding)
     if force or not lora.is_file():
         lora.parent.mkdir(parents=True, exist_ok=True)
         tmp = lora.with_suffix(".tmp")

@@ -65,9 +65,10 @@ class Engine:
     def _generate(
         self, request, model, vae, init_image, on_progress, should_cancel, started, loaded
     ) -> GenerationResult:
-        conditioning = model.prompt_encoder.encode(
-            request.prompt, request.negative_prompt, request.clip_skip
+        prompt, negative = model.embeddings.prepare(
+            [request.prompt, request.negative_prompt], request.embeddings
         )
+        conditioning = model.prompt_encoder.encode(prompt, negative, request.clip_skip)
         encoded = time.perf_counter()
 
         sampler = SAMPLERS[request.sampler]

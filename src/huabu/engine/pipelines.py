@@ -24,7 +24,7 @@ from diffusers import (
     StableDiffusionXLPipeline,
 )
 
-from huabu.engine.adapters import LoraSwitch
+from huabu.engine.adapters import Embeddings, LoraSwitch
 from huabu.engine.architectures import Architecture
 from huabu.engine.library import ModelEntry, ModelLibrary
 from huabu.engine.prompts import PromptEncoder
@@ -70,6 +70,7 @@ class LoadedModel:
     prompt_encoder: PromptEncoder
     model_hash: str | None
     loras: LoraSwitch
+    embeddings: Embeddings
 
     @property
     def components(self) -> dict[str, Any]:
@@ -189,6 +190,7 @@ class PipelineCache:
             encoder,
             self.library.model_hash(entry),
             LoraSwitch(pipe, self.library),
+            Embeddings(pipe, self.library, supported=not xl),
         )
 
     def _convert_pickle(self, entry: ModelEntry) -> Path:

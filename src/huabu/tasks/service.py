@@ -127,6 +127,8 @@ class TaskService:
             self.library.find("vae", request.vae, param="vae")
         for index, lora in enumerate(request.loras):
             self.library.find("loras", lora.name, param=f"loras.{index}.name")
+        for index, name in enumerate(request.embeddings):
+            self.library.find("embeddings", name, param=f"embeddings.{index}")
         if request.init_image is not None:
             upload = self._upload_of(owner_id, request.init_image, param="init_image")
             request = request.model_copy(update={"init_image": upload.key})
