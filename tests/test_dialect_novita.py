@@ -8,9 +8,15 @@ import io
 
 import pytest
 import requests
-from novita_client import NovitaClient, NovitaResponseError, Txt2ImgV3Embedding, Txt2ImgV3LoRA
+from novita_client import (
+    Img2ImgV3ControlNetUnit,
+    NovitaClient,
+    NovitaResponseError,
+    Txt2ImgV3Embedding,
+    Txt2ImgV3LoRA,
+)
 from novita_client.proto import V3TaskResponseStatus
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from helpers import max_difference
 
@@ -67,12 +73,29 @@ def test_img2img_v3(client):
     assert decoded(result)[0].size == (160, 128)
 
 
+def test_img2img_v3_with_a_controlnet_unit(client):
+    buffer = io.BytesIO()
+    picture = Image.new("RGB", (128, 128), (0, 0, 0))
+    ImageDraw.Draw(picture).ellipse((32, 32, 96, 96), fill=(255, 255, 255))
+    picture.save(buffer, format="PNG")
+    source = base64.b64encode(buffer.getvalue()).decode()
+    common = dict(model_name="demo", input_image=source, prompt="moon", image_num=1, width=128,
+                  height=128, steps=8, seed=3, strength=0.7)  # fmt: skip
+    plain = client.img2img_v3(**common)
+    unit = Img2ImgV3ControlNetUnit(model_name="demo-controlnet", image_base64=source,
+                                   strength=1.0, preprocessor="canny")  # fmt: skip
+    controlled = client.img2img_v3(**common, controlnet_units=[unit])
+    assert controlled.task.status == V3TaskResponseStatus.TASK_STATUS_SUCCEED
+    assert max_difference(decoded(plain)[0], decoded(controlled)[0]) > 0
+
+
 def test_models_v3_lists_the_library_by_type(client):
     models = client.models_v3(refresh=True)
     checkpoints = {m.name for m in models.filter_by_type("checkpoint")}
     assert {"demo", "demo-single"} <= checkpoints
     assert {m.name for m in models.filter_by_type("lora")} == {"demo-lora"}
     assert {m.name for m in models.filter_by_type("textualinversion")} == {"demo-embedding"}
+    assert {m.name for m in models.filter_by_type("controlnet")} == {"demo-controlnet"}
     loras = client.query_model_v3(types="lora")
     assert [m.name for m in loras.models] == ["demo-lora"]
 
@@ -123,10 +146,18 @@ def test_img2img_errors(server, key):
     response = raw(server, key, "/v3/async/img2img", VALID | {"image_base64": ok_image})
     assert response.status_code == 400
     assert response.json()["metadata"]["param"] == "request.image_base64"
-    unit = {"model_name": "cn", "image_base64": ok_image, "preprocessor": "canny"}
+    buffer = io.BytesIO()
+    Image.new("RGB", (128, 128)).save(buffer, format="PNG")
+    image = base64.b64encode(buffer.getvalue()).decode()
+    unit = {"model_name": "demo-controlnet", "image_base64": image, "preprocessor": "openpose"}
     response = raw(server, key, "/v3/async/img2img",
-                   VALID | {"image_base64": ok_image, "controlnet": {"units": [unit]}})  # fmt: skip
-    assert response.json()["metadata"]["param"] == "request.controlnet"
+                   VALID | {"image_base64": image, "controlnet": {"units": [unit]}})  # fmt: skip
+    assert response.status_code == 400, response.text
+    assert response.json()["metadata"]["param"] == "request.controlnet.units.0.preprocessor"
+    assert "annotator weights" in response.json()["message"]
+    adapters = {"image_base64": image, "ip_adapters": [{"model_name": "x"}]}
+    response = raw(server, key, "/v3/async/img2img", VALID | adapters)
+    assert response.json()["metadata"]["param"] == "request.ip_adapters"
     response = raw(server, key, "/v3/async/txt2img", VALID, {"response_image_type": "gif"})
     assert response.status_code == 400 and "response_image_type" in response.json()["message"]
 

@@ -73,6 +73,23 @@ class LoraRef(BaseModel):
     weight: float = Field(default=1.0, ge=-4, le=4)
 
 
+MAX_CONTROLNETS = 3
+
+
+class ControlUnit(BaseModel):
+    """One ControlNet: a model from ``models/controlnet``, its input image (an upload id at
+    submit, a storage key once queued), how to preprocess it, how strongly and when to apply."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str = Field(min_length=1)
+    image: str = Field(min_length=1)
+    preprocessor: str = "none"
+    scale: float = Field(default=1.0, ge=0, le=2)
+    start: float = Field(default=0.0, ge=0, le=1)
+    end: float = Field(default=1.0, ge=0, le=1)
+
+
 class GenerationRequest(BaseModel):
     """One text-to-image or image-to-image request, in huabu's own terms."""
 
@@ -98,6 +115,7 @@ class GenerationRequest(BaseModel):
     #: A1111, an embedding applies where its name appears in the prompt or negative prompt
     #: (listed or not); listing one only checks that it exists.
     embeddings: tuple[str, ...] = Field(default=(), max_length=MAX_EMBEDDINGS)
+    controlnets: tuple[ControlUnit, ...] = Field(default=(), max_length=MAX_CONTROLNETS)
     output_format: OutputFormat = "png"
 
     @classmethod
@@ -145,6 +163,12 @@ class GenerationRequest(BaseModel):
                 f"n_images must be between 1 and {settings.max_images}, got {self.n_images}",
                 param="n_images",
             )
+        for index, unit in enumerate(self.controlnets):
+            if unit.start >= unit.end:
+                raise InvalidRequest(
+                    f"controlnets.{index}: start ({unit.start:g}) must be below end ({unit.end:g})",
+                    param=f"controlnets.{index}.start",
+                )
         seed = self.seed if self.seed >= 0 else secrets.randbelow(MAX_SEED - settings.max_images)
         return self.model_copy(update={"sampler": canonical_sampler(self.sampler), "seed": seed})
 

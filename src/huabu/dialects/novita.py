@@ -3,8 +3,8 @@
 ``novita-client`` SDK reads them (``novita_client/proto.py``), so the SDK works against huabu by
 changing only its ``base_url``. Errors: ``{"code", "reason", "message", "metadata"}``.
 
-Not yet available here (refused with a 400 naming the field): ControlNet units, IP-Adapters,
-hires fix and refiner.
+Not yet available here (refused with a 400 naming the field): IP-Adapters, hires fix and
+refiner.
 """
 
 from __future__ import annotations
@@ -19,7 +19,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from huabu.dialects.common import read_body, validate
 from huabu.errors import AuthFailed, HuabuError, InvalidRequest, NotFound, Overloaded, TooLarge
 from huabu.images import decode_base64
-from huabu.native import MAX_LORAS, MAX_SEED, GenerationRequest, LoraRef
+from huabu.native import (
+    MAX_CONTROLNETS,
+    MAX_LORAS,
+    MAX_SEED,
+    ControlUnit,
+    GenerationRequest,
+    LoraRef,
+)
 from huabu.tasks.records import TaskRecord
 from huabu.web.deps import BaseUrl, CurrentUser, ServicesDep
 
@@ -56,9 +63,19 @@ class NamedIn(BaseModel):
     model_name: str = ""
 
 
+class ControlUnitIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    model_name: str = Field(min_length=1)
+    image_base64: str = Field(min_length=1)
+    strength: float = Field(default=1.0, ge=0, le=2)
+    preprocessor: str = "canny"
+    guidance_start: float = Field(default=0.0, ge=0, le=1)
+    guidance_end: float = Field(default=1.0, ge=0, le=1)
+
+
 class ControlNetIn(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    units: list[dict[str, Any]] = Field(default_factory=list)
+    units: list[ControlUnitIn] = Field(default_factory=list, max_length=MAX_CONTROLNETS)
 
 
 class Txt2ImgIn(BaseModel):
@@ -109,7 +126,6 @@ def _unsupported(body: Txt2ImgIn) -> None:
         "refiner": body.refiner is not None,
     }
     if isinstance(body, Img2ImgIn):
-        present["controlnet"] = bool(body.controlnet and body.controlnet.units)
         present["ip_adapters"] = bool(body.ip_adapters)
     for field, used in present.items():
         if used:
@@ -128,9 +144,15 @@ def model_name(value: str) -> str:
 
 
 def to_native(
-    body: Txt2ImgIn, extra: ExtraIn, *, init_image: str | None = None
+    body: Txt2ImgIn,
+    extra: ExtraIn,
+    *,
+    init_image: str | None = None,
+    control_images: tuple[str, ...] = (),
 ) -> GenerationRequest:
+    """Pure translation; ``control_images`` are the uploads of the ControlNet units' images."""
     _unsupported(body)
+    units = body.controlnet.units if isinstance(body, Img2ImgIn) and body.controlnet else []
     return GenerationRequest(
         model=model_name(body.model_name),
         prompt=body.prompt,
@@ -151,6 +173,17 @@ def to_native(
             for lora in body.loras or ()
         ),
         embeddings=tuple(model_name(e.model_name) for e in body.embeddings or ()),
+        controlnets=tuple(
+            ControlUnit(
+                model=model_name(unit.model_name),
+                image=image,
+                preprocessor=unit.preprocessor,
+                scale=unit.strength,
+                start=unit.guidance_start,
+                end=unit.guidance_end,
+            )
+            for unit, image in zip(units, control_images, strict=True)
+        ),
         output_format=extra.response_image_type,
     )
 
@@ -216,13 +249,21 @@ def _renamed(error: InvalidRequest) -> InvalidRequest:
     native = {"model": "model_name", "steps": "steps", "guidance": "guidance_scale",
               "sampler": "sampler_name", "n_images": "image_num", "vae": "sd_vae",
               "init_image": "image_base64", "loras": "loras", "width": "width",
-              "height": "height", "seed": "seed", "embeddings": "embeddings"}  # fmt: skip
+              "height": "height", "seed": "seed", "embeddings": "embeddings",
+              "controlnets": "controlnet.units"}  # fmt: skip
     head, _, rest = (error.param or "").partition(".")
     if head not in native:
         return error
     if head == "embeddings" and rest:
         rest += ".name"  # native lists names; novita lists {model_name}
-    param = "request." + native[head] + ("." + rest.replace("name", "model_name") if rest else "")
+    unit_fields = {"model": "model_name", "image": "image_base64", "scale": "strength",
+                   "start": "guidance_start", "end": "guidance_end"}  # fmt: skip
+    if head == "controlnets" and rest:
+        index, _, field = rest.partition(".")
+        rest = index + ("." + unit_fields.get(field, field) if field else "")
+    elif rest:
+        rest = rest.replace("name", "model_name")
+    param = "request." + native[head] + ("." + rest if rest else "")
     return InvalidRequest(f"{param}: {error.message}", param=param)
 
 
@@ -280,8 +321,16 @@ async def img2img(request: Request, user: CurrentUser, services: ServicesDep) ->
             f"request.image_base64: {upload.width}×{upload.height} is over 2048 pixels a side",
             param="request.image_base64",
         )
+    control_images = []
+    for index, unit in enumerate(parsed.controlnet.units if parsed.controlnet else []):
+        field = f"request.controlnet.units.{index}.image_base64"
+        data = decode_base64(unit.image_base64, field=field)
+        control = await run_in_threadpool(services.tasks.upload, user.id, data, field=field)
+        control_images.append(str(control.id))
     try:
-        native = to_native(parsed, extra, init_image=str(upload.id))
+        native = to_native(
+            parsed, extra, init_image=str(upload.id), control_images=tuple(control_images)
+        )
     except InvalidRequest as exc:
         raise _renamed(exc) from None
     return await _submit(native, user, services)

@@ -13,7 +13,13 @@ import shutil
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    ControlNetModel,
+    PNDMScheduler,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
 from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
@@ -26,6 +32,7 @@ DEMO = "demo"
 DEMO_SINGLE = "demo-single"
 DEMO_LORA = "demo-lora"
 DEMO_EMBEDDING = "demo-embedding"
+DEMO_CONTROLNET = "demo-controlnet"
 NOTICE = (
     "The demo model has random weights: it makes noise-like images, not pictures. "
     "Put a real Stable Diffusion checkpoint in models/checkpoints/ for real images."
@@ -120,6 +127,18 @@ def build_lora(pipe: StableDiffusionPipeline, seed: int = _SEED + 1) -> dict[str
     return {f"unet.{key}": value.detach().contiguous().clone() for key, value in state.items()}
 
 
+def build_controlnet(pipe: StableDiffusionPipeline, seed: int = _SEED + 3) -> ControlNetModel:
+    """A ControlNet for the demo UNet. ``from_unet`` starts with zero convolutions (no effect
+    until trained); random ones make the control visible, as everything in the demo is."""
+    torch.manual_seed(seed)
+    controlnet = ControlNetModel.from_unet(pipe.unet)
+    with torch.no_grad():
+        for block in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]:
+            block.weight.normal_(0, 0.05)
+            block.bias.zero_()
+    return controlnet
+
+
 def build(settings: Settings, *, force: bool = False) -> list[Path]:
     """Write the demo model (both layouts) and its LoRA into the model library, each if it is
     missing (or all with ``force``); returns the paths written."""
@@ -129,10 +148,18 @@ def build(settings: Settings, *, force: bool = False) -> list[Path]:
     single = checkpoints / f"{DEMO_SINGLE}.safetensors"
     lora = settings.models_dir / "loras" / f"{DEMO_LORA}.safetensors"
     embedding = settings.models_dir / "embeddings" / f"{DEMO_EMBEDDING}.safetensors"
-    if not force and all(p.exists() for p in (folder, single, lora, embedding)):
+    controlnet = settings.models_dir / "controlnet" / DEMO_CONTROLNET
+    if not force and all(p.exists() for p in (folder, single, lora, embedding, controlnet)):
         return []
     pipe = build_pipeline()
     written = []
+    if force or not controlnet.is_dir():
+        staging = controlnet.with_name(f".{DEMO_CONTROLNET}.staging")
+        shutil.rmtree(staging, ignore_errors=True)
+        build_controlnet(build_pipeline()).save_pretrained(staging, safe_serialization=True)
+        shutil.rmtree(controlnet, ignore_errors=True)
+        staging.rename(controlnet)
+        written.append(controlnet)
     if force or not embedding.is_file():
         # A two-vector embedding in A1111's safetensors layout, random like everything here.
         embedding.parent.mkdir(parents=True, exist_ok=True)

@@ -10,11 +10,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
+from diffusers import (
+    StableDiffusionControlNetImg2ImgPipeline as ControlNetImg2Img,
+)
+from diffusers import (
+    StableDiffusionControlNetPipeline as ControlNetTxt2Img,
+)
 from PIL import Image
 
-from huabu.engine import ksampling, quiet_libraries
+from huabu.engine import ksampling, preprocessors, quiet_libraries
 from huabu.engine.architectures import Architecture
 from huabu.engine.denoiser import Denoiser, noise_sampler
 from huabu.engine.library import ModelLibrary
@@ -47,23 +54,47 @@ class Engine:
         request: GenerationRequest,
         *,
         init_image: Image.Image | None = None,
+        control_images: list[Image.Image] | None = None,
         on_progress: ProgressCallback | None = None,
         should_cancel: CancelCheck | None = None,
     ) -> GenerationResult:
+        """``control_images`` holds the input image of each of ``request.controlnets``."""
         started = time.perf_counter()
         request = request.checked(self.settings)
         if request.is_img2img and init_image is None:
             raise InvalidRequest("init_image could not be read", param="init_image")
         model = self.cache.get(request.model)
         vae = self.cache.vae(request.vae) if request.vae else model.components["vae"]
+        controls = self._controls(request, model, control_images or [])
         loaded = time.perf_counter()
 
         with model.loras.applied(request.loras):
-            return self._generate(request, model, vae, init_image, on_progress, should_cancel,
-                                  started, loaded)  # fmt: skip
+            return self._generate(request, model, vae, init_image, controls, on_progress,
+                                  should_cancel, started, loaded)  # fmt: skip
+
+    def _controls(self, request, model, images: list[Image.Image]) -> list[tuple[Any, Image.Image]]:
+        """(ControlNet, control map) per unit; the map is preprocessed at the output size."""
+        if not request.controlnets:
+            return []
+        if len(images) != len(request.controlnets):
+            raise InvalidRequest("every ControlNet unit needs its image", param="controlnets")
+        if model.architecture is Architecture.SDXL:
+            raise InvalidRequest("ControlNet works with SD 1.x/2.x models so far", param="model")
+        if SAMPLERS[request.sampler].k_sampler:
+            raise InvalidRequest(
+                f"sampler {request.sampler!r} cannot run with ControlNet yet; use another",
+                param="sampler",
+            )
+        controls = []
+        for index, (unit, image) in enumerate(zip(request.controlnets, images, strict=True)):
+            preprocessors.check(unit.preprocessor, param=f"controlnets.{index}.preprocessor")
+            sized = image.convert("RGB").resize((request.width, request.height))
+            control_map = preprocessors.run(unit.preprocessor, sized, seed=request.seed)
+            controls.append((self.cache.controlnet(unit.model, index), control_map))
+        return controls
 
     def _generate(
-        self, request, model, vae, init_image, on_progress, should_cancel, started, loaded
+        self, request, model, vae, init_image, controls, on_progress, should_cancel, started, loaded
     ) -> GenerationResult:
         prompt, negative = model.embeddings.prepare(
             [request.prompt, request.negative_prompt], request.embeddings
@@ -87,8 +118,9 @@ class Engine:
                     )
                 else:
                     latents = self._diffusers_sample(
-                        model, vae, sampler, request, conditioning, generators, source, step
-                    )
+                        model, vae, sampler, request, conditioning, generators, source, step,
+                        controls,
+                    )  # fmt: skip
                 sampled = time.perf_counter()
                 images = [self._decode(model, vae, latents[i : i + 1]) for i in range(len(latents))]
         except HuabuError:
@@ -112,8 +144,9 @@ class Engine:
         )
 
     def _diffusers_sample(
-        self, model, vae, sampler: Sampler, request, conditioning, generators, source, step
-    ) -> torch.Tensor:
+        self, model, vae, sampler: Sampler, request, conditioning, generators, source, step,
+        controls=(),
+    ) -> torch.Tensor:  # fmt: skip
         scheduler = sampler.make_scheduler(model.txt2img.scheduler.config, request.image_seeds())
         pipe = model.img2img if source is not None else model.txt2img
         kwargs = {
@@ -133,8 +166,24 @@ class Engine:
             kwargs |= {"image": source, "strength": request.strength}
         else:
             kwargs |= {"width": request.width, "height": request.height}
+        components = {**pipe.components, "scheduler": scheduler, "vae": vae}
+        pipe_class = type(pipe)
+        if controls:
+            units = request.controlnets
+            pipe_class = ControlNetImg2Img if source is not None else ControlNetTxt2Img
+            components["controlnet"] = [net for net, _ in controls]
+            maps = [control_map for _, control_map in controls]
+            if source is not None:
+                kwargs["control_image"] = maps
+            else:
+                kwargs["image"] = maps
+            kwargs |= {
+                "controlnet_conditioning_scale": [unit.scale for unit in units],
+                "control_guidance_start": [unit.start for unit in units],
+                "control_guidance_end": [unit.end for unit in units],
+            }
         # A pipeline object holds per-call state; give it this request's scheduler only.
-        call_pipe = type(pipe)(**{**pipe.components, "scheduler": scheduler, "vae": vae})
+        call_pipe = pipe_class(**components)
         call_pipe.set_progress_bar_config(disable=True)
         return call_pipe(**kwargs).images
 

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from diffusers import (
     AutoencoderKL,
+    ControlNetModel,
     StableDiffusionImg2ImgPipeline,
     StableDiffusionPipeline,
     StableDiffusionXLImg2ImgPipeline,
@@ -86,6 +87,7 @@ class PipelineCache:
         self.device, self.dtype = pick_device(settings.device)
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()
         self._vaes: OrderedDict[str, AutoencoderKL] = OrderedDict()
+        self._controlnets: OrderedDict[str, ControlNetModel] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, name: str) -> LoadedModel:
@@ -117,6 +119,23 @@ class PipelineCache:
                     self._vaes.popitem(last=False)
             self._vaes.move_to_end(name)
             return self._vaes[name]
+
+    def controlnet(self, name: str, index: int) -> ControlNetModel:
+        with self._lock:
+            if name not in self._controlnets:
+                entry = self.library.find("controlnet", name, param=f"controlnets.{index}.model")
+                if entry.layout != "diffusers":
+                    raise ModelUnavailable(
+                        f"ControlNet {name!r}: only diffusers folders are supported so far"
+                    )
+                model = ControlNetModel.from_pretrained(
+                    entry.path, dtype=self.dtype, local_files_only=True
+                )
+                self._controlnets[name] = model.to(self.device)
+                while len(self._controlnets) > 4:
+                    self._controlnets.popitem(last=False)
+            self._controlnets.move_to_end(name)
+            return self._controlnets[name]
 
     def loaded(self) -> list[str]:
         return list(self._models)

@@ -137,8 +137,20 @@ class GenerationRunner:
                     field="init_image",
                     max_pixels=self.settings.max_input_pixels,
                 )
+            controls = [
+                decode_image(
+                    self.storage.get(unit.image),
+                    field=f"controlnets.{index}.image",
+                    max_pixels=self.settings.max_input_pixels,
+                )
+                for index, unit in enumerate(request.controlnets)
+            ]
             result = self.engine.generate(
-                request, init_image=init, on_progress=progress, should_cancel=progress.should_cancel
+                request,
+                init_image=init,
+                control_images=controls,
+                on_progress=progress,
+                should_cancel=progress.should_cancel,
             )
             self._store(task_id, request, result)
         except Cancelled:

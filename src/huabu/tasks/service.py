@@ -18,6 +18,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from huabu.db.tables import Task, Upload
+from huabu.engine import preprocessors
 from huabu.engine.library import ModelLibrary
 from huabu.errors import InvalidRequest, NotFound, Overloaded
 from huabu.images import decode_image
@@ -132,6 +133,14 @@ class TaskService:
         if request.init_image is not None:
             upload = self._upload_of(owner_id, request.init_image, param="init_image")
             request = request.model_copy(update={"init_image": upload.key})
+        units = []
+        for index, unit in enumerate(request.controlnets):
+            self.library.find("controlnet", unit.model, param=f"controlnets.{index}.model")
+            preprocessors.check(unit.preprocessor, param=f"controlnets.{index}.preprocessor")
+            upload = self._upload_of(owner_id, unit.image, param=f"controlnets.{index}.image")
+            units.append(unit.model_copy(update={"image": upload.key}))
+        if units:
+            request = request.model_copy(update={"controlnets": tuple(units)})
         task = Task(
             id=uuid.uuid4(),
             owner_id=owner_id,

@@ -1,0 +1,87 @@
+"""ControlNet units on the demo model: applied per request, scaled, timed, stacked, and gone
+for the next request."""
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from helpers import max_difference
+from huabu.engine import preprocessors
+from huabu.errors import InvalidRequest
+from huabu.native import ControlUnit
+
+
+@pytest.fixture(scope="module")
+def square():
+    image = Image.new("RGB", (64, 64), (0, 0, 0))
+    ImageDraw.Draw(image).rectangle((16, 16, 48, 48), fill=(255, 255, 255))
+    return image
+
+
+def unit(**changes) -> ControlUnit:
+    return ControlUnit(**({"model": "demo-controlnet", "image": "k", "preprocessor": "canny"}
+                          | changes))  # fmt: skip
+
+
+def run(engine, small, square, *units, **changes):
+    request = small(controlnets=units, **changes)
+    return engine.generate(request, control_images=[square] * len(units)).images[0]
+
+
+def test_controlnet_scale_and_no_leak(engine, small, square):
+    base = engine.generate(small()).images[0]
+    full = run(engine, small, square, unit())
+    off = run(engine, small, square, unit(scale=0.0))
+    after = engine.generate(small()).images[0]
+    assert max_difference(base, full) > 8
+    assert max_difference(base, off) == 0  # scale 0 is no ControlNet, bit for bit
+    assert max_difference(base, after) == 0
+
+
+def test_guidance_window_and_stacking(engine, small, square):
+    full = run(engine, small, square, unit())
+    late = run(engine, small, square, unit(start=0.5))
+    early = run(engine, small, square, unit(end=0.5))
+    stacked = run(engine, small, square, unit(), unit(preprocessor="lineart_standard", scale=0.5))
+    assert max_difference(full, late) > 0 and max_difference(full, early) > 0
+    assert max_difference(full, stacked) > 0
+
+
+def test_controlnet_with_img2img(engine, small, square):
+    plain = engine.generate(small(init_image="k", strength=0.6), init_image=square).images[0]
+    controlled = engine.generate(
+        small(init_image="k", strength=0.6, controlnets=(unit(),)),
+        init_image=square,
+        control_images=[square],
+    ).images[0]
+    assert max_difference(plain, controlled) > 0
+
+
+def test_preprocessors_make_control_maps(square):
+    edges = np.asarray(preprocessors.run("canny", square))
+    assert set(np.unique(edges).tolist()) == {0, 255}
+    assert edges[14:19, 30].max() == 255 and edges[32, 32].max() == 0  # its edge, not inside
+    assert np.asarray(preprocessors.run("lineart_standard", square)).shape == (64, 64, 3)
+    assert preprocessors.run("none", square) is not square  # a copy, as RGB
+    first = preprocessors.run("shuffle", square, seed=1)
+    assert np.array_equal(
+        np.asarray(first), np.asarray(preprocessors.run("shuffle", square, seed=1))
+    )
+
+
+@pytest.mark.parametrize(
+    ("changes", "param", "text"),
+    [
+        ({"controlnets": (unit(preprocessor="openpose"),)}, "controlnets.0.preprocessor",
+         "annotator weights"),
+        ({"controlnets": (unit(preprocessor="sketchy"),)}, "controlnets.0.preprocessor",
+         "unknown preprocessor"),
+        ({"controlnets": (unit(start=0.6, end=0.4),)}, "controlnets.0.start", "below end"),
+        ({"controlnets": (unit(model="nope"),)}, "controlnets.0.model", "demo-controlnet"),
+        ({"controlnets": (unit(),), "sampler": "DPM fast"}, "sampler", "ControlNet"),
+    ],
+)  # fmt: skip
+def test_bad_units_are_named(engine, small, square, changes, param, text):
+    with pytest.raises(InvalidRequest) as caught:
+        engine.generate(small(**changes), control_images=[square])
+    assert caught.value.param == param and text in caught.value.message
