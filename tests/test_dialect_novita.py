@@ -61,6 +61,16 @@ def test_embeddings_are_used_in_the_prompt(client):
     assert max_difference(decoded(plain)[0], decoded(embedded)[0]) > 0
 
 
+def test_sd_vae_and_clip_skip(client):
+    common = dict(model_name="demo", prompt="a fox", image_num=1, width=128, height=128,
+                  steps=8, seed=11)  # fmt: skip
+    plain = decoded(client.txt2img_v3(**common))[0]
+    other_vae = decoded(client.txt2img_v3(**common, sd_vae="demo-vae.safetensors"))[0]
+    skipped = decoded(client.txt2img_v3(**common, clip_skip=2))[0]
+    assert max_difference(plain, other_vae) > 50  # demo-vae inverts colours
+    assert max_difference(plain, skipped) > 0
+
+
 def test_img2img_v3(client):
     buffer = io.BytesIO()
     Image.new("RGB", (160, 128), (20, 90, 200)).save(buffer, format="PNG")
@@ -89,6 +99,18 @@ def test_img2img_v3_with_a_controlnet_unit(client):
     assert max_difference(decoded(plain)[0], decoded(controlled)[0]) > 0
 
 
+def test_img2img_v3_with_an_ip_adapter(server, key):
+    buffer = io.BytesIO()
+    Image.new("RGB", (128, 128), (40, 160, 40)).save(buffer, format="PNG")
+    image = base64.b64encode(buffer.getvalue()).decode()
+    reference = {"model_name": "demo-ip-adapter", "image_base64": image, "strength": 1.0}
+    task = raw(server, key, "/v3/async/img2img",
+               VALID | {"image_base64": image, "ip_adapters": [reference]})  # fmt: skip
+    assert task.status_code == 200, task.text
+    done = NovitaClient(key, base_url=server.url).wait_for_task_v3(task.json()["task_id"])
+    assert done.task.status == V3TaskResponseStatus.TASK_STATUS_SUCCEED, done.task.reason
+
+
 def test_models_v3_lists_the_library_by_type(client):
     models = client.models_v3(refresh=True)
     checkpoints = {m.name for m in models.filter_by_type("checkpoint")}
@@ -96,6 +118,8 @@ def test_models_v3_lists_the_library_by_type(client):
     assert {m.name for m in models.filter_by_type("lora")} == {"demo-lora"}
     assert {m.name for m in models.filter_by_type("textualinversion")} == {"demo-embedding"}
     assert {m.name for m in models.filter_by_type("controlnet")} == {"demo-controlnet"}
+    assert "demo-vae" in {m.name for m in models.filter_by_type("vae")}
+    assert {m.name for m in models.filter_by_type("ipadapter")} == {"demo-ip-adapter"}
     loras = client.query_model_v3(types="lora")
     assert [m.name for m in loras.models] == ["demo-lora"]
 
@@ -155,8 +179,12 @@ def test_img2img_errors(server, key):
     assert response.status_code == 400, response.text
     assert response.json()["metadata"]["param"] == "request.controlnet.units.0.preprocessor"
     assert "annotator weights" in response.json()["message"]
-    adapters = {"image_base64": image, "ip_adapters": [{"model_name": "x"}]}
+    adapters = {"image_base64": image,
+                "ip_adapters": [{"model_name": "nope.bin", "image_base64": image}]}  # fmt: skip
     response = raw(server, key, "/v3/async/img2img", VALID | adapters)
+    assert response.json()["metadata"]["param"] == "request.ip_adapters.0.model_name"
+    two = {"image_base64": image, "ip_adapters": [adapters["ip_adapters"][0]] * 2}
+    response = raw(server, key, "/v3/async/img2img", VALID | two)
     assert response.json()["metadata"]["param"] == "request.ip_adapters"
     response = raw(server, key, "/v3/async/txt2img", VALID, {"response_image_type": "gif"})
     assert response.status_code == 400 and "response_image_type" in response.json()["message"]

@@ -90,6 +90,17 @@ class ControlUnit(BaseModel):
     end: float = Field(default=1.0, ge=0, le=1)
 
 
+class IpAdapterRef(BaseModel):
+    """An IP-Adapter from ``models/ipadapter``, its reference image (an upload id at submit, a
+    storage key once queued) and how strongly the image steers the result."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(min_length=1)
+    image: str = Field(min_length=1)
+    scale: float = Field(default=0.6, ge=0, le=2)
+
+
 class GenerationRequest(BaseModel):
     """One text-to-image or image-to-image request, in huabu's own terms."""
 
@@ -116,6 +127,7 @@ class GenerationRequest(BaseModel):
     #: (listed or not); listing one only checks that it exists.
     embeddings: tuple[str, ...] = Field(default=(), max_length=MAX_EMBEDDINGS)
     controlnets: tuple[ControlUnit, ...] = Field(default=(), max_length=MAX_CONTROLNETS)
+    ip_adapter: IpAdapterRef | None = None
     output_format: OutputFormat = "png"
 
     @classmethod

@@ -3,8 +3,7 @@
 ``novita-client`` SDK reads them (``novita_client/proto.py``), so the SDK works against huabu by
 changing only its ``base_url``. Errors: ``{"code", "reason", "message", "metadata"}``.
 
-Not yet available here (refused with a 400 naming the field): IP-Adapters, hires fix and
-refiner.
+Not yet available here (refused with a 400 naming the field): hires fix and refiner.
 """
 
 from __future__ import annotations
@@ -25,6 +24,7 @@ from huabu.native import (
     MAX_SEED,
     ControlUnit,
     GenerationRequest,
+    IpAdapterRef,
     LoraRef,
 )
 from huabu.tasks.records import TaskRecord
@@ -48,6 +48,7 @@ _TYPES = {
     "vae": ("vae", "VAE"),
     "controlnet": ("controlnet", "ControlNet"),
     "embeddings": ("textualinversion", "Textual Inversion"),
+    "ipadapter": ("ipadapter", "IP-Adapter"),
 }
 _SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 
@@ -99,11 +100,18 @@ class Txt2ImgIn(BaseModel):
     refiner: dict[str, Any] | None = None
 
 
+class IpAdapterIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    model_name: str = Field(min_length=1)
+    image_base64: str = Field(min_length=1)
+    strength: float = Field(default=0.5, ge=0, le=2)
+
+
 class Img2ImgIn(Txt2ImgIn):
     image_base64: str = Field(min_length=1)
     strength: float = Field(default=0.75, gt=0, le=1)
     controlnet: ControlNetIn | None = None
-    ip_adapters: list[dict[str, Any]] | None = Field(default=None, max_length=1)
+    ip_adapters: list[IpAdapterIn] | None = Field(default=None, max_length=1)
 
 
 class ExtraIn(BaseModel):
@@ -125,8 +133,6 @@ def _unsupported(body: Txt2ImgIn) -> None:
         "hires_fix": body.hires_fix is not None,
         "refiner": body.refiner is not None,
     }
-    if isinstance(body, Img2ImgIn):
-        present["ip_adapters"] = bool(body.ip_adapters)
     for field, used in present.items():
         if used:
             raise InvalidRequest(
@@ -149,10 +155,18 @@ def to_native(
     *,
     init_image: str | None = None,
     control_images: tuple[str, ...] = (),
+    ip_image: str | None = None,
 ) -> GenerationRequest:
-    """Pure translation; ``control_images`` are the uploads of the ControlNet units' images."""
+    """Pure translation; ``control_images`` and ``ip_image`` are uploads of the ControlNet
+    units' and the IP-Adapter's images."""
     _unsupported(body)
     units = body.controlnet.units if isinstance(body, Img2ImgIn) and body.controlnet else []
+    adapters = body.ip_adapters if isinstance(body, Img2ImgIn) and body.ip_adapters else []
+    ip_adapter = None
+    if adapters and ip_image is not None:
+        ip_adapter = IpAdapterRef(
+            name=model_name(adapters[0].model_name), image=ip_image, scale=adapters[0].strength
+        )
     return GenerationRequest(
         model=model_name(body.model_name),
         prompt=body.prompt,
@@ -184,6 +198,7 @@ def to_native(
             )
             for unit, image in zip(units, control_images, strict=True)
         ),
+        ip_adapter=ip_adapter,
         output_format=extra.response_image_type,
     )
 
@@ -250,12 +265,16 @@ def _renamed(error: InvalidRequest) -> InvalidRequest:
               "sampler": "sampler_name", "n_images": "image_num", "vae": "sd_vae",
               "init_image": "image_base64", "loras": "loras", "width": "width",
               "height": "height", "seed": "seed", "embeddings": "embeddings",
-              "controlnets": "controlnet.units"}  # fmt: skip
+              "controlnets": "controlnet.units", "ip_adapter": "ip_adapters.0"}  # fmt: skip
     head, _, rest = (error.param or "").partition(".")
     if head not in native:
         return error
     if head == "embeddings" and rest:
         rest += ".name"  # native lists names; novita lists {model_name}
+    if head == "ip_adapter":
+        field = {"name": "model_name", "image": "image_base64"}.get(rest, rest)
+        param = "request.ip_adapters.0" + ("." + field if field else "")
+        return InvalidRequest(f"{param}: {error.message}", param=param)
     unit_fields = {"model": "model_name", "image": "image_base64", "scale": "strength",
                    "start": "guidance_start", "end": "guidance_end"}  # fmt: skip
     if head == "controlnets" and rest:
@@ -327,9 +346,19 @@ async def img2img(request: Request, user: CurrentUser, services: ServicesDep) ->
         data = decode_base64(unit.image_base64, field=field)
         control = await run_in_threadpool(services.tasks.upload, user.id, data, field=field)
         control_images.append(str(control.id))
+    ip_image = None
+    if parsed.ip_adapters:
+        field = "request.ip_adapters.0.image_base64"
+        data = decode_base64(parsed.ip_adapters[0].image_base64, field=field)
+        reference = await run_in_threadpool(services.tasks.upload, user.id, data, field=field)
+        ip_image = str(reference.id)
     try:
         native = to_native(
-            parsed, extra, init_image=str(upload.id), control_images=tuple(control_images)
+            parsed,
+            extra,
+            init_image=str(upload.id),
+            control_images=tuple(control_images),
+            ip_image=ip_image,
         )
     except InvalidRequest as exc:
         raise _renamed(exc) from None

@@ -33,6 +33,8 @@ DEMO_SINGLE = "demo-single"
 DEMO_LORA = "demo-lora"
 DEMO_EMBEDDING = "demo-embedding"
 DEMO_CONTROLNET = "demo-controlnet"
+DEMO_VAE = "demo-vae"
+DEMO_IP_ADAPTER = "demo-ip-adapter"
 NOTICE = (
     "The demo model has random weights: it makes noise-like images, not pictures. "
     "Put a real Stable Diffusion checkpoint in models/checkpoints/ for real images."
@@ -139,6 +141,43 @@ def build_controlnet(pipe: StableDiffusionPipeline, seed: int = _SEED + 3) -> Co
     return controlnet
 
 
+def write_ip_adapter(pipe: StableDiffusionPipeline, folder: Path, seed: int = _SEED + 4) -> None:
+    """A tiny IP-Adapter for the demo UNet: a CLIP vision encoder (image_encoder/) and the
+    adapter weights (image projection; to_k_ip/to_v_ip per cross-attention) in the layout
+    diffusers' load_ip_adapter reads."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(seed)
+    unet, embed_dim = pipe.unet, 32
+    cross = unet.config.cross_attention_dim
+    encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2,
+        image_size=224, patch_size=32, projection_dim=embed_dim,
+    ))  # fmt: skip
+    encoder.save_pretrained(folder / "image_encoder", safe_serialization=True)
+    state = {
+        "image_proj.proj.weight": torch.randn(cross * 4, embed_dim) * 0.1,
+        "image_proj.proj.bias": torch.zeros(cross * 4),
+        "image_proj.norm.weight": torch.ones(cross),
+        "image_proj.norm.bias": torch.zeros(cross),
+    }
+    channels = list(unet.config.block_out_channels)
+    key = 1  # diffusers numbers every attention processor; cross-attention ones are odd
+    for name in unet.attn_processors:
+        if name.endswith("attn1.processor"):
+            continue
+        if name.startswith("mid_block"):
+            hidden = channels[-1]
+        elif name.startswith("up_blocks"):
+            hidden = channels[::-1][int(name.split(".")[1])]
+        else:
+            hidden = channels[int(name.split(".")[1])]
+        state[f"ip_adapter.{key}.to_k_ip.weight"] = torch.randn(hidden, cross) * 0.1
+        state[f"ip_adapter.{key}.to_v_ip.weight"] = torch.randn(hidden, cross) * 0.1
+        key += 2
+    save_file(state, str(folder / "ip-adapter.safetensors"))
+
+
 def build(settings: Settings, *, force: bool = False) -> list[Path]:
     """Write the demo model (both layouts) and its LoRA into the model library, each if it is
     missing (or all with ``force``); returns the paths written."""
@@ -149,10 +188,33 @@ def build(settings: Settings, *, force: bool = False) -> list[Path]:
     lora = settings.models_dir / "loras" / f"{DEMO_LORA}.safetensors"
     embedding = settings.models_dir / "embeddings" / f"{DEMO_EMBEDDING}.safetensors"
     controlnet = settings.models_dir / "controlnet" / DEMO_CONTROLNET
-    if not force and all(p.exists() for p in (folder, single, lora, embedding, controlnet)):
+    vae = settings.models_dir / "vae" / DEMO_VAE
+    ip_adapter = settings.models_dir / "ipadapter" / DEMO_IP_ADAPTER
+    everything = (folder, single, lora, embedding, controlnet, vae, ip_adapter)
+    if not force and all(p.exists() for p in everything):
         return []
     pipe = build_pipeline()
     written = []
+    if force or not ip_adapter.is_dir():
+        staging = ip_adapter.with_name(f".{DEMO_IP_ADAPTER}.staging")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        write_ip_adapter(build_pipeline(), staging)
+        shutil.rmtree(ip_adapter, ignore_errors=True)
+        staging.rename(ip_adapter)
+        written.append(ip_adapter)
+    if force or not vae.is_dir():
+        # The demo's own VAE with its output colours inverted: an override you can see.
+        other = build_pipeline().vae
+        with torch.no_grad():
+            for parameter in other.decoder.conv_out.parameters():
+                parameter.mul_(-1)
+        staging = vae.with_name(f".{DEMO_VAE}.staging")
+        shutil.rmtree(staging, ignore_errors=True)
+        other.save_pretrained(staging, safe_serialization=True)
+        shutil.rmtree(vae, ignore_errors=True)
+        staging.rename(vae)
+        written.append(vae)
     if force or not controlnet.is_dir():
         staging = controlnet.with_name(f".{DEMO_CONTROLNET}.staging")
         shutil.rmtree(staging, ignore_errors=True)

@@ -55,10 +55,12 @@ class Engine:
         *,
         init_image: Image.Image | None = None,
         control_images: list[Image.Image] | None = None,
+        ip_image: Image.Image | None = None,
         on_progress: ProgressCallback | None = None,
         should_cancel: CancelCheck | None = None,
     ) -> GenerationResult:
-        """``control_images`` holds the input image of each of ``request.controlnets``."""
+        """``control_images`` holds the input image of each of ``request.controlnets``,
+        ``ip_image`` the reference image of ``request.ip_adapter``."""
         started = time.perf_counter()
         request = request.checked(self.settings)
         if request.is_img2img and init_image is None:
@@ -66,11 +68,22 @@ class Engine:
         model = self.cache.get(request.model)
         vae = self.cache.vae(request.vae) if request.vae else model.components["vae"]
         controls = self._controls(request, model, control_images or [])
+        if request.ip_adapter is not None:
+            if ip_image is None:
+                raise InvalidRequest("the IP-Adapter needs its image", param="ip_adapter.image")
+            if SAMPLERS[request.sampler].k_sampler:
+                raise InvalidRequest(
+                    f"sampler {request.sampler!r} cannot run with an IP-Adapter yet; use another",
+                    param="sampler",
+                )
+            controls_ip = ip_image.convert("RGB")
+        else:
+            controls_ip = None
         loaded = time.perf_counter()
 
-        with model.loras.applied(request.loras):
-            return self._generate(request, model, vae, init_image, controls, on_progress,
-                                  should_cancel, started, loaded)  # fmt: skip
+        with model.loras.applied(request.loras), model.ip_adapter.applied(request.ip_adapter):
+            return self._generate(request, model, vae, init_image, controls, controls_ip,
+                                  on_progress, should_cancel, started, loaded)  # fmt: skip
 
     def _controls(self, request, model, images: list[Image.Image]) -> list[tuple[Any, Image.Image]]:
         """(ControlNet, control map) per unit; the map is preprocessed at the output size."""
@@ -94,8 +107,9 @@ class Engine:
         return controls
 
     def _generate(
-        self, request, model, vae, init_image, controls, on_progress, should_cancel, started, loaded
-    ) -> GenerationResult:
+        self, request, model, vae, init_image, controls, ip_image, on_progress, should_cancel,
+        started, loaded,
+    ) -> GenerationResult:  # fmt: skip
         prompt, negative = model.embeddings.prepare(
             [request.prompt, request.negative_prompt], request.embeddings
         )
@@ -119,7 +133,7 @@ class Engine:
                 else:
                     latents = self._diffusers_sample(
                         model, vae, sampler, request, conditioning, generators, source, step,
-                        controls,
+                        controls, ip_image,
                     )  # fmt: skip
                 sampled = time.perf_counter()
                 images = [self._decode(model, vae, latents[i : i + 1]) for i in range(len(latents))]
@@ -145,7 +159,7 @@ class Engine:
 
     def _diffusers_sample(
         self, model, vae, sampler: Sampler, request, conditioning, generators, source, step,
-        controls=(),
+        controls=(), ip_image=None,
     ) -> torch.Tensor:  # fmt: skip
         scheduler = sampler.make_scheduler(model.txt2img.scheduler.config, request.image_seeds())
         pipe = model.img2img if source is not None else model.txt2img
@@ -166,7 +180,10 @@ class Engine:
             kwargs |= {"image": source, "strength": request.strength}
         else:
             kwargs |= {"width": request.width, "height": request.height}
-        components = {**pipe.components, "scheduler": scheduler, "vae": vae}
+        if ip_image is not None:
+            kwargs["ip_adapter_image"] = ip_image
+        # The shared pipeline's components, read now: an IP-Adapter adds its image encoder.
+        components = {**model.txt2img.components, "scheduler": scheduler, "vae": vae}
         pipe_class = type(pipe)
         if controls:
             units = request.controlnets

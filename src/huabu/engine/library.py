@@ -2,6 +2,7 @@
 
     models/checkpoints/   diffusers folders or single-file .safetensors (.ckpt/.pt: opt-in)
     models/loras/  models/embeddings/  models/vae/  models/controlnet/
+    models/ipadapter/<name>/   an adapter .safetensors and its image_encoder/ folder
 
 A model's name is its file stem or folder name.
 """
@@ -18,7 +19,7 @@ from huabu.engine.single_file import CheckpointHeader
 from huabu.errors import InvalidRequest, ModelUnavailable
 from huabu.settings import Settings
 
-KINDS = ("checkpoints", "loras", "embeddings", "vae", "controlnet")
+KINDS = ("checkpoints", "loras", "embeddings", "vae", "controlnet", "ipadapter")
 SAFE_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 

@@ -25,7 +25,7 @@ from diffusers import (
     StableDiffusionXLPipeline,
 )
 
-from huabu.engine.adapters import Embeddings, LoraSwitch
+from huabu.engine.adapters import Embeddings, IpAdapter, LoraSwitch
 from huabu.engine.architectures import Architecture
 from huabu.engine.library import ModelEntry, ModelLibrary
 from huabu.engine.prompts import PromptEncoder
@@ -72,6 +72,7 @@ class LoadedModel:
     model_hash: str | None
     loras: LoraSwitch
     embeddings: Embeddings
+    ip_adapter: IpAdapter
 
     @property
     def components(self) -> dict[str, Any]:
@@ -210,6 +211,7 @@ class PipelineCache:
             self.library.model_hash(entry),
             LoraSwitch(pipe, self.library),
             Embeddings(pipe, self.library, supported=not xl),
+            IpAdapter(pipe, self.library, supported=not xl),
         )
 
     def _convert_pickle(self, entry: ModelEntry) -> Path:

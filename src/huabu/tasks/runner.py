@@ -145,10 +145,18 @@ class GenerationRunner:
                 )
                 for index, unit in enumerate(request.controlnets)
             ]
+            ip_image = None
+            if request.ip_adapter is not None:
+                ip_image = decode_image(
+                    self.storage.get(request.ip_adapter.image),
+                    field="ip_adapter.image",
+                    max_pixels=self.settings.max_input_pixels,
+                )
             result = self.engine.generate(
                 request,
                 init_image=init,
                 control_images=controls,
+                ip_image=ip_image,
                 on_progress=progress,
                 should_cancel=progress.should_cancel,
             )

@@ -141,6 +141,13 @@ class TaskService:
             units.append(unit.model_copy(update={"image": upload.key}))
         if units:
             request = request.model_copy(update={"controlnets": tuple(units)})
+        if request.ip_adapter is not None:
+            adapter = request.ip_adapter
+            self.library.find("ipadapter", adapter.name, param="ip_adapter.name")
+            upload = self._upload_of(owner_id, adapter.image, param="ip_adapter.image")
+            request = request.model_copy(
+                update={"ip_adapter": adapter.model_copy(update={"image": upload.key})}
+            )
         task = Task(
             id=uuid.uuid4(),
             owner_id=owner_id,
