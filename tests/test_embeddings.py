@@ -27,3 +27,19 @@ def test_listing_an_unknown_embedding_names_it(engine, small):
     with pytest.raises(InvalidRequest) as caught:
         engine.generate(small(embeddings=("nope",)))
     assert caught.value.param == "embeddings" and "demo-embedding" in caught.value.message
+
+
+def test_diffusers_layout_embedding(engine, small, settings):
+    """diffusers' textual-inversion files map the token to its vectors."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    a1111 = load_file(settings.models_dir / "embeddings" / "demo-embedding.safetensors")
+    save_file(
+        {"<demo-copy>": a1111["emb_params"].clone()},
+        str(settings.models_dir / "embeddings" / "demo-copy.safetensors"),
+    )
+    original = engine.generate(small(prompt="a fox, demo-embedding")).images[0]
+    copy = engine.generate(small(prompt="a fox, demo-copy")).images[0]
+    assert max_difference(original, copy) == 0  # the same vectors, another file layout
+    assert torch.is_tensor(a1111["emb_params"])

@@ -1,6 +1,7 @@
 """LoRAs on the cached pipeline: applied for one request, gone for the next."""
 
 import pytest
+import torch
 
 from helpers import max_difference
 from huabu.errors import InvalidRequest
@@ -52,3 +53,20 @@ def test_unknown_lora_and_ranges(engine, small):
         with pytest.raises(InvalidRequest) as caught:
             GenerationRequest.parse({"model": "demo"} | bad)
         assert caught.value.param.startswith("loras")
+
+
+def test_kohya_layout_gives_the_same_images(engine, small, settings):
+    """sd-scripts (kohya) names: lora_unet_<module path with _>.lora_down/lora_up/alpha."""
+    from safetensors.torch import load_file, save_file
+
+    diffusers_state = load_file(settings.models_dir / "loras" / "demo-lora.safetensors")
+    kohya = {}
+    for key, tensor in diffusers_state.items():
+        module, _, kind = key.removeprefix("unet.").rpartition(".lora_")
+        name = "lora_unet_" + module.replace(".", "_")
+        kohya[f"{name}.lora_{'down' if kind.startswith('A') else 'up'}.weight"] = tensor
+        kohya[f"{name}.alpha"] = torch.tensor(float(tensor.shape[0 if kind.startswith("A") else 1]))
+    save_file(kohya, str(settings.models_dir / "loras" / "demo-lora-kohya.safetensors"))
+    ours = engine.generate(small(loras=LORA)).images[0]
+    theirs = engine.generate(small(loras=(LoraRef(name="demo-lora-kohya", weight=1.0),))).images[0]
+    assert max_difference(ours, theirs) <= 1

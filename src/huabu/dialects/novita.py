@@ -50,6 +50,7 @@ _TYPES = {
     "embeddings": ("textualinversion", "Textual Inversion"),
     "ipadapter": ("ipadapter", "IP-Adapter"),
 }
+MAX_IMAGE_BYTES = 30 * 2**20  # spec 003
 _SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 
 
@@ -332,6 +333,11 @@ async def img2img(request: Request, user: CurrentUser, services: ServicesDep) ->
         raise _prefixed(exc) from None
     _unsupported(parsed)
     data = decode_base64(parsed.image_base64, field="request.image_base64")
+    if len(data) > MAX_IMAGE_BYTES:
+        raise InvalidRequest(
+            f"request.image_base64: the image is {len(data)} bytes; the limit is 30 MB",
+            param="request.image_base64",
+        )
     upload = await run_in_threadpool(
         services.tasks.upload, user.id, data, field="request.image_base64"
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import warnings
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -49,7 +50,9 @@ class LoraSwitch:
             raise ModelUnavailable(f"LoRA {name!r} is a pickle; convert it to safetensors")
         adapter = adapter_name(name)
         try:
-            self.pipe.load_lora_weights(str(entry.path), adapter_name=adapter)
+            with warnings.catch_warnings():  # several adapters on one model is the design
+                warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+                self.pipe.load_lora_weights(str(entry.path), adapter_name=adapter)
         except (ValueError, KeyError, RuntimeError) as exc:
             raise ModelUnavailable(
                 f"LoRA {name!r} does not fit this checkpoint or is not a LoRA ({exc})"
