@@ -1,0 +1,1 @@
+"""LoRA training: the trainer (this package) and, later, its datasets and job routes."""
