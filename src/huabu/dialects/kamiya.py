@@ -23,7 +23,7 @@ from huabu.errors import HuabuError, InvalidRequest, NotFound
 from huabu.images import decode_base64
 from huabu.native import MAX_LORAS, MAX_SEED, SAMPLER_NAMES, GenerationRequest, LoraRef
 from huabu.tasks.records import TaskRecord
-from huabu.web.deps import BaseUrl, CurrentUser, ServicesDep
+from huabu.web.deps import CurrentUser, FileUrl, ServicesDep
 
 ORIGIN = "kamiya"
 PREFIX = "/api/image"
@@ -194,7 +194,7 @@ def config(user: CurrentUser, services: ServicesDep) -> Response:
 
 @router.post("/generate", summary="Queue a text2image or image2image task")
 async def generate(
-    request: Request, user: CurrentUser, services: ServicesDep, base: BaseUrl
+    request: Request, user: CurrentUser, services: ServicesDep, url: FileUrl
 ) -> Response:
     body = validate(GenerateIn, await read_body(request))
     upload_id = None
@@ -212,23 +212,22 @@ async def generate(
         )
     except InvalidRequest as exc:
         raise renamed(exc) from None
-    return envelope(from_native(record, lambda key: base + services.signer.path(key)))
+    return envelope(from_native(record, url))
 
 
 @router.get("/generate/{hash_id}", summary="One task by hashid")
-def status(hash_id: str, user: CurrentUser, services: ServicesDep, base: BaseUrl) -> Response:
+def status(hash_id: str, user: CurrentUser, services: ServicesDep, url: FileUrl) -> Response:
     record = services.tasks.get(user.id, task_id_of(hash_id))
-    return envelope(from_native(record, lambda key: base + services.signer.path(key)))
+    return envelope(from_native(record, url))
 
 
 @router.get("/generate", summary="Your tasks, newest first (start is 1-based)")
 def list_tasks(
-    user: CurrentUser, services: ServicesDep, base: BaseUrl, start: int = 1, take: int = 20
+    user: CurrentUser, services: ServicesDep, url: FileUrl, start: int = 1, take: int = 20
 ) -> Response:
     if start < 0:
         raise InvalidRequest("start must be 1 or more", param="start")
     if not 1 <= take <= 100:
         raise InvalidRequest(f"take must be between 1 and 100, got {take}", param="take")
     records, _ = services.tasks.list(user.id, limit=take, offset=max(0, start - 1), kind="generate")
-    sign = services.signer.path
-    return envelope([from_native(record, lambda key: base + sign(key)) for record in records])
+    return envelope([from_native(record, url) for record in records])

@@ -28,7 +28,7 @@ from huabu.native import (
     LoraRef,
 )
 from huabu.tasks.records import TaskRecord
-from huabu.web.deps import BaseUrl, CurrentUser, ServicesDep
+from huabu.web.deps import CurrentUser, FileUrl, ServicesDep
 
 ORIGIN = "novita"
 PREFIX = "/v3"
@@ -373,15 +373,12 @@ async def img2img(request: Request, user: CurrentUser, services: ServicesDep) ->
 
 @router.get("/async/task-result", summary="A task's status, progress and images")
 def task_result(
-    user: CurrentUser, services: ServicesDep, base: BaseUrl, task_id: str = Query("")
+    user: CurrentUser, services: ServicesDep, url: FileUrl, task_id: str = Query("")
 ) -> Response:
     if not task_id:
         raise InvalidRequest("task_id is required", param="task_id")
     record = services.tasks.get(user.id, task_id)
-    sign = services.signer.path
-    return JSONResponse(
-        from_native(record, lambda key: base + sign(key), services.settings.url_ttl)
-    )
+    return JSONResponse(from_native(record, url, services.settings.url_ttl))
 
 
 @router.get("/model", summary="Models by type (checkpoint, lora, vae, controlnet, …)")

@@ -18,7 +18,7 @@ from huabu.images import decode_base64
 from huabu.native import MAX_SEED, GenerationRequest
 from huabu.storage import content_type
 from huabu.tasks.records import TaskRecord
-from huabu.web.deps import BaseUrl, CurrentUser, ServicesDep
+from huabu.web.deps import CurrentUser, FileUrl, ServicesDep
 from huabu.web.services import Services
 from huabu.web.waiting import wait_for_task
 
@@ -94,15 +94,13 @@ def render_error(error: HuabuError, status: int) -> Response:
     return JSONResponse(body, status_code=status)
 
 
-async def _run(request: GenerationRequest, user, services: Services, base: str) -> Response:
+async def _run(request: GenerationRequest, user, services: Services, url) -> Response:
     record = await run_in_threadpool(
         services.tasks.submit_generation, user.id, request, origin=ORIGIN
     )
     record = await wait_for_task(services, user.id, str(record.id), services.settings.sync_timeout)
     if record.state == "succeeded":
-        return JSONResponse(
-            from_native(record, lambda key: base + services.signer.path(key)).model_dump()
-        )
+        return JSONResponse(from_native(record, url).model_dump())
     if record.finished:
         return JSONResponse(
             {
@@ -130,17 +128,17 @@ def _round8(value: int) -> int:
 
 @router.post("/txt2img", response_model=ImagesOut, summary="Text to image (synchronous)")
 async def txt2img(
-    request: Request, user: CurrentUser, services: ServicesDep, base: BaseUrl
+    request: Request, user: CurrentUser, services: ServicesDep, url: FileUrl
 ) -> Response:
     form = validate(Txt2ImgForm, await read_body(request))
     model = await run_in_threadpool(services.tasks.default_model)
     native = to_native(form, model=model, size=(form.width, form.height))
-    return await _run(native, user, services, base)
+    return await _run(native, user, services, url)
 
 
 @router.post("/img2img", response_model=ImagesOut, summary="Image to image (synchronous)")
 async def img2img(
-    request: Request, user: CurrentUser, services: ServicesDep, base: BaseUrl
+    request: Request, user: CurrentUser, services: ServicesDep, url: FileUrl
 ) -> Response:
     form = validate(Img2ImgForm, await read_body(request))
     data = decode_base64(form.init_image, field="init_image")
@@ -151,4 +149,4 @@ async def img2img(
     )
     model = await run_in_threadpool(services.tasks.default_model)
     native = to_native(form, model=model, init_image=str(upload.id), size=size)
-    return await _run(native, user, services, base)
+    return await _run(native, user, services, url)

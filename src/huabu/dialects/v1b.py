@@ -23,7 +23,7 @@ from huabu.errors import AuthFailed, HuabuError, InvalidRequest
 from huabu.native import MAX_SEED, GenerationRequest
 from huabu.settings import Settings
 from huabu.tasks.records import TaskRecord
-from huabu.web.deps import BaseUrl, ServicesDep
+from huabu.web.deps import FileUrl, ServicesDep
 from huabu.web.services import Services
 
 ORIGIN = "v1b"
@@ -211,11 +211,11 @@ async def task_submit(request: Request, services: ServicesDep) -> Response:
 
 
 @router.post("/task_result", summary="A task's state and images")
-async def task_result(request: Request, services: ServicesDep, base: BaseUrl) -> Response:
+async def task_result(request: Request, services: ServicesDep, url: FileUrl) -> Response:
     body = validate(ResultIn, await read_body(request))
     user = await _caller(services, body.token, request)
     record = await run_in_threadpool(services.tasks.get, user.id, body.task_id)
-    return JSONResponse(from_native(record, lambda key: base + services.signer.path(key)))
+    return JSONResponse(from_native(record, url))
 
 
 @router.get("/get_generation_form", summary="Models, ranges and resolutions this server offers")

@@ -132,26 +132,14 @@ class GenerationRunner:
             request = GenerationRequest.model_validate(request_data)
             init = None
             if request.init_image is not None:
-                init = decode_image(
-                    self.storage.get(request.init_image),
-                    field="init_image",
-                    max_pixels=self.settings.max_input_pixels,
-                )
+                init = self._image(request.init_image, "init_image")
             controls = [
-                decode_image(
-                    self.storage.get(unit.image),
-                    field=f"controlnets.{index}.image",
-                    max_pixels=self.settings.max_input_pixels,
-                )
+                self._image(unit.image, f"controlnets.{index}.image")
                 for index, unit in enumerate(request.controlnets)
             ]
             ip_image = None
             if request.ip_adapter is not None:
-                ip_image = decode_image(
-                    self.storage.get(request.ip_adapter.image),
-                    field="ip_adapter.image",
-                    max_pixels=self.settings.max_input_pixels,
-                )
+                ip_image = self._image(request.ip_adapter.image, "ip_adapter.image")
             result = self.engine.generate(
                 request,
                 init_image=init,
@@ -177,6 +165,12 @@ class GenerationRunner:
                 error=f"internal error while generating ({type(exc).__name__}); "
                 "the server log has the details",
             )
+
+    def _image(self, key: str, field: str) -> Image.Image:
+        """An input image the service stored at submit, decoded under the same limits."""
+        return decode_image(
+            self.storage.get(key), field=field, max_pixels=self.settings.max_input_pixels
+        )
 
     def _store(
         self, task_id: uuid.UUID, request: GenerationRequest, result: GenerationResult

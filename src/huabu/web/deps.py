@@ -6,6 +6,7 @@ hop per request. Only a credential missing from the cache goes to the database (
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -40,3 +41,11 @@ async def base_url(request: Request, services: ServicesDep) -> str:
 
 
 BaseUrl = Annotated[str, Depends(base_url)]
+
+
+async def file_url(base: BaseUrl, services: ServicesDep) -> Callable[[str], str]:
+    """Turns a storage key into the signed, absolute URL clients download it from."""
+    return lambda key: base + services.signer.path(key)
+
+
+FileUrl = Annotated[Callable[[str], str], Depends(file_url)]
