@@ -3,10 +3,13 @@ servers restarted, queues filled; every accepted task still ends in a final stat
 
 from __future__ import annotations
 
+import io
 import signal
+import time
 
 import httpx
 import pytest
+from PIL import Image
 
 from huabu.auth import Accounts
 from huabu.db.session import open_database
@@ -127,3 +130,58 @@ def test_anonymous_mode_serves_without_credentials(fresh_home):
         assert health["workers"] == 1
     finally:
         server.stop()
+
+
+def _queue_training(client: httpx.Client, steps: int) -> str:
+    """A dataset of two images and a training on it, through the v1b routes (API key auth)."""
+    files = [("init_img", (f"{i}.png", png)) for i, png in enumerate(_pngs())]
+    links = client.post("/api/v1b/upload_imgs", files=files).json()["info"]
+    dataset = client.post("/api/v1b/dataset", json={"name": "d", "images": links})
+    body = {"name": "resilient", "base_model": "demo", "main_body": "Style", "nsfw": 0,
+            "dataset": [dataset.json()["info"]["dataset_id"]], "steps": steps,
+            "resolution": 64}  # fmt: skip
+    response = client.post("/api/v1b/train_submit", json=body)
+    assert response.status_code == 200, response.text
+    return response.json()["info"]["task_id"]
+
+
+def _pngs() -> list[bytes]:
+    out = []
+    for colour in [(200, 10, 10), (10, 10, 200)]:
+        buffer = io.BytesIO()
+        Image.new("RGB", (64, 64), colour).save(buffer, format="PNG")
+        out.append(buffer.getvalue())
+    return out
+
+
+def test_training_goes_to_training_workers_and_survives_a_killed_one(fresh_home):
+    key = key_for(fresh_home)
+    api = Server(fresh_home, {"HUABU_WORKER": "false"})
+    generator = Worker(fresh_home, {"HUABU_WORKER_TRAINING": "false"})
+    trainers = []
+    try:
+        client = api.client(key)
+        training = _queue_training(client, steps=300)
+        # A worker that does not train leaves the training queued and still generates.
+        assert wait_finished(client, submit(client, SMALL)["id"])["state"] == "succeeded"
+        assert client.get(f"/huabu/v1/tasks/{training}").json()["state"] == "queued"
+        trainers.append(Worker(fresh_home))
+        deadline = time.monotonic() + 90
+        while client.get(f"/huabu/v1/tasks/{training}").json()["progress"]["step"] == 0:
+            assert time.monotonic() < deadline, "the training never started"
+            time.sleep(0.1)
+        trainers[0].kill()  # mid-training
+        trainers.append(Worker(fresh_home))
+        done = wait_finished(client, training, timeout=240)
+        assert done["state"] == "succeeded", done
+        assert done["attempts"] == 2
+        assert done["kind"] == "train" and done["progress"]["percent"] == 100.0
+        generated = client.post(
+            "/api/v1b/task_submit",
+            json={"model_name": "resilient", "prompt": "x", "n_images": 1, "output_size": "64x64"},
+        )
+        assert generated.status_code == 200, generated.text
+    finally:
+        for worker in [generator, *trainers[1:]]:
+            worker.stop()
+        api.stop()

@@ -1,11 +1,14 @@
 """The LoRA trainer on the demo model: it learns something, writes a kohya file that the engine
 (and A1111, ComfyUI) can load, and stops cleanly when cancelled."""
 
+import uuid
+
 import pytest
 from PIL import Image
 from safetensors import safe_open
 
 from helpers import max_difference
+from huabu.engine.library import ModelLibrary, private_name
 from huabu.errors import Cancelled, InvalidRequest
 from huabu.native import LoraRef
 from huabu.training.trainer import TrainingJob, train_lora
@@ -62,3 +65,16 @@ def test_cancelled_training_writes_nothing(settings, lora_path):
                    should_cancel=lambda: len(seen) >= 5)  # fmt: skip
     assert len(seen) == 5
     assert not (settings.models_dir / "loras" / "never.safetensors").exists()
+
+
+def test_a_private_lora_is_found_by_its_qualified_name_only(settings, lora_path):
+    name = private_name(uuid.uuid4(), "mine")
+    lora_path(name)
+    train_lora(settings, job(name, steps=2))
+    library = ModelLibrary(settings)
+    assert not any("mine" in listed or "@" in listed for listed in library.names("loras"))
+    assert library.find("loras", name).path.is_file()
+    with pytest.raises(InvalidRequest):  # another owner's folder
+        library.find("loras", f"@{'0' * 32}/mine")
+    with pytest.raises(InvalidRequest):  # not an owner folder at all
+        library.find("loras", "@../mine")

@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     )
     fetch_timeout: float = Field(default=15.0, gt=0, description="Whole fetch of one URL, s.")
     fetch_max_bytes: int = Field(default=30 * 2**20, ge=1024, description="Fetched image cap.")
+    max_image_bytes: int = Field(
+        default=30 * 2**20, ge=1024, description="Cap on one uploaded (or sent) image, bytes."
+    )
 
     # Request limits, enforced by the native request validator for every dialect.
     min_size: int = Field(default=64, ge=8)
@@ -83,6 +86,20 @@ class Settings(BaseSettings):
     )
     max_images: int = Field(default=8, ge=1)
     max_steps: int = Field(default=150, ge=1)
+
+    # LoRA training (spec 001): defaults for what a request does not say, and its bounds.
+    worker_training: bool = Field(
+        default=True, description="This process's worker also takes training jobs."
+    )
+    train_steps: int = Field(default=800, ge=1, description="Default training steps.")
+    train_max_steps: int = Field(default=5000, ge=1, description="Most steps a request may ask.")
+    train_rank: int = Field(default=8, ge=1, le=128, description="Default LoRA rank.")
+    train_learning_rate: float = Field(default=1e-4, gt=0, description="Default AdamW rate.")
+    train_resolution: int | None = Field(
+        default=None, description="Training image size; unset = the base model's native size."
+    )
+    train_batch_size: int = Field(default=4, ge=1, le=64)
+    max_dataset_images: int = Field(default=500, ge=1, description="Images per training run.")
 
     @cached_property
     def models_dir(self) -> Path:

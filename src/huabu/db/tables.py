@@ -128,3 +128,41 @@ class TaskImage(Base):
     height: Mapped[int] = mapped_column(Integer)
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     infotext: Mapped[str] = mapped_column(Text)
+
+
+class Dataset(Base):
+    """A user's named set of uploaded images to train on (spec 001 numbers them)."""
+
+    __tablename__ = "datasets"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    owner_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str] = mapped_column(Text, default="")
+    #: Storage keys of the owner's uploads, in the order given.
+    images: Mapped[list[str]] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class TrainedModel(Base):
+    """A model a user trains: its name is reserved when training is queued, and it can be
+    used once its task has succeeded. Private to its owner; names are unique per owner."""
+
+    __tablename__ = "trained_models"
+    __table_args__ = (UniqueConstraint("owner_id", "name"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    owner_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(100))
+    task_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("tasks.id", ondelete="CASCADE"), unique=True
+    )
+    base_model: Mapped[str] = mapped_column(String(255))
+    trigger_word: Mapped[str] = mapped_column(String(200), default="")
+    description: Mapped[str] = mapped_column(Text, default="")
+    main_body: Mapped[str] = mapped_column(String(32))
+    nsfw: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

@@ -4,6 +4,7 @@ and validating it into its wire schema with errors that name the field."""
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -12,6 +13,7 @@ from pydantic import BaseModel, ValidationError
 
 from huabu.errors import InvalidRequest, NotFound
 from huabu.fetch import fetch
+from huabu.tasks.records import UploadRecord
 from huabu.web.services import Services
 
 Wire = TypeVar("Wire", bound=BaseModel)
@@ -46,23 +48,50 @@ def validate(schema: type[Wire], data: dict[str, Any]) -> Wire:
         raise InvalidRequest(f"{param}: {message}", param=param) from None
 
 
+def _own_key(services: Services, url: str, *, field: str) -> str | None:
+    """The storage key behind huabu's own signed ``/files/…`` URL (the signature must be
+    valid), or None for any other URL."""
+    parts = urlsplit(url.strip())
+    if not parts.path.startswith("/files/"):
+        return None
+    query = parse_qs(parts.query)
+    try:
+        expires, signature = int(query["expires"][0]), query["sig"][0]
+    except (KeyError, ValueError, IndexError):
+        return None
+    key = unquote(parts.path.removeprefix("/files/"))
+    try:
+        services.signer.verify(key, expires, signature)
+    except NotFound:
+        raise InvalidRequest(
+            f"{field}: this server's image link is invalid or has expired", param=field
+        ) from None
+    return key
+
+
 def image_bytes_from_url(services: Services, url: str, *, field: str) -> bytes:
     """The image a client points at: huabu's own signed ``/files/…`` URL straight from storage
     (valid signature required), anything else through the SSRF-safe fetcher. Blocking."""
-    parts = urlsplit(url.strip())
-    if parts.path.startswith("/files/"):
-        query = parse_qs(parts.query)
+    key = _own_key(services, url, field=field)
+    if key is not None:
         try:
-            expires, signature = int(query["expires"][0]), query["sig"][0]
-        except (KeyError, ValueError, IndexError):
-            expires, signature = 0, ""
-        if signature:
-            key = unquote(parts.path.removeprefix("/files/"))
-            try:
-                services.signer.verify(key, expires, signature)
-                return services.storage.get(key)
-            except NotFound:
-                raise InvalidRequest(
-                    f"{field}: this server's image link is invalid or has expired", param=field
-                ) from None
+            return services.storage.get(key)
+        except NotFound:
+            raise InvalidRequest(
+                f"{field}: this server no longer has that image", param=field
+            ) from None
     return fetch(url.strip(), field=field, settings=services.settings)
+
+
+def upload_from_url(
+    services: Services, owner_id: uuid.UUID, url: str, *, field: str
+) -> UploadRecord:
+    """The image a client points at, as one of the caller's uploads: the link to one of their
+    uploads is that upload; anything else is read and stored as a new one. Blocking."""
+    key = _own_key(services, url, field=field)
+    if key is not None:
+        upload = services.tasks.upload_with_key(owner_id, key)
+        if upload is not None:
+            return upload
+    data = image_bytes_from_url(services, url, field=field)
+    return services.tasks.upload(owner_id, data, field=field)

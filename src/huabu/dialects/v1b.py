@@ -1,5 +1,6 @@
 """The ``api/v1b`` generation API of remagi.io and miaohua (specs 000 and 001, identical):
-``get_token``, ``task_submit``, ``task_result``, ``get_generation_form``.
+``get_token``, ``task_submit``, ``task_result``, ``get_generation_form``. Spec 001's training
+routes are in ``v1b_training``.
 
 The token travels in the JSON body. It is a login session from ``get_token`` (or a huabu API
 key, which works too). ``init_img`` is a URL: huabu's own image links are read from storage,
@@ -18,7 +19,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from huabu.auth import Principal
-from huabu.dialects.common import image_bytes_from_url, read_body, validate
+from huabu.dialects.common import read_body, upload_from_url, validate
 from huabu.errors import AuthFailed, HuabuError, InvalidRequest
 from huabu.native import MAX_SEED, GenerationRequest
 from huabu.settings import Settings
@@ -169,7 +170,7 @@ def render_error(error: HuabuError, status: int) -> Response:
 # -- routes -----------------------------------------------------------------------------------
 
 
-async def _caller(services: Services, token: str, request: Request) -> Principal:
+async def caller(services: Services, token: str, request: Request) -> Principal:
     """The body's token, else an Authorization header, else anonymous (if allowed)."""
     if token.strip():
         return await run_in_threadpool(services.auth.for_token, token.strip())
@@ -192,13 +193,12 @@ async def get_token(request: Request, services: ServicesDep) -> Response:
 @router.post("/task_submit", summary="Queue a t2i task, or i2i when init_img is given")
 async def task_submit(request: Request, services: ServicesDep) -> Response:
     body = validate(SubmitIn, await read_body(request))
-    user = await _caller(services, body.token, request)
+    user = await caller(services, body.token, request)
     upload_id = None
     if body.init_img.strip():
-        data = await run_in_threadpool(
-            image_bytes_from_url, services, body.init_img, field="init_img"
+        upload = await run_in_threadpool(
+            upload_from_url, services, user.id, body.init_img, field="init_img"
         )
-        upload = await run_in_threadpool(services.tasks.upload, user.id, data, field="init_img")
         upload_id = str(upload.id)
     native = to_native(body, init_image=upload_id, settings=services.settings)
     try:
@@ -213,7 +213,7 @@ async def task_submit(request: Request, services: ServicesDep) -> Response:
 @router.post("/task_result", summary="A task's state and images")
 async def task_result(request: Request, services: ServicesDep, url: FileUrl) -> Response:
     body = validate(ResultIn, await read_body(request))
-    user = await _caller(services, body.token, request)
+    user = await caller(services, body.token, request)
     record = await run_in_threadpool(services.tasks.get, user.id, body.task_id)
     return JSONResponse(from_native(record, url))
 

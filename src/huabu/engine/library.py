@@ -5,12 +5,20 @@
     models/ipadapter/<name>/   an adapter .safetensors and its image_encoder/ folder
 
 A model's name is its file stem or folder name.
+
+Private models live in per-owner folders, ``models/<kind>/@<owner id hex>/``: hidden from
+listings, found only by their qualified name ``@<owner id hex>/<name>`` (see ``private_name``),
+which the task service hands out to their owner alone. Trained LoRAs are kept there.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import glob
 import hashlib
 import json
+import re
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +30,7 @@ from huabu.settings import Settings
 KINDS = ("checkpoints", "loras", "embeddings", "vae", "controlnet", "ipadapter")
 SAFE_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+_PRIVATE_FOLDER = re.compile(r"@[0-9a-f]{32}")
 
 
 @dataclass(frozen=True)
@@ -55,6 +64,11 @@ def _folder_architecture(path: Path) -> Architecture | None:
     return detect_folder_architecture(index, unet)
 
 
+def private_name(owner_id: uuid.UUID, name: str) -> str:
+    """The qualified library name of ``owner_id``'s private model ``name``."""
+    return f"@{owner_id.hex}/{name}"
+
+
 class ModelLibrary:
     kinds = KINDS
 
@@ -76,7 +90,7 @@ class ModelLibrary:
             return []
         found = []
         for path in sorted(folder.iterdir()):
-            if path.name.startswith("."):
+            if path.name.startswith((".", "@")):  # hidden, or an owner's private folder
                 continue
             try:
                 stat = path.stat()
@@ -112,13 +126,31 @@ class ModelLibrary:
         return [entry.name for entry in self.entries(kind)]
 
     def find(self, kind: str, name: str, *, param: str = "model") -> ModelEntry:
-        """The entry called ``name``, or InvalidRequest (naming ``param``) listing what exists."""
+        """The entry called ``name``, or InvalidRequest (naming ``param``) listing what exists.
+        A qualified private name finds that owner's model, and is never listed."""
+        if name.startswith("@") and name.count("/") == 1:
+            entry = self._private(kind, *name.split("/"))
+            if entry is not None:
+                return entry
         for entry in self.entries(kind):
             if entry.name == name:
                 return entry
+        raise self.unknown(kind, name, param=param)
+
+    def unknown(self, kind: str, name: str, *, param: str) -> InvalidRequest:
+        """The error for a name that is not in the library, listing what is."""
         available = ", ".join(self.names(kind)) or "none"
         singular = {"checkpoints": "model", "vae": "VAE"}.get(kind, kind.rstrip("s"))
-        raise InvalidRequest(f"unknown {singular} {name!r}; available: {available}", param=param)
+        return InvalidRequest(f"unknown {singular} {name!r}; available: {available}", param=param)
+
+    def _private(self, kind: str, folder: str, stem: str) -> ModelEntry | None:
+        if not _PRIVATE_FOLDER.fullmatch(folder) or not stem or stem.startswith("."):
+            return None
+        for path in (self.root / kind / folder).glob(f"{glob.escape(stem)}.*"):
+            entry = self._describe(kind, path)
+            if entry is not None:
+                return dataclasses.replace(entry, name=f"{folder}/{entry.name}")
+        return None
 
     def model_hash(self, entry: ModelEntry) -> str | None:
         """A1111's short model hash (first 10 hex of the file's sha256), cached by mtime."""

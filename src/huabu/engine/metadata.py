@@ -47,7 +47,10 @@ def infotext(request: GenerationRequest, seed: int, *, model_hash: str | None = 
     if request.vae:
         fields.append(("VAE", request.vae))
     if request.loras:
-        used = ", ".join(f"{lora.name}:{_number(lora.weight)}" for lora in request.loras)
+        # A trained LoRA's private library name (@owner/name) is shown as its owner knows it.
+        used = ", ".join(
+            f"{lora.name.rpartition('/')[2]}:{_number(lora.weight)}" for lora in request.loras
+        )
         fields.append(("LoRAs", used))
     lines = [request.prompt]
     if request.negative_prompt:

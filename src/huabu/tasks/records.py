@@ -66,3 +66,13 @@ class UploadRecord:
     width: int
     height: int
     size_bytes: int
+
+
+@dataclass(frozen=True)
+class TrainedRecord:
+    """A trained model as generation sees it: ``lora`` is its private library name."""
+
+    name: str
+    base_model: str
+    trigger_word: str
+    lora: str

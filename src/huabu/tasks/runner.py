@@ -1,45 +1,40 @@
-"""Running one generation task on a worker: claim the row, generate, store, finish.
+"""Running one task on a worker: claim the row, hand it to the handler for its kind, finish.
 
-Idempotent by construction: image keys come from the task id and index, so a task re-run
-after its worker died overwrites its own files and rows, never duplicates them.
+The runner owns everything kinds share: the claim, the attempt limit, throttled progress
+writes that also fetch the cancel flag, cancellation, the hand-back on shutdown, and the final
+state. A handler (``generation``, ``training``) only does the work and says what to store.
+Handlers must be idempotent: a task re-run after its worker died redoes its work and
+overwrites its own outputs, never duplicates them.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import threading
 import time
 import uuid
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
 
-from PIL import Image
-from sqlalchemy import delete, text
+from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
-from huabu.db.tables import TaskImage
-from huabu.engine.engine import Engine
-from huabu.engine.metadata import encode_image
 from huabu.errors import Cancelled, HuabuError
-from huabu.images import decode_image
-from huabu.native import GenerationRequest, GenerationResult
 from huabu.settings import Settings
-from huabu.storage import LocalStorage
 from huabu.tasks import queue
 
 log = logging.getLogger("huabu.worker")
 
-PREVIEW_SIZE = 256
 #: How often a running task writes its progress and looks for a cancel request.
 PROGRESS_INTERVAL = 0.25
-_EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 
 _CLAIM = text(
     """
     UPDATE tasks SET state = 'running', attempts = attempts + 1, started_at = now(), step = 0
      WHERE id = :id AND state IN ('queued', 'running')
-    RETURNING request, attempts, cancel_requested
+    RETURNING kind, request, attempts, cancel_requested
     """
 )
 #: For the claim and progress writes only: no wait for the WAL flush. A crash can lose
@@ -68,11 +63,22 @@ class WorkerStopping(Exception):
     """The worker is shutting down mid-task; the task goes back to the queue, uncharged."""
 
 
-class _Progress:
-    """The engine's step callback: throttled row updates, and the cancel flag they return."""
+@dataclass(frozen=True)
+class Outcome:
+    """What a handler produced: the task's ``result`` summary, and rows to write with the
+    final state, in the same transaction (``store(session)``), if any."""
 
-    def __init__(self, runner: GenerationRunner, task_id: uuid.UUID, stopping: threading.Event):
-        self.runner, self.task_id, self.stopping = runner, task_id, stopping
+    result: dict[str, Any]
+    store: Callable[[Session], None] | None = None
+
+
+class Progress:
+    """A handler's step callback: throttled row updates, and the cancel flag they return."""
+
+    def __init__(
+        self, sessions: sessionmaker[Session], task_id: uuid.UUID, stopping: threading.Event
+    ) -> None:
+        self.sessions, self.task_id, self.stopping = sessions, task_id, stopping
         self.cancel_requested = False
         self.last = 0.0
 
@@ -80,7 +86,7 @@ class _Progress:
         now = time.monotonic()
         if now - self.last >= PROGRESS_INTERVAL:
             self.last = now
-            with self.runner.sessions.begin() as session:
+            with self.sessions.begin() as session:
                 session.execute(_NOT_DURABLE)
                 self.cancel_requested = bool(
                     session.execute(
@@ -93,18 +99,22 @@ class _Progress:
         return self.cancel_requested or self.stopping.is_set()
 
 
-class GenerationRunner:
+class Handler(Protocol):
+    """Does one kind of task. Raises HuabuError (the task fails with its message) or
+    Cancelled (when ``progress.should_cancel()`` said so)."""
+
+    def __call__(
+        self, task_id: uuid.UUID, request: dict[str, Any], progress: Progress
+    ) -> Outcome: ...
+
+
+class TaskRunner:
     def __init__(
-        self,
-        settings: Settings,
-        sessions: sessionmaker[Session],
-        storage: LocalStorage,
-        engine: Engine,
+        self, settings: Settings, sessions: sessionmaker[Session], handlers: dict[str, Handler]
     ) -> None:
         self.settings = settings
         self.sessions = sessions
-        self.storage = storage
-        self.engine = engine
+        self.handlers = handlers
 
     def run(self, task_id: uuid.UUID, stopping: threading.Event) -> None:
         """Run task ``task_id`` to a final state. Raises only WorkerStopping."""
@@ -115,7 +125,7 @@ class GenerationRunner:
                 queue.announce(session, task_id)
         if claimed is None:
             return  # cancelled while queued, or already finished by an earlier run
-        request_data, attempts, cancel_requested = claimed
+        kind, request, attempts, cancel_requested = claimed
         if cancel_requested:
             self._finish(task_id, "cancelled", error="cancelled")
             return
@@ -127,28 +137,14 @@ class GenerationRunner:
                 "finished (killed, or out of memory); not retrying",
             )
             return
-        progress = _Progress(self, task_id, stopping)
+        progress = Progress(self.sessions, task_id, stopping)
         try:
-            request = GenerationRequest.model_validate(request_data)
-            init = None
-            if request.init_image is not None:
-                init = self._image(request.init_image, "init_image")
-            controls = [
-                self._image(unit.image, f"controlnets.{index}.image")
-                for index, unit in enumerate(request.controlnets)
-            ]
-            ip_image = None
-            if request.ip_adapter is not None:
-                ip_image = self._image(request.ip_adapter.image, "ip_adapter.image")
-            result = self.engine.generate(
-                request,
-                init_image=init,
-                control_images=controls,
-                ip_image=ip_image,
-                on_progress=progress,
-                should_cancel=progress.should_cancel,
-            )
-            self._store(task_id, request, result)
+            outcome = self.handlers[kind](task_id, request, progress)
+            with self.sessions.begin() as session:
+                if outcome.store is not None:
+                    outcome.store(session)
+                    session.flush()
+                self._finish_in(session, task_id, "succeeded", result=outcome.result)
         except Cancelled:
             if stopping.is_set() and not progress.cancel_requested:
                 self.requeue(task_id, forgive=True)
@@ -162,59 +158,9 @@ class GenerationRunner:
             self._finish(
                 task_id,
                 "failed",
-                error=f"internal error while generating ({type(exc).__name__}); "
+                error=f"internal error while running this {kind} task ({type(exc).__name__}); "
                 "the server log has the details",
             )
-
-    def _image(self, key: str, field: str) -> Image.Image:
-        """An input image the service stored at submit, decoded under the same limits."""
-        return decode_image(
-            self.storage.get(key), field=field, max_pixels=self.settings.max_input_pixels
-        )
-
-    def _store(
-        self, task_id: uuid.UUID, request: GenerationRequest, result: GenerationResult
-    ) -> None:
-        extension = _EXTENSIONS[request.output_format]
-        rows = []
-        for index, (image, seed, info) in enumerate(
-            zip(result.images, result.seeds, result.infotexts, strict=True)
-        ):
-            data = encode_image(image, request.output_format, info)
-            key = f"images/{task_id}/{index}.{extension}"
-            preview_key = f"previews/{task_id}/{index}.jpg"
-            self.storage.put(key, data)
-            self.storage.put(preview_key, _preview(image))
-            rows.append(
-                TaskImage(
-                    task_id=task_id,
-                    index=index,
-                    seed=seed,
-                    key=key,
-                    preview_key=preview_key,
-                    format=request.output_format,
-                    width=image.width,
-                    height=image.height,
-                    size_bytes=len(data),
-                    infotext=info,
-                )
-            )
-        timings = result.timings
-        summary: dict[str, Any] = {
-            "seeds": result.seeds,
-            "timings": {
-                "load": timings.load,
-                "prompt": timings.prompt,
-                "sample": timings.sample,
-                "decode": timings.decode,
-                "total": timings.total,
-            },
-        }
-        with self.sessions.begin() as session:
-            session.execute(delete(TaskImage).where(TaskImage.task_id == task_id))
-            session.add_all(rows)
-            session.flush()
-            self._finish_in(session, task_id, "succeeded", result=summary)
 
     def _finish(self, task_id: uuid.UUID, state: str, *, error: str) -> None:
         with self.sessions.begin() as session:
@@ -245,12 +191,3 @@ class GenerationRunner:
         with self.sessions.begin() as session:
             session.execute(_REQUEUE, {"id": task_id, "forgive": int(forgive)})
             queue.announce(session, task_id)
-
-
-def _preview(image: Image.Image) -> bytes:
-    """A JPEG at most PREVIEW_SIZE on its longer side, for lists and galleries."""
-    preview = image.copy()
-    preview.thumbnail((PREVIEW_SIZE, PREVIEW_SIZE))
-    buffer = io.BytesIO()
-    preview.save(buffer, format="JPEG", quality=85)
-    return buffer.getvalue()

@@ -10,24 +10,31 @@ import math
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from PIL import Image
-from sqlalchemy import func, select, text
+from sqlalchemy import bindparam, func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from huabu.db.tables import Task, Upload
+from huabu.db.tables import Task, TrainedModel, Upload
 from huabu.engine import preprocessors
-from huabu.engine.library import ModelLibrary
-from huabu.errors import InvalidRequest, NotFound, Overloaded
+from huabu.engine.library import ModelLibrary, private_name
+from huabu.errors import InvalidRequest, NotFound, Overloaded, TooLarge
 from huabu.images import decode_image
-from huabu.native import GenerationRequest
+from huabu.native import MAX_LORAS, GenerationRequest, LoraRef
 from huabu.settings import Settings
 from huabu.storage import LocalStorage
 from huabu.tasks import queue
 from huabu.tasks.eta import EtaEstimator
-from huabu.tasks.records import UNFINISHED, ImageRecord, TaskRecord, UploadRecord
+from huabu.tasks.records import (
+    UNFINISHED,
+    ImageRecord,
+    TaskRecord,
+    TrainedRecord,
+    UploadRecord,
+)
 
 #: How stale a cached unfinished task may be, and how many tasks the read cache holds.
 CACHE_SECONDS = 1.0
@@ -72,6 +79,16 @@ _INSERT_AND_DEFER = text(
       FROM job
     RETURNING created_at, job_id
     """
+)
+#: A trained model, usable once its training task has succeeded.
+_TRAINED = (
+    select(TrainedModel.base_model, TrainedModel.trigger_word)
+    .join(Task, Task.id == TrainedModel.task_id)
+    .where(
+        TrainedModel.owner_id == bindparam("owner"),
+        TrainedModel.name == bindparam("name"),
+        Task.state == "succeeded",
+    )
 )
 _KEPT_FORMATS = {
     "PNG": ("png", "image/png"),
@@ -122,12 +139,9 @@ class TaskService:
         self, owner_id: uuid.UUID, request: GenerationRequest, *, origin: str
     ) -> TaskRecord:
         """Validate ``request`` completely, then queue it. Raises before anything is stored."""
-        request = request.checked(self.settings)
-        self.library.find("checkpoints", request.model, param="model")
+        request = self._resolve_trained(owner_id, request.checked(self.settings))
         if request.vae:
             self.library.find("vae", request.vae, param="vae")
-        for index, lora in enumerate(request.loras):
-            self.library.find("loras", lora.name, param=f"loras.{index}.name")
         for index, name in enumerate(request.embeddings):
             self.library.find("embeddings", name, param=f"embeddings.{index}")
         if request.init_image is not None:
@@ -163,7 +177,51 @@ class TaskService:
             attempts=0,
             cancel_requested=False,
         )
-        return self._enqueue(task)
+        return self.enqueue(task)
+
+    def _resolve_trained(
+        self, owner_id: uuid.UUID, request: GenerationRequest
+    ) -> GenerationRequest:
+        """Checks the model and LoRA names, resolving the caller's trained models: as the
+        model, its base with its LoRA and trigger word; as a LoRA, its private library name.
+        Public names win. A private name written out (``@…/…``) is refused like any unknown
+        name: it is the service's to hand out, never the caller's to choose."""
+        public_loras = set(self.library.names("loras"))
+        loras = list(request.loras)
+        for index, lora in enumerate(loras):
+            if lora.name not in public_loras:
+                trained = self.trained_model(owner_id, lora.name)
+                if trained is None:
+                    raise self.library.unknown("loras", lora.name, param=f"loras.{index}.name")
+                loras[index] = lora.model_copy(update={"name": trained.lora})
+        update: dict[str, Any] = {"loras": tuple(loras)}
+        if request.model not in self.library.names("checkpoints"):
+            trained = self.trained_model(owner_id, request.model)
+            if trained is None:
+                raise self.library.unknown("checkpoints", request.model, param="model")
+            if len(loras) >= MAX_LORAS:
+                raise InvalidRequest(
+                    f"loras: the trained model {request.model!r} takes one of the "
+                    f"{MAX_LORAS} LoRA slots; pass at most {MAX_LORAS - 1} more",
+                    param="loras",
+                )
+            prompt = ", ".join(p for p in (trained.trigger_word, request.prompt) if p.strip())
+            update |= {
+                "model": trained.base_model,
+                "prompt": prompt,
+                "loras": (LoraRef(name=trained.lora), *loras),
+            }
+        return request.model_copy(update=update)
+
+    def trained_model(self, owner_id: uuid.UUID, name: str) -> TrainedRecord | None:
+        """The caller's trained model ``name``, once its training has succeeded."""
+        if name.startswith("@"):
+            return None
+        with self.reads() as session:
+            row = session.execute(_TRAINED, {"owner": owner_id, "name": name}).one_or_none()
+        if row is None:
+            return None
+        return TrainedRecord(name, row.base_model, row.trigger_word, private_name(owner_id, name))
 
     def default_model(self) -> str:
         """The checkpoint used when a request names none (HUABU_DEFAULT_MODEL, else the first)."""
@@ -174,7 +232,9 @@ class TaskService:
             raise InvalidRequest("the server has no checkpoint to generate with", param="model")
         return names[0]
 
-    def _enqueue(self, task: Task) -> TaskRecord:
+    def enqueue(self, task: Task, also: Callable[[Session], None] | None = None) -> TaskRecord:
+        """Insert ``task`` and its job; ``also`` writes rows that belong with it, in the same
+        transaction (a database error there queues nothing)."""
         with self.sessions.begin() as session:
             ahead, ahead_work = self._check_limits(session, task)
             created_at, task.job_id = session.execute(
@@ -193,6 +253,9 @@ class TaskService:
                     "args": json.dumps({"task_id": str(task.id)}),
                 },
             ).one()
+            if also is not None:
+                also(session)
+                session.flush()
             row = dict(
                 id=task.id, owner_id=task.owner_id, kind=task.kind, origin=task.origin,
                 state="queued", model=task.model, request=task.request, step=0,
@@ -396,6 +459,47 @@ class TaskService:
 
     def upload(self, owner_id: uuid.UUID, data: bytes, *, field: str = "file") -> UploadRecord:
         """Store an image the caller sends, after checking it is one (and not a bomb)."""
+        return self.upload_many(owner_id, [data], field=field)[0]
+
+    def upload_many(
+        self, owner_id: uuid.UUID, files: list[bytes], *, field: str = "file"
+    ) -> list[UploadRecord]:
+        """Store several images, all or none: every one is checked before any is stored.
+        Errors name the file as ``field.<index>`` when there are several."""
+        checked = [
+            self._checked_image(data, field if len(files) == 1 else f"{field}.{index}")
+            for index, data in enumerate(files)
+        ]
+        records, rows = [], []
+        for data, extension, content_type, width, height in checked:
+            upload_id = uuid.uuid4()
+            key = f"uploads/{upload_id}.{extension}"
+            self.storage.put(key, data)
+            records.append(UploadRecord(upload_id, key, content_type, width, height, len(data)))
+            rows.append(
+                Upload(
+                    id=upload_id,
+                    owner_id=owner_id,
+                    key=key,
+                    content_type=content_type,
+                    width=width,
+                    height=height,
+                    size_bytes=len(data),
+                )
+            )
+        with self.sessions.begin() as session:
+            session.add_all(rows)
+        return records
+
+    def _checked_image(self, data: bytes, field: str) -> tuple[bytes, str, str, int, int]:
+        """(bytes to store, extension, content type, width, height), or InvalidRequest."""
+        limit = self.settings.max_image_bytes
+        if len(data) > limit:
+            raise TooLarge(
+                f"{field}: the image is {len(data) / 2**20:.1f} MiB, the limit is "
+                f"{limit / 2**20:.0f} MiB",
+                param=field,
+            )
         image = decode_image(data, field=field, max_pixels=self.settings.max_input_pixels)
         source_format = Image.open(io.BytesIO(data)).format or ""
         if source_format in _KEPT_FORMATS:
@@ -404,21 +508,26 @@ class TaskService:
             buffer = io.BytesIO()
             image.save(buffer, format="PNG")
             data, extension, content_type = buffer.getvalue(), "png", "image/png"
-        upload_id = uuid.uuid4()
-        key = f"uploads/{upload_id}.{extension}"
-        self.storage.put(key, data)
-        row = Upload(
-            id=upload_id,
-            owner_id=owner_id,
-            key=key,
-            content_type=content_type,
-            width=image.width,
-            height=image.height,
-            size_bytes=len(data),
+        return data, extension, content_type, image.width, image.height
+
+    def upload_with_key(self, owner_id: uuid.UUID, key: str) -> UploadRecord | None:
+        """The caller's upload stored at ``key``, if it is one (``uploads/<id>.<ext>``)."""
+        stem = key.removeprefix("uploads/").partition(".")[0]
+        try:
+            upload_id = uuid.UUID(stem)
+        except ValueError:
+            return None
+        with self.reads() as session:
+            row = session.scalar(
+                select(Upload).where(
+                    Upload.id == upload_id, Upload.owner_id == owner_id, Upload.key == key
+                )
+            )
+        if row is None:
+            return None
+        return UploadRecord(
+            row.id, row.key, row.content_type, row.width, row.height, row.size_bytes
         )
-        with self.sessions.begin() as session:
-            session.add(row)
-        return UploadRecord(upload_id, key, content_type, image.width, image.height, len(data))
 
     def _upload_of(self, owner_id: uuid.UUID, upload_id: str, *, param: str) -> Upload:
         try:

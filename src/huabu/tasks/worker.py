@@ -1,5 +1,6 @@
-"""The worker: a procrastinate worker that runs generation tasks, plus the reaper that gives
-the tasks of dead workers back to the queue.
+"""The worker: a procrastinate worker that runs generation tasks (and training tasks, unless
+``HUABU_WORKER_TRAINING=false``), plus the reaper that gives the tasks of dead workers back to
+the queue.
 
 ``huabu worker`` runs one alone; ``huabu serve`` runs one inside the server process unless
 ``HUABU_WORKER=false``. One job at a time per worker (one GPU, one job).
@@ -23,7 +24,7 @@ from huabu.db.server import database_uri
 from huabu.settings import Settings
 from huabu.storage import LocalStorage
 from huabu.tasks import queue
-from huabu.tasks.runner import GenerationRunner
+from huabu.tasks.runner import TaskRunner
 
 log = logging.getLogger("huabu.worker")
 
@@ -32,28 +33,40 @@ class Worker:
     """One worker: ``await start()``, later ``await stop()`` (or ``await run()`` alone)."""
 
     def __init__(self, settings: Settings, sessions: sessionmaker[Session]) -> None:
-        from huabu.engine.engine import Engine  # torch: only worker processes import it
+        # torch: only worker processes import the engine and the trainer.
+        from huabu.engine.engine import Engine
+        from huabu.tasks.generation import GenerationHandler
+        from huabu.training.job import TrainingHandler
 
         self.settings = settings
         self.sessions = sessions
         self.stopping = threading.Event()
-        self.runner = GenerationRunner(
-            settings, sessions, LocalStorage(settings.files_dir), Engine(settings)
+        storage = LocalStorage(settings.files_dir)
+        engine = Engine(settings)
+        self.kinds = ["generate", "train"] if settings.worker_training else ["generate"]
+        self.runner = TaskRunner(
+            settings,
+            sessions,
+            {
+                "generate": GenerationHandler(settings, storage, engine),
+                "train": TrainingHandler(settings, storage, engine.library),
+            },
         )
         self.app = procrastinate.App(
             connector=procrastinate.PsycopgConnector(conninfo=database_uri(settings))
         )
-        self.app.task(
-            name=queue.TASK_NAMES["generate"],
-            queue=queue.QUEUES["generate"],
-            # Task failures are recorded on the task row and end the job; what reaches
-            # procrastinate is a shutdown (WorkerStopping) or the database failing under us:
-            # both are retried, and the task's own attempt counter bounds the crashes.
-            retry=procrastinate.RetryStrategy(max_attempts=settings.max_attempts + 10, wait=1),
-        )(self._generate)
+        for kind in self.kinds:
+            self.app.task(
+                name=queue.TASK_NAMES[kind],
+                queue=queue.QUEUES[kind],
+                # Task failures are recorded on the task row and end the job; what reaches
+                # procrastinate is a shutdown (WorkerStopping) or the database failing under
+                # us: both are retried, and the task's own attempt counter bounds the crashes.
+                retry=procrastinate.RetryStrategy(max_attempts=settings.max_attempts + 10, wait=1),
+            )(self._run)
         self._tasks: list[asyncio.Task] = []
 
-    def _generate(self, task_id: str) -> None:
+    def _run(self, task_id: str) -> None:
         self.runner.run(uuid.UUID(task_id), self.stopping)
 
     async def start(self) -> None:
@@ -62,7 +75,7 @@ class Worker:
         self._tasks = [
             asyncio.create_task(
                 self.app.run_worker_async(
-                    queues=[queue.QUEUES["generate"]],
+                    queues=[queue.QUEUES[kind] for kind in self.kinds],
                     name=name,
                     concurrency=1,
                     install_signal_handlers=False,

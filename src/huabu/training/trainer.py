@@ -23,13 +23,16 @@ from huabu.engine.library import ModelLibrary
 from huabu.engine.pipelines import PipelineCache
 from huabu.errors import Cancelled, InvalidRequest
 from huabu.settings import Settings
+from huabu.training.request import TRAINABLE
 
 ProgressCallback = Callable[[int, int, float], None]  # (step, total, loss)
 
 
 @dataclass(frozen=True)
 class TrainingJob:
-    """What to train: ``name`` becomes ``models/loras/<name>.safetensors``."""
+    """What to train: ``name`` becomes ``models/loras/<name>.safetensors`` (a qualified
+    private name, ``@<owner>/<name>``, lands in that owner's folder). ``resolution`` None is
+    the base model's native size."""
 
     name: str
     base_model: str
@@ -38,7 +41,7 @@ class TrainingJob:
     steps: int = 100
     rank: int = 4
     learning_rate: float = 1e-4
-    resolution: int = 512
+    resolution: int | None = None
     batch_size: int = 4
     seed: int = 0
     metadata: dict[str, str] = field(default_factory=dict)
@@ -77,16 +80,25 @@ def train_lora(
     library: ModelLibrary | None = None,
     on_progress: ProgressCallback | None = None,
     should_cancel: Callable[[], bool] | None = None,
+    replace: bool = False,
 ) -> TrainingResult:
-    """Train, then write the LoRA atomically; a cancelled or failed run writes nothing."""
+    """Train, then write the LoRA atomically; a cancelled or failed run writes nothing.
+    An existing file of that name is refused unless ``replace`` (the caller owns the name:
+    a re-run of the same training job after its worker died)."""
     from peft import LoraConfig, get_peft_model_state_dict
 
     library = library or ModelLibrary(settings)
     if not job.images or len(job.images) != len(job.captions):
         raise InvalidRequest("the dataset has no images", param="datasets")
-    library.find("checkpoints", job.base_model, param="base_model")
+    base = library.find("checkpoints", job.base_model, param="base_model")
+    if base.architecture not in TRAINABLE:
+        raise InvalidRequest(
+            f"base_model: {job.base_model!r} is {base.describe_architecture}; LoRA training "
+            "supports SD 1.x and 2.x base models",
+            param="base_model",
+        )
     target = settings.models_dir / "loras" / f"{job.name}.safetensors"
-    if target.exists():
+    if target.exists() and not replace:
         raise InvalidRequest(f"a model named {job.name!r} already exists", param="name")
     # A private copy of the base: training must not touch the pipelines serving requests.
     model = PipelineCache(settings.model_copy(update={"pipeline_cache_size": 1}), library).get(
@@ -110,8 +122,9 @@ def train_lora(
         parameter.data = parameter.data.float()
     optimizer = torch.optim.AdamW(trainable, lr=job.learning_rate, weight_decay=1e-2)
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    resolution = job.resolution or unet.config.sample_size * pipe.vae_scale_factor
     with torch.no_grad():
-        pixels = torch.stack([_square(image, job.resolution) for image in job.images])
+        pixels = torch.stack([_square(image, resolution) for image in job.images])
         latents = vae.encode(pixels.to(device, vae.dtype)).latent_dist.sample()
         latents = latents * vae.config.scaling_factor
         texts = [model.prompt_encoder.encode(c, "").embeds[0] for c in job.captions]
@@ -151,7 +164,7 @@ def train_lora(
         "ss_output_name": job.name,
         "ss_steps": str(job.steps),
         "ss_learning_rate": str(job.learning_rate),
-        "ss_resolution": json.dumps([job.resolution, job.resolution]),
+        "ss_resolution": json.dumps([resolution, resolution]),
         "ss_sd_model_name": job.base_model,
         **job.metadata,
     }

@@ -13,7 +13,7 @@ from fastapi.concurrency import run_in_threadpool
 from huabu import __version__
 from huabu.db.server import database_uri
 from huabu.db.session import open_database
-from huabu.dialects import kamiya, native, novita, sdserver, v1b
+from huabu.dialects import kamiya, native, novita, sdserver, v1b, v1b_training
 from huabu.settings import Settings
 from huabu.web import errors, files
 from huabu.web.limits import BodyLimit
@@ -57,6 +57,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(native.router)
     app.include_router(sdserver.router)
     app.include_router(v1b.router)
+    app.include_router(v1b_training.router)
     renderers.register(v1b.PREFIX, v1b.render_error)
     app.include_router(novita.router)
     renderers.register(novita.PREFIX, novita.render_error)

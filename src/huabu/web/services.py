@@ -13,6 +13,7 @@ from huabu.storage import LocalStorage, UrlSigner
 from huabu.storage.signing import installation_secret
 from huabu.tasks.events import TaskEvents
 from huabu.tasks.service import TaskService
+from huabu.training.service import TrainingService
 
 
 @dataclass
@@ -25,6 +26,7 @@ class Services:
     storage: LocalStorage
     signer: UrlSigner
     tasks: TaskService
+    training: TrainingService
     events: TaskEvents
 
     @classmethod
@@ -47,5 +49,6 @@ class Services:
             storage=storage,
             signer=UrlSigner(installation_secret(settings), settings.url_ttl),
             tasks=tasks,
+            training=TrainingService(settings, tasks),
             events=events,
         )

@@ -1,0 +1,115 @@
+"""The handler for generation tasks: decode the stored inputs, generate, store the images and
+their previews. Image keys come from the task id and index, so a re-run overwrites its own."""
+
+from __future__ import annotations
+
+import io
+import uuid
+from typing import Any
+
+from PIL import Image
+from sqlalchemy import delete
+from sqlalchemy.orm import Session
+
+from huabu.db.tables import TaskImage
+from huabu.engine.engine import Engine
+from huabu.engine.metadata import encode_image
+from huabu.images import decode_image
+from huabu.native import GenerationRequest, GenerationResult
+from huabu.settings import Settings
+from huabu.storage import LocalStorage
+from huabu.tasks.runner import Outcome, Progress
+
+PREVIEW_SIZE = 256
+_EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
+
+
+class GenerationHandler:
+    def __init__(self, settings: Settings, storage: LocalStorage, engine: Engine) -> None:
+        self.settings = settings
+        self.storage = storage
+        self.engine = engine
+
+    def __call__(self, task_id: uuid.UUID, data: dict[str, Any], progress: Progress) -> Outcome:
+        request = GenerationRequest.model_validate(data)
+        init = None
+        if request.init_image is not None:
+            init = self._image(request.init_image, "init_image")
+        controls = [
+            self._image(unit.image, f"controlnets.{index}.image")
+            for index, unit in enumerate(request.controlnets)
+        ]
+        ip_image = None
+        if request.ip_adapter is not None:
+            ip_image = self._image(request.ip_adapter.image, "ip_adapter.image")
+        result = self.engine.generate(
+            request,
+            init_image=init,
+            control_images=controls,
+            ip_image=ip_image,
+            on_progress=progress,
+            should_cancel=progress.should_cancel,
+        )
+        return self._store(task_id, request, result)
+
+    def _image(self, key: str, field: str) -> Image.Image:
+        """An input image the service stored at submit, decoded under the same limits."""
+        return decode_image(
+            self.storage.get(key), field=field, max_pixels=self.settings.max_input_pixels
+        )
+
+    def _store(
+        self, task_id: uuid.UUID, request: GenerationRequest, result: GenerationResult
+    ) -> Outcome:
+        extension = _EXTENSIONS[request.output_format]
+        rows = []
+        for index, (image, seed, info) in enumerate(
+            zip(result.images, result.seeds, result.infotexts, strict=True)
+        ):
+            data = encode_image(image, request.output_format, info)
+            key = f"images/{task_id}/{index}.{extension}"
+            preview_key = f"previews/{task_id}/{index}.jpg"
+            self.storage.put(key, data)
+            self.storage.put(preview_key, _preview(image))
+            rows.append(
+                TaskImage(
+                    task_id=task_id,
+                    index=index,
+                    seed=seed,
+                    key=key,
+                    preview_key=preview_key,
+                    format=request.output_format,
+                    width=image.width,
+                    height=image.height,
+                    size_bytes=len(data),
+                    infotext=info,
+                )
+            )
+        timings = result.timings
+
+        def store(session: Session) -> None:
+            session.execute(delete(TaskImage).where(TaskImage.task_id == task_id))
+            session.add_all(rows)
+
+        return Outcome(
+            {
+                "seeds": result.seeds,
+                "timings": {
+                    "load": timings.load,
+                    "prompt": timings.prompt,
+                    "sample": timings.sample,
+                    "decode": timings.decode,
+                    "total": timings.total,
+                },
+            },
+            store,
+        )
+
+
+def _preview(image: Image.Image) -> bytes:
+    """A JPEG at most PREVIEW_SIZE on its longer side, for lists and galleries."""
+    preview = image.copy()
+    preview.thumbnail((PREVIEW_SIZE, PREVIEW_SIZE))
+    buffer = io.BytesIO()
+    preview.save(buffer, format="JPEG", quality=85)
+    return buffer.getvalue()

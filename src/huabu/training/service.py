@@ -1,0 +1,224 @@
+"""Datasets and training tasks: what dialects call for LoRA training (spec 001's routes).
+
+A dataset is a named list of the caller's uploads. Submitting a training reserves the model's
+name for the caller (names are unique per owner) in the transaction that queues the task; the
+model can be used by that name once the task has succeeded (``TaskService.trained_model``).
+Everything is scoped to the caller: someone else's dataset is simply not found.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from huabu.db.tables import Dataset, Task, TrainedModel, Upload
+from huabu.engine.library import private_name
+from huabu.errors import InvalidRequest, NotFound
+from huabu.settings import Settings
+from huabu.tasks import queue
+from huabu.tasks.records import TaskRecord
+from huabu.tasks.service import TaskService
+from huabu.training.request import TRAINABLE, TrainingPlan, TrainingRequest, caption
+
+#: A training step (forward and backward over a batch) in generation work units: about
+#: three UNet passes per image against a generation step's two (with guidance).
+_WORK_PER_IMAGE_STEP = 1.5
+
+
+@dataclass(frozen=True)
+class DatasetRecord:
+    id: int
+    name: str
+    description: str
+    #: Storage keys of its images, in order.
+    images: tuple[str, ...]
+    created_at: datetime
+    updated_at: datetime
+
+
+def _record(row: Dataset) -> DatasetRecord:
+    return DatasetRecord(
+        row.id, row.name, row.description, tuple(row.images), row.created_at, row.updated_at
+    )
+
+
+class TrainingService:
+    def __init__(self, settings: Settings, tasks: TaskService) -> None:
+        self.settings = settings
+        self.tasks = tasks
+        self.library = tasks.library
+
+    # -- datasets ---------------------------------------------------------------------------
+
+    def create_dataset(
+        self, owner_id: uuid.UUID, name: str, description: str, keys: list[str]
+    ) -> DatasetRecord:
+        """A dataset of the caller's uploads at ``keys`` (see ``TaskService.upload``)."""
+        name = name.strip()
+        if not 1 <= len(name) <= 200:
+            raise InvalidRequest("name: a dataset needs 1 to 200 characters", param="name")
+        if not keys:
+            raise InvalidRequest("images: a dataset needs at least one image", param="images")
+        limit = self.settings.max_dataset_images
+        if len(keys) > limit:
+            raise InvalidRequest(
+                f"images: at most {limit} images per dataset, got {len(keys)}", param="images"
+            )
+        with self.tasks.sessions.begin() as session:
+            owned = set(
+                session.scalars(
+                    select(Upload.key).where(Upload.owner_id == owner_id, Upload.key.in_(keys))
+                )
+            )
+            for index, key in enumerate(keys):
+                if key not in owned:
+                    raise InvalidRequest(
+                        f"images.{index}: not an image you uploaded", param=f"images.{index}"
+                    )
+            row = Dataset(owner_id=owner_id, name=name, description=description, images=keys)
+            session.add(row)
+            session.flush()
+            session.refresh(row)
+            return _record(row)
+
+    def datasets(
+        self, owner_id: uuid.UUID, *, page: int = 1, per_page: int = 20
+    ) -> tuple[list[DatasetRecord], int]:
+        """One page of the caller's datasets, oldest first, and how many there are."""
+        if page < 1:
+            raise InvalidRequest(f"page must be 1 or more, got {page}", param="page")
+        if not 1 <= per_page <= 100:
+            raise InvalidRequest(
+                f"per_page must be between 1 and 100, got {per_page}", param="per_page"
+            )
+        with self.tasks.reads() as session:
+            total = session.scalar(
+                select(func.count()).select_from(Dataset).where(Dataset.owner_id == owner_id)
+            )
+            rows = session.scalars(
+                select(Dataset)
+                .where(Dataset.owner_id == owner_id)
+                .order_by(Dataset.id)
+                .limit(per_page)
+                .offset((page - 1) * per_page)
+            ).all()
+            return [_record(row) for row in rows], total or 0
+
+    # -- training ---------------------------------------------------------------------------
+
+    def base_models(self) -> list[str]:
+        """Checkpoints the trainer can train on."""
+        return [e.name for e in self.library.entries("checkpoints") if e.architecture in TRAINABLE]
+
+    def submit(self, owner_id: uuid.UUID, request: TrainingRequest, *, origin: str) -> TaskRecord:
+        """Validate completely, reserve the name, queue the training. Nothing is created when
+        anything is refused."""
+        request = request.checked(self.settings)
+        base = request.base_model or self.tasks.default_model()
+        entry = self.library.find("checkpoints", base, param="base_model")
+        if entry.architecture not in TRAINABLE:
+            raise InvalidRequest(
+                f"base_model: {base!r} is {entry.describe_architecture}; training supports "
+                f"{', '.join(self.base_models()) or 'no model on this server'}",
+                param="base_model",
+            )
+        name = request.name
+        if name in self.library.names("checkpoints") or name in self.library.names("loras"):
+            raise InvalidRequest(f"name: this server has a model called {name!r}", param="name")
+        keys = self._images(owner_id, request.datasets)
+        plan = TrainingPlan(
+            **request.model_dump(exclude={"base_model"}),
+            base_model=base,
+            lora=private_name(owner_id, name),
+            images=keys,
+            caption=caption(request.trigger_word, request.main_body),
+            batch_size=self.settings.train_batch_size,
+        )
+        resolution = plan.resolution or 512
+        task = Task(
+            id=uuid.uuid4(),
+            owner_id=owner_id,
+            kind="train",
+            origin=origin,
+            queue=queue.QUEUES["train"],
+            state="queued",
+            model=base,
+            request=plan.model_dump(mode="json"),
+            step=0,
+            total=plan.steps,
+            work=(plan.steps or 1)
+            * resolution**2
+            * min(len(keys), plan.batch_size)
+            * _WORK_PER_IMAGE_STEP,
+            attempts=0,
+            cancel_requested=False,
+        )
+
+        def reserve(session: Session) -> None:
+            # A name whose training failed or was cancelled is free again.
+            session.execute(
+                delete(TrainedModel).where(
+                    TrainedModel.owner_id == owner_id,
+                    TrainedModel.name == name,
+                    TrainedModel.task_id.in_(
+                        select(Task.id).where(Task.state.in_(("failed", "cancelled")))
+                    ),
+                )
+            )
+            session.add(
+                TrainedModel(
+                    owner_id=owner_id,
+                    name=name,
+                    task_id=task.id,
+                    base_model=base,
+                    trigger_word=request.trigger_word.strip(),
+                    description=request.description,
+                    main_body=request.main_body,
+                    nsfw=request.nsfw,
+                )
+            )
+
+        try:
+            return self.tasks.enqueue(task, reserve)
+        except IntegrityError:
+            raise InvalidRequest(
+                f"name: you already have a model called {name!r}", param="name"
+            ) from None
+
+    def _images(self, owner_id: uuid.UUID, ids: tuple[int, ...]) -> tuple[str, ...]:
+        """The images of the caller's datasets ``ids``, each once, in order."""
+        with self.tasks.reads() as session:
+            rows = {
+                row.id: row
+                for row in session.scalars(
+                    select(Dataset).where(Dataset.owner_id == owner_id, Dataset.id.in_(ids))
+                )
+            }
+        keys: dict[str, None] = {}
+        for index, dataset_id in enumerate(ids):
+            if dataset_id not in rows:
+                raise InvalidRequest(
+                    f"datasets.{index}: no dataset {dataset_id}", param=f"datasets.{index}"
+                )
+            keys.update(dict.fromkeys(rows[dataset_id].images))
+        if not keys:
+            raise InvalidRequest("datasets: the datasets have no images", param="datasets")
+        if len(keys) > self.settings.max_dataset_images:
+            raise InvalidRequest(
+                f"datasets: at most {self.settings.max_dataset_images} images per training, "
+                f"got {len(keys)}",
+                param="datasets",
+            )
+        return tuple(keys)
+
+    def progress(self, owner_id: uuid.UUID, task_id: str) -> TaskRecord:
+        """The caller's training task; its ``request`` is the plan (name, trigger word…)."""
+        record = self.tasks.get(owner_id, task_id)
+        if record.kind != "train":
+            raise NotFound(f"no training task {task_id}")
+        return record
