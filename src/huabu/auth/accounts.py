@@ -15,6 +15,7 @@ import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -99,6 +100,17 @@ class Accounts:
         except (VerificationError, InvalidHashError):
             raise AuthFailed("wrong email or password") from None
         return user
+
+    def options(self, user_id: uuid.UUID) -> dict[str, Any]:
+        """The user's stored dialect options (A1111's ``/options``)."""
+        with self.sessions() as session:
+            return dict(session.get_one(User, user_id).options or {})
+
+    def update_options(self, user_id: uuid.UUID, changes: dict[str, Any]) -> dict[str, Any]:
+        with self.sessions.begin() as session:
+            user = session.get_one(User, user_id, with_for_update=True)
+            user.options = {**(user.options or {}), **changes}
+            return dict(user.options)
 
     def create_key(self, user_id: uuid.UUID) -> str:
         """A new API key for ``user_id``; the only time its full text exists."""

@@ -8,11 +8,13 @@ price is that a revoked key or ended session keeps working on each server for at
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import threading
 import time
 
-from huabu.auth.accounts import Accounts, Principal
+from huabu.auth.accounts import Accounts, Principal, normalise_email
 from huabu.errors import AuthFailed
 
 _MAX_ENTRIES = 10_000
@@ -34,6 +36,8 @@ class Authenticator:
                 return self.anonymous_principal()
             raise AuthFailed("missing credentials: send 'Authorization: Bearer <API key>'")
         scheme, _, token = authorization.strip().partition(" ")
+        if scheme.lower() == "basic" and token.strip():
+            return self.for_basic(token.strip())
         if scheme.lower() != "bearer" or not token.strip():
             raise AuthFailed("credentials must be 'Authorization: Bearer <API key>'")
         return self.for_token(token.strip())
@@ -53,6 +57,32 @@ class Authenticator:
         if cached and cached[1] > now:
             return cached[0]
         principal = Principal.of(self.accounts.user_for_bearer(token))
+        with self._lock:
+            if len(self._cache) >= _MAX_ENTRIES:
+                self._cache.clear()
+            self._cache[digest] = (principal, now + self.ttl)
+        return principal
+
+    def for_basic(self, encoded: str) -> Principal:
+        """HTTP Basic, as A1111's ``--api-auth`` clients send it: the user's email and either
+        their password or one of their API keys. Cached like a token (passwords are slow to
+        check on purpose)."""
+        digest = hashlib.sha256(b"basic:" + encoded.encode()).hexdigest()
+        now = time.monotonic()
+        cached = self._cache.get(digest)
+        if cached and cached[1] > now:
+            return cached[0]
+        try:
+            email, _, secret = base64.b64decode(encoded, validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            raise AuthFailed("Basic credentials are not base64 of 'email:password'") from None
+        if secret.startswith("hb_"):
+            user = self.accounts.user_for_key(secret)
+            if user.email != normalise_email(email):
+                raise AuthFailed("wrong email or API key")
+        else:
+            user = self.accounts.check_password(email, secret)
+        principal = Principal.of(user)
         with self._lock:
             if len(self._cache) >= _MAX_ENTRIES:
                 self._cache.clear()

@@ -35,6 +35,8 @@ class User(Base):
     password_hash: Mapped[str | None] = mapped_column(String(200))
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    #: Per-user settings of the dialects that have them (A1111's ``options``).
+    options: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
 
 
 class ApiKey(Base):

@@ -56,6 +56,11 @@ _SELECT_TASKS = f"""
      WHERE {{where}}
 """
 _GET = text(_SELECT_TASKS.format(where="t.id = :id AND t.owner_id = :owner"))
+#: The caller's running task, else their oldest queued one.
+_CURRENT = text(
+    _SELECT_TASKS.format(where="t.owner_id = :owner AND t.state IN ('queued', 'running')")
+    + " ORDER BY t.state = 'running' DESC, t.created_at LIMIT 1"
+)
 _LIMITS = text(
     """
     SELECT mine.count, mine.min, everyone.count, everyone.min, everyone.ahead, everyone.work
@@ -340,6 +345,12 @@ class TaskService:
             if len(self._cache) > CACHE_ENTRIES:
                 self._cache.popitem(last=False)
         return record
+
+    def current(self, owner_id: uuid.UUID) -> TaskRecord | None:
+        """The caller's running task, else their oldest queued one, else None."""
+        with self.reads() as session:
+            row = session.execute(_CURRENT, {"owner": owner_id}).one_or_none()
+            return None if row is None else self._record(session, row._asdict())
 
     def list(
         self,

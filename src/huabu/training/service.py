@@ -216,6 +216,18 @@ class TrainingService:
             )
         return tuple(keys)
 
+    def trained_names(self, owner_id: uuid.UUID) -> list[str]:
+        """The caller's usable trained models (their training succeeded), by name."""
+        with self.tasks.reads() as session:
+            return list(
+                session.scalars(
+                    select(TrainedModel.name)
+                    .join(Task, Task.id == TrainedModel.task_id)
+                    .where(TrainedModel.owner_id == owner_id, Task.state == "succeeded")
+                    .order_by(TrainedModel.name)
+                )
+            )
+
     def progress(self, owner_id: uuid.UUID, task_id: str) -> TaskRecord:
         """The caller's training task; its ``request`` is the plan (name, trigger word…)."""
         record = self.tasks.get(owner_id, task_id)

@@ -1,4 +1,4 @@
-"""datasets and trained models (LoRA training, spec 001)
+"""datasets and trained models (LoRA training, spec 001); users' options (A1111 dialect)
 
 Revision ID: 0003
 Revises: 0002
@@ -25,6 +25,10 @@ def _owner() -> sa.Column:
 
 
 def upgrade() -> None:
+    op.add_column(
+        "users",
+        sa.Column("options", JSONB(), server_default=sa.text("'{}'::jsonb"), nullable=False),
+    )
     op.create_table(
         "datasets",
         sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
@@ -61,3 +65,4 @@ def upgrade() -> None:
 def downgrade() -> None:
     for table in ("trained_models", "datasets"):
         op.drop_table(table)
+    op.drop_column("users", "options")

@@ -1,0 +1,279 @@
+"""AUTOMATIC1111's ``/sdapi/v1`` API, as its clients (``webuiapi``, painting-program plugins,
+bots) call it: synchronous ``txt2img`` / ``img2img`` with base64 images, and the listing,
+options, progress and interrupt routes around them.
+
+Unlike A1111 it is multi-user: ``options`` (the checkpoint a request without
+``override_settings`` uses) are per user, and ``progress`` / ``interrupt`` / ``skip`` see the
+caller's own task only. Auth: A1111's HTTP Basic (email and password, or email and API key)
+or a Bearer key. The wire shapes and their translation are in ``a1111_wire``.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
+from PIL import Image, UnidentifiedImageError
+
+from huabu.dialects import a1111_wire as wire
+from huabu.dialects.common import read_body, validate
+from huabu.engine.metadata import read_parameters
+from huabu.errors import HuabuError, InvalidRequest
+from huabu.images import decode_base64
+from huabu.native import SAMPLER_NAMES, GenerationRequest
+from huabu.web.deps import CurrentUser, ServicesDep
+from huabu.web.services import Services
+from huabu.web.waiting import wait_for_task
+
+ORIGIN = "a1111"
+PREFIX = "/sdapi/v1"
+router = APIRouter(prefix=PREFIX, tags=["A1111: sdapi/v1"])
+
+
+def render_error(error: HuabuError, status: int) -> Response:
+    """A1111's HTTP error body (``error``, ``detail``, ``body``, ``errors``), plus ``param``."""
+    body: dict[str, Any] = {
+        "error": type(error).__name__,
+        "detail": error.message,
+        "body": "",
+        "errors": error.message,
+    }
+    if isinstance(error, InvalidRequest):
+        body["param"] = error.param
+    return JSONResponse(body, status_code=status)
+
+
+# -- generation -------------------------------------------------------------------------------
+
+
+async def _model(services: Services, user_id, body: wire.Txt2ImgIn) -> str:
+    """override_settings, else the caller's options, else the server's default checkpoint."""
+    wanted = body.override_settings.get("sd_model_checkpoint")
+    if wanted:
+        return wire.model_name(str(wanted))
+    options = await run_in_threadpool(services.accounts.options, user_id)
+    if options.get("sd_model_checkpoint"):
+        return options["sd_model_checkpoint"]
+    return await run_in_threadpool(services.tasks.default_model)
+
+
+async def _controlnets(services: Services, user_id, body: wire.Txt2ImgIn, init: str | None):
+    units = []
+    for index, unit in wire.control_units(body):
+        field = f"alwayson_scripts.controlnet.args.{index}.image"
+        image = unit.image_data()
+        if image is None and init is None:
+            raise InvalidRequest(f"{field}: a ControlNet unit needs an image", param=field)
+        upload_id = init
+        if image is not None:
+            data = decode_base64(image, field=field)
+            upload = await run_in_threadpool(services.tasks.upload, user_id, data, field=field)
+            upload_id = str(upload.id)
+        units.append((index, unit, upload_id))
+    return units
+
+
+async def _generate(services: Services, user, body: wire.Txt2ImgIn, init: str | None) -> Response:
+    model = await _model(services, user.id, body)
+    options = await run_in_threadpool(services.accounts.options, user.id)
+    units = await _controlnets(services, user.id, body, init)
+    try:
+        native = wire.to_native(body, model=model, init_image=init, controlnets=units,
+                                options=options, settings=services.settings)  # fmt: skip
+        record = await run_in_threadpool(
+            services.tasks.submit_generation, user.id, native, origin=ORIGIN
+        )
+    except InvalidRequest as exc:
+        raise wire.renamed(exc) from None
+    timeout = services.settings.sync_timeout
+    record = await wait_for_task(services, user.id, str(record.id), timeout)
+    if record.state == "failed":
+        return JSONResponse(
+            {"error": "GenerationFailed", "detail": record.error, "body": "",
+             "errors": record.error, "task_id": str(record.id)},
+            status_code=500,
+        )  # fmt: skip
+    if not record.finished:
+        message = (f"task {record.id} is still {record.state} after {timeout:g} s; it will "
+                   f"finish, follow it at /huabu/v1/tasks/{record.id}")  # fmt: skip
+        return JSONResponse(
+            {"error": "Timeout", "detail": message, "body": "", "errors": message,
+             "task_id": str(record.id)},
+            status_code=504,
+        )  # fmt: skip
+    # Succeeded, or interrupted (A1111 answers an interrupted call with what it has: here,
+    # no images).
+    images = []
+    if body.send_images:
+        images = await run_in_threadpool(
+            lambda: [base64.b64encode(services.storage.get(i.key)).decode() for i in record.images]
+        )
+    request = GenerationRequest.model_validate(record.request)
+    return JSONResponse(
+        {
+            "images": images,
+            "parameters": body.model_dump(exclude={"init_images", "mask"}),
+            "info": json.dumps(wire.info(record, request, body)),
+        }
+    )
+
+
+@router.post("/txt2img", summary="Text to image (synchronous, base64 images)")
+async def txt2img(request: Request, user: CurrentUser, services: ServicesDep) -> Response:
+    body = validate(wire.Txt2ImgIn, await read_body(request))
+    return await _generate(services, user, body, None)
+
+
+@router.post("/img2img", summary="Image to image (synchronous, base64 images)")
+async def img2img(request: Request, user: CurrentUser, services: ServicesDep) -> Response:
+    body = validate(wire.Img2ImgIn, await read_body(request))
+    if body.mask:
+        raise InvalidRequest("mask: inpainting is not supported yet", param="mask")
+    if len(body.init_images) > 1:
+        raise InvalidRequest("init_images: send one image", param="init_images")
+    data = decode_base64(body.init_images[0], field="init_images.0")
+    upload = await run_in_threadpool(services.tasks.upload, user.id, data, field="init_images.0")
+    return await _generate(services, user, body, str(upload.id))
+
+
+# -- the caller's current task ----------------------------------------------------------------
+
+
+@router.get("/progress", summary="Your running task: progress, ETA, steps")
+async def progress(user: CurrentUser, services: ServicesDep) -> Response:
+    record = await run_in_threadpool(services.tasks.current, user.id)
+    return JSONResponse(wire.progress(record))
+
+
+async def _stop_current(user, services: Services) -> Response:
+    record = await run_in_threadpool(services.tasks.current, user.id)
+    if record is not None and record.state == "running":
+        await run_in_threadpool(services.tasks.cancel, user.id, record.id)
+    return JSONResponse({})
+
+
+@router.post("/interrupt", summary="Stop your running task (nobody else's)")
+async def interrupt(user: CurrentUser, services: ServicesDep) -> Response:
+    return await _stop_current(user, services)
+
+
+@router.post("/skip", summary="Like interrupt: huabu cannot skip one image of a batch")
+async def skip(user: CurrentUser, services: ServicesDep) -> Response:
+    return await _stop_current(user, services)
+
+
+# -- listings and options ---------------------------------------------------------------------
+
+
+@router.get("/sd-models", summary="Checkpoints")
+async def sd_models(user: CurrentUser, services: ServicesDep) -> Response:
+    entries = await run_in_threadpool(services.library.entries, "checkpoints")
+    return JSONResponse(
+        [
+            {"title": e.name, "model_name": e.name, "hash": None, "sha256": None,
+             "filename": str(e.path), "config": None}
+            for e in entries
+        ]
+    )  # fmt: skip
+
+
+@router.post("/refresh-checkpoints", summary="No-op: the library is always read live")
+async def refresh_checkpoints(user: CurrentUser) -> Response:
+    return JSONResponse(None)
+
+
+@router.get("/samplers", summary="The A1111 sampler names huabu runs")
+async def samplers(user: CurrentUser) -> Response:
+    return JSONResponse([{"name": name, "aliases": [], "options": {}} for name in SAMPLER_NAMES])
+
+
+@router.get("/schedulers", summary="Noise schedules (combined with sampler_name)")
+async def schedulers(user: CurrentUser) -> Response:
+    return JSONResponse(
+        [{"name": name, "label": label, "aliases": None, "default_rho": -1, "need_inner_model":
+          False} for name, label in wire.SCHEDULERS.items()]
+    )  # fmt: skip
+
+
+@router.get("/loras", summary="LoRAs (the server's, and your trained ones)")
+async def loras(user: CurrentUser, services: ServicesDep) -> Response:
+    entries = await run_in_threadpool(services.library.entries, "loras")
+    trained = await run_in_threadpool(services.training.trained_names, user.id)
+    listed = [{"name": e.name, "alias": e.name, "path": str(e.path), "metadata": {}}
+              for e in entries]  # fmt: skip
+    listed += [{"name": name, "alias": name, "path": "", "metadata": {}} for name in trained]
+    return JSONResponse(listed)
+
+
+@router.get("/embeddings", summary="Textual-inversion embeddings")
+async def embeddings(user: CurrentUser, services: ServicesDep) -> Response:
+    names = await run_in_threadpool(services.library.names, "embeddings")
+    loaded = {name: {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None,
+                     "shape": None, "vectors": None} for name in names}  # fmt: skip
+    return JSONResponse({"loaded": loaded, "skipped": {}})
+
+
+@router.get("/sd-vae", summary="VAEs")
+async def sd_vae(user: CurrentUser, services: ServicesDep) -> Response:
+    entries = await run_in_threadpool(services.library.entries, "vae")
+    return JSONResponse([{"model_name": e.name, "filename": str(e.path)} for e in entries])
+
+
+@router.get("/scripts", summary="Scripts (none: ControlNet is built in)")
+async def scripts(user: CurrentUser) -> Response:
+    return JSONResponse({"txt2img": [], "img2img": []})
+
+
+@router.get("/options", summary="Your options")
+async def get_options(user: CurrentUser, services: ServicesDep) -> Response:
+    options = await run_in_threadpool(services.accounts.options, user.id)
+    if not options.get("sd_model_checkpoint"):
+        options["sd_model_checkpoint"] = await run_in_threadpool(services.tasks.default_model)
+    return JSONResponse(wire.options_out(options))
+
+
+@router.post("/options", summary="Change your options (sd_model_checkpoint, sd_vae, clip skip)")
+async def set_options(request: Request, user: CurrentUser, services: ServicesDep) -> Response:
+    changes = wire.options_in(await read_body(request))
+    if "sd_model_checkpoint" in changes:
+        name = changes["sd_model_checkpoint"]
+        known = await run_in_threadpool(services.library.names, "checkpoints")
+        trained = await run_in_threadpool(services.tasks.trained_model, user.id, name)
+        if name not in known and trained is None:
+            raise services.library.unknown("checkpoints", name, param="sd_model_checkpoint")
+    if changes.get("sd_vae"):
+        await run_in_threadpool(services.library.find, "vae", changes["sd_vae"], param="sd_vae")
+    await run_in_threadpool(services.accounts.update_options, user.id, changes)
+    return JSONResponse(None)
+
+
+@router.post("/png-info", summary="The generation parameters stored in an image")
+async def png_info(request: Request, user: CurrentUser) -> Response:
+    body = await read_body(request)
+    data = decode_base64(body.get("image", ""), field="image")
+    try:
+        image = Image.open(io.BytesIO(data))
+    except (UnidentifiedImageError, OSError):
+        raise InvalidRequest("image is not a readable image", param="image") from None
+    text = read_parameters(image) or ""
+    return JSONResponse(
+        {"info": text, "items": {"parameters": text} if text else {},
+         "parameters": wire.parse_infotext(text)}
+    )  # fmt: skip
+
+
+@router.get("/memory", summary="Memory of this API process's machine")
+async def memory(user: CurrentUser) -> Response:
+    page, pages = os.sysconf("SC_PAGE_SIZE"), os.sysconf("SC_PHYS_PAGES")
+    free = os.sysconf("SC_AVPHYS_PAGES") * page
+    total = pages * page
+    return JSONResponse(
+        {"ram": {"free": free, "used": total - free, "total": total},
+         "cuda": {"error": "GPUs belong to the workers; the API process does not use one"}}
+    )  # fmt: skip

@@ -1,0 +1,329 @@
+"""The A1111 ``sdapi/v1`` wire shapes and their pure translation to and from the native
+model: request bodies, ``<lora:name:weight>`` in prompts, sampler + scheduler names,
+sd-webui-controlnet units, the ``info`` JSON and infotext parsing."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from huabu.errors import InvalidRequest
+from huabu.native import MAX_SEED, ControlUnit, GenerationRequest, LoraRef, canonical_sampler
+from huabu.settings import Settings
+from huabu.tasks.records import TaskRecord
+
+#: A1111's schedulers that huabu runs; the sampler's own schedule is "automatic".
+SCHEDULERS = {"automatic": "Automatic", "uniform": "Uniform", "karras": "Karras"}
+_LORA = re.compile(r"<lora:([^:>]+)(?::([^:>]*))?(?::[^>]*)?>", re.IGNORECASE)
+_TITLE_HASH = re.compile(r"\s*\[[0-9a-fA-F]{8,64}\]$")
+_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+#: A1111's infotext ``key: value`` pairs (values may be quoted), as its own parser reads them.
+_PARAM = re.compile(r'\s*([\w ./-]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+#: sd-webui-controlnet module names → huabu's preprocessors.
+_MODULES = {"none": "none", "canny": "canny", "shuffle": "shuffle",
+            "lineart_standard": "lineart_standard",
+            "lineart_standard (from white bg & black line)": "lineart_standard"}  # fmt: skip
+
+
+class ControlNetArg(BaseModel):
+    """One sd-webui-controlnet unit (``alwayson_scripts.controlnet.args[i]``)."""
+
+    model_config = ConfigDict(extra="ignore")
+    enabled: bool = True
+    image: str | dict[str, Any] | None = None
+    input_image: str | None = None
+    module: str = "none"
+    model: str = "None"
+    weight: float = Field(default=1.0, ge=0, le=2)
+    guidance_start: float = Field(default=0.0, ge=0, le=1)
+    guidance_end: float = Field(default=1.0, ge=0, le=1)
+
+    def image_data(self) -> str | None:
+        image = self.image
+        if isinstance(image, dict):  # {"image": b64, "mask": b64}
+            image = image.get("image")
+        return image or self.input_image or None
+
+
+class Txt2ImgIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    prompt: str = Field(default="", max_length=16_000)
+    negative_prompt: str = Field(default="", max_length=16_000)
+    styles: list[str] = []
+    seed: int = Field(default=-1, ge=-1, le=MAX_SEED)
+    subseed: int = -1  # accepted; variation seeds are not applied
+    subseed_strength: float = 0.0
+    sampler_name: str | None = None
+    sampler_index: str | None = None
+    scheduler: str | None = None
+    batch_size: int = Field(default=1, ge=1)
+    n_iter: int = Field(default=1, ge=1)
+    steps: int = Field(default=20, ge=1)
+    cfg_scale: float = Field(default=7.0, ge=0, le=30)
+    width: int = 512
+    height: int = 512
+    enable_hr: bool = False
+    tiling: bool = False
+    restore_faces: bool | None = None
+    override_settings: dict[str, Any] = {}
+    alwayson_scripts: dict[str, Any] = {}
+    send_images: bool = True
+
+
+class Img2ImgIn(Txt2ImgIn):
+    init_images: list[str] = Field(min_length=1)
+    denoising_strength: float = Field(default=0.75, ge=0, le=1)
+    mask: str | None = None
+
+
+def model_name(title: str) -> str:
+    """A checkpoint name from an A1111 title: ``v1-5.safetensors [6ce0161689]`` → ``v1-5``."""
+    name = _TITLE_HASH.sub("", title.strip())
+    for suffix in _SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def sampler(body: Txt2ImgIn) -> str:
+    """sampler_name (or the old sampler_index) combined with A1111 1.9's separate scheduler."""
+    name = canonical_sampler(body.sampler_name or body.sampler_index or "Euler a")
+    scheduler = (body.scheduler or "automatic").strip().lower()
+    if scheduler not in SCHEDULERS:
+        raise InvalidRequest(
+            f"scheduler must be one of {', '.join(SCHEDULERS)}, got {body.scheduler!r}",
+            param="scheduler",
+        )
+    if scheduler == "karras" and not name.endswith("Karras"):
+        try:
+            return canonical_sampler(f"{name} Karras")
+        except InvalidRequest:
+            raise InvalidRequest(
+                f"scheduler: {name} has no Karras variant", param="scheduler"
+            ) from None
+    return name
+
+
+def split_loras(prompt: str) -> tuple[str, tuple[LoraRef, ...]]:
+    """The prompt without its ``<lora:name:weight>`` tags, and the LoRAs they name."""
+    loras = []
+    for match in _LORA.finditer(prompt):
+        weight = match[2] or "1"
+        try:
+            loras.append(LoraRef(name=match[1].strip(), weight=float(weight)))
+        except ValueError:
+            raise InvalidRequest(
+                f"prompt: {match[0]} has no valid weight", param="prompt"
+            ) from None
+    return _LORA.sub("", prompt).strip().strip(","), tuple(loras)
+
+
+def control_units(body: Txt2ImgIn) -> list[tuple[int, ControlNetArg]]:
+    """The enabled sd-webui-controlnet units of ``alwayson_scripts``, with their indexes."""
+    scripts = {key.lower(): value for key, value in body.alwayson_scripts.items()}
+    args = (scripts.get("controlnet") or {}).get("args") or []
+    units = []
+    for index, raw in enumerate(args):
+        if not isinstance(raw, dict):
+            continue  # the extension's legacy positional form: nothing to apply
+        try:
+            unit = ControlNetArg.model_validate(raw)
+        except ValueError as exc:
+            param = f"alwayson_scripts.controlnet.args.{index}"
+            raise InvalidRequest(f"{param}: {exc}", param=param) from None
+        if unit.enabled and model_name(unit.model).lower() not in ("", "none"):
+            units.append((index, unit))
+    return units
+
+
+def to_native(
+    body: Txt2ImgIn,
+    *,
+    model: str,
+    init_image: str | None,
+    controlnets: list[tuple[int, ControlNetArg, str]],
+    options: dict[str, Any],
+    settings: Settings,
+) -> GenerationRequest:
+    for flag in ("enable_hr", "tiling", "restore_faces"):
+        if getattr(body, flag):
+            raise InvalidRequest(f"{flag} is not supported yet", param=flag)
+    images = body.batch_size * body.n_iter
+    if images > settings.max_images:
+        raise InvalidRequest(
+            f"batch_size × n_iter must be at most {settings.max_images}, got {images}",
+            param="batch_size",
+        )
+    prompt, loras = split_loras(body.prompt)
+    overrides = options | body.override_settings
+    vae = overrides.get("sd_vae") or None
+    if vae in ("Automatic", "None"):
+        vae = None
+    return GenerationRequest(
+        model=model,
+        prompt=prompt,
+        negative_prompt=body.negative_prompt,
+        width=body.width,
+        height=body.height,
+        steps=body.steps,
+        guidance=body.cfg_scale,
+        sampler=sampler(body),
+        seed=body.seed,
+        n_images=images,
+        init_image=init_image,
+        strength=getattr(body, "denoising_strength", 0.75),
+        clip_skip=int(overrides.get("CLIP_stop_at_last_layers") or 1),
+        vae=model_name(vae) if vae else None,
+        loras=loras,
+        controlnets=tuple(
+            ControlUnit(
+                model=model_name(unit.model),
+                image=upload_id,
+                preprocessor=_MODULES.get(unit.module.strip().lower(), unit.module),
+                scale=unit.weight,
+                start=unit.guidance_start,
+                end=unit.guidance_end,
+            )
+            for _, unit, upload_id in controlnets
+        ),
+    )
+
+
+_NATIVE_NAMES = {"model": "override_settings.sd_model_checkpoint", "guidance": "cfg_scale",
+                 "sampler": "sampler_name", "n_images": "batch_size", "strength":
+                 "denoising_strength", "vae": "override_settings.sd_vae"}  # fmt: skip
+
+
+def renamed(error: InvalidRequest) -> InvalidRequest:
+    """A native validation error, naming this dialect's field instead."""
+    param = error.param or ""
+    if param.startswith("loras"):
+        return InvalidRequest(f"prompt: {error.message}", param="prompt")
+    if param.startswith("controlnets."):
+        index, _, field = param.removeprefix("controlnets.").partition(".")
+        field = {"preprocessor": "module", "scale": "weight", "start": "guidance_start",
+                 "end": "guidance_end"}.get(field, field)  # fmt: skip
+        return InvalidRequest(error.message, param=f"alwayson_scripts.controlnet.args.{index}"
+                                                   f".{field}")  # fmt: skip
+    if param in _NATIVE_NAMES:
+        return InvalidRequest(error.message, param=_NATIVE_NAMES[param])
+    return error
+
+
+def info(record: TaskRecord, request: GenerationRequest, body: Txt2ImgIn) -> dict[str, Any]:
+    """A1111's ``info`` object (sent as a JSON string)."""
+    seeds = [image.seed for image in record.images] or request.image_seeds()
+    return {
+        "prompt": body.prompt,
+        "all_prompts": [body.prompt] * len(seeds),
+        "negative_prompt": request.negative_prompt,
+        "all_negative_prompts": [request.negative_prompt] * len(seeds),
+        "seed": request.seed,
+        "all_seeds": seeds,
+        "subseed": body.subseed,
+        "all_subseeds": [body.subseed] * len(seeds),
+        "subseed_strength": body.subseed_strength,
+        "width": request.width,
+        "height": request.height,
+        "sampler_name": request.sampler,
+        "cfg_scale": request.guidance,
+        "steps": request.steps,
+        "batch_size": body.batch_size,
+        "restore_faces": False,
+        "face_restoration_model": None,
+        "sd_model_name": request.model,
+        "sd_model_hash": None,
+        "sd_vae_name": request.vae,
+        "seed_resize_from_w": -1,
+        "seed_resize_from_h": -1,
+        "denoising_strength": request.strength if request.is_img2img else None,
+        "extra_generation_params": {},
+        "index_of_first_image": 0,
+        "infotexts": [image.infotext for image in record.images],
+        "styles": body.styles,
+        "job_timestamp": record.created_at.strftime("%Y%m%d%H%M%S"),
+        "clip_skip": request.clip_skip,
+        "is_using_inpainting_conditioning": False,
+        "version": "huabu",
+        "interrupted": record.state == "cancelled",
+        "task_id": str(record.id),
+    }
+
+
+def progress(record: TaskRecord | None) -> dict[str, Any]:
+    """A1111's ``/progress`` for the caller's current task (or none)."""
+    running = record is not None and record.state == "running"
+    return {
+        "progress": round(record.step / max(record.total, 1), 4) if running else 0.0,
+        "eta_relative": (record.eta_seconds or 0.0) if record is not None else 0.0,
+        "state": {
+            "skipped": False,
+            "interrupted": False,
+            "job": f"task({record.id})" if record is not None else "",
+            "job_count": 1 if record is not None else 0,
+            "job_timestamp": record.created_at.strftime("%Y%m%d%H%M%S") if record else "0",
+            "job_no": 0,
+            "sampling_step": record.step if running else 0,
+            "sampling_steps": record.total if record is not None else 0,
+        },
+        "current_image": None,
+        "textinfo": None,
+    }
+
+
+def options_in(body: dict[str, Any]) -> dict[str, Any]:
+    """The options huabu keeps per user, from a POST /options body; others are ignored."""
+    changes: dict[str, Any] = {}
+    if "sd_model_checkpoint" in body:
+        changes["sd_model_checkpoint"] = model_name(str(body["sd_model_checkpoint"]))
+    if "sd_vae" in body:
+        vae = str(body["sd_vae"] or "")
+        changes["sd_vae"] = "" if vae in ("", "Automatic", "None") else model_name(vae)
+    if "CLIP_stop_at_last_layers" in body:
+        try:
+            clip_skip = int(body["CLIP_stop_at_last_layers"])
+        except (TypeError, ValueError):
+            clip_skip = 0
+        if not 1 <= clip_skip <= 12:
+            raise InvalidRequest(
+                "CLIP_stop_at_last_layers must be between 1 and 12",
+                param="CLIP_stop_at_last_layers",
+            )
+        changes["CLIP_stop_at_last_layers"] = clip_skip
+    return changes
+
+
+def options_out(options: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "sd_model_checkpoint": options["sd_model_checkpoint"],
+        "sd_checkpoint_hash": None,
+        "sd_vae": options.get("sd_vae") or "Automatic",
+        "CLIP_stop_at_last_layers": options.get("CLIP_stop_at_last_layers", 1),
+        "samples_format": "png",
+        "sd_lora": "None",
+    }
+
+
+def parse_infotext(text: str) -> dict[str, Any]:
+    """A1111 infotext → ``{"Prompt", "Negative prompt", "Steps", …}`` (values as text)."""
+    if not text.strip():
+        return {}
+    *lines, last = text.strip().split("\n")
+    if not _PARAM.findall(last) or ":" not in last:
+        lines.append(last)
+        last = ""
+    prompt, negative, in_negative = [], [], False
+    for line in lines:
+        if line.startswith("Negative prompt:"):
+            in_negative = True
+            line = line.removeprefix("Negative prompt:").strip()
+        (negative if in_negative else prompt).append(line)
+    result: dict[str, Any] = {"Prompt": "\n".join(prompt), "Negative prompt": "\n".join(negative)}
+    for key, value in _PARAM.findall(last):
+        value = value.strip()
+        if len(value) > 1 and value[0] == value[-1] == '"':
+            value = value[1:-1].replace('\\"', '"')
+        result[key.strip()] = value
+    return result

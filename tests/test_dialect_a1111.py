@@ -1,0 +1,169 @@
+"""AUTOMATIC1111's sdapi/v1, driven by the real `webuiapi` client from PyPI against a running
+huabu: generation, listings, per-user options, LoRAs in the prompt, ControlNet units, progress
+and interrupt of one's own task only, and errors that name the field."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+import requests
+import webuiapi
+from PIL import Image
+
+from helpers import max_difference
+
+SMALL = {"steps": 8, "width": 64, "height": 64, "seed": 42, "sampler_name": "Euler a"}
+
+
+def client(server, accounts, email) -> webuiapi.WebUIApi:
+    accounts.add_user(email, "password123")
+    # A1111's --api-auth: HTTP Basic with the user's email and password.
+    return webuiapi.WebUIApi(baseurl=server.url + "/sdapi/v1", username=email,
+                             password="password123")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def api(server, accounts):
+    return client(server, accounts, "webui@example.com")
+
+
+@pytest.fixture(scope="module")
+def other(server, accounts):
+    return client(server, accounts, "other-webui@example.com")
+
+
+def refused(call, param: str) -> dict:
+    with pytest.raises(RuntimeError) as caught:
+        call()
+    status, text = caught.value.args
+    assert status == 400, text
+    body = json.loads(text)
+    assert body["param"] == param, body
+    assert {"error", "detail"} <= set(body)
+    return body
+
+
+def test_txt2img(api):
+    result = api.txt2img(prompt="a red fox", batch_size=2, **SMALL)
+    assert [image.size for image in result.images] == [(64, 64), (64, 64)]
+    assert result.info["all_seeds"] == [42, 43] and result.info["seed"] == 42
+    assert result.info["sd_model_name"] == "demo" and result.info["sampler_name"] == "Euler a"
+    assert result.parameters["prompt"] == "a red fox"
+    assert "Seed: 43" in result.info["infotexts"][1]
+    one, again = (api.txt2img(prompt="a red fox", **SMALL) for _ in range(2))
+    assert max_difference(one.image, again.image) == 0  # the same seed, the same image
+
+
+def test_img2img(api):
+    source = Image.new("RGB", (64, 64), (200, 30, 30))
+    result = api.img2img(images=[source], prompt="a fox", denoising_strength=0.5, **SMALL)
+    assert len(result.images) == 1 and result.image.size == (64, 64)
+    assert result.info["denoising_strength"] == 0.5
+    assert "Denoising strength: 0.5" in result.info["infotexts"][0]
+
+
+def test_listings(api):
+    assert {"demo", "demo-single"} <= set(api.util_get_model_names())
+    assert {"Euler a", "DPM++ 2M Karras", "DDIM"} <= set(api.util_get_sampler_names())
+    assert set(api.util_get_scheduler_names()) == {"automatic", "uniform", "karras"}
+    assert "demo-lora" in [lora["name"] for lora in api.get_loras()]
+    assert "demo-vae" in [vae["model_name"] for vae in api.get_sd_vae()]
+    assert "demo-embedding" in api.get_embeddings()["loaded"]
+    assert api.get_memory()["ram"]["total"] > 0
+    assert api.refresh_checkpoints() is None  # as A1111 answers: a JSON null
+
+
+def test_switching_the_model_through_options_is_per_user(api, other):
+    api.util_set_model("demo-single")
+    assert api.get_options()["sd_model_checkpoint"] == "demo-single"
+    assert api.txt2img(prompt="a fox", **SMALL).info["sd_model_name"] == "demo-single"
+    # Another user's default is untouched.
+    assert other.get_options()["sd_model_checkpoint"] == "demo"
+    assert other.txt2img(prompt="a fox", **SMALL).info["sd_model_name"] == "demo"
+    # A request's override_settings wins over the options.
+    override = {"sd_model_checkpoint": "demo.safetensors [0123456789]"}
+    result = api.txt2img(prompt="a fox", override_settings=override, **SMALL)
+    assert result.info["sd_model_name"] == "demo"
+    body = api.set_options({"sd_model_checkpoint": "nope"})  # webuiapi returns the error body
+    assert body["param"] == "sd_model_checkpoint" and "nope" in body["detail"]
+    assert api.get_options()["sd_model_checkpoint"] == "demo-single"  # unchanged
+    api.util_set_model("demo")
+
+
+def test_lora_in_the_prompt(api):
+    plain = api.txt2img(prompt="a fox", **SMALL)
+    with_lora = api.txt2img(prompt="a fox <lora:demo-lora:0.8>", **SMALL)
+    assert max_difference(plain.image, with_lora.image) > 0
+    assert "LoRAs: demo-lora:0.8" in with_lora.info["infotexts"][0]
+    assert with_lora.info["infotexts"][0].startswith("a fox\n")  # the tag is not prompt text
+    refused(lambda: api.txt2img(prompt="a fox <lora:nope:1>", **SMALL), "prompt")
+
+
+def test_controlnet_unit(api):
+    edges = Image.new("RGB", (64, 64), "black")
+    edges.paste((255, 255, 255), (16, 16, 48, 48))
+    unit = webuiapi.ControlNetUnit(image=edges, module="canny", model="demo-controlnet")
+    # A fresh alwayson_scripts each call: webuiapi writes the units into its mutable default.
+    plain = api.txt2img(prompt="a fox", **SMALL)
+    controlled = api.txt2img(prompt="a fox", controlnet_units=[unit], alwayson_scripts={},
+                             **SMALL)  # fmt: skip
+    assert max_difference(plain.image, controlled.image) > 0
+    unit = webuiapi.ControlNetUnit(image=edges, module="openpose", model="demo-controlnet")
+    refused(lambda: api.txt2img(prompt="a fox", controlnet_units=[unit], alwayson_scripts={},
+                                **SMALL), "alwayson_scripts.controlnet.args.0.module")  # fmt: skip
+
+
+def test_png_info_reads_back_the_parameters(api):
+    result = api.txt2img(prompt="a quiet lake", negative_prompt="blurry", **SMALL)
+    info = api.png_info(result.image)
+    assert "Seed: 42" in info.info
+    parsed = info.json["parameters"]
+    assert parsed["Prompt"] == "a quiet lake" and parsed["Negative prompt"] == "blurry"
+    assert parsed["Seed"] == "42" and parsed["Size"] == "64x64"
+
+
+def test_interrupt_stops_ones_own_task_only(api, other):
+    outcome = {}
+    slow = SMALL | {"width": 256, "height": 256, "steps": 150}
+    worker = threading.Thread(target=lambda: outcome.update(result=api.txt2img(prompt="x",
+                                                                              **slow)))  # fmt: skip
+    worker.start()
+    deadline = time.monotonic() + 90
+    while (progress := api.get_progress())["progress"] == 0:
+        assert time.monotonic() < deadline, progress
+        time.sleep(0.05)
+    assert 0 < progress["progress"] < 1 and progress["state"]["sampling_steps"] == 150
+    assert other.get_progress()["state"]["job_count"] == 0  # nothing of theirs runs
+    other.interrupt()  # ...so this stops nothing
+    time.sleep(0.5)
+    assert api.get_progress()["progress"] > progress["progress"]
+    assert api.interrupt() == {}
+    worker.join(timeout=60)
+    result = outcome["result"]
+    assert result.images == [] and result.info["interrupted"] is True
+
+
+def test_bad_requests_name_the_field(api, server):
+    refused(lambda: api.txt2img(prompt="x", **SMALL | {"width": 100}), "width")
+    refused(lambda: api.txt2img(prompt="x", **SMALL | {"sampler_name": "nope"}), "sampler_name")
+    refused(lambda: api.txt2img(prompt="x", enable_hr=True, **SMALL), "enable_hr")
+    refused(lambda: api.txt2img(prompt="x", batch_size=5, n_iter=2, **SMALL), "batch_size")
+    response = requests.get(server.url + "/sdapi/v1/sd-models")
+    assert response.status_code == 401
+    wrong = requests.get(server.url + "/sdapi/v1/sd-models", auth=("webui@example.com", "no"))
+    assert wrong.status_code == 401
+
+
+def test_api_keys_work_as_bearer_and_as_basic_password(server, accounts):
+    user = accounts.add_user("keyed@example.com", None)
+    key = accounts.create_key(user.id)
+    bearer = requests.get(server.url + "/sdapi/v1/options",
+                          headers={"Authorization": f"Bearer {key}"})  # fmt: skip
+    assert bearer.status_code == 200
+    basic = requests.get(server.url + "/sdapi/v1/options", auth=("keyed@example.com", key))
+    assert basic.status_code == 200
+    someone_else = requests.get(server.url + "/sdapi/v1/options", auth=("webui@example.com", key))
+    assert someone_else.status_code == 401
