@@ -13,7 +13,16 @@ from fastapi.concurrency import run_in_threadpool
 from huabu import __version__
 from huabu.db.server import database_uri
 from huabu.db.session import open_database
-from huabu.dialects import a1111, kamiya, native, novita, sdserver, v1b, v1b_training
+from huabu.dialects import (
+    a1111,
+    kamiya,
+    native,
+    novita,
+    openai_images,
+    sdserver,
+    v1b,
+    v1b_training,
+)
 from huabu.settings import Settings
 from huabu.web import errors, files
 from huabu.web.limits import BodyLimit
@@ -64,6 +73,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(kamiya.router)
     app.include_router(a1111.router)
     renderers.register(a1111.PREFIX, a1111.render_error)
+    app.include_router(openai_images.router)
+    renderers.register(openai_images.PREFIX + "/", openai_images.render_error)
     renderers.register(kamiya.PREFIX, kamiya.render_error)
     for path in sdserver.PATHS:
         renderers.register(path, sdserver.render_error)

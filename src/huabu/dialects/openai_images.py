@@ -1,0 +1,261 @@
+"""The OpenAI images API, for clients configured with ``base_url=http://HOST:PORT/v1``:
+``images/generations``, ``images/edits`` (image-to-image), ``images/variations``, and
+``models``. Synchronous like OpenAI's; errors in OpenAI's envelope
+``{"error": {"message", "type", "param", "code"}}``.
+
+OpenAI's model names (``dall-e-2``, ``dall-e-3``, ``gpt-image-…``) mean the server's default
+checkpoint; any checkpoint's name (or one's own trained model's) picks that one. ``quality``
+sets the number of steps; ``style`` is accepted and has no effect.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import time
+from typing import Any, Literal
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.datastructures import UploadFile
+
+from huabu.dialects.common import read_body, validate
+from huabu.engine.architectures import Architecture
+from huabu.errors import AuthFailed, HuabuError, InvalidRequest, NotFound, Overloaded
+from huabu.native import GenerationRequest
+from huabu.web.deps import CurrentUser, FileUrl, ServicesDep
+from huabu.web.services import Services
+from huabu.web.waiting import wait_for_task
+
+ORIGIN = "openai"
+PREFIX = "/v1"
+router = APIRouter(prefix=PREFIX, tags=["OpenAI images"])
+
+_SIZE = re.compile(r"^\s*(\d{1,5})x(\d{1,5})\s*$")
+#: OpenAI's quality levels → sampling steps.
+_STEPS = {"low": 12, "auto": 25, "standard": 25, "medium": 25, "high": 40, "hd": 40}
+_OPENAI_MODELS = ("dall-e-", "gpt-image-")
+
+
+def render_error(error: HuabuError, status: int) -> Response:
+    kind, code = "invalid_request_error", None
+    if isinstance(error, AuthFailed):
+        code = "invalid_api_key"
+    elif isinstance(error, Overloaded):
+        kind, code = "requests", "rate_limit_exceeded"
+    elif status >= 500:
+        kind = "server_error"
+    param = error.param if isinstance(error, InvalidRequest) else None
+    body = {"error": {"message": error.message, "type": kind, "param": param, "code": code}}
+    return JSONResponse(body, status_code=status)
+
+
+class GenerationIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    prompt: str = Field(min_length=1, max_length=32_000)
+    model: str | None = None
+    n: int = Field(default=1, ge=1)
+    size: str | None = None
+    response_format: Literal["url", "b64_json"] | None = None
+    output_format: Literal["png", "jpeg", "webp"] = "png"
+    quality: Literal["auto", "standard", "hd", "low", "medium", "high"] = "auto"
+    style: str | None = None
+    stream: bool = False
+
+
+class EditIn(GenerationIn):
+    prompt: str = Field(default="", max_length=32_000)
+
+
+# -- translation ------------------------------------------------------------------------------
+
+
+def _model(services: Services, name: str | None) -> str:
+    if not name or name.startswith(_OPENAI_MODELS):
+        return services.tasks.default_model()
+    return name
+
+
+def _size(services: Services, value: str | None, model: str, fallback: tuple[int, int] | None):
+    """``WxH``; "auto" (or none): the input image's size for edits, else the model's native
+    square (1024 for SDXL, 512 otherwise)."""
+    if value in (None, "", "auto"):
+        if fallback is not None:
+            return fallback
+        entries = {entry.name: entry for entry in services.library.entries("checkpoints")}
+        xl = getattr(entries.get(model), "architecture", None) is Architecture.SDXL
+        return (1024, 1024) if xl else (512, 512)
+    match = _SIZE.match(value)
+    if match is None:
+        raise InvalidRequest(f"size must look like 1024x1024 or be 'auto', got {value!r}",
+                             param="size")  # fmt: skip
+    return int(match[1]), int(match[2])
+
+
+def to_native(
+    services: Services, body: GenerationIn, *, init_image: str | None = None,
+    source_size: tuple[int, int] | None = None, strength: float = 0.75,
+) -> GenerationRequest:  # fmt: skip
+    if body.stream:
+        raise InvalidRequest("stream: streaming partial images is not supported", param="stream")
+    if body.n > services.settings.max_images:
+        raise InvalidRequest(
+            f"n must be between 1 and {services.settings.max_images}, got {body.n}", param="n"
+        )
+    model = _model(services, body.model)
+    width, height = _size(services, body.size, model, source_size)
+    return GenerationRequest(
+        model=model,
+        prompt=body.prompt,
+        width=width,
+        height=height,
+        steps=_STEPS[body.quality],
+        n_images=body.n,
+        init_image=init_image,
+        strength=strength,
+        output_format=body.output_format,
+    )
+
+
+def renamed(error: InvalidRequest) -> InvalidRequest:
+    param = {"width": "size", "height": "size", "n_images": "n"}.get(error.param or "")
+    if param is None:
+        return error
+    return InvalidRequest(f"{param}: {error.message}", param=param)
+
+
+# -- routes -----------------------------------------------------------------------------------
+
+
+async def _generate(services: Services, user, body: GenerationIn, url, **image) -> Response:
+    try:
+        native = to_native(services, body, **image)
+        record = await run_in_threadpool(
+            services.tasks.submit_generation, user.id, native, origin=ORIGIN
+        )
+    except InvalidRequest as exc:
+        raise renamed(exc) from None
+    timeout = services.settings.sync_timeout
+    record = await wait_for_task(services, user.id, str(record.id), timeout)
+    if record.state != "succeeded":
+        message = record.error or f"the image is still being made after {timeout:g} s"
+        status = 500 if record.finished else 504
+        error = {"message": f"{message} (task {record.id})", "type": "server_error",
+                 "param": None, "code": None}  # fmt: skip
+        return JSONResponse({"error": error}, status_code=status)
+    b64 = body.response_format == "b64_json" or (
+        body.response_format is None and (body.model or "").startswith("gpt-image-")
+    )
+    if b64:
+        data = await run_in_threadpool(
+            lambda: [
+                {"b64_json": base64.b64encode(services.storage.get(i.key)).decode()}
+                for i in record.images
+            ]
+        )
+    else:
+        data = [{"url": url(image.key)} for image in record.images]
+    return JSONResponse(
+        {
+            "created": int(record.created_at.timestamp()),
+            "data": data,
+            "output_format": native.output_format,
+            "size": f"{native.width}x{native.height}",
+            "quality": body.quality,
+        }
+    )
+
+
+async def _form(request: Request) -> tuple[dict[str, Any], UploadFile | None, bool]:
+    """A multipart body: its text fields, its (first) image, whether it has a mask."""
+    content_type = request.headers.get("content-type", "")
+    if not content_type.startswith("multipart/form-data"):
+        raise InvalidRequest("send the image as multipart/form-data", param="image")
+    form = await request.form()
+    fields = {key: value for key, value in form.items() if isinstance(value, str)}
+    images = [item for key in ("image", "image[]") for item in form.getlist(key)]
+    image = next((item for item in images if isinstance(item, UploadFile)), None)
+    return fields, image, isinstance(form.get("mask"), UploadFile)
+
+
+async def _upload(services: Services, user, image: UploadFile | None):
+    if image is None:
+        raise InvalidRequest("image is required: send it as a file", param="image")
+    data = await image.read()
+    return await run_in_threadpool(services.tasks.upload, user.id, data, field="image")
+
+
+def _fitted(width: int, height: int, services: Services) -> tuple[int, int]:
+    """An input image's size as an output size: multiples of 8 within the limits."""
+    settings = services.settings
+    scale = min(1.0, settings.max_size / max(width, height),
+                (settings.max_pixels / (width * height)) ** 0.5)  # fmt: skip
+
+    def fit(side: int) -> int:
+        return max(settings.min_size, int(side * scale) // 8 * 8)
+
+    return fit(width), fit(height)
+
+
+@router.post("/images/generations", summary="Create images from a prompt")
+async def generations(
+    request: Request, user: CurrentUser, services: ServicesDep, url: FileUrl
+) -> Response:
+    body = validate(GenerationIn, await read_body(request))
+    return await _generate(services, user, body, url)
+
+
+@router.post("/images/edits", summary="Change an image by a prompt (image-to-image)")
+async def edits(
+    request: Request, user: CurrentUser, services: ServicesDep, url: FileUrl
+) -> Response:
+    fields, image, has_mask = await _form(request)
+    body = validate(EditIn, fields)
+    if not body.prompt:
+        raise InvalidRequest("prompt is required", param="prompt")
+    if has_mask:
+        raise InvalidRequest("mask: inpainting is not supported yet; send the image alone",
+                             param="mask")  # fmt: skip
+    upload = await _upload(services, user, image)
+    size = _fitted(upload.width, upload.height, services)
+    return await _generate(services, user, body, url, init_image=str(upload.id),
+                           source_size=size)  # fmt: skip
+
+
+@router.post("/images/variations", summary="Variations of an image")
+async def variations(
+    request: Request, user: CurrentUser, services: ServicesDep, url: FileUrl
+) -> Response:
+    fields, image, _ = await _form(request)
+    body = validate(EditIn, fields)
+    upload = await _upload(services, user, image)
+    size = _fitted(upload.width, upload.height, services)
+    return await _generate(services, user, body, url, init_image=str(upload.id),
+                           source_size=size, strength=0.5)  # fmt: skip
+
+
+def _model_out(name: str, created: float) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": int(created), "owned_by": "huabu"}
+
+
+async def _models(services: Services, user) -> list[dict[str, Any]]:
+    entries = await run_in_threadpool(services.library.entries, "checkpoints")
+    trained = await run_in_threadpool(services.training.trained_names, user.id)
+    now = time.time()
+    listed = [_model_out(e.name, e.path.stat().st_mtime) for e in entries]
+    return listed + [_model_out(name, now) for name in trained]
+
+
+@router.get("/models", summary="Models (checkpoints, and your trained ones)")
+async def models(user: CurrentUser, services: ServicesDep) -> Response:
+    return JSONResponse({"object": "list", "data": await _models(services, user)})
+
+
+@router.get("/models/{model_id}", summary="One model")
+async def model(model_id: str, user: CurrentUser, services: ServicesDep) -> Response:
+    for item in await _models(services, user):
+        if item["id"] == model_id:
+            return JSONResponse(item)
+    raise NotFound(f"The model '{model_id}' does not exist")

@@ -1,0 +1,93 @@
+"""The OpenAI images API, driven by the real `openai` SDK from PyPI with
+base_url=http://HOST:PORT/v1 against a running huabu."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import openai
+import pytest
+import requests
+from PIL import Image
+
+from helpers import max_difference
+
+
+@pytest.fixture(scope="module")
+def client(server, accounts):
+    user = accounts.add_user("openai-user@example.com", "password123")
+    key = accounts.create_key(user.id)
+    return openai.OpenAI(base_url=server.url + "/v1", api_key=key, max_retries=0, timeout=120)
+
+
+def png(colour=(200, 30, 30), size=(72, 64)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_generate_as_urls(client):
+    result = client.images.generate(model="dall-e-3", prompt="a red fox", n=2, size="64x64")
+    assert len(result.data) == 2 and result.created > 0 and result.size == "64x64"
+    for item in result.data:
+        image = Image.open(io.BytesIO(requests.get(item.url).content))
+        assert image.size == (64, 64) and image.format == "PNG"
+
+
+def test_generate_as_base64_in_another_format(client):
+    result = client.images.generate(model="demo-single", prompt="a red fox", size="64x64",
+                                    response_format="b64_json", output_format="jpeg",
+                                    quality="low", style="vivid")  # fmt: skip
+    (item,) = result.data
+    assert item.url is None
+    image = Image.open(io.BytesIO(base64.b64decode(item.b64_json)))
+    assert image.size == (64, 64) and image.format == "JPEG"
+    assert result.output_format == "jpeg"
+
+
+def test_edit_is_image_to_image(client):
+    result = client.images.edit(image=("fox.png", png(), "image/png"), prompt="a fox",
+                                response_format="b64_json")  # fmt: skip
+    image = Image.open(io.BytesIO(base64.b64decode(result.data[0].b64_json)))
+    assert image.size == (72, 64)  # the source's size by default
+    other = client.images.edit(image=("fox.png", png((20, 20, 220)), "image/png"),
+                               prompt="a fox", response_format="b64_json")  # fmt: skip
+    blue = Image.open(io.BytesIO(base64.b64decode(other.data[0].b64_json)))
+    assert max_difference(image, blue) > 0  # it started from the image it was sent
+
+
+def test_variation(client):
+    result = client.images.create_variation(image=("fox.png", png(), "image/png"), n=1,
+                                            size="64x64")  # fmt: skip
+    assert Image.open(io.BytesIO(requests.get(result.data[0].url).content)).size == (64, 64)
+
+
+def test_models_list(client):
+    ids = [model.id for model in client.models.list()]
+    assert {"demo", "demo-single"} <= set(ids)
+    assert client.models.retrieve("demo").owned_by == "huabu"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("nope")
+
+
+def test_errors_arrive_as_the_sdks_exceptions(client, server):
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.images.generate(prompt="a fox", size="100x100")
+    assert caught.value.body["param"] == "size" and caught.value.body["type"] == (
+        "invalid_request_error"
+    )
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.images.generate(prompt="a fox", size="huge")
+    assert caught.value.body["param"] == "size"
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.images.generate(prompt="a fox", model="nope", size="64x64")
+    assert caught.value.body["param"] == "model"
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.images.edit(image=("fox.png", png(), "image/png"), prompt="a fox",
+                           mask=("mask.png", png(), "image/png"))  # fmt: skip
+    assert caught.value.body["param"] == "mask"
+    stranger = openai.OpenAI(base_url=server.url + "/v1", api_key="hb_nope_nope", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as caught:
+        stranger.models.list()
+    assert caught.value.body["code"] == "invalid_api_key"
