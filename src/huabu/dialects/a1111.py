@@ -52,12 +52,11 @@ def render_error(error: HuabuError, status: int) -> Response:
 # -- generation -------------------------------------------------------------------------------
 
 
-async def _model(services: Services, user_id, body: wire.Txt2ImgIn) -> str:
+async def _model(services: Services, options: dict[str, Any], body: wire.Txt2ImgIn) -> str:
     """override_settings, else the caller's options, else the server's default checkpoint."""
     wanted = body.override_settings.get("sd_model_checkpoint")
     if wanted:
         return wire.model_name(str(wanted))
-    options = await run_in_threadpool(services.accounts.options, user_id)
     if options.get("sd_model_checkpoint"):
         return options["sd_model_checkpoint"]
     return await run_in_threadpool(services.tasks.default_model)
@@ -80,8 +79,8 @@ async def _controlnets(services: Services, user_id, body: wire.Txt2ImgIn, init: 
 
 
 async def _generate(services: Services, user, body: wire.Txt2ImgIn, init: str | None) -> Response:
-    model = await _model(services, user.id, body)
     options = await run_in_threadpool(services.accounts.options, user.id)
+    model = await _model(services, options, body)
     units = await _controlnets(services, user.id, body, init)
     try:
         native = wire.to_native(body, model=model, init_image=init, controlnets=units,
@@ -244,8 +243,9 @@ async def set_options(request: Request, user: CurrentUser, services: ServicesDep
     if "sd_model_checkpoint" in changes:
         name = changes["sd_model_checkpoint"]
         known = await run_in_threadpool(services.library.names, "checkpoints")
-        trained = await run_in_threadpool(services.tasks.trained_model, user.id, name)
-        if name not in known and trained is None:
+        if name not in known and not await run_in_threadpool(
+            services.tasks.trained_model, user.id, name
+        ):
             raise services.library.unknown("checkpoints", name, param="sd_model_checkpoint")
     if changes.get("sd_vae"):
         await run_in_threadpool(services.library.find, "vae", changes["sd_vae"], param="sd_vae")

@@ -207,33 +207,37 @@ async def generations(
     return await _generate(services, user, body, url)
 
 
-@router.post("/images/edits", summary="Change an image by a prompt (image-to-image)")
-async def edits(
-    request: Request, user: CurrentUser, services: ServicesDep, url: FileUrl
+async def _from_image(
+    request: Request, user, services: Services, url, *, strength: float, edit: bool
 ) -> Response:
+    """Edits and variations: image-to-image from the multipart ``image``, at its size unless
+    ``size`` says otherwise. An edit needs a prompt and may not have a mask; a variation's
+    fields are OpenAI's, which have no mask."""
     fields, image, has_mask = await _form(request)
     body = validate(EditIn, fields)
-    if not body.prompt:
+    if edit and not body.prompt:
         raise InvalidRequest("prompt is required", param="prompt")
-    if has_mask:
+    if edit and has_mask:
         raise InvalidRequest("mask: inpainting is not supported yet; send the image alone",
                              param="mask")  # fmt: skip
     upload = await _upload(services, user, image)
     size = _fitted(upload.width, upload.height, services)
     return await _generate(services, user, body, url, init_image=str(upload.id),
-                           source_size=size)  # fmt: skip
+                           source_size=size, strength=strength)  # fmt: skip
+
+
+@router.post("/images/edits", summary="Change an image by a prompt (image-to-image)")
+async def edits(
+    request: Request, user: CurrentUser, services: ServicesDep, url: FileUrl
+) -> Response:
+    return await _from_image(request, user, services, url, strength=0.75, edit=True)
 
 
 @router.post("/images/variations", summary="Variations of an image")
 async def variations(
     request: Request, user: CurrentUser, services: ServicesDep, url: FileUrl
 ) -> Response:
-    fields, image, _ = await _form(request)
-    body = validate(EditIn, fields)
-    upload = await _upload(services, user, image)
-    size = _fitted(upload.width, upload.height, services)
-    return await _generate(services, user, body, url, init_image=str(upload.id),
-                           source_size=size, strength=0.5)  # fmt: skip
+    return await _from_image(request, user, services, url, strength=0.5, edit=False)
 
 
 def _model_out(name: str, created: float) -> dict[str, Any]:

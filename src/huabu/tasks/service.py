@@ -167,22 +167,15 @@ class TaskService:
             request = request.model_copy(
                 update={"ip_adapter": adapter.model_copy(update={"image": upload.key})}
             )
-        task = Task(
-            id=uuid.uuid4(),
-            owner_id=owner_id,
+        return self.enqueue(
+            owner_id,
             kind="generate",
             origin=origin,
-            queue=queue.QUEUES["generate"],
-            state="queued",
             model=request.model,
             request=request.model_dump(mode="json"),
-            step=0,
             total=request.steps,
             work=work_units(request),
-            attempts=0,
-            cancel_requested=False,
         )
-        return self.enqueue(task)
 
     def _resolve_trained(
         self, owner_id: uuid.UUID, request: GenerationRequest
@@ -237,47 +230,61 @@ class TaskService:
             raise InvalidRequest("the server has no checkpoint to generate with", param="model")
         return names[0]
 
-    def enqueue(self, task: Task, also: Callable[[Session], None] | None = None) -> TaskRecord:
-        """Insert ``task`` and its job; ``also`` writes rows that belong with it, in the same
-        transaction (a database error there queues nothing)."""
+    def enqueue(
+        self,
+        owner_id: uuid.UUID,
+        *,
+        kind: str,
+        origin: str,
+        model: str,
+        request: dict[str, Any],
+        total: int,
+        work: float,
+        also: Callable[[Session, uuid.UUID], None] | None = None,
+    ) -> TaskRecord:
+        """Insert a task of ``kind`` and its job, after the queue limits; ``also(session,
+        task_id)`` writes rows that belong with it, in the same transaction (a database error
+        there queues nothing)."""
+        task_id, queue_name = uuid.uuid4(), queue.QUEUES[kind]
         with self.sessions.begin() as session:
-            ahead, ahead_work = self._check_limits(session, task)
-            created_at, task.job_id = session.execute(
+            ahead, ahead_work = self._check_limits(session, owner_id, queue_name)
+            created_at, _ = session.execute(
                 _INSERT_AND_DEFER,
                 {
-                    "id": task.id,
-                    "owner": task.owner_id,
-                    "kind": task.kind,
-                    "origin": task.origin,
-                    "queue": task.queue,
-                    "model": task.model,
-                    "request": json.dumps(task.request),
-                    "total": task.total,
-                    "work": task.work,
-                    "task_name": queue.TASK_NAMES[task.kind],
-                    "args": json.dumps({"task_id": str(task.id)}),
+                    "id": task_id,
+                    "owner": owner_id,
+                    "kind": kind,
+                    "origin": origin,
+                    "queue": queue_name,
+                    "model": model,
+                    "request": json.dumps(request),
+                    "total": total,
+                    "work": work,
+                    "task_name": queue.TASK_NAMES[kind],
+                    "args": json.dumps({"task_id": str(task_id)}),
                 },
             ).one()
             if also is not None:
-                also(session)
+                also(session, task_id)
                 session.flush()
             row = dict(
-                id=task.id, owner_id=task.owner_id, kind=task.kind, origin=task.origin,
-                state="queued", model=task.model, request=task.request, step=0,
-                total=task.total, work=task.work, attempts=0, error=None,
-                created_at=created_at, started_at=None, finished_at=None,
+                id=task_id, owner_id=owner_id, kind=kind, origin=origin, state="queued",
+                model=model, request=request, step=0, total=total, work=work, attempts=0,
+                error=None, created_at=created_at, started_at=None, finished_at=None,
                 ahead=ahead, ahead_work=ahead_work, images=None,
             )  # fmt: skip
             return self._record(session, row)
 
-    def _check_limits(self, session: Session, task: Task) -> tuple[int, float]:
-        """Refuse with Overloaded past a queue limit; else (tasks, work) ahead of ``task``.
+    def _check_limits(
+        self, session: Session, owner_id: uuid.UUID, queue_name: str
+    ) -> tuple[int, float]:
+        """Refuse with Overloaded past a queue limit; else (tasks, work) ahead of a new task.
 
         Deliberately lock-free: submits racing at the very same moment can each pass the
         check, so a limit can be exceeded by the number of submits in flight at once. Exact
         enforcement would serialise all of a user's submits."""
         mine, my_smallest, everyone, smallest, ahead, ahead_work = session.execute(
-            _LIMITS, {"owner": task.owner_id, "queue": task.queue}
+            _LIMITS, {"owner": owner_id, "queue": queue_name}
         ).one()
         if mine >= self.settings.max_queued_per_user:
             raise Overloaded(

@@ -99,6 +99,9 @@ class TrainingPlan(TrainingRequest):
     """A checked request, resolved by the service: what the worker trains."""
 
     base_model: str
+    steps: int
+    rank: int
+    learning_rate: float
     #: The LoRA's qualified private library name (``@<owner>/<name>``).
     lora: str
     #: Storage keys of the training images (the datasets' uploads, deduplicated).

@@ -20,7 +20,6 @@ from huabu.db.tables import Dataset, Task, TrainedModel, Upload
 from huabu.engine.library import private_name
 from huabu.errors import InvalidRequest, NotFound
 from huabu.settings import Settings
-from huabu.tasks import queue
 from huabu.tasks.records import TaskRecord
 from huabu.tasks.service import TaskService
 from huabu.training.request import TRAINABLE, TrainingPlan, TrainingRequest, caption
@@ -139,27 +138,8 @@ class TrainingService:
             caption=caption(request.trigger_word, request.main_body),
             batch_size=self.settings.train_batch_size,
         )
-        resolution = plan.resolution or 512
-        task = Task(
-            id=uuid.uuid4(),
-            owner_id=owner_id,
-            kind="train",
-            origin=origin,
-            queue=queue.QUEUES["train"],
-            state="queued",
-            model=base,
-            request=plan.model_dump(mode="json"),
-            step=0,
-            total=plan.steps,
-            work=(plan.steps or 1)
-            * resolution**2
-            * min(len(keys), plan.batch_size)
-            * _WORK_PER_IMAGE_STEP,
-            attempts=0,
-            cancel_requested=False,
-        )
 
-        def reserve(session: Session) -> None:
+        def reserve(session: Session, task_id: uuid.UUID) -> None:
             # A name whose training failed or was cancelled is free again.
             session.execute(
                 delete(TrainedModel).where(
@@ -174,7 +154,7 @@ class TrainingService:
                 TrainedModel(
                     owner_id=owner_id,
                     name=name,
-                    task_id=task.id,
+                    task_id=task_id,
                     base_model=base,
                     trigger_word=request.trigger_word.strip(),
                     description=request.description,
@@ -184,7 +164,19 @@ class TrainingService:
             )
 
         try:
-            return self.tasks.enqueue(task, reserve)
+            return self.tasks.enqueue(
+                owner_id,
+                kind="train",
+                origin=origin,
+                model=base,
+                request=plan.model_dump(mode="json"),
+                total=plan.steps,
+                work=plan.steps
+                * (plan.resolution or 512) ** 2
+                * min(len(keys), plan.batch_size)
+                * _WORK_PER_IMAGE_STEP,
+                also=reserve,
+            )
         except IntegrityError:
             raise InvalidRequest(
                 f"name: you already have a model called {name!r}", param="name"
