@@ -74,12 +74,29 @@ def test_img2img_from_the_command_line(home, tmp_path):
     assert path.suffix == ".webp" and Image.open(path).size == (64, 64)
 
 
+def test_inpainting_from_the_command_line(home, tmp_path):
+    source, mask = tmp_path / "in.png", tmp_path / "mask.png"
+    Image.effect_noise((64, 64), 80).convert("RGB").save(source)
+    white_left = Image.new("L", (64, 64), 0)
+    white_left.paste(255, (0, 0, 32, 64))
+    white_left.save(mask)
+    args = ["generate", "fox", "--size", "64x64", "--steps", "4", "--init-image", str(source)]
+    result = run(home, *args, "--mask", str(mask), "--mask-blur", "0", "-o", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    written = Image.open(result.stdout.split("\t")[0])
+    assert "Mask blur: 0" in read_parameters(written)
+    out, original = written.convert("RGB"), Image.open(source)
+    assert out.crop((32, 0, 64, 64)).tobytes() == original.crop((32, 0, 64, 64)).tobytes()
+    assert out.crop((0, 0, 32, 64)).tobytes() != original.crop((0, 0, 32, 64)).tobytes()
+
+
 def test_bad_input_is_one_line_and_no_traceback(home, tmp_path):
     for args, message in [
         (["--sampler", "Euler b"], "unknown sampler 'Euler b'; valid names: Euler a"),
         (["--size", "65x64"], "width must be a multiple of 8"),
         (["--model", "nope"], "unknown model 'nope'; available: demo, demo-single"),
         (["--init-image", str(tmp_path / "missing.png")], "init_image: cannot read"),
+        (["--mask", str(tmp_path / "missing.png")], "inpaint needs an init_image"),
     ]:
         result = run(home, "generate", "fox", "--steps", "2", "--size", "64x64", *args)
         assert result.returncode == 2

@@ -8,7 +8,7 @@ from PIL import Image, ImageDraw
 from helpers import max_difference
 from huabu.engine import preprocessors
 from huabu.errors import InvalidRequest
-from huabu.native import ControlUnit
+from huabu.native import ControlUnit, InpaintRef
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +55,22 @@ def test_controlnet_with_img2img(engine, small, square):
         control_images=[square],
     ).images[0]
     assert max_difference(plain, controlled) > 0
+
+
+def test_controlnet_with_inpainting(engine, small, square):
+    mask = Image.new("L", (64, 64), 0)
+    ImageDraw.Draw(mask).rectangle((0, 0, 31, 63), fill=255)
+    request = small(init_image="k", strength=0.9, inpaint=InpaintRef(mask="k", blur=0))
+    plain = engine.generate(request, init_image=square, mask_image=mask).images[0]
+    controlled = engine.generate(
+        request.model_copy(update={"controlnets": (unit(),)}),
+        init_image=square,
+        control_images=[square],
+        mask_image=mask,
+    ).images[0]
+    kept = np.asarray(controlled)[:, 32:]
+    assert np.array_equal(kept, np.asarray(square)[:, 32:])
+    assert max_difference(plain.crop((0, 0, 32, 64)), controlled.crop((0, 0, 32, 64))) > 0
 
 
 def test_preprocessors_make_control_maps(square):

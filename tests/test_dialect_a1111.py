@@ -65,6 +65,30 @@ def test_img2img(api):
     assert "Denoising strength: 0.5" in result.info["infotexts"][0]
 
 
+def test_inpainting_with_a_mask(api):
+    source = Image.effect_noise((64, 64), 80).convert("RGB")
+    mask = Image.new("RGB", (64, 64), "black")
+    mask.paste((255, 255, 255), (0, 0, 32, 64))
+
+    def kept(image, box):
+        return image.convert("RGB").crop(box).tobytes() == source.crop(box).tobytes()
+
+    whole = api.img2img(images=[source], mask_image=mask, mask_blur=0, inpaint_full_res=False,
+                        inpainting_fill=1, denoising_strength=1.0, prompt="a fox",
+                        **SMALL)  # fmt: skip
+    assert kept(whole.image, (32, 0, 64, 64)) and not kept(whole.image, (0, 0, 32, 64))
+    assert whole.info["is_using_inpainting_conditioning"] is True
+    # webuiapi's defaults: blur 4, "fill", only the masked area; inverted, the right half.
+    inverted = api.img2img(images=[source], mask_image=mask, inpainting_mask_invert=1,
+                           prompt="a fox", **SMALL)  # fmt: skip
+    assert kept(inverted.image, (0, 0, 20, 64)) and not kept(inverted.image, (40, 0, 64, 64))
+    assert "Mask blur: 4, Inpaint area: Only masked" in inverted.info["infotexts"][0]
+    refused(lambda: api.img2img(images=[source], mask_image=mask, inpainting_fill=2, **SMALL),
+            "inpainting_fill")  # fmt: skip
+    black = Image.new("RGB", (64, 64), "black")
+    refused(lambda: api.img2img(images=[source], mask_image=black, **SMALL), "mask")
+
+
 def test_listings(api):
     assert {"demo", "demo-single"} <= set(api.util_get_model_names())
     assert {"Euler a", "DPM++ 2M Karras", "DDIM"} <= set(api.util_get_sampler_names())

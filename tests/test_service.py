@@ -198,6 +198,41 @@ def test_upload_and_img2img(alice, bob):
     assert response.status_code == 400 and response.json()["error"]["param"] == "init_image"
 
 
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_inpainting_keeps_what_the_mask_does_not_mark(alice, bob):
+    source = Image.effect_noise((64, 64), 80).convert("RGB")
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (0, 0, 32, 64))
+    ids = [
+        alice.post("/huabu/v1/uploads", files={"file": (name, png_bytes(image))}).json()["id"]
+        for name, image in (("source.png", source), ("mask.png", mask))
+    ]
+    body = SMALL | {"init_image": ids[0], "strength": 1.0, "inpaint": {"mask": ids[1], "blur": 0}}
+    task = wait_finished(alice, submit(alice, body)["id"])
+    assert task["state"] == "succeeded", task
+    image = Image.open(io.BytesIO(httpx.get(task["images"][0]["url"]).content)).convert("RGB")
+    assert image.crop((32, 0, 64, 64)).tobytes() == source.crop((32, 0, 64, 64)).tobytes()
+    assert max_difference(image.crop((0, 0, 32, 64)), source.crop((0, 0, 32, 64))) > 32
+    assert "Mask blur: 0" in task["images"][0]["infotext"]
+    # A mask with nothing to repaint, a missing source, someone else's mask: refused at submit.
+    black = alice.post("/huabu/v1/uploads", files={"file": ("black.png", png_bytes(
+        Image.new("L", (64, 64), 0)))}).json()["id"]  # fmt: skip
+    own = bob.post("/huabu/v1/uploads", files={"file": ("s.png", png_bytes(source))}).json()["id"]
+    for client, change, param in (
+        (alice, {"inpaint": {"mask": black}}, "inpaint.mask"),
+        (alice, {"init_image": None}, "inpaint"),
+        (bob, {"init_image": own}, "inpaint.mask"),
+    ):
+        response = client.post("/huabu/v1/generations", json=body | change)
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["param"] == param, response.text
+
+
 def test_upload_that_is_not_an_image(alice):
     response = alice.post(
         "/huabu/v1/uploads", content=b"GIF89a garbage", headers={"content-type": "image/gif"}

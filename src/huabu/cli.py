@@ -54,12 +54,16 @@ def generate(
     seed: Annotated[int, typer.Option(help="-1 for random; image i uses seed + i.")] = -1,
     init_image: Annotated[Path | None, typer.Option(help="Source image for img2img.")] = None,
     strength: Annotated[float, typer.Option(help="img2img denoising strength.")] = 0.75,
+    mask: Annotated[
+        Path | None, typer.Option(help="Inpainting mask for the init image: white repaints.")
+    ] = None,
+    mask_blur: Annotated[int, typer.Option(help="Blur of the mask's edge, in pixels.")] = 4,
     clip_skip: int = 1,
     vae: Annotated[str | None, typer.Option(help="VAE from models/vae/.")] = None,
     fmt: Annotated[str, typer.Option("--format", help="png, jpeg or webp.")] = "png",
     out: Annotated[Path, typer.Option("--out", "-o")] = Path("out"),
 ) -> None:
-    """Generate images from a prompt (and an init image for img2img)."""
+    """Generate images from a prompt (and an init image for img2img, a mask for inpainting)."""
     try:
         _generate(locals())
     except HuabuError as exc:
@@ -78,6 +82,7 @@ def _generate(args: dict) -> None:
     settings = Settings()
     width, height = _size(args["size"])
     init_path: Path | None = args["init_image"]
+    mask_path: Path | None = args["mask"]
     request = GenerationRequest.parse(
         {
             "model": args["model"],
@@ -92,20 +97,25 @@ def _generate(args: dict) -> None:
             "n_images": args["n"],
             "init_image": str(init_path) if init_path else None,
             "strength": args["strength"],
+            "inpaint": {"mask": str(mask_path), "blur": args["mask_blur"]} if mask_path else None,
             "clip_skip": args["clip_skip"],
             "vae": args["vae"],
             "output_format": args["fmt"],
         }
     ).checked(settings)
-    init = None
-    if init_path is not None:
+
+    def read(path: Path | None, field: str):
+        if path is None:
+            return None
         try:
-            data = init_path.read_bytes()
+            data = path.read_bytes()
         except OSError as exc:
             raise InvalidRequest(
-                f"init_image: cannot read {init_path}: {exc.strerror}", param="init_image"
+                f"{field}: cannot read {path}: {exc.strerror}", param=field
             ) from None
-        init = decode_image(data, field="init_image", max_pixels=settings.max_input_pixels)
+        return decode_image(data, field=field, max_pixels=settings.max_input_pixels)
+
+    init, mask = read(init_path, "init_image"), read(mask_path, "mask")
     if request.model in (DEMO, DEMO_SINGLE):
         typer.echo(f"note: {NOTICE}", err=True)
     engine = Engine(settings)
@@ -116,7 +126,7 @@ def _generate(args: dict) -> None:
             bar.n = step
             bar.refresh()
 
-        result = engine.generate(request, init_image=init, on_progress=progress)
+        result = engine.generate(request, init_image=init, mask_image=mask, on_progress=progress)
     folder: Path = args["out"]
     folder.mkdir(parents=True, exist_ok=True)
     counter = _next_counter(folder)

@@ -48,6 +48,34 @@ def decode_image(data: bytes, *, field: str, max_pixels: int) -> Image.Image:
         raise InvalidRequest(f"{field} is a truncated or corrupt image", param=field) from None
 
 
+def repaint_mask(image: Image.Image, *, invert: bool, field: str) -> Image.Image:
+    """An inpainting mask as greyscale, white where the image is repainted (inverted first if
+    asked); refuses a mask that repaints nothing."""
+    mask = image.convert("L")
+    if invert:
+        mask = ImageOps.invert(mask)
+    if mask.getbbox() is None:
+        inverted = " once inverted" if invert else ""
+        raise InvalidRequest(
+            f"{field} marks nothing to repaint (it is all black{inverted}); "
+            "white marks the pixels to repaint",
+            param=field,
+        )
+    return mask
+
+
+def alpha_mask(data: bytes, *, field: str, max_pixels: int) -> Image.Image | None:
+    """OpenAI's masks: an image whose fully transparent pixels are the ones to repaint, as a
+    greyscale mask (white = repaint). None when the image has no transparent pixel."""
+    decode_image(data, field=field, max_pixels=max_pixels)  # the checks, once
+    image = ImageOps.exif_transpose(Image.open(io.BytesIO(data)))
+    if "A" not in image.getbands() and "transparency" not in image.info:
+        return None
+    alpha = image.convert("RGBA").getchannel("A")
+    mask = alpha.point(lambda value: 255 if value == 0 else 0)
+    return mask if mask.getbbox() is not None else None
+
+
 def decode_base64(text: str, *, field: str) -> bytes:
     """Bytes from base64 as clients send it: bare, or a ``data:image/...;base64,`` URL."""
     import base64

@@ -101,6 +101,25 @@ class IpAdapterRef(BaseModel):
     scale: float = Field(default=0.6, ge=0, le=2)
 
 
+class InpaintRef(BaseModel):
+    """Repaint only part of ``init_image``. The mask (an upload id at submit, a storage key once
+    queued) is white where the image is repainted and black where it is kept; it is resized to
+    the output size. See :mod:`huabu.engine.inpainting` for what each option does."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    mask: str = Field(min_length=1)
+    #: Gaussian blur of the mask's edges, in pixels.
+    blur: int = Field(default=4, ge=0, le=64)
+    #: Repaint the black part instead.
+    invert: bool = False
+    #: What the repainted area starts from: the source's pixels, or the surrounding colours.
+    fill: Literal["original", "fill"] = "original"
+    #: Generate only the masked area (plus ``padding`` pixels) at the full output size.
+    only_masked: bool = False
+    padding: int = Field(default=32, ge=0, le=256)
+
+
 class GenerationRequest(BaseModel):
     """One text-to-image or image-to-image request, in huabu's own terms."""
 
@@ -128,6 +147,7 @@ class GenerationRequest(BaseModel):
     embeddings: tuple[str, ...] = Field(default=(), max_length=MAX_EMBEDDINGS)
     controlnets: tuple[ControlUnit, ...] = Field(default=(), max_length=MAX_CONTROLNETS)
     ip_adapter: IpAdapterRef | None = None
+    inpaint: InpaintRef | None = None
     output_format: OutputFormat = "png"
 
     @classmethod
@@ -175,6 +195,8 @@ class GenerationRequest(BaseModel):
                 f"n_images must be between 1 and {settings.max_images}, got {self.n_images}",
                 param="n_images",
             )
+        if self.inpaint is not None and self.init_image is None:
+            raise InvalidRequest("inpaint needs an init_image to repaint", param="inpaint")
         for index, unit in enumerate(self.controlnets):
             if unit.start >= unit.end:
                 raise InvalidRequest(

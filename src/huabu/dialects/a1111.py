@@ -78,12 +78,14 @@ async def _controlnets(services: Services, user_id, body: wire.Txt2ImgIn, init: 
     return units
 
 
-async def _generate(services: Services, user, body: wire.Txt2ImgIn, init: str | None) -> Response:
+async def _generate(
+    services: Services, user, body: wire.Txt2ImgIn, init: str | None, mask: str | None = None
+) -> Response:
     options = await run_in_threadpool(services.accounts.options, user.id)
     model = await _model(services, options, body)
     units = await _controlnets(services, user.id, body, init)
     try:
-        native = wire.to_native(body, model=model, init_image=init, controlnets=units,
+        native = wire.to_native(body, model=model, init_image=init, mask=mask, controlnets=units,
                                 options=options, settings=services.settings)  # fmt: skip
         record = await run_in_threadpool(
             services.tasks.submit_generation, user.id, native, origin=ORIGIN
@@ -132,13 +134,15 @@ async def txt2img(request: Request, user: CurrentUser, services: ServicesDep) ->
 @router.post("/img2img", summary="Image to image (synchronous, base64 images)")
 async def img2img(request: Request, user: CurrentUser, services: ServicesDep) -> Response:
     body = validate(wire.Img2ImgIn, await read_body(request))
-    if body.mask:
-        raise InvalidRequest("mask: inpainting is not supported yet", param="mask")
     if len(body.init_images) > 1:
         raise InvalidRequest("init_images: send one image", param="init_images")
     data = decode_base64(body.init_images[0], field="init_images.0")
     upload = await run_in_threadpool(services.tasks.upload, user.id, data, field="init_images.0")
-    return await _generate(services, user, body, str(upload.id))
+    mask = None
+    if body.mask:
+        data = decode_base64(body.mask, field="mask")
+        mask = await run_in_threadpool(services.tasks.upload, user.id, data, field="mask")
+    return await _generate(services, user, body, str(upload.id), str(mask.id) if mask else None)
 
 
 # -- the caller's current task ----------------------------------------------------------------

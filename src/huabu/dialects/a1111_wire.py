@@ -10,7 +10,14 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from huabu.errors import InvalidRequest
-from huabu.native import MAX_SEED, ControlUnit, GenerationRequest, LoraRef, canonical_sampler
+from huabu.native import (
+    MAX_SEED,
+    ControlUnit,
+    GenerationRequest,
+    InpaintRef,
+    LoraRef,
+    canonical_sampler,
+)
 from huabu.settings import Settings
 from huabu.tasks.records import TaskRecord
 
@@ -75,7 +82,29 @@ class Txt2ImgIn(BaseModel):
 class Img2ImgIn(Txt2ImgIn):
     init_images: list[str] = Field(min_length=1)
     denoising_strength: float = Field(default=0.75, ge=0, le=1)
+    #: Inpainting: white repaints. The defaults are A1111's API defaults.
     mask: str | None = None
+    mask_blur: int = Field(default=4, ge=0, le=64)
+    inpainting_fill: int = Field(default=0, ge=0, le=3)  # fill, original, latent noise/nothing
+    inpaint_full_res: bool = True  # "only masked"
+    inpaint_full_res_padding: int = Field(default=0, ge=0, le=256)
+    inpainting_mask_invert: int = Field(default=0, ge=0, le=1)
+
+    def inpaint(self, mask_id: str) -> InpaintRef:
+        if self.inpainting_fill > 1:
+            raise InvalidRequest(
+                "inpainting_fill: 0 (fill) and 1 (original) are supported; latent noise (2) and "
+                "latent nothing (3) are not yet",
+                param="inpainting_fill",
+            )
+        return InpaintRef(
+            mask=mask_id,
+            blur=self.mask_blur,
+            invert=bool(self.inpainting_mask_invert),
+            fill="fill" if self.inpainting_fill == 0 else "original",
+            only_masked=self.inpaint_full_res,
+            padding=self.inpaint_full_res_padding,
+        )
 
 
 def model_name(title: str) -> str:
@@ -143,6 +172,7 @@ def to_native(
     *,
     model: str,
     init_image: str | None,
+    mask: str | None = None,
     controlnets: list[tuple[int, ControlNetArg, str]],
     options: dict[str, Any],
     settings: Settings,
@@ -173,6 +203,7 @@ def to_native(
         seed=body.seed,
         n_images=images,
         init_image=init_image,
+        inpaint=body.inpaint(mask) if isinstance(body, Img2ImgIn) and mask else None,
         strength=getattr(body, "denoising_strength", 0.75),
         clip_skip=int(overrides.get("CLIP_stop_at_last_layers") or 1),
         vae=model_name(vae) if vae else None,
@@ -196,6 +227,9 @@ _NATIVE_NAMES = {"model": "override_settings.sd_model_checkpoint", "guidance": "
                  "denoising_strength", "vae": "override_settings.sd_vae"}  # fmt: skip
 
 
+_INPAINT_NAMES = {"blur": "mask_blur", "padding": "inpaint_full_res_padding"}
+
+
 def renamed(error: InvalidRequest) -> InvalidRequest:
     """A native validation error, naming this dialect's field instead."""
     param = error.param or ""
@@ -207,6 +241,9 @@ def renamed(error: InvalidRequest) -> InvalidRequest:
                  "end": "guidance_end"}.get(field, field)  # fmt: skip
         return InvalidRequest(error.message, param=f"alwayson_scripts.controlnet.args.{index}"
                                                    f".{field}")  # fmt: skip
+    if param == "inpaint" or param.startswith("inpaint."):
+        field = param.partition(".")[2]
+        return InvalidRequest(error.message, param=_INPAINT_NAMES.get(field, "mask"))
     if param in _NATIVE_NAMES:
         return InvalidRequest(error.message, param=_NATIVE_NAMES[param])
     return error
@@ -245,7 +282,7 @@ def info(record: TaskRecord, request: GenerationRequest, body: Txt2ImgIn) -> dic
         "styles": body.styles,
         "job_timestamp": record.created_at.strftime("%Y%m%d%H%M%S"),
         "clip_skip": request.clip_skip,
-        "is_using_inpainting_conditioning": False,
+        "is_using_inpainting_conditioning": request.inpaint is not None,
         "version": "huabu",
         "interrupted": record.state == "cancelled",
         "task_id": str(record.id),

@@ -83,7 +83,9 @@ class ModelList(BaseModel):
 
 
 class UploadOut(BaseModel):
-    id: str = Field(description="Use as `init_image` in a generation request.")
+    id: str = Field(
+        description="Use as `init_image`, `inpaint.mask` or an adapter's `image` in a generation."
+    )
     content_type: str
     width: int
     height: int

@@ -1,6 +1,6 @@
 """The OpenAI images API, for clients configured with ``base_url=http://HOST:PORT/v1``:
-``images/generations``, ``images/edits`` (image-to-image), ``images/variations``, and
-``models``. Synchronous like OpenAI's; errors in OpenAI's envelope
+``images/generations``, ``images/edits`` (image-to-image, or inpainting with a mask),
+``images/variations``, and ``models``. Synchronous like OpenAI's; errors in OpenAI's envelope
 ``{"error": {"message", "type", "param", "code"}}``.
 
 OpenAI's model names (``dall-e-2``, ``dall-e-3``, ``gpt-image-…``) mean the server's default
@@ -11,6 +11,7 @@ sets the number of steps; ``style`` is accepted and has no effect.
 from __future__ import annotations
 
 import base64
+import io
 import re
 import time
 from typing import Any, Literal
@@ -24,7 +25,8 @@ from starlette.datastructures import UploadFile
 from huabu.dialects.common import read_body, validate
 from huabu.engine.architectures import Architecture
 from huabu.errors import AuthFailed, HuabuError, InvalidRequest, NotFound, Overloaded
-from huabu.native import GenerationRequest
+from huabu.images import alpha_mask
+from huabu.native import GenerationRequest, InpaintRef
 from huabu.web.deps import CurrentUser, FileUrl, ServicesDep
 from huabu.web.services import Services
 from huabu.web.waiting import wait_for_task
@@ -96,7 +98,7 @@ def _size(services: Services, value: str | None, model: str, fallback: tuple[int
 
 def to_native(
     services: Services, body: GenerationIn, *, init_image: str | None = None,
-    source_size: tuple[int, int] | None = None, strength: float = 0.75,
+    source_size: tuple[int, int] | None = None, strength: float = 0.75, mask: str | None = None,
 ) -> GenerationRequest:  # fmt: skip
     if body.stream:
         raise InvalidRequest("stream: streaming partial images is not supported", param="stream")
@@ -115,12 +117,14 @@ def to_native(
         n_images=body.n,
         init_image=init_image,
         strength=strength,
+        inpaint=InpaintRef(mask=mask) if mask else None,
         output_format=body.output_format,
     )
 
 
 def renamed(error: InvalidRequest) -> InvalidRequest:
-    param = {"width": "size", "height": "size", "n_images": "n"}.get(error.param or "")
+    param = {"width": "size", "height": "size", "n_images": "n", "inpaint": "mask",
+             "inpaint.mask": "mask"}.get(error.param or "")  # fmt: skip
     if param is None:
         return error
     return InvalidRequest(f"{param}: {error.message}", param=param)
@@ -168,8 +172,8 @@ async def _generate(services: Services, user, body: GenerationIn, url, **image) 
     )
 
 
-async def _form(request: Request) -> tuple[dict[str, Any], UploadFile | None, bool]:
-    """A multipart body: its text fields, its (first) image, whether it has a mask."""
+async def _form(request: Request) -> tuple[dict[str, Any], UploadFile | None, UploadFile | None]:
+    """A multipart body: its text fields, its (first) image, its mask."""
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith("multipart/form-data"):
         raise InvalidRequest("send the image as multipart/form-data", param="image")
@@ -177,14 +181,32 @@ async def _form(request: Request) -> tuple[dict[str, Any], UploadFile | None, bo
     fields = {key: value for key, value in form.items() if isinstance(value, str)}
     images = [item for key in ("image", "image[]") for item in form.getlist(key)]
     image = next((item for item in images if isinstance(item, UploadFile)), None)
-    return fields, image, isinstance(form.get("mask"), UploadFile)
+    mask = form.get("mask")
+    return fields, image, mask if isinstance(mask, UploadFile) else None
 
 
-async def _upload(services: Services, user, image: UploadFile | None):
-    if image is None:
-        raise InvalidRequest("image is required: send it as a file", param="image")
-    data = await image.read()
-    return await run_in_threadpool(services.tasks.upload, user.id, data, field="image")
+async def _mask(services: Services, user, mask: bytes | None, image: bytes, size) -> str | None:
+    """The upload id of the inpainting mask (white = repaint) made from the mask's fully
+    transparent pixels or, with no mask, from the image's own (as DALL·E 2 edits do); None
+    for an image-to-image edit of an image with no transparency."""
+    limit = services.settings.max_input_pixels
+    if mask is None:
+        made = await run_in_threadpool(alpha_mask, image, field="image", max_pixels=limit)
+        if made is None:
+            return None
+    else:
+        made = await run_in_threadpool(alpha_mask, mask, field="mask", max_pixels=limit)
+        if made is None:
+            raise InvalidRequest("mask: its fully transparent pixels mark where to edit, and it "
+                                 "has none", param="mask")  # fmt: skip
+        if made.size != size:
+            raise InvalidRequest(f"mask must have the image's size {size[0]}x{size[1]}, got "
+                                 f"{made.width}x{made.height}", param="mask")  # fmt: skip
+    buffer = io.BytesIO()
+    made.save(buffer, format="PNG")
+    upload = await run_in_threadpool(services.tasks.upload, user.id, buffer.getvalue(),
+                                     field="mask")  # fmt: skip
+    return str(upload.id)
 
 
 def _fitted(width: int, height: int, services: Services) -> tuple[int, int]:
@@ -211,19 +233,24 @@ async def _from_image(
     request: Request, user, services: Services, url, *, strength: float, edit: bool
 ) -> Response:
     """Edits and variations: image-to-image from the multipart ``image``, at its size unless
-    ``size`` says otherwise. An edit needs a prompt and may not have a mask; a variation's
-    fields are OpenAI's, which have no mask."""
-    fields, image, has_mask = await _form(request)
+    ``size`` says otherwise. An edit needs a prompt; with a mask (or transparency in the image)
+    it repaints only the transparent area. Variations have no mask in OpenAI's API."""
+    fields, image, mask_file = await _form(request)
     body = validate(EditIn, fields)
     if edit and not body.prompt:
         raise InvalidRequest("prompt is required", param="prompt")
-    if edit and has_mask:
-        raise InvalidRequest("mask: inpainting is not supported yet; send the image alone",
-                             param="mask")  # fmt: skip
-    upload = await _upload(services, user, image)
+    if image is None:
+        raise InvalidRequest("image is required: send it as a file", param="image")
+    data = await image.read()
+    upload = await run_in_threadpool(services.tasks.upload, user.id, data, field="image")
+    mask = None
+    if edit:
+        mask_data = await mask_file.read() if mask_file is not None else None
+        mask = await _mask(services, user, mask_data, data, (upload.width, upload.height))
     size = _fitted(upload.width, upload.height, services)
     return await _generate(services, user, body, url, init_image=str(upload.id),
-                           source_size=size, strength=strength)  # fmt: skip
+                           source_size=size, strength=1.0 if mask else strength,
+                           mask=mask)  # fmt: skip
 
 
 @router.post("/images/edits", summary="Change an image by a prompt (image-to-image)")

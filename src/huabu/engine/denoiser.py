@@ -25,7 +25,10 @@ class Denoiser:
         added_cond: dict[str, torch.Tensor] | None = None,
         negative_added_cond: dict[str, torch.Tensor] | None = None,
         on_call: Callable[[], None] = lambda: None,
+        keep: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> None:
+        """``keep`` is (latents, mask) for inpainting: where the mask is 0, every denoised
+        estimate is replaced by those latents, so only the masked area changes."""
         self.unet = unet
         self.sigmas = ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5
         self.log_sigmas = self.sigmas.log()
@@ -34,6 +37,7 @@ class Denoiser:
         self.on_call = on_call
         self.embeds, self.negative_embeds = embeds, negative_embeds
         self.added, self.negative_added = added_cond, negative_added_cond
+        self.keep = keep
 
     @property
     def sigma_min(self) -> float:
@@ -95,8 +99,13 @@ class Denoiser:
             uncond, cond = out.chunk(2)
             out = uncond + self.guidance * (cond - uncond)
         if self.prediction_type == "v_prediction":
-            return x / (s4**2 + 1) - out * s4 / (s4**2 + 1) ** 0.5
-        return x - out * s4
+            denoised = x / (s4**2 + 1) - out * s4 / (s4**2 + 1) ** 0.5
+        else:
+            denoised = x - out * s4
+        if self.keep is not None:
+            kept, repaint = self.keep
+            denoised = kept * (1 - repaint) + denoised * repaint
+        return denoised
 
 
 def noise_sampler(generators: list[torch.Generator], shape: tuple[int, ...], device, dtype):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -17,11 +18,14 @@ from diffusers import (
     StableDiffusionControlNetImg2ImgPipeline as ControlNetImg2Img,
 )
 from diffusers import (
+    StableDiffusionControlNetInpaintPipeline as ControlNetInpaint,
+)
+from diffusers import (
     StableDiffusionControlNetPipeline as ControlNetTxt2Img,
 )
 from PIL import Image
 
-from huabu.engine import ksampling, preprocessors, quiet_libraries
+from huabu.engine import inpainting, ksampling, preprocessors, quiet_libraries
 from huabu.engine.architectures import Architecture
 from huabu.engine.denoiser import Denoiser, noise_sampler
 from huabu.engine.library import ModelLibrary
@@ -29,6 +33,7 @@ from huabu.engine.metadata import infotext
 from huabu.engine.pipelines import LoadedModel, PipelineCache
 from huabu.engine.samplers import SAMPLERS, Sampler
 from huabu.errors import Cancelled, GenerationFailed, HuabuError, InvalidRequest
+from huabu.images import repaint_mask
 from huabu.native import GenerationRequest, GenerationResult, Timings
 from huabu.settings import Settings
 
@@ -56,16 +61,36 @@ class Engine:
         init_image: Image.Image | None = None,
         control_images: list[Image.Image] | None = None,
         ip_image: Image.Image | None = None,
+        mask_image: Image.Image | None = None,
         on_progress: ProgressCallback | None = None,
         should_cancel: CancelCheck | None = None,
     ) -> GenerationResult:
         """``control_images`` holds the input image of each of ``request.controlnets``,
-        ``ip_image`` the reference image of ``request.ip_adapter``."""
+        ``ip_image`` the reference image of ``request.ip_adapter``, ``mask_image`` the mask of
+        ``request.inpaint``."""
         started = time.perf_counter()
         request = request.checked(self.settings)
         if request.is_img2img and init_image is None:
             raise InvalidRequest("init_image could not be read", param="init_image")
+        source, plan = None, None
+        if init_image is not None:
+            source = init_image.convert("RGB")
+            if source.size != (request.width, request.height):
+                source = source.resize((request.width, request.height), Image.Resampling.LANCZOS)
+        if request.inpaint is not None:
+            if mask_image is None:
+                raise InvalidRequest("inpaint needs its mask", param="inpaint.mask")
+            mask = repaint_mask(mask_image, invert=request.inpaint.invert, field="inpaint.mask")
+            plan = inpainting.plan(source, mask, request.inpaint)
         model = self.cache.get(request.model)
+        if model.components["unet"].config.in_channels != 4 and (
+            request.inpaint is None or SAMPLERS[request.sampler].k_sampler
+        ):
+            raise InvalidRequest(
+                f"{request.model} is an inpainting checkpoint: it runs inpainting requests "
+                "(with a mask), with a sampler other than DPM++ 2S a, DPM fast, DPM adaptive",
+                param="model",
+            )
         vae = self.cache.vae(request.vae) if request.vae else model.components["vae"]
         controls = self._controls(request, model, control_images or [])
         if request.ip_adapter is not None:
@@ -82,8 +107,9 @@ class Engine:
         loaded = time.perf_counter()
 
         with model.loras.applied(request.loras), model.ip_adapter.applied(request.ip_adapter):
-            return self._generate(request, model, vae, init_image, controls, controls_ip,
-                                  on_progress, should_cancel, started, loaded)  # fmt: skip
+            inputs = _Inputs(source, plan, controls, controls_ip)
+            step = _StepHook(on_progress, should_cancel)
+            return self._generate(request, model, vae, inputs, step, started, loaded)
 
     def _controls(self, request, model, images: list[Image.Image]) -> list[tuple[Any, Image.Image]]:
         """(ControlNet, control map) per unit; the map is preprocessed at the output size."""
@@ -107,9 +133,8 @@ class Engine:
         return controls
 
     def _generate(
-        self, request, model, vae, init_image, controls, ip_image, on_progress, should_cancel,
-        started, loaded,
-    ) -> GenerationResult:  # fmt: skip
+        self, request, model, vae, inputs: _Inputs, step: _StepHook, started, loaded
+    ) -> GenerationResult:
         prompt, negative = model.embeddings.prepare(
             [request.prompt, request.negative_prompt], request.embeddings
         )
@@ -118,25 +143,16 @@ class Engine:
 
         sampler = SAMPLERS[request.sampler]
         generators = [torch.Generator("cpu").manual_seed(s) for s in request.image_seeds()]
-        step = _StepHook(on_progress, should_cancel)
-        source = None
-        if init_image is not None:
-            source = init_image.convert("RGB")
-            if source.size != (request.width, request.height):
-                source = source.resize((request.width, request.height), Image.Resampling.LANCZOS)
         try:
             with torch.inference_mode():
-                if sampler.k_sampler:
-                    latents = self._k_sample(
-                        model, vae, sampler, request, conditioning, generators, source, step
-                    )
-                else:
-                    latents = self._diffusers_sample(
-                        model, vae, sampler, request, conditioning, generators, source, step,
-                        controls, ip_image,
-                    )  # fmt: skip
+                sample = self._k_sample if sampler.k_sampler else self._diffusers_sample
+                latents = sample(
+                    model, vae, sampler, request, conditioning, generators, inputs, step
+                )
                 sampled = time.perf_counter()
                 images = [self._decode(model, vae, latents[i : i + 1]) for i in range(len(latents))]
+                if inputs.plan is not None:
+                    images = [inputs.plan.paste(image) for image in images]
         except HuabuError:
             raise
         except (RuntimeError, ValueError) as exc:  # torch/diffusers failures on a valid request
@@ -158,10 +174,10 @@ class Engine:
         )
 
     def _diffusers_sample(
-        self, model, vae, sampler: Sampler, request, conditioning, generators, source, step,
-        controls=(), ip_image=None,
-    ) -> torch.Tensor:  # fmt: skip
+        self, model, vae, sampler: Sampler, request, conditioning, generators, inputs, step
+    ) -> torch.Tensor:
         scheduler = sampler.make_scheduler(model.txt2img.scheduler.config, request.image_seeds())
+        source, plan, controls = inputs.source, inputs.plan, inputs.controls
         pipe = model.img2img if source is not None else model.txt2img
         kwargs = {
             "prompt_embeds": conditioning.embeds,
@@ -176,18 +192,23 @@ class Engine:
         if model.architecture is Architecture.SDXL:
             kwargs["pooled_prompt_embeds"] = conditioning.pooled
             kwargs["negative_pooled_prompt_embeds"] = conditioning.negative_pooled
-        if source is not None:
+        if plan is not None:
+            kwargs |= {"image": plan.start, "mask_image": plan.mask, "strength": request.strength}
+        elif source is not None:
             kwargs |= {"image": source, "strength": request.strength}
-        else:
+        if source is None or plan is not None:
             kwargs |= {"width": request.width, "height": request.height}
-        if ip_image is not None:
-            kwargs["ip_adapter_image"] = ip_image
+        if inputs.ip_image is not None:
+            kwargs["ip_adapter_image"] = inputs.ip_image
         # The shared pipeline's components, read now: an IP-Adapter adds its image encoder.
         components = {**model.txt2img.components, "scheduler": scheduler, "vae": vae}
-        pipe_class = type(pipe)
+        pipe_class = model.inpaint_class if plan is not None else type(pipe)
         if controls:
             units = request.controlnets
-            pipe_class = ControlNetImg2Img if source is not None else ControlNetTxt2Img
+            if plan is not None:
+                pipe_class = ControlNetInpaint
+            else:
+                pipe_class = ControlNetImg2Img if source is not None else ControlNetTxt2Img
             components["controlnet"] = [net for net, _ in controls]
             maps = [control_map for _, control_map in controls]
             if source is not None:
@@ -212,12 +233,19 @@ class Engine:
         request,
         conditioning,
         generators,
-        source,
+        inputs: _Inputs,
         step,
     ) -> torch.Tensor:
         unet = model.components["unet"]
         scheduler = model.txt2img.scheduler
         device, dtype = self.cache.device, unet.dtype
+        shape = (unet.config.in_channels, request.height // 8, request.width // 8)
+        source, plan, init, keep = inputs.source, inputs.plan, None, None
+        if source is not None:
+            start = plan.start if plan is not None else source
+            init = _encode_image(vae, model, start, device, dtype)
+        if plan is not None:
+            keep = (init, plan.latent_mask(shape, device, dtype))
         denoiser = Denoiser(
             unet,
             scheduler.alphas_cumprod.to(torch.float32),
@@ -230,15 +258,14 @@ class Engine:
                 model, request, conditioning.negative_pooled, device, dtype
             ),
             on_call=step.check_cancel,
+            keep=keep,
         )
-        shape = (unet.config.in_channels, request.height // 8, request.width // 8)
         noise = noise_sampler(generators, shape, device, dtype)
         sigmas = denoiser.schedule(request.steps, sampler.karras)
         x = noise()
-        if source is not None:  # img2img: start part-way down the schedule, as A1111 does
+        if init is not None:  # img2img: start part-way down the schedule, as A1111 does
             kept = int(min(request.strength, 0.999) * request.steps)
             sigmas = sigmas[request.steps - kept - 1 :]
-            init = _encode_image(vae, model, source, device, dtype)
             x = init.expand(len(generators), -1, -1, -1) + x * sigmas[0]
         else:
             x = x * sigmas[0]
@@ -268,6 +295,16 @@ class Engine:
             if upcast:
                 vae.to(torch.float16)
         return model.txt2img.image_processor.postprocess(pixels, output_type="pil")[0]
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    """One request's decoded inputs, at the output size."""
+
+    source: Image.Image | None  # the img2img source
+    plan: inpainting.InpaintPlan | None
+    controls: list[tuple[Any, Image.Image]]  # (ControlNet, control map) per unit
+    ip_image: Image.Image | None
 
 
 class _StepHook:

@@ -42,6 +42,11 @@ def infotext(request: GenerationRequest, seed: int, *, model_hash: str | None = 
     fields.append(("Model", request.model))
     if request.is_img2img:
         fields.append(("Denoising strength", _number(request.strength)))
+    if request.inpaint is not None:
+        fields.append(("Mask blur", str(request.inpaint.blur)))
+        if request.inpaint.only_masked:
+            fields.append(("Inpaint area", "Only masked"))
+            fields.append(("Masked area padding", str(request.inpaint.padding)))
     if request.clip_skip > 1:
         fields.append(("Clip skip", str(request.clip_skip)))
     if request.vae:

@@ -20,8 +20,10 @@ from diffusers import (
     AutoencoderKL,
     ControlNetModel,
     StableDiffusionImg2ImgPipeline,
+    StableDiffusionInpaintPipeline,
     StableDiffusionPipeline,
     StableDiffusionXLImg2ImgPipeline,
+    StableDiffusionXLInpaintPipeline,
     StableDiffusionXLPipeline,
 )
 
@@ -44,6 +46,12 @@ _PIPELINES = {
     Architecture.SD1: (StableDiffusionPipeline, StableDiffusionImg2ImgPipeline),
     Architecture.SD2: (StableDiffusionPipeline, StableDiffusionImg2ImgPipeline),
     Architecture.SDXL: (StableDiffusionXLPipeline, StableDiffusionXLImg2ImgPipeline),
+}
+#: Built per request from the loaded pipeline's components (see Engine._diffusers_sample).
+_INPAINT_PIPELINES = {
+    Architecture.SD1: StableDiffusionInpaintPipeline,
+    Architecture.SD2: StableDiffusionInpaintPipeline,
+    Architecture.SDXL: StableDiffusionXLInpaintPipeline,
 }
 
 
@@ -77,6 +85,10 @@ class LoadedModel:
     @property
     def components(self) -> dict[str, Any]:
         return self.txt2img.components
+
+    @property
+    def inpaint_class(self) -> type:
+        return _INPAINT_PIPELINES[self.architecture]
 
 
 class PipelineCache:

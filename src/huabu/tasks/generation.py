@@ -42,11 +42,15 @@ class GenerationHandler:
         ip_image = None
         if request.ip_adapter is not None:
             ip_image = self._image(request.ip_adapter.image, "ip_adapter.image")
+        mask = None
+        if request.inpaint is not None:
+            mask = self._image(request.inpaint.mask, "inpaint.mask")
         result = self.engine.generate(
             request,
             init_image=init,
             control_images=controls,
             ip_image=ip_image,
+            mask_image=mask,
             on_progress=progress,
             should_cancel=progress.should_cancel,
         )

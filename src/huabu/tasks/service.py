@@ -22,7 +22,7 @@ from huabu.db.tables import Task, TrainedModel, Upload
 from huabu.engine import preprocessors
 from huabu.engine.library import ModelLibrary, private_name
 from huabu.errors import InvalidRequest, NotFound, Overloaded, TooLarge
-from huabu.images import decode_image
+from huabu.images import decode_image, repaint_mask
 from huabu.native import MAX_LORAS, GenerationRequest, LoraRef
 from huabu.settings import Settings
 from huabu.storage import LocalStorage
@@ -152,6 +152,18 @@ class TaskService:
         if request.init_image is not None:
             upload = self._upload_of(owner_id, request.init_image, param="init_image")
             request = request.model_copy(update={"init_image": upload.key})
+        if request.inpaint is not None:
+            inpaint = request.inpaint
+            upload = self._upload_of(owner_id, inpaint.mask, param="inpaint.mask")
+            mask = decode_image(
+                self.storage.get(upload.key),
+                field="inpaint.mask",
+                max_pixels=self.settings.max_input_pixels,
+            )
+            repaint_mask(mask, invert=inpaint.invert, field="inpaint.mask")
+            request = request.model_copy(
+                update={"inpaint": inpaint.model_copy(update={"mask": upload.key})}
+            )
         units = []
         for index, unit in enumerate(request.controlnets):
             self.library.find("controlnet", unit.model, param=f"controlnets.{index}.model")
