@@ -284,15 +284,17 @@ class Engine:
     def _decode(self, model: LoadedModel, vae, latents: torch.Tensor) -> Image.Image:
         # The checkpoint's own scaling applies even with an override VAE (weights only, as A1111).
         config = model.components["vae"].config
-        upcast = vae.dtype == torch.float16 and config.get("force_upcast", False)
-        dtype = torch.float32 if upcast else vae.dtype
-        if upcast:
+        latents = latents / config.scaling_factor
+        # SDXL's VAE overflows in fp16 (diffusers upcasts it); SD 1.x/2.x VAEs decode in fp16,
+        # and only a decode that overflowed anyway is redone in fp32 (A1111's NaN check).
+        half = vae.dtype == torch.float16
+        upcast = half and model.architecture is Architecture.SDXL and config.get("force_upcast")
+        pixels = None if upcast else vae.decode(latents.to(vae.device, vae.dtype)).sample
+        if half and (pixels is None or not pixels.isfinite().all()):
             vae.to(torch.float32)
-        try:
-            latents = latents.to(vae.device, dtype) / config.scaling_factor
-            pixels = vae.decode(latents).sample
-        finally:
-            if upcast:
+            try:
+                pixels = vae.decode(latents.to(vae.device, torch.float32)).sample
+            finally:
                 vae.to(torch.float16)
         return model.txt2img.image_processor.postprocess(pixels, output_type="pil")[0]
 
