@@ -178,10 +178,6 @@ def full_size(settings: Settings, args) -> None:
         runs=args.runs,
     )
     print(f"(2) inpainting {masked:.3f} s ÷ img2img {plain:.3f} s = {masked / plain:.3f}")
-    engine.cache._models.clear()  # the trainer loads its own copy
-    bare.components.clear()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
     images = tuple(noise_image(size, seed) for seed in range(8))
     times = []
 

@@ -1,3 +1,5 @@
+import io
+
 import numpy as np
 from PIL import Image
 
@@ -8,3 +10,9 @@ def pixels(image: Image.Image) -> np.ndarray:
 
 def max_difference(a: Image.Image, b: Image.Image) -> int:
     return int(np.abs(pixels(a) - pixels(b)).max())
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()

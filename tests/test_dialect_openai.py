@@ -11,7 +11,7 @@ import pytest
 import requests
 from PIL import Image
 
-from helpers import max_difference
+from helpers import max_difference, png_bytes
 
 
 @pytest.fixture(scope="module")
@@ -62,11 +62,6 @@ def test_edit_with_a_mask_repaints_only_its_transparent_area(client):
     mask = Image.new("RGBA", (64, 64), (0, 0, 0, 255))
     mask.paste((0, 0, 0, 0), (0, 0, 32, 64))  # transparent: edit here
 
-    def encoded(image):
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-        return buffer.getvalue()
-
     def edited(**files):
         result = client.images.edit(prompt="a fox", response_format="b64_json", **files)
         return Image.open(io.BytesIO(base64.b64decode(result.data[0].b64_json))).convert("RGB")
@@ -74,19 +69,19 @@ def test_edit_with_a_mask_repaints_only_its_transparent_area(client):
     def kept(image, box):
         return max_difference(image.crop(box), source.crop(box))
 
-    masked = edited(image=("fox.png", encoded(source), "image/png"),
-                    mask=("mask.png", encoded(mask), "image/png"))  # fmt: skip
+    masked = edited(image=("fox.png", png_bytes(source), "image/png"),
+                    mask=("mask.png", png_bytes(mask), "image/png"))  # fmt: skip
     # The mask's edge is blurred by 4 px (a Gaussian reaching about 12 px): beyond it, the
     # source's own pixels.
     assert kept(masked, (46, 0, 64, 64)) == 0 and kept(masked, (0, 0, 24, 64)) > 32
     # No mask, but transparency in the image itself: that is the mask (as DALL·E 2 does).
     cutout = source.convert("RGBA")
     cutout.putalpha(mask.getchannel("A"))
-    transparent = edited(image=("fox.png", encoded(cutout), "image/png"))
+    transparent = edited(image=("fox.png", png_bytes(cutout), "image/png"))
     assert kept(transparent, (46, 0, 64, 64)) == 0 and kept(transparent, (0, 0, 24, 64)) > 32
     with pytest.raises(openai.BadRequestError) as caught:
-        edited(image=("fox.png", encoded(source), "image/png"),
-               mask=("mask.png", encoded(mask.resize((32, 32))), "image/png"))  # fmt: skip
+        edited(image=("fox.png", png_bytes(source), "image/png"),
+               mask=("mask.png", png_bytes(mask.resize((32, 32))), "image/png"))  # fmt: skip
     assert caught.value.body["param"] == "mask" and "size" in caught.value.body["message"]
 
 

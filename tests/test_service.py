@@ -11,7 +11,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from helpers import max_difference
+from helpers import max_difference, png_bytes
 from huabu.auth import Accounts
 from huabu.engine.metadata import parse_infotext, read_parameters
 from serving import Server
@@ -196,12 +196,6 @@ def test_upload_and_img2img(alice, bob):
     # Bob cannot use Alice's upload.
     response = bob.post("/huabu/v1/generations", json=body)
     assert response.status_code == 400 and response.json()["error"]["param"] == "init_image"
-
-
-def png_bytes(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def test_inpainting_keeps_what_the_mask_does_not_mark(alice, bob):

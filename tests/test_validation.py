@@ -5,6 +5,7 @@ import io
 import pytest
 from PIL import Image
 
+from helpers import png_bytes
 from huabu.errors import InvalidRequest, ModelUnavailable
 from huabu.images import decode_image
 from huabu.native import GenerationRequest
@@ -59,12 +60,6 @@ def test_unknown_vae_is_named(engine, small):
     with pytest.raises(InvalidRequest) as caught:
         engine.generate(small(vae="nope"))
     assert caught.value.param == "vae"
-
-
-def png_bytes(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def test_init_image_that_is_not_an_image():

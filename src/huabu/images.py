@@ -1,7 +1,7 @@
 """The one image decoder for every input (file, upload, base64, URL body).
 
 Format allow-list, pixel cap read from the header *before* pixels are decoded (so a
-decompression bomb costs nothing), EXIF orientation applied, RGB out.
+decompression bomb costs nothing), EXIF orientation applied, RGB out (or the mode asked for).
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ ALLOWED_FORMATS = frozenset({"PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF"})
 Image.MAX_IMAGE_PIXELS = None
 
 
-def decode_image(data: bytes, *, field: str, max_pixels: int) -> Image.Image:
-    """Decode untrusted image bytes into an RGB image, or raise InvalidRequest naming ``field``."""
+def decode_image(data: bytes, *, field: str, max_pixels: int, mode: str = "RGB") -> Image.Image:
+    """Decode untrusted image bytes into an image of ``mode``, or raise InvalidRequest naming
+    ``field``."""
     if not data:
         raise InvalidRequest(f"{field} is empty", param=field)
     try:
@@ -43,7 +44,7 @@ def decode_image(data: bytes, *, field: str, max_pixels: int) -> Image.Image:
     try:
         image.load()
         image = ImageOps.exif_transpose(image)
-        return image.convert("RGB")
+        return image.convert(mode)
     except (OSError, ValueError, SyntaxError):
         raise InvalidRequest(f"{field} is a truncated or corrupt image", param=field) from None
 
@@ -67,11 +68,8 @@ def repaint_mask(image: Image.Image, *, invert: bool, field: str) -> Image.Image
 def alpha_mask(data: bytes, *, field: str, max_pixels: int) -> Image.Image | None:
     """OpenAI's masks: an image whose fully transparent pixels are the ones to repaint, as a
     greyscale mask (white = repaint). None when the image has no transparent pixel."""
-    decode_image(data, field=field, max_pixels=max_pixels)  # the checks, once
-    image = ImageOps.exif_transpose(Image.open(io.BytesIO(data)))
-    if "A" not in image.getbands() and "transparency" not in image.info:
-        return None
-    alpha = image.convert("RGBA").getchannel("A")
+    image = decode_image(data, field=field, max_pixels=max_pixels, mode="RGBA")
+    alpha = image.getchannel("A")  # all 255 for an image without transparency
     mask = alpha.point(lambda value: 255 if value == 0 else 0)
     return mask if mask.getbbox() is not None else None
 
