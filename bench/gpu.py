@@ -33,13 +33,23 @@ from diffusers import (
 from PIL import Image, ImageDraw
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from huabu.catalog.architectures import Architecture, reference_config
 from huabu.engine import demo, quiet_libraries
-from huabu.engine.architectures import Architecture, reference_config
 from huabu.engine.engine import Engine
 from huabu.engine.single_file import tokenizer_files
-from huabu.native import ControlUnit, GenerationRequest, InpaintRef, IpAdapterRef, LoraRef
+from huabu.native import (
+    ControlUnit,
+    GenerationRequest,
+    ImageRef,
+    InpaintRef,
+    IpAdapterRef,
+    LoraRef,
+)
 from huabu.settings import Settings
 from huabu.training.trainer import TrainingJob, train_lora
+
+#: The input images are passed to the engine directly; requests name them by a stored key.
+REF = ImageRef(key="uploads/bench.png")
 
 
 def synchronize() -> None:
@@ -79,8 +89,8 @@ def check_paths(settings: Settings) -> None:
     base = {"model": "demo", "prompt": "a red fox", "width": 64, "height": 64, "steps": 8,
             "seed": 7}  # fmt: skip
     source, mask = noise_image(64), left_half(64)
-    img2img = {"init_image": "x", "strength": 0.8}
-    inpaint = img2img | {"inpaint": InpaintRef(mask="x", blur=0)}
+    img2img = {"init_image": REF, "strength": 0.8}
+    inpaint = img2img | {"inpaint": InpaintRef(mask=REF, blur=0)}
     cases = {
         "txt2img Euler a": ({}, {}),
         "txt2img DPM++ 2M Karras": ({"sampler": "DPM++ 2M Karras"}, {}),
@@ -92,15 +102,15 @@ def check_paths(settings: Settings) -> None:
         "inpaint DPM fast": (inpaint | {"sampler": "DPM fast"},
                              {"init_image": source, "mask_image": mask}),
         "inpaint only masked, fill": (
-            img2img | {"inpaint": InpaintRef(mask="x", only_masked=True, fill="fill")},
+            img2img | {"inpaint": InpaintRef(mask=REF, only_masked=True, fill="fill")},
             {"init_image": source, "mask_image": mask},
         ),
         "ControlNet + inpaint": (
-            inpaint | {"controlnets": (ControlUnit(model=demo.DEMO_CONTROLNET, image="x",
+            inpaint | {"controlnets": (ControlUnit(model=demo.DEMO_CONTROLNET, image=REF,
                                                    preprocessor="canny"),)},
             {"init_image": source, "mask_image": mask, "control_images": [source]},
         ),
-        "IP-Adapter": ({"ip_adapter": IpAdapterRef(name=demo.DEMO_IP_ADAPTER, image="x")},
+        "IP-Adapter": ({"ip_adapter": IpAdapterRef(name=demo.DEMO_IP_ADAPTER, image=REF)},
                        {"ip_image": source}),
         "LoRA": ({"loras": (LoraRef(name=demo.DEMO_LORA, weight=0.8),)}, {}),
     }  # fmt: skip
@@ -157,8 +167,9 @@ def full_size(settings: Settings, args) -> None:
     size, steps = args.size, args.steps
     request = GenerationRequest(model="sd15-random", prompt="a red fox", width=size,
                                 height=size, steps=steps, seed=1)  # fmt: skip
-    loaded = engine.cache.get("sd15-random")
-    bare = StableDiffusionPipeline(**loaded.components)
+    with engine.cache.lease("sd15-random") as loaded:  # the same weights, for bare diffusers
+        components = loaded.components
+    bare = StableDiffusionPipeline(**components)
     bare.scheduler = EulerAncestralDiscreteScheduler.from_config(bare.scheduler.config)
     bare.set_progress_bar_config(disable=True)
 
@@ -170,8 +181,8 @@ def full_size(settings: Settings, args) -> None:
     print(f"(1) {size}², {steps} steps, Euler a: huabu {ours:.3f} s, bare diffusers "
           f"{theirs:.3f} s, ratio {ours / theirs:.3f}  ({steps / ours:.1f} it/s)")  # fmt: skip
     source, mask = noise_image(size), left_half(size)
-    image_to_image = request.model_copy(update={"init_image": "x", "strength": 0.75})
-    inpainting = image_to_image.model_copy(update={"inpaint": InpaintRef(mask="x")})
+    image_to_image = request.model_copy(update={"init_image": REF, "strength": 0.75})
+    inpainting = image_to_image.model_copy(update={"inpaint": InpaintRef(mask=REF)})
     plain, masked = timed(
         lambda: engine.generate(image_to_image, init_image=source),
         lambda: engine.generate(inpainting, init_image=source, mask_image=mask),

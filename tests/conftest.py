@@ -13,7 +13,34 @@ from huabu.engine import demo
 from huabu.engine.engine import Engine
 from huabu.native import GenerationRequest
 from huabu.settings import Settings
+from internals import Watch, install
 from serving import Server, stop_embedded_postgres
+
+WATCH = Watch()
+
+
+def pytest_configure(config):
+    install(WATCH)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests that talk to the shared ``huabu serve`` are ``server`` tests (make test-fast
+    leaves them out)."""
+    for item in items:
+        if "server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.server)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Fail the run if any response showed the server's insides (see ``internals``)."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None and WATCH.seen:
+        reporter.write_line(f"\n{WATCH.seen} responses from huabu checked for server internals")
+    if WATCH.findings:
+        reporter.write_line(f"{len(WATCH.findings)} response(s) showed server internals:")
+        for finding in WATCH.findings[:20]:
+            reporter.write_line(f"  {finding}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")
@@ -51,6 +78,15 @@ def small():
         return GenerationRequest(**(base | changes))
 
     return make
+
+
+@pytest.fixture
+def lora_path(settings):
+    """Registers LoRA names a test trains into the shared library; removes them after it."""
+    paths = []
+    yield lambda name: paths.append(settings.models_dir / "loras" / f"{name}.safetensors")
+    for path in paths:
+        path.unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ from huabu.db.session import open_database
 from huabu.errors import InvalidRequest, NotFound
 from huabu.settings import Settings
 
-HEAD = "0003"  # the newest migration in src/huabu/db/migrations/versions
+HEAD = "0004"  # the newest migration in src/huabu/db/migrations/versions
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +84,7 @@ def test_api_keys_authenticate_until_revoked(accounts):
         accounts.revoke_key("hb_doesnotexist1")
 
 
+@pytest.mark.slow
 def test_cli_manages_users_and_keys(tmp_path):
     env = {**os.environ, "HUABU_HOME": str(tmp_path)}
 

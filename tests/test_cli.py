@@ -5,9 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
-from huabu.engine.metadata import parse_infotext, read_parameters
+from huabu.catalog.infotext import parse_infotext, read_parameters
+
+pytestmark = pytest.mark.slow  # each test runs the CLI as a process
 
 HUABU = [sys.executable, "-m", "huabu"]
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from helpers import max_difference
+from helpers import REF, max_difference
 from huabu.engine import preprocessors
 from huabu.errors import InvalidRequest
 from huabu.native import ControlUnit, InpaintRef
@@ -19,7 +19,7 @@ def square():
 
 
 def unit(**changes) -> ControlUnit:
-    return ControlUnit(**({"model": "demo-controlnet", "image": "k", "preprocessor": "canny"}
+    return ControlUnit(**({"model": "demo-controlnet", "image": REF, "preprocessor": "canny"}
                           | changes))  # fmt: skip
 
 
@@ -28,6 +28,7 @@ def run(engine, small, square, *units, **changes):
     return engine.generate(request, control_images=[square] * len(units)).images[0]
 
 
+@pytest.mark.slow
 def test_controlnet_scale_and_no_leak(engine, small, square):
     base = engine.generate(small()).images[0]
     full = run(engine, small, square, unit())
@@ -38,6 +39,7 @@ def test_controlnet_scale_and_no_leak(engine, small, square):
     assert max_difference(base, after) == 0
 
 
+@pytest.mark.slow
 def test_guidance_window_and_stacking(engine, small, square):
     full = run(engine, small, square, unit())
     late = run(engine, small, square, unit(start=0.5))
@@ -48,9 +50,9 @@ def test_guidance_window_and_stacking(engine, small, square):
 
 
 def test_controlnet_with_img2img(engine, small, square):
-    plain = engine.generate(small(init_image="k", strength=0.6), init_image=square).images[0]
+    plain = engine.generate(small(init_image=REF, strength=0.6), init_image=square).images[0]
     controlled = engine.generate(
-        small(init_image="k", strength=0.6, controlnets=(unit(),)),
+        small(init_image=REF, strength=0.6, controlnets=(unit(),)),
         init_image=square,
         control_images=[square],
     ).images[0]
@@ -60,7 +62,7 @@ def test_controlnet_with_img2img(engine, small, square):
 def test_controlnet_with_inpainting(engine, small, square):
     mask = Image.new("L", (64, 64), 0)
     ImageDraw.Draw(mask).rectangle((0, 0, 31, 63), fill=255)
-    request = small(init_image="k", strength=0.9, inpaint=InpaintRef(mask="k", blur=0))
+    request = small(init_image=REF, strength=0.9, inpaint=InpaintRef(mask=REF, blur=0))
     plain = engine.generate(request, init_image=square, mask_image=mask).images[0]
     controlled = engine.generate(
         request.model_copy(update={"controlnets": (unit(),)}),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import uuid
 
 import pytest
 import requests
@@ -191,3 +192,31 @@ def test_api_keys_work_as_bearer_and_as_basic_password(server, accounts):
     assert basic.status_code == 200
     someone_else = requests.get(server.url + "/sdapi/v1/options", auth=("webui@example.com", key))
     assert someone_else.status_code == 401
+
+
+@pytest.fixture
+def broken_lora(settings):
+    """A file in models/loras that is not a LoRA: tasks using it fail on the worker."""
+    import torch
+    from safetensors.torch import save_file
+
+    path = settings.models_dir / "loras" / "broken-lora.safetensors"
+    save_file({"lora_unet_nothing.lora_down.weight": torch.zeros(4, 8)}, str(path))
+    yield "broken-lora"
+    path.unlink()
+
+
+def test_a_failed_task_is_a_500_with_its_id_and_a_reason(api, server, broken_lora):
+    response = requests.post(
+        server.url + "/sdapi/v1/txt2img",
+        json={"prompt": f"a fox <lora:{broken_lora}:1>"} | SMALL,
+        auth=("webui@example.com", "password123"),
+    )
+    assert response.status_code == 500
+    body = response.json()
+    assert body["error"] == "TaskFailed"
+    assert body["detail"] == "LoRA 'broken-lora' does not fit this checkpoint or is not a LoRA"
+    assert uuid.UUID(body["task_id"])  # the task that failed, to look up natively
+    listing = api.get_sd_models()
+    assert all(not model["filename"].startswith("/") for model in listing)
+    assert {model["filename"] for model in listing} >= {"checkpoints/demo-single.safetensors"}

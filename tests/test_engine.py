@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import max_difference, pixels
+from helpers import REF, loaded, max_difference, pixels
 from huabu.engine.engine import Engine
 from huabu.errors import Cancelled
 from huabu.native import GenerationRequest
@@ -40,7 +40,7 @@ def test_img2img_init_image_steers_the_result_more_at_low_strength(engine, small
     noise = Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
 
     def run(init, strength):
-        request = small(sampler=sampler, init_image="ref", strength=strength)
+        request = small(sampler=sampler, init_image=REF, strength=strength)
         return pixels(engine.generate(request, init_image=init).images[0])
 
     gap_low = np.abs(run(green, 0.3) - run(noise, 0.3)).mean()
@@ -48,15 +48,16 @@ def test_img2img_init_image_steers_the_result_more_at_low_strength(engine, small
     assert gap_low > 2 * gap_high
     text2image = pixels(engine.generate(small(sampler=sampler)).images[0])
     assert np.abs(run(green, 0.3) - text2image).mean() > 5
-    low = engine.generate(small(sampler=sampler, init_image="ref", strength=0.3), init_image=green)
+    low = engine.generate(small(sampler=sampler, init_image=REF, strength=0.3), init_image=green)
     assert low.images[0].size == (64, 64)
     assert "Denoising strength: 0.3" in low.infotexts[0]
 
 
+@pytest.mark.slow
 def test_single_file_checkpoint_loads_the_same_weights_as_the_folder(settings, small):
     engine = Engine(settings)  # its own cache: no LoRA or embedding loaded by other tests
-    folder = engine.cache.get("demo").components
-    single = engine.cache.get("demo-single").components
+    folder = loaded(engine, "demo").components
+    single = loaded(engine, "demo-single").components
     for name in ("unet", "vae", "text_encoder"):
         a, b = folder[name].state_dict(), single[name].state_dict()
         assert a.keys() == b.keys()
@@ -85,7 +86,7 @@ def test_cancellation_stops_within_a_step(engine, small, sampler):
 
 def test_vae_override_is_used_and_does_not_stick(engine, small, settings):
     vae_dir = settings.models_dir / "vae"
-    vae = engine.cache.get("demo").components["vae"]
+    vae = loaded(engine, "demo").components["vae"]
     original = {k: v.clone() for k, v in vae.state_dict().items()}
     with torch.no_grad():
         for parameter in vae.decoder.conv_out.parameters():
@@ -106,7 +107,7 @@ def test_single_file_vae_in_a1111_layout(engine, small, settings):
 
     from huabu.engine.ldm_layout import vae_to_ldm
 
-    vae = engine.cache.get("demo").components["vae"]
+    vae = loaded(engine, "demo").components["vae"]
     state = vae_to_ldm(vae.state_dict(), dict(vae.config))
     prefix = "first_stage_model."
     # Standalone VAE files (e.g. vae-ft-mse-840000) carry no first_stage_model. prefix.
@@ -119,6 +120,7 @@ def test_single_file_vae_in_a1111_layout(engine, small, settings):
     assert np.array_equal(pixels(base.images[0]), pixels(overridden.images[0]))
 
 
+@pytest.mark.slow
 def test_pipeline_cache_evicts_least_recently_used(settings, small):
     from huabu.engine.engine import Engine
 

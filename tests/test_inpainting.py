@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from helpers import pixels
+from helpers import REF, loaded, pixels
 from huabu.engine.denoiser import Denoiser
 from huabu.engine.inpainting import plan
 from huabu.errors import InvalidRequest
@@ -35,9 +35,9 @@ def inpaint(engine, small, source, mask, *, strength=1.0, sampler="Euler a", mod
     request = small(
         model=model,
         sampler=sampler,
-        init_image="ref",
+        init_image=REF,
         strength=strength,
-        inpaint=InpaintRef(mask="ref", **({"blur": 0} | options)),
+        inpaint=InpaintRef(mask=REF, **({"blur": 0} | options)),
     )
     return engine.generate(request, init_image=source, mask_image=mask)
 
@@ -71,7 +71,7 @@ def test_strength_sets_how_much_of_the_masked_area_survives(engine, small, sampl
 
 
 def test_k_diffusion_keeps_the_unmasked_latents_at_every_step(engine):
-    unet = engine.cache.get("demo").components["unet"]
+    unet = loaded(engine, "demo").components["unet"]
     torch.manual_seed(0)
     embeds = torch.randn(1, 77, unet.config.cross_attention_dim)
     kept = torch.randn(1, 4, 8, 8)
@@ -79,7 +79,7 @@ def test_k_diffusion_keeps_the_unmasked_latents_at_every_step(engine):
     repaint[..., :4] = 1
     denoiser = Denoiser(
         unet,
-        engine.cache.get("demo").txt2img.scheduler.alphas_cumprod,
+        loaded(engine, "demo").txt2img.scheduler.alphas_cumprod,
         prediction_type="epsilon",
         embeds=embeds,
         negative_embeds=torch.zeros_like(embeds),
@@ -105,7 +105,7 @@ def test_fill_starts_the_masked_area_from_its_surroundings(engine, small):
     ImageDraw.Draw(source).rectangle(LEFT_HALF, fill=(230, 0, 0))
     start = {
         fill: np.asarray(
-            plan(source, mask_of(LEFT_HALF), InpaintRef(mask="m", fill=fill, blur=0)).start
+            plan(source, mask_of(LEFT_HALF), InpaintRef(mask=REF, fill=fill, blur=0)).start
         )
         for fill in ("original", "fill")
     }
@@ -138,7 +138,7 @@ def test_only_masked_repaints_a_small_area_at_the_full_size(engine, small):
 def test_only_masked_cuts_out_the_mask_with_padding_at_the_output_aspect_ratio():
     source = noise_image(size=96).crop((0, 0, 96, 64))
     the_plan = plan(source, mask_of((40, 20, 49, 29), size=96).crop((0, 0, 96, 64)),
-                    InpaintRef(mask="m", blur=0, only_masked=True, padding=6))  # fmt: skip
+                    InpaintRef(mask=REF, blur=0, only_masked=True, padding=6))  # fmt: skip
     x1, y1, x2, y2 = the_plan.box
     assert x1 <= 34 and y1 <= 14 and x2 >= 56 and y2 >= 36
     assert abs((x2 - x1) / (y2 - y1) - 96 / 64) < 0.05
@@ -157,7 +157,7 @@ def test_a_mask_that_repaints_nothing_is_refused(engine, small, mask, invert):
 
 def test_inpainting_needs_a_source_image(engine, small):
     with pytest.raises(InvalidRequest) as error:
-        engine.generate(small(inpaint=InpaintRef(mask="ref")), mask_image=mask_of(LEFT_HALF))
+        engine.generate(small(inpaint=InpaintRef(mask=REF)), mask_image=mask_of(LEFT_HALF))
     assert error.value.param == "inpaint"
 
 
@@ -174,7 +174,7 @@ def inpainting_engine(engine, tmp_path_factory):
     home = tmp_path_factory.mktemp("inpainting-home")
     torch.manual_seed(0)
     unet = UNet2DConditionModel(**(demo._UNET | {"in_channels": 9}))
-    parts = engine.cache.get("demo").components
+    parts = loaded(engine, "demo").components
     StableDiffusionPipeline(**(parts | {"unet": unet})).save_pretrained(
         home / "models" / "checkpoints" / "demo-inpainting"
     )
@@ -192,8 +192,8 @@ def test_a_dedicated_inpainting_checkpoint_inpaints(inpainting_engine, small):
         small(
             model="demo-inpainting",
             sampler="DPM fast",
-            init_image="ref",
-            inpaint=InpaintRef(mask="ref"),
+            init_image=REF,
+            inpaint=InpaintRef(mask=REF),
         ),  # fmt: skip
     ):
         with pytest.raises(InvalidRequest) as error:

@@ -3,13 +3,13 @@
 import pytest
 from PIL import Image
 
-from helpers import max_difference
+from helpers import REF, max_difference
 from huabu.errors import InvalidRequest
 from huabu.native import IpAdapterRef
 
 
 def adapter(scale: float = 1.0) -> IpAdapterRef:
-    return IpAdapterRef(name="demo-ip-adapter", image="k", scale=scale)
+    return IpAdapterRef(name="demo-ip-adapter", image=REF, scale=scale)
 
 
 def test_ip_adapter_steers_and_leaves_no_trace(engine, small):
@@ -28,7 +28,7 @@ def test_ip_adapter_steers_and_leaves_no_trace(engine, small):
 def test_ip_adapter_errors(engine, small):
     red = Image.new("RGB", (64, 64), (220, 20, 20))
     with pytest.raises(InvalidRequest) as caught:
-        engine.generate(small(ip_adapter=IpAdapterRef(name="nope", image="k")), ip_image=red)
+        engine.generate(small(ip_adapter=IpAdapterRef(name="nope", image=REF)), ip_image=red)
     assert caught.value.param == "ip_adapter.name" and "demo-ip-adapter" in caught.value.message
     with pytest.raises(InvalidRequest) as caught:
         engine.generate(small(ip_adapter=adapter(), sampler="DPM fast"), ip_image=red)

@@ -2,9 +2,10 @@
 
 import json
 
-from huabu.engine.architectures import Architecture, detect_architecture
-from huabu.engine.library import ModelLibrary
-from huabu.engine.single_file import CheckpointHeader, derive_configs
+from huabu.catalog.architectures import Architecture, detect_architecture
+from huabu.catalog.checkpoints import CheckpointHeader
+from huabu.catalog.library import ModelLibrary
+from huabu.engine.single_file import derive_configs
 
 
 def test_families_are_detected_from_key_names():

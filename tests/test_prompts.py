@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from helpers import loaded
 from huabu.engine.prompts import parse_weights
 
 
@@ -25,7 +26,7 @@ def test_parse_weights(prompt, expected):
 
 @pytest.fixture(scope="module")
 def encoder(engine):
-    return engine.cache.get("demo").prompt_encoder
+    return loaded(engine, "demo").prompt_encoder
 
 
 def test_weighting_changes_only_the_weighted_tokens(encoder):

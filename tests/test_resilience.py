@@ -17,6 +17,8 @@ from huabu.settings import Settings
 from serving import Server, Worker, stop_embedded_postgres
 from test_service import SLOW, SMALL, submit, wait_finished, wait_state
 
+pytestmark = pytest.mark.slow  # each test starts servers and workers of its own
+
 
 @pytest.fixture
 def fresh_home(tmp_path, home):

@@ -34,7 +34,14 @@ def test_every_spec_003_sampler_is_implemented():
     assert spec_003 | {"DPM++ 2M SDE", "DPM++ 2M SDE Karras"} == set(SAMPLERS) == set(SAMPLER_NAMES)
 
 
-@pytest.mark.parametrize("name", SAMPLER_NAMES)
+#: Samplers that make test-fast: one ancestral, one multistep, one of huabu's k-diffusion ports.
+FAST = ("Euler a", "DPM++ 2M Karras", "DPM adaptive")
+
+
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(name, marks=() if name in FAST else pytest.mark.slow) for name in SAMPLER_NAMES],
+)
 def test_sampler_runs_reports_progress_and_is_deterministic(engine, small, name):
     progress = []
     first = engine.generate(small(sampler=name), on_progress=lambda s, t: progress.append((s, t)))
@@ -47,6 +54,7 @@ def test_sampler_runs_reports_progress_and_is_deterministic(engine, small, name)
     assert first.request.sampler == name
 
 
+@pytest.mark.slow
 def test_samplers_are_not_aliases_of_each_other(engine, small):
     images = {name: engine.generate(small(sampler=name)).images[0] for name in SAMPLER_NAMES}
     # Deterministic samplers of the same family may land close; none may be identical.

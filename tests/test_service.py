@@ -13,7 +13,7 @@ from PIL import Image
 
 from helpers import max_difference, png_bytes
 from huabu.auth import Accounts
-from huabu.engine.metadata import parse_infotext, read_parameters
+from huabu.catalog.infotext import parse_infotext, read_parameters
 from serving import Server
 
 SMALL = {"model": "demo", "prompt": "a red fox", "width": 64, "height": 64, "steps": 8}
@@ -312,3 +312,47 @@ def test_openapi_docs_are_served(server):
     spec = httpx.get(server.url + "/openapi.json").json()
     assert "/huabu/v1/generations" in spec["paths"]
     assert httpx.get(server.url + "/docs").status_code == 200
+
+
+def _b64(image: Image.Image) -> str:
+    import base64
+
+    return base64.b64encode(png_bytes(image)).decode()
+
+
+@pytest.mark.parametrize(
+    "path, body, status",
+    [
+        # Each sends valid images with a request refused for another reason.
+        ("/v3/async/img2img", lambda image: {"request": {
+            "model_name": "demo", "prompt": "p", "image_base64": image, "sampler_name": "nope",
+            "controlnet": {"units": [{"model_name": "demo-controlnet", "image_base64": image}]}}},
+         400),
+        ("/api/image/generate", lambda image: {"type": "image2image", "image": image,
+                                               "model": "nope"}, 400),
+        ("/sdapi/v1/img2img", lambda image: {"init_images": [image], "mask": image,
+                                             "sampler_name": "nope"}, 400),
+        ("/img2img", lambda image: {"init_image": image, "num_inference_steps": 151}, 400),
+    ],
+)  # fmt: skip
+def test_refused_requests_store_no_images(alice, service_home, path, body, status):
+    uploads = service_home / "files" / "uploads"
+    before = set(uploads.iterdir()) if uploads.exists() else set()
+    image = _b64(Image.new("RGB", (64, 64), "teal"))
+    response = alice.post(path, json=body(image))
+    assert response.status_code == status, response.text
+    after = set(uploads.iterdir()) if uploads.exists() else set()
+    assert after == before
+
+
+def test_refused_openai_edits_store_no_images(alice, service_home):
+    uploads = service_home / "files" / "uploads"
+    before = set(uploads.iterdir()) if uploads.exists() else set()
+    image = png_bytes(Image.new("RGBA", (64, 64), (0, 0, 0, 0)))
+    response = alice.post(
+        "/v1/images/edits",
+        files={"image": ("a.png", image, "image/png"), "mask": ("m.png", image, "image/png")},
+        data={"prompt": "a hat", "n": "99"},
+    )
+    assert response.status_code == 400 and response.json()["error"]["param"] == "n"
+    assert (set(uploads.iterdir()) if uploads.exists() else set()) == before

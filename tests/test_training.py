@@ -8,7 +8,7 @@ from PIL import Image
 from safetensors import safe_open
 
 from helpers import max_difference
-from huabu.engine.library import ModelLibrary, private_name
+from huabu.catalog.library import ModelLibrary, private_name
 from huabu.errors import Cancelled, InvalidRequest
 from huabu.native import LoraRef
 from huabu.training.trainer import TrainingJob, train_lora
@@ -22,14 +22,7 @@ def job(name: str, **changes) -> TrainingJob:
     return TrainingJob(**(base | changes))
 
 
-@pytest.fixture
-def lora_path(settings):
-    paths = []
-    yield lambda name: paths.append(settings.models_dir / "loras" / f"{name}.safetensors")
-    for path in paths:
-        path.unlink(missing_ok=True)
-
-
+@pytest.mark.slow
 def test_trained_lora_is_a_kohya_file_the_engine_uses(settings, engine, small, lora_path):
     lora_path("trained-fox")
     steps = []

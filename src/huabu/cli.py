@@ -4,6 +4,7 @@ and API keys. Errors are one line on stderr and exit status 2 — never a traceb
 from __future__ import annotations
 
 import sys
+import uuid
 from pathlib import Path
 from typing import Annotated
 
@@ -73,16 +74,20 @@ def generate(
 def _generate(args: dict) -> None:
     from tqdm import tqdm
 
-    from huabu.engine.demo import DEMO, DEMO_SINGLE, NOTICE
-    from huabu.engine.engine import Engine
-    from huabu.engine.metadata import encode_image
-    from huabu.images import decode_image
-    from huabu.native import GenerationRequest
+    from huabu.catalog.infotext import encode_image
+    from huabu.catalog.library import ModelLibrary
+    from huabu.native import GenerationRequest, ImageRef
+    from huabu.tasks.inputs import input_images
+    from huabu.tasks.uploads import check_image
 
     settings = Settings()
     width, height = _size(args["size"])
-    init_path: Path | None = args["init_image"]
-    mask_path: Path | None = args["mask"]
+    # Input files are checked like uploads and held in memory under storage keys: the request
+    # names them by key, as a queued task would, and never by path. The request is checked
+    # first, so its errors come before those of the files.
+    paths = {field: args[field] for field in ("init_image", "mask") if args[field] is not None}
+    refs = {field: ImageRef.stored(f"uploads/{uuid.uuid4()}") for field in paths}
+    inpaint = {"mask": refs["mask"], "blur": args["mask_blur"]} if "mask" in refs else None
     request = GenerationRequest.parse(
         {
             "model": args["model"],
@@ -95,30 +100,37 @@ def _generate(args: dict) -> None:
             "sampler": args["sampler"],
             "seed": args["seed"],
             "n_images": args["n"],
-            "init_image": str(init_path) if init_path else None,
+            "init_image": refs.get("init_image"),
             "strength": args["strength"],
-            "inpaint": {"mask": str(mask_path), "blur": args["mask_blur"]} if mask_path else None,
+            "inpaint": inpaint,
             "clip_skip": args["clip_skip"],
             "vae": args["vae"],
             "output_format": args["fmt"],
         }
     ).checked(settings)
-
-    def read(path: Path | None, field: str):
-        if path is None:
-            return None
+    files: dict[str, bytes] = {}
+    for field, path in paths.items():
         try:
             data = path.read_bytes()
         except OSError as exc:
             raise InvalidRequest(
                 f"{field}: cannot read {path}: {exc.strerror}", param=field
             ) from None
-        return decode_image(data, field=field, max_pixels=settings.max_input_pixels)
+        key = refs[field].key
+        assert key is not None
+        files[key] = check_image(data, field=field, settings=settings).data
+    library = ModelLibrary(settings)
+    library.find("checkpoints", request.model)
+    if request.vae:
+        library.find("vae", request.vae, param="vae")
 
-    init, mask = read(init_path, "init_image"), read(mask_path, "mask")
+    # Only now torch: bad input is refused in a second, without loading it.
+    from huabu.engine.demo import DEMO, DEMO_SINGLE, NOTICE
+    from huabu.engine.engine import Engine
+
     if request.model in (DEMO, DEMO_SINGLE):
         typer.echo(f"note: {NOTICE}", err=True)
-    engine = Engine(settings)
+    engine = Engine(settings, library)
     with tqdm(total=request.steps, unit="step", file=sys.stderr, leave=False) as bar:
 
         def progress(step: int, total: int) -> None:
@@ -126,7 +138,8 @@ def _generate(args: dict) -> None:
             bar.n = step
             bar.refresh()
 
-        result = engine.generate(request, init_image=init, mask_image=mask, on_progress=progress)
+        images = input_images(request, files.__getitem__, settings.max_input_pixels)
+        result = engine.generate(request, **images, on_progress=progress)
     folder: Path = args["out"]
     folder.mkdir(parents=True, exist_ok=True)
     counter = _next_counter(folder)
@@ -143,7 +156,7 @@ def _generate(args: dict) -> None:
 @models_app.command("list")
 def models_list() -> None:
     """Show every model in the library with its architecture and size."""
-    from huabu.engine.library import KINDS, ModelLibrary
+    from huabu.catalog.library import KINDS, ModelLibrary
 
     library = ModelLibrary(Settings())
     typer.echo(f"{'KIND':12} {'NAME':32} {'LAYOUT':12} {'ARCH':8} SIZE")
@@ -171,8 +184,8 @@ def models_demo(
     ] = False,
 ) -> None:
     """Build the tiny offline demo model (random weights: noise-like images)."""
+    from huabu.catalog.library import ModelLibrary
     from huabu.engine import demo
-    from huabu.engine.library import ModelLibrary
 
     settings = Settings()
     library = ModelLibrary(settings)
@@ -190,7 +203,7 @@ def models_demo(
 @models_app.command("pull")
 def models_pull(repo_id: str) -> None:
     """Download a diffusers checkpoint from the Hugging Face hub (needs internet)."""
-    from huabu.engine.library import ModelLibrary
+    from huabu.catalog.library import ModelLibrary
 
     settings = Settings()
     target = ModelLibrary(settings).root / "checkpoints" / repo_id.rsplit("/", 1)[-1]
@@ -274,7 +287,7 @@ def serve(
     """Serve every API over HTTP (docs at /docs), with a worker inside unless HUABU_WORKER=false."""
     import uvicorn
 
-    from huabu.web.app import create_app
+    from huabu.app import create_app
 
     settings = Settings()
     updates = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
@@ -306,7 +319,7 @@ def worker() -> None:
     import asyncio
 
     from huabu.db.session import open_database
-    from huabu.tasks.worker import Worker
+    from huabu.worker import Worker
 
     settings = Settings()
     _logging()

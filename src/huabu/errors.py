@@ -7,8 +7,13 @@ HuabuError                      any error a caller should see, with a readable m
 ├── NotFound                    unknown id or name (also: exists but is not yours)
 ├── Overloaded(retry_after)     a queue limit is reached; try again in ``retry_after`` seconds
 ├── ModelUnavailable            the model exists but cannot be loaded
-├── Cancelled                   the task was cancelled while running
-└── GenerationFailed            the engine failed on a valid request
+├── Cancelled                   the task was cancelled while running (or while waited for)
+├── GenerationFailed            the engine failed on a valid request
+├── TaskFailed(task_id)         a task a synchronous call waited for ended failed
+└── TaskTimedOut(task_id)       a synchronous call stopped waiting; the task goes on
+
+``task_id``, on every error, names the task the error is about when there is one, so a
+synchronous caller can still follow the work it started.
 """
 
 from __future__ import annotations
@@ -17,9 +22,10 @@ from __future__ import annotations
 class HuabuError(Exception):
     """Base of every error whose message is meant for the user."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, task_id: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.task_id = task_id
 
 
 class InvalidRequest(HuabuError):
@@ -57,9 +63,18 @@ class ModelUnavailable(HuabuError):
 class Cancelled(HuabuError):
     """Generation stopped because its task was cancelled."""
 
-    def __init__(self, message: str = "cancelled") -> None:
-        super().__init__(message)
+    def __init__(self, message: str = "cancelled", *, task_id: str | None = None) -> None:
+        super().__init__(message, task_id=task_id)
 
 
 class GenerationFailed(HuabuError):
     """The engine failed on a request that passed validation."""
+
+
+class TaskFailed(HuabuError):
+    """A task ended in failure while a synchronous call waited for it; the message is the
+    task's own (user-readable) error."""
+
+
+class TaskTimedOut(HuabuError):
+    """A synchronous call gave up waiting; its task is still queued or running and will finish."""

@@ -23,7 +23,7 @@ from huabu.settings import Settings
 MAX_REDIRECTS = 5
 
 
-def _allowed(address: ipaddress._BaseAddress, allow: list[str]) -> bool:
+def _allowed(address: ipaddress.IPv4Address | ipaddress.IPv6Address, allow: list[str]) -> bool:
     if address.is_global:
         return True
     return any(address in ipaddress.ip_network(network, strict=False) for network in allow)
@@ -35,7 +35,7 @@ def _resolve(host: str, port: int, field: str, settings: Settings) -> str:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror:
         raise InvalidRequest(f"{field}: cannot resolve host {host!r}", param=field) from None
-    addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
+    addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
     for address in addresses:
         if not _allowed(address, settings.fetch_allow):
             raise InvalidRequest(

@@ -43,8 +43,7 @@ def decode_image(data: bytes, *, field: str, max_pixels: int, mode: str = "RGB")
         )
     try:
         image.load()
-        image = ImageOps.exif_transpose(image)
-        return image.convert(mode)
+        return ImageOps.exif_transpose(image).convert(mode)
     except (OSError, ValueError, SyntaxError):
         raise InvalidRequest(f"{field} is a truncated or corrupt image", param=field) from None
 

@@ -17,14 +17,15 @@ from huabu.settings import Settings
 _MIGRATION_LOCK = 0x68756162  # "huab"
 
 
-def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest revision. Idempotent; a server and its workers starting
-    together take turns (a transaction-scoped advisory lock), so no two create the same table."""
+def migrate(engine: Engine, revision: str = "head") -> None:
+    """Bring the schema to ``revision`` (the newest by default). Idempotent; a server and its
+    workers starting together take turns (a transaction-scoped advisory lock), so no two create
+    the same table."""
     config = Config(str(Path(str(resources.files("huabu.db"))) / "alembic.ini"))
     with engine.begin() as connection:
         connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
         config.attributes["connection"] = connection
-        command.upgrade(config, "head")
+        command.upgrade(config, revision)
 
 
 def open_database(settings: Settings) -> sessionmaker[Session]:

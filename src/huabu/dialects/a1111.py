@@ -14,6 +14,7 @@ import base64
 import io
 import json
 import os
+import uuid
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -21,15 +22,16 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from PIL import Image, UnidentifiedImageError
 
+from huabu.catalog.infotext import parse_infotext, read_parameters
 from huabu.dialects import a1111_wire as wire
 from huabu.dialects.common import read_body, validate
-from huabu.engine.metadata import read_parameters
 from huabu.errors import HuabuError, InvalidRequest
 from huabu.images import decode_base64
 from huabu.native import SAMPLER_NAMES, GenerationRequest
+from huabu.tasks.uploads import NewUploads
 from huabu.web.deps import CurrentUser, ServicesDep
 from huabu.web.services import Services
-from huabu.web.waiting import wait_for_task
+from huabu.web.waiting import submit_and_wait
 
 ORIGIN = "a1111"
 PREFIX = "/sdapi/v1"
@@ -37,7 +39,8 @@ router = APIRouter(prefix=PREFIX, tags=["A1111: sdapi/v1"])
 
 
 def render_error(error: HuabuError, status: int) -> Response:
-    """A1111's HTTP error body (``error``, ``detail``, ``body``, ``errors``), plus ``param``."""
+    """A1111's HTTP error body (``error``, ``detail``, ``body``, ``errors``), plus ``param``
+    and, for a task that was queued, ``task_id``."""
     body: dict[str, Any] = {
         "error": type(error).__name__,
         "detail": error.message,
@@ -46,6 +49,8 @@ def render_error(error: HuabuError, status: int) -> Response:
     }
     if isinstance(error, InvalidRequest):
         body["param"] = error.param
+    if error.task_id is not None:
+        body["task_id"] = error.task_id
     return JSONResponse(body, status_code=status)
 
 
@@ -59,10 +64,14 @@ async def _model(services: Services, options: dict[str, Any], body: wire.Txt2Img
         return wire.model_name(str(wanted))
     if options.get("sd_model_checkpoint"):
         return options["sd_model_checkpoint"]
-    return await run_in_threadpool(services.tasks.default_model)
+    return await run_in_threadpool(services.library.default_model)
 
 
-async def _controlnets(services: Services, user_id, body: wire.Txt2ImgIn, init: str | None):
+async def _controlnets(
+    uploads: NewUploads, body: wire.Txt2ImgIn, init: uuid.UUID | None
+) -> list[tuple[int, wire.ControlNetArg, uuid.UUID]]:
+    """The enabled units with the upload id of each one's image (the init image when a unit
+    of img2img has none, as sd-webui-controlnet does)."""
     units = []
     for index, unit in wire.control_units(body):
         field = f"alwayson_scripts.controlnet.args.{index}.image"
@@ -72,55 +81,43 @@ async def _controlnets(services: Services, user_id, body: wire.Txt2ImgIn, init: 
         upload_id = init
         if image is not None:
             data = decode_base64(image, field=field)
-            upload = await run_in_threadpool(services.tasks.upload, user_id, data, field=field)
-            upload_id = str(upload.id)
+            upload_id = (await run_in_threadpool(uploads.add, data, field=field)).id
+        assert upload_id is not None
         units.append((index, unit, upload_id))
     return units
 
 
 async def _generate(
-    services: Services, user, body: wire.Txt2ImgIn, init: str | None, mask: str | None = None
+    services: Services,
+    user,
+    body: wire.Txt2ImgIn,
+    uploads: NewUploads,
+    init: uuid.UUID | None = None,
+    mask: uuid.UUID | None = None,
 ) -> Response:
     options = await run_in_threadpool(services.accounts.options, user.id)
     model = await _model(services, options, body)
-    units = await _controlnets(services, user.id, body, init)
+    units = await _controlnets(uploads, body, init)
     try:
         native = wire.to_native(body, model=model, init_image=init, mask=mask, controlnets=units,
                                 options=options, settings=services.settings)  # fmt: skip
-        record = await run_in_threadpool(
-            services.tasks.submit_generation, user.id, native, origin=ORIGIN
+        # A1111 answers an interrupted call with what it has: here, no images.
+        record = await submit_and_wait(
+            services, user.id, native, origin=ORIGIN, uploads=uploads, cancelled_ok=True
         )
     except InvalidRequest as exc:
         raise wire.renamed(exc) from None
-    timeout = services.settings.sync_timeout
-    record = await wait_for_task(services, user.id, str(record.id), timeout)
-    if record.state == "failed":
-        return JSONResponse(
-            {"error": "GenerationFailed", "detail": record.error, "body": "",
-             "errors": record.error, "task_id": str(record.id)},
-            status_code=500,
-        )  # fmt: skip
-    if not record.finished:
-        message = (f"task {record.id} is still {record.state} after {timeout:g} s; it will "
-                   f"finish, follow it at /huabu/v1/tasks/{record.id}")  # fmt: skip
-        return JSONResponse(
-            {"error": "Timeout", "detail": message, "body": "", "errors": message,
-             "task_id": str(record.id)},
-            status_code=504,
-        )  # fmt: skip
-    # Succeeded, or interrupted (A1111 answers an interrupted call with what it has: here,
-    # no images).
     images = []
     if body.send_images:
         images = await run_in_threadpool(
             lambda: [base64.b64encode(services.storage.get(i.key)).decode() for i in record.images]
         )
-    request = GenerationRequest.model_validate(record.request)
+    assert isinstance(record.request, GenerationRequest)
     return JSONResponse(
         {
             "images": images,
             "parameters": body.model_dump(exclude={"init_images", "mask"}),
-            "info": json.dumps(wire.info(record, request, body)),
+            "info": json.dumps(wire.info(record, record.request, body)),
         }
     )
 
@@ -128,7 +125,7 @@ async def _generate(
 @router.post("/txt2img", summary="Text to image (synchronous, base64 images)")
 async def txt2img(request: Request, user: CurrentUser, services: ServicesDep) -> Response:
     body = validate(wire.Txt2ImgIn, await read_body(request))
-    return await _generate(services, user, body, None)
+    return await _generate(services, user, body, services.new_uploads())
 
 
 @router.post("/img2img", summary="Image to image (synchronous, base64 images)")
@@ -136,13 +133,14 @@ async def img2img(request: Request, user: CurrentUser, services: ServicesDep) ->
     body = validate(wire.Img2ImgIn, await read_body(request))
     if len(body.init_images) > 1:
         raise InvalidRequest("init_images: send one image", param="init_images")
+    uploads = services.new_uploads()
     data = decode_base64(body.init_images[0], field="init_images.0")
-    upload = await run_in_threadpool(services.tasks.upload, user.id, data, field="init_images.0")
+    init = await run_in_threadpool(uploads.add, data, field="init_images.0")
     mask = None
     if body.mask:
         data = decode_base64(body.mask, field="mask")
-        mask = await run_in_threadpool(services.tasks.upload, user.id, data, field="mask")
-    return await _generate(services, user, body, str(upload.id), str(mask.id) if mask else None)
+        mask = (await run_in_threadpool(uploads.add, data, field="mask")).id
+    return await _generate(services, user, body, uploads, init.id, mask)
 
 
 # -- the caller's current task ----------------------------------------------------------------
@@ -157,7 +155,7 @@ async def progress(user: CurrentUser, services: ServicesDep) -> Response:
 async def _stop_current(user, services: Services) -> Response:
     record = await run_in_threadpool(services.tasks.current, user.id)
     if record is not None and record.state == "running":
-        await run_in_threadpool(services.tasks.cancel, user.id, record.id)
+        await run_in_threadpool(services.cancel, user.id, record.id)
     return JSONResponse({})
 
 
@@ -180,7 +178,7 @@ async def sd_models(user: CurrentUser, services: ServicesDep) -> Response:
     return JSONResponse(
         [
             {"title": e.name, "model_name": e.name, "hash": None, "sha256": None,
-             "filename": str(e.path), "config": None}
+             "filename": e.location, "config": None}
             for e in entries
         ]
     )  # fmt: skip
@@ -208,7 +206,7 @@ async def schedulers(user: CurrentUser) -> Response:
 async def loras(user: CurrentUser, services: ServicesDep) -> Response:
     entries = await run_in_threadpool(services.library.entries, "loras")
     trained = await run_in_threadpool(services.training.trained_names, user.id)
-    listed = [{"name": e.name, "alias": e.name, "path": str(e.path), "metadata": {}}
+    listed = [{"name": e.name, "alias": e.name, "path": e.location, "metadata": {}}
               for e in entries]  # fmt: skip
     listed += [{"name": name, "alias": name, "path": "", "metadata": {}} for name in trained]
     return JSONResponse(listed)
@@ -225,7 +223,7 @@ async def embeddings(user: CurrentUser, services: ServicesDep) -> Response:
 @router.get("/sd-vae", summary="VAEs")
 async def sd_vae(user: CurrentUser, services: ServicesDep) -> Response:
     entries = await run_in_threadpool(services.library.entries, "vae")
-    return JSONResponse([{"model_name": e.name, "filename": str(e.path)} for e in entries])
+    return JSONResponse([{"model_name": e.name, "filename": e.location} for e in entries])
 
 
 @router.get("/scripts", summary="Scripts (none: ControlNet is built in)")
@@ -237,7 +235,7 @@ async def scripts(user: CurrentUser) -> Response:
 async def get_options(user: CurrentUser, services: ServicesDep) -> Response:
     options = await run_in_threadpool(services.accounts.options, user.id)
     if not options.get("sd_model_checkpoint"):
-        options["sd_model_checkpoint"] = await run_in_threadpool(services.tasks.default_model)
+        options["sd_model_checkpoint"] = await run_in_threadpool(services.library.default_model)
     return JSONResponse(wire.options_out(options))
 
 
@@ -248,7 +246,7 @@ async def set_options(request: Request, user: CurrentUser, services: ServicesDep
         name = changes["sd_model_checkpoint"]
         known = await run_in_threadpool(services.library.names, "checkpoints")
         if name not in known and not await run_in_threadpool(
-            services.tasks.trained_model, user.id, name
+            services.submitter.trained_model, user.id, name
         ):
             raise services.library.unknown("checkpoints", name, param="sd_model_checkpoint")
     if changes.get("sd_vae"):
@@ -268,7 +266,7 @@ async def png_info(request: Request, user: CurrentUser) -> Response:
     text = read_parameters(image) or ""
     return JSONResponse(
         {"info": text, "items": {"parameters": text} if text else {},
-         "parameters": wire.parse_infotext(text)}
+         "parameters": parse_infotext(text) if text.strip() else {}}
     )  # fmt: skip
 
 

@@ -1,23 +1,17 @@
 """The A1111 ``sdapi/v1`` wire shapes and their pure translation to and from the native
 model: request bodies, ``<lora:name:weight>`` in prompts, sampler + scheduler names,
-sd-webui-controlnet units, the ``info`` JSON and infotext parsing."""
+sd-webui-controlnet units, and the ``info`` JSON."""
 
 from __future__ import annotations
 
 import re
+import uuid
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from huabu.errors import InvalidRequest
-from huabu.native import (
-    MAX_SEED,
-    ControlUnit,
-    GenerationRequest,
-    InpaintRef,
-    LoraRef,
-    canonical_sampler,
-)
+from huabu.native import MAX_SEED, GenerationRequest, LoraRef, canonical_sampler
 from huabu.settings import Settings
 from huabu.tasks.records import TaskRecord
 
@@ -26,8 +20,6 @@ SCHEDULERS = {"automatic": "Automatic", "uniform": "Uniform", "karras": "Karras"
 _LORA = re.compile(r"<lora:([^:>]+)(?::([^:>]*))?(?::[^>]*)?>", re.IGNORECASE)
 _TITLE_HASH = re.compile(r"\s*\[[0-9a-fA-F]{8,64}\]$")
 _SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
-#: A1111's infotext ``key: value`` pairs (values may be quoted), as its own parser reads them.
-_PARAM = re.compile(r'\s*([\w ./-]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 #: sd-webui-controlnet module names → huabu's preprocessors.
 _MODULES = {"none": "none", "canny": "canny", "shuffle": "shuffle",
             "lineart_standard": "lineart_standard",
@@ -90,21 +82,22 @@ class Img2ImgIn(Txt2ImgIn):
     inpaint_full_res_padding: int = Field(default=0, ge=0, le=256)
     inpainting_mask_invert: int = Field(default=0, ge=0, le=1)
 
-    def inpaint(self, mask_id: str) -> InpaintRef:
+    def inpaint(self, mask_id: uuid.UUID) -> dict[str, Any]:
+        """The native ``inpaint`` of this body, its mask being the upload ``mask_id``."""
         if self.inpainting_fill > 1:
             raise InvalidRequest(
                 "inpainting_fill: 0 (fill) and 1 (original) are supported; latent noise (2) and "
                 "latent nothing (3) are not yet",
                 param="inpainting_fill",
             )
-        return InpaintRef(
-            mask=mask_id,
-            blur=self.mask_blur,
-            invert=bool(self.inpainting_mask_invert),
-            fill="fill" if self.inpainting_fill == 0 else "original",
-            only_masked=self.inpaint_full_res,
-            padding=self.inpaint_full_res_padding,
-        )
+        return {
+            "mask": mask_id,
+            "blur": self.mask_blur,
+            "invert": bool(self.inpainting_mask_invert),
+            "fill": "fill" if self.inpainting_fill == 0 else "original",
+            "only_masked": self.inpaint_full_res,
+            "padding": self.inpaint_full_res_padding,
+        }
 
 
 def model_name(title: str) -> str:
@@ -152,16 +145,22 @@ def split_loras(prompt: str) -> tuple[str, tuple[LoraRef, ...]]:
 def control_units(body: Txt2ImgIn) -> list[tuple[int, ControlNetArg]]:
     """The enabled sd-webui-controlnet units of ``alwayson_scripts``, with their indexes."""
     scripts = {key.lower(): value for key, value in body.alwayson_scripts.items()}
-    args = (scripts.get("controlnet") or {}).get("args") or []
+    script = scripts.get("controlnet") or {}
+    if not isinstance(script, dict) or not isinstance(script.get("args") or [], list):
+        param = "alwayson_scripts.controlnet"
+        raise InvalidRequest(f'{param} must look like {{"args": [unit, …]}}', param=param)
     units = []
-    for index, raw in enumerate(args):
+    for index, raw in enumerate(script.get("args") or []):
         if not isinstance(raw, dict):
             continue  # the extension's legacy positional form: nothing to apply
         try:
             unit = ControlNetArg.model_validate(raw)
-        except ValueError as exc:
-            param = f"alwayson_scripts.controlnet.args.{index}"
-            raise InvalidRequest(f"{param}: {exc}", param=param) from None
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            param = ".".join(
+                ["alwayson_scripts.controlnet.args", str(index), *map(str, first["loc"])]
+            )
+            raise InvalidRequest(f"{param}: {first['msg']}", param=param) from None
         if unit.enabled and model_name(unit.model).lower() not in ("", "none"):
             units.append((index, unit))
     return units
@@ -171,12 +170,14 @@ def to_native(
     body: Txt2ImgIn,
     *,
     model: str,
-    init_image: str | None,
-    mask: str | None = None,
-    controlnets: list[tuple[int, ControlNetArg, str]],
+    init_image: uuid.UUID | None,
+    mask: uuid.UUID | None = None,
+    controlnets: list[tuple[int, ControlNetArg, uuid.UUID]],
     options: dict[str, Any],
     settings: Settings,
 ) -> GenerationRequest:
+    """Pure translation. ``init_image``, ``mask`` and each unit's third item are upload ids;
+    ``options`` are the caller's saved options (``override_settings`` win over them)."""
     for flag in ("enable_hr", "tiling", "restore_faces"):
         if getattr(body, flag):
             raise InvalidRequest(f"{flag} is not supported yet", param=flag)
@@ -191,40 +192,43 @@ def to_native(
     vae = overrides.get("sd_vae") or None
     if vae in ("Automatic", "None"):
         vae = None
-    return GenerationRequest(
-        model=model,
-        prompt=prompt,
-        negative_prompt=body.negative_prompt,
-        width=body.width,
-        height=body.height,
-        steps=body.steps,
-        guidance=body.cfg_scale,
-        sampler=sampler(body),
-        seed=body.seed,
-        n_images=images,
-        init_image=init_image,
-        inpaint=body.inpaint(mask) if isinstance(body, Img2ImgIn) and mask else None,
-        strength=getattr(body, "denoising_strength", 0.75),
-        clip_skip=int(overrides.get("CLIP_stop_at_last_layers") or 1),
-        vae=model_name(vae) if vae else None,
-        loras=loras,
-        controlnets=tuple(
-            ControlUnit(
-                model=model_name(unit.model),
-                image=upload_id,
-                preprocessor=_MODULES.get(unit.module.strip().lower(), unit.module),
-                scale=unit.weight,
-                start=unit.guidance_start,
-                end=unit.guidance_end,
-            )
-            for _, unit, upload_id in controlnets
-        ),
+    return GenerationRequest.parse(
+        {
+            "model": model,
+            "prompt": prompt,
+            "negative_prompt": body.negative_prompt,
+            "width": body.width,
+            "height": body.height,
+            "steps": body.steps,
+            "guidance": body.cfg_scale,
+            "sampler": sampler(body),
+            "seed": body.seed,
+            "n_images": images,
+            "init_image": init_image,
+            "inpaint": body.inpaint(mask) if isinstance(body, Img2ImgIn) and mask else None,
+            "strength": getattr(body, "denoising_strength", 0.75),
+            "clip_skip": overrides.get("CLIP_stop_at_last_layers") or 1,
+            "vae": model_name(str(vae)) if vae else None,
+            "loras": loras,
+            "controlnets": [
+                {
+                    "model": model_name(unit.model),
+                    "image": upload_id,
+                    "preprocessor": _MODULES.get(unit.module.strip().lower(), unit.module),
+                    "scale": unit.weight,
+                    "start": unit.guidance_start,
+                    "end": unit.guidance_end,
+                }
+                for _, unit, upload_id in controlnets
+            ],
+        }
     )
 
 
 _NATIVE_NAMES = {"model": "override_settings.sd_model_checkpoint", "guidance": "cfg_scale",
                  "sampler": "sampler_name", "n_images": "batch_size", "strength":
-                 "denoising_strength", "vae": "override_settings.sd_vae"}  # fmt: skip
+                 "denoising_strength", "vae": "override_settings.sd_vae",
+                 "clip_skip": "override_settings.CLIP_stop_at_last_layers"}  # fmt: skip
 
 
 _INPAINT_NAMES = {"blur": "mask_blur", "padding": "inpaint_full_res_padding"}
@@ -291,19 +295,29 @@ def info(record: TaskRecord, request: GenerationRequest, body: Txt2ImgIn) -> dic
 
 def progress(record: TaskRecord | None) -> dict[str, Any]:
     """A1111's ``/progress`` for the caller's current task (or none)."""
-    running = record is not None and record.state == "running"
+    if record is None:
+        return {
+            "progress": 0.0,
+            "eta_relative": 0.0,
+            "state": {"skipped": False, "interrupted": False, "job": "", "job_count": 0,
+                      "job_timestamp": "0", "job_no": 0, "sampling_step": 0,
+                      "sampling_steps": 0},
+            "current_image": None,
+            "textinfo": None,
+        }  # fmt: skip
+    running = record.state == "running"
     return {
         "progress": round(record.step / max(record.total, 1), 4) if running else 0.0,
-        "eta_relative": (record.eta_seconds or 0.0) if record is not None else 0.0,
+        "eta_relative": record.eta_seconds or 0.0,
         "state": {
             "skipped": False,
             "interrupted": False,
-            "job": f"task({record.id})" if record is not None else "",
-            "job_count": 1 if record is not None else 0,
-            "job_timestamp": record.created_at.strftime("%Y%m%d%H%M%S") if record else "0",
+            "job": f"task({record.id})",
+            "job_count": 1,
+            "job_timestamp": record.created_at.strftime("%Y%m%d%H%M%S"),
             "job_no": 0,
             "sampling_step": record.step if running else 0,
-            "sampling_steps": record.total if record is not None else 0,
+            "sampling_steps": record.total,
         },
         "current_image": None,
         "textinfo": None,
@@ -341,26 +355,3 @@ def options_out(options: dict[str, Any]) -> dict[str, Any]:
         "samples_format": "png",
         "sd_lora": "None",
     }
-
-
-def parse_infotext(text: str) -> dict[str, Any]:
-    """A1111 infotext → ``{"Prompt", "Negative prompt", "Steps", …}`` (values as text)."""
-    if not text.strip():
-        return {}
-    *lines, last = text.strip().split("\n")
-    if not _PARAM.findall(last) or ":" not in last:
-        lines.append(last)
-        last = ""
-    prompt, negative, in_negative = [], [], False
-    for line in lines:
-        if line.startswith("Negative prompt:"):
-            in_negative = True
-            line = line.removeprefix("Negative prompt:").strip()
-        (negative if in_negative else prompt).append(line)
-    result: dict[str, Any] = {"Prompt": "\n".join(prompt), "Negative prompt": "\n".join(negative)}
-    for key, value in _PARAM.findall(last):
-        value = value.strip()
-        if len(value) > 1 and value[0] == value[-1] == '"':
-            value = value[1:-1].replace('\\"', '"')
-        result[key.strip()] = value
-    return result

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ValidationError
 
 from huabu.errors import InvalidRequest, NotFound
 from huabu.fetch import fetch
-from huabu.tasks.records import UploadRecord
+from huabu.tasks.uploads import NewUploads
 from huabu.web.services import Services
 
 Wire = TypeVar("Wire", bound=BaseModel)
@@ -84,14 +84,15 @@ def image_bytes_from_url(services: Services, url: str, *, field: str) -> bytes:
 
 
 def upload_from_url(
-    services: Services, owner_id: uuid.UUID, url: str, *, field: str
-) -> UploadRecord:
-    """The image a client points at, as one of the caller's uploads: the link to one of their
-    uploads is that upload; anything else is read and stored as a new one. Blocking."""
+    services: Services, owner_id: uuid.UUID, url: str, *, field: str, uploads: NewUploads
+) -> uuid.UUID:
+    """The upload id of the image a client points at: the link to one of their uploads is that
+    upload; anything else is read, checked and added to ``uploads`` (stored only if the request
+    is accepted). Blocking."""
     key = _own_key(services, url, field=field)
     if key is not None:
-        upload = services.tasks.upload_with_key(owner_id, key)
+        upload = services.uploads.with_key(owner_id, key)
         if upload is not None:
-            return upload
+            return upload.id
     data = image_bytes_from_url(services, url, field=field)
-    return services.tasks.upload(owner_id, data, field=field)
+    return uploads.add(data, field=field).id

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from huabu.dialects.common import read_body, validate
 from huabu.errors import HuabuError, InvalidRequest, NotFound
 from huabu.images import decode_base64
-from huabu.native import MAX_LORAS, MAX_SEED, SAMPLER_NAMES, GenerationRequest, LoraRef
+from huabu.native import MAX_LORAS, MAX_SEED, SAMPLER_NAMES, GenerationRequest
 from huabu.tasks.records import TaskRecord
 from huabu.web.deps import CurrentUser, FileUrl, ServicesDep
 
@@ -82,24 +82,27 @@ def task_id_of(value: str) -> uuid.UUID:
         raise NotFound(f"no task {value}") from None
 
 
-def to_native(body: GenerateIn, *, model: str, init_image: str | None) -> GenerationRequest:
+def to_native(body: GenerateIn, *, model: str, init_image: uuid.UUID | None) -> GenerationRequest:
+    """Pure translation; ``init_image`` is the upload id of ``image``."""
     if len(body.LoRAs) > MAX_LORAS:
         raise InvalidRequest(f"LoRAs: at most {MAX_LORAS}, got {len(body.LoRAs)}", param="LoRAs")
-    return GenerationRequest(
-        model=model,
-        prompt=body.prompts,
-        negative_prompt=body.negativePrompts,
-        width=body.width,
-        height=body.height,
-        steps=body.step,
-        guidance=body.cfg,
-        seed=body.seed,
-        sampler=body.sampling,
-        n_images=1,
-        init_image=init_image,
-        # kamiya's weight is a percentage: 60 = strength 0.6.
-        loras=tuple(LoraRef(name=lora.id, weight=lora.weight / 100) for lora in body.LoRAs),
-        output_format="jpeg",
+    return GenerationRequest.parse(
+        {
+            "model": model,
+            "prompt": body.prompts,
+            "negative_prompt": body.negativePrompts,
+            "width": body.width,
+            "height": body.height,
+            "steps": body.step,
+            "guidance": body.cfg,
+            "seed": body.seed,
+            "sampler": body.sampling,
+            "n_images": 1,
+            "init_image": init_image,
+            # kamiya's weight is a percentage: 60 = strength 0.6.
+            "loras": [{"name": lora.id, "weight": lora.weight / 100} for lora in body.LoRAs],
+            "output_format": "jpeg",
+        }
     )
 
 
@@ -119,23 +122,23 @@ def _stamp(moment: datetime | None) -> str:
 
 def from_native(record: TaskRecord, image_url) -> dict[str, Any]:
     request = record.request
+    assert isinstance(request, GenerationRequest)
     metadata: dict[str, Any] = {
         "LoRAs": [
-            {"id": lora["name"], "weight": round(lora["weight"] * 100, 2)}
-            for lora in request.get("loras", [])
+            {"id": lora.name, "weight": round(lora.weight * 100, 2)} for lora in request.loras
         ],
-        "model": request["model"],
-        "width": request["width"],
-        "height": request["height"],
-        "type": "image2image" if request.get("init_image") else "text2image",
-        "prompts": request["prompt"],
-        "negativePrompts": request["negative_prompt"],
-        "sampling": request["sampler"],
-        "step": request["steps"],
-        "cfg": request["guidance"],
-        "seed": request["seed"],
-        "batch": request["n_images"],
-        "artboard": f"{request['width']}x{request['height']}",
+        "model": request.model,
+        "width": request.width,
+        "height": request.height,
+        "type": "image2image" if request.is_img2img else "text2image",
+        "prompts": request.prompt,
+        "negativePrompts": request.negative_prompt,
+        "sampling": request.sampler,
+        "step": request.steps,
+        "cfg": request.guidance,
+        "seed": request.seed,
+        "batch": request.n_images,
+        "artboard": f"{request.width}x{request.height}",
     }
     if record.state == "succeeded" and record.images:
         metadata["jpg"] = image_url(record.images[0].key)
@@ -197,18 +200,20 @@ async def generate(
     request: Request, user: CurrentUser, services: ServicesDep, url: FileUrl
 ) -> Response:
     body = validate(GenerateIn, await read_body(request))
+    uploads = services.new_uploads()
     upload_id = None
     if body.type == "image2image":
         if not body.image:
             raise InvalidRequest("image: required when type is image2image", param="image")
         data = decode_base64(body.image, field="image")
-        upload = await run_in_threadpool(services.tasks.upload, user.id, data, field="image")
-        upload_id = str(upload.id)
-    model = body.model or await run_in_threadpool(services.tasks.default_model)
-    native = to_native(body, model=model, init_image=upload_id)
+        upload_id = (await run_in_threadpool(uploads.add, data, field="image")).id
+    model = body.model
+    if not model:
+        model = await run_in_threadpool(services.library.default_model)
     try:
+        native = to_native(body, model=model, init_image=upload_id)
         record = await run_in_threadpool(
-            services.tasks.submit_generation, user.id, native, origin=ORIGIN
+            services.submitter.submit_generation, user.id, native, origin=ORIGIN, uploads=uploads
         )
     except InvalidRequest as exc:
         raise renamed(exc) from None

@@ -122,7 +122,7 @@ def task_out(record: TaskRecord, services: Services, base: str) -> TaskOut:
         eta_seconds=record.eta_seconds,
         attempts=record.attempts,
         error=record.error,
-        request=record.request,
+        request=record.request.model_dump(mode="json"),
         created_at=record.created_at,
         started_at=record.started_at,
         finished_at=record.finished_at,
@@ -173,7 +173,7 @@ def upload_out(record: UploadRecord) -> UploadOut:
 def submit_generation(
     body: GenerationRequest, user: CurrentUser, services: ServicesDep, base: BaseUrl
 ) -> Response:
-    record = services.tasks.submit_generation(user.id, body, origin="native")
+    record = services.submitter.submit_generation(user.id, body, origin="native")
     return task_response(record, services, base, status.HTTP_202_ACCEPTED)
 
 
@@ -214,7 +214,7 @@ async def get_task(
 def cancel_task(task_id: str, user: CurrentUser, services: ServicesDep, base: BaseUrl) -> Response:
     """Queued: cancelled at once. Running: stops at its next step (the returned state is still
     `running`; follow the task). Finished: returned unchanged."""
-    return task_response(services.tasks.cancel(user.id, task_id), services, base)
+    return task_response(services.cancel(user.id, task_id), services, base)
 
 
 @router.get(
@@ -293,7 +293,7 @@ async def upload(request: Request, user: CurrentUser, services: ServicesDep) -> 
         data = await file.read()
     else:
         data = await request.body()
-    record = await run_in_threadpool(services.tasks.upload, user.id, data)
+    record = await run_in_threadpool(services.uploads.upload, user.id, data)
     return upload_out(record)
 
 

@@ -8,6 +8,7 @@ Not yet available here (refused with a 400 naming the field): hires fix and refi
 
 from __future__ import annotations
 
+import uuid
 from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Request
@@ -18,15 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from huabu.dialects.common import read_body, validate
 from huabu.errors import AuthFailed, HuabuError, InvalidRequest, NotFound, Overloaded, TooLarge
 from huabu.images import decode_base64
-from huabu.native import (
-    MAX_CONTROLNETS,
-    MAX_LORAS,
-    MAX_SEED,
-    ControlUnit,
-    GenerationRequest,
-    IpAdapterRef,
-    LoraRef,
-)
+from huabu.native import MAX_CONTROLNETS, MAX_LORAS, MAX_SEED, GenerationRequest
 from huabu.tasks.records import TaskRecord
 from huabu.web.deps import CurrentUser, FileUrl, ServicesDep
 
@@ -154,53 +147,57 @@ def to_native(
     body: Txt2ImgIn,
     extra: ExtraIn,
     *,
-    init_image: str | None = None,
-    control_images: tuple[str, ...] = (),
-    ip_image: str | None = None,
+    init_image: uuid.UUID | None = None,
+    control_images: tuple[uuid.UUID, ...] = (),
+    ip_image: uuid.UUID | None = None,
 ) -> GenerationRequest:
-    """Pure translation; ``control_images`` and ``ip_image`` are uploads of the ControlNet
-    units' and the IP-Adapter's images."""
+    """Pure translation; ``init_image``, ``control_images`` and ``ip_image`` are the upload
+    ids of the request's image, its ControlNet units' images and its IP-Adapter's image."""
     _unsupported(body)
     units = body.controlnet.units if isinstance(body, Img2ImgIn) and body.controlnet else []
     adapters = body.ip_adapters if isinstance(body, Img2ImgIn) and body.ip_adapters else []
     ip_adapter = None
     if adapters and ip_image is not None:
-        ip_adapter = IpAdapterRef(
-            name=model_name(adapters[0].model_name), image=ip_image, scale=adapters[0].strength
-        )
-    return GenerationRequest(
-        model=model_name(body.model_name),
-        prompt=body.prompt,
-        negative_prompt=body.negative_prompt or "",
-        width=body.width,
-        height=body.height,
-        steps=body.steps,
-        guidance=body.guidance_scale,
-        sampler=body.sampler_name,
-        seed=-1 if body.seed is None else body.seed,
-        n_images=body.image_num,
-        init_image=init_image,
-        strength=body.strength if isinstance(body, Img2ImgIn) else 0.75,
-        clip_skip=body.clip_skip or 1,
-        vae=model_name(body.sd_vae) if body.sd_vae else None,
-        loras=tuple(
-            LoraRef(name=model_name(lora.model_name), weight=lora.strength)
-            for lora in body.loras or ()
-        ),
-        embeddings=tuple(model_name(e.model_name) for e in body.embeddings or ()),
-        controlnets=tuple(
-            ControlUnit(
-                model=model_name(unit.model_name),
-                image=image,
-                preprocessor=unit.preprocessor,
-                scale=unit.strength,
-                start=unit.guidance_start,
-                end=unit.guidance_end,
-            )
-            for unit, image in zip(units, control_images, strict=True)
-        ),
-        ip_adapter=ip_adapter,
-        output_format=extra.response_image_type,
+        ip_adapter = {
+            "name": model_name(adapters[0].model_name),
+            "image": ip_image,
+            "scale": adapters[0].strength,
+        }
+    return GenerationRequest.parse(
+        {
+            "model": model_name(body.model_name),
+            "prompt": body.prompt,
+            "negative_prompt": body.negative_prompt or "",
+            "width": body.width,
+            "height": body.height,
+            "steps": body.steps,
+            "guidance": body.guidance_scale,
+            "sampler": body.sampler_name,
+            "seed": -1 if body.seed is None else body.seed,
+            "n_images": body.image_num,
+            "init_image": init_image,
+            "strength": body.strength if isinstance(body, Img2ImgIn) else 0.75,
+            "clip_skip": body.clip_skip or 1,
+            "vae": model_name(body.sd_vae) if body.sd_vae else None,
+            "loras": [
+                {"name": model_name(lora.model_name), "weight": lora.strength}
+                for lora in body.loras or ()
+            ],
+            "embeddings": [model_name(e.model_name) for e in body.embeddings or ()],
+            "controlnets": [
+                {
+                    "model": model_name(unit.model_name),
+                    "image": image,
+                    "preprocessor": unit.preprocessor,
+                    "scale": unit.strength,
+                    "start": unit.guidance_start,
+                    "end": unit.guidance_end,
+                }
+                for unit, image in zip(units, control_images, strict=True)
+            ],
+            "ip_adapter": ip_adapter,
+            "output_format": extra.response_image_type,
+        }
     )
 
 
@@ -209,11 +206,13 @@ def _ms(moment) -> int:
 
 
 def from_native(record: TaskRecord, sign, ttl: int) -> dict[str, Any]:
+    request = record.request
+    assert isinstance(request, GenerationRequest)
     task: dict[str, Any] = {
         "task_id": str(record.id),
         "status": _STATUS[record.state],
         "reason": record.error or "",
-        "task_type": "IMG_TO_IMG" if record.request.get("init_image") else "TXT_TO_IMG",
+        "task_type": "IMG_TO_IMG" if request.is_img2img else "TXT_TO_IMG",
         "eta": int(record.eta_seconds or 0),
         "progress_percent": int(record.percent),
     }
@@ -230,7 +229,7 @@ def from_native(record: TaskRecord, sign, ttl: int) -> dict[str, Any]:
         ],
         "videos": [],
         "extra": {
-            "seed": record.request["seed"],
+            "seed": request.seed,
             "enable_nsfw_detection": False,
             "debug_info": {
                 "request_info": "",
@@ -300,10 +299,10 @@ def _prefixed(error: InvalidRequest) -> InvalidRequest:
     return InvalidRequest(error.message.replace(error.param or "\0", param, 1), param=param)
 
 
-async def _submit(native: GenerationRequest, user, services) -> Response:
+async def _submit(native: GenerationRequest, user, services, uploads=None) -> Response:
     try:
         record = await run_in_threadpool(
-            services.tasks.submit_generation, user.id, native, origin=ORIGIN
+            services.submitter.submit_generation, user.id, native, origin=ORIGIN, uploads=uploads
         )
     except InvalidRequest as exc:
         raise _renamed(exc) from None
@@ -338,9 +337,8 @@ async def img2img(request: Request, user: CurrentUser, services: ServicesDep) ->
             f"request.image_base64: the image is {len(data)} bytes; the limit is 30 MB",
             param="request.image_base64",
         )
-    upload = await run_in_threadpool(
-        services.tasks.upload, user.id, data, field="request.image_base64"
-    )
+    uploads = services.new_uploads()
+    upload = await run_in_threadpool(uploads.add, data, field="request.image_base64")
     if max(upload.width, upload.height) > 2048:
         raise InvalidRequest(
             f"request.image_base64: {upload.width}×{upload.height} is over 2048 pixels a side",
@@ -350,25 +348,23 @@ async def img2img(request: Request, user: CurrentUser, services: ServicesDep) ->
     for index, unit in enumerate(parsed.controlnet.units if parsed.controlnet else []):
         field = f"request.controlnet.units.{index}.image_base64"
         data = decode_base64(unit.image_base64, field=field)
-        control = await run_in_threadpool(services.tasks.upload, user.id, data, field=field)
-        control_images.append(str(control.id))
+        control_images.append((await run_in_threadpool(uploads.add, data, field=field)).id)
     ip_image = None
     if parsed.ip_adapters:
         field = "request.ip_adapters.0.image_base64"
         data = decode_base64(parsed.ip_adapters[0].image_base64, field=field)
-        reference = await run_in_threadpool(services.tasks.upload, user.id, data, field=field)
-        ip_image = str(reference.id)
+        ip_image = (await run_in_threadpool(uploads.add, data, field=field)).id
     try:
         native = to_native(
             parsed,
             extra,
-            init_image=str(upload.id),
+            init_image=upload.id,
             control_images=tuple(control_images),
             ip_image=ip_image,
         )
     except InvalidRequest as exc:
         raise _renamed(exc) from None
-    return await _submit(native, user, services)
+    return await _submit(native, user, services, uploads)
 
 
 @router.get("/async/task-result", summary="A task's status, progress and images")

@@ -14,6 +14,7 @@ import base64
 import io
 import re
 import time
+import uuid
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
@@ -22,14 +23,16 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import UploadFile
 
+from huabu.catalog.architectures import Architecture
 from huabu.dialects.common import read_body, validate
-from huabu.engine.architectures import Architecture
 from huabu.errors import AuthFailed, HuabuError, InvalidRequest, NotFound, Overloaded
 from huabu.images import alpha_mask
-from huabu.native import GenerationRequest, InpaintRef
+from huabu.native import GenerationRequest
+from huabu.settings import Settings
+from huabu.tasks.uploads import NewUploads
 from huabu.web.deps import CurrentUser, FileUrl, ServicesDep
 from huabu.web.services import Services
-from huabu.web.waiting import wait_for_task
+from huabu.web.waiting import submit_and_wait
 
 ORIGIN = "openai"
 PREFIX = "/v1"
@@ -50,7 +53,10 @@ def render_error(error: HuabuError, status: int) -> Response:
     elif status >= 500:
         kind = "server_error"
     param = error.param if isinstance(error, InvalidRequest) else None
-    body = {"error": {"message": error.message, "type": kind, "param": param, "code": code}}
+    message = error.message
+    if error.task_id is not None and error.task_id not in message:
+        message = f"{message} (task {error.task_id})"
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
     return JSONResponse(body, status_code=status)
 
 
@@ -74,21 +80,10 @@ class EditIn(GenerationIn):
 # -- translation ------------------------------------------------------------------------------
 
 
-def _model(services: Services, name: str | None) -> str:
-    if not name or name.startswith(_OPENAI_MODELS):
-        return services.tasks.default_model()
-    return name
-
-
-def _size(services: Services, value: str | None, model: str, fallback: tuple[int, int] | None):
-    """``WxH``; "auto" (or none): the input image's size for edits, else the model's native
-    square (1024 for SDXL, 512 otherwise)."""
+def _size(value: str | None, fallback: tuple[int, int]) -> tuple[int, int]:
+    """``WxH``, or ``fallback`` for "auto" (or none)."""
     if value in (None, "", "auto"):
-        if fallback is not None:
-            return fallback
-        entries = {entry.name: entry for entry in services.library.entries("checkpoints")}
-        xl = getattr(entries.get(model), "architecture", None) is Architecture.SDXL
-        return (1024, 1024) if xl else (512, 512)
+        return fallback
     match = _SIZE.match(value)
     if match is None:
         raise InvalidRequest(f"size must look like 1024x1024 or be 'auto', got {value!r}",
@@ -96,29 +91,38 @@ def _size(services: Services, value: str | None, model: str, fallback: tuple[int
     return int(match[1]), int(match[2])
 
 
+def native_size(architecture: Architecture | None) -> tuple[int, int]:
+    """A model's native square: 1024 for SDXL, 512 otherwise."""
+    return (1024, 1024) if architecture is Architecture.SDXL else (512, 512)
+
+
 def to_native(
-    services: Services, body: GenerationIn, *, init_image: str | None = None,
-    source_size: tuple[int, int] | None = None, strength: float = 0.75, mask: str | None = None,
+    body: GenerationIn, *, model: str, auto_size: tuple[int, int], settings: Settings,
+    init_image: uuid.UUID | None = None, strength: float = 0.75, mask: uuid.UUID | None = None,
 ) -> GenerationRequest:  # fmt: skip
+    """Pure translation. ``model`` is already resolved (see ``_resolve_model``); ``auto_size`` is
+    what ``size: auto`` means (the model's native square, or the input image's size for edits);
+    ``init_image`` and ``mask`` are upload ids."""
     if body.stream:
         raise InvalidRequest("stream: streaming partial images is not supported", param="stream")
-    if body.n > services.settings.max_images:
+    if body.n > settings.max_images:
         raise InvalidRequest(
-            f"n must be between 1 and {services.settings.max_images}, got {body.n}", param="n"
+            f"n must be between 1 and {settings.max_images}, got {body.n}", param="n"
         )
-    model = _model(services, body.model)
-    width, height = _size(services, body.size, model, source_size)
-    return GenerationRequest(
-        model=model,
-        prompt=body.prompt,
-        width=width,
-        height=height,
-        steps=_STEPS[body.quality],
-        n_images=body.n,
-        init_image=init_image,
-        strength=strength,
-        inpaint=InpaintRef(mask=mask) if mask else None,
-        output_format=body.output_format,
+    width, height = _size(body.size, auto_size)
+    return GenerationRequest.parse(
+        {
+            "model": model,
+            "prompt": body.prompt,
+            "width": width,
+            "height": height,
+            "steps": _STEPS[body.quality],
+            "n_images": body.n,
+            "init_image": init_image,
+            "strength": strength,
+            "inpaint": {"mask": mask} if mask else None,
+            "output_format": body.output_format,
+        }
     )
 
 
@@ -133,22 +137,29 @@ def renamed(error: InvalidRequest) -> InvalidRequest:
 # -- routes -----------------------------------------------------------------------------------
 
 
-async def _generate(services: Services, user, body: GenerationIn, url, **image) -> Response:
+def _resolve_model(services: Services, name: str | None) -> tuple[str, tuple[int, int]]:
+    """The checkpoint a request means (OpenAI's own model names, and none, mean the server's
+    default), and its native size. Blocking (reads the library)."""
+    if not name or name.startswith(_OPENAI_MODELS):
+        model = services.library.default_model()
+    else:
+        model = name
+    entries = {entry.name: entry for entry in services.library.entries("checkpoints")}
+    entry = entries.get(model)
+    return model, native_size(entry.architecture if entry is not None else None)
+
+
+async def _generate(
+    services: Services, user, body: GenerationIn, url, uploads: NewUploads | None = None,
+    source_size: tuple[int, int] | None = None, **image,
+) -> Response:  # fmt: skip
+    model, auto_size = await run_in_threadpool(_resolve_model, services, body.model)
     try:
-        native = to_native(services, body, **image)
-        record = await run_in_threadpool(
-            services.tasks.submit_generation, user.id, native, origin=ORIGIN
-        )
+        native = to_native(body, model=model, auto_size=source_size or auto_size,
+                           settings=services.settings, **image)  # fmt: skip
+        record = await submit_and_wait(services, user.id, native, origin=ORIGIN, uploads=uploads)
     except InvalidRequest as exc:
         raise renamed(exc) from None
-    timeout = services.settings.sync_timeout
-    record = await wait_for_task(services, user.id, str(record.id), timeout)
-    if record.state != "succeeded":
-        message = record.error or f"the image is still being made after {timeout:g} s"
-        status = 500 if record.finished else 504
-        error = {"message": f"{message} (task {record.id})", "type": "server_error",
-                 "param": None, "code": None}  # fmt: skip
-        return JSONResponse({"error": error}, status_code=status)
     b64 = body.response_format == "b64_json" or (
         body.response_format is None and (body.model or "").startswith("gpt-image-")
     )
@@ -185,11 +196,13 @@ async def _form(request: Request) -> tuple[dict[str, Any], UploadFile | None, Up
     return fields, image, mask if isinstance(mask, UploadFile) else None
 
 
-async def _mask(services: Services, user, mask: bytes | None, image: bytes, size) -> str | None:
+async def _mask(
+    uploads: NewUploads, settings: Settings, mask: bytes | None, image: bytes, size
+) -> uuid.UUID | None:
     """The upload id of the inpainting mask (white = repaint) made from the mask's fully
     transparent pixels or, with no mask, from the image's own (as DALL·E 2 edits do); None
     for an image-to-image edit of an image with no transparency."""
-    limit = services.settings.max_input_pixels
+    limit = settings.max_input_pixels
     if mask is None:
         made = await run_in_threadpool(alpha_mask, image, field="image", max_pixels=limit)
         if made is None:
@@ -204,9 +217,7 @@ async def _mask(services: Services, user, mask: bytes | None, image: bytes, size
                                  f"{made.width}x{made.height}", param="mask")  # fmt: skip
     buffer = io.BytesIO()
     made.save(buffer, format="PNG")
-    upload = await run_in_threadpool(services.tasks.upload, user.id, buffer.getvalue(),
-                                     field="mask")  # fmt: skip
-    return str(upload.id)
+    return (await run_in_threadpool(uploads.add, buffer.getvalue(), field="mask")).id
 
 
 def _fitted(width: int, height: int, services: Services) -> tuple[int, int]:
@@ -242,14 +253,16 @@ async def _from_image(
     if image is None:
         raise InvalidRequest("image is required: send it as a file", param="image")
     data = await image.read()
-    upload = await run_in_threadpool(services.tasks.upload, user.id, data, field="image")
+    uploads = services.new_uploads()
+    upload = await run_in_threadpool(uploads.add, data, field="image")
     mask = None
     if edit:
         mask_data = await mask_file.read() if mask_file is not None else None
-        mask = await _mask(services, user, mask_data, data, (upload.width, upload.height))
+        mask = await _mask(uploads, services.settings, mask_data, data,
+                           (upload.width, upload.height))  # fmt: skip
     size = _fitted(upload.width, upload.height, services)
-    return await _generate(services, user, body, url, init_image=str(upload.id),
-                           source_size=size, strength=1.0 if mask else strength,
+    return await _generate(services, user, body, url, uploads, source_size=size,
+                           init_image=upload.id, strength=1.0 if mask else strength,
                            mask=mask)  # fmt: skip
 
 
@@ -271,9 +284,10 @@ def _model_out(name: str, created: float) -> dict[str, Any]:
     return {"id": name, "object": "model", "created": int(created), "owned_by": "huabu"}
 
 
-async def _models(services: Services, user) -> list[dict[str, Any]]:
-    entries = await run_in_threadpool(services.library.entries, "checkpoints")
-    trained = await run_in_threadpool(services.training.trained_names, user.id)
+def _models(services: Services, user) -> list[dict[str, Any]]:
+    """Checkpoints and the caller's trained models. Blocking."""
+    entries = services.library.entries("checkpoints")
+    trained = services.training.trained_names(user.id)
     now = time.time()
     listed = [_model_out(e.name, e.path.stat().st_mtime) for e in entries]
     return listed + [_model_out(name, now) for name in trained]
@@ -281,12 +295,14 @@ async def _models(services: Services, user) -> list[dict[str, Any]]:
 
 @router.get("/models", summary="Models (checkpoints, and your trained ones)")
 async def models(user: CurrentUser, services: ServicesDep) -> Response:
-    return JSONResponse({"object": "list", "data": await _models(services, user)})
+    return JSONResponse(
+        {"object": "list", "data": await run_in_threadpool(_models, services, user)}
+    )
 
 
 @router.get("/models/{model_id}", summary="One model")
 async def model(model_id: str, user: CurrentUser, services: ServicesDep) -> Response:
-    for item in await _models(services, user):
+    for item in await run_in_threadpool(_models, services, user):
         if item["id"] == model_id:
             return JSONResponse(item)
     raise NotFound(f"The model '{model_id}' does not exist")

@@ -7,20 +7,23 @@ The spec names no model: requests use the server's default checkpoint (HUABU_DEF
 
 from __future__ import annotations
 
+import uuid
+
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from huabu.dialects.common import read_body, validate
-from huabu.errors import HuabuError, InvalidRequest
+from huabu.errors import Cancelled, HuabuError, InvalidRequest, TaskFailed, TaskTimedOut
 from huabu.images import decode_base64
 from huabu.native import MAX_SEED, GenerationRequest
 from huabu.storage import content_type
 from huabu.tasks.records import TaskRecord
+from huabu.tasks.uploads import NewUploads
 from huabu.web.deps import CurrentUser, FileUrl, ServicesDep
 from huabu.web.services import Services
-from huabu.web.waiting import wait_for_task
+from huabu.web.waiting import submit_and_wait
 
 ORIGIN = "sdserver"
 PATHS = ("/txt2img", "/img2img")
@@ -60,21 +63,24 @@ class ImagesOut(BaseModel):
 
 
 def to_native(
-    form: Txt2ImgForm, *, model: str, init_image: str | None = None, size: tuple[int, int]
+    form: Txt2ImgForm, *, model: str, init_image: uuid.UUID | None = None, size: tuple[int, int]
 ) -> GenerationRequest:
-    """Pure translation: spec 004 fields → the native request."""
-    return GenerationRequest(
-        model=model,
-        prompt=form.prompt,
-        negative_prompt=form.negative_prompt,
-        width=size[0],
-        height=size[1],
-        steps=form.num_inference_steps,
-        guidance=form.guidance_scale,
-        seed=form.seed,
-        n_images=form.num_outputs,
-        init_image=init_image,
-        strength=form.strength if isinstance(form, Img2ImgForm) else 0.75,
+    """Pure translation: spec 004 fields → the native request; ``init_image`` is the upload
+    id of the form's image."""
+    return GenerationRequest.parse(
+        {
+            "model": model,
+            "prompt": form.prompt,
+            "negative_prompt": form.negative_prompt,
+            "width": size[0],
+            "height": size[1],
+            "steps": form.num_inference_steps,
+            "guidance": form.guidance_scale,
+            "seed": form.seed,
+            "n_images": form.num_outputs,
+            "init_image": init_image,
+            "strength": form.strength if isinstance(form, Img2ImgForm) else 0.75,
+        }
     )
 
 
@@ -88,38 +94,24 @@ def from_native(record: TaskRecord, sign) -> ImagesOut:
 
 
 def render_error(error: HuabuError, status: int) -> Response:
-    body: dict[str, object] = {"status": "error", "message": error.message}
+    kind = "error"
+    if isinstance(error, TaskFailed | Cancelled):
+        kind = "failed"
+    elif isinstance(error, TaskTimedOut):
+        kind = "timeout"
+    body: dict[str, object] = {"status": kind, "message": error.message}
     if isinstance(error, InvalidRequest):
         body["param"] = error.param
+    if error.task_id is not None:
+        body["task_id"] = error.task_id
     return JSONResponse(body, status_code=status)
 
 
-async def _run(request: GenerationRequest, user, services: Services, url) -> Response:
-    record = await run_in_threadpool(
-        services.tasks.submit_generation, user.id, request, origin=ORIGIN
-    )
-    record = await wait_for_task(services, user.id, str(record.id), services.settings.sync_timeout)
-    if record.state == "succeeded":
-        return JSONResponse(from_native(record, url).model_dump())
-    if record.finished:
-        return JSONResponse(
-            {
-                "status": "failed",
-                "message": record.error or record.state,
-                "task_id": str(record.id),
-            },
-            status_code=500 if record.state == "failed" else 409,
-        )
-    return JSONResponse(
-        {
-            "status": "timeout",
-            "message": f"task {record.id} is still {record.state} after "
-            f"{services.settings.sync_timeout:g} s; it will finish, follow it at "
-            f"/huabu/v1/tasks/{record.id}",
-            "task_id": str(record.id),
-        },
-        status_code=504,
-    )
+async def _run(
+    request: GenerationRequest, user, services: Services, url, uploads: NewUploads | None = None
+) -> Response:
+    record = await submit_and_wait(services, user.id, request, origin=ORIGIN, uploads=uploads)
+    return JSONResponse(from_native(record, url).model_dump())
 
 
 def _round8(value: int) -> int:
@@ -131,7 +123,7 @@ async def txt2img(
     request: Request, user: CurrentUser, services: ServicesDep, url: FileUrl
 ) -> Response:
     form = validate(Txt2ImgForm, await read_body(request))
-    model = await run_in_threadpool(services.tasks.default_model)
+    model = await run_in_threadpool(services.library.default_model)
     native = to_native(form, model=model, size=(form.width, form.height))
     return await _run(native, user, services, url)
 
@@ -142,11 +134,12 @@ async def img2img(
 ) -> Response:
     form = validate(Img2ImgForm, await read_body(request))
     data = decode_base64(form.init_image, field="init_image")
-    upload = await run_in_threadpool(services.tasks.upload, user.id, data, field="init_image")
+    uploads = services.new_uploads()
+    upload = await run_in_threadpool(uploads.add, data, field="init_image")
     size = (
         form.width or min(1024, _round8(upload.width)),
         form.height or min(1024, _round8(upload.height)),
     )
-    model = await run_in_threadpool(services.tasks.default_model)
-    native = to_native(form, model=model, init_image=str(upload.id), size=size)
-    return await _run(native, user, services, url)
+    model = await run_in_threadpool(services.library.default_model)
+    native = to_native(form, model=model, init_image=upload.id, size=size)
+    return await _run(native, user, services, url, uploads)

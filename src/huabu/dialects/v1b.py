@@ -11,6 +11,7 @@ others fetched with SSRF protection. Errors: ``{"code": <HTTP status>, "msg": ..
 from __future__ import annotations
 
 import re
+import uuid
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -78,23 +79,28 @@ def parse_size(value: str) -> tuple[int, int]:
     return int(match[1]), int(match[2])
 
 
-def to_native(body: SubmitIn, *, init_image: str | None, settings: Settings) -> GenerationRequest:
+def to_native(
+    body: SubmitIn, *, init_image: uuid.UUID | None, settings: Settings
+) -> GenerationRequest:
+    """Pure translation; ``init_image`` is the upload id of ``init_img``."""
     if body.n_images > settings.max_images:
         raise InvalidRequest(
             f"n_images must be between 1 and {settings.max_images}, got {body.n_images}",
             param="n_images",
         )
     width, height = parse_size(body.output_size)
-    return GenerationRequest(
-        model=body.model_name,
-        prompt=body.prompt,
-        negative_prompt=body.neg_prompt,
-        width=width,
-        height=height,
-        guidance=body.scale,
-        seed=body.select_seed,
-        n_images=body.n_images,
-        init_image=init_image,
+    return GenerationRequest.parse(
+        {
+            "model": body.model_name,
+            "prompt": body.prompt,
+            "negative_prompt": body.neg_prompt,
+            "width": width,
+            "height": height,
+            "guidance": body.scale,
+            "seed": body.select_seed,
+            "n_images": body.n_images,
+            "init_image": init_image,
+        }
     )
 
 
@@ -110,6 +116,7 @@ def renamed(error: InvalidRequest) -> InvalidRequest:
 
 
 def from_native(record: TaskRecord, sign) -> dict[str, Any]:
+    assert isinstance(record.request, GenerationRequest)
     return {
         "state": _STATES.get(record.state, "failed"),
         "images": [
@@ -124,7 +131,7 @@ def from_native(record: TaskRecord, sign) -> dict[str, Any]:
         ],
         "error_msg": record.error or "" if record.state in ("failed", "cancelled") else "",
         "wait_time": record.queue_position or 0,
-        "select_seed": record.request["seed"],
+        "select_seed": record.request.seed,
         "fav": False,
     }
 
@@ -194,16 +201,16 @@ async def get_token(request: Request, services: ServicesDep) -> Response:
 async def task_submit(request: Request, services: ServicesDep) -> Response:
     body = validate(SubmitIn, await read_body(request))
     user = await caller(services, body.token, request)
+    uploads = services.new_uploads()
     upload_id = None
     if body.init_img.strip():
-        upload = await run_in_threadpool(
-            upload_from_url, services, user.id, body.init_img, field="init_img"
+        upload_id = await run_in_threadpool(
+            upload_from_url, services, user.id, body.init_img, field="init_img", uploads=uploads
         )
-        upload_id = str(upload.id)
-    native = to_native(body, init_image=upload_id, settings=services.settings)
     try:
+        native = to_native(body, init_image=upload_id, settings=services.settings)
         record = await run_in_threadpool(
-            services.tasks.submit_generation, user.id, native, origin=ORIGIN
+            services.submitter.submit_generation, user.id, native, origin=ORIGIN, uploads=uploads
         )
     except InvalidRequest as exc:
         raise renamed(exc) from None
@@ -221,5 +228,5 @@ async def task_result(request: Request, services: ServicesDep, url: FileUrl) -> 
 @router.get("/get_generation_form", summary="Models, ranges and resolutions this server offers")
 async def get_generation_form(services: ServicesDep) -> Response:
     models = await run_in_threadpool(services.library.names, "checkpoints")
-    default = await run_in_threadpool(services.tasks.default_model) if models else ""
+    default = await run_in_threadpool(services.library.default_model) if models else ""
     return JSONResponse(generation_form(services.settings, models, default))

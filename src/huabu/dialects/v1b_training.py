@@ -23,8 +23,8 @@ from starlette.datastructures import UploadFile
 from huabu.dialects.common import read_body, upload_from_url, validate
 from huabu.dialects.v1b import ORIGIN, PREFIX, caller
 from huabu.errors import InvalidRequest
+from huabu.native.training import MAIN_BODIES, TrainingPlan, TrainingRequest
 from huabu.tasks.records import TaskRecord
-from huabu.training.request import MAIN_BODIES, TrainingRequest
 from huabu.training.service import DatasetRecord
 from huabu.web.deps import FileUrl, ServicesDep
 
@@ -125,16 +125,17 @@ def dataset_out(record: DatasetRecord, url) -> dict[str, Any]:
 
 def progress_out(record: TaskRecord) -> dict[str, Any]:
     plan = record.request
+    assert isinstance(plan, TrainingPlan)
     done = record.state == "succeeded"
     return {
         "create_time": _time(record.created_at),
-        "description": plan["description"],
-        "main_body": plan["main_body"],
-        "model_name": plan["name"],
+        "description": plan.description,
+        "main_body": plan.main_body,
+        "model_name": plan.name,
         "state": _STATES.get(record.state, record.state),
         "training_progress": 1.0 if done else round(record.step / max(record.total, 1), 4),
-        "trigger_word": plan["trigger_word"],
-        "base_model": plan["base_model"],
+        "trigger_word": plan.trigger_word,
+        "base_model": plan.base_model,
         "error_msg": record.error or "" if record.state in ("failed", "cancelled") else "",
     }
 
@@ -161,11 +162,12 @@ async def upload_imgs(request: Request, services: ServicesDep, url: FileUrl) -> 
     files = form.getlist("init_img")
     if not files:
         raise InvalidRequest("init_img: send at least one image file", param="init_img")
-    if not all(isinstance(item, UploadFile) for item in files):
+    images = [item for item in files if isinstance(item, UploadFile)]
+    if len(images) != len(files):
         raise InvalidRequest("init_img: each init_img must be a file", param="init_img")
     user = await caller(services, token, request)
-    data = [await item.read() for item in files]
-    records = await run_in_threadpool(services.tasks.upload_many, user.id, data, field="init_img")
+    data = [await item.read() for item in images]
+    records = await run_in_threadpool(services.uploads.upload_many, user.id, data, field="init_img")
     return _ok([url(record.key) for record in records])
 
 
@@ -173,14 +175,15 @@ async def upload_imgs(request: Request, services: ServicesDep, url: FileUrl) -> 
 async def dataset(request: Request, services: ServicesDep) -> Response:
     body = validate(DatasetIn, await read_body(request))
     user = await caller(services, body.token, request)
-    keys = []
-    for index, image in enumerate(body.images):
-        upload = await run_in_threadpool(
-            upload_from_url, services, user.id, image, field=f"images.{index}"
+    uploads = services.new_uploads()
+    images = [
+        await run_in_threadpool(
+            upload_from_url, services, user.id, image, field=f"images.{index}", uploads=uploads
         )
-        keys.append(upload.key)
+        for index, image in enumerate(body.images)
+    ]
     record = await run_in_threadpool(
-        services.training.create_dataset, user.id, body.name, body.description, keys
+        services.training.create_dataset, user.id, body.name, body.description, images, uploads
     )
     return _ok({"dataset_id": record.id})
 

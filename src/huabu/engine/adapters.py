@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from huabu.engine.library import ModelLibrary
+from huabu.catalog.library import ModelLibrary
 from huabu.errors import ModelUnavailable
 from huabu.native import IpAdapterRef, LoraRef
 
@@ -55,7 +55,7 @@ class LoraSwitch:
                 self.pipe.load_lora_weights(str(entry.path), adapter_name=adapter)
         except (ValueError, KeyError, RuntimeError) as exc:
             raise ModelUnavailable(
-                f"LoRA {name!r} does not fit this checkpoint or is not a LoRA ({exc})"
+                f"LoRA {name!r} does not fit this checkpoint or is not a LoRA"
             ) from exc
         self.loaded[name] = adapter
         while len(self.loaded) > MAX_LOADED:
@@ -118,7 +118,7 @@ class Embeddings:
             self.pipe.load_textual_inversion(str(entry.path), token=name)
         except (ValueError, KeyError, RuntimeError) as exc:
             raise ModelUnavailable(
-                f"embedding {name!r} does not fit this checkpoint or is not an embedding ({exc})"
+                f"embedding {name!r} does not fit this checkpoint or is not an embedding"
             ) from exc
         self.loaded.add(name)
 
@@ -144,8 +144,8 @@ class IpAdapter:
         weights = sorted(entry.path.glob("*.safetensors")) if entry.path.is_dir() else []
         if not weights or not (entry.path / "image_encoder").is_dir():
             raise ModelUnavailable(
-                f"IP-Adapter {ref.name!r}: put the adapter .safetensors and its image_encoder/ "
-                f"folder in {entry.path}"
+                f"IP-Adapter {ref.name!r} is incomplete: its folder models/ipadapter/{ref.name}/ "
+                "needs the adapter .safetensors and an image_encoder/ folder"
             )
         try:
             self.pipe.load_ip_adapter(
@@ -156,7 +156,10 @@ class IpAdapter:
                 local_files_only=True,
             )
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
-            raise ModelUnavailable(f"IP-Adapter {ref.name!r} cannot be loaded ({exc})") from exc
+            raise ModelUnavailable(
+                f"IP-Adapter {ref.name!r} cannot be loaded: it does not fit this checkpoint or "
+                "is damaged"
+            ) from exc
         self.pipe.set_ip_adapter_scale(ref.scale)
         try:
             yield

@@ -23,7 +23,7 @@ from diffusers import (
 from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from huabu.engine.architectures import Architecture, reference_config
+from huabu.catalog.architectures import Architecture, reference_config
 from huabu.engine.ldm_layout import text_encoder_to_ldm, unet_to_ldm, vae_to_ldm
 from huabu.engine.single_file import METADATA_KEY, tokenizer_files
 from huabu.settings import Settings
@@ -105,7 +105,7 @@ def build_pipeline(seed: int = _SEED) -> StableDiffusionPipeline:
 
 def single_file_state(pipe: StableDiffusionPipeline) -> dict[str, torch.Tensor]:
     """The pipeline's weights in the original single-file (LDM) layout."""
-    state = {}
+    state: dict[str, torch.Tensor] = {}
     state |= unet_to_ldm(pipe.unet.state_dict(), dict(pipe.unet.config))
     state |= vae_to_ldm(pipe.vae.state_dict(), dict(pipe.vae.config))
     state |= text_encoder_to_ldm(pipe.text_encoder.state_dict())

@@ -9,7 +9,8 @@ step; a cancellation check runs at every step and stops sampling by raising ``Ca
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,11 +26,12 @@ from diffusers import (
 )
 from PIL import Image
 
+from huabu.catalog.architectures import Architecture
+from huabu.catalog.infotext import infotext
+from huabu.catalog.library import ModelLibrary
+from huabu.catalog.preprocessors import check as check_preprocessor
 from huabu.engine import inpainting, ksampling, preprocessors, quiet_libraries
-from huabu.engine.architectures import Architecture
 from huabu.engine.denoiser import Denoiser, noise_sampler
-from huabu.engine.library import ModelLibrary
-from huabu.engine.metadata import infotext
 from huabu.engine.pipelines import LoadedModel, PipelineCache
 from huabu.engine.samplers import SAMPLERS, Sampler
 from huabu.errors import Cancelled, GenerationFailed, HuabuError, InvalidRequest
@@ -81,35 +83,47 @@ class Engine:
             if mask_image is None:
                 raise InvalidRequest("inpaint needs its mask", param="inpaint.mask")
             mask = repaint_mask(mask_image, invert=request.inpaint.invert, field="inpaint.mask")
+            assert source is not None  # checked(): inpainting needs an init image
             plan = inpainting.plan(source, mask, request.inpaint)
-        model = self.cache.get(request.model)
-        if model.components["unet"].config.in_channels != 4 and (
-            request.inpaint is None or SAMPLERS[request.sampler].k_sampler
+        with (
+            self.cache.lease(request.model) as model,
+            self._vae(request, model) as vae,
         ):
-            raise InvalidRequest(
-                f"{request.model} is an inpainting checkpoint: it runs inpainting requests "
-                "(with a mask), with a sampler other than DPM++ 2S a, DPM fast, DPM adaptive",
-                param="model",
-            )
-        vae = self.cache.vae(request.vae) if request.vae else model.components["vae"]
-        controls = self._controls(request, model, control_images or [])
-        if request.ip_adapter is not None:
-            if ip_image is None:
-                raise InvalidRequest("the IP-Adapter needs its image", param="ip_adapter.image")
-            if SAMPLERS[request.sampler].k_sampler:
+            if model.components["unet"].config.in_channels != 4 and (
+                request.inpaint is None or SAMPLERS[request.sampler].k_sampler
+            ):
                 raise InvalidRequest(
-                    f"sampler {request.sampler!r} cannot run with an IP-Adapter yet; use another",
-                    param="sampler",
+                    f"{request.model} is an inpainting checkpoint: it runs inpainting requests "
+                    "(with a mask), with a sampler other than DPM++ 2S a, DPM fast, DPM adaptive",
+                    param="model",
                 )
-            controls_ip = ip_image.convert("RGB")
-        else:
-            controls_ip = None
-        loaded = time.perf_counter()
+            controls = self._controls(request, model, control_images or [])
+            if request.ip_adapter is not None:
+                if ip_image is None:
+                    raise InvalidRequest("the IP-Adapter needs its image", param="ip_adapter.image")
+                if SAMPLERS[request.sampler].k_sampler:
+                    raise InvalidRequest(
+                        f"sampler {request.sampler!r} cannot run with an IP-Adapter yet; use "
+                        "another",
+                        param="sampler",
+                    )
+                reference = ip_image.convert("RGB")
+            else:
+                reference = None
+            loaded = time.perf_counter()
+            with model.loras.applied(request.loras), model.ip_adapter.applied(request.ip_adapter):
+                inputs = _Inputs(source, plan, controls, reference)
+                step = _StepHook(on_progress, should_cancel)
+                return self._generate(request, model, vae, inputs, step, started, loaded)
 
-        with model.loras.applied(request.loras), model.ip_adapter.applied(request.ip_adapter):
-            inputs = _Inputs(source, plan, controls, controls_ip)
-            step = _StepHook(on_progress, should_cancel)
-            return self._generate(request, model, vae, inputs, step, started, loaded)
+    @contextmanager
+    def _vae(self, request: GenerationRequest, model: LoadedModel) -> Iterator[Any]:
+        """The VAE to decode with: the model's own, or the request's override, leased."""
+        if request.vae is None:
+            yield model.components["vae"]
+            return
+        with self.cache.vae(request.vae) as vae:
+            yield vae
 
     def _controls(self, request, model, images: list[Image.Image]) -> list[tuple[Any, Image.Image]]:
         """(ControlNet, control map) per unit; the map is preprocessed at the output size."""
@@ -126,7 +140,7 @@ class Engine:
             )
         controls = []
         for index, (unit, image) in enumerate(zip(request.controlnets, images, strict=True)):
-            preprocessors.check(unit.preprocessor, param=f"controlnets.{index}.preprocessor")
+            check_preprocessor(unit.preprocessor, param=f"controlnets.{index}.preprocessor")
             sized = image.convert("RGB").resize((request.width, request.height))
             control_map = preprocessors.run(unit.preprocessor, sized, seed=request.seed)
             controls.append((self.cache.controlnet(unit.model, index), control_map))
@@ -155,8 +169,17 @@ class Engine:
                     images = [inputs.plan.paste(image) for image in images]
         except HuabuError:
             raise
+        except torch.OutOfMemoryError as exc:
+            raise GenerationFailed(
+                f"the worker ran out of memory making {request.n_images} image(s) of "
+                f"{request.width}x{request.height}; try a smaller size or fewer images"
+            ) from exc
         except (RuntimeError, ValueError) as exc:  # torch/diffusers failures on a valid request
-            raise GenerationFailed(f"generation failed: {exc}") from exc
+            # The library's text names internals (tensor shapes, files): it goes to the log,
+            # with the task's id, by the runner; the caller gets a stable message.
+            raise GenerationFailed(
+                "generation failed on the worker; the server log has the details"
+            ) from exc
         finished = time.perf_counter()
         seeds = request.image_seeds()
         return GenerationResult(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from huabu.engine.architectures import Config
+from huabu.catalog.architectures import Config
 
 _RESNET = [
     ("in_layers.0", "norm1"),

@@ -2,6 +2,11 @@
 
 One set of weights per checkpoint serves txt2img and img2img (two pipeline objects over the
 same modules); schedulers are never shared (see :mod:`huabu.engine.samplers`).
+
+A request mutates the model it runs on (LoRAs switched on and off, an IP-Adapter loaded and
+unloaded, the VAE's dtype flipped for an fp32 retry), so a model is only ever used through
+``PipelineCache.lease``: one request at a time per model, enforced by the model's lock, and
+eviction passes over a model while it is leased. Override VAEs are leased the same way.
 """
 
 from __future__ import annotations
@@ -11,7 +16,9 @@ import hashlib
 import logging
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +34,9 @@ from diffusers import (
     StableDiffusionXLPipeline,
 )
 
+from huabu.catalog.architectures import Architecture
+from huabu.catalog.library import ModelEntry, ModelLibrary
 from huabu.engine.adapters import Embeddings, IpAdapter, LoraSwitch
-from huabu.engine.architectures import Architecture
-from huabu.engine.library import ModelEntry, ModelLibrary
 from huabu.engine.prompts import PromptEncoder
 from huabu.engine.single_file import (
     CheckpointHeader,
@@ -81,6 +88,10 @@ class LoadedModel:
     loras: LoraSwitch
     embeddings: Embeddings
     ip_adapter: IpAdapter
+    #: Held by the one request using the model (see ``PipelineCache.lease``).
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    #: Leases held or waited for; the cache never evicts a model while this is above 0.
+    leases: int = 0
 
     @property
     def components(self) -> dict[str, Any]:
@@ -99,25 +110,51 @@ class PipelineCache:
         self.library = library
         self.device, self.dtype = pick_device(settings.device)
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()
-        self._vaes: OrderedDict[str, AutoencoderKL] = OrderedDict()
+        self._vaes: OrderedDict[str, tuple[AutoencoderKL, threading.Lock]] = OrderedDict()
         self._controlnets: OrderedDict[str, ControlNetModel] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, name: str) -> LoadedModel:
+    @contextmanager
+    def lease(self, name: str) -> Iterator[LoadedModel]:
+        """The checkpoint ``name``, loaded if need be, for one request: the block has it to
+        itself (other requests for it wait), and it is not evicted meanwhile."""
         with self._lock:
-            if name in self._models:
-                self._models.move_to_end(name)
-                return self._models[name]
-            entry = self.library.find("checkpoints", name)
-            while len(self._models) >= self.settings.pipeline_cache_size:
-                evicted, _ = self._models.popitem(last=False)
-                log.info("unloading %s", evicted)
-                self._release()
-            model = self._load(entry)
-            self._models[name] = model
-            return model
+            model = self._get(name)
+            model.leases += 1
+        try:
+            with model.lock:
+                yield model
+        finally:
+            with self._lock:
+                model.leases -= 1
+                self._evict(keep=self.settings.pipeline_cache_size)
 
-    def vae(self, name: str) -> AutoencoderKL:
+    def _get(self, name: str) -> LoadedModel:
+        """The loaded model (the caller holds ``_lock``), evicting idle ones to make room."""
+        if name in self._models:
+            self._models.move_to_end(name)
+            return self._models[name]
+        entry = self.library.find("checkpoints", name)
+        self._evict(keep=self.settings.pipeline_cache_size - 1)
+        model = self._load(entry)
+        self._models[name] = model
+        return model
+
+    def _evict(self, *, keep: int) -> None:
+        """Unload the least recently used models that nobody leases until ``keep`` remain (or
+        only leased ones do: the cache may hold more than its size while they run)."""
+        while len(self._models) > keep:
+            idle = next((name for name, m in self._models.items() if m.leases == 0), None)
+            if idle is None:
+                return
+            del self._models[idle]
+            log.info("unloading %s", idle)
+            self.release_memory()
+
+    @contextmanager
+    def vae(self, name: str) -> Iterator[AutoencoderKL]:
+        """The override VAE ``name`` for one request (it may be shared by several models'
+        requests, and a decode can flip its dtype: one request at a time)."""
         with self._lock:
             if name not in self._vaes:
                 entry = self.library.find("vae", name, param="vae")
@@ -127,11 +164,13 @@ class PipelineCache:
                     vae = self._single_file_vae(entry.path)
                 else:
                     raise ModelUnavailable(f"VAE {name!r} is a pickle; convert it to safetensors")
-                self._vaes[name] = vae.to(self.device, self.dtype)
+                self._vaes[name] = (vae.to(self.device, self.dtype), threading.Lock())
                 while len(self._vaes) > 2:
-                    self._vaes.popitem(last=False)
+                    self._vaes.popitem(last=False)  # a request using it keeps its reference
             self._vaes.move_to_end(name)
-            return self._vaes[name]
+            vae, lock = self._vaes[name]
+        with lock:
+            yield vae
 
     def controlnet(self, name: str, index: int) -> ControlNetModel:
         with self._lock:
@@ -153,7 +192,13 @@ class PipelineCache:
     def loaded(self) -> list[str]:
         return list(self._models)
 
-    def _release(self) -> None:
+    def load_private(self, name: str) -> LoadedModel:
+        """A copy of checkpoint ``name`` that is not cached: its owner may change its weights
+        (training adds adapters) and must ``release`` it when done."""
+        return self._load(self.library.find("checkpoints", name, param="base_model"))
+
+    def release_memory(self) -> None:
+        """Return freed weights' memory (to the GPU allocator's pool, on CUDA) at once."""
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
@@ -182,8 +227,9 @@ class PipelineCache:
                 )
             except (OSError, ValueError) as exc:
                 raise ModelUnavailable(
-                    f"{entry.name}: cannot load diffusers folder: {exc}"
-                ) from None
+                    f"model {entry.name!r} cannot be loaded: its diffusers folder is incomplete or "
+                    "damaged (the server log has the details)"
+                ) from exc
         else:
             header = CheckpointHeader.read(path)
             architecture = header.architecture()
@@ -200,7 +246,10 @@ class PipelineCache:
                     str(path), config=str(folder), dtype=self.dtype, local_files_only=True
                 )
             except (OSError, ValueError, KeyError, RuntimeError) as exc:
-                raise ModelUnavailable(f"{entry.name}: cannot load checkpoint: {exc}") from None
+                raise ModelUnavailable(
+                    f"model {entry.name!r} cannot be loaded: the checkpoint is damaged or not in a "
+                    "layout huabu reads (the server log has the details)"
+                ) from exc
         pipe.to(self.device)
         pipe.set_progress_bar_config(disable=True)
         img2img = img2img_cls(**pipe.components)

@@ -1,6 +1,6 @@
 """Loading single-file checkpoints offline: family detection and config derivation.
 
-See :mod:`huabu.engine.architectures` for the why. The derived configs are written once into
+See :mod:`huabu.catalog.architectures` for the why. The derived configs are written once into
 ``$HUABU_HOME/cache/configs/<family>-<hash>/`` (a diffusers config folder with tokenizer files
 and no weights) and handed to ``from_single_file(config=...)``.
 """
@@ -13,42 +13,17 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from safetensors import safe_open
-
-from huabu.engine.architectures import Architecture, Config, detect_architecture, reference_config
+from huabu.catalog.architectures import Architecture, Config, reference_config
+from huabu.catalog.checkpoints import CheckpointHeader
 from huabu.errors import ModelUnavailable
 
 METADATA_KEY = "huabu.config"
 _UNET = "model.diffusion_model."
 _VAE = "first_stage_model."
-
-
-@dataclass(frozen=True)
-class CheckpointHeader:
-    """What a safetensors file says about itself without reading its tensors."""
-
-    shapes: dict[str, tuple[int, ...]]
-    metadata: dict[str, str]
-
-    @classmethod
-    def read(cls, path: Path) -> CheckpointHeader:
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}  # noqa: SIM118
-                metadata = handle.metadata() or {}
-        except Exception as exc:  # safetensors raises its own untyped errors
-            raise ModelUnavailable(
-                f"{path.name} is not a readable safetensors file: {exc}"
-            ) from None
-        return cls(shapes, metadata)
-
-    def architecture(self) -> Architecture | None:
-        return detect_architecture(set(self.shapes))
 
 
 def _indices(shapes: dict[str, Any], prefix: str) -> list[int]:

@@ -48,5 +48,9 @@ class LocalStorage:
         except FileNotFoundError:
             raise NotFound("no such file") from None
 
+    def delete(self, key: str) -> None:
+        """Remove the file at ``key``; one that is already gone is not an error."""
+        self.path(key).unlink(missing_ok=True)
+
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()

@@ -11,13 +11,13 @@ from PIL import Image
 from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
+from huabu.catalog.infotext import encode_image
 from huabu.db.tables import TaskImage
 from huabu.engine.engine import Engine
-from huabu.engine.metadata import encode_image
-from huabu.images import decode_image
 from huabu.native import GenerationRequest, GenerationResult
 from huabu.settings import Settings
 from huabu.storage import LocalStorage
+from huabu.tasks.inputs import input_images
 from huabu.tasks.runner import Outcome, Progress
 
 PREVIEW_SIZE = 256
@@ -32,35 +32,13 @@ class GenerationHandler:
 
     def __call__(self, task_id: uuid.UUID, data: dict[str, Any], progress: Progress) -> Outcome:
         request = GenerationRequest.model_validate(data)
-        init = None
-        if request.init_image is not None:
-            init = self._image(request.init_image, "init_image")
-        controls = [
-            self._image(unit.image, f"controlnets.{index}.image")
-            for index, unit in enumerate(request.controlnets)
-        ]
-        ip_image = None
-        if request.ip_adapter is not None:
-            ip_image = self._image(request.ip_adapter.image, "ip_adapter.image")
-        mask = None
-        if request.inpaint is not None:
-            mask = self._image(request.inpaint.mask, "inpaint.mask")
         result = self.engine.generate(
             request,
-            init_image=init,
-            control_images=controls,
-            ip_image=ip_image,
-            mask_image=mask,
+            **input_images(request, self.storage.get, self.settings.max_input_pixels),
             on_progress=progress,
             should_cancel=progress.should_cancel,
         )
         return self._store(task_id, request, result)
-
-    def _image(self, key: str, field: str) -> Image.Image:
-        """An input image the service stored at submit, decoded under the same limits."""
-        return decode_image(
-            self.storage.get(key), field=field, max_pixels=self.settings.max_input_pixels
-        )
 
     def _store(
         self, task_id: uuid.UUID, request: GenerationRequest, result: GenerationResult

@@ -5,7 +5,10 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Literal
+
+from huabu.native import GenerationRequest
+from huabu.native.training import TrainingPlan
 
 TaskState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 FINISHED: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
@@ -33,7 +36,7 @@ class TaskRecord:
     origin: str
     state: TaskState
     model: str
-    request: dict[str, Any]
+    request: GenerationRequest | TrainingPlan
     step: int
     total: int
     attempts: int

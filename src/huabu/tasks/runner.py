@@ -103,9 +103,7 @@ class Handler(Protocol):
     """Does one kind of task. Raises HuabuError (the task fails with its message) or
     Cancelled (when ``progress.should_cancel()`` said so)."""
 
-    def __call__(
-        self, task_id: uuid.UUID, request: dict[str, Any], progress: Progress
-    ) -> Outcome: ...
+    def __call__(self, task_id: uuid.UUID, data: dict[str, Any], progress: Progress) -> Outcome: ...
 
 
 class TaskRunner:
@@ -152,14 +150,16 @@ class TaskRunner:
                 raise WorkerStopping() from None
             self._finish(task_id, "cancelled", error="cancelled while running")
         except HuabuError as exc:
+            if exc.__cause__ is not None:  # the detail behind a stable message: for the log only
+                log.error("task %s failed: %s", task_id, exc.message, exc_info=exc.__cause__)
             self._finish(task_id, "failed", error=exc.message)
-        except Exception as exc:
+        except Exception:
             log.exception("task %s failed", task_id)
             self._finish(
                 task_id,
                 "failed",
-                error=f"internal error while running this {kind} task ({type(exc).__name__}); "
-                "the server log has the details",
+                error=f"internal error while running this {kind} task; the server log has the "
+                f"details (task {task_id})",
             )
 
     def _finish(self, task_id: uuid.UUID, state: str, *, error: str) -> None:

@@ -8,22 +8,20 @@ import json
 import uuid
 from typing import Any
 
-from huabu.engine.library import ModelLibrary
+from huabu.engine.pipelines import PipelineCache
 from huabu.images import decode_image
+from huabu.native.training import TrainingPlan
 from huabu.settings import Settings
 from huabu.storage import LocalStorage
 from huabu.tasks.runner import Outcome, Progress
-from huabu.training.request import TrainingPlan
 from huabu.training.trainer import TrainingJob, train_lora
 
 
 class TrainingHandler:
-    def __init__(
-        self, settings: Settings, storage: LocalStorage, library: ModelLibrary | None = None
-    ) -> None:
+    def __init__(self, settings: Settings, storage: LocalStorage, cache: PipelineCache) -> None:
         self.settings = settings
         self.storage = storage
-        self.library = library or ModelLibrary(settings)
+        self.cache = cache
 
     def __call__(self, task_id: uuid.UUID, data: dict[str, Any], progress: Progress) -> Outcome:
         plan = TrainingPlan.model_validate(data)
@@ -55,7 +53,8 @@ class TrainingHandler:
         result = train_lora(
             self.settings,
             job,
-            library=self.library,
+            library=self.cache.library,
+            cache=self.cache,
             on_progress=lambda step, total, _loss: progress(step, total),
             should_cancel=progress.should_cancel,
             replace=True,

@@ -2,7 +2,7 @@
 
 A dataset is a named list of the caller's uploads. Submitting a training reserves the model's
 name for the caller (names are unique per owner) in the transaction that queues the task; the
-model can be used by that name once the task has succeeded (``TaskService.trained_model``).
+model can be used by that name once the task has succeeded (``TaskSubmitter.trained_model``).
 Everything is scoped to the caller: someone else's dataset is simply not found.
 """
 
@@ -16,13 +16,15 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from huabu.catalog.library import private_name
 from huabu.db.tables import Dataset, Task, TrainedModel, Upload
-from huabu.engine.library import private_name
 from huabu.errors import InvalidRequest, NotFound
+from huabu.native.training import TrainingPlan, TrainingRequest, caption
 from huabu.settings import Settings
 from huabu.tasks.records import TaskRecord
-from huabu.tasks.service import TaskService
-from huabu.training.request import TRAINABLE, TrainingPlan, TrainingRequest, caption
+from huabu.tasks.submit import TaskSubmitter
+from huabu.tasks.uploads import NewUploads, storing
+from huabu.training import TRAINABLE
 
 #: A training step (forward and backward over a batch) in generation work units: about
 #: three UNet passes per image against a generation step's two (with guidance).
@@ -47,38 +49,56 @@ def _record(row: Dataset) -> DatasetRecord:
 
 
 class TrainingService:
-    def __init__(self, settings: Settings, tasks: TaskService) -> None:
+    def __init__(self, settings: Settings, submitter: TaskSubmitter) -> None:
         self.settings = settings
-        self.tasks = tasks
-        self.library = tasks.library
+        self.submitter = submitter
+        self.reads = submitter.reads
+        self.library = submitter.library
 
     # -- datasets ---------------------------------------------------------------------------
 
     def create_dataset(
-        self, owner_id: uuid.UUID, name: str, description: str, keys: list[str]
+        self,
+        owner_id: uuid.UUID,
+        name: str,
+        description: str,
+        images: list[uuid.UUID],
+        uploads: NewUploads | None = None,
     ) -> DatasetRecord:
-        """A dataset of the caller's uploads at ``keys`` (see ``TaskService.upload``)."""
+        """A dataset of the caller's uploads ``images``: stored ones, or ones arriving with
+        this request in ``uploads``, which are stored with the dataset or not at all."""
         name = name.strip()
         if not 1 <= len(name) <= 200:
             raise InvalidRequest("name: a dataset needs 1 to 200 characters", param="name")
-        if not keys:
+        if not images:
             raise InvalidRequest("images: a dataset needs at least one image", param="images")
         limit = self.settings.max_dataset_images
-        if len(keys) > limit:
+        if len(images) > limit:
             raise InvalidRequest(
-                f"images: at most {limit} images per dataset, got {len(keys)}", param="images"
+                f"images: at most {limit} images per dataset, got {len(images)}", param="images"
             )
-        with self.tasks.sessions.begin() as session:
-            owned = set(
-                session.scalars(
-                    select(Upload.key).where(Upload.owner_id == owner_id, Upload.key.in_(keys))
+        new = uploads.used(images) if uploads is not None else []
+        arriving = {image.id: image.key for image in new}
+        sessions, storage = self.submitter.sessions, self.submitter.storage
+        with storing(storage, new) as write, sessions.begin() as session:
+            owned = {
+                upload_id: key
+                for upload_id, key in session.execute(
+                    select(Upload.id, Upload.key).where(
+                        Upload.owner_id == owner_id, Upload.id.in_(images)
+                    )
                 )
-            )
-            for index, key in enumerate(keys):
-                if key not in owned:
+            }
+            keys = []
+            for index, upload_id in enumerate(images):
+                key = arriving.get(upload_id) or owned.get(upload_id)
+                if key is None:
                     raise InvalidRequest(
                         f"images.{index}: not an image you uploaded", param=f"images.{index}"
                     )
+                keys.append(key)
+            write()
+            session.add_all([image.row(owner_id) for image in new])
             row = Dataset(owner_id=owner_id, name=name, description=description, images=keys)
             session.add(row)
             session.flush()
@@ -95,7 +115,7 @@ class TrainingService:
             raise InvalidRequest(
                 f"per_page must be between 1 and 100, got {per_page}", param="per_page"
             )
-        with self.tasks.reads() as session:
+        with self.reads.sessions() as session:
             total = session.scalar(
                 select(func.count()).select_from(Dataset).where(Dataset.owner_id == owner_id)
             )
@@ -118,7 +138,7 @@ class TrainingService:
         """Validate completely, reserve the name, queue the training. Nothing is created when
         anything is refused."""
         request = request.checked(self.settings)
-        base = request.base_model or self.tasks.default_model()
+        base = request.base_model or self.library.default_model()
         entry = self.library.find("checkpoints", base, param="base_model")
         if entry.architecture not in TRAINABLE:
             raise InvalidRequest(
@@ -164,7 +184,7 @@ class TrainingService:
             )
 
         try:
-            return self.tasks.enqueue(
+            return self.submitter.enqueue(
                 owner_id,
                 kind="train",
                 origin=origin,
@@ -184,7 +204,7 @@ class TrainingService:
 
     def _images(self, owner_id: uuid.UUID, ids: tuple[int, ...]) -> tuple[str, ...]:
         """The images of the caller's datasets ``ids``, each once, in order."""
-        with self.tasks.reads() as session:
+        with self.reads.sessions() as session:
             rows = {
                 row.id: row
                 for row in session.scalars(
@@ -210,7 +230,7 @@ class TrainingService:
 
     def trained_names(self, owner_id: uuid.UUID) -> list[str]:
         """The caller's usable trained models (their training succeeded), by name."""
-        with self.tasks.reads() as session:
+        with self.reads.sessions() as session:
             return list(
                 session.scalars(
                     select(TrainedModel.name)
@@ -222,7 +242,7 @@ class TrainingService:
 
     def progress(self, owner_id: uuid.UUID, task_id: str) -> TaskRecord:
         """The caller's training task; its ``request`` is the plan (name, trigger word…)."""
-        record = self.tasks.get(owner_id, task_id)
+        record = self.reads.get(owner_id, task_id)
         if record.kind != "train":
             raise NotFound(f"no training task {task_id}")
         return record

@@ -19,11 +19,11 @@ from diffusers import DDPMScheduler
 from PIL import Image, ImageOps
 from safetensors.torch import save_file
 
-from huabu.engine.library import ModelLibrary
-from huabu.engine.pipelines import PipelineCache
+from huabu.catalog.library import ModelLibrary
+from huabu.engine.pipelines import LoadedModel, PipelineCache
 from huabu.errors import Cancelled, InvalidRequest
 from huabu.settings import Settings
-from huabu.training.request import TRAINABLE
+from huabu.training import TRAINABLE
 
 ProgressCallback = Callable[[int, int, float], None]  # (step, total, loss)
 
@@ -81,12 +81,12 @@ def train_lora(
     on_progress: ProgressCallback | None = None,
     should_cancel: Callable[[], bool] | None = None,
     replace: bool = False,
+    cache: PipelineCache | None = None,
 ) -> TrainingResult:
     """Train, then write the LoRA atomically; a cancelled or failed run writes nothing.
     An existing file of that name is refused unless ``replace`` (the caller owns the name:
-    a re-run of the same training job after its worker died)."""
-    from peft import LoraConfig, get_peft_model_state_dict
-
+    a re-run of the same training job after its worker died). The base model is loaded through
+    ``cache`` (a worker passes its engine's) as a private copy, freed when training ends."""
     library = library or ModelLibrary(settings)
     if not job.images or len(job.images) != len(job.captions):
         raise InvalidRequest("the dataset has no images", param="datasets")
@@ -100,10 +100,42 @@ def train_lora(
     target = settings.models_dir / "loras" / f"{job.name}.safetensors"
     if target.exists() and not replace:
         raise InvalidRequest(f"a model named {job.name!r} already exists", param="name")
-    # A private copy of the base: training must not touch the pipelines serving requests.
-    model = PipelineCache(settings.model_copy(update={"pipeline_cache_size": 1}), library).get(
-        job.base_model
-    )
+    # A private copy of the base: training must not touch the pipelines serving requests. It is
+    # freed as soon as the LoRA's weights are out of it, whatever happens.
+    cache = cache or PipelineCache(settings, library)
+    model = cache.load_private(job.base_model)
+    try:
+        state, losses, resolution = _train(model, job, on_progress, should_cancel)
+    finally:
+        del model
+        cache.release_memory()
+    metadata = {
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": str(job.rank),
+        "ss_network_alpha": str(job.rank),
+        "ss_output_name": job.name,
+        "ss_steps": str(job.steps),
+        "ss_learning_rate": str(job.learning_rate),
+        "ss_resolution": json.dumps([resolution, resolution]),
+        "ss_sd_model_name": job.base_model,
+        **job.metadata,
+    }
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".tmp")
+    save_file(state, str(tmp), metadata=metadata)
+    os.replace(tmp, target)
+    return TrainingResult(target, tuple(losses))
+
+
+def _train(
+    model: LoadedModel,
+    job: TrainingJob,
+    on_progress: ProgressCallback | None,
+    should_cancel: Callable[[], bool] | None,
+) -> tuple[dict[str, torch.Tensor], list[float], int]:
+    """Train a LoRA on ``model``'s UNet (which it changes): (kohya state, losses, resolution)."""
+    from peft import LoraConfig, get_peft_model_state_dict
+
     pipe = model.txt2img
     unet, vae, device = pipe.unet, pipe.vae, pipe.device
     for module in (unet, vae, pipe.text_encoder):
@@ -156,20 +188,4 @@ def train_lora(
         losses.append(float(loss.detach()))
         if on_progress is not None:
             on_progress(step + 1, job.steps, losses[-1])
-    state = _kohya_state(get_peft_model_state_dict(unet), job.rank)
-    metadata = {
-        "ss_network_module": "networks.lora",
-        "ss_network_dim": str(job.rank),
-        "ss_network_alpha": str(job.rank),
-        "ss_output_name": job.name,
-        "ss_steps": str(job.steps),
-        "ss_learning_rate": str(job.learning_rate),
-        "ss_resolution": json.dumps([resolution, resolution]),
-        "ss_sd_model_name": job.base_model,
-        **job.metadata,
-    }
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".tmp")
-    save_file(state, str(tmp), metadata=metadata)
-    os.replace(tmp, target)
-    return TrainingResult(target, tuple(losses))
+    return _kohya_state(get_peft_model_state_dict(unet), job.rank), losses, resolution

@@ -24,6 +24,8 @@ from huabu.errors import (
     ModelUnavailable,
     NotFound,
     Overloaded,
+    TaskFailed,
+    TaskTimedOut,
     TooLarge,
 )
 
@@ -39,6 +41,8 @@ _STATUS: tuple[tuple[type[HuabuError], int], ...] = (
     (ModelUnavailable, 503),
     (Cancelled, 409),
     (GenerationFailed, 500),
+    (TaskFailed, 500),
+    (TaskTimedOut, 504),
 )
 
 #: Renders one error as a dialect's response body (the status is decided here, not there).
@@ -62,6 +66,8 @@ def render_native(error: HuabuError, status: int) -> Response:
     body: dict[str, object] = {"type": error_kind(error), "message": error.message}
     if isinstance(error, InvalidRequest):
         body["param"] = error.param
+    if error.task_id is not None:
+        body["task_id"] = error.task_id
     return JSONResponse({"error": body}, status_code=status)
 
 

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from huabu.auth import Accounts, Authenticator
-from huabu.engine.library import ModelLibrary
+from huabu.catalog.library import ModelLibrary
 from huabu.settings import Settings
 from huabu.storage import LocalStorage, UrlSigner
 from huabu.storage.signing import installation_secret
+from huabu.tasks.cancel import cancel_task
 from huabu.tasks.events import TaskEvents
-from huabu.tasks.service import TaskService
+from huabu.tasks.reads import TaskReads
+from huabu.tasks.records import TaskRecord
+from huabu.tasks.submit import TaskSubmitter
+from huabu.tasks.uploads import NewUploads, Uploads
 from huabu.training.service import TrainingService
 
 
@@ -25,7 +30,11 @@ class Services:
     library: ModelLibrary
     storage: LocalStorage
     signer: UrlSigner
-    tasks: TaskService
+    #: Reading tasks (get, list, current, positions and ETAs).
+    tasks: TaskReads
+    #: Submitting them.
+    submitter: TaskSubmitter
+    uploads: Uploads
     training: TrainingService
     events: TaskEvents
 
@@ -36,10 +45,12 @@ class Services:
         accounts = Accounts(sessions)
         library = ModelLibrary(settings)
         storage = LocalStorage(settings.files_dir)
-        tasks = TaskService(settings, sessions, storage, library)
+        reads = TaskReads(settings, sessions)
+        uploads = Uploads(settings, sessions, storage)
+        submitter = TaskSubmitter(settings, sessions, storage, library, reads, uploads)
         events = TaskEvents(database_uri)
-        tasks.enable_cache()
-        events.listeners.append(tasks.forget)
+        reads.enable_cache()
+        events.listeners.append(reads.forget)
         return cls(
             settings=settings,
             sessions=sessions,
@@ -48,7 +59,19 @@ class Services:
             library=library,
             storage=storage,
             signer=UrlSigner(installation_secret(settings), settings.url_ttl),
-            tasks=tasks,
-            training=TrainingService(settings, tasks),
+            tasks=reads,
+            submitter=submitter,
+            uploads=uploads,
+            training=TrainingService(settings, submitter),
             events=events,
         )
+
+    def new_uploads(self) -> NewUploads:
+        """A holder for the images that arrive with one request (see ``tasks.uploads``)."""
+        return NewUploads(self.settings)
+
+    def cancel(self, owner_id: uuid.UUID, task_id: str | uuid.UUID) -> TaskRecord:
+        """Cancel the caller's task (see ``tasks.cancel``) and return it as it is now."""
+        task_id = cancel_task(self.sessions, owner_id, task_id)
+        self.tasks.forget(str(task_id))
+        return self.tasks.get(owner_id, task_id)

@@ -1,4 +1,5 @@
-"""Waiting for a task to finish, for the synchronous APIs (and long polls)."""
+"""Waiting for a task to finish: long polls, and the synchronous APIs (A1111, OpenAI, the plain
+SD API server), which all submit, wait and answer the same way through ``submit_and_wait``."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ import uuid
 
 from fastapi.concurrency import run_in_threadpool
 
+from huabu.errors import Cancelled, TaskFailed, TaskTimedOut
+from huabu.native import GenerationRequest
 from huabu.tasks.records import TaskRecord
+from huabu.tasks.uploads import NewUploads
 from huabu.web.services import Services
 
 
@@ -34,3 +38,34 @@ async def wait_for_task(
         return record
     finally:
         services.events.unsubscribe(task_id, changed)
+
+
+async def submit_and_wait(
+    services: Services,
+    owner_id: uuid.UUID,
+    request: GenerationRequest,
+    *,
+    origin: str,
+    uploads: NewUploads | None = None,
+    cancelled_ok: bool = False,
+) -> TaskRecord:
+    """Submit ``request`` and wait up to ``HUABU_SYNC_TIMEOUT`` for it. Returns the task once it
+    succeeded (or was cancelled, with ``cancelled_ok``); otherwise raises TaskFailed, Cancelled
+    or TaskTimedOut, each carrying the task's id. Refusals at submit raise as they are."""
+    record = await run_in_threadpool(
+        services.submitter.submit_generation, owner_id, request, origin=origin, uploads=uploads
+    )
+    timeout = services.settings.sync_timeout
+    record = await wait_for_task(services, owner_id, str(record.id), timeout)
+    task_id = str(record.id)
+    if record.state == "failed":
+        raise TaskFailed(record.error or "the task failed", task_id=task_id)
+    if record.state == "cancelled" and not cancelled_ok:
+        raise Cancelled(record.error or "the task was cancelled", task_id=task_id)
+    if not record.finished:
+        raise TaskTimedOut(
+            f"the task is still {record.state} after {timeout:g} s; it will finish: follow it "
+            f"at /huabu/v1/tasks/{task_id}",
+            task_id=task_id,
+        )
+    return record

@@ -9,15 +9,12 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from huabu.engine.architectures import Architecture
 from huabu.errors import InvalidRequest
-from huabu.native import MAX_SEED
+from huabu.native.generation import MAX_SEED
 
 if TYPE_CHECKING:
     from huabu.settings import Settings
 
-#: Base architectures the trainer handles (SDXL needs its extra conditioning: not yet).
-TRAINABLE = (Architecture.SD1, Architecture.SD2)
 #: What the images show (spec 001's ``main_body``), and the words it adds to every caption.
 MAIN_BODIES = {
     "Style": "art style",

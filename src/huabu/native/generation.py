@@ -1,16 +1,21 @@
-"""The native request/result model: the only shapes below the dialect line.
-
-Every dialect translates its wire format to a :class:`GenerationRequest` and renders a
-:class:`GenerationResult` back. Validation happens here, once, with errors naming the field.
-"""
+"""Generation in huabu's own terms: the request every dialect translates to, and the result
+the engine returns."""
 
 from __future__ import annotations
 
 import secrets
+import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 
 from huabu.errors import InvalidRequest
 
@@ -64,6 +69,49 @@ MAX_LORAS = 5
 MAX_EMBEDDINGS = 5
 
 
+class ImageRef(BaseModel):
+    """An input image. Clients name one of their uploads by its id (a plain string on the wire,
+    ``"init_image": "<upload id>"``); the task service checks it is theirs and replaces it with
+    the storage ``key`` it lives at, which is what a queued task holds. Never a file path, and
+    never a key a client chose: the service refuses keys at submit."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    upload: uuid.UUID | None = None
+    key: str | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_upload_id(cls, value: Any) -> Any:
+        if isinstance(value, uuid.UUID):
+            return {"upload": value}
+        if isinstance(value, str):
+            try:
+                return {"upload": uuid.UUID(value.strip())}
+            except ValueError:
+                raise ValueError(f"{value[:64]!r} is not an upload id") from None
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ImageRef:
+        if (self.upload is None) == (self.key is None):
+            raise ValueError("give an upload id")
+        return self
+
+    @model_serializer
+    def _compact(self) -> dict[str, str]:
+        return {"key": self.key} if self.key is not None else {"upload": str(self.upload)}
+
+    @classmethod
+    def stored(cls, key: str) -> ImageRef:
+        return cls(key=key)
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> dict[str, Any]:
+        # What clients send (the stored form is the service's own, never accepted from them).
+        return {"type": "string", "format": "uuid", "description": "An upload's id."}
+
+
 class LoraRef(BaseModel):
     """A LoRA from ``models/loras`` and its strength (0 = off, 1 = as trained)."""
 
@@ -77,13 +125,13 @@ MAX_CONTROLNETS = 3
 
 
 class ControlUnit(BaseModel):
-    """One ControlNet: a model from ``models/controlnet``, its input image (an upload id at
-    submit, a storage key once queued), how to preprocess it, how strongly and when to apply."""
+    """One ControlNet: a model from ``models/controlnet``, its input image, how to preprocess
+    it, how strongly and when to apply."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     model: str = Field(min_length=1)
-    image: str = Field(min_length=1)
+    image: ImageRef
     preprocessor: str = "none"
     scale: float = Field(default=1.0, ge=0, le=2)
     start: float = Field(default=0.0, ge=0, le=1)
@@ -91,24 +139,24 @@ class ControlUnit(BaseModel):
 
 
 class IpAdapterRef(BaseModel):
-    """An IP-Adapter from ``models/ipadapter``, its reference image (an upload id at submit, a
-    storage key once queued) and how strongly the image steers the result."""
+    """An IP-Adapter from ``models/ipadapter``, its reference image and how strongly the image
+    steers the result."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str = Field(min_length=1)
-    image: str = Field(min_length=1)
+    image: ImageRef
     scale: float = Field(default=0.6, ge=0, le=2)
 
 
 class InpaintRef(BaseModel):
-    """Repaint only part of ``init_image``. The mask (an upload id at submit, a storage key once
-    queued) is white where the image is repainted and black where it is kept; it is resized to
-    the output size. See :mod:`huabu.engine.inpainting` for what each option does."""
+    """Repaint only part of ``init_image``. The mask is white where the image is repainted and
+    black where it is kept; it is resized to the output size. See :mod:`huabu.engine.inpainting`
+    for what each option does."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    mask: str = Field(min_length=1)
+    mask: ImageRef
     #: Gaussian blur of the mask's edges, in pixels.
     blur: int = Field(default=4, ge=0, le=64)
     #: Repaint the black part instead.
@@ -135,8 +183,8 @@ class GenerationRequest(BaseModel):
     sampler: str = "Euler a"
     seed: int = Field(default=-1, ge=-1, le=MAX_SEED)
     n_images: int = Field(default=1, ge=1)
-    #: A reference to the img2img source: a storage key or, from the CLI, a file path.
-    init_image: str | None = None
+    #: The img2img source.
+    init_image: ImageRef | None = None
     strength: float = Field(default=0.75, gt=0, le=1)
     clip_skip: int = Field(default=1, ge=1, le=12)
     vae: str | None = None
@@ -205,6 +253,37 @@ class GenerationRequest(BaseModel):
                 )
         seed = self.seed if self.seed >= 0 else secrets.randbelow(MAX_SEED - settings.max_images)
         return self.model_copy(update={"sampler": canonical_sampler(self.sampler), "seed": seed})
+
+    def image_refs(self) -> dict[str, ImageRef]:
+        """Every input image the request names, by its field (``controlnets.0.image`` …)."""
+        refs = {}
+        if self.init_image is not None:
+            refs["init_image"] = self.init_image
+        if self.inpaint is not None:
+            refs["inpaint.mask"] = self.inpaint.mask
+        for index, unit in enumerate(self.controlnets):
+            refs[f"controlnets.{index}.image"] = unit.image
+        if self.ip_adapter is not None:
+            refs["ip_adapter.image"] = self.ip_adapter.image
+        return refs
+
+    def with_images(self, refs: dict[str, ImageRef]) -> GenerationRequest:
+        """The request with the input images of ``image_refs()`` replaced by ``refs``."""
+        update: dict[str, Any] = {}
+        if "init_image" in refs:
+            update["init_image"] = refs["init_image"]
+        if self.inpaint is not None and "inpaint.mask" in refs:
+            update["inpaint"] = self.inpaint.model_copy(update={"mask": refs["inpaint.mask"]})
+        if self.controlnets:
+            update["controlnets"] = tuple(
+                unit.model_copy(update={"image": refs.get(f"controlnets.{i}.image", unit.image)})
+                for i, unit in enumerate(self.controlnets)
+            )
+        if self.ip_adapter is not None and "ip_adapter.image" in refs:
+            update["ip_adapter"] = self.ip_adapter.model_copy(
+                update={"image": refs["ip_adapter.image"]}
+            )
+        return self.model_copy(update=update)
 
     def image_seeds(self) -> list[int]:
         """The seed of each image, A1111's convention: image i uses seed + i."""

@@ -22,8 +22,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from huabu.engine.architectures import Architecture, detect_folder_architecture
-from huabu.engine.single_file import CheckpointHeader
+from huabu.catalog.architectures import Architecture, detect_folder_architecture
+from huabu.catalog.checkpoints import CheckpointHeader
 from huabu.errors import InvalidRequest, ModelUnavailable
 from huabu.settings import Settings
 
@@ -43,6 +43,11 @@ class ModelEntry:
     layout: str  # 'diffusers' | 'single-file' | 'pickle'
     size_bytes: int
     architecture: Architecture | None
+
+    @property
+    def location(self) -> str:
+        """Where it sits relative to ``models/`` (what listings show: never a server path)."""
+        return f"{self.kind}/{self.path.name}"
 
     @property
     def describe_architecture(self) -> str:
@@ -136,6 +141,15 @@ class ModelLibrary:
             if entry.name == name:
                 return entry
         raise self.unknown(kind, name, param=param)
+
+    def default_model(self) -> str:
+        """The checkpoint used when a request names none (HUABU_DEFAULT_MODEL, else the first)."""
+        if self.settings.default_model:
+            return self.settings.default_model
+        names = self.names("checkpoints")
+        if not names:
+            raise InvalidRequest("the server has no checkpoint to generate with", param="model")
+        return names[0]
 
     def unknown(self, kind: str, name: str, *, param: str) -> InvalidRequest:
         """The error for a name that is not in the library, listing what is."""

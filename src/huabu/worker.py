@@ -49,7 +49,7 @@ class Worker:
             sessions,
             {
                 "generate": GenerationHandler(settings, storage, engine),
-                "train": TrainingHandler(settings, storage, engine.library),
+                "train": TrainingHandler(settings, storage, engine.cache),
             },
         )
         self.app = procrastinate.App(

@@ -12,6 +12,7 @@ The text ("infotext") is::
 from __future__ import annotations
 
 import io
+import json
 import re
 
 from PIL import Image, PngImagePlugin
@@ -21,7 +22,8 @@ from huabu.native import GenerationRequest
 _EXIF_IFD = 0x8769
 _USER_COMMENT = 0x9286
 _UNICODE_PREFIX = b"UNICODE\x00"
-_PARAM_RE = re.compile(r'\s*([\w ]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+#: A1111's ``re_param``: ``key: value`` pairs, values plain or quoted with escapes.
+_PARAM_RE = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 
 
 def _number(value: float) -> str:
@@ -71,21 +73,29 @@ def _quote(value: str) -> str:
 
 
 def _unquote(value: str) -> str:
+    """A quoted value as A1111 reads it: a JSON string (the escapes ``_quote`` writes)."""
     if len(value) >= 2 and value[0] == value[-1] == '"':
-        return re.sub(r"\\(.)", lambda m: {"n": "\n"}.get(m[1], m[1]), value[1:-1])
+        try:
+            unquoted = json.loads(value, strict=False)
+        except ValueError:
+            return value
+        return unquoted if isinstance(unquoted, str) else value
     return value
 
 
 def parse_infotext(text: str) -> dict[str, str]:
-    """Parse A1111 parameters text into ``{"Prompt", "Negative prompt", "Steps", ...}``."""
+    """A1111 parameters text → ``{"Prompt", "Negative prompt", "Steps", …}`` (values as text),
+    the way A1111's ``parse_generation_parameters`` reads it: the last line is the parameters
+    line only if it holds at least three ``key: value`` pairs; otherwise all of it is prompt."""
     *head, last = text.strip().split("\n")
-    if len(_PARAM_RE.findall(last)) < 3:  # no parameter line: it is all prompt
+    if len(_PARAM_RE.findall(last)) < 3:
         head, last = [*head, last], ""
     prompt_lines: list[str] = []
     negative_lines: list[str] = []
     for line in head:
-        if line.startswith("Negative prompt:"):
-            negative_lines.append(line[len("Negative prompt:") :].strip())
+        line = line.strip()
+        if not negative_lines and line.startswith("Negative prompt:"):
+            negative_lines.append(line.removeprefix("Negative prompt:").strip())
         elif negative_lines:
             negative_lines.append(line)
         else:

@@ -41,7 +41,7 @@ def create_app(settings: Settings) -> FastAPI:
         await services.events.start()
         worker = None
         if settings.worker:
-            from huabu.tasks.worker import Worker  # imports torch; API-only servers skip it
+            from huabu.worker import Worker  # imports torch; API-only servers skip it
 
             worker = await run_in_threadpool(Worker, settings, sessions)
             await worker.start()

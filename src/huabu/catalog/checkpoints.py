@@ -1,0 +1,54 @@
+"""What a ``.safetensors`` file says about itself, read from its header alone: tensor names,
+shapes and metadata. No tensor is read and nothing here imports torch, so API processes can
+describe a library of multi-GB checkpoints in milliseconds."""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from huabu.catalog.architectures import Architecture, detect_architecture
+from huabu.errors import ModelUnavailable
+
+#: A header larger than this is not one a real checkpoint has (SDXL's is about 300 KB).
+MAX_HEADER_BYTES = 100 * 2**20
+
+
+@dataclass(frozen=True)
+class CheckpointHeader:
+    """The tensor shapes and ``__metadata__`` of a safetensors file."""
+
+    shapes: dict[str, tuple[int, ...]]
+    metadata: dict[str, str]
+
+    @classmethod
+    def read(cls, path: Path) -> CheckpointHeader:
+        """Parse the header (8 bytes of length, then JSON), or ModelUnavailable naming the
+        file by its name only."""
+        try:
+            with path.open("rb") as handle:
+                prefix = handle.read(8)
+                if len(prefix) != 8:
+                    raise ValueError("shorter than a safetensors header")
+                (length,) = struct.unpack("<Q", prefix)
+                if length > MAX_HEADER_BYTES:
+                    raise ValueError("header length out of range")
+                raw = handle.read(length)
+                if len(raw) != length:
+                    raise ValueError("truncated header")
+            header = json.loads(raw)
+            if not isinstance(header, dict):
+                raise ValueError("header is not a JSON object")
+            metadata = header.pop("__metadata__", None) or {}
+            shapes = {key: tuple(int(n) for n in value["shape"]) for key, value in header.items()}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise ModelUnavailable(
+                f"{path.name} is not a readable safetensors file ({reason})"
+            ) from None
+        return cls(shapes, {str(k): str(v) for k, v in metadata.items()})
+
+    def architecture(self) -> Architecture | None:
+        return detect_architecture(set(self.shapes))

@@ -1,0 +1,289 @@
+"""Submitting tasks: check everything first, then store and queue in one unit.
+
+``submit_generation`` checks the request against the server's limits and the catalog, resolves
+the caller's trained models and input images, and checks the queue limits. Only then does it
+store the images that came with the request and insert their upload rows, the task and its
+procrastinate job, in one transaction; if that fails, the stored files are removed. A refused
+request leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import bindparam, select, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from huabu.catalog.library import ModelLibrary, private_name
+from huabu.catalog.preprocessors import check as check_preprocessor
+from huabu.db.tables import Task, TrainedModel
+from huabu.errors import InvalidRequest, Overloaded
+from huabu.images import decode_image, repaint_mask
+from huabu.native import MAX_LORAS, GenerationRequest, ImageRef, LoraRef
+from huabu.settings import Settings
+from huabu.storage import LocalStorage
+from huabu.tasks import queue
+from huabu.tasks.reads import TaskReads
+from huabu.tasks.records import TaskRecord, TrainedRecord
+from huabu.tasks.uploads import CheckedImage, NewUploads, Uploads, storing
+
+_LIMITS = text(
+    """
+    SELECT mine.count, mine.min, everyone.count, everyone.min, everyone.ahead, everyone.work
+      FROM (SELECT count(*), min(work) FROM tasks
+             WHERE owner_id = :owner AND state IN ('queued', 'running')) mine,
+           (SELECT count(*), min(work),
+                   count(*) FILTER (WHERE state = 'queued' AND queue = :queue) AS ahead,
+                   coalesce(sum(work * (1 - step::float / greatest(total, 1)))
+                            FILTER (WHERE queue = :queue), 0) AS work
+              FROM tasks WHERE state IN ('queued', 'running')) everyone
+    """
+)
+#: The task row and its procrastinate job, in one statement (see ``queue``).
+_INSERT_AND_DEFER = text(
+    f"""
+    WITH job AS ({queue.DEFER_SQL})
+    INSERT INTO tasks (id, owner_id, kind, origin, queue, state, model, request, step, total,
+                       work, attempts, job_id, cancel_requested)
+    SELECT :id, :owner, :kind, :origin, :queue, 'queued', :model, CAST(:request AS jsonb), 0,
+           :total, :work, 0, job.id, false
+      FROM job
+    RETURNING created_at, job_id
+    """
+)
+#: A trained model, usable once its training task has succeeded.
+_TRAINED = (
+    select(TrainedModel.base_model, TrainedModel.trigger_word)
+    .join(Task, Task.id == TrainedModel.task_id)
+    .where(
+        TrainedModel.owner_id == bindparam("owner"),
+        TrainedModel.name == bindparam("name"),
+        Task.state == "succeeded",
+    )
+)
+
+
+def work_units(request: GenerationRequest) -> float:
+    """Relative cost of a generation: denoising steps × pixels × images."""
+    steps = request.steps * (request.strength if request.is_img2img else 1.0)
+    return max(1.0, steps) * request.width * request.height * request.n_images
+
+
+class TaskSubmitter:
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: sessionmaker[Session],
+        storage: LocalStorage,
+        library: ModelLibrary,
+        reads: TaskReads,
+        uploads: Uploads,
+    ) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.storage = storage
+        self.library = library
+        self.reads = reads
+        self.uploads = uploads
+
+    # -- generation -------------------------------------------------------------------------
+
+    def submit_generation(
+        self,
+        owner_id: uuid.UUID,
+        request: GenerationRequest,
+        *,
+        origin: str,
+        uploads: NewUploads | None = None,
+    ) -> TaskRecord:
+        """Check ``request`` completely, then store the images in ``uploads`` that it uses
+        and queue it, in one unit. Raises before anything is stored."""
+        request = self._resolve_trained(owner_id, request.checked(self.settings))
+        if request.vae:
+            self.library.find("vae", request.vae, param="vae")
+        for index, name in enumerate(request.embeddings):
+            self.library.find("embeddings", name, param=f"embeddings.{index}")
+        for index, unit in enumerate(request.controlnets):
+            self.library.find("controlnet", unit.model, param=f"controlnets.{index}.model")
+            check_preprocessor(unit.preprocessor, param=f"controlnets.{index}.preprocessor")
+        if request.ip_adapter is not None:
+            self.library.find("ipadapter", request.ip_adapter.name, param="ip_adapter.name")
+        keys, new = self._resolve_images(owner_id, request, uploads)
+        request = request.with_images(keys)
+        if request.inpaint is not None:
+            self._check_mask(request, new)
+        return self.enqueue(
+            owner_id,
+            kind="generate",
+            origin=origin,
+            model=request.model,
+            request=request.model_dump(mode="json"),
+            total=request.steps,
+            work=work_units(request),
+            new_uploads=list(new.values()),
+        )
+
+    def _resolve_images(
+        self, owner_id: uuid.UUID, request: GenerationRequest, uploads: NewUploads | None
+    ) -> tuple[dict[str, ImageRef], dict[uuid.UUID, CheckedImage]]:
+        """The storage key of each input image, and the new uploads among them. Each must be
+        one of the caller's uploads (stored, or arriving with this request)."""
+        keys: dict[str, ImageRef] = {}
+        new: dict[uuid.UUID, CheckedImage] = {}
+        for field, ref in request.image_refs().items():
+            if ref.upload is None:
+                raise InvalidRequest(f"{field}: give an upload id", param=field)
+            arriving = uploads.get(ref.upload) if uploads is not None else None
+            if arriving is not None:
+                new[arriving.id] = arriving
+                keys[field] = ImageRef.stored(arriving.key)
+                continue
+            found = self.uploads.find(owner_id, ref.upload)
+            if found is None:
+                raise InvalidRequest(f"{field}: no upload {ref.upload}", param=field)
+            keys[field] = ImageRef.stored(found.key)
+        return keys, new
+
+    def _check_mask(self, request: GenerationRequest, new: dict[uuid.UUID, CheckedImage]) -> None:
+        """A mask that repaints nothing is refused now, not after the task has waited."""
+        assert request.inpaint is not None and request.inpaint.mask.key is not None
+        key = request.inpaint.mask.key
+        arriving = next((image for image in new.values() if image.key == key), None)
+        if arriving is not None:
+            mask = arriving.image
+        else:
+            mask = decode_image(
+                self.storage.get(key),
+                field="inpaint.mask",
+                max_pixels=self.settings.max_input_pixels,
+            )
+        repaint_mask(mask, invert=request.inpaint.invert, field="inpaint.mask")
+
+    def _resolve_trained(
+        self, owner_id: uuid.UUID, request: GenerationRequest
+    ) -> GenerationRequest:
+        """Checks the model and LoRA names, resolving the caller's trained models: as the
+        model, its base with its LoRA and trigger word; as a LoRA, its private library name.
+        Public names win. A private name written out (``@…/…``) is refused like any unknown
+        name: it is the service's to hand out, never the caller's to choose."""
+        public_loras = set(self.library.names("loras"))
+        loras = list(request.loras)
+        for index, lora in enumerate(loras):
+            if lora.name not in public_loras:
+                trained = self.trained_model(owner_id, lora.name)
+                if trained is None:
+                    raise self.library.unknown("loras", lora.name, param=f"loras.{index}.name")
+                loras[index] = lora.model_copy(update={"name": trained.lora})
+        update: dict[str, Any] = {"loras": tuple(loras)}
+        if request.model not in self.library.names("checkpoints"):
+            trained = self.trained_model(owner_id, request.model)
+            if trained is None:
+                raise self.library.unknown("checkpoints", request.model, param="model")
+            if len(loras) >= MAX_LORAS:
+                raise InvalidRequest(
+                    f"loras: the trained model {request.model!r} takes one of the "
+                    f"{MAX_LORAS} LoRA slots; pass at most {MAX_LORAS - 1} more",
+                    param="loras",
+                )
+            prompt = ", ".join(p for p in (trained.trigger_word, request.prompt) if p.strip())
+            update |= {
+                "model": trained.base_model,
+                "prompt": prompt,
+                "loras": (LoraRef(name=trained.lora), *loras),
+            }
+        return request.model_copy(update=update)
+
+    def trained_model(self, owner_id: uuid.UUID, name: str) -> TrainedRecord | None:
+        """The caller's trained model ``name``, once its training has succeeded."""
+        if name.startswith("@"):
+            return None
+        with self.reads.sessions() as session:
+            row = session.execute(_TRAINED, {"owner": owner_id, "name": name}).one_or_none()
+        if row is None:
+            return None
+        return TrainedRecord(name, row.base_model, row.trigger_word, private_name(owner_id, name))
+
+    # -- any kind ---------------------------------------------------------------------------
+
+    def enqueue(
+        self,
+        owner_id: uuid.UUID,
+        *,
+        kind: str,
+        origin: str,
+        model: str,
+        request: dict[str, Any],
+        total: int,
+        work: float,
+        new_uploads: list[CheckedImage] | None = None,
+        also: Callable[[Session, uuid.UUID], None] | None = None,
+    ) -> TaskRecord:
+        """Insert a task of ``kind`` and its job, after the queue limits, with the rows of
+        ``new_uploads`` (their files stored first, removed again if nothing commits);
+        ``also(session, task_id)`` writes rows that belong with it, in the same transaction."""
+        task_id, queue_name = uuid.uuid4(), queue.QUEUES[kind]
+        images = new_uploads or []
+        with storing(self.storage, images) as write, self.sessions.begin() as session:
+            ahead, ahead_work = self._check_limits(session, owner_id, queue_name)
+            write()
+            session.add_all([image.row(owner_id) for image in images])
+            session.flush()
+            created_at, _ = session.execute(
+                _INSERT_AND_DEFER,
+                {
+                    "id": task_id,
+                    "owner": owner_id,
+                    "kind": kind,
+                    "origin": origin,
+                    "queue": queue_name,
+                    "model": model,
+                    "request": json.dumps(request),
+                    "total": total,
+                    "work": work,
+                    "task_name": queue.TASK_NAMES[kind],
+                    "args": json.dumps({"task_id": str(task_id)}),
+                },
+            ).one()
+            if also is not None:
+                also(session, task_id)
+                session.flush()
+            row = dict(
+                id=task_id, owner_id=owner_id, kind=kind, origin=origin, state="queued",
+                model=model, request=request, step=0, total=total, work=work, attempts=0,
+                error=None, created_at=created_at, started_at=None, finished_at=None,
+                ahead=ahead, ahead_work=ahead_work, images=None,
+            )  # fmt: skip
+            return self.reads.record(session, row)
+
+    def _check_limits(
+        self, session: Session, owner_id: uuid.UUID, queue_name: str
+    ) -> tuple[int, float]:
+        """Refuse with Overloaded past a queue limit; else (tasks, work) ahead of a new task.
+
+        Deliberately lock-free: submits racing at the very same moment can each pass the
+        check, so a limit can be exceeded by the number of submits in flight at once. Exact
+        enforcement would serialise all of a user's submits."""
+        mine, my_smallest, everyone, smallest, ahead, ahead_work = session.execute(
+            _LIMITS, {"owner": owner_id, "queue": queue_name}
+        ).one()
+        if mine >= self.settings.max_queued_per_user:
+            raise Overloaded(
+                f"you have {mine} unfinished tasks, the limit is "
+                f"{self.settings.max_queued_per_user}; wait for some to finish",
+                retry_after=self._retry_after(session, my_smallest),
+            )
+        if everyone >= self.settings.max_queued:
+            raise Overloaded(
+                f"the server has {everyone} unfinished tasks, its limit; try again shortly",
+                retry_after=self._retry_after(session, smallest),
+            )
+        return ahead, ahead_work  # a new task is behind every queued one
+
+    def _retry_after(self, session: Session, work: float | None) -> int:
+        """Roughly when one slot frees up: the smallest queued task's run time."""
+        seconds = (work or 0) * self.reads.eta.speed(session, None)
+        return min(60, max(1, math.ceil(seconds)))
