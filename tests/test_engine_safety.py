@@ -19,8 +19,8 @@ from test_training import job
 @pytest.mark.slow
 def test_concurrent_requests_on_one_model_do_not_see_each_others_loras(settings, small):
     engine = Engine(settings)
-    plain = small(steps=6)
-    styled = small(steps=6, loras=(LoraRef(name="demo-lora", weight=1.0),))
+    plain = small(steps=4)
+    styled = small(steps=4, loras=(LoraRef(name="demo-lora", weight=1.0),))
     expected_plain = pixels(engine.generate(plain).images[0])
     expected_styled = pixels(engine.generate(styled).images[0])
     assert not np.array_equal(expected_plain, expected_styled)  # the LoRA shows
@@ -29,7 +29,7 @@ def test_concurrent_requests_on_one_model_do_not_see_each_others_loras(settings,
 
     def run(name, request):
         try:
-            for _ in range(4):
+            for _ in range(3):
                 results[name].append(pixels(engine.generate(request).images[0]))
         except BaseException as exc:  # reported below
             errors.append(exc)

@@ -17,6 +17,9 @@ from huabu.settings import Settings
 from serving import Server, Worker, stop_embedded_postgres
 from test_service import SLOW, SMALL, submit, wait_finished, wait_state
 
+#: Long enough to be caught running and killed (seconds on one thread), short to re-run.
+KILLABLE = SLOW | {"steps": 24}
+
 pytestmark = pytest.mark.slow  # each test starts servers and workers of its own
 
 
@@ -38,7 +41,7 @@ def test_killed_worker_task_is_rerun_by_another(fresh_home):
     first = Worker(fresh_home)
     try:
         client = api.client(key)
-        task = submit(client, SLOW)
+        task = submit(client, KILLABLE)
         wait_state(client, task["id"], "running", timeout=90)
         first.kill()
         second = Worker(fresh_home)
@@ -58,7 +61,7 @@ def test_task_that_keeps_killing_workers_fails_with_a_reason(fresh_home):
     api = Server(fresh_home, {"HUABU_WORKER": "false", "HUABU_MAX_ATTEMPTS": "1"})
     try:
         client = api.client(key)
-        task = submit(client, SLOW)
+        task = submit(client, KILLABLE)
         worker = Worker(fresh_home, {"HUABU_MAX_ATTEMPTS": "1"})
         wait_state(client, task["id"], "running", timeout=90)
         worker.kill()
@@ -80,7 +83,8 @@ def test_restart_loses_no_task(fresh_home):
     key = key_for(fresh_home)
     server = Server(fresh_home)
     client = server.client(key)
-    ids = [submit(client, SLOW | {"steps": 20})["id"] for _ in range(3)]
+    # One task running when the server stops, one still queued behind it.
+    ids = [submit(client, SLOW | {"steps": 16})["id"] for _ in range(2)]
     wait_state(client, ids[0], "running", timeout=90)
     # SIGTERM mid-task: a graceful stop (uvicorn re-raises the signal once it is done).
     assert server.stop() in (0, -signal.SIGTERM)
@@ -93,7 +97,7 @@ def test_restart_loses_no_task(fresh_home):
     finally:
         restarted.stop()
     assert interrupted["state"] in ("queued", "running", "succeeded")
-    assert [task["state"] for task in finished] == ["succeeded"] * 3
+    assert [task["state"] for task in finished] == ["succeeded"] * 2
     # A clean shutdown is not a crash: it does not count against the task's attempts.
     assert finished[0]["attempts"] == 1
 
@@ -163,7 +167,7 @@ def test_training_goes_to_training_workers_and_survives_a_killed_one(fresh_home)
     trainers = []
     try:
         client = api.client(key)
-        training = _queue_training(client, steps=300)
+        training = _queue_training(client, steps=120)
         # A worker that does not train leaves the training queued and still generates.
         assert wait_finished(client, submit(client, SMALL)["id"])["state"] == "succeeded"
         assert client.get(f"/huabu/v1/tasks/{training}").json()["state"] == "queued"
