@@ -319,3 +319,29 @@ def test_failed_and_unfinished_tasks_in_each_synchronous_shape():
     openai_error = body(openai_images.render_error, timed_out)["error"]
     assert openai_error["type"] == "server_error" and "(task t-1)" in openai_error["message"]
     assert body(render_native, failed)["error"]["task_id"] == "t-2"
+
+
+@pytest.mark.parametrize(
+    "build, renamed, param",
+    [
+        # Values a dialect's own schema allows but the native model does not: a 400 naming
+        # the dialect's field, never a 500 from the translation.
+        (lambda: a1111_wire.to_native(
+            a1111_wire.Txt2ImgIn.model_validate(
+                {"prompt": "".join(f"<lora:l{i}:1>" for i in range(6))}),
+            model="demo", init_image=None, controlnets=[], options={}, settings=SETTINGS),
+         a1111_wire.renamed, "prompt"),
+        (lambda: a1111_wire.to_native(
+            a1111_wire.Img2ImgIn.model_validate({"init_images": ["x"], "denoising_strength": 0}),
+            model="demo", init_image=UPLOAD, controlnets=[], options={}, settings=SETTINGS),
+         a1111_wire.renamed, "denoising_strength"),
+        (lambda: openai_images.to_native(
+            openai_images.GenerationIn.model_validate({"prompt": "x" * 20_000}),
+            model="demo", auto_size=(512, 512), settings=SETTINGS),
+         openai_images.renamed, "prompt"),
+    ],
+)  # fmt: skip
+def test_looser_dialect_limits_become_field_errors(build, renamed, param):
+    with pytest.raises(InvalidRequest) as caught:
+        build()
+    assert renamed(caught.value).param == param

@@ -33,7 +33,7 @@ def check(settings, **fields):
         ({"sampler": "Euler b"}, "sampler", "DPM++ 2M Karras"),
         ({"output_format": "gif"}, "output_format", "png"),
         ({"clip_skip": 13}, "clip_skip", "12"),
-        ({"bogus": 1}, "bogus", "Extra inputs"),
+        ({"bogus": 1}, "bogus", "is not a known field"),
     ],
 )
 def test_out_of_range_fields_are_named(settings, fields, param, fragment):

@@ -18,6 +18,9 @@ synchronous caller can still follow the work it started.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 
 class HuabuError(Exception):
     """Base of every error whose message is meant for the user."""
@@ -78,3 +81,18 @@ class TaskFailed(HuabuError):
 
 class TaskTimedOut(HuabuError):
     """A synchronous call gave up waiting; its task is still queued or running and will finish."""
+
+
+def invalid_field(error: Mapping[str, Any], *, prefix: Sequence[str] = ()) -> InvalidRequest:
+    """One error as pydantic reports it (an item of ``ValidationError.errors()``) as an
+    InvalidRequest naming the field, ``prefix`` first: the one wording every dialect uses."""
+    where = [str(part) for part in error.get("loc", ()) if part not in ("body", "query", "path")]
+    param = ".".join([*prefix, *where]) or None
+    kind = error.get("type")
+    if kind == "missing":
+        message = "is required"
+    elif kind == "extra_forbidden":
+        message = "is not a known field"
+    else:
+        message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+    return InvalidRequest(f"{param}: {message}" if param else message, param=param)

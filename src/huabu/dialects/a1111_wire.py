@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from huabu.errors import InvalidRequest
+from huabu.errors import InvalidRequest, invalid_field
 from huabu.native import MAX_SEED, GenerationRequest, LoraRef, canonical_sampler
 from huabu.settings import Settings
 from huabu.tasks.records import TaskRecord
@@ -156,11 +156,8 @@ def control_units(body: Txt2ImgIn) -> list[tuple[int, ControlNetArg]]:
         try:
             unit = ControlNetArg.model_validate(raw)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            param = ".".join(
-                ["alwayson_scripts.controlnet.args", str(index), *map(str, first["loc"])]
-            )
-            raise InvalidRequest(f"{param}: {first['msg']}", param=param) from None
+            prefix = ("alwayson_scripts", "controlnet", "args", str(index))
+            raise invalid_field(exc.errors()[0], prefix=prefix) from None
         if unit.enabled and model_name(unit.model).lower() not in ("", "none"):
             units.append((index, unit))
     return units

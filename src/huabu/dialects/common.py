@@ -11,7 +11,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
 
-from huabu.errors import InvalidRequest, NotFound
+from huabu.errors import InvalidRequest, NotFound, invalid_field
 from huabu.fetch import fetch
 from huabu.tasks.uploads import NewUploads
 from huabu.web.services import Services
@@ -42,10 +42,7 @@ def validate(schema: type[Wire], data: dict[str, Any]) -> Wire:
     try:
         return schema.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        param = ".".join(str(part) for part in first["loc"]) or None
-        message = first["msg"] if first["type"] != "missing" else "is required"
-        raise InvalidRequest(f"{param}: {message}", param=param) from None
+        raise invalid_field(exc.errors()[0]) from None
 
 
 def _own_key(services: Services, url: str, *, field: str) -> str | None:

@@ -17,7 +17,7 @@ from pydantic import (
     model_validator,
 )
 
-from huabu.errors import InvalidRequest
+from huabu.errors import InvalidRequest, invalid_field
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -204,9 +204,7 @@ class GenerationRequest(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            param = ".".join(str(part) for part in first["loc"]) or None
-            raise InvalidRequest(f"{param}: {first['msg']}", param=param) from None
+            raise invalid_field(exc.errors()[0]) from None
 
     @property
     def is_img2img(self) -> bool:

@@ -27,6 +27,7 @@ from huabu.errors import (
     TaskFailed,
     TaskTimedOut,
     TooLarge,
+    invalid_field,
 )
 
 log = logging.getLogger("huabu.web")
@@ -102,12 +103,7 @@ def validation_error(exc: RequestValidationError) -> InvalidRequest:
     first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
     if first.get("type") == "json_invalid":
         return InvalidRequest("the request body is not valid JSON", param=None)
-    location = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path")]
-    param = ".".join(location) or None
-    message = str(first.get("msg", "invalid"))
-    if first.get("type") == "extra_forbidden":
-        message = "is not a known field"
-    return InvalidRequest(f"{param}: {message}" if param else message, param=param)
+    return invalid_field(first)
 
 
 def install(app: FastAPI, renderers: ErrorRenderers) -> None:
