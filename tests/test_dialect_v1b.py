@@ -159,14 +159,29 @@ def test_image_to_image_from_a_public_host(url, token, hosts):
 @pytest.mark.parametrize(
     ("target", "why"),
     [
-        ("{loopback}/img.png", "non-public"),  # loopback
-        ("http://localhost:1/img.png", "non-public"),  # a name that resolves to loopback
-        ("http://10.0.0.1/img.png", "non-public"),  # private
-        ("http://169.254.169.254/latest/meta-data/", "non-public"),  # cloud metadata
-        ("http://[::1]/img.png", "non-public"),
-        ("{public}/to-loopback", "non-public"),  # a public host redirecting inside
+        ("{loopback}/img.png", "not a public address"),  # loopback
+        ("http://localhost:1/img.png", "not a public address"),  # a name that resolves to loopback
+        ("http://10.0.0.1/img.png", "not a public address"),  # private
+        ("http://169.254.169.254/latest/meta-data/", "not a public address"),  # cloud metadata
+        ("http://[::1]/img.png", "not a public address"),
+        ("{public}/to-loopback", "not a public address"),  # a public host redirecting inside
         ("file:///etc/passwd", "only http and https"),
         ("gopher://127.0.0.2/", "only http and https"),
+        # Malformed URLs and hosts (each was a 500).
+        ("http://127.0.0.2:99999/img.png", "not a valid URL"),
+        ("http://127.0.0.2:abc/img.png", "not a valid URL"),
+        ("http://[::1/img.png", "not a valid URL"),
+        ("http://[not-ipv6]/img.png", "not a valid URL"),
+        ("http://a..b/img.png", "cannot resolve"),
+        ("http://" + "a" * 64 + ".example/img.png", "cannot resolve"),
+        ("http://so\u00adft.example/img.png", "cannot resolve"),
+        # Special-purpose addresses, and IPv6 forms of inside IPv4 addresses.
+        ("http://224.0.0.1/img.png", "not a public address"),
+        ("http://[ff02::1]/img.png", "not a public address"),
+        ("http://[64:ff9b::a9fe:a9fe]/img.png", "not a public address"),  # NAT64 → metadata
+        ("http://[2002:7f00:1::]/img.png", "not a public address"),  # 6to4 → loopback
+        ("http://[::7f00:1]/img.png", "not a public address"),  # IPv4-compatible loopback
+        ("http://192.88.99.1/img.png", "not a public address"),  # the 6to4 relay
     ],
 )
 def test_init_img_cannot_reach_inside(url, token, hosts, target, why):
@@ -177,6 +192,7 @@ def test_init_img_cannot_reach_inside(url, token, hosts, target, why):
     error = response.json()
     assert error["param"] == "init_img" and error["code"] == 400
     assert error["msg"].startswith("init_img: ") and why in error["msg"]
+    assert "127.0.0.1" not in error["msg"] and "::1" not in error["msg"]  # no resolutions told
 
 
 def test_forged_own_link_is_refused(url, token):

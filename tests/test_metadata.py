@@ -71,7 +71,7 @@ def test_png_uses_the_parameters_text_chunk():
 # -- the parser A1111's PNG Info uses (and /sdapi/v1/png-info serves), as properties ----------
 
 _LINE = (
-    st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\n"), max_size=40)
+    st.text(st.characters(exclude_categories=("Cs", "Cc")), max_size=40)
     .map(str.strip)
     .filter(lambda line: not line.startswith("Negative prompt:"))
 )
@@ -79,7 +79,7 @@ _LINE = (
 #: with an empty line (the text as a whole is stripped).
 _PROMPT = st.lists(_LINE, max_size=4).map("\n".join).filter(lambda p: not p.startswith("\n"))
 _NAME = st.text(
-    st.characters(exclude_categories=("Cs",), include_characters=',"\\:\n'), min_size=1,
+    st.characters(exclude_categories=("Cs", "Cc"), include_characters=',"\\:\n'), min_size=1,
     max_size=30,
 ).map(str.strip).filter(bool)  # fmt: skip
 

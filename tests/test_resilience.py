@@ -4,6 +4,7 @@ servers restarted, queues filled; every accepted task still ends in a final stat
 from __future__ import annotations
 
 import io
+import os
 import signal
 import time
 
@@ -191,3 +192,30 @@ def test_training_goes_to_training_workers_and_survives_a_killed_one(fresh_home)
         for worker in [generator, *trainers[1:]]:
             worker.stop()
         api.stop()
+
+
+def _postgres_running(home) -> bool:
+    pid_file = home / "postgres" / "postmaster.pid"
+    if not pid_file.exists():
+        return False
+    try:
+        os.kill(int(pid_file.read_text().split()[0]), 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_the_embedded_database_stops_with_the_server_and_is_adopted_after_a_crash(fresh_home):
+    first = Server(fresh_home, {"HUABU_WORKER": "false"})
+    assert _postgres_running(fresh_home)
+    first.process.send_signal(signal.SIGINT)  # Ctrl-C
+    first.process.wait(60)
+    first.stop()
+    assert not _postgres_running(fresh_home)
+    crashed = Server(fresh_home, {"HUABU_WORKER": "false"})
+    crashed.kill()
+    assert _postgres_running(fresh_home)  # a crash leaves it behind…
+    adopting = Server(fresh_home, {"HUABU_WORKER": "false"})  # …and the next start adopts it
+    assert adopting.client().get("/huabu/v1/health").status_code == 200
+    assert adopting.stop() in (0, -signal.SIGTERM)
+    assert not _postgres_running(fresh_home)

@@ -356,3 +356,97 @@ def test_refused_openai_edits_store_no_images(alice, service_home):
     )
     assert response.status_code == 400 and response.json()["error"]["param"] == "n"
     assert (set(uploads.iterdir()) if uploads.exists() else set()) == before
+
+
+# -- inputs that once made a 500 (each through real HTTP, unauthenticated where it was) --------
+
+
+def test_a_cached_key_works_with_its_own_scheme_only(alice, server):
+    key = alice.headers["authorization"].partition(" ")[2]
+    assert alice.get("/huabu/v1/me").status_code == 200  # the key is now in the cache
+    for scheme in ("Token", "Foo", "Basic"):
+        response = httpx.get(
+            server.url + "/huabu/v1/me", headers={"Authorization": f"{scheme} {key}"}
+        )
+        assert response.status_code == 401, scheme
+
+
+def test_a_signature_with_non_ascii_characters_is_just_a_bad_link(server):
+    with httpx.Client(base_url=server.url) as anonymous:
+        response = anonymous.get("/files/a.png", params={"expires": "1", "sig": "é"})
+        assert response.status_code == 404
+        assert anonymous.get("/huabu/v1/health").status_code == 200  # same connection, usable
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that declares ``width``×``height`` (8-bit greyscale) and holds no pixels."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+
+
+def test_png_info_refuses_a_bomb_and_survives_a_truncated_image(alice):
+    import base64
+
+    bomb = base64.b64encode(_png_header(16_000, 16_000)).decode()
+    response = alice.post("/sdapi/v1/png-info", json={"image": bomb})
+    assert response.status_code == 400 and response.json()["param"] == "image"
+    assert "the limit is" in response.json()["detail"]
+    whole = png_bytes(Image.new("RGB", (64, 64), "teal"))
+    truncated = base64.b64encode(whole[: len(whole) // 2]).decode()
+    response = alice.post("/sdapi/v1/png-info", json={"image": truncated})
+    assert response.status_code in (200, 400), response.text
+
+
+@pytest.mark.parametrize(
+    "method, path, payload, param",
+    [
+        ("GET", "/api/image/generate?start=100000000000000000000", None, "start"),
+        ("POST", "/api/v1b/dataset_all", {"page": 2**62}, "page"),
+        ("POST", "/api/v1b/train_submit", {"name": "n", "dataset": [10**20]}, "dataset.0"),
+    ],
+)
+def test_huge_numbers_are_field_errors(alice, method, path, payload, param):
+    response = alice.request(method, path, json=payload)
+    assert response.status_code == 400, response.text
+    body = response.json()
+    assert param in json.dumps(body)
+
+
+@pytest.mark.parametrize(
+    "path, body, status, param",
+    [
+        ("/huabu/v1/generations", SMALL | {"prompt": "a\x00fox"}, 400, "prompt"),
+        ("/huabu/v1/generations", SMALL | {"negative_prompt": "\x00"}, 400, "negative_prompt"),
+        ("/huabu/v1/generations", SMALL | {"model": "de\x00mo"}, 400, "model"),
+        ("/huabu/v1/generations", SMALL | {"loras": [{"name": "x\x00"}]}, 400, "loras.0.name"),
+        ("/api/image/generate", {"prompts": "\x00"}, 400, None),
+        ("/sdapi/v1/options", {"sd_model_checkpoint": "a\x00"}, 400, "sd_model_checkpoint"),
+        ("/api/v1b/dataset", {"name": "d\x00", "images": ["http://127.0.0.2/x.png"]}, 400,
+         "name"),
+        ("/api/v1b/train_submit", {"name": "n", "trigger_word": "\x00", "dataset": [1]}, 400,
+         "trigger_word"),
+    ],
+)  # fmt: skip
+def test_nul_characters_are_field_errors(alice, path, body, status, param):
+    response = alice.post(path, json=body)
+    assert response.status_code == status, response.text
+    if param is not None:
+        assert param in response.text
+
+
+def test_nul_characters_in_an_email_are_wrong_credentials(server):
+    with httpx.Client(base_url=server.url) as anonymous:
+        login = anonymous.post("/huabu/v1/sessions", json={"email": "a\x00@b.c", "password": "x"})
+        assert login.status_code == 401
+        token = anonymous.post("/api/v1b/get_token", json={"email": "a\x00@b", "password": "x"})
+        assert token.status_code == 401 and token.json()["code"] == 401
+        basic = anonymous.get("/sdapi/v1/sd-models", auth=("a\x00@b.c", "password123"))
+        assert basic.status_code == 401

@@ -12,6 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from huabu import __version__
 from huabu.db.server import database_uri
+from huabu.db.server import release as release_database
 from huabu.db.session import open_database
 from huabu.dialects import (
     a1111,
@@ -51,6 +52,9 @@ def create_app(settings: Settings) -> FastAPI:
             if worker is not None:
                 await worker.stop()
             await services.events.stop()
+            # uvicorn ends the process by re-raising SIGTERM/SIGINT, which skips atexit hooks.
+            sessions.kw["bind"].dispose()
+            await run_in_threadpool(release_database, settings)
 
     app = FastAPI(
         title="huabu",
@@ -63,6 +67,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.error_renderers = renderers
     errors.install(app, renderers)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, renderers=renderers)
+    app.add_middleware(errors.LastResort, renderers=renderers)  # outermost: sees everything
     app.include_router(native.router)
     app.include_router(sdserver.router)
     app.include_router(v1b.router)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import time
-from urllib.parse import urljoin, urlsplit, urlunsplit
+from urllib.parse import SplitResult, urljoin, urlsplit, urlunsplit
 
 import httpx
 
@@ -23,38 +23,80 @@ from huabu.settings import Settings
 MAX_REDIRECTS = 5
 
 
-def _allowed(address: ipaddress.IPv4Address | ipaddress.IPv6Address, allow: list[str]) -> bool:
-    if address.is_global:
+#: The 6to4 relay anycast prefix: deprecated (RFC 7526), and a way around the filter.
+_RELAY_6TO4 = ipaddress.ip_network("192.88.99.0/24")
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
+_6TO4 = ipaddress.ip_network("2002::/16")
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def _meanings(address: Address) -> list[Address]:
+    """The address and every IPv4 address it stands for: IPv4-mapped, NAT64, 6to4 and
+    IPv4-compatible IPv6 forms reach the IPv4 address they embed."""
+    meanings: list[Address] = [address]
+    if isinstance(address, ipaddress.IPv6Address):
+        value = int(address)
+        if address.ipv4_mapped is not None:
+            meanings.append(address.ipv4_mapped)
+        if address in _NAT64 or address in _NAT64_LOCAL or address in _IPV4_COMPATIBLE:
+            meanings.append(ipaddress.IPv4Address(value & 0xFFFFFFFF))
+        if address in _6TO4:
+            meanings.append(ipaddress.IPv4Address((value >> 80) & 0xFFFFFFFF))
+    return meanings
+
+
+def _public(address: Address) -> bool:
+    """Global unicast only: not private, loopback, link-local, reserved, multicast or any other
+    special-purpose range (IANA's registries, as Python's ``is_global`` knows them)."""
+    return address.is_global and not address.is_multicast and address not in _RELAY_6TO4
+
+
+def allowed(address: Address, allow: list[str]) -> bool:
+    """Whether huabu may connect to ``address``: every meaning of it public, or the address in
+    one of the ``HUABU_FETCH_ALLOW`` networks."""
+    if any(address in ipaddress.ip_network(network, strict=False) for network in allow):
         return True
-    return any(address in ipaddress.ip_network(network, strict=False) for network in allow)
+    return all(_public(meaning) for meaning in _meanings(address))
 
 
 def _resolve(host: str, port: int, field: str, settings: Settings) -> str:
-    """One checked address for ``host``: every address it resolves to must be allowed."""
+    """One checked address for ``host``: every address it resolves to must be allowed. The
+    messages never say what a name resolves to (that would make this a DNS lookup tool)."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror:
-        raise InvalidRequest(f"{field}: cannot resolve host {host!r}", param=field) from None
+    except (OSError, UnicodeError, ValueError):  # gaierror; IDNA errors for malformed names
+        raise InvalidRequest(f"{field}: cannot resolve the URL's host", param=field) from None
     addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
-    for address in addresses:
-        if not _allowed(address, settings.fetch_allow):
-            raise InvalidRequest(
-                f"{field}: {host} resolves to {address}, a non-public address this server will "
-                "not fetch from",
-                param=field,
-            )
+    if not addresses or not all(allowed(a, settings.fetch_allow) for a in addresses):
+        raise InvalidRequest(
+            f"{field}: the URL's host is not a public address; this server does not fetch from "
+            "private, local or special-purpose networks",
+            param=field,
+        )
     return str(addresses[0])
+
+
+def _parts(url: str, field: str) -> tuple[SplitResult, str, int]:
+    """The URL's parts, host and port, or InvalidRequest for anything malformed."""
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError:  # a bad port, a bad IPv6 literal, …
+        raise InvalidRequest(f"{field}: not a valid URL", param=field) from None
+    if parts.scheme not in ("http", "https") or not host:
+        raise InvalidRequest(f"{field}: only http and https URLs can be fetched", param=field)
+    return parts, host, port or (443 if parts.scheme == "https" else 80)
 
 
 def fetch(url: str, *, field: str, settings: Settings) -> bytes:
     """The body at ``url`` (at most HUABU_FETCH_MAX_BYTES), or InvalidRequest naming ``field``."""
     deadline = time.monotonic() + settings.fetch_timeout
     for _ in range(MAX_REDIRECTS + 1):
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise InvalidRequest(f"{field}: only http and https URLs can be fetched", param=field)
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        address = _resolve(parts.hostname, port, field, settings)
+        parts, hostname, port = _parts(url, field)
+        address = _resolve(hostname, port, field, settings)
         host = f"[{address}]" if ":" in address else address
         pinned = urlunsplit((parts.scheme, f"{host}:{port}", parts.path or "/", parts.query, ""))
         headers = {"Host": parts.netloc.rsplit("@", 1)[-1], "User-Agent": "huabu"}
@@ -66,7 +108,7 @@ def fetch(url: str, *, field: str, settings: Settings) -> bytes:
             with (
                 httpx.Client(timeout=left, follow_redirects=False, trust_env=False) as client,
                 client.stream(
-                    "GET", pinned, headers=headers, extensions={"sni_hostname": parts.hostname}
+                    "GET", pinned, headers=headers, extensions={"sni_hostname": hostname}
                 ) as response,
             ):
                 if response.is_redirect:
@@ -88,9 +130,12 @@ def fetch(url: str, *, field: str, settings: Settings) -> bytes:
                         break
                 else:
                     return bytes(body)
-        except httpx.HTTPError as exc:
+        except httpx.TimeoutException:
+            raise InvalidRequest(f"{field}: fetching the URL timed out", param=field) from None
+        except httpx.HTTPError:
             raise InvalidRequest(
-                f"{field}: could not fetch the URL ({type(exc).__name__})", param=field
+                f"{field}: could not fetch the URL (no connection, or not a valid HTTP answer)",
+                param=field,
             ) from None
     raise InvalidRequest(
         f"{field}: fetching the URL took too long or redirected too often", param=field

@@ -15,20 +15,26 @@ from huabu.errors import InvalidRequest
 
 ALLOWED_FORMATS = frozenset({"PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF"})
 
-# Our own cap is checked first; PIL's is only a backstop, so set it out of the way.
-Image.MAX_IMAGE_PIXELS = None
+# PIL's own decompression-bomb limit stays on for the whole process as a backstop; the cap
+# checked here (HUABU_MAX_INPUT_PIXELS) comes first.
 
 
-def decode_image(data: bytes, *, field: str, max_pixels: int, mode: str = "RGB") -> Image.Image:
-    """Decode untrusted image bytes into an image of ``mode``, or raise InvalidRequest naming
-    ``field``."""
+def open_image(data: bytes, *, field: str, max_pixels: int) -> Image.Image:
+    """The header of untrusted image bytes, checked (readable, an allowed format, at most
+    ``max_pixels``) with no pixel decoded yet; or InvalidRequest naming ``field``. Its metadata
+    (text chunks, EXIF) can be read; ``decode_image`` is the way to its pixels."""
     if not data:
         raise InvalidRequest(f"{field} is empty", param=field)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombWarning):
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        raise InvalidRequest(
+            f"{field} declares more pixels than this server decodes; the limit is {max_pixels}",
+            param=field,
+        ) from None
+    except (UnidentifiedImageError, OSError, ValueError):
         raise InvalidRequest(f"{field} is not a readable image", param=field) from None
     if image.format not in ALLOWED_FORMATS:
         raise InvalidRequest(
@@ -41,6 +47,13 @@ def decode_image(data: bytes, *, field: str, max_pixels: int, mode: str = "RGB")
             f"{field} is {width}×{height} = {width * height} pixels; the limit is {max_pixels}",
             param=field,
         )
+    return image
+
+
+def decode_image(data: bytes, *, field: str, max_pixels: int, mode: str = "RGB") -> Image.Image:
+    """Decode untrusted image bytes into an image of ``mode``, or raise InvalidRequest naming
+    ``field``."""
+    image = open_image(data, field=field, max_pixels=max_pixels)
     try:
         image.load()
         return ImageOps.exif_transpose(image).convert(mode)

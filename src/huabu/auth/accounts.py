@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from huabu.db.tables import ApiKey, AuthSession, User
 from huabu.errors import AuthFailed, InvalidRequest, NotFound
+from huabu.native import printable
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
 _KEY = re.compile(r"^hb_([A-Za-z0-9]{12})_([A-Za-z0-9_-]{20,})$")
@@ -51,6 +52,16 @@ def normalise_email(email: str) -> str:
     return email.strip().lower()
 
 
+def _plausible(email: str) -> bool:
+    """Whether ``email`` (normalised) could be an address: one ``@``, no spaces, no control
+    characters (which PostgreSQL text cannot even hold)."""
+    try:
+        printable(email)
+    except ValueError:
+        return False
+    return bool(_EMAIL.match(email))
+
+
 def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
@@ -61,7 +72,7 @@ class Accounts:
 
     def add_user(self, email: str, password: str | None, *, admin: bool = False) -> User:
         email = normalise_email(email)
-        if not _EMAIL.match(email):
+        if not _plausible(email):
             raise InvalidRequest(f"email: {email!r} is not an email address", param="email")
         if password is not None and len(password) < 8:
             raise InvalidRequest("password: must be at least 8 characters", param="password")
@@ -81,6 +92,8 @@ class Accounts:
         return user
 
     def user_by_email(self, email: str) -> User:
+        if not _plausible(normalise_email(email)):
+            raise NotFound("no such user")
         with self.sessions() as session:
             user = session.scalar(select(User).where(User.email == normalise_email(email)))
         if user is None:

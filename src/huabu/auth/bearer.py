@@ -20,6 +20,11 @@ from huabu.errors import AuthFailed
 _MAX_ENTRIES = 10_000
 
 
+def _digest(scheme: str, token: str) -> str:
+    """The cache key of a credential: its scheme and a digest of it, never the token."""
+    return hashlib.sha256(f"{scheme}:{token}".encode()).hexdigest()
+
+
 class Authenticator:
     def __init__(self, accounts: Accounts, *, anonymous: bool, ttl: float = 5.0) -> None:
         self.accounts = accounts
@@ -46,12 +51,15 @@ class Authenticator:
         """The caller if known without a database query (cached token or anonymous), else None."""
         if not authorization:
             return self._anonymous if self.anonymous else None
-        token = authorization.strip().partition(" ")[2].strip()
-        hit = self._cache.get(hashlib.sha256(token.encode()).hexdigest()) if token else None
+        scheme, _, token = authorization.strip().partition(" ")
+        scheme, token = scheme.lower(), token.strip()
+        if scheme not in ("bearer", "basic") or not token:
+            return None  # refused (or not) by ``principal``, never by a cached other scheme
+        hit = self._cache.get(_digest(scheme, token))
         return hit[0] if hit and hit[1] > time.monotonic() else None
 
     def for_token(self, token: str) -> Principal:
-        digest = hashlib.sha256(token.encode()).hexdigest()
+        digest = _digest("bearer", token)
         now = time.monotonic()
         cached = self._cache.get(digest)
         if cached and cached[1] > now:
@@ -67,7 +75,7 @@ class Authenticator:
         """HTTP Basic, as A1111's ``--api-auth`` clients send it: the user's email and either
         their password or one of their API keys. Cached like a token (passwords are slow to
         check on purpose)."""
-        digest = hashlib.sha256(b"basic:" + encoded.encode()).hexdigest()
+        digest = _digest("basic", encoded)
         now = time.monotonic()
         cached = self._cache.get(digest)
         if cached and cached[1] > now:
@@ -91,7 +99,7 @@ class Authenticator:
 
     def forget(self, token: str) -> None:
         """Drop a token from this server's cache at once (logout)."""
-        self._cache.pop(hashlib.sha256(token.encode()).hexdigest(), None)
+        self._cache.pop(_digest("bearer", token), None)
 
     def anonymous_principal(self) -> Principal:
         if self._anonymous is None:

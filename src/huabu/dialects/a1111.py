@@ -11,7 +11,6 @@ or a Bearer key. The wire shapes and their translation are in ``a1111_wire``.
 from __future__ import annotations
 
 import base64
-import io
 import json
 import os
 import uuid
@@ -20,13 +19,12 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
-from PIL import Image, UnidentifiedImageError
 
 from huabu.catalog.infotext import parse_infotext, read_parameters
 from huabu.dialects import a1111_wire as wire
 from huabu.dialects.common import read_body, validate
 from huabu.errors import HuabuError, InvalidRequest
-from huabu.images import decode_base64
+from huabu.images import decode_base64, open_image
 from huabu.native import SAMPLER_NAMES, GenerationRequest
 from huabu.tasks.uploads import NewUploads
 from huabu.web.deps import CurrentUser, ServicesDep
@@ -256,14 +254,15 @@ async def set_options(request: Request, user: CurrentUser, services: ServicesDep
 
 
 @router.post("/png-info", summary="The generation parameters stored in an image")
-async def png_info(request: Request, user: CurrentUser) -> Response:
+async def png_info(request: Request, user: CurrentUser, services: ServicesDep) -> Response:
     body = await read_body(request)
     data = decode_base64(body.get("image", ""), field="image")
+    # The header only, under the input pixel cap: no pixel is decoded to read the text.
+    image = open_image(data, field="image", max_pixels=services.settings.max_input_pixels)
     try:
-        image = Image.open(io.BytesIO(data))
-    except (UnidentifiedImageError, OSError):
-        raise InvalidRequest("image is not a readable image", param="image") from None
-    text = read_parameters(image) or ""
+        text = read_parameters(image) or ""
+    except (OSError, ValueError, SyntaxError):
+        raise InvalidRequest("image is a truncated or corrupt image", param="image") from None
     return JSONResponse(
         {"info": text, "items": {"parameters": text} if text else {},
          "parameters": parse_infotext(text) if text.strip() else {}}

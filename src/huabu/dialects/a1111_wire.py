@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from huabu.errors import InvalidRequest, invalid_field
-from huabu.native import MAX_SEED, GenerationRequest, LoraRef, canonical_sampler
+from huabu.native import MAX_SEED, GenerationRequest, LoraRef, canonical_sampler, printable
 from huabu.settings import Settings
 from huabu.tasks.records import TaskRecord
 
@@ -324,6 +324,11 @@ def progress(record: TaskRecord | None) -> dict[str, Any]:
 def options_in(body: dict[str, Any]) -> dict[str, Any]:
     """The options huabu keeps per user, from a POST /options body; others are ignored."""
     changes: dict[str, Any] = {}
+    for name in ("sd_model_checkpoint", "sd_vae"):
+        try:
+            printable(str(body.get(name) or ""))
+        except ValueError as exc:
+            raise InvalidRequest(f"{name}: {exc}", param=name) from None
     if "sd_model_checkpoint" in body:
         changes["sd_model_checkpoint"] = model_name(str(body["sd_model_checkpoint"]))
     if "sd_vae" in body:

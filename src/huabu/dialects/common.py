@@ -48,7 +48,10 @@ def validate(schema: type[Wire], data: dict[str, Any]) -> Wire:
 def _own_key(services: Services, url: str, *, field: str) -> str | None:
     """The storage key behind huabu's own signed ``/files/…`` URL (the signature must be
     valid), or None for any other URL."""
-    parts = urlsplit(url.strip())
+    try:
+        parts = urlsplit(url.strip())
+    except ValueError:  # malformed: not ours, and the fetcher says what is wrong with it
+        return None
     if not parts.path.startswith("/files/"):
         return None
     query = parse_qs(parts.query)

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from huabu.dialects.common import read_body, validate
 from huabu.errors import HuabuError, InvalidRequest, NotFound
 from huabu.images import decode_base64
-from huabu.native import MAX_LORAS, MAX_SEED, SAMPLER_NAMES, GenerationRequest
+from huabu.native import MAX_LORAS, MAX_OFFSET, MAX_SEED, SAMPLER_NAMES, GenerationRequest
 from huabu.tasks.records import TaskRecord
 from huabu.web.deps import CurrentUser, FileUrl, ServicesDep
 
@@ -228,10 +228,12 @@ def status(hash_id: str, user: CurrentUser, services: ServicesDep, url: FileUrl)
 
 @router.get("/generate", summary="Your tasks, newest first (start is 1-based)")
 def list_tasks(
-    user: CurrentUser, services: ServicesDep, url: FileUrl, start: int = 1, take: int = 20
+    user: CurrentUser,
+    services: ServicesDep,
+    url: FileUrl,
+    start: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 1,
+    take: int = 20,
 ) -> Response:
-    if start < 0:
-        raise InvalidRequest("start must be 1 or more", param="start")
     if not 1 <= take <= 100:
         raise InvalidRequest(f"take must be between 1 and 100, got {take}", param="take")
     records, _ = services.tasks.list(user.id, limit=take, offset=max(0, start - 1), kind="generate")

@@ -23,7 +23,9 @@ from starlette.datastructures import UploadFile
 from huabu.dialects.common import read_body, upload_from_url, validate
 from huabu.dialects.v1b import ORIGIN, PREFIX, caller
 from huabu.errors import InvalidRequest
-from huabu.native.training import MAIN_BODIES, TrainingPlan, TrainingRequest
+from huabu.native import MAX_OFFSET
+from huabu.native.generation import Text
+from huabu.native.training import MAIN_BODIES, RowId, TrainingPlan, TrainingRequest
 from huabu.tasks.records import TaskRecord
 from huabu.training.service import DatasetRecord
 from huabu.web.deps import FileUrl, ServicesDep
@@ -38,15 +40,15 @@ _STATES = {"queued": "pending", "running": "running", "succeeded": "done"}
 class DatasetIn(BaseModel):
     model_config = ConfigDict(extra="ignore")
     token: str = ""
-    name: str = Field(min_length=1, max_length=200)
-    description: str = Field(default="", max_length=4000)
+    name: Text = Field(min_length=1, max_length=200)
+    description: Text = Field(default="", max_length=4000)
     images: list[str] = Field(min_length=1)
 
 
 class DatasetAllIn(BaseModel):
     model_config = ConfigDict(extra="ignore")
     token: str = ""
-    page: int = Field(default=1, ge=1)
+    page: int = Field(default=1, ge=1, le=MAX_OFFSET)
     per_page: int = Field(default=20, ge=1, le=100)
 
 
@@ -59,7 +61,7 @@ class TrainSubmitIn(BaseModel):
     trigger_word: str = Field(default="", max_length=200)
     main_body: str = "Style"
     nsfw: int = Field(default=0, ge=0, le=1)
-    dataset: list[int] = Field(min_length=1, max_length=50)
+    dataset: list[RowId] = Field(min_length=1, max_length=50)
     steps: int | None = Field(default=None, ge=1)
     rank: int | None = Field(default=None, ge=1, le=128)
     learning_rate: float | None = Field(default=None, gt=0, le=1)

@@ -9,6 +9,9 @@ from huabu.native.generation import (
     MAX_CONTROLNETS,
     MAX_EMBEDDINGS,
     MAX_LORAS,
+    MAX_NAME,
+    MAX_OFFSET,
+    MAX_PROMPT,
     MAX_SEED,
     SAMPLER_NAMES,
     ControlUnit,
@@ -21,12 +24,16 @@ from huabu.native.generation import (
     OutputFormat,
     Timings,
     canonical_sampler,
+    printable,
 )
 
 __all__ = [
     "MAX_CONTROLNETS",
     "MAX_EMBEDDINGS",
     "MAX_LORAS",
+    "MAX_NAME",
+    "MAX_OFFSET",
+    "MAX_PROMPT",
     "MAX_SEED",
     "SAMPLER_NAMES",
     "ControlUnit",
@@ -39,4 +46,5 @@ __all__ = [
     "OutputFormat",
     "Timings",
     "canonical_sampler",
+    "printable",
 ]

@@ -3,12 +3,14 @@ the engine returns."""
 
 from __future__ import annotations
 
+import re
 import secrets
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -53,6 +55,9 @@ _SAMPLERS_BY_KEY = {name.lower(): name for name in SAMPLER_NAMES}
 
 OutputFormat = Literal["png", "jpeg", "webp"]
 MAX_SEED = 2**32 - 1
+#: The largest position a paged listing may start at (PostgreSQL takes OFFSET as a bigint; no
+#: caller has this many tasks).
+MAX_OFFSET = 10_000_000
 
 
 def canonical_sampler(name: str) -> str:
@@ -67,6 +72,26 @@ def canonical_sampler(name: str) -> str:
 
 MAX_LORAS = 5
 MAX_EMBEDDINGS = 5
+#: The longest prompt (or negative prompt) any dialect passes on.
+MAX_PROMPT = 16_000
+#: The longest model, LoRA, VAE, … name.
+MAX_NAME = 255
+#: C0 control characters other than tab, line feed and carriage return, and DEL. NUL cannot be
+#: stored in PostgreSQL text at all; the others have no business in a prompt or a name.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def printable(value: str) -> str:
+    """``value`` if it holds no control characters (see ``_CONTROL``), else ValueError."""
+    if _CONTROL.search(value):
+        raise ValueError("must not contain control characters (NUL and the like)")
+    return value
+
+
+#: Text a user wrote: no control characters. Every string field of the native model is one.
+Text = Annotated[str, AfterValidator(printable)]
+Prompt = Annotated[Text, Field(max_length=MAX_PROMPT)]
+Name = Annotated[Text, Field(min_length=1, max_length=MAX_NAME)]
 
 
 class ImageRef(BaseModel):
@@ -117,7 +142,7 @@ class LoraRef(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    name: str = Field(min_length=1)
+    name: Name
     weight: float = Field(default=1.0, ge=-4, le=4)
 
 
@@ -130,9 +155,9 @@ class ControlUnit(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    model: str = Field(min_length=1)
+    model: Name
     image: ImageRef
-    preprocessor: str = "none"
+    preprocessor: Name = "none"
     scale: float = Field(default=1.0, ge=0, le=2)
     start: float = Field(default=0.0, ge=0, le=1)
     end: float = Field(default=1.0, ge=0, le=1)
@@ -144,7 +169,7 @@ class IpAdapterRef(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    name: str = Field(min_length=1)
+    name: Name
     image: ImageRef
     scale: float = Field(default=0.6, ge=0, le=2)
 
@@ -173,26 +198,26 @@ class GenerationRequest(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    model: str = Field(min_length=1)
-    prompt: str = Field(default="", max_length=16_000)
-    negative_prompt: str = Field(default="", max_length=16_000)
+    model: Name
+    prompt: Prompt = ""
+    negative_prompt: Prompt = ""
     width: int = 512
     height: int = 512
     steps: int = Field(default=20, ge=1)
     guidance: float = Field(default=7.0, ge=0, le=30)
-    sampler: str = "Euler a"
+    sampler: Name = "Euler a"
     seed: int = Field(default=-1, ge=-1, le=MAX_SEED)
     n_images: int = Field(default=1, ge=1)
     #: The img2img source.
     init_image: ImageRef | None = None
     strength: float = Field(default=0.75, gt=0, le=1)
     clip_skip: int = Field(default=1, ge=1, le=12)
-    vae: str | None = None
+    vae: Name | None = None
     loras: tuple[LoraRef, ...] = Field(default=(), max_length=MAX_LORAS)
     #: Textual-inversion embeddings from ``models/embeddings`` to make sure are loaded. As in
     #: A1111, an embedding applies where its name appears in the prompt or negative prompt
     #: (listed or not); listing one only checks that it exists.
-    embeddings: tuple[str, ...] = Field(default=(), max_length=MAX_EMBEDDINGS)
+    embeddings: tuple[Name, ...] = Field(default=(), max_length=MAX_EMBEDDINGS)
     controlnets: tuple[ControlUnit, ...] = Field(default=(), max_length=MAX_CONTROLNETS)
     ip_adapter: IpAdapterRef | None = None
     inpaint: InpaintRef | None = None

@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import re
 import secrets
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from huabu.errors import InvalidRequest
-from huabu.native.generation import MAX_SEED
+from huabu.native.generation import MAX_SEED, Name, Text
 
 if TYPE_CHECKING:
     from huabu.settings import Settings
 
+#: A database row id (PostgreSQL ``integer``): larger numbers name nothing.
+RowId = Annotated[int, Field(ge=1, le=2**31 - 1)]
 #: What the images show (spec 001's ``main_body``), and the words it adds to every caption.
 MAIN_BODIES = {
     "Style": "art style",
@@ -46,12 +48,12 @@ class TrainingRequest(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    name: str = Field(min_length=1, max_length=100)
-    base_model: str | None = None
-    datasets: tuple[int, ...] = Field(min_length=1, max_length=50)
-    trigger_word: str = Field(default="", max_length=200)
-    main_body: str = "Style"
-    description: str = Field(default="", max_length=4000)
+    name: Text = Field(min_length=1, max_length=100)
+    base_model: Name | None = None
+    datasets: tuple[RowId, ...] = Field(min_length=1, max_length=50)
+    trigger_word: Text = Field(default="", max_length=200)
+    main_body: Text = "Style"
+    description: Text = Field(default="", max_length=4000)
     nsfw: bool = False
     steps: int | None = Field(default=None, ge=1)
     rank: int | None = Field(default=None, ge=1, le=128)

@@ -55,6 +55,9 @@ class UrlSigner:
 
     def verify(self, key: str, expires: int, signature: str) -> None:
         """NotFound for a bad or expired signature: nothing tells a prober which it was."""
-        good = hmac.compare_digest(self._signature(key, expires), signature)
+        # Bytes, not str: compare_digest refuses a str with non-ASCII characters.
+        good = hmac.compare_digest(
+            self._signature(key, expires).encode(), signature.encode("utf-8", "replace")
+        )
         if not good or expires < time.time():
             raise NotFound("no such file, or the link has expired")

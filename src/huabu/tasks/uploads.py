@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from huabu.db.tables import Upload
 from huabu.errors import TooLarge
-from huabu.images import decode_image
+from huabu.images import decode_image, open_image
 from huabu.settings import Settings
 from huabu.storage import LocalStorage
 from huabu.tasks.records import UploadRecord
@@ -82,8 +82,8 @@ def check_image(data: bytes, *, field: str, settings: Settings) -> CheckedImage:
             f"{limit / 2**20:.0f} MiB",
             param=field,
         )
+    source_format = open_image(data, field=field, max_pixels=settings.max_input_pixels).format
     image = decode_image(data, field=field, max_pixels=settings.max_input_pixels)
-    source_format = Image.open(io.BytesIO(data)).format or ""
     if source_format in _KEPT_FORMATS:
         extension, content_type = _KEPT_FORMATS[source_format]
     else:  # BMP, GIF, TIFF: stored as PNG, which every client can display

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from huabu.catalog.library import private_name
 from huabu.db.tables import Dataset, Task, TrainedModel, Upload
 from huabu.errors import InvalidRequest, NotFound
+from huabu.native import printable
 from huabu.native.training import TrainingPlan, TrainingRequest, caption
 from huabu.settings import Settings
 from huabu.tasks.records import TaskRecord
@@ -70,6 +71,11 @@ class TrainingService:
         name = name.strip()
         if not 1 <= len(name) <= 200:
             raise InvalidRequest("name: a dataset needs 1 to 200 characters", param="name")
+        for param, text in (("name", name), ("description", description)):
+            try:
+                printable(text)
+            except ValueError as exc:
+                raise InvalidRequest(f"{param}: {exc}", param=param) from None
         if not images:
             raise InvalidRequest("images: a dataset needs at least one image", param="images")
         limit = self.settings.max_dataset_images

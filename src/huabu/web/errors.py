@@ -8,12 +8,14 @@ tracebacks, SQL) ever reaches a response body.
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from huabu.errors import (
     AuthFailed,
@@ -125,8 +127,37 @@ def install(app: FastAPI, renderers: ErrorRenderers) -> None:
             response.headers[name] = value
         return response
 
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> Response:
-        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-        error = HuabuError("internal server error; the server log has the details")
-        return renderers.for_path(request.url.path)(error, 500)
+
+class LastResort:
+    """ASGI middleware for what no handler knew, which is a bug: the dialect's 500 body with an
+    error id, the traceback logged once under that id, and the connection kept open for the
+    client's next request (Starlette's own last handler re-raises, and the server then drops
+    the connection)."""
+
+    def __init__(self, app: ASGIApp, renderers: ErrorRenderers) -> None:
+        self.app = app
+        self.renderers = renderers
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as exc:
+            error_id = secrets.token_hex(6)
+            log.error("error %s on %s %s", error_id, scope["method"], scope["path"], exc_info=exc)
+            if started:  # half an answer went out: nothing sane can follow it
+                raise
+            error = HuabuError(
+                f"internal server error (error id {error_id}); the server log has the details"
+            )
+            response = self.renderers.for_path(scope["path"])(error, 500)
+            await response(scope, receive, send)
