@@ -96,8 +96,12 @@ class Worker(Process):
 
 
 def stop_embedded_postgres(home: Path) -> None:
-    """Stop the embedded server a test home started (a SIGKILLed process never says goodbye,
-    so the embedded-postgres package would otherwise leave it running)."""
+    """Stop the embedded server a test home started: this process lets go of it (stopping it
+    if it is the last user), and whatever a SIGKILLed process left running is stopped too."""
+    from huabu.db.server import release
+    from huabu.settings import Settings
+
+    release(Settings(home=home))
     pid_file = home / "postgres" / "postmaster.pid"
     if pid_file.exists():
         with contextlib.suppress(ProcessLookupError, ValueError):

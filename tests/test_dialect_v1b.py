@@ -251,3 +251,10 @@ def test_task_is_visible_in_the_native_api(url, token, server):
     )
     assert native.status_code == 200 and native.json()["origin"] == "v1b"
     result(url, token, task_id)
+
+
+def test_credentials_are_checked_before_the_body(url):
+    for route in ("task_submit", "task_result", "dataset", "train_submit"):
+        response = requests.post(url + route, json={"n_images": "many", "dataset": "x"})
+        assert response.status_code == 401, (route, response.text)
+        assert response.json()["code"] == 401

@@ -450,3 +450,46 @@ def test_nul_characters_in_an_email_are_wrong_credentials(server):
         assert token.status_code == 401 and token.json()["code"] == 401
         basic = anonymous.get("/sdapi/v1/sd-models", auth=("a\x00@b.c", "password123"))
         assert basic.status_code == 401
+
+
+def _over_the_limit(head: bytes, tail: bytes = b""):
+    """A chunked body: ``head``, then more than HUABU_MAX_BODY_BYTES (50 MiB) of "A", then
+    ``tail``."""
+    yield head
+    block = b"A" * 2**20
+    for _ in range(52):
+        yield block
+    yield tail
+
+
+@pytest.mark.parametrize(
+    "path, content_type, head, tail",
+    [
+        # A valid multipart body whose file part runs over the limit: a form parser reads it.
+        ("/v1/images/edits", "multipart/form-data; boundary=xx",
+         b'--xx\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n'
+         b"Content-Type: image/png\r\n\r\n", b"\r\n--xx--\r\n"),
+        ("/v3/async/img2img", "application/json", b'{"request": {"image_base64": "', b'"}}'),
+        ("/img2img", "application/x-www-form-urlencoded", b"init_image=", b""),
+    ],
+)  # fmt: skip
+def test_a_chunked_body_over_the_limit_is_a_413(alice, path, content_type, head, tail):
+    response = alice.post(
+        path, content=_over_the_limit(head, tail), headers={"content-type": content_type}
+    )
+    assert response.status_code == 413, response.text[:300]
+
+
+def test_a_large_urlencoded_image_is_accepted(alice):
+    import base64
+    from urllib.parse import quote_from_bytes
+
+    image = base64.b64encode(png_bytes(Image.effect_noise((700, 700), 100).convert("RGB")))
+    assert len(image) > 2**20  # over Starlette's default cap on one form field
+    body = (
+        b"num_inference_steps=2&width=64&height=64&init_image=" + quote_from_bytes(image).encode()
+    )
+    response = alice.post(
+        "/img2img", content=body, headers={"content-type": "application/x-www-form-urlencoded"}
+    )
+    assert response.status_code == 200, response.text[:300]

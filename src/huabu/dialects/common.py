@@ -23,7 +23,9 @@ async def read_body(request: Request) -> dict[str, Any]:
     """JSON, urlencoded or multipart form, as a dict (form fields as strings)."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
-        form = await request.form()
+        # A form field may be as large as the body may be (a base64 image in a urlencoded
+        # body is one field; Starlette's default cap for it is 1 MiB).
+        form = await request.form(max_part_size=request.app.state.services.settings.max_body_bytes)
         return {key: value for key, value in form.items() if isinstance(value, str)}
     raw = await request.body()
     if not raw.strip():

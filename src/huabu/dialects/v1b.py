@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from huabu.auth import Principal
-from huabu.dialects.common import read_body, upload_from_url, validate
+from huabu.dialects.common import Wire, read_body, upload_from_url, validate
 from huabu.errors import AuthFailed, HuabuError, InvalidRequest
 from huabu.native import MAX_SEED, GenerationRequest
 from huabu.settings import Settings
@@ -187,6 +187,17 @@ async def caller(services: Services, token: str, request: Request) -> Principal:
     raise AuthFailed("token is required: get one from /api/v1b/get_token")
 
 
+async def authenticated(
+    services: Services, request: Request, schema: type[Wire]
+) -> tuple[Principal, Wire]:
+    """The caller (from the body's ``token``), then the body as ``schema``: a request without
+    valid credentials is a 401 whatever else is wrong with it."""
+    data = await read_body(request)
+    token = data.get("token")
+    user = await caller(services, token if isinstance(token, str) else "", request)
+    return user, validate(schema, data)
+
+
 @router.post("/get_token", summary="Log in with email and password")
 async def get_token(request: Request, services: ServicesDep) -> Response:
     body = validate(TokenIn, await read_body(request))
@@ -199,8 +210,7 @@ async def get_token(request: Request, services: ServicesDep) -> Response:
 
 @router.post("/task_submit", summary="Queue a t2i task, or i2i when init_img is given")
 async def task_submit(request: Request, services: ServicesDep) -> Response:
-    body = validate(SubmitIn, await read_body(request))
-    user = await caller(services, body.token, request)
+    user, body = await authenticated(services, request, SubmitIn)
     uploads = services.new_uploads()
     upload_id = None
     if body.init_img.strip():
@@ -219,8 +229,7 @@ async def task_submit(request: Request, services: ServicesDep) -> Response:
 
 @router.post("/task_result", summary="A task's state and images")
 async def task_result(request: Request, services: ServicesDep, url: FileUrl) -> Response:
-    body = validate(ResultIn, await read_body(request))
-    user = await caller(services, body.token, request)
+    user, body = await authenticated(services, request, ResultIn)
     record = await run_in_threadpool(services.tasks.get, user.id, body.task_id)
     return JSONResponse(from_native(record, url))
 

@@ -20,8 +20,8 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import UploadFile
 
-from huabu.dialects.common import read_body, upload_from_url, validate
-from huabu.dialects.v1b import ORIGIN, PREFIX, caller
+from huabu.dialects.common import upload_from_url, validate
+from huabu.dialects.v1b import ORIGIN, PREFIX, authenticated, caller
 from huabu.errors import InvalidRequest
 from huabu.native import MAX_OFFSET
 from huabu.native.generation import Text
@@ -175,8 +175,7 @@ async def upload_imgs(request: Request, services: ServicesDep, url: FileUrl) -> 
 
 @router.post("/dataset", summary="Create a dataset from image URLs")
 async def dataset(request: Request, services: ServicesDep) -> Response:
-    body = validate(DatasetIn, await read_body(request))
-    user = await caller(services, body.token, request)
+    user, body = await authenticated(services, request, DatasetIn)
     uploads = services.new_uploads()
     images = [
         await run_in_threadpool(
@@ -192,8 +191,7 @@ async def dataset(request: Request, services: ServicesDep) -> Response:
 
 @router.post("/dataset_all", summary="Your datasets, a page at a time")
 async def dataset_all(request: Request, services: ServicesDep, url: FileUrl) -> Response:
-    body = validate(DatasetAllIn, await read_body(request))
-    user = await caller(services, body.token, request)
+    user, body = await authenticated(services, request, DatasetAllIn)
     records, total = await run_in_threadpool(
         services.training.datasets, user.id, page=body.page, per_page=body.per_page
     )
@@ -212,8 +210,7 @@ async def dataset_all(request: Request, services: ServicesDep, url: FileUrl) -> 
 
 @router.post("/train_submit", summary="Queue a LoRA training on your datasets")
 async def train_submit(request: Request, services: ServicesDep) -> Response:
-    body = validate(TrainSubmitIn, await read_body(request))
-    user = await caller(services, body.token, request)
+    user, body = await authenticated(services, request, TrainSubmitIn)
     try:
         native = to_native(body)
         record = await run_in_threadpool(services.training.submit, user.id, native, origin=ORIGIN)
@@ -224,8 +221,7 @@ async def train_submit(request: Request, services: ServicesDep) -> Response:
 
 @router.post("/train_progress", summary="A training's state and progress (0 to 1)")
 async def train_progress(request: Request, services: ServicesDep) -> Response:
-    body = validate(TrainProgressIn, await read_body(request))
-    user = await caller(services, body.token, request)
+    user, body = await authenticated(services, request, TrainProgressIn)
     record = await run_in_threadpool(services.training.progress, user.id, body.task_id)
     return JSONResponse(progress_out(record))
 

@@ -150,8 +150,11 @@ class TaskRunner:
                 raise WorkerStopping() from None
             self._finish(task_id, "cancelled", error="cancelled while running")
         except HuabuError as exc:
-            if exc.__cause__ is not None:  # the detail behind a stable message: for the log only
-                log.error("task %s failed: %s", task_id, exc.message, exc_info=exc.__cause__)
+            cause = exc.__cause__
+            if cause is not None:  # the detail behind a stable message: for the log only
+                # No traceback: an expected failure is not a bug (tracebacks in the log are).
+                log.error("task %s failed: %s (%s: %s)", task_id, exc.message,
+                          type(cause).__name__, cause)  # fmt: skip
             self._finish(task_id, "failed", error=exc.message)
         except Exception:
             log.exception("task %s failed", task_id)

@@ -9,8 +9,9 @@ from huabu.web.errors import ErrorRenderers
 
 
 class BodyLimit:
-    """Refuse bodies over ``max_bytes``: at once from Content-Length, or as soon as a
-    chunked body passes the limit (raised into the handler, rendered in its dialect)."""
+    """Refuse bodies over ``max_bytes`` with a 413 in the caller's dialect: at once from
+    Content-Length, or as soon as a chunked body passes the limit (whatever the route was
+    doing with it)."""
 
     def __init__(self, app: ASGIApp, *, max_bytes: int, renderers: ErrorRenderers) -> None:
         self.app = app
@@ -29,15 +30,35 @@ class BodyLimit:
                 response = self.renderers.response(scope["path"], self._error())
                 await response(scope, receive, send)
                 return
-        seen = 0
+        seen, exceeded, answered = 0, False, False
 
         async def counted() -> Message:
-            nonlocal seen
+            nonlocal seen, exceeded
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
+                    exceeded = True
                     raise self._error()
             return message
 
-        await self.app(scope, counted, send)
+        async def answer_413() -> None:
+            nonlocal answered
+            if not answered:
+                answered = True
+                await self.renderers.response(scope["path"], self._error())(scope, receive, send)
+
+        async def guarded(message: Message) -> None:
+            # Whatever the app made of a body cut short (a form parser's 400, say), the answer
+            # is the 413 it deserves.
+            if not exceeded:
+                await send(message)
+            elif message["type"] == "http.response.start":
+                await answer_413()
+
+        try:
+            await self.app(scope, counted, guarded)
+        except TooLarge:
+            if not exceeded:
+                raise
+            await answer_413()
