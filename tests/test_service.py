@@ -493,3 +493,12 @@ def test_a_large_urlencoded_image_is_accepted(alice):
         "/img2img", content=body, headers={"content-type": "application/x-www-form-urlencoded"}
     )
     assert response.status_code == 200, response.text[:300]
+
+
+def test_the_openapi_document_shows_the_400s_the_server_sends(server):
+    document = httpx.get(server.url + "/openapi.json").json()
+    operations = [op for path in document["paths"].values() for op in path.values()]
+    assert all("422" not in op["responses"] for op in operations)
+    assert "HTTPValidationError" not in json.dumps(document)
+    submit = document["paths"]["/huabu/v1/generations"]["post"]["responses"]
+    assert "400" in submit and "param" in submit["400"]["description"]

@@ -66,6 +66,7 @@ def create_app(settings: Settings) -> FastAPI:
     renderers = errors.ErrorRenderers()
     app.state.error_renderers = renderers
     errors.install(app, renderers)
+    app.openapi = lambda: errors.truthful_openapi(app)  # type: ignore[method-assign]
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, renderers=renderers)
     app.add_middleware(errors.LastResort, renderers=renderers)  # outermost: sees everything
     app.include_router(native.router)
