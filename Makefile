@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 export HUABU_HOME ?= $(CURDIR)/.huabu
 
-.PHONY: run test test-fast install bench lint clean
+.PHONY: run test test-fast fuzz install bench lint clean
 
 install: $(STAMP)
 
@@ -35,6 +35,10 @@ test: $(STAMP)
 # The edit-test loop: no shared server, nothing marked slow (under a minute on 2 cores).
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow and not server"
+
+# Deeper schema-driven fuzzing than make test's: 200 examples per operation (about 3 minutes).
+fuzz: $(STAMP)
+	HUABU_FUZZ_EXAMPLES=$${HUABU_FUZZ_EXAMPLES:-200} $(BIN)/python -m pytest -q tests/test_fuzz.py
 
 bench: $(STAMP)
 	$(BIN)/python bench/engine.py

@@ -13,10 +13,8 @@ from huabu.engine import demo
 from huabu.engine.engine import Engine
 from huabu.native import GenerationRequest
 from huabu.settings import Settings
-from internals import Watch, install
-from serving import Server, stop_embedded_postgres
-
-WATCH = Watch()
+from internals import WATCH, install
+from serving import LOGS, TRACEBACK, Server, stop_embedded_postgres
 
 
 def pytest_configure(config):
@@ -32,7 +30,12 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_sessionfinish(session, exitstatus):
-    """Fail the run if any response showed the server's insides (see ``internals``)."""
+    """Fail the run if any response showed the server's insides (see ``internals``), or any
+    huabu process logged a traceback: a traceback is a bug that nothing expected."""
+    for log in dict.fromkeys(LOGS):
+        count = log.read_text(errors="replace").count(TRACEBACK) if log.exists() else 0
+        if count:
+            WATCH.findings.append(f"{count} traceback(s) in {log}")
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None and WATCH.seen:
         reporter.write_line(f"\n{WATCH.seen} responses from huabu checked for server internals")
@@ -108,7 +111,28 @@ def server(service_home, accounts):
     server = Server(service_home, {"HUABU_FETCH_ALLOW": '["127.0.0.2/32"]'})
     yield server
     server.stop()
-    # A traceback in the log is a bug nothing expected: the run fails (see pytest_sessionfinish).
-    tracebacks = server.output().count("Traceback (most recent call last)")
-    if tracebacks:
-        WATCH.findings.append(f"{tracebacks} traceback(s) in the server log {server.log}")
+
+
+@pytest.fixture(scope="session")
+def api_server(tmp_path_factory, home):
+    """An API-only `huabu serve` (no worker, no torch) with its own database, and an API key
+    for it as ``.key``: what it queues never runs, and a synchronous route answers 504 after
+    0.1 s. For fuzzing and for measuring the API process's memory."""
+    path = tmp_path_factory.mktemp("api")
+    (path / "models").symlink_to(home / "models")
+    server = Server(
+        path,
+        {
+            "HUABU_WORKER": "false",
+            "HUABU_SYNC_TIMEOUT": "0.1",
+            "HUABU_MAX_QUEUED_PER_USER": "1000000",
+            "HUABU_MAX_QUEUED": "1000000",
+            "HUABU_FETCH_ALLOW": '["127.0.0.2/32"]',
+        },
+    )
+    accounts = Accounts(open_database(Settings(home=path)))
+    user = accounts.add_user("api@example.com", "password123")
+    server.key = accounts.create_key(user.id)  # type: ignore[attr-defined]
+    yield server
+    server.stop()
+    stop_embedded_postgres(path)

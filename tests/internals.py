@@ -84,6 +84,10 @@ class Watch:
             self.findings.append(f"{method} {url} → {status}: {found[:3]} in {body[:300]!r}")
 
 
+#: The session's one watch (conftest installs it and reports its findings).
+WATCH = Watch()
+
+
 def install(watch: Watch) -> None:
     """Wrap the send methods of httpx and requests for the rest of the session."""
     httpx_send = httpx.Client.send

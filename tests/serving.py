@@ -17,6 +17,9 @@ import httpx
 HUABU = [sys.executable, "-m", "huabu"]
 #: Fast failure detection for tests: heartbeat every 0.5 s, a worker silent 3 s is dead.
 FAST = {"HUABU_HEARTBEAT_SECONDS": "0.5", "HUABU_STALLED_SECONDS": "3", "HUABU_THREADS": "1"}
+#: Every huabu process's log this session: none may hold a traceback (see conftest).
+LOGS: list[Path] = []
+TRACEBACK = "Traceback (most recent call last)"
 
 
 def free_port() -> int:
@@ -30,6 +33,7 @@ class Process:
 
     def __init__(self, args: list[str], home: Path, env: dict[str, str], log: Path) -> None:
         self.log = log
+        LOGS.append(log)
         self.handle = open(log, "ab")  # noqa: SIM115 - closed in stop()
         full_env = os.environ | {"HUABU_HOME": str(home)} | FAST | env
         self.process = subprocess.Popen(

@@ -14,8 +14,8 @@ from huabu.web.errors import ErrorRenderers, LastResort, install
 @pytest.fixture
 def app() -> FastAPI:
     renderers = ErrorRenderers()
-    renderers.register(novita.PREFIX, novita.render_error)
-    renderers.register(a1111.PREFIX, a1111.render_error)
+    renderers.register(novita.PREFIX, novita.render_error, novita.ErrorOut)
+    renderers.register(a1111.PREFIX, a1111.render_error, a1111.ErrorOut)
     app = FastAPI()
     install(app, renderers)
     app.add_middleware(LastResort, renderers=renderers)

@@ -27,6 +27,7 @@ from huabu.dialects import (
 from huabu.settings import Settings
 from huabu.web import errors, files
 from huabu.web.limits import BodyLimit
+from huabu.web.openapi import truthful_openapi
 from huabu.web.services import Services
 
 log = logging.getLogger("huabu.web")
@@ -66,23 +67,25 @@ def create_app(settings: Settings) -> FastAPI:
     renderers = errors.ErrorRenderers()
     app.state.error_renderers = renderers
     errors.install(app, renderers)
-    app.openapi = lambda: errors.truthful_openapi(app)  # type: ignore[method-assign]
+    app.openapi = lambda: truthful_openapi(app, renderers)  # type: ignore[method-assign]
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, renderers=renderers)
     app.add_middleware(errors.LastResort, renderers=renderers)  # outermost: sees everything
     app.include_router(native.router)
     app.include_router(sdserver.router)
     app.include_router(v1b.router)
     app.include_router(v1b_training.router)
-    renderers.register(v1b.PREFIX, v1b.render_error)
+    renderers.register(v1b.PREFIX, v1b.render_error, v1b.ErrorOut)
     app.include_router(novita.router)
-    renderers.register(novita.PREFIX, novita.render_error)
+    renderers.register(novita.PREFIX, novita.render_error, novita.ErrorOut)
     app.include_router(kamiya.router)
     app.include_router(a1111.router)
-    renderers.register(a1111.PREFIX, a1111.render_error)
+    renderers.register(a1111.PREFIX, a1111.render_error, a1111.ErrorOut)
     app.include_router(openai_images.router)
-    renderers.register(openai_images.PREFIX + "/", openai_images.render_error)
-    renderers.register(kamiya.PREFIX, kamiya.render_error)
+    renderers.register(
+        openai_images.PREFIX + "/", openai_images.render_error, openai_images.ErrorOut
+    )
+    renderers.register(kamiya.PREFIX, kamiya.render_error, kamiya.ErrorOut)
     for path in sdserver.PATHS:
-        renderers.register(path, sdserver.render_error)
+        renderers.register(path, sdserver.render_error, sdserver.ErrorOut)
     app.include_router(files.router)
     return app

@@ -288,6 +288,7 @@ def serve(
     import uvicorn
 
     from huabu.app import create_app
+    from huabu.web.protocol import bounded_head
 
     settings = Settings()
     updates = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
@@ -308,6 +309,7 @@ def serve(
         create_app(settings),
         host=settings.host,
         port=settings.port,
+        http=bounded_head(settings.max_header_bytes),
         log_level="warning",
         timeout_graceful_shutdown=30,
     )

@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     max_queued_per_user: int = Field(default=100, ge=1, description="Unfinished tasks per user.")
     max_queued: int = Field(default=10_000, ge=1, description="Unfinished tasks, all users.")
     max_body_bytes: int = Field(default=50 * 2**20, ge=1024, description="HTTP request body cap.")
+    max_header_bytes: int = Field(
+        default=64 * 1024, ge=4096, description="HTTP request line and headers cap (431 over it)."
+    )
     max_attempts: int = Field(
         default=3, ge=1, description="Runs of one task (a worker died mid-task) before it fails."
     )

@@ -19,6 +19,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
 
 from huabu.catalog.infotext import parse_infotext, read_parameters
 from huabu.dialects import a1111_wire as wire
@@ -28,6 +29,7 @@ from huabu.images import decode_base64, open_image
 from huabu.native import SAMPLER_NAMES, GenerationRequest
 from huabu.tasks.uploads import NewUploads
 from huabu.web.deps import CurrentUser, ServicesDep
+from huabu.web.openapi import SYNC, ok, request_body
 from huabu.web.services import Services
 from huabu.web.waiting import submit_and_wait
 
@@ -36,11 +38,67 @@ PREFIX = "/sdapi/v1"
 router = APIRouter(prefix=PREFIX, tags=["A1111: sdapi/v1"])
 
 
+class ErrorOut(BaseModel):
+    error: str = Field(description="InvalidRequest, AuthFailed, NotFound, TaskFailed, …")
+    detail: str
+    body: str
+    errors: str
+    param: str | None = Field(default=None, description="The field at fault (bad input only).")
+    task_id: str | None = Field(default=None, description="The task, once one was queued.")
+
+
+class ImagesOut(BaseModel):
+    images: list[str] = Field(description="PNG/JPEG/WebP images, base64")
+    parameters: dict[str, Any] = Field(description="The request as understood")
+    info: str = Field(description="JSON: seeds, infotexts, sampler, …")
+
+
+class ProgressState(BaseModel):
+    skipped: bool
+    interrupted: bool
+    job: str
+    job_count: int
+    job_timestamp: str
+    job_no: int
+    sampling_step: int
+    sampling_steps: int
+
+
+class ProgressOut(BaseModel):
+    progress: float
+    eta_relative: float
+    state: ProgressState
+    current_image: str | None
+    textinfo: str | None
+
+
+class PngInfoIn(BaseModel):
+    image: str = Field(description="The image, base64 (a data: URL prefix is allowed)")
+
+
+class PngInfoOut(BaseModel):
+    info: str
+    items: dict[str, str]
+    parameters: dict[str, Any]
+
+
+class OptionsIn(BaseModel):
+    sd_model_checkpoint: str | None = None
+    sd_vae: str | None = None
+    CLIP_stop_at_last_layers: int | None = None
+
+
+_LIST = {"type": "array", "items": {"type": "object"}}
+_OBJECT = {"type": "object"}
+_NULL = {"type": "null"}
+
+
 def render_error(error: HuabuError, status: int) -> Response:
     """A1111's HTTP error body (``error``, ``detail``, ``body``, ``errors``), plus ``param``
     and, for a task that was queued, ``task_id``."""
     body: dict[str, Any] = {
-        "error": type(error).__name__,
+        # A1111 names the exception; a plain HTTP error (405, 500) is FastAPI's HTTPException.
+        "error": "HTTPException" if type(error) is HuabuError else type(error).__name__,
         "detail": error.message,
         "body": "",
         "errors": error.message,
@@ -120,13 +178,23 @@ async def _generate(
     )
 
 
-@router.post("/txt2img", summary="Text to image (synchronous, base64 images)")
+@router.post(
+    "/txt2img",
+    summary="Text to image (synchronous, base64 images)",
+    openapi_extra=request_body(wire.Txt2ImgIn) | SYNC,
+    responses=ok(ImagesOut),
+)
 async def txt2img(request: Request, user: CurrentUser, services: ServicesDep) -> Response:
     body = validate(wire.Txt2ImgIn, await read_body(request))
     return await _generate(services, user, body, services.new_uploads())
 
 
-@router.post("/img2img", summary="Image to image (synchronous, base64 images)")
+@router.post(
+    "/img2img",
+    summary="Image to image (synchronous, base64 images)",
+    openapi_extra=request_body(wire.Img2ImgIn) | SYNC,
+    responses=ok(ImagesOut),
+)
 async def img2img(request: Request, user: CurrentUser, services: ServicesDep) -> Response:
     body = validate(wire.Img2ImgIn, await read_body(request))
     if len(body.init_images) > 1:
@@ -144,7 +212,9 @@ async def img2img(request: Request, user: CurrentUser, services: ServicesDep) ->
 # -- the caller's current task ----------------------------------------------------------------
 
 
-@router.get("/progress", summary="Your running task: progress, ETA, steps")
+@router.get(
+    "/progress", summary="Your running task: progress, ETA, steps", responses=ok(ProgressOut)
+)
 async def progress(user: CurrentUser, services: ServicesDep) -> Response:
     record = await run_in_threadpool(services.tasks.current, user.id)
     return JSONResponse(wire.progress(record))
@@ -157,12 +227,16 @@ async def _stop_current(user, services: Services) -> Response:
     return JSONResponse({})
 
 
-@router.post("/interrupt", summary="Stop your running task (nobody else's)")
+@router.post("/interrupt", summary="Stop your running task (nobody else's)", responses=ok(_OBJECT))
 async def interrupt(user: CurrentUser, services: ServicesDep) -> Response:
     return await _stop_current(user, services)
 
 
-@router.post("/skip", summary="Like interrupt: huabu cannot skip one image of a batch")
+@router.post(
+    "/skip",
+    summary="Like interrupt: huabu cannot skip one image of a batch",
+    responses=ok(_OBJECT),
+)
 async def skip(user: CurrentUser, services: ServicesDep) -> Response:
     return await _stop_current(user, services)
 
@@ -170,7 +244,7 @@ async def skip(user: CurrentUser, services: ServicesDep) -> Response:
 # -- listings and options ---------------------------------------------------------------------
 
 
-@router.get("/sd-models", summary="Checkpoints")
+@router.get("/sd-models", summary="Checkpoints", responses=ok(_LIST))
 async def sd_models(user: CurrentUser, services: ServicesDep) -> Response:
     entries = await run_in_threadpool(services.library.entries, "checkpoints")
     return JSONResponse(
@@ -182,17 +256,25 @@ async def sd_models(user: CurrentUser, services: ServicesDep) -> Response:
     )  # fmt: skip
 
 
-@router.post("/refresh-checkpoints", summary="No-op: the library is always read live")
+@router.post(
+    "/refresh-checkpoints",
+    summary="No-op: the library is always read live",
+    responses=ok(_NULL),
+)
 async def refresh_checkpoints(user: CurrentUser) -> Response:
     return JSONResponse(None)
 
 
-@router.get("/samplers", summary="The A1111 sampler names huabu runs")
+@router.get("/samplers", summary="The A1111 sampler names huabu runs", responses=ok(_LIST))
 async def samplers(user: CurrentUser) -> Response:
     return JSONResponse([{"name": name, "aliases": [], "options": {}} for name in SAMPLER_NAMES])
 
 
-@router.get("/schedulers", summary="Noise schedules (combined with sampler_name)")
+@router.get(
+    "/schedulers",
+    summary="Noise schedules (combined with sampler_name)",
+    responses=ok(_LIST),
+)
 async def schedulers(user: CurrentUser) -> Response:
     return JSONResponse(
         [{"name": name, "label": label, "aliases": None, "default_rho": -1, "need_inner_model":
@@ -200,7 +282,7 @@ async def schedulers(user: CurrentUser) -> Response:
     )  # fmt: skip
 
 
-@router.get("/loras", summary="LoRAs (the server's, and your trained ones)")
+@router.get("/loras", summary="LoRAs (the server's, and your trained ones)", responses=ok(_LIST))
 async def loras(user: CurrentUser, services: ServicesDep) -> Response:
     entries = await run_in_threadpool(services.library.entries, "loras")
     trained = await run_in_threadpool(services.training.trained_names, user.id)
@@ -210,7 +292,7 @@ async def loras(user: CurrentUser, services: ServicesDep) -> Response:
     return JSONResponse(listed)
 
 
-@router.get("/embeddings", summary="Textual-inversion embeddings")
+@router.get("/embeddings", summary="Textual-inversion embeddings", responses=ok(_OBJECT))
 async def embeddings(user: CurrentUser, services: ServicesDep) -> Response:
     names = await run_in_threadpool(services.library.names, "embeddings")
     loaded = {name: {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None,
@@ -218,18 +300,18 @@ async def embeddings(user: CurrentUser, services: ServicesDep) -> Response:
     return JSONResponse({"loaded": loaded, "skipped": {}})
 
 
-@router.get("/sd-vae", summary="VAEs")
+@router.get("/sd-vae", summary="VAEs", responses=ok(_LIST))
 async def sd_vae(user: CurrentUser, services: ServicesDep) -> Response:
     entries = await run_in_threadpool(services.library.entries, "vae")
     return JSONResponse([{"model_name": e.name, "filename": e.location} for e in entries])
 
 
-@router.get("/scripts", summary="Scripts (none: ControlNet is built in)")
+@router.get("/scripts", summary="Scripts (none: ControlNet is built in)", responses=ok(_OBJECT))
 async def scripts(user: CurrentUser) -> Response:
     return JSONResponse({"txt2img": [], "img2img": []})
 
 
-@router.get("/options", summary="Your options")
+@router.get("/options", summary="Your options", responses=ok(_OBJECT))
 async def get_options(user: CurrentUser, services: ServicesDep) -> Response:
     options = await run_in_threadpool(services.accounts.options, user.id)
     if not options.get("sd_model_checkpoint"):
@@ -237,7 +319,12 @@ async def get_options(user: CurrentUser, services: ServicesDep) -> Response:
     return JSONResponse(wire.options_out(options))
 
 
-@router.post("/options", summary="Change your options (sd_model_checkpoint, sd_vae, clip skip)")
+@router.post(
+    "/options",
+    summary="Change your options (sd_model_checkpoint, sd_vae, clip skip)",
+    openapi_extra=request_body(OptionsIn),
+    responses=ok(_NULL),
+)
 async def set_options(request: Request, user: CurrentUser, services: ServicesDep) -> Response:
     changes = wire.options_in(await read_body(request))
     if "sd_model_checkpoint" in changes:
@@ -253,7 +340,12 @@ async def set_options(request: Request, user: CurrentUser, services: ServicesDep
     return JSONResponse(None)
 
 
-@router.post("/png-info", summary="The generation parameters stored in an image")
+@router.post(
+    "/png-info",
+    summary="The generation parameters stored in an image",
+    openapi_extra=request_body(PngInfoIn),
+    responses=ok(PngInfoOut),
+)
 async def png_info(request: Request, user: CurrentUser, services: ServicesDep) -> Response:
     body = await read_body(request)
     data = decode_base64(body.get("image", ""), field="image")
@@ -269,7 +361,7 @@ async def png_info(request: Request, user: CurrentUser, services: ServicesDep) -
     )  # fmt: skip
 
 
-@router.get("/memory", summary="Memory of this API process's machine")
+@router.get("/memory", summary="Memory of this API process's machine", responses=ok(_OBJECT))
 async def memory(user: CurrentUser) -> Response:
     page, pages = os.sysconf("SC_PAGE_SIZE"), os.sysconf("SC_PHYS_PAGES")
     free = os.sysconf("SC_AVPHYS_PAGES") * page

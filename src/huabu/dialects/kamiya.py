@@ -24,6 +24,7 @@ from huabu.images import decode_base64
 from huabu.native import MAX_LORAS, MAX_OFFSET, MAX_SEED, SAMPLER_NAMES, GenerationRequest
 from huabu.tasks.records import TaskRecord
 from huabu.web.deps import CurrentUser, FileUrl, ServicesDep
+from huabu.web.openapi import ok, request_body
 
 ORIGIN = "kamiya"
 PREFIX = "/api/image"
@@ -163,6 +164,77 @@ def envelope(data: Any, status: int = 200, message: str = "OK") -> JSONResponse:
     return JSONResponse({"status": status, "message": message, "data": data}, status_code=status)
 
 
+class ErrorOut(BaseModel):
+    status: int = Field(description="The HTTP status.")
+    message: str
+    data: None = None
+
+
+class LoRAOut(BaseModel):
+    id: str
+    weight: float
+
+
+class MetadataOut(BaseModel):
+    LoRAs: list[LoRAOut]  # noqa: N815 - wire name
+    model: str
+    width: int
+    height: int
+    type: Literal["text2image", "image2image"]
+    prompts: str
+    negativePrompts: str  # noqa: N815
+    sampling: str
+    step: int
+    cfg: float
+    seed: int
+    batch: int
+    artboard: str
+    jpg: str | None = Field(default=None, description="The image; empty if it failed.")
+
+
+class TaskOut(BaseModel):
+    id: str
+    hashid: str
+    metaid: str
+    status: Literal["created", "generating", "generated", "failed"]
+    metadata: MetadataOut
+    userId: str  # noqa: N815
+    createdAt: str  # noqa: N815
+    updatedAt: str  # noqa: N815
+    error: str | None = None
+
+
+class TaskEnvelope(BaseModel):
+    status: int
+    message: str
+    data: TaskOut
+
+
+class TasksEnvelope(BaseModel):
+    status: int
+    message: str
+    data: list[TaskOut]
+
+
+class Named(BaseModel):
+    id: str
+    name: str
+
+
+class ConfigOut(BaseModel):
+    models: list[Named]
+    LoRAs: list[Named]  # noqa: N815
+    samplings: list[str]
+    artboards: list[str]
+    limits: dict[str, dict[str, int]]
+
+
+class ConfigEnvelope(BaseModel):
+    status: int
+    message: str
+    data: ConfigOut
+
+
 def render_error(error: HuabuError, status: int) -> Response:
     return envelope(None, status, error.message)
 
@@ -170,7 +242,9 @@ def render_error(error: HuabuError, status: int) -> Response:
 # -- routes -----------------------------------------------------------------------------------
 
 
-@router.get("/config", summary="Models, LoRAs, samplers, sizes and limits")
+@router.get(
+    "/config", summary="Models, LoRAs, samplers, sizes and limits", responses=ok(ConfigEnvelope)
+)
 def config(user: CurrentUser, services: ServicesDep) -> Response:
     settings = services.settings
     library = services.library
@@ -195,7 +269,12 @@ def config(user: CurrentUser, services: ServicesDep) -> Response:
     )
 
 
-@router.post("/generate", summary="Queue a text2image or image2image task")
+@router.post(
+    "/generate",
+    summary="Queue a text2image or image2image task",
+    openapi_extra=request_body(GenerateIn),
+    responses=ok(TaskEnvelope),
+)
 async def generate(
     request: Request, user: CurrentUser, services: ServicesDep, url: FileUrl
 ) -> Response:
@@ -220,13 +299,17 @@ async def generate(
     return envelope(from_native(record, url))
 
 
-@router.get("/generate/{hash_id}", summary="One task by hashid")
+@router.get("/generate/{hash_id}", summary="One task by hashid", responses=ok(TaskEnvelope))
 def status(hash_id: str, user: CurrentUser, services: ServicesDep, url: FileUrl) -> Response:
     record = services.tasks.get(user.id, task_id_of(hash_id))
     return envelope(from_native(record, url))
 
 
-@router.get("/generate", summary="Your tasks, newest first (start is 1-based)")
+@router.get(
+    "/generate",
+    summary="Your tasks, newest first (start is 1-based)",
+    responses=ok(TasksEnvelope),
+)
 def list_tasks(
     user: CurrentUser,
     services: ServicesDep,

@@ -19,6 +19,7 @@ from huabu.errors import InvalidRequest
 from huabu.native import GenerationRequest
 from huabu.tasks.records import TaskRecord, UploadRecord
 from huabu.web.deps import BaseUrl, CurrentUser, ServicesDep
+from huabu.web.openapi import MULTIPART, schema_of
 from huabu.web.services import Services
 from huabu.web.waiting import wait_for_task
 
@@ -80,6 +81,10 @@ class ModelOut(BaseModel):
 
 class ModelList(BaseModel):
     data: list[ModelOut]
+
+
+class UploadForm(BaseModel):
+    file: bytes = Field(description="A PNG, JPEG or WebP image")
 
 
 class UploadOut(BaseModel):
@@ -283,6 +288,15 @@ def list_models(user: CurrentUser, services: ServicesDep, kind: str = "checkpoin
     status_code=status.HTTP_201_CREATED,
     response_model=UploadOut,
     summary="Upload an image (multipart field `file`, or the raw image as the body)",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                MULTIPART: {"schema": schema_of(UploadForm)},
+                "image/*": {"schema": {"type": "string", "format": "binary"}},
+            },
+        }
+    },
 )
 async def upload(request: Request, user: CurrentUser, services: ServicesDep) -> UploadOut:
     if request.headers.get("content-type", "").startswith("multipart/form-data"):

@@ -22,6 +22,7 @@ from huabu.images import decode_base64
 from huabu.native import MAX_CONTROLNETS, MAX_LORAS, MAX_SEED, GenerationRequest
 from huabu.tasks.records import TaskRecord
 from huabu.web.deps import CurrentUser, FileUrl, ServicesDep
+from huabu.web.openapi import ok, request_body, schema_of
 
 ORIGIN = "novita"
 PREFIX = "/v3"
@@ -117,6 +118,90 @@ class Envelope(BaseModel):
     model_config = ConfigDict(extra="ignore")
     extra: ExtraIn | None = None
     request: dict[str, Any]
+
+
+def _envelope_of(request: type[BaseModel]) -> dict[str, Any]:
+    """The documented body: ``Envelope`` with its ``request`` described."""
+    return {
+        "type": "object",
+        "required": ["request"],
+        "properties": {"extra": schema_of(ExtraIn), "request": schema_of(request)},
+    }
+
+
+class SubmitOut(BaseModel):
+    task_id: str
+
+
+class TaskOut(BaseModel):
+    task_id: str
+    status: Literal[
+        "TASK_STATUS_QUEUED", "TASK_STATUS_PROCESSING", "TASK_STATUS_SUCCEED",
+        "TASK_STATUS_FAILED",
+    ]  # fmt: skip
+    reason: str
+    task_type: Literal["TXT_TO_IMG", "IMG_TO_IMG"]
+    eta: int
+    progress_percent: int
+
+
+class ImageOut(BaseModel):
+    image_url: str
+    image_type: str
+    image_url_ttl: int
+    nsfw_detection_result: None
+
+
+class DebugInfo(BaseModel):
+    request_info: str
+    submit_time_ms: int
+    execute_time_ms: int
+    complete_time_ms: int
+
+
+class ResultExtra(BaseModel):
+    seed: int
+    enable_nsfw_detection: bool
+    debug_info: DebugInfo
+
+
+class TaskResultOut(BaseModel):
+    task: TaskOut
+    images: list[ImageOut]
+    videos: list[Any]
+    extra: ResultExtra
+
+
+class ModelType(BaseModel):
+    name: str
+    display_name: str
+
+
+class ModelOut(BaseModel):
+    id: int
+    name: str
+    sd_name: str
+    sd_name_in_api: str
+    type: ModelType
+    status: int
+    base_model: str
+    source: str
+    visibility: str
+    is_nsfw: bool
+    categories: list[str]
+    download_url: str
+    download_url_ttl: int
+    cover_url: str
+    hash_sha256: str
+
+
+class Pagination(BaseModel):
+    next_cursor: str
+
+
+class ModelsOut(BaseModel):
+    models: list[ModelOut]
+    pagination: Pagination
 
 
 # -- pure translation -------------------------------------------------------------------------
@@ -250,6 +335,13 @@ _REASONS = (
 )
 
 
+class ErrorOut(BaseModel):
+    code: int = Field(description="The HTTP status.")
+    reason: str = Field(description="INVALID_REQUEST_BODY, INVALID_API_KEY, NOT_FOUND, …")
+    message: str
+    metadata: dict[str, str | None] = Field(description="`param`: the field at fault.")
+
+
 def render_error(error: HuabuError, status: int) -> Response:
     reason = next((name for kind, name in _REASONS if isinstance(error, kind)), "INTERNAL_ERROR")
     metadata = {"param": error.param} if isinstance(error, InvalidRequest) else {}
@@ -309,7 +401,12 @@ async def _submit(native: GenerationRequest, user, services, uploads=None) -> Re
     return JSONResponse({"task_id": str(record.id)})
 
 
-@router.post("/async/txt2img", summary="Queue a text-to-image task")
+@router.post(
+    "/async/txt2img",
+    summary="Queue a text-to-image task",
+    openapi_extra=request_body(_envelope_of(Txt2ImgIn)),
+    responses=ok(SubmitOut),
+)
 async def txt2img(request: Request, user: CurrentUser, services: ServicesDep) -> Response:
     body, extra = await _envelope(request)
     try:
@@ -323,7 +420,12 @@ async def txt2img(request: Request, user: CurrentUser, services: ServicesDep) ->
     return await _submit(native, user, services)
 
 
-@router.post("/async/img2img", summary="Queue an image-to-image task")
+@router.post(
+    "/async/img2img",
+    summary="Queue an image-to-image task",
+    openapi_extra=request_body(_envelope_of(Img2ImgIn)),
+    responses=ok(SubmitOut),
+)
 async def img2img(request: Request, user: CurrentUser, services: ServicesDep) -> Response:
     body, extra = await _envelope(request)
     try:
@@ -367,7 +469,11 @@ async def img2img(request: Request, user: CurrentUser, services: ServicesDep) ->
     return await _submit(native, user, services, uploads)
 
 
-@router.get("/async/task-result", summary="A task's status, progress and images")
+@router.get(
+    "/async/task-result",
+    summary="A task's status, progress and images",
+    responses=ok(TaskResultOut),
+)
 def task_result(
     user: CurrentUser, services: ServicesDep, url: FileUrl, task_id: str = Query("")
 ) -> Response:
@@ -377,7 +483,11 @@ def task_result(
     return JSONResponse(from_native(record, url, services.settings.url_ttl))
 
 
-@router.get("/model", summary="Models by type (checkpoint, lora, vae, controlnet, …)")
+@router.get(
+    "/model",
+    summary="Models by type (checkpoint, lora, vae, controlnet, …)",
+    responses=ok(ModelsOut),
+)
 def models(
     user: CurrentUser,
     services: ServicesDep,

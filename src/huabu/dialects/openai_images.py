@@ -31,6 +31,7 @@ from huabu.native import GenerationRequest
 from huabu.settings import Settings
 from huabu.tasks.uploads import NewUploads
 from huabu.web.deps import CurrentUser, FileUrl, ServicesDep
+from huabu.web.openapi import MULTIPART, SYNC, ok, request_body
 from huabu.web.services import Services
 from huabu.web.waiting import submit_and_wait
 
@@ -42,6 +43,17 @@ _SIZE = re.compile(r"^\s*(\d{1,5})x(\d{1,5})\s*$")
 #: OpenAI's quality levels → sampling steps.
 _STEPS = {"low": 12, "auto": 25, "standard": 25, "medium": 25, "high": 40, "hd": 40}
 _OPENAI_MODELS = ("dall-e-", "gpt-image-")
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str = Field(description="invalid_request_error, requests or server_error")
+    param: str | None
+    code: str | None
+
+
+class ErrorOut(BaseModel):
+    error: ErrorDetail
 
 
 def render_error(error: HuabuError, status: int) -> Response:
@@ -75,6 +87,38 @@ class GenerationIn(BaseModel):
 
 class EditIn(GenerationIn):
     prompt: str = Field(default="", max_length=32_000)
+
+
+class EditForm(EditIn):
+    """The multipart body of edits and variations (documentation; read by ``_form``)."""
+
+    image: bytes = Field(description="The image to change (`image[]` is accepted too)")
+    mask: bytes | None = Field(default=None, description="Edits: transparent pixels = change")
+
+
+class ImageOut(BaseModel):
+    url: str | None = None
+    b64_json: str | None = None
+
+
+class ImagesOut(BaseModel):
+    created: int
+    data: list[ImageOut]
+    output_format: str
+    size: str
+    quality: str
+
+
+class ModelOut(BaseModel):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+
+
+class ModelsOut(BaseModel):
+    object: Literal["list"]
+    data: list[ModelOut]
 
 
 # -- translation ------------------------------------------------------------------------------
@@ -232,7 +276,12 @@ def _fitted(width: int, height: int, services: Services) -> tuple[int, int]:
     return fit(width), fit(height)
 
 
-@router.post("/images/generations", summary="Create images from a prompt")
+@router.post(
+    "/images/generations",
+    summary="Create images from a prompt",
+    openapi_extra=request_body(GenerationIn) | SYNC,
+    responses=ok(ImagesOut),
+)
 async def generations(
     request: Request, user: CurrentUser, services: ServicesDep, url: FileUrl
 ) -> Response:
@@ -266,14 +315,24 @@ async def _from_image(
                            mask=mask)  # fmt: skip
 
 
-@router.post("/images/edits", summary="Change an image by a prompt (image-to-image)")
+@router.post(
+    "/images/edits",
+    summary="Change an image by a prompt (image-to-image)",
+    openapi_extra=request_body(EditForm, MULTIPART) | SYNC,
+    responses=ok(ImagesOut),
+)
 async def edits(
     request: Request, user: CurrentUser, services: ServicesDep, url: FileUrl
 ) -> Response:
     return await _from_image(request, user, services, url, strength=0.75, edit=True)
 
 
-@router.post("/images/variations", summary="Variations of an image")
+@router.post(
+    "/images/variations",
+    summary="Variations of an image",
+    openapi_extra=request_body(EditForm, MULTIPART) | SYNC,
+    responses=ok(ImagesOut),
+)
 async def variations(
     request: Request, user: CurrentUser, services: ServicesDep, url: FileUrl
 ) -> Response:
@@ -293,14 +352,16 @@ def _models(services: Services, user) -> list[dict[str, Any]]:
     return listed + [_model_out(name, now) for name in trained]
 
 
-@router.get("/models", summary="Models (checkpoints, and your trained ones)")
+@router.get(
+    "/models", summary="Models (checkpoints, and your trained ones)", responses=ok(ModelsOut)
+)
 async def models(user: CurrentUser, services: ServicesDep) -> Response:
     return JSONResponse(
         {"object": "list", "data": await run_in_threadpool(_models, services, user)}
     )
 
 
-@router.get("/models/{model_id}", summary="One model")
+@router.get("/models/{model_id}", summary="One model", responses=ok(ModelOut))
 async def model(model_id: str, user: CurrentUser, services: ServicesDep) -> Response:
     for item in await run_in_threadpool(_models, services, user):
         if item["id"] == model_id:

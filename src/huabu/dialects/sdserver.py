@@ -8,6 +8,7 @@ The spec names no model: requests use the server's default checkpoint (HUABU_DEF
 from __future__ import annotations
 
 import uuid
+from typing import Literal
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
@@ -22,6 +23,7 @@ from huabu.storage import content_type
 from huabu.tasks.records import TaskRecord
 from huabu.tasks.uploads import NewUploads
 from huabu.web.deps import CurrentUser, FileUrl, ServicesDep
+from huabu.web.openapi import FORM, JSON, MULTIPART, SYNC, request_body
 from huabu.web.services import Services
 from huabu.web.waiting import submit_and_wait
 
@@ -93,6 +95,13 @@ def from_native(record: TaskRecord, sign) -> ImagesOut:
     )
 
 
+class ErrorOut(BaseModel):
+    status: Literal["error", "failed", "timeout"]
+    message: str
+    param: str | None = Field(default=None, description="The field at fault (bad input only).")
+    task_id: str | None = Field(default=None, description="The task, once one was queued.")
+
+
 def render_error(error: HuabuError, status: int) -> Response:
     kind = "error"
     if isinstance(error, TaskFailed | Cancelled):
@@ -118,7 +127,12 @@ def _round8(value: int) -> int:
     return max(8, value - value % 8)
 
 
-@router.post("/txt2img", response_model=ImagesOut, summary="Text to image (synchronous)")
+@router.post(
+    "/txt2img",
+    response_model=ImagesOut,
+    summary="Text to image (synchronous)",
+    openapi_extra=request_body(Txt2ImgForm, FORM, MULTIPART, JSON) | SYNC,
+)
 async def txt2img(
     request: Request, user: CurrentUser, services: ServicesDep, url: FileUrl
 ) -> Response:
@@ -128,7 +142,12 @@ async def txt2img(
     return await _run(native, user, services, url)
 
 
-@router.post("/img2img", response_model=ImagesOut, summary="Image to image (synchronous)")
+@router.post(
+    "/img2img",
+    response_model=ImagesOut,
+    summary="Image to image (synchronous)",
+    openapi_extra=request_body(Img2ImgForm, FORM, MULTIPART, JSON) | SYNC,
+)
 async def img2img(
     request: Request, user: CurrentUser, services: ServicesDep, url: FileUrl
 ) -> Response:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
@@ -26,6 +26,7 @@ from huabu.native import MAX_SEED, GenerationRequest
 from huabu.settings import Settings
 from huabu.tasks.records import TaskRecord
 from huabu.web.deps import FileUrl, ServicesDep
+from huabu.web.openapi import ok, request_body
 from huabu.web.services import Services
 
 ORIGIN = "v1b"
@@ -167,6 +168,44 @@ def generation_form(settings: Settings, models: list[str], default_model: str) -
     }  # fmt: skip
 
 
+class ErrorOut(BaseModel):
+    code: int = Field(description="The HTTP status.")
+    msg: str
+    error_msg: str
+    param: str | None = Field(default=None, description="The field at fault (bad input only).")
+
+
+class TokenOut(BaseModel):
+    token: str
+
+
+class SubmitOut(BaseModel):
+    task_id: str
+
+
+class ImageOut(BaseModel):
+    large: str
+    middle: str
+    save_index: int
+    share: bool
+    shareable: bool
+
+
+class ResultOut(BaseModel):
+    state: Literal["pending", "done", "failed"]
+    images: list[ImageOut]
+    error_msg: str
+    wait_time: int = Field(description="Tasks ahead of this one.")
+    select_seed: int
+    fav: bool
+
+
+class FormOut(BaseModel):
+    code: int
+    info: list[dict[str, Any]]
+    msg: str
+
+
 def render_error(error: HuabuError, status: int) -> Response:
     body: dict[str, Any] = {"code": status, "msg": error.message, "error_msg": error.message}
     if isinstance(error, InvalidRequest):
@@ -198,7 +237,12 @@ async def authenticated(
     return user, validate(schema, data)
 
 
-@router.post("/get_token", summary="Log in with email and password")
+@router.post(
+    "/get_token",
+    summary="Log in with email and password",
+    openapi_extra=request_body(TokenIn),
+    responses=ok(TokenOut),
+)
 async def get_token(request: Request, services: ServicesDep) -> Response:
     body = validate(TokenIn, await read_body(request))
     user = await run_in_threadpool(services.accounts.check_password, body.email, body.password)
@@ -208,7 +252,12 @@ async def get_token(request: Request, services: ServicesDep) -> Response:
     return JSONResponse({"token": token})
 
 
-@router.post("/task_submit", summary="Queue a t2i task, or i2i when init_img is given")
+@router.post(
+    "/task_submit",
+    summary="Queue a t2i task, or i2i when init_img is given",
+    openapi_extra=request_body(SubmitIn),
+    responses=ok(SubmitOut),
+)
 async def task_submit(request: Request, services: ServicesDep) -> Response:
     user, body = await authenticated(services, request, SubmitIn)
     uploads = services.new_uploads()
@@ -227,14 +276,23 @@ async def task_submit(request: Request, services: ServicesDep) -> Response:
     return JSONResponse({"task_id": str(record.id)})
 
 
-@router.post("/task_result", summary="A task's state and images")
+@router.post(
+    "/task_result",
+    summary="A task's state and images",
+    openapi_extra=request_body(ResultIn),
+    responses=ok(ResultOut),
+)
 async def task_result(request: Request, services: ServicesDep, url: FileUrl) -> Response:
     user, body = await authenticated(services, request, ResultIn)
     record = await run_in_threadpool(services.tasks.get, user.id, body.task_id)
     return JSONResponse(from_native(record, url))
 
 
-@router.get("/get_generation_form", summary="Models, ranges and resolutions this server offers")
+@router.get(
+    "/get_generation_form",
+    summary="Models, ranges and resolutions this server offers",
+    responses=ok(FormOut),
+)
 async def get_generation_form(services: ServicesDep) -> Response:
     models = await run_in_threadpool(services.library.names, "checkpoints")
     default = await run_in_threadpool(services.library.default_model) if models else ""

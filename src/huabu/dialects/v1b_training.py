@@ -29,6 +29,7 @@ from huabu.native.training import MAIN_BODIES, RowId, TrainingPlan, TrainingRequ
 from huabu.tasks.records import TaskRecord
 from huabu.training.service import DatasetRecord
 from huabu.web.deps import FileUrl, ServicesDep
+from huabu.web.openapi import MULTIPART, ok, request_body
 
 router = APIRouter(prefix=PREFIX, tags=["v1b: remagi / miaohua (specs 000, 001)"])
 
@@ -99,6 +100,77 @@ def to_native(body: TrainSubmitIn) -> TrainingRequest:
     )
 
 
+class UploadImgsIn(BaseModel):
+    init_img: list[bytes] = Field(description="The image files (one part each).")
+    token: str = ""
+
+
+class Ok(BaseModel):
+    code: int = Field(description="0")
+    msg: str
+
+
+class UrlsOk(Ok):
+    info: list[str] = Field(description="The images' links, in the order sent.")
+
+
+class DatasetId(BaseModel):
+    dataset_id: int
+
+
+class DatasetOk(Ok):
+    info: DatasetId
+
+
+class DatasetOut(BaseModel):
+    id: int
+    name: str
+    description: str
+    demo_picture: str
+    create_time: str
+    update_time: str
+    images: list[str]
+    images_num: int
+
+
+class DatasetPage(BaseModel):
+    items: list[DatasetOut]
+    page: int
+    per_page: int
+    has_next: bool
+    has_prev: bool
+    totalPages: int  # noqa: N815 - wire name
+
+
+class TaskId(BaseModel):
+    task_id: str
+
+
+class TrainOk(Ok):
+    info: TaskId
+
+
+class ProgressOut(BaseModel):
+    create_time: str
+    description: str
+    main_body: str
+    model_name: str
+    state: str = Field(description="pending, running, done, failed or cancelled")
+    training_progress: float
+    trigger_word: str
+    base_model: str
+    error_msg: str
+
+
+class TrainForm(BaseModel):
+    base_model: list[str]
+    main_body: list[str]
+
+
+class TrainFormOk(Ok):
+    info: TrainForm
+
+
 def renamed(error: InvalidRequest) -> InvalidRequest:
     """A native training error, naming this dialect's field (``datasets.N`` → ``dataset``)."""
     param = error.param or ""
@@ -149,7 +221,12 @@ def _ok(info: Any) -> JSONResponse:
 # -- routes -----------------------------------------------------------------------------------
 
 
-@router.post("/upload_imgs", summary="Upload images (multipart, several `init_img` files)")
+@router.post(
+    "/upload_imgs",
+    summary="Upload images (multipart, several `init_img` files)",
+    openapi_extra=request_body(UploadImgsIn, MULTIPART),
+    responses=ok(UrlsOk),
+)
 async def upload_imgs(request: Request, services: ServicesDep, url: FileUrl) -> Response:
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith("multipart/form-data"):
@@ -173,7 +250,12 @@ async def upload_imgs(request: Request, services: ServicesDep, url: FileUrl) -> 
     return _ok([url(record.key) for record in records])
 
 
-@router.post("/dataset", summary="Create a dataset from image URLs")
+@router.post(
+    "/dataset",
+    summary="Create a dataset from image URLs",
+    openapi_extra=request_body(DatasetIn),
+    responses=ok(DatasetOk),
+)
 async def dataset(request: Request, services: ServicesDep) -> Response:
     user, body = await authenticated(services, request, DatasetIn)
     uploads = services.new_uploads()
@@ -189,7 +271,12 @@ async def dataset(request: Request, services: ServicesDep) -> Response:
     return _ok({"dataset_id": record.id})
 
 
-@router.post("/dataset_all", summary="Your datasets, a page at a time")
+@router.post(
+    "/dataset_all",
+    summary="Your datasets, a page at a time",
+    openapi_extra=request_body(DatasetAllIn),
+    responses=ok(DatasetPage),
+)
 async def dataset_all(request: Request, services: ServicesDep, url: FileUrl) -> Response:
     user, body = await authenticated(services, request, DatasetAllIn)
     records, total = await run_in_threadpool(
@@ -208,7 +295,12 @@ async def dataset_all(request: Request, services: ServicesDep, url: FileUrl) -> 
     )
 
 
-@router.post("/train_submit", summary="Queue a LoRA training on your datasets")
+@router.post(
+    "/train_submit",
+    summary="Queue a LoRA training on your datasets",
+    openapi_extra=request_body(TrainSubmitIn),
+    responses=ok(TrainOk),
+)
 async def train_submit(request: Request, services: ServicesDep) -> Response:
     user, body = await authenticated(services, request, TrainSubmitIn)
     try:
@@ -219,14 +311,23 @@ async def train_submit(request: Request, services: ServicesDep) -> Response:
     return _ok({"task_id": str(record.id)})
 
 
-@router.post("/train_progress", summary="A training's state and progress (0 to 1)")
+@router.post(
+    "/train_progress",
+    summary="A training's state and progress (0 to 1)",
+    openapi_extra=request_body(TrainProgressIn),
+    responses=ok(ProgressOut),
+)
 async def train_progress(request: Request, services: ServicesDep) -> Response:
     user, body = await authenticated(services, request, TrainProgressIn)
     record = await run_in_threadpool(services.training.progress, user.id, body.task_id)
     return JSONResponse(progress_out(record))
 
 
-@router.get("/get_train_form", summary="Base models and main_body choices for training")
+@router.get(
+    "/get_train_form",
+    summary="Base models and main_body choices for training",
+    responses=ok(TrainFormOk),
+)
 async def get_train_form(services: ServicesDep) -> Response:
     bases = await run_in_threadpool(services.training.base_models)
     return _ok({"base_model": bases, "main_body": list(MAIN_BODIES)})

@@ -10,13 +10,13 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Callable
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from huabu.errors import (
@@ -76,21 +76,41 @@ def render_native(error: HuabuError, status: int) -> Response:
     return JSONResponse({"error": body}, status_code=status)
 
 
+class NativeErrorDetail(BaseModel):
+    type: str = Field(description="invalid_request, auth_failed, not_found, overloaded, …")
+    message: str
+    param: str | None = Field(default=None, description="The field at fault (bad input only).")
+    task_id: str | None = Field(default=None, description="The task, once one was queued.")
+
+
+class NativeError(BaseModel):
+    """huabu's own error body."""
+
+    error: NativeErrorDetail
+
+
 class ErrorRenderers:
-    """Path prefix → renderer; the longest matching prefix wins, huabu's own shape otherwise."""
+    """Path prefix → renderer and the error shape it renders (for the OpenAPI document); the
+    longest matching prefix wins, huabu's own shape otherwise."""
 
     def __init__(self) -> None:
-        self._by_prefix: list[tuple[str, Renderer]] = []
+        self._by_prefix: list[tuple[str, Renderer, type[BaseModel]]] = []
 
-    def register(self, prefix: str, renderer: Renderer) -> None:
-        self._by_prefix.append((prefix, renderer))
+    def register(self, prefix: str, renderer: Renderer, shape: type[BaseModel]) -> None:
+        self._by_prefix.append((prefix, renderer, shape))
         self._by_prefix.sort(key=lambda item: len(item[0]), reverse=True)
 
-    def for_path(self, path: str) -> Renderer:
-        for prefix, renderer in self._by_prefix:
+    def _entry(self, path: str) -> tuple[Renderer, type[BaseModel]]:
+        for prefix, renderer, shape in self._by_prefix:
             if path.startswith(prefix):
-                return renderer
-        return render_native
+                return renderer, shape
+        return render_native, NativeError
+
+    def for_path(self, path: str) -> Renderer:
+        return self._entry(path)[0]
+
+    def shape_for(self, path: str) -> type[BaseModel]:
+        return self._entry(path)[1]
 
     def response(self, path: str, error: HuabuError) -> Response:
         status = status_for(error)
@@ -110,31 +130,6 @@ def validation_error(exc: RequestValidationError) -> InvalidRequest:
     return invalid_field(first)
 
 
-def truthful_openapi(app: FastAPI) -> dict[str, Any]:
-    """The OpenAPI document as huabu answers: FastAPI documents a 422 with its own
-    ``HTTPValidationError`` body, but every bad request here is a 400 in the caller's dialect
-    that names the field."""
-    if app.openapi_schema is None:
-        schema = get_openapi(
-            title=app.title, version=app.version, description=app.description, routes=app.routes
-        )
-        for operations in schema.get("paths", {}).values():
-            for operation in operations.values():
-                responses = operation.setdefault("responses", {})
-                responses.pop("422", None)
-                responses.setdefault("400", {"description": _BAD_REQUEST})
-        for name in ("HTTPValidationError", "ValidationError"):
-            schema.get("components", {}).get("schemas", {}).pop(name, None)
-        app.openapi_schema = schema
-    return app.openapi_schema
-
-
-_BAD_REQUEST = (
-    "Bad input, in this API's own error shape; the field is named (`param` where the shape "
-    "has one, and at the start of the message)."
-)
-
-
 def install(app: FastAPI, renderers: ErrorRenderers) -> None:
     @app.exception_handler(HuabuError)
     async def huabu_error(request: Request, exc: HuabuError) -> Response:
@@ -152,7 +147,25 @@ def install(app: FastAPI, renderers: ErrorRenderers) -> None:
         response = renderers.for_path(request.url.path)(error, exc.status_code)
         for name, value in (exc.headers or {}).items():
             response.headers[name] = value
+        if exc.status_code == 405:
+            response.headers["Allow"] = ", ".join(allowed_methods(app, request.scope))
         return response
+
+
+def allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
+    """Every method some route serves at this path. Starlette's 405 names only the methods of
+    the first route whose path matched, and a path here may have a route per method."""
+    return [
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**scope, "method": method})[0] is Match.FULL
+            for route in app.router.routes
+        )
+    ]
+
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
 class LastResort:

@@ -12,7 +12,20 @@ from huabu.web.deps import ServicesDep
 router = APIRouter(tags=["files"])
 
 
-@router.get("/files/{key:path}", response_class=FileResponse, summary="Download a stored image")
+@router.get(
+    "/files/{key:path}",
+    response_class=FileResponse,
+    summary="Download a stored image",
+    responses={
+        200: {
+            "description": "The image",
+            "content": {
+                media: {"schema": {"type": "string", "format": "binary"}}
+                for media in ("image/png", "image/jpeg", "image/webp")
+            },
+        }
+    },
+)
 def download(
     key: str, services: ServicesDep, expires: int = Query(0), sig: str = Query("")
 ) -> FileResponse:

@@ -1,0 +1,95 @@
+"""Schema-driven fuzzing of a real `huabu serve`: schemathesis sends every operation of the
+OpenAPI document what the document allows, and what it does not, and checks what a client
+would notice:
+
+- no 5xx: nothing a client sends is a server error (the one 5xx allowed is the documented 504
+  of a synchronous route, because this server has no worker and its tasks wait forever);
+- every status, content type and body is one the document shows;
+- no traceback in the server's log (conftest checks every huabu log of the session).
+
+The server (conftest's ``api_server``) has its own database and no worker, so what the fuzzer
+queues never runs. The suite
+sends HUABU_FUZZ_EXAMPLES (default 6) examples per operation; ``make fuzz`` sends 200.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from schemathesis import APIOperation, GenerationMode
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from huabu.app import create_app
+from huabu.settings import Settings
+from internals import WATCH
+
+EXAMPLES = int(os.environ.get("HUABU_FUZZ_EXAMPLES", "6"))
+pytestmark = pytest.mark.slow  # its own server: not for make test-fast
+
+
+def no_server_error(ctx, response, case) -> None:
+    """No 5xx, except a 504 the operation documents (a synchronous route's task timed out)."""
+    status = response.status_code
+    documented = str(status) in case.operation.definition.raw.get("responses", {})
+    if status >= 500 and not (status == 504 and documented):
+        raise AssertionError(f"{status} from {case.method} {case.path}: {response.text[:500]}")
+
+
+CHECKS = [
+    no_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+]
+
+
+def _operations() -> dict[str, APIOperation]:
+    """Every operation of the document, read from the app itself (the document does not
+    depend on the database, so collection needs no server)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as home:
+        document = create_app(Settings(home=home)).openapi()
+    schema = schemathesis.openapi.from_dict(document)
+    found = {}
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        found[f"{operation.method.upper()} {operation.path}"] = operation
+    return found
+
+
+OPERATIONS = _operations()
+
+
+@pytest.mark.parametrize("label", sorted(OPERATIONS))
+def test_no_input_is_a_server_error_or_off_the_document(label, api_server):
+    operation = OPERATIONS[label]
+    cases = st.one_of(
+        operation.as_strategy(GenerationMode.POSITIVE),
+        operation.as_strategy(GenerationMode.NEGATIVE),
+    )
+    headers = {"Authorization": f"Bearer {api_server.key}"}
+
+    @given(case=cases)
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    def fuzz(case):
+        response = case.call(base_url=api_server.url, headers=headers, timeout=60)
+        content_type = response.headers.get("content-type", [""])[0]
+        WATCH.check(case.method, response.request.url, response.status_code, content_type,
+                    response.text)  # fmt: skip
+        case.validate_response(response, checks=CHECKS, headers=headers)
+
+    fuzz()
