@@ -58,3 +58,13 @@ def test_put_get(tmp_path):
     storage.put("images/t/0.png", b"new")  # a re-run overwrites
     assert storage.get("images/t/0.png") == b"new"
     assert [p.name for p in (tmp_path / "images" / "t").iterdir()] == ["0.png"]  # no temp left
+
+
+def test_stored_files_are_readable_by_other_users_under_the_usual_umask(tmp_path):
+    # An API server and workers may run as different users: a stored image must not be 0600.
+    from huabu.storage import local
+
+    storage = LocalStorage(tmp_path)
+    storage.put("images/t/0.png", b"png")
+    mode = (tmp_path / "images/t/0.png").stat().st_mode & 0o777
+    assert mode == 0o666 & ~local._UMASK  # 0644 under the usual umask 022; tempfile's is 0600

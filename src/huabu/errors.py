@@ -7,6 +7,7 @@ HuabuError                      any error a caller should see, with a readable m
 ├── NotFound                    unknown id or name (also: exists but is not yours)
 ├── Overloaded(retry_after)     a queue limit is reached; try again in ``retry_after`` seconds
 ├── ModelUnavailable            the model exists but cannot be loaded
+├── DatabaseUnavailable         the database cannot be reached now; nothing was done
 ├── Cancelled                   the task was cancelled while running (or while waited for)
 ├── GenerationFailed            the engine failed on a valid request
 ├── TaskFailed(task_id)         a task a synchronous call waited for ended failed
@@ -61,6 +62,20 @@ class Overloaded(HuabuError):
 
 class ModelUnavailable(HuabuError):
     """A model file exists but cannot be used (refused format, corrupt, unknown layout)."""
+
+
+class DatabaseUnavailable(HuabuError):
+    """The database is away (restarting, unreachable, refusing connections). Nothing was
+    done; the same request can be sent again after ``retry_after`` seconds."""
+
+    retry_after = 5
+
+    def __init__(
+        self,
+        message: str = "the database is unavailable right now; nothing was done, try again "
+        "in a few seconds",
+    ) -> None:
+        super().__init__(message)
 
 
 class Cancelled(HuabuError):

@@ -4,27 +4,40 @@ the queue.
 
 ``huabu worker`` runs one alone; ``huabu serve`` runs one inside the server process unless
 ``HUABU_WORKER=false``. One job at a time per worker (one GPU, one job).
+
+The database may go away (a restart, a failover, killed connections, an outage of minutes);
+the worker never exits for that. A supervisor restarts the procrastinate worker once the
+database answers again. This worker's heartbeat is watched: once it is older than half the
+stall limit (before any other worker may presume this one dead, at the full limit), the running
+task stops at its next step and writes nothing more, and this worker hands it back itself once
+the database is back (unless another worker's reaper did first). So no task runs on two
+workers at once, and none fails for an outage.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import socket
 import threading
+import time
 import uuid
+from typing import Any
 
 import procrastinate
 from procrastinate import exceptions as pexceptions
+from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from huabu.db.server import database_uri
+from huabu.errors import DatabaseUnavailable
 from huabu.settings import Settings
 from huabu.storage import LocalStorage
 from huabu.tasks import queue
-from huabu.tasks.runner import TaskRunner
+from huabu.tasks.runner import RunLost, TaskRunner, WorkerId
 
 log = logging.getLogger("huabu.worker")
 
@@ -41,9 +54,15 @@ class Worker:
         self.settings = settings
         self.sessions = sessions
         self.stopping = threading.Event()
+        #: Set while this worker's heartbeat is stale: its running task must stop.
+        self.lost = threading.Event()
+        self.name = f"{socket.gethostname()}-{os.getpid()}"
         storage = LocalStorage(settings.files_dir)
         engine = Engine(settings)
         self.kinds = ["generate", "train"] if settings.worker_training else ["generate"]
+        identity = WorkerId(
+            name=self.name, host=socket.gethostname(), device=str(engine.cache.device)
+        )
         self.runner = TaskRunner(
             settings,
             sessions,
@@ -51,6 +70,7 @@ class Worker:
                 "generate": GenerationHandler(settings, storage, engine),
                 "train": TrainingHandler(settings, storage, engine.cache),
             },
+            identity,
         )
         self.app = procrastinate.App(
             connector=procrastinate.PsycopgConnector(conninfo=database_uri(settings))
@@ -59,35 +79,73 @@ class Worker:
             self.app.task(
                 name=queue.TASK_NAMES[kind],
                 queue=queue.QUEUES[kind],
+                pass_context=True,
                 # Task failures are recorded on the task row and end the job; what reaches
                 # procrastinate is a shutdown (WorkerStopping) or the database failing under
                 # us: both are retried, and the task's own attempt counter bounds the crashes.
                 retry=procrastinate.RetryStrategy(max_attempts=settings.max_attempts + 10, wait=1),
             )(self._run)
+        self._last_beat = time.monotonic()
+        self._busy = threading.Lock()  # held while a task runs
+        self._tolerate_outages(self.app.job_manager)
         self._tasks: list[asyncio.Task] = []
 
-    def _run(self, task_id: str) -> None:
-        self.runner.run(uuid.UUID(task_id), self.stopping)
+    # -- running one job ------------------------------------------------------------------
+
+    def _run(self, context: Any, task_id: str) -> None:
+        with self._busy:
+            try:
+                self.runner.run(uuid.UUID(task_id), self.stopping, self.lost, context.job.id)
+            except RunLost:
+                # Nothing of the run was recorded: the task is (or will be) another run's.
+                with contextlib.suppress(DatabaseUnavailable):
+                    self.runner.settle()  # else the supervisor does, once the database is back
+
+    def _tolerate_outages(self, manager: Any) -> None:
+        """procrastinate's heartbeat ends its worker on the first database error, and a job
+        whose end cannot be recorded raises: here a failed heartbeat is only not counted (the
+        watchdog acts on its age), and a job end that cannot be recorded (the database is
+        away, or the job was handed to another worker meanwhile) is logged in one line."""
+        heartbeat, finish, retry = manager.update_heartbeat, manager.finish_job, manager.retry_job
+        register = manager.register_worker
+
+        async def register_worker() -> int:
+            worker_id = await register()
+            self._last_beat = time.monotonic()  # registering is the first heartbeat
+            return worker_id
+
+        async def update_heartbeat(worker_id: int) -> None:
+            try:
+                await heartbeat(worker_id)
+            except pexceptions.ConnectorException:
+                return
+            self._last_beat = time.monotonic()
+
+        def recorded(end):
+            async def call(job, *args, **kwargs):
+                try:
+                    await end(job, *args, **kwargs)
+                except pexceptions.ConnectorException as exc:
+                    log.warning("job %s: its end was not recorded (%s); its task is handed "
+                                "over by task state, not by this job", job.id,
+                                _first_line(exc))  # fmt: skip
+
+            return call
+
+        manager.update_heartbeat = update_heartbeat
+        manager.register_worker = register_worker
+        manager.finish_job = recorded(finish)
+        manager.retry_job = recorded(retry)
+
+    # -- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
         await self.app.open_async()
-        name = f"{socket.gethostname()}-{os.getpid()}"
         self._tasks = [
-            asyncio.create_task(
-                self.app.run_worker_async(
-                    queues=[queue.QUEUES[kind] for kind in self.kinds],
-                    name=name,
-                    concurrency=1,
-                    install_signal_handlers=False,
-                    update_heartbeat_interval=self.settings.heartbeat_seconds,
-                    stalled_worker_timeout=self.settings.stalled_seconds,
-                    delete_jobs="successful",
-                ),
-                name="huabu-worker",
-            ),
+            asyncio.create_task(self._supervise(), name="huabu-worker"),
             asyncio.create_task(self._reap_stalled(), name="huabu-reaper"),
         ]
-        log.info("worker %s started", name)
+        log.info("worker %s started", self.name)
 
     async def stop(self) -> None:
         """Finish at the next step: a running task goes back to the queue for another worker."""
@@ -108,25 +166,109 @@ class Worker:
         await asyncio.wait([waiter, *self._tasks], return_when=asyncio.FIRST_COMPLETED)
         await self.stop()
 
+    async def _supervise(self) -> None:
+        """Run the procrastinate worker; whenever it ends (the database went away, or the
+        heartbeat went stale), stop the running task, wait for the database, hand back what
+        was abandoned, and start a fresh one (a new worker row, a fresh heartbeat)."""
+        while True:
+            await self._wait_for_database()
+            await asyncio.to_thread(self.runner.settle)
+            self.lost.clear()
+            self._last_beat = time.monotonic()
+            jobs = asyncio.create_task(
+                self.app.run_worker_async(
+                    queues=[queue.QUEUES[kind] for kind in self.kinds],
+                    name=self.name,
+                    concurrency=1,
+                    install_signal_handlers=False,
+                    update_heartbeat_interval=self.settings.heartbeat_seconds,
+                    stalled_worker_timeout=self.settings.stalled_seconds,
+                    delete_jobs="successful",
+                ),
+                name="huabu-jobs",
+            )
+            watchdog = asyncio.create_task(self._watch_heartbeat(jobs), name="huabu-watchdog")
+            try:
+                await asyncio.wait([jobs])
+            finally:
+                watchdog.cancel()
+                if not jobs.done():
+                    jobs.cancel()
+                    await asyncio.gather(jobs, return_exceptions=True)
+            if self.stopping.is_set():
+                return
+            # Ended by itself (a side task lost the database) or by the watchdog (cancelled).
+            reason = None if jobs.cancelled() else jobs.exception()
+            self.lost.set()
+            log.warning("worker %s: lost the database%s; its running task stops, and it "
+                        "starts again once the database answers", self.name,
+                        f" ({_first_line(reason)})" if reason else "")  # fmt: skip
+            while self._busy.locked():  # the task's thread stops at its next step
+                await asyncio.sleep(0.1)
+
+    async def _watch_heartbeat(self, jobs: asyncio.Task) -> None:
+        """A heartbeat older than half the stall limit: stop the running task and stop
+        taking jobs, before any other worker may presume this one dead."""
+        limit = self.settings.stalled_seconds / 2
+        while True:
+            await asyncio.sleep(min(self.settings.heartbeat_seconds, limit) / 2)
+            age = time.monotonic() - self._last_beat
+            if age > limit:
+                log.warning("worker %s: no heartbeat written for %.1f s; stopping its task so "
+                            "that no other worker runs it twice", self.name, age)  # fmt: skip
+                self.lost.set()
+                jobs.cancel()
+                return
+
+    async def _wait_for_database(self) -> None:
+        """Until a query goes through; says so once while it waits, and when it is back."""
+        waited, delay = False, 0.5
+        while True:
+            try:
+                await asyncio.to_thread(self._ping)
+                if waited:
+                    log.info("worker %s: the database answers again", self.name)
+                return
+            except DatabaseUnavailable:
+                if not waited:
+                    log.warning("worker %s: waiting for the database", self.name)
+                waited = True
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5)
+
+    def _ping(self) -> None:
+        with self.sessions() as session:
+            session.execute(text("SELECT 1"))
+
     async def _reap_stalled(self) -> None:
-        """Jobs of workers whose heartbeat stopped (SIGKILL, power loss) go back to the queue.
-        The task's attempt counter bounds how often that can happen to one task."""
+        """Jobs of workers whose heartbeat stopped (SIGKILL, power loss, a lost database) go
+        back to the queue as new jobs. The task's attempt counter bounds how often that can
+        happen to one task."""
         manager = self.app.job_manager
         while True:
             await asyncio.sleep(self.settings.heartbeat_seconds)
+            if self.lost.is_set():
+                continue  # this worker is the one out of touch
             try:
                 stalled = await manager.get_stalled_jobs(
                     seconds_since_heartbeat=self.settings.stalled_seconds
                 )
                 for job in stalled:
-                    try:
-                        await manager.retry_job(job)
-                    except pexceptions.ConnectorException:
-                        continue  # another worker's reaper got there first
                     task_id = uuid.UUID(str(job.task_kwargs["task_id"]))
-                    await asyncio.to_thread(self.runner.requeue, task_id)
-                    log.warning("task %s: its worker stopped answering; queued again", task_id)
+                    handed = await asyncio.to_thread(self._reap, task_id, job.id)
+                    if handed:
+                        log.warning("task %s: its worker stopped answering; queued again",
+                                    task_id)  # fmt: skip
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("stalled-job check failed; trying again")
+            except (pexceptions.ConnectorException, DatabaseUnavailable):
+                continue  # the supervisor says when the database is away
+
+    def _reap(self, task_id: uuid.UUID, job_id: int | None) -> bool:
+        with self.sessions.begin() as session:
+            return queue.hand_over(session, task_id, outcome="worker lost", job=job_id,
+                                   forgive=False)  # fmt: skip
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]

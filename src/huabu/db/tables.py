@@ -106,11 +106,34 @@ class Task(Base):
     #: Relative cost (steps × pixels × images), the unit the ETA estimator measures speed in.
     work: Mapped[float] = mapped_column(Float)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    #: Runs so far; never goes down (``attempts`` does, for a clean hand-back). Fences the
+    #: writes of a run: a run whose number is not the task's any more writes nothing.
+    runs: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     job_id: Mapped[int | None] = mapped_column(BigInteger)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class TaskRun(Base):
+    """One run of a task: the worker (host, device) that ran it, the attempt it was charged
+    as, and how it ended (succeeded, failed, cancelled, handed back, abandoned, worker lost,
+    superseded)."""
+
+    __tablename__ = "task_runs"
+
+    task_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True
+    )
+    run: Mapped[int] = mapped_column(Integer, primary_key=True)
+    attempt: Mapped[int] = mapped_column(Integer)
+    worker: Mapped[str] = mapped_column(String(200))
+    host: Mapped[str] = mapped_column(String(255))
+    device: Mapped[str] = mapped_column(String(64))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    outcome: Mapped[str | None] = mapped_column(String(32))
 
 
 class TaskImage(Base):

@@ -12,10 +12,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from huabu.errors import InvalidRequest
+from huabu.errors import DatabaseUnavailable, InvalidRequest
 from huabu.native import GenerationRequest
 from huabu.tasks.records import TaskRecord, UploadRecord
 from huabu.web.deps import BaseUrl, CurrentUser, ServicesDep
@@ -332,6 +332,30 @@ def me(user: CurrentUser) -> MeOut:
     return MeOut(id=str(user.id), email=user.email, is_admin=user.is_admin)
 
 
-@router.get("/health", summary="Liveness, live workers, queue length (no credentials)")
-def health(services: ServicesDep) -> dict[str, Any]:
-    return {"status": "ok", **services.tasks.queue_summary()}
+class HealthOut(BaseModel):
+    status: str = Field(description="ok, or unavailable (with 503)")
+    database: str = Field(description="ok, or unreachable")
+    workers: int | None = Field(default=None, description="Workers with a fresh heartbeat")
+    queued: int | None = None
+    running: int | None = None
+    message: str | None = None
+
+
+@router.get(
+    "/health",
+    summary="Liveness, live workers, queue length (no credentials)",
+    responses={
+        200: {"model": HealthOut, "description": "Serving"},
+        503: {"model": HealthOut, "description": "The database is unreachable"},
+    },
+)
+def health(services: ServicesDep) -> Response:
+    try:
+        summary = services.tasks.queue_summary()
+    except DatabaseUnavailable as exc:
+        return JSONResponse(
+            {"status": "unavailable", "database": "unreachable", "message": exc.message},
+            status_code=503,
+            headers={"Retry-After": str(exc.retry_after)},
+        )
+    return JSONResponse({"status": "ok", "database": "ok", **summary})

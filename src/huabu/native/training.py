@@ -106,4 +106,5 @@ class TrainingPlan(TrainingRequest):
     #: Storage keys of the training images (the datasets' uploads, deduplicated).
     images: tuple[str, ...]
     caption: str
-    batch_size: int
+    #: None: the training worker's HUABU_TRAIN_BATCH_SIZE (what fits its GPU).
+    batch_size: int | None = None

@@ -20,6 +20,13 @@ _CONTENT_TYPES = {
 }
 
 
+#: The process's umask, read once (reading it means setting it): stored files get the mode a
+#: plain open() would give them (0644 under the usual 022), not tempfile's 0600, so an API
+#: server and workers running as different users can read each other's files.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
 def content_type(key: str) -> str:
     return _CONTENT_TYPES.get(key.rsplit(".", 1)[-1], "application/octet-stream")
 
@@ -40,6 +47,7 @@ class LocalStorage:
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as handle:
             handle.write(data)
+        os.chmod(handle.name, 0o666 & ~_UMASK)
         os.replace(handle.name, target)
 
     def get(self, key: str) -> bytes:

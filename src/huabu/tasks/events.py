@@ -57,7 +57,8 @@ class TaskEvents:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("task notifications interrupted (%s); reconnecting", exc)
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                log.warning("task notifications interrupted (%s); reconnecting", first)
                 self._wake_all()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10)

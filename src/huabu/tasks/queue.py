@@ -7,6 +7,8 @@ procrastinate's Python ``defer`` (which commits on its own connection) cannot pr
 
 from __future__ import annotations
 
+import json
+
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
@@ -24,6 +26,68 @@ _CANCEL = text("SELECT procrastinate_cancel_job_v1(:job_id, false, false)")
 _NOTIFY = text("SELECT pg_notify('huabu_tasks', :task_id)")
 #: The channel task changes are announced on (payload: the task id), see ``events``.
 CHANNEL = "huabu_tasks"
+
+
+#: Back to the queue. Fenced either by the run (only if that run still has the task)
+#: or by the job (only if that job is still the task's, whether it got to run or not).
+_REQUEUE = text(
+    """
+    UPDATE tasks SET state = 'queued', step = 0,
+           attempts = attempts - CASE WHEN state = 'running' THEN :forgive ELSE 0 END
+     WHERE id = :id
+       AND ((CAST(:run AS integer) IS NOT NULL AND state = 'running'
+             AND runs = CAST(:run AS integer))
+         OR (CAST(:job AS bigint) IS NOT NULL AND state IN ('queued', 'running')
+             AND job_id = CAST(:job AS bigint)))
+    RETURNING kind, queue, job_id
+    """
+)
+#: The old job ends without touching any other: a worker that still holds it can no longer
+#: finish or retry it (procrastinate refuses, and the worker logs that), and the new job is
+#: a different row that nothing of the old run can reach.
+_END_JOB = text(
+    "UPDATE procrastinate_jobs SET status = 'aborted' "
+    "WHERE id = :job AND status IN ('todo', 'doing')"
+)
+_NEW_JOB = text(f"UPDATE tasks SET job_id = ({DEFER_SQL}) WHERE id = :id")
+_CLOSE_RUN = text(
+    "UPDATE task_runs SET ended_at = now(), outcome = :outcome "
+    "WHERE task_id = :id AND ended_at IS NULL"
+)
+
+
+def hand_over(
+    session: Session,
+    task_id: object,
+    *,
+    outcome: str,
+    forgive: bool,
+    run: int | None = None,
+    job: int | None = None,
+) -> bool:
+    """Give a task to whichever worker takes it next: back to the queue with a new job, its
+    old job ended, its open run closed with ``outcome``. Fenced by ``run`` (a worker handing
+    back its own run) or by ``job`` (a reaper: the stalled job, which is ended in any case).
+    ``forgive`` un-counts the attempt (the task was not at fault). False if nothing was
+    handed over: the task had moved on (finished, or another run has it)."""
+    if job is not None:
+        session.execute(_END_JOB, {"job": job})
+    row = session.execute(
+        _REQUEUE, {"id": task_id, "run": run, "job": job, "forgive": int(forgive)}
+    ).one_or_none()
+    if row is None:
+        return False
+    kind, queue_name, current = row
+    if current is not None and current != job:
+        session.execute(_END_JOB, {"job": current})
+    session.execute(
+        _NEW_JOB,
+        {"id": task_id, "queue": queue_name, "task_name": TASK_NAMES[kind],
+         "args": json.dumps({"task_id": str(task_id)})},
+    )  # fmt: skip
+    session.execute(_CLOSE_RUN, {"id": task_id, "outcome": outcome})
+    announce(session, task_id)
+    return True
 
 
 def cancel_job(session: Session, job_id: int) -> None:

@@ -5,6 +5,12 @@ writes that also fetch the cancel flag, cancellation, the hand-back on shutdown,
 state. A handler (``generation``, ``training``) only does the work and says what to store.
 Handlers must be idempotent: a task re-run after its worker died redoes its work and
 overwrites its own outputs, never duplicates them.
+
+Every write of a run is fenced by its run number: once a task was given to another worker
+(this one was presumed dead), this run's progress and final writes match no row, and it stops
+without a trace. A database outage does not fail the task: progress writes are skipped until
+the database is back, and the final write waits for it, unless this worker's heartbeat has
+gone stale meanwhile (``lost``): then the run is abandoned, for its worker to hand back.
 """
 
 from __future__ import annotations
@@ -16,12 +22,13 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
-from huabu.errors import Cancelled, HuabuError
+from huabu.errors import Cancelled, DatabaseUnavailable, HuabuError
 from huabu.settings import Settings
 from huabu.tasks import queue
 
@@ -32,35 +39,76 @@ PROGRESS_INTERVAL = 0.25
 
 _CLAIM = text(
     """
-    UPDATE tasks SET state = 'running', attempts = attempts + 1, started_at = now(), step = 0
+    UPDATE tasks SET state = 'running', attempts = attempts + 1, runs = runs + 1,
+           started_at = now(), step = 0
      WHERE id = :id AND state IN ('queued', 'running')
-    RETURNING kind, request, attempts, cancel_requested
+       AND (CAST(:job AS bigint) IS NULL OR job_id = CAST(:job AS bigint))
+    RETURNING kind, request, attempts, cancel_requested, runs
     """
+)
+_RUN = text(
+    """
+    INSERT INTO task_runs (task_id, run, attempt, worker, host, device)
+    VALUES (:id, :run, :attempt, :worker, :host, :device)
+    """
+)
+#: When a run that stopped without its final write really stopped (the hand-over that
+#: closed it may have come later, from another worker).
+_STOPPED = text(
+    """
+    UPDATE task_runs SET ended_at = LEAST(COALESCE(ended_at, CAST(:when AS timestamptz)),
+                                          CAST(:when AS timestamptz)),
+           outcome = COALESCE(outcome, 'superseded')
+     WHERE task_id = :id AND run = :run
+    """
+)
+_END_RUN = text(
+    "UPDATE task_runs SET ended_at = now(), outcome = :outcome WHERE task_id = :id AND run = :run"
 )
 #: For the claim and progress writes only: no wait for the WAL flush. A crash can lose
 #: them, which costs nothing: the job is re-run anyway and progress is rewritten.
 _NOT_DURABLE = text("SET LOCAL synchronous_commit = off")
 _PROGRESS = text(
-    "UPDATE tasks SET step = :step, total = :total WHERE id = :id RETURNING cancel_requested"
+    """
+    UPDATE tasks SET step = :step, total = :total
+     WHERE id = :id AND state = 'running' AND runs = :run
+    RETURNING cancel_requested
+    """
 )
 _FINISH = text(
     """
     UPDATE tasks SET state = CAST(:state AS varchar), error = :error,
            result = CAST(:result AS jsonb), finished_at = now(),
            step = CASE WHEN CAST(:state AS varchar) = 'succeeded' THEN total ELSE step END
-     WHERE id = :id
+     WHERE id = :id AND state = 'running' AND runs = :run
     """
 )
 _REQUEUE = text(
     """
-    UPDATE tasks SET state = 'queued', step = 0, attempts = attempts - :forgive
-     WHERE id = :id AND state = 'running'
+    UPDATE tasks SET state = 'queued', step = 0, attempts = attempts - 1
+     WHERE id = :id AND state = 'running' AND runs = :run
     """
 )
+#: How long a final write waits between tries while the database is away.
+_RETRY_SECONDS = (0.5, 1, 2, 4)
 
 
 class WorkerStopping(Exception):
     """The worker is shutting down mid-task; the task goes back to the queue, uncharged."""
+
+
+class RunLost(Exception):
+    """This run no longer owns its task: another worker has it, or this worker lost its
+    heartbeat and abandoned it (see ``TaskRunner.abandoned``). Nothing more was written."""
+
+
+@dataclass(frozen=True)
+class WorkerId:
+    """Who runs a task, as ``task_runs`` records it."""
+
+    name: str
+    host: str
+    device: str
 
 
 @dataclass(frozen=True)
@@ -73,30 +121,46 @@ class Outcome:
 
 
 class Progress:
-    """A handler's step callback: throttled row updates, and the cancel flag they return."""
+    """A handler's step callback: throttled row updates, and the cancel flag they return.
+    While the database is away the work goes on and progress is written again once it is
+    back; a write that matches no row means another worker has the task."""
 
     def __init__(
-        self, sessions: sessionmaker[Session], task_id: uuid.UUID, stopping: threading.Event
+        self,
+        sessions: sessionmaker[Session],
+        task_id: uuid.UUID,
+        run: int,
+        stopping: threading.Event,
+        lost: threading.Event,
     ) -> None:
-        self.sessions, self.task_id, self.stopping = sessions, task_id, stopping
+        self.sessions, self.task_id, self.run = sessions, task_id, run
+        self.stopping, self.lost = stopping, lost
         self.cancel_requested = False
+        self.superseded = False
         self.last = 0.0
 
     def __call__(self, step: int, total: int) -> None:
         now = time.monotonic()
-        if now - self.last >= PROGRESS_INTERVAL:
-            self.last = now
+        if now - self.last < PROGRESS_INTERVAL or self.lost.is_set():
+            return
+        self.last = now
+        values = {"step": step, "total": total, "id": self.task_id, "run": self.run}
+        try:
             with self.sessions.begin() as session:
                 session.execute(_NOT_DURABLE)
-                self.cancel_requested = bool(
-                    session.execute(
-                        _PROGRESS, {"step": step, "total": total, "id": self.task_id}
-                    ).scalar()
-                )
+                row = session.execute(_PROGRESS, values).one_or_none()
+                if row is None:
+                    self.superseded = True
+                    return
+                self.cancel_requested = bool(row[0])
                 queue.announce(session, self.task_id)
+        except DatabaseUnavailable:
+            pass  # logged where the engine noticed it; written again at the next interval
 
     def should_cancel(self) -> bool:
-        return self.cancel_requested or self.stopping.is_set()
+        return (
+            self.cancel_requested or self.stopping.is_set() or self.superseded or self.lost.is_set()
+        )
 
 
 class Handler(Protocol):
@@ -108,89 +172,169 @@ class Handler(Protocol):
 
 class TaskRunner:
     def __init__(
-        self, settings: Settings, sessions: sessionmaker[Session], handlers: dict[str, Handler]
+        self,
+        settings: Settings,
+        sessions: sessionmaker[Session],
+        handlers: dict[str, Handler],
+        worker: WorkerId,
     ) -> None:
         self.settings = settings
         self.sessions = sessions
         self.handlers = handlers
+        self.worker = worker
+        #: Runs that stopped without their final write: (task id, run, when it stopped,
+        #: whether this worker gave it up). ``settle`` records them once the database answers.
+        self.stopped: list[tuple[uuid.UUID, int, datetime, bool]] = []
 
-    def run(self, task_id: uuid.UUID, stopping: threading.Event) -> None:
-        """Run task ``task_id`` to a final state. Raises only WorkerStopping."""
+    def run(
+        self,
+        task_id: uuid.UUID,
+        stopping: threading.Event,
+        lost: threading.Event,
+        job_id: int | None = None,
+    ) -> None:
+        """Run task ``task_id`` (of job ``job_id``) to a final state. Raises WorkerStopping
+        (handed back to the queue), RunLost, or DatabaseUnavailable before it claimed."""
         with self.sessions.begin() as session:
             session.execute(_NOT_DURABLE)
-            claimed = session.execute(_CLAIM, {"id": task_id}).one_or_none()
+            claimed = session.execute(_CLAIM, {"id": task_id, "job": job_id}).one_or_none()
             if claimed is not None:
+                session.execute(_RUN, {"id": task_id, "run": claimed[4], "attempt": claimed[2],
+                                       "worker": self.worker.name, "host": self.worker.host,
+                                       "device": self.worker.device})  # fmt: skip
                 queue.announce(session, task_id)
         if claimed is None:
-            return  # cancelled while queued, or already finished by an earlier run
-        kind, request, attempts, cancel_requested = claimed
+            return  # cancelled while queued, finished by an earlier run, or not this job's
+        kind, request, attempt, cancel_requested, run = claimed
+        final = _Final(self, task_id, run, lost)
         if cancel_requested:
-            self._finish(task_id, "cancelled", error="cancelled")
+            final.finish("cancelled", error="cancelled")
             return
-        if attempts > self.settings.max_attempts:
-            self._finish(
-                task_id,
+        if attempt > self.settings.max_attempts:
+            final.finish(
                 "failed",
-                error=f"the worker running this task stopped {attempts - 1} times before it "
+                error=f"the worker running this task stopped {attempt - 1} times before it "
                 "finished (killed, or out of memory); not retrying",
             )
             return
-        progress = Progress(self.sessions, task_id, stopping)
+        progress = Progress(self.sessions, task_id, run, stopping, lost)
         try:
             outcome = self.handlers[kind](task_id, request, progress)
-            with self.sessions.begin() as session:
-                if outcome.store is not None:
-                    outcome.store(session)
-                    session.flush()
-                self._finish_in(session, task_id, "succeeded", result=outcome.result)
+            final.finish("succeeded", result=outcome.result, store=outcome.store)
         except Cancelled:
+            if progress.superseded or lost.is_set():
+                raise final.lost() from None
             if stopping.is_set() and not progress.cancel_requested:
-                self.requeue(task_id, forgive=True)
+                final.write(self._hand_back)
                 log.info("task %s: worker stopping; handed back to the queue", task_id)
                 raise WorkerStopping() from None
-            self._finish(task_id, "cancelled", error="cancelled while running")
+            final.finish("cancelled", error="cancelled while running")
+        except (RunLost, WorkerStopping):
+            raise
+        except DatabaseUnavailable:
+            raise final.lost() from None  # a handler's own read, with the database away
         except HuabuError as exc:
             cause = exc.__cause__
             if cause is not None:  # the detail behind a stable message: for the log only
                 # No traceback: an expected failure is not a bug (tracebacks in the log are).
                 log.error("task %s failed: %s (%s: %s)", task_id, exc.message,
                           type(cause).__name__, cause)  # fmt: skip
-            self._finish(task_id, "failed", error=exc.message)
+            final.finish("failed", error=exc.message)
         except Exception:
             log.exception("task %s failed", task_id)
-            self._finish(
-                task_id,
+            final.finish(
                 "failed",
                 error=f"internal error while running this {kind} task; the server log has the "
                 f"details (task {task_id})",
             )
 
-    def _finish(self, task_id: uuid.UUID, state: str, *, error: str) -> None:
-        with self.sessions.begin() as session:
-            self._finish_in(session, task_id, state, error=error)
+    def settle(self) -> None:
+        """Record the runs that stopped without a final write: when each really stopped
+        (``task_runs.ended_at``), and the ones this worker gave up go back to the queue
+        (unless another worker's reaper did that already). Raises DatabaseUnavailable while
+        the database is away; what is left is settled at the next call."""
+        while self.stopped:
+            task_id, run, when, abandoned = self.stopped[0]
+            with self.sessions.begin() as session:
+                if abandoned and queue.hand_over(
+                    session, task_id, outcome="abandoned", run=run, forgive=True
+                ):
+                    log.info("task %s: handed back to the queue", task_id)
+                session.execute(_STOPPED, {"id": task_id, "run": run, "when": when})
+            self.stopped.pop(0)
 
-    def _finish_in(
+    def _hand_back(self, session: Session, task_id: uuid.UUID, run: int) -> bool:
+        """A clean shutdown: the same job is retried (procrastinate), uncharged."""
+        done = _changed(session.execute(_REQUEUE, {"id": task_id, "run": run}))
+        session.execute(_END_RUN, {"id": task_id, "run": run, "outcome": "handed back"})
+        queue.announce(session, task_id)
+        return done
+
+
+class _Final:
+    """The final writes of one run: fenced by its run number, and waiting out a database
+    outage for as long as this worker's heartbeat still holds (``lost`` not set)."""
+
+    def __init__(
+        self, runner: TaskRunner, task_id: uuid.UUID, run: int, lost: threading.Event
+    ) -> None:
+        self.runner, self.task_id, self.run, self.lost_event = runner, task_id, run, lost
+
+    def lost(self) -> RunLost:
+        """This run stops here, remembered for ``settle``: abandoned (heartbeat lost) runs
+        are handed back, superseded ones belong to another worker already."""
+        abandoned = self.lost_event.is_set()
+        self.runner.stopped.append((self.task_id, self.run, datetime.now(UTC), abandoned))
+        if abandoned:
+            log.warning("task %s: stopped: this worker lost the database; it is handed back "
+                        "once the database is reachable", self.task_id)  # fmt: skip
+        else:
+            log.warning("task %s: stopped: another worker has taken it over", self.task_id)
+        return RunLost()
+
+    def write(self, change: Callable[[Session, uuid.UUID, int], bool]) -> None:
+        """``change`` in one transaction, retried while the database is away; RunLost if it
+        matched no row (the task is not this run's any more) or the heartbeat is lost."""
+        waits = iter(_RETRY_SECONDS)
+        while not self.lost_event.is_set():
+            try:
+                with self.runner.sessions.begin() as session:
+                    if not change(session, self.task_id, self.run):
+                        raise _NoRow
+                return
+            except _NoRow:
+                break
+            except DatabaseUnavailable:
+                self.lost_event.wait(next(waits, _RETRY_SECONDS[-1]))
+        raise self.lost()
+
+    def finish(
         self,
-        session: Session,
-        task_id: uuid.UUID,
         state: str,
         *,
         error: str | None = None,
         result: dict[str, Any] | None = None,
+        store: Callable[[Session], None] | None = None,
     ) -> None:
-        session.execute(
-            _FINISH,
-            {
-                "id": task_id,
-                "state": state,
-                "error": error,
-                "result": json.dumps(result) if result is not None else None,
-            },
-        )
-        queue.announce(session, task_id)
-
-    def requeue(self, task_id: uuid.UUID, *, forgive: bool = False) -> None:
-        """Back to the queue; ``forgive`` un-counts the attempt (a clean shutdown, not a crash)."""
-        with self.sessions.begin() as session:
-            session.execute(_REQUEUE, {"id": task_id, "forgive": int(forgive)})
+        def change(session: Session, task_id: uuid.UUID, run: int) -> bool:
+            if store is not None:
+                store(session)
+                session.flush()
+            values = {"id": task_id, "run": run, "state": state, "error": error,
+                      "result": json.dumps(result) if result is not None else None}  # fmt: skip
+            if not _changed(session.execute(_FINISH, values)):
+                return False  # rolled back with the stored rows
+            session.execute(_END_RUN, {"id": task_id, "run": run, "outcome": state})
             queue.announce(session, task_id)
+            return True
+
+        self.write(change)
+
+
+class _NoRow(Exception):
+    pass
+
+
+def _changed(result: Any) -> bool:
+    """Whether an UPDATE matched a row (``CursorResult.rowcount``)."""
+    return bool(result.rowcount)

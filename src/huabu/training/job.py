@@ -40,7 +40,9 @@ class TrainingHandler:
             rank=plan.rank,
             learning_rate=plan.learning_rate,
             resolution=plan.resolution,
-            batch_size=plan.batch_size,
+            # The batch a GPU fits is the worker's setting (plans queued by older servers
+            # carry the API server's).
+            batch_size=plan.batch_size or self.settings.train_batch_size,
             seed=plan.seed,
             metadata={
                 # A1111 and ComfyUI show these words as the LoRA's tags.

@@ -162,7 +162,6 @@ class TrainingService:
             lora=private_name(owner_id, name),
             images=keys,
             caption=caption(request.trigger_word, request.main_body),
-            batch_size=self.settings.train_batch_size,
         )
 
         def reserve(session: Session, task_id: uuid.UUID) -> None:
@@ -199,7 +198,7 @@ class TrainingService:
                 total=plan.steps,
                 work=plan.steps
                 * (plan.resolution or 512) ** 2
-                * min(len(keys), plan.batch_size)
+                * min(len(keys), self.settings.train_batch_size)  # an estimate, for the ETA
                 * _WORK_PER_IMAGE_STEP,
                 also=reserve,
             )

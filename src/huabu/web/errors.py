@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from huabu.errors import (
     AuthFailed,
     Cancelled,
+    DatabaseUnavailable,
     GenerationFailed,
     HuabuError,
     InvalidRequest,
@@ -44,6 +45,7 @@ _STATUS: tuple[tuple[type[HuabuError], int], ...] = (
     (NotFound, 404),
     (Overloaded, 429),
     (ModelUnavailable, 503),
+    (DatabaseUnavailable, 503),
     (Cancelled, 409),
     (GenerationFailed, 500),
     (TaskFailed, 500),
@@ -115,7 +117,7 @@ class ErrorRenderers:
     def response(self, path: str, error: HuabuError) -> Response:
         status = status_for(error)
         response = self.for_path(path)(error, status)
-        if isinstance(error, Overloaded):
+        if isinstance(error, Overloaded | DatabaseUnavailable):
             response.headers["Retry-After"] = str(error.retry_after)
         if isinstance(error, AuthFailed):
             response.headers["WWW-Authenticate"] = "Bearer"

@@ -1,0 +1,187 @@
+"""huabu on an external PostgreSQL (its own server process, reached over TCP with a password),
+with an API-only server and two workers, while the database restarts, its connections are
+killed, and it goes away for longer than the workers' stall limit.
+
+What a user would notice, checked: every task succeeds, exactly once, and no two runs of a
+task overlap (``task_runs`` records which worker ran each attempt, and when); while the
+database is away the API answers 503 with ``Retry-After`` and says why, and ``/health`` says
+the database is unreachable; no process exits and none logs a traceback (conftest).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+
+import httpx
+import psycopg
+import pytest
+
+from huabu.auth import Accounts
+from huabu.db.session import open_database
+from huabu.settings import Settings
+from pgserver import ExternalPostgres
+from serving import HUABU, Server, Worker
+
+pytestmark = pytest.mark.slow
+
+#: Long enough that tasks are running when the database goes away.
+TASK = {"model": "demo", "prompt": "a lighthouse", "width": 128, "height": 128, "steps": 40}
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory, home):
+    root = tmp_path_factory.mktemp("external-pg")
+    postgres = ExternalPostgres(root)
+    shared = root / "home"
+    shared.mkdir()
+    (shared / "models").symlink_to(home / "models")
+    env = {"HUABU_DATABASE_URL": postgres.url}
+    api = Server(shared, env | {"HUABU_WORKER": "false"})
+    workers = [Worker(shared, env) for _ in range(2)]
+    accounts = Accounts(open_database(Settings(home=shared, database_url=postgres.url)))
+    user = accounts.add_user("fleet@example.com", "password123")
+    client = api.client(accounts.create_key(user.id))
+    yield postgres, api, workers, client
+    client.close()
+    for process in (api, *workers):
+        process.stop()
+    postgres.stop()
+
+
+def _runs(postgres: ExternalPostgres) -> dict[str, list[tuple]]:
+    with psycopg.connect(postgres.url) as connection:
+        rows = connection.execute(
+            "SELECT task_id::text, run, worker, started_at, ended_at, outcome "
+            "FROM task_runs ORDER BY task_id, run"
+        ).fetchall()
+    runs: dict[str, list[tuple]] = {}
+    for task_id, *run in rows:
+        runs.setdefault(task_id, []).append(tuple(run))
+    return runs
+
+
+def _wait_all(client: httpx.Client, ids: list[str], timeout: float = 300) -> dict[str, dict]:
+    deadline, tasks = time.monotonic() + timeout, {}
+    while time.monotonic() < deadline:
+        for task_id in ids:
+            if task_id in tasks:
+                continue
+            response = client.get(f"/huabu/v1/tasks/{task_id}")
+            if response.status_code == 200 and response.json()["state"] in (
+                "succeeded", "failed", "cancelled"
+            ):  # fmt: skip
+                tasks[task_id] = response.json()
+        if len(tasks) == len(ids):
+            return tasks
+        time.sleep(0.5)
+    raise AssertionError(f"unfinished: {set(ids) - set(tasks)}")
+
+
+def _submit(client: httpx.Client, count: int) -> list[str]:
+    ids = []
+    for index in range(count):
+        response = client.post("/huabu/v1/generations", json=TASK | {"seed": index})
+        assert response.status_code == 202, response.text
+        ids.append(response.json()["id"])
+    return ids
+
+
+def _wait_running(client: httpx.Client, ids: list[str]) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        states = [client.get(f"/huabu/v1/tasks/{i}").json()["state"] for i in ids]
+        if "running" in states:
+            return
+        time.sleep(0.1)
+    raise AssertionError("no task started")
+
+
+def _assert_once_each(postgres, tasks: dict[str, dict]) -> None:
+    assert {task["state"] for task in tasks.values()} == {"succeeded"}, [
+        (task["id"], task["state"], task.get("error")) for task in tasks.values()
+    ]
+    runs = _runs(postgres)
+    for task_id in tasks:
+        attempts = runs[task_id]
+        assert [run[4] for run in attempts].count("succeeded") == 1, attempts
+        for earlier, later in zip(attempts, attempts[1:], strict=False):
+            # A run ends (or is stopped) before the next one of the same task starts.
+            assert earlier[3] is not None and earlier[3] <= later[2], attempts
+
+
+def test_a_restart_and_killed_connections_lose_nothing(fleet):
+    postgres, api, workers, client = fleet
+    ids = _submit(client, 8)
+    _wait_running(client, ids)
+    postgres.stop()  # a restart: every connection is cut
+    postgres.start()
+    time.sleep(1)
+    assert postgres.terminate_huabu_connections() > 0
+    _assert_once_each(postgres, _wait_all(client, ids))
+    assert all(process.alive() for process in (api, *workers))
+
+
+def test_an_outage_longer_than_the_stall_limit_runs_nothing_twice(fleet):
+    postgres, api, workers, client = fleet
+    ids = _submit(client, 8)
+    _wait_running(client, ids)
+    postgres.stop()
+    try:
+        # The stall limit of the test processes is 3 s (serving.FAST).
+        time.sleep(1)
+        away = client.get(f"/huabu/v1/tasks/{ids[0]}")
+        assert away.status_code == 503, away.text
+        assert "database" in away.json()["error"]["message"]
+        assert int(away.headers["Retry-After"]) > 0
+        health = httpx.get(api.url + "/huabu/v1/health", timeout=30)
+        assert health.status_code == 503 and health.json()["database"] == "unreachable"
+        time.sleep(6)
+    finally:
+        postgres.start()
+    tasks = _wait_all(client, ids)
+    _assert_once_each(postgres, tasks)
+    assert httpx.get(api.url + "/huabu/v1/health").json()["database"] == "ok"
+    assert all(process.alive() for process in (api, *workers))
+    outcomes = {run[4] for runs in _runs(postgres).values() for run in runs}
+    assert outcomes & {"abandoned", "worker lost"}, outcomes  # the outage did stop runs
+
+
+def test_a_worker_started_while_the_database_is_away_waits_for_it(fleet):
+    postgres, api, _, client = fleet
+    postgres.stop()
+    try:
+        late = Worker(api.log.parent, {"HUABU_DATABASE_URL": postgres.url})
+        deadline = time.monotonic() + 30
+        while "waiting for the database" not in late.output() and time.monotonic() < deadline:
+            assert late.alive(), late.output()[-2000:]
+            time.sleep(0.2)
+        assert "waiting for the database" in late.output()
+    finally:
+        postgres.start()
+    try:
+        deadline = time.monotonic() + 60
+        while "started" not in late.output() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert late.alive() and "started" in late.output(), late.output()[-2000:]
+        [task_id] = _submit(client, 1)
+        assert _wait_all(client, [task_id])[task_id]["state"] == "succeeded"
+    finally:
+        late.stop()
+
+
+def test_a_role_that_may_not_create_tables_is_told_what_to_grant(fleet, tmp_path):
+    postgres = fleet[0]
+    with postgres.admin() as connection:
+        connection.execute("CREATE ROLE guest LOGIN PASSWORD 'guest'")
+        connection.execute("CREATE DATABASE elsewhere")  # owned by postgres, not by guest
+    url = f"postgresql://guest:guest@127.0.0.1:{postgres.port}/elsewhere"
+    result = subprocess.run(
+        [*HUABU, "users", "add", "someone@example.com", "--password", "password123"],
+        env=os.environ | {"HUABU_HOME": str(tmp_path), "HUABU_DATABASE_URL": url},
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "GRANT CREATE ON SCHEMA public TO guest" in lines[0], lines
