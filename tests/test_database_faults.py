@@ -22,7 +22,7 @@ from huabu.auth import Accounts
 from huabu.db.session import open_database
 from huabu.settings import Settings
 from pgserver import ExternalPostgres
-from serving import HUABU, Server, Worker
+from serving import HUABU, Process, Server, Worker
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +43,10 @@ def fleet(tmp_path_factory, home):
     accounts = Accounts(open_database(Settings(home=shared, database_url=postgres.url)))
     user = accounts.add_user("fleet@example.com", "password123")
     client = api.client(accounts.create_key(user.id))
+    admin = accounts.add_user("admin@example.com", "password123", admin=True)
+    client.admin = api.client(accounts.create_key(admin.id))  # type: ignore[attr-defined]
     yield postgres, api, workers, client
+    client.admin.close()  # type: ignore[attr-defined]
     client.close()
     for process in (api, *workers):
         process.stop()
@@ -185,3 +188,75 @@ def test_a_role_that_may_not_create_tables_is_told_what_to_grant(fleet, tmp_path
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "GRANT CREATE ON SCHEMA public TO guest" in lines[0], lines
+
+
+def _fleet_until(client, accept, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        view = client.admin.get("/huabu/v1/admin/fleet").json()
+        if accept(view) or time.monotonic() > deadline:
+            return view
+        time.sleep(0.2)
+
+
+def test_the_fleet_view_shows_every_worker_and_queue(fleet):
+    postgres, api, workers, client = fleet
+    refused = client.get("/huabu/v1/admin/fleet")
+    assert refused.status_code == 403 and "admins only" in refused.json()["error"]["message"]
+    pids = {str(worker.process.pid) for worker in workers}
+
+    def live(view):
+        return [w for w in view["workers"] if w["state"] in ("busy", "idle")]
+
+    view = _fleet_until(client, lambda v: {w["name"].rsplit("-", 1)[1] for w in live(v)} >= pids)
+    assert {w["name"].rsplit("-", 1)[1] for w in live(view)} >= pids, view  # both advertise
+    assert all(w["device"] == "cpu" and w["kinds"] == ["generate", "train"] for w in live(view))
+    ids = _submit(client, 6)
+    view = _fleet_until(client, lambda v: any(w["current_task"] in ids for w in live(v)))
+    assert any(w["state"] == "busy" and w["current_task"] in ids for w in live(view)), view
+    [queue] = [q for q in view["queues"] if q["model"] == "demo"]
+    assert queue["kind"] == "generate" and queue["queued"] + queue["running"] >= 1
+    _wait_all(client, ids)
+    time.sleep(1)  # the next heartbeat says what is loaded and that nothing runs
+    view = client.admin.get("/huabu/v1/admin/fleet").json()
+    mine = [w for w in view["workers"] if w["name"].endswith(tuple(str(p.process.pid)
+                                                               for p in workers))]  # fmt: skip
+    assert all(w["state"] == "idle" and "demo" in w["loaded"] for w in mine), mine
+    assert sum(w["tasks_done"] for w in mine) >= len(ids)
+    assert view["queues"] == [] and view["oldest_queued_seconds"] is None
+    # The same from the command line.
+    result = subprocess.run(
+        [*HUABU, "status"], capture_output=True, text=True, timeout=120,
+        env=os.environ | {"HUABU_HOME": str(api.log.parent),
+                          "HUABU_DATABASE_URL": postgres.url},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert all(w["name"] in result.stdout for w in mine) and "nothing queued" in result.stdout
+
+
+def test_one_worker_per_device_from_one_command(fleet):
+    postgres, api, workers, client = fleet
+    before = {w["name"] for w in client.admin.get("/huabu/v1/admin/fleet").json()["workers"]}
+    others = {str(worker.process.pid) for worker in workers}
+
+    def launched(view):
+        return [
+            w
+            for w in view["workers"]
+            if w["name"] not in before and w["name"].rsplit("-", 1)[1] not in others
+        ]
+
+    launcher = Process(["worker", "--devices", "cpu,cpu"], api.log.parent,
+                       {"HUABU_DATABASE_URL": postgres.url},
+                       api.log.parent / "devices.log")  # fmt: skip
+    try:
+        view = _fleet_until(client, lambda v: len([w for w in launched(v)
+                                                   if w["state"] == "idle"]) >= 2)  # fmt: skip
+        assert len(launched(view)) == 2, view
+        assert all(w["device"] == "cpu" for w in launched(view)), view
+        [task_id] = _submit(client, 1)
+        assert _wait_all(client, [task_id])[task_id]["state"] == "succeeded"
+    finally:
+        assert launcher.stop() == 0
+    view = _fleet_until(client, lambda v: all(w["state"] == "stopped" for w in launched(v)))
+    assert [w["state"] for w in launched(view)] == ["stopped", "stopped"], view

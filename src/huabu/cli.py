@@ -334,7 +334,56 @@ def serve(
 
 
 @app.command()
-def worker() -> None:
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="The fleet view as JSON.")] = False,
+) -> None:
+    """Every worker (state, current task, loaded checkpoints, heartbeat) and every queue."""
+    import json
+
+    from huabu.db.session import open_database
+    from huabu.tasks.fleet import fleet_view
+
+    settings = Settings()
+    sessions = open_database(settings)
+    with sessions() as session:
+        view = fleet_view(session, stalled_seconds=settings.stalled_seconds)
+    if as_json:
+        typer.echo(json.dumps(view, indent=2))
+        return
+    rows = [("WORKER", "DEVICE", "STATE", "TASK", "LOADED", "DONE", "HEARTBEAT")]
+    for worker in view["workers"]:
+        rows.append((worker["name"], worker["device"], worker["state"],
+                     worker["current_task"] or "-", ",".join(worker["loaded"]) or "-",
+                     str(worker["tasks_done"]), worker["last_heartbeat"][11:19]))  # fmt: skip
+    if len(rows) == 1:
+        typer.echo("no workers have been seen in the last hour")
+    else:
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        for row in rows:
+            typer.echo(
+                "  ".join(
+                    cell.ljust(width) for cell, width in zip(row, widths, strict=True)
+                ).rstrip()
+            )
+    typer.echo("")
+    for queue in view["queues"]:
+        typer.echo(f"{queue['kind']:<9} {queue['model']:<30} queued {queue['queued']:>5}  "
+                   f"running {queue['running']:>3}")  # fmt: skip
+    oldest = view["oldest_queued_seconds"]
+    typer.echo("nothing queued" if oldest is None else f"oldest queued task: {oldest:.0f} s")
+
+
+@app.command()
+def worker(
+    devices: Annotated[
+        str | None,
+        typer.Option(
+            "--devices",
+            help="One worker per device on this host: cuda:0,cuda:1 or all "
+            "(unset: one worker on HUABU_DEVICE).",
+        ),
+    ] = None,
+) -> None:
     """Run a worker alone, against HUABU_DATABASE_URL (or this machine's embedded database)."""
     import asyncio
 
@@ -343,12 +392,22 @@ def worker() -> None:
 
     settings = Settings()
     _logging()
+    if devices is not None:
+        from huabu import devices as multi
+
+        try:
+            found = multi.expand(devices)
+        except ValueError as exc:
+            _fail(str(exc))
+        raise typer.Exit(multi.run(found))
     sessions = open_database(settings, wait=float("inf"))  # a worker waits for its database
     asyncio.run(Worker(settings, sessions).run())
 
 
 def main() -> None:
     import warnings
+
+    from pydantic import ValidationError
 
     from huabu.db.session import DatabaseSetupError
     from huabu.errors import DatabaseUnavailable
@@ -359,4 +418,9 @@ def main() -> None:
         app()
     except (DatabaseSetupError, DatabaseUnavailable) as exc:  # one line, not a traceback
         typer.echo(f"error: {exc}", err=True)
+        raise SystemExit(2) from None
+    except ValidationError as exc:  # a setting read from the environment is malformed
+        for error in exc.errors():
+            name = "HUABU_" + "_".join(str(part) for part in error["loc"]).upper()
+            typer.echo(f"error: {name}: {error['msg'].removeprefix('Value error, ')}", err=True)
         raise SystemExit(2) from None

@@ -4,10 +4,12 @@ HuabuError                      any error a caller should see, with a readable m
 ├── InvalidRequest(param)       the request is wrong; ``param`` names the offending field
 │   └── TooLarge                the request body is over the configured limit
 ├── AuthFailed                  credentials missing, wrong or revoked
+├── Forbidden                   valid credentials, but not allowed (admins only)
 ├── NotFound                    unknown id or name (also: exists but is not yours)
 ├── Overloaded(retry_after)     a queue limit is reached; try again in ``retry_after`` seconds
 ├── ModelUnavailable            the model exists but cannot be loaded
 ├── DatabaseUnavailable         the database cannot be reached now; nothing was done
+├── StorageUnavailable          the image store (S3) cannot be reached or refused
 ├── Cancelled                   the task was cancelled while running (or while waited for)
 ├── GenerationFailed            the engine failed on a valid request
 ├── TaskFailed(task_id)         a task a synchronous call waited for ended failed
@@ -48,6 +50,10 @@ class AuthFailed(HuabuError):
     """Credentials missing, wrong, or revoked (deliberately not saying which)."""
 
 
+class Forbidden(HuabuError):
+    """The caller is known but may not do this (an admin-only route)."""
+
+
 class NotFound(HuabuError):
     """No such thing, or not the caller's (the two are indistinguishable on purpose)."""
 
@@ -76,6 +82,13 @@ class DatabaseUnavailable(HuabuError):
         "in a few seconds",
     ) -> None:
         super().__init__(message)
+
+
+class StorageUnavailable(HuabuError):
+    """The image store failed (unreachable, refused, out of space); the message says how."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"storage unavailable: {reason}")
 
 
 class Cancelled(HuabuError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -103,6 +103,26 @@ class Settings(BaseSettings):
     )
     train_batch_size: int = Field(default=4, ge=1, le=64)
     max_dataset_images: int = Field(default=500, ge=1, description="Images per training run.")
+    storage_url: str | None = Field(
+        default=None,
+        description="Where images, previews and uploads live: file:///path, or "
+        "s3://bucket/prefix; unset = file://$HUABU_HOME/files.",
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None, description="An S3-compatible service (MinIO, Ceph RGW, R2); unset = AWS."
+    )
+
+    @field_validator("storage_url")
+    @classmethod
+    def _storage_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        scheme, _, rest = value.strip().partition("://")
+        if scheme == "file" and rest.startswith("/"):
+            return value.strip()
+        if scheme == "s3" and rest and not rest.startswith("/") and " " not in rest:
+            return value.strip()
+        raise ValueError("must be file:///absolute/path or s3://bucket[/prefix]")
 
     @cached_property
     def models_dir(self) -> Path:

@@ -35,8 +35,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from huabu.db.server import database_uri
 from huabu.errors import DatabaseUnavailable
 from huabu.settings import Settings
-from huabu.storage import LocalStorage
-from huabu.tasks import queue
+from huabu.storage import open_storage
+from huabu.tasks import fleet, queue
 from huabu.tasks.runner import RunLost, TaskRunner, WorkerId
 
 log = logging.getLogger("huabu.worker")
@@ -57,12 +57,13 @@ class Worker:
         #: Set while this worker's heartbeat is stale: its running task must stop.
         self.lost = threading.Event()
         self.name = f"{socket.gethostname()}-{os.getpid()}"
-        storage = LocalStorage(settings.files_dir)
+        storage = open_storage(settings)
         engine = Engine(settings)
         self.kinds = ["generate", "train"] if settings.worker_training else ["generate"]
         identity = WorkerId(
             name=self.name, host=socket.gethostname(), device=str(engine.cache.device)
         )
+        self.identity, self.cache = identity, engine.cache
         self.runner = TaskRunner(
             settings,
             sessions,
@@ -144,6 +145,7 @@ class Worker:
         self._tasks = [
             asyncio.create_task(self._supervise(), name="huabu-worker"),
             asyncio.create_task(self._reap_stalled(), name="huabu-reaper"),
+            asyncio.create_task(self._advertise(), name="huabu-advertise"),
         ]
         log.info("worker %s started", self.name)
 
@@ -154,6 +156,31 @@ class Worker:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.app.close_async()
+        with contextlib.suppress(DatabaseUnavailable):
+            await asyncio.to_thread(self._leave)
+
+    async def _advertise(self) -> None:
+        """What this worker is and holds, with its heartbeat (see ``tasks.fleet``)."""
+        while True:
+            with contextlib.suppress(DatabaseUnavailable):
+                await asyncio.to_thread(self._write_advert)
+            await asyncio.sleep(self.settings.heartbeat_seconds)
+
+    def _write_advert(self) -> None:
+        with self.sessions.begin() as session:
+            fleet.advertise(
+                session,
+                name=self.name,
+                host=self.identity.host,
+                device=self.identity.device,
+                kinds=self.kinds,
+                loaded=self.cache.loaded(),
+                current_task=self.runner.current,
+            )
+
+    def _leave(self) -> None:
+        with self.sessions.begin() as session:
+            fleet.leave(session, self.name)
 
     async def run(self) -> None:
         """Run until SIGINT/SIGTERM (``huabu worker``)."""

@@ -13,12 +13,15 @@ server process calls ``release`` itself when it shuts down.
 
 from __future__ import annotations
 
+import time
 from functools import cache
 from pathlib import Path
 
 from huabu.settings import Settings
 
 _SQLALCHEMY_DRIVER = "postgresql+psycopg://"
+#: Tries to start (or join) the embedded server while another process is stopping it.
+_STARTS = 20
 
 
 @cache
@@ -27,6 +30,13 @@ def _embedded_uri(data: Path) -> str:
 
     data.parent.mkdir(parents=True, exist_ok=True)
     _forget_dead_users(data)
+    for _ in range(_STARTS):
+        try:
+            return get_server(data).get_uri()
+        except AssertionError:
+            # The package found the server of a process that just exited still shutting down
+            # (its postmaster.pid says "stopping", not "ready"); once it is gone, start anew.
+            time.sleep(0.5)
     return get_server(data).get_uri()
 
 

@@ -136,6 +136,23 @@ class TaskRun(Base):
     outcome: Mapped[str | None] = mapped_column(String(32))
 
 
+class WorkerRow(Base):
+    """What a worker advertises with its heartbeat (``last_seen``); kept after it stops
+    (``stopped_at``) so the fleet view can say it left."""
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    device: Mapped[str] = mapped_column(String(64))
+    kinds: Mapped[list[str]] = mapped_column(JSONB)
+    loaded: Mapped[list[str]] = mapped_column(JSONB)
+    current_task: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    last_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    stopped_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
 class TaskImage(Base):
     """One image a task produced: stored once, plus a downscaled preview."""
 

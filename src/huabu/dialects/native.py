@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from huabu.errors import DatabaseUnavailable, InvalidRequest
+from huabu.errors import DatabaseUnavailable, Forbidden, InvalidRequest
 from huabu.native import GenerationRequest
 from huabu.tasks.records import TaskRecord, UploadRecord
 from huabu.web.deps import BaseUrl, CurrentUser, ServicesDep
+from huabu.web.errors import NativeError
 from huabu.web.openapi import MULTIPART, schema_of
 from huabu.web.services import Services
 from huabu.web.waiting import wait_for_task
@@ -330,6 +331,46 @@ def logout(request: Request, user: CurrentUser, services: ServicesDep) -> Respon
 @router.get("/me", response_model=MeOut, summary="Who you are")
 def me(user: CurrentUser) -> MeOut:
     return MeOut(id=str(user.id), email=user.email, is_admin=user.is_admin)
+
+
+class FleetWorker(BaseModel):
+    name: str = Field(description="host-pid")
+    host: str
+    device: str
+    state: Literal["busy", "idle", "silent", "stopped"] = Field(
+        description="silent: no heartbeat within HUABU_STALLED_SECONDS"
+    )
+    kinds: list[str]
+    loaded: list[str] = Field(description="Checkpoints in its memory now")
+    current_task: str | None
+    started_at: str
+    last_heartbeat: str
+    tasks_done: int
+
+
+class FleetQueue(BaseModel):
+    kind: str
+    model: str
+    queued: int
+    running: int
+
+
+class FleetOut(BaseModel):
+    workers: list[FleetWorker]
+    queues: list[FleetQueue]
+    oldest_queued_seconds: float | None
+
+
+@router.get(
+    "/admin/fleet",
+    response_model=FleetOut,
+    summary="Every worker and queue (admins only)",
+    responses={403: {"model": NativeError, "description": "Not an admin"}},
+)
+def admin_fleet(user: CurrentUser, services: ServicesDep) -> Response:
+    if not user.is_admin:
+        raise Forbidden("admins only: the fleet view shows every worker and queue")
+    return JSONResponse(services.tasks.fleet())
 
 
 class HealthOut(BaseModel):

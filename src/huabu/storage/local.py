@@ -31,15 +31,24 @@ def content_type(key: str) -> str:
     return _CONTENT_TYPES.get(key.rsplit(".", 1)[-1], "application/octet-stream")
 
 
+def check_key(key: str) -> str:
+    """``key`` if it is one huabu makes; a key that could escape its folder is not found."""
+    if not _KEY.match(key):
+        raise NotFound("no such file")
+    return key
+
+
 class LocalStorage:
     def __init__(self, root: Path) -> None:
         self.root = root
 
     def path(self, key: str) -> Path:
         """The file behind ``key``; a key that could escape the root is simply not found."""
-        if not _KEY.match(key):
-            raise NotFound("no such file")
-        return self.root / key
+        return self.root / check_key(key)
+
+    def local_path(self, key: str) -> Path | None:
+        """The file to serve for ``key`` (the file server sends it without reading it)."""
+        return self.path(key)
 
     def put(self, key: str, data: bytes) -> None:
         """Write atomically: a reader never sees half a file, a crash leaves none."""

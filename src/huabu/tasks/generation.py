@@ -16,7 +16,7 @@ from huabu.db.tables import TaskImage
 from huabu.engine.engine import Engine
 from huabu.native import GenerationRequest, GenerationResult
 from huabu.settings import Settings
-from huabu.storage import LocalStorage
+from huabu.storage import Storage
 from huabu.tasks.inputs import input_images
 from huabu.tasks.runner import Outcome, Progress
 
@@ -25,7 +25,7 @@ _EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 
 
 class GenerationHandler:
-    def __init__(self, settings: Settings, storage: LocalStorage, engine: Engine) -> None:
+    def __init__(self, settings: Settings, storage: Storage, engine: Engine) -> None:
         self.settings = settings
         self.storage = storage
         self.engine = engine

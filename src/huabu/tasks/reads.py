@@ -22,6 +22,7 @@ from huabu.native import GenerationRequest
 from huabu.native.training import TrainingPlan
 from huabu.settings import Settings
 from huabu.tasks.eta import EtaEstimator
+from huabu.tasks.fleet import fleet_view
 from huabu.tasks.records import UNFINISHED, ImageRecord, TaskRecord
 
 #: How stale a cached unfinished task may be, and how many tasks the read cache holds.
@@ -204,6 +205,11 @@ class TaskReads:
             eta_seconds=eta,
             images=tuple(ImageRecord(**image) for image in row["images"] or ()),
         )
+
+    def fleet(self) -> dict[str, Any]:
+        """Every worker and queue (see ``tasks.fleet``)."""
+        with self.sessions() as session:
+            return fleet_view(session, stalled_seconds=self.settings.stalled_seconds)
 
     def queue_summary(self) -> dict[str, int]:
         """Live workers and unfinished tasks, for health checks and dashboards."""

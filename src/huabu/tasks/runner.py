@@ -185,6 +185,8 @@ class TaskRunner:
         #: Runs that stopped without their final write: (task id, run, when it stopped,
         #: whether this worker gave it up). ``settle`` records them once the database answers.
         self.stopped: list[tuple[uuid.UUID, int, datetime, bool]] = []
+        #: The task running now, if any (the worker advertises it).
+        self.current: uuid.UUID | None = None
 
     def run(
         self,
@@ -206,6 +208,24 @@ class TaskRunner:
         if claimed is None:
             return  # cancelled while queued, finished by an earlier run, or not this job's
         kind, request, attempt, cancel_requested, run = claimed
+        self.current = task_id
+        try:
+            self._run_claimed(task_id, kind, request, attempt, cancel_requested, run, stopping,
+                              lost)  # fmt: skip
+        finally:
+            self.current = None
+
+    def _run_claimed(
+        self,
+        task_id: uuid.UUID,
+        kind: str,
+        request: dict[str, Any],
+        attempt: int,
+        cancel_requested: bool,
+        run: int,
+        stopping: threading.Event,
+        lost: threading.Event,
+    ) -> None:
         final = _Final(self, task_id, run, lost)
         if cancel_requested:
             final.finish("cancelled", error="cancelled")

@@ -25,7 +25,7 @@ from huabu.errors import InvalidRequest, Overloaded
 from huabu.images import decode_image, repaint_mask
 from huabu.native import MAX_LORAS, GenerationRequest, ImageRef, LoraRef
 from huabu.settings import Settings
-from huabu.storage import LocalStorage
+from huabu.storage import Storage
 from huabu.tasks import queue
 from huabu.tasks.reads import TaskReads
 from huabu.tasks.records import TaskRecord, TrainedRecord
@@ -78,7 +78,7 @@ class TaskSubmitter:
         self,
         settings: Settings,
         sessions: sessionmaker[Session],
-        storage: LocalStorage,
+        storage: Storage,
         library: ModelLibrary,
         reads: TaskReads,
         uploads: Uploads,

@@ -23,7 +23,7 @@ from huabu.db.tables import Upload
 from huabu.errors import TooLarge
 from huabu.images import decode_image, open_image
 from huabu.settings import Settings
-from huabu.storage import LocalStorage
+from huabu.storage import Storage
 from huabu.tasks.records import UploadRecord
 
 _KEPT_FORMATS = {
@@ -117,7 +117,7 @@ class NewUploads:
 
 
 @contextmanager
-def storing(storage: LocalStorage, images: Iterable[CheckedImage]) -> Iterator[Callable[[], None]]:
+def storing(storage: Storage, images: Iterable[CheckedImage]) -> Iterator[Callable[[], None]]:
     """For a block that ends in the commit of the rows of ``images``: yields the function that
     writes their files (call it once the request is admitted, inside the transaction). If the
     block fails, its transaction included, the files written are removed again."""
@@ -140,7 +140,7 @@ class Uploads:
     """The caller's stored uploads: add some, find one."""
 
     def __init__(
-        self, settings: Settings, sessions: sessionmaker[Session], storage: LocalStorage
+        self, settings: Settings, sessions: sessionmaker[Session], storage: Storage
     ) -> None:
         self.settings = settings
         self.sessions = sessions

@@ -12,13 +12,13 @@ from huabu.engine.pipelines import PipelineCache
 from huabu.images import decode_image
 from huabu.native.training import TrainingPlan
 from huabu.settings import Settings
-from huabu.storage import LocalStorage
+from huabu.storage import Storage
 from huabu.tasks.runner import Outcome, Progress
 from huabu.training.trainer import TrainingJob, train_lora
 
 
 class TrainingHandler:
-    def __init__(self, settings: Settings, storage: LocalStorage, cache: PipelineCache) -> None:
+    def __init__(self, settings: Settings, storage: Storage, cache: PipelineCache) -> None:
         self.settings = settings
         self.storage = storage
         self.cache = cache

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Query
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response
 
 from huabu.errors import NotFound
 from huabu.storage import content_type
@@ -14,7 +14,6 @@ router = APIRouter(tags=["files"])
 
 @router.get(
     "/files/{key:path}",
-    response_class=FileResponse,
     summary="Download a stored image",
     responses={
         200: {
@@ -28,13 +27,14 @@ router = APIRouter(tags=["files"])
 )
 def download(
     key: str, services: ServicesDep, expires: int = Query(0), sig: str = Query("")
-) -> FileResponse:
+) -> Response:
     services.signer.verify(key, expires, sig)
-    path = services.storage.path(key)
+    path = services.storage.local_path(key)
+    if path is None:  # an object store: proxied, so clients never need its credentials
+        return Response(services.storage.get(key), media_type=content_type(key), headers=_CACHE)
     if not path.is_file():
         raise NotFound("no such file")
-    return FileResponse(
-        path,
-        media_type=content_type(key),
-        headers={"Cache-Control": "private, max-age=86400, immutable"},
-    )
+    return FileResponse(path, media_type=content_type(key), headers=_CACHE)
+
+
+_CACHE = {"Cache-Control": "private, max-age=86400, immutable"}

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from huabu.auth import Accounts, Authenticator
 from huabu.catalog.library import ModelLibrary
 from huabu.settings import Settings
-from huabu.storage import LocalStorage, UrlSigner
+from huabu.storage import Storage, UrlSigner, open_storage
 from huabu.storage.signing import installation_secret
 from huabu.tasks.cancel import cancel_task
 from huabu.tasks.events import TaskEvents
@@ -28,7 +28,7 @@ class Services:
     accounts: Accounts
     auth: Authenticator
     library: ModelLibrary
-    storage: LocalStorage
+    storage: Storage
     signer: UrlSigner
     #: Reading tasks (get, list, current, positions and ETAs).
     tasks: TaskReads
@@ -44,7 +44,7 @@ class Services:
     ) -> Services:
         accounts = Accounts(sessions)
         library = ModelLibrary(settings)
-        storage = LocalStorage(settings.files_dir)
+        storage = open_storage(settings)
         reads = TaskReads(settings, sessions)
         uploads = Uploads(settings, sessions, storage)
         submitter = TaskSubmitter(settings, sessions, storage, library, reads, uploads)
