@@ -93,3 +93,16 @@ def test_no_input_is_a_server_error_or_off_the_document(label, api_server):
         case.validate_response(response, checks=CHECKS, headers=headers)
 
     fuzz()
+
+
+def test_the_api_only_server_never_loaded_torch_or_opencv(api_server):
+    """After serving every operation above (an API server is torch-free; workers are not):
+    no native library of torch or OpenCV is mapped into its process."""
+    from pathlib import Path
+
+    maps = Path(f"/proc/{api_server.process.pid}/maps").read_text()
+    loaded = {line.rsplit("/", 1)[-1] for line in maps.splitlines() if ".so" in line}
+    heavy = sorted(name for name in loaded if name.startswith(("libtorch", "libc10", "cv2")))
+    assert heavy == [], heavy
+    assert any(name.startswith("libpython") or "psycopg" in name or "_pydantic" in name
+               for name in loaded)  # fmt: skip  # the check reads a real map
