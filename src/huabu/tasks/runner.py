@@ -187,6 +187,7 @@ class TaskRunner:
         self.stopped: list[tuple[uuid.UUID, int, datetime, bool]] = []
         #: The task running now, if any (the worker advertises it).
         self.current: uuid.UUID | None = None
+        self._settling = threading.Lock()
 
     def run(
         self,
@@ -273,15 +274,16 @@ class TaskRunner:
         (``task_runs.ended_at``), and the ones this worker gave up go back to the queue
         (unless another worker's reaper did that already). Raises DatabaseUnavailable while
         the database is away; what is left is settled at the next call."""
-        while self.stopped:
-            task_id, run, when, abandoned = self.stopped[0]
-            with self.sessions.begin() as session:
-                if abandoned and queue.hand_over(
-                    session, task_id, outcome="abandoned", run=run, forgive=True
-                ):
-                    log.info("task %s: handed back to the queue", task_id)
-                session.execute(_STOPPED, {"id": task_id, "run": run, "when": when})
-            self.stopped.pop(0)
+        with self._settling:  # the job's thread and the supervisor may both call this
+            while self.stopped:
+                task_id, run, when, abandoned = self.stopped[0]
+                with self.sessions.begin() as session:
+                    if abandoned and queue.hand_over(
+                        session, task_id, outcome="abandoned", run=run, forgive=True
+                    ):
+                        log.info("task %s: handed back to the queue", task_id)
+                    session.execute(_STOPPED, {"id": task_id, "run": run, "when": when})
+                self.stopped.pop(0)
 
     def _hand_back(self, session: Session, task_id: uuid.UUID, run: int) -> bool:
         """A clean shutdown: the same job is retried (procrastinate), uncharged."""
