@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from pathlib import Path
 
 import psycopg
@@ -78,8 +77,3 @@ class ExternalPostgres:
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'huabu'"
             ).fetchall()
         return len(rows)
-
-    def outage(self, seconds: float) -> None:
-        self.stop()
-        time.sleep(seconds)
-        self.start()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import io
 import os
-import time
 
 import httpx
 import pytest
@@ -26,6 +25,7 @@ from huabu.storage.s3 import S3Storage
 from pgserver import ExternalPostgres
 from s3server import CREDENTIALS, MotoS3
 from serving import Server, Worker
+from test_service import wait_finished
 
 pytestmark = pytest.mark.slow
 
@@ -112,15 +112,6 @@ def fleet(tmp_path_factory, home, s3):
     postgres.stop()
 
 
-def _finished(client: httpx.Client, task_id: str) -> dict:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        task = client.get(f"/huabu/v1/tasks/{task_id}", params={"wait": 10}).json()
-        if task["state"] in ("succeeded", "failed", "cancelled"):
-            return task
-    raise AssertionError(f"task {task_id} did not finish")
-
-
 def test_a_fleet_with_no_shared_folder_generates_and_serves_through_the_api(fleet, s3):
     api, homes, client = fleet
     # An upload lands in the bucket, the worker reads it from there for img2img.
@@ -132,7 +123,7 @@ def test_a_fleet_with_no_shared_folder_generates_and_serves_through_the_api(flee
             "init_image": {"upload": upload.json()["id"]}, "strength": 0.5}  # fmt: skip
     submitted = client.post("/huabu/v1/generations", json=body)
     assert submitted.status_code == 202, submitted.text
-    task = _finished(client, submitted.json()["id"])
+    task = wait_finished(client, submitted.json()["id"])
     assert task["state"] == "succeeded", task
     # The image is downloaded through the API server's signed URL, from the bucket.
     [image] = task["images"]

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
+from sqlalchemy.orm import Session, sessionmaker
 
 from huabu import __version__
 from huabu.db.server import database_uri
@@ -33,19 +34,24 @@ from huabu.web.services import Services
 log = logging.getLogger("huabu.web")
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, sessions: sessionmaker[Session] | None = None) -> FastAPI:
+    """The app; ``sessions``: a database the caller opened (and migrated) already, else the
+    app opens it when it starts."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         uri = await run_in_threadpool(database_uri, settings)
-        sessions = await run_in_threadpool(open_database, settings)
-        services = Services.build(settings, sessions, uri)
+        database = (
+            sessions if sessions is not None else await run_in_threadpool(open_database, settings)
+        )
+        services = Services.build(settings, database, uri)
         app.state.services = services
         await services.events.start()
         worker = None
         if settings.worker:
             from huabu.worker import Worker  # imports torch; API-only servers skip it
 
-            worker = await run_in_threadpool(Worker, settings, sessions)
+            worker = await run_in_threadpool(Worker, settings, database)
             await worker.start()
         try:
             yield
@@ -54,7 +60,7 @@ def create_app(settings: Settings) -> FastAPI:
                 await worker.stop()
             await services.events.stop()
             # uvicorn ends the process by re-raising SIGTERM/SIGINT, which skips atexit hooks.
-            sessions.kw["bind"].dispose()
+            database.kw["bind"].dispose()
             await run_in_threadpool(release_database, settings)
 
     app = FastAPI(

@@ -320,11 +320,11 @@ def serve(
     )
     from huabu.db.session import open_database
 
-    # Before serving: a database that is away or unusable is one line here, not a traceback
-    # from the server's startup. (The app opens its own engine on the migrated schema.)
-    open_database(settings, wait=30).kw["bind"].dispose()
+    # Opened before serving: a database that is away or unusable is one line here, not a
+    # traceback from the server's startup.
+    sessions = open_database(settings, wait=30)
     uvicorn.run(
-        create_app(settings),
+        create_app(settings, sessions),
         host=settings.host,
         port=settings.port,
         http=bounded_head(settings.max_header_bytes),

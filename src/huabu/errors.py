@@ -111,6 +111,12 @@ class TaskTimedOut(HuabuError):
     """A synchronous call gave up waiting; its task is still queued or running and will finish."""
 
 
+def first_line(error: BaseException) -> str:
+    """An exception's message in one line (libraries' messages often run to several), for
+    one-line log records."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
 def invalid_field(error: Mapping[str, Any], *, prefix: Sequence[str] = ()) -> InvalidRequest:
     """One error as pydantic reports it (an item of ``ValidationError.errors()``) as an
     InvalidRequest naming the field, ``prefix`` first: the one wording every dialect uses."""

@@ -33,7 +33,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from huabu.db.server import database_uri
-from huabu.errors import DatabaseUnavailable
+from huabu.errors import DatabaseUnavailable, first_line
 from huabu.settings import Settings
 from huabu.storage import open_storage
 from huabu.tasks import fleet, queue
@@ -56,14 +56,14 @@ class Worker:
         self.stopping = threading.Event()
         #: Set while this worker's heartbeat is stale: its running task must stop.
         self.lost = threading.Event()
-        self.name = f"{socket.gethostname()}-{os.getpid()}"
         storage = open_storage(settings)
         engine = Engine(settings)
         self.kinds = ["generate", "train"] if settings.worker_training else ["generate"]
-        identity = WorkerId(
-            name=self.name, host=socket.gethostname(), device=str(engine.cache.device)
+        host = socket.gethostname()
+        self.identity = WorkerId(
+            name=f"{host}-{os.getpid()}", host=host, device=str(engine.cache.device)
         )
-        self.identity, self.cache = identity, engine.cache
+        self.name, self.cache = self.identity.name, engine.cache
         self.runner = TaskRunner(
             settings,
             sessions,
@@ -71,7 +71,7 @@ class Worker:
                 "generate": GenerationHandler(settings, storage, engine),
                 "train": TrainingHandler(settings, storage, engine.cache),
             },
-            identity,
+            self.identity,
         )
         self.app = procrastinate.App(
             connector=procrastinate.PsycopgConnector(conninfo=database_uri(settings))
@@ -129,7 +129,7 @@ class Worker:
                 except pexceptions.ConnectorException as exc:
                     log.warning("job %s: its end was not recorded (%s); its task is handed "
                                 "over by task state, not by this job", job.id,
-                                _first_line(exc))  # fmt: skip
+                                first_line(exc))  # fmt: skip
 
             return call
 
@@ -229,7 +229,7 @@ class Worker:
             self.lost.set()
             log.warning("worker %s: lost the database%s; its running task stops, and it "
                         "starts again once the database answers", self.name,
-                        f" ({_first_line(reason)})" if reason else "")  # fmt: skip
+                        f" ({first_line(reason)})" if reason else "")  # fmt: skip
             while self._busy.locked():  # the task's thread stops at its next step
                 await asyncio.sleep(0.1)
 
@@ -295,7 +295,3 @@ class Worker:
         with self.sessions.begin() as session:
             return queue.hand_over(session, task_id, outcome="worker lost", job=job_id,
                                    forgive=False)  # fmt: skip
-
-
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]

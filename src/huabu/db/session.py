@@ -16,7 +16,7 @@ from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.orm import Session, sessionmaker
 
 from huabu.db.server import database_url
-from huabu.errors import DatabaseUnavailable
+from huabu.errors import DatabaseUnavailable, first_line
 from huabu.settings import Settings
 
 log = logging.getLogger("huabu.db")
@@ -63,9 +63,9 @@ class _Outage:
             return None  # a failed pre-ping is SQLAlchemy's to handle: it reconnects
         now = time.monotonic()
         if now - self.last_report >= self.REPORT_SECONDS:
-            first = (str(context.original_exception).strip().splitlines() or ["?"])[0]
             more = f"; {self.unreported} more since the last report" if self.unreported else ""
-            log.warning("database unavailable (%s%s)", first, more)
+            log.warning("database unavailable (%s%s)", first_line(context.original_exception),
+                        more)  # fmt: skip
             self.last_report, self.unreported = now, 0
         else:
             self.unreported += 1

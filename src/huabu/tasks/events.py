@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import psycopg
 
+from huabu.errors import first_line
 from huabu.tasks.queue import CHANNEL
 
 log = logging.getLogger("huabu.events")
@@ -57,8 +58,7 @@ class TaskEvents:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                log.warning("task notifications interrupted (%s); reconnecting", first)
+                log.warning("task notifications interrupted (%s); reconnecting", first_line(exc))
                 self._wake_all()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10)

@@ -99,7 +99,7 @@ class WorkerStopping(Exception):
 
 class RunLost(Exception):
     """This run no longer owns its task: another worker has it, or this worker lost its
-    heartbeat and abandoned it (see ``TaskRunner.abandoned``). Nothing more was written."""
+    heartbeat and abandoned it (see ``TaskRunner.stopped``). Nothing more was written."""
 
 
 @dataclass(frozen=True)
