@@ -3,10 +3,12 @@ running `huabu serve` (worker inside) over its own embedded PostgreSQL for HTTP 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
+from helpers import publish_library
 from huabu.auth import Accounts
 from huabu.db.session import open_database
 from huabu.engine import demo
@@ -14,6 +16,7 @@ from huabu.engine.engine import Engine
 from huabu.native import GenerationRequest
 from huabu.settings import Settings
 from internals import WATCH, install
+from s3server import CREDENTIALS, MotoS3
 from serving import LOGS, TRACEBACK, Server, stop_embedded_postgres
 
 
@@ -93,6 +96,22 @@ def lora_path(settings):
 
 
 @pytest.fixture(scope="session")
+def s3(tmp_path_factory):
+    """moto's S3 server as its own process: a stand-in for a real S3 service."""
+    root = tmp_path_factory.mktemp("s3")
+    server = MotoS3(root / "moto.log")
+    saved = {name: os.environ.get(name) for name in CREDENTIALS}
+    os.environ.update(CREDENTIALS)  # for the S3Storage this process makes
+    yield server
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def service_home(tmp_path_factory, home):
     path = tmp_path_factory.mktemp("service")
     (path / "models").symlink_to(home / "models")
@@ -115,8 +134,9 @@ def server(service_home, accounts):
 
 @pytest.fixture(scope="session")
 def api_server(tmp_path_factory, home):
-    """An API-only `huabu serve` (no worker, no torch) with its own database, and an API key
-    for it as ``.key``: what it queues never runs, and a synchronous route answers 504 after
+    """An API-only `huabu serve` (no worker, no torch) with its own database, the demo library
+    published to its store (its models folder is only where they are published from), and an
+    API key for it as ``.key``: what it queues never runs, and a synchronous route answers 504 after
     0.1 s. For fuzzing and for measuring the API process's memory."""
     path = tmp_path_factory.mktemp("api")
     (path / "models").symlink_to(home / "models")
@@ -130,7 +150,10 @@ def api_server(tmp_path_factory, home):
             "HUABU_FETCH_ALLOW": '["127.0.0.2/32"]',
         },
     )
-    accounts = Accounts(open_database(Settings(home=path)))
+    sessions = open_database(Settings(home=path))
+    # The fleet this server fronts has no worker; what it can serve is what is published.
+    publish_library(Settings(home=path), sessions)
+    accounts = Accounts(sessions)
     user = accounts.add_user("api@example.com", "password123")
     server.key = accounts.create_key(user.id)  # type: ignore[attr-defined]
     yield server

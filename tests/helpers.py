@@ -28,3 +28,19 @@ def loaded(engine, name: str):
     """The cached model ``name`` of ``engine``, to inspect (its lease is returned at once)."""
     with engine.cache.lease(name) as model:
         return model
+
+
+def publish_library(settings, sessions, kinds=None) -> list[str]:
+    """Publish every model of ``settings``' library (of ``kinds``) into its store, as `huabu
+    models publish` does: an API-only server with no worker then knows them."""
+    from huabu.catalog.library import ModelLibrary
+    from huabu.catalog.transfer import publish
+    from huabu.storage import open_storage
+
+    library, storage = ModelLibrary(settings), open_storage(settings)
+    published = []
+    for kind in kinds or library.kinds:
+        for entry in library.entries(kind):
+            publish(sessions, storage, library, entry)
+            published.append(f"{kind}/{entry.name}")
+    return published

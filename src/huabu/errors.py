@@ -91,6 +91,10 @@ class StorageUnavailable(HuabuError):
         super().__init__(f"storage unavailable: {reason}")
 
 
+class WorkerMisconfigured(Exception):
+    """Settings that leave a worker nothing to do (said in one line at startup)."""
+
+
 class Cancelled(HuabuError):
     """Generation stopped because its task was cancelled."""
 

@@ -92,7 +92,21 @@ class Settings(BaseSettings):
 
     # LoRA training (spec 001): defaults for what a request does not say, and its bounds.
     worker_training: bool = Field(
-        default=True, description="This process's worker also takes training jobs."
+        default=True, description="This process's worker takes training jobs."
+    )
+    worker_generation: bool = Field(
+        default=True, description="This process's worker takes generation jobs."
+    )
+    max_pass_over_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="A worker prefers jobs for a checkpoint it has loaded, but takes the "
+        "oldest job it can serve once that has waited this long.",
+    )
+    model_cache_bytes: int = Field(
+        default=100 * 2**30,
+        ge=2**20,
+        description="Bound on the worker's cache of models downloaded from the shared store.",
     )
     train_steps: int = Field(default=800, ge=1, description="Default training steps.")
     train_max_steps: int = Field(default=5000, ge=1, description="Most steps a request may ask.")
@@ -123,6 +137,20 @@ class Settings(BaseSettings):
         if scheme == "s3" and rest and not rest.startswith("/") and " " not in rest:
             return value.strip()
         raise ValueError("must be file:///absolute/path or s3://bucket[/prefix]")
+
+    @property
+    def worker_kinds(self) -> list[str]:
+        """The kinds of job a worker of these settings takes (never none)."""
+        from huabu.errors import WorkerMisconfigured
+
+        kinds = [kind for kind, takes in (("generate", self.worker_generation),
+                                          ("train", self.worker_training)) if takes]  # fmt: skip
+        if not kinds:
+            raise WorkerMisconfigured(
+                "HUABU_WORKER_GENERATION and HUABU_WORKER_TRAINING are both false: a worker "
+                "would take no job"
+            )
+        return kinds
 
     @cached_property
     def models_dir(self) -> Path:

@@ -1,6 +1,7 @@
-"""The worker: a procrastinate worker that runs generation tasks (and training tasks, unless
-``HUABU_WORKER_TRAINING=false``), plus the reaper that gives the tasks of dead workers back to
-the queue.
+"""The worker: a procrastinate worker that runs generation and training tasks (one of the two
+with ``HUABU_WORKER_TRAINING=false`` or ``HUABU_WORKER_GENERATION=false``) for the checkpoints
+it can serve (``tasks.routing``), plus the reaper that gives the tasks of dead workers back to
+the queue, and the advert of what it is and holds (``tasks.fleet``, ``catalog.shared``).
 
 ``huabu worker`` runs one alone; ``huabu serve`` runs one inside the server process unless
 ``HUABU_WORKER=false``. One job at a time per worker (one GPU, one job).
@@ -32,11 +33,15 @@ from procrastinate import exceptions as pexceptions
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
+from huabu.catalog import shared
+from huabu.catalog.library import ModelEntry, ModelLibrary
+from huabu.catalog.transfer import ModelCache
 from huabu.db.server import database_uri
 from huabu.errors import DatabaseUnavailable, first_line
 from huabu.settings import Settings
 from huabu.storage import open_storage
 from huabu.tasks import fleet, queue
+from huabu.tasks.routing import Router
 from huabu.tasks.runner import RunLost, TaskRunner, WorkerId
 
 log = logging.getLogger("huabu.worker")
@@ -51,14 +56,15 @@ class Worker:
         from huabu.tasks.generation import GenerationHandler
         from huabu.training.job import TrainingHandler
 
+        self.kinds = settings.worker_kinds
         self.settings = settings
         self.sessions = sessions
         self.stopping = threading.Event()
         #: Set while this worker's heartbeat is stale: its running task must stop.
         self.lost = threading.Event()
         storage = open_storage(settings)
-        engine = Engine(settings)
-        self.kinds = ["generate", "train"] if settings.worker_training else ["generate"]
+        self.library = ModelLibrary(settings, ModelCache(settings, sessions, storage))
+        engine = Engine(settings, self.library)
         host = socket.gethostname()
         self.identity = WorkerId(
             name=f"{host}-{os.getpid()}", host=host, device=str(engine.cache.device)
@@ -69,23 +75,24 @@ class Worker:
             sessions,
             {
                 "generate": GenerationHandler(settings, storage, engine),
-                "train": TrainingHandler(settings, storage, engine.cache),
+                "train": TrainingHandler(settings, sessions, storage, engine.cache),
             },
             self.identity,
         )
         self.app = procrastinate.App(
             connector=procrastinate.PsycopgConnector(conninfo=database_uri(settings))
         )
+        self.router = Router(settings, sessions, self.library, self.kinds, self.cache.loaded)
         for kind in self.kinds:
             self.app.task(
                 name=queue.TASK_NAMES[kind],
-                queue=queue.QUEUES[kind],
                 pass_context=True,
                 # Task failures are recorded on the task row and end the job; what reaches
                 # procrastinate is a shutdown (WorkerStopping) or the database failing under
                 # us: both are retried, and the task's own attempt counter bounds the crashes.
                 retry=procrastinate.RetryStrategy(max_attempts=settings.max_attempts + 10, wait=1),
             )(self._run)
+        self._held: list[tuple[ModelEntry, str | None]] = []
         self._last_beat = time.monotonic()
         self._busy = threading.Lock()  # held while a task runs
         self._tolerate_outages(self.app.job_manager)
@@ -108,7 +115,7 @@ class Worker:
         watchdog acts on its age), and a job end that cannot be recorded (the database is
         away, or the job was handed to another worker meanwhile) is logged in one line."""
         heartbeat, finish, retry = manager.update_heartbeat, manager.finish_job, manager.retry_job
-        register = manager.register_worker
+        register, fetch = manager.register_worker, manager.fetch_job
 
         async def register_worker() -> int:
             worker_id = await register()
@@ -133,8 +140,12 @@ class Worker:
 
             return call
 
+        async def fetch_job(queues: Any, worker_id: int) -> Any:
+            return await self.router.next_job(fetch, worker_id)  # queues: the router's
+
         manager.update_heartbeat = update_heartbeat
         manager.register_worker = register_worker
+        manager.fetch_job = fetch_job
         manager.finish_job = recorded(finish)
         manager.retry_job = recorded(retry)
 
@@ -167,6 +178,11 @@ class Worker:
             await asyncio.sleep(self.settings.heartbeat_seconds)
 
     def _write_advert(self) -> None:
+        held = [
+            (entry, self.library.sha256(entry, compute=False))
+            for kind in self.library.kinds
+            for entry in self.library.entries(kind)
+        ]
         with self.sessions.begin() as session:
             fleet.advertise(
                 session,
@@ -175,8 +191,17 @@ class Worker:
                 device=self.identity.device,
                 kinds=self.kinds,
                 loaded=self.cache.loaded(),
+                loads=self.cache.loads,
                 current_task=self.runner.current,
             )
+            if held != self._held:  # the catalog rows change only when the disk does
+                shared.describe_held(session, self.name, held)
+        self._held = held
+        # One missing hash per beat, so a library of large files is described at once and
+        # hashed over the following beats (once per file version: the hashes are cached).
+        unhashed = next((e for e, digest in held if digest is None and e.path.is_file()), None)
+        if unhashed is not None:
+            self.library.sha256(unhashed)
 
     def _leave(self) -> None:
         with self.sessions.begin() as session:
@@ -191,6 +216,10 @@ class Worker:
             loop.add_signal_handler(sig, done.set)
         waiter = asyncio.create_task(done.wait())
         await asyncio.wait([waiter, *self._tasks], return_when=asyncio.FIRST_COMPLETED)
+        for task in self._tasks:  # none ends by itself: one that did is a bug, said here
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                log.error("worker %s: %s failed; stopping", self.name, task.get_name(),
+                          exc_info=task.exception())  # fmt: skip
         await self.stop()
 
     async def _supervise(self) -> None:
@@ -204,7 +233,8 @@ class Worker:
             self._last_beat = time.monotonic()
             jobs = asyncio.create_task(
                 self.app.run_worker_async(
-                    queues=[queue.QUEUES[kind] for kind in self.kinds],
+                    # Woken for any queue; the router picks (tasks.routing).
+                    queues=None,  # type: ignore[arg-type]  # procrastinate: None = all
                     name=self.name,
                     concurrency=1,
                     install_signal_handlers=False,

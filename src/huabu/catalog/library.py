@@ -17,10 +17,12 @@ import dataclasses
 import glob
 import hashlib
 import json
+import os
 import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from huabu.catalog.architectures import Architecture, detect_folder_architecture
 from huabu.catalog.checkpoints import CheckpointHeader
@@ -34,24 +36,34 @@ _PRIVATE_FOLDER = re.compile(r"@[0-9a-f]{32}")
 
 
 @dataclass(frozen=True)
-class ModelEntry:
-    """One model file or folder in the library."""
+class ModelInfo:
+    """What a model is: all a listing shows, and all an API server knows of a model that
+    sits on a worker's disk (see ``catalog.shared``)."""
 
     name: str
     kind: str
-    path: Path
+    file_name: str  # the file or folder name, e.g. ``demo.safetensors``
     layout: str  # 'diffusers' | 'single-file' | 'pickle'
     size_bytes: int
     architecture: Architecture | None
+    #: When this version of it appeared (unix time): the file's mtime, or when described.
+    modified: float
 
     @property
     def location(self) -> str:
         """Where it sits relative to ``models/`` (what listings show: never a server path)."""
-        return f"{self.kind}/{self.path.name}"
+        return f"{self.kind}/{self.file_name}"
 
     @property
     def describe_architecture(self) -> str:
         return self.architecture.label if self.architecture else "unknown"
+
+
+@dataclass(frozen=True)
+class ModelEntry(ModelInfo):
+    """A model on this machine's disk: in the library, or in the download cache."""
+
+    path: Path
 
 
 def _size(path: Path) -> int:
@@ -74,12 +86,21 @@ def private_name(owner_id: uuid.UUID, name: str) -> str:
     return f"@{owner_id.hex}/{name}"
 
 
+class SharedModels(Protocol):
+    """Published models a worker fetches on demand (``catalog.transfer.ModelCache``)."""
+
+    def published_names(self, kind: str) -> list[str]: ...
+    def find(self, kind: str, name: str) -> ModelEntry | None: ...
+
+
 class ModelLibrary:
     kinds = KINDS
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, shared: SharedModels | None = None) -> None:
         self.settings = settings
         self.root = settings.models_dir
+        #: A worker's: published models it does not hold are found (downloaded) there.
+        self.shared = shared
         #: Described entries by (path, mtime, size): listing stays live (a model copied in
         #: appears at once) but headers and folder sizes are read once per version of a file.
         self._described: dict[tuple[Path, int, int], ModelEntry | None] = {}
@@ -103,18 +124,19 @@ class ModelLibrary:
                 continue
             key = (path, stat.st_mtime_ns, stat.st_size)
             if key not in self._described:
-                self._described[key] = self._describe(kind, path)
+                self._described[key] = self.describe(kind, path)
             entry = self._described[key]
             if entry is not None:
                 found.append(entry)
         return found
 
-    def _describe(self, kind: str, path: Path) -> ModelEntry | None:
+    def describe(self, kind: str, path: Path) -> ModelEntry | None:
         if path.is_dir():
             if kind == "checkpoints" and not (path / "model_index.json").is_file():
                 return None
             arch = _folder_architecture(path) if kind == "checkpoints" else None
-            return ModelEntry(path.name, kind, path, "diffusers", _size(path), arch)
+            return ModelEntry(path.name, kind, path.name, "diffusers", _size(path), arch,
+                              path.stat().st_mtime, path)  # fmt: skip
         if path.suffix in SAFE_SUFFIXES:
             arch = None
             if kind == "checkpoints":
@@ -122,13 +144,19 @@ class ModelLibrary:
                     arch = CheckpointHeader.read(path).architecture()
                 except ModelUnavailable:
                     arch = None
-            return ModelEntry(path.stem, kind, path, "single-file", _size(path), arch)
+            return ModelEntry(path.stem, kind, path.name, "single-file", _size(path), arch,
+                              path.stat().st_mtime, path)  # fmt: skip
         if path.suffix in PICKLE_SUFFIXES:
-            return ModelEntry(path.stem, kind, path, "pickle", _size(path), None)
+            return ModelEntry(path.stem, kind, path.name, "pickle", _size(path), None,
+                              path.stat().st_mtime, path)  # fmt: skip
         return None
 
     def names(self, kind: str) -> list[str]:
-        return [entry.name for entry in self.entries(kind)]
+        """The names of ``kind`` (a worker's include the published ones it can fetch)."""
+        names = [entry.name for entry in self.entries(kind)]
+        if self.shared is not None:
+            names = sorted(set(names) | set(self.shared.published_names(kind)))
+        return names
 
     def find(self, kind: str, name: str, *, param: str = "model") -> ModelEntry:
         """The entry called ``name``, or InvalidRequest (naming ``param``) listing what exists.
@@ -140,6 +168,10 @@ class ModelLibrary:
         for entry in self.entries(kind):
             if entry.name == name:
                 return entry
+        if self.shared is not None:
+            fetched = self.shared.find(kind, name)
+            if fetched is not None:
+                return fetched
         raise self.unknown(kind, name, param=param)
 
     def default_model(self) -> str:
@@ -161,13 +193,19 @@ class ModelLibrary:
         if not _PRIVATE_FOLDER.fullmatch(folder) or not stem or stem.startswith("."):
             return None
         for path in (self.root / kind / folder).glob(f"{glob.escape(stem)}.*"):
-            entry = self._describe(kind, path)
+            entry = self.describe(kind, path)
             if entry is not None:
                 return dataclasses.replace(entry, name=f"{folder}/{entry.name}")
         return None
 
     def model_hash(self, entry: ModelEntry) -> str | None:
-        """A1111's short model hash (first 10 hex of the file's sha256), cached by mtime."""
+        """A1111's short model hash (first 10 hex of the file's sha256)."""
+        digest = self.sha256(entry)
+        return digest[:10] if digest else None
+
+    def sha256(self, entry: ModelEntry, *, compute: bool = True) -> str | None:
+        """The sha256 of a single-file model (None for a folder), cached by size and mtime;
+        ``compute=False``: only if already cached."""
         if not entry.path.is_file():
             return None
         stat = entry.path.stat()
@@ -177,12 +215,20 @@ class ModelLibrary:
         except (OSError, ValueError):
             cache = {}
         key = f"{entry.path}:{stat.st_size}:{stat.st_mtime_ns}"
-        if key not in cache:
-            digest = hashlib.sha256()
-            with entry.path.open("rb") as handle:
-                while block := handle.read(1 << 20):
-                    digest.update(block)
-            cache[key] = digest.hexdigest()[:10]
+        if len(cache.get(key, "")) != 64:  # absent, or a short hash of an older version
+            if not compute:
+                return None
+            cache[key] = file_sha256(entry.path)
             cache_file.parent.mkdir(parents=True, exist_ok=True)
-            cache_file.write_text(json.dumps(cache))
-        return cache[key]
+            tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}")
+            tmp.write_text(json.dumps(cache))
+            os.replace(tmp, cache_file)  # worker processes on one host share the file
+        return str(cache[key])
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()

@@ -147,6 +147,10 @@ class WorkerRow(Base):
     device: Mapped[str] = mapped_column(String(64))
     kinds: Mapped[list[str]] = mapped_column(JSONB)
     loaded: Mapped[list[str]] = mapped_column(JSONB)
+    #: ``kind/name`` of every model on its own disk (see ``catalog.shared``).
+    models: Mapped[list[str]] = mapped_column(JSONB, server_default="[]")
+    #: Checkpoints loaded since it started (a worker that loads often is thrashing).
+    loads: Mapped[int] = mapped_column(Integer, server_default="0")
     current_task: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     last_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

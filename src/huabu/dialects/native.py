@@ -265,7 +265,7 @@ async def task_events(
     )
 
 
-@router.get("/models", response_model=ModelList, summary="Models this server can use")
+@router.get("/models", response_model=ModelList, summary="Models the fleet can serve")
 def list_models(user: CurrentUser, services: ServicesDep, kind: str = "checkpoints") -> ModelList:
     kinds = services.library.kinds
     if kind not in kinds:
@@ -342,6 +342,8 @@ class FleetWorker(BaseModel):
     )
     kinds: list[str]
     loaded: list[str] = Field(description="Checkpoints in its memory now")
+    checkpoint_loads: int = Field(description="Checkpoints it has loaded since it started")
+    models_held: int = Field(description="Models on its own disk")
     current_task: str | None
     started_at: str
     last_heartbeat: str

@@ -348,7 +348,7 @@ def _models(services: Services, user) -> list[dict[str, Any]]:
     entries = services.library.entries("checkpoints")
     trained = services.training.trained_names(user.id)
     now = time.time()
-    listed = [_model_out(e.name, e.path.stat().st_mtime) for e in entries]
+    listed = [_model_out(e.name, e.modified) for e in entries]
     return listed + [_model_out(name, now) for name in trained]
 
 

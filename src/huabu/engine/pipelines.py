@@ -15,6 +15,7 @@ import gc
 import hashlib
 import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -110,6 +111,8 @@ class PipelineCache:
         self.library = library
         self.device, self.dtype = pick_device(settings.device)
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()
+        #: Checkpoints loaded so far (the fleet view shows it per worker).
+        self.loads = 0
         self._vaes: OrderedDict[str, tuple[AutoencoderKL, threading.Lock]] = OrderedDict()
         self._controlnets: OrderedDict[str, ControlNetModel] = OrderedDict()
         self._lock = threading.Lock()
@@ -136,8 +139,11 @@ class PipelineCache:
             return self._models[name]
         entry = self.library.find("checkpoints", name)
         self._evict(keep=self.settings.pipeline_cache_size - 1)
+        began = time.perf_counter()
         model = self._load(entry)
         self._models[name] = model
+        self.loads += 1
+        log.info("loaded %s in %.1f s", name, time.perf_counter() - began)
         return model
 
     def _evict(self, *, keep: int) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -58,6 +59,25 @@ class LocalStorage:
             handle.write(data)
         os.chmod(handle.name, 0o666 & ~_UMASK)
         os.replace(handle.name, target)
+
+    def put_file(self, key: str, source: Path) -> None:
+        target = self.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with (
+            source.open("rb") as data,
+            tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as handle,
+        ):
+            shutil.copyfileobj(data, handle, 1 << 20)
+        os.chmod(handle.name, 0o666 & ~_UMASK)
+        os.replace(handle.name, target)
+
+    def get_file(self, key: str, target: Path) -> None:
+        try:
+            shutil.copyfile(self.path(key), target)
+        except FileNotFoundError:
+            if not self.path(key).is_file():
+                raise NotFound("no such file") from None
+            raise
 
     def get(self, key: str) -> bytes:
         try:

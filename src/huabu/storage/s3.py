@@ -45,6 +45,15 @@ class S3Storage:
         with _store_errors():
             return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
 
+    def put_file(self, key: str, source: Path) -> None:
+        """Multipart for large files (boto3's transfer manager); visible once complete."""
+        with _store_errors():
+            self.client.upload_file(str(source), self.bucket, self._key(key))
+
+    def get_file(self, key: str, target: Path) -> None:
+        with _store_errors():
+            self.client.download_file(self.bucket, self._key(key), str(target))
+
     def delete(self, key: str) -> None:
         with _store_errors():
             self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
@@ -63,10 +72,13 @@ def _store_errors() -> Iterator[None]:
     """A missing object as NotFound; any other failure of the store (unreachable, refused,
     a bucket that does not exist) as StorageUnavailable, in words that show no endpoint or
     credential (the cause, for the log, keeps the detail)."""
+    from boto3.exceptions import S3TransferFailedError, S3UploadFailedError
     from botocore.exceptions import BotoCoreError, ClientError, ConnectionError
 
     try:
         yield
+    except (S3UploadFailedError, S3TransferFailedError) as exc:
+        raise StorageUnavailable("the store refused a transfer") from exc
     except ClientError as exc:
         code = str(exc.response.get("Error", {}).get("Code", "unknown"))
         if code in ("NoSuchKey", "404", "NotFound"):

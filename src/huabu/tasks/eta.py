@@ -37,6 +37,18 @@ _WORKERS = text(
     "WHERE last_heartbeat > now() - make_interval(secs => :stalled)"
 )
 
+#: Live workers that take ``kind`` and can serve ``model`` (hold it, or it is published).
+_SERVING = text(
+    """
+    SELECT count(*) FROM workers w
+     WHERE w.stopped_at IS NULL AND w.last_seen > now() - make_interval(secs => :stalled)
+       AND jsonb_exists(w.kinds, :kind)
+       AND (jsonb_exists(w.models, 'checkpoints/' || :model)
+            OR EXISTS (SELECT 1 FROM models m WHERE m.kind = 'checkpoints'
+                        AND m.name = :model AND m.published_at IS NOT NULL))
+    """
+)
+
 _LIVE = text(
     """
     SELECT job_id, state, work * (1 - step::float / greatest(total, 1)) AS remaining
@@ -78,6 +90,7 @@ class EtaEstimator:
         self.settings = settings
         self._speeds: dict[str | None, tuple[float, float]] = {}
         self._workers: tuple[int, float] | None = None
+        self._serving: dict[tuple[str, str], tuple[int, float]] = {}
         self._snapshots: dict[str, _QueueSnapshot] = {}
         self._lock = threading.Lock()
 
@@ -100,6 +113,18 @@ class EtaEstimator:
             self._workers = (int(count or 0), now)
         return self._workers[0]
 
+    def serving(self, session: Session, kind: str, model: str) -> int:
+        """Live workers that can run a ``kind`` task for checkpoint ``model``."""
+        now = time.monotonic()
+        cached = self._serving.get((kind, model))
+        if cached is None or now - cached[1] > _WORKERS_TTL:
+            count = session.execute(
+                _SERVING,
+                {"stalled": self.settings.stalled_seconds, "kind": kind, "model": model},
+            ).scalar()
+            cached = self._serving[(kind, model)] = (int(count or 0), now)
+        return cached[0]
+
     def ahead(self, session: Session, queue: str, job_id: int | None) -> tuple[int, float]:
         """(queued tasks ahead, work ahead including running tasks' remainder), at most
         half a second old."""
@@ -117,17 +142,19 @@ class EtaEstimator:
         session: Session,
         *,
         state: str,
+        kind: str,
         model: str,
         work: float,
         step: int,
         total: int,
         ahead_work: float,
     ) -> float | None:
-        """Seconds until the task finishes, or None when no worker is alive to run it."""
+        """Seconds until the task finishes, or None when no live worker can run it (none
+        is alive, or none that takes its kind can serve its model)."""
         own = work * (1 - step / total if total else 1) * self.speed(session, model)
         if state == "running":
             return round(own, 2)
         workers = self.live_workers(session)
-        if not workers:
+        if not workers or not self.serving(session, kind, model):
             return None
         return round(ahead_work * self.speed(session, None) / workers + own, 2)

@@ -14,11 +14,13 @@ from sqlalchemy.orm import Session
 
 _ADVERTISE = text(
     """
-    INSERT INTO workers (name, host, device, kinds, loaded, current_task)
-    VALUES (:name, :host, :device, CAST(:kinds AS jsonb), CAST(:loaded AS jsonb), :current)
+    INSERT INTO workers (name, host, device, kinds, loaded, loads, current_task)
+    VALUES (:name, :host, :device, CAST(:kinds AS jsonb), CAST(:loaded AS jsonb), :loads,
+            :current)
     ON CONFLICT (name) DO UPDATE
        SET host = EXCLUDED.host, device = EXCLUDED.device, kinds = EXCLUDED.kinds,
-           loaded = EXCLUDED.loaded, current_task = EXCLUDED.current_task,
+           loaded = EXCLUDED.loaded, loads = EXCLUDED.loads,
+           current_task = EXCLUDED.current_task,
            last_seen = now(), stopped_at = NULL
     """
 )
@@ -28,7 +30,8 @@ _LEAVE = text(
 )
 _WORKERS = text(
     """
-    SELECT w.name, w.host, w.device, w.kinds, w.loaded, w.current_task, w.started_at,
+    SELECT w.name, w.host, w.device, w.kinds, w.loaded, w.loads, w.models, w.current_task,
+           w.started_at,
            w.last_seen, w.stopped_at,
            (SELECT count(*) FROM task_runs r
              WHERE r.worker = w.name AND r.outcome = 'succeeded') AS done
@@ -54,12 +57,13 @@ def advertise(
     device: str,
     kinds: list[str],
     loaded: list[str],
+    loads: int,
     current_task: uuid.UUID | None,
 ) -> None:
     session.execute(
         _ADVERTISE,
         {"name": name, "host": host, "device": device, "kinds": json.dumps(kinds),
-         "loaded": json.dumps(loaded), "current": current_task},
+         "loaded": json.dumps(loaded), "loads": loads, "current": current_task},
     )  # fmt: skip
 
 
@@ -88,6 +92,8 @@ def fleet_view(session: Session, *, stalled_seconds: float) -> dict[str, Any]:
                 "state": state,
                 "kinds": row.kinds,
                 "loaded": row.loaded,
+                "checkpoint_loads": row.loads,
+                "models_held": len(row.models),
                 "current_task": str(row.current_task) if row.current_task else None,
                 "started_at": _stamp(row.started_at),
                 "last_heartbeat": _stamp(row.last_seen),

@@ -7,19 +7,32 @@ procrastinate's Python ``defer`` (which commits on its own connection) cannot pr
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-#: The procrastinate task name and queue for each kind of huabu task.
+#: The procrastinate task name and the task's queue (``tasks.queue``) for each kind of task.
 TASK_NAMES = {"generate": "huabu.generate", "train": "huabu.train"}
 QUEUES = {"generate": "generate", "train": "train"}
+_MAX_QUEUE_NAME = 128  # procrastinate's column
 
-#: Defers one job (bind ``queue``, ``task_name``, ``args``); selects its id as ``id``.
+
+def job_queue(kind: str, model: str) -> str:
+    """The procrastinate queue of a task's job: its kind and checkpoint (``generate/demo``),
+    so that a worker takes only jobs for checkpoints it can serve (see ``tasks.routing``).
+    A name too long for the column goes by its hash (migration 0007 spells the same rule)."""
+    name = f"{kind}/{model}"
+    if len(name) <= _MAX_QUEUE_NAME:
+        return name
+    return f"{kind}/#{hashlib.sha256(model.encode()).hexdigest()[:40]}"
+
+
+#: Defers one job (bind ``job_queue``, ``task_name``, ``args``); selects its id as ``id``.
 DEFER_SQL = (
     "SELECT unnest(procrastinate_defer_jobs_v1(ARRAY[ROW("
-    ":queue, :task_name, 0, NULL, NULL, CAST(:args AS jsonb), NULL"
+    ":job_queue, :task_name, 0, NULL, NULL, CAST(:args AS jsonb), NULL"
     ")::procrastinate_job_to_defer_v1])) AS id"
 )
 _CANCEL = text("SELECT procrastinate_cancel_job_v1(:job_id, false, false)")
@@ -39,7 +52,7 @@ _REQUEUE = text(
              AND runs = CAST(:run AS integer))
          OR (CAST(:job AS bigint) IS NOT NULL AND state IN ('queued', 'running')
              AND job_id = CAST(:job AS bigint)))
-    RETURNING kind, queue, job_id
+    RETURNING kind, model, job_id
     """
 )
 #: The old job ends without touching any other: a worker that still holds it can no longer
@@ -77,12 +90,12 @@ def hand_over(
     ).one_or_none()
     if row is None:
         return False
-    kind, queue_name, current = row
+    kind, model, current = row
     if current is not None and current != job:
         session.execute(_END_JOB, {"job": current})
     session.execute(
         _NEW_JOB,
-        {"id": task_id, "queue": queue_name, "task_name": TASK_NAMES[kind],
+        {"id": task_id, "job_queue": job_queue(kind, model), "task_name": TASK_NAMES[kind],
          "args": json.dumps({"task_id": str(task_id)})},
     )  # fmt: skip
     session.execute(_CLOSE_RUN, {"id": task_id, "outcome": outcome})

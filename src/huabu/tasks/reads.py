@@ -180,6 +180,7 @@ class TaskReads:
             eta = self.eta.estimate(
                 session,
                 state=row["state"],
+                kind=row["kind"],
                 model=row["model"],
                 work=row["work"],
                 step=row["step"],

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
-from huabu.errors import Cancelled, DatabaseUnavailable, HuabuError
+from huabu.errors import Cancelled, DatabaseUnavailable, HuabuError, StorageUnavailable
 from huabu.settings import Settings
 from huabu.tasks import queue
 
@@ -254,6 +254,21 @@ class TaskRunner:
             raise
         except DatabaseUnavailable:
             raise final.lost() from None  # a handler's own read, with the database away
+        except StorageUnavailable as exc:
+            if attempt >= self.settings.max_attempts:
+                final.finish("failed", error=exc.message)
+                return
+            # The store may come back: wait a little (this worker could not store anything
+            # meanwhile either), then queue again, charged; nothing of this run was served.
+            log.warning("task %s: %s; queued again (attempt %d of %d)", task_id, exc.message,
+                        attempt, self.settings.max_attempts)  # fmt: skip
+            stopping.wait(min(30.0, 2.0**attempt))
+            reason = exc.message
+            final.write(
+                lambda session, task, run: queue.hand_over(
+                    session, task, outcome=reason, forgive=False, run=run
+                )
+            )
         except HuabuError as exc:
             cause = exc.__cause__
             if cause is not None:  # the detail behind a stable message: for the log only

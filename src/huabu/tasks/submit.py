@@ -18,8 +18,9 @@ from typing import Any
 from sqlalchemy import bindparam, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from huabu.catalog.library import ModelLibrary, private_name
+from huabu.catalog.library import private_name
 from huabu.catalog.preprocessors import check as check_preprocessor
+from huabu.catalog.shared import Catalog
 from huabu.db.tables import Task, TrainedModel
 from huabu.errors import InvalidRequest, Overloaded
 from huabu.images import decode_image, repaint_mask
@@ -79,7 +80,7 @@ class TaskSubmitter:
         settings: Settings,
         sessions: sessionmaker[Session],
         storage: Storage,
-        library: ModelLibrary,
+        library: Catalog,
         reads: TaskReads,
         uploads: Uploads,
     ) -> None:
@@ -240,6 +241,7 @@ class TaskSubmitter:
                     "kind": kind,
                     "origin": origin,
                     "queue": queue_name,
+                    "job_queue": queue.job_queue(kind, model),
                     "model": model,
                     "request": json.dumps(request),
                     "total": total,

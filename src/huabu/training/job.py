@@ -1,6 +1,8 @@
-"""The handler for training tasks: load the plan's images from storage, train, and leave the
-LoRA in its owner's private folder of the library. A re-run (its worker died) trains again and
-replaces the file; the name was reserved for this task when it was queued."""
+"""The handler for training tasks: load the plan's images from storage, train, leave the LoRA in
+its owner's private folder of the library, and publish it to the shared store (private to its
+owner), so that every worker can generate with it. A re-run (its worker died) trains again and
+replaces the file; the name was reserved for this task when it was queued. The task succeeds
+only once the LoRA is published; a store that fails is retried like any storage failure."""
 
 from __future__ import annotations
 
@@ -8,6 +10,9 @@ import json
 import uuid
 from typing import Any
 
+from sqlalchemy.orm import Session, sessionmaker
+
+from huabu.catalog.transfer import publish
 from huabu.engine.pipelines import PipelineCache
 from huabu.images import decode_image
 from huabu.native.training import TrainingPlan
@@ -18,8 +23,15 @@ from huabu.training.trainer import TrainingJob, train_lora
 
 
 class TrainingHandler:
-    def __init__(self, settings: Settings, storage: Storage, cache: PipelineCache) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: sessionmaker[Session],
+        storage: Storage,
+        cache: PipelineCache,
+    ) -> None:
         self.settings = settings
+        self.sessions = sessions
         self.storage = storage
         self.cache = cache
 
@@ -61,6 +73,10 @@ class TrainingHandler:
             should_cancel=progress.should_cancel,
             replace=True,
         )
+        library = self.cache.library
+        owner = uuid.UUID(plan.lora.split("/", 1)[0].removeprefix("@"))
+        publish(self.sessions, self.storage, library, library.find("loras", plan.lora),
+                owner_id=owner)  # fmt: skip
         return Outcome(
             {
                 "lora": plan.lora,

@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from huabu.auth import Accounts, Authenticator
 from huabu.catalog.library import ModelLibrary
+from huabu.catalog.shared import Catalog
 from huabu.settings import Settings
 from huabu.storage import Storage, UrlSigner, open_storage
 from huabu.storage.signing import installation_secret
@@ -27,7 +28,8 @@ class Services:
     sessions: sessionmaker[Session]
     accounts: Accounts
     auth: Authenticator
-    library: ModelLibrary
+    #: What requests may name: the fleet's models (see ``catalog.shared``).
+    library: Catalog
     storage: Storage
     signer: UrlSigner
     #: Reading tasks (get, list, current, positions and ETAs).
@@ -43,7 +45,8 @@ class Services:
         cls, settings: Settings, sessions: sessionmaker[Session], database_uri: str
     ) -> Services:
         accounts = Accounts(sessions)
-        library = ModelLibrary(settings)
+        # Its own library too, if it has one (one machine, or a shared folder), read live.
+        library = Catalog(sessions, ModelLibrary(settings), settings.default_model)
         storage = open_storage(settings)
         reads = TaskReads(settings, sessions)
         uploads = Uploads(settings, sessions, storage)
