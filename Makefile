@@ -43,6 +43,7 @@ fuzz: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/engine.py
 	$(BIN)/python bench/service.py
+	$(BIN)/python bench/fleet.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

@@ -13,6 +13,7 @@ pretending. (A database restart, killed connections and an outage: test_database
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -160,6 +161,34 @@ def test_thirty_tasks_succeed_once_each_and_a_checkpoint_runs_only_where_it_is(f
         assert Image.open(io.BytesIO(download.content)).size == (64, 64)
     for name in ("api", "w1", "w2"):  # no machine kept an image of its own
         assert not any((fleet.homes[name] / "files").rglob("*.png"))
+
+
+def test_an_upload_and_a_synchronous_dialect_go_through_the_bucket(fleet, s3):
+    client = fleet.client
+    source = Image.new("RGB", (64, 64), "teal")
+    buffer = io.BytesIO()
+    source.save(buffer, format="PNG")
+    upload = client.post("/huabu/v1/uploads", content=buffer.getvalue(),
+                         headers={"content-type": "image/png"})  # fmt: skip
+    assert upload.status_code == 201, upload.text
+    task_id = fleet.submit(model="demo", init_image={"upload": upload.json()["id"]},
+                           strength=0.5, **SMALL)  # fmt: skip
+    task = _wait_all(client, [task_id])[task_id]
+    assert task["state"] == "succeeded", task  # the worker read the upload from the bucket
+    [image] = task["images"]
+    download = httpx.get(image["url"], timeout=30)
+    stored = [key for key in s3.keys("fleet/images/") if task_id in key]
+    assert (
+        stored
+        and s3.client().get_object(Bucket=s3.bucket, Key=stored[0])["Body"].read()
+        == download.content
+    )
+    # A synchronous dialect answers with the bytes from the bucket too.
+    a1111 = client.post("/sdapi/v1/txt2img", json={"prompt": "a fox", "width": 64,
+                                                   "height": 64, "steps": 4})  # fmt: skip
+    assert a1111.status_code == 200, a1111.text
+    picture = Image.open(io.BytesIO(base64.b64decode(a1111.json()["images"][0])))
+    assert picture.size == (64, 64)
 
 
 def _running_on(fleet, task_id: str, timeout: float = 60) -> str:
