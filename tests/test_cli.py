@@ -119,3 +119,15 @@ def test_models_pull_offline_fails_clearly(home):
     assert result.returncode == 2
     assert "cannot download some-org/some-model" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_worker_that_would_take_no_job_stops_in_one_line(tmp_path):
+    env = {"HUABU_WORKER_GENERATION": "false", "HUABU_WORKER_TRAINING": "false"}
+    message = (
+        "error: HUABU_WORKER_GENERATION and HUABU_WORKER_TRAINING are both false: a worker "
+        "would take no job"
+    )
+    for command in ("worker", "serve"):
+        result = subprocess.run([*HUABU, command], capture_output=True, text=True, timeout=60,
+                                env=os.environ | env | {"HUABU_HOME": str(tmp_path)})  # fmt: skip
+        assert result.returncode == 2 and result.stderr.strip() == message

@@ -1,6 +1,7 @@
 """huabu on an external PostgreSQL (its own server process, reached over TCP with a password),
-with an API-only server and two workers, while the database restarts, its connections are
-killed, and it goes away for longer than the workers' stall limit.
+with an API-only server and two workers that share no folder (files in moto's S3 server), while
+the database restarts, its connections are killed, and it goes away for longer than the
+workers' stall limit.
 
 What a user would notice, checked: every task succeeds, exactly once, and no two runs of a
 task overlap (``task_runs`` records which worker ran each attempt, and when); while the
@@ -34,20 +35,30 @@ TASK = {"model": "demo", "prompt": "a lighthouse", "width": 128, "height": 128, 
 
 
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory, home):
+def fleet(tmp_path_factory, home, s3):
+    """No shared folder: each process has its own HUABU_HOME (the API server's is empty, each
+    worker has the demo models), files live in the bucket (moto, see ``s3server``)."""
     root = tmp_path_factory.mktemp("external-pg")
     postgres = ExternalPostgres(root)
-    shared = root / "home"
-    shared.mkdir()
-    (shared / "models").symlink_to(home / "models")
-    env = {"HUABU_DATABASE_URL": postgres.url}
-    api = Server(shared, env | {"HUABU_WORKER": "false"})
-    workers = [Worker(shared, env) for _ in range(2)]
-    accounts = Accounts(open_database(Settings(home=shared, database_url=postgres.url)))
+    homes = [root / name for name in ("api", "w1", "w2")]
+    for path in homes:
+        path.mkdir()
+    for path in homes[1:]:
+        (path / "models").symlink_to(home / "models")
+    env = {"HUABU_DATABASE_URL": postgres.url, "HUABU_SECRET_KEY": "faults"} | s3.env("faults")
+    api = Server(homes[0], env | {"HUABU_WORKER": "false"})
+    workers = [Worker(path, env) for path in homes[1:]]
+    accounts = Accounts(open_database(Settings(home=homes[0], database_url=postgres.url)))
     user = accounts.add_user("fleet@example.com", "password123")
     client = api.client(accounts.create_key(user.id))
     admin = accounts.add_user("admin@example.com", "password123", admin=True)
     client.admin = api.client(accounts.create_key(admin.id))  # type: ignore[attr-defined]
+    # What another worker of this fleet needs: the environment, and a home with models.
+    client.env, client.worker_home = env, homes[1]  # type: ignore[attr-defined]
+    deadline = time.monotonic() + 60  # until the workers have said what they hold
+    while "demo" not in str(client.get("/huabu/v1/models").json()):
+        assert time.monotonic() < deadline, "the workers never advertised their models"
+        time.sleep(0.2)
     yield postgres, api, workers, client
     client.admin.close()  # type: ignore[attr-defined]
     client.close()
@@ -158,7 +169,7 @@ def test_a_worker_started_while_the_database_is_away_waits_for_it(fleet):
     postgres, api, _, client = fleet
     postgres.stop()
     try:
-        late = Worker(api.log.parent, {"HUABU_DATABASE_URL": postgres.url})
+        late = Worker(client.worker_home, client.env)
         deadline = time.monotonic() + 30
         while "waiting for the database" not in late.output() and time.monotonic() < deadline:
             assert late.alive(), late.output()[-2000:]
@@ -252,9 +263,8 @@ def test_one_worker_per_device_from_one_command(fleet):
             if w["name"] not in before and w["name"].rsplit("-", 1)[1] not in others
         ]
 
-    launcher = Process(["worker", "--devices", "cpu,cpu"], api.log.parent,
-                       {"HUABU_DATABASE_URL": postgres.url},
-                       api.log.parent / "devices.log")  # fmt: skip
+    launcher = Process(["worker", "--devices", "cpu,cpu"], client.worker_home, client.env,
+                       client.worker_home / "devices.log")  # fmt: skip
     try:
         view = _fleet_until(client, lambda v: len([w for w in launched(v)
                                                    if w["state"] == "idle"]) >= 2)  # fmt: skip

@@ -113,6 +113,10 @@ def test_the_api_server_lists_what_the_workers_hold_in_every_dialect(fleet):
     assert "demo-single" in [m["id"] for m in client.get("/v1/models").json()["data"]]
     novita = client.get("/v3/model", params={"filter.types": "checkpoint"}).json()["models"]
     assert "demo-single" in [m["sd_name"] for m in novita]
+    kamiya = client.get("/api/image/config").json()["data"]["models"]
+    assert "demo-single" in [m["name"] for m in kamiya]
+    form = client.get("/api/v1b/get_generation_form").json()["info"]
+    assert "demo-single" in next(f["choices"] for f in form if f["name"] == "model_name")
     # A model nobody holds is refused at submit, naming the field and what the fleet has.
     refused = client.post("/huabu/v1/generations", json={"prompt": "x", "model": "nope"})
     assert refused.status_code == 400

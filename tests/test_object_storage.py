@@ -7,10 +7,14 @@ import os
 
 import pytest
 
+from huabu.auth import Accounts
+from huabu.db.session import open_database
 from huabu.errors import NotFound, StorageUnavailable
 from huabu.settings import Settings
 from huabu.storage import open_storage
 from huabu.storage.s3 import S3Storage
+from serving import Server, stop_embedded_postgres
+from test_service import wait_finished
 
 pytestmark = pytest.mark.slow
 
@@ -56,3 +60,26 @@ def test_a_malformed_storage_url_stops_startup_naming_the_variable(tmp_path):
     assert result.stderr.strip() == (
         "error: HUABU_STORAGE_URL: must be file:///absolute/path or s3://bucket[/prefix]"
     )
+
+
+def test_a_store_that_fails_mid_task_is_retried_then_the_task_fails_saying_so(tmp_path, home):
+    """The worker cannot store its images: the task goes back to the queue, and once its
+    attempts are spent it fails with the reason; no image of it is ever served."""
+    (tmp_path / "models").symlink_to(home / "models")
+    server = Server(tmp_path, {"HUABU_STORAGE_URL": "s3://huabu/files",
+                               "HUABU_S3_ENDPOINT_URL": "http://127.0.0.1:9",
+                               "HUABU_MAX_ATTEMPTS": "2"})  # fmt: skip
+    try:
+        accounts = Accounts(open_database(Settings(home=tmp_path)))
+        user = accounts.add_user("store@example.com", "password123")
+        with server.client(accounts.create_key(user.id)) as client:
+            body = {"model": "demo", "prompt": "a fox", "width": 64, "height": 64, "steps": 4}
+            submitted = client.post("/huabu/v1/generations", json=body)
+            assert submitted.status_code == 202, submitted.text
+            task = wait_finished(client, submitted.json()["id"])
+    finally:
+        server.stop()
+        stop_embedded_postgres(tmp_path)
+    assert task["state"] == "failed" and task["attempts"] == 2, task
+    assert task["error"] == "storage unavailable: the image store cannot be reached"
+    assert task["images"] == []
