@@ -101,6 +101,7 @@ class ModelLibrary:
         self.root = settings.models_dir
         #: A worker's: published models it does not hold are found (downloaded) there.
         self.shared = shared
+        self._hash_file: tuple[int, dict[str, str]] | None = None
         #: Described entries by (path, mtime, size): listing stays live (a model copied in
         #: appears at once) but headers and folder sizes are read once per version of a file.
         self._described: dict[tuple[Path, int, int], ModelEntry | None] = {}
@@ -185,9 +186,7 @@ class ModelLibrary:
 
     def unknown(self, kind: str, name: str, *, param: str) -> InvalidRequest:
         """The error for a name that is not in the library, listing what is."""
-        available = ", ".join(self.names(kind)) or "none"
-        singular = {"checkpoints": "model", "vae": "VAE"}.get(kind, kind.rstrip("s"))
-        return InvalidRequest(f"unknown {singular} {name!r}; available: {available}", param=param)
+        return unknown_model(kind, name, self.names(kind), param=param)
 
     def _private(self, kind: str, folder: str, stem: str) -> ModelEntry | None:
         if not _PRIVATE_FOLDER.fullmatch(folder) or not stem or stem.startswith("."):
@@ -209,21 +208,40 @@ class ModelLibrary:
         if not entry.path.is_file():
             return None
         stat = entry.path.stat()
-        cache_file = self.settings.cache_dir / "hashes.json"
-        try:
-            cache = json.loads(cache_file.read_text())
-        except (OSError, ValueError):
-            cache = {}
         key = f"{entry.path}:{stat.st_size}:{stat.st_mtime_ns}"
+        cache = self._hashes()
         if len(cache.get(key, "")) != 64:  # absent, or a short hash of an older version
             if not compute:
                 return None
-            cache[key] = file_sha256(entry.path)
+            cache = {**self._hashes(), key: file_sha256(entry.path)}
+            cache_file = self.settings.cache_dir / "hashes.json"
             cache_file.parent.mkdir(parents=True, exist_ok=True)
             tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}")
             tmp.write_text(json.dumps(cache))
             os.replace(tmp, cache_file)  # worker processes on one host share the file
         return str(cache[key])
+
+    def _hashes(self) -> dict[str, str]:
+        """``cache/hashes.json``, parsed again only when it changed."""
+        cache_file = self.settings.cache_dir / "hashes.json"
+        try:
+            version = cache_file.stat().st_mtime_ns
+            if self._hash_file is None or self._hash_file[0] != version:
+                self._hash_file = (version, json.loads(cache_file.read_text()))
+        except (OSError, ValueError):
+            return {}
+        return self._hash_file[1]
+
+
+def singular(kind: str) -> str:
+    """How messages name one model of ``kind``."""
+    return {"checkpoints": "model", "vae": "VAE"}.get(kind, kind.rstrip("s"))
+
+
+def unknown_model(kind: str, name: str, available: list[str], *, param: str) -> InvalidRequest:
+    """The error for a name that is not there, listing what is."""
+    listed = ", ".join(available) or "none"
+    return InvalidRequest(f"unknown {singular(kind)} {name!r}; available: {listed}", param=param)
 
 
 def file_sha256(path: Path) -> str:

@@ -29,7 +29,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from huabu.catalog.architectures import Architecture
-from huabu.catalog.library import KINDS, ModelInfo, ModelLibrary
+from huabu.catalog.library import KINDS, ModelInfo, ModelLibrary, unknown_model
 from huabu.errors import InvalidRequest
 
 #: How long a worker that stopped answering (without leaving) still vouches for its models.
@@ -208,6 +208,4 @@ class Catalog:
 
     def unknown(self, kind: str, name: str, *, param: str) -> InvalidRequest:
         """The error for a name the fleet cannot serve, listing what it can."""
-        available = ", ".join(self.names(kind)) or "none"
-        singular = {"checkpoints": "model", "vae": "VAE"}.get(kind, kind.rstrip("s"))
-        return InvalidRequest(f"unknown {singular} {name!r}; available: {available}", param=param)
+        return unknown_model(kind, name, self.names(kind), param=param)

@@ -30,7 +30,7 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from huabu.catalog import shared
-from huabu.catalog.library import ModelEntry, ModelInfo, ModelLibrary, file_sha256
+from huabu.catalog.library import ModelEntry, ModelLibrary, file_sha256, singular
 from huabu.errors import ModelUnavailable, NotFound
 from huabu.settings import Settings
 from huabu.storage import Storage
@@ -133,7 +133,7 @@ class ModelCache:
             shutil.rmtree(partial, ignore_errors=True)
             reason = "no space left on device" if exc.errno == errno.ENOSPC else exc.strerror
             raise ModelUnavailable(
-                f"{_singular(row.kind)} {row.name!r} could not be downloaded to this worker: "
+                f"{singular(row.kind)} {row.name!r} could not be downloaded to this worker: "
                 f"{reason}"
             ) from exc
         except BaseException:
@@ -150,12 +150,12 @@ class ModelCache:
             self.storage.get_file(blob_key(item["sha256"]), target)
         except NotFound:
             raise ModelUnavailable(
-                f"{_singular(row.kind)} {row.name!r}: the shared store has lost its file "
+                f"{singular(row.kind)} {row.name!r}: the shared store has lost its file "
                 f"{item['path']}; publish it again"
             ) from None
         if file_sha256(target) != item["sha256"]:
             raise ModelUnavailable(
-                f"{_singular(row.kind)} {row.name!r}: the downloaded {item['path']} does not "
+                f"{singular(row.kind)} {row.name!r}: the downloaded {item['path']} does not "
                 "match its checksum; publish it again"
             )
 
@@ -164,7 +164,7 @@ class ModelCache:
         bound = self.settings.model_cache_bytes
         if row.size_bytes > bound:
             raise ModelUnavailable(
-                f"{_singular(row.kind)} {row.name!r} is {row.size_bytes} bytes, more than this "
+                f"{singular(row.kind)} {row.name!r} is {row.size_bytes} bytes, more than this "
                 f"worker's model cache holds (HUABU_MODEL_CACHE_BYTES={bound})"
             )
         cached = [
@@ -182,10 +182,6 @@ class ModelCache:
 
 def _size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
-def _singular(kind: str) -> str:
-    return {"checkpoints": "model", "vae": "VAE"}.get(kind, kind.rstrip("s"))
 
 
 def describe_for_publish(library: ModelLibrary, kind: str | None, name: str) -> ModelEntry:
@@ -211,4 +207,4 @@ def describe_for_publish(library: ModelLibrary, kind: str | None, name: str) -> 
     return found[0]
 
 
-__all__ = ["ModelCache", "ModelInfo", "blob_key", "describe_for_publish", "publish"]
+__all__ = ["ModelCache", "blob_key", "describe_for_publish", "publish"]
