@@ -58,6 +58,27 @@ def test_txt2img(api):
     assert max_difference(one.image, again.image) == 0  # the same seed, the same image
 
 
+def test_txt2img_with_the_hires_fix_variation_seeds_and_tiling(api):
+    """What webuiapi sends for a hires fix: the image comes back at the upscaled size, with
+    A1111's infotext; variation seeds and tiling are applied and reported too."""
+    result = api.txt2img(prompt="a red fox", enable_hr=True, hr_scale=2, denoising_strength=0.6,
+                         hr_upscaler=webuiapi.HiResUpscaler.Latent, hr_second_pass_steps=4,
+                         subseed=7, subseed_strength=0.4, tiling=True, **SMALL)  # fmt: skip
+    assert result.image.size == (128, 128)
+    text = result.info["infotexts"][0]
+    for field in ("Size: 64x64", "Hires upscale: 2", "Hires steps: 4", "Hires upscaler: Latent",
+                  "Denoising strength: 0.6", "Variation seed: 7",
+                  "Variation seed strength: 0.4", "Tiling: True"):  # fmt: skip
+        assert field in text, text
+    assert result.info["subseed"] == 7 and result.info["all_subseeds"] == [7]
+    assert result.info["denoising_strength"] == 0.6
+    plain = api.txt2img(prompt="a red fox", **SMALL).image
+    varied = api.txt2img(prompt="a red fox", subseed=7, subseed_strength=0.4, **SMALL).image
+    assert max_difference(plain, varied) > 0
+    same = api.txt2img(prompt="a red fox", subseed=7, subseed_strength=0.0, **SMALL).image
+    assert max_difference(plain, same) == 0
+
+
 def test_img2img(api):
     source = Image.new("RGB", (64, 64), (200, 30, 30))
     result = api.img2img(images=[source], prompt="a fox", denoising_strength=0.5, **SMALL)
@@ -174,7 +195,10 @@ def test_interrupt_stops_ones_own_task_only(api, other):
 def test_bad_requests_name_the_field(api, server):
     refused(lambda: api.txt2img(prompt="x", **SMALL | {"width": 100}), "width")
     refused(lambda: api.txt2img(prompt="x", **SMALL | {"sampler_name": "nope"}), "sampler_name")
-    refused(lambda: api.txt2img(prompt="x", enable_hr=True, **SMALL), "enable_hr")
+    refused(lambda: api.txt2img(prompt="x", enable_hr=True, hr_upscaler="R-ESRGAN 4x+", **SMALL),
+            "hr_upscaler")  # fmt: skip
+    refused(lambda: api.txt2img(prompt="x", enable_hr=True, hr_scale=4, **SMALL | {"width": 640,
+            "height": 640}), "hr_scale")  # fmt: skip
     refused(lambda: api.txt2img(prompt="x", batch_size=5, n_iter=2, **SMALL), "batch_size")
     response = requests.get(server.url + "/sdapi/v1/sd-models")
     assert response.status_code == 401

@@ -153,7 +153,21 @@ VALID = {"model_name": "demo", "prompt": "fox", "width": 128, "height": 128, "im
         ({"loras": [{"model_name": "demo-lora"}] * 6}, "request.loras"),
         ({"embeddings": [{"model_name": "x"}]}, "request.embeddings.0.model_name"),
         ({"embeddings": [{"model_name": "demo-embedding"}] * 6}, "request.embeddings"),
-        ({"hires_fix": {"target_width": 256, "target_height": 256}}, "request.hires_fix"),
+        (
+            {
+                "hires_fix": {
+                    "target_width": 256,
+                    "target_height": 256,
+                    "upscaler": "RealESRNet_x4plus",
+                }
+            },
+            "request.hires_fix.upscaler",
+        ),
+        (
+            {"hires_fix": {"target_width": 4096, "target_height": 4096}},
+            "request.hires_fix.target_width",
+        ),
+        ({"refiner": {"switch_at": 0.5}}, "request.refiner"),
         ({"sd_vae": "nope.safetensors"}, "request.sd_vae"),
     ],
 )

@@ -161,11 +161,18 @@ def test_novita_spec_example():
 
 def test_novita_refusals_and_result():
     body = novita.Txt2ImgIn.model_validate(
-        {"model_name": "m", "prompt": "p", "hires_fix": {"target_width": 1024}}
+        {"model_name": "m", "prompt": "p", "refiner": {"switch_at": 0.6}}
     )
     with pytest.raises(InvalidRequest) as caught:
         novita.to_native(body, novita.ExtraIn())
-    assert caught.value.param == "request.hires_fix"
+    assert caught.value.param == "request.refiner"
+    fixed = novita.Txt2ImgIn.model_validate(
+        {"model_name": "m", "prompt": "p", "hires_fix": {"target_width": 1024,
+                                                         "target_height": 768}}
+    )  # fmt: skip
+    hires = novita.to_native(fixed, novita.ExtraIn()).hires
+    assert (hires.resize_width, hires.resize_height, hires.strength) == (1024, 768, 0.5)
+    assert hires.upscaler == "Latent"
     renamed = novita._renamed(InvalidRequest("bad", param="controlnets.0.scale"))
     assert renamed.param == "request.controlnet.units.0.strength"
     native = GenerationRequest(model="m", seed=9, init_image=ImageRef(key="uploads/a.png"))
@@ -231,7 +238,9 @@ def test_a1111_prompt_loras_scheduler_and_units():
 @pytest.mark.parametrize(
     "change, param",
     [
-        ({"enable_hr": True}, "enable_hr"),
+        ({"enable_hr": True, "hr_sampler_name": "DDIM"}, "hr_sampler_name"),
+        ({"enable_hr": True, "hr_checkpoint_name": "other"}, "hr_checkpoint_name"),
+        ({"restore_faces": True}, "restore_faces"),
         ({"batch_size": 9}, "batch_size"),
         ({"scheduler": "exponential"}, "scheduler"),
         ({"alwayson_scripts": {"controlnet": "x"}}, "alwayson_scripts.controlnet"),

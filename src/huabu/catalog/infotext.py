@@ -42,8 +42,22 @@ def infotext(request: GenerationRequest, seed: int, *, model_hash: str | None = 
     if model_hash:
         fields.append(("Model hash", model_hash))
     fields.append(("Model", request.model))
+    if request.subseed_strength > 0:
+        index = seed - request.seed  # image i uses seed + i and subseed + i
+        fields.append(("Variation seed", str(request.subseed + index)))
+        fields.append(("Variation seed strength", _number(request.subseed_strength)))
     if request.is_img2img:
         fields.append(("Denoising strength", _number(request.strength)))
+    if request.hires is not None:
+        hires = request.hires
+        fields.append(("Denoising strength", _number(hires.strength)))
+        if hires.resize_width or hires.resize_height:
+            fields.append(("Hires resize", f"{hires.resize_width}x{hires.resize_height}"))
+        else:
+            fields.append(("Hires upscale", _number(hires.scale)))
+        if hires.steps:
+            fields.append(("Hires steps", str(hires.steps)))
+        fields.append(("Hires upscaler", hires.upscaler))
     if request.inpaint is not None:
         fields.append(("Mask blur", str(request.inpaint.blur)))
         if request.inpaint.only_masked:
@@ -53,6 +67,8 @@ def infotext(request: GenerationRequest, seed: int, *, model_hash: str | None = 
         fields.append(("Clip skip", str(request.clip_skip)))
     if request.vae:
         fields.append(("VAE", request.vae))
+    if request.tiling:
+        fields.append(("Tiling", "True"))
     if request.loras:
         # A trained LoRA's private library name (@owner/name) is shown as its owner knows it.
         used = ", ".join(

@@ -52,8 +52,8 @@ class Txt2ImgIn(BaseModel):
     negative_prompt: str = Field(default="", max_length=16_000)
     styles: list[str] = []
     seed: int = Field(default=-1, ge=-1, le=MAX_SEED)
-    subseed: int = -1  # accepted; variation seeds are not applied
-    subseed_strength: float = 0.0
+    subseed: int = Field(default=-1, ge=-1, le=MAX_SEED)
+    subseed_strength: float = Field(default=0.0, ge=0, le=1)
     sampler_name: str | None = None
     sampler_index: str | None = None
     scheduler: str | None = None
@@ -64,6 +64,17 @@ class Txt2ImgIn(BaseModel):
     width: int = 512
     height: int = 512
     enable_hr: bool = False
+    #: The hires fix (txt2img only, as in A1111): its second pass's strength.
+    denoising_strength: float = Field(default=0.75, ge=0, le=1)
+    hr_scale: float = 2.0
+    hr_upscaler: str | None = None
+    hr_second_pass_steps: int = 0
+    hr_resize_x: int = 0
+    hr_resize_y: int = 0
+    hr_checkpoint_name: str | None = None
+    hr_sampler_name: str | None = None
+    hr_prompt: str = ""
+    hr_negative_prompt: str = ""
     tiling: bool = False
     restore_faces: bool | None = None
     override_settings: dict[str, Any] = {}
@@ -73,7 +84,6 @@ class Txt2ImgIn(BaseModel):
 
 class Img2ImgIn(Txt2ImgIn):
     init_images: list[str] = Field(min_length=1)
-    denoising_strength: float = Field(default=0.75, ge=0, le=1)
     #: Inpainting: white repaints. The defaults are A1111's API defaults.
     mask: str | None = None
     mask_blur: int = Field(default=4, ge=0, le=64)
@@ -175,9 +185,8 @@ def to_native(
 ) -> GenerationRequest:
     """Pure translation. ``init_image``, ``mask`` and each unit's third item are upload ids;
     ``options`` are the caller's saved options (``override_settings`` win over them)."""
-    for flag in ("enable_hr", "tiling", "restore_faces"):
-        if getattr(body, flag):
-            raise InvalidRequest(f"{flag} is not supported yet", param=flag)
+    if body.restore_faces:
+        raise InvalidRequest("restore_faces is not supported yet", param="restore_faces")
     images = body.batch_size * body.n_iter
     if images > settings.max_images:
         raise InvalidRequest(
@@ -203,7 +212,11 @@ def to_native(
             "n_images": images,
             "init_image": init_image,
             "inpaint": body.inpaint(mask) if isinstance(body, Img2ImgIn) and mask else None,
-            "strength": getattr(body, "denoising_strength", 0.75),
+            "strength": body.denoising_strength if init_image else 0.75,
+            "subseed": body.subseed,
+            "subseed_strength": body.subseed_strength,
+            "tiling": body.tiling,
+            "hires": hires(body, sampler(body)) if init_image is None else None,
             "clip_skip": overrides.get("CLIP_stop_at_last_layers") or 1,
             "vae": model_name(str(vae)) if vae else None,
             "loras": loras,
@@ -222,10 +235,45 @@ def to_native(
     )
 
 
+def hires(body: Txt2ImgIn, sampler_name: str) -> dict[str, Any] | None:
+    """The native hires fix of a txt2img body (``enable_hr``)."""
+    if not body.enable_hr:
+        return None
+    same = {
+        "hr_checkpoint_name": (body.hr_checkpoint_name, ("", "Use same checkpoint")),
+        "hr_sampler_name": (body.hr_sampler_name, ("", "Use same sampler", sampler_name)),
+        "hr_prompt": (body.hr_prompt, ("", body.prompt)),
+        "hr_negative_prompt": (body.hr_negative_prompt, ("", body.negative_prompt)),
+    }
+    for field, (value, allowed) in same.items():
+        if value is not None and value not in allowed:
+            raise InvalidRequest(
+                f"{field}: the hires pass runs with the first pass's checkpoint, sampler and "
+                "prompts here",
+                param=field,
+            )
+    if body.denoising_strength <= 0:
+        raise InvalidRequest(
+            "denoising_strength must be above 0 for the hires fix", param="denoising_strength"
+        )
+    return {
+        "scale": body.hr_scale,
+        "resize_width": body.hr_resize_x,
+        "resize_height": body.hr_resize_y,
+        "upscaler": body.hr_upscaler or "Latent",
+        "steps": body.hr_second_pass_steps,
+        "strength": body.denoising_strength,
+    }
+
+
 _NATIVE_NAMES = {"model": "override_settings.sd_model_checkpoint", "guidance": "cfg_scale",
                  "sampler": "sampler_name", "n_images": "batch_size", "strength":
                  "denoising_strength", "vae": "override_settings.sd_vae",
-                 "clip_skip": "override_settings.CLIP_stop_at_last_layers"}  # fmt: skip
+                 "clip_skip": "override_settings.CLIP_stop_at_last_layers",
+                 "hires": "enable_hr", "hires.scale": "hr_scale",
+                 "hires.resize_width": "hr_resize_x", "hires.resize_height": "hr_resize_y",
+                 "hires.upscaler": "hr_upscaler", "hires.steps": "hr_second_pass_steps",
+                 "hires.strength": "denoising_strength"}  # fmt: skip
 
 
 _INPAINT_NAMES = {"blur": "mask_blur", "padding": "inpaint_full_res_padding"}
@@ -260,9 +308,9 @@ def info(record: TaskRecord, request: GenerationRequest, body: Txt2ImgIn) -> dic
         "all_negative_prompts": [request.negative_prompt] * len(seeds),
         "seed": request.seed,
         "all_seeds": seeds,
-        "subseed": body.subseed,
-        "all_subseeds": [body.subseed] * len(seeds),
-        "subseed_strength": body.subseed_strength,
+        "subseed": request.subseed,
+        "all_subseeds": request.image_subseeds()[: len(seeds)],
+        "subseed_strength": request.subseed_strength,
         "width": request.width,
         "height": request.height,
         "sampler_name": request.sampler,
@@ -276,7 +324,13 @@ def info(record: TaskRecord, request: GenerationRequest, body: Txt2ImgIn) -> dic
         "sd_vae_name": request.vae,
         "seed_resize_from_w": -1,
         "seed_resize_from_h": -1,
-        "denoising_strength": request.strength if request.is_img2img else None,
+        "denoising_strength": (
+            request.strength
+            if request.is_img2img
+            else request.hires.strength
+            if request.hires
+            else None
+        ),  # fmt: skip
         "extra_generation_params": {},
         "index_of_first_image": 0,
         "infotexts": [image.infotext for image in record.images],

@@ -3,7 +3,9 @@
 ``novita-client`` SDK reads them (``novita_client/proto.py``), so the SDK works against huabu by
 changing only its ``base_url``. Errors: ``{"code", "reason", "message", "metadata"}``.
 
-Not yet available here (refused with a 400 naming the field): hires fix and refiner.
+Not yet available here (refused with a 400 naming the field): the refiner, and hires_fix on
+img2img. novita's model-based upscalers (RealESRGAN_x4plus_anime_6B, RealESRNet_x4plus) need
+weights this server does not have and are refused by name.
 """
 
 from __future__ import annotations
@@ -91,8 +93,18 @@ class Txt2ImgIn(BaseModel):
     clip_skip: int | None = Field(default=None, ge=1, le=12)
     loras: list[LoraIn] | None = Field(default=None, max_length=MAX_LORAS)
     embeddings: list[NamedIn] | None = Field(default=None, max_length=5)
-    hires_fix: dict[str, Any] | None = None
+    hires_fix: HiresFixIn | None = None
     refiner: dict[str, Any] | None = None
+
+
+class HiresFixIn(BaseModel):
+    """novita's ``hires_fix``: the final size, the second pass's strength, the upscaler."""
+
+    model_config = ConfigDict(extra="ignore")
+    target_width: int = Field(ge=128, le=4096)
+    target_height: int = Field(ge=128, le=4096)
+    strength: float = Field(default=0.5, gt=0, le=1)
+    upscaler: str = "Latent"
 
 
 class IpAdapterIn(BaseModel):
@@ -209,8 +221,8 @@ class ModelsOut(BaseModel):
 
 def _unsupported(body: Txt2ImgIn) -> None:
     present = {
-        "hires_fix": body.hires_fix is not None,
         "refiner": body.refiner is not None,
+        "hires_fix": isinstance(body, Img2ImgIn) and body.hires_fix is not None,
     }
     for field, used in present.items():
         if used:
@@ -281,9 +293,17 @@ def to_native(
                 for unit, image in zip(units, control_images, strict=True)
             ],
             "ip_adapter": ip_adapter,
+            "hires": _hires(body.hires_fix),
             "output_format": extra.response_image_type,
         }
     )
+
+
+def _hires(fix: HiresFixIn | None) -> dict[str, Any] | None:
+    if fix is None:
+        return None
+    return {"resize_width": fix.target_width, "resize_height": fix.target_height,
+            "strength": fix.strength, "upscaler": fix.upscaler}  # fmt: skip
 
 
 def _ms(moment) -> int:
@@ -357,12 +377,18 @@ def _renamed(error: InvalidRequest) -> InvalidRequest:
               "sampler": "sampler_name", "n_images": "image_num", "vae": "sd_vae",
               "init_image": "image_base64", "loras": "loras", "width": "width",
               "height": "height", "seed": "seed", "embeddings": "embeddings",
-              "controlnets": "controlnet.units", "ip_adapter": "ip_adapters.0"}  # fmt: skip
+              "controlnets": "controlnet.units", "ip_adapter": "ip_adapters.0",
+              "hires": "hires_fix"}  # fmt: skip
     head, _, rest = (error.param or "").partition(".")
     if head not in native:
         return error
     if head == "embeddings" and rest:
         rest += ".name"  # native lists names; novita lists {model_name}
+    if head == "hires":
+        field = {"resize_width": "target_width", "resize_height": "target_height",
+                 "scale": "target_width"}.get(rest, rest)  # fmt: skip
+        param = "request.hires_fix" + ("." + field if field else "")
+        return InvalidRequest(f"{param}: {error.message}", param=param)
     if head == "ip_adapter":
         field = {"name": "model_name", "image": "image_base64"}.get(rest, rest)
         param = "request.ip_adapters.0" + ("." + field if field else "")

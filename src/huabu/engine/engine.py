@@ -34,9 +34,19 @@ from huabu.engine import inpainting, ksampling, preprocessors, quiet_libraries
 from huabu.engine.denoiser import Denoiser, noise_sampler
 from huabu.engine.pipelines import LoadedModel, PipelineCache
 from huabu.engine.samplers import SAMPLERS, Sampler
+from huabu.engine.variation import (
+    crop_latents,
+    tiled,
+    upscale_image,
+    upscale_latents,
+    varied_start,
+    vary,
+)
+from huabu.engine.variation import generators as seeded
 from huabu.errors import Cancelled, GenerationFailed, HuabuError, InvalidRequest
 from huabu.images import repaint_mask
 from huabu.native import GenerationRequest, GenerationResult, Timings
+from huabu.native.generation import LATENT_UPSCALERS, hires_steps
 from huabu.settings import Settings
 
 #: on_progress(step, total) after each sampling step.
@@ -112,7 +122,7 @@ class Engine:
                 reference = None
             loaded = time.perf_counter()
             with model.loras.applied(request.loras), model.ip_adapter.applied(request.ip_adapter):
-                inputs = _Inputs(source, plan, controls, reference)
+                inputs = _Inputs(source, plan, controls, reference, control_images or [])
                 step = _StepHook(on_progress, should_cancel)
                 return self._generate(request, model, vae, inputs, step, started, loaded)
 
@@ -156,13 +166,21 @@ class Engine:
         encoded = time.perf_counter()
 
         sampler = SAMPLERS[request.sampler]
-        generators = [torch.Generator("cpu").manual_seed(s) for s in request.image_seeds()]
+        nets = [net for net, _ in inputs.controls]
         try:
-            with torch.inference_mode():
+            with (
+                torch.inference_mode(),
+                tiled(request.tiling, model.components["unet"], vae, *nets),
+            ):
                 sample = self._k_sample if sampler.k_sampler else self._diffusers_sample
+                first = step.passes(request)
                 latents = sample(
-                    model, vae, sampler, request, conditioning, generators, inputs, step
-                )
+                    model, vae, sampler, request, conditioning,
+                    seeded(request.image_seeds()), inputs, first,
+                )  # fmt: skip
+                if request.hires is not None:
+                    latents = self._hires(model, vae, sampler, request, conditioning, inputs,
+                                          latents, step.after(first))  # fmt: skip
                 sampled = time.perf_counter()
                 images = [self._decode(model, vae, latents[i : i + 1]) for i in range(len(latents))]
                 if inputs.plan is not None:
@@ -246,7 +264,8 @@ class Engine:
         # A pipeline object holds per-call state; give it this request's scheduler only.
         call_pipe = pipe_class(**components)
         call_pipe.set_progress_bar_config(disable=True)
-        return call_pipe(**kwargs).images
+        with varied_start(call_pipe, request):
+            return call_pipe(**kwargs).images
 
     def _k_sample(
         self,
@@ -264,7 +283,9 @@ class Engine:
         device, dtype = self.cache.device, unet.dtype
         shape = (unet.config.in_channels, request.height // 8, request.width // 8)
         source, plan, init, keep = inputs.source, inputs.plan, None, None
-        if source is not None:
+        if isinstance(source, torch.Tensor):  # the hires pass: latents already
+            init = source.to(device, dtype)
+        elif source is not None:
             start = plan.start if plan is not None else source
             init = _encode_image(vae, model, start, device, dtype)
         if plan is not None:
@@ -286,6 +307,10 @@ class Engine:
         noise = noise_sampler(generators, shape, device, dtype)
         sigmas = denoiser.schedule(request.steps, sampler.karras)
         x = noise()
+        if request.subseed_strength > 0:
+            subnoise = noise_sampler(seeded(request.image_subseeds()), shape,
+                                     device, dtype)()  # fmt: skip
+            x = vary(x, subnoise, request.subseed_strength)
         if init is not None:  # img2img: start part-way down the schedule, as A1111 does
             kept = int(min(request.strength, 0.999) * request.steps)
             sigmas = sigmas[request.steps - kept - 1 :]
@@ -303,6 +328,35 @@ class Engine:
                 denoiser, x, sigma_min, sigma_max, total, noise, report
             )
         return ksampling.sample_dpm_adaptive(denoiser, x, sigma_min, sigma_max, noise, report)
+
+    def _hires(self, model, vae, sampler, request, conditioning, inputs, latents, step):
+        """A1111's hires fix: upscale the first pass (its latents, or its decoded images),
+        cut to the final size, and refine that as image-to-image with the same seeds."""
+        hires = request.hires
+        upscaled, final = hires.sizes(request.width, request.height)
+        second = request.model_copy(update={
+            "width": final[0], "height": final[1], "steps": hires.steps or request.steps,
+            "strength": hires.strength, "hires": None, "subseed_strength": 0.0,
+        })  # fmt: skip
+        unet = model.components["unet"]
+        if hires.upscaler in LATENT_UPSCALERS:
+            source = upscale_latents(latents, hires.upscaler, upscaled)
+        else:
+            images = [
+                upscale_image(
+                    self._decode(model, vae, latents[i : i + 1]), hires.upscaler, upscaled
+                )  # fmt: skip
+                for i in range(len(latents))
+            ]
+            source = torch.cat(
+                [_encode_image(vae, model, image, unet.device, unet.dtype) for image in images]
+            )
+        source = crop_latents(source, final)
+        controls = self._controls(second, model, inputs.control_images)
+        again = _Inputs(source, None, controls, inputs.ip_image, inputs.control_images)
+        sample = self._k_sample if sampler.k_sampler else self._diffusers_sample
+        return sample(model, vae, sampler, second, conditioning,
+                      seeded(second.image_seeds()), again, step)  # fmt: skip
 
     def _decode(self, model: LoadedModel, vae, latents: torch.Tensor) -> Image.Image:
         # The checkpoint's own scaling applies even with an override VAE (weights only, as A1111).
@@ -330,29 +384,51 @@ class _Inputs:
     plan: inpainting.InpaintPlan | None
     controls: list[tuple[Any, Image.Image]]  # (ControlNet, control map) per unit
     ip_image: Image.Image | None
+    control_images: list[Image.Image]  # as sent: the hires pass preprocesses them again
 
 
 class _StepHook:
     """Progress reporting and cancellation, shared by both sampling paths."""
 
-    def __init__(self, on_progress: ProgressCallback | None, should_cancel: CancelCheck | None):
+    def __init__(
+        self,
+        on_progress: ProgressCallback | None,
+        should_cancel: CancelCheck | None,
+        *,
+        done: int = 0,
+        later: int = 0,
+    ):
         self.on_progress = on_progress
         self.should_cancel = should_cancel
+        #: Steps of earlier passes (reported first) and of later ones (counted in the total).
+        self.done, self.later = done, later
+        self.seen = 0  # the last step this pass reported
+
+    def passes(self, request: GenerationRequest) -> _StepHook:
+        """The hook of the first pass, whose total counts the hires pass's steps too."""
+        return _StepHook(self.on_progress, self.should_cancel, later=hires_steps(request))
+
+    def after(self, first: _StepHook) -> _StepHook:
+        """The hook of the hires pass, reported after the first pass's steps."""
+        return _StepHook(self.on_progress, self.should_cancel, done=first.seen)
+
+    def report(self, step: int, total: int) -> None:
+        self.seen = step
+        if self.on_progress is not None:
+            self.on_progress(self.done + step, self.done + total + self.later)
 
     def check_cancel(self) -> None:
         if self.should_cancel is not None and self.should_cancel():
             raise Cancelled()
 
     def diffusers_callback(self, pipe, index: int, timestep, tensors: dict) -> dict:
-        if self.on_progress is not None:
-            self.on_progress(index + 1, pipe.num_timesteps)
+        self.report(index + 1, pipe.num_timesteps)
         self.check_cancel()
         return tensors
 
     def fraction_reporter(self, total: int) -> Callable[[float], None]:
         def report(fraction: float) -> None:
-            if self.on_progress is not None:
-                self.on_progress(min(round(fraction * total), total), total)
+            self.report(min(round(fraction * total), total), total)
 
         return report
 

@@ -193,6 +193,82 @@ class InpaintRef(BaseModel):
     padding: int = Field(default=32, ge=0, le=256)
 
 
+#: A1111's latent upscale modes: (torch interpolate mode, antialias).
+LATENT_UPSCALERS = {
+    "Latent": ("bilinear", False),
+    "Latent (antialiased)": ("bilinear", True),
+    "Latent (bicubic)": ("bicubic", False),
+    "Latent (bicubic antialiased)": ("bicubic", True),
+    "Latent (nearest)": ("nearest", False),
+    "Latent (nearest-exact)": ("nearest-exact", False),
+}
+#: Upscalers that resize the decoded image (A1111's "None" resizes with Lanczos too).
+IMAGE_UPSCALERS = ("None", "Lanczos", "Nearest")
+#: A1111's model-based upscalers: named so a request for one is told what it needs.
+MODEL_UPSCALERS = ("ESRGAN_4x", "R-ESRGAN 4x+", "R-ESRGAN 4x+ Anime6B", "LDSR", "ScuNET",
+                   "ScuNET PSNR", "SwinIR_4x", "DAT x2", "DAT x3", "DAT x4",
+                   "RealESRGAN_x4plus_anime_6B", "RealESRNet_x4plus")  # fmt: skip
+
+
+class HiresFix(BaseModel):
+    """A1111's hires fix: generate at the request's size, upscale (in latent space, or the
+    decoded image), then refine at the new size as image-to-image with ``strength``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    #: The upscale factor, used when neither resize is given.
+    scale: float = Field(default=2.0, ge=1, le=4)
+    #: Target width/height (0: from the other, keeping the aspect; both: cover, then crop).
+    resize_width: int = Field(default=0, ge=0)
+    resize_height: int = Field(default=0, ge=0)
+    upscaler: Name = "Latent"
+    #: Steps of the second pass (0: the request's steps).
+    steps: int = Field(default=0, ge=0)
+    strength: float = Field(default=0.75, gt=0, le=1)
+
+    def sizes(self, width: int, height: int) -> tuple[tuple[int, int], tuple[int, int]]:
+        """(the size to upscale to, the final size after cropping), as A1111 computes them;
+        both in multiples of 8."""
+        rx, ry = self.resize_width, self.resize_height
+        if rx == 0 and ry == 0:
+            up = (int(width * self.scale), int(height * self.scale))
+            target = up
+        elif ry == 0:
+            up = target = (rx, rx * height // width)
+        elif rx == 0:
+            up = target = (ry * width // height, ry)
+        else:
+            target = (rx, ry)
+            if width / height < rx / ry:
+                up = (rx, rx * height // width)
+            else:
+                up = (ry * width // height, ry)
+        return (up[0] // 8 * 8, up[1] // 8 * 8), (target[0] // 8 * 8, target[1] // 8 * 8)
+
+    def checked_upscaler(self) -> str:
+        if self.upscaler in LATENT_UPSCALERS or self.upscaler in IMAGE_UPSCALERS:
+            return self.upscaler
+        known = ", ".join([*LATENT_UPSCALERS, *IMAGE_UPSCALERS])
+        if self.upscaler in MODEL_UPSCALERS:
+            raise InvalidRequest(
+                f"hires.upscaler: {self.upscaler!r} needs upscaler weights this server does not "
+                f"have; use one of {known}",
+                param="hires.upscaler",
+            )
+        raise InvalidRequest(
+            f"hires.upscaler: unknown upscaler {self.upscaler!r}; use one of {known}",
+            param="hires.upscaler",
+        )
+
+
+def hires_steps(request: GenerationRequest) -> int:
+    """The steps the hires pass runs (an image-to-image pass runs ``strength`` of its steps)."""
+    if request.hires is None:
+        return 0
+    steps = request.hires.steps or request.steps
+    return min(int(steps * request.hires.strength), steps)
+
+
 class GenerationRequest(BaseModel):
     """One text-to-image or image-to-image request, in huabu's own terms."""
 
@@ -221,6 +297,13 @@ class GenerationRequest(BaseModel):
     controlnets: tuple[ControlUnit, ...] = Field(default=(), max_length=MAX_CONTROLNETS)
     ip_adapter: IpAdapterRef | None = None
     inpaint: InpaintRef | None = None
+    #: A1111's variation seeds: the starting noise is ``subseed``'s, slerped into the seed's
+    #: by ``subseed_strength`` (0: the seed's image exactly; 1: the subseed's).
+    subseed: int = Field(default=-1, ge=-1, le=MAX_SEED)
+    subseed_strength: float = Field(default=0.0, ge=0, le=1)
+    #: Circular padding everywhere: an image that tiles.
+    tiling: bool = False
+    hires: HiresFix | None = None
     output_format: OutputFormat = "png"
 
     @classmethod
@@ -274,8 +357,48 @@ class GenerationRequest(BaseModel):
                     f"controlnets.{index}: start ({unit.start:g}) must be below end ({unit.end:g})",
                     param=f"controlnets.{index}.start",
                 )
+        if self.hires is not None:
+            self._check_hires(self.hires, settings)
         seed = self.seed if self.seed >= 0 else secrets.randbelow(MAX_SEED - settings.max_images)
-        return self.model_copy(update={"sampler": canonical_sampler(self.sampler), "seed": seed})
+        subseed = self.subseed
+        if subseed < 0 and self.subseed_strength > 0:
+            subseed = secrets.randbelow(MAX_SEED - settings.max_images)
+        return self.model_copy(
+            update={"sampler": canonical_sampler(self.sampler), "seed": seed, "subseed": subseed}
+        )
+
+    def _check_hires(self, hires: HiresFix, settings: Settings) -> None:
+        hires.checked_upscaler()
+        if self.init_image is not None:
+            raise InvalidRequest("hires: the hires fix is for text-to-image", param="hires")
+        if hires.steps > settings.max_steps:
+            raise InvalidRequest(
+                f"hires.steps must be at most {settings.max_steps}, got {hires.steps}",
+                param="hires.steps",
+            )
+        (up_w, up_h), (width, height) = hires.sizes(self.width, self.height)
+        param = "hires.scale" if not (hires.resize_width or hires.resize_height) else (
+            "hires.resize_width")  # fmt: skip
+        largest = max(up_w, up_h)
+        if largest > settings.max_size or up_w * up_h > settings.max_pixels:
+            raise InvalidRequest(
+                f"the hires fix would make {up_w}x{up_h}; the limit is {settings.max_size} a "
+                f"side and {settings.max_pixels} pixels",
+                param=param,
+            )
+        if min(width, height) < settings.min_size:
+            raise InvalidRequest(
+                f"the hires fix would make {width}x{height}; the smallest side is "
+                f"{settings.min_size}",
+                param=param,
+            )
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        """The size of the images made (the hires fix's, with one)."""
+        if self.hires is None:
+            return self.width, self.height
+        return self.hires.sizes(self.width, self.height)[1]
 
     def image_refs(self) -> dict[str, ImageRef]:
         """Every input image the request names, by its field (``controlnets.0.image`` …)."""
@@ -311,6 +434,10 @@ class GenerationRequest(BaseModel):
     def image_seeds(self) -> list[int]:
         """The seed of each image, A1111's convention: image i uses seed + i."""
         return [self.seed + i for i in range(self.n_images)]
+
+    def image_subseeds(self) -> list[int]:
+        """The variation seed of each image: subseed + i, as A1111 numbers them."""
+        return [self.subseed + i for i in range(self.n_images)]
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from huabu.db.tables import Task, TrainedModel
 from huabu.errors import InvalidRequest, Overloaded
 from huabu.images import decode_image, repaint_mask
 from huabu.native import MAX_LORAS, GenerationRequest, ImageRef, LoraRef
+from huabu.native.generation import hires_steps
 from huabu.settings import Settings
 from huabu.storage import Storage
 from huabu.tasks import queue
@@ -69,9 +70,13 @@ _TRAINED = (
 
 
 def work_units(request: GenerationRequest) -> float:
-    """Relative cost of a generation: denoising steps × pixels × images."""
+    """Relative cost of a generation: denoising steps × pixels × images (a hires pass's
+    steps at its size added)."""
     steps = request.steps * (request.strength if request.is_img2img else 1.0)
-    return max(1.0, steps) * request.width * request.height * request.n_images
+    pixels = max(1.0, steps) * request.width * request.height
+    width, height = request.output_size
+    pixels += hires_steps(request) * width * height
+    return pixels * request.n_images
 
 
 class TaskSubmitter:
@@ -123,7 +128,7 @@ class TaskSubmitter:
             origin=origin,
             model=request.model,
             request=request.model_dump(mode="json"),
-            total=request.steps,
+            total=request.steps + hires_steps(request),
             work=work_units(request),
             new_uploads=list(new.values()),
         )
