@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from helpers import loaded
-from huabu.engine.prompts import parse_weights
+from huabu.engine.prompts import parse_weights, tokenize
 
 
 @pytest.mark.parametrize(
@@ -73,3 +73,19 @@ def test_weighting_changes_the_image(engine, small):
     plain = engine.generate(small(prompt="a red fox"))
     weighted = engine.generate(small(prompt="a (red:1.6) fox"))
     assert not np.array_equal(pixels(plain.images[0]), pixels(weighted.images[0]))
+
+
+def test_a_full_chunk_ends_at_its_last_comma_as_in_a1111(encoder):
+    """A1111 moves the words after a comma that is at most 20 tokens before a chunk's end into
+    the next chunk; with no comma near, the cut is at exactly 75 tokens."""
+    tokenizer = encoder.tokenizers[0]
+    comma = tokenizer.get_vocab()[",</w>"]
+    phrase = "a red fox in deep snow"  # 6 tokens, then a comma: 7 a repetition
+    assert len(tokenizer(phrase, add_special_tokens=False).input_ids) == 6
+    chunks = tokenize(tokenizer, ", ".join([phrase] * 20))
+    assert len(chunks.ids[0]) == 70 and chunks.ids[0][-1] == comma  # ten phrases, whole
+    assert chunks.ids[1][:6] == tokenizer(phrase, add_special_tokens=False).input_ids
+    words = tokenize(tokenizer, " ".join(["fox"] * 100))
+    assert [len(ids) for ids in words.ids] == [75, 25]
+    far = tokenize(tokenizer, "fox, " + " ".join(["fox"] * 100))  # the comma is 73 back
+    assert [len(ids) for ids in far.ids] == [75, 27]

@@ -36,27 +36,6 @@ def key_for(home, email: str = "user@example.com") -> str:
     return accounts.create_key(accounts.add_user(email, "password123").id)
 
 
-def test_killed_worker_task_is_rerun_by_another(fresh_home):
-    key = key_for(fresh_home)
-    api = Server(fresh_home, {"HUABU_WORKER": "false"})
-    first = Worker(fresh_home)
-    try:
-        client = api.client(key)
-        task = submit(client, KILLABLE)
-        wait_state(client, task["id"], "running", timeout=90)
-        first.kill()
-        second = Worker(fresh_home)
-        try:
-            done = wait_finished(client, task["id"], timeout=120)
-        finally:
-            second.stop()
-        assert done["state"] == "succeeded", done
-        assert done["attempts"] == 2
-        assert len(done["images"]) == 1
-    finally:
-        api.stop()
-
-
 def test_task_that_keeps_killing_workers_fails_with_a_reason(fresh_home):
     key = key_for(fresh_home)
     api = Server(fresh_home, {"HUABU_WORKER": "false", "HUABU_MAX_ATTEMPTS": "1"})

@@ -16,6 +16,8 @@ import torch
 
 ROUND_UP = 1.1
 CHUNK_TOKENS = 75
+#: How far back from a chunk's end a comma may be for the words after it to move on.
+COMMA_BACKTRACK = 20
 
 _TOKEN = re.compile(
     r"""\\[()\[\]\\]        # escaped bracket or backslash
@@ -84,17 +86,42 @@ class Chunks:
 
 
 def tokenize(tokenizer, prompt: str) -> Chunks:
-    """Tokenize a weighted prompt into chunks (without start/end tokens)."""
+    """Tokenize a weighted prompt into chunks (without start/end tokens).
+
+    As A1111 does (``comma_padding_backtrack``, 20 by default): when a chunk is full and its
+    last comma is at most 20 tokens back, the words after that comma move to the next chunk,
+    so a phrase is not cut in two."""
     chunks = Chunks([[]], [[]])
+    comma = tokenizer.get_vocab().get(",</w>")
+    last_comma = -1
+
+    def next_chunk() -> None:
+        nonlocal last_comma
+        chunks.ids.append([])
+        chunks.weights.append([])
+        last_comma = -1
+
     for text, weight in parse_weights(prompt):
         if weight == -1.0:  # BREAK
-            chunks.ids.append([])
-            chunks.weights.append([])
+            next_chunk()
             continue
         for token in tokenizer(text, add_special_tokens=False).input_ids:
+            ids, weights = chunks.ids[-1], chunks.weights[-1]
+            if token == comma:
+                last_comma = len(ids)
+            elif (
+                len(ids) == CHUNK_TOKENS
+                and last_comma != -1
+                and (len(ids) - last_comma <= COMMA_BACKTRACK)
+            ):
+                cut = last_comma + 1
+                moved_ids, moved_weights = ids[cut:], weights[cut:]
+                del ids[cut:], weights[cut:]
+                next_chunk()
+                chunks.ids[-1].extend(moved_ids)
+                chunks.weights[-1].extend(moved_weights)
             if len(chunks.ids[-1]) == CHUNK_TOKENS:
-                chunks.ids.append([])
-                chunks.weights.append([])
+                next_chunk()
             chunks.ids[-1].append(token)
             chunks.weights[-1].append(weight)
     return chunks
