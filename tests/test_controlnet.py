@@ -3,11 +3,12 @@ for the next request."""
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image, ImageDraw
 
 from helpers import REF, max_difference
 from huabu.engine import preprocessors
-from huabu.errors import InvalidRequest
+from huabu.errors import InvalidRequest, ModelUnavailable
 from huabu.native import ControlUnit, InpaintRef
 
 
@@ -47,6 +48,18 @@ def test_guidance_window_and_stacking(engine, small, square):
     stacked = run(engine, small, square, unit(), unit(preprocessor="lineart_standard", scale=0.5))
     assert max_difference(full, late) > 0 and max_difference(full, early) > 0
     assert max_difference(full, stacked) > 0
+
+
+@pytest.mark.parametrize("sampler", ["DPM fast", "DPM adaptive", "DPM++ 2S a"])
+def test_controlnet_with_the_k_diffusion_samplers(engine, small, square, sampler):
+    base = engine.generate(small(sampler=sampler)).images[0]
+    full = run(engine, small, square, unit(), sampler=sampler)
+    off = run(engine, small, square, unit(scale=0.0), sampler=sampler)
+    late = run(engine, small, square, unit(start=0.5), sampler=sampler)
+    assert max_difference(base, full) > 8
+    assert max_difference(base, off) == 0  # scale 0 is no ControlNet, bit for bit
+    assert max_difference(full, late) > 0 and max_difference(base, late) > 0
+    assert max_difference(engine.generate(small(sampler=sampler)).images[0], base) == 0
 
 
 def test_controlnet_with_img2img(engine, small, square):
@@ -96,10 +109,32 @@ def test_preprocessors_make_control_maps(square):
          "unknown preprocessor"),
         ({"controlnets": (unit(start=0.6, end=0.4),)}, "controlnets.0.start", "below end"),
         ({"controlnets": (unit(model="nope"),)}, "controlnets.0.model", "demo-controlnet"),
-        ({"controlnets": (unit(),), "sampler": "DPM fast"}, "sampler", "ControlNet"),
     ],
 )  # fmt: skip
 def test_bad_units_are_named(engine, small, square, changes, param, text):
     with pytest.raises(InvalidRequest) as caught:
         engine.generate(small(**changes), control_images=[square])
     assert caught.value.param == param and text in caught.value.message
+
+
+def test_a_single_file_controlnet_in_a1111_layout_is_the_same_controlnet(engine, small, square):
+    """demo-controlnet-single is demo-controlnet written as A1111's downloads are
+    (control_model.*): loaded onto the checkpoint's structure, it makes the same images."""
+    folder = run(engine, small, square, unit())
+    single = run(engine, small, square, unit(model="demo-controlnet-single"))
+    assert max_difference(folder, single) == 0
+    single_k = run(engine, small, square, unit(model="demo-controlnet-single"), sampler="DPM fast")
+    assert max_difference(single_k, run(engine, small, square, unit(), sampler="DPM fast")) == 0
+
+
+def test_a_file_that_is_not_a_controlnet_is_refused_by_name(engine, small, square, settings):
+    from safetensors.torch import save_file
+
+    path = settings.models_dir / "controlnet" / "not-a-controlnet.safetensors"
+    save_file({"weight": torch.zeros(2)}, str(path))
+    try:
+        with pytest.raises(ModelUnavailable) as caught:
+            run(engine, small, square, unit(model="not-a-controlnet"))
+    finally:
+        path.unlink()
+    assert "not-a-controlnet" in caught.value.message and "A1111's layout" in caught.value.message

@@ -117,7 +117,10 @@ def test_models_v3_lists_the_library_by_type(client):
     assert {"demo", "demo-single"} <= checkpoints
     assert "demo-lora" in {m.name for m in models.filter_by_type("lora")}
     assert "demo-embedding" in {m.name for m in models.filter_by_type("textualinversion")}
-    assert {m.name for m in models.filter_by_type("controlnet")} == {"demo-controlnet"}
+    assert {m.name for m in models.filter_by_type("controlnet")} == {
+        "demo-controlnet",
+        "demo-controlnet-single",
+    }
     assert "demo-vae" in {m.name for m in models.filter_by_type("vae")}
     assert {m.name for m in models.filter_by_type("ipadapter")} == {"demo-ip-adapter"}
     loras = client.query_model_v3(types="lora")

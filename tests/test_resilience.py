@@ -147,7 +147,7 @@ def test_training_goes_to_training_workers_and_survives_a_killed_one(fresh_home)
     trainers = []
     try:
         client = api.client(key)
-        training = _queue_training(client, steps=120)
+        training = _queue_training(client, steps=60)
         # A worker that does not train leaves the training queued and still generates.
         assert wait_finished(client, submit(client, SMALL)["id"])["state"] == "succeeded"
         assert client.get(f"/huabu/v1/tasks/{training}").json()["state"] == "queued"

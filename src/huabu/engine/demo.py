@@ -24,7 +24,7 @@ from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from huabu.catalog.architectures import Architecture, reference_config
-from huabu.engine.ldm_layout import text_encoder_to_ldm, unet_to_ldm, vae_to_ldm
+from huabu.engine.ldm_layout import controlnet_to_ldm, text_encoder_to_ldm, unet_to_ldm, vae_to_ldm
 from huabu.engine.single_file import METADATA_KEY, tokenizer_files
 from huabu.settings import Settings
 
@@ -33,6 +33,8 @@ DEMO_SINGLE = "demo-single"
 DEMO_LORA = "demo-lora"
 DEMO_EMBEDDING = "demo-embedding"
 DEMO_CONTROLNET = "demo-controlnet"
+#: The same ControlNet as one file in A1111's layout (``control_model.*``), as downloaded.
+DEMO_CONTROLNET_SINGLE = "demo-controlnet-single"
 DEMO_VAE = "demo-vae"
 DEMO_IP_ADAPTER = "demo-ip-adapter"
 NOTICE = (
@@ -188,9 +190,10 @@ def build(settings: Settings, *, force: bool = False) -> list[Path]:
     lora = settings.models_dir / "loras" / f"{DEMO_LORA}.safetensors"
     embedding = settings.models_dir / "embeddings" / f"{DEMO_EMBEDDING}.safetensors"
     controlnet = settings.models_dir / "controlnet" / DEMO_CONTROLNET
+    controlnet_single = controlnet.with_name(f"{DEMO_CONTROLNET_SINGLE}.safetensors")
     vae = settings.models_dir / "vae" / DEMO_VAE
     ip_adapter = settings.models_dir / "ipadapter" / DEMO_IP_ADAPTER
-    everything = (folder, single, lora, embedding, controlnet, vae, ip_adapter)
+    everything = (folder, single, lora, embedding, controlnet, controlnet_single, vae, ip_adapter)
     if not force and all(p.exists() for p in everything):
         return []
     pipe = build_pipeline()
@@ -222,6 +225,12 @@ def build(settings: Settings, *, force: bool = False) -> list[Path]:
         shutil.rmtree(controlnet, ignore_errors=True)
         staging.rename(controlnet)
         written.append(controlnet)
+    if force or not controlnet_single.is_file():
+        net = ControlNetModel.from_pretrained(controlnet)
+        tmp = controlnet_single.with_suffix(".tmp")
+        save_file(controlnet_to_ldm(net.state_dict(), dict(net.config)), str(tmp))
+        tmp.rename(controlnet_single)
+        written.append(controlnet_single)
     if force or not embedding.is_file():
         # A two-vector embedding in A1111's safetensors layout, random like everything here.
         embedding.parent.mkdir(parents=True, exist_ok=True)

@@ -8,8 +8,23 @@ table, and the output is turned into a denoised estimate.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
+
+
+@dataclass(frozen=True)
+class Control:
+    """One ControlNet unit for the k-diffusion samplers: the net, its control map as a
+    ``[1, 3, H, W]`` tensor in 0–1, its scale, and the part of the schedule it acts on
+    (fractions of the way from the first noise level to the last, as diffusers gates it)."""
+
+    net: Any
+    image: torch.Tensor
+    scale: float
+    start: float
+    end: float
 
 
 class Denoiser:
@@ -26,9 +41,13 @@ class Denoiser:
         negative_added_cond: dict[str, torch.Tensor] | None = None,
         on_call: Callable[[], None] = lambda: None,
         keep: tuple[torch.Tensor, torch.Tensor] | None = None,
+        controls: tuple[Control, ...] = (),
+        image_embeds: list[torch.Tensor] | None = None,
     ) -> None:
         """``keep`` is (latents, mask) for inpainting: where the mask is 0, every denoised
-        estimate is replaced by those latents, so only the masked area changes."""
+        estimate is replaced by those latents, so only the masked area changes. ``controls``
+        add ControlNet residuals; ``image_embeds`` are an IP-Adapter's image embeddings, one
+        tensor per adapter, batched as the UNet call is (``[negative, positive]`` with CFG)."""
         self.unet = unet
         self.sigmas = ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5
         self.log_sigmas = self.sigmas.log()
@@ -38,6 +57,10 @@ class Denoiser:
         self.embeds, self.negative_embeds = embeds, negative_embeds
         self.added, self.negative_added = added_cond, negative_added_cond
         self.keep = keep
+        self.controls = controls
+        self.image_embeds = image_embeds
+        #: The noise levels the sampler starts and ends at (``gate`` measures progress by them).
+        self.span: tuple[float, float] | None = None
 
     @property
     def sigma_min(self) -> float:
@@ -94,7 +117,12 @@ class Denoiser:
                 added = {
                     k: torch.cat([per_image(self.negative_added[k]), v]) for k, v in added.items()
                 }
-        out = self.unet(x_in, t, encoder_hidden_states=context, added_cond_kwargs=added).sample
+        if self.image_embeds is not None:
+            added = (added or {}) | {"image_embeds": self.image_embeds}
+        residuals = self._control_residuals(x_in, t, context, s)
+        out = self.unet(
+            x_in, t, encoder_hidden_states=context, added_cond_kwargs=added, **residuals
+        ).sample
         if use_cfg:
             uncond, cond = out.chunk(2)
             out = uncond + self.guidance * (cond - uncond)
@@ -106,6 +134,32 @@ class Denoiser:
             kept, repaint = self.keep
             denoised = kept * (1 - repaint) + denoised * repaint
         return denoised
+
+    def _control_residuals(self, x_in, t, context, sigma: torch.Tensor) -> dict[str, Any]:
+        """The summed residuals of the ControlNets active at this noise level."""
+        down: list[torch.Tensor] | None = None
+        mid: torch.Tensor | None = None
+        done = self._progress(float(sigma[0]))
+        for control in self.controls:
+            if not control.start <= done <= control.end:
+                continue
+            image = control.image.to(x_in.device, x_in.dtype).expand(x_in.shape[0], -1, -1, -1)
+            d, m = control.net(x_in, t, encoder_hidden_states=context, controlnet_cond=image,
+                               conditioning_scale=control.scale, return_dict=False)  # fmt: skip
+            down = list(d) if down is None else [a + b for a, b in zip(down, d, strict=True)]
+            mid = m if mid is None else mid + m
+        if down is None:
+            return {}
+        return {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+
+    def _progress(self, sigma: float) -> float:
+        """How far along the schedule ``sigma`` is (0 at its first noise level, 1 at its
+        last), by log noise level: the samplers that choose their own steps have no index."""
+        if self.span is None or self.span[0] <= self.span[1]:
+            return 0.0  # unknown, or a one-step schedule: at its start
+        high, low = (torch.tensor(v).log() for v in self.span)
+        position = (high - torch.tensor(max(sigma, 1e-8)).log()) / (high - low)
+        return float(position.clamp(0, 1))
 
 
 def noise_sampler(generators: list[torch.Generator], shape: tuple[int, ...], device, dtype):

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from diffusers import (
     StableDiffusionControlNetImg2ImgPipeline as ControlNetImg2Img,
@@ -31,7 +32,7 @@ from huabu.catalog.infotext import infotext
 from huabu.catalog.library import ModelLibrary
 from huabu.catalog.preprocessors import check as check_preprocessor
 from huabu.engine import inpainting, ksampling, preprocessors, quiet_libraries
-from huabu.engine.denoiser import Denoiser, noise_sampler
+from huabu.engine.denoiser import Control, Denoiser, noise_sampler
 from huabu.engine.pipelines import LoadedModel, PipelineCache
 from huabu.engine.samplers import SAMPLERS, Sampler
 from huabu.engine.variation import (
@@ -111,12 +112,6 @@ class Engine:
             if request.ip_adapter is not None:
                 if ip_image is None:
                     raise InvalidRequest("the IP-Adapter needs its image", param="ip_adapter.image")
-                if SAMPLERS[request.sampler].k_sampler:
-                    raise InvalidRequest(
-                        f"sampler {request.sampler!r} cannot run with an IP-Adapter yet; use "
-                        "another",
-                        param="sampler",
-                    )
                 reference = ip_image.convert("RGB")
             else:
                 reference = None
@@ -143,17 +138,12 @@ class Engine:
             raise InvalidRequest("every ControlNet unit needs its image", param="controlnets")
         if model.architecture is Architecture.SDXL:
             raise InvalidRequest("ControlNet works with SD 1.x/2.x models so far", param="model")
-        if SAMPLERS[request.sampler].k_sampler:
-            raise InvalidRequest(
-                f"sampler {request.sampler!r} cannot run with ControlNet yet; use another",
-                param="sampler",
-            )
-        controls = []
+        controls, unet = [], model.components["unet"]
         for index, (unit, image) in enumerate(zip(request.controlnets, images, strict=True)):
             check_preprocessor(unit.preprocessor, param=f"controlnets.{index}.preprocessor")
             sized = image.convert("RGB").resize((request.width, request.height))
             control_map = preprocessors.run(unit.preprocessor, sized, seed=request.seed)
-            controls.append((self.cache.controlnet(unit.model, index), control_map))
+            controls.append((self.cache.controlnet(unit.model, index, unet), control_map))
         return controls
 
     def _generate(
@@ -303,6 +293,15 @@ class Engine:
             ),
             on_call=step.check_cancel,
             keep=keep,
+            controls=tuple(
+                Control(net, _control_tensor(control_map), unit.scale, unit.start, unit.end)
+                for (net, control_map), unit in zip(
+                    inputs.controls, request.controlnets, strict=True
+                )  # fmt: skip
+            ),
+            image_embeds=_image_embeds(
+                model, inputs.ip_image, len(generators), device, request.guidance > 1
+            ),  # fmt: skip
         )
         noise = noise_sampler(generators, shape, device, dtype)
         sigmas = denoiser.schedule(request.steps, sampler.karras)
@@ -317,6 +316,7 @@ class Engine:
             x = init.expand(len(generators), -1, -1, -1) + x * sigmas[0]
         else:
             x = x * sigmas[0]
+        denoiser.span = (float(sigmas[0]), float(sigmas[-2]))  # ControlNet units are gated by it
         total = len(sigmas) - 1
         report = step.fraction_reporter(total)
         if sampler.k_sampler == "dpmpp_2s_a":
@@ -439,6 +439,20 @@ def _encode_image(vae, model: LoadedModel, image, device, dtype) -> torch.Tensor
     pixels = model.txt2img.image_processor.preprocess(image).to(device, vae.dtype)
     latent = vae.encode(pixels).latent_dist.mode()
     return (latent * model.components["vae"].config.scaling_factor).to(dtype)
+
+
+def _control_tensor(control_map: Image.Image) -> torch.Tensor:
+    """A control map as ControlNets take it: ``[1, 3, H, W]``, 0–1 (not normalised)."""
+    array = torch.from_numpy(np.asarray(control_map.convert("RGB"), dtype=np.float32) / 255.0)
+    return array.permute(2, 0, 1)[None]
+
+
+def _image_embeds(model, image, batch: int, device, cfg: bool) -> list[torch.Tensor] | None:
+    """An IP-Adapter's image embeddings for a UNet call of ``batch`` images (doubled, the
+    negative first, with CFG), computed as diffusers' pipelines do."""
+    if image is None:
+        return None
+    return model.txt2img.prepare_ip_adapter_image_embeds(image, None, device, batch, cfg)
 
 
 def _sdxl_conditions(model, request, pooled, device, dtype):

@@ -84,6 +84,34 @@ def unet_to_ldm(state: dict[str, torch.Tensor], config: Config) -> dict[str, tor
     return out
 
 
+def controlnet_to_ldm(state: dict[str, torch.Tensor], config: Config) -> dict[str, torch.Tensor]:
+    """A diffusers ControlNet in the layout of A1111's ControlNet downloads
+    (``control_model.*``: the UNet's encoder, ``zero_convs``, ``input_hint_block``,
+    ``middle_block_out``)."""
+    pairs = [(k, v) for k, v in _UNET_FIXED.items() if not k.startswith("conv_")]
+    pairs += [("conv_in.", "input_blocks.0.0."), ("controlnet_mid_block.", "middle_block_out.0.")]
+    encoder = config | {
+        "up_block_types": [t.replace("Down", "Up") for t in config["down_block_types"]]
+    }
+    pairs += [p for p in _unet_prefixes(encoder) if p[0].startswith(("down_blocks", "mid_block"))]
+    hint = "controlnet_cond_embedding."
+    blocks = 2 * (len(config["conditioning_embedding_out_channels"]) - 1)
+    pairs += [(f"{hint}blocks.{j}.", f"input_hint_block.{2 * (j + 1)}.") for j in range(blocks)]
+    pairs += [(f"{hint}conv_in.", "input_hint_block.0."),
+              (f"{hint}conv_out.", f"input_hint_block.{2 * (blocks + 1)}.")]  # fmt: skip
+    out = {}
+    for key, value in state.items():
+        if key.startswith("controlnet_down_blocks."):
+            index, _, rest = key.removeprefix("controlnet_down_blocks.").partition(".")
+            out[f"control_model.zero_convs.{index}.0.{rest}"] = value
+            continue
+        if ".resnets." in key:
+            for ldm_part, hf_part in _RESNET:
+                key = key.replace(f".{hf_part}.", f".{ldm_part}.")
+        out["control_model." + _rename(key, pairs)] = value
+    return out
+
+
 def vae_to_ldm(state: dict[str, torch.Tensor], config: Config) -> dict[str, torch.Tensor]:
     levels = len(config["block_out_channels"])
     per_level = config["layers_per_block"]

@@ -44,6 +44,7 @@ from huabu.engine.single_file import (
     config_folder,
     derive_configs,
     derive_vae_config,
+    single_file_controlnet,
 )
 from huabu.errors import ModelUnavailable
 from huabu.settings import Settings
@@ -114,7 +115,7 @@ class PipelineCache:
         #: Checkpoints loaded so far (the fleet view shows it per worker).
         self.loads = 0
         self._vaes: OrderedDict[str, tuple[AutoencoderKL, threading.Lock]] = OrderedDict()
-        self._controlnets: OrderedDict[str, ControlNetModel] = OrderedDict()
+        self._controlnets: OrderedDict[tuple, ControlNetModel] = OrderedDict()
         self._lock = threading.Lock()
 
     @contextmanager
@@ -178,22 +179,30 @@ class PipelineCache:
         with lock:
             yield vae
 
-    def controlnet(self, name: str, index: int) -> ControlNetModel:
+    def controlnet(self, name: str, index: int, unet: Any) -> ControlNetModel:
+        """ControlNet ``name`` for a model whose UNet is ``unet``: a diffusers folder, or an
+        A1111 single file (built on ``unet``'s structure, so it is cached per structure)."""
+        param = f"controlnets.{index}.model"
+        key = (name, unet.config.cross_attention_dim, tuple(unet.config.block_out_channels))
         with self._lock:
-            if name not in self._controlnets:
-                entry = self.library.find("controlnet", name, param=f"controlnets.{index}.model")
-                if entry.layout != "diffusers":
-                    raise ModelUnavailable(
-                        f"ControlNet {name!r}: only diffusers folders are supported so far"
+            if key not in self._controlnets:
+                entry = self.library.find("controlnet", name, param=param)
+                if entry.layout == "diffusers":
+                    model = ControlNetModel.from_pretrained(
+                        entry.path, dtype=self.dtype, local_files_only=True
                     )
-                model = ControlNetModel.from_pretrained(
-                    entry.path, dtype=self.dtype, local_files_only=True
-                )
-                self._controlnets[name] = model.to(self.device)
+                elif entry.layout == "single-file":
+                    model = single_file_controlnet(entry.path, name, unet).to(dtype=self.dtype)
+                else:
+                    raise ModelUnavailable(
+                        f"ControlNet {name!r} is a pickle ({entry.path.suffix}); convert it to "
+                        ".safetensors"
+                    )
+                self._controlnets[key] = model.to(self.device)
                 while len(self._controlnets) > 4:
                     self._controlnets.popitem(last=False)
-            self._controlnets.move_to_end(name)
-            return self._controlnets[name]
+            self._controlnets.move_to_end(key)
+            return self._controlnets[key]
 
     def loaded(self) -> list[str]:
         return list(self._models)

@@ -166,3 +166,38 @@ def config_folder(configs: dict[str, Config], architecture: Architecture, cache:
     except OSError:  # another process won the race; its folder is identical
         shutil.rmtree(staging, ignore_errors=True)
     return destination
+
+
+def single_file_controlnet(path: Path, name: str, unet: Any) -> Any:
+    """An A1111 ControlNet download (``control_model.*``, or bare keys) as a diffusers
+    ControlNet with ``unet``'s structure: a ControlNet is a copy of its base's encoder, so
+    the base model gives the config, and the file's hint-block shapes the rest."""
+    from diffusers import ControlNetModel
+    from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(path))
+    except (OSError, SafetensorError) as exc:
+        raise ModelUnavailable(f"ControlNet {name!r} is not a readable safetensors file") from exc
+    bare = {key.removeprefix("control_model."): value for key, value in state.items()}
+    hints = sorted(
+        (int(key.split(".")[1]), value.shape[0])
+        for key, value in bare.items()
+        if key.startswith("input_hint_block.") and key.endswith(".weight")
+    )
+    if "time_embed.0.weight" not in bare or len(hints) < 2:
+        raise ModelUnavailable(
+            f"ControlNet {name!r} is not a ControlNet in A1111's layout (control_model.*)"
+        )
+    channels = tuple(out for _, out in hints[:-1])[0::2]
+    try:
+        model = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=channels)
+        converted = convert_controlnet_checkpoint(bare, dict(model.config))
+        model.load_state_dict(converted, strict=True)
+    except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+        raise ModelUnavailable(
+            f"ControlNet {name!r} does not fit this checkpoint (made for another model family?)"
+        ) from exc
+    return model
