@@ -122,6 +122,16 @@ def test_listings(api):
     assert api.refresh_checkpoints() is None  # as A1111 answers: a JSON null
 
 
+def test_sd_webui_controlnet_listings(api):
+    """What clients read before sending ControlNet units, as sd-webui-controlnet answers."""
+    assert api.controlnet_version() == 2
+    models = api.controlnet_model_list()
+    assert models[0] == "None" and {"demo-controlnet", "demo-controlnet-single"} <= set(models)
+    modules = api.controlnet_module_list()
+    assert {"none", "canny", "shuffle", "lineart_standard"} == set(modules)
+    assert "openpose" not in modules  # listed natively as needing annotator weights
+
+
 def test_switching_the_model_through_options_is_per_user(api, other):
     api.util_set_model("demo-single")
     assert api.get_options()["sd_model_checkpoint"] == "demo-single"

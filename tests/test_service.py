@@ -300,6 +300,14 @@ def test_models_and_health(alice, server):
     assert health["status"] == "ok" and health["workers"] >= 1
 
 
+def test_preprocessors_say_which_run_here(alice):
+    listed = {item["name"]: item for item in alice.get("/huabu/v1/preprocessors").json()}
+    assert listed["canny"] == {"name": "canny", "available": True, "needs": None}
+    assert listed["openpose"] == {"name": "openpose", "available": False,
+                                  "needs": "annotator weights"}  # fmt: skip
+    assert len(listed) == 30  # spec 003's 28 names, plus none and lineart_standard
+
+
 def test_body_limit(alice):
     response = alice.post(
         "/huabu/v1/uploads", content=b"\0" * (51 * 2**20), headers={"content-type": "image/png"}

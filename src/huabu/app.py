@@ -86,6 +86,8 @@ def create_app(settings: Settings, sessions: sessionmaker[Session] | None = None
     app.include_router(kamiya.router)
     app.include_router(a1111.router)
     renderers.register(a1111.PREFIX, a1111.render_error, a1111.ErrorOut)
+    app.include_router(a1111.controlnet_router)
+    renderers.register(a1111.CONTROLNET_PREFIX, a1111.render_error, a1111.ErrorOut)
     app.include_router(openai_images.router)
     renderers.register(
         openai_images.PREFIX + "/", openai_images.render_error, openai_images.ErrorOut

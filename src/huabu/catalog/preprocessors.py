@@ -16,6 +16,16 @@ NEEDS_WEIGHTS = frozenset({
 AVAILABLE = ("none", "canny", "shuffle", "lineart_standard")
 
 
+def listing() -> list[dict[str, object]]:
+    """Every preprocessor name huabu knows, whether it runs here, and if not, why not."""
+    found: list[dict[str, object]] = [
+        {"name": name, "available": True, "needs": None} for name in AVAILABLE
+    ]
+    found += [{"name": name, "available": False, "needs": "annotator weights"}
+              for name in sorted(NEEDS_WEIGHTS)]  # fmt: skip
+    return found
+
+
 def check(name: str, *, param: str) -> None:
     """InvalidRequest naming ``param`` unless ``name`` can run here."""
     if name in AVAILABLE:

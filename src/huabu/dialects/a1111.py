@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from huabu.catalog.infotext import parse_infotext, read_parameters
+from huabu.catalog.preprocessors import listing as preprocessor_listing
 from huabu.dialects import a1111_wire as wire
 from huabu.dialects.common import read_body, validate
 from huabu.errors import HuabuError, InvalidRequest
@@ -36,6 +37,9 @@ from huabu.web.waiting import submit_and_wait
 ORIGIN = "a1111"
 PREFIX = "/sdapi/v1"
 router = APIRouter(prefix=PREFIX, tags=["A1111: sdapi/v1"])
+#: sd-webui-controlnet's listing routes, which A1111 clients read before sending units.
+CONTROLNET_PREFIX = "/controlnet"
+controlnet_router = APIRouter(prefix=CONTROLNET_PREFIX, tags=["A1111: sd-webui-controlnet"])
 
 
 class ErrorOut(BaseModel):
@@ -254,6 +258,40 @@ async def sd_models(user: CurrentUser, services: ServicesDep) -> Response:
             for e in entries
         ]
     )  # fmt: skip
+
+
+class ControlNetModelsOut(BaseModel):
+    model_list: list[str] = Field(description='"None", then the ControlNets the fleet serves')
+
+
+class ControlNetModulesOut(BaseModel):
+    module_list: list[str] = Field(description="The preprocessors that run here")
+    module_detail: dict[str, dict[str, Any]]
+
+
+@controlnet_router.get("/version", summary="sd-webui-controlnet's API version")
+async def controlnet_version(user: CurrentUser) -> Response:
+    return JSONResponse({"version": 2})
+
+
+@controlnet_router.get(
+    "/model_list", summary="ControlNet models", responses=ok(ControlNetModelsOut)
+)
+async def controlnet_models(user: CurrentUser, services: ServicesDep) -> Response:
+    names = await run_in_threadpool(services.library.names, "controlnet")
+    return JSONResponse({"model_list": ["None", *names]})
+
+
+@controlnet_router.get(
+    "/module_list",
+    summary="Preprocessors that run here (the others need annotator weights)",
+    responses=ok(ControlNetModulesOut),
+)
+async def controlnet_modules(user: CurrentUser) -> Response:
+    names = [item["name"] for item in preprocessor_listing() if item["available"]]
+    return JSONResponse(
+        {"module_list": names, "module_detail": {name: {"sliders": []} for name in names}}
+    )
 
 
 @router.post(

@@ -15,6 +15,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from huabu.catalog.preprocessors import listing as preprocessor_listing
 from huabu.errors import DatabaseUnavailable, Forbidden, InvalidRequest
 from huabu.native import GenerationRequest
 from huabu.tasks.records import TaskRecord, UploadRecord
@@ -282,6 +283,21 @@ def list_models(user: CurrentUser, services: ServicesDep, kind: str = "checkpoin
             for entry in services.library.entries(kind)
         ]
     )
+
+
+class PreprocessorOut(BaseModel):
+    name: str
+    available: bool = Field(description="Runs on this server")
+    needs: str | None = Field(description="What it would need to run here")
+
+
+@router.get(
+    "/preprocessors",
+    response_model=list[PreprocessorOut],
+    summary="ControlNet preprocessors, and which run here",
+)
+def list_preprocessors(user: CurrentUser) -> list[PreprocessorOut]:
+    return [PreprocessorOut.model_validate(item) for item in preprocessor_listing()]
 
 
 @router.post(
