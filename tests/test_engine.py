@@ -9,6 +9,7 @@ from helpers import REF, loaded, max_difference, pixels
 from huabu.engine.engine import Engine
 from huabu.errors import Cancelled
 from huabu.native import GenerationRequest
+from huabu.settings import Settings
 
 
 def test_image_i_uses_seed_plus_i(engine, small):
@@ -133,3 +134,34 @@ def test_pipeline_cache_evicts_least_recently_used(settings, small):
 def test_request_round_trips_through_json():
     request = GenerationRequest(model="demo", prompt="fox", seed=7, output_format="webp")
     assert GenerationRequest.model_validate_json(request.model_dump_json()) == request
+
+
+def test_the_v_prediction_demo_runs_as_sd2_and_its_prediction_type_is_used(settings, tmp_path):
+    """demo-v (SD 2.x traits, v-prediction) generates with a diffusers sampler and a
+    k-diffusion one; the same weights read as epsilon-prediction give other images, so both
+    paths use the prediction type the model declares."""
+    import json
+    import shutil
+
+    from huabu.catalog.library import ModelLibrary
+
+    source = settings.models_dir / "checkpoints" / "demo-v"
+    checkpoints = tmp_path / "models" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    (checkpoints / "demo-v").symlink_to(source)
+    shutil.copytree(source, checkpoints / "demo-eps")
+    config_file = checkpoints / "demo-eps" / "scheduler" / "scheduler_config.json"
+    config = json.loads(config_file.read_text())
+    assert config["prediction_type"] == "v_prediction"
+    config_file.write_text(json.dumps(config | {"prediction_type": "epsilon"}))
+    local = Settings(home=tmp_path, threads=2)
+    entry = ModelLibrary(local).find("checkpoints", "demo-v")
+    assert entry.describe_architecture == "SD 2.x"
+    engine = Engine(local)
+    for sampler in ("Euler", "DPM fast"):
+        request = GenerationRequest(model="demo-v", prompt="a fox", width=64, height=64,
+                                    steps=8, seed=5, sampler=sampler)  # fmt: skip
+        v_image = engine.generate(request).images[0]
+        eps = engine.generate(request.model_copy(update={"model": "demo-eps"})).images[0]
+        assert max_difference(v_image, eps) > 8, sampler
+        assert np.asarray(v_image).std() > 1  # an image, not a flat or NaN-black field

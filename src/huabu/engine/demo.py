@@ -36,6 +36,8 @@ DEMO_CONTROLNET = "demo-controlnet"
 #: The same ControlNet as one file in A1111's layout (``control_model.*``), as downloaded.
 DEMO_CONTROLNET_SINGLE = "demo-controlnet-single"
 DEMO_VAE = "demo-vae"
+#: An SD 2.x-style demo (linear attention projections, GELU text encoder) that predicts v.
+DEMO_V = "demo-v"
 DEMO_IP_ADAPTER = "demo-ip-adapter"
 NOTICE = (
     "The demo model has random weights: it makes noise-like images, not pictures. "
@@ -97,6 +99,27 @@ def build_pipeline(seed: int = _SEED) -> StableDiffusionPipeline:
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def build_v_pipeline(seed: int = _SEED + 5) -> StableDiffusionPipeline:
+    """The demo's SD 2.x sibling: the family's traits huabu reads (linear attention
+    projections, a GELU text encoder) and a v-prediction scheduler, so both prediction
+    types run in tests."""
+    torch.manual_seed(seed)
+    base = build_pipeline(seed)
+    unet = UNet2DConditionModel(**_UNET, use_linear_projection=True)
+    text_encoder = CLIPTextModel(CLIPTextConfig(**(_TEXT | {"hidden_act": "gelu"})))
+    scheduler = PNDMScheduler.from_config(reference_config(Architecture.SD2)["scheduler"])
+    return StableDiffusionPipeline(
+        vae=base.vae,
+        text_encoder=text_encoder,
+        tokenizer=base.tokenizer,
         unet=unet,
         scheduler=scheduler,
         safety_checker=None,
@@ -191,9 +214,11 @@ def build(settings: Settings, *, force: bool = False) -> list[Path]:
     embedding = settings.models_dir / "embeddings" / f"{DEMO_EMBEDDING}.safetensors"
     controlnet = settings.models_dir / "controlnet" / DEMO_CONTROLNET
     controlnet_single = controlnet.with_name(f"{DEMO_CONTROLNET_SINGLE}.safetensors")
+    v_folder = checkpoints / DEMO_V
     vae = settings.models_dir / "vae" / DEMO_VAE
     ip_adapter = settings.models_dir / "ipadapter" / DEMO_IP_ADAPTER
-    everything = (folder, single, lora, embedding, controlnet, controlnet_single, vae, ip_adapter)
+    everything = (folder, single, lora, embedding, controlnet, controlnet_single, vae,
+                  ip_adapter, v_folder)  # fmt: skip
     if not force and all(p.exists() for p in everything):
         return []
     pipe = build_pipeline()
@@ -225,6 +250,13 @@ def build(settings: Settings, *, force: bool = False) -> list[Path]:
         shutil.rmtree(controlnet, ignore_errors=True)
         staging.rename(controlnet)
         written.append(controlnet)
+    if force or not v_folder.is_dir():
+        staging = checkpoints / f".{DEMO_V}.staging"
+        shutil.rmtree(staging, ignore_errors=True)
+        build_v_pipeline().save_pretrained(staging, safe_serialization=True)
+        shutil.rmtree(v_folder, ignore_errors=True)
+        staging.rename(v_folder)
+        written.append(v_folder)
     if force or not controlnet_single.is_file():
         net = ControlNetModel.from_pretrained(controlnet)
         tmp = controlnet_single.with_suffix(".tmp")
