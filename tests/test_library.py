@@ -19,7 +19,8 @@ def test_library_lists_both_demo_layouts(settings):
     entries = {e.name: e for e in ModelLibrary(settings).entries("checkpoints")}
     assert entries["demo"].layout == "diffusers"
     assert entries["demo-single"].layout == "single-file"
-    assert {e.architecture for e in entries.values()} == {Architecture.SD1}
+    assert entries["demo"].architecture is entries["demo-single"].architecture is Architecture.SD1
+    assert entries["demo-v"].architecture is Architecture.SD2
     assert all(e.size_bytes > 1_000_000 for e in entries.values())
 
 
