@@ -50,6 +50,7 @@ def test_guidance_window_and_stacking(engine, small, square):
     assert max_difference(full, stacked) > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sampler", ["DPM fast", "DPM adaptive", "DPM++ 2S a"])
 def test_controlnet_with_the_k_diffusion_samplers(engine, small, square, sampler):
     base = engine.generate(small(sampler=sampler)).images[0]
@@ -117,6 +118,7 @@ def test_bad_units_are_named(engine, small, square, changes, param, text):
     assert caught.value.param == param and text in caught.value.message
 
 
+@pytest.mark.slow
 def test_a_single_file_controlnet_in_a1111_layout_is_the_same_controlnet(engine, small, square):
     """demo-controlnet-single is demo-controlnet written as A1111's downloads are
     (control_model.*): loaded onto the checkpoint's structure, it makes the same images."""

@@ -34,7 +34,10 @@ def test_non_square_sizes(engine, small):
     assert result.images[0].size == (96, 64)
 
 
-@pytest.mark.parametrize("sampler", ["Euler a", "DPM++ 2S a Karras", "DPM fast"])
+@pytest.mark.parametrize(
+    "sampler",
+    ["Euler a", pytest.param("DPM++ 2S a Karras", marks=pytest.mark.slow), "DPM fast"],
+)
 def test_img2img_init_image_steers_the_result_more_at_low_strength(engine, small, sampler):
     rng = np.random.default_rng(0)
     green = Image.new("RGB", (48, 48), (20, 200, 40))  # resized to the requested 64×64
@@ -136,6 +139,7 @@ def test_request_round_trips_through_json():
     assert GenerationRequest.model_validate_json(request.model_dump_json()) == request
 
 
+@pytest.mark.slow
 def test_the_v_prediction_demo_runs_as_sd2_and_its_prediction_type_is_used(settings, tmp_path):
     """demo-v (SD 2.x traits, v-prediction) generates with a diffusers sampler and a
     k-diffusion one; the same weights read as epsilon-prediction give other images, so both

@@ -12,7 +12,7 @@ from huabu.engine.variation import tiled
 from huabu.errors import InvalidRequest
 
 
-@pytest.mark.parametrize("sampler", ["Euler", "DPM++ 2M"])
+@pytest.mark.parametrize("sampler", ["Euler", pytest.param("DPM++ 2M", marks=pytest.mark.slow)])
 def test_variation_strength_zero_is_the_seed_and_one_is_the_subseed(engine, small, sampler):
     def image(**changes):
         return engine.generate(small(sampler=sampler, **changes)).images[0]
@@ -24,6 +24,7 @@ def test_variation_strength_zero_is_the_seed_and_one_is_the_subseed(engine, smal
     assert max_difference(halfway, base) > 0 and max_difference(halfway, other) > 0
 
 
+@pytest.mark.slow
 def test_variation_seeds_vary_the_k_diffusion_samplers_start(engine, small):
     """DPM fast draws noise as it goes; as in A1111 only its start varies, so strength 1 is
     not the subseed's image, but strength 0 is the seed's exactly."""
@@ -38,6 +39,7 @@ def test_variation_seeds_vary_the_k_diffusion_samplers_start(engine, small):
                           image(subseed=98, subseed_strength=0.5)) > 0  # fmt: skip
 
 
+@pytest.mark.slow
 def test_variation_seeds_count_up_per_image_and_are_in_the_infotext(engine, small):
     result = engine.generate(small(seed=5, subseed=40, subseed_strength=0.3, n_images=2))
     fields = [parse_infotext(text) for text in result.infotexts]
@@ -48,6 +50,7 @@ def test_variation_seeds_count_up_per_image_and_are_in_the_infotext(engine, smal
     assert max_difference(result.images[1], alone) <= 1
 
 
+@pytest.mark.slow
 def test_a_tiled_image_wraps_around(engine, small):
     """Tiling pads every convolution of the UNet and the VAE circularly, so the model sees the
     image as wrapping around: a start shifted by half the image (in either direction) gives
@@ -77,6 +80,7 @@ def test_a_tiled_image_wraps_around(engine, small):
     assert max_difference(engine.generate(request).images[0], plain.images[0]) == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("hires", "size", "sampler"),
     [
@@ -108,6 +112,7 @@ def test_the_hires_fix_makes_the_upscaled_size_and_says_so(engine, small, hires,
     assert progress[-1][1] > 6
 
 
+@pytest.mark.slow
 def test_the_hires_pass_changes_the_plain_upscale(engine, small):
     """Refined, not only resized: the second pass redraws the upscaled first pass."""
     from PIL import Image

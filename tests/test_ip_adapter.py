@@ -25,6 +25,7 @@ def test_ip_adapter_steers_and_leaves_no_trace(engine, small):
     assert max_difference(base, after) == 0  # unloaded after the request
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sampler", ["DPM fast", "DPM++ 2S a"])
 def test_ip_adapter_with_the_k_diffusion_samplers(engine, small, sampler):
     red, blue = Image.new("RGB", (64, 64), (220, 20, 20)), Image.new("RGB", (64, 64), (20, 20, 220))

@@ -10,7 +10,9 @@ from huabu.native import GenerationRequest, LoraRef
 LORA = (LoraRef(name="demo-lora", weight=1.0),)
 
 
-@pytest.mark.parametrize("sampler", ["Euler", "DPM fast"])  # diffusers and k-diffusion paths
+@pytest.mark.parametrize(  # diffusers and k-diffusion paths (the latter in make test)
+    "sampler", ["Euler", pytest.param("DPM fast", marks=pytest.mark.slow)]
+)
 def test_lora_applies_and_leaves_no_trace(engine, small, sampler):
     base = engine.generate(small(sampler=sampler)).images[0]
     styled = engine.generate(small(sampler=sampler, loras=LORA)).images[0]

@@ -19,6 +19,8 @@ from huabu.settings import Settings
 from huabu.storage import open_storage
 from serving import stop_embedded_postgres
 
+pytestmark = pytest.mark.slow  # a database of its own
+
 SIZE = 600_000  # bytes per test model; the smallest cache bound (1 MiB) holds one
 
 
