@@ -162,3 +162,51 @@ def test_publishing_what_is_not_a_model_says_what_was_expected(place, tmp_path):
         describe_for_publish(ModelLibrary(settings), None, str(notes))
     with pytest.raises(ModelUnavailable, match="no model 'nothing' in "):
         describe_for_publish(ModelLibrary(settings), None, "nothing")
+
+
+def test_a_worker_prefers_its_loaded_checkpoint_until_a_job_has_waited_too_long(place, tmp_path):
+    """Routing (tasks.routing): a worker asks only for the queues of checkpoints it can serve,
+    its loaded ones first; once a job it can serve is older than the pass-over bound, it asks
+    for all of them (procrastinate then hands out the oldest)."""
+    import asyncio
+    import uuid
+
+    from sqlalchemy import text
+
+    from huabu.auth import Accounts
+    from huabu.tasks.routing import Router
+
+    settings, sessions, _ = place
+    home = Settings(home=tmp_path, max_pass_over_seconds=30)
+    (home.models_dir / "checkpoints").mkdir(parents=True)
+    for name in ("sd-a", "sd-b"):  # on this worker's disk (contents do not matter here)
+        (home.models_dir / "checkpoints" / f"{name}.safetensors").write_bytes(b"x")
+    asked: list[list[str]] = []
+
+    async def fetch(queues, worker_id):
+        asked.append(sorted(queues))
+        return "a job" if len(asked) == 1 and queues == ["generate/sd-a"] else None
+
+    loaded: list[str] = ["sd-a"]
+    router = Router(home, sessions, ModelLibrary(home), ["generate"], lambda: loaded)
+    assert asyncio.run(router.next_job(fetch, 1)) == "a job"
+    assert asked == [["generate/sd-a"]]  # the loaded checkpoint first, nothing else asked
+
+    owner = Accounts(sessions).add_user(f"{uuid.uuid4().hex}@example.com", "password123").id
+    with sessions.begin() as session:  # a job for sd-b, waiting for a minute already
+        session.execute(
+            text("INSERT INTO tasks (id, owner_id, kind, origin, queue, state, model, request, "
+                 "work, step, total, attempts, cancel_requested, created_at) VALUES (:id, "
+                 ":owner, 'generate', 'test', 'generate', 'queued', 'sd-b', '{}', 1, 0, 1, 0, "
+                 "false, now() - interval '60 seconds')"),
+            {"id": uuid.uuid4(), "owner": owner},
+        )  # fmt: skip
+    asked.clear()
+    asyncio.run(router.next_job(fetch, 1))
+    assert asked == [["generate/sd-a", "generate/sd-b"]]  # the overdue job may go first
+    loaded.clear()
+    asked.clear()
+    asyncio.run(router.next_job(fetch, 1))
+    assert asked == [["generate/sd-a", "generate/sd-b"]]  # nothing loaded: any it can serve
+    with sessions.begin() as session:
+        session.execute(text("DELETE FROM tasks WHERE model = 'sd-b'"))
