@@ -66,7 +66,8 @@ class ModelEntry(ModelInfo):
     path: Path
 
 
-def _size(path: Path) -> int:
+def disk_size(path: Path) -> int:
+    """Bytes of a model file, or of every file in a model folder."""
     if path.is_file():
         return path.stat().st_size
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
@@ -136,7 +137,7 @@ class ModelLibrary:
             if kind == "checkpoints" and not (path / "model_index.json").is_file():
                 return None
             arch = _folder_architecture(path) if kind == "checkpoints" else None
-            return ModelEntry(path.name, kind, path.name, "diffusers", _size(path), arch,
+            return ModelEntry(path.name, kind, path.name, "diffusers", disk_size(path), arch,
                               path.stat().st_mtime, path)  # fmt: skip
         if path.suffix in SAFE_SUFFIXES:
             arch = None
@@ -145,10 +146,10 @@ class ModelLibrary:
                     arch = CheckpointHeader.read(path).architecture()
                 except ModelUnavailable:
                     arch = None
-            return ModelEntry(path.stem, kind, path.name, "single-file", _size(path), arch,
+            return ModelEntry(path.stem, kind, path.name, "single-file", disk_size(path), arch,
                               path.stat().st_mtime, path)  # fmt: skip
         if path.suffix in PICKLE_SUFFIXES:
-            return ModelEntry(path.stem, kind, path.name, "pickle", _size(path), None,
+            return ModelEntry(path.stem, kind, path.name, "pickle", disk_size(path), None,
                               path.stat().st_mtime, path)  # fmt: skip
         return None
 

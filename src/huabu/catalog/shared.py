@@ -95,10 +95,6 @@ class CatalogRow(ModelInfo):
     #: The manifest of a published model: ``[{"path", "size", "sha256"}]``; None otherwise.
     files: list[dict[str, Any]] | None
 
-    @property
-    def published(self) -> bool:
-        return self.files is not None
-
 
 def _row(row: Any) -> CatalogRow:
     architecture = Architecture(row.architecture) if row.architecture else None

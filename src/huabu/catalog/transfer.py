@@ -30,7 +30,7 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from huabu.catalog import shared
-from huabu.catalog.library import ModelEntry, ModelLibrary, file_sha256, singular
+from huabu.catalog.library import ModelEntry, ModelLibrary, disk_size, file_sha256, singular
 from huabu.errors import ModelUnavailable, NotFound
 from huabu.settings import Settings
 from huabu.storage import Storage
@@ -68,14 +68,13 @@ def publish(
         if not storage.exists(blob_key(digest)):
             storage.put_file(blob_key(digest), path)
         manifest.append({"path": relative, "size": path.stat().st_size, "sha256": digest})
-    sha256: str
     if entry.path.is_file():
         sha256 = str(manifest[0]["sha256"])
     else:
         sha256 = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
     with sessions.begin() as session:
         shared.record_published(session, entry, sha256=sha256, files=manifest, owner_id=owner_id)
-    return str(sha256)
+    return sha256
 
 
 class ModelCache:
@@ -172,16 +171,12 @@ class ModelCache:
             for path in self.root.iterdir()
             if path.is_dir() and not path.name.startswith(".")
         ]
-        used = sum(_size(path) for _, path in cached)
+        used = sum(disk_size(path) for _, path in cached)
         for _, path in sorted(cached):
             if used + row.size_bytes <= bound:
                 break
-            used -= _size(path)
+            used -= disk_size(path)
             shutil.rmtree(path, ignore_errors=True)
-
-
-def _size(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 def describe_for_publish(library: ModelLibrary, kind: str | None, name: str) -> ModelEntry:

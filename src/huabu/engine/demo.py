@@ -84,42 +84,31 @@ _TEXT = {
 }
 
 
-def build_pipeline(seed: int = _SEED) -> StableDiffusionPipeline:
-    """The demo pipeline in memory, identical for the same seed."""
+#: What the demo's SD 2.x sibling (``demo-v``) changes: the family's traits huabu reads (linear
+#: attention projections, a GELU text encoder) and a v-prediction scheduler.
+_SD2_UNET = {"use_linear_projection": True}
+_SD2_TEXT = {"hidden_act": "gelu"}
+
+
+def build_pipeline(
+    seed: int = _SEED, family: Architecture = Architecture.SD1
+) -> StableDiffusionPipeline:
+    """The demo pipeline in memory, identical for the same seed (and family: SD 1.x, or the
+    SD 2.x sibling, so both prediction types run in tests)."""
+    sd2 = family is Architecture.SD2
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(**_UNET)
+    unet = UNet2DConditionModel(**_UNET, **(_SD2_UNET if sd2 else {}))
     vae = AutoencoderKL(**_VAE)
-    text_encoder = CLIPTextModel(CLIPTextConfig(**_TEXT))
+    text_encoder = CLIPTextModel(CLIPTextConfig(**(_TEXT | (_SD2_TEXT if sd2 else {}))))
     files = tokenizer_files()
     tokenizer = CLIPTokenizer(
         vocab=str(files / "vocab.json"), merges=str(files / "merges.txt"), model_max_length=77
     )
-    scheduler = PNDMScheduler.from_config(reference_config(Architecture.SD1)["scheduler"])
+    scheduler = PNDMScheduler.from_config(reference_config(family)["scheduler"])
     return StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-
-
-def build_v_pipeline(seed: int = _SEED + 5) -> StableDiffusionPipeline:
-    """The demo's SD 2.x sibling: the family's traits huabu reads (linear attention
-    projections, a GELU text encoder) and a v-prediction scheduler, so both prediction
-    types run in tests."""
-    torch.manual_seed(seed)
-    base = build_pipeline(seed)
-    unet = UNet2DConditionModel(**_UNET, use_linear_projection=True)
-    text_encoder = CLIPTextModel(CLIPTextConfig(**(_TEXT | {"hidden_act": "gelu"})))
-    scheduler = PNDMScheduler.from_config(reference_config(Architecture.SD2)["scheduler"])
-    return StableDiffusionPipeline(
-        vae=base.vae,
-        text_encoder=text_encoder,
-        tokenizer=base.tokenizer,
         unet=unet,
         scheduler=scheduler,
         safety_checker=None,
@@ -253,7 +242,9 @@ def build(settings: Settings, *, force: bool = False) -> list[Path]:
     if force or not v_folder.is_dir():
         staging = checkpoints / f".{DEMO_V}.staging"
         shutil.rmtree(staging, ignore_errors=True)
-        build_v_pipeline().save_pretrained(staging, safe_serialization=True)
+        build_pipeline(_SEED + 5, Architecture.SD2).save_pretrained(
+            staging, safe_serialization=True
+        )
         shutil.rmtree(v_folder, ignore_errors=True)
         staging.rename(v_folder)
         written.append(v_folder)

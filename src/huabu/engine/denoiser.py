@@ -7,6 +7,7 @@ table, and the output is turned into a denoised estimate.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -59,7 +60,7 @@ class Denoiser:
         self.keep = keep
         self.controls = controls
         self.image_embeds = image_embeds
-        #: The noise levels the sampler starts and ends at (``gate`` measures progress by them).
+        #: The noise levels the sampler starts and ends at (``_progress`` measures by them).
         self.span: tuple[float, float] | None = None
 
     @property
@@ -157,9 +158,8 @@ class Denoiser:
         last), by log noise level: the samplers that choose their own steps have no index."""
         if self.span is None or self.span[0] <= self.span[1]:
             return 0.0  # unknown, or a one-step schedule: at its start
-        high, low = (torch.tensor(v).log() for v in self.span)
-        position = (high - torch.tensor(max(sigma, 1e-8)).log()) / (high - low)
-        return float(position.clamp(0, 1))
+        high, low = (math.log(v) for v in self.span)
+        return min(max((high - math.log(max(sigma, 1e-8))) / (high - low), 0.0), 1.0)
 
 
 def noise_sampler(generators: list[torch.Generator], shape: tuple[int, ...], device, dtype):

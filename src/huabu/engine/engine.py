@@ -169,8 +169,8 @@ class Engine:
                     seeded(request.image_seeds()), inputs, first,
                 )  # fmt: skip
                 if request.hires is not None:
-                    latents = self._hires(model, vae, sampler, request, conditioning, inputs,
-                                          latents, step.after(first))  # fmt: skip
+                    latents = self._hires(model, vae, sample, sampler, request, conditioning,
+                                          inputs, latents, step.after(first))  # fmt: skip
                 sampled = time.perf_counter()
                 images = [self._decode(model, vae, latents[i : i + 1]) for i in range(len(latents))]
                 if inputs.plan is not None:
@@ -329,7 +329,7 @@ class Engine:
             )
         return ksampling.sample_dpm_adaptive(denoiser, x, sigma_min, sigma_max, noise, report)
 
-    def _hires(self, model, vae, sampler, request, conditioning, inputs, latents, step):
+    def _hires(self, model, vae, sample, sampler, request, conditioning, inputs, latents, step):
         """A1111's hires fix: upscale the first pass (its latents, or its decoded images),
         cut to the final size, and refine that as image-to-image with the same seeds."""
         hires = request.hires
@@ -354,7 +354,6 @@ class Engine:
         source = crop_latents(source, final)
         controls = self._controls(second, model, inputs.control_images)
         again = _Inputs(source, None, controls, inputs.ip_image, inputs.control_images)
-        sample = self._k_sample if sampler.k_sampler else self._diffusers_sample
         return sample(model, vae, sampler, second, conditioning,
                       seeded(second.image_seeds()), again, step)  # fmt: skip
 
