@@ -257,8 +257,19 @@ def test_a_lora_trained_on_one_worker_generates_on_the_other_after_it_stopped(fl
 
 
 def test_a_task_no_live_worker_can_serve_waits_without_an_eta_then_runs(fleet):
+    name = fleet.name_of("w2")
     fleet.workers["w2"].kill()  # the only holder of demo-single, gone without a word
-    time.sleep(4)  # past the stall limit (3 s in tests)
+    deadline = time.monotonic() + 30
+    while True:  # until its last heartbeat is older than the stall limit (3 s in tests)
+        with psycopg.connect(fleet.postgres.url) as connection:
+            silent = connection.execute(
+                "SELECT last_seen < now() - interval '3 seconds' FROM workers WHERE name = %s",
+                (name,),
+            ).fetchone()[0]
+        if silent:
+            break
+        assert time.monotonic() < deadline, "the killed worker never went silent"
+        time.sleep(0.2)
     task_id = fleet.submit(model="demo-single", **SMALL)
     queued = fleet.client.get(f"/huabu/v1/tasks/{task_id}").json()
     assert queued["state"] == "queued" and queued["eta_seconds"] is None
