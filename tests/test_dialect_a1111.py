@@ -126,7 +126,8 @@ def test_sd_webui_controlnet_listings(api):
     """What clients read before sending ControlNet units, as sd-webui-controlnet answers."""
     assert api.controlnet_version() == 2
     models = api.controlnet_model_list()
-    assert models[0] == "None" and {"demo-controlnet", "demo-controlnet-single"} <= set(models)
+    assert models[0] == "None" and {"demo-controlnet", "demo-controlnet-single",
+                                    "demo-xl-controlnet"} <= set(models)  # fmt: skip
     modules = api.controlnet_module_list()
     assert {"none", "canny", "shuffle", "lineart_standard"} == set(modules)
     assert "openpose" not in modules  # listed natively as needing annotator weights
@@ -170,6 +171,28 @@ def test_controlnet_unit(api):
     unit = webuiapi.ControlNetUnit(image=edges, module="openpose", model="demo-controlnet")
     refused(lambda: api.txt2img(prompt="a fox", controlnet_units=[unit], alwayson_scripts={},
                                 **SMALL), "alwayson_scripts.controlnet.args.0.module")  # fmt: skip
+
+
+def test_sdxl_with_a_lora_and_a_controlnet_unit(api):
+    """The SDXL demo, chosen per request as A1111 clients do, with an SDXL LoRA in the prompt
+    and an SDXL ControlNet unit; the SD 1.x LoRA is refused on it by name."""
+    assert {"demo-xl", "demo-xl-single"} <= set(api.util_get_model_names())
+    assert "demo-xl-lora" in [lora["name"] for lora in api.get_loras()]
+    override = {"sd_model_checkpoint": "demo-xl"}
+    plain = api.txt2img(prompt="a fox", override_settings=override, **SMALL)
+    assert plain.info["sd_model_name"] == "demo-xl" and plain.image.size == (64, 64)
+    styled = api.txt2img(prompt="a fox <lora:demo-xl-lora:1>", override_settings=override,
+                         **SMALL)  # fmt: skip
+    assert max_difference(plain.image, styled.image) > 0
+    edges = Image.new("RGB", (64, 64), "black")
+    edges.paste((255, 255, 255), (16, 16, 48, 48))
+    unit = webuiapi.ControlNetUnit(image=edges, module="canny", model="demo-xl-controlnet")
+    controlled = api.txt2img(prompt="a fox", override_settings=override, controlnet_units=[unit],
+                             alwayson_scripts={}, **SMALL)  # fmt: skip
+    assert max_difference(plain.image, controlled.image) > 0
+    with pytest.raises(RuntimeError) as caught:
+        api.txt2img(prompt="a fox <lora:demo-lora:1>", override_settings=override, **SMALL)
+    assert "demo-lora" in str(caught.value) and "does not fit" in str(caught.value)
 
 
 def test_png_info_reads_back_the_parameters(api):

@@ -120,9 +120,13 @@ def test_models_v3_lists_the_library_by_type(client):
     assert {m.name for m in models.filter_by_type("controlnet")} == {
         "demo-controlnet",
         "demo-controlnet-single",
+        "demo-xl-controlnet",
     }
     assert "demo-vae" in {m.name for m in models.filter_by_type("vae")}
-    assert {m.name for m in models.filter_by_type("ipadapter")} == {"demo-ip-adapter"}
+    assert {m.name for m in models.filter_by_type("ipadapter")} == {
+        "demo-ip-adapter",
+        "demo-xl-ip-adapter",
+    }
     loras = client.query_model_v3(types="lora")
     assert "demo-lora" in [m.name for m in loras.models]
     assert all(m.type.name == "lora" for m in loras.models)
@@ -219,3 +223,30 @@ def test_bad_key_and_unknown_task(server, key):
         headers={"Authorization": f"Bearer {key}"},
     )
     assert response.status_code == 404 and response.json()["reason"] == "NOT_FOUND"
+
+
+def test_sdxl_models_are_filtered_and_generate_with_their_extras(client, server, key):
+    """filter.is_sdxl as novita's model list has it; the SDXL demo generates with its LoRA
+    and embedding, and its base_model says SDXL."""
+    listed = requests.get(server.url + "/v3/model", params={"filter.is_sdxl": "true"},
+                          headers={"Authorization": f"Bearer {key}"}).json()["models"]  # fmt: skip
+    names = {m["name"] for m in listed}
+    assert {"demo-xl", "demo-xl-single", "demo-xl-lora", "demo-xl-embedding",
+            "demo-xl-controlnet"} <= names  # fmt: skip
+    assert not names & {"demo", "demo-single", "demo-v"}
+    assert {m["base_model"] for m in listed} == {"SDXL"}
+    others = requests.get(server.url + "/v3/model", params={"filter.is_sdxl": "false"},
+                          headers={"Authorization": f"Bearer {key}"}).json()["models"]  # fmt: skip
+    assert "demo" in {m["name"] for m in others} and not names & {m["name"] for m in others}
+    common = dict(model_name="demo-xl", prompt="a red fox", image_num=1, width=128, height=128,
+                  steps=6, seed=42, sampler_name="Euler a")  # fmt: skip
+    plain = client.txt2img_v3(**common)
+    styled = client.txt2img_v3(
+        **(common | {"prompt": "a red fox, demo-xl-embedding"}),
+        loras=[Txt2ImgV3LoRA(model_name="demo-xl-lora", strength=1)],
+        embeddings=[Txt2ImgV3Embedding(model_name="demo-xl-embedding")],
+    )
+    for result in (plain, styled):
+        assert result.task.status == V3TaskResponseStatus.TASK_STATUS_SUCCEED, result.task.reason
+        assert decoded(result)[0].size == (128, 128)
+    assert max_difference(decoded(plain)[0], decoded(styled)[0]) > 8

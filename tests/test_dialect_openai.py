@@ -46,6 +46,15 @@ def test_generate_as_base64_in_another_format(client):
     assert result.output_format == "jpeg"
 
 
+def test_auto_size_is_the_models_own(client):
+    """size "auto" is the model's trained square: the tiny SDXL demo's is 512 (SDXL's 1024
+    scaled down, as the demo is), read from its config."""
+    result = client.images.generate(model="demo-xl", prompt="a red fox", quality="low",
+                                    response_format="b64_json")  # fmt: skip
+    image = Image.open(io.BytesIO(base64.b64decode(result.data[0].b64_json)))
+    assert image.size == (512, 512) and result.size == "512x512"
+
+
 def test_edit_is_image_to_image(client):
     result = client.images.edit(image=("fox.png", png(), "image/png"), prompt="a fox",
                                 response_format="b64_json")  # fmt: skip

@@ -130,6 +130,16 @@ def test_text_to_image_as_in_the_docs(url, token):
         assert middle.format == "JPEG" and middle.size[0] <= 256
 
 
+def test_the_sdxl_demo(url, token):
+    body = SUBMIT | {"token": token, "model_name": "demo-xl", "n_images": 1}
+    response = requests.post(url + "task_submit", json=body)
+    assert response.status_code == 200, response.text
+    done = result(url, token, response.json()["task_id"])
+    assert done["state"] == "done", done["error_msg"]
+    large = Image.open(io.BytesIO(requests.get(done["images"][0]["large"]).content))
+    assert large.size == (64, 64)
+
+
 def test_random_seed_is_reported(url, token):
     task_id = requests.post(
         url + "task_submit", json=SUBMIT | {"token": token, "select_seed": -1, "n_images": 1}

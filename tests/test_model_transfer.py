@@ -74,7 +74,7 @@ def test_a_published_model_is_listed_and_downloaded_once_as_it_was(place):
 def test_a_folder_model_travels_whole(place, home):
     settings, sessions, storage = place
     source = ModelLibrary(Settings(home=home))
-    [adapter] = source.entries("ipadapter")
+    [adapter] = [e for e in source.entries("ipadapter") if e.name == "demo-ip-adapter"]
     publish(sessions, storage, source, adapter)
     entry = cache(place).find("ipadapter", adapter.name)
     assert entry is not None and entry.path.is_dir()

@@ -284,7 +284,19 @@ def test_openai_sizes_quality_and_limits():
     native = openai_images.to_native(sized, model="demo", auto_size=(1024, 1024),
                                      settings=SETTINGS)  # fmt: skip
     assert (native.width, native.height) == (256, 384)
-    assert openai_images.native_size(None) == (512, 512)
+    # size "auto": the model's trained square; SDXL's 1024 unless the model says otherwise
+    # (the tiny SDXL demo is trained at 512, as its own default says).
+    from huabu.catalog.architectures import Architecture
+    from huabu.catalog.library import ModelInfo
+
+    def info(architecture, side):
+        return ModelInfo("m", "checkpoints", "m.safetensors", "single-file", 1, architecture,
+                         side, 0.0)  # fmt: skip
+
+    assert openai_images.native_square(None) == (512, 512)
+    assert openai_images.native_square(info(Architecture.SDXL, None)) == (1024, 1024)
+    assert openai_images.native_square(info(Architecture.SD2, None)) == (768, 768)
+    assert openai_images.native_square(info(Architecture.SDXL, 512)) == (512, 512)
     refused = (({"n": 99}, "n"), ({"stream": True}, "stream"), ({"size": "big"}, "size"))
     for change, param in refused:
         body = openai_images.GenerationIn.model_validate({"prompt": "p"} | change)

@@ -105,9 +105,14 @@ class Worker:
             try:
                 self.runner.run(uuid.UUID(task_id), self.stopping, self.lost, context.job.id)
             except RunLost:
-                # Nothing of the run was recorded: the task is (or will be) another run's.
-                with contextlib.suppress(DatabaseUnavailable):
-                    self.runner.settle()  # else the supervisor does, once the database is back
+                # Nothing of the run was recorded: hand back what this worker gave up, once
+                # the database answers (a short outage may not end this worker's heartbeat,
+                # and then nothing else would settle it).
+                while self.runner.stopped and not self.stopping.is_set():
+                    try:
+                        self.runner.settle()
+                    except DatabaseUnavailable:
+                        self.stopping.wait(1.0)
 
     def _tolerate_outages(self, manager: Any) -> None:
         """procrastinate's heartbeat ends its worker on the first database error, and a job

@@ -214,6 +214,15 @@ def reference_config(architecture: Architecture) -> dict[str, Config]:
     return copy.deepcopy(_CONFIGS[architecture])
 
 
+def native_size(architecture: Architecture, unet: Config | None = None) -> int:
+    """The square side a model was trained at: its UNet's ``sample_size`` latents, times the
+    VAE's 8 (SD 1.x 512, SD 2.x 768, SDXL 1024), or the family's when the config lacks it."""
+    sample = (unet or {}).get("sample_size") or reference_config(architecture)["unet"][
+        "sample_size"
+    ]
+    return int(sample) * 8
+
+
 def detect_architecture(keys: set[str]) -> Architecture | None:
     """The family of an original-layout (LDM / SGM) state dict, from its key names."""
     if any(k.startswith("conditioner.embedders.1.") for k in keys):

@@ -8,10 +8,13 @@ import json
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from huabu.catalog.architectures import Architecture, detect_architecture
 from huabu.errors import ModelUnavailable
 
+#: The safetensors metadata key of config overrides (JSON, by component: ``{"unet": {…}}``).
+METADATA_KEY = "huabu.config"
 #: A header larger than this is not one a real checkpoint has (SDXL's is about 300 KB).
 MAX_HEADER_BYTES = 100 * 2**20
 
@@ -52,3 +55,19 @@ class CheckpointHeader:
 
     def architecture(self) -> Architecture | None:
         return detect_architecture(set(self.shapes))
+
+    def overrides(self, sidecar: Path | None = None) -> dict[str, dict[str, Any]]:
+        """Config values the shapes cannot tell, by component: from the file's metadata
+        (``huabu.config``), then a ``<name>.json`` sidecar (which wins)."""
+        found: dict[str, dict[str, Any]] = {}
+        try:
+            if METADATA_KEY in self.metadata:
+                found.update(json.loads(self.metadata[METADATA_KEY]))
+            if sidecar is not None and sidecar.is_file():
+                for component, values in json.loads(sidecar.read_text()).items():
+                    found.setdefault(component, {}).update(values)
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
+            raise ModelUnavailable(f"unreadable config overrides ({exc})") from None
+        if not all(isinstance(v, dict) for v in found.values()):
+            raise ModelUnavailable("config overrides must be objects per component")
+        return found

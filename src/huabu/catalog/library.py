@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from huabu.catalog.architectures import Architecture, detect_folder_architecture
+from huabu.catalog.architectures import Architecture, detect_folder_architecture, native_size
 from huabu.catalog.checkpoints import CheckpointHeader
 from huabu.errors import InvalidRequest, ModelUnavailable
 from huabu.settings import Settings
@@ -46,6 +46,8 @@ class ModelInfo:
     layout: str  # 'diffusers' | 'single-file' | 'pickle'
     size_bytes: int
     architecture: Architecture | None
+    #: The square side it was trained at (e.g. 1024 for SDXL); None if not a checkpoint.
+    native_size: int | None
     #: When this version of it appeared (unix time): the file's mtime, or when described.
     modified: float
 
@@ -73,13 +75,61 @@ def disk_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def _folder_architecture(path: Path) -> Architecture | None:
+def _folder_architecture(path: Path) -> tuple[Architecture | None, int | None]:
+    """A diffusers folder's family and native size."""
     try:
         index = json.loads((path / "model_index.json").read_text())
         unet = json.loads((path / "unet" / "config.json").read_text())
     except (OSError, ValueError):
+        return None, None
+    architecture = detect_folder_architecture(index, unet)
+    return architecture, native_size(architecture, unet) if architecture else None
+
+
+def _file_architecture(path: Path) -> tuple[Architecture | None, int | None]:
+    """A single-file checkpoint's family and native size (from its overrides, if any)."""
+    try:
+        header = CheckpointHeader.read(path)
+        architecture = header.architecture()
+        if architecture is None:
+            return None, None
+        return architecture, native_size(architecture, header.overrides(
+            path.with_suffix(".json")).get("unet"))  # fmt: skip
+    except ModelUnavailable:
+        return None, None
+
+
+#: The text width a cross-attention takes, by family.
+_TEXT_WIDTHS = {768: Architecture.SD1, 1024: Architecture.SD2, 2048: Architecture.SDXL}
+_SDXL_MARKS = ("lora_te2_", "text_encoder_2.", "te2.", "clip_g")
+_CROSS_ATTENTION = ("attn2.to_k.weight", "attn2.to_k.lora_A.weight", "attn2_to_k.lora_down.weight",
+                    "to_k_ip.weight")  # fmt: skip
+
+
+def _extra_architecture(path: Path) -> Architecture | None:
+    """The family a LoRA, embedding, ControlNet or IP-Adapter was made for, where its files
+    tell: SDXL's second text encoder or size conditioning, else the width of the text its
+    cross-attention takes (768 SD 1.x, 1024 SD 2.x, 2048 SDXL). None when they don't."""
+    try:
+        if path.is_dir():
+            if (path / "config.json").is_file():  # a diffusers ControlNet
+                config = json.loads((path / "config.json").read_text())
+                if config.get("addition_embed_type") == "text_time":
+                    return Architecture.SDXL
+                return _TEXT_WIDTHS.get(config.get("cross_attention_dim"))
+            weights = sorted(path.glob("*.safetensors"))  # an IP-Adapter
+            if not weights:
+                return None
+            path = weights[0]
+        shapes = CheckpointHeader.read(path).shapes
+    except (OSError, ValueError, ModelUnavailable):
         return None
-    return detect_folder_architecture(index, unet)
+    if any(key.startswith(_SDXL_MARKS) or ".label_emb." in key for key in shapes):
+        return Architecture.SDXL
+    for key, shape in shapes.items():
+        if key.endswith(_CROSS_ATTENTION) or (len(shapes) <= 2 and len(shape) == 2):
+            return _TEXT_WIDTHS.get(shape[-1])  # (an embedding is its vectors alone)
+    return None
 
 
 def private_name(owner_id: uuid.UUID, name: str) -> str:
@@ -133,24 +183,25 @@ class ModelLibrary:
         return found
 
     def describe(self, kind: str, path: Path) -> ModelEntry | None:
+        if kind != "checkpoints" and path.suffix not in PICKLE_SUFFIXES:
+            entry = self._describe(kind, path)
+            return entry and dataclasses.replace(entry, architecture=_extra_architecture(path))
+        return self._describe(kind, path)
+
+    def _describe(self, kind: str, path: Path) -> ModelEntry | None:
         if path.is_dir():
             if kind == "checkpoints" and not (path / "model_index.json").is_file():
                 return None
-            arch = _folder_architecture(path) if kind == "checkpoints" else None
+            arch, native = _folder_architecture(path) if kind == "checkpoints" else (None, None)
             return ModelEntry(path.name, kind, path.name, "diffusers", disk_size(path), arch,
-                              path.stat().st_mtime, path)  # fmt: skip
+                              native, path.stat().st_mtime, path)  # fmt: skip
         if path.suffix in SAFE_SUFFIXES:
-            arch = None
-            if kind == "checkpoints":
-                try:
-                    arch = CheckpointHeader.read(path).architecture()
-                except ModelUnavailable:
-                    arch = None
+            arch, native = _file_architecture(path) if kind == "checkpoints" else (None, None)
             return ModelEntry(path.stem, kind, path.name, "single-file", disk_size(path), arch,
-                              path.stat().st_mtime, path)  # fmt: skip
+                              native, path.stat().st_mtime, path)  # fmt: skip
         if path.suffix in PICKLE_SUFFIXES:
             return ModelEntry(path.stem, kind, path.name, "pickle", disk_size(path), None,
-                              path.stat().st_mtime, path)  # fmt: skip
+                              None, path.stat().st_mtime, path)  # fmt: skip
         return None
 
     def names(self, kind: str) -> list[str]:

@@ -36,7 +36,8 @@ from huabu.errors import InvalidRequest
 HOLDER_SEEN_SECONDS = 3600
 
 _COLUMNS = (
-    "m.kind, m.name, m.file_name, m.layout, m.architecture, m.size_bytes, m.sha256, "
+    "m.kind, m.name, m.file_name, m.layout, m.architecture, m.native_size, m.size_bytes, "
+    "m.sha256, "
     "m.owner_id, m.files, m.updated_at"
 )
 _SERVABLE = f"""
@@ -61,24 +62,28 @@ _PUBLISHED_NAMES = text(
 #: A worker's description of a model on its disk; a published model's row is the store's.
 _DESCRIBE = text(
     """
-    INSERT INTO models (kind, name, file_name, layout, architecture, size_bytes, sha256)
-    VALUES (:kind, :name, :file_name, :layout, :architecture, :size_bytes, :sha256)
+    INSERT INTO models (kind, name, file_name, layout, architecture, native_size, size_bytes,
+                        sha256)
+    VALUES (:kind, :name, :file_name, :layout, :architecture, :native_size, :size_bytes,
+            :sha256)
     ON CONFLICT (kind, name) DO UPDATE
        SET file_name = EXCLUDED.file_name, layout = EXCLUDED.layout,
-           architecture = EXCLUDED.architecture, size_bytes = EXCLUDED.size_bytes,
+           architecture = EXCLUDED.architecture, native_size = EXCLUDED.native_size,
+           size_bytes = EXCLUDED.size_bytes,
            sha256 = EXCLUDED.sha256, updated_at = now()
      WHERE models.published_at IS NULL
     """
 )
 _PUBLISH = text(
     """
-    INSERT INTO models (kind, name, file_name, layout, architecture, size_bytes, sha256,
-                        owner_id, files, published_at)
-    VALUES (:kind, :name, :file_name, :layout, :architecture, :size_bytes, :sha256, :owner,
-            CAST(:files AS jsonb), now())
+    INSERT INTO models (kind, name, file_name, layout, architecture, native_size, size_bytes,
+                        sha256, owner_id, files, published_at)
+    VALUES (:kind, :name, :file_name, :layout, :architecture, :native_size, :size_bytes,
+            :sha256, :owner, CAST(:files AS jsonb), now())
     ON CONFLICT (kind, name) DO UPDATE
        SET file_name = EXCLUDED.file_name, layout = EXCLUDED.layout,
-           architecture = EXCLUDED.architecture, size_bytes = EXCLUDED.size_bytes,
+           architecture = EXCLUDED.architecture, native_size = EXCLUDED.native_size,
+           size_bytes = EXCLUDED.size_bytes,
            sha256 = EXCLUDED.sha256, owner_id = EXCLUDED.owner_id, files = EXCLUDED.files,
            published_at = now(), updated_at = now()
     """
@@ -99,8 +104,8 @@ class CatalogRow(ModelInfo):
 def _row(row: Any) -> CatalogRow:
     architecture = Architecture(row.architecture) if row.architecture else None
     return CatalogRow(row.name, row.kind, row.file_name, row.layout, row.size_bytes,
-                      architecture, row.updated_at.timestamp(), row.sha256, row.owner_id,
-                      row.files)  # fmt: skip
+                      architecture, row.native_size, row.updated_at.timestamp(), row.sha256,
+                      row.owner_id, row.files)  # fmt: skip
 
 
 def _values(info: ModelInfo, sha256: str | None) -> dict[str, Any]:
@@ -110,6 +115,7 @@ def _values(info: ModelInfo, sha256: str | None) -> dict[str, Any]:
         "file_name": info.file_name,
         "layout": info.layout,
         "architecture": info.architecture.value if info.architecture else None,
+        "native_size": info.native_size,
         "size_bytes": info.size_bytes,
         "sha256": sha256,
     }

@@ -107,7 +107,7 @@ class ModelCache:
         os.utime(folder)  # used now: the last to be evicted
         path = folder / row.file_name
         return ModelEntry(row.name, row.kind, row.file_name, row.layout, row.size_bytes,
-                          row.architecture, row.modified, path)  # fmt: skip
+                          row.architecture, row.native_size, row.modified, path)  # fmt: skip
 
     @contextlib.contextmanager
     def _locked(self, sha256: str) -> Iterator[None]:

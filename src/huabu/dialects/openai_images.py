@@ -23,7 +23,8 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import UploadFile
 
-from huabu.catalog.architectures import Architecture
+from huabu.catalog.architectures import native_size
+from huabu.catalog.library import ModelInfo
 from huabu.dialects.common import read_body, validate
 from huabu.errors import AuthFailed, HuabuError, InvalidRequest, NotFound, Overloaded
 from huabu.images import alpha_mask
@@ -135,9 +136,13 @@ def _size(value: str | None, fallback: tuple[int, int]) -> tuple[int, int]:
     return int(match[1]), int(match[2])
 
 
-def native_size(architecture: Architecture | None) -> tuple[int, int]:
-    """A model's native square: 1024 for SDXL, 512 otherwise."""
-    return (1024, 1024) if architecture is Architecture.SDXL else (512, 512)
+def native_square(entry: ModelInfo | None) -> tuple[int, int]:
+    """What ``size: auto`` means for a model: the square it was trained at (1024 for SDXL,
+    768 for SD 2.x v-models, 512 for SD 1.x and for the tiny demos), or 512 if unknown."""
+    if entry is None or entry.architecture is None:
+        return 512, 512
+    side = entry.native_size or native_size(entry.architecture)
+    return side, side
 
 
 def to_native(
@@ -190,7 +195,7 @@ def _resolve_model(services: Services, name: str | None) -> tuple[str, tuple[int
         model = name
     entries = {entry.name: entry for entry in services.library.entries("checkpoints")}
     entry = entries.get(model)
-    return model, native_size(entry.architecture if entry is not None else None)
+    return model, native_square(entry)
 
 
 async def _generate(

@@ -15,6 +15,7 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from huabu.catalog.library import ModelLibrary
@@ -85,10 +86,11 @@ class Embeddings:
     first time it is needed and stays loaded: an added token changes no other token's
     embedding, so prompts that do not name it give bit-identical results."""
 
-    def __init__(self, pipe: Any, library: ModelLibrary, *, supported: bool) -> None:
+    def __init__(self, pipe: Any, library: ModelLibrary) -> None:
         self.pipe = pipe
         self.library = library
-        self.supported = supported
+        #: SDXL: an embedding holds vectors for both encoders (``clip_l``, ``clip_g``).
+        self.xl = getattr(pipe, "text_encoder_2", None) is not None
         self.loaded: set[str] = set()
 
     def prepare(self, prompts: list[str], listed: tuple[str, ...]) -> list[str]:
@@ -107,20 +109,50 @@ class Embeddings:
 
     def _load(self, name: str) -> None:
         entry = self.library.find("embeddings", name, param="embeddings")
-        if not self.supported:
-            raise ModelUnavailable("textual-inversion embeddings work with SD 1.x/2.x models only")
         if entry.layout == "pickle" and not self.library.settings.allow_pickle:
             raise ModelUnavailable(
                 f"embedding {name!r} is a pickle (.pt); allow it with HUABU_ALLOW_PICKLE=true "
                 "or convert it to safetensors"
             )
         try:
-            self.pipe.load_textual_inversion(str(entry.path), token=name)
+            if self.xl:
+                self._load_xl(entry.path, name)
+            else:
+                self.pipe.load_textual_inversion(str(entry.path), token=name)
         except (ValueError, KeyError, RuntimeError) as exc:
             raise ModelUnavailable(
                 f"embedding {name!r} does not fit this checkpoint or is not an embedding"
             ) from exc
         self.loaded.add(name)
+
+    def _load_xl(self, path: Path, name: str) -> None:
+        """An SDXL embedding: its ``clip_l`` vectors go into the first encoder, ``clip_g``
+        into the second, under the same token (checked before either is touched)."""
+        import torch
+        from safetensors.torch import load_file
+
+        if path.suffix == ".safetensors":
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        pipe = self.pipe
+        parts = {"clip_l": (pipe.text_encoder, pipe.tokenizer),
+                 "clip_g": (pipe.text_encoder_2, pipe.tokenizer_2)}  # fmt: skip
+        vectors = {key: state.get(key) for key in parts}
+        widths = {key: encoder.get_input_embeddings().embedding_dim
+                  for key, (encoder, _) in parts.items()}  # fmt: skip
+        if any(
+            not isinstance(v, torch.Tensor) or v.ndim != 2 or v.shape[1] != widths[key]
+            for key, v in vectors.items()
+        ) or len(vectors["clip_l"]) != len(vectors["clip_g"]):
+            raise ModelUnavailable(
+                f"embedding {name!r} is not an SDXL embedding: SDXL models need clip_l "
+                f"({widths['clip_l']} wide) and clip_g ({widths['clip_g']} wide) vectors"
+            )
+        for key, (encoder, tokenizer) in parts.items():
+            pipe.load_textual_inversion(
+                vectors[key], token=name, text_encoder=encoder, tokenizer=tokenizer
+            )
 
 
 class IpAdapter:
@@ -128,18 +160,15 @@ class IpAdapter:
     50 ms, unloading 3 ms): a UNet with an adapter loaded cannot run without an image, so
     keeping one loaded would change every other request."""
 
-    def __init__(self, pipe: Any, library: ModelLibrary, *, supported: bool) -> None:
+    def __init__(self, pipe: Any, library: ModelLibrary) -> None:
         self.pipe = pipe
         self.library = library
-        self.supported = supported
 
     @contextmanager
     def applied(self, ref: IpAdapterRef | None) -> Iterator[None]:
         if ref is None:
             yield
             return
-        if not self.supported:
-            raise ModelUnavailable("IP-Adapter works with SD 1.x/2.x models so far")
         entry = self.library.find("ipadapter", ref.name, param="ip_adapter.name")
         weights = sorted(entry.path.glob("*.safetensors")) if entry.path.is_dir() else []
         if not weights or not (entry.path / "image_encoder").is_dir():

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -192,93 +194,84 @@ def write_ip_adapter(pipe: StableDiffusionPipeline, folder: Path, seed: int = _S
     save_file(state, str(folder / "ip-adapter.safetensors"))
 
 
+@contextmanager
+def staged(path: Path) -> Iterator[Path]:
+    """A staging path beside ``path`` to write into; renamed into place whole when the block
+    succeeds (replacing what was there), removed when it fails."""
+    staging = path.with_name(f".{path.name}.staging")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _remove(staging)
+    try:
+        yield staging
+        _remove(path)
+        staging.rename(path)
+    finally:
+        _remove(staging)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def build(settings: Settings, *, force: bool = False) -> list[Path]:
-    """Write the demo model (both layouts) and its LoRA into the model library, each if it is
-    missing (or all with ``force``); returns the paths written."""
-    checkpoints = settings.models_dir / "checkpoints"
-    checkpoints.mkdir(parents=True, exist_ok=True)
+    """Write the demo models (SD 1.x in both layouts, its SD 2.x and SDXL siblings) and their
+    extras into the model library, each if it is missing (or all with ``force``); returns the
+    paths written."""
+    from huabu.engine import demo_xl
+
+    models = settings.models_dir
+    checkpoints = models / "checkpoints"
     folder = checkpoints / DEMO
     single = checkpoints / f"{DEMO_SINGLE}.safetensors"
-    lora = settings.models_dir / "loras" / f"{DEMO_LORA}.safetensors"
-    embedding = settings.models_dir / "embeddings" / f"{DEMO_EMBEDDING}.safetensors"
-    controlnet = settings.models_dir / "controlnet" / DEMO_CONTROLNET
+    lora = models / "loras" / f"{DEMO_LORA}.safetensors"
+    embedding = models / "embeddings" / f"{DEMO_EMBEDDING}.safetensors"
+    controlnet = models / "controlnet" / DEMO_CONTROLNET
     controlnet_single = controlnet.with_name(f"{DEMO_CONTROLNET_SINGLE}.safetensors")
     v_folder = checkpoints / DEMO_V
-    vae = settings.models_dir / "vae" / DEMO_VAE
-    ip_adapter = settings.models_dir / "ipadapter" / DEMO_IP_ADAPTER
+    vae = models / "vae" / DEMO_VAE
+    ip_adapter = models / "ipadapter" / DEMO_IP_ADAPTER
+    # In dependency order: the single-file ControlNet is converted from the folder one.
     everything = (folder, single, lora, embedding, controlnet, controlnet_single, vae,
                   ip_adapter, v_folder)  # fmt: skip
-    if not force and all(p.exists() for p in everything):
-        return []
-    pipe = build_pipeline()
-    written = []
-    if force or not ip_adapter.is_dir():
-        staging = ip_adapter.with_name(f".{DEMO_IP_ADAPTER}.staging")
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        write_ip_adapter(build_pipeline(), staging)
-        shutil.rmtree(ip_adapter, ignore_errors=True)
-        staging.rename(ip_adapter)
-        written.append(ip_adapter)
-    if force or not vae.is_dir():
-        # The demo's own VAE with its output colours inverted: an override you can see.
-        other = build_pipeline().vae
-        with torch.no_grad():
-            for parameter in other.decoder.conv_out.parameters():
-                parameter.mul_(-1)
-        staging = vae.with_name(f".{DEMO_VAE}.staging")
-        shutil.rmtree(staging, ignore_errors=True)
-        other.save_pretrained(staging, safe_serialization=True)
-        shutil.rmtree(vae, ignore_errors=True)
-        staging.rename(vae)
-        written.append(vae)
-    if force or not controlnet.is_dir():
-        staging = controlnet.with_name(f".{DEMO_CONTROLNET}.staging")
-        shutil.rmtree(staging, ignore_errors=True)
-        build_controlnet(build_pipeline()).save_pretrained(staging, safe_serialization=True)
-        shutil.rmtree(controlnet, ignore_errors=True)
-        staging.rename(controlnet)
-        written.append(controlnet)
-    if force or not v_folder.is_dir():
-        staging = checkpoints / f".{DEMO_V}.staging"
-        shutil.rmtree(staging, ignore_errors=True)
-        build_pipeline(_SEED + 5, Architecture.SD2).save_pretrained(
-            staging, safe_serialization=True
-        )
-        shutil.rmtree(v_folder, ignore_errors=True)
-        staging.rename(v_folder)
-        written.append(v_folder)
-    if force or not controlnet_single.is_file():
-        net = ControlNetModel.from_pretrained(controlnet)
-        tmp = controlnet_single.with_suffix(".tmp")
-        save_file(controlnet_to_ldm(net.state_dict(), dict(net.config)), str(tmp))
-        tmp.rename(controlnet_single)
-        written.append(controlnet_single)
-    if force or not embedding.is_file():
-        # A two-vector embedding in A1111's safetensors layout, random like everything here.
-        embedding.parent.mkdir(parents=True, exist_ok=True)
-        generator = torch.Generator().manual_seed(_SEED + 2)
-        vectors = torch.randn(2, _TEXT["hidden_size"], generator=generator)
-        tmp = embedding.with_suffix(".tmp")
-        save_file({"emb_params": vectors}, str(tmp))
-        tmp.rename(embedding)
-        written.append(embedding)
-    if force or not lora.is_file():
-        lora.parent.mkdir(parents=True, exist_ok=True)
-        tmp = lora.with_suffix(".tmp")
-        save_file(build_lora(build_pipeline()), str(tmp))
-        tmp.rename(lora)
-        written.append(lora)
-    if not force and folder.is_dir() and single.is_file():
-        return written
-    staging = checkpoints / f".{DEMO}.staging"
-    shutil.rmtree(staging, ignore_errors=True)
-    pipe.save_pretrained(staging, safe_serialization=True)
-    shutil.rmtree(folder, ignore_errors=True)
-    staging.rename(folder)
-    # What tensor shapes cannot tell the loader: the demo's head counts.
-    overrides = {"unet": {"attention_head_dim": 2}, "text_encoder": {"num_attention_heads": 2}}
-    tmp = single.with_suffix(".tmp")
-    save_file(single_file_state(pipe), str(tmp), metadata={METADATA_KEY: json.dumps(overrides)})
-    tmp.rename(single)
-    return [folder, single, *written]
+    written = [p for p in everything if force or not p.exists()]
+    for path in written:
+        with staged(path) as staging:
+            if path == folder:
+                build_pipeline().save_pretrained(staging, safe_serialization=True)
+            elif path == single:
+                # What tensor shapes cannot tell the loader: the demo's head counts.
+                overrides = {"unet": {"attention_head_dim": 2},
+                             "text_encoder": {"num_attention_heads": 2}}  # fmt: skip
+                save_file(single_file_state(build_pipeline()), str(staging),
+                          metadata={METADATA_KEY: json.dumps(overrides)})  # fmt: skip
+            elif path == lora:
+                save_file(build_lora(build_pipeline()), str(staging))
+            elif path == embedding:
+                # A two-vector embedding in A1111's safetensors layout, random like the rest.
+                generator = torch.Generator().manual_seed(_SEED + 2)
+                vectors = torch.randn(2, _TEXT["hidden_size"], generator=generator)
+                save_file({"emb_params": vectors}, str(staging))
+            elif path == controlnet:
+                net = build_controlnet(build_pipeline())
+                net.save_pretrained(staging, safe_serialization=True)
+            elif path == controlnet_single:
+                net = ControlNetModel.from_pretrained(controlnet)
+                save_file(controlnet_to_ldm(net.state_dict(), dict(net.config)), str(staging))
+            elif path == vae:
+                # The demo's own VAE with its output colours inverted: an override you can see.
+                other = build_pipeline().vae
+                with torch.no_grad():
+                    for parameter in other.decoder.conv_out.parameters():
+                        parameter.mul_(-1)
+                other.save_pretrained(staging, safe_serialization=True)
+            elif path == ip_adapter:
+                staging.mkdir()
+                write_ip_adapter(build_pipeline(), staging)
+            else:
+                build_pipeline(_SEED + 5, Architecture.SD2).save_pretrained(
+                    staging, safe_serialization=True
+                )
+    return written + demo_xl.build(models, force=force)

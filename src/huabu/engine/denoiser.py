@@ -120,7 +120,7 @@ class Denoiser:
                 }
         if self.image_embeds is not None:
             added = (added or {}) | {"image_embeds": self.image_embeds}
-        residuals = self._control_residuals(x_in, t, context, s)
+        residuals = self._control_residuals(x_in, t, context, s, added)
         out = self.unet(
             x_in, t, encoder_hidden_states=context, added_cond_kwargs=added, **residuals
         ).sample
@@ -136,8 +136,11 @@ class Denoiser:
             denoised = kept * (1 - repaint) + denoised * repaint
         return denoised
 
-    def _control_residuals(self, x_in, t, context, sigma: torch.Tensor) -> dict[str, Any]:
-        """The summed residuals of the ControlNets active at this noise level."""
+    def _control_residuals(self, x_in, t, context, sigma: torch.Tensor, added) -> dict[str, Any]:
+        """The summed residuals of the ControlNets active at this noise level (an SDXL
+        ControlNet takes the UNet's size/crop and pooled-text conditioning too)."""
+        if added is not None:
+            added = {k: v for k, v in added.items() if k != "image_embeds"} or None
         down: list[torch.Tensor] | None = None
         mid: torch.Tensor | None = None
         done = self._progress(float(sigma[0]))
@@ -146,7 +149,8 @@ class Denoiser:
                 continue
             image = control.image.to(x_in.device, x_in.dtype).expand(x_in.shape[0], -1, -1, -1)
             d, m = control.net(x_in, t, encoder_hidden_states=context, controlnet_cond=image,
-                               conditioning_scale=control.scale, return_dict=False)  # fmt: skip
+                               conditioning_scale=control.scale, added_cond_kwargs=added,
+                               return_dict=False)  # fmt: skip
             down = list(d) if down is None else [a + b for a, b in zip(down, d, strict=True)]
             mid = m if mid is None else mid + m
         if down is None:

@@ -16,15 +16,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusers import (
-    StableDiffusionControlNetImg2ImgPipeline as ControlNetImg2Img,
-)
-from diffusers import (
-    StableDiffusionControlNetInpaintPipeline as ControlNetInpaint,
-)
-from diffusers import (
-    StableDiffusionControlNetPipeline as ControlNetTxt2Img,
-)
 from PIL import Image
 
 from huabu.catalog.architectures import Architecture
@@ -136,8 +127,6 @@ class Engine:
             return []
         if len(images) != len(request.controlnets):
             raise InvalidRequest("every ControlNet unit needs its image", param="controlnets")
-        if model.architecture is Architecture.SDXL:
-            raise InvalidRequest("ControlNet works with SD 1.x/2.x models so far", param="model")
         controls, unet = [], model.components["unet"]
         for index, (unit, image) in enumerate(zip(request.controlnets, images, strict=True)):
             check_preprocessor(unit.preprocessor, param=f"controlnets.{index}.preprocessor")
@@ -236,10 +225,11 @@ class Engine:
         pipe_class = model.inpaint_class if plan is not None else type(pipe)
         if controls:
             units = request.controlnets
+            txt2img, img2img, inpaint = model.controlnet_classes
             if plan is not None:
-                pipe_class = ControlNetInpaint
+                pipe_class = inpaint
             else:
-                pipe_class = ControlNetImg2Img if source is not None else ControlNetTxt2Img
+                pipe_class = img2img if source is not None else txt2img
             components["controlnet"] = [net for net, _ in controls]
             maps = [control_map for _, control_map in controls]
             if source is not None:

@@ -1,9 +1,10 @@
-"""diffusers → original (LDM) state-dict layout for SD 1.x, the layout downloaded checkpoints use.
+"""diffusers → original (LDM / SGM) state-dict layout, the layout downloaded checkpoints use.
 
-huabu writes its demo ``demo-single.safetensors`` with this, so the single-file path is tested
-on a file laid out like a real download. The mapping follows diffusers'
-``scripts/convert_diffusers_to_original_stable_diffusion.py``, generalised to any number of
-levels and layers per level (the demo has 2 levels, SD 1.5 has 4).
+huabu writes its demos' single files (``demo-single``, ``demo-xl-single``) with this, so the
+single-file path is tested on files laid out like real downloads. The mapping follows diffusers'
+``scripts/convert_diffusers_to_original_stable_diffusion.py`` and
+``convert_diffusers_to_original_sdxl.py``, generalised to any number of levels and layers per
+level (the demos have 2 levels, SD 1.5 has 4, SDXL 3).
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ _UNET_FIXED = {
     "conv_in.": "input_blocks.0.0.",
     "conv_norm_out.": "out.0.",
     "conv_out.": "out.2.",
+    # SDXL's size/crop and pooled-text embedding
+    "add_embedding.linear_1.": "label_emb.0.0.",
+    "add_embedding.linear_2.": "label_emb.0.2.",
 }
 
 
@@ -74,14 +78,16 @@ def _rename(key: str, pairs: list[tuple[str, str]]) -> str:
 
 
 def unet_to_ldm(state: dict[str, torch.Tensor], config: Config) -> dict[str, torch.Tensor]:
+    return {"model.diffusion_model." + unet_key_to_ldm(k, config): v for k, v in state.items()}
+
+
+def unet_key_to_ldm(key: str, config: Config) -> str:
+    """One diffusers UNet parameter (or module) name in the LDM / SGM layout."""
     pairs = list(_UNET_FIXED.items()) + _unet_prefixes(config)
-    out = {}
-    for key, value in state.items():
-        if ".resnets." in key:
-            for ldm_part, hf_part in _RESNET:
-                key = key.replace(f".{hf_part}.", f".{ldm_part}.")
-        out["model.diffusion_model." + _rename(key, pairs)] = value
-    return out
+    if ".resnets." in key:
+        for ldm_part, hf_part in _RESNET:
+            key = key.replace(f".{hf_part}.", f".{ldm_part}.")
+    return _rename(key, pairs)
 
 
 def controlnet_to_ldm(state: dict[str, torch.Tensor], config: Config) -> dict[str, torch.Tensor]:
@@ -167,13 +173,52 @@ def vae_to_ldm(state: dict[str, torch.Tensor], config: Config) -> dict[str, torc
     return out
 
 
-def text_encoder_to_ldm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """SD 1.x files nest HF CLIP under ``cond_stage_model.transformer.text_model.``
-    (transformers 5 state dicts no longer carry the ``text_model.`` level)."""
+def text_encoder_to_ldm(
+    state: dict[str, torch.Tensor], prefix: str = "cond_stage_model.transformer."
+) -> dict[str, torch.Tensor]:
+    """SD 1.x files nest HF CLIP under ``cond_stage_model.transformer.text_model.`` (SDXL's
+    first encoder under ``conditioner.embedders.0.transformer.text_model.``); transformers 5
+    state dicts no longer carry the ``text_model.`` level."""
     out = {}
     for key, value in state.items():
         if key == "text_model.embeddings.position_ids" or key == "embeddings.position_ids":
             continue
         key = key if key.startswith("text_model.") else "text_model." + key
-        out["cond_stage_model.transformer." + key] = value
+        out[prefix + key] = value
     return out
+
+
+_OPEN_CLIP_LAYER = [
+    ("self_attn.out_proj.", "attn.out_proj."),
+    ("layer_norm1.", "ln_1."),
+    ("layer_norm2.", "ln_2."),
+    ("mlp.fc1.", "mlp.c_fc."),
+    ("mlp.fc2.", "mlp.c_proj."),
+]
+
+
+def open_clip_to_ldm(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """A CLIPTextModelWithProjection in OpenCLIP's layout, as SDXL files hold their second
+    encoder (``conditioner.embedders.1.model.``): fused q/k/v (``attn.in_proj_*``), and the
+    projection as a bare matrix applied from the right."""
+    state = {k.removeprefix("text_model."): v for k, v in state.items()}
+    out = {
+        "token_embedding.weight": state.pop("embeddings.token_embedding.weight"),
+        "positional_embedding": state.pop("embeddings.position_embedding.weight"),
+        "ln_final.weight": state.pop("final_layer_norm.weight"),
+        "ln_final.bias": state.pop("final_layer_norm.bias"),
+        "text_projection": state.pop("text_projection.weight").T,
+    }
+    state.pop("embeddings.position_ids", None)
+    layers = {int(k.split(".")[2]) for k in state if k.startswith("encoder.layers.")}
+    for i in sorted(layers):
+        source, target = f"encoder.layers.{i}.", f"transformer.resblocks.{i}."
+        for kind in ("weight", "bias"):
+            out[f"{target}attn.in_proj_{kind}"] = torch.cat(
+                [state.pop(f"{source}self_attn.{p}_proj.{kind}") for p in "qkv"]
+            )
+            for hf_part, ldm_part in _OPEN_CLIP_LAYER:
+                out[f"{target}{ldm_part}{kind}"] = state.pop(f"{source}{hf_part}{kind}")
+    if state:
+        raise KeyError(f"unmapped text encoder weights: {sorted(state)[:3]}")
+    return {prefix + k: v for k, v in out.items()}

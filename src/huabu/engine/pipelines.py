@@ -27,9 +27,15 @@ import torch
 from diffusers import (
     AutoencoderKL,
     ControlNetModel,
+    StableDiffusionControlNetImg2ImgPipeline,
+    StableDiffusionControlNetInpaintPipeline,
+    StableDiffusionControlNetPipeline,
     StableDiffusionImg2ImgPipeline,
     StableDiffusionInpaintPipeline,
     StableDiffusionPipeline,
+    StableDiffusionXLControlNetImg2ImgPipeline,
+    StableDiffusionXLControlNetInpaintPipeline,
+    StableDiffusionXLControlNetPipeline,
     StableDiffusionXLImg2ImgPipeline,
     StableDiffusionXLInpaintPipeline,
     StableDiffusionXLPipeline,
@@ -61,6 +67,21 @@ _INPAINT_PIPELINES = {
     Architecture.SD1: StableDiffusionInpaintPipeline,
     Architecture.SD2: StableDiffusionInpaintPipeline,
     Architecture.SDXL: StableDiffusionXLInpaintPipeline,
+}
+_SD_CONTROLNET = (
+    StableDiffusionControlNetPipeline,
+    StableDiffusionControlNetImg2ImgPipeline,
+    StableDiffusionControlNetInpaintPipeline,
+)
+#: (txt2img, img2img, inpainting) with ControlNet units, built per request like inpainting.
+_CONTROLNET_PIPELINES = {
+    Architecture.SD1: _SD_CONTROLNET,
+    Architecture.SD2: _SD_CONTROLNET,
+    Architecture.SDXL: (
+        StableDiffusionXLControlNetPipeline,
+        StableDiffusionXLControlNetImg2ImgPipeline,
+        StableDiffusionXLControlNetInpaintPipeline,
+    ),
 }
 
 
@@ -102,6 +123,10 @@ class LoadedModel:
     @property
     def inpaint_class(self) -> type:
         return _INPAINT_PIPELINES[self.architecture]
+
+    @property
+    def controlnet_classes(self) -> tuple[type, type, type]:
+        return _CONTROLNET_PIPELINES[self.architecture]
 
 
 class PipelineCache:
@@ -183,7 +208,8 @@ class PipelineCache:
         """ControlNet ``name`` for a model whose UNet is ``unet``: a diffusers folder, or an
         A1111 single file (built on ``unet``'s structure, so it is cached per structure)."""
         param = f"controlnets.{index}.model"
-        key = (name, unet.config.cross_attention_dim, tuple(unet.config.block_out_channels))
+        key = (name, unet.config.cross_attention_dim, tuple(unet.config.block_out_channels),
+               unet.config.addition_embed_type)  # fmt: skip
         with self._lock:
             if key not in self._controlnets:
                 entry = self.library.find("controlnet", name, param=param)
@@ -197,6 +223,11 @@ class PipelineCache:
                     raise ModelUnavailable(
                         f"ControlNet {name!r} is a pickle ({entry.path.suffix}); convert it to "
                         ".safetensors"
+                    )
+                if not _fits(model.config, unet.config):
+                    raise ModelUnavailable(
+                        f"ControlNet {name!r} was made for another model family than this "
+                        "checkpoint's"
                     )
                 self._controlnets[key] = model.to(self.device)
                 while len(self._controlnets) > 4:
@@ -286,8 +317,8 @@ class PipelineCache:
             encoder,
             self.library.model_hash(entry),
             LoraSwitch(pipe, self.library),
-            Embeddings(pipe, self.library, supported=not xl),
-            IpAdapter(pipe, self.library, supported=not xl),
+            Embeddings(pipe, self.library),
+            IpAdapter(pipe, self.library),
         )
 
     def _convert_pickle(self, entry: ModelEntry) -> Path:
@@ -317,3 +348,14 @@ class PipelineCache:
         return AutoencoderKL.from_single_file(
             str(path), config=str(folder), subfolder="vae", local_files_only=True
         )
+
+
+def _fits(controlnet: Any, unet: Any) -> bool:
+    """Whether a ControlNet (its config) was made for a UNet with this config: the same
+    widths, text conditioning and extra (SDXL size/crop) embedding."""
+    keys = ("cross_attention_dim", "block_out_channels", "addition_embed_type")
+    return all(_plain(controlnet.get(k)) == _plain(unet.get(k)) for k in keys)
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, (list, tuple)) else value

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from huabu.catalog.architectures import Architecture, Config, reference_config
-from huabu.catalog.checkpoints import CheckpointHeader
+from huabu.catalog.checkpoints import METADATA_KEY, CheckpointHeader
 from huabu.errors import ModelUnavailable
 
-METADATA_KEY = "huabu.config"
+__all__ = ["METADATA_KEY", "CheckpointHeader", "derive_configs", "config_folder"]
 _UNET = "model.diffusion_model."
 _VAE = "first_stage_model."
 
@@ -100,6 +100,18 @@ def _derive_clip(shapes: dict[str, tuple[int, ...]], prefix: str, encoder: Confi
     encoder["max_position_embeddings"] = shapes[prefix + "embeddings.position_embedding.weight"][0]
 
 
+def _derive_open_clip(shapes: dict[str, tuple[int, ...]], prefix: str, encoder: Config) -> None:
+    """An OpenCLIP text encoder with its projection (SDXL's second), in OpenCLIP's layout."""
+    vocab, hidden = shapes[prefix + "token_embedding.weight"]
+    if hidden != encoder["hidden_size"]:
+        encoder["num_attention_heads"] = max(hidden // 64, 1)
+    encoder["vocab_size"], encoder["hidden_size"] = vocab, hidden
+    encoder["projection_dim"] = shapes[prefix + "text_projection"][1]
+    encoder["num_hidden_layers"] = len(_indices(shapes, prefix + "transformer.resblocks."))
+    encoder["intermediate_size"] = shapes[prefix + "transformer.resblocks.0.mlp.c_fc.weight"][0]
+    encoder["max_position_embeddings"] = shapes[prefix + "positional_embedding"][0]
+
+
 def derive_configs(
     header: CheckpointHeader, architecture: Architecture, sidecar: Path | None = None
 ) -> dict[str, Config]:
@@ -111,17 +123,20 @@ def derive_configs(
         if architecture is Architecture.SD1:
             prefix = "cond_stage_model.transformer.text_model."
             _derive_clip(header.shapes, prefix, configs["text_encoder"])
+        elif architecture is Architecture.SDXL:
+            prefix = "conditioner.embedders.0.transformer.text_model."
+            _derive_clip(header.shapes, prefix, configs["text_encoder"])
+            second = configs["text_encoder_2"]
+            _derive_open_clip(header.shapes, "conditioner.embedders.1.model.", second)
+            # The UNet's extra embedding takes the pooled text and six size/crop numbers.
+            unet = configs["unet"]
+            extra = unet["projection_class_embeddings_input_dim"] - second["projection_dim"]
+            unet["addition_time_embed_dim"] = extra // 6
     except (KeyError, StopIteration, IndexError) as exc:
         raise ModelUnavailable(
             f"checkpoint looks like {architecture.label} but lacks expected tensors ({exc})"
         ) from None
-    overrides: dict[str, Config] = {}
-    if METADATA_KEY in header.metadata:
-        overrides.update(json.loads(header.metadata[METADATA_KEY]))
-    if sidecar is not None and sidecar.is_file():
-        for component, values in json.loads(sidecar.read_text()).items():
-            overrides.setdefault(component, {}).update(values)
-    for component, values in overrides.items():
+    for component, values in header.overrides(sidecar).items():
         if component not in configs:
             raise ModelUnavailable(f"config override for unknown component {component!r}")
         configs[component].update(values)

@@ -253,7 +253,9 @@ class TaskRunner:
         except (RunLost, WorkerStopping):
             raise
         except DatabaseUnavailable:
-            raise final.lost() from None  # a handler's own read, with the database away
+            # A handler's own read, with the database away: nobody else has this run, so it
+            # goes back to the queue once the database answers (as a lost heartbeat's does).
+            raise final.lost(abandoned=True) from None
         except StorageUnavailable as exc:
             if attempt >= self.settings.max_attempts:
                 final.finish("failed", error=exc.message)
@@ -317,10 +319,11 @@ class _Final:
     ) -> None:
         self.runner, self.task_id, self.run, self.lost_event = runner, task_id, run, lost
 
-    def lost(self) -> RunLost:
-        """This run stops here, remembered for ``settle``: abandoned (heartbeat lost) runs
-        are handed back, superseded ones belong to another worker already."""
-        abandoned = self.lost_event.is_set()
+    def lost(self, *, abandoned: bool = False) -> RunLost:
+        """This run stops here, remembered for ``settle``: abandoned runs (heartbeat lost, or
+        the database gone under the handler) are handed back, fenced by the run number;
+        superseded ones belong to another worker already."""
+        abandoned = abandoned or self.lost_event.is_set()
         self.runner.stopped.append((self.task_id, self.run, datetime.now(UTC), abandoned))
         if abandoned:
             log.warning("task %s: stopped: this worker lost the database; it is handed back "

@@ -1,0 +1,158 @@
+"""SDXL end to end on the tiny SDXL demo: both layouts load to the same model, and its LoRA
+(kohya's SDXL layout), embedding (clip_l/clip_g), ControlNet and IP-Adapter each change the
+image, leave nothing behind, and run with the k-diffusion samplers too. Extras made for the
+other family are refused by name."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from helpers import REF, max_difference
+from huabu.catalog.architectures import Architecture
+from huabu.catalog.checkpoints import CheckpointHeader
+from huabu.catalog.library import ModelLibrary
+from huabu.engine.single_file import derive_configs
+from huabu.errors import HuabuError
+from huabu.native import ControlUnit, IpAdapterRef, LoraRef
+
+RED = Image.new("RGB", (64, 64), (220, 20, 20))
+BLUE = Image.new("RGB", (64, 64), (20, 20, 220))
+STRIPES = Image.fromarray(np.kron([[0, 255] * 4] * 8, np.ones((8, 8))).astype(np.uint8))
+
+
+@pytest.fixture
+def xl(small):
+    def make(**changes):
+        return small(**({"model": "demo-xl", "steps": 6} | changes))
+
+    return make
+
+
+def control(model="demo-xl-controlnet") -> tuple[ControlUnit, ...]:
+    return (ControlUnit(model=model, image=REF, preprocessor="none"),)
+
+
+def test_the_library_knows_the_sdxl_demo_and_its_extras(settings):
+    library = ModelLibrary(settings)
+    for kind, name in [("checkpoints", "demo-xl"), ("checkpoints", "demo-xl-single"),
+                       ("loras", "demo-xl-lora"), ("embeddings", "demo-xl-embedding"),
+                       ("controlnet", "demo-xl-controlnet")]:  # fmt: skip
+        assert library.find(kind, name).architecture is Architecture.SDXL, name
+    # The demo is trained at 512² (SDXL's 1024² scaled down): its default size says so.
+    assert library.find("checkpoints", "demo-xl").native_size == 512
+    assert library.find("checkpoints", "demo-xl-single").native_size == 512
+    assert library.find("loras", "demo-lora").architecture is None  # nothing tells
+
+
+def test_sdxl_configs_derived_from_the_single_file_match_the_folder(settings):
+    checkpoints = settings.models_dir / "checkpoints"
+    header = CheckpointHeader.read(checkpoints / "demo-xl-single.safetensors")
+    derived = derive_configs(header, Architecture.SDXL)
+    for component in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        actual = json.loads((checkpoints / "demo-xl" / component / "config.json").read_text())
+        for key, value in derived[component].items():
+            # The VAE's sample_size is not in its tensors, and nothing reads it.
+            skip = key == "architectures" or (component, key) == ("vae", "sample_size")
+            if key.startswith("_") or key not in actual or skip:
+                continue
+            assert actual[key] == value or (
+                isinstance(value, list) and list(actual[key]) == value
+            ), (component, key, actual[key], value)
+
+
+@pytest.mark.parametrize("sampler", ["Euler", "DPM++ 2M Karras", "DPM fast"])
+def test_both_layouts_are_the_same_model(engine, xl, sampler):
+    folder = engine.generate(xl(sampler=sampler)).images[0]
+    single = engine.generate(xl(sampler=sampler, model="demo-xl-single")).images[0]
+    assert np.asarray(folder).std() > 1  # an image, not a flat or NaN-black field
+    assert max_difference(folder, single) <= 1
+
+
+def test_both_text_encoders_and_the_pooled_embedding_condition_the_unet(engine, xl):
+    """SDXL's conditioning: both encoders' penultimate states side by side (32 + 48 wide),
+    the second's pooled projection, and zeros for an empty negative prompt, as SDXL's
+    ``force_zeros_for_empty_prompt`` says; a non-square size runs too."""
+    from helpers import loaded
+
+    engine.generate(xl())
+    encoder = loaded(engine, "demo-xl").prompt_encoder
+    conditioning = encoder.encode("a fox", "", 1)
+    assert conditioning.embeds.shape[-1] == 80 and tuple(conditioning.pooled.shape) == (1, 32)
+    assert not conditioning.negative_pooled.any() and not conditioning.negative_embeds.any()
+    assert encoder.encode("a fox", "blurry", 1).negative_pooled.any()
+    assert engine.generate(xl(width=72)).images[0].size == (72, 64)
+
+
+@pytest.mark.parametrize("sampler", ["Euler", "DPM fast", "DPM adaptive", "DPM++ 2S a"])
+def test_sdxl_extras_change_the_image_and_leave_nothing_behind(engine, xl, sampler):
+    base = engine.generate(xl(sampler=sampler)).images[0]
+    changed = {
+        "lora": engine.generate(xl(sampler=sampler, loras=(LoraRef(name="demo-xl-lora"),))),
+        "embedding": engine.generate(xl(sampler=sampler, prompt="a red fox demo-xl-embedding")),
+        "controlnet": engine.generate(xl(sampler=sampler, controlnets=control()),
+                                      control_images=[STRIPES]),
+        "ip-adapter": engine.generate(
+            xl(sampler=sampler, ip_adapter=IpAdapterRef(name="demo-xl-ip-adapter", image=REF,
+                                                        scale=1.0)), ip_image=RED),
+    }  # fmt: skip
+    for what, result in changed.items():
+        assert max_difference(base, result.images[0]) > 2, what
+    assert max_difference(base, engine.generate(xl(sampler=sampler)).images[0]) == 0
+    # Switched off (weight 0, scale 0), each is the base model exactly.
+    off_lora = engine.generate(xl(sampler=sampler, loras=(LoraRef(name="demo-xl-lora",
+                                                                  weight=0.0),)))  # fmt: skip
+    off_adapter = engine.generate(
+        xl(sampler=sampler, ip_adapter=IpAdapterRef(name="demo-xl-ip-adapter", image=REF,
+                                                    scale=0.0)), ip_image=BLUE)  # fmt: skip
+    assert max_difference(base, off_lora.images[0]) == 0
+    assert max_difference(base, off_adapter.images[0]) == 0
+
+
+def test_sdxl_img2img_and_inpainting_with_a_controlnet(engine, xl):
+    from huabu.native import InpaintRef
+
+    source = Image.new("RGB", (64, 64), (90, 160, 60))
+    plain = engine.generate(xl(init_image=REF, strength=0.6), init_image=source).images[0]
+    guided = engine.generate(xl(init_image=REF, strength=0.6, controlnets=control()),
+                             init_image=source, control_images=[STRIPES]).images[0]  # fmt: skip
+    assert max_difference(plain, guided) > 2
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (32, 0, 64, 64))
+    painted = engine.generate(
+        xl(init_image=REF, strength=0.9, inpaint=InpaintRef(mask=REF), controlnets=control()),
+        init_image=source, mask_image=mask, control_images=[STRIPES],
+    ).images[0]  # fmt: skip
+    left = np.asarray(painted)[:, :24].astype(int) - np.asarray(source)[:, :24]
+    assert np.abs(left).max() <= 3  # outside the mask: the source, kept
+    assert max_difference(painted, source) > 20
+
+
+@pytest.mark.parametrize(
+    ("model", "changes", "inputs", "name"),
+    [
+        ("demo-xl", {"loras": (LoraRef(name="demo-lora"),)}, {}, "demo-lora"),
+        ("demo-xl", {"prompt": "a fox demo-embedding"}, {}, "demo-embedding"),
+        ("demo-xl", {"controlnets": control("demo-controlnet")}, {"control_images": [STRIPES]},
+         "demo-controlnet"),
+        ("demo-xl", {"ip_adapter": IpAdapterRef(name="demo-ip-adapter", image=REF)},
+         {"ip_image": RED}, "demo-ip-adapter"),
+        ("demo", {"loras": (LoraRef(name="demo-xl-lora"),)}, {}, "demo-xl-lora"),
+        ("demo", {"prompt": "a fox demo-xl-embedding"}, {}, "demo-xl-embedding"),
+        ("demo", {"controlnets": control()}, {"control_images": [STRIPES]}, "demo-xl-controlnet"),
+        ("demo", {"ip_adapter": IpAdapterRef(name="demo-xl-ip-adapter", image=REF)},
+         {"ip_image": RED}, "demo-xl-ip-adapter"),
+    ],
+)  # fmt: skip
+def test_extras_of_the_other_family_are_refused_by_name(engine, xl, model, changes, inputs, name):
+    before = engine.generate(xl(model=model)).images[0]
+    with pytest.raises(HuabuError) as caught:
+        engine.generate(xl(model=model, **changes), **inputs)
+    assert repr(name) in caught.value.message
+    reasons = ("does not fit", "another model family", "is not an SDXL embedding")
+    assert any(reason in caught.value.message for reason in reasons), caught.value.message
+    # ... and the model is unharmed: the next request is the base image, exactly.
+    assert max_difference(before, engine.generate(xl(model=model)).images[0]) == 0
