@@ -195,6 +195,29 @@ def test_sdxl_with_a_lora_and_a_controlnet_unit(api):
     assert "demo-lora" in str(caught.value) and "does not fit" in str(caught.value)
 
 
+def test_the_sdxl_refiner(api, server):
+    """A1111's refiner_checkpoint and refiner_switch_at (webuiapi has no arguments for them,
+    so the body goes as A1111's own API takes it); one that cannot refine is refused, naming
+    the field."""
+    auth = ("webui@example.com", "password123")
+    body = SMALL | {"prompt": "a fox", "override_settings": {"sd_model_checkpoint": "demo-xl"}}
+
+    def txt2img(**changes):
+        return requests.post(server.url + "/sdapi/v1/txt2img", json=body | changes, auth=auth)
+
+    plain, refined = txt2img(), txt2img(refiner_checkpoint="demo-xl-refiner [0123456789]",
+                                        refiner_switch_at=0.6)  # fmt: skip
+    assert plain.status_code == refined.status_code == 200, refined.text
+    assert plain.json()["images"][0] != refined.json()["images"][0]
+    infotext = json.loads(refined.json()["info"])["infotexts"][0]
+    assert "Refiner: demo-xl-refiner, Refiner switch at: 0.6" in infotext
+    unused = txt2img(refiner_checkpoint="demo-xl-refiner", refiner_switch_at=1.0)
+    assert unused.json()["images"][0] == plain.json()["images"][0]  # 1: the switch never comes
+    wrong = txt2img(refiner_checkpoint="demo-single")
+    assert wrong.status_code == 400 and wrong.json()["param"] == "refiner_checkpoint", wrong.text
+    assert "demo-single" in wrong.json()["detail"]
+
+
 def test_png_info_reads_back_the_parameters(api):
     result = api.txt2img(prompt="a quiet lake", negative_prompt="blurry", **SMALL)
     info = api.png_info(result.image)

@@ -14,6 +14,7 @@ from novita_client import (
     NovitaResponseError,
     Txt2ImgV3Embedding,
     Txt2ImgV3LoRA,
+    Txt2ImgV3Refiner,
 )
 from novita_client.proto import V3TaskResponseStatus
 from PIL import Image, ImageDraw
@@ -234,7 +235,7 @@ def test_sdxl_models_are_filtered_and_generate_with_their_extras(client, server,
     assert {"demo-xl", "demo-xl-single", "demo-xl-lora", "demo-xl-embedding",
             "demo-xl-controlnet"} <= names  # fmt: skip
     assert not names & {"demo", "demo-single", "demo-v"}
-    assert {m["base_model"] for m in listed} == {"SDXL"}
+    assert {m["base_model"] for m in listed} == {"SDXL", "SDXL refiner"}
     others = requests.get(server.url + "/v3/model", params={"filter.is_sdxl": "false"},
                           headers={"Authorization": f"Bearer {key}"}).json()["models"]  # fmt: skip
     assert "demo" in {m["name"] for m in others} and not names & {m["name"] for m in others}
@@ -250,3 +251,7 @@ def test_sdxl_models_are_filtered_and_generate_with_their_extras(client, server,
         assert result.task.status == V3TaskResponseStatus.TASK_STATUS_SUCCEED, result.task.reason
         assert decoded(result)[0].size == (128, 128)
     assert max_difference(decoded(plain)[0], decoded(styled)[0]) > 8
+    # novita's refiner names no model: the server's only SDXL refiner runs.
+    refined = client.txt2img_v3(**common, refiner=Txt2ImgV3Refiner(switch_at=0.5))
+    assert refined.task.status == V3TaskResponseStatus.TASK_STATUS_SUCCEED, refined.task.reason
+    assert max_difference(decoded(plain)[0], decoded(refined)[0]) > 0

@@ -12,6 +12,8 @@ def test_families_are_detected_from_key_names():
     assert detect_architecture({"cond_stage_model.transformer.text_model.x"}) is Architecture.SD1
     assert detect_architecture({"cond_stage_model.model.transformer.x"}) is Architecture.SD2
     assert detect_architecture({"conditioner.embedders.1.model.x"}) is Architecture.SDXL
+    refiner = {"conditioner.embedders.0.model.transformer.x"}
+    assert detect_architecture(refiner) is Architecture.SDXL_REFINER
     assert detect_architecture({"model.diffusion_model.x"}) is None
 
 
@@ -21,6 +23,7 @@ def test_library_lists_both_demo_layouts(settings):
     assert entries["demo-single"].layout == "single-file"
     assert entries["demo"].architecture is entries["demo-single"].architecture is Architecture.SD1
     assert entries["demo-v"].architecture is Architecture.SD2
+    assert entries["demo-xl-refiner"].architecture is Architecture.SDXL_REFINER
     assert all(e.size_bytes > 1_000_000 for e in entries.values())
 
 

@@ -156,3 +156,61 @@ def test_extras_of_the_other_family_are_refused_by_name(engine, xl, model, chang
     assert any(reason in caught.value.message for reason in reasons), caught.value.message
     # ... and the model is unharmed: the next request is the base image, exactly.
     assert max_difference(before, engine.generate(xl(model=model)).images[0]) == 0
+
+
+@pytest.mark.parametrize("sampler", ["Euler", "DPM++ 2M Karras", "DPM fast", "DPM++ 2S a"])
+def test_the_refiner_continues_the_same_sampling(engine, xl, sampler):
+    """The refiner takes over at switch_at: the demo refiner changes the image, the more the
+    earlier it takes over; a "refiner" with the base's own weights (demo-xl-single) gives the
+    base's image, so the hand-over continues the same noise and schedule. Progress counts the
+    request's steps once, and the infotext says A1111's Refiner and Refiner switch at."""
+    from huabu.native.generation import Refiner
+
+    base = engine.generate(xl(sampler=sampler, steps=10)).images[0]
+    progress: list[tuple[int, int]] = []
+    late = engine.generate(
+        xl(sampler=sampler, steps=10, refiner=Refiner(model="demo-xl-refiner", switch_at=0.7)),
+        on_progress=lambda *p: progress.append(p),
+    )
+    early = engine.generate(
+        xl(sampler=sampler, steps=10, refiner=Refiner(model="demo-xl-refiner", switch_at=0.3))
+    ).images[0]
+    itself = engine.generate(xl(sampler=sampler, steps=10, refiner=Refiner(
+        model="demo-xl-single", switch_at=0.5))).images[0]  # fmt: skip
+    assert max_difference(base, late.images[0]) > 2
+    assert max_difference(late.images[0], early) > 2
+    assert max_difference(base, itself) <= 1
+    assert progress[-1] == (10, 10) and all(b == 10 for _, b in progress)
+    assert "Refiner: demo-xl-refiner, Refiner switch at: 0.7" in late.infotexts[0]
+    assert max_difference(base, engine.generate(xl(sampler=sampler, steps=10)).images[0]) == 0
+
+
+def test_the_refiner_with_image_to_image(engine, xl):
+    from huabu.native.generation import Refiner
+
+    source = Image.new("RGB", (64, 64), (90, 160, 60))
+    plain = engine.generate(xl(init_image=REF, strength=0.7), init_image=source).images[0]
+    refined = engine.generate(xl(init_image=REF, strength=0.7, refiner=Refiner(
+        model="demo-xl-refiner", switch_at=0.6)), init_image=source).images[0]  # fmt: skip
+    assert max_difference(plain, refined) > 2
+
+
+@pytest.mark.parametrize(
+    ("changes", "param"),
+    [
+        ({"model": "demo", "refiner": {"model": "demo-xl-refiner"}}, "refiner"),
+        ({"refiner": {"model": "demo-single"}}, "refiner.model"),
+        ({"model": "demo-xl-refiner"}, "model"),
+        ({"refiner": {"model": "demo-xl"}}, "refiner.model"),
+        ({"refiner": {"model": "demo-xl-refiner", "switch_at": 1.0}}, "refiner.switch_at"),
+        ({"refiner": {"model": "demo-xl-refiner"}, "hires": {"scale": 1.5}}, "refiner"),
+        ({"refiner": {"model": "nope"}}, "refiner.model"),
+    ],
+)
+def test_refiners_that_cannot_refine_are_refused_by_field(engine, xl, changes, param):
+    from huabu.errors import InvalidRequest
+    from huabu.native import GenerationRequest
+
+    with pytest.raises(InvalidRequest) as caught:
+        engine.generate(GenerationRequest.parse(xl().model_dump() | changes))
+    assert caught.value.param == param, caught.value.message

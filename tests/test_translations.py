@@ -165,7 +165,10 @@ def test_novita_refusals_and_result():
     )
     with pytest.raises(InvalidRequest) as caught:
         novita.to_native(body, novita.ExtraIn())
-    assert caught.value.param == "request.refiner"
+    assert caught.value.param == "request.refiner"  # this server has no refiner
+    native = novita.to_native(body, novita.ExtraIn(), refiner_model="sdxl-refiner")
+    assert native.refiner is not None
+    assert (native.refiner.model, native.refiner.switch_at) == ("sdxl-refiner", 0.6)
     fixed = novita.Txt2ImgIn.model_validate(
         {"model_name": "m", "prompt": "p", "hires_fix": {"target_width": 1024,
                                                          "target_height": 768}}

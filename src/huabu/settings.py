@@ -65,6 +65,11 @@ class Settings(BaseSettings):
         description="Checkpoint for dialects whose requests name none; unset = the first "
         "checkpoint in the library by name.",
     )
+    refiner_model: str | None = Field(
+        default=None,
+        description="The SDXL refiner for dialects whose refiner names none (novita's "
+        "refiner.switch_at); unset = the library's only SDXL refiner, if it has exactly one.",
+    )
     sync_timeout: float = Field(
         default=300.0, gt=0, description="How long synchronous APIs (/txt2img) wait, s."
     )

@@ -22,10 +22,18 @@ class Architecture(enum.StrEnum):
     SD1 = "sd1"
     SD2 = "sd2"
     SDXL = "sdxl"
+    #: SDXL's refiner: the second stage of SDXL's "ensemble of experts" (only the OpenCLIP
+    #: encoder, an aesthetic-score condition); it only ever continues an SDXL model's image.
+    SDXL_REFINER = "sdxl-refiner"
 
     @property
     def label(self) -> str:
-        return {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}[self.value]
+        return {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL",
+                "sdxl-refiner": "SDXL refiner"}[self.value]  # fmt: skip
+
+    @property
+    def is_sdxl(self) -> bool:
+        return self in (Architecture.SDXL, Architecture.SDXL_REFINER)
 
 
 _SCHEDULER: Config = {
@@ -206,7 +214,39 @@ _SDXL: dict[str, Config] = {
     "vae": {**_VAE, "sample_size": 1024, "scaling_factor": 0.13025, "force_upcast": True},
 }
 
-_CONFIGS = {Architecture.SD1: _SD1, Architecture.SD2: _SD2, Architecture.SDXL: _SDXL}
+# The published SDXL refiner 1.0 (diffusers folder layout; single files are not read yet).
+_SDXL_REFINER: dict[str, Config] = {
+    "model_index": {
+        **_SDXL["model_index"],
+        "_class_name": "StableDiffusionXLImg2ImgPipeline",
+        "force_zeros_for_empty_prompt": False,
+        "requires_aesthetics_score": True,
+        "text_encoder": [None, None],
+        "tokenizer": [None, None],
+    },
+    "scheduler": _SDXL["scheduler"],
+    "text_encoder_2": _SDXL["text_encoder_2"],
+    "tokenizer_2": _TOKENIZER_OPENCLIP,
+    "unet": {
+        **_SDXL["unet"],
+        "attention_head_dim": [6, 12, 24, 24],
+        "block_out_channels": [384, 768, 1536, 1536],
+        "cross_attention_dim": 1280,
+        "down_block_types": [
+            "DownBlock2D",
+            "CrossAttnDownBlock2D",
+            "CrossAttnDownBlock2D",
+            "DownBlock2D",
+        ],
+        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+        "projection_class_embeddings_input_dim": 2560,
+        "transformer_layers_per_block": 4,
+    },  # fmt: skip
+    "vae": _SDXL["vae"],
+}
+
+_CONFIGS = {Architecture.SD1: _SD1, Architecture.SD2: _SD2, Architecture.SDXL: _SDXL,
+            Architecture.SDXL_REFINER: _SDXL_REFINER}  # fmt: skip
 
 
 def reference_config(architecture: Architecture) -> dict[str, Config]:
@@ -227,6 +267,8 @@ def detect_architecture(keys: set[str]) -> Architecture | None:
     """The family of an original-layout (LDM / SGM) state dict, from its key names."""
     if any(k.startswith("conditioner.embedders.1.") for k in keys):
         return Architecture.SDXL
+    if any(k.startswith("conditioner.embedders.0.model.") for k in keys):
+        return Architecture.SDXL_REFINER
     if any(k.startswith("cond_stage_model.model.") for k in keys):
         return Architecture.SD2
     if any(k.startswith("cond_stage_model.transformer.") for k in keys):
@@ -237,6 +279,10 @@ def detect_architecture(keys: set[str]) -> Architecture | None:
 def detect_folder_architecture(model_index: Config, unet_config: Config) -> Architecture | None:
     """The family of a diffusers folder, from its model_index and UNet config."""
     if "XL" in model_index.get("_class_name", "") or "text_encoder_2" in model_index:
+        if model_index.get("requires_aesthetics_score") or (
+            model_index.get("text_encoder", [None])[0] is None
+        ):
+            return Architecture.SDXL_REFINER
         return Architecture.SDXL
     cross = unet_config.get("cross_attention_dim")
     if cross == 1024 or unet_config.get("use_linear_projection"):

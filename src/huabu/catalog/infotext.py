@@ -58,6 +58,9 @@ def infotext(request: GenerationRequest, seed: int, *, model_hash: str | None = 
         if hires.steps:
             fields.append(("Hires steps", str(hires.steps)))
         fields.append(("Hires upscaler", hires.upscaler))
+    if request.refiner is not None:
+        fields.append(("Refiner", request.refiner.model))
+        fields.append(("Refiner switch at", _number(request.refiner.switch_at)))
     if request.inpaint is not None:
         fields.append(("Mask blur", str(request.inpaint.blur)))
         if request.inpaint.only_masked:

@@ -296,6 +296,31 @@ def unknown_model(kind: str, name: str, available: list[str], *, param: str) -> 
     return InvalidRequest(f"unknown {singular(kind)} {name!r}; available: {listed}", param=param)
 
 
+def check_families(model: ModelInfo, refiner: ModelInfo | None) -> None:
+    """What checkpoint families allow together: an SDXL refiner only continues an SDXL
+    model's image, and only an SDXL model or refiner can be a refiner."""
+    if model.architecture is Architecture.SDXL_REFINER:
+        raise InvalidRequest(
+            f"model: {model.name!r} is an SDXL refiner, which continues an SDXL model's image: "
+            "name it as the refiner (refiner.model) of an SDXL model",
+            param="model",
+        )
+    if refiner is None:
+        return
+    if model.architecture is not Architecture.SDXL:
+        raise InvalidRequest(
+            f"refiner: a refiner continues an SDXL model's image; {model.name!r} is "
+            f"{model.describe_architecture}",
+            param="refiner",
+        )
+    if refiner.architecture is None or not refiner.architecture.is_sdxl:
+        raise InvalidRequest(
+            f"refiner.model: {refiner.name!r} is {refiner.describe_architecture}, not an SDXL "
+            "model or SDXL refiner",
+            param="refiner.model",
+        )
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:

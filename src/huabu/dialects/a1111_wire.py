@@ -75,6 +75,9 @@ class Txt2ImgIn(BaseModel):
     hr_sampler_name: str | None = None
     hr_prompt: str = ""
     hr_negative_prompt: str = ""
+    #: SDXL's refiner: a checkpoint title ("", "None": none), and where it takes over.
+    refiner_checkpoint: str | None = None
+    refiner_switch_at: float | None = Field(default=None, ge=0, le=1)
     tiling: bool = False
     restore_faces: bool | None = None
     override_settings: dict[str, Any] = {}
@@ -217,6 +220,7 @@ def to_native(
             "subseed_strength": body.subseed_strength,
             "tiling": body.tiling,
             "hires": hires(body, sampler(body)) if init_image is None else None,
+            "refiner": refiner(body),
             "clip_skip": overrides.get("CLIP_stop_at_last_layers") or 1,
             "vae": model_name(str(vae)) if vae else None,
             "loras": loras,
@@ -233,6 +237,17 @@ def to_native(
             ],
         }
     )
+
+
+def refiner(body: Txt2ImgIn) -> dict[str, Any] | None:
+    """The native refiner of a body: A1111 runs one when ``refiner_checkpoint`` names a
+    checkpoint, switching at ``refiner_switch_at`` (0.8, its UI's default, when unset); at 1
+    the switch never comes."""
+    name = model_name(body.refiner_checkpoint or "")
+    if name.lower() in ("", "none") or body.refiner_switch_at == 1:
+        return None
+    switch_at = 0.8 if body.refiner_switch_at is None else body.refiner_switch_at
+    return {"model": name, "switch_at": switch_at}
 
 
 def hires(body: Txt2ImgIn, sampler_name: str) -> dict[str, Any] | None:
@@ -273,7 +288,9 @@ _NATIVE_NAMES = {"model": "override_settings.sd_model_checkpoint", "guidance": "
                  "hires": "enable_hr", "hires.scale": "hr_scale",
                  "hires.resize_width": "hr_resize_x", "hires.resize_height": "hr_resize_y",
                  "hires.upscaler": "hr_upscaler", "hires.steps": "hr_second_pass_steps",
-                 "hires.strength": "denoising_strength"}  # fmt: skip
+                 "hires.strength": "denoising_strength", "refiner": "refiner_checkpoint",
+                 "refiner.model": "refiner_checkpoint",
+                 "refiner.switch_at": "refiner_switch_at"}  # fmt: skip
 
 
 _INPAINT_NAMES = {"blur": "mask_blur", "padding": "inpaint_full_res_padding"}

@@ -3,9 +3,10 @@
 ``novita-client`` SDK reads them (``novita_client/proto.py``), so the SDK works against huabu by
 changing only its ``base_url``. Errors: ``{"code", "reason", "message", "metadata"}``.
 
-Not yet available here (refused with a 400 naming the field): the refiner, and hires_fix on
-img2img. novita's model-based upscalers (RealESRGAN_x4plus_anime_6B, RealESRNet_x4plus) need
-weights this server does not have and are refused by name.
+The refiner (``refiner.switch_at``) runs ``HUABU_REFINER_MODEL``, or the library's only SDXL
+refiner. Not yet available here (refused with a 400 naming the field): hires_fix on img2img.
+novita's model-based upscalers (RealESRGAN_x4plus_anime_6B, RealESRNet_x4plus) need weights this
+server does not have and are refused by name.
 """
 
 from __future__ import annotations
@@ -18,10 +19,13 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from huabu.catalog.architectures import Architecture
+from huabu.catalog.shared import Catalog
 from huabu.dialects.common import read_body, validate
 from huabu.errors import AuthFailed, HuabuError, InvalidRequest, NotFound, Overloaded, TooLarge
 from huabu.images import decode_base64
 from huabu.native import MAX_CONTROLNETS, MAX_LORAS, MAX_SEED, GenerationRequest
+from huabu.settings import Settings
 from huabu.tasks.records import TaskRecord
 from huabu.web.deps import CurrentUser, FileUrl, ServicesDep
 from huabu.web.openapi import ok, request_body, schema_of
@@ -94,7 +98,14 @@ class Txt2ImgIn(BaseModel):
     loras: list[LoraIn] | None = Field(default=None, max_length=MAX_LORAS)
     embeddings: list[NamedIn] | None = Field(default=None, max_length=5)
     hires_fix: HiresFixIn | None = None
-    refiner: dict[str, Any] | None = None
+    refiner: RefinerIn | None = None
+
+
+class RefinerIn(BaseModel):
+    """novita's ``refiner``: where the SDXL refiner takes over, as a fraction of the steps."""
+
+    model_config = ConfigDict(extra="ignore")
+    switch_at: float = Field(default=0.8, ge=0, le=1)
 
 
 class HiresFixIn(BaseModel):
@@ -220,10 +231,7 @@ class ModelsOut(BaseModel):
 
 
 def _unsupported(body: Txt2ImgIn) -> None:
-    present = {
-        "refiner": body.refiner is not None,
-        "hires_fix": isinstance(body, Img2ImgIn) and body.hires_fix is not None,
-    }
+    present = {"hires_fix": isinstance(body, Img2ImgIn) and body.hires_fix is not None}
     for field, used in present.items():
         if used:
             raise InvalidRequest(
@@ -247,10 +255,21 @@ def to_native(
     init_image: uuid.UUID | None = None,
     control_images: tuple[uuid.UUID, ...] = (),
     ip_image: uuid.UUID | None = None,
+    refiner_model: str | None = None,
 ) -> GenerationRequest:
     """Pure translation; ``init_image``, ``control_images`` and ``ip_image`` are the upload
-    ids of the request's image, its ControlNet units' images and its IP-Adapter's image."""
+    ids of the request's image, its ControlNet units' images and its IP-Adapter's image;
+    ``refiner_model`` is the server's SDXL refiner (see ``refiner_for``), if it has one."""
     _unsupported(body)
+    refiner = None
+    if body.refiner is not None:
+        if refiner_model is None:
+            raise InvalidRequest(
+                "request.refiner: this server has no SDXL refiner (its operator sets "
+                "HUABU_REFINER_MODEL); leave it out",
+                param="request.refiner",
+            )
+        refiner = {"model": refiner_model, "switch_at": body.refiner.switch_at}
     units = body.controlnet.units if isinstance(body, Img2ImgIn) and body.controlnet else []
     adapters = body.ip_adapters if isinstance(body, Img2ImgIn) and body.ip_adapters else []
     ip_adapter = None
@@ -294,9 +313,20 @@ def to_native(
             ],
             "ip_adapter": ip_adapter,
             "hires": _hires(body.hires_fix),
+            "refiner": refiner,
             "output_format": extra.response_image_type,
         }
     )
+
+
+def refiner_for(settings: Settings, library: Catalog) -> str | None:
+    """The refiner a novita request's ``refiner`` means: HUABU_REFINER_MODEL, else the
+    library's only SDXL refiner. Blocking (reads the catalog)."""
+    if settings.refiner_model:
+        return settings.refiner_model
+    refiners = [entry.name for entry in library.entries("checkpoints")
+                if entry.architecture is Architecture.SDXL_REFINER]  # fmt: skip
+    return refiners[0] if len(refiners) == 1 else None
 
 
 def _hires(fix: HiresFixIn | None) -> dict[str, Any] | None:
@@ -378,12 +408,15 @@ def _renamed(error: InvalidRequest) -> InvalidRequest:
               "init_image": "image_base64", "loras": "loras", "width": "width",
               "height": "height", "seed": "seed", "embeddings": "embeddings",
               "controlnets": "controlnet.units", "ip_adapter": "ip_adapters.0",
-              "hires": "hires_fix"}  # fmt: skip
+              "hires": "hires_fix", "refiner": "refiner"}  # fmt: skip
     head, _, rest = (error.param or "").partition(".")
     if head not in native:
         return error
     if head == "embeddings" and rest:
         rest += ".name"  # native lists names; novita lists {model_name}
+    if head == "refiner":  # novita names no refiner model: the server's is meant
+        param = "request.refiner" + (".switch_at" if rest == "switch_at" else "")
+        return InvalidRequest(f"{param}: {error.message}", param=param)
     if head == "hires":
         field = {"resize_width": "target_width", "resize_height": "target_height",
                  "scale": "target_width"}.get(rest, rest)  # fmt: skip
@@ -440,7 +473,8 @@ async def txt2img(request: Request, user: CurrentUser, services: ServicesDep) ->
     except InvalidRequest as exc:
         raise _prefixed(exc) from None
     try:
-        native = to_native(parsed, extra)
+        refiner = await run_in_threadpool(refiner_for, services.settings, services.library)
+        native = to_native(parsed, extra, refiner_model=refiner)
     except InvalidRequest as exc:
         raise _renamed(exc) from None
     return await _submit(native, user, services)
@@ -489,6 +523,7 @@ async def img2img(request: Request, user: CurrentUser, services: ServicesDep) ->
             init_image=upload.id,
             control_images=tuple(control_images),
             ip_image=ip_image,
+            refiner_model=await run_in_threadpool(refiner_for, services.settings, services.library),
         )
     except InvalidRequest as exc:
         raise _renamed(exc) from None
@@ -543,7 +578,7 @@ def models(
             if wanted and type_name not in wanted:
                 continue
             for entry in services.library.entries(kind):
-                sdxl = entry.architecture is not None and entry.architecture.name == "SDXL"
+                sdxl = entry.architecture is not None and entry.architecture.is_sdxl
                 if is_sdxl is not None and sdxl != is_sdxl:
                     continue
                 found.append({

@@ -105,7 +105,8 @@ class Embeddings:
             self._load(name)
         if not self.loaded:
             return prompts
-        return [self.pipe.maybe_convert_prompt(prompt, self.pipe.tokenizer) for prompt in prompts]
+        tokenizer = self.pipe.tokenizer or self.pipe.tokenizer_2  # a refiner has the second only
+        return [self.pipe.maybe_convert_prompt(prompt, tokenizer) for prompt in prompts]
 
     def _load(self, name: str) -> None:
         entry = self.library.find("embeddings", name, param="embeddings")
@@ -138,16 +139,20 @@ class Embeddings:
         pipe = self.pipe
         parts = {"clip_l": (pipe.text_encoder, pipe.tokenizer),
                  "clip_g": (pipe.text_encoder_2, pipe.tokenizer_2)}  # fmt: skip
+        parts = {k: v for k, v in parts.items() if v[0] is not None}  # a refiner: clip_g only
         vectors = {key: state.get(key) for key in parts}
         widths = {key: encoder.get_input_embeddings().embedding_dim
                   for key, (encoder, _) in parts.items()}  # fmt: skip
-        if any(
-            not isinstance(v, torch.Tensor) or v.ndim != 2 or v.shape[1] != widths[key]
-            for key, v in vectors.items()
-        ) or len(vectors["clip_l"]) != len(vectors["clip_g"]):
+        if (
+            any(
+                not isinstance(v, torch.Tensor) or v.ndim != 2 or v.shape[1] != widths[key]
+                for key, v in vectors.items()
+            )
+            or len({len(v) for v in vectors.values()}) != 1
+        ):
+            wanted = " and ".join(f"{key} ({width} wide)" for key, width in widths.items())
             raise ModelUnavailable(
-                f"embedding {name!r} is not an SDXL embedding: SDXL models need clip_l "
-                f"({widths['clip_l']} wide) and clip_g ({widths['clip_g']} wide) vectors"
+                f"embedding {name!r} is not an SDXL embedding: SDXL models need {wanted} vectors"
             )
         for key, (encoder, tokenizer) in parts.items():
             pipe.load_textual_inversion(

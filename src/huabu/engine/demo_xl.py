@@ -8,7 +8,8 @@ layers on the last, an Euler scheduler and SDXL's VAE scaling. The two encoders 
 
 Built as ``checkpoints/demo-xl/`` (diffusers folder) and ``checkpoints/demo-xl-single.safetensors``
 (the SGM layout of SDXL downloads), with a LoRA in kohya's SDXL layout, an embedding with
-``clip_l``/``clip_g`` vectors, a ControlNet and an IP-Adapter.
+``clip_l``/``clip_g`` vectors, a ControlNet, an IP-Adapter, and ``checkpoints/demo-xl-refiner/``,
+a refiner (SDXL's refiner architecture).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from diffusers import (
     AutoencoderKL,
     ControlNetModel,
     EulerDiscreteScheduler,
+    StableDiffusionXLImg2ImgPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
@@ -43,6 +45,8 @@ DEMO_XL_LORA = "demo-xl-lora"
 DEMO_XL_EMBEDDING = "demo-xl-embedding"
 DEMO_XL_CONTROLNET = "demo-xl-controlnet"
 DEMO_XL_IP_ADAPTER = "demo-xl-ip-adapter"
+#: A tiny model of SDXL's refiner architecture (the second encoder only, an aesthetic score).
+DEMO_XL_REFINER = "demo-xl-refiner"
 #: The demo's default output size: SDXL's native 1024² scaled down as the demo's 512² is from
 #: SD 1.5's (its UNet config's sample_size is 64 latents, like the SD 1.x demo).
 DEFAULT_SIZE = 512
@@ -87,6 +91,11 @@ _UNET = {
     "projection_class_embeddings_input_dim": _POOLED + 6 * _TIME_EMBED,
     "norm_num_groups": 32,
 }
+#: The refiner's UNet: the second encoder's text alone; pooled text + size, crop and score.
+_REFINER_UNET = _UNET | {
+    "cross_attention_dim": _WIDTH_2,
+    "projection_class_embeddings_input_dim": _POOLED + 5 * _TIME_EMBED,
+}
 _VAE = {
     "block_out_channels": [32, 32, 64, 64],
     "down_block_types": ["DownEncoderBlock2D"] * 4,
@@ -128,6 +137,32 @@ def build_pipeline(seed: int = _SEED) -> StableDiffusionXLPipeline:
             reference_config(Architecture.SDXL)["scheduler"]
         ),
         force_zeros_for_empty_prompt=True,
+        add_watermarker=False,
+    )
+
+
+def build_refiner(seed: int = _SEED + 5) -> StableDiffusionXLImg2ImgPipeline:
+    """The SDXL demo's refiner, laid out as SDXL's refiner is: no first text encoder, and an
+    aesthetic score in place of the target size."""
+    torch.manual_seed(seed)
+    files = tokenizer_files()
+    return StableDiffusionXLImg2ImgPipeline(
+        vae=AutoencoderKL(**_VAE),
+        text_encoder=None,
+        text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**_TEXT_COMMON, **_TEXT_2)),
+        tokenizer=None,
+        tokenizer_2=CLIPTokenizer(
+            vocab=str(files / "vocab.json"),
+            merges=str(files / "merges.txt"),
+            model_max_length=77,
+            pad_token="!",
+        ),  # fmt: skip
+        unet=UNet2DConditionModel(**_REFINER_UNET),
+        scheduler=EulerDiscreteScheduler.from_config(
+            reference_config(Architecture.SDXL)["scheduler"]
+        ),
+        requires_aesthetics_score=True,
+        force_zeros_for_empty_prompt=False,
         add_watermarker=False,
     )
 
@@ -194,8 +229,9 @@ def build(models: Path, *, force: bool = False) -> list[Path]:
     embedding = models / "embeddings" / f"{DEMO_XL_EMBEDDING}.safetensors"
     controlnet = models / "controlnet" / DEMO_XL_CONTROLNET
     ip_adapter = models / "ipadapter" / DEMO_XL_IP_ADAPTER
+    refiner = checkpoints / DEMO_XL_REFINER
     missing = [
-        p for p in (folder, single, lora, embedding, controlnet, ip_adapter)
+        p for p in (folder, single, lora, embedding, controlnet, ip_adapter, refiner)
         if force or not p.exists()
     ]  # fmt: skip
     if not missing:
@@ -220,6 +256,8 @@ def build(models: Path, *, force: bool = False) -> list[Path]:
                 save_file(vectors, str(staging))
             elif path == controlnet:
                 build_controlnet(pipe).save_pretrained(staging, safe_serialization=True)
+            elif path == refiner:
+                build_refiner().save_pretrained(staging, safe_serialization=True)
             else:
                 staging.mkdir()
                 write_ip_adapter(pipe, staging, seed=_SEED + 4)

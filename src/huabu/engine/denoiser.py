@@ -166,6 +166,24 @@ class Denoiser:
         return min(max((high - math.log(max(sigma, 1e-8))) / (high - low), 0.0), 1.0)
 
 
+class RefinerSwitch:
+    """SDXL's refiner as A1111 switches to it: the base model's denoiser until the part of
+    the denoising done, ``(999 − t) / 1000`` at the sigma's timestep ``t``, reaches
+    ``switch_at``; the refiner's (its own UNet and conditioning) from there on. Anything else
+    a sampler asks of it (noise levels, the schedule) is the base's."""
+
+    def __init__(self, base: Denoiser, refiner: Denoiser, switch_at: float) -> None:
+        self.base, self.refiner, self.switch_at = base, refiner, switch_at
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        t = self.base.sigma_to_t(sigma.to(torch.float32).reshape(-1)[:1].cpu())
+        done = (999 - int(t.round())) / 1000
+        return (self.refiner if done >= self.switch_at else self.base)(x, sigma)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.base, name)
+
+
 def noise_sampler(generators: list[torch.Generator], shape: tuple[int, ...], device, dtype):
     """Fresh noise for each image from its own generator (so image i depends on seed + i only)."""
 

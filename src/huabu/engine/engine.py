@@ -11,19 +11,18 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
-from huabu.catalog.architectures import Architecture
 from huabu.catalog.infotext import infotext
-from huabu.catalog.library import ModelLibrary
+from huabu.catalog.library import ModelLibrary, check_families
 from huabu.catalog.preprocessors import check as check_preprocessor
 from huabu.engine import inpainting, ksampling, preprocessors, quiet_libraries
-from huabu.engine.denoiser import Control, Denoiser, noise_sampler
+from huabu.engine.denoiser import Control, Denoiser, RefinerSwitch, noise_sampler
 from huabu.engine.pipelines import LoadedModel, PipelineCache
 from huabu.engine.samplers import SAMPLERS, Sampler
 from huabu.engine.variation import (
@@ -89,8 +88,10 @@ class Engine:
             plan = inpainting.plan(source, mask, request.inpaint)
         with (
             self.cache.lease(request.model) as model,
+            self._refiner(request) as refiner,
             self._vae(request, model) as vae,
         ):
+            check_families(model.entry, refiner.entry if refiner is not None else None)
             if model.components["unet"].config.in_channels != 4 and (
                 request.inpaint is None or SAMPLERS[request.sampler].k_sampler
             ):
@@ -108,9 +109,20 @@ class Engine:
                 reference = None
             loaded = time.perf_counter()
             with model.loras.applied(request.loras), model.ip_adapter.applied(request.ip_adapter):
-                inputs = _Inputs(source, plan, controls, reference, control_images or [])
+                inputs = _Inputs(source, plan, controls, reference, control_images or [],
+                                 refiner)  # fmt: skip
                 step = _StepHook(on_progress, should_cancel)
                 return self._generate(request, model, vae, inputs, step, started, loaded)
+
+    @contextmanager
+    def _refiner(self, request: GenerationRequest) -> Iterator[LoadedModel | None]:
+        """The request's refiner, leased like its model (one request per worker process at a
+        time, so two leases cannot wait on each other)."""
+        if request.refiner is None:
+            yield None
+            return
+        with self.cache.lease(request.refiner.model, param="refiner.model") as refiner:
+            yield refiner
 
     @contextmanager
     def _vae(self, request: GenerationRequest, model: LoadedModel) -> Iterator[Any]:
@@ -142,6 +154,12 @@ class Engine:
             [request.prompt, request.negative_prompt], request.embeddings
         )
         conditioning = model.prompt_encoder.encode(prompt, negative, request.clip_skip)
+        if inputs.refiner is not None:  # the refiner reads the prompt with its own encoder
+            prompts = inputs.refiner.embeddings.prepare(
+                [request.prompt, request.negative_prompt], request.embeddings
+            )
+            inputs = replace(inputs, refiner_conditioning=inputs.refiner.prompt_encoder.encode(
+                *prompts, request.clip_skip))  # fmt: skip
         encoded = time.perf_counter()
 
         sampler = SAMPLERS[request.sampler]
@@ -209,7 +227,7 @@ class Engine:
             "output_type": "latent",
             "callback_on_step_end": step.diffusers_callback,
         }
-        if model.architecture is Architecture.SDXL:
+        if model.architecture.is_sdxl:
             kwargs["pooled_prompt_embeds"] = conditioning.pooled
             kwargs["negative_pooled_prompt_embeds"] = conditioning.negative_pooled
         if plan is not None:
@@ -241,11 +259,45 @@ class Engine:
                 "control_guidance_start": [unit.start for unit in units],
                 "control_guidance_end": [unit.end for unit in units],
             }
+        if inputs.refiner is not None:  # the base's part; _refine continues from there
+            step, later = step.split(_refiner_steps(scheduler, request))
+            kwargs |= {"denoising_end": request.refiner.switch_at,
+                       "callback_on_step_end": step.diffusers_callback}  # fmt: skip
         # A pipeline object holds per-call state; give it this request's scheduler only.
         call_pipe = pipe_class(**components)
         call_pipe.set_progress_bar_config(disable=True)
         with varied_start(call_pipe, request):
-            return call_pipe(**kwargs).images
+            latents = call_pipe(**kwargs).images
+        if inputs.refiner is None:
+            return latents
+        return self._refine(sampler, request, latents, generators, inputs, step.after_this(later))
+
+    def _refine(self, sampler, request, latents, generators, inputs, step) -> torch.Tensor:
+        """The refiner's part of a diffusers sampler's run: the same sampler and generators
+        continue, from where the base stopped, on the refiner (diffusers' ensemble of expert
+        denoisers: ``denoising_end`` then ``denoising_start`` at the same fraction)."""
+        refiner, conditioning = inputs.refiner, inputs.refiner_conditioning
+        scheduler = sampler.make_scheduler(refiner.img2img.scheduler.config,
+                                           request.image_seeds())  # fmt: skip
+        pipe = type(refiner.img2img)(
+            **{**refiner.components, "scheduler": scheduler},
+            requires_aesthetics_score=refiner.img2img.config.get("requires_aesthetics_score", False),
+        )
+        pipe.set_progress_bar_config(disable=True)
+        return pipe(
+            image=latents,
+            denoising_start=request.refiner.switch_at,
+            num_inference_steps=request.steps,
+            num_images_per_prompt=request.n_images,
+            prompt_embeds=conditioning.embeds,
+            negative_prompt_embeds=conditioning.negative_embeds,
+            pooled_prompt_embeds=conditioning.pooled,
+            negative_pooled_prompt_embeds=conditioning.negative_pooled,
+            guidance_scale=request.guidance,
+            generator=generators,
+            output_type="latent",
+            callback_on_step_end=step.diffusers_callback,
+        ).images
 
     def _k_sample(
         self,
@@ -279,7 +331,7 @@ class Engine:
             guidance=request.guidance,
             added_cond=_sdxl_conditions(model, request, conditioning.pooled, device, dtype),
             negative_added_cond=_sdxl_conditions(
-                model, request, conditioning.negative_pooled, device, dtype
+                model, request, conditioning.negative_pooled, device, dtype, negative=True
             ),
             on_call=step.check_cancel,
             keep=keep,
@@ -307,17 +359,40 @@ class Engine:
         else:
             x = x * sigmas[0]
         denoiser.span = (float(sigmas[0]), float(sigmas[-2]))  # ControlNet units are gated by it
+        model_fn: Denoiser | RefinerSwitch = denoiser
+        if request.refiner is not None:
+            model_fn = RefinerSwitch(denoiser, self._refiner_denoiser(request, inputs, step),
+                                     request.refiner.switch_at)  # fmt: skip
         total = len(sigmas) - 1
         report = step.fraction_reporter(total)
         if sampler.k_sampler == "dpmpp_2s_a":
-            return ksampling.sample_dpmpp_2s_ancestral(denoiser, x, sigmas, noise, report)
+            return ksampling.sample_dpmpp_2s_ancestral(model_fn, x, sigmas, noise, report)
         sigma_min = float(sigmas[-2]) if source is not None else denoiser.sigma_min
         sigma_max = float(sigmas[0])
         if sampler.k_sampler == "dpm_fast":
             return ksampling.sample_dpm_fast(
-                denoiser, x, sigma_min, sigma_max, total, noise, report
+                model_fn, x, sigma_min, sigma_max, total, noise, report
             )
-        return ksampling.sample_dpm_adaptive(denoiser, x, sigma_min, sigma_max, noise, report)
+        return ksampling.sample_dpm_adaptive(model_fn, x, sigma_min, sigma_max, noise, report)
+
+    def _refiner_denoiser(self, request, inputs: _Inputs, step) -> Denoiser:
+        refiner, conditioning = inputs.refiner, inputs.refiner_conditioning
+        assert refiner is not None
+        unet, scheduler = refiner.components["unet"], refiner.img2img.scheduler
+        device, dtype = self.cache.device, unet.dtype
+        return Denoiser(
+            unet,
+            scheduler.alphas_cumprod.to(torch.float32),
+            prediction_type=scheduler.config.prediction_type,
+            embeds=conditioning.embeds.to(device, dtype),
+            negative_embeds=conditioning.negative_embeds.to(device, dtype),
+            guidance=request.guidance,
+            added_cond=_sdxl_conditions(refiner, request, conditioning.pooled, device, dtype),
+            negative_added_cond=_sdxl_conditions(
+                refiner, request, conditioning.negative_pooled, device, dtype, negative=True
+            ),
+            on_call=step.check_cancel,
+        )
 
     def _hires(self, model, vae, sample, sampler, request, conditioning, inputs, latents, step):
         """A1111's hires fix: upscale the first pass (its latents, or its decoded images),
@@ -354,7 +429,7 @@ class Engine:
         # SDXL's VAE overflows in fp16 (diffusers upcasts it); SD 1.x/2.x VAEs decode in fp16,
         # and only a decode that overflowed anyway is redone in fp32 (A1111's NaN check).
         half = vae.dtype == torch.float16
-        upcast = half and model.architecture is Architecture.SDXL and config.get("force_upcast")
+        upcast = half and model.architecture.is_sdxl and config.get("force_upcast")
         pixels = None if upcast else vae.decode(latents.to(vae.device, vae.dtype)).sample
         if half and (pixels is None or not pixels.isfinite().all()):
             vae.to(torch.float32)
@@ -374,6 +449,8 @@ class _Inputs:
     controls: list[tuple[Any, Image.Image]]  # (ControlNet, control map) per unit
     ip_image: Image.Image | None
     control_images: list[Image.Image]  # as sent: the hires pass preprocesses them again
+    refiner: LoadedModel | None = None
+    refiner_conditioning: Any = None  # the prompts, as the refiner's encoder reads them
 
 
 class _StepHook:
@@ -392,6 +469,17 @@ class _StepHook:
         #: Steps of earlier passes (reported first) and of later ones (counted in the total).
         self.done, self.later = done, later
         self.seen = 0  # the last step this pass reported
+
+    def split(self, second: int) -> tuple[_StepHook, int]:
+        """This pass's hook when a second part of ``second`` steps follows it in the same
+        pass (the refiner's), and that count, for ``after_this``."""
+        return _StepHook(self.on_progress, self.should_cancel, done=self.done,
+                         later=self.later + second), second  # fmt: skip
+
+    def after_this(self, later: int) -> _StepHook:
+        """The hook of the part that follows this one (``split``'s second)."""
+        return _StepHook(self.on_progress, self.should_cancel, done=self.done + self.seen,
+                         later=self.later - later)  # fmt: skip
 
     def passes(self, request: GenerationRequest) -> _StepHook:
         """The hook of the first pass, whose total counts the hires pass's steps too."""
@@ -444,12 +532,30 @@ def _image_embeds(model, image, batch: int, device, cfg: bool) -> list[torch.Ten
     return model.txt2img.prepare_ip_adapter_image_embeds(image, None, device, batch, cfg)
 
 
-def _sdxl_conditions(model, request, pooled, device, dtype):
-    if model.architecture is not Architecture.SDXL or pooled is None:
+def _refiner_steps(scheduler, request: GenerationRequest) -> int:
+    """How many of a diffusers sampler's timesteps the refiner runs (for progress): those
+    below diffusers' ``denoising_end`` cut-off (of the image-to-image tail, roughly)."""
+    assert request.refiner is not None
+    scheduler = type(scheduler).from_config(scheduler.config)  # leave the request's alone
+    scheduler.set_timesteps(request.steps)
+    timesteps = scheduler.timesteps
+    if request.is_img2img:
+        timesteps = timesteps[len(timesteps) - int(len(timesteps) * request.strength) :]
+    train = scheduler.config.num_train_timesteps
+    cutoff = int(round(train - request.refiner.switch_at * train))
+    return int((timesteps < cutoff).sum())
+
+
+def _sdxl_conditions(model, request, pooled, device, dtype, *, negative: bool = False):
+    """SDXL's extra UNet inputs: the pooled text, and the size and crop numbers (original
+    size, crop corner, target size); a refiner takes an aesthetic score instead of the target
+    size (6 for the prompt, 2.5 for the negative, diffusers' and A1111's defaults)."""
+    if not model.architecture.is_sdxl or pooled is None:
         return None
-    time_ids = torch.tensor(
-        [[request.height, request.width, 0, 0, request.height, request.width]],
-        device=device,
-        dtype=dtype,
-    )
+    size = [request.height, request.width]
+    if model.img2img.config.get("requires_aesthetics_score"):
+        numbers = [*size, 0, 0, 2.5 if negative else 6.0]
+    else:
+        numbers = [*size, 0, 0, *size]
+    time_ids = torch.tensor([numbers], device=device, dtype=dtype)
     return {"text_embeds": pooled.to(device, dtype), "time_ids": time_ids}

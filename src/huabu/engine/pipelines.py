@@ -61,12 +61,18 @@ _PIPELINES = {
     Architecture.SD1: (StableDiffusionPipeline, StableDiffusionImg2ImgPipeline),
     Architecture.SD2: (StableDiffusionPipeline, StableDiffusionImg2ImgPipeline),
     Architecture.SDXL: (StableDiffusionXLPipeline, StableDiffusionXLImg2ImgPipeline),
+    # A refiner only continues another model's image: image-to-image is all it does.
+    Architecture.SDXL_REFINER: (
+        StableDiffusionXLImg2ImgPipeline,
+        StableDiffusionXLImg2ImgPipeline,
+    ),  # fmt: skip
 }
 #: Built per request from the loaded pipeline's components (see Engine._diffusers_sample).
 _INPAINT_PIPELINES = {
     Architecture.SD1: StableDiffusionInpaintPipeline,
     Architecture.SD2: StableDiffusionInpaintPipeline,
     Architecture.SDXL: StableDiffusionXLInpaintPipeline,
+    Architecture.SDXL_REFINER: StableDiffusionXLInpaintPipeline,
 }
 _SD_CONTROLNET = (
     StableDiffusionControlNetPipeline,
@@ -144,11 +150,11 @@ class PipelineCache:
         self._lock = threading.Lock()
 
     @contextmanager
-    def lease(self, name: str) -> Iterator[LoadedModel]:
+    def lease(self, name: str, *, param: str = "model") -> Iterator[LoadedModel]:
         """The checkpoint ``name``, loaded if need be, for one request: the block has it to
         itself (other requests for it wait), and it is not evicted meanwhile."""
         with self._lock:
-            model = self._get(name)
+            model = self._get(name, param)
             model.leases += 1
         try:
             with model.lock:
@@ -158,12 +164,12 @@ class PipelineCache:
                 model.leases -= 1
                 self._evict(keep=self.settings.pipeline_cache_size)
 
-    def _get(self, name: str) -> LoadedModel:
+    def _get(self, name: str, param: str = "model") -> LoadedModel:
         """The loaded model (the caller holds ``_lock``), evicting idle ones to make room."""
         if name in self._models:
             self._models.move_to_end(name)
             return self._models[name]
-        entry = self.library.find("checkpoints", name)
+        entry = self.library.find("checkpoints", name, param=param)
         self._evict(keep=self.settings.pipeline_cache_size - 1)
         began = time.perf_counter()
         model = self._load(entry)
@@ -260,7 +266,7 @@ class PipelineCache:
             txt2img_cls, img2img_cls = _PIPELINES[architecture]
             extra = (
                 {}
-                if architecture is Architecture.SDXL
+                if architecture.is_sdxl
                 else {
                     "safety_checker": None,
                     "feature_extractor": None,
@@ -298,11 +304,13 @@ class PipelineCache:
                 ) from exc
         pipe.to(self.device)
         pipe.set_progress_bar_config(disable=True)
-        img2img = img2img_cls(**pipe.components)
+        # (A refiner is an image-to-image pipeline already, with its own settings.)
+        img2img = pipe if isinstance(pipe, img2img_cls) else img2img_cls(**pipe.components)
         img2img.set_progress_bar_config(disable=True)
-        xl = architecture is Architecture.SDXL
-        tokenizers = [pipe.tokenizer, pipe.tokenizer_2] if xl else [pipe.tokenizer]
-        encoders = [pipe.text_encoder, pipe.text_encoder_2] if xl else [pipe.text_encoder]
+        xl = architecture.is_sdxl
+        # SDXL: both encoders; its refiner has only the second.
+        tokenizers = [t for t in (pipe.tokenizer, getattr(pipe, "tokenizer_2", None)) if t]
+        encoders = [e for e in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if e]
         encoder = PromptEncoder(
             tokenizers,
             encoders,

@@ -116,6 +116,10 @@ def derive_configs(
     header: CheckpointHeader, architecture: Architecture, sidecar: Path | None = None
 ) -> dict[str, Config]:
     """The diffusers configs that fit this checkpoint's tensors."""
+    if architecture is Architecture.SDXL_REFINER:
+        raise ModelUnavailable(
+            "single-file SDXL refiners cannot be loaded yet; use the refiner's diffusers folder"
+        )
     configs = reference_config(architecture)
     try:
         _derive_unet(header.shapes, configs["unet"])

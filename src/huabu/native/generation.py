@@ -261,6 +261,16 @@ class HiresFix(BaseModel):
         )
 
 
+class Refiner(BaseModel):
+    """SDXL's refiner, as A1111 runs it: the same sampling continues on ``model`` from the
+    point where ``switch_at`` of the denoising is done (by timestep: (999 − t)/1000)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: Name
+    switch_at: float = Field(default=0.8, gt=0, lt=1)
+
+
 def hires_steps(request: GenerationRequest) -> int:
     """The steps the hires pass runs (an image-to-image pass runs ``strength`` of its steps)."""
     if request.hires is None:
@@ -304,6 +314,7 @@ class GenerationRequest(BaseModel):
     #: Circular padding everywhere: an image that tiles.
     tiling: bool = False
     hires: HiresFix | None = None
+    refiner: Refiner | None = None
     output_format: OutputFormat = "png"
 
     @classmethod
@@ -359,6 +370,20 @@ class GenerationRequest(BaseModel):
                 )
         if self.hires is not None:
             self._check_hires(self.hires, settings)
+        if self.refiner is not None:
+            if self.refiner.model == self.model:
+                raise InvalidRequest(
+                    "refiner.model: the refiner must be another checkpoint than model",
+                    param="refiner.model",
+                )
+            together = {"hires": self.hires, "controlnets": self.controlnets,
+                        "inpaint": self.inpaint}  # fmt: skip
+            for field, used in together.items():
+                if used:
+                    raise InvalidRequest(
+                        f"refiner: the refiner does not run with {field} yet; leave one out",
+                        param="refiner",
+                    )
         seed = self.seed if self.seed >= 0 else secrets.randbelow(MAX_SEED - settings.max_images)
         subseed = self.subseed
         if subseed < 0 and self.subseed_strength > 0:

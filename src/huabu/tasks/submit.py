@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import bindparam, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from huabu.catalog.library import private_name
+from huabu.catalog.library import check_families, private_name
 from huabu.catalog.preprocessors import check as check_preprocessor
 from huabu.catalog.shared import Catalog
 from huabu.db.tables import Task, TrainedModel
@@ -118,6 +118,10 @@ class TaskSubmitter:
             check_preprocessor(unit.preprocessor, param=f"controlnets.{index}.preprocessor")
         if request.ip_adapter is not None:
             self.library.find("ipadapter", request.ip_adapter.name, param="ip_adapter.name")
+        refiner = None
+        if request.refiner is not None:
+            refiner = self.library.find("checkpoints", request.refiner.model, param="refiner.model")
+        check_families(self.library.find("checkpoints", request.model), refiner)
         keys, new = self._resolve_images(owner_id, request, uploads)
         request = request.with_images(keys)
         if request.inpaint is not None:
