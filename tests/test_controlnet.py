@@ -38,6 +38,11 @@ def test_controlnet_scale_and_no_leak(engine, small, square):
     assert max_difference(base, full) > 8
     assert max_difference(base, off) == 0  # scale 0 is no ControlNet, bit for bit
     assert max_difference(base, after) == 0
+    # The control image steers it: another shape, another image.
+    bar = Image.new("RGB", (64, 64), (0, 0, 0))
+    ImageDraw.Draw(bar).rectangle((0, 28, 64, 36), fill=(255, 255, 255))
+    as_map = unit(preprocessor="none")
+    assert max_difference(run(engine, small, square, as_map), run(engine, small, bar, as_map)) > 2
 
 
 @pytest.mark.slow
@@ -105,7 +110,9 @@ def test_preprocessors_make_control_maps(square):
     ("changes", "param", "text"),
     [
         ({"controlnets": (unit(preprocessor="openpose"),)}, "controlnets.0.preprocessor",
-         "annotator weights"),
+         "not supported by this server yet"),
+        ({"controlnets": (unit(preprocessor="softedge_hed"),)}, "controlnets.0.preprocessor",
+         "models/annotators/ControlNetHED.pth"),
         ({"controlnets": (unit(preprocessor="sketchy"),)}, "controlnets.0.preprocessor",
          "unknown preprocessor"),
         ({"controlnets": (unit(start=0.6, end=0.4),)}, "controlnets.0.start", "below end"),

@@ -196,12 +196,12 @@ def test_img2img_errors(server, key):
     buffer = io.BytesIO()
     Image.new("RGB", (128, 128)).save(buffer, format="PNG")
     image = base64.b64encode(buffer.getvalue()).decode()
-    unit = {"model_name": "demo-controlnet", "image_base64": image, "preprocessor": "openpose"}
+    unit = {"model_name": "demo-controlnet", "image_base64": image, "preprocessor": "softedge_hed"}
     response = raw(server, key, "/v3/async/img2img",
                    VALID | {"image_base64": image, "controlnet": {"units": [unit]}})  # fmt: skip
     assert response.status_code == 400, response.text
     assert response.json()["metadata"]["param"] == "request.controlnet.units.0.preprocessor"
-    assert "annotator weights" in response.json()["message"]
+    assert "models/annotators/ControlNetHED.pth" in response.json()["message"]  # what is missing
     adapters = {"image_base64": image,
                 "ip_adapters": [{"model_name": "nope.bin", "image_base64": image}]}  # fmt: skip
     response = raw(server, key, "/v3/async/img2img", VALID | adapters)

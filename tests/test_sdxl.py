@@ -101,6 +101,8 @@ def test_sdxl_extras_change_the_image_and_leave_nothing_behind(engine, xl, sampl
     }  # fmt: skip
     for what, result in changed.items():
         assert max_difference(base, result.images[0]) > 2, what
+    other_map = engine.generate(xl(sampler=sampler, controlnets=control()), control_images=[RED])
+    assert max_difference(changed["controlnet"].images[0], other_map.images[0]) > 2
     assert max_difference(base, engine.generate(xl(sampler=sampler)).images[0]) == 0
     # Switched off (weight 0, scale 0), each is the base model exactly.
     off_lora = engine.generate(xl(sampler=sampler, loras=(LoraRef(name="demo-xl-lora",

@@ -29,7 +29,7 @@ from huabu.catalog.checkpoints import CheckpointHeader
 from huabu.errors import InvalidRequest, ModelUnavailable
 from huabu.settings import Settings
 
-KINDS = ("checkpoints", "loras", "embeddings", "vae", "controlnet", "ipadapter")
+KINDS = ("checkpoints", "loras", "embeddings", "vae", "controlnet", "ipadapter", "annotators")
 SAFE_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 _PRIVATE_FOLDER = re.compile(r"@[0-9a-f]{32}")

@@ -1,42 +1,98 @@
-"""The ControlNet preprocessor names huabu knows, and which of them run here: what the API
-process checks at submit. Running them is :mod:`huabu.engine.preprocessors` (OpenCV)."""
+"""The ControlNet preprocessor names huabu knows, which run here, and what each needs: what the
+API process checks at submit. Running them is :mod:`huabu.engine.preprocessors` (OpenCV) and
+:mod:`huabu.engine.annotators` (networks).
+
+A preprocessor that runs a network needs its weights in ``models/annotators/`` (the file names
+of lllyasviel/Annotators, as sd-webui-controlnet and controlnet_aux download them). Annotator
+files are a model kind like the others: workers advertise them and ``huabu models publish``
+shares them with a fleet, so a preprocessor is available when some worker holds its files.
+"""
 
 from __future__ import annotations
 
 from huabu.errors import InvalidRequest
 
-#: Spec 003's preprocessors that run a network huabu does not ship.
-NEEDS_WEIGHTS = frozenset({
-    "scribble_hed", "softedge_hed", "scribble_hedsafe", "softedge_hedsafe", "depth_midas", "mlsd",
-    "openpose", "openpose_face", "openpose_faceonly", "openpose_full", "openpose_hand", "dwpose",
-    "scribble_pidinet", "softedge_pidinet", "scribble_pidsafe", "softedge_pidsafe", "normal_bae",
-    "lineart_coarse", "lineart_realistic", "lineart_anime", "lineart", "depth_zoe",
-    "mediapipe_face", "depth", "depth_leres", "depth_leres++",
-})  # fmt: skip
-AVAILABLE = ("none", "canny", "shuffle", "lineart_standard")
+#: Preprocessors that need no weights (OpenCV, or the image itself).
+WEIGHTLESS = ("none", "canny", "shuffle", "lineart_standard")
+#: Preprocessors that run a network here, and the annotator files it loads.
+NETWORKS: dict[str, tuple[str, ...]] = {
+    "softedge_hed": ("ControlNetHED.pth",),
+    "softedge_hedsafe": ("ControlNetHED.pth",),
+    "scribble_hed": ("ControlNetHED.pth",),
+    "scribble_hedsafe": ("ControlNetHED.pth",),
+    "lineart_realistic": ("sk_model.pth",),
+    "lineart": ("sk_model.pth",),  # sd-webui-controlnet's name for lineart_realistic
+    "lineart_coarse": ("sk_model2.pth",),
+}
+#: Spec 003's preprocessors whose networks huabu does not run yet, and the files they would need.
+NOT_YET: dict[str, tuple[str, ...]] = {
+    "depth_midas": ("dpt_hybrid-midas-501f0c75.pt",), "depth": ("dpt_hybrid-midas-501f0c75.pt",),
+    "depth_leres": ("res101.pth",), "depth_leres++": ("res101.pth", "latest_net_G.pth"),
+    "depth_zoe": ("ZoeD_M12_N.pt",), "normal_bae": ("scannet.pt",),
+    "mlsd": ("mlsd_large_512_fp32.pth",),
+    "openpose": ("body_pose_model.pth",), "openpose_hand": ("body_pose_model.pth",
+    "hand_pose_model.pth"), "openpose_face": ("body_pose_model.pth", "facenet.pth"),
+    "openpose_faceonly": ("facenet.pth",), "openpose_full": ("body_pose_model.pth",
+    "hand_pose_model.pth", "facenet.pth"),
+    "dwpose": ("yolox_l.onnx", "dw-ll_ucoco_384.onnx"),
+    "scribble_pidinet": ("table5_pidinet.pth",), "softedge_pidinet": ("table5_pidinet.pth",),
+    "scribble_pidsafe": ("table5_pidinet.pth",), "softedge_pidsafe": ("table5_pidinet.pth",),
+    "lineart_anime": ("netG.pth",),
+    "mediapipe_face": (),
+}  # fmt: skip
 
 
-def listing() -> list[dict[str, object]]:
-    """Every preprocessor name huabu knows, whether it runs here, and if not, why not."""
+def stem(file_name: str) -> str:
+    """An annotator file's name in the model library (its stem, as every model's)."""
+    return file_name.rsplit(".", 1)[0]
+
+
+def missing(name: str, held: set[str]) -> list[str]:
+    """The files preprocessor ``name`` needs that are not among ``held`` (library names)."""
+    return [f for f in NETWORKS.get(name, ()) if stem(f) not in held]
+
+
+def listing(held: set[str]) -> list[dict[str, object]]:
+    """Every preprocessor name huabu knows, whether it runs here, and if not, what it needs.
+    ``held``: the annotator files the fleet has (library names)."""
     found: list[dict[str, object]] = [
-        {"name": name, "available": True, "needs": None} for name in AVAILABLE
+        {"name": name, "available": True, "needs": None} for name in WEIGHTLESS
     ]
-    found += [{"name": name, "available": False, "needs": "annotator weights"}
-              for name in sorted(NEEDS_WEIGHTS)]  # fmt: skip
+    for name in sorted(NETWORKS):
+        lacking = missing(name, held)
+        needs = ", ".join(f"models/annotators/{f}" for f in lacking) or None
+        found.append({"name": name, "available": not lacking, "needs": needs})
+    found += [{"name": name, "available": False, "needs": "a network huabu does not run yet"}
+              for name in sorted(NOT_YET)]  # fmt: skip
     return found
 
 
-def check(name: str, *, param: str) -> None:
-    """InvalidRequest naming ``param`` unless ``name`` can run here."""
-    if name in AVAILABLE:
+def available(held: set[str]) -> list[str]:
+    return [item["name"] for item in listing(held) if item["available"]]  # type: ignore[misc]
+
+
+def check(name: str, held: set[str], *, param: str) -> None:
+    """InvalidRequest naming ``param`` unless ``name`` can run with the annotator files
+    ``held`` (library names)."""
+    if name in WEIGHTLESS:
         return
-    if name in NEEDS_WEIGHTS:
+    if name in NETWORKS:
+        lacking = missing(name, held)
+        if lacking:
+            raise InvalidRequest(
+                f"{param}: preprocessor {name!r} needs the annotator file "
+                f"models/annotators/{lacking[0]}, which this server does not have (the file of "
+                "lllyasviel/Annotators of that name)",
+                param=param,
+            )
+        return
+    runs = ", ".join(available(held))
+    if name in NOT_YET:
         raise InvalidRequest(
-            f"{param}: preprocessor {name!r} needs annotator weights this server does not have; "
-            f"available here: {', '.join(AVAILABLE)} (or send a ready control map with 'none')",
+            f"{param}: preprocessor {name!r} is not supported by this server yet; available "
+            f"here: {runs} (or send a ready control map with 'none')",
             param=param,
         )
     raise InvalidRequest(
-        f"{param}: unknown preprocessor {name!r}; available here: {', '.join(AVAILABLE)}",
-        param=param,
+        f"{param}: unknown preprocessor {name!r}; available here: {runs}", param=param
     )

@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from huabu.catalog.infotext import parse_infotext, read_parameters
-from huabu.catalog.preprocessors import listing as preprocessor_listing
+from huabu.catalog.preprocessors import available as available_preprocessors
 from huabu.dialects import a1111_wire as wire
 from huabu.dialects.common import read_body, validate
 from huabu.errors import HuabuError, InvalidRequest
@@ -287,8 +287,9 @@ async def controlnet_models(user: CurrentUser, services: ServicesDep) -> Respons
     summary="Preprocessors that run here (the others need annotator weights)",
     responses=ok(ControlNetModulesOut),
 )
-async def controlnet_modules(user: CurrentUser) -> Response:
-    names = [item["name"] for item in preprocessor_listing() if item["available"]]
+async def controlnet_modules(user: CurrentUser, services: ServicesDep) -> Response:
+    held = set(await run_in_threadpool(services.library.names, "annotators"))
+    names = available_preprocessors(held)
     return JSONResponse(
         {"module_list": names, "module_detail": {name: {"sliders": []} for name in names}}
     )

@@ -296,8 +296,9 @@ class PreprocessorOut(BaseModel):
     response_model=list[PreprocessorOut],
     summary="ControlNet preprocessors, and which run here",
 )
-def list_preprocessors(user: CurrentUser) -> list[PreprocessorOut]:
-    return [PreprocessorOut.model_validate(item) for item in preprocessor_listing()]
+def list_preprocessors(user: CurrentUser, services: ServicesDep) -> list[PreprocessorOut]:
+    held = set(services.library.names("annotators"))
+    return [PreprocessorOut.model_validate(item) for item in preprocessor_listing(held)]
 
 
 @router.post(

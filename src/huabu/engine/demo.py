@@ -13,6 +13,7 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import (
@@ -145,15 +146,22 @@ def build_lora(pipe: StableDiffusionPipeline, seed: int = _SEED + 1) -> dict[str
     return {f"unet.{key}": value.detach().contiguous().clone() for key, value in state.items()}
 
 
-def build_controlnet(pipe: StableDiffusionPipeline, seed: int = _SEED + 3) -> ControlNetModel:
-    """A ControlNet for the demo UNet. ``from_unet`` starts with zero convolutions (no effect
-    until trained); random ones make the control visible, as everything in the demo is."""
+def build_controlnet(pipe: Any, seed: int = _SEED + 3) -> ControlNetModel:
+    """A ControlNet for a demo UNet (SD 1.x or SDXL). ``from_unet`` starts with zero
+    convolutions (no effect until trained), and the control image's embedding, randomly
+    initialised, passes almost nothing of the image on; here both are random at scales that
+    keep the signal, so the control, and which image it is, are visible."""
     torch.manual_seed(seed)
     controlnet = ControlNetModel.from_unet(pipe.unet)
+    embedding = controlnet.controlnet_cond_embedding
     with torch.no_grad():
         for block in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]:
             block.weight.normal_(0, 0.05)
             block.bias.zero_()
+        for conv in [embedding.conv_in, *embedding.blocks, embedding.conv_out]:
+            gain = 2.0 if conv is not embedding.conv_out else 16.0
+            conv.weight.normal_(0, (gain / conv.weight[0].numel()) ** 0.5)
+            conv.bias.zero_()
     return controlnet
 
 

@@ -20,7 +20,6 @@ from pathlib import Path
 import torch
 from diffusers import (
     AutoencoderKL,
-    ControlNetModel,
     EulerDiscreteScheduler,
     StableDiffusionXLImg2ImgPipeline,
     StableDiffusionXLPipeline,
@@ -207,21 +206,10 @@ def build_lora(pipe: StableDiffusionXLPipeline, seed: int = _SEED + 1) -> dict[s
     return state
 
 
-def build_controlnet(pipe: StableDiffusionXLPipeline, seed: int = _SEED + 3) -> ControlNetModel:
-    """A ControlNet for the SDXL demo, with random (visible) zero convolutions."""
-    torch.manual_seed(seed)
-    controlnet = ControlNetModel.from_unet(pipe.unet)
-    with torch.no_grad():
-        for block in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]:
-            block.weight.normal_(0, 0.05)
-            block.bias.zero_()
-    return controlnet
-
-
 def build(models: Path, *, force: bool = False) -> list[Path]:
     """Write the SDXL demo and its extras under ``models`` (each if missing, or all with
     ``force``); returns the paths written."""
-    from huabu.engine.demo import staged, write_ip_adapter
+    from huabu.engine.demo import build_controlnet, staged, write_ip_adapter
 
     checkpoints = models / "checkpoints"
     folder, single = checkpoints / DEMO_XL, checkpoints / f"{DEMO_XL_SINGLE}.safetensors"
@@ -255,7 +243,8 @@ def build(models: Path, *, force: bool = False) -> list[Path]:
                 }
                 save_file(vectors, str(staging))
             elif path == controlnet:
-                build_controlnet(pipe).save_pretrained(staging, safe_serialization=True)
+                net = build_controlnet(pipe, seed=_SEED + 3)
+                net.save_pretrained(staging, safe_serialization=True)
             elif path == refiner:
                 build_refiner().save_pretrained(staging, safe_serialization=True)
             else:

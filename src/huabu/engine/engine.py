@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,7 +22,9 @@ from PIL import Image
 from huabu.catalog.infotext import infotext
 from huabu.catalog.library import ModelLibrary, check_families
 from huabu.catalog.preprocessors import check as check_preprocessor
+from huabu.catalog.preprocessors import stem
 from huabu.engine import inpainting, ksampling, preprocessors, quiet_libraries
+from huabu.engine.annotators import Annotators
 from huabu.engine.denoiser import Control, Denoiser, RefinerSwitch, noise_sampler
 from huabu.engine.pipelines import LoadedModel, PipelineCache
 from huabu.engine.samplers import SAMPLERS, Sampler
@@ -53,6 +56,7 @@ class Engine:
         self.settings = settings
         self.library = library or ModelLibrary(settings)
         self.cache = PipelineCache(settings, self.library)
+        self.annotators = Annotators(self._annotator_file, self.cache.device)
         quiet_libraries()
         if settings.threads:
             torch.set_num_threads(settings.threads)
@@ -114,6 +118,11 @@ class Engine:
                 step = _StepHook(on_progress, should_cancel)
                 return self._generate(request, model, vae, inputs, step, started, loaded)
 
+    def _annotator_file(self, file_name: str) -> Path:
+        """Where annotator ``file_name`` is (downloaded first, if the fleet published it)."""
+        entry = self.library.find("annotators", stem(file_name), param="preprocessor")
+        return entry.path
+
     @contextmanager
     def _refiner(self, request: GenerationRequest) -> Iterator[LoadedModel | None]:
         """The request's refiner, leased like its model (one request per worker process at a
@@ -140,10 +149,12 @@ class Engine:
         if len(images) != len(request.controlnets):
             raise InvalidRequest("every ControlNet unit needs its image", param="controlnets")
         controls, unet = [], model.components["unet"]
+        held = set(self.library.names("annotators"))
         for index, (unit, image) in enumerate(zip(request.controlnets, images, strict=True)):
-            check_preprocessor(unit.preprocessor, param=f"controlnets.{index}.preprocessor")
+            check_preprocessor(unit.preprocessor, held, param=f"controlnets.{index}.preprocessor")
             sized = image.convert("RGB").resize((request.width, request.height))
-            control_map = preprocessors.run(unit.preprocessor, sized, seed=request.seed)
+            control_map = preprocessors.run(unit.preprocessor, sized, seed=request.seed,
+                                            annotators=self.annotators)  # fmt: skip
             controls.append((self.cache.controlnet(unit.model, index, unet), control_map))
         return controls
 
@@ -281,7 +292,9 @@ class Engine:
                                            request.image_seeds())  # fmt: skip
         pipe = type(refiner.img2img)(
             **{**refiner.components, "scheduler": scheduler},
-            requires_aesthetics_score=refiner.img2img.config.get("requires_aesthetics_score", False),
+            requires_aesthetics_score=refiner.img2img.config.get(
+                "requires_aesthetics_score", False
+            ),
         )
         pipe.set_progress_bar_config(disable=True)
         return pipe(

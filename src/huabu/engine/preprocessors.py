@@ -1,8 +1,9 @@
-"""ControlNet preprocessors that need no downloaded annotator weights.
+"""ControlNet preprocessors: the control map of an input image.
 
 ``none`` uses the image as the control map; ``canny``, ``shuffle`` and ``lineart_standard``
 are the weightless detectors of controlnet_aux, re-implemented on OpenCV (controlnet_aux itself
-pulls a CUDA torch and torchvision). The others novita lists need annotator networks.
+pulls a CUDA torch and torchvision). The ones that run a network are
+:mod:`huabu.engine.annotators`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from huabu.catalog.preprocessors import check
+from huabu.catalog.preprocessors import NETWORKS, check
+from huabu.engine.annotators import Annotators
 
 
 def _noise_disk(height: int, width: int, scale: int, rng: np.random.Generator) -> np.ndarray:
@@ -24,8 +26,12 @@ def _noise_disk(height: int, width: int, scale: int, rng: np.random.Generator) -
     return noise / max(noise.max(), 1e-8)
 
 
-def run(name: str, image: Image.Image, *, seed: int = 0) -> Image.Image:
-    """The control map for ``image``."""
+def run(
+    name: str, image: Image.Image, *, seed: int = 0, annotators: Annotators | None = None
+) -> Image.Image:
+    """The control map for ``image`` (the networks run on ``annotators``)."""
+    if name in NETWORKS and annotators is not None:
+        return annotators.run(name, image)
     pixels = np.asarray(image.convert("RGB"))
     if name == "none":
         return image.convert("RGB")
@@ -48,5 +54,5 @@ def run(name: str, image: Image.Image, *, seed: int = 0) -> Image.Image:
         intensity /= max(16.0, float(np.median(strong)) if strong.size else 16.0)
         lines = (intensity * 127).clip(0, 255).astype(np.uint8)
         return Image.fromarray(np.stack([lines] * 3, axis=2))
-    check(name, param="preprocessor")
+    check(name, set(), param="preprocessor")
     raise AssertionError("unreachable")

@@ -113,9 +113,10 @@ class TaskSubmitter:
             self.library.find("vae", request.vae, param="vae")
         for index, name in enumerate(request.embeddings):
             self.library.find("embeddings", name, param=f"embeddings.{index}")
+        held = set(self.library.names("annotators")) if request.controlnets else set()
         for index, unit in enumerate(request.controlnets):
             self.library.find("controlnet", unit.model, param=f"controlnets.{index}.model")
-            check_preprocessor(unit.preprocessor, param=f"controlnets.{index}.preprocessor")
+            check_preprocessor(unit.preprocessor, held, param=f"controlnets.{index}.preprocessor")
         if request.ip_adapter is not None:
             self.library.find("ipadapter", request.ip_adapter.name, param="ip_adapter.name")
         refiner = None

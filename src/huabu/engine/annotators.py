@@ -1,0 +1,203 @@
+"""ControlNet preprocessors that run a network (annotators), on weights the operator puts in
+``$HUABU_HOME/models/annotators/`` under the names of lllyasviel/Annotators, the files that
+A1111's sd-webui-controlnet and ComfyUI's controlnet_aux download.
+
+The networks and their pre- and post-processing are ported from controlnet_aux 0.0.10
+(Apache-2.0): HED is lllyasviel's Apache-2.0 ``ControlNetHED_Apache2``; the lineart generators
+are informative-drawings' (MIT). controlnet_aux itself cannot be imported here (its package
+imports torchvision and timm). Weights load with ``torch.load(weights_only=True)``: the
+``.pth`` files are plain state dicts, and no code in them runs.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from huabu.catalog.preprocessors import NETWORKS
+from huabu.errors import ModelUnavailable
+
+#: Loaded networks kept per worker process; the least recently used beyond this are dropped.
+MAX_LOADED = 3
+#: The side the detectors see (A1111's default "processor resolution"), or the output's
+#: shorter side when that is smaller.
+DETECT_RESOLUTION = 512
+
+
+class _DoubleConv(nn.Module):
+    def __init__(self, channels_in: int, channels: int, layers: int) -> None:
+        super().__init__()
+        self.convs = nn.Sequential(nn.Conv2d(channels_in, channels, 3, padding=1))
+        for _ in range(1, layers):
+            self.convs.append(nn.Conv2d(channels, channels, 3, padding=1))
+        self.projection = nn.Conv2d(channels, 1, 1)
+
+    def forward(self, x: torch.Tensor, down: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        if down:
+            x = nn.functional.max_pool2d(x, kernel_size=2, stride=2)
+        for conv in self.convs:
+            x = nn.functional.relu(conv(x))
+        return x, self.projection(x)
+
+
+class Hed(nn.Module):
+    """``ControlNetHED.pth``: five VGG-like levels, each projected to an edge map."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = nn.Parameter(torch.zeros(1, 3, 1, 1))
+        self.block1 = _DoubleConv(3, 64, 2)
+        self.block2 = _DoubleConv(64, 128, 2)
+        self.block3 = _DoubleConv(128, 256, 3)
+        self.block4 = _DoubleConv(256, 512, 3)
+        self.block5 = _DoubleConv(512, 512, 3)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        h, projections = x - self.norm, []
+        for index, block in enumerate((self.block1, self.block2, self.block3, self.block4,
+                                       self.block5)):  # fmt: skip
+            h, projection = block(h, down=index > 0)
+            projections.append(projection)
+        return projections
+
+
+class _Residual(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv_block = nn.Sequential(
+            nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3), nn.InstanceNorm2d(channels),
+            nn.ReLU(inplace=True),
+            nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3), nn.InstanceNorm2d(channels),
+        )  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv_block(x)
+
+
+class LineartGenerator(nn.Module):
+    """``sk_model.pth`` (realistic) and ``sk_model2.pth`` (coarse): informative-drawings'
+    generator, 3 residual blocks."""
+
+    def __init__(self, residual_blocks: int = 3) -> None:
+        super().__init__()
+        norm = nn.InstanceNorm2d
+        self.model0 = nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(3, 64, 7), norm(64),
+                                    nn.ReLU(inplace=True))  # fmt: skip
+        self.model1 = nn.Sequential(
+            nn.Conv2d(64, 128, 3, stride=2, padding=1), norm(128), nn.ReLU(inplace=True),
+            nn.Conv2d(128, 256, 3, stride=2, padding=1), norm(256), nn.ReLU(inplace=True),
+        )  # fmt: skip
+        self.model2 = nn.Sequential(*[_Residual(256) for _ in range(residual_blocks)])
+        self.model3 = nn.Sequential(
+            nn.ConvTranspose2d(256, 128, 3, stride=2, padding=1, output_padding=1), norm(128),
+            nn.ReLU(inplace=True),
+            nn.ConvTranspose2d(128, 64, 3, stride=2, padding=1, output_padding=1), norm(64),
+            nn.ReLU(inplace=True),
+        )  # fmt: skip
+        self.model4 = nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(64, 1, 7), nn.Sigmoid())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model4(self.model3(self.model2(self.model1(self.model0(x)))))
+
+
+#: The network class of each annotator file.
+_CLASSES: dict[str, Callable[[], nn.Module]] = {
+    "ControlNetHED.pth": Hed,
+    "sk_model.pth": LineartGenerator,
+    "sk_model2.pth": LineartGenerator,
+}
+
+
+class Annotators:
+    """The annotator networks of one worker process, loaded on first use from the files
+    ``locate`` finds (a file name → its path, or ModelUnavailable), at most ``MAX_LOADED``."""
+
+    def __init__(self, locate: Callable[[str], Path], device: torch.device) -> None:
+        self.locate = locate
+        self.device = device
+        self._loaded: OrderedDict[str, nn.Module] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def network(self, file_name: str) -> nn.Module:
+        with self._lock:
+            if file_name not in self._loaded:
+                self._loaded[file_name] = self._load(file_name)
+                while len(self._loaded) > MAX_LOADED:
+                    self._loaded.popitem(last=False)
+            self._loaded.move_to_end(file_name)
+            return self._loaded[file_name]
+
+    def _load(self, file_name: str) -> nn.Module:
+        path = self.locate(file_name)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = {k.removeprefix("module."): v for k, v in state.items()}
+            network = _CLASSES[file_name]()
+            network.load_state_dict(state)
+        except (OSError, RuntimeError, ValueError, KeyError, AttributeError) as exc:
+            raise ModelUnavailable(
+                f"annotator file models/annotators/{file_name} is damaged or not the network "
+                "it is named for"
+            ) from exc
+        return network.to(self.device, torch.float32).eval()
+
+    def run(self, name: str, image: Image.Image) -> Image.Image:
+        """Preprocessor ``name``'s control map of ``image``, at ``image``'s size."""
+        (file_name,) = NETWORKS[name]
+        network = self.network(file_name)
+        width, height = image.size
+        pixels = _detect_size(np.asarray(image.convert("RGB")), min(width, height))
+        with torch.inference_mode():
+            x = torch.from_numpy(pixels.copy()).float().permute(2, 0, 1)[None].to(self.device)
+            if file_name == "ControlNetHED.pth":
+                edges = _hed(network, x, pixels.shape[:2], safe=name.endswith("safe"))
+            else:  # the lineart generators draw dark lines on white: inverted, as A1111 does
+                edges = 255 - (network(x / 255.0)[0, 0].cpu().numpy() * 255.0).clip(0, 255)
+        edges = cv2.resize(edges.astype(np.uint8), (width, height), interpolation=cv2.INTER_LINEAR)
+        if name.startswith("scribble"):
+            edges = _scribble(edges)
+        return Image.fromarray(np.stack([edges] * 3, axis=2))
+
+
+def _detect_size(pixels: np.ndarray, shorter: int) -> np.ndarray:
+    """controlnet_aux's ``resize_image``: the shorter side at the detect resolution, both
+    sides rounded to multiples of 64."""
+    resolution = min(DETECT_RESOLUTION, shorter)
+    height, width = pixels.shape[:2]
+    k = resolution / min(height, width)
+    size = (max(64, round(width * k / 64) * 64), max(64, round(height * k / 64) * 64))
+    interpolation = cv2.INTER_LANCZOS4 if k > 1 else cv2.INTER_AREA
+    return cv2.resize(pixels, size, interpolation=interpolation)
+
+
+def _hed(network: nn.Module, x: torch.Tensor, size: tuple[int, int], *, safe: bool) -> np.ndarray:
+    height, width = size
+    maps = [cv2.resize(p[0, 0].float().cpu().numpy(), (width, height),
+                       interpolation=cv2.INTER_LINEAR) for p in network(x)]  # fmt: skip
+    edge = 1 / (1 + np.exp(-np.mean(np.stack(maps, axis=2), axis=2).astype(np.float64)))
+    if safe:  # quantised to 3 levels ("safe step"): fewer hidden details leak through
+        edge = (edge * 3.0).astype(np.int32).astype(np.float32) / 2.0
+    return (edge * 255.0).clip(0, 255)
+
+
+def _scribble(edges: np.ndarray) -> np.ndarray:
+    """controlnet_aux's scribble post-processing: thin (non-maximum suppression), blur, then
+    every touched pixel white."""
+    blurred = cv2.GaussianBlur(edges.astype(np.float32), (0, 0), 3.0)
+    kernels = [np.array(k, dtype=np.uint8) for k in (
+        [[0, 0, 0], [1, 1, 1], [0, 0, 0]], [[0, 1, 0], [0, 1, 0], [0, 1, 0]],
+        [[1, 0, 0], [0, 1, 0], [0, 0, 1]], [[0, 0, 1], [0, 1, 0], [1, 0, 0]])]  # fmt: skip
+    thin = np.zeros_like(blurred)
+    for kernel in kernels:
+        np.putmask(thin, cv2.dilate(blurred, kernel=kernel) == blurred, blurred)
+    lines = np.where(thin > 127, 255, 0).astype(np.uint8)
+    lines = cv2.GaussianBlur(lines, (0, 0), 3.0)
+    return np.where(lines > 4, 255, 0).astype(np.uint8)
