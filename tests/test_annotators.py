@@ -13,6 +13,7 @@ from PIL import Image
 from helpers import REF, max_difference
 from huabu.catalog.preprocessors import NETWORKS, NOT_YET, WEIGHTLESS, check, listing
 from huabu.engine.annotators import Hed, LineartGenerator
+from huabu.engine.pidinet import PiDiNet
 from huabu.errors import InvalidRequest
 from huabu.native import ControlUnit, GenerationRequest
 from huabu.settings import Settings
@@ -40,6 +41,15 @@ def annotated(tmp_path_factory, settings):
                               network.block5):  # fmt: skip
                     block.projection.bias.fill_(1.5)
         torch.save(network.state_dict(), folder / file_name)
+    # PiDiNet's file is its training checkpoint: the weights under "state_dict", as saved
+    # from DataParallel ("module." keys).
+    pidinet = PiDiNet()
+    with torch.no_grad():  # random edges that vary (the trained fuse is 0.25 per level)
+        pidinet.classifier.weight.fill_(1.0)
+        for reduce in pidinet.conv_reduces:
+            reduce.conv.weight.mul_(50.0)
+    state = {f"module.{key}": value for key, value in pidinet.state_dict().items()}
+    torch.save({"epoch": 1, "state_dict": state}, folder / "table5_pidinet.pth")
     return Settings(home=home, threads=2)
 
 

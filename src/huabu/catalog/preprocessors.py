@@ -23,6 +23,10 @@ NETWORKS: dict[str, tuple[str, ...]] = {
     "lineart_realistic": ("sk_model.pth",),
     "lineart": ("sk_model.pth",),  # sd-webui-controlnet's name for lineart_realistic
     "lineart_coarse": ("sk_model2.pth",),
+    "softedge_pidinet": ("table5_pidinet.pth",),
+    "softedge_pidsafe": ("table5_pidinet.pth",),
+    "scribble_pidinet": ("table5_pidinet.pth",),
+    "scribble_pidsafe": ("table5_pidinet.pth",),
 }
 #: Spec 003's preprocessors whose networks huabu does not run yet, and the files they would need.
 NOT_YET: dict[str, tuple[str, ...]] = {
@@ -35,8 +39,6 @@ NOT_YET: dict[str, tuple[str, ...]] = {
     "openpose_faceonly": ("facenet.pth",), "openpose_full": ("body_pose_model.pth",
     "hand_pose_model.pth", "facenet.pth"),
     "dwpose": ("yolox_l.onnx", "dw-ll_ucoco_384.onnx"),
-    "scribble_pidinet": ("table5_pidinet.pth",), "softedge_pidinet": ("table5_pidinet.pth",),
-    "scribble_pidsafe": ("table5_pidinet.pth",), "softedge_pidsafe": ("table5_pidinet.pth",),
     "lineart_anime": ("netG.pth",),
     "mediapipe_face": (),
 }  # fmt: skip

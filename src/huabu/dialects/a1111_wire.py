@@ -23,7 +23,10 @@ _SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 #: sd-webui-controlnet module names → huabu's preprocessors.
 _MODULES = {"none": "none", "canny": "canny", "shuffle": "shuffle",
             "lineart_standard": "lineart_standard",
-            "lineart_standard (from white bg & black line)": "lineart_standard"}  # fmt: skip
+            "lineart_standard (from white bg & black line)": "lineart_standard",
+            # sd-webui-controlnet spells PiDiNet's safe variant "pidisafe"
+            "softedge_pidisafe": "softedge_pidsafe",
+            "scribble_pidisafe": "scribble_pidsafe"}  # fmt: skip
 
 
 class ControlNetArg(BaseModel):

@@ -4,9 +4,11 @@ A1111's sd-webui-controlnet and ComfyUI's controlnet_aux download.
 
 The networks and their pre- and post-processing are ported from controlnet_aux 0.0.10
 (Apache-2.0): HED is lllyasviel's Apache-2.0 ``ControlNetHED_Apache2``; the lineart generators
-are informative-drawings' (MIT). controlnet_aux itself cannot be imported here (its package
-imports torchvision and timm). Weights load with ``torch.load(weights_only=True)``: the
-``.pth`` files are plain state dicts, and no code in them runs.
+are informative-drawings' (MIT); PiDiNet is :mod:`huabu.engine.pidinet`. Each port gives the
+same outputs as controlnet_aux's module on the same weights (checked when it was written).
+controlnet_aux itself cannot be imported here (its package imports torchvision and timm).
+Weights load with ``torch.load(weights_only=True)``: the ``.pth`` files are plain state
+dicts, and no code in them runs.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from PIL import Image
 from torch import nn
 
 from huabu.catalog.preprocessors import NETWORKS
+from huabu.engine.pidinet import PiDiNet
 from huabu.errors import ModelUnavailable
 
 #: Loaded networks kept per worker process; the least recently used beyond this are dropped.
@@ -113,6 +116,7 @@ _CLASSES: dict[str, Callable[[], nn.Module]] = {
     "ControlNetHED.pth": Hed,
     "sk_model.pth": LineartGenerator,
     "sk_model2.pth": LineartGenerator,
+    "table5_pidinet.pth": PiDiNet,
 }
 
 
@@ -139,6 +143,7 @@ class Annotators:
         path = self.locate(file_name)
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
+            state = state.get("state_dict", state)  # PiDiNet's is a training checkpoint
             state = {k.removeprefix("module."): v for k, v in state.items()}
             network = _CLASSES[file_name]()
             network.load_state_dict(state)
@@ -159,9 +164,13 @@ class Annotators:
             x = torch.from_numpy(pixels.copy()).float().permute(2, 0, 1)[None].to(self.device)
             if file_name == "ControlNetHED.pth":
                 edges = _hed(network, x, pixels.shape[:2], safe=name.endswith("safe"))
+            elif file_name == "table5_pidinet.pth":  # BGR in, as PiDiNet was trained
+                edge = network(x.flip(1) / 255.0)[0, 0].cpu().numpy()
+                edges = (_safe(edge) if name.endswith("safe") else edge) * 255.0
             else:  # the lineart generators draw dark lines on white: inverted, as A1111 does
                 edges = 255 - (network(x / 255.0)[0, 0].cpu().numpy() * 255.0).clip(0, 255)
-        edges = cv2.resize(edges.astype(np.uint8), (width, height), interpolation=cv2.INTER_LINEAR)
+        edges = edges.clip(0, 255).astype(np.uint8)
+        edges = cv2.resize(edges, (width, height), interpolation=cv2.INTER_LINEAR)
         if name.startswith("scribble"):
             edges = _scribble(edges)
         return Image.fromarray(np.stack([edges] * 3, axis=2))
@@ -183,9 +192,12 @@ def _hed(network: nn.Module, x: torch.Tensor, size: tuple[int, int], *, safe: bo
     maps = [cv2.resize(p[0, 0].float().cpu().numpy(), (width, height),
                        interpolation=cv2.INTER_LINEAR) for p in network(x)]  # fmt: skip
     edge = 1 / (1 + np.exp(-np.mean(np.stack(maps, axis=2), axis=2).astype(np.float64)))
-    if safe:  # quantised to 3 levels ("safe step"): fewer hidden details leak through
-        edge = (edge * 3.0).astype(np.int32).astype(np.float32) / 2.0
-    return (edge * 255.0).clip(0, 255)
+    return (_safe(edge) if safe else edge) * 255.0
+
+
+def _safe(edge: np.ndarray) -> np.ndarray:
+    """controlnet_aux's "safe step": quantised to 3 levels, so fewer hidden details leak."""
+    return (edge * 3.0).astype(np.int32).astype(np.float32) / 2.0
 
 
 def _scribble(edges: np.ndarray) -> np.ndarray:
