@@ -13,6 +13,8 @@ from PIL import Image
 from helpers import REF, max_difference
 from huabu.catalog.preprocessors import NETWORKS, NOT_YET, WEIGHTLESS, check, listing
 from huabu.engine.annotators import Hed, LineartGenerator
+from huabu.engine.lineart_anime import AnimeLineart
+from huabu.engine.mlsd import Mlsd
 from huabu.engine.pidinet import PiDiNet
 from huabu.errors import InvalidRequest
 from huabu.native import ControlUnit, GenerationRequest
@@ -50,6 +52,13 @@ def annotated(tmp_path_factory, settings):
             reduce.conv.weight.mul_(50.0)
     state = {f"module.{key}": value for key, value in pidinet.state_dict().items()}
     torch.save({"epoch": 1, "state_dict": state}, folder / "table5_pidinet.pth")
+    # netG.pth is 218 MB in float32; its layout in half precision is half that (loading casts).
+    anime = {key: value.half() for key, value in AnimeLineart().state_dict().items()}
+    torch.save(anime, folder / "netG.pth")
+    mlsd = Mlsd()
+    with torch.no_grad():  # centres and segment lengths that vary across the image
+        mlsd.block23.conv3.weight[7:12] *= 200.0
+    torch.save(mlsd.state_dict(), folder / "mlsd_large_512_fp32.pth")
     return Settings(home=home, threads=2)
 
 

@@ -27,19 +27,19 @@ NETWORKS: dict[str, tuple[str, ...]] = {
     "softedge_pidsafe": ("table5_pidinet.pth",),
     "scribble_pidinet": ("table5_pidinet.pth",),
     "scribble_pidsafe": ("table5_pidinet.pth",),
+    "lineart_anime": ("netG.pth",),
+    "mlsd": ("mlsd_large_512_fp32.pth",),
 }
 #: Spec 003's preprocessors whose networks huabu does not run yet, and the files they would need.
 NOT_YET: dict[str, tuple[str, ...]] = {
     "depth_midas": ("dpt_hybrid-midas-501f0c75.pt",), "depth": ("dpt_hybrid-midas-501f0c75.pt",),
     "depth_leres": ("res101.pth",), "depth_leres++": ("res101.pth", "latest_net_G.pth"),
     "depth_zoe": ("ZoeD_M12_N.pt",), "normal_bae": ("scannet.pt",),
-    "mlsd": ("mlsd_large_512_fp32.pth",),
     "openpose": ("body_pose_model.pth",), "openpose_hand": ("body_pose_model.pth",
     "hand_pose_model.pth"), "openpose_face": ("body_pose_model.pth", "facenet.pth"),
     "openpose_faceonly": ("facenet.pth",), "openpose_full": ("body_pose_model.pth",
     "hand_pose_model.pth", "facenet.pth"),
     "dwpose": ("yolox_l.onnx", "dw-ll_ucoco_384.onnx"),
-    "lineart_anime": ("netG.pth",),
     "mediapipe_face": (),
 }  # fmt: skip
 

@@ -25,6 +25,8 @@ from PIL import Image
 from torch import nn
 
 from huabu.catalog.preprocessors import NETWORKS
+from huabu.engine.lineart_anime import AnimeLineart
+from huabu.engine.mlsd import Mlsd, draw
 from huabu.engine.pidinet import PiDiNet
 from huabu.errors import ModelUnavailable
 
@@ -117,6 +119,8 @@ _CLASSES: dict[str, Callable[[], nn.Module]] = {
     "sk_model.pth": LineartGenerator,
     "sk_model2.pth": LineartGenerator,
     "table5_pidinet.pth": PiDiNet,
+    "netG.pth": AnimeLineart,
+    "mlsd_large_512_fp32.pth": Mlsd,
 }
 
 
@@ -164,6 +168,10 @@ class Annotators:
             x = torch.from_numpy(pixels.copy()).float().permute(2, 0, 1)[None].to(self.device)
             if file_name == "ControlNetHED.pth":
                 edges = _hed(network, x, pixels.shape[:2], safe=name.endswith("safe"))
+            elif file_name == "mlsd_large_512_fp32.pth":
+                edges = draw(network, pixels)
+            elif file_name == "netG.pth":
+                edges = _anime(network, pixels)
             elif file_name == "table5_pidinet.pth":  # BGR in, as PiDiNet was trained
                 edge = network(x.flip(1) / 255.0)[0, 0].cpu().numpy()
                 edges = (_safe(edge) if name.endswith("safe") else edge) * 255.0
@@ -193,6 +201,19 @@ def _hed(network: nn.Module, x: torch.Tensor, size: tuple[int, int], *, safe: bo
                        interpolation=cv2.INTER_LINEAR) for p in network(x)]  # fmt: skip
     edge = 1 / (1 + np.exp(-np.mean(np.stack(maps, axis=2), axis=2).astype(np.float64)))
     return (_safe(edge) if safe else edge) * 255.0
+
+
+def _anime(network: nn.Module, pixels: np.ndarray) -> np.ndarray:
+    """The anime lineart: its U-Net takes sides in multiples of 256 and −1…1, and draws light
+    lines on dark (inverted, as A1111 does)."""
+    height, width = pixels.shape[:2]
+    size = (256 * -(-width // 256), 256 * -(-height // 256))
+    resized = cv2.resize(pixels, size, interpolation=cv2.INTER_CUBIC)
+    device = next(network.parameters()).device
+    x = torch.from_numpy(resized).float().permute(2, 0, 1)[None].to(device) / 127.5 - 1.0
+    line = (network(x)[0, 0] * 127.5 + 127.5).cpu().numpy()
+    line = cv2.resize(line, (width, height), interpolation=cv2.INTER_CUBIC)
+    return 255 - line.clip(0, 255)
 
 
 def _safe(edge: np.ndarray) -> np.ndarray:
