@@ -3,7 +3,9 @@ running `huabu serve` (worker inside) over its own embedded PostgreSQL for HTTP 
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -50,9 +52,25 @@ def pytest_sessionfinish(session, exitstatus):
 
 
 @pytest.fixture(scope="session")
-def home(tmp_path_factory) -> Path:
+def home(tmp_path_factory, request) -> Path:
+    """A home with the demo models, built once per version of the code that builds them and
+    kept in pytest's cache (the edit-test loop skips the 10 s build); each run gets a copy."""
     path = tmp_path_factory.mktemp("huabu-home")
-    demo.build(Settings(home=path))
+    engine = Path(demo.__file__).parent
+    sources = [*sorted(engine.glob("demo*.py")), engine / "ldm_layout.py",
+               engine.parent / "catalog" / "architectures.py"]  # fmt: skip
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sources)).hexdigest()[:16]
+    cached = Path(str(request.config.cache.mkdir("huabu-demo"))) / digest
+    if not (cached / "models").is_dir():
+        staging = cached.with_name(f".{digest}-{os.getpid()}")
+        shutil.rmtree(staging, ignore_errors=True)
+        demo.build(Settings(home=staging))
+        shutil.rmtree(cached, ignore_errors=True)
+        for old in cached.parent.iterdir():  # earlier versions' builds
+            if not old.name.startswith("."):
+                shutil.rmtree(old, ignore_errors=True)
+        staging.rename(cached)
+    shutil.copytree(cached / "models", path / "models")
     return path
 
 

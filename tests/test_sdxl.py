@@ -64,7 +64,13 @@ def test_sdxl_configs_derived_from_the_single_file_match_the_folder(settings):
             ), (component, key, actual[key], value)
 
 
-@pytest.mark.parametrize("sampler", ["Euler", "DPM++ 2M Karras", "DPM fast"])
+def samplers(*names: str) -> list:
+    """The first runs in make test-fast; the others (the k-diffusion ones are the slow part)
+    in make test."""
+    return [names[0], *(pytest.param(name, marks=pytest.mark.slow) for name in names[1:])]
+
+
+@pytest.mark.parametrize("sampler", samplers("Euler", "DPM++ 2M Karras", "DPM fast"))
 def test_both_layouts_are_the_same_model(engine, xl, sampler):
     folder = engine.generate(xl(sampler=sampler)).images[0]
     single = engine.generate(xl(sampler=sampler, model="demo-xl-single")).images[0]
@@ -87,7 +93,7 @@ def test_both_text_encoders_and_the_pooled_embedding_condition_the_unet(engine, 
     assert engine.generate(xl(width=72)).images[0].size == (72, 64)
 
 
-@pytest.mark.parametrize("sampler", ["Euler", "DPM fast", "DPM adaptive", "DPM++ 2S a"])
+@pytest.mark.parametrize("sampler", samplers("Euler", "DPM fast", "DPM adaptive", "DPM++ 2S a"))
 def test_sdxl_extras_change_the_image_and_leave_nothing_behind(engine, xl, sampler):
     base = engine.generate(xl(sampler=sampler)).images[0]
     changed = {
@@ -114,6 +120,7 @@ def test_sdxl_extras_change_the_image_and_leave_nothing_behind(engine, xl, sampl
     assert max_difference(base, off_adapter.images[0]) == 0
 
 
+@pytest.mark.slow
 def test_sdxl_img2img_and_inpainting_with_a_controlnet(engine, xl):
     from huabu.native import InpaintRef
 
@@ -133,6 +140,7 @@ def test_sdxl_img2img_and_inpainting_with_a_controlnet(engine, xl):
     assert max_difference(painted, source) > 20
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("model", "changes", "inputs", "name"),
     [
@@ -160,7 +168,7 @@ def test_extras_of_the_other_family_are_refused_by_name(engine, xl, model, chang
     assert max_difference(before, engine.generate(xl(model=model)).images[0]) == 0
 
 
-@pytest.mark.parametrize("sampler", ["Euler", "DPM++ 2M Karras", "DPM fast", "DPM++ 2S a"])
+@pytest.mark.parametrize("sampler", samplers("Euler", "DPM++ 2M Karras", "DPM fast", "DPM++ 2S a"))
 def test_the_refiner_continues_the_same_sampling(engine, xl, sampler):
     """The refiner takes over at switch_at: the demo refiner changes the image, the more the
     earlier it takes over; a "refiner" with the base's own weights (demo-xl-single) gives the
@@ -187,6 +195,7 @@ def test_the_refiner_continues_the_same_sampling(engine, xl, sampler):
     assert max_difference(base, engine.generate(xl(sampler=sampler, steps=10)).images[0]) == 0
 
 
+@pytest.mark.slow
 def test_the_refiner_with_image_to_image(engine, xl):
     from huabu.native.generation import Refiner
 
@@ -197,6 +206,7 @@ def test_the_refiner_with_image_to_image(engine, xl):
     assert max_difference(plain, refined) > 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("changes", "param"),
     [
