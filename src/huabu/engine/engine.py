@@ -324,7 +324,6 @@ class Engine:
         step,
     ) -> torch.Tensor:
         unet = model.components["unet"]
-        scheduler = model.txt2img.scheduler
         device, dtype = self.cache.device, unet.dtype
         shape = (unet.config.in_channels, request.height // 8, request.width // 8)
         source, plan, init, keep = inputs.source, inputs.plan, None, None
@@ -335,18 +334,11 @@ class Engine:
             init = _encode_image(vae, model, start, device, dtype)
         if plan is not None:
             keep = (init, plan.latent_mask(shape, device, dtype))
-        denoiser = Denoiser(
-            unet,
-            scheduler.alphas_cumprod.to(torch.float32),
-            prediction_type=scheduler.config.prediction_type,
-            embeds=conditioning.embeds.to(device, dtype),
-            negative_embeds=conditioning.negative_embeds.to(device, dtype),
-            guidance=request.guidance,
-            added_cond=_sdxl_conditions(model, request, conditioning.pooled, device, dtype),
-            negative_added_cond=_sdxl_conditions(
-                model, request, conditioning.negative_pooled, device, dtype, negative=True
-            ),
-            on_call=step.check_cancel,
+        denoiser = self._denoiser(
+            model,
+            request,
+            conditioning,
+            step,
             keep=keep,
             controls=tuple(
                 Control(net, _control_tensor(control_map), unit.scale, unit.start, unit.end)
@@ -374,8 +366,9 @@ class Engine:
         denoiser.span = (float(sigmas[0]), float(sigmas[-2]))  # ControlNet units are gated by it
         model_fn: Denoiser | RefinerSwitch = denoiser
         if request.refiner is not None:
-            model_fn = RefinerSwitch(denoiser, self._refiner_denoiser(request, inputs, step),
-                                     request.refiner.switch_at)  # fmt: skip
+            assert inputs.refiner is not None  # the refiner's part: its UNet and prompt reading
+            refiner = self._denoiser(inputs.refiner, request, inputs.refiner_conditioning, step)
+            model_fn = RefinerSwitch(denoiser, refiner, request.refiner.switch_at)
         total = len(sigmas) - 1
         report = step.fraction_reporter(total)
         if sampler.k_sampler == "dpmpp_2s_a":
@@ -388,10 +381,9 @@ class Engine:
             )
         return ksampling.sample_dpm_adaptive(model_fn, x, sigma_min, sigma_max, noise, report)
 
-    def _refiner_denoiser(self, request, inputs: _Inputs, step) -> Denoiser:
-        refiner, conditioning = inputs.refiner, inputs.refiner_conditioning
-        assert refiner is not None
-        unet, scheduler = refiner.components["unet"], refiner.img2img.scheduler
+    def _denoiser(self, model: LoadedModel, request, conditioning, step, **extra) -> Denoiser:
+        """``model``'s UNet as a k-diffusion denoiser for ``request`` with ``conditioning``."""
+        unet, scheduler = model.components["unet"], model.img2img.scheduler
         device, dtype = self.cache.device, unet.dtype
         return Denoiser(
             unet,
@@ -400,11 +392,12 @@ class Engine:
             embeds=conditioning.embeds.to(device, dtype),
             negative_embeds=conditioning.negative_embeds.to(device, dtype),
             guidance=request.guidance,
-            added_cond=_sdxl_conditions(refiner, request, conditioning.pooled, device, dtype),
+            added_cond=_sdxl_conditions(model, request, conditioning.pooled, device, dtype),
             negative_added_cond=_sdxl_conditions(
-                refiner, request, conditioning.negative_pooled, device, dtype, negative=True
+                model, request, conditioning.negative_pooled, device, dtype, negative=True
             ),
             on_call=step.check_cancel,
+            **extra,
         )
 
     def _hires(self, model, vae, sample, sampler, request, conditioning, inputs, latents, step):
