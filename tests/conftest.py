@@ -17,6 +17,7 @@ from huabu.engine import demo
 from huabu.engine.engine import Engine
 from huabu.native import GenerationRequest
 from huabu.settings import Settings
+from huabu.storage import open_storage
 from internals import WATCH, install
 from s3server import CREDENTIALS, MotoS3
 from serving import LOGS, TRACEBACK, Server, stop_embedded_postgres
@@ -72,6 +73,17 @@ def home(tmp_path_factory, request) -> Path:
         staging.rename(cached)
     shutil.copytree(cached / "models", path / "models")
     return path
+
+
+@pytest.fixture(scope="module")
+def place(tmp_path_factory):
+    """A home with an embedded database and local storage of its own, per test module:
+    (settings, sessions, storage)."""
+    home = tmp_path_factory.mktemp("place")
+    settings = Settings(home=home)
+    sessions = open_database(settings)
+    yield settings, sessions, open_storage(settings)
+    stop_embedded_postgres(home)
 
 
 @pytest.fixture(scope="session")

@@ -13,24 +13,12 @@ import pytest
 from huabu.catalog.library import ModelLibrary
 from huabu.catalog.shared import Catalog
 from huabu.catalog.transfer import ModelCache, blob_key, describe_for_publish, publish
-from huabu.db.session import open_database
 from huabu.errors import ModelUnavailable
 from huabu.settings import Settings
-from huabu.storage import open_storage
-from serving import stop_embedded_postgres
 
 pytestmark = pytest.mark.slow  # a database of its own
 
 SIZE = 600_000  # bytes per test model; the smallest cache bound (1 MiB) holds one
-
-
-@pytest.fixture(scope="module")
-def place(tmp_path_factory):
-    home = tmp_path_factory.mktemp("transfer")
-    settings = Settings(home=home)
-    sessions = open_database(settings)
-    yield settings, sessions, open_storage(settings)
-    stop_embedded_postgres(home)
 
 
 def lora(settings, name: str) -> ModelLibrary:

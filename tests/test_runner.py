@@ -10,26 +10,13 @@ from sqlalchemy import text
 
 from huabu.auth import Accounts
 from huabu.catalog.shared import Catalog
-from huabu.db.session import open_database
 from huabu.errors import DatabaseUnavailable
-from huabu.settings import Settings
-from huabu.storage import open_storage
 from huabu.tasks.reads import TaskReads
 from huabu.tasks.runner import RunLost, TaskRunner, WorkerId
 from huabu.tasks.submit import TaskSubmitter
 from huabu.tasks.uploads import Uploads
-from serving import stop_embedded_postgres
 
 pytestmark = pytest.mark.slow  # a database of its own
-
-
-@pytest.fixture(scope="module")
-def place(tmp_path_factory):
-    home = tmp_path_factory.mktemp("runner")
-    settings = Settings(home=home)
-    sessions = open_database(settings)
-    yield settings, sessions, open_storage(settings)
-    stop_embedded_postgres(home)
 
 
 def test_a_run_whose_database_went_away_under_its_handler_is_queued_again(place):

@@ -183,20 +183,19 @@ class ModelLibrary:
         return found
 
     def describe(self, kind: str, path: Path) -> ModelEntry | None:
-        if kind != "checkpoints" and path.suffix not in PICKLE_SUFFIXES:
-            entry = self._describe(kind, path)
-            return entry and dataclasses.replace(entry, architecture=_extra_architecture(path))
-        return self._describe(kind, path)
-
-    def _describe(self, kind: str, path: Path) -> ModelEntry | None:
+        checkpoint = kind == "checkpoints"
         if path.is_dir():
-            if kind == "checkpoints" and not (path / "model_index.json").is_file():
+            if checkpoint and not (path / "model_index.json").is_file():
                 return None
-            arch, native = _folder_architecture(path) if kind == "checkpoints" else (None, None)
+            arch, native = (
+                _folder_architecture(path) if checkpoint else (_extra_architecture(path), None)
+            )
             return ModelEntry(path.name, kind, path.name, "diffusers", disk_size(path), arch,
                               native, path.stat().st_mtime, path)  # fmt: skip
         if path.suffix in SAFE_SUFFIXES:
-            arch, native = _file_architecture(path) if kind == "checkpoints" else (None, None)
+            arch, native = (
+                _file_architecture(path) if checkpoint else (_extra_architecture(path), None)
+            )
             return ModelEntry(path.stem, kind, path.name, "single-file", disk_size(path), arch,
                               native, path.stat().st_mtime, path)  # fmt: skip
         if path.suffix in PICKLE_SUFFIXES:

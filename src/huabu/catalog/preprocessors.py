@@ -10,6 +10,8 @@ shares them with a fleet, so a preprocessor is available when some worker holds 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 from huabu.errors import InvalidRequest
 
 #: Preprocessors that need no weights (OpenCV, or the image itself).
@@ -30,23 +32,25 @@ NETWORKS: dict[str, tuple[str, ...]] = {
     "lineart_anime": ("netG.pth",),
     "mlsd": ("mlsd_large_512_fp32.pth",),
 }
-#: Spec 003's preprocessors whose networks huabu does not run yet, and the files they would need.
-NOT_YET: dict[str, tuple[str, ...]] = {
-    "depth_midas": ("dpt_hybrid-midas-501f0c75.pt",), "depth": ("dpt_hybrid-midas-501f0c75.pt",),
-    "depth_leres": ("res101.pth",), "depth_leres++": ("res101.pth", "latest_net_G.pth"),
-    "depth_zoe": ("ZoeD_M12_N.pt",), "normal_bae": ("scannet.pt",),
-    "openpose": ("body_pose_model.pth",), "openpose_hand": ("body_pose_model.pth",
-    "hand_pose_model.pth"), "openpose_face": ("body_pose_model.pth", "facenet.pth"),
-    "openpose_faceonly": ("facenet.pth",), "openpose_full": ("body_pose_model.pth",
-    "hand_pose_model.pth", "facenet.pth"),
-    "dwpose": ("yolox_l.onnx", "dw-ll_ucoco_384.onnx"),
-    "mediapipe_face": (),
-}  # fmt: skip
+#: Spec 003's preprocessors whose networks huabu does not run yet.
+NOT_YET = frozenset({
+    "depth_midas", "depth", "depth_leres", "depth_leres++", "depth_zoe", "normal_bae",
+    "openpose", "openpose_hand", "openpose_face", "openpose_faceonly", "openpose_full", "dwpose",
+    "mediapipe_face",
+})  # fmt: skip
 
 
 def stem(file_name: str) -> str:
     """An annotator file's name in the model library (its stem, as every model's)."""
     return file_name.rsplit(".", 1)[0]
+
+
+def held_annotators(names: Iterable[str], library_names: Callable[[str], list[str]]) -> set[str]:
+    """The annotator files the library has (``library_names("annotators")``), read only when
+    one of the preprocessors ``names`` runs a network: what ``check`` needs to know."""
+    if not any(name in NETWORKS for name in names):
+        return set()
+    return set(library_names("annotators"))
 
 
 def missing(name: str, held: set[str]) -> list[str]:

@@ -27,8 +27,9 @@ from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from huabu.catalog.architectures import Architecture, reference_config
+from huabu.catalog.checkpoints import METADATA_KEY
 from huabu.engine.ldm_layout import controlnet_to_ldm, text_encoder_to_ldm, unet_to_ldm, vae_to_ldm
-from huabu.engine.single_file import METADATA_KEY, tokenizer_files
+from huabu.engine.single_file import tokenizer_files
 from huabu.settings import Settings
 
 DEMO = "demo"
@@ -93,6 +94,14 @@ _SD2_UNET = {"use_linear_projection": True}
 _SD2_TEXT = {"hidden_act": "gelu"}
 
 
+def tokenizer(pad: str = "<|endoftext|>") -> CLIPTokenizer:
+    """The demos' CLIP tokenizer (the real BPE vocabulary, shipped); OpenCLIP-trained encoders
+    pad with "!"."""
+    files = tokenizer_files()
+    return CLIPTokenizer(vocab=str(files / "vocab.json"), merges=str(files / "merges.txt"),
+                         model_max_length=77, pad_token=pad)  # fmt: skip
+
+
 def build_pipeline(
     seed: int = _SEED, family: Architecture = Architecture.SD1
 ) -> StableDiffusionPipeline:
@@ -103,15 +112,11 @@ def build_pipeline(
     unet = UNet2DConditionModel(**_UNET, **(_SD2_UNET if sd2 else {}))
     vae = AutoencoderKL(**_VAE)
     text_encoder = CLIPTextModel(CLIPTextConfig(**(_TEXT | (_SD2_TEXT if sd2 else {}))))
-    files = tokenizer_files()
-    tokenizer = CLIPTokenizer(
-        vocab=str(files / "vocab.json"), merges=str(files / "merges.txt"), model_max_length=77
-    )
     scheduler = PNDMScheduler.from_config(reference_config(family)["scheduler"])
     return StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
-        tokenizer=tokenizer,
+        tokenizer=tokenizer(),
         unet=unet,
         scheduler=scheduler,
         safety_checker=None,

@@ -26,9 +26,11 @@ from diffusers import (
     UNet2DConditionModel,
 )
 from safetensors.torch import save_file
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from huabu.catalog.architectures import Architecture, reference_config
+from huabu.catalog.checkpoints import METADATA_KEY
+from huabu.engine.demo import build_controlnet, staged, tokenizer, write_ip_adapter
 from huabu.engine.ldm_layout import (
     open_clip_to_ldm,
     text_encoder_to_ldm,
@@ -36,7 +38,6 @@ from huabu.engine.ldm_layout import (
     unet_to_ldm,
     vae_to_ldm,
 )
-from huabu.engine.single_file import METADATA_KEY, tokenizer_files
 
 DEMO_XL = "demo-xl"
 DEMO_XL_SINGLE = "demo-xl-single"
@@ -116,25 +117,21 @@ _OVERRIDES = {
 }
 
 
+def _scheduler() -> EulerDiscreteScheduler:
+    return EulerDiscreteScheduler.from_config(reference_config(Architecture.SDXL)["scheduler"])
+
+
 def build_pipeline(seed: int = _SEED) -> StableDiffusionXLPipeline:
     """The SDXL demo pipeline in memory, identical for the same seed."""
     torch.manual_seed(seed)
-    files = tokenizer_files()
-
-    def tokenizer(pad: str) -> CLIPTokenizer:
-        return CLIPTokenizer(vocab=str(files / "vocab.json"), merges=str(files / "merges.txt"),
-                             model_max_length=77, pad_token=pad)  # fmt: skip
-
     return StableDiffusionXLPipeline(
         vae=AutoencoderKL(**_VAE),
         text_encoder=CLIPTextModel(CLIPTextConfig(**_TEXT_COMMON, **_TEXT_1)),
         text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**_TEXT_COMMON, **_TEXT_2)),
-        tokenizer=tokenizer("<|endoftext|>"),
+        tokenizer=tokenizer(),
         tokenizer_2=tokenizer("!"),  # OpenCLIP pads with "!", as SDXL's second tokenizer does
         unet=UNet2DConditionModel(**_UNET),
-        scheduler=EulerDiscreteScheduler.from_config(
-            reference_config(Architecture.SDXL)["scheduler"]
-        ),
+        scheduler=_scheduler(),
         force_zeros_for_empty_prompt=True,
         add_watermarker=False,
     )
@@ -144,22 +141,14 @@ def build_refiner(seed: int = _SEED + 5) -> StableDiffusionXLImg2ImgPipeline:
     """The SDXL demo's refiner, laid out as SDXL's refiner is: no first text encoder, and an
     aesthetic score in place of the target size."""
     torch.manual_seed(seed)
-    files = tokenizer_files()
     return StableDiffusionXLImg2ImgPipeline(
         vae=AutoencoderKL(**_VAE),
         text_encoder=None,
         text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**_TEXT_COMMON, **_TEXT_2)),
         tokenizer=None,
-        tokenizer_2=CLIPTokenizer(
-            vocab=str(files / "vocab.json"),
-            merges=str(files / "merges.txt"),
-            model_max_length=77,
-            pad_token="!",
-        ),  # fmt: skip
+        tokenizer_2=tokenizer("!"),
         unet=UNet2DConditionModel(**_REFINER_UNET),
-        scheduler=EulerDiscreteScheduler.from_config(
-            reference_config(Architecture.SDXL)["scheduler"]
-        ),
+        scheduler=_scheduler(),
         requires_aesthetics_score=True,
         force_zeros_for_empty_prompt=False,
         add_watermarker=False,
@@ -209,8 +198,6 @@ def build_lora(pipe: StableDiffusionXLPipeline, seed: int = _SEED + 1) -> dict[s
 def build(models: Path, *, force: bool = False) -> list[Path]:
     """Write the SDXL demo and its extras under ``models`` (each if missing, or all with
     ``force``); returns the paths written."""
-    from huabu.engine.demo import build_controlnet, staged, write_ip_adapter
-
     checkpoints = models / "checkpoints"
     folder, single = checkpoints / DEMO_XL, checkpoints / f"{DEMO_XL_SINGLE}.safetensors"
     lora = models / "loras" / f"{DEMO_XL_LORA}.safetensors"

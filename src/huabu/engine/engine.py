@@ -22,7 +22,7 @@ from PIL import Image
 from huabu.catalog.infotext import infotext
 from huabu.catalog.library import ModelLibrary, check_families
 from huabu.catalog.preprocessors import check as check_preprocessor
-from huabu.catalog.preprocessors import stem
+from huabu.catalog.preprocessors import held_annotators, stem
 from huabu.engine import inpainting, ksampling, preprocessors, quiet_libraries
 from huabu.engine.annotators import Annotators
 from huabu.engine.denoiser import Control, Denoiser, RefinerSwitch, noise_sampler
@@ -149,7 +149,7 @@ class Engine:
         if len(images) != len(request.controlnets):
             raise InvalidRequest("every ControlNet unit needs its image", param="controlnets")
         controls, unet = [], model.components["unet"]
-        held = set(self.library.names("annotators"))
+        held = held_annotators((u.preprocessor for u in request.controlnets), self.library.names)
         for index, (unit, image) in enumerate(zip(request.controlnets, images, strict=True)):
             check_preprocessor(unit.preprocessor, held, param=f"controlnets.{index}.preprocessor")
             sized = image.convert("RGB").resize((request.width, request.height))

@@ -72,7 +72,6 @@ _INPAINT_PIPELINES = {
     Architecture.SD1: StableDiffusionInpaintPipeline,
     Architecture.SD2: StableDiffusionInpaintPipeline,
     Architecture.SDXL: StableDiffusionXLInpaintPipeline,
-    Architecture.SDXL_REFINER: StableDiffusionXLInpaintPipeline,
 }
 _SD_CONTROLNET = (
     StableDiffusionControlNetPipeline,

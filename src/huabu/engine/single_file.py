@@ -18,10 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from huabu.catalog.architectures import Architecture, Config, reference_config
-from huabu.catalog.checkpoints import METADATA_KEY, CheckpointHeader
+from huabu.catalog.checkpoints import CheckpointHeader
 from huabu.errors import ModelUnavailable
 
-__all__ = ["METADATA_KEY", "CheckpointHeader", "derive_configs", "config_folder"]
 _UNET = "model.diffusion_model."
 _VAE = "first_stage_model."
 

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from huabu.catalog.library import check_families, private_name
 from huabu.catalog.preprocessors import check as check_preprocessor
+from huabu.catalog.preprocessors import held_annotators
 from huabu.catalog.shared import Catalog
 from huabu.db.tables import Task, TrainedModel
 from huabu.errors import InvalidRequest, Overloaded
@@ -113,7 +114,7 @@ class TaskSubmitter:
             self.library.find("vae", request.vae, param="vae")
         for index, name in enumerate(request.embeddings):
             self.library.find("embeddings", name, param=f"embeddings.{index}")
-        held = set(self.library.names("annotators")) if request.controlnets else set()
+        held = held_annotators((u.preprocessor for u in request.controlnets), self.library.names)
         for index, unit in enumerate(request.controlnets):
             self.library.find("controlnet", unit.model, param=f"controlnets.{index}.model")
             check_preprocessor(unit.preprocessor, held, param=f"controlnets.{index}.preprocessor")
