@@ -9,7 +9,10 @@ On a full-size SD 1.5 architecture with random weights (no download: the shapes 
 (1) huabu's ``Engine.generate`` ÷ a bare diffusers pipeline call, same request (target ≤ 1.03);
 (2) inpainting ÷ image-to-image at the same strength (the mask's extra work);
 (3) LoRA training: seconds per step at the model's 512² (batch 4, rank 16), and images/s.
-Prints; asserts nothing.
+On a full-size SDXL architecture with random weights, in fp16:
+(4) huabu ÷ bare diffusers at 1024², 20 steps, Euler a (it/s and peak GPU memory), and the VAE:
+    huabu's decode (SDXL's VAE is upcast to fp32, as diffusers does) ÷ a plain fp16 decode.
+Prints; asserts nothing. ``--parts`` picks the sections (default: all of checks,sd15,sdxl).
 """
 
 from __future__ import annotations
@@ -26,25 +29,29 @@ import torch
 from diffusers import (
     AutoencoderKL,
     EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
     PNDMScheduler,
     StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
 from PIL import Image, ImageDraw
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from huabu.catalog.architectures import Architecture, reference_config
-from huabu.engine import demo, quiet_libraries
+from huabu.engine import demo, demo_xl, quiet_libraries
 from huabu.engine.engine import Engine
 from huabu.engine.single_file import tokenizer_files
 from huabu.native import (
     ControlUnit,
     GenerationRequest,
+    HiresFix,
     ImageRef,
     InpaintRef,
     IpAdapterRef,
     LoraRef,
 )
+from huabu.native.generation import Refiner
 from huabu.settings import Settings
 from huabu.training.trainer import TrainingJob, train_lora
 
@@ -113,6 +120,31 @@ def check_paths(settings: Settings) -> None:
         "IP-Adapter": ({"ip_adapter": IpAdapterRef(name=demo.DEMO_IP_ADAPTER, image=REF)},
                        {"ip_image": source}),
         "LoRA": ({"loras": (LoraRef(name=demo.DEMO_LORA, weight=0.8),)}, {}),
+        "hires fix (Latent, ×2)": ({"hires": HiresFix(scale=2, steps=4)}, {}),
+        "variation seed": ({"subseed": 3, "subseed_strength": 0.5}, {}),
+        "tiling": ({"tiling": True}, {}),
+        "SDXL Euler a": ({"model": demo_xl.DEMO_XL}, {}),
+        "SDXL single file, DPM++ 2M Karras": (
+            {"model": demo_xl.DEMO_XL_SINGLE, "sampler": "DPM++ 2M Karras"}, {}),
+        "SDXL DPM++ 2S a (k-diffusion)": ({"model": demo_xl.DEMO_XL, "sampler": "DPM++ 2S a"}, {}),
+        "SDXL LoRA + embedding": (
+            {"model": demo_xl.DEMO_XL, "loras": (LoraRef(name=demo_xl.DEMO_XL_LORA),),
+             "embeddings": (demo_xl.DEMO_XL_EMBEDDING,)}, {}),
+        "SDXL ControlNet, DPM fast": (
+            {"model": demo_xl.DEMO_XL, "sampler": "DPM fast",
+             "controlnets": (ControlUnit(model=demo_xl.DEMO_XL_CONTROLNET, image=REF,
+                                         preprocessor="canny"),)},
+            {"control_images": [source]}),
+        "SDXL IP-Adapter": (
+            {"model": demo_xl.DEMO_XL,
+             "ip_adapter": IpAdapterRef(name=demo_xl.DEMO_XL_IP_ADAPTER, image=REF)},
+            {"ip_image": source}),
+        "SDXL refiner (Euler a)": (
+            {"model": demo_xl.DEMO_XL, "refiner": Refiner(model=demo_xl.DEMO_XL_REFINER)}, {}),
+        "SDXL refiner (DPM++ 2M, k-diffusion)": (
+            {"model": demo_xl.DEMO_XL, "sampler": "DPM++ 2M",
+             "refiner": Refiner(model=demo_xl.DEMO_XL_REFINER, switch_at=0.5)}, {}),
+        "SDXL hires fix": ({"model": demo_xl.DEMO_XL, "hires": HiresFix(scale=1.5)}, {}),
     }  # fmt: skip
     for name, (changes, images) in cases.items():
         try:
@@ -123,9 +155,10 @@ def check_paths(settings: Settings) -> None:
                 same = np.array_equal(out[:, 32:], np.asarray(source)[:, 32:])
                 kept = f", unmasked half kept: {same}"
             flat = "  FLAT (NaN decoded?)" if out.std() < 1 else ""
-            print(f"  ok    {name}: pixel std {out.std():.1f}{kept}{flat}")
+            size = "×".join(map(str, result.images[0].size))
+            print(f"  ok    {name}: {size}, pixel std {out.std():.1f}{kept}{flat}", flush=True)
         except Exception:  # noqa: BLE001 — a report, not a test
-            print(f"  FAIL  {name}:\n{traceback.format_exc(limit=3)}")
+            print(f"  FAIL  {name}:\n{traceback.format_exc(limit=3)}", flush=True)
     try:
         result = train_lora(
             settings,
@@ -209,6 +242,73 @@ def full_size(settings: Settings, args) -> None:
     )
 
 
+def build_full_size_xl(folder: Path) -> None:
+    """SDXL base's architecture (2.6B-parameter UNet, CLIP-L and OpenCLIP bigG) with random
+    weights, as a diffusers folder. Built on the GPU when there is one: initialising 3.5B
+    parameters on the CPU takes minutes."""
+    configs = reference_config(Architecture.SDXL)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(0)
+    with torch.device(device):
+        pipe = StableDiffusionXLPipeline(
+            vae=AutoencoderKL.from_config(configs["vae"]),
+            text_encoder=CLIPTextModel(CLIPTextConfig(**configs["text_encoder"])),
+            text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**configs["text_encoder_2"])),
+            tokenizer=demo.tokenizer(),
+            tokenizer_2=demo.tokenizer("!"),
+            unet=UNet2DConditionModel.from_config(configs["unet"]),
+            scheduler=EulerDiscreteScheduler.from_config(configs["scheduler"]),
+            add_watermarker=False,
+        )  # fmt: skip
+    pipe.to(torch.float16).save_pretrained(folder)
+
+
+def full_size_xl(settings: Settings, args) -> None:
+    folder = settings.models_dir / "checkpoints" / "sdxl-random"
+    started = time.perf_counter()
+    build_full_size_xl(folder)
+    print(f"built a random full-size SDXL in {time.perf_counter() - started:.0f} s", flush=True)
+    engine = Engine(settings)
+    size, steps = args.xl_size, args.steps
+    request = GenerationRequest(model="sdxl-random", prompt="a red fox", width=size,
+                                height=size, steps=steps, seed=1)  # fmt: skip
+    with engine.cache.lease("sdxl-random") as loaded:
+        components = loaded.components
+    bare = StableDiffusionXLPipeline(**components)
+    bare.scheduler = EulerAncestralDiscreteScheduler.from_config(bare.scheduler.config)
+    bare.set_progress_bar_config(disable=True)
+
+    def bare_call():
+        bare("a red fox", width=size, height=size, num_inference_steps=steps,
+             generator=torch.Generator("cpu").manual_seed(1))  # fmt: skip
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    ours, theirs = timed(lambda: engine.generate(request), bare_call, runs=args.runs)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0
+    image = np.asarray(engine.generate(request).images[0])
+    print(f"(4) SDXL {size}², {steps} steps, Euler a, {engine.cache.dtype}: huabu {ours:.3f} s, "
+          f"bare diffusers {theirs:.3f} s, ratio {ours / theirs:.3f}  ({steps / ours:.2f} it/s); "
+          f"peak GPU memory {peak:.1f} GiB; pixel std {image.std():.1f}", flush=True)  # fmt: skip
+    vae = components["vae"]
+    latents = torch.randn(1, 4, size // 8, size // 8, generator=torch.Generator().manual_seed(2))
+    latents = latents.to(vae.device)
+    with engine.cache.lease("sdxl-random") as loaded, torch.inference_mode():
+
+        def plain_decode():  # what huabu's decode does, without the upcast
+            pixels = vae.decode(latents.to(vae.dtype)).sample
+            return loaded.txt2img.image_processor.postprocess(pixels, output_type="pil"), pixels
+
+        scaled = latents * vae.config.scaling_factor  # huabu's decode divides by it
+        upcast, half = timed(lambda: engine._decode(loaded, vae, scaled), plain_decode,
+                             runs=args.runs)  # fmt: skip
+        plain = plain_decode()[1]
+    finite = bool(plain.isfinite().all())
+    print(f"    VAE decode at {size}²: huabu (upcast to fp32) {upcast * 1000:.1f} ms, plain "
+          f"{vae.dtype} {half * 1000:.1f} ms, ratio {upcast / half:.2f}; the plain decode of "
+          f"these random weights is finite: {finite}", flush=True)  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--size", type=int, default=512)
@@ -216,15 +316,25 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--train-steps", type=int, default=30)
     parser.add_argument("--home", type=Path, default=None)
-    parser.add_argument("--checks-only", action="store_true")
+    parser.add_argument("--xl-size", type=int, default=1024)
+    parser.add_argument("--parts", default="checks,sdxl,sd15")
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
     home = args.home or Path(tempfile.mkdtemp(prefix="huabu-gpu-"))
     settings = Settings(home=home, device="auto")
     demo.build(settings)
     quiet_libraries()
-    check_paths(settings)
-    if not args.checks_only:
-        full_size(settings, args)
+    sections = {
+        "checks": lambda: check_paths(settings),
+        "sdxl": lambda: full_size_xl(settings, args),
+        "sd15": lambda: full_size(settings, args),
+    }
+    for name, run in sections.items():
+        if name in parts:
+            try:
+                run()
+            except Exception:  # noqa: BLE001 — one section's failure leaves the others to run
+                print(f"FAIL  {name}:\n{traceback.format_exc()}", flush=True)
 
 
 if __name__ == "__main__":
