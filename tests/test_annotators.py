@@ -5,6 +5,7 @@ depends on its input, and one whose file is missing is refused naming it."""
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -15,6 +16,7 @@ from huabu.catalog.preprocessors import NETWORKS, NOT_YET, WEIGHTLESS, check, li
 from huabu.engine.annotators import Hed, LineartGenerator
 from huabu.engine.lineart_anime import AnimeLineart
 from huabu.engine.mlsd import Mlsd
+from huabu.engine.openpose import COLOURS, BodyNet, face_net, hand_net
 from huabu.engine.pidinet import PiDiNet
 from huabu.errors import InvalidRequest
 from huabu.native import ControlUnit, GenerationRequest
@@ -59,7 +61,75 @@ def annotated(tmp_path_factory, settings):
     with torch.no_grad():  # centres and segment lengths that vary across the image
         mlsd.block23.conv3.weight[7:12] *= 200.0
     torch.save(mlsd.state_dict(), folder / "mlsd_large_512_fp32.pth")
+    for file_name, network in (("body_pose_model.pth", routed_body()),
+                               ("hand_pose_model.pth", routed_keypoints(hand_net(), 22)),
+                               ("facenet.pth", routed_keypoints(face_net(), 71))):  # fmt: skip
+        torch.save({k: v.half() for k, v in network.state_dict().items()}, folder / file_name)
     return Settings(home=home, threads=2)
+
+
+# OpenPose's networks with random weights find no one. These pass the picture's red through
+# as every part's (or hand or face keypoint's) heatmap and its green as every affinity field:
+# red dots joined by green strokes are people to the real parsing code that follows.
+def _route(conv: torch.nn.Conv2d, pairs) -> None:
+    """Zero the convolution, then copy input channel i to output channel o (centre tap)."""
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.bias.zero_()
+        middle = conv.kernel_size[0] // 2
+        for o, i in pairs:
+            conv.weight[o, i, middle, middle] = 1.0
+
+
+def routed_body() -> BodyNet:
+    network = BodyNet()
+    for name, conv in network.named_children():
+        if name == "conv1_1":
+            _route(conv, [(0, 2), (1, 1)])  # the input is BGR: red to 0, green to 1
+        elif name.startswith("Mconv1_"):  # stages 2–6 read 38 fields, 19 heatmaps, features
+            _route(conv, [(0, 57), (1, 58)])
+        elif name in ("conv5_5_CPM_L1",) or name.startswith("Mconv7_") and name.endswith("L1"):
+            _route(conv, [(o, 1) for o in range(38)])
+        elif name in ("conv5_5_CPM_L2",) or name.startswith("Mconv7_") and name.endswith("L2"):
+            _route(conv, [(o, 0) for o in range(18)])
+        else:
+            _route(conv, [(0, 0), (1, 1)])
+    return network
+
+
+def routed_keypoints(network: torch.nn.Module, maps: int) -> torch.nn.Module:
+    for name, conv in network.named_children():
+        if name == "conv1_1":
+            _route(conv, [(0, 2)])
+        elif name.startswith("Mconv1_"):
+            _route(conv, [(0, maps)])
+        elif name == "conv6_2_CPM" or name.startswith("Mconv7_"):
+            _route(conv, [(o, 0) for o in range(maps - 1)])
+        else:
+            _route(conv, [(0, 0)])
+    return network
+
+
+def figure(shift: int) -> Image.Image:
+    """Four red dots down a zigzag, joined by green strokes (every stroke runs down and so
+    along the routed affinity fields): neck, shoulders, elbows and wrists to the parser."""
+    pixels = np.zeros((256, 256, 3), np.uint8)
+    dots = [(100 + shift, 30), (140 + shift, 90), (110 + shift, 150), (150 + shift, 210)]
+    for start, end in zip(dots, dots[1:], strict=False):
+        cv2.line(pixels, start, end, (0, 255, 0), 16)
+    for dot in dots:
+        cv2.circle(pixels, dot, 12, (255, 255, 0), -1)
+    return Image.fromarray(pixels)
+
+
+@pytest.fixture
+def quick_pose(monkeypatch):
+    """Hands at 92² and faces at 96², not at four scales to 736² and 384²: the same code, fewer
+    multiply-adds on two cores."""
+    from huabu.engine import openpose
+
+    monkeypatch.setattr(openpose, "HAND_SCALES", (0.25,))
+    monkeypatch.setattr(openpose, "FACE_SIZE", 96)
 
 
 @pytest.fixture(scope="module")
@@ -76,17 +146,64 @@ def picture(seed: int) -> Image.Image:
 
 
 @pytest.mark.parametrize("name", sorted(NETWORKS))
-def test_each_network_preprocessor_maps_its_input(annotating, name):
+def test_each_network_preprocessor_maps_its_input(annotating, name, quick_pose):
     from huabu.engine import preprocessors
 
-    maps = [preprocessors.run(name, picture(seed), annotators=annotating.annotators)
-            for seed in (1, 2)]  # fmt: skip
-    for control_map in maps:
-        assert control_map.size == (72, 64) and control_map.mode == "RGB"
+    pose = name.startswith("openpose")
+    images = [figure(shift) if pose else picture(seed) for seed, shift in ((1, 0), (2, 40))]
+    maps = [preprocessors.run(name, image, annotators=annotating.annotators) for image in images]
+    for image, control_map in zip(images, maps, strict=True):
+        assert control_map.size == image.size and control_map.mode == "RGB"
         assert np.asarray(control_map).std() > 0  # not a flat field
     assert max_difference(*maps) > 0  # the map depends on the input
     if name.startswith("scribble"):  # scribbles are black and white
         assert set(np.unique(np.asarray(maps[0]))) <= {0, 255}
+
+
+def test_openpose_draws_bodies_hands_and_faces_as_asked(annotating, quick_pose):
+    from huabu.engine import preprocessors
+
+    def pose(name: str) -> np.ndarray:
+        return np.asarray(preprocessors.run(name, figure(0), annotators=annotating.annotators))
+
+    names = ("openpose", "openpose_hand", "openpose_face", "openpose_faceonly", "openpose_full")
+    body, hands, faces, face_only, full = (pose(name) for name in names)
+    # Limbs in 60 % of their colour, joints in full colour, on black: the openpose models'
+    # convention (the zigzag gives people of several limbs each).
+    colours = {tuple(int(c * 0.6) for c in colour) for colour in COLOURS}
+    lit = {tuple(c) for c in body[body.max(axis=2) > 0]}
+    assert lit <= colours | set(COLOURS) and len(lit & colours) >= 2 and lit & set(COLOURS)
+    assert max_difference(body, hands) > 0 and max_difference(body, faces) > 0
+    # Only the face's white landmarks: no body drawn, though the body found the face.
+    lit = face_only[face_only.max(axis=2) > 0]
+    assert len(lit) and (lit == 255).all()
+    # The full map has both: it differs from each map that has only one of them.
+    assert max_difference(full, hands) > 0 and max_difference(full, faces) > 0
+
+
+def test_openpose_parses_a_person_from_heatmaps_and_fields():
+    """The parsing alone: a stick figure planted as part heatmaps and limb fields comes back
+    as one person with every part where it was planted."""
+    from huabu.engine.openpose import FIELDS, LIMBS, PARTS, detect_bodies
+
+    size = 200
+    joints = [(100, 40), (100, 60), (80, 60), (70, 90), (65, 120), (120, 60), (130, 90),
+              (135, 120), (90, 120), (88, 150), (86, 185), (110, 120), (112, 150), (114, 185),
+              (95, 35), (105, 35), (90, 38), (110, 38)]  # fmt: skip
+    ys, xs = np.mgrid[:size, :size]
+    heatmaps = np.stack([np.exp(-((xs - x) ** 2 + (ys - y) ** 2) / 18.0) for x, y in joints]
+                        + [np.zeros((size, size))], axis=2)  # fmt: skip
+    fields = np.zeros((size, size, 38))
+    for (a, b), (cx, cy) in zip(LIMBS, FIELDS, strict=True):
+        (xa, ya), (xb, yb) = joints[a], joints[b]
+        stroke = np.zeros((size, size))
+        cv2.line(stroke, (xa, ya), (xb, yb), 1.0, 3)
+        length = np.hypot(xb - xa, yb - ya)
+        fields[:, :, cx] += stroke * (xb - xa) / length
+        fields[:, :, cy] += stroke * (yb - ya) / length
+    (person,) = detect_bodies(heatmaps, fields)
+    assert len(person) == PARTS
+    assert [tuple(map(round, point)) for point in person] == joints
 
 
 def test_a_network_preprocessor_drives_a_controlnet(annotating, small):
@@ -117,7 +234,8 @@ def test_missing_weights_are_refused_naming_preprocessor_and_file(engine, small)
         with pytest.raises(InvalidRequest) as caught:
             engine.generate(small(controlnets=(unit,)), control_images=[picture(1)])
         assert caught.value.param == "controlnets.0.preprocessor"
-        assert repr(name) in caught.value.message and files[0] in caught.value.message
+        assert repr(name) in caught.value.message
+        assert all(f"models/annotators/{f}" in caught.value.message for f in files)
 
 
 def test_the_listing_says_what_each_needs():
@@ -128,8 +246,10 @@ def test_the_listing_says_what_each_needs():
     assert not listed["lineart_coarse"]["available"]
     assert listed["lineart_coarse"]["needs"] == "models/annotators/sk_model2.pth"
     assert not listed["openpose"]["available"]
+    assert listed["openpose_face"]["needs"] == ("models/annotators/body_pose_model.pth, "
+                                                "models/annotators/facenet.pth")  # fmt: skip
     with pytest.raises(InvalidRequest) as caught:
-        check("openpose", held, param="p")
+        check("dwpose", held, param="p")
     assert "not supported by this server yet" in caught.value.message
     check("scribble_hedsafe", held, param="p")  # runs: no error
 

@@ -109,8 +109,11 @@ def test_preprocessors_make_control_maps(square):
 @pytest.mark.parametrize(
     ("changes", "param", "text"),
     [
-        ({"controlnets": (unit(preprocessor="openpose"),)}, "controlnets.0.preprocessor",
+        ({"controlnets": (unit(preprocessor="dwpose"),)}, "controlnets.0.preprocessor",
          "not supported by this server yet"),
+        ({"controlnets": (unit(preprocessor="openpose_full"),)}, "controlnets.0.preprocessor",
+         "models/annotators/body_pose_model.pth and models/annotators/hand_pose_model.pth "
+         "and models/annotators/facenet.pth"),
         ({"controlnets": (unit(preprocessor="softedge_hed"),)}, "controlnets.0.preprocessor",
          "models/annotators/ControlNetHED.pth"),
         ({"controlnets": (unit(preprocessor="sketchy"),)}, "controlnets.0.preprocessor",

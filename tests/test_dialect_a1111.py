@@ -130,8 +130,9 @@ def test_sd_webui_controlnet_listings(api):
                                     "demo-xl-controlnet"} <= set(models)  # fmt: skip
     modules = api.controlnet_module_list()
     assert {"none", "canny", "shuffle", "lineart_standard"} == set(modules)
-    assert "openpose" not in modules  # listed natively as not run here yet
+    assert "dwpose" not in modules  # listed natively as not run here yet
     assert "softedge_hed" not in modules  # its annotator file is not on this server
+    assert "openpose" not in modules  # nor are OpenPose's
 
 
 def test_switching_the_model_through_options_is_per_user(api, other):
@@ -169,7 +170,7 @@ def test_controlnet_unit(api):
     controlled = api.txt2img(prompt="a fox", controlnet_units=[unit], alwayson_scripts={},
                              **SMALL)  # fmt: skip
     assert max_difference(plain.image, controlled.image) > 0
-    unit = webuiapi.ControlNetUnit(image=edges, module="openpose", model="demo-controlnet")
+    unit = webuiapi.ControlNetUnit(image=edges, module="dwpose", model="demo-controlnet")
     refused(lambda: api.txt2img(prompt="a fox", controlnet_units=[unit], alwayson_scripts={},
                                 **SMALL), "alwayson_scripts.controlnet.args.0.module")  # fmt: skip
 

@@ -303,8 +303,12 @@ def test_models_and_health(alice, server):
 def test_preprocessors_say_which_run_here(alice):
     listed = {item["name"]: item for item in alice.get("/huabu/v1/preprocessors").json()}
     assert listed["canny"] == {"name": "canny", "available": True, "needs": None}
-    assert listed["openpose"] == {"name": "openpose", "available": False,
-                                  "needs": "a network huabu does not run yet"}  # fmt: skip
+    assert listed["dwpose"] == {"name": "dwpose", "available": False,
+                                "needs": "a network huabu does not run yet"}  # fmt: skip
+    assert listed["openpose_hand"] == {
+        "name": "openpose_hand", "available": False,
+        "needs": "models/annotators/body_pose_model.pth, models/annotators/hand_pose_model.pth",
+    }  # fmt: skip
     assert listed["softedge_hed"] == {"name": "softedge_hed", "available": False,
                                       "needs": "models/annotators/ControlNetHED.pth"}  # fmt: skip
     assert len(listed) == 30  # spec 003's 28 names, plus none and lineart_standard

@@ -31,11 +31,16 @@ NETWORKS: dict[str, tuple[str, ...]] = {
     "scribble_pidsafe": ("table5_pidinet.pth",),
     "lineart_anime": ("netG.pth",),
     "mlsd": ("mlsd_large_512_fp32.pth",),
+    # OpenPose: the body network always (hands and faces are found from the body's joints).
+    "openpose": ("body_pose_model.pth",),
+    "openpose_hand": ("body_pose_model.pth", "hand_pose_model.pth"),
+    "openpose_face": ("body_pose_model.pth", "facenet.pth"),
+    "openpose_faceonly": ("body_pose_model.pth", "facenet.pth"),
+    "openpose_full": ("body_pose_model.pth", "hand_pose_model.pth", "facenet.pth"),
 }
 #: Spec 003's preprocessors whose networks huabu does not run yet.
 NOT_YET = frozenset({
-    "depth_midas", "depth", "depth_leres", "depth_leres++", "depth_zoe", "normal_bae",
-    "openpose", "openpose_hand", "openpose_face", "openpose_faceonly", "openpose_full", "dwpose",
+    "depth_midas", "depth", "depth_leres", "depth_leres++", "depth_zoe", "normal_bae", "dwpose",
     "mediapipe_face",
 })  # fmt: skip
 
@@ -85,10 +90,11 @@ def check(name: str, held: set[str], *, param: str) -> None:
     if name in NETWORKS:
         lacking = missing(name, held)
         if lacking:
+            files = " and ".join(f"models/annotators/{f}" for f in lacking)
+            plural = "s" if len(lacking) > 1 else ""
             raise InvalidRequest(
-                f"{param}: preprocessor {name!r} needs the annotator file "
-                f"models/annotators/{lacking[0]}, which this server does not have (the file of "
-                "lllyasviel/Annotators of that name)",
+                f"{param}: preprocessor {name!r} needs the annotator file{plural} {files}, "
+                "which this server does not have (lllyasviel/Annotators' files of those names)",
                 param=param,
             )
         return

@@ -4,8 +4,9 @@ A1111's sd-webui-controlnet and ComfyUI's controlnet_aux download.
 
 The networks and their pre- and post-processing are ported from controlnet_aux 0.0.10
 (Apache-2.0): HED is lllyasviel's Apache-2.0 ``ControlNetHED_Apache2``; the lineart generators
-are informative-drawings' (MIT); PiDiNet is :mod:`huabu.engine.pidinet`. Each port gives the
-same outputs as controlnet_aux's module on the same weights (checked when it was written).
+are informative-drawings' (MIT); PiDiNet is :mod:`huabu.engine.pidinet`. OpenPose
+(:mod:`huabu.engine.openpose`) is written anew (its published code is non-commercial). Each
+gives the same outputs as controlnet_aux's module on the same weights (checked when written).
 controlnet_aux itself cannot be imported here (its package imports torchvision and timm).
 Weights load with ``torch.load(weights_only=True)``: the ``.pth`` files are plain state
 dicts, and no code in them runs.
@@ -25,6 +26,7 @@ from PIL import Image
 from torch import nn
 
 from huabu.catalog.preprocessors import NETWORKS
+from huabu.engine import openpose
 from huabu.engine.lineart_anime import AnimeLineart
 from huabu.engine.mlsd import Mlsd, draw
 from huabu.engine.pidinet import PiDiNet
@@ -121,6 +123,9 @@ _CLASSES: dict[str, Callable[[], nn.Module]] = {
     "table5_pidinet.pth": PiDiNet,
     "netG.pth": AnimeLineart,
     "mlsd_large_512_fp32.pth": Mlsd,
+    "body_pose_model.pth": openpose.BodyNet,
+    "hand_pose_model.pth": openpose.hand_net,
+    "facenet.pth": openpose.face_net,
 }
 
 
@@ -160,10 +165,15 @@ class Annotators:
 
     def run(self, name: str, image: Image.Image) -> Image.Image:
         """Preprocessor ``name``'s control map of ``image``, at ``image``'s size."""
-        (file_name,) = NETWORKS[name]
-        network = self.network(file_name)
+        file_name, *more = NETWORKS[name]
         width, height = image.size
         pixels = _detect_size(np.asarray(image.convert("RGB")), min(width, height))
+        if file_name == "body_pose_model.pth":
+            pose = self._pose(name, pixels, more)
+            return Image.fromarray(
+                cv2.resize(pose, (width, height), interpolation=cv2.INTER_LINEAR)
+            )
+        network = self.network(file_name)
         with torch.inference_mode():
             x = torch.from_numpy(pixels.copy()).float().permute(2, 0, 1)[None].to(self.device)
             if file_name == "ControlNetHED.pth":
@@ -182,6 +192,18 @@ class Annotators:
         if name.startswith("scribble"):
             edges = _scribble(edges)
         return Image.fromarray(np.stack([edges] * 3, axis=2))
+
+    def _pose(self, name: str, pixels: np.ndarray, more: list[str]) -> np.ndarray:
+        """The OpenPose map: the body network, and the hand and face ones where ``name``
+        draws them (``openpose_faceonly`` finds the face from the body but draws only it)."""
+        body = self.network("body_pose_model.pth")
+        hand = self.network("hand_pose_model.pth") if "hand_pose_model.pth" in more else None
+        face = self.network("facenet.pth") if "facenet.pth" in more else None
+        with torch.inference_mode():
+            people = openpose.detect(pixels, body, hand, face)
+        height, width = pixels.shape[:2]
+        return openpose.draw(people, width, height, body=name != "openpose_faceonly",
+                             hands=hand is not None, face=face is not None)  # fmt: skip
 
 
 def _detect_size(pixels: np.ndarray, shorter: int) -> np.ndarray:

@@ -63,6 +63,9 @@ _END_JOB = text(
     "WHERE id = :job AND status IN ('todo', 'doing')"
 )
 _NEW_JOB = text(f"UPDATE tasks SET job_id = ({DEFER_SQL}) WHERE id = :id")
+#: The task row first, then its jobs: every hand-over locks in that order, so a reaper and
+#: the worker handing back its own run wait for each other instead of deadlocking.
+_LOCK_TASK = text("SELECT 1 FROM tasks WHERE id = :id FOR UPDATE")
 _CLOSE_RUN = text(
     "UPDATE task_runs SET ended_at = now(), outcome = :outcome "
     "WHERE task_id = :id AND ended_at IS NULL"
@@ -83,6 +86,7 @@ def hand_over(
     back its own run) or by ``job`` (a reaper: the stalled job, which is ended in any case).
     ``forgive`` un-counts the attempt (the task was not at fault). False if nothing was
     handed over: the task had moved on (finished, or another run has it)."""
+    session.execute(_LOCK_TASK, {"id": task_id})
     if job is not None:
         session.execute(_END_JOB, {"job": job})
     row = session.execute(
