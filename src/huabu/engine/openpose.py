@@ -52,14 +52,12 @@ HAND_SCALES = (0.5, 1.0, 1.5, 2.0)
 FACE_SIZE = 384
 
 
-def _vgg(convs: list[tuple[str, int, int]]) -> list[tuple[str, int, int, int]]:
-    """The VGG-19 front of all three networks: (name, in, out, kernel); pools between levels."""
-    return [(name, c_in, c_out, 3) for name, c_in, c_out in convs]
-
-
-_FRONT = [("conv1_1", 3, 64), ("conv1_2", 64, 64), ("pool",) * 3, ("conv2_1", 64, 128),
-          ("conv2_2", 128, 128), ("pool",) * 3, ("conv3_1", 128, 256), ("conv3_2", 256, 256),
-          ("conv3_3", 256, 256), ("conv3_4", 256, 256), ("pool",) * 3, ("conv4_1", 256, 512),
+#: The VGG-19 front of all three networks: (name, in, out) of each 3×3 convolution, and the
+#: 2×2 max-pools between levels.
+_POOL = ("pool", 0, 0)
+_FRONT = [("conv1_1", 3, 64), ("conv1_2", 64, 64), _POOL, ("conv2_1", 64, 128),
+          ("conv2_2", 128, 128), _POOL, ("conv3_1", 128, 256), ("conv3_2", 256, 256),
+          ("conv3_3", 256, 256), ("conv3_4", 256, 256), _POOL, ("conv4_1", 256, 512),
           ("conv4_2", 512, 512)]  # fmt: skip
 
 
@@ -377,7 +375,7 @@ def detect(rgb: np.ndarray, body: nn.Module, hand: nn.Module | None = None,
         box = face_box(parts, width, height) if face is not None else None
         if box is not None:
             x, y, side = box
-            points = face_keypoints(face, bgr[y : y + side, x : x + side])  # type: ignore[arg-type]
+            points = face_keypoints(face, bgr[y : y + side, x : x + side])
             landmarks = np.where(points < 1e-6, -1, points + (x, y)) / (width, height)
         normalised = tuple(None if p is None else (p[0] / width, p[1] / height) for p in parts)
         found.append(Person(normalised, tuple(hands), landmarks))
