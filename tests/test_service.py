@@ -227,6 +227,23 @@ def test_inpainting_keeps_what_the_mask_does_not_mark(alice, bob):
         assert response.json()["error"]["param"] == param, response.text
 
 
+def test_users_take_turns(alice, bob):
+    """One worker; alice queues 20 tasks, then bob 2: bob's do not wait behind all of alice's.
+    Both finish before alice's sixth, and their queue positions said so at submit."""
+    first = submit(alice, SLOW)  # holds the worker while the rest are queued
+    wait_state(alice, first["id"], "running")
+    mine = [first] + [submit(alice, SMALL) for _ in range(19)]
+    theirs = [submit(bob, SMALL) for _ in range(2)]
+    # Round-robin: bob's first is next; his second comes after alice's next one.
+    assert [task["queue_position"] for task in theirs] == [0, 2]
+    finished = [wait_finished(alice, t["id"]) for t in mine]
+    finished += [wait_finished(bob, t["id"]) for t in theirs]
+    assert all(task["state"] == "succeeded" for task in finished)
+    order = [task["id"] for task in sorted(finished, key=lambda task: task["finished_at"])]
+    sixth_of_alice = [order.index(task["id"]) for task in mine][5]
+    assert all(order.index(task["id"]) < sixth_of_alice for task in theirs)
+
+
 def test_upload_that_is_not_an_image(alice):
     response = alice.post(
         "/huabu/v1/uploads", content=b"GIF89a garbage", headers={"content-type": "image/gif"}

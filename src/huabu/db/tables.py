@@ -110,6 +110,8 @@ class Task(Base):
     #: writes of a run: a run whose number is not the task's any more writes nothing.
     runs: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     job_id: Mapped[int | None] = mapped_column(BigInteger)
+    #: The task's place in the fair order between users (see ``tasks.fairness``).
+    fair_rank: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

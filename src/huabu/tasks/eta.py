@@ -51,37 +51,45 @@ _SERVING = text(
 
 _LIVE = text(
     """
-    SELECT job_id, state, work * (1 - step::float / greatest(total, 1)) AS remaining
+    SELECT fair_rank, job_id, state, work * (1 - step::float / greatest(total, 1)) AS remaining
       FROM tasks WHERE state IN ('queued', 'running') AND queue = :queue
     """
 )
 _SNAPSHOT_TTL = 0.5
 
 
+#: Where a queued task stands: its fair rank, then its job's id (``tasks.fairness``).
+Place = tuple[int, int]
+
+
 class _QueueSnapshot:
     """The live queue, read in one query at most twice a second and shared by every poll:
     position and work ahead become a binary search instead of a scan per request."""
 
-    def __init__(self, rows: list[tuple[int | None, str, float]]) -> None:
+    def __init__(self, rows: list[tuple[int, int | None, str, float]]) -> None:
         queued = sorted(
-            (job_id or 0, remaining) for job_id, state, remaining in rows if state == "queued"
+            ((rank, job_id or 0), remaining)
+            for rank, job_id, state, remaining in rows
+            if state == "queued"
         )
-        self.job_ids = [job_id for job_id, _ in queued]
+        self.places = [place for place, _ in queued]
         self.prefix = [0.0]
         for _, remaining in queued:
             self.prefix.append(self.prefix[-1] + remaining)
-        self.running_work = sum(remaining for _, state, remaining in rows if state == "running")
-        self.newest_job = max((job or 0 for job, _, _ in rows), default=0)
+        self.running_work = sum(row[3] for row in rows if row[2] == "running")
+        self.newest_job = max((row[1] or 0 for row in rows), default=0)
         self.taken = time.monotonic()
 
-    def stale_for(self, job_id: int | None) -> bool:
+    def stale_for(self, place: Place | None) -> bool:
         """Too old, or older than the job asked about (it was queued after this was read)."""
-        return time.monotonic() - self.taken > _SNAPSHOT_TTL or (job_id or 0) > self.newest_job
+        job_id = place[1] if place else 0
+        return time.monotonic() - self.taken > _SNAPSHOT_TTL or job_id > self.newest_job
 
-    def ahead(self, job_id: int | None) -> tuple[int, float]:
-        """Queued tasks ahead of job ``job_id`` (jobs run in id order; None: a job not queued
-        yet, behind all of them) and the work ahead, running tasks' remainder included."""
-        count = len(self.job_ids) if job_id is None else bisect.bisect_left(self.job_ids, job_id)
+    def ahead(self, place: Place | None) -> tuple[int, float]:
+        """Queued tasks ahead of the one at ``place`` (jobs run in fair-rank order, then id
+        order; None: a job not queued yet, behind all of them) and the work ahead, running
+        tasks' remainder included."""
+        count = len(self.places) if place is None else bisect.bisect_left(self.places, place)
         return count, self.prefix[count] + self.running_work
 
 
@@ -125,17 +133,17 @@ class EtaEstimator:
             cached = self._serving[(kind, model)] = (int(count or 0), now)
         return cached[0]
 
-    def ahead(self, session: Session, queue: str, job_id: int | None) -> tuple[int, float]:
-        """(queued tasks ahead, work ahead including running tasks' remainder), at most
-        half a second old."""
+    def ahead(self, session: Session, queue: str, place: Place | None) -> tuple[int, float]:
+        """(queued tasks ahead of ``place``, work ahead including running tasks' remainder),
+        at most half a second old."""
         snapshot = self._snapshots.get(queue)
-        if snapshot is None or snapshot.stale_for(job_id):
+        if snapshot is None or snapshot.stale_for(place):
             with self._lock:  # one refresh at a time; the others use the fresh result
                 snapshot = self._snapshots.get(queue)
-                if snapshot is None or snapshot.stale_for(job_id):
+                if snapshot is None or snapshot.stale_for(place):
                     rows = session.execute(_LIVE, {"queue": queue}).all()
                     snapshot = self._snapshots[queue] = _QueueSnapshot([tuple(r) for r in rows])
-        return snapshot.ahead(job_id)
+        return snapshot.ahead(place)
 
     def estimate(
         self,

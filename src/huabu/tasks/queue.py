@@ -29,10 +29,13 @@ def job_queue(kind: str, model: str) -> str:
     return f"{kind}/#{hashlib.sha256(model.encode()).hexdigest()[:40]}"
 
 
-#: Defers one job (bind ``job_queue``, ``task_name``, ``args``); selects its id as ``id``.
+#: Defers one job (bind ``job_queue``, ``task_name``, ``rank``, ``args``); selects its id as
+#: ``id``. procrastinate hands out jobs by priority, highest first, then by id: the priority
+#: is the task's fair rank, negated (see ``tasks.fairness``).
 DEFER_SQL = (
     "SELECT unnest(procrastinate_defer_jobs_v1(ARRAY[ROW("
-    ":job_queue, :task_name, 0, NULL, NULL, CAST(:args AS jsonb), NULL"
+    ":job_queue, :task_name, CAST(-CAST(:rank AS bigint) AS integer), NULL, NULL, "
+    "CAST(:args AS jsonb), NULL"
     ")::procrastinate_job_to_defer_v1])) AS id"
 )
 _CANCEL = text("SELECT procrastinate_cancel_job_v1(:job_id, false, false)")
@@ -52,7 +55,7 @@ _REQUEUE = text(
              AND runs = CAST(:run AS integer))
          OR (CAST(:job AS bigint) IS NOT NULL AND state IN ('queued', 'running')
              AND job_id = CAST(:job AS bigint)))
-    RETURNING kind, model, job_id
+    RETURNING kind, model, job_id, fair_rank
     """
 )
 #: The old job ends without touching any other: a worker that still holds it can no longer
@@ -94,13 +97,13 @@ def hand_over(
     ).one_or_none()
     if row is None:
         return False
-    kind, model, current = row
+    kind, model, current, rank = row
     if current is not None and current != job:
         session.execute(_END_JOB, {"job": current})
     session.execute(
         _NEW_JOB,
         {"id": task_id, "job_queue": job_queue(kind, model), "task_name": TASK_NAMES[kind],
-         "args": json.dumps({"task_id": str(task_id)})},
+         "rank": rank, "args": json.dumps({"task_id": str(task_id)})},
     )  # fmt: skip
     session.execute(_CLOSE_RUN, {"id": task_id, "outcome": outcome})
     announce(session, task_id)

@@ -35,7 +35,7 @@ _IMAGE_FIELDS = (
 _SELECT_TASKS = f"""
     SELECT t.id, t.owner_id, t.kind, t.origin, t.state, t.model, t.request, t.step, t.total,
            t.work, t.attempts, t.error, t.created_at, t.started_at, t.finished_at, t.queue,
-           t.job_id,
+           t.job_id, t.fair_rank,
            CASE WHEN t.state = 'succeeded' THEN
              (SELECT json_agg(json_build_object({", ".join(f"'{f}', i.{f}" for f in _IMAGE_FIELDS)})
                               ORDER BY i.index)
@@ -175,7 +175,8 @@ class TaskReads:
         and ETA while unfinished."""
         eta = None
         if row["state"] == "queued" and "ahead" not in row:
-            row["ahead"], row["ahead_work"] = self.eta.ahead(session, row["queue"], row["job_id"])
+            place = None if row["job_id"] is None else (row["fair_rank"], row["job_id"])
+            row["ahead"], row["ahead_work"] = self.eta.ahead(session, row["queue"], place)
         if row["state"] in UNFINISHED:
             eta = self.eta.estimate(
                 session,

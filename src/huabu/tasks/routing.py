@@ -5,11 +5,12 @@ Every job sits in its checkpoint's queue (``generate/<model>``, ``train/<base mo
 serve: those on its own disk and those published in the shared store (it fetches them). Among
 those it prefers the checkpoints it has loaded, so it does not evict one model to load
 another that a different worker has loaded already, with one bound: once any job it could
-serve has waited ``HUABU_MAX_PASS_OVER_SECONDS``, it takes the oldest job it can serve, so no
-job is passed over for longer than that (plus the run of the job in front of it).
+serve has waited ``HUABU_MAX_PASS_OVER_SECONDS``, it takes the first job it can serve in the
+fair order (``tasks.fairness``), so no job is passed over for longer than that (plus the run
+of the job in front of it) for the sake of a loaded model.
 
-procrastinate's own SQL (``procrastinate_fetch_job_v2``) does the locking and hand-out; this
-only chooses the queue names it is given.
+procrastinate's own SQL (``procrastinate_fetch_job_v2``) does the locking and hand-out, in
+the fair order (its job priority); this only chooses the queue names it is given.
 """
 
 from __future__ import annotations

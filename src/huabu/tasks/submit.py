@@ -29,7 +29,7 @@ from huabu.native import MAX_LORAS, GenerationRequest, ImageRef, LoraRef
 from huabu.native.generation import hires_steps
 from huabu.settings import Settings
 from huabu.storage import Storage
-from huabu.tasks import queue
+from huabu.tasks import fairness, queue
 from huabu.tasks.reads import TaskReads
 from huabu.tasks.records import TaskRecord, TrainedRecord
 from huabu.tasks.uploads import CheckedImage, NewUploads, Uploads, storing
@@ -40,9 +40,11 @@ _LIMITS = text(
       FROM (SELECT count(*), min(work) FROM tasks
              WHERE owner_id = :owner AND state IN ('queued', 'running')) mine,
            (SELECT count(*), min(work),
-                   count(*) FILTER (WHERE state = 'queued' AND queue = :queue) AS ahead,
+                   count(*) FILTER (WHERE state = 'queued' AND queue = :queue
+                                      AND fair_rank <= :rank) AS ahead,
                    coalesce(sum(work * (1 - step::float / greatest(total, 1)))
-                            FILTER (WHERE queue = :queue), 0) AS work
+                            FILTER (WHERE queue = :queue
+                                      AND (state = 'running' OR fair_rank <= :rank)), 0) AS work
               FROM tasks WHERE state IN ('queued', 'running')) everyone
     """
 )
@@ -51,9 +53,9 @@ _INSERT_AND_DEFER = text(
     f"""
     WITH job AS ({queue.DEFER_SQL})
     INSERT INTO tasks (id, owner_id, kind, origin, queue, state, model, request, step, total,
-                       work, attempts, job_id, cancel_requested)
+                       work, attempts, job_id, cancel_requested, fair_rank)
     SELECT :id, :owner, :kind, :origin, :queue, 'queued', :model, CAST(:request AS jsonb), 0,
-           :total, :work, 0, job.id, false
+           :total, :work, 0, job.id, false, :rank
       FROM job
     RETURNING created_at, job_id
     """
@@ -240,7 +242,8 @@ class TaskSubmitter:
         task_id, queue_name = uuid.uuid4(), queue.QUEUES[kind]
         images = new_uploads or []
         with storing(self.storage, images) as write, self.sessions.begin() as session:
-            ahead, ahead_work = self._check_limits(session, owner_id, queue_name)
+            rank = fairness.next_rank(session, owner_id)
+            ahead, ahead_work = self._check_limits(session, owner_id, queue_name, rank)
             write()
             session.add_all([image.row(owner_id) for image in images])
             session.flush()
@@ -258,6 +261,7 @@ class TaskSubmitter:
                     "total": total,
                     "work": work,
                     "task_name": queue.TASK_NAMES[kind],
+                    "rank": rank,
                     "args": json.dumps({"task_id": str(task_id)}),
                 },
             ).one()
@@ -273,15 +277,16 @@ class TaskSubmitter:
             return self.reads.record(session, row)
 
     def _check_limits(
-        self, session: Session, owner_id: uuid.UUID, queue_name: str
+        self, session: Session, owner_id: uuid.UUID, queue_name: str, rank: int
     ) -> tuple[int, float]:
-        """Refuse with Overloaded past a queue limit; else (tasks, work) ahead of a new task.
+        """Refuse with Overloaded past a queue limit; else (tasks, work) ahead of a new task
+        of fair rank ``rank``.
 
         Deliberately lock-free: submits racing at the very same moment can each pass the
         check, so a limit can be exceeded by the number of submits in flight at once. Exact
         enforcement would serialise all of a user's submits."""
         mine, my_smallest, everyone, smallest, ahead, ahead_work = session.execute(
-            _LIMITS, {"owner": owner_id, "queue": queue_name}
+            _LIMITS, {"owner": owner_id, "queue": queue_name, "rank": rank}
         ).one()
         if mine >= self.settings.max_queued_per_user:
             raise Overloaded(
@@ -294,7 +299,7 @@ class TaskSubmitter:
                 f"the server has {everyone} unfinished tasks, its limit; try again shortly",
                 retry_after=self._retry_after(session, smallest),
             )
-        return ahead, ahead_work  # a new task is behind every queued one
+        return ahead, ahead_work  # behind every queued task of its rank or lower
 
     def _retry_after(self, session: Session, work: float | None) -> int:
         """Roughly when one slot frees up: the smallest queued task's run time."""
