@@ -191,18 +191,16 @@ def build_full_size(folder: Path) -> None:
     pipe.to(torch.float16).save_pretrained(folder)
 
 
-def full_size(settings: Settings, args) -> None:
-    folder = settings.models_dir / "checkpoints" / "sd15-random"
-    started = time.perf_counter()
-    build_full_size(folder)
-    print(f"built a random full-size SD 1.5 in {time.perf_counter() - started:.0f} s")
+def against_bare(settings: Settings, model: str, size: int, steps: int, pipeline: type,
+                 runs: int) -> tuple:  # fmt: skip
+    """huabu's ``Engine.generate`` and a bare diffusers ``pipeline`` on the same weights and
+    request (Euler a), timed side by side: (engine, request, components, ours, theirs)."""
     engine = Engine(settings)
-    size, steps = args.size, args.steps
-    request = GenerationRequest(model="sd15-random", prompt="a red fox", width=size,
-                                height=size, steps=steps, seed=1)  # fmt: skip
-    with engine.cache.lease("sd15-random") as loaded:  # the same weights, for bare diffusers
+    request = GenerationRequest(model=model, prompt="a red fox", width=size, height=size,
+                                steps=steps, seed=1)  # fmt: skip
+    with engine.cache.lease(model) as loaded:  # the same weights, for bare diffusers
         components = loaded.components
-    bare = StableDiffusionPipeline(**components)
+    bare = pipeline(**components)
     bare.scheduler = EulerAncestralDiscreteScheduler.from_config(bare.scheduler.config)
     bare.set_progress_bar_config(disable=True)
 
@@ -210,7 +208,18 @@ def full_size(settings: Settings, args) -> None:
         bare("a red fox", width=size, height=size, num_inference_steps=steps,
              generator=torch.Generator("cpu").manual_seed(1))  # fmt: skip
 
-    ours, theirs = timed(lambda: engine.generate(request), bare_call, runs=args.runs)
+    ours, theirs = timed(lambda: engine.generate(request), bare_call, runs=runs)
+    return engine, request, components, ours, theirs
+
+
+def full_size(settings: Settings, args) -> None:
+    folder = settings.models_dir / "checkpoints" / "sd15-random"
+    started = time.perf_counter()
+    build_full_size(folder)
+    print(f"built a random full-size SD 1.5 in {time.perf_counter() - started:.0f} s")
+    size, steps = args.size, args.steps
+    engine, request, _, ours, theirs = against_bare(settings, "sd15-random", size, steps,
+                                                    StableDiffusionPipeline, args.runs)  # fmt: skip
     print(f"(1) {size}², {steps} steps, Euler a: huabu {ours:.3f} s, bare diffusers "
           f"{theirs:.3f} s, ratio {ours / theirs:.3f}  ({steps / ours:.1f} it/s)")  # fmt: skip
     source, mask = noise_image(size), left_half(size)
@@ -268,23 +277,12 @@ def full_size_xl(settings: Settings, args) -> None:
     started = time.perf_counter()
     build_full_size_xl(folder)
     print(f"built a random full-size SDXL in {time.perf_counter() - started:.0f} s", flush=True)
-    engine = Engine(settings)
     size, steps = args.xl_size, args.steps
-    request = GenerationRequest(model="sdxl-random", prompt="a red fox", width=size,
-                                height=size, steps=steps, seed=1)  # fmt: skip
-    with engine.cache.lease("sdxl-random") as loaded:
-        components = loaded.components
-    bare = StableDiffusionXLPipeline(**components)
-    bare.scheduler = EulerAncestralDiscreteScheduler.from_config(bare.scheduler.config)
-    bare.set_progress_bar_config(disable=True)
-
-    def bare_call():
-        bare("a red fox", width=size, height=size, num_inference_steps=steps,
-             generator=torch.Generator("cpu").manual_seed(1))  # fmt: skip
-
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    ours, theirs = timed(lambda: engine.generate(request), bare_call, runs=args.runs)
+    engine, request, components, ours, theirs = against_bare(
+        settings, "sdxl-random", size, steps, StableDiffusionXLPipeline, args.runs
+    )
     peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0
     image = np.asarray(engine.generate(request).images[0])
     print(f"(4) SDXL {size}², {steps} steps, Euler a, {engine.cache.dtype}: huabu {ours:.3f} s, "
