@@ -29,6 +29,7 @@ from huabu.settings import Settings
 from huabu.tasks.records import TaskRecord
 from huabu.web.deps import CurrentUser, FileUrl, ServicesDep
 from huabu.web.openapi import ok, request_body, schema_of
+from huabu.web.services import Services
 
 ORIGIN = "novita"
 PREFIX = "/v3"
@@ -329,6 +330,13 @@ def refiner_for(settings: Settings, library: Catalog) -> str | None:
     return refiners[0] if len(refiners) == 1 else None
 
 
+async def _refiner(body: Txt2ImgIn, services: Services) -> str | None:
+    """``refiner_for``, read only for a request that asks for the refiner."""
+    if body.refiner is None:
+        return None
+    return await run_in_threadpool(refiner_for, services.settings, services.library)
+
+
 def _hires(fix: HiresFixIn | None) -> dict[str, Any] | None:
     if fix is None:
         return None
@@ -473,8 +481,7 @@ async def txt2img(request: Request, user: CurrentUser, services: ServicesDep) ->
     except InvalidRequest as exc:
         raise _prefixed(exc) from None
     try:
-        refiner = await run_in_threadpool(refiner_for, services.settings, services.library)
-        native = to_native(parsed, extra, refiner_model=refiner)
+        native = to_native(parsed, extra, refiner_model=await _refiner(parsed, services))
     except InvalidRequest as exc:
         raise _renamed(exc) from None
     return await _submit(native, user, services)
@@ -523,7 +530,7 @@ async def img2img(request: Request, user: CurrentUser, services: ServicesDep) ->
             init_image=upload.id,
             control_images=tuple(control_images),
             ip_image=ip_image,
-            refiner_model=await run_in_threadpool(refiner_for, services.settings, services.library),
+            refiner_model=await _refiner(parsed, services),
         )
     except InvalidRequest as exc:
         raise _renamed(exc) from None

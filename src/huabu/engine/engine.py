@@ -161,16 +161,9 @@ class Engine:
     def _generate(
         self, request, model, vae, inputs: _Inputs, step: _StepHook, started, loaded
     ) -> GenerationResult:
-        prompt, negative = model.embeddings.prepare(
-            [request.prompt, request.negative_prompt], request.embeddings
-        )
-        conditioning = model.prompt_encoder.encode(prompt, negative, request.clip_skip)
+        conditioning = _encode_prompts(model, request)
         if inputs.refiner is not None:  # the refiner reads the prompt with its own encoder
-            prompts = inputs.refiner.embeddings.prepare(
-                [request.prompt, request.negative_prompt], request.embeddings
-            )
-            inputs = replace(inputs, refiner_conditioning=inputs.refiner.prompt_encoder.encode(
-                *prompts, request.clip_skip))  # fmt: skip
+            inputs = replace(inputs, refiner_conditioning=_encode_prompts(inputs.refiner, request))
         encoded = time.perf_counter()
 
         sampler = SAMPLERS[request.sampler]
@@ -536,6 +529,15 @@ def _image_embeds(model, image, batch: int, device, cfg: bool) -> list[torch.Ten
     if image is None:
         return None
     return model.txt2img.prepare_ip_adapter_image_embeds(image, None, device, batch, cfg)
+
+
+def _encode_prompts(model: LoadedModel, request: GenerationRequest) -> Any:
+    """The request's prompt and negative prompt as ``model``'s text encoders read them, its
+    embeddings' tokens in place."""
+    prompt, negative = model.embeddings.prepare(
+        [request.prompt, request.negative_prompt], request.embeddings
+    )
+    return model.prompt_encoder.encode(prompt, negative, request.clip_skip)
 
 
 def _refiner_steps(scheduler, request: GenerationRequest) -> int:

@@ -76,8 +76,8 @@ class _QueueSnapshot:
         self.prefix = [0.0]
         for _, remaining in queued:
             self.prefix.append(self.prefix[-1] + remaining)
-        self.running_work = sum(row[3] for row in rows if row[2] == "running")
-        self.newest_job = max((row[1] or 0 for row in rows), default=0)
+        self.running_work = sum(left for _, _, state, left in rows if state == "running")
+        self.newest_job = max((job_id or 0 for _, job_id, _, _ in rows), default=0)
         self.taken = time.monotonic()
 
     def stale_for(self, place: Place | None) -> bool:
