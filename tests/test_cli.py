@@ -131,3 +131,22 @@ def test_a_worker_that_would_take_no_job_stops_in_one_line(tmp_path):
         result = subprocess.run([*HUABU, command], capture_output=True, text=True, timeout=60,
                                 env=os.environ | env | {"HUABU_HOME": str(tmp_path)})  # fmt: skip
         assert result.returncode == 2 and result.stderr.strip() == message
+
+
+@pytest.mark.parametrize(
+    "env,message",
+    [
+        (
+            {"HUABU_MAX_BATCH": "0"},
+            "error: HUABU_MAX_BATCH: Input should be greater than or equal to 1",
+        ),  # fmt: skip
+        (
+            {"HUABU_BATCH_WAIT_MS": "60000"},
+            "error: HUABU_BATCH_WAIT_MS: Input should be less than or equal to 10000",
+        ),  # fmt: skip
+    ],
+)
+def test_batching_settings_out_of_range_stop_startup_in_one_line(tmp_path, env, message):
+    result = subprocess.run([*HUABU, "worker"], capture_output=True, text=True, timeout=60,
+                            env=os.environ | env | {"HUABU_HOME": str(tmp_path)})  # fmt: skip
+    assert result.returncode == 2 and result.stderr.strip() == message

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from functools import partial
 
 import pytest
 from sqlalchemy import text
@@ -11,6 +12,8 @@ from sqlalchemy import text
 from huabu.auth import Accounts
 from huabu.catalog.shared import Catalog
 from huabu.errors import DatabaseUnavailable
+from huabu.tasks.batching import Batcher
+from huabu.tasks.generation import GenerationHandler
 from huabu.tasks.reads import TaskReads
 from huabu.tasks.runner import RunLost, TaskRunner, WorkerId
 from huabu.tasks.submit import TaskSubmitter
@@ -45,3 +48,62 @@ def test_a_run_whose_database_went_away_under_its_handler_is_queued_again(place)
             text("SELECT status FROM procrastinate_jobs j JOIN tasks t ON t.job_id = j.id "
                  "WHERE t.id = :id"), {"id": task.id}).scalars().all()  # fmt: skip
     assert jobs == ["todo"]  # a fresh job any worker can take
+
+
+def test_a_batch_runs_as_one_and_a_failing_task_fails_alone(place, engine, small):
+    """Three queued tasks of one shape: the worker's job and the two that join it run in one
+    loop. One names an embedding the library lacks, so the shared loop fails: each then runs
+    alone, and only that one fails, with its own message; the joined jobs are ended."""
+    settings, sessions, storage = place
+    settings = settings.model_copy(update={"max_batch": 4})
+    owner = Accounts(sessions).add_user(f"{uuid.uuid4().hex[:8]}@example.com", "password123")
+    reads = TaskReads(settings, sessions)
+    submitter = TaskSubmitter(settings, sessions, storage, Catalog(sessions, None, None), reads,
+                              Uploads(settings, sessions, storage))  # fmt: skip
+    requests = [small(seed=1), small(seed=2, embeddings=("no-such-embedding",)), small(seed=3)]
+    assert len({request.batch_key() for request in requests}) == 1
+    tasks = [
+        submitter.enqueue(
+            owner.id,
+            kind="generate",
+            origin="native",
+            model="demo",
+            request=r.model_dump(mode="json"),
+            total=r.steps,
+            work=1.0,
+            batch_key=r.batch_key(),
+        )  # fmt: skip
+        for r in requests
+    ]
+    with sessions.begin() as session:
+        worker = session.execute(text("SELECT procrastinate_register_worker_v1()")).scalar()
+        job = session.execute(  # as procrastinate's fetch hands the worker the first one's
+            text("UPDATE procrastinate_jobs SET status = 'doing', worker_id = :w "
+                 "WHERE id = :job RETURNING id, queue_name"),
+            {"w": worker, "job": _rows(sessions, tasks)[0].job_id},
+        ).one()  # fmt: skip
+    runner = TaskRunner(settings, sessions, {"generate": GenerationHandler(settings, storage,
+                        engine)}, WorkerId("w1", "h", "cpu"))  # fmt: skip
+    stopping = threading.Event()
+    gather = partial(Batcher(settings, sessions).join, tasks[0].id, job.queue_name, worker,
+                     stopping=stopping)  # fmt: skip
+    runner.run(tasks[0].id, stopping, threading.Event(), job.id, gather)
+    done = [reads.get(owner.id, task.id) for task in tasks]
+    assert [task.state for task in done] == ["succeeded", "failed", "succeeded"]
+    assert "no-such-embedding" in done[1].error
+    assert {task.batch_size for task in done} == {3}
+    assert [image.seed for task in done for image in task.images] == [1, 3]
+    with sessions() as session:
+        left = session.execute(
+            text("SELECT count(*) FROM procrastinate_jobs WHERE id = ANY(:ids)"),
+            {"ids": [t.job_id for t in _rows(sessions, tasks)][1:]},
+        ).scalar()
+    assert left == 0  # the joined jobs were ended with their tasks
+
+
+def _rows(sessions, tasks):
+    with sessions() as session:
+        return session.execute(
+            text("SELECT job_id FROM tasks WHERE id = ANY(:ids) ORDER BY fair_rank"),
+            {"ids": [task.id for task in tasks]},
+        ).all()

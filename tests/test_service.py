@@ -244,6 +244,43 @@ def test_users_take_turns(alice, bob):
     assert all(order.index(task["id"]) < sixth_of_alice for task in theirs)
 
 
+def test_queued_tasks_that_fit_share_one_loop(alice, bob):
+    """Tasks of two users with the same shape, queued while the worker is busy, run as one
+    batch: each gets its own images (the ones it gets alone), a task cancelled inside the
+    batch ends cancelled without images while the others go on, and positions and ETAs
+    count the batch as running."""
+    blocker = submit(alice, SLOW)
+    wait_state(alice, blocker["id"], "running")
+    shape = SLOW | {"steps": 30}
+    batch = [
+        submit(alice, shape | {"prompt": "a lighthouse", "seed": 1, "guidance": 7}),
+        submit(bob, shape | {"prompt": "a bowl of ramen", "seed": 2, "guidance": 4}),
+        submit(alice, shape | {"prompt": "a red fox", "seed": 3, "guidance": 9, "n_images": 2}),
+    ]
+    later = submit(bob, SMALL)  # another shape: it waits for the batch
+    clients = [alice, bob, alice]
+    running = [wait_state(c, t["id"], "running") for c, t in zip(clients, batch, strict=True)]
+    assert {task["batch_size"] for task in running} == {3}
+    time.sleep(0.6)  # positions are read from a snapshot of the queue at most 0.5 s old
+    waiting = bob.get(f"/huabu/v1/tasks/{later['id']}").json()
+    assert (waiting["state"], waiting["queue_position"]) == ("queued", 0)
+    etas = [c.get(f"/huabu/v1/tasks/{t['id']}").json()["eta_seconds"]
+            for c, t in zip(clients, batch, strict=True)]  # fmt: skip
+    assert waiting["eta_seconds"] > max(etas) > 0  # after the batch, not after 3 runs of it
+    bob.post(f"/huabu/v1/tasks/{batch[1]['id']}/cancel")
+    done = [wait_finished(c, t["id"]) for c, t in zip(clients, batch, strict=True)]
+    assert [task["state"] for task in done] == ["succeeded", "cancelled", "succeeded"]
+    assert done[1]["images"] == []
+    assert [image["seed"] for image in done[2]["images"]] == [3, 4]
+    # Alone (nothing else of its shape queued), the first task's request makes the same image.
+    alone = wait_finished(alice, submit(alice, batch[0]["request"])["id"])
+    assert alone["batch_size"] == 1
+    pictures = [Image.open(io.BytesIO(httpx.get(t["images"][0]["url"]).content))
+                for t in (done[0], alone)]  # fmt: skip
+    assert max_difference(*pictures) <= 2
+    assert wait_finished(bob, later["id"])["state"] == "succeeded"
+
+
 def test_upload_that_is_not_an_image(alice):
     response = alice.post(
         "/huabu/v1/uploads", content=b"GIF89a garbage", headers={"content-type": "image/gif"}
@@ -253,9 +290,10 @@ def test_upload_that_is_not_an_image(alice):
 
 
 def test_cancel_queued_and_running(alice):
+    # Different step counts: tasks that cannot share one loop (no batching here).
     running = submit(alice, SLOW)
-    queued = submit(alice, SLOW)
-    last = submit(alice, SLOW)
+    queued = submit(alice, SLOW | {"steps": 61})
+    last = submit(alice, SLOW | {"steps": 62})
     assert last["queue_position"] >= 1  # at submit: behind the queued ones
     wait_state(alice, running["id"], "running")
     # The others wait in order, each with an estimate that grows along the queue.

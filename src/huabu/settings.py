@@ -108,6 +108,20 @@ class Settings(BaseSettings):
         description="A worker prefers jobs for a checkpoint it has loaded, but takes the "
         "oldest job it can serve once that has waited this long.",
     )
+    max_batch: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        description="Queued generation tasks a worker runs in one denoising loop when they "
+        "can share it (same checkpoint, size, steps, sampler, LoRAs); 1 = one at a time.",
+    )
+    batch_wait_ms: int = Field(
+        default=0,
+        ge=0,
+        le=10_000,
+        description="How long a worker holds a batch open for more tasks to arrive, ms; "
+        "0 = only what is queued already.",
+    )
     model_cache_bytes: int = Field(
         default=100 * 2**30,
         ge=2**20,

@@ -4,7 +4,8 @@ it can serve (``tasks.routing``), plus the reaper that gives the tasks of dead w
 the queue, and the advert of what it is and holds (``tasks.fleet``, ``catalog.shared``).
 
 ``huabu worker`` runs one alone; ``huabu serve`` runs one inside the server process unless
-``HUABU_WORKER=false``. One job at a time per worker (one GPU, one job).
+``HUABU_WORKER=false``. One run at a time per worker (one GPU): one job, or one job and the
+queued jobs that join its batch (``tasks.batching``).
 
 The database may go away (a restart, a failover, killed connections, an outage of minutes);
 the worker never exits for that. A supervisor restarts the procrastinate worker once the
@@ -26,6 +27,7 @@ import socket
 import threading
 import time
 import uuid
+from functools import partial
 from typing import Any
 
 import procrastinate
@@ -41,6 +43,7 @@ from huabu.errors import DatabaseUnavailable, first_line
 from huabu.settings import Settings
 from huabu.storage import open_storage
 from huabu.tasks import fleet, queue
+from huabu.tasks.batching import Batcher
 from huabu.tasks.routing import Router
 from huabu.tasks.runner import RunLost, TaskRunner, WorkerId
 
@@ -92,6 +95,8 @@ class Worker:
                 # us: both are retried, and the task's own attempt counter bounds the crashes.
                 retry=procrastinate.RetryStrategy(max_attempts=settings.max_attempts + 10, wait=1),
             )(self._run)
+        self.batcher = Batcher(settings, sessions)
+        self._worker_id: int | None = None  # procrastinate's id of this worker, once fetching
         self._held: list[tuple[ModelEntry, str | None]] = []
         self._last_beat = time.monotonic()
         self._busy = threading.Lock()  # held while a task runs
@@ -101,9 +106,14 @@ class Worker:
     # -- running one job ------------------------------------------------------------------
 
     def _run(self, context: Any, task_id: str) -> None:
+        job = context.job
+        gather = None
+        if self._worker_id is not None:
+            gather = partial(self.batcher.join, uuid.UUID(task_id), job.queue, self._worker_id,
+                             stopping=self.stopping)  # fmt: skip
         with self._busy:
             try:
-                self.runner.run(uuid.UUID(task_id), self.stopping, self.lost, context.job.id)
+                self.runner.run(uuid.UUID(task_id), self.stopping, self.lost, job.id, gather)
             except RunLost:
                 # Nothing of the run was recorded: hand back what this worker gave up, once
                 # the database answers (a short outage may not end this worker's heartbeat,
@@ -146,6 +156,7 @@ class Worker:
             return call
 
         async def fetch_job(queues: Any, worker_id: int) -> Any:
+            self._worker_id = worker_id  # jobs that join a batch are taken in its name
             return await self.router.next_job(fetch, worker_id)  # queues: the router's
 
         manager.update_heartbeat = update_heartbeat

@@ -112,6 +112,13 @@ class Task(Base):
     job_id: Mapped[int | None] = mapped_column(BigInteger)
     #: The task's place in the fair order between users (see ``tasks.fairness``).
     fair_rank: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    #: Queued generation tasks with equal keys can share one denoising loop (``tasks.batching``);
+    #: None: the task runs alone.
+    batch_key: Mapped[str | None] = mapped_column(String(64))
+    #: How many tasks the task's last run shared its loop with (itself included).
+    batch_size: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    #: The work of all the tasks of that run (None: not run yet).
+    batch_work: Mapped[float | None] = mapped_column(Float)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

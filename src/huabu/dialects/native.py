@@ -59,6 +59,9 @@ class TaskOut(BaseModel):
     progress: ProgressOut
     queue_position: int | None = Field(description="Tasks ahead of this one (0 = next).")
     eta_seconds: float | None = Field(description="Estimated seconds to finish.")
+    batch_size: int = Field(
+        description="Tasks that shared its denoising loop, itself included (1: it ran alone)."
+    )
     attempts: int
     error: str | None
     request: dict[str, Any]
@@ -127,6 +130,7 @@ def task_out(record: TaskRecord, services: Services, base: str) -> TaskOut:
         progress=ProgressOut(step=record.step, total=record.total, percent=record.percent),
         queue_position=record.queue_position,
         eta_seconds=record.eta_seconds,
+        batch_size=record.batch_size,
         attempts=record.attempts,
         error=record.error,
         request=record.request.model_dump(mode="json"),

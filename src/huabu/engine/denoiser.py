@@ -37,7 +37,7 @@ class Denoiser:
         prediction_type: str,
         embeds: torch.Tensor,
         negative_embeds: torch.Tensor,
-        guidance: float,
+        guidance: float | torch.Tensor,
         added_cond: dict[str, torch.Tensor] | None = None,
         negative_added_cond: dict[str, torch.Tensor] | None = None,
         on_call: Callable[[], None] = lambda: None,
@@ -48,7 +48,8 @@ class Denoiser:
         """``keep`` is (latents, mask) for inpainting: where the mask is 0, every denoised
         estimate is replaced by those latents, so only the masked area changes. ``controls``
         add ControlNet residuals; ``image_embeds`` are an IP-Adapter's image embeddings, one
-        tensor per adapter, batched as the UNet call is (``[negative, positive]`` with CFG)."""
+        tensor per adapter, batched as the UNet call is (``[negative, positive]`` with CFG).
+        ``guidance`` is one scale, or one per image (a batch of requests)."""
         self.unet = unet
         self.sigmas = ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5
         self.log_sigmas = self.sigmas.log()
@@ -110,7 +111,10 @@ class Denoiser:
 
         context = per_image(self.embeds)
         added = {k: per_image(v) for k, v in self.added.items()} if self.added else None
-        use_cfg = self.guidance > 1
+        guidance = self.guidance
+        use_cfg = float(guidance.max() if isinstance(guidance, torch.Tensor) else guidance) > 1
+        if isinstance(guidance, torch.Tensor):
+            guidance = guidance.to(x.device, x.dtype)[:, None, None, None]
         if use_cfg:  # one UNet call for [negative × batch, positive × batch]
             x_in, t = torch.cat([x_in, x_in]), torch.cat([t, t])
             context = torch.cat([per_image(self.negative_embeds), context])
@@ -126,7 +130,7 @@ class Denoiser:
         ).sample
         if use_cfg:
             uncond, cond = out.chunk(2)
-            out = uncond + self.guidance * (cond - uncond)
+            out = uncond + guidance * (cond - uncond)
         if self.prediction_type == "v_prediction":
             denoised = x / (s4**2 + 1) - out * s4 / (s4**2 + 1) ** 0.5
         else:

@@ -23,7 +23,7 @@ from huabu.catalog.infotext import infotext
 from huabu.catalog.library import ModelLibrary, check_families
 from huabu.catalog.preprocessors import check as check_preprocessor
 from huabu.catalog.preprocessors import held_annotators, stem
-from huabu.engine import inpainting, ksampling, preprocessors, quiet_libraries
+from huabu.engine import batching, inpainting, ksampling, preprocessors, quiet_libraries
 from huabu.engine.annotators import Annotators
 from huabu.engine.denoiser import Control, Denoiser, RefinerSwitch, noise_sampler
 from huabu.engine.pipelines import LoadedModel, PipelineCache
@@ -96,14 +96,7 @@ class Engine:
             self._vae(request, model) as vae,
         ):
             check_families(model.entry, refiner.entry if refiner is not None else None)
-            if model.components["unet"].config.in_channels != 4 and (
-                request.inpaint is None or SAMPLERS[request.sampler].k_sampler
-            ):
-                raise InvalidRequest(
-                    f"{request.model} is an inpainting checkpoint: it runs inpainting requests "
-                    "(with a mask), with a sampler other than DPM++ 2S a, DPM fast, DPM adaptive",
-                    param="model",
-                )
+            _check_unet(request, model)
             controls = self._controls(request, model, control_images or [])
             if request.ip_adapter is not None:
                 if ip_image is None:
@@ -117,6 +110,50 @@ class Engine:
                                  refiner)  # fmt: skip
                 step = _StepHook(on_progress, should_cancel)
                 return self._generate(request, model, vae, inputs, step, started, loaded)
+
+    def generate_batch(
+        self,
+        requests: list[GenerationRequest],
+        on_progress: list[ProgressCallback],
+        should_cancel: list[CancelCheck],
+    ) -> list[GenerationResult]:
+        """Requests of one batch key (``GenerationRequest.batch_key``) in one denoising loop;
+        each gets the images it would get alone (its seeds, prompts and guidance). Progress
+        goes to every request; the loop stops (``Cancelled``) only when every request wants
+        to stop. Prompts of different lengths (more than 75 tokens) sample in separate loops."""
+        started = time.perf_counter()
+        requests = [request.checked(self.settings) for request in requests]
+        keys = {request.batch_key() for request in requests}
+        if len(keys) != 1 or None in keys:
+            raise ValueError("generate_batch takes requests of one batch key")
+        first = requests[0]
+        results: dict[int, GenerationResult] = {}
+        with self.cache.lease(first.model) as model, self._vae(first, model) as vae:
+            _check_unet(first, model)
+            loaded = time.perf_counter()
+            with model.loras.applied(first.loras):
+                conditionings = [_encode_prompts(model, request) for request in requests]
+                encoded = time.perf_counter()
+                for group in batching.same_shapes(conditionings):
+                    sampling = time.perf_counter()
+                    members = [requests[i] for i in group]
+                    samples = batching.Samples.stacked(members, [conditionings[i] for i in group])
+                    merged = first.model_copy(update={"n_images": len(samples.seeds)})
+                    hooks = batching.fan_out([on_progress[i] for i in group],
+                                             [should_cancel[i] for i in group])  # fmt: skip
+                    step = _StepHook(*hooks)
+                    made = self._sample(merged, model, vae, _Inputs(None, None, [], None, []),
+                                        step, samples)  # fmt: skip
+                    finished = time.perf_counter()
+                    timings = Timings(load=loaded - started, prompt=encoded - loaded,
+                                      sample=made.sampled - sampling,
+                                      decode=finished - made.sampled,
+                                      total=finished - started)  # fmt: skip
+                    images = iter(made.images)
+                    for index, request in zip(group, members, strict=True):
+                        mine = [next(images) for _ in range(request.n_images)]
+                        results[index] = self._result(request, model, mine, timings)
+        return [results[index] for index in range(len(requests))]
 
     def _annotator_file(self, file_name: str) -> Path:
         """Where annotator ``file_name`` is (downloaded first, if the fleet published it)."""
@@ -165,7 +202,28 @@ class Engine:
         if inputs.refiner is not None:  # the refiner reads the prompt with its own encoder
             inputs = replace(inputs, refiner_conditioning=_encode_prompts(inputs.refiner, request))
         encoded = time.perf_counter()
+        sampled = self._sample(request, model, vae, inputs, step,
+                               batching.Samples.of(request, conditioning))  # fmt: skip
+        finished = time.perf_counter()
+        timings = Timings(load=loaded - started, prompt=encoded - loaded,
+                          sample=sampled.sampled - encoded, decode=finished - sampled.sampled,
+                          total=finished - started)  # fmt: skip
+        return self._result(request, model, sampled.images, timings)
 
+    def _result(self, request, model, images, timings: Timings) -> GenerationResult:
+        seeds = request.image_seeds()
+        return GenerationResult(
+            request=request,
+            images=images,
+            seeds=seeds,
+            timings=timings,
+            infotexts=[infotext(request, s, model_hash=model.model_hash) for s in seeds],
+        )
+
+    def _sample(
+        self, request, model, vae, inputs: _Inputs, step: _StepHook, samples: batching.Samples
+    ) -> _Sampled:
+        """Sample (with the hires pass, if asked), decode, and paste inpainting back."""
         sampler = SAMPLERS[request.sampler]
         nets = [net for net, _ in inputs.controls]
         try:
@@ -176,11 +234,10 @@ class Engine:
                 sample = self._k_sample if sampler.k_sampler else self._diffusers_sample
                 first = step.passes(request)
                 latents = sample(
-                    model, vae, sampler, request, conditioning,
-                    seeded(request.image_seeds()), inputs, first,
-                )  # fmt: skip
+                    model, vae, sampler, request, samples, seeded(samples.seeds), inputs, first
+                )
                 if request.hires is not None:
-                    latents = self._hires(model, vae, sample, sampler, request, conditioning,
+                    latents = self._hires(model, vae, sample, sampler, request, samples,
                                           inputs, latents, step.after(first))  # fmt: skip
                 sampled = time.perf_counter()
                 images = [self._decode(model, vae, latents[i : i + 1]) for i in range(len(latents))]
@@ -199,34 +256,20 @@ class Engine:
             raise GenerationFailed(
                 "generation failed on the worker; the server log has the details"
             ) from exc
-        finished = time.perf_counter()
-        seeds = request.image_seeds()
-        return GenerationResult(
-            request=request,
-            images=images,
-            seeds=seeds,
-            timings=Timings(
-                load=loaded - started,
-                prompt=encoded - loaded,
-                sample=sampled - encoded,
-                decode=finished - sampled,
-                total=finished - started,
-            ),
-            infotexts=[infotext(request, s, model_hash=model.model_hash) for s in seeds],
-        )
+        return _Sampled(images, sampled)
 
     def _diffusers_sample(
-        self, model, vae, sampler: Sampler, request, conditioning, generators, inputs, step
+        self, model, vae, sampler: Sampler, request, samples, generators, inputs, step
     ) -> torch.Tensor:
-        scheduler = sampler.make_scheduler(model.txt2img.scheduler.config, request.image_seeds())
+        scheduler = sampler.make_scheduler(model.txt2img.scheduler.config, samples.seeds)
         source, plan, controls = inputs.source, inputs.plan, inputs.controls
+        conditioning = samples.conditioning
         pipe = model.img2img if source is not None else model.txt2img
         kwargs = {
             "prompt_embeds": conditioning.embeds,
             "negative_prompt_embeds": conditioning.negative_embeds,
             "num_inference_steps": request.steps,
-            "guidance_scale": request.guidance,
-            "num_images_per_prompt": request.n_images,
+            "num_images_per_prompt": samples.per_prompt,
             "generator": generators,
             "output_type": "latent",
             "callback_on_step_end": step.diffusers_callback,
@@ -270,8 +313,11 @@ class Engine:
         # A pipeline object holds per-call state; give it this request's scheduler only.
         call_pipe = pipe_class(**components)
         call_pipe.set_progress_bar_config(disable=True)
-        with varied_start(call_pipe, request):
-            latents = call_pipe(**kwargs).images
+        with (
+            varied_start(call_pipe, request),
+            batching.per_image_guidance(components["unet"], samples) as guidance,
+        ):
+            latents = call_pipe(**kwargs, guidance_scale=guidance).images
         if inputs.refiner is None:
             return latents
         return self._refine(sampler, request, latents, generators, inputs, step.after_this(later))
@@ -311,7 +357,7 @@ class Engine:
         vae,
         sampler: Sampler,
         request,
-        conditioning,
+        samples: batching.Samples,
         generators,
         inputs: _Inputs,
         step,
@@ -330,8 +376,9 @@ class Engine:
         denoiser = self._denoiser(
             model,
             request,
-            conditioning,
+            samples.conditioning,
             step,
+            guidance=samples.scale,
             keep=keep,
             controls=tuple(
                 Control(net, _control_tensor(control_map), unit.scale, unit.start, unit.end)
@@ -384,16 +431,15 @@ class Engine:
             prediction_type=scheduler.config.prediction_type,
             embeds=conditioning.embeds.to(device, dtype),
             negative_embeds=conditioning.negative_embeds.to(device, dtype),
-            guidance=request.guidance,
             added_cond=_sdxl_conditions(model, request, conditioning.pooled, device, dtype),
             negative_added_cond=_sdxl_conditions(
                 model, request, conditioning.negative_pooled, device, dtype, negative=True
             ),
             on_call=step.check_cancel,
-            **extra,
+            **({"guidance": request.guidance} | extra),
         )
 
-    def _hires(self, model, vae, sample, sampler, request, conditioning, inputs, latents, step):
+    def _hires(self, model, vae, sample, sampler, request, samples, inputs, latents, step):
         """A1111's hires fix: upscale the first pass (its latents, or its decoded images),
         cut to the final size, and refine that as image-to-image with the same seeds."""
         hires = request.hires
@@ -418,8 +464,7 @@ class Engine:
         source = crop_latents(source, final)
         controls = self._controls(second, model, inputs.control_images)
         again = _Inputs(source, None, controls, inputs.ip_image, inputs.control_images)
-        return sample(model, vae, sampler, second, conditioning,
-                      seeded(second.image_seeds()), again, step)  # fmt: skip
+        return sample(model, vae, sampler, second, samples, seeded(samples.seeds), again, step)
 
     def _decode(self, model: LoadedModel, vae, latents: torch.Tensor) -> Image.Image:
         # The checkpoint's own scaling applies even with an override VAE (weights only, as A1111).
@@ -437,6 +482,12 @@ class Engine:
             finally:
                 vae.to(torch.float16)
         return model.txt2img.image_processor.postprocess(pixels, output_type="pil")[0]
+
+
+@dataclass(frozen=True)
+class _Sampled:
+    images: list[Image.Image]
+    sampled: float  # when sampling ended (perf_counter), decoding began
 
 
 @dataclass(frozen=True)
@@ -529,6 +580,18 @@ def _image_embeds(model, image, batch: int, device, cfg: bool) -> list[torch.Ten
     if image is None:
         return None
     return model.txt2img.prepare_ip_adapter_image_embeds(image, None, device, batch, cfg)
+
+
+def _check_unet(request: GenerationRequest, model: LoadedModel) -> None:
+    """An inpainting checkpoint (a 9-channel UNet) runs inpainting requests only."""
+    if model.components["unet"].config.in_channels != 4 and (
+        request.inpaint is None or SAMPLERS[request.sampler].k_sampler
+    ):
+        raise InvalidRequest(
+            f"{request.model} is an inpainting checkpoint: it runs inpainting requests "
+            "(with a mask), with a sampler other than DPM++ 2S a, DPM fast, DPM adaptive",
+            param="model",
+        )
 
 
 def _encode_prompts(model: LoadedModel, request: GenerationRequest) -> Any:

@@ -3,6 +3,8 @@ the engine returns."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import secrets
 import uuid
@@ -455,6 +457,34 @@ class GenerationRequest(BaseModel):
                 update={"image": refs["ip_adapter.image"]}
             )
         return self.model_copy(update=update)
+
+    def batch_key(self) -> str | None:
+        """Requests with equal keys can share one denoising loop (``tasks.batching``): same
+        checkpoint, VAE, size, steps, sampler, LoRAs at the same weights and tiling, and
+        classifier-free guidance on or off for all; prompts, seeds, guidance, clip skip,
+        embeddings, image counts and output formats may differ. None: this request runs
+        alone: image-to-image, inpainting, ControlNet, IP-Adapter, hires fix, refiner and
+        variation seeds each have per-request inputs the shared loop does not take yet, and
+        DPM adaptive chooses its steps by the error of the whole batch."""
+        if (
+            self.init_image is not None
+            or self.controlnets
+            or self.ip_adapter is not None
+            or self.hires is not None
+            or self.refiner is not None
+            or self.subseed_strength > 0
+        ):
+            return None
+        try:
+            sampler = canonical_sampler(self.sampler)
+        except InvalidRequest:
+            return None
+        if sampler == "DPM adaptive":
+            return None
+        shared = [self.model, self.vae, self.width, self.height, self.steps, sampler,
+                  [(lora.name, lora.weight) for lora in self.loras], self.tiling,
+                  self.guidance > 1]  # fmt: skip
+        return hashlib.sha256(json.dumps(shared).encode()).hexdigest()
 
     def image_seeds(self) -> list[int]:
         """The seed of each image, A1111's convention: image i uses seed + i."""

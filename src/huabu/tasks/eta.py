@@ -1,10 +1,14 @@
 """Queue position and ETA, from the live queue and measured speed.
 
-Speed is seconds per unit of work (steps × pixels × images), averaged over the last finished
-tasks of the same model (any model while a model has no history yet), so the estimate adapts
-to the hardware the workers actually have. ETA = work ahead × speed ÷ live workers + this
-task's own remaining work × its model's speed. Speeds and the worker count are cached for a
-moment: an estimate needs no precision worth a database round trip per poll.
+Speed is worker-seconds per unit of work (steps × pixels × images), averaged over the last
+finished tasks of the same model (any model while a model has no history yet), so the estimate
+adapts to the hardware the workers actually have. A task that shared its denoising loop with
+others (``tasks.batching``) counts its share of the loop's time, by work: a batch of 4 equal
+tasks that took 2 s counts 0.5 s for each. ETA = work ahead × speed ÷ live workers + this
+task's own run, which lasts as long as its batch: the batch's remaining work × its model's
+speed while it runs; its own work × speed × the recent average batch size while queued.
+Speeds and the worker count are cached for a moment: an estimate needs no precision worth a
+database round trip per poll.
 """
 
 from __future__ import annotations
@@ -25,8 +29,10 @@ _WORKERS_TTL = 1.0
 
 _SPEED = text(
     """
-    SELECT sum(extract(epoch FROM finished_at - started_at)) / nullif(sum(work), 0)
-      FROM (SELECT finished_at, started_at, work FROM tasks
+    SELECT sum(extract(epoch FROM finished_at - started_at) * work
+               / greatest(coalesce(batch_work, work), work))
+             / nullif(sum(work), 0), avg(batch_size)
+      FROM (SELECT finished_at, started_at, work, batch_size, batch_work FROM tasks
              WHERE state = 'succeeded' AND (CAST(:model AS text) IS NULL OR model = :model)
                AND started_at IS NOT NULL
              ORDER BY finished_at DESC LIMIT 20) recent
@@ -96,23 +102,32 @@ class _QueueSnapshot:
 class EtaEstimator:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._speeds: dict[str | None, tuple[float, float]] = {}
+        self._speeds: dict[str | None, tuple[float, float, float]] = {}
         self._workers: tuple[int, float] | None = None
         self._serving: dict[tuple[str, str], tuple[int, float]] = {}
         self._snapshots: dict[str, _QueueSnapshot] = {}
         self._lock = threading.Lock()
 
     def speed(self, session: Session, model: str | None) -> float:
-        """Seconds per work unit for ``model`` (None: all models)."""
+        """Worker-seconds per work unit for ``model`` (None: all models)."""
+        return self._history(session, model)[0]
+
+    def batch_size(self, session: Session, model: str) -> float:
+        """How many tasks ``model``'s recent runs shared their loop with, on average."""
+        return self._history(session, model)[1]
+
+    def _history(self, session: Session, model: str | None) -> tuple[float, float]:
         cached = self._speeds.get(model)
         now = time.monotonic()
-        if cached and now - cached[1] < _SPEED_TTL:
-            return cached[0]
-        value = session.execute(_SPEED, {"model": model}).scalar()
-        if value is None:
-            value = self.speed(session, None) if model is not None else _DEFAULT_SPEED
-        self._speeds[model] = (float(value), now)
-        return float(value)
+        if cached and now - cached[2] < _SPEED_TTL:
+            return cached[0], cached[1]
+        speed, batch = session.execute(_SPEED, {"model": model}).one()
+        if speed is None:
+            speed, batch = (
+                self._history(session, None) if model is not None else (_DEFAULT_SPEED, 1.0)
+            )
+        self._speeds[model] = (float(speed), float(batch), now)
+        return float(speed), float(batch)
 
     def live_workers(self, session: Session) -> int:
         now = time.monotonic()
@@ -156,12 +171,15 @@ class EtaEstimator:
         step: int,
         total: int,
         ahead_work: float,
+        batch_work: float | None = None,
     ) -> float | None:
         """Seconds until the task finishes, or None when no live worker can run it (none
-        is alive, or none that takes its kind can serve its model)."""
-        own = work * (1 - step / total if total else 1) * self.speed(session, model)
+        is alive, or none that takes its kind can serve its model). ``batch_work``: the work
+        of the batch a running task is part of."""
+        left = 1 - step / total if total else 1
         if state == "running":
-            return round(own, 2)
+            return round(max(batch_work or 0.0, work) * left * self.speed(session, model), 2)
+        own = work * left * self.speed(session, model) * self.batch_size(session, model)
         workers = self.live_workers(session)
         if not workers or not self.serving(session, kind, model):
             return None

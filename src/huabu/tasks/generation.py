@@ -4,7 +4,9 @@ their previews. Image keys come from the task id and index, so a re-run overwrit
 from __future__ import annotations
 
 import io
+import logging
 import uuid
+from functools import partial
 from typing import Any
 
 from PIL import Image
@@ -14,11 +16,14 @@ from sqlalchemy.orm import Session
 from huabu.catalog.infotext import encode_image
 from huabu.db.tables import TaskImage
 from huabu.engine.engine import Engine
+from huabu.errors import Cancelled, first_line
 from huabu.native import GenerationRequest, GenerationResult
 from huabu.settings import Settings
 from huabu.storage import Storage
 from huabu.tasks.inputs import input_images
-from huabu.tasks.runner import Outcome, Progress
+from huabu.tasks.runner import BatchItem, Outcome, Progress, outcome_of
+
+log = logging.getLogger("huabu.worker")
 
 PREVIEW_SIZE = 256
 _EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
@@ -39,6 +44,27 @@ class GenerationHandler:
             should_cancel=progress.should_cancel,
         )
         return self._store(task_id, request, result)
+
+    def batch(self, items: list[BatchItem]) -> list[Outcome | Exception]:
+        """Tasks of one batch key in one denoising loop (``Engine.generate_batch``). A task
+        cancelled meanwhile has its images dropped; if the loop fails, each task runs again
+        alone, so a failure stays with the task that causes it."""
+        requests = [GenerationRequest.model_validate(data) for _, data, _ in items]
+        progress = [mine for _, _, mine in items]
+        try:
+            results = self.engine.generate_batch(
+                requests, list(progress), [mine.should_cancel for mine in progress]
+            )
+        except Cancelled:
+            raise
+        except Exception as exc:
+            log.warning("a batch of %d tasks failed (%s); each runs again alone", len(items),
+                        first_line(exc))  # fmt: skip
+            return [outcome_of(partial(self, *item)) for item in items]
+        return [
+            Cancelled() if mine.dropped() else outcome_of(partial(self._store, task, req, res))
+            for (task, _, mine), req, res in zip(items, requests, results, strict=True)
+        ]
 
     def _store(
         self, task_id: uuid.UUID, request: GenerationRequest, result: GenerationResult

@@ -35,7 +35,7 @@ _IMAGE_FIELDS = (
 _SELECT_TASKS = f"""
     SELECT t.id, t.owner_id, t.kind, t.origin, t.state, t.model, t.request, t.step, t.total,
            t.work, t.attempts, t.error, t.created_at, t.started_at, t.finished_at, t.queue,
-           t.job_id, t.fair_rank,
+           t.job_id, t.fair_rank, t.batch_size, t.batch_work,
            CASE WHEN t.state = 'succeeded' THEN
              (SELECT json_agg(json_build_object({", ".join(f"'{f}', i.{f}" for f in _IMAGE_FIELDS)})
                               ORDER BY i.index)
@@ -187,6 +187,7 @@ class TaskReads:
                 step=row["step"],
                 total=row["total"],
                 ahead_work=row.get("ahead_work") or 0.0,
+                batch_work=row.get("batch_work"),
             )
         return TaskRecord(
             id=row["id"],
@@ -206,6 +207,7 @@ class TaskReads:
             queue_position=row.get("ahead") if row["state"] == "queued" else None,
             eta_seconds=eta,
             images=tuple(ImageRecord(**image) for image in row["images"] or ()),
+            batch_size=row.get("batch_size") or 1,
         )
 
     def fleet(self) -> dict[str, Any]:

@@ -49,6 +49,8 @@ class TaskRecord:
     #: Estimated seconds until it finishes; None when finished or no worker is alive.
     eta_seconds: float | None = None
     images: tuple[ImageRecord, ...] = field(default=())
+    #: How many tasks its (last) run shared one denoising loop with, itself included.
+    batch_size: int = 1
 
     @property
     def finished(self) -> bool:

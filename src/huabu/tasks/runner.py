@@ -23,14 +23,15 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from functools import partial
+from typing import Any, Protocol, cast
 
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from huabu.errors import Cancelled, DatabaseUnavailable, HuabuError, StorageUnavailable
 from huabu.settings import Settings
-from huabu.tasks import queue
+from huabu.tasks import batching, queue
 
 log = logging.getLogger("huabu.worker")
 
@@ -40,7 +41,7 @@ PROGRESS_INTERVAL = 0.25
 _CLAIM = text(
     """
     UPDATE tasks SET state = 'running', attempts = attempts + 1, runs = runs + 1,
-           started_at = now(), step = 0
+           started_at = now(), step = 0, batch_size = 1, batch_work = work
      WHERE id = :id AND state IN ('queued', 'running')
        AND (CAST(:job AS bigint) IS NULL OR job_id = CAST(:job AS bigint))
     RETURNING kind, request, attempts, cancel_requested, runs
@@ -60,6 +61,13 @@ _STOPPED = text(
                                           CAST(:when AS timestamptz)),
            outcome = COALESCE(outcome, 'superseded')
      WHERE task_id = :id AND run = :run
+    """
+)
+_BATCH = text(
+    """
+    UPDATE tasks SET batch_size = :n,
+           batch_work = (SELECT sum(work) FROM tasks WHERE id = ANY(:ids))
+     WHERE id = ANY(:ids) AND state = 'running'
     """
 )
 _END_RUN = text(
@@ -157,6 +165,11 @@ class Progress:
         except DatabaseUnavailable:
             pass  # logged where the engine noticed it; written again at the next interval
 
+    def dropped(self) -> bool:
+        """Whether this run's results are not to be kept: its task was cancelled, or is
+        another run's now (a worker stopping keeps what it finished)."""
+        return self.cancel_requested or self.superseded or self.lost.is_set()
+
     def should_cancel(self) -> bool:
         return (
             self.cancel_requested or self.stopping.is_set() or self.superseded or self.lost.is_set()
@@ -168,6 +181,37 @@ class Handler(Protocol):
     Cancelled (when ``progress.should_cancel()`` said so)."""
 
     def __call__(self, task_id: uuid.UUID, data: dict[str, Any], progress: Progress) -> Outcome: ...
+
+
+#: One task of a batch: its id, request and progress.
+BatchItem = tuple[uuid.UUID, dict[str, Any], Progress]
+
+
+class BatchHandler(Handler, Protocol):
+    """A handler that can run several tasks in one go (``tasks.batching``): one Outcome or
+    exception per item, in order; raises Cancelled only when every item was to stop."""
+
+    def batch(self, items: list[BatchItem]) -> list[Outcome | Exception]: ...
+
+
+#: Gathers the tasks that join a claimed one (``tasks.batching.Batcher.join`` bound to the
+#: task, its queue and this worker): given the claim function, returns their claims.
+Gather = Callable[[Callable[[Session, uuid.UUID, int], "_Claim | None"]], list["_Claim"]]
+
+
+@dataclass(frozen=True)
+class _Claim:
+    """A task this worker has claimed, and this run of it. ``joined``: its job was not handed
+    out by procrastinate but joined a batch (``tasks.batching``); this worker ends it."""
+
+    task_id: uuid.UUID
+    job_id: int | None
+    kind: str
+    request: dict[str, Any]
+    attempt: int
+    cancel_requested: bool
+    run: int
+    joined: bool = False
 
 
 class TaskRunner:
@@ -185,7 +229,7 @@ class TaskRunner:
         #: Runs that stopped without their final write: (task id, run, when it stopped,
         #: whether this worker gave it up). ``settle`` records them once the database answers.
         self.stopped: list[tuple[uuid.UUID, int, datetime, bool]] = []
-        #: The task running now, if any (the worker advertises it).
+        #: The task running now, if any (the worker advertises it; the first of a batch).
         self.current: uuid.UUID | None = None
         self._settling = threading.Lock()
 
@@ -195,60 +239,126 @@ class TaskRunner:
         stopping: threading.Event,
         lost: threading.Event,
         job_id: int | None = None,
+        gather: Gather | None = None,
     ) -> None:
-        """Run task ``task_id`` (of job ``job_id``) to a final state. Raises WorkerStopping
-        (handed back to the queue), RunLost, or DatabaseUnavailable before it claimed."""
+        """Run task ``task_id`` (of job ``job_id``) to a final state, with the tasks that
+        ``gather`` joins to it when its handler batches. Raises WorkerStopping (handed back to
+        the queue), RunLost, or DatabaseUnavailable before it claimed."""
         with self.sessions.begin() as session:
-            session.execute(_NOT_DURABLE)
-            claimed = session.execute(_CLAIM, {"id": task_id, "job": job_id}).one_or_none()
-            if claimed is not None:
-                session.execute(_RUN, {"id": task_id, "run": claimed[4], "attempt": claimed[2],
-                                       "worker": self.worker.name, "host": self.worker.host,
-                                       "device": self.worker.device})  # fmt: skip
-                queue.announce(session, task_id)
-        if claimed is None:
+            claim = self._claim(session, task_id, job_id)
+        if claim is None:
             return  # cancelled while queued, finished by an earlier run, or not this job's
-        kind, request, attempt, cancel_requested, run = claimed
         self.current = task_id
         try:
-            self._run_claimed(task_id, kind, request, attempt, cancel_requested, run, stopping,
-                              lost)  # fmt: skip
+            if not self._runs(claim, lost):
+                return
+            claims, handler = [claim], self.handlers[claim.kind]
+            if gather is not None and hasattr(handler, "batch"):
+                joined = gather(lambda session, task, job: self._claim(session, task, job, True))
+                claims += [c for c in joined if self._runs(c, lost)]
+                if len(claims) > 1:
+                    self._record_batch(claims)
+            self._run_claims(handler, claims, stopping, lost)
         finally:
             self.current = None
 
-    def _run_claimed(
+    def _claim(
+        self, session: Session, task_id: uuid.UUID, job_id: int | None, joined: bool = False
+    ) -> _Claim | None:
+        session.execute(_NOT_DURABLE)
+        row = session.execute(_CLAIM, {"id": task_id, "job": job_id}).one_or_none()
+        if row is None:
+            return None
+        kind, request, attempt, cancel_requested, run = row
+        claim = _Claim(task_id, job_id, kind, request, attempt, cancel_requested, run, joined)
+        session.execute(_RUN, {"id": task_id, "run": claim.run, "attempt": claim.attempt,
+                               "worker": self.worker.name, "host": self.worker.host,
+                               "device": self.worker.device})  # fmt: skip
+        queue.announce(session, task_id)
+        return claim
+
+    def _record_batch(self, claims: list[_Claim]) -> None:
+        """How many tasks share this run (for their ETAs); progress-grade, not durable."""
+        try:
+            with self.sessions.begin() as session:
+                session.execute(_NOT_DURABLE)
+                session.execute(_BATCH, {"ids": [c.task_id for c in claims], "n": len(claims)})
+        except DatabaseUnavailable:
+            pass  # an ETA a little off; the run goes on
+
+    def _runs(self, claim: _Claim, lost: threading.Event) -> bool:
+        """Whether the claimed task is to run; if not (cancelled while queued, or crashed too
+        often), it is finished here."""
+        final = _Final(self, claim, lost)
+        try:
+            if claim.cancel_requested:
+                final.finish("cancelled", error="cancelled")
+                return False
+            if claim.attempt > self.settings.max_attempts:
+                final.finish(
+                    "failed",
+                    error=f"the worker running this task stopped {claim.attempt - 1} times "
+                    "before it finished (killed, or out of memory); not retrying",
+                )
+                return False
+        except RunLost:
+            if not claim.joined:
+                raise
+            return False  # settled with the stopped runs
+        return True
+
+    def _run_claims(
         self,
-        task_id: uuid.UUID,
-        kind: str,
-        request: dict[str, Any],
-        attempt: int,
-        cancel_requested: bool,
-        run: int,
+        handler: Handler,
+        claims: list[_Claim],
         stopping: threading.Event,
         lost: threading.Event,
     ) -> None:
-        final = _Final(self, task_id, run, lost)
-        if cancel_requested:
-            final.finish("cancelled", error="cancelled")
-            return
-        if attempt > self.settings.max_attempts:
-            final.finish(
-                "failed",
-                error=f"the worker running this task stopped {attempt - 1} times before it "
-                "finished (killed, or out of memory); not retrying",
-            )
-            return
-        progress = Progress(self.sessions, task_id, run, stopping, lost)
+        progress = [Progress(self.sessions, c.task_id, c.run, stopping, lost) for c in claims]
+        results: list[Outcome | Exception]
+        if len(claims) == 1:
+            first = claims[0]
+            results = [outcome_of(partial(handler, first.task_id, first.request, progress[0]))]
+        else:
+            items = [(c.task_id, c.request, p) for c, p in zip(claims, progress, strict=True)]
+            try:
+                results = cast(BatchHandler, handler).batch(items)
+            except Cancelled as exc:
+                results = [exc] * len(claims)
+        stops: list[Exception] = []
+        for claim, mine, result in zip(claims, progress, results, strict=True):
+            try:
+                self._conclude(claim, mine, result, stopping, lost)
+            except (RunLost, WorkerStopping) as exc:
+                stops.append(exc)
+        # The worker's own job (the first) is retried by procrastinate on WorkerStopping;
+        # a RunLost anywhere makes the worker settle the stopped runs.
+        if stops:
+            raise next((e for e in stops if isinstance(e, WorkerStopping)), stops[0])
+
+    def _conclude(
+        self,
+        claim: _Claim,
+        progress: Progress,
+        result: Outcome | Exception,
+        stopping: threading.Event,
+        lost: threading.Event,
+    ) -> None:
+        task_id, attempt = claim.task_id, claim.attempt
+        final = _Final(self, claim, lost)
         try:
-            outcome = self.handlers[kind](task_id, request, progress)
-            final.finish("succeeded", result=outcome.result, store=outcome.store)
+            if isinstance(result, Exception):
+                raise result
+            final.finish("succeeded", result=result.result, store=result.store)
         except Cancelled:
             if progress.superseded or lost.is_set():
                 raise final.lost() from None
             if stopping.is_set() and not progress.cancel_requested:
-                final.write(self._hand_back)
+                final.write(self._hand_back if not claim.joined else self._hand_over)
                 log.info("task %s: worker stopping; handed back to the queue", task_id)
-                raise WorkerStopping() from None
+                if not claim.joined:  # procrastinate retries the worker's own job
+                    raise WorkerStopping() from None
+                return
             final.finish("cancelled", error="cancelled while running")
         except (RunLost, WorkerStopping):
             raise
@@ -278,12 +388,12 @@ class TaskRunner:
                 log.error("task %s failed: %s (%s: %s)", task_id, exc.message,
                           type(cause).__name__, cause)  # fmt: skip
             final.finish("failed", error=exc.message)
-        except Exception:
-            log.exception("task %s failed", task_id)
+        except Exception as exc:
+            log.error("task %s failed", task_id, exc_info=exc)
             final.finish(
                 "failed",
-                error=f"internal error while running this {kind} task; the server log has the "
-                f"details (task {task_id})",
+                error=f"internal error while running this {claim.kind} task; the server log "
+                f"has the details (task {task_id})",
             )
 
     def settle(self) -> None:
@@ -302,6 +412,11 @@ class TaskRunner:
                     session.execute(_STOPPED, {"id": task_id, "run": run, "when": when})
                 self.stopped.pop(0)
 
+    @staticmethod
+    def _hand_over(session: Session, task_id: uuid.UUID, run: int) -> bool:
+        """A clean shutdown, for a task that joined a batch: a new job, uncharged."""
+        return queue.hand_over(session, task_id, outcome="handed back", forgive=True, run=run)
+
     def _hand_back(self, session: Session, task_id: uuid.UUID, run: int) -> bool:
         """A clean shutdown: the same job is retried (procrastinate), uncharged."""
         done = _changed(session.execute(_REQUEUE, {"id": task_id, "run": run}))
@@ -314,10 +429,9 @@ class _Final:
     """The final writes of one run: fenced by its run number, and waiting out a database
     outage for as long as this worker's heartbeat still holds (``lost`` not set)."""
 
-    def __init__(
-        self, runner: TaskRunner, task_id: uuid.UUID, run: int, lost: threading.Event
-    ) -> None:
-        self.runner, self.task_id, self.run, self.lost_event = runner, task_id, run, lost
+    def __init__(self, runner: TaskRunner, claim: _Claim, lost: threading.Event) -> None:
+        self.runner, self.claim, self.lost_event = runner, claim, lost
+        self.task_id, self.run = claim.task_id, claim.run
 
     def lost(self, *, abandoned: bool = False) -> RunLost:
         """This run stops here, remembered for ``settle``: abandoned runs (heartbeat lost, or
@@ -365,6 +479,8 @@ class _Final:
             if not _changed(session.execute(_FINISH, values)):
                 return False  # rolled back with the stored rows
             session.execute(_END_RUN, {"id": task_id, "run": run, "outcome": state})
+            if self.claim.joined:  # procrastinate ends the job it handed out itself
+                session.execute(batching.END_JOINED, {"job": self.claim.job_id})
             queue.announce(session, task_id)
             return True
 
@@ -378,3 +494,11 @@ class _NoRow(Exception):
 def _changed(result: Any) -> bool:
     """Whether an UPDATE matched a row (``CursorResult.rowcount``)."""
     return bool(result.rowcount)
+
+
+def outcome_of(call: Callable[[], Outcome]) -> Outcome | Exception:
+    """What ``call`` returned, or the exception it raised (concluded by the runner)."""
+    try:
+        return call()
+    except Exception as exc:
+        return exc

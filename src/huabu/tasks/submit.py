@@ -53,9 +53,9 @@ _INSERT_AND_DEFER = text(
     f"""
     WITH job AS ({queue.DEFER_SQL})
     INSERT INTO tasks (id, owner_id, kind, origin, queue, state, model, request, step, total,
-                       work, attempts, job_id, cancel_requested, fair_rank)
+                       work, attempts, job_id, cancel_requested, fair_rank, batch_key)
     SELECT :id, :owner, :kind, :origin, :queue, 'queued', :model, CAST(:request AS jsonb), 0,
-           :total, :work, 0, job.id, false, :rank
+           :total, :work, 0, job.id, false, :rank, :batch_key
       FROM job
     RETURNING created_at, job_id
     """
@@ -139,6 +139,7 @@ class TaskSubmitter:
             total=request.steps + hires_steps(request),
             work=work_units(request),
             new_uploads=list(new.values()),
+            batch_key=request.batch_key(),
         )
 
     def _resolve_images(
@@ -235,6 +236,7 @@ class TaskSubmitter:
         work: float,
         new_uploads: list[CheckedImage] | None = None,
         also: Callable[[Session, uuid.UUID], None] | None = None,
+        batch_key: str | None = None,
     ) -> TaskRecord:
         """Insert a task of ``kind`` and its job, after the queue limits, with the rows of
         ``new_uploads`` (their files stored first, removed again if nothing commits);
@@ -262,6 +264,7 @@ class TaskSubmitter:
                     "work": work,
                     "task_name": queue.TASK_NAMES[kind],
                     "rank": rank,
+                    "batch_key": batch_key,
                     "args": json.dumps({"task_id": str(task_id)}),
                 },
             ).one()

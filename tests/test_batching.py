@@ -1,0 +1,71 @@
+"""Requests that share one denoising loop get the images they get alone (the engine's half of
+cross-request batching; the worker's half is in test_service)."""
+
+import pytest
+
+from helpers import max_difference
+from huabu.errors import Cancelled
+
+_LONG = ", ".join(["a very long prompt about a lighthouse on a cliff at dusk"] * 8)
+
+
+def _members(small, **shared):
+    return [
+        small(prompt="a red fox in the snow", seed=11, guidance=7.0, **shared),
+        small(
+            prompt="a lighthouse at night",
+            negative_prompt="",
+            seed=500,
+            guidance=3.5,
+            n_images=2,
+            **shared,
+        ),  # fmt: skip
+        small(prompt="a bowl of ramen", seed=11, guidance=12.0, **shared),
+    ]
+
+
+@pytest.mark.parametrize(
+    "sampler,model",
+    [
+        ("Euler a", "demo"),  # a diffusers scheduler, with per-step noise
+        ("DPM++ 2S a", "demo"),  # huabu's own k-diffusion loop
+        pytest.param("DPM++ 2M", "demo-xl", marks=pytest.mark.slow),  # SDXL's pooled text
+    ],
+)
+def test_each_request_of_a_batch_gets_the_images_it_gets_alone(engine, small, sampler, model):
+    requests = _members(small, sampler=sampler, model=model, steps=6)
+    seen: list[list[tuple[int, int]]] = [[] for _ in requests]
+    batched = engine.generate_batch(
+        requests,
+        [lambda s, t, mine=mine: mine.append((s, t)) for mine in seen],
+        [lambda: False] * len(requests),
+    )
+    for request, result, progress in zip(requests, batched, seen, strict=True):
+        alone = engine.generate(request)
+        assert result.seeds == alone.seeds
+        assert len(result.images) == request.n_images
+        for mine, single in zip(result.images, alone.images, strict=True):
+            assert max_difference(mine, single) <= 2
+        assert result.infotexts == alone.infotexts  # its own prompt, seed and CFG scale
+        assert progress[-1] == (6, 6)
+    # Different seeds and prompts did make different images (the test could fail).
+    assert max_difference(batched[0].images[0], batched[2].images[0]) > 20
+
+
+def test_prompts_of_different_lengths_sample_apart_and_keep_their_order(engine, small):
+    requests = [small(prompt="a fox", seed=3), small(prompt=_LONG, seed=4), small(seed=5)]
+    batched = engine.generate_batch(requests, [lambda s, t: None] * 3, [lambda: False] * 3)
+    assert [r.seeds for r in batched] == [[3], [4], [5]]
+    alone = engine.generate(requests[1])
+    assert max_difference(batched[1].images[0], alone.images[0]) <= 2
+
+
+def test_the_loop_stops_only_when_every_request_wants_to(engine, small):
+    requests = _members(small)
+    cancelled = [True, False, True]
+    results = engine.generate_batch(
+        requests, [lambda s, t: None] * 3, [lambda c=c: c for c in cancelled]
+    )
+    assert len(results) == 3  # one went on, so all did (the runner drops the cancelled ones)
+    with pytest.raises(Cancelled):
+        engine.generate_batch(requests, [lambda s, t: None] * 3, [lambda: True] * 3)
