@@ -244,6 +244,39 @@ def test_users_take_turns(alice, bob):
     assert all(order.index(task["id"]) < sixth_of_alice for task in theirs)
 
 
+def test_priorities_go_first_and_requests_may_ask_lower_only(accounts, server, alice):
+    """carol (priority 5, set by an admin) jumps alice's queue; alice's key with priority 2
+    comes next; alice may ask for a lower level than hers, and is refused a higher one."""
+    carol = accounts.add_user("vip@example.com", "password123")
+    accounts.set_priority("vip@example.com", 5)
+    carol_client = server.client(accounts.create_key(carol.id))
+    alice_id = accounts.user_by_email("alice@example.com").id
+    fast_key = server.client(accounts.create_key(alice_id, priority=2))
+    blocker = submit(alice, SLOW)
+    wait_state(alice, blocker["id"], "running")
+    # Different step counts, so that none of them share a loop (batching) and the finishing
+    # order is the handing-out order.
+    normal = [submit(alice, SMALL | {"steps": steps}) for steps in (8, 9, 10)]
+    assert normal[0]["priority"] == 0
+    low = submit(alice, SMALL | {"steps": 11, "priority": -1})
+    urgent = submit(carol_client, SMALL | {"steps": 12})
+    assert (urgent["priority"], urgent["queue_position"]) == (5, 0)
+    keyed = submit(fast_key, SMALL | {"steps": 13})
+    assert (keyed["priority"], keyed["queue_position"]) == (2, 1)
+    refused = alice.post("/huabu/v1/generations", json=SMALL | {"priority": 1})
+    assert refused.status_code == 400
+    assert refused.json()["error"]["param"] == "priority"
+    assert "between -9 and 0" in refused.json()["error"]["message"]
+    time.sleep(0.6)  # positions are read from a snapshot of the queue at most 0.5 s old
+    assert alice.get(f"/huabu/v1/tasks/{low['id']}").json()["queue_position"] == 5
+    expected = [urgent, keyed, *normal, low]
+    done = [wait_finished(alice if t not in (urgent,) else carol_client, t["id"])
+            for t in expected]  # fmt: skip
+    assert all(task["state"] == "succeeded" for task in done)
+    order = sorted(done, key=lambda task: task["finished_at"])
+    assert [t["id"] for t in order] == [t["id"] for t in expected]
+
+
 def test_queued_tasks_that_fit_share_one_loop(alice, bob):
     """Tasks of two users with the same shape, queued while the worker is busy, run as one
     batch: each gets its own images (the ones it gets alone), a task cancelled inside the
@@ -251,7 +284,7 @@ def test_queued_tasks_that_fit_share_one_loop(alice, bob):
     count the batch as running."""
     blocker = submit(alice, SLOW)
     wait_state(alice, blocker["id"], "running")
-    shape = SLOW | {"steps": 30}
+    shape = SLOW | {"width": 192, "height": 192, "steps": 24}
     batch = [
         submit(alice, shape | {"prompt": "a lighthouse", "seed": 1, "guidance": 7}),
         submit(bob, shape | {"prompt": "a bowl of ramen", "seed": 2, "guidance": 4}),

@@ -273,17 +273,52 @@ def users_add(
     typer.echo(f"added {user.email}{' (admin)' if user.is_admin else ''}")
 
 
+@users_app.command("priority")
+def users_priority(
+    email: str, level: Annotated[int, typer.Argument(help="-9 to 9; 0 is everyone's default.")]
+) -> None:
+    """Queue EMAIL's tasks at LEVEL: higher levels run first; their requests may ask for any
+    level up to it. Servers see the change within 5 seconds."""
+    try:
+        _accounts().set_priority(email, level)
+    except HuabuError as exc:
+        _fail(exc.message)
+    typer.echo(f"{email}: priority {level}")
+
+
 @keys_app.command("create")
-def keys_create(email: str) -> None:
+def keys_create(
+    email: str,
+    priority: Annotated[
+        int | None, typer.Option(help="Queue this key's calls at this level (-9 to 9).")
+    ] = None,
+) -> None:
     """Create an API key for EMAIL; the key is the last line of output, shown only once."""
     try:
         accounts = _accounts()
         user = accounts.user_by_email(email)
-        key = accounts.create_key(user.id)
+        key = accounts.create_key(user.id, priority=priority)
     except HuabuError as exc:
         _fail(exc.message)
     typer.echo(f"API key for {user.email} (shown once; store it now):")
     typer.echo(key)
+
+
+@keys_app.command("priority")
+def keys_priority(
+    key: Annotated[str, typer.Argument(help="The key, or its hb_<prefix>.")],
+    level: Annotated[str, typer.Argument(help="-9 to 9, or 'user' for its user's level.")],
+) -> None:
+    """Queue KEY's calls at LEVEL instead of its user's (servers see it within 5 seconds)."""
+    try:
+        priority = None if level == "user" else int(level)
+    except ValueError:
+        _fail(f"level must be a number from -9 to 9 or 'user', got {level!r}")
+    try:
+        _accounts().set_key_priority(key, priority)
+    except HuabuError as exc:
+        _fail(exc.message)
+    typer.echo(f"priority {level}")
 
 
 @keys_app.command("revoke")

@@ -34,17 +34,46 @@ _hasher = PasswordHasher()
 ANONYMOUS_EMAIL = "anonymous@localhost"
 
 
+#: The levels a task can be queued at (``tasks.fairness``): higher levels go first.
+MIN_PRIORITY, MAX_PRIORITY = -9, 9
+
+
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: what every layer below the router needs to know about a user."""
+    """Who is calling: what every layer below the router needs to know about a user.
+    ``priority``: the level their tasks queue at, and the most a request may ask for (the
+    API key's, when an admin set one on it, else the user's)."""
 
     id: uuid.UUID
     email: str
     is_admin: bool
+    priority: int = 0
 
     @classmethod
-    def of(cls, user: User) -> Principal:
-        return cls(user.id, user.email, user.is_admin)
+    def of(cls, user: User, key_priority: int | None = None) -> Principal:
+        priority = user.priority if key_priority is None else key_priority
+        return cls(user.id, user.email, user.is_admin, priority)
+
+    def priority_for(self, asked: int | None) -> int:
+        """The level a request queues at: what it ``asked`` (lower than the caller's own
+        level, or equal), else the caller's."""
+        if asked is None:
+            return self.priority
+        if not MIN_PRIORITY <= asked <= self.priority:
+            raise InvalidRequest(
+                f"priority must be between {MIN_PRIORITY} and {self.priority} (yours), got {asked}",
+                param="priority",
+            )
+        return asked
+
+
+def check_priority(level: int) -> int:
+    if not MIN_PRIORITY <= level <= MAX_PRIORITY:
+        raise InvalidRequest(
+            f"priority must be between {MIN_PRIORITY} and {MAX_PRIORITY}, got {level}",
+            param="priority",
+        )
+    return level
 
 
 def normalise_email(email: str) -> str:
@@ -125,37 +154,72 @@ class Accounts:
             user.options = {**(user.options or {}), **changes}
             return dict(user.options)
 
-    def create_key(self, user_id: uuid.UUID) -> str:
-        """A new API key for ``user_id``; the only time its full text exists."""
+    def create_key(self, user_id: uuid.UUID, *, priority: int | None = None) -> str:
+        """A new API key for ``user_id`` (its calls queue at ``priority``, None: the user's);
+        the only time its full text exists."""
+        if priority is not None:
+            check_priority(priority)
         prefix = "".join(secrets.choice("abcdefghijkmnopqrstuvwxyz23456789") for _ in range(12))
         secret = secrets.token_urlsafe(32)
         with self.sessions.begin() as session:
-            session.add(ApiKey(user_id=user_id, prefix=prefix, secret_hash=_digest(secret)))
+            session.add(ApiKey(user_id=user_id, prefix=prefix, secret_hash=_digest(secret),
+                               priority=priority))  # fmt: skip
         return f"hb_{prefix}_{secret}"
 
     def revoke_key(self, key_or_prefix: str) -> None:
+        with self.sessions.begin() as session:
+            row = self._key_by_prefix(session, key_or_prefix)
+            row.revoked_at = row.revoked_at or datetime.now(UTC)
+
+    def set_key_priority(self, key_or_prefix: str, priority: int | None) -> None:
+        """The level a key's calls queue at (None: its user's again)."""
+        if priority is not None:
+            check_priority(priority)
+        with self.sessions.begin() as session:
+            self._key_by_prefix(session, key_or_prefix).priority = priority
+
+    def set_priority(self, email: str, priority: int) -> None:
+        """The level ``email``'s tasks queue at (and the most their requests may ask)."""
+        check_priority(priority)
+        with self.sessions.begin() as session:
+            user = session.scalar(select(User).where(User.email == normalise_email(email)))
+            if user is None:
+                raise NotFound(f"no user {normalise_email(email)}")
+            user.priority = priority
+
+    @staticmethod
+    def _key_by_prefix(session: Session, key_or_prefix: str) -> ApiKey:
         match = _KEY.match(key_or_prefix)
         prefix = match[1] if match else key_or_prefix.removeprefix("hb_").rstrip("_")
-        with self.sessions.begin() as session:
-            row = session.scalar(select(ApiKey).where(ApiKey.prefix == prefix))
-            if row is None:
-                raise NotFound(f"no API key with prefix {prefix}")
-            row.revoked_at = row.revoked_at or datetime.now(UTC)
+        row = session.scalar(select(ApiKey).where(ApiKey.prefix == prefix))
+        if row is None:
+            raise NotFound(f"no API key with prefix {prefix}")
+        return row
 
     def user_for_key(self, key: str) -> User:
         """The owner of a valid, unrevoked API key, or AuthFailed."""
+        with self.sessions() as session:
+            return session.get_one(User, self._valid_key(session, key).user_id)
+
+    def principal_for_key(self, key: str) -> Principal:
+        """Who calls with a valid, unrevoked API key (at the key's priority), or AuthFailed."""
+        with self.sessions() as session:
+            row = self._valid_key(session, key)
+            return Principal.of(session.get_one(User, row.user_id), row.priority)
+
+    @staticmethod
+    def _valid_key(session: Session, key: str) -> ApiKey:
         match = _KEY.match(key.strip())
         if match is None:
             raise AuthFailed("invalid API key")
-        with self.sessions() as session:
-            row = session.scalar(select(ApiKey).where(ApiKey.prefix == match[1]))
-            if (
-                row is None
-                or row.revoked_at is not None
-                or not hmac.compare_digest(row.secret_hash, _digest(match[2]))
-            ):
-                raise AuthFailed("invalid API key")
-            return session.get_one(User, row.user_id)
+        row = session.scalar(select(ApiKey).where(ApiKey.prefix == match[1]))
+        if (
+            row is None
+            or row.revoked_at is not None
+            or not hmac.compare_digest(row.secret_hash, _digest(match[2]))
+        ):
+            raise AuthFailed("invalid API key")
+        return row
 
     def create_session(self, user_id: uuid.UUID, ttl_seconds: int) -> tuple[str, datetime]:
         """A new login session token for ``user_id`` and when it expires."""
@@ -188,12 +252,12 @@ class Accounts:
                 raise AuthFailed("session expired or logged out; log in again")
             return session.get_one(User, row.user_id)
 
-    def user_for_bearer(self, token: str) -> User:
-        """The user behind an ``Authorization: Bearer`` token: an API key or a session."""
+    def principal_for_bearer(self, token: str) -> Principal:
+        """Who is behind an ``Authorization: Bearer`` token: an API key or a session."""
         token = token.strip()
         if token.startswith("hbs_"):
-            return self.user_for_session(token)
-        return self.user_for_key(token)
+            return Principal.of(self.user_for_session(token))
+        return self.principal_for_key(token)
 
     def anonymous_user(self) -> User:
         """The one user that owns every request made without credentials (HUABU_ANONYMOUS)."""

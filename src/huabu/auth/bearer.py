@@ -64,7 +64,7 @@ class Authenticator:
         cached = self._cache.get(digest)
         if cached and cached[1] > now:
             return cached[0]
-        principal = Principal.of(self.accounts.user_for_bearer(token))
+        principal = self.accounts.principal_for_bearer(token)
         with self._lock:
             if len(self._cache) >= _MAX_ENTRIES:
                 self._cache.clear()
@@ -85,12 +85,11 @@ class Authenticator:
         except (binascii.Error, UnicodeDecodeError):
             raise AuthFailed("Basic credentials are not base64 of 'email:password'") from None
         if secret.startswith("hb_"):
-            user = self.accounts.user_for_key(secret)
-            if user.email != normalise_email(email):
+            principal = self.accounts.principal_for_key(secret)
+            if principal.email != normalise_email(email):
                 raise AuthFailed("wrong email or API key")
         else:
-            user = self.accounts.check_password(email, secret)
-        principal = Principal.of(user)
+            principal = Principal.of(self.accounts.check_password(email, secret))
         with self._lock:
             if len(self._cache) >= _MAX_ENTRIES:
                 self._cache.clear()

@@ -13,6 +13,7 @@ from sqlalchemy import (
     Float,
     ForeignKey,
     Integer,
+    SmallInteger,
     String,
     Text,
     UniqueConstraint,
@@ -37,6 +38,8 @@ class User(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     #: Per-user settings of the dialects that have them (A1111's ``options``).
     options: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
+    #: The level this user's tasks queue at, and the most a request may ask (``tasks.fairness``).
+    priority: Mapped[int] = mapped_column(SmallInteger, default=0, server_default="0")
 
 
 class ApiKey(Base):
@@ -52,6 +55,8 @@ class ApiKey(Base):
     secret_hash: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: The priority of calls with this key, instead of its user's (None: the user's).
+    priority: Mapped[int | None] = mapped_column(SmallInteger)
 
 
 class AuthSession(Base):
@@ -112,6 +117,8 @@ class Task(Base):
     job_id: Mapped[int | None] = mapped_column(BigInteger)
     #: The task's place in the fair order between users (see ``tasks.fairness``).
     fair_rank: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    #: The level it was queued at: higher levels go first (``tasks.fairness``).
+    priority: Mapped[int] = mapped_column(SmallInteger, default=0, server_default="0")
     #: Queued generation tasks with equal keys can share one denoising loop (``tasks.batching``);
     #: None: the task runs alone.
     batch_key: Mapped[str | None] = mapped_column(String(64))

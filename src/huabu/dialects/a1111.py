@@ -163,7 +163,7 @@ async def _generate(
                                 options=options, settings=services.settings)  # fmt: skip
         # A1111 answers an interrupted call with what it has: here, no images.
         record = await submit_and_wait(
-            services, user.id, native, origin=ORIGIN, uploads=uploads, cancelled_ok=True
+            services, user, native, origin=ORIGIN, uploads=uploads, cancelled_ok=True
         )
     except InvalidRequest as exc:
         raise wire.renamed(exc) from None

@@ -292,7 +292,12 @@ async def generate(
     try:
         native = to_native(body, model=model, init_image=upload_id)
         record = await run_in_threadpool(
-            services.submitter.submit_generation, user.id, native, origin=ORIGIN, uploads=uploads
+            services.submitter.submit_generation,
+            user.id,
+            native,
+            origin=ORIGIN,
+            uploads=uploads,
+            priority=user.priority,
         )
     except InvalidRequest as exc:
         raise renamed(exc) from None

@@ -50,6 +50,16 @@ class ImageOut(BaseModel):
     infotext: str
 
 
+class GenerationBody(GenerationRequest):
+    """A generation request, and the level to queue it at."""
+
+    priority: int | None = Field(
+        default=None,
+        description="Queue at this level instead of your own (higher goes first): at most "
+        "yours, which an admin sets on your account or API key; unset: yours.",
+    )
+
+
 class TaskOut(BaseModel):
     id: str
     kind: str
@@ -62,6 +72,7 @@ class TaskOut(BaseModel):
     batch_size: int = Field(
         description="Tasks that shared its denoising loop, itself included (1: it ran alone)."
     )
+    priority: int = Field(description="The level it was queued at; higher levels go first.")
     attempts: int
     error: str | None
     request: dict[str, Any]
@@ -131,6 +142,7 @@ def task_out(record: TaskRecord, services: Services, base: str) -> TaskOut:
         queue_position=record.queue_position,
         eta_seconds=record.eta_seconds,
         batch_size=record.batch_size,
+        priority=record.priority,
         attempts=record.attempts,
         error=record.error,
         request=record.request.model_dump(mode="json"),
@@ -182,9 +194,13 @@ def upload_out(record: UploadRecord) -> UploadOut:
     summary="Queue a text-to-image or image-to-image generation",
 )
 def submit_generation(
-    body: GenerationRequest, user: CurrentUser, services: ServicesDep, base: BaseUrl
+    body: GenerationBody, user: CurrentUser, services: ServicesDep, base: BaseUrl
 ) -> Response:
-    record = services.submitter.submit_generation(user.id, body, origin="native")
+    priority = user.priority_for(body.priority)
+    request = GenerationRequest.model_validate(body.model_dump(exclude={"priority"}))
+    record = services.submitter.submit_generation(
+        user.id, request, origin="native", priority=priority
+    )
     return task_response(record, services, base, status.HTTP_202_ACCEPTED)
 
 

@@ -206,7 +206,7 @@ async def _generate(
     try:
         native = to_native(body, model=model, auto_size=source_size or auto_size,
                            settings=services.settings, **image)  # fmt: skip
-        record = await submit_and_wait(services, user.id, native, origin=ORIGIN, uploads=uploads)
+        record = await submit_and_wait(services, user, native, origin=ORIGIN, uploads=uploads)
     except InvalidRequest as exc:
         raise renamed(exc) from None
     b64 = body.response_format == "b64_json" or (

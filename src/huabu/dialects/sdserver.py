@@ -119,7 +119,7 @@ def render_error(error: HuabuError, status: int) -> Response:
 async def _run(
     request: GenerationRequest, user, services: Services, url, uploads: NewUploads | None = None
 ) -> Response:
-    record = await submit_and_wait(services, user.id, request, origin=ORIGIN, uploads=uploads)
+    record = await submit_and_wait(services, user, request, origin=ORIGIN, uploads=uploads)
     return JSONResponse(from_native(record, url).model_dump())
 
 

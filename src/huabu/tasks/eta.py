@@ -57,44 +57,46 @@ _SERVING = text(
 
 _LIVE = text(
     """
-    SELECT fair_rank, job_id, state, work * (1 - step::float / greatest(total, 1)) AS remaining
+    SELECT priority, fair_rank, job_id, state,
+           work * (1 - step::float / greatest(total, 1)) AS remaining
       FROM tasks WHERE state IN ('queued', 'running') AND queue = :queue
     """
 )
 _SNAPSHOT_TTL = 0.5
 
 
-#: Where a queued task stands: its fair rank, then its job's id (``tasks.fairness``).
-Place = tuple[int, int]
+#: Where a queued task stands: its level (negated: higher first), its fair rank, then its
+#: job's id (``tasks.fairness``).
+Place = tuple[int, int, int]
 
 
 class _QueueSnapshot:
     """The live queue, read in one query at most twice a second and shared by every poll:
     position and work ahead become a binary search instead of a scan per request."""
 
-    def __init__(self, rows: list[tuple[int, int | None, str, float]]) -> None:
+    def __init__(self, rows: list[tuple[int, int, int | None, str, float]]) -> None:
         queued = sorted(
-            ((rank, job_id or 0), remaining)
-            for rank, job_id, state, remaining in rows
+            ((-level, rank, job_id or 0), remaining)
+            for level, rank, job_id, state, remaining in rows
             if state == "queued"
         )
         self.places = [place for place, _ in queued]
         self.prefix = [0.0]
         for _, remaining in queued:
             self.prefix.append(self.prefix[-1] + remaining)
-        self.running_work = sum(left for _, _, state, left in rows if state == "running")
-        self.newest_job = max((job_id or 0 for _, job_id, _, _ in rows), default=0)
+        self.running_work = sum(left for *_, state, left in rows if state == "running")
+        self.newest_job = max((row[2] or 0 for row in rows), default=0)
         self.taken = time.monotonic()
 
     def stale_for(self, place: Place | None) -> bool:
         """Too old, or older than the job asked about (it was queued after this was read)."""
-        job_id = place[1] if place else 0
+        job_id = place[2] if place else 0
         return time.monotonic() - self.taken > _SNAPSHOT_TTL or job_id > self.newest_job
 
     def ahead(self, place: Place | None) -> tuple[int, float]:
-        """Queued tasks ahead of the one at ``place`` (jobs run in fair-rank order, then id
-        order; None: a job not queued yet, behind all of them) and the work ahead, running
-        tasks' remainder included."""
+        """Queued tasks ahead of the one at ``place`` (jobs run by level, then in fair-rank
+        order, then id order; None: a job not queued yet, behind all of them) and the work
+        ahead, running tasks' remainder included."""
         count = len(self.places) if place is None else bisect.bisect_left(self.places, place)
         return count, self.prefix[count] + self.running_work
 

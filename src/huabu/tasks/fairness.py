@@ -10,6 +10,12 @@ two interleave. Jobs are handed out lowest rank first, then oldest first: procra
 fetch orders by priority (highest first), then id, and a job's priority is its task's rank
 negated (``queue.DEFER_SQL``). A task queued again (its worker was lost) keeps its rank.
 
+**Priorities** come first: a task is queued at a level from -9 to 9 (its caller's, set by an
+admin on the user or the API key, or lower if the request asks; see ``auth.Principal``), and
+higher levels are handed out first; the fair order holds within a level.
+The job's priority is ``level × BAND − rank``, so a rank must stay below ``BAND`` (2²⁶, about
+67 million tasks queued without the queue ever emptying).
+
 Ranks only compare unfinished tasks, so they start again from 0 whenever the queue empties;
 a rank grows only while work stays queued, one per task, far within the integer's range.
 Routing (``tasks.routing``) still prefers the checkpoints a worker has loaded, for at most
@@ -32,6 +38,10 @@ _RANK = text(
                         WHERE owner_id = :owner AND state IN ('queued', 'running')), 0))
     """
 )
+
+
+#: A level's band of job priorities (procrastinate's are 32-bit integers: 10 × 2²⁶ < 2³¹).
+BAND = 2**26
 
 
 def next_rank(session: Session, owner_id: uuid.UUID) -> int:

@@ -13,6 +13,8 @@ import json
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from huabu.tasks.fairness import BAND
+
 #: The procrastinate task name and the task's queue (``tasks.queue``) for each kind of task.
 TASK_NAMES = {"generate": "huabu.generate", "train": "huabu.train"}
 QUEUES = {"generate": "generate", "train": "train"}
@@ -29,13 +31,14 @@ def job_queue(kind: str, model: str) -> str:
     return f"{kind}/#{hashlib.sha256(model.encode()).hexdigest()[:40]}"
 
 
-#: Defers one job (bind ``job_queue``, ``task_name``, ``rank``, ``args``); selects its id as
-#: ``id``. procrastinate hands out jobs by priority, highest first, then by id: the priority
-#: is the task's fair rank, negated (see ``tasks.fairness``).
+#: Defers one job (bind ``job_queue``, ``task_name``, ``priority``, ``rank``, ``args``);
+#: selects its id as ``id``. procrastinate hands out jobs by priority, highest first, then by
+#: id: the job's priority is the task's level in bands of ``fairness.BAND``, less its fair
+#: rank (see ``tasks.fairness``).
 DEFER_SQL = (
     "SELECT unnest(procrastinate_defer_jobs_v1(ARRAY[ROW("
-    ":job_queue, :task_name, CAST(-CAST(:rank AS bigint) AS integer), NULL, NULL, "
-    "CAST(:args AS jsonb), NULL"
+    f":job_queue, :task_name, CAST(CAST(:priority AS bigint) * {BAND} - CAST(:rank AS bigint) "
+    "AS integer), NULL, NULL, CAST(:args AS jsonb), NULL"
     ")::procrastinate_job_to_defer_v1])) AS id"
 )
 _CANCEL = text("SELECT procrastinate_cancel_job_v1(:job_id, false, false)")
@@ -55,7 +58,7 @@ _REQUEUE = text(
              AND runs = CAST(:run AS integer))
          OR (CAST(:job AS bigint) IS NOT NULL AND state IN ('queued', 'running')
              AND job_id = CAST(:job AS bigint)))
-    RETURNING kind, model, job_id, fair_rank
+    RETURNING kind, model, job_id, fair_rank, priority
     """
 )
 #: The old job ends without touching any other: a worker that still holds it can no longer
@@ -97,13 +100,13 @@ def hand_over(
     ).one_or_none()
     if row is None:
         return False
-    kind, model, current, rank = row
+    kind, model, current, rank, priority = row
     if current is not None and current != job:
         session.execute(_END_JOB, {"job": current})
     session.execute(
         _NEW_JOB,
         {"id": task_id, "job_queue": job_queue(kind, model), "task_name": TASK_NAMES[kind],
-         "rank": rank, "args": json.dumps({"task_id": str(task_id)})},
+         "rank": rank, "priority": priority, "args": json.dumps({"task_id": str(task_id)})},
     )  # fmt: skip
     session.execute(_CLOSE_RUN, {"id": task_id, "outcome": outcome})
     announce(session, task_id)

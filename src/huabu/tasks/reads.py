@@ -35,7 +35,7 @@ _IMAGE_FIELDS = (
 _SELECT_TASKS = f"""
     SELECT t.id, t.owner_id, t.kind, t.origin, t.state, t.model, t.request, t.step, t.total,
            t.work, t.attempts, t.error, t.created_at, t.started_at, t.finished_at, t.queue,
-           t.job_id, t.fair_rank, t.batch_size, t.batch_work,
+           t.job_id, t.fair_rank, t.priority, t.batch_size, t.batch_work,
            CASE WHEN t.state = 'succeeded' THEN
              (SELECT json_agg(json_build_object({", ".join(f"'{f}', i.{f}" for f in _IMAGE_FIELDS)})
                               ORDER BY i.index)
@@ -175,7 +175,9 @@ class TaskReads:
         and ETA while unfinished."""
         eta = None
         if row["state"] == "queued" and "ahead" not in row:
-            place = None if row["job_id"] is None else (row["fair_rank"], row["job_id"])
+            place = None
+            if row["job_id"] is not None:
+                place = (-row["priority"], row["fair_rank"], row["job_id"])
             row["ahead"], row["ahead_work"] = self.eta.ahead(session, row["queue"], place)
         if row["state"] in UNFINISHED:
             eta = self.eta.estimate(
@@ -208,6 +210,7 @@ class TaskReads:
             eta_seconds=eta,
             images=tuple(ImageRecord(**image) for image in row["images"] or ()),
             batch_size=row.get("batch_size") or 1,
+            priority=row["priority"],
         )
 
     def fleet(self) -> dict[str, Any]:

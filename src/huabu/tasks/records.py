@@ -51,6 +51,8 @@ class TaskRecord:
     images: tuple[ImageRecord, ...] = field(default=())
     #: How many tasks its (last) run shared one denoising loop with, itself included.
     batch_size: int = 1
+    #: The level it was queued at (higher goes first).
+    priority: int = 0
 
     @property
     def finished(self) -> bool:

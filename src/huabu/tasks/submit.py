@@ -41,10 +41,12 @@ _LIMITS = text(
              WHERE owner_id = :owner AND state IN ('queued', 'running')) mine,
            (SELECT count(*), min(work),
                    count(*) FILTER (WHERE state = 'queued' AND queue = :queue
-                                      AND fair_rank <= :rank) AS ahead,
+                                      AND (priority, -fair_rank) >= (:priority, -:rank)) AS ahead,
                    coalesce(sum(work * (1 - step::float / greatest(total, 1)))
                             FILTER (WHERE queue = :queue
-                                      AND (state = 'running' OR fair_rank <= :rank)), 0) AS work
+                                      AND (state = 'running'
+                                           OR (priority, -fair_rank) >= (:priority, -:rank))),
+                            0) AS work
               FROM tasks WHERE state IN ('queued', 'running')) everyone
     """
 )
@@ -53,9 +55,9 @@ _INSERT_AND_DEFER = text(
     f"""
     WITH job AS ({queue.DEFER_SQL})
     INSERT INTO tasks (id, owner_id, kind, origin, queue, state, model, request, step, total,
-                       work, attempts, job_id, cancel_requested, fair_rank, batch_key)
+                       work, attempts, job_id, cancel_requested, fair_rank, batch_key, priority)
     SELECT :id, :owner, :kind, :origin, :queue, 'queued', :model, CAST(:request AS jsonb), 0,
-           :total, :work, 0, job.id, false, :rank, :batch_key
+           :total, :work, 0, job.id, false, :rank, :batch_key, :priority
       FROM job
     RETURNING created_at, job_id
     """
@@ -108,9 +110,10 @@ class TaskSubmitter:
         *,
         origin: str,
         uploads: NewUploads | None = None,
+        priority: int = 0,
     ) -> TaskRecord:
         """Check ``request`` completely, then store the images in ``uploads`` that it uses
-        and queue it, in one unit. Raises before anything is stored."""
+        and queue it at level ``priority``, in one unit. Raises before anything is stored."""
         request = self._resolve_trained(owner_id, request.checked(self.settings))
         if request.vae:
             self.library.find("vae", request.vae, param="vae")
@@ -140,6 +143,7 @@ class TaskSubmitter:
             work=work_units(request),
             new_uploads=list(new.values()),
             batch_key=request.batch_key(),
+            priority=priority,
         )
 
     def _resolve_images(
@@ -237,6 +241,7 @@ class TaskSubmitter:
         new_uploads: list[CheckedImage] | None = None,
         also: Callable[[Session, uuid.UUID], None] | None = None,
         batch_key: str | None = None,
+        priority: int = 0,
     ) -> TaskRecord:
         """Insert a task of ``kind`` and its job, after the queue limits, with the rows of
         ``new_uploads`` (their files stored first, removed again if nothing commits);
@@ -245,7 +250,7 @@ class TaskSubmitter:
         images = new_uploads or []
         with storing(self.storage, images) as write, self.sessions.begin() as session:
             rank = fairness.next_rank(session, owner_id)
-            ahead, ahead_work = self._check_limits(session, owner_id, queue_name, rank)
+            ahead, ahead_work = self._check_limits(session, owner_id, queue_name, rank, priority)
             write()
             session.add_all([image.row(owner_id) for image in images])
             session.flush()
@@ -265,6 +270,7 @@ class TaskSubmitter:
                     "task_name": queue.TASK_NAMES[kind],
                     "rank": rank,
                     "batch_key": batch_key,
+                    "priority": priority,
                     "args": json.dumps({"task_id": str(task_id)}),
                 },
             ).one()
@@ -275,21 +281,21 @@ class TaskSubmitter:
                 id=task_id, owner_id=owner_id, kind=kind, origin=origin, state="queued",
                 model=model, request=request, step=0, total=total, work=work, attempts=0,
                 error=None, created_at=created_at, started_at=None, finished_at=None,
-                ahead=ahead, ahead_work=ahead_work, images=None,
+                ahead=ahead, ahead_work=ahead_work, images=None, priority=priority,
             )  # fmt: skip
             return self.reads.record(session, row)
 
     def _check_limits(
-        self, session: Session, owner_id: uuid.UUID, queue_name: str, rank: int
+        self, session: Session, owner_id: uuid.UUID, queue_name: str, rank: int, priority: int
     ) -> tuple[int, float]:
         """Refuse with Overloaded past a queue limit; else (tasks, work) ahead of a new task
-        of fair rank ``rank``.
+        of fair rank ``rank`` at level ``priority``.
 
         Deliberately lock-free: submits racing at the very same moment can each pass the
         check, so a limit can be exceeded by the number of submits in flight at once. Exact
         enforcement would serialise all of a user's submits."""
         mine, my_smallest, everyone, smallest, ahead, ahead_work = session.execute(
-            _LIMITS, {"owner": owner_id, "queue": queue_name, "rank": rank}
+            _LIMITS, {"owner": owner_id, "queue": queue_name, "rank": rank, "priority": priority}
         ).one()
         if mine >= self.settings.max_queued_per_user:
             raise Overloaded(

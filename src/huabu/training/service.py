@@ -140,9 +140,11 @@ class TrainingService:
         """Checkpoints the trainer can train on."""
         return [e.name for e in self.library.entries("checkpoints") if e.architecture in TRAINABLE]
 
-    def submit(self, owner_id: uuid.UUID, request: TrainingRequest, *, origin: str) -> TaskRecord:
-        """Validate completely, reserve the name, queue the training. Nothing is created when
-        anything is refused."""
+    def submit(
+        self, owner_id: uuid.UUID, request: TrainingRequest, *, origin: str, priority: int = 0
+    ) -> TaskRecord:
+        """Validate completely, reserve the name, queue the training (at level ``priority``).
+        Nothing is created when anything is refused."""
         request = request.checked(self.settings)
         base = request.base_model or self.library.default_model()
         entry = self.library.find("checkpoints", base, param="base_model")
@@ -201,6 +203,7 @@ class TrainingService:
                 * min(len(keys), self.settings.train_batch_size)  # an estimate, for the ETA
                 * _WORK_PER_IMAGE_STEP,
                 also=reserve,
+                priority=priority,
             )
         except IntegrityError:
             raise InvalidRequest(

@@ -8,6 +8,7 @@ import uuid
 
 from fastapi.concurrency import run_in_threadpool
 
+from huabu.auth import Principal
 from huabu.errors import Cancelled, TaskFailed, TaskTimedOut
 from huabu.native import GenerationRequest
 from huabu.tasks.records import TaskRecord
@@ -42,21 +43,27 @@ async def wait_for_task(
 
 async def submit_and_wait(
     services: Services,
-    owner_id: uuid.UUID,
+    caller: Principal,
     request: GenerationRequest,
     *,
     origin: str,
     uploads: NewUploads | None = None,
     cancelled_ok: bool = False,
 ) -> TaskRecord:
-    """Submit ``request`` and wait up to ``HUABU_SYNC_TIMEOUT`` for it. Returns the task once it
-    succeeded (or was cancelled, with ``cancelled_ok``); otherwise raises TaskFailed, Cancelled
-    or TaskTimedOut, each carrying the task's id. Refusals at submit raise as they are."""
+    """Submit ``request`` (at the caller's priority) and wait up to ``HUABU_SYNC_TIMEOUT`` for
+    it. Returns the task once it succeeded (or was cancelled, with ``cancelled_ok``); otherwise
+    raises TaskFailed, Cancelled or TaskTimedOut, each carrying the task's id. Refusals at
+    submit raise as they are."""
     record = await run_in_threadpool(
-        services.submitter.submit_generation, owner_id, request, origin=origin, uploads=uploads
+        services.submitter.submit_generation,
+        caller.id,
+        request,
+        origin=origin,
+        uploads=uploads,
+        priority=caller.priority,
     )
     timeout = services.settings.sync_timeout
-    record = await wait_for_task(services, owner_id, str(record.id), timeout)
+    record = await wait_for_task(services, caller.id, str(record.id), timeout)
     task_id = str(record.id)
     if record.state == "failed":
         raise TaskFailed(record.error or "the task failed", task_id=task_id)
