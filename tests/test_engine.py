@@ -169,3 +169,29 @@ def test_the_v_prediction_demo_runs_as_sd2_and_its_prediction_type_is_used(setti
         eps = engine.generate(request.model_copy(update={"model": "demo-eps"})).images[0]
         assert max_difference(v_image, eps) > 8, sampler
         assert np.asarray(v_image).std() > 1  # an image, not a flat or NaN-black field
+
+
+def test_large_images_are_decoded_in_vae_tiles(settings, small, monkeypatch):
+    """Above HUABU_VAE_TILE_SIZE a side, the VAE decodes in overlapping tiles (memory bounded
+    by the tile): the image keeps its size and looks the same, seams blended."""
+    from diffusers import AutoencoderKL
+
+    calls = []
+    tiled_decode = AutoencoderKL.tiled_decode
+
+    def spy(self, *args, **kwargs):
+        calls.append(args[0].shape)
+        return tiled_decode(self, *args, **kwargs)
+
+    monkeypatch.setattr(AutoencoderKL, "tiled_decode", spy)
+    request = small(width=160, height=96, steps=4)
+    whole = Engine(settings).generate(request)  # default 1024: one piece
+    assert calls == []
+    tiles = Engine(settings.model_copy(update={"vae_tile_size": 64})).generate(request)
+    assert calls and tiles.images[0].size == (160, 96)
+    difference = np.abs(pixels(tiles.images[0]) - pixels(whole.images[0]))
+    assert 0 < difference.mean() < 8, difference.mean()
+    decodes = len(calls)
+    seamless = Engine(settings.model_copy(update={"vae_tile_size": 64}))
+    seamless.generate(small(width=160, height=96, steps=4, tiling=True))
+    assert len(calls) == decodes  # a seamless (tiling) image decodes in one piece

@@ -95,6 +95,20 @@ class Settings(BaseSettings):
     max_images: int = Field(default=8, ge=1)
     max_steps: int = Field(default=150, ge=1)
 
+    vae_tile_size: int = Field(
+        default=1024,
+        ge=0,
+        description="Images larger than this many pixels on a side are decoded (and encoded) "
+        "by the VAE in overlapping tiles of this size, so its memory stays bounded; 0 = never.",
+    )
+
+    @field_validator("vae_tile_size")
+    @classmethod
+    def _vae_tile_size(cls, value: int) -> int:
+        if value and (value < 64 or value % 8):
+            raise ValueError("must be 0 (no tiling) or a multiple of 8 from 64 up")
+        return value
+
     # LoRA training (spec 001): defaults for what a request does not say, and its bounds.
     worker_training: bool = Field(
         default=True, description="This process's worker takes training jobs."

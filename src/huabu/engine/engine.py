@@ -33,6 +33,7 @@ from huabu.engine.variation import (
     tiled,
     upscale_image,
     upscale_latents,
+    vae_tiles,
     varied_start,
     vary,
 )
@@ -230,6 +231,8 @@ class Engine:
             with (
                 torch.inference_mode(),
                 tiled(request.tiling, model.components["unet"], vae, *nets),
+                # Not with seamless tiling: each VAE tile would wrap around on its own.
+                vae_tiles(vae, 0 if request.tiling else self.settings.vae_tile_size),
             ):
                 sample = self._k_sample if sampler.k_sampler else self._diffusers_sample
                 first = step.passes(request)

@@ -102,6 +102,23 @@ def tiled(enabled: bool, *modules: Any) -> Iterator[None]:
             conv.padding_mode = mode
 
 
+@contextmanager
+def vae_tiles(vae: Any, size: int) -> Iterator[None]:
+    """While it lasts, ``vae`` decodes and encodes images larger than ``size`` pixels on a side
+    in overlapping tiles of ``size`` (diffusers' tiled VAE: a quarter overlap, blended), so its
+    memory grows with the tile, not the image. 0: never."""
+    if not size or not hasattr(vae, "use_tiling"):
+        yield
+        return
+    scale = 2 ** (len(vae.config.block_out_channels) - 1)
+    saved = (vae.use_tiling, vae.tile_sample_min_size, vae.tile_latent_min_size)
+    vae.use_tiling, vae.tile_sample_min_size, vae.tile_latent_min_size = True, size, size // scale
+    try:
+        yield
+    finally:
+        vae.use_tiling, vae.tile_sample_min_size, vae.tile_latent_min_size = saved
+
+
 def upscale_latents(latents: torch.Tensor, upscaler: str, size: tuple[int, int]) -> torch.Tensor:
     """Latents interpolated to ``size`` (pixels), A1111's latent modes."""
     mode, antialias = LATENT_UPSCALERS[upscaler]
