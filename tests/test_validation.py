@@ -34,6 +34,17 @@ def check(settings, **fields):
         ({"output_format": "gif"}, "output_format", "png"),
         ({"clip_skip": 13}, "clip_skip", "12"),
         ({"bogus": 1}, "bogus", "is not a known field"),
+        # Image-to-image that would run no step at all (it failed on the worker before).
+        (
+            {"init_image": "00000000-0000-0000-0000-000000000001", "steps": 1, "strength": 0.75},
+            "strength",
+            "steps × strength must be at least 1",
+        ),
+        (
+            {"hires": {"strength": 0.04}, "steps": 20},
+            "hires.strength",
+            "steps × strength must be at least 1",
+        ),
     ],
 )
 def test_out_of_range_fields_are_named(settings, fields, param, fragment):

@@ -364,6 +364,12 @@ class GenerationRequest(BaseModel):
             )
         if self.inpaint is not None and self.init_image is None:
             raise InvalidRequest("inpaint needs an init_image to repaint", param="inpaint")
+        if self.init_image is not None and int(self.steps * self.strength) < 1:
+            raise InvalidRequest(
+                f"steps × strength must be at least 1 (image-to-image runs that many steps), "
+                f"got {self.steps} × {self.strength:g}; raise steps or strength",
+                param="strength",
+            )
         for index, unit in enumerate(self.controlnets):
             if unit.start >= unit.end:
                 raise InvalidRequest(
@@ -398,6 +404,13 @@ class GenerationRequest(BaseModel):
         hires.checked_upscaler()
         if self.init_image is not None:
             raise InvalidRequest("hires: the hires fix is for text-to-image", param="hires")
+        if hires_steps(self) < 1:
+            raise InvalidRequest(
+                f"hires: steps × strength must be at least 1 (the second pass runs that many "
+                f"steps), got {hires.steps or self.steps} × {hires.strength:g}; raise "
+                "hires.steps or hires.strength",
+                param="hires.strength",
+            )
         if hires.steps > settings.max_steps:
             raise InvalidRequest(
                 f"hires.steps must be at most {settings.max_steps}, got {hires.steps}",
