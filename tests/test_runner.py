@@ -85,7 +85,7 @@ def test_a_batch_runs_as_one_and_a_failing_task_fails_alone(place, engine, small
     runner = TaskRunner(settings, sessions, {"generate": GenerationHandler(settings, storage,
                         engine)}, WorkerId("w1", "h", "cpu"))  # fmt: skip
     stopping = threading.Event()
-    gather = partial(Batcher(settings, sessions).join, tasks[0].id, job.queue_name, worker,
+    gather = partial(Batcher(settings, sessions).join, job.queue_name, worker,
                      stopping=stopping)  # fmt: skip
     runner.run(tasks[0].id, stopping, threading.Event(), job.id, gather)
     done = [reads.get(owner.id, task.id) for task in tasks]

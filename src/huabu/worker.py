@@ -109,7 +109,7 @@ class Worker:
         job = context.job
         gather = None
         if self._worker_id is not None:
-            gather = partial(self.batcher.join, uuid.UUID(task_id), job.queue, self._worker_id,
+            gather = partial(self.batcher.join, job.queue, self._worker_id,
                              stopping=self.stopping)  # fmt: skip
         with self._busy:
             try:

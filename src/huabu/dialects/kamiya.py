@@ -292,12 +292,7 @@ async def generate(
     try:
         native = to_native(body, model=model, init_image=upload_id)
         record = await run_in_threadpool(
-            services.submitter.submit_generation,
-            user.id,
-            native,
-            origin=ORIGIN,
-            uploads=uploads,
-            priority=user.priority,
+            services.submitter.submit_generation, user, native, origin=ORIGIN, uploads=uploads
         )
     except InvalidRequest as exc:
         raise renamed(exc) from None

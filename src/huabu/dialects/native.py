@@ -196,10 +196,9 @@ def upload_out(record: UploadRecord) -> UploadOut:
 def submit_generation(
     body: GenerationBody, user: CurrentUser, services: ServicesDep, base: BaseUrl
 ) -> Response:
-    priority = user.priority_for(body.priority)
     request = GenerationRequest.model_validate(body.model_dump(exclude={"priority"}))
     record = services.submitter.submit_generation(
-        user.id, request, origin="native", priority=priority
+        user, request, origin="native", priority=body.priority
     )
     return task_response(record, services, base, status.HTTP_202_ACCEPTED)
 

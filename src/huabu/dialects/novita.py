@@ -461,12 +461,7 @@ def _prefixed(error: InvalidRequest) -> InvalidRequest:
 async def _submit(native: GenerationRequest, user, services, uploads=None) -> Response:
     try:
         record = await run_in_threadpool(
-            services.submitter.submit_generation,
-            user.id,
-            native,
-            origin=ORIGIN,
-            uploads=uploads,
-            priority=user.priority,
+            services.submitter.submit_generation, user, native, origin=ORIGIN, uploads=uploads
         )
     except InvalidRequest as exc:
         raise _renamed(exc) from None

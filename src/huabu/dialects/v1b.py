@@ -269,12 +269,7 @@ async def task_submit(request: Request, services: ServicesDep) -> Response:
     try:
         native = to_native(body, init_image=upload_id, settings=services.settings)
         record = await run_in_threadpool(
-            services.submitter.submit_generation,
-            user.id,
-            native,
-            origin=ORIGIN,
-            uploads=uploads,
-            priority=user.priority,
+            services.submitter.submit_generation, user, native, origin=ORIGIN, uploads=uploads
         )
     except InvalidRequest as exc:
         raise renamed(exc) from None

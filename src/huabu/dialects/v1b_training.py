@@ -305,9 +305,7 @@ async def train_submit(request: Request, services: ServicesDep) -> Response:
     user, body = await authenticated(services, request, TrainSubmitIn)
     try:
         native = to_native(body)
-        record = await run_in_threadpool(
-            services.training.submit, user.id, native, origin=ORIGIN, priority=user.priority
-        )
+        record = await run_in_threadpool(services.training.submit, user, native, origin=ORIGIN)
     except InvalidRequest as exc:
         raise renamed(exc) from None
     return _ok({"task_id": str(record.id)})

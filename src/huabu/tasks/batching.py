@@ -30,7 +30,6 @@ T = TypeVar("T")
 #: Poll interval while a batch waits for more jobs.
 _POLL_SECONDS = 0.02
 
-_KEY = text("SELECT batch_key FROM tasks WHERE id = :id")
 _TAKE = text(
     """
     UPDATE procrastinate_jobs SET status = 'doing', worker_id = :worker
@@ -55,21 +54,17 @@ class Batcher:
 
     def join(
         self,
-        task_id: uuid.UUID,
         queue: str,
         worker_id: int,
+        key: str,
         claim: Callable[[Session, uuid.UUID, int], T | None],
         stopping: threading.Event,
     ) -> list[T]:
-        """The claims of the jobs that join task ``task_id``'s (none when it runs alone):
+        """The claims of the jobs of batch key ``key`` in ``queue`` that join a run:
         ``claim(session, task_id, job_id)`` claims a task in the transaction that takes its
         job, or returns None (the task moved on; its job is ended here)."""
         room = self.settings.max_batch - 1
         if room <= 0:
-            return []
-        with self.sessions() as session:
-            key = session.execute(_KEY, {"id": task_id}).scalar()
-        if key is None:
             return []
         deadline = time.monotonic() + self.settings.batch_wait_ms / 1000
         joined: list[T] = []

@@ -44,7 +44,7 @@ _CLAIM = text(
            started_at = now(), step = 0, batch_size = 1, batch_work = work
      WHERE id = :id AND state IN ('queued', 'running')
        AND (CAST(:job AS bigint) IS NULL OR job_id = CAST(:job AS bigint))
-    RETURNING kind, request, attempts, cancel_requested, runs
+    RETURNING kind, request, attempts, cancel_requested, runs, batch_key
     """
 )
 _RUN = text(
@@ -194,9 +194,9 @@ class BatchHandler(Handler, Protocol):
     def batch(self, items: list[BatchItem]) -> list[Outcome | Exception]: ...
 
 
-#: Gathers the tasks that join a claimed one (``tasks.batching.Batcher.join`` bound to the
-#: task, its queue and this worker): given the claim function, returns their claims.
-Gather = Callable[[Callable[[Session, uuid.UUID, int], "_Claim | None"]], list["_Claim"]]
+#: Gathers the tasks that join a claimed one (``tasks.batching.Batcher.join`` bound to its
+#: queue and this worker): given its batch key and the claim function, returns their claims.
+Gather = Callable[[str, Callable[[Session, uuid.UUID, int], "_Claim | None"]], list["_Claim"]]
 
 
 @dataclass(frozen=True)
@@ -211,6 +211,7 @@ class _Claim:
     attempt: int
     cancel_requested: bool
     run: int
+    batch_key: str | None = None  # None: it runs alone
     joined: bool = False
 
 
@@ -253,8 +254,11 @@ class TaskRunner:
             if not self._runs(claim, lost):
                 return
             claims, handler = [claim], self.handlers[claim.kind]
-            if gather is not None and hasattr(handler, "batch"):
-                joined = gather(lambda session, task, job: self._claim(session, task, job, True))
+            if gather is not None and claim.batch_key is not None and hasattr(handler, "batch"):
+                joined = gather(
+                    claim.batch_key,
+                    lambda session, task, job: self._claim(session, task, job, True),
+                )
                 claims += [c for c in joined if self._runs(c, lost)]
                 if len(claims) > 1:
                     self._record_batch(claims)
@@ -269,8 +273,8 @@ class TaskRunner:
         row = session.execute(_CLAIM, {"id": task_id, "job": job_id}).one_or_none()
         if row is None:
             return None
-        kind, request, attempt, cancel_requested, run = row
-        claim = _Claim(task_id, job_id, kind, request, attempt, cancel_requested, run, joined)
+        kind, request, attempt, cancel_requested, run, key = row
+        claim = _Claim(task_id, job_id, kind, request, attempt, cancel_requested, run, key, joined)
         session.execute(_RUN, {"id": task_id, "run": claim.run, "attempt": claim.attempt,
                                "worker": self.worker.name, "host": self.worker.host,
                                "device": self.worker.device})  # fmt: skip

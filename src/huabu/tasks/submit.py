@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import bindparam, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from huabu.auth import Principal
 from huabu.catalog.library import check_families, private_name
 from huabu.catalog.preprocessors import check as check_preprocessor
 from huabu.catalog.preprocessors import held_annotators
@@ -105,15 +106,17 @@ class TaskSubmitter:
 
     def submit_generation(
         self,
-        owner_id: uuid.UUID,
+        caller: Principal,
         request: GenerationRequest,
         *,
         origin: str,
         uploads: NewUploads | None = None,
-        priority: int = 0,
+        priority: int | None = None,
     ) -> TaskRecord:
         """Check ``request`` completely, then store the images in ``uploads`` that it uses
-        and queue it at level ``priority``, in one unit. Raises before anything is stored."""
+        and queue it, in one unit, at the caller's level (or the lower ``priority`` asked).
+        Raises before anything is stored."""
+        owner_id, level = caller.id, caller.priority_for(priority)
         request = self._resolve_trained(owner_id, request.checked(self.settings))
         if request.vae:
             self.library.find("vae", request.vae, param="vae")
@@ -143,7 +146,7 @@ class TaskSubmitter:
             work=work_units(request),
             new_uploads=list(new.values()),
             batch_key=request.batch_key(),
-            priority=priority,
+            priority=level,
         )
 
     def _resolve_images(

@@ -16,6 +16,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from huabu.auth import Principal
 from huabu.catalog.library import private_name
 from huabu.db.tables import Dataset, Task, TrainedModel, Upload
 from huabu.errors import InvalidRequest, NotFound
@@ -140,11 +141,10 @@ class TrainingService:
         """Checkpoints the trainer can train on."""
         return [e.name for e in self.library.entries("checkpoints") if e.architecture in TRAINABLE]
 
-    def submit(
-        self, owner_id: uuid.UUID, request: TrainingRequest, *, origin: str, priority: int = 0
-    ) -> TaskRecord:
-        """Validate completely, reserve the name, queue the training (at level ``priority``).
+    def submit(self, caller: Principal, request: TrainingRequest, *, origin: str) -> TaskRecord:
+        """Validate completely, reserve the name, queue the training (at the caller's level).
         Nothing is created when anything is refused."""
+        owner_id = caller.id
         request = request.checked(self.settings)
         base = request.base_model or self.library.default_model()
         entry = self.library.find("checkpoints", base, param="base_model")
@@ -203,7 +203,7 @@ class TrainingService:
                 * min(len(keys), self.settings.train_batch_size)  # an estimate, for the ETA
                 * _WORK_PER_IMAGE_STEP,
                 also=reserve,
-                priority=priority,
+                priority=caller.priority,
             )
         except IntegrityError:
             raise InvalidRequest(

@@ -55,12 +55,7 @@ async def submit_and_wait(
     raises TaskFailed, Cancelled or TaskTimedOut, each carrying the task's id. Refusals at
     submit raise as they are."""
     record = await run_in_threadpool(
-        services.submitter.submit_generation,
-        caller.id,
-        request,
-        origin=origin,
-        uploads=uploads,
-        priority=caller.priority,
+        services.submitter.submit_generation, caller, request, origin=origin, uploads=uploads
     )
     timeout = services.settings.sync_timeout
     record = await wait_for_task(services, caller.id, str(record.id), timeout)
