@@ -61,6 +61,17 @@ def wait_state(client: httpx.Client, task_id: str, state: str, timeout: float = 
     raise AssertionError(f"task {task_id} never became {state}: {task}")
 
 
+def settled(client: httpx.Client, task_id: str, check, timeout: float = 5) -> dict:
+    """The task once ``check`` holds for it (within ``timeout`` s, else the test fails)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        task = client.get(f"/huabu/v1/tasks/{task_id}").json()
+        if check(task):
+            return task
+        assert time.monotonic() < deadline, task
+        time.sleep(0.05)
+
+
 def test_submit_poll_download(alice):
     queued = submit(alice, SMALL | {"n_images": 2, "seed": 77})
     assert queued["state"] == "queued" and queued["request"]["seed"] == 77
@@ -267,8 +278,8 @@ def test_priorities_go_first_and_requests_may_ask_lower_only(accounts, server, a
     assert refused.status_code == 400
     assert refused.json()["error"]["param"] == "priority"
     assert "between -9 and 0" in refused.json()["error"]["message"]
-    time.sleep(0.6)  # positions are read from a snapshot of the queue at most 0.5 s old
-    assert alice.get(f"/huabu/v1/tasks/{low['id']}").json()["queue_position"] == 5
+    # Positions come from a snapshot of the queue at most 0.5 s old: the new order shows soon.
+    settled(alice, low["id"], lambda task: task["queue_position"] == 5)
     expected = [urgent, keyed, *normal, low]
     done = [wait_finished(alice if t not in (urgent,) else carol_client, t["id"])
             for t in expected]  # fmt: skip
@@ -294,9 +305,9 @@ def test_queued_tasks_that_fit_share_one_loop(alice, bob):
     clients = [alice, bob, alice]
     running = [wait_state(c, t["id"], "running") for c, t in zip(clients, batch, strict=True)]
     assert {task["batch_size"] for task in running} == {3}
-    time.sleep(0.6)  # positions are read from a snapshot of the queue at most 0.5 s old
-    waiting = bob.get(f"/huabu/v1/tasks/{later['id']}").json()
-    assert (waiting["state"], waiting["queue_position"]) == ("queued", 0)
+    # Positions come from a snapshot of the queue at most 0.5 s old: the batch's start shows soon.
+    waiting = settled(bob, later["id"], lambda task: task["queue_position"] == 0)
+    assert waiting["state"] == "queued"
     etas = [c.get(f"/huabu/v1/tasks/{t['id']}").json()["eta_seconds"]
             for c, t in zip(clients, batch, strict=True)]  # fmt: skip
     assert waiting["eta_seconds"] > max(etas) > 0  # after the batch, not after 3 runs of it
