@@ -45,6 +45,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/service.py
 	$(BIN)/python bench/fleet.py
 	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/speed.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

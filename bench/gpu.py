@@ -12,7 +12,12 @@ On a full-size SD 1.5 architecture with random weights (no download: the shapes 
 On a full-size SDXL architecture with random weights, in fp16:
 (4) huabu ÷ bare diffusers at 1024², 20 steps, Euler a (it/s and peak GPU memory), and the VAE:
     huabu's decode (SDXL's VAE is upcast to fp32, as diffusers does) ÷ a plain fp16 decode.
-Prints; asserts nothing. ``--parts`` picks the sections (default: all of checks,sd15,sdxl).
+On the full-size SD 1.5 again (``bench/speed.py``'s measurements; issue 16's goals in brackets):
+(5) images/s of 8 requests batched ÷ one at a time (≥ 1.8); it/s with HUABU_COMPILE ÷ eager
+    (≥ 1.4), with the compile time and a restarted process's time from the disk cache; the
+    cost of a LoRA hot-swap (< 5 % of a generation, and no graph compiled).
+Prints; asserts nothing. ``--parts`` picks the sections (default: all of
+checks,sd15,sdxl,speed).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import traceback
 from pathlib import Path
 
 import numpy as np
+import speed  # noqa: E402 — bench/speed.py, beside this script
 import torch
 from diffusers import (
     AutoencoderKL,
@@ -251,6 +257,14 @@ def full_size(settings: Settings, args) -> None:
     )
 
 
+def speed_figures(settings: Settings, args) -> None:
+    folder = settings.models_dir / "checkpoints" / "sd15-random"
+    if not folder.is_dir():
+        build_full_size(folder)
+    speed.batching(settings, "sd15-random", args.size, args.steps, args.runs)
+    speed.compiled(settings, "sd15-random", args.size, args.steps, args.runs, "inductor")
+
+
 def build_full_size_xl(folder: Path) -> None:
     """SDXL base's architecture (2.6B-parameter UNet, CLIP-L and OpenCLIP bigG) with random
     weights, as a diffusers folder. Built on the GPU when there is one: initialising 3.5B
@@ -315,7 +329,7 @@ def main() -> None:
     parser.add_argument("--train-steps", type=int, default=30)
     parser.add_argument("--home", type=Path, default=None)
     parser.add_argument("--xl-size", type=int, default=1024)
-    parser.add_argument("--parts", default="checks,sdxl,sd15")
+    parser.add_argument("--parts", default="checks,sdxl,sd15,speed")
     args = parser.parse_args()
     parts = set(args.parts.split(","))
     home = args.home or Path(tempfile.mkdtemp(prefix="huabu-gpu-"))
@@ -326,6 +340,7 @@ def main() -> None:
         "checks": lambda: check_paths(settings),
         "sdxl": lambda: full_size_xl(settings, args),
         "sd15": lambda: full_size(settings, args),
+        "speed": lambda: speed_figures(settings, args),
     }
     for name, run in sections.items():
         if name in parts:

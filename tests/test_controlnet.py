@@ -9,7 +9,7 @@ from PIL import Image, ImageDraw
 from helpers import REF, max_difference
 from huabu.engine import preprocessors
 from huabu.errors import InvalidRequest, ModelUnavailable
-from huabu.native import ControlUnit, InpaintRef
+from huabu.native import ControlUnit, InpaintRef, LoraRef
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +131,9 @@ def test_bad_units_are_named(engine, small, square, changes, param, text):
 @pytest.mark.slow
 def test_a_single_file_controlnet_in_a1111_layout_is_the_same_controlnet(engine, small, square):
     """demo-controlnet-single is demo-controlnet written as A1111's downloads are
-    (control_model.*): loaded onto the checkpoint's structure, it makes the same images."""
+    (control_model.*): loaded onto the checkpoint's structure, it makes the same images;
+    a LoRA used on the checkpoint before does not get in its way."""
+    engine.generate(small(loras=(LoraRef(name="demo-lora"),)))
     folder = run(engine, small, square, unit())
     single = run(engine, small, square, unit(model="demo-controlnet-single"))
     assert max_difference(folder, single) == 0

@@ -9,7 +9,7 @@ from functools import partial
 import pytest
 from sqlalchemy import text
 
-from huabu.auth import Accounts
+from huabu.auth import Accounts, Principal
 from huabu.catalog.shared import Catalog
 from huabu.errors import DatabaseUnavailable
 from huabu.tasks.batching import Batcher
@@ -31,7 +31,7 @@ def test_a_run_whose_database_went_away_under_its_handler_is_queued_again(place)
     reads = TaskReads(settings, sessions)
     submitter = TaskSubmitter(settings, sessions, storage, Catalog(sessions, None, None), reads,
                               Uploads(settings, sessions, storage))  # fmt: skip
-    task = submitter.enqueue(owner.id, kind="generate", origin="native", model="demo",
+    task = submitter.enqueue(Principal.of(owner), kind="generate", origin="native", model="demo",
                              request={"model": "demo"}, total=1, work=1.0)  # fmt: skip
 
     def handler(task_id, data, progress):
@@ -64,7 +64,7 @@ def test_a_batch_runs_as_one_and_a_failing_task_fails_alone(place, engine, small
     assert len({request.batch_key() for request in requests}) == 1
     tasks = [
         submitter.enqueue(
-            owner.id,
+            Principal.of(owner),
             kind="generate",
             origin="native",
             model="demo",

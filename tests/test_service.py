@@ -13,6 +13,7 @@ from PIL import Image
 
 from helpers import max_difference, png_bytes
 from huabu.auth import Accounts
+from huabu.auth.administration import Administration
 from huabu.catalog.infotext import parse_infotext, read_parameters
 from serving import Server
 
@@ -259,7 +260,7 @@ def test_priorities_go_first_and_requests_may_ask_lower_only(accounts, server, a
     """carol (priority 5, set by an admin) jumps alice's queue; alice's key with priority 2
     comes next; alice may ask for a lower level than hers, and is refused a higher one."""
     carol = accounts.add_user("vip@example.com", "password123")
-    accounts.set_priority("vip@example.com", 5)
+    Administration(accounts).set_priority("admin@example.com", carol.id, 5)
     carol_client = server.client(accounts.create_key(carol.id))
     alice_id = accounts.user_by_email("alice@example.com").id
     fast_key = server.client(accounts.create_key(alice_id, priority=2))

@@ -19,6 +19,7 @@ from huabu.dialects import (
     a1111,
     kamiya,
     native,
+    native_admin,
     novita,
     openai_images,
     sdserver,
@@ -27,6 +28,7 @@ from huabu.dialects import (
 )
 from huabu.settings import Settings
 from huabu.web import errors, files
+from huabu.web.idempotency import IdempotencyKeys
 from huabu.web.limits import BodyLimit
 from huabu.web.openapi import truthful_openapi
 from huabu.web.services import Services
@@ -74,9 +76,11 @@ def create_app(settings: Settings, sessions: sessionmaker[Session] | None = None
     app.state.error_renderers = renderers
     errors.install(app, renderers)
     app.openapi = lambda: truthful_openapi(app, renderers)  # type: ignore[method-assign]
+    app.add_middleware(IdempotencyKeys, renderers=renderers)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, renderers=renderers)
     app.add_middleware(errors.LastResort, renderers=renderers)  # outermost: sees everything
     app.include_router(native.router)
+    app.include_router(native_admin.router)
     app.include_router(sdserver.router)
     app.include_router(v1b.router)
     app.include_router(v1b_training.router)

@@ -3,6 +3,7 @@ and API keys. Errors are one line on stderr and exit status 2 — never a traceb
 
 from __future__ import annotations
 
+import getpass
 import sys
 import uuid
 from pathlib import Path
@@ -259,6 +260,40 @@ def _accounts():
     return Accounts(open_database(Settings()))
 
 
+def _admin():
+    """Admin actions from the command line, audited as ``cli:<login>``."""
+    from huabu.auth.administration import Administration
+
+    try:
+        login = getpass.getuser()
+    except (KeyError, OSError):  # a container's uid with no name
+        login = "unknown"
+    return Administration(_accounts()), f"cli:{login}"
+
+
+def _limit(value: str | None, name: str) -> int | None:
+    """A quota option: a whole number from 0 up, or 'none' for no limit."""
+    if value is None or value.lower() == "none":
+        return None
+    if not value.isdigit():
+        _fail(f"{name} must be a whole number from 0 up, or 'none'; got {value!r}")
+    return int(value)
+
+
+def _quota_options(images_per_day: str | None, requests_per_minute: str | None) -> dict:
+    changes = {}
+    if images_per_day is not None:
+        changes["images_per_day"] = _limit(images_per_day, "--images-per-day")
+    if requests_per_minute is not None:
+        changes["requests_per_minute"] = _limit(requests_per_minute, "--requests-per-minute")
+    if not changes:
+        _fail("give --images-per-day and/or --requests-per-minute (a number, or 'none')")
+    return changes
+
+
+_QUOTA_HELP = "A whole number from 0 up, or 'none' for no limit."
+
+
 @users_app.command("add")
 def users_add(
     email: str,
@@ -267,10 +302,28 @@ def users_add(
 ) -> None:
     """Create a user who can log in with EMAIL and PASSWORD."""
     try:
-        user = _accounts().add_user(email, password, admin=admin)
+        administration, actor = _admin()
+        user = administration.add_user(actor, email, password, admin=admin)
     except HuabuError as exc:
         _fail(exc.message)
     typer.echo(f"added {user.email}{' (admin)' if user.is_admin else ''}")
+
+
+@users_app.command("list")
+def users_list() -> None:
+    """Every user: email, role, state, priority and quotas."""
+    administration, _ = _admin()
+    for user in administration.users(limit=10_000):
+        flags = [f for f, on in (("admin", user.is_admin), ("disabled", user.disabled)) if on]
+        typer.echo(
+            f"{user.email}\t{','.join(flags) or '-'}\tpriority {user.priority}\t"
+            f"images/day {_shown(user.images_per_day)}\t"
+            f"requests/min {_shown(user.requests_per_minute)}"
+        )
+
+
+def _shown(limit: int | None) -> str:
+    return "none" if limit is None else str(limit)
 
 
 @users_app.command("priority")
@@ -280,10 +333,51 @@ def users_priority(
     """Queue EMAIL's tasks at LEVEL: higher levels run first; their requests may ask for any
     level up to it. Servers see the change within 5 seconds."""
     try:
-        _accounts().set_priority(email, level)
+        administration, actor = _admin()
+        administration.set_priority(actor, email, level)
     except HuabuError as exc:
         _fail(exc.message)
     typer.echo(f"{email}: priority {level}")
+
+
+@users_app.command("set-quota")
+def users_set_quota(
+    email: str,
+    images_per_day: Annotated[str | None, typer.Option(help=_QUOTA_HELP)] = None,
+    requests_per_minute: Annotated[str | None, typer.Option(help=_QUOTA_HELP)] = None,
+) -> None:
+    """Limit EMAIL's images per day (UTC) and submits per minute (checked at each submit)."""
+    changes = _quota_options(images_per_day, requests_per_minute)
+    try:
+        administration, actor = _admin()
+        user = administration.set_quota(actor, email, **changes)
+    except HuabuError as exc:
+        _fail(exc.message)
+    typer.echo(f"{user.email}: images/day {_shown(user.images_per_day)}, "
+               f"requests/min {_shown(user.requests_per_minute)}")  # fmt: skip
+
+
+@users_app.command("disable")
+def users_disable(email: str) -> None:
+    """Refuse EMAIL's password, sessions and keys (servers see it within 5 seconds); their
+    tasks and images stay."""
+    try:
+        administration, actor = _admin()
+        administration.set_disabled(actor, email, True)
+    except HuabuError as exc:
+        _fail(exc.message)
+    typer.echo(f"{email}: disabled")
+
+
+@users_app.command("enable")
+def users_enable(email: str) -> None:
+    """Let a disabled user in again."""
+    try:
+        administration, actor = _admin()
+        administration.set_disabled(actor, email, False)
+    except HuabuError as exc:
+        _fail(exc.message)
+    typer.echo(f"{email}: enabled")
 
 
 @keys_app.command("create")
@@ -295,12 +389,11 @@ def keys_create(
 ) -> None:
     """Create an API key for EMAIL; the key is the last line of output, shown only once."""
     try:
-        accounts = _accounts()
-        user = accounts.user_by_email(email)
-        key = accounts.create_key(user.id, priority=priority)
+        administration, actor = _admin()
+        key = administration.create_key(actor, email, priority=priority)
     except HuabuError as exc:
         _fail(exc.message)
-    typer.echo(f"API key for {user.email} (shown once; store it now):")
+    typer.echo(f"API key for {email} (shown once; store it now):")
     typer.echo(key)
 
 
@@ -315,17 +408,36 @@ def keys_priority(
     except ValueError:
         _fail(f"level must be a number from -9 to 9 or 'user', got {level!r}")
     try:
-        _accounts().set_key_priority(key, priority)
+        administration, actor = _admin()
+        administration.set_key_priority(actor, key, priority)
     except HuabuError as exc:
         _fail(exc.message)
     typer.echo(f"priority {level}")
+
+
+@keys_app.command("set-quota")
+def keys_set_quota(
+    key: Annotated[str, typer.Argument(help="The key, or its hb_<prefix>.")],
+    images_per_day: Annotated[str | None, typer.Option(help=_QUOTA_HELP)] = None,
+    requests_per_minute: Annotated[str | None, typer.Option(help=_QUOTA_HELP)] = None,
+) -> None:
+    """Limit one key's calls, on top of its user's quotas."""
+    changes = _quota_options(images_per_day, requests_per_minute)
+    try:
+        administration, actor = _admin()
+        row = administration.set_key_quota(actor, key, **changes)
+    except HuabuError as exc:
+        _fail(exc.message)
+    typer.echo(f"hb_{row.prefix}: images/day {_shown(row.images_per_day)}, "
+               f"requests/min {_shown(row.requests_per_minute)}")  # fmt: skip
 
 
 @keys_app.command("revoke")
 def keys_revoke(key: Annotated[str, typer.Argument(help="The key, or its hb_<prefix>.")]) -> None:
     """Revoke an API key (servers stop accepting it within 5 seconds: they cache keys)."""
     try:
-        _accounts().revoke_key(key)
+        administration, actor = _admin()
+        administration.revoke_key(actor, key)
     except HuabuError as exc:
         _fail(exc.message)
     typer.echo("revoked")

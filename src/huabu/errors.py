@@ -2,11 +2,13 @@
 
 HuabuError                      any error a caller should see, with a readable message
 ├── InvalidRequest(param)       the request is wrong; ``param`` names the offending field
-│   └── TooLarge                the request body is over the configured limit
+│   ├── TooLarge                the request body is over the configured limit
+│   └── Conflict                it contradicts an earlier request (a reused Idempotency-Key)
 ├── AuthFailed                  credentials missing, wrong or revoked
 ├── Forbidden                   valid credentials, but not allowed (admins only)
 ├── NotFound                    unknown id or name (also: exists but is not yours)
 ├── Overloaded(retry_after)     a queue limit is reached; try again in ``retry_after`` seconds
+│   └── QuotaExceeded           the caller's images-per-day or requests-per-minute quota
 ├── ModelUnavailable            the model exists but cannot be loaded
 ├── DatabaseUnavailable         the database cannot be reached now; nothing was done
 ├── StorageUnavailable          the image store (S3) cannot be reached or refused
@@ -64,6 +66,15 @@ class Overloaded(HuabuError):
     def __init__(self, message: str, *, retry_after: int) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class QuotaExceeded(Overloaded):
+    """The caller (or their API key) is over a quota an admin set (``tasks.quotas``)."""
+
+
+class Conflict(InvalidRequest):
+    """The request contradicts one accepted earlier (an ``Idempotency-Key`` reused with
+    another body); ``param`` names the header or field."""
 
 
 class ModelUnavailable(HuabuError):

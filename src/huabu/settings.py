@@ -8,6 +8,9 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+#: torch.compile backends HUABU_COMPILE_BACKEND may name (torch's own; no extra packages).
+COMPILE_BACKENDS = ("inductor", "cudagraphs", "aot_eager", "eager")
+
 
 class Settings(BaseSettings):
     """Everything huabu can be configured with. Build it once and pass it down."""
@@ -107,6 +110,38 @@ class Settings(BaseSettings):
     def _vae_tile_size(cls, value: int) -> int:
         if value and (value < 64 or value % 8):
             raise ValueError("must be 0 (no tiling) or a multiple of 8 from 64 up")
+        return value
+
+    compile: bool = Field(
+        default=False,
+        description="torch.compile each model's UNet when it loads (channels-last memory, "
+        "fused attention projections), warmed up at load; LoRAs are then hot-swapped.",
+    )
+    compile_backend: str = Field(
+        default="inductor",
+        description="torch.compile backend: inductor (kernels; needs gcc on CPU), cudagraphs, "
+        "aot_eager or eager (both only trace: for checking, not speed).",
+    )
+    compile_recompiles: int = Field(
+        default=16,
+        ge=1,
+        le=64,
+        description="Graphs of the UNet compiled per worker (its models together) for new "
+        "shapes (sizes, batch sizes) and variants before further ones run uncompiled.",
+    )
+    lora_max_rank: int = Field(
+        default=128,
+        ge=1,
+        le=1024,
+        description="Compiled models pad LoRAs to this rank, so that any LoRA up to it swaps "
+        "in without recompiling.",
+    )
+
+    @field_validator("compile_backend")
+    @classmethod
+    def _compile_backend(cls, value: str) -> str:
+        if value not in COMPILE_BACKENDS:
+            raise ValueError(f"must be one of {', '.join(COMPILE_BACKENDS)}")
         return value
 
     # LoRA training (spec 001): defaults for what a request does not say, and its bounds.

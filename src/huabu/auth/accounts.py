@@ -48,11 +48,19 @@ class Principal:
     email: str
     is_admin: bool
     priority: int = 0
+    #: The API key used (None: a session, a password, the anonymous user, the CLI): a key's
+    #: own quotas apply on top of its user's.
+    key_id: uuid.UUID | None = None
 
     @classmethod
-    def of(cls, user: User, key_priority: int | None = None) -> Principal:
-        priority = user.priority if key_priority is None else key_priority
-        return cls(user.id, user.email, user.is_admin, priority)
+    def of(cls, user: User, key: ApiKey | None = None) -> Principal:
+        if user.disabled_at is not None:
+            raise AuthFailed("this account is disabled; ask the service's administrator")
+        if key is None or key.priority is None:
+            priority = user.priority
+        else:
+            priority = key.priority
+        return cls(user.id, user.email, user.is_admin, priority, key.id if key else None)
 
     def priority_for(self, asked: int | None) -> int:
         """The level a request queues at: what it ``asked`` (lower than the caller's own
@@ -141,6 +149,7 @@ class Accounts:
             _hasher.verify(user.password_hash, password)
         except (VerificationError, InvalidHashError):
             raise AuthFailed("wrong email or password") from None
+        Principal.of(user)  # a disabled user cannot log in
         return user
 
     def options(self, user_id: uuid.UUID) -> dict[str, Any]:
@@ -171,22 +180,6 @@ class Accounts:
             row = self._key_by_prefix(session, key_or_prefix)
             row.revoked_at = row.revoked_at or datetime.now(UTC)
 
-    def set_key_priority(self, key_or_prefix: str, priority: int | None) -> None:
-        """The level a key's calls queue at (None: its user's again)."""
-        if priority is not None:
-            check_priority(priority)
-        with self.sessions.begin() as session:
-            self._key_by_prefix(session, key_or_prefix).priority = priority
-
-    def set_priority(self, email: str, priority: int) -> None:
-        """The level ``email``'s tasks queue at (and the most their requests may ask)."""
-        check_priority(priority)
-        with self.sessions.begin() as session:
-            user = session.scalar(select(User).where(User.email == normalise_email(email)))
-            if user is None:
-                raise NotFound(f"no user {normalise_email(email)}")
-            user.priority = priority
-
     @staticmethod
     def _key_by_prefix(session: Session, key_or_prefix: str) -> ApiKey:
         match = _KEY.match(key_or_prefix)
@@ -202,10 +195,13 @@ class Accounts:
             return session.get_one(User, self._valid_key(session, key).user_id)
 
     def principal_for_key(self, key: str) -> Principal:
-        """Who calls with a valid, unrevoked API key (at the key's priority), or AuthFailed."""
-        with self.sessions() as session:
+        """Who calls with a valid, unrevoked API key (at the key's priority), or AuthFailed.
+        Records the key's use (a server looks a key up at most every few seconds)."""
+        with self.sessions.begin() as session:
             row = self._valid_key(session, key)
-            return Principal.of(session.get_one(User, row.user_id), row.priority)
+            principal = Principal.of(session.get_one(User, row.user_id), row)
+            row.last_used_at = datetime.now(UTC)
+            return principal
 
     @staticmethod
     def _valid_key(session: Session, key: str) -> ApiKey:

@@ -40,6 +40,11 @@ class User(Base):
     options: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
     #: The level this user's tasks queue at, and the most a request may ask (``tasks.fairness``).
     priority: Mapped[int] = mapped_column(SmallInteger, default=0, server_default="0")
+    #: Quotas (``tasks.quotas``); None: no limit.
+    images_per_day: Mapped[int | None] = mapped_column(Integer)
+    requests_per_minute: Mapped[int | None] = mapped_column(Integer)
+    #: A disabled user's credentials (password, sessions, keys) are refused.
+    disabled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class ApiKey(Base):
@@ -57,6 +62,11 @@ class ApiKey(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     #: The priority of calls with this key, instead of its user's (None: the user's).
     priority: Mapped[int | None] = mapped_column(SmallInteger)
+    #: Quotas of this key's calls, on top of its user's (None: only the user's).
+    images_per_day: Mapped[int | None] = mapped_column(Integer)
+    requests_per_minute: Mapped[int | None] = mapped_column(Integer)
+    #: When a server last looked the key up (not every call: servers cache keys for seconds).
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class AuthSession(Base):
@@ -127,6 +137,10 @@ class Task(Base):
     #: The work of all the tasks of that run (None: not run yet).
     batch_work: Mapped[float | None] = mapped_column(Float)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: The API key it was submitted with (None: a session or the CLI), for per-key quotas.
+    api_key_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    #: Images it asks for (0 for training): what the images-per-day quota counts.
+    images: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -228,3 +242,33 @@ class TrainedModel(Base):
     main_body: Mapped[str] = mapped_column(String(32))
     nsfw: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class IdempotencyKey(Base):
+    """A submit's ``Idempotency-Key``: the same key with the same body returns this task for
+    24 hours (``tasks.idempotency``)."""
+
+    __tablename__ = "idempotency_keys"
+
+    owner_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    #: SHA-256 of the method, path and body of the request that first used it.
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    task_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class AuditEntry(Base):
+    """Who did what to whom: every admin action, through the admin API or the CLI."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    #: The admin's email, or ``cli:<os user>`` for the command line.
+    actor: Mapped[str] = mapped_column(String(320))
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(String(400))
+    details: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from huabu.catalog.library import ModelLibrary
+from huabu.engine import compiling
 from huabu.errors import ModelUnavailable
 from huabu.native import IpAdapterRef, LoraRef
 
@@ -175,6 +176,7 @@ class IpAdapter:
             yield
             return
         entry = self.library.find("ipadapter", ref.name, param="ip_adapter.name")
+        compiling.unfuse(self.pipe.unet)
         weights = sorted(entry.path.glob("*.safetensors")) if entry.path.is_dir() else []
         if not weights or not (entry.path / "image_encoder").is_dir():
             raise ModelUnavailable(
@@ -196,6 +198,7 @@ class IpAdapter:
             ) from exc
         self.pipe.set_ip_adapter_scale(ref.scale)
         try:
-            yield
+            with compiling.eager(self.pipe.unet):
+                yield
         finally:
             self.pipe.unload_ip_adapter()

@@ -43,7 +43,9 @@ from diffusers import (
 
 from huabu.catalog.architectures import Architecture
 from huabu.catalog.library import ModelEntry, ModelLibrary
+from huabu.engine import compiling
 from huabu.engine.adapters import Embeddings, IpAdapter, LoraSwitch
+from huabu.engine.lora_slots import LoraSlots
 from huabu.engine.prompts import PromptEncoder
 from huabu.engine.single_file import (
     CheckpointHeader,
@@ -113,7 +115,7 @@ class LoadedModel:
     img2img: Any
     prompt_encoder: PromptEncoder
     model_hash: str | None
-    loras: LoraSwitch
+    loras: LoraSwitch | LoraSlots
     embeddings: Embeddings
     ip_adapter: IpAdapter
     #: Held by the one request using the model (see ``PipelineCache.lease``).
@@ -147,6 +149,8 @@ class PipelineCache:
         self._vaes: OrderedDict[str, tuple[AutoencoderKL, threading.Lock]] = OrderedDict()
         self._controlnets: OrderedDict[tuple, ControlNetModel] = OrderedDict()
         self._lock = threading.Lock()
+        if settings.compile:
+            compiling.configure(settings)
 
     @contextmanager
     def lease(self, name: str, *, param: str = "model") -> Iterator[LoadedModel]:
@@ -246,7 +250,8 @@ class PipelineCache:
     def load_private(self, name: str) -> LoadedModel:
         """A copy of checkpoint ``name`` that is not cached: its owner may change its weights
         (training adds adapters) and must ``release`` it when done."""
-        return self._load(self.library.find("checkpoints", name, param="base_model"))
+        entry = self.library.find("checkpoints", name, param="base_model")
+        return self._load(entry, compile=False)
 
     def release_memory(self) -> None:
         """Return freed weights' memory (to the GPU allocator's pool, on CUDA) at once."""
@@ -254,7 +259,7 @@ class PipelineCache:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
-    def _load(self, entry: ModelEntry) -> LoadedModel:
+    def _load(self, entry: ModelEntry, *, compile: bool = True) -> LoadedModel:
         path = entry.path
         if entry.layout == "pickle":
             path = self._convert_pickle(entry)
@@ -303,6 +308,13 @@ class PipelineCache:
                 ) from exc
         pipe.to(self.device)
         pipe.set_progress_bar_config(disable=True)
+        if compile and self.settings.compile:
+            compiling.prepare(pipe.unet, self.settings)
+            compiling.warm_up(pipe, architecture, entry.name)
+            loras: LoraSwitch | LoraSlots = LoraSlots(pipe, self.library,
+                                                      self.settings.lora_max_rank)  # fmt: skip
+        else:
+            loras = LoraSwitch(pipe, self.library)
         # (A refiner is an image-to-image pipeline already, with its own settings.)
         img2img = pipe if isinstance(pipe, img2img_cls) else img2img_cls(**pipe.components)
         img2img.set_progress_bar_config(disable=True)
@@ -323,7 +335,7 @@ class PipelineCache:
             img2img,
             encoder,
             self.library.model_hash(entry),
-            LoraSwitch(pipe, self.library),
+            loras,
             Embeddings(pipe, self.library),
             IpAdapter(pipe, self.library),
         )

@@ -189,7 +189,9 @@ def config_folder(configs: dict[str, Config], architecture: Architecture, cache:
 def single_file_controlnet(path: Path, name: str, unet: Any) -> Any:
     """An A1111 ControlNet download (``control_model.*``, or bare keys) as a diffusers
     ControlNet with ``unet``'s structure: a ControlNet is a copy of its base's encoder, so
-    the base model gives the config, and the file's hint-block shapes the rest."""
+    the base model gives the config, and the file's hint-block shapes the rest (the base's
+    weights are not copied: the file has its own, and a base with LoRAs loaded has extra
+    layers that would not fit)."""
     from diffusers import ControlNetModel
     from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint
     from safetensors import SafetensorError
@@ -211,7 +213,9 @@ def single_file_controlnet(path: Path, name: str, unet: Any) -> Any:
         )
     channels = tuple(out for _, out in hints[:-1])[0::2]
     try:
-        model = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=channels)
+        model = ControlNetModel.from_unet(
+            unet, conditioning_embedding_out_channels=channels, load_weights_from_unet=False
+        )
         converted = convert_controlnet_checkpoint(bare, dict(model.config))
         model.load_state_dict(converted, strict=True)
     except (RuntimeError, KeyError, ValueError, TypeError) as exc:

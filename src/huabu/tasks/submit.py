@@ -30,7 +30,7 @@ from huabu.native import MAX_LORAS, GenerationRequest, ImageRef, LoraRef
 from huabu.native.generation import hires_steps
 from huabu.settings import Settings
 from huabu.storage import Storage
-from huabu.tasks import fairness, queue
+from huabu.tasks import fairness, idempotency, queue, quotas
 from huabu.tasks.reads import TaskReads
 from huabu.tasks.records import TaskRecord, TrainedRecord
 from huabu.tasks.uploads import CheckedImage, NewUploads, Uploads, storing
@@ -56,9 +56,10 @@ _INSERT_AND_DEFER = text(
     f"""
     WITH job AS ({queue.DEFER_SQL})
     INSERT INTO tasks (id, owner_id, kind, origin, queue, state, model, request, step, total,
-                       work, attempts, job_id, cancel_requested, fair_rank, batch_key, priority)
+                       work, attempts, job_id, cancel_requested, fair_rank, batch_key, priority,
+                       api_key_id, images)
     SELECT :id, :owner, :kind, :origin, :queue, 'queued', :model, CAST(:request AS jsonb), 0,
-           :total, :work, 0, job.id, false, :rank, :batch_key, :priority
+           :total, :work, 0, job.id, false, :rank, :batch_key, :priority, :key_id, :images
       FROM job
     RETURNING created_at, job_id
     """
@@ -137,7 +138,7 @@ class TaskSubmitter:
         if request.inpaint is not None:
             self._check_mask(request, new)
         return self.enqueue(
-            owner_id,
+            caller,
             kind="generate",
             origin=origin,
             model=request.model,
@@ -147,6 +148,7 @@ class TaskSubmitter:
             new_uploads=list(new.values()),
             batch_key=request.batch_key(),
             priority=level,
+            images=request.n_images,
         )
 
     def _resolve_images(
@@ -233,7 +235,7 @@ class TaskSubmitter:
 
     def enqueue(
         self,
-        owner_id: uuid.UUID,
+        caller: Principal,
         *,
         kind: str,
         origin: str,
@@ -244,18 +246,27 @@ class TaskSubmitter:
         new_uploads: list[CheckedImage] | None = None,
         also: Callable[[Session, uuid.UUID], None] | None = None,
         batch_key: str | None = None,
-        priority: int = 0,
+        priority: int | None = None,
+        images: int = 0,
     ) -> TaskRecord:
-        """Insert a task of ``kind`` and its job, after the queue limits, with the rows of
-        ``new_uploads`` (their files stored first, removed again if nothing commits);
-        ``also(session, task_id)`` writes rows that belong with it, in the same transaction."""
-        task_id, queue_name = uuid.uuid4(), queue.QUEUES[kind]
-        images = new_uploads or []
-        with storing(self.storage, images) as write, self.sessions.begin() as session:
+        """Insert a task of ``kind`` (asking for ``images`` images) and its job, at level
+        ``priority`` (None: the caller's), after the queue limits and the caller's quotas,
+        with the rows of ``new_uploads`` (their files stored first, removed again if nothing
+        commits); ``also(session, task_id)`` writes rows that belong with it, in the same
+        transaction. A retried request (its Idempotency-Key seen with the same body) gets
+        the task its first try queued, and queues nothing."""
+        owner_id, task_id, queue_name = caller.id, uuid.uuid4(), queue.QUEUES[kind]
+        priority = caller.priority if priority is None else priority
+        arriving = new_uploads or []
+        with storing(self.storage, arriving) as write, self.sessions.begin() as session:
+            first = idempotency.original(session, owner_id)
+            if first is not None:
+                return self.reads.get(owner_id, first)
+            quotas.check(session, owner_id, caller.key_id, images)
             rank = fairness.next_rank(session, owner_id)
             ahead, ahead_work = self._check_limits(session, owner_id, queue_name, rank, priority)
             write()
-            session.add_all([image.row(owner_id) for image in images])
+            session.add_all([image.row(owner_id) for image in arriving])
             session.flush()
             created_at, _ = session.execute(
                 _INSERT_AND_DEFER,
@@ -274,9 +285,12 @@ class TaskSubmitter:
                     "rank": rank,
                     "batch_key": batch_key,
                     "priority": priority,
+                    "key_id": caller.key_id,
+                    "images": images,
                     "args": json.dumps({"task_id": str(task_id)}),
                 },
             ).one()
+            idempotency.remember(session, owner_id, task_id)
             if also is not None:
                 also(session, task_id)
                 session.flush()

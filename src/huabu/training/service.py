@@ -192,7 +192,7 @@ class TrainingService:
 
         try:
             return self.submitter.enqueue(
-                owner_id,
+                caller,
                 kind="train",
                 origin=origin,
                 model=base,
@@ -203,7 +203,6 @@ class TrainingService:
                 * min(len(keys), self.settings.train_batch_size)  # an estimate, for the ETA
                 * _WORK_PER_IMAGE_STEP,
                 also=reserve,
-                priority=caller.priority,
             )
         except IntegrityError:
             raise InvalidRequest(

@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from huabu.errors import (
     AuthFailed,
     Cancelled,
+    Conflict,
     DatabaseUnavailable,
     Forbidden,
     GenerationFailed,
@@ -42,6 +43,7 @@ log = logging.getLogger("huabu.web")
 #: Most specific first: TooLarge is an InvalidRequest with its own status.
 _STATUS: tuple[tuple[type[HuabuError], int], ...] = (
     (TooLarge, 413),
+    (Conflict, 409),
     (InvalidRequest, 400),
     (AuthFailed, 401),
     (Forbidden, 403),
