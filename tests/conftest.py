@@ -157,7 +157,14 @@ def accounts(service_home):
 @pytest.fixture(scope="session")
 def server(service_home, accounts):
     # 127.0.0.2 stands in for "a public image host" in the URL-fetching tests.
-    server = Server(service_home, {"HUABU_FETCH_ALLOW": '["127.0.0.2/32"]'})
+    server = Server(
+        service_home,
+        {
+            "HUABU_FETCH_ALLOW": '["127.0.0.2/32"]',
+            "HUABU_WEBHOOK_BACKOFF_SECONDS": "0.2",
+            "HUABU_WEBHOOK_ATTEMPTS": "3",
+        },
+    )
     yield server
     server.stop()
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
@@ -20,6 +21,7 @@ from huabu.dialects import (
     kamiya,
     native,
     native_admin,
+    native_webhooks,
     novita,
     openai_images,
     sdserver,
@@ -27,13 +29,24 @@ from huabu.dialects import (
     v1b_training,
 )
 from huabu.settings import Settings
-from huabu.web import errors, files
+from huabu.tasks.records import TaskRecord
+from huabu.tasks.service_jobs import ServiceJobs
+from huabu.web import errors, files, metrics
 from huabu.web.idempotency import IdempotencyKeys
 from huabu.web.limits import BodyLimit
+from huabu.web.metrics import RequestTimer, Telemetry
 from huabu.web.openapi import truthful_openapi
 from huabu.web.services import Services
 
 log = logging.getLogger("huabu.web")
+
+
+def _render_task(services: Services, record: TaskRecord) -> dict[str, Any]:
+    """A task as ``GET /huabu/v1/tasks/{id}`` returns it, for webhook bodies: file URLs on
+    HUABU_PUBLIC_URL (else this server's own address)."""
+    settings = services.settings
+    base = (settings.public_url or f"http://{settings.host}:{settings.port}").rstrip("/")
+    return native.task_out(record, services, base).model_dump(mode="json")
 
 
 def create_app(settings: Settings, sessions: sessionmaker[Session] | None = None) -> FastAPI:
@@ -46,9 +59,12 @@ def create_app(settings: Settings, sessions: sessionmaker[Session] | None = None
         database = (
             sessions if sessions is not None else await run_in_threadpool(open_database, settings)
         )
-        services = Services.build(settings, database, uri)
+        services = Services.build(settings, database, uri, _render_task)
         app.state.services = services
+        telemetry.watch(services)
         await services.events.start()
+        jobs = ServiceJobs(settings, uri, database, services.storage, services.deliveries)
+        await jobs.start()
         worker = None
         if settings.worker:
             from huabu.worker import Worker  # imports torch; API-only servers skip it
@@ -60,6 +76,7 @@ def create_app(settings: Settings, sessions: sessionmaker[Session] | None = None
         finally:
             if worker is not None:
                 await worker.stop()
+            await jobs.stop()
             await services.events.stop()
             # uvicorn ends the process by re-raising SIGTERM/SIGINT, which skips atexit hooks.
             database.kw["bind"].dispose()
@@ -76,11 +93,15 @@ def create_app(settings: Settings, sessions: sessionmaker[Session] | None = None
     app.state.error_renderers = renderers
     errors.install(app, renderers)
     app.openapi = lambda: truthful_openapi(app, renderers)  # type: ignore[method-assign]
+    telemetry = Telemetry()
+    app.state.telemetry = telemetry
     app.add_middleware(IdempotencyKeys, renderers=renderers)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, renderers=renderers)
+    app.add_middleware(RequestTimer, telemetry=telemetry)
     app.add_middleware(errors.LastResort, renderers=renderers)  # outermost: sees everything
     app.include_router(native.router)
     app.include_router(native_admin.router)
+    app.include_router(native_webhooks.router)
     app.include_router(sdserver.router)
     app.include_router(v1b.router)
     app.include_router(v1b_training.router)
@@ -100,4 +121,5 @@ def create_app(settings: Settings, sessions: sessionmaker[Session] | None = None
     for path in sdserver.PATHS:
         renderers.register(path, sdserver.render_error, sdserver.ErrorOut)
     app.include_router(files.router)
+    app.include_router(metrics.router)
     return app

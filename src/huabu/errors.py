@@ -12,6 +12,7 @@ HuabuError                      any error a caller should see, with a readable m
 ├── ModelUnavailable            the model exists but cannot be loaded
 ├── DatabaseUnavailable         the database cannot be reached now; nothing was done
 ├── StorageUnavailable          the image store (S3) cannot be reached or refused
+├── StorageFull                 free space is under HUABU_MIN_FREE_BYTES: no new work
 ├── Cancelled                   the task was cancelled while running (or while waited for)
 ├── GenerationFailed            the engine failed on a valid request
 ├── TaskFailed(task_id)         a task a synchronous call waited for ended failed
@@ -100,6 +101,11 @@ class StorageUnavailable(HuabuError):
 
     def __init__(self, reason: str) -> None:
         super().__init__(f"storage unavailable: {reason}")
+
+
+class StorageFull(HuabuError):
+    """The storage's free space is under HUABU_MIN_FREE_BYTES: new work is refused (507)
+    rather than failing halfway."""
 
 
 class WorkerMisconfigured(Exception):

@@ -140,3 +140,45 @@ def fetch(url: str, *, field: str, settings: Settings) -> bytes:
     raise InvalidRequest(
         f"{field}: fetching the URL took too long or redirected too often", param=field
     )
+
+
+def check_url(url: str, *, field: str, settings: Settings) -> str:
+    """``url`` if it is an http(s) URL of a public (or allowed) host, else InvalidRequest
+    naming ``field``: for URLs huabu will call later (webhooks). Checked again when called."""
+    if len(url) > 2048:
+        raise InvalidRequest(f"{field}: URLs are limited to 2048 characters", param=field)
+    _, host, port = _parts(url, field)
+    _resolve(host, port, field, settings)
+    return url
+
+
+def post(url: str, body: bytes, headers: dict[str, str], *, field: str, timeout: float,
+         settings: Settings) -> int:  # fmt: skip
+    """POST ``body`` to ``url`` over a connection pinned to its checked address (no
+    redirects followed; at most 64 KiB of the answer read, and dropped). Returns the status;
+    raises InvalidRequest naming ``field`` for a refused host, a timeout or no answer."""
+    parts, hostname, port = _parts(url, field)
+    address = _resolve(hostname, port, field, settings)
+    host = f"[{address}]" if ":" in address else address
+    pinned = urlunsplit((parts.scheme, f"{host}:{port}", parts.path or "/", parts.query, ""))
+    headers = {"Host": parts.netloc.rsplit("@", 1)[-1], "User-Agent": "huabu"} | headers
+    deadline = time.monotonic() + timeout
+    try:
+        with (
+            httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False) as client,
+            client.stream(
+                "POST", pinned, content=body, headers=headers, extensions={"sni_hostname": hostname}
+            ) as response,  # fmt: skip
+        ):
+            read = 0
+            for chunk in response.iter_bytes():
+                read += len(chunk)
+                if read > 65536 or time.monotonic() > deadline:
+                    break
+            return response.status_code
+    except httpx.TimeoutException:
+        raise InvalidRequest(f"{field}: no answer within {timeout:g} s", param=field) from None
+    except httpx.HTTPError:
+        raise InvalidRequest(
+            f"{field}: could not connect (or not a valid HTTP answer)", param=field
+        ) from None

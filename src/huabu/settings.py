@@ -83,6 +83,27 @@ class Settings(BaseSettings):
         "e.g. '[\"10.1.2.0/24\"]' for an internal image store.",
     )
     fetch_timeout: float = Field(default=15.0, gt=0, description="Whole fetch of one URL, s.")
+    retention_days: float = Field(
+        default=0, ge=0, description="Generation tasks finished longer ago are deleted with "
+        "their images; 0 = keep forever.",
+    )  # fmt: skip
+    min_free_bytes: int = Field(
+        default=0, ge=0, description="New work is refused (507) while the local storage has "
+        "less free space; 0 = no check.",
+    )  # fmt: skip
+    metrics_public: bool = Field(
+        default=False, description="Serve /metrics without credentials (else admins only)."
+    )
+    webhook_timeout: float = Field(
+        default=10.0, gt=0, le=300, description="How long a webhook receiver may take to answer, s."
+    )
+    webhook_attempts: int = Field(
+        default=6, ge=1, le=20, description="Tries of one webhook delivery before it is given up."
+    )
+    webhook_backoff_seconds: float = Field(
+        default=10.0, gt=0, le=3600,
+        description="Wait before a webhook's second try; it doubles for each try after.",
+    )  # fmt: skip
     fetch_max_bytes: int = Field(default=30 * 2**20, ge=1024, description="Fetched image cap.")
     max_image_bytes: int = Field(
         default=30 * 2**20, ge=1024, description="Cap on one uploaded (or sent) image, bytes."

@@ -209,6 +209,8 @@ class Worker:
                 loaded=self.cache.loaded(),
                 loads=self.cache.loads,
                 current_task=self.runner.current,
+                load_seconds=self.cache.load_seconds,
+                gpu_memory=self.cache.gpu_memory(),
             )
             if held != self._held:  # the catalog rows change only when the disk does
                 shared.describe_held(session, self.name, held)
@@ -327,6 +329,8 @@ class Worker:
                     seconds_since_heartbeat=self.settings.stalled_seconds
                 )
                 for job in stalled:
+                    if "task_id" not in job.task_kwargs:
+                        continue  # a service job (webhooks): its own sweep retries it
                     task_id = uuid.UUID(str(job.task_kwargs["task_id"]))
                     handed = await asyncio.to_thread(self._reap, task_id, job.id)
                     if handed:

@@ -45,6 +45,8 @@ class User(Base):
     requests_per_minute: Mapped[int | None] = mapped_column(Integer)
     #: A disabled user's credentials (password, sessions, keys) are refused.
     disabled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: Signs their webhooks (``whsec_…``, ``tasks.webhooks``).
+    webhook_secret: Mapped[str | None] = mapped_column(String(64))
 
 
 class ApiKey(Base):
@@ -141,6 +143,11 @@ class Task(Base):
     api_key_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     #: Images it asks for (0 for training): what the images-per-day quota counts.
     images: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    #: Where its end is announced (``tasks.webhooks``; None: nowhere).
+    webhook_url: Mapped[str | None] = mapped_column(Text)
+    #: When its owner deleted it: it reads as gone, its files are removed, and the row goes
+    #: two days later (``tasks.retention``).
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -181,6 +188,9 @@ class WorkerRow(Base):
     models: Mapped[list[str]] = mapped_column(JSONB, server_default="[]")
     #: Checkpoints loaded since it started (a worker that loads often is thrashing).
     loads: Mapped[int] = mapped_column(Integer, server_default="0")
+    #: Seconds those loads took, and torch's allocated GPU memory now (None: no GPU).
+    load_seconds: Mapped[float] = mapped_column(Float, server_default="0")
+    gpu_memory_bytes: Mapped[int | None] = mapped_column(BigInteger)
     current_task: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     last_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
@@ -272,3 +282,34 @@ class AuditEntry(Base):
     action: Mapped[str] = mapped_column(String(64))
     target: Mapped[str] = mapped_column(String(400))
     details: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
+
+
+class WebhookDelivery(Base):
+    """One announcement of a task's end to its webhook URL, and how its tries went. Queued
+    by a database trigger when the task finishes (migration 0013); sent by ``huabu serve``."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    task_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"))
+    event: Mapped[str] = mapped_column(String(32))
+    url: Mapped[str] = mapped_column(Text)
+    #: pending, delivered or failed (every try used).
+    state: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer)
+    last_status: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class MetricBaseline(Base):
+    """Counts of task rows that retention deleted, added to ``/metrics``' counters so that
+    they never go down (``tasks.metrics``)."""
+
+    __tablename__ = "metric_baselines"
+
+    metric: Mapped[str] = mapped_column(String(100), primary_key=True)
+    labels: Mapped[dict[str, str]] = mapped_column(JSONB, primary_key=True)
+    value: Mapped[float] = mapped_column(Float)

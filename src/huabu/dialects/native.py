@@ -58,6 +58,13 @@ class GenerationBody(GenerationRequest):
         description="Queue at this level instead of your own (higher goes first): at most "
         "yours, which an admin sets on your account or API key; unset: yours.",
     )
+    webhook_url: str | None = Field(
+        default=None,
+        max_length=2048,
+        description="Announce the task's end here (task.succeeded, task.failed, "
+        "task.cancelled), signed as Standard Webhooks with your secret "
+        "(POST /huabu/v1/me/webhook-secret).",
+    )
 
 
 class TaskOut(BaseModel):
@@ -196,9 +203,9 @@ def upload_out(record: UploadRecord) -> UploadOut:
 def submit_generation(
     body: GenerationBody, user: CurrentUser, services: ServicesDep, base: BaseUrl
 ) -> Response:
-    request = GenerationRequest.model_validate(body.model_dump(exclude={"priority"}))
+    request = GenerationRequest.model_validate(body.model_dump(exclude={"priority", "webhook_url"}))
     record = services.submitter.submit_generation(
-        user, request, origin="native", priority=body.priority
+        user, request, origin="native", priority=body.priority, webhook_url=body.webhook_url
     )
     return task_response(record, services, base, status.HTTP_202_ACCEPTED)
 
@@ -241,6 +248,20 @@ def cancel_task(task_id: str, user: CurrentUser, services: ServicesDep, base: Ba
     """Queued: cancelled at once. Running: stops at its next step (the returned state is still
     `running`; follow the task). Finished: returned unchanged."""
     return task_response(services.cancel(user.id, task_id), services, base)
+
+
+@router.delete(
+    "/tasks/{task_id}",
+    status_code=204,
+    summary="Delete a task and its images",
+    responses={404: {"model": NativeError, "description": "No such task of yours"}},
+)
+def delete_task(task_id: str, user: CurrentUser, services: ServicesDep) -> Response:
+    """Unfinished: cancelled first. Its images and previews are removed from storage (a
+    running task's within a minute of its end) and their URLs answer 404; the task reads as
+    gone from now on."""
+    services.delete(user.id, task_id)
+    return Response(status_code=204)
 
 
 @router.get(

@@ -12,6 +12,7 @@ server does not have and are refused by name.
 from __future__ import annotations
 
 import uuid
+from functools import partial
 from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Request
@@ -133,9 +134,16 @@ class Img2ImgIn(Txt2ImgIn):
     ip_adapters: list[IpAdapterIn] | None = Field(default=None, max_length=1)
 
 
+class WebhookIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    url: str = Field(min_length=1, max_length=2048)
+
+
 class ExtraIn(BaseModel):
     model_config = ConfigDict(extra="ignore")
     response_image_type: Literal["png", "webp", "jpeg"] = "png"
+    #: Where the task's end is announced (signed as huabu's native webhooks are).
+    webhook: WebhookIn | None = None
 
 
 class Envelope(BaseModel):
@@ -458,11 +466,15 @@ def _prefixed(error: InvalidRequest) -> InvalidRequest:
     return InvalidRequest(error.message.replace(error.param or "\0", param, 1), param=param)
 
 
-async def _submit(native: GenerationRequest, user, services, uploads=None) -> Response:
+async def _submit(
+    native: GenerationRequest, extra: ExtraIn, user, services, uploads=None
+) -> Response:
+    webhook = extra.webhook.url if extra.webhook is not None else None
     try:
         record = await run_in_threadpool(
-            services.submitter.submit_generation, user, native, origin=ORIGIN, uploads=uploads
-        )
+            partial(services.submitter.submit_generation, user, native, origin=ORIGIN,
+                    uploads=uploads, webhook_url=webhook, webhook_field="extra.webhook.url")
+        )  # fmt: skip
     except InvalidRequest as exc:
         raise _renamed(exc) from None
     return JSONResponse({"task_id": str(record.id)})
@@ -484,7 +496,7 @@ async def txt2img(request: Request, user: CurrentUser, services: ServicesDep) ->
         native = to_native(parsed, extra, refiner_model=await _refiner(parsed, services))
     except InvalidRequest as exc:
         raise _renamed(exc) from None
-    return await _submit(native, user, services)
+    return await _submit(native, extra, user, services)
 
 
 @router.post(
@@ -534,7 +546,7 @@ async def img2img(request: Request, user: CurrentUser, services: ServicesDep) ->
         )
     except InvalidRequest as exc:
         raise _renamed(exc) from None
-    return await _submit(native, user, services, uploads)
+    return await _submit(native, extra, user, services, uploads)
 
 
 @router.get(

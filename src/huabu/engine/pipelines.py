@@ -146,6 +146,8 @@ class PipelineCache:
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()
         #: Checkpoints loaded so far (the fleet view shows it per worker).
         self.loads = 0
+        #: Seconds spent loading them (a worker advertises both with its heartbeat).
+        self.load_seconds = 0.0
         self._vaes: OrderedDict[str, tuple[AutoencoderKL, threading.Lock]] = OrderedDict()
         self._controlnets: OrderedDict[tuple, ControlNetModel] = OrderedDict()
         self._lock = threading.Lock()
@@ -178,6 +180,7 @@ class PipelineCache:
         model = self._load(entry)
         self._models[name] = model
         self.loads += 1
+        self.load_seconds += time.perf_counter() - began
         log.info("loaded %s in %.1f s", name, time.perf_counter() - began)
         return model
 
@@ -252,6 +255,12 @@ class PipelineCache:
         (training adds adapters) and must ``release`` it when done."""
         entry = self.library.find("checkpoints", name, param="base_model")
         return self._load(entry, compile=False)
+
+    def gpu_memory(self) -> int | None:
+        """Bytes of GPU memory torch has allocated on this cache's device (None: no GPU)."""
+        if self.device.type != "cuda":
+            return None
+        return int(torch.cuda.memory_allocated(self.device))
 
     def release_memory(self) -> None:
         """Return freed weights' memory (to the GPU allocator's pool, on CUDA) at once."""

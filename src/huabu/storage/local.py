@@ -4,6 +4,7 @@ duplicates."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -86,8 +87,13 @@ class LocalStorage:
             raise NotFound("no such file") from None
 
     def delete(self, key: str) -> None:
-        """Remove the file at ``key``; one that is already gone is not an error."""
-        self.path(key).unlink(missing_ok=True)
+        """Remove the file at ``key``, and its folder once empty (a task's images have one);
+        a file that is already gone is not an error."""
+        path = self.path(key)
+        path.unlink(missing_ok=True)
+        if path.parent != self.root:
+            with contextlib.suppress(OSError):  # not empty (or gone): it stays
+                path.parent.rmdir()
 
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()

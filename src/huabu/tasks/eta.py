@@ -38,9 +38,11 @@ _SPEED = text(
              ORDER BY finished_at DESC LIMIT 20) recent
     """
 )
+#: Live task workers (huabu's own rows: procrastinate's also list every server's service-job
+#: worker, which runs no tasks).
 _WORKERS = text(
-    "SELECT count(*) FROM procrastinate_workers "
-    "WHERE last_heartbeat > now() - make_interval(secs => :stalled)"
+    "SELECT count(*) FROM workers "
+    "WHERE stopped_at IS NULL AND last_seen > now() - make_interval(secs => :stalled)"
 )
 
 #: Live workers that take ``kind`` and can serve ``model`` (hold it, or it is published).

@@ -14,12 +14,14 @@ from sqlalchemy.orm import Session
 
 _ADVERTISE = text(
     """
-    INSERT INTO workers (name, host, device, kinds, loaded, loads, current_task)
+    INSERT INTO workers (name, host, device, kinds, loaded, loads, current_task, load_seconds,
+                         gpu_memory_bytes)
     VALUES (:name, :host, :device, CAST(:kinds AS jsonb), CAST(:loaded AS jsonb), :loads,
-            :current)
+            :current, :load_seconds, :gpu_memory)
     ON CONFLICT (name) DO UPDATE
        SET host = EXCLUDED.host, device = EXCLUDED.device, kinds = EXCLUDED.kinds,
            loaded = EXCLUDED.loaded, loads = EXCLUDED.loads,
+           load_seconds = EXCLUDED.load_seconds, gpu_memory_bytes = EXCLUDED.gpu_memory_bytes,
            current_task = EXCLUDED.current_task,
            last_seen = now(), stopped_at = NULL
     """
@@ -59,11 +61,14 @@ def advertise(
     loaded: list[str],
     loads: int,
     current_task: uuid.UUID | None,
+    load_seconds: float = 0.0,
+    gpu_memory: int | None = None,
 ) -> None:
     session.execute(
         _ADVERTISE,
         {"name": name, "host": host, "device": device, "kinds": json.dumps(kinds),
-         "loaded": json.dumps(loaded), "loads": loads, "current": current_task},
+         "loaded": json.dumps(loaded), "loads": loads, "current": current_task,
+         "load_seconds": load_seconds, "gpu_memory": gpu_memory},
     )  # fmt: skip
 
 

@@ -30,9 +30,10 @@ TTL_HOURS = 24
 
 _FIND = text(
     f"""
-    SELECT task_id, fingerprint FROM idempotency_keys
-     WHERE owner_id = :owner AND key = :key
-       AND created_at > now() - interval '{TTL_HOURS} hours'
+    SELECT k.task_id, k.fingerprint FROM idempotency_keys k
+      JOIN tasks t ON t.id = k.task_id AND t.deleted_at IS NULL
+     WHERE k.owner_id = :owner AND k.key = :key
+       AND k.created_at > now() - interval '{TTL_HOURS} hours'
     """
 )
 _LOCK = text("SELECT pg_advisory_xact_lock(hashtextextended(:owner || '/' || :key, 7))")

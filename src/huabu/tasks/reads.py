@@ -42,7 +42,7 @@ _SELECT_TASKS = f"""
                 FROM task_images i WHERE i.task_id = t.id)
            END AS images
       FROM tasks t
-     WHERE {{where}}
+     WHERE t.deleted_at IS NULL AND ({{where}})
 """
 _GET = text(_SELECT_TASKS.format(where="t.id = :id AND t.owner_id = :owner"))
 #: The caller's running task, else their oldest queued one.

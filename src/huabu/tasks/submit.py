@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import bindparam, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from huabu import fetch
 from huabu.auth import Principal
 from huabu.catalog.library import check_families, private_name
 from huabu.catalog.preprocessors import check as check_preprocessor
@@ -30,9 +31,10 @@ from huabu.native import MAX_LORAS, GenerationRequest, ImageRef, LoraRef
 from huabu.native.generation import hires_steps
 from huabu.settings import Settings
 from huabu.storage import Storage
-from huabu.tasks import fairness, idempotency, queue, quotas
+from huabu.tasks import fairness, idempotency, queue, quotas, webhooks
 from huabu.tasks.reads import TaskReads
 from huabu.tasks.records import TaskRecord, TrainedRecord
+from huabu.tasks.retention import FreeSpace
 from huabu.tasks.uploads import CheckedImage, NewUploads, Uploads, storing
 
 _LIMITS = text(
@@ -57,9 +59,10 @@ _INSERT_AND_DEFER = text(
     WITH job AS ({queue.DEFER_SQL})
     INSERT INTO tasks (id, owner_id, kind, origin, queue, state, model, request, step, total,
                        work, attempts, job_id, cancel_requested, fair_rank, batch_key, priority,
-                       api_key_id, images)
+                       api_key_id, images, webhook_url)
     SELECT :id, :owner, :kind, :origin, :queue, 'queued', :model, CAST(:request AS jsonb), 0,
-           :total, :work, 0, job.id, false, :rank, :batch_key, :priority, :key_id, :images
+           :total, :work, 0, job.id, false, :rank, :batch_key, :priority, :key_id, :images,
+           :webhook_url
       FROM job
     RETURNING created_at, job_id
     """
@@ -102,6 +105,7 @@ class TaskSubmitter:
         self.library = library
         self.reads = reads
         self.uploads = uploads
+        self.free_space = FreeSpace(settings, storage)
 
     # -- generation -------------------------------------------------------------------------
 
@@ -113,11 +117,16 @@ class TaskSubmitter:
         origin: str,
         uploads: NewUploads | None = None,
         priority: int | None = None,
+        webhook_url: str | None = None,
+        webhook_field: str = "webhook_url",
     ) -> TaskRecord:
         """Check ``request`` completely, then store the images in ``uploads`` that it uses
-        and queue it, in one unit, at the caller's level (or the lower ``priority`` asked).
+        and queue it, in one unit, at the caller's level (or the lower ``priority`` asked),
+        to announce its end at ``webhook_url`` (a field the dialect calls ``webhook_field``).
         Raises before anything is stored."""
         owner_id, level = caller.id, caller.priority_for(priority)
+        if webhook_url is not None:
+            fetch.check_url(webhook_url, field=webhook_field, settings=self.settings)
         request = self._resolve_trained(owner_id, request.checked(self.settings))
         if request.vae:
             self.library.find("vae", request.vae, param="vae")
@@ -149,6 +158,7 @@ class TaskSubmitter:
             batch_key=request.batch_key(),
             priority=level,
             images=request.n_images,
+            webhook_url=webhook_url,
         )
 
     def _resolve_images(
@@ -248,6 +258,7 @@ class TaskSubmitter:
         batch_key: str | None = None,
         priority: int | None = None,
         images: int = 0,
+        webhook_url: str | None = None,
     ) -> TaskRecord:
         """Insert a task of ``kind`` (asking for ``images`` images) and its job, at level
         ``priority`` (None: the caller's), after the queue limits and the caller's quotas,
@@ -263,6 +274,9 @@ class TaskSubmitter:
             if first is not None:
                 return self.reads.get(owner_id, first)
             quotas.check(session, owner_id, caller.key_id, images)
+            self.free_space.check()
+            if webhook_url is not None:
+                webhooks.ensure_secret(session, owner_id)
             rank = fairness.next_rank(session, owner_id)
             ahead, ahead_work = self._check_limits(session, owner_id, queue_name, rank, priority)
             write()
@@ -287,6 +301,7 @@ class TaskSubmitter:
                     "priority": priority,
                     "key_id": caller.key_id,
                     "images": images,
+                    "webhook_url": webhook_url,
                     "args": json.dumps({"task_id": str(task_id)}),
                 },
             ).one()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -17,8 +19,10 @@ from huabu.tasks.cancel import cancel_task
 from huabu.tasks.events import TaskEvents
 from huabu.tasks.reads import TaskReads
 from huabu.tasks.records import TaskRecord
+from huabu.tasks.retention import delete_task
 from huabu.tasks.submit import TaskSubmitter
 from huabu.tasks.uploads import NewUploads, Uploads
+from huabu.tasks.webhooks import Deliveries
 from huabu.training.service import TrainingService
 
 
@@ -39,11 +43,18 @@ class Services:
     uploads: Uploads
     training: TrainingService
     events: TaskEvents
+    #: Webhook deliveries: sent by this process's service jobs, listed to their owners.
+    deliveries: Deliveries
 
     @classmethod
     def build(
-        cls, settings: Settings, sessions: sessionmaker[Session], database_uri: str
+        cls,
+        settings: Settings,
+        sessions: sessionmaker[Session],
+        database_uri: str,
+        render_task: Callable[[Services, TaskRecord], dict[str, Any]],
     ) -> Services:
+        """``render_task``: a task as the native API shows it (webhook bodies carry it)."""
         accounts = Accounts(sessions)
         # Its own library too, if it has one (one machine, or a shared folder), read live.
         library = Catalog(sessions, ModelLibrary(settings), settings.default_model)
@@ -54,7 +65,7 @@ class Services:
         events = TaskEvents(database_uri)
         reads.enable_cache()
         events.listeners.append(reads.forget)
-        return cls(
+        services = cls(
             settings=settings,
             sessions=sessions,
             accounts=accounts,
@@ -67,11 +78,21 @@ class Services:
             uploads=uploads,
             training=TrainingService(settings, submitter),
             events=events,
+            deliveries=None,  # type: ignore[arg-type]  # needs the services themselves
         )
+        services.deliveries = Deliveries(
+            settings, sessions, reads, lambda record: render_task(services, record)
+        )
+        return services
 
     def new_uploads(self) -> NewUploads:
         """A holder for the images that arrive with one request (see ``tasks.uploads``)."""
         return NewUploads(self.settings)
+
+    def delete(self, owner_id: uuid.UUID, task_id: str | uuid.UUID) -> None:
+        """Delete the caller's task (see ``tasks.retention``): gone from now on."""
+        task_id = delete_task(self.sessions, self.storage, owner_id, task_id)
+        self.tasks.forget(str(task_id))
 
     def cancel(self, owner_id: uuid.UUID, task_id: str | uuid.UUID) -> TaskRecord:
         """Cancel the caller's task (see ``tasks.cancel``) and return it as it is now."""
