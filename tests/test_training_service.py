@@ -296,3 +296,49 @@ def test_cancel_a_training(server, url, ada, dataset_id, service_home):
     task_id = requests.post(url + "train_submit", json=data).json()["info"]["task_id"]
     assert wait_trained(url, ada, task_id)[-1]["state"] == "done"
     assert list((service_home / "models" / "loras").glob("@*/cancelled_one.safetensors"))
+
+
+def test_owners_delete_datasets_and_trained_models(server, url, ada, bob, dataset_id, trained,
+                                                   service_home):  # fmt: skip
+    """Through the native routes: another user's are not found; a deleted trained model is
+    unusable at once, its name free, its published files gone from the store."""
+    headers = {"Authorization": f"Bearer {ada}"}
+    native = server.url + "/huabu/v1"
+    listed = requests.get(native + "/trained-models", headers=headers).json()
+    assert "train_model1" in listed
+    bobs = {"Authorization": f"Bearer {bob}"}
+    assert requests.delete(native + "/trained-models/train_model1", headers=bobs).status_code == 404
+    assert requests.delete(native + f"/datasets/{dataset_id}", headers=bobs).status_code == 404
+
+    from sqlalchemy import text
+
+    from huabu.db.session import open_database
+    from huabu.settings import Settings
+
+    sessions = open_database(Settings(home=service_home))
+    query = text("SELECT files FROM models WHERE kind = 'loras' AND name LIKE '%/train_model1'")
+    with sessions() as session:
+        blobs = [item["sha256"] for files in session.execute(query).scalars() for item in files]
+    assert blobs  # published when its training succeeded
+    stored = service_home / "files" / "models"
+    assert all((stored / f"{digest}.blob").exists() for digest in blobs)
+
+    assert (
+        requests.delete(native + "/trained-models/train_model1", headers=headers).status_code == 204
+    )
+    assert "train_model1" not in requests.get(native + "/trained-models", headers=headers).json()
+    body = {"model": "demo", "prompt": "x", "width": 64, "height": 64, "steps": 2,
+            "loras": [{"name": "train_model1"}]}  # fmt: skip
+    refused = requests.post(native + "/generations", json=body, headers=headers)
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "loras.0.name"
+    assert not any((stored / f"{digest}.blob").exists() for digest in blobs)
+    assert not list((service_home / "models" / "loras").glob("@*/train_model1.*"))
+
+    before = requests.get(native + "/datasets", headers=headers).json()
+    assert dataset_id in [d["id"] for d in before["data"]]
+    assert requests.delete(native + f"/datasets/{dataset_id}", headers=headers).status_code == 204
+    after = requests.get(native + "/datasets", headers=headers).json()
+    assert dataset_id not in [d["id"] for d in after["data"]]
+    assert after["total"] == before["total"] - 1
+    items = requests.post(url + "dataset_all", json={"token": ada}).json()["items"]
+    assert dataset_id not in [item["id"] for item in items]  # v1b's listing too

@@ -21,6 +21,7 @@ from huabu.dialects import (
     kamiya,
     native,
     native_admin,
+    native_training,
     native_webhooks,
     novita,
     openai_images,
@@ -101,6 +102,7 @@ def create_app(settings: Settings, sessions: sessionmaker[Session] | None = None
     app.add_middleware(errors.LastResort, renderers=renderers)  # outermost: sees everything
     app.include_router(native.router)
     app.include_router(native_admin.router)
+    app.include_router(native_training.router)
     app.include_router(native_webhooks.router)
     app.include_router(sdserver.router)
     app.include_router(v1b.router)

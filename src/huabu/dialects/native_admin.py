@@ -258,7 +258,9 @@ def revoke_key(user_id: str, prefix: str, admin: Admin) -> None:
 def audit(
     admin: Admin,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    cursor: int | None = Query(default=None, description="The last id of the page before"),
+    cursor: int | None = Query(
+        default=None, ge=1, le=2**63 - 1, description="The last id of the page before"
+    ),
 ) -> AuditList:
     entries = admin[0].audit(limit=limit, before=cursor)
     return AuditList(

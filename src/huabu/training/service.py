@@ -8,25 +8,40 @@ Everything is scoped to the caller: someone else's dataset is simply not found.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from huabu.auth import Principal
 from huabu.catalog.library import private_name
+from huabu.catalog.transfer import blob_key
 from huabu.db.tables import Dataset, Task, TrainedModel, Upload
 from huabu.errors import InvalidRequest, NotFound
 from huabu.native import printable
 from huabu.native.training import TrainingPlan, TrainingRequest, caption
 from huabu.settings import Settings
+from huabu.tasks.cancel import cancel_task
 from huabu.tasks.records import TaskRecord
 from huabu.tasks.submit import TaskSubmitter
 from huabu.tasks.uploads import NewUploads, storing
 from huabu.training import TRAINABLE
+
+#: A private LoRA's catalog rows go; the blobs only it used are returned for deletion (the
+#: query sees the table as before the DELETE, hence the name excluded).
+_FORGET_MODEL = text(
+    """
+    WITH gone AS (DELETE FROM models WHERE kind = 'loras' AND name = :name RETURNING files)
+    SELECT DISTINCT item->>'sha256' FROM gone, jsonb_array_elements(gone.files) item
+     WHERE NOT EXISTS (SELECT 1 FROM models m, jsonb_array_elements(m.files) other
+                        WHERE other->>'sha256' = item->>'sha256'
+                          AND NOT (m.kind = 'loras' AND m.name = :name))
+    """
+)
 
 #: A training step (forward and backward over a batch) in generation work units: about
 #: three UNet passes per image against a generation step's two (with guidance).
@@ -72,9 +87,9 @@ class TrainingService:
         name = name.strip()
         if not 1 <= len(name) <= 200:
             raise InvalidRequest("name: a dataset needs 1 to 200 characters", param="name")
-        for param, text in (("name", name), ("description", description)):
+        for param, value in (("name", name), ("description", description)):
             try:
-                printable(text)
+                printable(value)
             except ValueError as exc:
                 raise InvalidRequest(f"{param}: {exc}", param=param) from None
         if not images:
@@ -246,6 +261,42 @@ class TrainingService:
                     .order_by(TrainedModel.name)
                 )
             )
+
+    # -- deleting ---------------------------------------------------------------------------
+
+    def delete_dataset(self, owner_id: uuid.UUID, dataset_id: int) -> None:
+        """The caller's dataset goes; its uploads go with the housekeeping a day after they
+        were uploaded, unless a task (a queued training, say) or another dataset uses them."""
+        with self.reads.sessions.begin() as session:
+            gone = session.execute(
+                delete(Dataset).where(Dataset.id == dataset_id, Dataset.owner_id == owner_id)
+            ).rowcount
+        if not gone:
+            raise NotFound(f"no dataset {dataset_id}")
+
+    def delete_trained(self, owner_id: uuid.UUID, name: str) -> None:
+        """The caller's trained model ``name`` goes: unusable at once, its name free again,
+        its training cancelled if unfinished, its published files removed from the store
+        (those no other model shares), and this server's own copy. A worker's copy on its
+        own disk stays there, unusable (no name leads to it)."""
+        lora = private_name(owner_id, name)
+        with self.reads.sessions.begin() as session:
+            task_id = session.scalar(
+                delete(TrainedModel)
+                .where(TrainedModel.owner_id == owner_id, TrainedModel.name == name)
+                .returning(TrainedModel.task_id)
+            )
+            if task_id is None:
+                raise NotFound(f"no trained model {name!r}")
+            blobs = session.execute(_FORGET_MODEL, {"name": lora}).scalars().all()
+        cancel_task(self.reads.sessions, owner_id, task_id)  # (a finished one: unchanged)
+        for digest in blobs:
+            self.submitter.storage.delete(blob_key(digest))
+        local = self.submitter.library.local
+        if local is not None:
+            with contextlib.suppress(NotFound, InvalidRequest):
+                path = local.find("loras", lora, param="name").path
+                path.unlink(missing_ok=True)
 
     def progress(self, owner_id: uuid.UUID, task_id: str) -> TaskRecord:
         """The caller's training task; its ``request`` is the plan (name, trigger word…)."""

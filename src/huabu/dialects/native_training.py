@@ -1,0 +1,73 @@
+"""The native API's training data routes: your datasets and trained models, listed and
+deleted (training itself is submitted through v1b's routes, spec 001)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Response
+from pydantic import BaseModel
+
+from huabu.web.deps import CurrentUser, FileUrl, ServicesDep
+from huabu.web.errors import NativeError
+
+PREFIX = "/huabu/v1"
+router = APIRouter(prefix=PREFIX, tags=["native: training data"])
+_NOT_YOURS = {404: {"model": NativeError, "description": "No such one of yours"}}
+
+
+class DatasetOut(BaseModel):
+    id: int
+    name: str
+    description: str
+    images: list[str]
+    created_at: datetime
+
+
+class DatasetPage(BaseModel):
+    data: list[DatasetOut]
+    total: int
+
+
+@router.get("/datasets", response_model=DatasetPage, summary="Your datasets, oldest first")
+def list_datasets(
+    user: CurrentUser,
+    services: ServicesDep,
+    url: FileUrl,
+    page: Annotated[int, Query(ge=1, le=10**6)] = 1,
+    per_page: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> DatasetPage:
+    records, total = services.training.datasets(user.id, page=page, per_page=per_page)
+    return DatasetPage(
+        data=[DatasetOut(id=r.id, name=r.name, description=r.description,
+                         images=[url(key) for key in r.images], created_at=r.created_at)
+              for r in records],
+        total=total,
+    )  # fmt: skip
+
+
+@router.delete("/datasets/{dataset_id}", status_code=204, summary="Delete a dataset",
+               responses=_NOT_YOURS)  # fmt: skip
+def delete_dataset(
+    dataset_id: Annotated[int, Path(ge=1, le=2**31 - 1)], user: CurrentUser, services: ServicesDep
+) -> Response:
+    """Its uploads are deleted a day after they were uploaded, unless a task (a queued
+    training) or another dataset uses them."""
+    services.training.delete_dataset(user.id, dataset_id)
+    return Response(status_code=204)
+
+
+@router.get("/trained-models", response_model=list[str],
+            summary="Your trained models (their training succeeded), by name")  # fmt: skip
+def list_trained(user: CurrentUser, services: ServicesDep) -> list[str]:
+    return services.training.trained_names(user.id)
+
+
+@router.delete("/trained-models/{name}", status_code=204, summary="Delete a trained model",
+               responses=_NOT_YOURS)  # fmt: skip
+def delete_trained(name: str, user: CurrentUser, services: ServicesDep) -> Response:
+    """Unusable at once and its name free again; an unfinished training is cancelled; its
+    published files leave the store."""
+    services.training.delete_trained(user.id, name)
+    return Response(status_code=204)
