@@ -69,3 +69,34 @@ def test_the_loop_stops_only_when_every_request_wants_to(engine, small):
     assert len(results) == 3  # one went on, so all did (the runner drops the cancelled ones)
     with pytest.raises(Cancelled):
         engine.generate_batch(requests, [lambda s, t: None] * 3, [lambda: True] * 3)
+
+
+@pytest.mark.parametrize("sampler", ["Euler a", "DPM++ 2S a"])
+def test_image_to_image_requests_share_a_loop_each_with_its_own_source(engine, small, sampler):
+    """Sources differ per request (the strength is shared: it is in the batch key); each
+    request's images are the ones it gets alone from its own source."""
+    from PIL import Image
+
+    from huabu.native import ImageRef
+
+    white = Image.new("RGB", (64, 64), (255, 255, 255))
+    black = Image.new("RGB", (64, 64), (0, 0, 0))
+    shared = {"sampler": sampler, "steps": 6, "strength": 0.35,
+              "init_image": ImageRef.stored("uploads/source.png")}  # fmt: skip
+    requests = [small(seed=3, **shared), small(seed=3, n_images=2, **shared),
+                small(seed=9, prompt="a bowl of ramen", **shared)]  # fmt: skip
+    assert len({request.batch_key() for request in requests}) == 1
+    assert small(**shared | {"strength": 0.5}).batch_key() != requests[0].batch_key()
+    sources = [white, black, white]
+    batched = engine.generate_batch(requests, [lambda s, t: None] * 3, [lambda: False] * 3,
+                                    sources)  # fmt: skip
+    for request, source, result in zip(requests, sources, batched, strict=True):
+        alone = engine.generate(request, init_image=source)
+        assert len(result.images) == request.n_images
+        for mine, single in zip(result.images, alone.images, strict=True):
+            assert max_difference(mine, single) <= 2
+    # The sources were used (text-to-image makes another picture), each request's own: the
+    # first two share seed and prompt, and differ as their sources do (alone: compared above).
+    plain = engine.generate(requests[0].model_copy(update={"init_image": None})).images[0]
+    assert max_difference(batched[0].images[0], plain) > 20
+    assert max_difference(batched[0].images[0], batched[1].images[0]) > 2

@@ -78,13 +78,7 @@ class Engine:
         ``request.inpaint``."""
         started = time.perf_counter()
         request = request.checked(self.settings)
-        if request.is_img2img and init_image is None:
-            raise InvalidRequest("init_image could not be read", param="init_image")
-        source, plan = None, None
-        if init_image is not None:
-            source = init_image.convert("RGB")
-            if source.size != (request.width, request.height):
-                source = source.resize((request.width, request.height), Image.Resampling.LANCZOS)
+        source, plan = _source(request, init_image), None
         if request.inpaint is not None:
             if mask_image is None:
                 raise InvalidRequest("inpaint needs its mask", param="inpaint.mask")
@@ -117,16 +111,23 @@ class Engine:
         requests: list[GenerationRequest],
         on_progress: list[ProgressCallback],
         should_cancel: list[CancelCheck],
+        init_images: list[Image.Image | None] | None = None,
     ) -> list[GenerationResult]:
         """Requests of one batch key (``GenerationRequest.batch_key``) in one denoising loop;
-        each gets the images it would get alone (its seeds, prompts and guidance). Progress
-        goes to every request; the loop stops (``Cancelled``) only when every request wants
-        to stop. Prompts of different lengths (more than 75 tokens) sample in separate loops."""
+        each gets the images it would get alone (its seeds, prompts, guidance and, for
+        image-to-image, its source in ``init_images``). Progress goes to every request; the
+        loop stops (``Cancelled``) only when every request wants to stop. Prompts of
+        different lengths (more than 75 tokens) sample in separate loops."""
         started = time.perf_counter()
         requests = [request.checked(self.settings) for request in requests]
         keys = {request.batch_key() for request in requests}
         if len(keys) != 1 or None in keys:
             raise ValueError("generate_batch takes requests of one batch key")
+        sources = [
+            _source(request, image)
+            for request, image in zip(requests, init_images or [None] * len(requests),
+                                      strict=True)
+        ]  # fmt: skip
         first = requests[0]
         results: dict[int, GenerationResult] = {}
         with self.cache.lease(first.model) as model, self._vae(first, model) as vae:
@@ -143,7 +144,11 @@ class Engine:
                     hooks = batching.fan_out([on_progress[i] for i in group],
                                              [should_cancel[i] for i in group])  # fmt: skip
                     step = _StepHook(*hooks)
-                    made = self._sample(merged, model, vae, _Inputs(None, None, [], None, []),
+                    # Image-to-image: each image's own source (a request's, once per image).
+                    source = None if sources[group[0]] is None else [
+                        sources[i] for i in group for _ in range(requests[i].n_images)
+                    ]  # fmt: skip
+                    made = self._sample(merged, model, vae, _Inputs(source, None, [], None, []),
                                         step, samples)  # fmt: skip
                     finished = time.perf_counter()
                     timings = Timings(load=loaded - started, prompt=encoded - loaded,
@@ -497,7 +502,8 @@ class _Sampled:
 class _Inputs:
     """One request's decoded inputs, at the output size."""
 
-    source: Image.Image | None  # the img2img source
+    #: The img2img source; in a batch, one per image (``Engine.generate_batch``).
+    source: Image.Image | list[Image.Image] | None
     plan: inpainting.InpaintPlan | None
     controls: list[tuple[Any, Image.Image]]  # (ControlNet, control map) per unit
     ip_image: Image.Image | None
@@ -561,6 +567,18 @@ class _StepHook:
             self.report(min(round(fraction * total), total), total)
 
         return report
+
+
+def _source(request: GenerationRequest, init_image: Image.Image | None) -> Image.Image | None:
+    """The image-to-image source at the output size (None for text-to-image)."""
+    if request.is_img2img and init_image is None:
+        raise InvalidRequest("init_image could not be read", param="init_image")
+    if init_image is None:
+        return None
+    source = init_image.convert("RGB")
+    if source.size != (request.width, request.height):
+        source = source.resize((request.width, request.height), Image.Resampling.LANCZOS)
+    return source
 
 
 def _encode_image(vae, model: LoadedModel, image, device, dtype) -> torch.Tensor:

@@ -475,12 +475,13 @@ class GenerationRequest(BaseModel):
         """Requests with equal keys can share one denoising loop (``tasks.batching``): same
         checkpoint, VAE, size, steps, sampler, LoRAs at the same weights and tiling, and
         classifier-free guidance on or off for all; prompts, seeds, guidance, clip skip,
-        embeddings, image counts and output formats may differ. None: this request runs
-        alone: image-to-image, inpainting, ControlNet, IP-Adapter, hires fix, refiner and
-        variation seeds each have per-request inputs the shared loop does not take yet, and
-        DPM adaptive chooses its steps by the error of the whole batch."""
+        embeddings, image counts and output formats may differ, and so may image-to-image
+        sources (at the same strength). None: this request runs alone: inpainting, ControlNet,
+        IP-Adapter, hires fix, refiner and variation seeds each have per-request inputs the
+        shared loop does not take yet, and DPM adaptive chooses its steps by the error of the
+        whole batch."""
         if (
-            self.init_image is not None
+            self.inpaint is not None
             or self.controlnets
             or self.ip_adapter is not None
             or self.hires is not None
@@ -496,7 +497,8 @@ class GenerationRequest(BaseModel):
             return None
         shared = [self.model, self.vae, self.width, self.height, self.steps, sampler,
                   [(lora.name, lora.weight) for lora in self.loras], self.tiling,
-                  self.guidance > 1]  # fmt: skip
+                  self.guidance > 1,
+                  self.strength if self.init_image is not None else None]  # fmt: skip
         return hashlib.sha256(json.dumps(shared).encode()).hexdigest()
 
     def image_seeds(self) -> list[int]:

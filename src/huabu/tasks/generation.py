@@ -52,8 +52,14 @@ class GenerationHandler:
         requests = [GenerationRequest.model_validate(data) for _, data, _ in items]
         progress = [mine for _, _, mine in items]
         try:
+            sources = [
+                input_images(request, self.storage.get, self.settings.max_input_pixels)[
+                    "init_image"
+                ]
+                for request in requests
+            ]
             results = self.engine.generate_batch(
-                requests, list(progress), [mine.should_cancel for mine in progress]
+                requests, list(progress), [mine.should_cancel for mine in progress], sources
             )
         except Cancelled:
             raise
