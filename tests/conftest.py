@@ -28,10 +28,10 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests that talk to the shared ``huabu serve`` are ``server`` tests (make test-fast
-    leaves them out)."""
+    """Tests that talk to a shared ``huabu serve`` (with a worker, or API-only) are ``server``
+    tests (make test-fast leaves them out)."""
     for item in items:
-        if "server" in getattr(item, "fixturenames", ()):
+        if {"server", "api_server"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.server)
 
 
