@@ -29,7 +29,15 @@ run: $(STAMP)
 	HUABU_ANONYMOUS=$${HUABU_ANONYMOUS:-$(if $(LOOPBACK),true,false)} \
 		$(BIN)/huabu serve --host $(HOST) --port $(PORT)
 
-test: $(STAMP)
+# The browser tests drive Debian's chromium (Playwright's own browser download needs the
+# internet); installed from apt when missing (as root, or through sudo).
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+$(CHROMIUM):
+	$(SUDO) apt-get update -q
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium
+
+test: $(STAMP) $(CHROMIUM)
 	$(BIN)/python -m pytest -q
 
 # The edit-test loop: no shared server, nothing marked slow (under a minute on 2 cores).

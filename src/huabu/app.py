@@ -32,7 +32,7 @@ from huabu.dialects import (
 from huabu.settings import Settings
 from huabu.tasks.records import TaskRecord
 from huabu.tasks.service_jobs import ServiceJobs
-from huabu.web import errors, files, metrics
+from huabu.web import errors, files, metrics, ui
 from huabu.web.idempotency import IdempotencyKeys
 from huabu.web.limits import BodyLimit
 from huabu.web.metrics import RequestTimer, Telemetry
@@ -124,4 +124,5 @@ def create_app(settings: Settings, sessions: sessionmaker[Session] | None = None
         renderers.register(path, sdserver.render_error, sdserver.ErrorOut)
     app.include_router(files.router)
     app.include_router(metrics.router)
+    app.include_router(ui.router)
     return app

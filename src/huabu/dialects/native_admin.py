@@ -20,7 +20,9 @@ from huabu.web.errors import NativeError
 
 PREFIX = "/huabu/v1"
 router = APIRouter(prefix=PREFIX, tags=["native: accounts"])
-_ADMINS_ONLY = {403: {"model": NativeError, "description": "Not an admin"}}
+_ADMINS_ONLY: dict[int | str, dict[str, Any]] = {
+    403: {"model": NativeError, "description": "Not an admin"}
+}
 
 
 class UsageOut(BaseModel):

@@ -4,7 +4,7 @@ deleted (training itself is submitted through v1b's routes, spec 001)."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Response
 from pydantic import BaseModel
@@ -14,7 +14,9 @@ from huabu.web.errors import NativeError
 
 PREFIX = "/huabu/v1"
 router = APIRouter(prefix=PREFIX, tags=["native: training data"])
-_NOT_YOURS = {404: {"model": NativeError, "description": "No such one of yours"}}
+_NOT_YOURS: dict[int | str, dict[str, Any]] = {
+    404: {"model": NativeError, "description": "No such one of yours"}
+}
 
 
 class DatasetOut(BaseModel):

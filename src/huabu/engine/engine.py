@@ -146,7 +146,8 @@ class Engine:
                     step = _StepHook(*hooks)
                     # Image-to-image: each image's own source (a request's, once per image).
                     source = None if sources[group[0]] is None else [
-                        sources[i] for i in group for _ in range(requests[i].n_images)
+                        image for i in group for image in [sources[i]] * requests[i].n_images
+                        if image is not None
                     ]  # fmt: skip
                     made = self._sample(merged, model, vae, _Inputs(source, None, [], None, []),
                                         step, samples)  # fmt: skip

@@ -90,6 +90,7 @@ def check(session: Session, owner_id: uuid.UUID, key_id: uuid.UUID | None, image
     """Refuse a submit of ``images`` images past a quota, with QuotaExceeded; call inside the
     transaction that inserts the task (it locks the user's row when a quota applies)."""
     mine, key = limits(session, owner_id, key_id)
+    scopes: list[tuple[str, uuid.UUID | None, tuple[int | None, int | None]]]
     scopes = [("your", None, mine)]
     if key_id is not None and any(v is not None for v in key):
         scopes.append(("this API key's", key_id, key))

@@ -110,8 +110,8 @@ def housekeeping(settings: Settings, sessions: sessionmaker[Session], storage: S
     uploads = 0
     while True:
         with sessions.begin() as session:
-            keys = session.execute(_UNUSED_UPLOADS, {"days": UNUSED_UPLOAD_DAYS,
-                                                     "batch": BATCH}).scalars().all()  # fmt: skip
+            keys = list(session.execute(_UNUSED_UPLOADS, {"days": UNUSED_UPLOAD_DAYS,
+                                                          "batch": BATCH}).scalars())  # fmt: skip
         _remove(storage, keys)
         uploads += len(keys)
         if len(keys) < BATCH:

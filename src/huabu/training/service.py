@@ -268,10 +268,12 @@ class TrainingService:
         """The caller's dataset goes; its uploads go with the housekeeping a day after they
         were uploaded, unless a task (a queued training, say) or another dataset uses them."""
         with self.reads.sessions.begin() as session:
-            gone = session.execute(
-                delete(Dataset).where(Dataset.id == dataset_id, Dataset.owner_id == owner_id)
-            ).rowcount
-        if not gone:
+            gone = session.scalar(
+                delete(Dataset)
+                .where(Dataset.id == dataset_id, Dataset.owner_id == owner_id)
+                .returning(Dataset.id)
+            )
+        if gone is None:
             raise NotFound(f"no dataset {dataset_id}")
 
     def delete_trained(self, owner_id: uuid.UUID, name: str) -> None:

@@ -165,9 +165,9 @@ async def metrics_page(request: Request) -> Response:
     services: Services = request.app.state.services
     if not services.settings.metrics_public:
         header = request.headers.get("authorization")
-        caller = services.auth.cached(header) or await run_in_threadpool(
-            services.auth.principal, header
-        )
+        caller = services.auth.cached(header)
+        if caller is None:
+            caller = await run_in_threadpool(services.auth.principal, header)
         if not caller.is_admin:
             raise Forbidden("admins only: set HUABU_METRICS_PUBLIC=true to open /metrics")
     telemetry: Telemetry = request.app.state.telemetry

@@ -1,0 +1,232 @@
+// huabu's page: the native API (/huabu/v1) and nothing private. No framework, no build step.
+"use strict";
+
+const API = "/huabu/v1";
+const SAMPLERS = ["Euler a", "Euler", "LMS", "Heun", "DPM2", "DPM2 a", "DPM++ 2S a", "DPM++ 2M",
+  "DPM++ SDE", "DPM fast", "DPM adaptive", "LMS Karras", "DPM2 Karras", "DPM2 a Karras",
+  "DPM++ 2S a Karras", "DPM++ 2M Karras", "DPM++ SDE Karras", "DDIM", "PLMS", "UniPC"];
+const FINISHED = new Set(["succeeded", "failed", "cancelled"]);
+let token = localStorage.getItem("huabu.token");
+// Set by the server: whether requests without credentials are served (HUABU_ANONYMOUS).
+const ANONYMOUS = document.querySelector('meta[name="huabu-anonymous"]').content === "true";
+let galleryCursor = null;
+
+const $ = (id) => document.getElementById(id);
+
+async function api(method, path, body) {
+  const headers = {};
+  if (token) headers.Authorization = `Bearer ${token}`;
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const response = await fetch(API + path, {
+    method, headers, body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  if (response.status === 204) return null;
+  const data = await response.json().catch(() => ({}));
+  if (!response.ok) {
+    const error = new Error((data.error && data.error.message) || `HTTP ${response.status}`);
+    error.status = response.status;
+    error.param = data.error ? data.error.param : null;
+    throw error;
+  }
+  return data;
+}
+
+function show(section) {
+  for (const id of ["login", "generate", "gallery"]) $(id).hidden = id !== section;
+  for (const link of document.querySelectorAll("nav a")) {
+    if (link.getAttribute("href") === `#${section}`) link.setAttribute("aria-current", "page");
+    else link.removeAttribute("aria-current");
+  }
+  if (section === "gallery") loadGallery(true);
+}
+
+async function start() {
+  if (!token && !ANONYMOUS) { loggedOut(); return; }
+  try {
+    const me = await api("GET", "/me");
+    $("who").textContent = me.email;
+    $("nav").hidden = false;
+    $("logout").hidden = !token;
+    await fillChoices();
+    route();
+  } catch (error) {
+    if (error.status !== 401) throw error;
+    loggedOut();
+  }
+}
+
+function loggedOut() {
+  token = null;
+  localStorage.removeItem("huabu.token");
+  $("nav").hidden = true;
+  $("logout").hidden = true;
+  $("who").textContent = "";
+  show("login");
+}
+
+function route() {
+  const section = (location.hash || "#generate").slice(1);
+  show(["generate", "gallery"].includes(section) ? section : "generate");
+}
+
+async function fillChoices() {
+  const models = await api("GET", "/models?kind=checkpoints");
+  $("model").replaceChildren(...models.data.map((m) => new Option(m.name, m.name)));
+  if ($("sampler").options.length === 0) {
+    $("sampler").replaceChildren(...SAMPLERS.map((s) => new Option(s, s)));
+  }
+}
+
+$("login-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  $("login-error").textContent = "";
+  try {
+    const session = await api("POST", "/sessions", {
+      email: $("email").value, password: $("password").value,
+    });
+    token = session.token;
+    localStorage.setItem("huabu.token", token);
+    $("password").value = "";
+    await start();
+  } catch (error) {
+    $("login-error").textContent = error.message;
+  }
+});
+
+$("logout").addEventListener("click", async () => {
+  await api("DELETE", "/sessions/current").catch(() => null);
+  token = null;
+  localStorage.removeItem("huabu.token");
+  await start();
+});
+
+window.addEventListener("hashchange", () => { if (token || !$("nav").hidden) route(); });
+
+function clearErrors() {
+  for (const element of document.querySelectorAll("#generate-form .error")) element.textContent = "";
+}
+
+function showError(error) {
+  const field = (error.param || "").split(".")[0];
+  const target = document.querySelector(`#generate-form .error[data-for="${field}"]`) || $("form-error");
+  target.textContent = error.message;
+}
+
+$("generate-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  clearErrors();
+  const number = (id) => Number($(id).value);
+  const body = {
+    model: $("model").value, prompt: $("prompt").value, negative_prompt: $("negative_prompt").value,
+    sampler: $("sampler").value, steps: number("steps"), width: number("width"),
+    height: number("height"), seed: number("seed"), n_images: number("n_images"),
+  };
+  try {
+    const task = await api("POST", "/generations", body);
+    watch(task);
+  } catch (error) {
+    showError(error);
+  }
+});
+
+function taskCard(task) {
+  const card = document.createElement("article");
+  card.className = "task";
+  card.id = `task-${task.id}`;
+  card.innerHTML = `<div class="status"><span class="state" role="status"></span>
+    <progress max="1" value="0" aria-label="Progress"></progress>
+    <button type="button" class="quiet cancel">Cancel</button></div>
+    <p class="prompt"></p><div class="images"></div>`;
+  card.querySelector(".prompt").textContent = task.request.prompt || "";
+  card.querySelector(".cancel").addEventListener("click", async () => {
+    await api("POST", `/tasks/${task.id}/cancel`).catch((error) => {
+      card.querySelector(".state").textContent = error.message;
+    });
+  });
+  return card;
+}
+
+function render(card, task) {
+  const state = card.querySelector(".state");
+  const bar = card.querySelector("progress");
+  const cancel = card.querySelector(".cancel");
+  if (task.state === "queued") {
+    const eta = task.eta_seconds == null ? "" : `, about ${Math.ceil(task.eta_seconds)} s`;
+    state.textContent = `Queued: ${task.queue_position} ahead${eta}`;
+  } else if (task.state === "running") {
+    state.textContent = `Step ${task.progress.step} / ${task.progress.total}`;
+    bar.value = task.progress.percent / 100;
+  } else if (task.state === "succeeded") {
+    state.textContent = "Done";
+    bar.value = 1;
+  } else if (task.state === "cancelled") {
+    state.textContent = "Cancelled";
+  } else {
+    state.textContent = `Failed: ${task.error || "unknown error"}`;
+  }
+  cancel.hidden = FINISHED.has(task.state);
+  bar.hidden = FINISHED.has(task.state);
+  if (task.state === "succeeded") {
+    const images = card.querySelector(".images");
+    images.replaceChildren(...task.images.map((image) => {
+      const link = document.createElement("a");
+      link.href = image.url;
+      link.target = "_blank";
+      const img = document.createElement("img");
+      img.src = image.url;
+      img.alt = `Image ${image.index + 1}, seed ${image.seed}`;
+      link.append(img);
+      return link;
+    }));
+  }
+}
+
+async function watch(task) {
+  const card = taskCard(task);
+  $("tasks").prepend(card);
+  render(card, task);
+  // The task's events (server-sent), read with fetch so that the token goes in a header;
+  // reconnects after a lost connection until the task ends.
+  while (!FINISHED.has(task.state)) {
+    try {
+      const response = await fetch(`${API}/tasks/${task.id}/events`,
+        { headers: token ? { Authorization: `Bearer ${token}` } : {} });
+      if (!response.ok) throw new Error(`HTTP ${response.status}`);
+      const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buffer = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += value;
+        let end;
+        while ((end = buffer.indexOf("\n\n")) >= 0) {
+          const chunk = buffer.slice(0, end);
+          buffer = buffer.slice(end + 2);
+          const data = chunk.split("\n").filter((l) => l.startsWith("data: "))
+            .map((l) => l.slice(6)).join("\n");
+          if (data) { task = JSON.parse(data); render(card, task); }
+        }
+      }
+    } catch (error) {
+      card.querySelector(".state").textContent = "Reconnecting…";
+      await new Promise((resolve) => setTimeout(resolve, 1000));
+    }
+  }
+}
+
+async function loadGallery(fresh) {
+  if (fresh) { galleryCursor = null; $("gallery-items").replaceChildren(); }
+  const query = galleryCursor ? `&cursor=${encodeURIComponent(galleryCursor)}` : "";
+  const page = await api("GET", `/tasks?limit=20${query}`);
+  for (const task of page.data) {
+    const card = taskCard(task);
+    render(card, task);
+    $("gallery-items").append(card);
+  }
+  galleryCursor = page.next_cursor;
+  $("gallery-more").hidden = !galleryCursor;
+}
+
+$("gallery-more").addEventListener("click", () => loadGallery(false));
+
+start();

@@ -1,0 +1,117 @@
+"""The web page at / (issue 18, first part), in a real browser: Debian's chromium driven by
+Playwright for Python (its own browser download cannot work offline). Each test saves a
+screenshot under test-artifacts/ui/; any JavaScript error fails it."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from test_service import SLOW, client_for, submit, wait_state
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "ui"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, request):
+    context = browser.new_context(viewport={"width": 1100, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    # JavaScript errors and console.error calls. Chromium also logs each non-2xx answer as
+    # "Failed to load resource": an API refusal the page shows is not a script error.
+    page.on("console", lambda m: errors.append(m.text)
+            if m.type == "error" and not m.text.startswith("Failed to load resource")
+            else None)  # fmt: skip
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    yield page
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)
+    context.close()
+    assert errors == [], errors
+
+
+def log_in(page, server, accounts, email: str):
+    client_for(accounts, server, email)  # the account (password123)
+    page.goto(server.url + "/")
+    page.get_by_label("Email").fill(email)
+    page.get_by_label("Password").fill("password123")
+    page.get_by_role("button", name="Log in").click()
+    page.get_by_role("link", name="Generate").wait_for()
+
+
+def test_log_in_generate_watch_and_see_it_in_the_gallery(page, server, accounts):
+    from playwright.sync_api import expect
+
+    log_in(page, server, accounts, "ui-ada@example.com")
+    page.get_by_label("Prompt", exact=True).fill("a red fox in the snow")
+    page.get_by_label("Width").fill("64")
+    page.get_by_label("Height").fill("64")
+    page.get_by_label("Steps").fill("24")
+    page.get_by_label("Seed").fill("42")
+    page.get_by_label("Sampler").select_option("Euler")
+    page.get_by_role("button", name="Generate").click()
+    card = page.locator(".task").first
+    expect(card.get_by_role("status")).to_contain_text("Step", timeout=60_000)  # while it runs
+    expect(card.get_by_role("status")).to_have_text("Done", timeout=60_000)
+    image = card.get_by_role("img", name="Image 1, seed 42")
+    expect(image).to_be_visible()
+    assert image.evaluate("img => img.naturalWidth") == 64
+
+    page.get_by_role("link", name="Gallery").click()
+    listed = page.locator("#gallery .task").first
+    expect(listed.get_by_role("img", name="Image 1, seed 42")).to_be_visible()
+    expect(listed).to_contain_text("a red fox in the snow")
+
+
+def test_errors_show_next_to_their_field(page, server, accounts):
+    log_in(page, server, accounts, "ui-bob@example.com")
+    page.get_by_label("Prompt", exact=True).fill("a fox")
+    page.get_by_label("Width").fill("60")  # not a multiple of 8
+    page.get_by_role("button", name="Generate").click()
+    message = page.locator('.error[data-for="width"]')
+    message.wait_for()
+    assert "width" in message.inner_text() and "8" in message.inner_text()
+    assert page.locator(".task").count() == 0  # nothing was queued
+
+
+def test_cancel_says_so_in_words(page, server, accounts):
+    from playwright.sync_api import expect
+
+    log_in(page, server, accounts, "ui-cy@example.com")
+    # Keep the worker busy so that the page's task is caught queued.
+    other = client_for(accounts, server, "ui-blocker@example.com")
+    blocker = submit(other, SLOW)
+    wait_state(other, blocker["id"], "running")
+    page.get_by_label("Prompt", exact=True).fill("a lighthouse")
+    page.get_by_label("Width").fill("64")
+    page.get_by_label("Height").fill("64")
+    page.get_by_role("button", name="Generate").click()
+    card = page.locator(".task").first
+    expect(card.get_by_role("status")).to_contain_text("Queued", timeout=30_000)
+    card.get_by_role("button", name="Cancel").click()
+    expect(card.get_by_role("status")).to_have_text("Cancelled", timeout=30_000)
+    other.post(f"/huabu/v1/tasks/{blocker['id']}/cancel")
+
+
+def test_a_wrong_password_is_refused_in_words(page, server, accounts):
+    client_for(accounts, server, "ui-dee@example.com")
+    page.goto(server.url + "/")
+    page.get_by_label("Email").fill("ui-dee@example.com")
+    page.get_by_label("Password").fill("not the password")
+    page.get_by_role("button", name="Log in").click()
+    alert = page.locator("#login-error")
+    alert.wait_for()
+    assert "wrong email or password" in alert.inner_text()
