@@ -5,6 +5,7 @@ screenshot under test-artifacts/ui/; any JavaScript error fails it."""
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -115,3 +116,74 @@ def test_a_wrong_password_is_refused_in_words(page, server, accounts):
     alert = page.locator("#login-error")
     alert.wait_for()
     assert "wrong email or password" in alert.inner_text()
+
+
+def test_create_and_revoke_a_key(page, server, accounts):
+    import httpx
+    from playwright.sync_api import expect
+
+    log_in(page, server, accounts, "ui-keys@example.com")
+    page.get_by_role("link", name="API keys").click()
+    page.get_by_role("button", name="Create key").click()
+    shown = page.locator("#key-value")
+    expect(shown).to_contain_text("hb_")
+    key = shown.inner_text().strip()
+    assert httpx.get(server.url + "/huabu/v1/me",
+                     headers={"Authorization": f"Bearer {key}"}).status_code == 200  # fmt: skip
+    prefix = key[:15]
+    row = page.locator("#key-table tbody tr", has_text=prefix)
+    expect(row).to_be_visible()
+    row.get_by_role("button", name=f"Revoke {prefix}").click()
+    expect(row).to_contain_text("Revoked")
+    # Servers cache a key for up to 5 s: a revoked one is refused after that.
+    deadline = time.monotonic() + 10
+    while httpx.get(server.url + "/huabu/v1/me",
+                    headers={"Authorization": f"Bearer {key}"}).status_code != 401:  # fmt: skip
+        assert time.monotonic() < deadline, "the revoked key still works"
+        time.sleep(0.5)
+
+
+def test_the_chinese_page_is_remembered(page, server, accounts):
+    from playwright.sync_api import expect
+
+    log_in(page, server, accounts, "ui-zh@example.com")
+    page.get_by_label("Language").select_option("zh")
+    expect(page.get_by_role("button", name="生成")).to_be_visible()
+    expect(page.get_by_role("link", name="作品")).to_be_visible()
+    page.reload()
+    page.get_by_label("提示词", exact=True).fill("一只红狐狸")
+    page.get_by_label("宽度").fill("64")
+    page.get_by_label("高度").fill("64")
+    page.get_by_label("步数").fill("4")
+    page.get_by_role("button", name="生成").click()
+    expect(page.locator(".task").first.get_by_role("status")).to_have_text("完成", timeout=60_000)
+    assert page.evaluate("document.documentElement.lang") == "zh-CN"
+
+
+def test_a_phone_sized_screen(browser, server, accounts, request):
+    from playwright.sync_api import expect
+
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True,
+                                  has_touch=True)  # fmt: skip
+    phone = context.new_page()
+    errors: list[str] = []
+    phone.on("pageerror", lambda e: errors.append(str(e)))
+    try:
+        log_in(phone, server, accounts, "ui-phone@example.com")
+        phone.get_by_label("Prompt", exact=True).fill("a small fox")
+        phone.get_by_label("Width").fill("64")
+        phone.get_by_label("Height").fill("64")
+        phone.get_by_label("Steps").fill("4")
+        phone.get_by_role("button", name="Generate").click()
+        expect(phone.locator(".task").first.get_by_role("status")).to_have_text(
+            "Done", timeout=60_000
+        )
+        # Nothing wider than the screen: no sideways scrolling.
+        assert phone.evaluate("document.documentElement.scrollWidth") <= 390
+        for name in ("Generate", "Gallery", "API keys"):
+            assert phone.get_by_role("link", name=name).is_visible()
+    finally:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        phone.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)
+        context.close()
+    assert errors == []

@@ -270,3 +270,25 @@ def audit(
                        details=e.details) for e in entries],
         next_cursor=str(entries[-1].id) if len(entries) == limit else None,
     )  # fmt: skip
+
+
+@router.get("/me/keys", response_model=list[KeyOut], summary="Your API keys")
+def my_keys(user: CurrentUser, services: ServicesDep) -> list[KeyOut]:
+    return [_key_out(key) for key in Administration(services.accounts).keys(user.id)]
+
+
+@router.post("/me/keys", status_code=status.HTTP_201_CREATED, response_model=NewKeyOut,
+             summary="Create an API key (shown this once)")  # fmt: skip
+def create_my_key(user: CurrentUser, services: ServicesDep) -> NewKeyOut:
+    key = Administration(services.accounts).create_key(user.email, user.id)
+    return NewKeyOut(key=key, prefix=key[:15])
+
+
+@router.delete(
+    "/me/keys/{prefix}",
+    status_code=204,
+    summary="Revoke one of your API keys",
+    responses={404: {"model": NativeError, "description": "No such key of yours"}},
+)
+def revoke_my_key(prefix: str, user: CurrentUser, services: ServicesDep) -> None:
+    Administration(services.accounts).revoke_key(user.email, prefix, user_id=user.id)

@@ -13,6 +13,35 @@ let galleryCursor = null;
 
 const $ = (id) => document.getElementById(id);
 
+// English is written in the page; Simplified Chinese here. The choice is remembered.
+const ZH = {
+  "Generate": "生成", "Gallery": "作品", "API keys": "API 密钥", "Language": "语言",
+  "Log in": "登录", "Log out": "退出", "Email": "邮箱", "Password": "密码", "Prompt": "提示词",
+  "Negative prompt": "反向提示词", "Model": "模型", "Sampler": "采样器", "Width": "宽度",
+  "Height": "高度", "Steps": "步数", "Seed": "种子", "Images": "张数", "More": "更多",
+  "Create key": "创建密钥", "Copy this key now: it is shown only once.": "请立即复制此密钥：它只显示这一次。",
+  "Copy": "复制", "Copied": "已复制", "Key": "密钥", "Created": "创建于", "Last used": "最近使用",
+  "Revoke": "吊销", "Revoked": "已吊销", "Never": "从未", "Cancel": "取消", "Done": "完成",
+  "Cancelled": "已取消", "Failed": "失败", "Queued": "排队中", "ahead": "个在前", "about": "约",
+  "Step": "步骤", "Reconnecting…": "正在重新连接…", "Progress": "进度", "Image": "图片", "seed": "种子",
+};
+let language = localStorage.getItem("huabu.language") || "en";
+const t = (text) => (language === "zh" && ZH[text]) || text;
+
+function translate() {
+  document.documentElement.lang = language === "zh" ? "zh-CN" : "en";
+  for (const element of document.querySelectorAll("[data-i18n]")) {
+    element.textContent = t(element.dataset.i18n);
+  }
+  $("language").value = language;
+}
+
+$("language").addEventListener("change", () => {
+  language = $("language").value;
+  localStorage.setItem("huabu.language", language);
+  translate();
+});
+
 async function api(method, path, body) {
   const headers = {};
   if (token) headers.Authorization = `Bearer ${token}`;
@@ -32,12 +61,13 @@ async function api(method, path, body) {
 }
 
 function show(section) {
-  for (const id of ["login", "generate", "gallery"]) $(id).hidden = id !== section;
+  for (const id of ["login", "generate", "gallery", "keys"]) $(id).hidden = id !== section;
   for (const link of document.querySelectorAll("nav a")) {
     if (link.getAttribute("href") === `#${section}`) link.setAttribute("aria-current", "page");
     else link.removeAttribute("aria-current");
   }
   if (section === "gallery") loadGallery(true);
+  if (section === "keys") loadKeys();
 }
 
 async function start() {
@@ -66,7 +96,7 @@ function loggedOut() {
 
 function route() {
   const section = (location.hash || "#generate").slice(1);
-  show(["generate", "gallery"].includes(section) ? section : "generate");
+  show(["generate", "gallery", "keys"].includes(section) ? section : "generate");
 }
 
 async function fillChoices() {
@@ -134,10 +164,12 @@ function taskCard(task) {
   card.className = "task";
   card.id = `task-${task.id}`;
   card.innerHTML = `<div class="status"><span class="state" role="status"></span>
-    <progress max="1" value="0" aria-label="Progress"></progress>
-    <button type="button" class="quiet cancel">Cancel</button></div>
+    <progress max="1" value="0"></progress>
+    <button type="button" class="quiet cancel"></button></div>
     <p class="prompt"></p><div class="images"></div>`;
   card.querySelector(".prompt").textContent = task.request.prompt || "";
+  card.querySelector("progress").setAttribute("aria-label", t("Progress"));
+  card.querySelector(".cancel").textContent = t("Cancel");
   card.querySelector(".cancel").addEventListener("click", async () => {
     await api("POST", `/tasks/${task.id}/cancel`).catch((error) => {
       card.querySelector(".state").textContent = error.message;
@@ -151,18 +183,18 @@ function render(card, task) {
   const bar = card.querySelector("progress");
   const cancel = card.querySelector(".cancel");
   if (task.state === "queued") {
-    const eta = task.eta_seconds == null ? "" : `, about ${Math.ceil(task.eta_seconds)} s`;
-    state.textContent = `Queued: ${task.queue_position} ahead${eta}`;
+    const eta = task.eta_seconds == null ? "" : `, ${t("about")} ${Math.ceil(task.eta_seconds)} s`;
+    state.textContent = `${t("Queued")}: ${task.queue_position} ${t("ahead")}${eta}`;
   } else if (task.state === "running") {
-    state.textContent = `Step ${task.progress.step} / ${task.progress.total}`;
+    state.textContent = `${t("Step")} ${task.progress.step} / ${task.progress.total}`;
     bar.value = task.progress.percent / 100;
   } else if (task.state === "succeeded") {
-    state.textContent = "Done";
+    state.textContent = t("Done");
     bar.value = 1;
   } else if (task.state === "cancelled") {
-    state.textContent = "Cancelled";
+    state.textContent = t("Cancelled");
   } else {
-    state.textContent = `Failed: ${task.error || "unknown error"}`;
+    state.textContent = `${t("Failed")}: ${task.error || "unknown error"}`;
   }
   cancel.hidden = FINISHED.has(task.state);
   bar.hidden = FINISHED.has(task.state);
@@ -174,7 +206,7 @@ function render(card, task) {
       link.target = "_blank";
       const img = document.createElement("img");
       img.src = image.url;
-      img.alt = `Image ${image.index + 1}, seed ${image.seed}`;
+      img.alt = `${t("Image")} ${image.index + 1}, ${t("seed")} ${image.seed}`;
       link.append(img);
       return link;
     }));
@@ -208,7 +240,7 @@ async function watch(task) {
         }
       }
     } catch (error) {
-      card.querySelector(".state").textContent = "Reconnecting…";
+      card.querySelector(".state").textContent = t("Reconnecting…");
       await new Promise((resolve) => setTimeout(resolve, 1000));
     }
   }
@@ -229,4 +261,52 @@ async function loadGallery(fresh) {
 
 $("gallery-more").addEventListener("click", () => loadGallery(false));
 
+async function loadKeys() {
+  const keys = await api("GET", "/me/keys");
+  const rows = keys.map((key) => {
+    const row = document.createElement("tr");
+    const when = (stamp) => (stamp ? new Date(stamp).toLocaleString() : t("Never"));
+    for (const text of [key.prefix, when(key.created_at), when(key.last_used_at)]) {
+      const cell = document.createElement("td");
+      cell.textContent = text;
+      row.append(cell);
+    }
+    const cell = document.createElement("td");
+    if (key.revoked) {
+      cell.textContent = t("Revoked");
+    } else {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = "quiet";
+      button.textContent = t("Revoke");
+      button.setAttribute("aria-label", `${t("Revoke")} ${key.prefix}`);
+      button.addEventListener("click", async () => {
+        await api("DELETE", `/me/keys/${encodeURIComponent(key.prefix)}`);
+        await loadKeys();
+      });
+      cell.append(button);
+    }
+    row.append(cell);
+    return row;
+  });
+  document.querySelector("#key-table tbody").replaceChildren(...rows);
+}
+
+$("key-create").addEventListener("click", async () => {
+  const created = await api("POST", "/me/keys");
+  $("key-value").textContent = created.key;
+  $("key-new").hidden = false;
+  await loadKeys();
+});
+
+$("key-copy").addEventListener("click", async () => {
+  try {
+    await navigator.clipboard.writeText($("key-value").textContent);
+    $("key-copy").textContent = t("Copied");
+  } catch (error) {  // no clipboard (an insecure origin): select it for a manual copy
+    getSelection().selectAllChildren($("key-value"));
+  }
+});
+
+translate();
 start();
