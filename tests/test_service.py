@@ -305,7 +305,12 @@ def test_queued_tasks_that_fit_share_one_loop(alice, bob):
     later = submit(bob, SMALL)  # another shape: it waits for the batch
     clients = [alice, bob, alice]
     running = [wait_state(c, t["id"], "running") for c, t in zip(clients, batch, strict=True)]
+    # The worker claims its own job first, then the ones that join it, then records the
+    # batch's size on all three: read each once that is written.
+    running = [settled(c, t["id"], lambda task: task["batch_size"] > 1)
+               for c, t in zip(clients, batch, strict=True)]  # fmt: skip
     assert {task["batch_size"] for task in running} == {3}
+    assert {task["state"] for task in running} == {"running"}
     # Positions come from a snapshot of the queue at most 0.5 s old: the batch's start shows soon.
     waiting = settled(bob, later["id"], lambda task: task["queue_position"] == 0)
     assert waiting["state"] == "queued"

@@ -187,3 +187,41 @@ def test_a_phone_sized_screen(browser, server, accounts, request):
         phone.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)
         context.close()
     assert errors == []
+
+
+def test_the_gallery_reuses_settings_and_deletes(page, server, accounts):
+    import httpx
+    from playwright.sync_api import expect
+
+    log_in(page, server, accounts, "ui-gallery@example.com")
+    page.get_by_label("Prompt", exact=True).fill("a heron at dawn")
+    page.get_by_label("Width").fill("64")
+    page.get_by_label("Height").fill("64")
+    page.get_by_label("Steps").fill("5")
+    page.get_by_label("Seed").fill("777")
+    page.get_by_role("button", name="Generate").click()
+    expect(page.locator(".task").first.get_by_role("status")).to_have_text("Done", timeout=60_000)
+
+    page.get_by_role("link", name="Gallery").click()
+    card = page.locator("#gallery .task", has_text="a heron at dawn")
+    image = card.get_by_role("img", name="Image 1, seed 777")
+    expect(image).to_be_visible()
+    card.get_by_text("Parameters").click()
+    expect(card.locator("pre")).to_contain_text("Seed: 777")
+    url = image.get_attribute("src")
+
+    # Change the form, then take the task's settings back.
+    page.get_by_role("link", name="Generate").click()
+    page.get_by_label("Prompt", exact=True).fill("something else")
+    page.get_by_role("link", name="Gallery").click()
+    card.get_by_role("button", name="Use these settings").click()
+    expect(page.get_by_label("Prompt", exact=True)).to_have_value("a heron at dawn")
+    expect(page.get_by_label("Seed")).to_have_value("777")
+    expect(page.get_by_label("Steps")).to_have_value("5")
+
+    page.get_by_role("link", name="Gallery").click()
+    card.get_by_role("button", name="Delete").click()
+    expect(card).to_have_count(0)
+    assert httpx.get(url).status_code == 404  # its files are gone
+    page.reload()
+    expect(page.locator("#gallery .task", has_text="a heron at dawn")).to_have_count(0)

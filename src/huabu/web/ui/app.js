@@ -24,6 +24,7 @@ const ZH = {
   "Revoke": "吊销", "Revoked": "已吊销", "Never": "从未", "Cancel": "取消", "Done": "完成",
   "Cancelled": "已取消", "Failed": "失败", "Queued": "排队中", "ahead": "个在前", "about": "约",
   "Step": "步骤", "Reconnecting…": "正在重新连接…", "Progress": "进度", "Image": "图片", "seed": "种子",
+  "Use these settings": "使用这些设置", "Delete": "删除", "Download": "下载", "Parameters": "参数",
 };
 let language = localStorage.getItem("huabu.language") || "en";
 const t = (text) => (language === "zh" && ZH[text]) || text;
@@ -159,7 +160,19 @@ $("generate-form").addEventListener("submit", async (event) => {
   }
 });
 
-function taskCard(task) {
+const FORM_FIELDS = ["prompt", "negative_prompt", "model", "sampler", "steps", "width", "height",
+  "seed", "n_images"];
+
+function useSettings(task) {
+  for (const field of FORM_FIELDS) {
+    const value = task.request[field];
+    if (value !== undefined && value !== null) $(field).value = value;
+  }
+  location.hash = "#generate";
+  $("prompt").focus();
+}
+
+function taskCard(task, { gallery = false } = {}) {
   const card = document.createElement("article");
   card.className = "task";
   card.id = `task-${task.id}`;
@@ -170,6 +183,25 @@ function taskCard(task) {
   card.querySelector(".prompt").textContent = task.request.prompt || "";
   card.querySelector("progress").setAttribute("aria-label", t("Progress"));
   card.querySelector(".cancel").textContent = t("Cancel");
+  if (gallery) {
+    const tools = document.createElement("div");
+    tools.className = "tools";
+    const reuse = document.createElement("button");
+    reuse.type = "button";
+    reuse.className = "quiet";
+    reuse.textContent = t("Use these settings");
+    reuse.addEventListener("click", () => useSettings(task));
+    const remove = document.createElement("button");
+    remove.type = "button";
+    remove.className = "quiet";
+    remove.textContent = t("Delete");
+    remove.addEventListener("click", async () => {
+      await api("DELETE", `/tasks/${task.id}`);
+      card.remove();
+    });
+    tools.append(reuse, remove);
+    card.append(tools);
+  }
   card.querySelector(".cancel").addEventListener("click", async () => {
     await api("POST", `/tasks/${task.id}/cancel`).catch((error) => {
       card.querySelector(".state").textContent = error.message;
@@ -201,6 +233,7 @@ function render(card, task) {
   if (task.state === "succeeded") {
     const images = card.querySelector(".images");
     images.replaceChildren(...task.images.map((image) => {
+      const figure = document.createElement("figure");
       const link = document.createElement("a");
       link.href = image.url;
       link.target = "_blank";
@@ -208,7 +241,18 @@ function render(card, task) {
       img.src = image.url;
       img.alt = `${t("Image")} ${image.index + 1}, ${t("seed")} ${image.seed}`;
       link.append(img);
-      return link;
+      const details = document.createElement("details");
+      const summary = document.createElement("summary");
+      summary.textContent = t("Parameters");
+      const text = document.createElement("pre");
+      text.textContent = image.infotext;
+      const download = document.createElement("a");
+      download.href = image.url;
+      download.download = `${task.id}-${image.index}.${image.format}`;
+      download.textContent = t("Download");
+      details.append(summary, text, download);
+      figure.append(link, details);
+      return figure;
     }));
   }
 }
@@ -251,7 +295,7 @@ async function loadGallery(fresh) {
   const query = galleryCursor ? `&cursor=${encodeURIComponent(galleryCursor)}` : "";
   const page = await api("GET", `/tasks?limit=20${query}`);
   for (const task of page.data) {
-    const card = taskCard(task);
+    const card = taskCard(task, { gallery: true });
     render(card, task);
     $("gallery-items").append(card);
   }
