@@ -225,3 +225,29 @@ def test_the_gallery_reuses_settings_and_deletes(page, server, accounts):
     assert httpx.get(url).status_code == 404  # its files are gone
     page.reload()
     expect(page.locator("#gallery .task", has_text="a heron at dawn")).to_have_count(0)
+
+
+def test_admins_see_users_workers_and_queues(page, server, accounts):
+    from playwright.sync_api import expect
+
+    admin = accounts.add_user("ui-admin@example.com", "password123", admin=True)
+    assert admin.is_admin
+    target = client_for(accounts, server, "ui-managed@example.com")
+    page.goto(server.url + "/")
+    page.get_by_label("Email").fill("ui-admin@example.com")
+    page.get_by_label("Password").fill("password123")
+    page.get_by_role("button", name="Log in").click()
+    page.get_by_role("link", name="Admin").click()
+    row = page.locator("#admin-users tbody tr", has_text="ui-managed@example.com")
+    expect(row).to_contain_text("active")
+    row.get_by_role("button", name="Disable ui-managed@example.com").click()
+    expect(row).to_contain_text("disabled")
+    row.get_by_role("button", name="Enable ui-managed@example.com").click()
+    expect(row).to_contain_text("active")
+    assert target.get("/huabu/v1/me").status_code == 200
+    expect(page.locator("#admin-workers tbody tr").first).to_be_visible()  # the server's worker
+
+
+def test_others_see_no_admin_link(page, server, accounts):
+    log_in(page, server, accounts, "ui-plain@example.com")
+    assert page.get_by_role("link", name="Admin").count() == 0

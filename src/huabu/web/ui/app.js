@@ -24,6 +24,10 @@ const ZH = {
   "Revoke": "吊销", "Revoked": "已吊销", "Never": "从未", "Cancel": "取消", "Done": "完成",
   "Cancelled": "已取消", "Failed": "失败", "Queued": "排队中", "ahead": "个在前", "about": "约",
   "Step": "步骤", "Reconnecting…": "正在重新连接…", "Progress": "进度", "Image": "图片", "seed": "种子",
+  "Admin": "管理", "Users": "用户", "State": "状态", "Priority": "优先级",
+  "Images per day": "每日张数", "Workers": "工作节点", "Worker": "节点", "Device": "设备",
+  "Loaded": "已加载", "Queues": "队列", "Kind": "类型", "Running": "运行中",
+  "Disable": "停用", "Enable": "启用", "disabled": "已停用", "active": "正常", "admin": "管理员",
   "Use these settings": "使用这些设置", "Delete": "删除", "Download": "下载", "Parameters": "参数",
 };
 let language = localStorage.getItem("huabu.language") || "en";
@@ -62,13 +66,14 @@ async function api(method, path, body) {
 }
 
 function show(section) {
-  for (const id of ["login", "generate", "gallery", "keys"]) $(id).hidden = id !== section;
+  for (const id of ["login", "generate", "gallery", "keys", "admin"]) $(id).hidden = id !== section;
   for (const link of document.querySelectorAll("nav a")) {
     if (link.getAttribute("href") === `#${section}`) link.setAttribute("aria-current", "page");
     else link.removeAttribute("aria-current");
   }
   if (section === "gallery") loadGallery(true);
   if (section === "keys") loadKeys();
+  if (section === "admin") loadAdmin();
 }
 
 async function start() {
@@ -76,6 +81,7 @@ async function start() {
   try {
     const me = await api("GET", "/me");
     $("who").textContent = me.email;
+    $("nav-admin").hidden = !me.is_admin;
     $("nav").hidden = false;
     $("logout").hidden = !token;
     await fillChoices();
@@ -97,7 +103,8 @@ function loggedOut() {
 
 function route() {
   const section = (location.hash || "#generate").slice(1);
-  show(["generate", "gallery", "keys"].includes(section) ? section : "generate");
+  const allowed = ["generate", "gallery", "keys"].concat($("nav-admin").hidden ? [] : ["admin"]);
+  show(allowed.includes(section) ? section : "generate");
 }
 
 async function fillChoices() {
@@ -351,6 +358,47 @@ $("key-copy").addEventListener("click", async () => {
     getSelection().selectAllChildren($("key-value"));
   }
 });
+
+function cells(row, values) {
+  for (const value of values) {
+    const cell = document.createElement("td");
+    cell.textContent = value;
+    row.append(cell);
+  }
+}
+
+async function loadAdmin() {
+  const [users, fleet] = await Promise.all([api("GET", "/admin/users?limit=500"),
+    api("GET", "/admin/fleet")]);
+  $("admin-users").tBodies[0].replaceChildren(...users.data.map((user) => {
+    const row = document.createElement("tr");
+    const state = user.disabled ? t("disabled") : user.is_admin ? t("admin") : t("active");
+    cells(row, [user.email, state, user.priority, user.images_per_day ?? "—"]);
+    const cell = document.createElement("td");
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "quiet";
+    button.textContent = user.disabled ? t("Enable") : t("Disable");
+    button.setAttribute("aria-label", `${button.textContent} ${user.email}`);
+    button.addEventListener("click", async () => {
+      await api("PATCH", `/admin/users/${user.id}`, { disabled: !user.disabled });
+      await loadAdmin();
+    });
+    cell.append(button);
+    row.append(cell);
+    return row;
+  }));
+  $("admin-workers").tBodies[0].replaceChildren(...fleet.workers.map((worker) => {
+    const row = document.createElement("tr");
+    cells(row, [worker.name, worker.state, worker.device, worker.loaded.join(", ") || "—"]);
+    return row;
+  }));
+  $("admin-queues").tBodies[0].replaceChildren(...fleet.queues.map((queue) => {
+    const row = document.createElement("tr");
+    cells(row, [queue.kind, queue.model, queue.queued, queue.running]);
+    return row;
+  }));
+}
 
 translate();
 start();
