@@ -91,15 +91,21 @@ def _parts(url: str, field: str) -> tuple[SplitResult, str, int]:
     return parts, host, port or (443 if parts.scheme == "https" else 80)
 
 
+def _pinned(url: str, field: str, settings: Settings) -> tuple[str, str, dict[str, str]]:
+    """``url`` checked: the URL of the address it was checked at, its host name (for TLS), and
+    the headers that name the host it asked for."""
+    parts, hostname, port = _parts(url, field)
+    address = _resolve(hostname, port, field, settings)
+    host = f"[{address}]" if ":" in address else address
+    pinned = urlunsplit((parts.scheme, f"{host}:{port}", parts.path or "/", parts.query, ""))
+    return pinned, hostname, {"Host": parts.netloc.rsplit("@", 1)[-1], "User-Agent": "huabu"}
+
+
 def fetch(url: str, *, field: str, settings: Settings) -> bytes:
     """The body at ``url`` (at most HUABU_FETCH_MAX_BYTES), or InvalidRequest naming ``field``."""
     deadline = time.monotonic() + settings.fetch_timeout
     for _ in range(MAX_REDIRECTS + 1):
-        parts, hostname, port = _parts(url, field)
-        address = _resolve(hostname, port, field, settings)
-        host = f"[{address}]" if ":" in address else address
-        pinned = urlunsplit((parts.scheme, f"{host}:{port}", parts.path or "/", parts.query, ""))
-        headers = {"Host": parts.netloc.rsplit("@", 1)[-1], "User-Agent": "huabu"}
+        pinned, hostname, headers = _pinned(url, field, settings)
         left = deadline - time.monotonic()
         if left <= 0:
             break
@@ -157,11 +163,8 @@ def post(url: str, body: bytes, headers: dict[str, str], *, field: str, timeout:
     """POST ``body`` to ``url`` over a connection pinned to its checked address (no
     redirects followed; at most 64 KiB of the answer read, and dropped). Returns the status;
     raises InvalidRequest naming ``field`` for a refused host, a timeout or no answer."""
-    parts, hostname, port = _parts(url, field)
-    address = _resolve(hostname, port, field, settings)
-    host = f"[{address}]" if ":" in address else address
-    pinned = urlunsplit((parts.scheme, f"{host}:{port}", parts.path or "/", parts.query, ""))
-    headers = {"Host": parts.netloc.rsplit("@", 1)[-1], "User-Agent": "huabu"} | headers
+    pinned, hostname, own = _pinned(url, field, settings)
+    headers = own | headers
     deadline = time.monotonic() + timeout
     try:
         with (

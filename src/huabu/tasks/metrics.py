@@ -11,11 +11,13 @@ counts to ``metric_baselines``, so the counters never go down.
 from __future__ import annotations
 
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 from sqlalchemy import text
 from sqlalchemy.orm import Session
+
+from huabu.tasks.fleet import fleet_view
 
 #: Histogram buckets for a task's wait in the queue and its run, in seconds.
 BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 1800.0, 3600.0)
@@ -53,20 +55,6 @@ _ADD_BASELINE = text(
     INSERT INTO metric_baselines (metric, labels, value)
     VALUES (:metric, CAST(:labels AS jsonb), :value)
     ON CONFLICT (metric, labels) DO UPDATE SET value = metric_baselines.value + EXCLUDED.value
-    """
-)
-_QUEUES = text(
-    "SELECT kind, model, count(*) FROM tasks WHERE state = 'queued' GROUP BY kind, model"
-)
-_WORKERS = text(
-    """
-    SELECT CASE WHEN stopped_at IS NOT NULL THEN 'stopped'
-                WHEN last_seen < now() - make_interval(secs => :stalled) THEN 'silent'
-                WHEN current_task IS NOT NULL THEN 'busy' ELSE 'idle' END AS state,
-           count(*)
-      FROM workers
-     WHERE stopped_at IS NULL OR stopped_at > now() - interval '1 hour'
-     GROUP BY 1
     """
 )
 _LOADS = text("SELECT coalesce(sum(loads), 0), coalesce(sum(load_seconds), 0) FROM workers")
@@ -125,10 +113,11 @@ def snapshot(session: Session, *, stalled_seconds: float) -> Snapshot:
     for metric, labels, value in session.execute(_BASELINES):
         counts[(metric, tuple(sorted(labels.items())))] += value
     loads, load_seconds = session.execute(_LOADS).one()
+    fleet = fleet_view(session, stalled_seconds=stalled_seconds)  # what /admin/fleet shows
     return Snapshot(
         counts=dict(counts),
-        queue_depth=[tuple(row) for row in session.execute(_QUEUES)],
-        workers={state: n for state, n in session.execute(_WORKERS, {"stalled": stalled_seconds})},
+        queue_depth=[(q["kind"], q["model"], q["queued"]) for q in fleet["queues"] if q["queued"]],
+        workers=dict(Counter(worker["state"] for worker in fleet["workers"])),
         model_loads=int(loads),
         model_load_seconds=float(load_seconds),
         gpu_memory=[tuple(row) for row in session.execute(_GPU, {"stalled": stalled_seconds})],

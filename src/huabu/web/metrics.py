@@ -28,6 +28,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from huabu.errors import Forbidden
 from huabu.tasks import metrics
+from huabu.web.deps import current_user
 from huabu.web.errors import NativeError
 from huabu.web.services import Services
 
@@ -164,10 +165,7 @@ class RequestTimer:
 async def metrics_page(request: Request) -> Response:
     services: Services = request.app.state.services
     if not services.settings.metrics_public:
-        header = request.headers.get("authorization")
-        caller = services.auth.cached(header)
-        if caller is None:
-            caller = await run_in_threadpool(services.auth.principal, header)
+        caller = await current_user(request, services)
         if not caller.is_admin:
             raise Forbidden("admins only: set HUABU_METRICS_PUBLIC=true to open /metrics")
     telemetry: Telemetry = request.app.state.telemetry
