@@ -37,7 +37,7 @@ def test_each_request_of_a_batch_gets_the_images_it_gets_alone(engine, small, sa
     seen: list[list[tuple[int, int]]] = [[] for _ in requests]
     batched = engine.generate_batch(
         requests,
-        [lambda s, t, mine=mine: mine.append((s, t)) for mine in seen],
+        [lambda s, t, _p, mine=mine: mine.append((s, t)) for mine in seen],
         [lambda: False] * len(requests),
     )
     for request, result, progress in zip(requests, batched, seen, strict=True):
@@ -54,7 +54,7 @@ def test_each_request_of_a_batch_gets_the_images_it_gets_alone(engine, small, sa
 
 def test_prompts_of_different_lengths_sample_apart_and_keep_their_order(engine, small):
     requests = [small(prompt="a fox", seed=3), small(prompt=_LONG, seed=4), small(seed=5)]
-    batched = engine.generate_batch(requests, [lambda s, t: None] * 3, [lambda: False] * 3)
+    batched = engine.generate_batch(requests, [lambda s, t, _p: None] * 3, [lambda: False] * 3)
     assert [r.seeds for r in batched] == [[3], [4], [5]]
     alone = engine.generate(requests[1])
     assert max_difference(batched[1].images[0], alone.images[0]) <= 2
@@ -64,11 +64,11 @@ def test_the_loop_stops_only_when_every_request_wants_to(engine, small):
     requests = _members(small)
     cancelled = [True, False, True]
     results = engine.generate_batch(
-        requests, [lambda s, t: None] * 3, [lambda c=c: c for c in cancelled]
+        requests, [lambda s, t, _p: None] * 3, [lambda c=c: c for c in cancelled]
     )
     assert len(results) == 3  # one went on, so all did (the runner drops the cancelled ones)
     with pytest.raises(Cancelled):
-        engine.generate_batch(requests, [lambda s, t: None] * 3, [lambda: True] * 3)
+        engine.generate_batch(requests, [lambda s, t, _p: None] * 3, [lambda: True] * 3)
 
 
 @pytest.mark.parametrize("sampler", ["Euler a", "DPM++ 2S a"])
@@ -88,7 +88,7 @@ def test_image_to_image_requests_share_a_loop_each_with_its_own_source(engine, s
     assert len({request.batch_key() for request in requests}) == 1
     assert small(**shared | {"strength": 0.5}).batch_key() != requests[0].batch_key()
     sources = [white, black, white]
-    batched = engine.generate_batch(requests, [lambda s, t: None] * 3, [lambda: False] * 3,
+    batched = engine.generate_batch(requests, [lambda s, t, _p: None] * 3, [lambda: False] * 3,
                                     sources)  # fmt: skip
     for request, source, result in zip(requests, sources, batched, strict=True):
         alone = engine.generate(request, init_image=source)

@@ -4,6 +4,8 @@ and interrupt of one's own task only, and errors that name the field."""
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import threading
 import time
@@ -240,6 +242,13 @@ def test_interrupt_stops_ones_own_task_only(api, other):
         assert time.monotonic() < deadline, progress
         time.sleep(0.05)
     assert 0 < progress["progress"] < 1 and progress["state"]["sampling_steps"] == 150
+    while progress["current_image"] is None:  # the live preview, as A1111's Approx cheap
+        assert time.monotonic() < deadline, progress
+        progress = api.get_progress()
+    preview = Image.open(io.BytesIO(base64.b64decode(progress["current_image"])))
+    assert preview.size == (32, 32) and preview.format == "PNG"
+    asked = api.session.get(api.baseurl + "/progress", params={"skip_current_image": "true"})
+    assert asked.json()["current_image"] is None
     assert other.get_progress()["state"]["job_count"] == 0  # nothing of theirs runs
     other.interrupt()  # ...so this stops nothing
     time.sleep(0.5)

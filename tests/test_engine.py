@@ -82,7 +82,7 @@ def test_cancellation_stops_within_a_step(engine, small, sampler):
     with pytest.raises(Cancelled):
         engine.generate(
             small(sampler=sampler, steps=20),
-            on_progress=lambda s, t: seen.append(s),
+            on_progress=lambda s, t, _p: seen.append(s),
             should_cancel=cancel_after_three,
         )
     assert len(seen) <= 4

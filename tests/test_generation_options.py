@@ -97,7 +97,7 @@ def test_the_hires_fix_makes_the_upscaled_size_and_says_so(engine, small, hires,
     progress = []
     request = small(width=64, height=64, steps=6, sampler=sampler, hires=hires)
     result = engine.generate(
-        request, on_progress=lambda step, total: progress.append((step, total))
+        request, on_progress=lambda step, total, _p: progress.append((step, total))
     )
     assert result.images[0].size == size
     fields = parse_infotext(result.infotexts[0])

@@ -46,7 +46,9 @@ FAST = ("Euler a", "DPM++ 2M Karras", "DPM adaptive")
 )
 def test_sampler_runs_reports_progress_and_is_deterministic(engine, small, name):
     progress = []
-    first = engine.generate(small(sampler=name), on_progress=lambda s, t: progress.append((s, t)))
+    first = engine.generate(
+        small(sampler=name), on_progress=lambda s, t, _p: progress.append((s, t))
+    )
     second = engine.generate(small(sampler=name))
     _MADE[name] = first.images[0]
     assert first.images[0].size == (64, 64)

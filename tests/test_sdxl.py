@@ -180,7 +180,7 @@ def test_the_refiner_continues_the_same_sampling(engine, xl, sampler):
     progress: list[tuple[int, int]] = []
     late = engine.generate(
         xl(sampler=sampler, steps=10, refiner=Refiner(model="demo-xl-refiner", switch_at=0.7)),
-        on_progress=lambda *p: progress.append(p),
+        on_progress=lambda s, t, _p: progress.append((s, t)),
     )
     early = engine.generate(
         xl(sampler=sampler, steps=10, refiner=Refiner(model="demo-xl-refiner", switch_at=0.3))

@@ -3,6 +3,7 @@ embedded PostgreSQL, generating with the demo model."""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import time
@@ -366,8 +367,8 @@ def test_cancel_queued_and_running(alice):
 
 
 def test_progress_stream(alice):
-    task = submit(alice, SLOW | {"steps": 30})
-    states, steps = [], []
+    task = submit(alice, SLOW | {"steps": 30, "width": 256, "height": 128})
+    states, steps, previews = [], [], []
     with alice.stream("GET", f"/huabu/v1/tasks/{task['id']}/events") as response:
         assert response.headers["content-type"].startswith("text/event-stream")
         for line in response.iter_lines():
@@ -375,10 +376,19 @@ def test_progress_stream(alice):
                 event = json.loads(line[len("data: ") :])
                 states.append(event["state"])
                 steps.append(event["progress"]["step"])
+                previews.append(event["preview"])
     assert states[-1] == "succeeded"
     assert "running" in states
     assert any(0 < step < 30 for step in steps), steps  # progress seen mid-way
     assert steps == sorted(steps)
+    # The live preview: the image as it denoises, at 1/8 of its size, while it runs only.
+    live = [p for p in previews if p is not None]
+    assert live, "no live preview while it ran"
+    prefix = "data:image/png;base64,"
+    assert all(p.startswith(prefix) for p in live)
+    shown = Image.open(io.BytesIO(base64.b64decode(live[-1][len(prefix) :])))
+    assert shown.size == (32, 16) and shown.mode == "RGB"
+    assert previews[-1] is None
 
 
 def test_list_is_paged_newest_first(accounts, server):

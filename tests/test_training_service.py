@@ -342,3 +342,24 @@ def test_owners_delete_datasets_and_trained_models(server, url, ada, bob, datase
     assert after["total"] == before["total"] - 1
     items = requests.post(url + "dataset_all", json={"token": ada}).json()["items"]
     assert dataset_id not in [item["id"] for item in items]  # v1b's listing too
+
+
+def test_native_training_refusals_name_the_field(server, accounts):
+    from test_service import client_for
+
+    client = client_for(accounts, server, "native-trainer@example.com")
+    other = client_for(accounts, server, "native-other@example.com")
+    theirs = other.post("/huabu/v1/uploads", files={"file": ("a.png", png((1, 2, 3)))}).json()
+    refused = client.post("/huabu/v1/datasets", json={"name": "x", "images": [theirs["id"]]})
+    assert refused.status_code == 400
+    assert refused.json()["error"]["param"] == "images.0"  # not an upload of theirs
+    mine = client.post("/huabu/v1/uploads", files={"file": ("b.png", png((9, 9, 9)))}).json()
+    dataset = client.post("/huabu/v1/datasets", json={"name": "mine", "images": [mine["id"]]})
+    assert dataset.status_code == 201, dataset.text
+    body = {"name": "n", "datasets": [dataset.json()["id"]], "base_model": "no-such-model"}
+    wrong = client.post("/huabu/v1/trainings", json=body)
+    assert wrong.status_code == 400 and wrong.json()["error"]["param"] == "base_model"
+    wrong = client.post("/huabu/v1/trainings", json=body | {"base_model": "demo", "steps": 10**6})
+    assert wrong.status_code == 400 and wrong.json()["error"]["param"] == "steps"
+    listed = client.get("/huabu/v1/tasks").json()["data"]
+    assert listed == []  # nothing was queued

@@ -1,14 +1,18 @@
-"""The web page at / (issue 18, first part), in a real browser: Debian's chromium driven by
+"""The web page at / (issue 18), in a real browser: Debian's chromium driven by
 Playwright for Python (its own browser download cannot work offline). Each test saves a
 screenshot under test-artifacts/ui/; any JavaScript error fails it."""
 
 from __future__ import annotations
 
+import io
 import shutil
 import time
 from pathlib import Path
 
+import httpx
+import numpy as np
 import pytest
+from PIL import Image
 
 from test_service import SLOW, client_for, submit, wait_state
 
@@ -47,8 +51,8 @@ def page(browser, request):
 def log_in(page, server, accounts, email: str):
     client_for(accounts, server, email)  # the account (password123)
     page.goto(server.url + "/")
-    page.get_by_label("Email").fill(email)
-    page.get_by_label("Password").fill("password123")
+    page.get_by_label("Email", exact=True).fill(email)
+    page.get_by_label("Password", exact=True).fill("password123")
     page.get_by_role("button", name="Log in").click()
     page.get_by_role("link", name="Generate").wait_for()
 
@@ -58,10 +62,10 @@ def test_log_in_generate_watch_and_see_it_in_the_gallery(page, server, accounts)
 
     log_in(page, server, accounts, "ui-ada@example.com")
     page.get_by_label("Prompt", exact=True).fill("a red fox in the snow")
-    page.get_by_label("Width").fill("64")
-    page.get_by_label("Height").fill("64")
-    page.get_by_label("Steps").fill("24")
-    page.get_by_label("Seed").fill("42")
+    page.get_by_label("Width", exact=True).fill("64")
+    page.get_by_label("Height", exact=True).fill("64")
+    page.get_by_label("Steps", exact=True).fill("24")
+    page.get_by_label("Seed", exact=True).fill("42")
     page.get_by_label("Sampler").select_option("Euler")
     page.get_by_role("button", name="Generate").click()
     card = page.locator(".task").first
@@ -70,6 +74,18 @@ def test_log_in_generate_watch_and_see_it_in_the_gallery(page, server, accounts)
     image = card.get_by_role("img", name="Image 1, seed 42")
     expect(image).to_be_visible()
     assert image.evaluate("img => img.naturalWidth") == 64
+    # It opens large, with its parameters.
+    image.click()
+    viewer = page.get_by_role("dialog", name="Image 1, seed 42")
+    expect(viewer).to_be_visible()
+    expect(viewer.locator("pre")).to_contain_text("Seed: 42")
+    viewer.get_by_role("button", name="Close").click()
+    expect(viewer).to_be_hidden()
+    # "Random", then "Reuse last seed".
+    page.get_by_role("button", name="Random").click()
+    expect(page.get_by_label("Seed", exact=True)).to_have_value("-1")
+    page.get_by_role("button", name="Reuse last seed").click()
+    expect(page.get_by_label("Seed", exact=True)).to_have_value("42")
 
     page.get_by_role("link", name="Gallery").click()
     listed = page.locator("#gallery .task").first
@@ -78,13 +94,22 @@ def test_log_in_generate_watch_and_see_it_in_the_gallery(page, server, accounts)
 
 
 def test_errors_show_next_to_their_field(page, server, accounts):
+    from playwright.sync_api import expect
+
     log_in(page, server, accounts, "ui-bob@example.com")
     page.get_by_label("Prompt", exact=True).fill("a fox")
-    page.get_by_label("Width").fill("60")  # not a multiple of 8
+    page.get_by_label("Width", exact=True).fill("60")  # not a multiple of 8
     page.get_by_role("button", name="Generate").click()
     message = page.locator('.error[data-for="width"]')
     message.wait_for()
     assert "width" in message.inner_text() and "8" in message.inner_text()
+    # A file that is not an image is refused before anything is sent.
+    page.get_by_text("Image to image and inpainting").click()
+    page.get_by_label("Source image", exact=True).set_input_files(
+        {"name": "notes.txt", "mimeType": "text/plain", "buffer": b"not a picture"}
+    )
+    refused = page.locator('.error[data-for="init_image"]')
+    expect(refused).to_contain_text("Not an image: notes.txt")
     assert page.locator(".task").count() == 0  # nothing was queued
 
 
@@ -97,8 +122,8 @@ def test_cancel_says_so_in_words(page, server, accounts):
     blocker = submit(other, SLOW)
     wait_state(other, blocker["id"], "running")
     page.get_by_label("Prompt", exact=True).fill("a lighthouse")
-    page.get_by_label("Width").fill("64")
-    page.get_by_label("Height").fill("64")
+    page.get_by_label("Width", exact=True).fill("64")
+    page.get_by_label("Height", exact=True).fill("64")
     page.get_by_role("button", name="Generate").click()
     card = page.locator(".task").first
     expect(card.get_by_role("status")).to_contain_text("Queued", timeout=30_000)
@@ -110,8 +135,8 @@ def test_cancel_says_so_in_words(page, server, accounts):
 def test_a_wrong_password_is_refused_in_words(page, server, accounts):
     client_for(accounts, server, "ui-dee@example.com")
     page.goto(server.url + "/")
-    page.get_by_label("Email").fill("ui-dee@example.com")
-    page.get_by_label("Password").fill("not the password")
+    page.get_by_label("Email", exact=True).fill("ui-dee@example.com")
+    page.get_by_label("Password", exact=True).fill("not the password")
     page.get_by_role("button", name="Log in").click()
     alert = page.locator("#login-error")
     alert.wait_for()
@@ -152,9 +177,9 @@ def test_the_chinese_page_is_remembered(page, server, accounts):
     expect(page.get_by_role("link", name="作品")).to_be_visible()
     page.reload()
     page.get_by_label("提示词", exact=True).fill("一只红狐狸")
-    page.get_by_label("宽度").fill("64")
-    page.get_by_label("高度").fill("64")
-    page.get_by_label("步数").fill("4")
+    page.get_by_label("宽度", exact=True).fill("64")
+    page.get_by_label("高度", exact=True).fill("64")
+    page.get_by_label("步数", exact=True).fill("4")
     page.get_by_role("button", name="生成").click()
     expect(page.locator(".task").first.get_by_role("status")).to_have_text("完成", timeout=60_000)
     assert page.evaluate("document.documentElement.lang") == "zh-CN"
@@ -171,9 +196,9 @@ def test_a_phone_sized_screen(browser, server, accounts, request):
     try:
         log_in(phone, server, accounts, "ui-phone@example.com")
         phone.get_by_label("Prompt", exact=True).fill("a small fox")
-        phone.get_by_label("Width").fill("64")
-        phone.get_by_label("Height").fill("64")
-        phone.get_by_label("Steps").fill("4")
+        phone.get_by_label("Width", exact=True).fill("64")
+        phone.get_by_label("Height", exact=True).fill("64")
+        phone.get_by_label("Steps", exact=True).fill("4")
         phone.get_by_role("button", name="Generate").click()
         expect(phone.locator(".task").first.get_by_role("status")).to_have_text(
             "Done", timeout=60_000
@@ -195,10 +220,10 @@ def test_the_gallery_reuses_settings_and_deletes(page, server, accounts):
 
     log_in(page, server, accounts, "ui-gallery@example.com")
     page.get_by_label("Prompt", exact=True).fill("a heron at dawn")
-    page.get_by_label("Width").fill("64")
-    page.get_by_label("Height").fill("64")
-    page.get_by_label("Steps").fill("5")
-    page.get_by_label("Seed").fill("777")
+    page.get_by_label("Width", exact=True).fill("64")
+    page.get_by_label("Height", exact=True).fill("64")
+    page.get_by_label("Steps", exact=True).fill("5")
+    page.get_by_label("Seed", exact=True).fill("777")
     page.get_by_role("button", name="Generate").click()
     expect(page.locator(".task").first.get_by_role("status")).to_have_text("Done", timeout=60_000)
 
@@ -216,8 +241,8 @@ def test_the_gallery_reuses_settings_and_deletes(page, server, accounts):
     page.get_by_role("link", name="Gallery").click()
     card.get_by_role("button", name="Use these settings").click()
     expect(page.get_by_label("Prompt", exact=True)).to_have_value("a heron at dawn")
-    expect(page.get_by_label("Seed")).to_have_value("777")
-    expect(page.get_by_label("Steps")).to_have_value("5")
+    expect(page.get_by_label("Seed", exact=True)).to_have_value("777")
+    expect(page.get_by_label("Steps", exact=True)).to_have_value("5")
 
     page.get_by_role("link", name="Gallery").click()
     card.get_by_role("button", name="Delete").click()
@@ -234,8 +259,8 @@ def test_admins_see_users_workers_and_queues(page, server, accounts):
     assert admin.is_admin
     target = client_for(accounts, server, "ui-managed@example.com")
     page.goto(server.url + "/")
-    page.get_by_label("Email").fill("ui-admin@example.com")
-    page.get_by_label("Password").fill("password123")
+    page.get_by_label("Email", exact=True).fill("ui-admin@example.com")
+    page.get_by_label("Password", exact=True).fill("password123")
     page.get_by_role("button", name="Log in").click()
     page.get_by_role("link", name="Admin").click()
     row = page.locator("#admin-users tbody tr", has_text="ui-managed@example.com")
@@ -251,3 +276,166 @@ def test_admins_see_users_workers_and_queues(page, server, accounts):
 def test_others_see_no_admin_link(page, server, accounts):
     log_in(page, server, accounts, "ui-plain@example.com")
     assert page.get_by_role("link", name="Admin").count() == 0
+
+
+def png_file(name: str, image: Image.Image) -> dict:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return {"name": name, "mimeType": "image/png", "buffer": buffer.getvalue()}
+
+
+def gradient(size: int = 64) -> Image.Image:
+    ramp = np.linspace(0, 255, size, dtype=np.uint8)
+    rgb = np.stack([np.tile(ramp, (size, 1)), np.tile(ramp[:, None], (1, size)),
+                    np.full((size, size), 128, np.uint8)], axis=-1)  # fmt: skip
+    return Image.fromarray(rgb, "RGB")
+
+
+def test_the_live_preview_and_step_counter_change(page, server, accounts):
+    from playwright.sync_api import expect
+
+    log_in(page, server, accounts, "ui-live@example.com")
+    page.get_by_label("Prompt", exact=True).fill("a slow sunrise")
+    page.get_by_label("Width", exact=True).fill("256")
+    page.get_by_label("Height", exact=True).fill("256")
+    page.get_by_label("Steps", exact=True).fill("40")
+    page.get_by_role("button", name="Generate").click()
+    card = page.locator(".task").first
+    preview = card.get_by_role("img", name="Preview")
+    expect(preview).to_be_visible(timeout=60_000)
+    assert preview.get_attribute("src").startswith("data:image/png;base64,")
+    first = card.get_by_role("status").inner_text()
+    assert first.startswith("Step ")
+    expect(card.get_by_role("status")).not_to_have_text(first)  # the counter moves on
+    expect(card.get_by_role("status")).to_have_text("Done", timeout=60_000)
+    expect(preview).to_be_hidden()  # the image itself now
+    expect(card.get_by_role("img", name="Image 1", exact=False)).to_be_visible()
+
+
+def test_inpainting_with_a_painted_mask(page, server, accounts):
+    from playwright.sync_api import expect
+
+    log_in(page, server, accounts, "ui-paint@example.com")
+    source = gradient()
+    page.get_by_label("Prompt", exact=True).fill("a red door")
+    page.get_by_label("Steps", exact=True).fill("6")
+    page.get_by_text("Image to image and inpainting").click()
+    page.get_by_label("Source image", exact=True).set_input_files(png_file("wall.png", source))
+    canvas = page.get_by_label("Mask", exact=True)
+    expect(canvas).to_be_visible()
+    expect(page.get_by_label("Width", exact=True)).to_have_value("64")  # the source's size
+    page.get_by_label("Strength", exact=True).fill("1")
+    page.get_by_label("Brush size", exact=True).fill("128")
+    # Paint the left half, then invert: the mask is the right half.
+    box = canvas.bounding_box()
+    for row in range(0, 5):
+        y = box["y"] + box["height"] * (row + 0.5) / 5
+        page.mouse.move(box["x"] + 2, y)
+        page.mouse.down()
+        page.mouse.move(box["x"] + box["width"] * 0.3, y, steps=5)
+        page.mouse.up()
+    page.get_by_role("button", name="Invert mask").click()
+    page.get_by_role("button", name="Generate").click()
+    card = page.locator(".task").first
+    expect(card.get_by_role("status")).to_have_text("Done", timeout=60_000)
+    url = card.get_by_role("img", name="Image 1", exact=False).get_attribute("src")
+    made = np.asarray(Image.open(io.BytesIO(httpx.get(url).content)).convert("RGB"), np.int16)
+    kept = np.asarray(source, np.int16)
+    # Left of the (blurred) edge the source stays; right of it the image is painted anew.
+    assert np.abs(made[:, :12] - kept[:, :12]).max() <= 3
+    assert np.abs(made[:, 40:] - kept[:, 40:]).mean() > 20
+
+
+def test_models_adapters_and_controlnet_are_sent(page, server, accounts):
+    from playwright.sync_api import expect
+
+    log_in(page, server, accounts, "ui-extras@example.com")
+    page.get_by_label("Prompt", exact=True).fill("a fox, demo-embedding")
+    page.get_by_label("Size preset").select_option("64 × 64")
+    page.get_by_label("Steps", exact=True).fill("4")
+    page.get_by_text("LoRAs, VAE, embeddings").click()
+    page.get_by_label("VAE").select_option("demo-vae")
+    page.get_by_label("Add LoRA").select_option("demo-lora")
+    page.get_by_label("Weight of demo-lora").fill("0.5")
+    page.get_by_label("demo-embedding").check()
+    page.get_by_text("ControlNet and IP-Adapter").click()
+    page.get_by_role("button", name="Add ControlNet unit").click()
+    unit = page.get_by_role("group", name="ControlNet unit 1")
+    unit.get_by_label("Preprocessor").select_option("canny")
+    unit.get_by_label("Control image").set_input_files(png_file("edges.png", gradient()))
+    page.get_by_role("combobox", name="IP-Adapter", exact=True).select_option("demo-ip-adapter")
+    page.get_by_label("IP-Adapter image").set_input_files(png_file("look.png", gradient()))
+    page.get_by_role("button", name="Generate").click()
+    card = page.locator(".task").first
+    expect(card.get_by_role("status")).to_have_text("Done", timeout=60_000)
+    card.get_by_text("Parameters").click()
+    info = card.locator("pre")
+    expect(info).to_contain_text("VAE: demo-vae")
+    expect(info).to_contain_text("LoRAs: demo-lora:0.5")
+    # The units and the adapter went with it (the infotext does not list them).
+    task_id = card.get_attribute("id").removeprefix("task-")
+    sent = page.evaluate(
+        """async (id) => (await fetch(`/huabu/v1/tasks/${id}`, {headers:
+        {Authorization: `Bearer ${localStorage.getItem("huabu.token")}`}})).json()""",
+        task_id,
+    )
+    request = sent["request"]
+    assert request["embeddings"] == ["demo-embedding"]
+    assert [(u["model"], u["preprocessor"]) for u in request["controlnets"]] == [
+        ("demo-controlnet", "canny")
+    ]
+    assert request["ip_adapter"]["name"] == "demo-ip-adapter"
+
+
+def test_training_from_upload_to_use(page, server, accounts):
+    from playwright.sync_api import expect
+
+    log_in(page, server, accounts, "ui-trainer@example.com")
+    page.get_by_role("link", name="Training").click()
+    foxes = [png_file(f"fox{i}.png", Image.new("RGB", (64, 64), colour))
+             for i, colour in enumerate([(250, 20, 20), (230, 60, 10)])]  # fmt: skip
+    page.get_by_label("Training images", exact=True).set_input_files(foxes)
+    page.get_by_label("Name", exact=True).fill("ui fox")
+    page.get_by_label("Trigger word", exact=True).fill("sks fox")
+    page.get_by_label("Base model").select_option("demo")
+    page.get_by_label("Training steps", exact=True).fill("6")
+    page.get_by_label("Resolution", exact=True).fill("64")
+    page.get_by_role("button", name="Start training").click()
+    card = page.locator("#trainings .task").first
+    expect(card).to_contain_text("Training: ui_fox")
+    expect(card.get_by_role("status")).to_have_text("Done", timeout=120_000)
+    expect(page.locator("#trained")).to_contain_text("ui_fox")
+    card.get_by_role("button", name="Generate with it").click()
+    expect(page.get_by_label("Weight of ui_fox")).to_have_value("1")
+    expect(page.get_by_label("Prompt", exact=True)).to_have_value("sks fox")
+    page.get_by_label("Size preset").select_option("64 × 64")
+    page.get_by_label("Steps", exact=True).fill("4")
+    page.get_by_role("button", name="Generate").click()
+    made = page.locator("#tasks .task").first
+    expect(made.get_by_role("status")).to_have_text("Done", timeout=60_000)
+    made.get_by_text("Parameters").click()
+    expect(made.locator("pre")).to_contain_text("LoRAs: ui_fox:1")
+
+
+def test_a_lost_connection_reconnects(page, server, accounts):
+    from playwright.sync_api import expect
+
+    cut = []
+
+    def once(route):
+        if not cut:
+            cut.append(route.request.url)
+            route.abort()
+        else:
+            route.continue_()
+
+    log_in(page, server, accounts, "ui-offline@example.com")
+    page.route("**/events", once)
+    page.get_by_label("Prompt", exact=True).fill("a ferry in fog")
+    page.get_by_label("Size preset").select_option("64 × 64")
+    page.get_by_label("Steps", exact=True).fill("4")
+    page.get_by_role("button", name="Generate").click()
+    card = page.locator(".task").first
+    expect(card.get_by_role("status")).to_have_text("Reconnecting…")
+    expect(card.get_by_role("status")).to_have_text("Done", timeout=60_000)
+    assert cut

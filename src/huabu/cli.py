@@ -134,7 +134,7 @@ def _generate(args: dict) -> None:
     engine = Engine(settings, library)
     with tqdm(total=request.steps, unit="step", file=sys.stderr, leave=False) as bar:
 
-        def progress(step: int, total: int) -> None:
+        def progress(step: int, total: int, _preview: object) -> None:
             bar.total = total
             bar.n = step
             bar.refresh()

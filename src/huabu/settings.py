@@ -119,6 +119,11 @@ class Settings(BaseSettings):
     max_images: int = Field(default=8, ge=1)
     max_steps: int = Field(default=150, ge=1)
 
+    preview_seconds: float = Field(
+        default=1.0, ge=0, le=60,
+        description="How often a running task's live preview (A1111's Approx cheap, at 1/8 of "
+        "the image's size) is refreshed, s; 0 = no previews.",
+    )  # fmt: skip
     vae_tile_size: int = Field(
         default=1024,
         ge=0,

@@ -219,9 +219,11 @@ async def img2img(request: Request, user: CurrentUser, services: ServicesDep) ->
 @router.get(
     "/progress", summary="Your running task: progress, ETA, steps", responses=ok(ProgressOut)
 )
-async def progress(user: CurrentUser, services: ServicesDep) -> Response:
+async def progress(
+    user: CurrentUser, services: ServicesDep, skip_current_image: bool = False
+) -> Response:
     record = await run_in_threadpool(services.tasks.current, user.id)
-    return JSONResponse(wire.progress(record))
+    return JSONResponse(wire.progress(record, with_image=not skip_current_image))
 
 
 async def _stop_current(user, services: Services) -> Response:

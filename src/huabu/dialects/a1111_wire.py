@@ -4,6 +4,7 @@ sd-webui-controlnet units, and the ``info`` JSON."""
 
 from __future__ import annotations
 
+import base64
 import re
 import uuid
 from typing import Any
@@ -364,8 +365,9 @@ def info(record: TaskRecord, request: GenerationRequest, body: Txt2ImgIn) -> dic
     }
 
 
-def progress(record: TaskRecord | None) -> dict[str, Any]:
-    """A1111's ``/progress`` for the caller's current task (or none)."""
+def progress(record: TaskRecord | None, *, with_image: bool = True) -> dict[str, Any]:
+    """A1111's ``/progress`` for the caller's current task (or none); ``current_image`` is
+    its live preview (base64 PNG) unless ``skip_current_image`` was asked."""
     if record is None:
         return {
             "progress": 0.0,
@@ -390,7 +392,11 @@ def progress(record: TaskRecord | None) -> dict[str, Any]:
             "sampling_step": record.step if running else 0,
             "sampling_steps": record.total,
         },
-        "current_image": None,
+        "current_image": (
+            base64.b64encode(record.preview).decode()
+            if with_image and running and record.preview is not None
+            else None
+        ),
         "textinfo": None,
     }
 

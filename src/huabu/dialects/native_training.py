@@ -1,15 +1,20 @@
-"""The native API's training data routes: your datasets and trained models, listed and
-deleted (training itself is submitted through v1b's routes, spec 001)."""
+"""The native API's training routes: make a dataset of your uploads, train a LoRA on it (a
+task like any other: watched, cancelled and deleted through ``/tasks``), and list and delete
+your datasets and trained models."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Response
-from pydantic import BaseModel
+from fastapi import APIRouter, Path, Query, Response, status
+from pydantic import BaseModel, ConfigDict, Field
 
-from huabu.web.deps import CurrentUser, FileUrl, ServicesDep
+from huabu.dialects.native import TaskOut, task_response
+from huabu.native.generation import Text
+from huabu.native.training import TrainingRequest
+from huabu.web.deps import BaseUrl, CurrentUser, FileUrl, ServicesDep
 from huabu.web.errors import NativeError
 
 PREFIX = "/huabu/v1"
@@ -30,6 +35,39 @@ class DatasetOut(BaseModel):
 class DatasetPage(BaseModel):
     data: list[DatasetOut]
     total: int
+
+
+class DatasetIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: Text = Field(min_length=1, max_length=200)
+    description: Text = Field(default="", max_length=4000)
+    images: list[uuid.UUID] = Field(min_length=1, description="Your uploads' ids.")
+
+
+@router.post("/datasets", status_code=201, response_model=DatasetOut,
+             summary="Make a dataset of your uploads")  # fmt: skip
+def create_dataset(
+    body: DatasetIn, user: CurrentUser, services: ServicesDep, url: FileUrl
+) -> DatasetOut:
+    r = services.training.create_dataset(user.id, body.name, body.description, body.images)
+    return DatasetOut(id=r.id, name=r.name, description=r.description,
+                      images=[url(key) for key in r.images], created_at=r.created_at)  # fmt: skip
+
+
+@router.post(
+    "/trainings",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=TaskOut,
+    summary="Train a LoRA on your datasets",
+)
+def submit_training(
+    body: TrainingRequest, user: CurrentUser, services: ServicesDep, base: BaseUrl
+) -> Response:
+    """Queued like a generation; once it succeeds, use it by its name as a LoRA
+    (``"loras": [{"name": …}]``) and its trigger word in the prompt. Unset numbers take the
+    server's defaults (``HUABU_TRAIN_*``); the base model defaults to the server's first."""
+    record = services.training.submit(user, body, origin="native")
+    return task_response(record, services, base, status.HTTP_202_ACCEPTED)
 
 
 @router.get("/datasets", response_model=DatasetPage, summary="Your datasets, oldest first")

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from huabu.engine.previews import LatentPreview, Preview
 from huabu.engine.prompts import Conditioning
 from huabu.native import GenerationRequest
 
@@ -108,15 +109,19 @@ def per_image_guidance(unet: Any, samples: Samples) -> Iterator[float]:
 
 
 def fan_out(
-    progress: Sequence[Callable[[int, int], None]], cancels: Sequence[Callable[[], bool]]
-) -> tuple[Callable[[int, int], None], Callable[[], bool]]:
-    """One progress callback that reports to every request of a batch, and one cancel check
-    that stops the loop only when every request of it wants to stop (a request cancelled
-    alone has its images dropped when the loop ends; see ``tasks.generation``)."""
+    progress: Sequence[Callable[[int, int, Preview | None], None]],
+    cancels: Sequence[Callable[[], bool]],
+    image_counts: Sequence[int],
+) -> tuple[Callable[[int, int, LatentPreview], None], Callable[[], bool]]:
+    """One progress callback that reports to every request of a batch (each previews its own
+    first image), and one cancel check that stops the loop only when every request of it
+    wants to stop (a request cancelled alone has its images dropped when the loop ends; see
+    ``tasks.generation``)."""
+    firsts = [sum(image_counts[:i]) for i in range(len(image_counts))]
 
-    def on_progress(step: int, total: int) -> None:
-        for report in progress:
-            report(step, total)
+    def on_progress(step: int, total: int, preview: LatentPreview) -> None:
+        for report, first in zip(progress, firsts, strict=True):
+            report(step, total, preview.at(first))
 
     def should_cancel() -> bool:
         return all(cancel() for cancel in cancels)

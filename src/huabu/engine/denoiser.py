@@ -41,6 +41,7 @@ class Denoiser:
         added_cond: dict[str, torch.Tensor] | None = None,
         negative_added_cond: dict[str, torch.Tensor] | None = None,
         on_call: Callable[[], None] = lambda: None,
+        on_denoised: Callable[[torch.Tensor], None] = lambda denoised: None,
         keep: tuple[torch.Tensor, torch.Tensor] | None = None,
         controls: tuple[Control, ...] = (),
         image_embeds: list[torch.Tensor] | None = None,
@@ -55,7 +56,7 @@ class Denoiser:
         self.log_sigmas = self.sigmas.log()
         self.prediction_type = prediction_type
         self.guidance = guidance
-        self.on_call = on_call
+        self.on_call, self.on_denoised = on_call, on_denoised
         self.embeds, self.negative_embeds = embeds, negative_embeds
         self.added, self.negative_added = added_cond, negative_added_cond
         self.keep = keep
@@ -138,6 +139,7 @@ class Denoiser:
         if self.keep is not None:
             kept, repaint = self.keep
             denoised = kept * (1 - repaint) + denoised * repaint
+        self.on_denoised(denoised)
         return denoised
 
     def _control_residuals(self, x_in, t, context, sigma: torch.Tensor, added) -> dict[str, Any]:

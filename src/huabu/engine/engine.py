@@ -27,6 +27,7 @@ from huabu.engine import batching, inpainting, ksampling, preprocessors, quiet_l
 from huabu.engine.annotators import Annotators
 from huabu.engine.denoiser import Control, Denoiser, RefinerSwitch, noise_sampler
 from huabu.engine.pipelines import LoadedModel, PipelineCache
+from huabu.engine.previews import LatentPreview, Preview
 from huabu.engine.samplers import SAMPLERS, Sampler
 from huabu.engine.variation import (
     crop_latents,
@@ -44,8 +45,11 @@ from huabu.native import GenerationRequest, GenerationResult, Timings
 from huabu.native.generation import LATENT_UPSCALERS, hires_steps
 from huabu.settings import Settings
 
-#: on_progress(step, total) after each sampling step.
-ProgressCallback = Callable[[int, int], None]
+#: on_progress(step, total, preview) after each sampling step; ``preview()`` makes a PNG of
+#: the request's first image as it stands (``previews``), or None.
+ProgressCallback = Callable[[int, int, Preview | None], None]
+#: A step hook's callback: the whole run's previews (a batch's callback picks its images).
+_HookProgress = Callable[[int, int, LatentPreview], None]
 #: should_cancel() -> True to stop at the next step.
 CancelCheck = Callable[[], bool]
 
@@ -103,7 +107,11 @@ class Engine:
             with model.loras.applied(request.loras), model.ip_adapter.applied(request.ip_adapter):
                 inputs = _Inputs(source, plan, controls, reference, control_images or [],
                                  refiner)  # fmt: skip
-                step = _StepHook(on_progress, should_cancel)
+                step = _StepHook(
+                    _first_image(on_progress),
+                    should_cancel,
+                    LatentPreview(sdxl=model.architecture.is_sdxl),
+                )
                 return self._generate(request, model, vae, inputs, step, started, loaded)
 
     def generate_batch(
@@ -142,8 +150,9 @@ class Engine:
                     samples = batching.Samples.stacked(members, [conditionings[i] for i in group])
                     merged = first.model_copy(update={"n_images": len(samples.seeds)})
                     hooks = batching.fan_out([on_progress[i] for i in group],
-                                             [should_cancel[i] for i in group])  # fmt: skip
-                    step = _StepHook(*hooks)
+                                             [should_cancel[i] for i in group],
+                                             [requests[i].n_images for i in group])  # fmt: skip
+                    step = _StepHook(*hooks, LatentPreview(sdxl=model.architecture.is_sdxl))
                     # Image-to-image: each image's own source (a request's, once per image).
                     source = None if sources[group[0]] is None else [
                         image for i in group for image in [sources[i]] * requests[i].n_images
@@ -445,6 +454,7 @@ class Engine:
                 model, request, conditioning.negative_pooled, device, dtype, negative=True
             ),
             on_call=step.check_cancel,
+            on_denoised=step.preview.saw,
             **({"guidance": request.guidance} | extra),
         )
 
@@ -514,51 +524,57 @@ class _Inputs:
 
 
 class _StepHook:
-    """Progress reporting and cancellation, shared by both sampling paths."""
+    """Progress reporting, live previews and cancellation, shared by both sampling paths."""
 
     def __init__(
         self,
-        on_progress: ProgressCallback | None,
+        on_progress: _HookProgress | None,
         should_cancel: CancelCheck | None,
+        preview: LatentPreview | None = None,
         *,
         done: int = 0,
         later: int = 0,
     ):
         self.on_progress = on_progress
         self.should_cancel = should_cancel
+        self.preview = preview or LatentPreview(sdxl=False)
         #: Steps of earlier passes (reported first) and of later ones (counted in the total).
         self.done, self.later = done, later
         self.seen = 0  # the last step this pass reported
 
+    def _next(self, *, done: int, later: int) -> _StepHook:
+        return _StepHook(self.on_progress, self.should_cancel, self.preview, done=done,
+                         later=later)  # fmt: skip
+
     def split(self, second: int) -> tuple[_StepHook, int]:
         """This pass's hook when a second part of ``second`` steps follows it in the same
         pass (the refiner's), and that count, for ``after_this``."""
-        return _StepHook(self.on_progress, self.should_cancel, done=self.done,
-                         later=self.later + second), second  # fmt: skip
+        return self._next(done=self.done, later=self.later + second), second
 
     def after_this(self, later: int) -> _StepHook:
         """The hook of the part that follows this one (``split``'s second)."""
-        return _StepHook(self.on_progress, self.should_cancel, done=self.done + self.seen,
-                         later=self.later - later)  # fmt: skip
+        return self._next(done=self.done + self.seen, later=self.later - later)
 
     def passes(self, request: GenerationRequest) -> _StepHook:
         """The hook of the first pass, whose total counts the hires pass's steps too."""
-        return _StepHook(self.on_progress, self.should_cancel, later=hires_steps(request))
+        return self._next(done=0, later=hires_steps(request))
 
     def after(self, first: _StepHook) -> _StepHook:
         """The hook of the hires pass, reported after the first pass's steps."""
-        return _StepHook(self.on_progress, self.should_cancel, done=first.seen)
+        return self._next(done=first.seen, later=0)
 
     def report(self, step: int, total: int) -> None:
         self.seen = step
         if self.on_progress is not None:
-            self.on_progress(self.done + step, self.done + total + self.later)
+            self.on_progress(self.done + step, self.done + total + self.later, self.preview)
 
     def check_cancel(self) -> None:
         if self.should_cancel is not None and self.should_cancel():
             raise Cancelled()
 
     def diffusers_callback(self, pipe, index: int, timestep, tensors: dict) -> dict:
+        if "latents" in tensors:
+            self.preview.saw(tensors["latents"])
         self.report(index + 1, pipe.num_timesteps)
         self.check_cancel()
         return tensors
@@ -568,6 +584,13 @@ class _StepHook:
             self.report(min(round(fraction * total), total), total)
 
         return report
+
+
+def _first_image(on_progress: ProgressCallback | None) -> _HookProgress | None:
+    """A single request's hook callback: its preview is the run's first image."""
+    if on_progress is None:
+        return None
+    return lambda step, total, preview: on_progress(step, total, preview.at(0))
 
 
 def _source(request: GenerationRequest, init_image: Image.Image | None) -> Image.Image | None:

@@ -40,7 +40,10 @@ _SELECT_TASKS = f"""
              (SELECT json_agg(json_build_object({", ".join(f"'{f}', i.{f}" for f in _IMAGE_FIELDS)})
                               ORDER BY i.index)
                 FROM task_images i WHERE i.task_id = t.id)
-           END AS images
+           END AS images,
+           CASE WHEN t.state = 'running' THEN
+             (SELECT p.image FROM live_previews p WHERE p.task_id = t.id AND p.run = t.runs)
+           END AS preview
       FROM tasks t
      WHERE t.deleted_at IS NULL AND ({{where}})
 """
@@ -211,6 +214,7 @@ class TaskReads:
             images=tuple(ImageRecord(**image) for image in row["images"] or ()),
             batch_size=row.get("batch_size") or 1,
             priority=row["priority"],
+            preview=bytes(row["preview"]) if row.get("preview") is not None else None,
         )
 
     def fleet(self) -> dict[str, Any]:

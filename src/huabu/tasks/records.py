@@ -53,6 +53,8 @@ class TaskRecord:
     batch_size: int = 1
     #: The level it was queued at (higher goes first).
     priority: int = 0
+    #: While running: its live preview (PNG at the latent size), once one was made.
+    preview: bytes | None = None
 
     @property
     def finished(self) -> bool:

@@ -33,6 +33,10 @@ from huabu.errors import Cancelled, DatabaseUnavailable, HuabuError, StorageUnav
 from huabu.settings import Settings
 from huabu.tasks import batching, queue
 
+#: A live preview as the engine hands it out (``engine.previews.Preview``; the queue's side
+#: does not import the engine): a PNG made when called, or None.
+Preview = Callable[[], "bytes | None"]
+
 log = logging.getLogger("huabu.worker")
 
 #: How often a running task writes its progress and looks for a cancel request.
@@ -83,6 +87,14 @@ _PROGRESS = text(
     RETURNING cancel_requested
     """
 )
+#: A running task's newest live preview (``engine.previews``), kept for its run only.
+_PREVIEW = text(
+    """
+    INSERT INTO live_previews (task_id, run, step, image) VALUES (:id, :run, :step, :image)
+    ON CONFLICT (task_id) DO UPDATE SET run = :run, step = :step, image = :image
+    """
+)
+_FORGET_PREVIEW = text("DELETE FROM live_previews WHERE task_id = :id")
 _FINISH = text(
     """
     UPDATE tasks SET state = CAST(:state AS varchar), error = :error,
@@ -140,19 +152,31 @@ class Progress:
         run: int,
         stopping: threading.Event,
         lost: threading.Event,
+        *,
+        preview_every: float = 0.0,
     ) -> None:
         self.sessions, self.task_id, self.run = sessions, task_id, run
         self.stopping, self.lost = stopping, lost
         self.cancel_requested = False
         self.superseded = False
         self.last = 0.0
+        #: Seconds between live previews (0: none), and when the last one was written.
+        self.preview_every, self.last_preview = preview_every, 0.0
 
-    def __call__(self, step: int, total: int) -> None:
+    def __call__(self, step: int, total: int, preview: Preview | None = None) -> None:
         now = time.monotonic()
         if now - self.last < PROGRESS_INTERVAL or self.lost.is_set():
             return
         self.last = now
         values = {"step": step, "total": total, "id": self.task_id, "run": self.run}
+        image = None
+        if (
+            preview is not None
+            and self.preview_every
+            and now - self.last_preview >= (self.preview_every)
+        ):
+            self.last_preview = now
+            image = preview()
         try:
             with self.sessions.begin() as session:
                 session.execute(_NOT_DURABLE)
@@ -161,6 +185,8 @@ class Progress:
                     self.superseded = True
                     return
                 self.cancel_requested = bool(row[0])
+                if image is not None:
+                    session.execute(_PREVIEW, values | {"image": image})
                 queue.announce(session, self.task_id)
         except DatabaseUnavailable:
             pass  # logged where the engine noticed it; written again at the next interval
@@ -318,7 +344,11 @@ class TaskRunner:
         stopping: threading.Event,
         lost: threading.Event,
     ) -> None:
-        progress = [Progress(self.sessions, c.task_id, c.run, stopping, lost) for c in claims]
+        progress = [
+            Progress(self.sessions, c.task_id, c.run, stopping, lost,
+                     preview_every=self.settings.preview_seconds)
+            for c in claims
+        ]  # fmt: skip
         results: list[Outcome | Exception]
         if len(claims) == 1:
             first = claims[0]
@@ -483,6 +513,7 @@ class _Final:
             if not _changed(session.execute(_FINISH, values)):
                 return False  # rolled back with the stored rows
             session.execute(_END_RUN, {"id": task_id, "run": run, "outcome": state})
+            session.execute(_FORGET_PREVIEW, {"id": task_id})
             if self.claim.joined:  # procrastinate ends the job it handed out itself
                 session.execute(batching.END_JOINED, {"job": self.claim.job_id})
             queue.announce(session, task_id)

@@ -1,0 +1,259 @@
+// The generate form: every native field, the library's models, uploads for image-to-image,
+// ControlNet units and the IP-Adapter; "Use these settings" fills it from a task.
+"use strict";
+
+const SAMPLERS = ["Euler a", "Euler", "LMS", "Heun", "DPM2", "DPM2 a", "DPM++ 2S a", "DPM++ 2M",
+  "DPM++ SDE", "DPM fast", "DPM adaptive", "LMS Karras", "DPM2 Karras", "DPM2 a Karras",
+  "DPM++ 2S a Karras", "DPM++ 2M Karras", "DPM++ SDE Karras", "DDIM", "PLMS", "UniPC"];
+const SIZES = [[512, 512], [768, 512], [512, 768], [768, 768], [1024, 1024], [1216, 832],
+  [832, 1216], [256, 256], [64, 64]];
+const FORM_FIELDS = ["prompt", "negative_prompt", "model", "sampler", "steps", "width", "height",
+  "seed", "n_images", "guidance"];
+const MAX_UNITS = 3;
+// The library, as the choices offer it.
+const library = { loras: [], controlnet: [], ipadapter: [], preprocessors: [] };
+// The chosen LoRAs: {name, weight input}; the uploaded source image; the ControlNet units.
+let chosenLoras = [];
+let source = null;
+let ipImage = null;
+
+const form = $("generate-form");
+const options = (select, values, empty) => select.replaceChildren(
+  ...(empty ? [new Option(t(empty), "")] : []), ...values.map((v) => new Option(v, v)));
+
+async function fillChoices() {
+  const names = async (kind) => (await api("GET", `/models?kind=${kind}`)).data.map((m) => m.name);
+  const [checkpoints, loras, vaes, embeddings, controlnets, adapters, preprocessors, trained, newest] =
+    await Promise.all([names("checkpoints"), names("loras"), names("vae"), names("embeddings"),
+      names("controlnet"), names("ipadapter"), api("GET", "/preprocessors"),
+      api("GET", "/trained-models"), api("GET", "/tasks?limit=1")]);
+  options($("model"), checkpoints);
+  options($("train-base"), checkpoints);
+  if ($("sampler").options.length === 0) options($("sampler"), SAMPLERS);
+  options($("vae"), vaes, "Automatic");
+  library.loras = [...new Set(loras.concat(trained))].sort();
+  options($("lora-add"), library.loras, "Add LoRA");
+  $("embeddings").replaceChildren($("embeddings").firstElementChild, ...embeddings.map((name) => {
+    const label = document.createElement("label");
+    label.className = "check";
+    const box = document.createElement("input");
+    box.type = "checkbox";
+    box.value = name;
+    label.append(box, ` ${name}`);
+    return label;
+  }));
+  $("embeddings").hidden = embeddings.length === 0;
+  library.controlnet = controlnets;
+  library.ipadapter = adapters;
+  library.preprocessors = preprocessors;
+  options($("ip-name"), adapters, "None");
+  for (const task of newest.data) noteSeed(task);  // for "Reuse last seed"
+}
+ON_START.push(fillChoices);
+
+// -- sizes and seeds ---------------------------------------------------------------------------
+
+options($("size-preset"), SIZES.map(([w, h]) => `${w} × ${h}`), "Custom");
+$("size-preset").addEventListener("change", () => {
+  if (!$("size-preset").value) return;
+  const [w, h] = $("size-preset").value.split(" × ");
+  $("width").value = w;
+  $("height").value = h;
+});
+for (const id of ["width", "height"]) {
+  $(id).addEventListener("input", () => {
+    const preset = `${$("width").value} × ${$("height").value}`;
+    $("size-preset").value = SIZES.some(([w, h]) => `${w} × ${h}` === preset) ? preset : "";
+  });
+}
+$("seed-random").addEventListener("click", () => { $("seed").value = -1; });
+$("seed-reuse").addEventListener("click", () => { if (lastSeed !== null) $("seed").value = lastSeed; });
+
+// -- LoRAs ----------------------------------------------------------------------------------
+
+function addLora(name, weight = 1) {
+  if (!name || chosenLoras.some((lora) => lora.name === name)) return;
+  const item = document.createElement("li");
+  const label = document.createElement("label");
+  label.className = "inline";
+  const input = document.createElement("input");
+  input.type = "number";
+  input.step = "0.05";
+  input.min = "-4";
+  input.max = "4";
+  input.value = weight;
+  input.setAttribute("aria-label", `${t("Weight of")} ${name}`);
+  label.append(name, input);
+  const lora = { name, input };
+  item.append(label, button(t("Remove"), () => {
+    chosenLoras = chosenLoras.filter((other) => other !== lora);
+    item.remove();
+  }, { label: `${t("Remove")} ${name}` }));
+  chosenLoras.push(lora);
+  $("loras").append(item);
+}
+
+$("lora-add").addEventListener("change", () => {
+  addLora($("lora-add").value);
+  $("lora-add").value = "";
+});
+
+// -- the source image (image-to-image; the painter paints its mask) --------------------------
+
+async function setSource(file) {
+  clearErrors(form);
+  try {
+    const uploaded = await upload(file, "init_image");
+    source = { id: uploaded.id, width: uploaded.width, height: uploaded.height };
+    // The output takes the source's size (multiples of 8), which the model resizes it to.
+    $("width").value = Math.max(64, Math.floor(uploaded.width / 8) * 8);
+    $("height").value = Math.max(64, Math.floor(uploaded.height / 8) * 8);
+    $("width").dispatchEvent(new Event("input"));
+    await painter.load(URL.createObjectURL(file), uploaded.width, uploaded.height);
+    $("painter").hidden = false;
+  } catch (error) {
+    showError(form, error);
+  }
+}
+
+function removeSource() {
+  source = null;
+  $("source").value = "";
+  $("painter").hidden = true;
+}
+
+$("source").addEventListener("change", () => { if ($("source").files[0]) setSource($("source").files[0]); });
+$("source-remove").addEventListener("click", removeSource);
+$("source-drop").addEventListener("dragover", (event) => event.preventDefault());
+$("source-drop").addEventListener("drop", (event) => {
+  event.preventDefault();
+  if (event.dataTransfer.files[0]) setSource(event.dataTransfer.files[0]);
+});
+
+// -- ControlNet units and the IP-Adapter ------------------------------------------------------
+
+function controlUnit() {
+  const unit = document.createElement("fieldset");
+  unit.className = "unit";
+  const number = $("units").children.length + 1;
+  unit.innerHTML = `<legend></legend><div class="row">
+    <label><span></span> <select class="unit-model"></select></label>
+    <label><span></span> <select class="unit-preprocessor"></select></label>
+    <label><span></span> <input class="unit-image" type="file" accept="image/png,image/jpeg,image/webp"></label>
+    <label><span></span> <input class="unit-scale" type="number" min="0" max="2" step="0.05" value="1"></label>
+    </div>`;
+  unit.querySelector("legend").textContent = `${t("ControlNet unit")} ${number}`;
+  const spans = unit.querySelectorAll("label > span");
+  ["ControlNet model", "Preprocessor", "Control image", "Control weight"]
+    .forEach((text, i) => { spans[i].textContent = t(text); });
+  options(unit.querySelector(".unit-model"), library.controlnet);
+  const pre = unit.querySelector(".unit-preprocessor");
+  pre.replaceChildren(...library.preprocessors.map((p) => {
+    const option = new Option(p.available ? p.name : `${p.name} (${t("needs")} ${p.needs})`, p.name);
+    option.disabled = !p.available;
+    return option;
+  }));
+  pre.value = "none";
+  unit.querySelector(".unit-image").addEventListener("change", async (event) => {
+    clearErrors(form);
+    unit.dataset.image = "";
+    try {
+      unit.dataset.image = (await upload(event.target.files[0], "controlnets")).id;
+    } catch (error) {
+      showError(form, error);
+    }
+  });
+  unit.append(button(t("Remove"), () => unit.remove()));
+  return unit;
+}
+
+$("unit-add").addEventListener("click", () => {
+  if ($("units").children.length < MAX_UNITS) $("units").append(controlUnit());
+});
+
+$("ip-image").addEventListener("change", async () => {
+  clearErrors(form);
+  ipImage = null;
+  try {
+    ipImage = (await upload($("ip-image").files[0], "ip_adapter")).id;
+  } catch (error) {
+    showError(form, error);
+  }
+});
+
+// -- submitting ------------------------------------------------------------------------------
+
+async function requestBody() {
+  const number = (id) => Number($(id).value);
+  const body = {
+    model: $("model").value, prompt: $("prompt").value, negative_prompt: $("negative_prompt").value,
+    sampler: $("sampler").value, steps: number("steps"), width: number("width"),
+    height: number("height"), seed: number("seed"), n_images: number("n_images"),
+    guidance: number("guidance"),
+  };
+  if ($("vae").value) body.vae = $("vae").value;
+  if (chosenLoras.length) body.loras = chosenLoras.map(({ name, input }) => ({ name, weight: Number(input.value) }));
+  const embeddings = [...$("embeddings").querySelectorAll("input:checked")].map((box) => box.value);
+  if (embeddings.length) body.embeddings = embeddings;
+  if (source) {
+    body.init_image = source.id;
+    body.strength = number("strength");
+    const mask = await painter.mask();
+    if (mask) body.inpaint = { mask: (await upload(mask, "inpaint")).id };
+  }
+  const units = [...$("units").children];
+  if (units.length) {
+    body.controlnets = units.map((unit) => ({
+      model: unit.querySelector(".unit-model").value, image: unit.dataset.image || null,
+      preprocessor: unit.querySelector(".unit-preprocessor").value,
+      scale: Number(unit.querySelector(".unit-scale").value),
+    }));
+  }
+  if ($("ip-name").value) {
+    body.ip_adapter = { name: $("ip-name").value, image: ipImage, scale: number("ip-scale") };
+  }
+  return body;
+}
+
+form.addEventListener("submit", async (event) => {
+  event.preventDefault();
+  clearErrors(form);
+  try {
+    const task = await api("POST", "/generations", await requestBody());
+    watch(task, $("tasks"));
+  } catch (error) {
+    showError(form, error);
+  }
+});
+
+function useSettings(task) {
+  const request = task.request;
+  for (const field of FORM_FIELDS) {
+    const value = request[field];
+    if (value !== undefined && value !== null) $(field).value = value;
+  }
+  $("width").dispatchEvent(new Event("input"));
+  $("vae").value = request.vae || "";
+  $("loras").replaceChildren();
+  chosenLoras = [];
+  for (const lora of request.loras || []) addLora(lora.name, lora.weight);
+  for (const box of $("embeddings").querySelectorAll("input")) {
+    box.checked = (request.embeddings || []).includes(box.value);
+  }
+  if (chosenLoras.length || request.vae || (request.embeddings || []).length) $("extras").open = true;
+  location.hash = "#generate";
+  $("prompt").focus();
+}
+
+// A trained LoRA, ready to use: its base model, the LoRA at weight 1, its trigger word.
+function useTrained(plan) {
+  location.hash = "#generate";
+  if (!library.loras.includes(plan.name)) library.loras.push(plan.name);
+  $("model").value = plan.base_model;
+  addLora(plan.name);
+  $("extras").open = true;
+  if (plan.trigger_word && !$("prompt").value.includes(plan.trigger_word)) {
+    $("prompt").value = `${plan.trigger_word}, ${$("prompt").value}`.replace(/, $/, "");
+  }
+  $("prompt").focus();
+}
