@@ -30,14 +30,16 @@ run: $(STAMP)
 		$(BIN)/huabu serve --host $(HOST) --port $(PORT)
 
 # The browser tests drive Debian's chromium (Playwright's own browser download needs the
-# internet); installed from apt when missing (as root, or through sudo).
+# internet), with a CJK font so that the Chinese page's screenshots show its words; installed
+# from apt when missing (as root, or through sudo).
 CHROMIUM := /usr/bin/chromium
+CJK_FONT := /usr/share/fonts/truetype/wqy/wqy-zenhei.ttc
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-$(CHROMIUM):
+$(CHROMIUM) $(CJK_FONT):
 	$(SUDO) apt-get update -q
-	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium fonts-wqy-zenhei
 
-test: $(STAMP) $(CHROMIUM)
+test: $(STAMP) $(CHROMIUM) $(CJK_FONT)
 	$(BIN)/python -m pytest -q
 
 # The edit-test loop: no shared server, nothing marked slow (under a minute on 2 cores).

@@ -8,7 +8,9 @@ device is lent), measured side by side in one run:
 (2) it/s with HUABU_COMPILE (the engine compiles and warms up when the model loads; the
     compile time and a restarted process's time from its disk cache are reported) ÷ eager;
 (3) a LoRA swap on the compiled model: a generation that swaps LoRAs in ÷ one that reuses
-    them, and the graphs compiled while swapping (the goal is none).
+    them, and the graphs compiled while swapping (the goal is none);
+(4) live previews: the cost of one (Approx cheap and its PNG) at 512² and 1024² latents,
+    and a generation that makes one at every step ÷ one that makes none.
 Prints; asserts nothing.
 """
 
@@ -61,7 +63,7 @@ def batching(settings: Settings, model: str, size: int, steps: int, runs: int) -
     requests = [GenerationRequest(model=model, prompt=p, seed=i, width=size, height=size,
                                   steps=steps, sampler="Euler a")
                 for i, p in enumerate(PROMPTS)]  # fmt: skip
-    nothing = [lambda step, total: None] * 8
+    nothing = [lambda step, total, preview: None] * 8
     never = [lambda: False] * 8
     engine.generate(requests[0])  # load and warm
     alone = median_time(lambda: [engine.generate(r) for r in requests], runs)
@@ -148,6 +150,31 @@ def _first_generation_elsewhere(settings: Settings, model: str, size: int, steps
     return float(out.stdout.strip().splitlines()[-1])
 
 
+def previews(settings: Settings, model: str, size: int, steps: int, runs: int) -> None:
+    from huabu.engine.previews import LatentPreview
+
+    for side in (512, 1024):
+        latents = LatentPreview(sdxl=side == 1024)
+        latents.saw(torch.randn(1, 4, side // 8, side // 8))
+        each = median_time(latents.at(0), 50)
+        print(f"(4) one live preview of a {side}² image: {each * 1000:.2f} ms", flush=True)
+    engine = Engine(settings)
+    request = GenerationRequest(model=model, prompt=PROMPTS[0], seed=1, width=size,
+                                height=size, steps=steps, sampler="Euler a")  # fmt: skip
+    engine.generate(request)
+
+    def every_step(step, total, preview):
+        preview()
+
+    bare = median_time(lambda: engine.generate(request), runs)
+    previewed = median_time(lambda: engine.generate(request, on_progress=every_step), runs)
+    print(
+        f"(4) {size}², {steps} steps, a preview at every step: {previewed:.3f} s against "
+        f"{bare:.3f} s without, ratio {previewed / bare:.3f}",
+        flush=True,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--size", type=int, default=256)
@@ -159,6 +186,7 @@ def main() -> None:
     settings = Settings(home=home)
     demo.build(settings)
     batching(settings, "demo", args.size, args.steps, args.runs)
+    previews(settings, "demo", args.size, args.steps, args.runs)
     compiled(settings, "demo", args.size, args.steps, args.runs, args.backend)
 
 
