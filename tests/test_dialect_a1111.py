@@ -220,6 +220,15 @@ def test_the_sdxl_refiner(api, server):
     wrong = txt2img(refiner_checkpoint="demo-single")
     assert wrong.status_code == 400 and wrong.json()["param"] == "refiner_checkpoint", wrong.text
     assert "demo-single" in wrong.json()["detail"]
+    # With the hires fix: the pass A1111's option hires_fix_refiner_pass names.
+    hires = {"enable_hr": True, "hr_scale": 1.5, "refiner_checkpoint": "demo-xl-refiner"}
+    first = txt2img(**hires, override_settings=body["override_settings"]
+                    | {"hires_fix_refiner_pass": "first pass"})  # fmt: skip
+    assert first.status_code == 200, first.text
+    assert "Hires refiner: first pass" in json.loads(first.json()["info"])["infotexts"][0]
+    bad = txt2img(**hires, override_settings={"hires_fix_refiner_pass": "every pass"})
+    assert bad.status_code == 400, bad.text
+    assert bad.json()["param"] == "override_settings.hires_fix_refiner_pass", bad.text
 
 
 def test_png_info_reads_back_the_parameters(api):

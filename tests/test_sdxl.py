@@ -206,6 +206,37 @@ def test_the_refiner_with_image_to_image(engine, xl):
     assert max_difference(plain, refined) > 2
 
 
+@pytest.mark.parametrize("sampler", samplers("Euler", "DPM fast"))
+def test_the_refiner_with_the_hires_fix_joins_the_pass_asked_for(engine, xl, sampler):
+    """As A1111's ``hires_fix_refiner_pass``: the second pass by default, or the first, or
+    both. A refiner with the base's own weights changes nothing in any pass, so the hand-over
+    continues the same sampling there too; progress counts both passes once."""
+    from huabu.native.generation import HiresFix, Refiner
+
+    hires = HiresFix(scale=1.5, steps=6, strength=0.6)
+    alone = engine.generate(xl(sampler=sampler, hires=hires)).images[0]
+    made = {}
+    for passes in ("first pass", "second pass", "both passes"):
+        refiner = Refiner(model="demo-xl-refiner", switch_at=0.5, hires_pass=passes)
+        result = engine.generate(xl(sampler=sampler, hires=hires, refiner=refiner))
+        made[passes] = result.images[0]
+        assert result.images[0].size == (96, 96)
+        assert ("Hires refiner: " in result.infotexts[0]) == (passes != "second pass")
+        assert max_difference(alone, made[passes]) > 2, passes
+    assert max_difference(made["first pass"], made["second pass"]) > 2
+    assert max_difference(made["both passes"], made["second pass"]) > 2
+    progress: list[tuple[int, int]] = []
+    itself = engine.generate(
+        xl(sampler=sampler, hires=hires,
+           refiner=Refiner(model="demo-xl-single", switch_at=0.5, hires_pass="both passes")),
+        on_progress=lambda s, t, _p: progress.append((s, t)),
+    ).images[0]  # fmt: skip
+    assert max_difference(alone, itself) <= 1
+    # The hires pass runs int(6 × 0.6) steps; a k-diffusion sampler one more, as A1111's.
+    total = 6 + int(6 * 0.6) + (sampler == "DPM fast")
+    assert progress[-1] == (total, total) and all(t == total for _, t in progress), progress
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("changes", "param"),
@@ -215,7 +246,7 @@ def test_the_refiner_with_image_to_image(engine, xl):
         ({"model": "demo-xl-refiner"}, "model"),
         ({"refiner": {"model": "demo-xl"}}, "refiner.model"),
         ({"refiner": {"model": "demo-xl-refiner", "switch_at": 1.0}}, "refiner.switch_at"),
-        ({"refiner": {"model": "demo-xl-refiner"}, "hires": {"scale": 1.5}}, "refiner"),
+        ({"refiner": {"model": "demo-xl-refiner", "hires_pass": "third"}}, "refiner.hires_pass"),
         ({"refiner": {"model": "nope"}}, "refiner.model"),
     ],
 )

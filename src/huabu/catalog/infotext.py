@@ -61,6 +61,8 @@ def infotext(request: GenerationRequest, seed: int, *, model_hash: str | None = 
     if request.refiner is not None:
         fields.append(("Refiner", request.refiner.model))
         fields.append(("Refiner switch at", _number(request.refiner.switch_at)))
+        if request.hires is not None and request.refiner.hires_pass != "second pass":
+            fields.append(("Hires refiner", request.refiner.hires_pass))
     if request.inpaint is not None:
         fields.append(("Mask blur", str(request.inpaint.blur)))
         if request.inpaint.only_masked:

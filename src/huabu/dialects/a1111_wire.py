@@ -224,7 +224,7 @@ def to_native(
             "subseed_strength": body.subseed_strength,
             "tiling": body.tiling,
             "hires": hires(body, sampler(body)) if init_image is None else None,
-            "refiner": refiner(body),
+            "refiner": refiner(body, overrides),
             "clip_skip": overrides.get("CLIP_stop_at_last_layers") or 1,
             "vae": model_name(str(vae)) if vae else None,
             "loras": loras,
@@ -243,15 +243,17 @@ def to_native(
     )
 
 
-def refiner(body: Txt2ImgIn) -> dict[str, Any] | None:
+def refiner(body: Txt2ImgIn, overrides: dict[str, Any]) -> dict[str, Any] | None:
     """The native refiner of a body: A1111 runs one when ``refiner_checkpoint`` names a
     checkpoint, switching at ``refiner_switch_at`` (0.8, its UI's default, when unset); at 1
-    the switch never comes."""
+    the switch never comes. With the hires fix, the option ``hires_fix_refiner_pass`` says
+    which pass it joins."""
     name = model_name(body.refiner_checkpoint or "")
     if name.lower() in ("", "none") or body.refiner_switch_at == 1:
         return None
     switch_at = 0.8 if body.refiner_switch_at is None else body.refiner_switch_at
-    return {"model": name, "switch_at": switch_at}
+    passes = overrides.get("hires_fix_refiner_pass")
+    return {"model": name, "switch_at": switch_at} | ({"hires_pass": passes} if passes else {})
 
 
 def hires(body: Txt2ImgIn, sampler_name: str) -> dict[str, Any] | None:
@@ -294,7 +296,8 @@ _NATIVE_NAMES = {"model": "override_settings.sd_model_checkpoint", "guidance": "
                  "hires.upscaler": "hr_upscaler", "hires.steps": "hr_second_pass_steps",
                  "hires.strength": "denoising_strength", "refiner": "refiner_checkpoint",
                  "refiner.model": "refiner_checkpoint",
-                 "refiner.switch_at": "refiner_switch_at"}  # fmt: skip
+                 "refiner.switch_at": "refiner_switch_at",
+                 "refiner.hires_pass": "override_settings.hires_fix_refiner_pass"}  # fmt: skip
 
 
 _INPAINT_NAMES = {"blur": "mask_blur", "padding": "inpaint_full_res_padding"}

@@ -251,12 +251,16 @@ class Engine:
             ):
                 sample = self._k_sample if sampler.k_sampler else self._diffusers_sample
                 first = step.passes(request)
+                # With the hires fix, the refiner joins the pass(es) it is asked for.
+                passes = inputs
+                if request.hires is not None and not _refines(request, second=False):
+                    passes = replace(inputs, refiner=None)
                 latents = sample(
-                    model, vae, sampler, request, samples, seeded(samples.seeds), inputs, first
+                    model, vae, sampler, request, samples, seeded(samples.seeds), passes, first
                 )
                 if request.hires is not None:
                     latents = self._hires(model, vae, sample, sampler, request, samples,
-                                          inputs, latents, step.after(first))  # fmt: skip
+                                          inputs, latents, step.after())  # fmt: skip
                 sampled = time.perf_counter()
                 images = [self._decode(model, vae, latents[i : i + 1]) for i in range(len(latents))]
                 if inputs.plan is not None:
@@ -423,8 +427,8 @@ class Engine:
             x = x * sigmas[0]
         denoiser.span = (float(sigmas[0]), float(sigmas[-2]))  # ControlNet units are gated by it
         model_fn: Denoiser | RefinerSwitch = denoiser
-        if request.refiner is not None:
-            assert inputs.refiner is not None  # the refiner's part: its UNet and prompt reading
+        if inputs.refiner is not None:  # the refiner's part: its UNet and prompt reading
+            assert request.refiner is not None
             refiner = self._denoiser(inputs.refiner, request, inputs.refiner_conditioning, step)
             model_fn = RefinerSwitch(denoiser, refiner, request.refiner.switch_at)
         total = len(sigmas) - 1
@@ -483,6 +487,9 @@ class Engine:
         source = crop_latents(source, final)
         controls = self._controls(second, model, inputs.control_images)
         again = _Inputs(source, None, controls, inputs.ip_image, inputs.control_images)
+        if _refines(request, second=True):
+            again = replace(again, refiner=inputs.refiner,
+                            refiner_conditioning=inputs.refiner_conditioning)  # fmt: skip
         return sample(model, vae, sampler, second, samples, seeded(samples.seeds), again, step)
 
     def _decode(self, model: LoadedModel, vae, latents: torch.Tensor) -> Image.Image:
@@ -534,17 +541,19 @@ class _StepHook:
         *,
         done: int = 0,
         later: int = 0,
+        reached: list[int] | None = None,
     ):
         self.on_progress = on_progress
         self.should_cancel = should_cancel
         self.preview = preview or LatentPreview(sdxl=False)
         #: Steps of earlier passes (reported first) and of later ones (counted in the total).
         self.done, self.later = done, later
-        self.seen = 0  # the last step this pass reported
+        #: The last step reported, counted from the start: shared by every hook of a run.
+        self.reached = reached if reached is not None else [0]
 
     def _next(self, *, done: int, later: int) -> _StepHook:
         return _StepHook(self.on_progress, self.should_cancel, self.preview, done=done,
-                         later=later)  # fmt: skip
+                         later=later, reached=self.reached)  # fmt: skip
 
     def split(self, second: int) -> tuple[_StepHook, int]:
         """This pass's hook when a second part of ``second`` steps follows it in the same
@@ -553,18 +562,22 @@ class _StepHook:
 
     def after_this(self, later: int) -> _StepHook:
         """The hook of the part that follows this one (``split``'s second)."""
-        return self._next(done=self.done + self.seen, later=self.later - later)
+        return self._next(done=self.reached[0], later=self.later - later)
 
     def passes(self, request: GenerationRequest) -> _StepHook:
-        """The hook of the first pass, whose total counts the hires pass's steps too."""
-        return self._next(done=0, later=hires_steps(request))
+        """The hook of the first pass, whose total counts the hires pass's steps too (the
+        k-diffusion samplers run one more in an image-to-image pass, as A1111's do)."""
+        later = hires_steps(request)
+        if later and SAMPLERS[request.sampler].k_sampler:
+            later += 1
+        return self._next(done=0, later=later)
 
-    def after(self, first: _StepHook) -> _StepHook:
+    def after(self) -> _StepHook:
         """The hook of the hires pass, reported after the first pass's steps."""
-        return self._next(done=first.seen, later=0)
+        return self._next(done=self.reached[0], later=0)
 
     def report(self, step: int, total: int) -> None:
-        self.seen = step
+        self.reached[0] = self.done + step
         if self.on_progress is not None:
             self.on_progress(self.done + step, self.done + total + self.later, self.preview)
 
@@ -584,6 +597,11 @@ class _StepHook:
             self.report(min(round(fraction * total), total), total)
 
         return report
+
+
+def _refines(request: GenerationRequest, *, second: bool) -> bool:
+    """Whether the refiner takes part in the hires fix's first (or ``second``) pass."""
+    return request.refiner is not None and request.refiner.in_pass(second)
 
 
 def _first_image(on_progress: ProgressCallback | None) -> _HookProgress | None:

@@ -271,6 +271,15 @@ class Refiner(BaseModel):
 
     model: Name
     switch_at: float = Field(default=0.8, gt=0, lt=1)
+    #: With the hires fix, the pass(es) the refiner takes part in (A1111's option
+    #: ``hires_fix_refiner_pass``; its default is the second pass only).
+    hires_pass: Literal["first pass", "second pass", "both passes"] = "second pass"
+
+    def in_pass(self, second: bool) -> bool:
+        """Whether the refiner takes part in the first pass (or, ``second``, the hires pass)."""
+        return self.hires_pass == "both passes" or self.hires_pass == (
+            "second pass" if second else "first pass"
+        )
 
 
 def hires_steps(request: GenerationRequest) -> int:
@@ -384,8 +393,7 @@ class GenerationRequest(BaseModel):
                     "refiner.model: the refiner must be another checkpoint than model",
                     param="refiner.model",
                 )
-            together = {"hires": self.hires, "controlnets": self.controlnets,
-                        "inpaint": self.inpaint}  # fmt: skip
+            together = {"controlnets": self.controlnets, "inpaint": self.inpaint}
             for field, used in together.items():
                 if used:
                     raise InvalidRequest(
