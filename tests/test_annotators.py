@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from helpers import REF, max_difference
-from huabu.catalog.preprocessors import NETWORKS, NOT_YET, WEIGHTLESS, check, listing
+from huabu.catalog.preprocessors import NETWORKS, NOT_YET, PACKAGES, WEIGHTLESS, check, listing
 from huabu.engine.annotators import Hed, LineartGenerator
 from huabu.engine.lineart_anime import AnimeLineart
 from huabu.engine.mlsd import Mlsd
@@ -65,7 +65,66 @@ def annotated(tmp_path_factory, settings):
                                ("hand_pose_model.pth", routed_keypoints(hand_net(), 22)),
                                ("facenet.pth", routed_keypoints(face_net(), 71))):  # fmt: skip
         torch.save({k: v.half() for k, v in network.state_dict().items()}, folder / file_name)
+    write_dwpose(folder)
     return Settings(home=home, threads=2)
+
+
+# DWPose's two ONNX graphs, in the inputs and outputs of the real ones: YOLOX-L takes BGR
+# 1×3×640×640 and gives 8400 anchors × 85 (box, objectness, 80 classes); RTMPose takes a
+# normalised 1×3×384×288 crop and gives SimCC 133×576 and 133×768. These "find" one person
+# filling the picture, and put every keypoint at a fixed offset from the brightest column
+# of the red channel and the brightest row of the green one: a yellow dot is a person.
+#: Offsets (crop pixels) of COCO-WholeBody's 17 body keypoints from the dot: a standing figure.
+BODY = [(0, -60), (-6, -66), (6, -66), (-12, -62), (12, -62), (-24, -36), (24, -36),
+        (-36, -6), (36, -6), (-42, 24), (42, 24), (-14, 30), (14, 30), (-16, 80), (16, 80),
+        (-18, 130), (18, 130)]  # fmt: skip
+
+
+def dwpose_offsets() -> np.ndarray:
+    offsets = np.zeros((133, 2), dtype=np.int64)
+    offsets[:17] = BODY
+    offsets[17:23] = [(-18, 136), (-12, 138), (-22, 136), (18, 136), (12, 138), (22, 136)]
+    angles = np.linspace(0, 2 * np.pi, 68, endpoint=False)  # the face: a ring at the nose
+    offsets[23:91] = np.stack((8 * np.cos(angles), -60 + 8 * np.sin(angles)), 1).round()
+    fingers = np.array([(0, 0)] + [(f * 3 - 6, 3 * j + 3) for f in range(5) for j in range(4)])
+    offsets[91:112] = fingers + (-42, 30)  # each hand a fan below its wrist
+    offsets[112:133] = fingers + (42, 30)
+    return offsets
+
+
+class _Detector(torch.nn.Module):
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(1, 8400, 85)
+        out[0, 0, :2] = 40.0  # one confident person: the whole 640² input
+        out[0, 0, 2:4] = float(np.log(80))
+        out[0, 0, 4:6] = 1.0
+        return out + 0 * images.mean()
+
+
+class _Pose(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        offsets = dwpose_offsets()
+        columns, rows = np.arange(576) // 2, np.arange(768) // 2
+        self.register_buffer("x_index", torch.from_numpy(
+            np.clip(columns[None] - offsets[:, :1], 0, 287)))  # fmt: skip
+        self.register_buffer("y_index", torch.from_numpy(
+            np.clip(rows[None] - offsets[:, 1:], 0, 383)))  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        red_columns = x[:, 2].amax(dim=1)[0]  # the input is BGR
+        green_rows = x[:, 1].amax(dim=2)[0]
+        return red_columns[self.x_index][None], green_rows[self.y_index][None]
+
+
+def write_dwpose(folder) -> None:
+    for network, sample, names, file_name in (
+        (_Detector(), torch.zeros(1, 3, 640, 640), (["images"], ["output"]), "yolox_l.onnx"),
+        (_Pose(), torch.zeros(1, 3, 384, 288), (["input"], ["simcc_x", "simcc_y"]),
+         "dw-ll_ucoco_384.onnx"),
+    ):  # fmt: skip
+        torch.onnx.export(network, (sample,), str(folder / file_name), input_names=names[0],
+                          output_names=names[1], dynamo=False)  # fmt: skip
 
 
 # OpenPose's networks with random weights find no one. These pass the picture's red through
@@ -146,12 +205,12 @@ def picture(seed: int) -> Image.Image:
 
 
 @pytest.mark.parametrize(
-    "name", sorted(n for n in NETWORKS if not n.startswith("openpose")) + ["openpose_full"]
+    "name", sorted(n for n in NETWORKS if "pose" not in n) + ["openpose_full", "dwpose"]
 )  # the other openpose variants: in test_openpose_draws_bodies_hands_and_faces_as_asked
 def test_each_network_preprocessor_maps_its_input(annotating, name, quick_pose):
     from huabu.engine import preprocessors
 
-    pose = name.startswith("openpose")
+    pose = "pose" in name
     images = [figure(shift) if pose else picture(seed) for seed, shift in ((1, 0), (2, 40))]
     maps = [preprocessors.run(name, image, annotators=annotating.annotators) for image in images]
     for image, control_map in zip(images, maps, strict=True):
@@ -183,6 +242,67 @@ def test_openpose_draws_bodies_hands_and_faces_as_asked(annotating, quick_pose):
     assert max_difference(full, hands) > 0 and max_difference(full, faces) > 0
     for map_ in (body, hands, faces, face_only, full):
         assert map_.shape == (256, 256, 3)
+
+
+def lit(control_map: Image.Image) -> np.ndarray:
+    """The (x, y) of every drawn pixel."""
+    ys, xs = np.nonzero(np.asarray(control_map).max(axis=2))
+    return np.stack((xs, ys), axis=1)
+
+
+def test_dwpose_draws_the_whole_body_where_the_network_finds_it(annotating):
+    """The keypoints come back through the detector's box, the crop's warp and SimCC's
+    decoding to where the network put them: the figure follows the dot that the routed
+    network reads, and is drawn as OpenPose's (limbs, blue hand joints, white face dots)."""
+    from huabu.engine import preprocessors
+
+    def dot(x: int) -> Image.Image:
+        pixels = np.zeros((256, 256, 3), np.uint8)
+        cv2.circle(pixels, (x, 110), 6, (255, 255, 0), -1)
+        return Image.fromarray(pixels)
+
+    maps = [preprocessors.run("dwpose", dot(x), annotators=annotating.annotators)
+            for x in (100, 140)]  # fmt: skip
+    first, moved = lit(maps[0]), lit(maps[1])
+    assert len(first) > 1000 and len(first) == len(moved)
+    assert (moved.mean(axis=0) - first.mean(axis=0)).round(1).tolist() == [40.0, 0.0]
+    # The figure spans what the offsets say (crop pixels ÷ 0.9 into the picture's) from the
+    # dot's top row (104: the arg-max finds the first of its brightest rows): from the face
+    # ring's top 68 above to the ankles 130 below.
+    top, bottom = first[:, 1].min(), first[:, 1].max()
+    assert abs(top - (104 - 68 / 0.9)) <= 4 and bottom >= 104 + 130 / 0.9
+    pixels = np.asarray(maps[0])
+    colours = {tuple(c) for c in pixels[pixels.max(axis=2) > 0]}
+    assert {(0, 0, 255), (255, 255, 255)} <= colours  # hand joints, face landmarks
+    assert {tuple(int(c * 0.6) for c in colour) for colour in COLOURS} & colours  # limbs
+
+
+def test_mediapipe_face_draws_the_face_it_finds():
+    """MediaPipe's own face mesh on a real portrait (matplotlib's sample photograph of Grace
+    Hopper): the outline, eyes, brows and lips in their colours, following the face; no face,
+    a black map."""
+    import matplotlib
+
+    from huabu.engine import preprocessors
+
+    path = f"{matplotlib.get_data_path()}/sample_data/grace_hopper.jpg"
+    portrait = Image.open(path).convert("RGB").resize((256, 300))
+    padded = Image.new("RGB", (320, 300))
+    padded.paste(portrait, (64, 0))
+    face, moved = (preprocessors.run("mediapipe_face", image) for image in (portrait, padded))
+    assert face.size == (256, 300) and face.mode == "RGB" and moved.size == (320, 300)
+    found = lit(face)
+    assert len(found) > 500
+    # The face of the photograph: in its upper middle, where the mesh drew it.
+    assert 70 < found[:, 0].mean() < 190 and 60 < found[:, 1].mean() < 180
+    shift = lit(moved).mean(axis=0) - found.mean(axis=0)
+    assert abs(shift[0] - 64) < 4 and abs(shift[1]) < 4
+    pixels = np.asarray(face)
+    colours = {tuple(c) for c in pixels[pixels.max(axis=2) > 0]}
+    for colour in ((10, 200, 10), (10, 180, 10), (10, 200, 180), (180, 200, 10)):
+        assert colour in colours  # outline, lips, left and right eye (pure, not blended)
+    blank = preprocessors.run("mediapipe_face", Image.new("RGB", (128, 128), "grey"))
+    assert not np.asarray(blank).any()
 
 
 def test_openpose_parses_a_person_from_heatmaps_and_fields():
@@ -245,20 +365,24 @@ def test_missing_weights_are_refused_naming_preprocessor_and_file(engine, small)
 def test_the_listing_says_what_each_needs():
     held = {"ControlNetHED"}
     listed = {item["name"]: item for item in listing(held)}
-    assert set(listed) == set(WEIGHTLESS) | set(NETWORKS) | set(NOT_YET)
+    assert set(listed) == set(WEIGHTLESS) | set(NETWORKS) | set(PACKAGES) | set(NOT_YET)
     assert listed["softedge_hed"]["available"] and listed["canny"]["available"]
     assert not listed["lineart_coarse"]["available"]
     assert listed["lineart_coarse"]["needs"] == "models/annotators/sk_model2.pth"
     assert not listed["openpose"]["available"]
     assert listed["openpose_face"]["needs"] == ("models/annotators/body_pose_model.pth, "
                                                 "models/annotators/facenet.pth")  # fmt: skip
+    assert listed["dwpose"]["needs"] == ("models/annotators/yolox_l.onnx, "
+                                         "models/annotators/dw-ll_ucoco_384.onnx")  # fmt: skip
+    assert listed["mediapipe_face"]["available"]  # its package is installed by make install
     with pytest.raises(InvalidRequest) as caught:
-        check("dwpose", held, param="p")
+        check("depth_zoe", held, param="p")
     assert "not supported by this server yet" in caught.value.message
     check("scribble_hedsafe", held, param="p")  # runs: no error
 
 
-def test_a_damaged_annotator_file_fails_the_task_with_a_reason(annotated, tmp_path):
+@pytest.mark.parametrize("name", ["lineart", "dwpose"])
+def test_a_damaged_annotator_file_fails_the_task_with_a_reason(annotated, tmp_path, name):
     from huabu.engine.engine import Engine
     from huabu.errors import HuabuError
 
@@ -267,11 +391,12 @@ def test_a_damaged_annotator_file_fails_the_task_with_a_reason(annotated, tmp_pa
     for kind in ("checkpoints", "controlnet"):
         (home / "models" / kind).symlink_to(annotated.models_dir / kind)
     (home / "models" / "annotators").mkdir()
-    torch.save({"not": torch.zeros(1)}, home / "models" / "annotators" / "sk_model.pth")
+    for file_name in NETWORKS[name]:  # a state dict of something else; an ONNX of nothing
+        torch.save({"not": torch.zeros(1)}, home / "models" / "annotators" / file_name)
     engine = Engine(Settings(home=home, threads=2))
-    unit = ControlUnit(model="demo-controlnet", image=REF, preprocessor="lineart")
+    unit = ControlUnit(model="demo-controlnet", image=REF, preprocessor=name)
     request = GenerationRequest(model="demo", prompt="a fox", width=64, height=64, steps=2,
                                 controlnets=(unit,))  # fmt: skip
     with pytest.raises(HuabuError) as caught:
         engine.generate(request, control_images=[picture(1)])
-    assert "models/annotators/sk_model.pth" in caught.value.message
+    assert f"models/annotators/{NETWORKS[name][0]}" in caught.value.message

@@ -109,8 +109,10 @@ def test_preprocessors_make_control_maps(square):
 @pytest.mark.parametrize(
     ("changes", "param", "text"),
     [
-        ({"controlnets": (unit(preprocessor="dwpose"),)}, "controlnets.0.preprocessor",
+        ({"controlnets": (unit(preprocessor="depth_zoe"),)}, "controlnets.0.preprocessor",
          "not supported by this server yet"),
+        ({"controlnets": (unit(preprocessor="dwpose"),)}, "controlnets.0.preprocessor",
+         "models/annotators/yolox_l.onnx and models/annotators/dw-ll_ucoco_384.onnx"),
         ({"controlnets": (unit(preprocessor="openpose_full"),)}, "controlnets.0.preprocessor",
          "models/annotators/body_pose_model.pth and models/annotators/hand_pose_model.pth "
          "and models/annotators/facenet.pth"),

@@ -418,8 +418,14 @@ def test_models_and_health(alice, server):
 def test_preprocessors_say_which_run_here(alice):
     listed = {item["name"]: item for item in alice.get("/huabu/v1/preprocessors").json()}
     assert listed["canny"] == {"name": "canny", "available": True, "needs": None}
-    assert listed["dwpose"] == {"name": "dwpose", "available": False,
-                                "needs": "a network huabu does not run yet"}  # fmt: skip
+    assert listed["depth_zoe"] == {"name": "depth_zoe", "available": False,
+                                   "needs": "a network huabu does not run yet"}  # fmt: skip
+    assert listed["dwpose"] == {
+        "name": "dwpose", "available": False,
+        "needs": "models/annotators/yolox_l.onnx, models/annotators/dw-ll_ucoco_384.onnx",
+    }  # fmt: skip
+    assert listed["mediapipe_face"] == {"name": "mediapipe_face", "available": True,
+                                        "needs": None}  # fmt: skip
     assert listed["openpose_hand"] == {
         "name": "openpose_hand", "available": False,
         "needs": "models/annotators/body_pose_model.pth, models/annotators/hand_pose_model.pth",

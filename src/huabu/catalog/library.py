@@ -32,6 +32,8 @@ from huabu.settings import Settings
 KINDS = ("checkpoints", "loras", "embeddings", "vae", "controlnet", "ipadapter", "annotators")
 SAFE_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+#: ONNX graphs (DWPose's annotators): data that onnxruntime runs, no Python code in them.
+ONNX_SUFFIXES = (".onnx",)
 _PRIVATE_FOLDER = re.compile(r"@[0-9a-f]{32}")
 
 
@@ -43,7 +45,7 @@ class ModelInfo:
     name: str
     kind: str
     file_name: str  # the file or folder name, e.g. ``demo.safetensors``
-    layout: str  # 'diffusers' | 'single-file' | 'pickle'
+    layout: str  # 'diffusers' | 'single-file' | 'pickle' | 'onnx'
     size_bytes: int
     architecture: Architecture | None
     #: The square side it was trained at (e.g. 1024 for SDXL); None if not a checkpoint.
@@ -200,6 +202,9 @@ class ModelLibrary:
                               native, path.stat().st_mtime, path)  # fmt: skip
         if path.suffix in PICKLE_SUFFIXES:
             return ModelEntry(path.stem, kind, path.name, "pickle", disk_size(path), None,
+                              None, path.stat().st_mtime, path)  # fmt: skip
+        if path.suffix in ONNX_SUFFIXES and kind == "annotators":
+            return ModelEntry(path.stem, kind, path.name, "onnx", disk_size(path), None,
                               None, path.stat().st_mtime, path)  # fmt: skip
         return None
 

@@ -10,6 +10,7 @@ shares them with a fleet, so a preprocessor is available when some worker holds 
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable, Iterable
 
 from huabu.errors import InvalidRequest
@@ -37,12 +38,22 @@ NETWORKS: dict[str, tuple[str, ...]] = {
     "openpose_face": ("body_pose_model.pth", "facenet.pth"),
     "openpose_faceonly": ("body_pose_model.pth", "facenet.pth"),
     "openpose_full": ("body_pose_model.pth", "hand_pose_model.pth", "facenet.pth"),
+    # DWPose: the ONNX files sd-webui-controlnet and comfyui_controlnet_aux run.
+    "dwpose": ("yolox_l.onnx", "dw-ll_ucoco_384.onnx"),
 }
+#: Preprocessors whose network ships in a Python package (its own model files), not in
+#: ``models/annotators/``: the package each needs.
+PACKAGES: dict[str, str] = {"mediapipe_face": "mediapipe"}
 #: Spec 003's preprocessors whose networks huabu does not run yet.
 NOT_YET = frozenset({
-    "depth_midas", "depth", "depth_leres", "depth_leres++", "depth_zoe", "normal_bae", "dwpose",
-    "mediapipe_face",
+    "depth_midas", "depth", "depth_leres", "depth_leres++", "depth_zoe", "normal_bae",
 })  # fmt: skip
+
+
+def _installed(package: str) -> bool:
+    """Whether ``package`` can be imported here (found, not imported: an API process must
+    not load a worker's libraries)."""
+    return importlib.util.find_spec(package) is not None
 
 
 def stem(file_name: str) -> str:
@@ -73,6 +84,10 @@ def listing(held: set[str]) -> list[dict[str, object]]:
         lacking = missing(name, held)
         needs = ", ".join(f"models/annotators/{f}" for f in lacking) or None
         found.append({"name": name, "available": not lacking, "needs": needs})
+    for name, package in sorted(PACKAGES.items()):
+        there = _installed(package)
+        needs = None if there else f"the Python package {package} (make install installs it)"
+        found.append({"name": name, "available": there, "needs": needs})
     found += [{"name": name, "available": False, "needs": "a network huabu does not run yet"}
               for name in sorted(NOT_YET)]  # fmt: skip
     return found
@@ -95,6 +110,14 @@ def check(name: str, held: set[str], *, param: str) -> None:
             raise InvalidRequest(
                 f"{param}: preprocessor {name!r} needs the annotator file{plural} {files}, "
                 "which this server does not have (lllyasviel/Annotators' files of those names)",
+                param=param,
+            )
+        return
+    if name in PACKAGES:
+        if not _installed(PACKAGES[name]):
+            raise InvalidRequest(
+                f"{param}: preprocessor {name!r} needs the Python package {PACKAGES[name]!r}, "
+                "which this server does not have installed",
                 param=param,
             )
         return

@@ -27,7 +27,9 @@ _MODULES = {"none": "none", "canny": "canny", "shuffle": "shuffle",
             "lineart_standard (from white bg & black line)": "lineart_standard",
             # sd-webui-controlnet spells PiDiNet's safe variant "pidisafe"
             "softedge_pidisafe": "softedge_pidsafe",
-            "scribble_pidisafe": "scribble_pidsafe"}  # fmt: skip
+            "scribble_pidisafe": "scribble_pidsafe",
+            # and DWPose's whole body "dw_openpose_full"
+            "dw_openpose_full": "dwpose"}  # fmt: skip
 
 
 class ControlNetArg(BaseModel):

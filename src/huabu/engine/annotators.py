@@ -18,6 +18,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -27,6 +28,7 @@ from torch import nn
 
 from huabu.catalog.preprocessors import NETWORKS
 from huabu.engine import openpose
+from huabu.engine.dwpose import DwPose
 from huabu.engine.lineart_anime import AnimeLineart
 from huabu.engine.mlsd import Mlsd, draw
 from huabu.engine.pidinet import PiDiNet
@@ -136,17 +138,29 @@ class Annotators:
     def __init__(self, locate: Callable[[str], Path], device: torch.device) -> None:
         self.locate = locate
         self.device = device
-        self._loaded: OrderedDict[str, nn.Module] = OrderedDict()
+        self._loaded: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.Lock()
 
     def network(self, file_name: str) -> nn.Module:
+        return self._cached(file_name, lambda: self._load(file_name))
+
+    def dwpose(self) -> DwPose:
+        """DWPose's two ONNX sessions, cached as one network."""
+        detector, pose = NETWORKS["dwpose"]
+        return self._cached(
+            "dwpose",
+            lambda: DwPose(self.locate(detector), self.locate(pose),
+                           cuda=self.device.type == "cuda", threads=torch.get_num_threads()),
+        )  # fmt: skip
+
+    def _cached(self, key: str, load: Callable[[], Any]) -> Any:
         with self._lock:
-            if file_name not in self._loaded:
-                self._loaded[file_name] = self._load(file_name)
+            if key not in self._loaded:
+                self._loaded[key] = load()
                 while len(self._loaded) > MAX_LOADED:
                     self._loaded.popitem(last=False)
-            self._loaded.move_to_end(file_name)
-            return self._loaded[file_name]
+            self._loaded.move_to_end(key)
+            return self._loaded[key]
 
     def _load(self, file_name: str) -> nn.Module:
         path = self.locate(file_name)
@@ -167,8 +181,8 @@ class Annotators:
         """Preprocessor ``name``'s control map of ``image``, at ``image``'s size."""
         file_name, *more = NETWORKS[name]
         width, height = image.size
-        pixels = _detect_size(np.asarray(image.convert("RGB")), min(width, height))
-        if file_name == "body_pose_model.pth":
+        pixels = detect_size(np.asarray(image.convert("RGB")), min(width, height))
+        if file_name in ("body_pose_model.pth", "yolox_l.onnx"):
             pose = self._pose(name, pixels, more)
             return Image.fromarray(
                 cv2.resize(pose, (width, height), interpolation=cv2.INTER_LINEAR)
@@ -195,18 +209,22 @@ class Annotators:
 
     def _pose(self, name: str, pixels: np.ndarray, more: list[str]) -> np.ndarray:
         """The OpenPose map: the body network, and the hand and face ones where ``name``
-        draws them (``openpose_faceonly`` finds the face from the body but draws only it)."""
+        draws them (``openpose_faceonly`` finds the face from the body but draws only it);
+        DWPose finds everything at once."""
+        height, width = pixels.shape[:2]
+        if name == "dwpose":
+            people = self.dwpose().detect(pixels)
+            return openpose.draw(people, width, height, hands=True, face=True)
         body = self.network("body_pose_model.pth")
         hand = self.network("hand_pose_model.pth") if "hand_pose_model.pth" in more else None
         face = self.network("facenet.pth") if "facenet.pth" in more else None
         with torch.inference_mode():
             people = openpose.detect(pixels, body, hand, face)
-        height, width = pixels.shape[:2]
         return openpose.draw(people, width, height, body=name != "openpose_faceonly",
                              hands=hand is not None, face=face is not None)  # fmt: skip
 
 
-def _detect_size(pixels: np.ndarray, shorter: int) -> np.ndarray:
+def detect_size(pixels: np.ndarray, shorter: int) -> np.ndarray:
     """controlnet_aux's ``resize_image``: the shorter side at the detect resolution, both
     sides rounded to multiples of 64."""
     resolution = min(DETECT_RESOLUTION, shorter)

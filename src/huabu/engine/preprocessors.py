@@ -2,7 +2,8 @@
 
 ``none`` uses the image as the control map; ``canny``, ``shuffle`` and ``lineart_standard``
 are the weightless detectors of controlnet_aux, re-implemented on OpenCV (controlnet_aux itself
-pulls a CUDA torch and torchvision). The ones that run a network are
+pulls a CUDA torch and torchvision); ``mediapipe_face`` runs the ``mediapipe`` package's own
+face mesh. The ones that run a network from ``models/annotators/`` are
 :mod:`huabu.engine.annotators`.
 """
 
@@ -12,8 +13,9 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from huabu.catalog.preprocessors import NETWORKS, check
-from huabu.engine.annotators import Annotators
+from huabu.catalog.preprocessors import NETWORKS, PACKAGES, check
+from huabu.engine import mediapipe_face
+from huabu.engine.annotators import Annotators, detect_size
 
 
 def _noise_disk(height: int, width: int, scale: int, rng: np.random.Generator) -> np.ndarray:
@@ -35,6 +37,10 @@ def run(
     pixels = np.asarray(image.convert("RGB"))
     if name == "none":
         return image.convert("RGB")
+    if name in PACKAGES:
+        check(name, set(), param="preprocessor")
+        shorter = min(image.size)
+        return mediapipe_face.face_map(image, detect_size(pixels, shorter))
     if name == "canny":
         edges = cv2.Canny(pixels, 100, 200)
         return Image.fromarray(np.stack([edges] * 3, axis=2))
