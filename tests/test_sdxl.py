@@ -206,6 +206,34 @@ def test_the_refiner_with_image_to_image(engine, xl):
     assert max_difference(plain, refined) > 2
 
 
+def test_a_single_file_refiner_loads_as_its_folder(settings, xl, tmp_path):
+    """The refiner in the layout of its download (sd_xl_refiner_1.0.safetensors: the one
+    OpenCLIP encoder as conditioner.embedders.0, an aesthetic score in the UNet's extra
+    embedding): detected as a refiner, its configs derived from its shapes, and the same
+    weights as its folder, so the same image."""
+    from huabu.catalog.checkpoints import METADATA_KEY
+    from huabu.engine.demo_xl import REFINER_OVERRIDES, build_refiner, refiner_single_file_state
+    from huabu.engine.engine import Engine
+    from huabu.native.generation import Refiner
+    from huabu.settings import Settings
+    from safetensors.torch import save_file
+
+    checkpoints = tmp_path / "models" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    for name in ("demo-xl", "demo-xl-refiner"):
+        (checkpoints / name).symlink_to(settings.models_dir / "checkpoints" / name)
+    save_file(refiner_single_file_state(build_refiner()), str(checkpoints / "single.safetensors"),
+              metadata={METADATA_KEY: json.dumps(REFINER_OVERRIDES)})  # fmt: skip
+    home = Settings(home=tmp_path, threads=2)
+    entry = ModelLibrary(home).find("checkpoints", "single")
+    assert entry.architecture is Architecture.SDXL_REFINER and entry.layout == "single-file"
+    engine = Engine(home)
+    made = [engine.generate(xl(steps=6, refiner=Refiner(model=name, switch_at=0.5))).images[0]
+            for name in ("demo-xl-refiner", "single")]  # fmt: skip
+    assert max_difference(*made) <= 1
+    assert max_difference(made[0], engine.generate(xl(steps=6)).images[0]) > 2
+
+
 @pytest.mark.parametrize("sampler", samplers("Euler", "DPM fast"))
 def test_the_refiner_with_the_hires_fix_joins_the_pass_asked_for(engine, xl, sampler):
     """As A1111's ``hires_fix_refiner_pass``: the second pass by default, or the first, or

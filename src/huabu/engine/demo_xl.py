@@ -46,6 +46,8 @@ DEMO_XL_EMBEDDING = "demo-xl-embedding"
 DEMO_XL_CONTROLNET = "demo-xl-controlnet"
 DEMO_XL_IP_ADAPTER = "demo-xl-ip-adapter"
 #: A tiny model of SDXL's refiner architecture (the second encoder only, an aesthetic score).
+#: (Its single-file layout, ``refiner_single_file_state``, is not in the demo library: novita's
+#: ``refiner`` names no model and takes the library's only refiner.)
 DEMO_XL_REFINER = "demo-xl-refiner"
 #: The demo's default output size: SDXL's native 1024² scaled down as the demo's 512² is from
 #: SD 1.5's (its UNet config's sample_size is 64 latents, like the SD 1.x demo).
@@ -115,6 +117,8 @@ _OVERRIDES = {
     "text_encoder": {"num_attention_heads": 2},
     "text_encoder_2": {"num_attention_heads": 2},
 }
+#: What the single-file refiner's shapes cannot tell (its sidecar or metadata).
+REFINER_OVERRIDES = {key: value for key, value in _OVERRIDES.items() if key != "text_encoder"}
 
 
 def _scheduler() -> EulerDiscreteScheduler:
@@ -164,6 +168,17 @@ def single_file_state(pipe: StableDiffusionXLPipeline) -> dict[str, torch.Tensor
     )
     state |= open_clip_to_ldm(
         pipe.text_encoder_2.state_dict(), prefix="conditioner.embedders.1.model."
+    )
+    return {k: v.detach().contiguous().clone() for k, v in state.items()}
+
+
+def refiner_single_file_state(refiner: StableDiffusionXLImg2ImgPipeline) -> dict[str, torch.Tensor]:
+    """The refiner's weights in the layout of SDXL refiner downloads: its one text encoder is
+    ``conditioner.embedders.0``."""
+    state = unet_to_ldm(refiner.unet.state_dict(), dict(refiner.unet.config))
+    state |= vae_to_ldm(refiner.vae.state_dict(), dict(refiner.vae.config))
+    state |= open_clip_to_ldm(
+        refiner.text_encoder_2.state_dict(), prefix="conditioner.embedders.0.model."
     )
     return {k: v.detach().contiguous().clone() for k, v in state.items()}
 

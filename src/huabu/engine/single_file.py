@@ -115,10 +115,6 @@ def derive_configs(
     header: CheckpointHeader, architecture: Architecture, sidecar: Path | None = None
 ) -> dict[str, Config]:
     """The diffusers configs that fit this checkpoint's tensors."""
-    if architecture is Architecture.SDXL_REFINER:
-        raise ModelUnavailable(
-            "single-file SDXL refiners cannot be loaded yet; use the refiner's diffusers folder"
-        )
     configs = reference_config(architecture)
     try:
         _derive_unet(header.shapes, configs["unet"])
@@ -135,6 +131,13 @@ def derive_configs(
             unet = configs["unet"]
             extra = unet["projection_class_embeddings_input_dim"] - second["projection_dim"]
             unet["addition_time_embed_dim"] = extra // 6
+        elif architecture is Architecture.SDXL_REFINER:  # the second encoder alone
+            second = configs["text_encoder_2"]
+            _derive_open_clip(header.shapes, "conditioner.embedders.0.model.", second)
+            # ... and five numbers: the original size, the crop and the aesthetic score.
+            unet = configs["unet"]
+            extra = unet["projection_class_embeddings_input_dim"] - second["projection_dim"]
+            unet["addition_time_embed_dim"] = extra // 5
     except (KeyError, StopIteration, IndexError) as exc:
         raise ModelUnavailable(
             f"checkpoint looks like {architecture.label} but lacks expected tensors ({exc})"
