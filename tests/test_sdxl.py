@@ -211,12 +211,13 @@ def test_a_single_file_refiner_loads_as_its_folder(settings, xl, tmp_path):
     OpenCLIP encoder as conditioner.embedders.0, an aesthetic score in the UNet's extra
     embedding): detected as a refiner, its configs derived from its shapes, and the same
     weights as its folder, so the same image."""
+    from safetensors.torch import save_file
+
     from huabu.catalog.checkpoints import METADATA_KEY
     from huabu.engine.demo_xl import REFINER_OVERRIDES, build_refiner, refiner_single_file_state
     from huabu.engine.engine import Engine
     from huabu.native.generation import Refiner
     from huabu.settings import Settings
-    from safetensors.torch import save_file
 
     checkpoints = tmp_path / "models" / "checkpoints"
     checkpoints.mkdir(parents=True)
