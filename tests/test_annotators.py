@@ -15,6 +15,7 @@ from helpers import REF, max_difference
 from huabu.catalog.preprocessors import NETWORKS, NOT_YET, PACKAGES, WEIGHTLESS, check, listing
 from huabu.engine.annotators import Hed, LineartGenerator
 from huabu.engine.lineart_anime import AnimeLineart
+from huabu.engine.midas import DptHybrid
 from huabu.engine.mlsd import Mlsd
 from huabu.engine.openpose import COLOURS, BodyNet, face_net, hand_net
 from huabu.engine.pidinet import PiDiNet
@@ -66,6 +67,11 @@ def annotated(tmp_path_factory, settings):
                                ("facenet.pth", routed_keypoints(face_net(), 71))):  # fmt: skip
         torch.save({k: v.half() for k, v in network.state_dict().items()}, folder / file_name)
     write_dwpose(folder)
+    # MiDaS's file as MiDaS saved it: with the classifier timm's ViT was built with (unused).
+    depth = {k: v.half() for k, v in DptHybrid().state_dict().items()}
+    depth |= {"pretrained.model.head.weight": torch.zeros(1000, 768, dtype=torch.half),
+              "pretrained.model.head.bias": torch.zeros(1000, dtype=torch.half)}  # fmt: skip
+    torch.save(depth, folder / "dpt_hybrid-midas-501f0c75.pt")
     return Settings(home=home, threads=2)
 
 
@@ -275,6 +281,15 @@ def test_dwpose_draws_the_whole_body_where_the_network_finds_it(annotating):
     colours = {tuple(c) for c in pixels[pixels.max(axis=2) > 0]}
     assert {(0, 0, 255), (255, 255, 255)} <= colours  # hand joints, face landmarks
     assert {tuple(int(c * 0.6) for c in colour) for colour in COLOURS} & colours  # limbs
+
+
+def test_depth_is_grey_from_far_black_to_near_white(annotating):
+    """MiDaS's inverse depth, scaled to its full range: grey, black to white."""
+    from huabu.engine import preprocessors
+
+    depth = np.asarray(preprocessors.run("depth", picture(4), annotators=annotating.annotators))
+    assert (depth[..., 0] == depth[..., 1]).all() and (depth[..., 1] == depth[..., 2]).all()
+    assert depth.min() <= 2 and depth.max() >= 230  # (resized from the detect size)
 
 
 def test_mediapipe_face_draws_the_face_it_finds():

@@ -38,6 +38,9 @@ NETWORKS: dict[str, tuple[str, ...]] = {
     "openpose_face": ("body_pose_model.pth", "facenet.pth"),
     "openpose_faceonly": ("body_pose_model.pth", "facenet.pth"),
     "openpose_full": ("body_pose_model.pth", "hand_pose_model.pth", "facenet.pth"),
+    # MiDaS DPT-Hybrid; "depth" is sd-webui-controlnet's name for it.
+    "depth_midas": ("dpt_hybrid-midas-501f0c75.pt",),
+    "depth": ("dpt_hybrid-midas-501f0c75.pt",),
     # DWPose: the ONNX files sd-webui-controlnet and comfyui_controlnet_aux run.
     "dwpose": ("yolox_l.onnx", "dw-ll_ucoco_384.onnx"),
 }
@@ -45,9 +48,7 @@ NETWORKS: dict[str, tuple[str, ...]] = {
 #: ``models/annotators/``: the package each needs.
 PACKAGES: dict[str, str] = {"mediapipe_face": "mediapipe"}
 #: Spec 003's preprocessors whose networks huabu does not run yet.
-NOT_YET = frozenset({
-    "depth_midas", "depth", "depth_leres", "depth_leres++", "depth_zoe", "normal_bae",
-})  # fmt: skip
+NOT_YET = frozenset({"depth_leres", "depth_leres++", "depth_zoe", "normal_bae"})
 
 
 def _installed(package: str) -> bool:

@@ -5,8 +5,9 @@ A1111's sd-webui-controlnet and ComfyUI's controlnet_aux download.
 The networks and their pre- and post-processing are ported from controlnet_aux 0.0.10
 (Apache-2.0): HED is lllyasviel's Apache-2.0 ``ControlNetHED_Apache2``; the lineart generators
 are informative-drawings' (MIT); PiDiNet is :mod:`huabu.engine.pidinet`. OpenPose
-(:mod:`huabu.engine.openpose`) is written anew (its published code is non-commercial). Each
-gives the same outputs as controlnet_aux's module on the same weights (checked when written).
+(:mod:`huabu.engine.openpose`) is written anew (its published code is non-commercial), and so
+is MiDaS (:mod:`huabu.engine.midas`, whose original needs timm). Each gives the same outputs
+as controlnet_aux's module on the same weights (checked when written).
 controlnet_aux itself cannot be imported here (its package imports torchvision and timm).
 Weights load with ``torch.load(weights_only=True)``: the ``.pth`` files are plain state
 dicts, and no code in them runs.
@@ -27,9 +28,10 @@ from PIL import Image
 from torch import nn
 
 from huabu.catalog.preprocessors import NETWORKS
-from huabu.engine import openpose
+from huabu.engine import midas, openpose
 from huabu.engine.dwpose import DwPose
 from huabu.engine.lineart_anime import AnimeLineart
+from huabu.engine.midas import DptHybrid
 from huabu.engine.mlsd import Mlsd, draw
 from huabu.engine.pidinet import PiDiNet
 from huabu.errors import ModelUnavailable
@@ -128,7 +130,10 @@ _CLASSES: dict[str, Callable[[], nn.Module]] = {
     "body_pose_model.pth": openpose.BodyNet,
     "hand_pose_model.pth": openpose.hand_net,
     "facenet.pth": openpose.face_net,
+    "dpt_hybrid-midas-501f0c75.pt": DptHybrid,
 }
+#: Keys a file may hold that its network does not use (dropped before a strict load).
+_UNUSED = {"dpt_hybrid-midas-501f0c75.pt": midas.UNUSED}
 
 
 class Annotators:
@@ -167,6 +172,9 @@ class Annotators:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
             state = state.get("state_dict", state)  # PiDiNet's is a training checkpoint
+            if "optimizer" in state:  # so may MiDaS's be
+                state = state["model"]
+            state = {k: v for k, v in state.items() if not k.startswith(_UNUSED.get(file_name, ()))}
             state = {k.removeprefix("module."): v for k, v in state.items()}
             network = _CLASSES[file_name]()
             network.load_state_dict(state)
@@ -196,6 +204,8 @@ class Annotators:
                 edges = draw(network, pixels)
             elif file_name == "netG.pth":
                 edges = _anime(network, pixels)
+            elif file_name == "dpt_hybrid-midas-501f0c75.pt":
+                edges = _depth(network, x)
             elif file_name == "table5_pidinet.pth":  # BGR in, as PiDiNet was trained
                 edge = network(x.flip(1) / 255.0)[0, 0].cpu().numpy()
                 edges = (_safe(edge) if name.endswith("safe") else edge) * 255.0
@@ -254,6 +264,14 @@ def _anime(network: nn.Module, pixels: np.ndarray) -> np.ndarray:
     line = (network(x)[0, 0] * 127.5 + 127.5).cpu().numpy()
     line = cv2.resize(line, (width, height), interpolation=cv2.INTER_CUBIC)
     return 255 - line.clip(0, 255)
+
+
+def _depth(network: nn.Module, x: torch.Tensor) -> np.ndarray:
+    """MiDaS's inverse depth, scaled so the nearest is white and the farthest black."""
+    depth = network(x / 127.5 - 1.0)[0]
+    depth = depth - depth.min()
+    top = depth.max()
+    return (depth / top * 255.0 if top > 0 else depth).cpu().numpy()
 
 
 def _safe(edge: np.ndarray) -> np.ndarray:
