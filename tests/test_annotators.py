@@ -17,6 +17,7 @@ from huabu.engine.annotators import Hed, LineartGenerator
 from huabu.engine.lineart_anime import AnimeLineart
 from huabu.engine.midas import DptHybrid
 from huabu.engine.mlsd import Mlsd
+from huabu.engine.normal_bae import NormalBae
 from huabu.engine.openpose import COLOURS, BodyNet, face_net, hand_net
 from huabu.engine.pidinet import PiDiNet
 from huabu.errors import InvalidRequest
@@ -72,6 +73,14 @@ def annotated(tmp_path_factory, settings):
     depth |= {"pretrained.model.head.weight": torch.zeros(1000, 768, dtype=torch.half),
               "pretrained.model.head.bias": torch.zeros(1000, dtype=torch.half)}  # fmt: skip
     torch.save(depth, folder / "dpt_hybrid-midas-501f0c75.pt")
+    # Bae's file is a training checkpoint: the weights under "model", "module." keys.
+    normals = NormalBae()
+    with torch.no_grad():  # batch statistics that keep the signal alive through 39 blocks
+        for name, buffer in normals.named_buffers():
+            if name.endswith("running_var"):
+                buffer.fill_(0.5)
+    state = {f"module.{k}": v.half() for k, v in normals.state_dict().items()}
+    torch.save({"model": state}, folder / "scannet.pt")
     return Settings(home=home, threads=2)
 
 
@@ -290,6 +299,18 @@ def test_depth_is_grey_from_far_black_to_near_white(annotating):
     depth = np.asarray(preprocessors.run("depth", picture(4), annotators=annotating.annotators))
     assert (depth[..., 0] == depth[..., 1]).all() and (depth[..., 1] == depth[..., 2]).all()
     assert depth.min() <= 2 and depth.max() >= 230  # (resized from the detect size)
+
+
+def test_normals_are_unit_vectors_in_colour(annotating):
+    """Bae's normals as RGB: each pixel a unit vector mapped from −1…1 to 0…255."""
+    from huabu.engine import preprocessors
+
+    normals = preprocessors.run("normal_bae", picture(5), annotators=annotating.annotators)
+    vectors = np.asarray(normals).astype(np.float64) / 127.5 - 1.0
+    lengths = np.linalg.norm(vectors, axis=2)
+    assert np.median(lengths) == pytest.approx(1.0, abs=0.05)  # (resizing blends a little)
+    pixels = np.asarray(normals).astype(int)
+    assert (pixels[..., 0] != pixels[..., 1]).any()  # a colour map, not a grey one
 
 
 def test_mediapipe_face_draws_the_face_it_finds():

@@ -6,8 +6,9 @@ The networks and their pre- and post-processing are ported from controlnet_aux 0
 (Apache-2.0): HED is lllyasviel's Apache-2.0 ``ControlNetHED_Apache2``; the lineart generators
 are informative-drawings' (MIT); PiDiNet is :mod:`huabu.engine.pidinet`. OpenPose
 (:mod:`huabu.engine.openpose`) is written anew (its published code is non-commercial), and so
-is MiDaS (:mod:`huabu.engine.midas`, whose original needs timm). Each gives the same outputs
-as controlnet_aux's module on the same weights (checked when written).
+is MiDaS (:mod:`huabu.engine.midas`, whose original needs timm), and Bae's normals
+(:mod:`huabu.engine.normal_bae`). Each gives the same outputs as controlnet_aux's module on
+the same weights (checked when written).
 controlnet_aux itself cannot be imported here (its package imports torchvision and timm).
 Weights load with ``torch.load(weights_only=True)``: the ``.pth`` files are plain state
 dicts, and no code in them runs.
@@ -28,11 +29,12 @@ from PIL import Image
 from torch import nn
 
 from huabu.catalog.preprocessors import NETWORKS
-from huabu.engine import midas, openpose
+from huabu.engine import midas, normal_bae, openpose
 from huabu.engine.dwpose import DwPose
 from huabu.engine.lineart_anime import AnimeLineart
 from huabu.engine.midas import DptHybrid
 from huabu.engine.mlsd import Mlsd, draw
+from huabu.engine.normal_bae import NormalBae
 from huabu.engine.pidinet import PiDiNet
 from huabu.errors import ModelUnavailable
 
@@ -131,9 +133,10 @@ _CLASSES: dict[str, Callable[[], nn.Module]] = {
     "hand_pose_model.pth": openpose.hand_net,
     "facenet.pth": openpose.face_net,
     "dpt_hybrid-midas-501f0c75.pt": DptHybrid,
+    "scannet.pt": NormalBae,
 }
 #: Keys a file may hold that its network does not use (dropped before a strict load).
-_UNUSED = {"dpt_hybrid-midas-501f0c75.pt": midas.UNUSED}
+_UNUSED = {"dpt_hybrid-midas-501f0c75.pt": midas.UNUSED, "scannet.pt": normal_bae.UNUSED}
 
 
 class Annotators:
@@ -172,10 +175,11 @@ class Annotators:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
             state = state.get("state_dict", state)  # PiDiNet's is a training checkpoint
-            if "optimizer" in state:  # so may MiDaS's be
+            if isinstance(state.get("model"), dict):  # so are MiDaS's and Bae's, sometimes
                 state = state["model"]
-            state = {k: v for k, v in state.items() if not k.startswith(_UNUSED.get(file_name, ()))}
+            unused = _UNUSED.get(file_name, ())
             state = {k.removeprefix("module."): v for k, v in state.items()}
+            state = {k: v for k, v in state.items() if not k.startswith(unused)}
             network = _CLASSES[file_name]()
             network.load_state_dict(state)
         except (OSError, RuntimeError, ValueError, KeyError, AttributeError) as exc:
@@ -198,6 +202,11 @@ class Annotators:
         network = self.network(file_name)
         with torch.inference_mode():
             x = torch.from_numpy(pixels.copy()).float().permute(2, 0, 1)[None].to(self.device)
+            if file_name == "scannet.pt":  # a colour map: the normals' x, y, z as R, G, B
+                normals = _normals(network, x)
+                return Image.fromarray(
+                    cv2.resize(normals, (width, height), interpolation=cv2.INTER_LINEAR)
+                )
             if file_name == "ControlNetHED.pth":
                 edges = _hed(network, x, pixels.shape[:2], safe=name.endswith("safe"))
             elif file_name == "mlsd_large_512_fp32.pth":
@@ -264,6 +273,18 @@ def _anime(network: nn.Module, pixels: np.ndarray) -> np.ndarray:
     line = (network(x)[0, 0] * 127.5 + 127.5).cpu().numpy()
     line = cv2.resize(line, (width, height), interpolation=cv2.INTER_CUBIC)
     return 255 - line.clip(0, 255)
+
+
+#: ImageNet's mean and deviation (what the normals network was trained on).
+_IMAGENET = (torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225]))
+
+
+def _normals(network: nn.Module, x: torch.Tensor) -> np.ndarray:
+    """Bae's surface normals, −1…1 per axis mapped to 0…255."""
+    mean, std = (t.to(x.device)[None, :, None, None] for t in _IMAGENET)
+    normal = network((x / 255.0 - mean) / std)[0, :3]
+    normal = ((normal + 1) * 0.5).clip(0, 1).permute(1, 2, 0).cpu().numpy()
+    return (normal * 255.0).clip(0, 255).astype(np.uint8)
 
 
 def _depth(network: nn.Module, x: torch.Tensor) -> np.ndarray:

@@ -23,7 +23,7 @@ _WIDTH, _HEADS, _DEPTH, _PATCH = 768, 12, 12, 16
 _FEATURES = 256
 
 
-def _same_pad(x: torch.Tensor, kernel: int, stride: int, value: float = 0.0) -> torch.Tensor:
+def same_pad(x: torch.Tensor, kernel: int, stride: int, value: float = 0.0) -> torch.Tensor:
     """TensorFlow's "same" padding (more on the bottom and right when uneven)."""
     height, width = x.shape[-2:]
     pad_h = max((math.ceil(height / stride) - 1) * stride + kernel - height, 0)
@@ -46,7 +46,7 @@ class _StdConv(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.dynamic:
-            x = _same_pad(x, self.kernel_size[0], self.stride[0])
+            x = same_pad(x, self.kernel_size[0], self.stride[0])
         flat = self.weight.reshape(1, self.out_channels, -1)
         weight = F.batch_norm(flat, None, None, training=True, momentum=0.0, eps=1e-8)
         return F.conv2d(x, weight.reshape_as(self.weight), None, self.stride, self.padding)
@@ -109,7 +109,7 @@ class _Stem(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.norm(self.conv(x))
-        return F.max_pool2d(_same_pad(x, 3, 2, value=-math.inf), 3, 2)
+        return F.max_pool2d(same_pad(x, 3, 2, value=-math.inf), 3, 2)
 
 
 class _ResNet(nn.Module):
