@@ -14,6 +14,7 @@ from PIL import Image
 from helpers import REF, max_difference
 from huabu.catalog.preprocessors import NETWORKS, NOT_YET, PACKAGES, WEIGHTLESS, check, listing
 from huabu.engine.annotators import Hed, LineartGenerator
+from huabu.engine.leres import Leres
 from huabu.engine.lineart_anime import AnimeLineart
 from huabu.engine.midas import DptHybrid
 from huabu.engine.mlsd import Mlsd
@@ -81,6 +82,9 @@ def annotated(tmp_path_factory, settings):
                 buffer.fill_(0.5)
     state = {f"module.{k}": v.half() for k, v in normals.state_dict().items()}
     torch.save({"model": state}, folder / "scannet.pt")
+    # LeReS's: the network under "depth_model", saved from DataParallel.
+    leres = {f"module.{k}": v.half() for k, v in Leres().state_dict().items()}
+    torch.save({"depth_model": leres}, folder / "res101.pth")
     return Settings(home=home, threads=2)
 
 
@@ -296,9 +300,10 @@ def test_depth_is_grey_from_far_black_to_near_white(annotating):
     """MiDaS's inverse depth, scaled to its full range: grey, black to white."""
     from huabu.engine import preprocessors
 
-    depth = np.asarray(preprocessors.run("depth", picture(4), annotators=annotating.annotators))
-    assert (depth[..., 0] == depth[..., 1]).all() and (depth[..., 1] == depth[..., 2]).all()
-    assert depth.min() <= 2 and depth.max() >= 230  # (resized from the detect size)
+    for name in ("depth", "depth_leres"):
+        depth = np.asarray(preprocessors.run(name, picture(4), annotators=annotating.annotators))
+        assert (depth[..., 0] == depth[..., 1]).all() and (depth[..., 1] == depth[..., 2]).all()
+        assert depth.min() <= 2 and depth.max() >= 230, name  # (resized from the detect size)
 
 
 def test_normals_are_unit_vectors_in_colour(annotating):

@@ -41,6 +41,8 @@ NETWORKS: dict[str, tuple[str, ...]] = {
     # MiDaS DPT-Hybrid; "depth" is sd-webui-controlnet's name for it.
     "depth_midas": ("dpt_hybrid-midas-501f0c75.pt",),
     "depth": ("dpt_hybrid-midas-501f0c75.pt",),
+    # LeReS's depth (ResNeXt-101 encoder).
+    "depth_leres": ("res101.pth",),
     # Bae et al.'s surface normals (EfficientNet-B5 encoder).
     "normal_bae": ("scannet.pt",),
     # DWPose: the ONNX files sd-webui-controlnet and comfyui_controlnet_aux run.
@@ -50,7 +52,7 @@ NETWORKS: dict[str, tuple[str, ...]] = {
 #: ``models/annotators/``: the package each needs.
 PACKAGES: dict[str, str] = {"mediapipe_face": "mediapipe"}
 #: Spec 003's preprocessors whose networks huabu does not run yet.
-NOT_YET = frozenset({"depth_leres", "depth_leres++", "depth_zoe"})
+NOT_YET = frozenset({"depth_leres++", "depth_zoe"})
 
 
 def _installed(package: str) -> bool:

@@ -6,9 +6,9 @@ The networks and their pre- and post-processing are ported from controlnet_aux 0
 (Apache-2.0): HED is lllyasviel's Apache-2.0 ``ControlNetHED_Apache2``; the lineart generators
 are informative-drawings' (MIT); PiDiNet is :mod:`huabu.engine.pidinet`. OpenPose
 (:mod:`huabu.engine.openpose`) is written anew (its published code is non-commercial), and so
-is MiDaS (:mod:`huabu.engine.midas`, whose original needs timm), and Bae's normals
-(:mod:`huabu.engine.normal_bae`). Each gives the same outputs as controlnet_aux's module on
-the same weights (checked when written).
+is MiDaS (:mod:`huabu.engine.midas`, whose original needs timm), Bae's normals
+(:mod:`huabu.engine.normal_bae`) and LeReS (:mod:`huabu.engine.leres`). Each gives the same
+outputs as controlnet_aux's module on the same weights (checked when written).
 controlnet_aux itself cannot be imported here (its package imports torchvision and timm).
 Weights load with ``torch.load(weights_only=True)``: the ``.pth`` files are plain state
 dicts, and no code in them runs.
@@ -31,6 +31,7 @@ from torch import nn
 from huabu.catalog.preprocessors import NETWORKS
 from huabu.engine import midas, normal_bae, openpose
 from huabu.engine.dwpose import DwPose
+from huabu.engine.leres import Leres
 from huabu.engine.lineart_anime import AnimeLineart
 from huabu.engine.midas import DptHybrid
 from huabu.engine.mlsd import Mlsd, draw
@@ -134,6 +135,7 @@ _CLASSES: dict[str, Callable[[], nn.Module]] = {
     "facenet.pth": openpose.face_net,
     "dpt_hybrid-midas-501f0c75.pt": DptHybrid,
     "scannet.pt": NormalBae,
+    "res101.pth": Leres,
 }
 #: Keys a file may hold that its network does not use (dropped before a strict load).
 _UNUSED = {"dpt_hybrid-midas-501f0c75.pt": midas.UNUSED, "scannet.pt": normal_bae.UNUSED}
@@ -175,8 +177,9 @@ class Annotators:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
             state = state.get("state_dict", state)  # PiDiNet's is a training checkpoint
-            if isinstance(state.get("model"), dict):  # so are MiDaS's and Bae's, sometimes
-                state = state["model"]
+            for entry in ("model", "depth_model"):  # so are MiDaS's, Bae's and LeReS's
+                if isinstance(state.get(entry), dict):
+                    state = state[entry]
             unused = _UNUSED.get(file_name, ())
             state = {k.removeprefix("module."): v for k, v in state.items()}
             state = {k: v for k, v in state.items() if not k.startswith(unused)}
@@ -215,6 +218,8 @@ class Annotators:
                 edges = _anime(network, pixels)
             elif file_name == "dpt_hybrid-midas-501f0c75.pt":
                 edges = _depth(network, x)
+            elif file_name == "res101.pth":
+                edges = _leres(network, x)
             elif file_name == "table5_pidinet.pth":  # BGR in, as PiDiNet was trained
                 edge = network(x.flip(1) / 255.0)[0, 0].cpu().numpy()
                 edges = (_safe(edge) if name.endswith("safe") else edge) * 255.0
@@ -285,6 +290,19 @@ def _normals(network: nn.Module, x: torch.Tensor) -> np.ndarray:
     normal = network((x / 255.0 - mean) / std)[0, :3]
     normal = ((normal + 1) * 0.5).clip(0, 1).permute(1, 2, 0).cpu().numpy()
     return (normal * 255.0).clip(0, 255).astype(np.uint8)
+
+
+def _leres(network: nn.Module, x: torch.Tensor) -> np.ndarray:
+    """LeReS's depth (BGR in, ImageNet-normalised), scaled through 16 bits as controlnet_aux
+    does, and inverted: near is white."""
+    mean, std = (t.to(x.device)[None, :, None, None] for t in _IMAGENET)
+    depth = network((x.flip(1) / 255.0 - mean) / std)[0].cpu().numpy().astype(np.float64)
+    low, high = depth.min(), depth.max()
+    if high - low > np.finfo("float").eps:
+        depth = (65535 * (depth - low) / (high - low)).astype(np.uint16)
+    else:
+        depth = np.zeros(depth.shape, dtype=np.uint16)
+    return 255.0 - cv2.convertScaleAbs(depth, alpha=255.0 / 65535.0)
 
 
 def _depth(network: nn.Module, x: torch.Tensor) -> np.ndarray:
