@@ -121,6 +121,50 @@ def test_sdxl_extras_change_the_image_and_leave_nothing_behind(engine, xl, sampl
 
 
 @pytest.mark.slow
+def test_single_file_sdxl_controlnets_load_in_each_layout(settings, xl, tmp_path):
+    """An SDXL ControlNet as one file: in A1111's layout (``control_model.*``, its pooled-text
+    and size embedding as ``label_emb``) and under diffusers' own names (how the
+    ``diffusers_xl_*`` downloads come): the same weights as the folder, so the same image. A
+    shallower "mid" ControlNet (fewer transformer layers than its base) loads too."""
+    from diffusers import ControlNetModel
+    from safetensors.torch import save_file
+
+    from huabu.engine.demo import build_controlnet
+    from huabu.engine.demo_xl import build_pipeline
+    from huabu.engine.engine import Engine
+    from huabu.engine.ldm_layout import controlnet_to_ldm
+    from huabu.settings import Settings
+
+    models = tmp_path / "models"
+    (models / "checkpoints").mkdir(parents=True)
+    (models / "checkpoints" / "demo-xl").symlink_to(settings.models_dir / "checkpoints" / "demo-xl")
+    folder = models / "controlnet"
+    folder.mkdir()
+    (folder / "demo-xl-controlnet").symlink_to(
+        settings.models_dir / "controlnet" / "demo-xl-controlnet"
+    )
+    net = ControlNetModel.from_pretrained(folder / "demo-xl-controlnet")
+    state = {k: v.contiguous() for k, v in net.state_dict().items()}
+    save_file(controlnet_to_ldm(state, dict(net.config)), str(folder / "a1111.safetensors"))
+    save_file(state, str(folder / "diffusers.safetensors"))
+    pipe = build_pipeline()
+    pipe.unet.register_to_config(transformer_layers_per_block=[1, 1])
+    shallow = build_controlnet(pipe.__class__(**{**pipe.components, "unet": type(pipe.unet)(
+        **dict(pipe.unet.config))}))  # fmt: skip
+    save_file({k: v.contiguous() for k, v in shallow.state_dict().items()},
+              str(folder / "mid.safetensors"))  # fmt: skip
+    engine = Engine(Settings(home=tmp_path, threads=2))
+
+    def guided(model: str) -> Image.Image:
+        unit = ControlUnit(model=model, image=REF, preprocessor="none")
+        return engine.generate(xl(controlnets=(unit,)), control_images=[STRIPES]).images[0]
+
+    base = guided("demo-xl-controlnet")
+    assert max_difference(base, guided("a1111")) <= 1
+    assert max_difference(base, guided("diffusers")) <= 1
+    assert max_difference(engine.generate(xl()).images[0], guided("mid")) > 2
+
+
 def test_sdxl_img2img_and_inpainting_with_a_controlnet(engine, xl):
     from huabu.native import InpaintRef
 

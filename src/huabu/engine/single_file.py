@@ -190,13 +190,14 @@ def config_folder(configs: dict[str, Config], architecture: Architecture, cache:
 
 
 def single_file_controlnet(path: Path, name: str, unet: Any) -> Any:
-    """An A1111 ControlNet download (``control_model.*``, or bare keys) as a diffusers
-    ControlNet with ``unet``'s structure: a ControlNet is a copy of its base's encoder, so
-    the base model gives the config, and the file's hint-block shapes the rest (the base's
-    weights are not copied: the file has its own, and a base with LoRAs loaded has extra
-    layers that would not fit)."""
+    """A ControlNet in one ``.safetensors`` file, as a diffusers ControlNet with ``unet``'s
+    structure: A1111's downloads (``control_model.*`` or bare LDM keys, SD 1.x/2.x and SDXL),
+    or diffusers' own names in one file (how many SDXL ControlNets are shared, e.g.
+    ``diffusers_xl_canny_full.safetensors``). A ControlNet is a copy of its base's encoder,
+    so the base model gives the config; the file's hint-block shapes and transformer depths
+    give the rest (the base's weights are not copied: the file has its own, and a base with
+    LoRAs loaded has extra layers that would not fit)."""
     from diffusers import ControlNetModel
-    from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -204,25 +205,73 @@ def single_file_controlnet(path: Path, name: str, unet: Any) -> Any:
         state = load_file(str(path))
     except (OSError, SafetensorError) as exc:
         raise ModelUnavailable(f"ControlNet {name!r} is not a readable safetensors file") from exc
-    bare = {key.removeprefix("control_model."): value for key, value in state.items()}
-    hints = sorted(
-        (int(key.split(".")[1]), value.shape[0])
-        for key, value in bare.items()
-        if key.startswith("input_hint_block.") and key.endswith(".weight")
-    )
-    if "time_embed.0.weight" not in bare or len(hints) < 2:
-        raise ModelUnavailable(
-            f"ControlNet {name!r} is not a ControlNet in A1111's layout (control_model.*)"
-        )
-    channels = tuple(out for _, out in hints[:-1])[0::2]
+    if "controlnet_cond_embedding.conv_in.weight" in state:
+        converted = state
+    else:
+        converted = _controlnet_from_ldm(state, name, unet.config.layers_per_block)
+    embedding = "controlnet_cond_embedding."
+    blocks = _indices(converted, embedding + "blocks.")
+    widths = [converted[f"{embedding}blocks.{i}.weight"].shape[0] for i in blocks[1::2]]
+    channels = (converted[embedding + "conv_in.weight"].shape[0], *widths)
     try:
         model = ControlNetModel.from_unet(
             unet, conditioning_embedding_out_channels=channels, load_weights_from_unet=False
         )
-        converted = convert_controlnet_checkpoint(bare, dict(model.config))
+        depths = _transformer_depths(converted, dict(model.config))
+        if depths is not None:
+            model = ControlNetModel.from_config(
+                {**dict(model.config), "transformer_layers_per_block": depths}
+            )
         model.load_state_dict(converted, strict=True)
     except (RuntimeError, KeyError, ValueError, TypeError) as exc:
         raise ModelUnavailable(
             f"ControlNet {name!r} does not fit this checkpoint (made for another model family?)"
         ) from exc
     return model
+
+
+def _controlnet_from_ldm(state: dict[str, Any], name: str, per_level: int) -> dict[str, Any]:
+    """An A1111-layout ControlNet's weights under diffusers' names (SDXL's ``label_emb``, the
+    pooled-text and size embedding, included)."""
+    from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint
+
+    bare = {key.removeprefix("control_model."): value for key, value in state.items()}
+    hints = [key for key in bare if key.startswith("input_hint_block.")]
+    if "time_embed.0.weight" not in bare or len(hints) < 4:
+        raise ModelUnavailable(
+            f"ControlNet {name!r} is not a ControlNet in A1111's layout (control_model.*) or "
+            "diffusers' (controlnet_cond_embedding.*)"
+        )
+    hint_out = sorted(
+        (int(key.split(".")[1]), value.shape[0]) for key, value in bare.items()
+        if key.startswith("input_hint_block.") and key.endswith(".weight")
+    )  # fmt: skip
+    config = {
+        "layers_per_block": per_level,
+        "conditioning_embedding_out_channels": tuple(o for _, o in hint_out[:-1])[0::2],
+    }
+    try:
+        converted = convert_controlnet_checkpoint(bare, config)
+    except (KeyError, ValueError, IndexError) as exc:
+        raise ModelUnavailable(f"ControlNet {name!r} is damaged ({exc})") from exc
+    for ldm, hf in (("label_emb.0.0.", "add_embedding.linear_1."),
+                    ("label_emb.0.2.", "add_embedding.linear_2.")):  # fmt: skip
+        for part in ("weight", "bias"):
+            if ldm + part in bare:
+                converted[hf + part] = bare[ldm + part]
+    return converted
+
+
+def _transformer_depths(state: dict[str, Any], config: dict[str, Any]) -> list[int] | None:
+    """The transformer layers per down block the file has, where they differ from the base's
+    (SDXL's "mid" and "small" ControlNets are shallower than their base); None if not."""
+    depths = []
+    for level in range(len(config["down_block_types"])):
+        found = _indices(state, f"down_blocks.{level}.attentions.0.transformer_blocks.")
+        depths.append(len(found) or 1)
+    mid = _indices(state, "mid_block.attentions.0.transformer_blocks.")
+    base = config.get("transformer_layers_per_block", 1)
+    base_list = base if isinstance(base, list | tuple) else [base] * len(depths)
+    if mid and len(mid) != depths[-1]:
+        return None  # a mid block unlike the last level: leave it to the strict load to refuse
+    return None if list(base_list) == depths else depths
