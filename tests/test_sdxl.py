@@ -9,6 +9,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from helpers import REF, max_difference
@@ -308,6 +309,59 @@ def test_the_refiner_with_the_hires_fix_joins_the_pass_asked_for(engine, xl, sam
     # The hires pass runs int(6 × 0.6) steps; a k-diffusion sampler one more, as A1111's.
     total = 6 + int(6 * 0.6) + (sampler == "DPM fast")
     assert progress[-1] == (total, total) and all(t == total for _, t in progress), progress
+
+
+@pytest.mark.parametrize("sampler", samplers("Euler", "DPM fast"))
+def test_the_refiner_with_controlnet_units_and_inpainting(engine, xl, sampler):
+    """ControlNet units guide the base's steps (they fit its UNet only) and the refiner
+    finishes: each changes the image. Inpainting keeps its mask through the refiner's steps:
+    outside it the source stays."""
+    from huabu.native import InpaintRef
+    from huabu.native.generation import Refiner
+
+    refiner = Refiner(model="demo-xl-refiner", switch_at=0.5)
+    source = Image.new("RGB", (64, 64), (90, 160, 60))
+    for extra, images in (({}, {}), ({"init_image": REF, "strength": 0.8}, {"init_image": source})):
+        controlled = engine.generate(xl(sampler=sampler, controlnets=control(), **extra),
+                                     control_images=[STRIPES], **images).images[0]  # fmt: skip
+        refined = engine.generate(xl(sampler=sampler, refiner=refiner, **extra), **images).images[0]
+        progress: list[tuple[int, int]] = []
+        both = engine.generate(
+            xl(sampler=sampler, controlnets=control(), refiner=refiner, **extra),
+            control_images=[STRIPES], **images,
+            on_progress=lambda s, t, _p, seen=progress: seen.append((s, t)),
+        )  # fmt: skip
+        assert max_difference(both.images[0], controlled) > 2, extra  # the refiner took over
+        assert max_difference(both.images[0], refined) > 2, extra  # the units guided the base
+        assert progress[-1][0] == progress[-1][1], progress
+        assert "Refiner: demo-xl-refiner" in both.infotexts[0]
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (32, 0, 64, 64))
+    inpaint = xl(sampler=sampler, init_image=REF, strength=0.9, inpaint=InpaintRef(mask=REF))
+    alone = engine.generate(inpaint, init_image=source, mask_image=mask).images[0]
+    painted = engine.generate(inpaint.model_copy(update={"refiner": refiner}),
+                              init_image=source, mask_image=mask).images[0]  # fmt: skip
+    left = np.asarray(painted)[:, :24].astype(int) - np.asarray(source)[:, :24]
+    assert np.abs(left).max() <= 3  # outside the mask: the source, kept
+    assert max_difference(painted, alone) > 2  # inside: the refiner's work
+
+
+def test_stopping_early_is_diffusers_denoising_end(engine):
+    """Where a pipeline has no ``denoising_end`` (SDXL ControlNet image-to-image), the base
+    stops by interrupt at the same timestep: checked on one that has it."""
+    from huabu.engine.engine import _stopping_at
+
+    model = engine.cache._get("demo-xl")
+    common = dict(prompt="a fox", image=Image.new("RGB", (64, 64), (90, 160, 60)), strength=0.8,
+                  num_inference_steps=10, output_type="latent")  # fmt: skip
+
+    def run(**kwargs):
+        return model.img2img(generator=torch.Generator().manual_seed(3), **common, **kwargs).images
+
+    ended = run(denoising_end=0.6)
+    stopped = run(callback_on_step_end=_stopping_at(0.6, lambda pipe, i, t, values: values))
+    assert torch.equal(ended, stopped)
+    assert not torch.equal(ended, run())
 
 
 @pytest.mark.slow

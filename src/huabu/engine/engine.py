@@ -8,6 +8,7 @@ step; a cancellation check runs at every step and stops sampling by raising ``Ca
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -330,8 +331,13 @@ class Engine:
             }
         if inputs.refiner is not None:  # the base's part; _refine continues from there
             step, later = step.split(_refiner_steps(scheduler, request))
-            kwargs |= {"denoising_end": request.refiner.switch_at,
-                       "callback_on_step_end": step.diffusers_callback}  # fmt: skip
+            kwargs["callback_on_step_end"] = step.diffusers_callback
+            if "denoising_end" in inspect.signature(pipe_class.__call__).parameters:
+                kwargs["denoising_end"] = request.refiner.switch_at
+            else:  # diffusers' SDXL ControlNet image-to-image has none: stop where it would
+                kwargs["callback_on_step_end"] = _stopping_at(
+                    request.refiner.switch_at, step.diffusers_callback
+                )
         # A pipeline object holds per-call state; give it this request's scheduler only.
         call_pipe = pipe_class(**components)
         call_pipe.set_progress_bar_config(disable=True)
@@ -347,11 +353,19 @@ class Engine:
     def _refine(self, sampler, request, latents, generators, inputs, step) -> torch.Tensor:
         """The refiner's part of a diffusers sampler's run: the same sampler and generators
         continue, from where the base stopped, on the refiner (diffusers' ensemble of expert
-        denoisers: ``denoising_end`` then ``denoising_start`` at the same fraction)."""
+        denoisers: ``denoising_end`` then ``denoising_start`` at the same fraction). ControlNet
+        units stay with the base (they fit its UNet only); inpainting keeps its mask."""
         refiner, conditioning = inputs.refiner, inputs.refiner_conditioning
         scheduler = sampler.make_scheduler(refiner.img2img.scheduler.config,
                                            request.image_seeds())  # fmt: skip
-        pipe = type(refiner.img2img)(
+        from diffusers import StableDiffusionXLInpaintPipeline
+
+        masked, pipe_class = {}, type(refiner.img2img)
+        if inputs.plan is not None:
+            masked = {"mask_image": inputs.plan.mask, "width": request.width,
+                      "height": request.height}  # fmt: skip
+            pipe_class = StableDiffusionXLInpaintPipeline
+        pipe = pipe_class(
             **{**refiner.components, "scheduler": scheduler},
             requires_aesthetics_score=refiner.img2img.config.get(
                 "requires_aesthetics_score", False
@@ -359,6 +373,7 @@ class Engine:
         )
         pipe.set_progress_bar_config(disable=True)
         return pipe(
+            **masked,
             image=latents,
             denoising_start=request.refiner.switch_at,
             num_inference_steps=request.steps,
@@ -429,7 +444,9 @@ class Engine:
         model_fn: Denoiser | RefinerSwitch = denoiser
         if inputs.refiner is not None:  # the refiner's part: its UNet and prompt reading
             assert request.refiner is not None
-            refiner = self._denoiser(inputs.refiner, request, inputs.refiner_conditioning, step)
+            # (ControlNet units stay with the base; inpainting keeps its mask on the refiner.)
+            refiner = self._denoiser(inputs.refiner, request, inputs.refiner_conditioning, step,
+                                     keep=keep)  # fmt: skip
             model_fn = RefinerSwitch(denoiser, refiner, request.refiner.switch_at)
         total = len(sigmas) - 1
         report = step.fraction_reporter(total)
@@ -664,6 +681,23 @@ def _encode_prompts(model: LoadedModel, request: GenerationRequest) -> Any:
         [request.prompt, request.negative_prompt], request.embeddings
     )
     return model.prompt_encoder.encode(prompt, negative, request.clip_skip)
+
+
+def _stopping_at(switch_at: float, callback: Callable) -> Callable:
+    """``callback``, then an interrupt once the next timestep is below ``switch_at``'s cutoff:
+    diffusers' ``denoising_end``, for a pipeline without it."""
+
+    def stop(pipe, index, timestep, values):
+        values = callback(pipe, index, timestep, values)
+        train = pipe.scheduler.config.num_train_timesteps
+        cutoff = int(round(train - switch_at * train))
+        # The loop's timesteps: the schedule's last ones (image-to-image skips the first).
+        timesteps = pipe.scheduler.timesteps[-pipe.num_timesteps :]
+        if index + 1 >= len(timesteps) or timesteps[index + 1] < cutoff:
+            pipe._interrupt = True
+        return values
+
+    return stop
 
 
 def _refiner_steps(scheduler, request: GenerationRequest) -> int:

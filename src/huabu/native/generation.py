@@ -387,19 +387,11 @@ class GenerationRequest(BaseModel):
                 )
         if self.hires is not None:
             self._check_hires(self.hires, settings)
-        if self.refiner is not None:
-            if self.refiner.model == self.model:
-                raise InvalidRequest(
-                    "refiner.model: the refiner must be another checkpoint than model",
-                    param="refiner.model",
-                )
-            together = {"controlnets": self.controlnets, "inpaint": self.inpaint}
-            for field, used in together.items():
-                if used:
-                    raise InvalidRequest(
-                        f"refiner: the refiner does not run with {field} yet; leave one out",
-                        param="refiner",
-                    )
+        if self.refiner is not None and self.refiner.model == self.model:
+            raise InvalidRequest(
+                "refiner.model: the refiner must be another checkpoint than model",
+                param="refiner.model",
+            )
         seed = self.seed if self.seed >= 0 else secrets.randbelow(MAX_SEED - settings.max_images)
         subseed = self.subseed
         if subseed < 0 and self.subseed_strength > 0:
