@@ -335,9 +335,13 @@ def test_inpainting_with_a_painted_mask(page, server, accounts):
         page.mouse.move(box["x"] + box["width"] * 0.3, y, steps=5)
         page.mouse.up()
     page.get_by_role("button", name="Invert mask").click()
+    page.get_by_label("Mask blur", exact=True).fill("2")
+    page.get_by_label("Masked content").select_option("fill")
     page.get_by_role("button", name="Generate").click()
     card = page.locator(".task").first
     expect(card.get_by_role("status")).to_have_text("Done", timeout=60_000)
+    card.get_by_text("Parameters").click()
+    expect(card.locator("pre")).to_contain_text("Mask blur: 2")
     url = card.get_by_role("img", name="Image 1", exact=False).get_attribute("src")
     made = np.asarray(Image.open(io.BytesIO(httpx.get(url).content)).convert("RGB"), np.int16)
     kept = np.asarray(source, np.int16)
@@ -363,6 +367,8 @@ def test_models_adapters_and_controlnet_are_sent(page, server, accounts):
     unit = page.get_by_role("group", name="ControlNet unit 1")
     unit.get_by_label("Preprocessor").select_option("canny")
     unit.get_by_label("Control image").set_input_files(png_file("edges.png", gradient()))
+    unit.get_by_label("Start", exact=True).fill("0.1")
+    unit.get_by_label("End", exact=True).fill("0.8")
     page.get_by_role("combobox", name="IP-Adapter", exact=True).select_option("demo-ip-adapter")
     page.get_by_label("IP-Adapter image").set_input_files(png_file("look.png", gradient()))
     page.get_by_role("button", name="Generate").click()
@@ -381,10 +387,54 @@ def test_models_adapters_and_controlnet_are_sent(page, server, accounts):
     )
     request = sent["request"]
     assert request["embeddings"] == ["demo-embedding"]
-    assert [(u["model"], u["preprocessor"]) for u in request["controlnets"]] == [
-        ("demo-controlnet", "canny")
-    ]
+    units = [(u["model"], u["preprocessor"], u["start"], u["end"]) for u in request["controlnets"]]
+    assert units == [("demo-controlnet", "canny", 0.1, 0.8)]
     assert request["ip_adapter"]["name"] == "demo-ip-adapter"
+
+
+def test_hires_fix_refiner_variation_and_tiling_from_the_form(page, server, accounts):
+    from playwright.sync_api import expect
+
+    log_in(page, server, accounts, "ui-advanced@example.com")
+    page.get_by_label("Prompt", exact=True).fill("a lighthouse")
+    model = page.locator("#model")  # (its label lists its options)
+    model.select_option("demo-xl")
+    expect(model.locator("option", has_text="demo-xl-refiner")).to_have_count(0)
+    page.get_by_label("Size preset").select_option("64 × 64")
+    page.get_by_label("Steps", exact=True).fill("4")
+    page.get_by_label("Sampler").select_option("Euler")
+    page.get_by_text("Hires fix, refiner, variation, tiling").click()
+    page.get_by_label("Hires fix", exact=True).check()
+    page.get_by_label("Upscale by", exact=True).fill("1.5")
+    page.get_by_label("Hires steps", exact=True).fill("3")
+    page.get_by_role("combobox", name="Refiner", exact=True).select_option("demo-xl-refiner")
+    page.get_by_label("Switch at", exact=True).fill("0.6")
+    page.get_by_label("Variation seed", exact=True).fill("7")
+    page.get_by_label("Variation strength", exact=True).fill("0.3")
+    page.get_by_label("Tiling", exact=True).check()
+    page.get_by_role("button", name="Generate").click()
+    card = page.locator(".task").first
+    expect(card.get_by_role("status")).to_have_text("Done", timeout=90_000)
+    image = card.get_by_role("img", name="Image 1", exact=False)
+    assert image.evaluate("img => img.naturalWidth") == 96  # upscaled 1.5×
+    card.get_by_text("Parameters").click()
+    info = card.locator("pre")
+    for text in ("Hires upscale: 1.5", "Hires steps: 3", "Refiner: demo-xl-refiner",
+                 "Refiner switch at: 0.6", "Variation seed: 7", "Variation seed strength: 0.3",
+                 "Tiling: True"):  # fmt: skip
+        expect(info).to_contain_text(text)
+    # A fresh form, then the task's settings back, these included.
+    page.reload()
+    page.get_by_role("link", name="Gallery").click()
+    page.locator("#gallery .task", has_text="a lighthouse").get_by_role(
+        "button", name="Use these settings").click()  # fmt: skip
+    expect(page.get_by_label("Hires fix", exact=True)).to_be_checked()
+    expect(page.get_by_label("Upscale by", exact=True)).to_have_value("1.5")
+    expect(page.get_by_role("combobox", name="Refiner", exact=True)).to_have_value(
+        "demo-xl-refiner"
+    )
+    expect(page.get_by_label("Variation strength", exact=True)).to_have_value("0.3")
+    expect(page.get_by_label("Tiling", exact=True)).to_be_checked()
 
 
 def test_training_from_upload_to_use(page, server, accounts):
@@ -400,10 +450,19 @@ def test_training_from_upload_to_use(page, server, accounts):
     page.get_by_label("Base model").select_option("demo")
     page.get_by_label("Training steps", exact=True).fill("6")
     page.get_by_label("Resolution", exact=True).fill("64")
+    page.get_by_label("What the images show").select_option("Animals")
+    page.get_by_label("Rank", exact=True).fill("2")
+    page.get_by_label("Learning rate", exact=True).fill("0.0002")
     page.get_by_role("button", name="Start training").click()
     card = page.locator("#trainings .task").first
     expect(card).to_contain_text("Training: ui_fox")
     expect(card.get_by_role("status")).to_have_text("Done", timeout=120_000)
+    sent = page.evaluate(
+        """async (id) => (await fetch(`/huabu/v1/tasks/${id}`, {headers:
+        {Authorization: `Bearer ${localStorage.getItem("huabu.token")}`}})).json()""",
+        card.get_attribute("id").removeprefix("task-"),
+    )["request"]
+    assert (sent["main_body"], sent["rank"], sent["learning_rate"]) == ("Animals", 2, 0.0002)
     expect(page.locator("#trained")).to_contain_text("ui_fox")
     card.get_by_role("button", name="Generate with it").click()
     expect(page.get_by_label("Weight of ui_fox")).to_have_value("1")

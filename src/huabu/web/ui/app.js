@@ -48,6 +48,15 @@ const ZH = {
   "Name": "名称", "Trigger word": "触发词", "Base model": "基础模型", "Training steps": "训练步数",
   "Resolution": "分辨率", "Start training": "开始训练", "Your trained models": "你训练的模型",
   "Generate with it": "用它生成", "Trained": "已训练", "needs": "需要",
+  "Mask blur": "蒙版模糊", "Masked content": "蒙版区域内容", "original": "原图", "fill": "填充",
+  "Only masked": "仅重绘蒙版区域", "Padding": "边缘预留", "Start": "开始", "End": "结束",
+  "Hires fix, refiner, variation, tiling": "高清修复、精修模型、变异种子、平铺",
+  "Hires fix": "高清修复", "Upscale by": "放大倍数", "Upscaler": "放大算法",
+  "Hires steps": "高清修复步数", "Denoising strength": "重绘幅度", "Refiner": "精修模型",
+  "Switch at": "切换时机", "Variation seed": "变异种子", "Variation strength": "变异强度",
+  "Tiling": "平铺", "CLIP skip": "CLIP 跳过层", "What the images show": "图片内容",
+  "Style": "画风", "Human": "人物", "Architecture": "建筑", "Plants": "植物", "Animals": "动物",
+  "Rank": "秩", "Learning rate": "学习率",
 };
 let language = localStorage.getItem("huabu.language") || "en";
 const t = (text) => (language === "zh" && ZH[text]) || text;

@@ -23,11 +23,15 @@ const options = (select, values, empty) => select.replaceChildren(
 
 async function fillChoices() {
   const names = async (kind) => (await api("GET", `/models?kind=${kind}`)).data.map((m) => m.name);
-  const [checkpoints, loras, vaes, embeddings, controlnets, adapters, preprocessors, trained, newest] =
-    await Promise.all([names("checkpoints"), names("loras"), names("vae"), names("embeddings"),
-      names("controlnet"), names("ipadapter"), api("GET", "/preprocessors"),
+  const [models, loras, vaes, embeddings, controlnets, adapters, preprocessors, trained, newest] =
+    await Promise.all([api("GET", "/models?kind=checkpoints"), names("loras"), names("vae"),
+      names("embeddings"), names("controlnet"), names("ipadapter"), api("GET", "/preprocessors"),
       api("GET", "/trained-models"), api("GET", "/tasks?limit=1")]);
+  // A refiner only continues another model's image: it is offered as a refiner, not a model.
+  const refining = (m) => m.architecture === "SDXL refiner";
+  const checkpoints = models.data.filter((m) => !refining(m)).map((m) => m.name);
   options($("model"), checkpoints);
+  options($("refiner"), models.data.filter(refining).map((m) => m.name), "None");
   options($("train-base"), checkpoints);
   if ($("sampler").options.length === 0) options($("sampler"), SAMPLERS);
   options($("vae"), vaes, "Automatic");
@@ -141,10 +145,12 @@ function controlUnit() {
     <label><span></span> <select class="unit-preprocessor"></select></label>
     <label><span></span> <input class="unit-image" type="file" accept="image/png,image/jpeg,image/webp"></label>
     <label><span></span> <input class="unit-scale" type="number" min="0" max="2" step="0.05" value="1"></label>
+    <label><span></span> <input class="unit-start" type="number" min="0" max="1" step="0.05" value="0"></label>
+    <label><span></span> <input class="unit-end" type="number" min="0" max="1" step="0.05" value="1"></label>
     </div>`;
   unit.querySelector("legend").textContent = `${t("ControlNet unit")} ${number}`;
   const spans = unit.querySelectorAll("label > span");
-  ["ControlNet model", "Preprocessor", "Control image", "Control weight"]
+  ["ControlNet model", "Preprocessor", "Control image", "Control weight", "Start", "End"]
     .forEach((text, i) => { spans[i].textContent = t(text); });
   options(unit.querySelector(".unit-model"), library.controlnet);
   const pre = unit.querySelector(".unit-preprocessor");
@@ -199,7 +205,13 @@ async function requestBody() {
     body.init_image = source.id;
     body.strength = number("strength");
     const mask = await painter.mask();
-    if (mask) body.inpaint = { mask: (await upload(mask, "inpaint")).id };
+    if (mask) {
+      body.inpaint = {
+        mask: (await upload(mask, "inpaint")).id, blur: number("inpaint-blur"),
+        fill: $("inpaint-fill").value, only_masked: $("inpaint-only-masked").checked,
+        padding: number("inpaint-padding"),
+      };
+    }
   }
   const units = [...$("units").children];
   if (units.length) {
@@ -207,11 +219,24 @@ async function requestBody() {
       model: unit.querySelector(".unit-model").value, image: unit.dataset.image || null,
       preprocessor: unit.querySelector(".unit-preprocessor").value,
       scale: Number(unit.querySelector(".unit-scale").value),
+      start: Number(unit.querySelector(".unit-start").value),
+      end: Number(unit.querySelector(".unit-end").value),
     }));
   }
   if ($("ip-name").value) {
     body.ip_adapter = { name: $("ip-name").value, image: ipImage, scale: number("ip-scale") };
   }
+  if ($("hires-on").checked) {
+    body.hires = { scale: number("hires-scale"), upscaler: $("hires-upscaler").value,
+      steps: number("hires-steps"), strength: number("hires-strength") };
+  }
+  if ($("refiner").value) body.refiner = { model: $("refiner").value, switch_at: number("refiner-switch") };
+  if (number("subseed_strength") > 0) {
+    body.subseed = number("subseed");
+    body.subseed_strength = number("subseed_strength");
+  }
+  if ($("tiling").checked) body.tiling = true;
+  if (number("clip_skip") !== 1) body.clip_skip = number("clip_skip");
   return body;
 }
 
@@ -241,6 +266,22 @@ function useSettings(task) {
     box.checked = (request.embeddings || []).includes(box.value);
   }
   if (chosenLoras.length || request.vae || (request.embeddings || []).length) $("extras").open = true;
+  const hires = request.hires;
+  $("hires-on").checked = Boolean(hires);
+  if (hires) {
+    $("hires-scale").value = hires.scale;
+    $("hires-upscaler").value = hires.upscaler;
+    $("hires-steps").value = hires.steps;
+    $("hires-strength").value = hires.strength;
+  }
+  $("refiner").value = request.refiner ? request.refiner.model : "";
+  if (request.refiner) $("refiner-switch").value = request.refiner.switch_at;
+  $("subseed").value = request.subseed ?? -1;
+  $("subseed_strength").value = request.subseed_strength ?? 0;
+  $("tiling").checked = Boolean(request.tiling);
+  $("clip_skip").value = request.clip_skip ?? 1;
+  if (hires || request.refiner || request.subseed_strength > 0 || request.tiling
+    || request.clip_skip > 1) $("advanced").open = true;
   location.hash = "#generate";
   $("prompt").focus();
 }

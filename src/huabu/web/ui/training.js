@@ -39,7 +39,11 @@ trainingForm.addEventListener("submit", async (event) => {
       name, datasets: [dataset.id], trigger_word: $("train-trigger").value,
       base_model: $("train-base").value || null, steps: Number($("train-steps").value),
     };
-    if ($("train-resolution").value) body.resolution = Number($("train-resolution").value);
+    body.main_body = $("train-body").value;
+    for (const [id, field] of [["train-resolution", "resolution"], ["train-rank", "rank"],
+      ["train-lr", "learning_rate"]]) {
+      if ($(id).value) body[field] = Number($(id).value);
+    }
     const task = await api("POST", "/trainings", body).catch(async (error) => {
       await api("DELETE", `/datasets/${dataset.id}`).catch(() => null);  // nothing left behind
       throw error;
