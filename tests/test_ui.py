@@ -412,11 +412,13 @@ def test_hires_fix_refiner_variation_and_tiling_from_the_form(page, server, acco
     page.get_by_label("Variation seed", exact=True).fill("7")
     page.get_by_label("Variation strength", exact=True).fill("0.3")
     page.get_by_label("Tiling", exact=True).check()
+    page.get_by_role("combobox", name="Image format").select_option("webp")
     page.get_by_role("button", name="Generate").click()
     card = page.locator(".task").first
     expect(card.get_by_role("status")).to_have_text("Done", timeout=90_000)
     image = card.get_by_role("img", name="Image 1", exact=False)
     assert image.evaluate("img => img.naturalWidth") == 96  # upscaled 1.5×
+    assert httpx.get(image.get_attribute("src")).headers["content-type"] == "image/webp"
     card.get_by_text("Parameters").click()
     info = card.locator("pre")
     for text in ("Hires upscale: 1.5", "Hires steps: 3", "Refiner: demo-xl-refiner",

@@ -56,7 +56,9 @@ const ZH = {
   "Switch at": "切换时机", "Variation seed": "变异种子", "Variation strength": "变异强度",
   "Tiling": "平铺", "CLIP skip": "CLIP 跳过层", "What the images show": "图片内容",
   "Style": "画风", "Human": "人物", "Architecture": "建筑", "Plants": "植物", "Animals": "动物",
-  "Rank": "秩", "Learning rate": "学习率",
+  "Rank": "秩", "Learning rate": "学习率", "Resize width to": "宽度调整为",
+  "Resize height to": "高度调整为", "Refiner in hires fix": "高清修复中的精修",
+  "second pass": "第二遍", "first pass": "第一遍", "both passes": "两遍", "Image format": "图片格式",
 };
 let language = localStorage.getItem("huabu.language") || "en";
 const t = (text) => (language === "zh" && ZH[text]) || text;

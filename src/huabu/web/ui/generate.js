@@ -228,9 +228,14 @@ async function requestBody() {
   }
   if ($("hires-on").checked) {
     body.hires = { scale: number("hires-scale"), upscaler: $("hires-upscaler").value,
-      steps: number("hires-steps"), strength: number("hires-strength") };
+      steps: number("hires-steps"), strength: number("hires-strength"),
+      resize_width: number("hires-width"), resize_height: number("hires-height") };
   }
-  if ($("refiner").value) body.refiner = { model: $("refiner").value, switch_at: number("refiner-switch") };
+  if ($("refiner").value) {
+    body.refiner = { model: $("refiner").value, switch_at: number("refiner-switch"),
+      hires_pass: $("refiner-pass").value };
+  }
+  if ($("output_format").value !== "png") body.output_format = $("output_format").value;
   if (number("subseed_strength") > 0) {
     body.subseed = number("subseed");
     body.subseed_strength = number("subseed_strength");
@@ -273,9 +278,15 @@ function useSettings(task) {
     $("hires-upscaler").value = hires.upscaler;
     $("hires-steps").value = hires.steps;
     $("hires-strength").value = hires.strength;
+    $("hires-width").value = hires.resize_width;
+    $("hires-height").value = hires.resize_height;
   }
   $("refiner").value = request.refiner ? request.refiner.model : "";
-  if (request.refiner) $("refiner-switch").value = request.refiner.switch_at;
+  if (request.refiner) {
+    $("refiner-switch").value = request.refiner.switch_at;
+    $("refiner-pass").value = request.refiner.hires_pass;
+  }
+  $("output_format").value = request.output_format || "png";
   $("subseed").value = request.subseed ?? -1;
   $("subseed_strength").value = request.subseed_strength ?? 0;
   $("tiling").checked = Boolean(request.tiling);
