@@ -224,8 +224,11 @@ def picture(seed: int) -> Image.Image:
 
 
 @pytest.mark.parametrize(
-    "name", sorted(n for n in NETWORKS if "pose" not in n) + ["openpose_full", "dwpose"]
-)  # the other openpose variants: in test_openpose_draws_bodies_hands_and_faces_as_asked
+    "name",
+    sorted(n for n in NETWORKS if "pose" not in n and n not in ("depth", "lineart"))
+    + ["openpose", "dwpose"],
+)  # the aliases depth and lineart run the same networks (depth: in the grey-map test); the
+# other openpose variants: in test_openpose_draws_bodies_hands_and_faces_as_asked
 def test_each_network_preprocessor_maps_its_input(annotating, name, quick_pose):
     from huabu.engine import preprocessors
 

@@ -183,8 +183,9 @@ class Annotators:
             unused = _UNUSED.get(file_name, ())
             state = {k.removeprefix("module."): v for k, v in state.items()}
             state = {k: v for k, v in state.items() if not k.startswith(unused)}
-            network = _CLASSES[file_name]()
-            network.load_state_dict(state)
+            with torch.device("meta"):  # no random initialisation: the file has every weight
+                network = _CLASSES[file_name]()
+            network.load_state_dict(state, assign=True)
         except (OSError, RuntimeError, ValueError, KeyError, AttributeError) as exc:
             raise ModelUnavailable(
                 f"annotator file models/annotators/{file_name} is damaged or not the network "
