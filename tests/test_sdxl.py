@@ -122,6 +122,7 @@ def test_sdxl_extras_change_the_image_and_leave_nothing_behind(engine, xl, sampl
 
 
 @pytest.mark.slow
+@pytest.mark.slow  # an engine of its own, or a pipeline run outside the engine
 def test_single_file_sdxl_controlnets_load_in_each_layout(settings, xl, tmp_path):
     """An SDXL ControlNet as one file: in A1111's layout (``control_model.*``, its pooled-text
     and size embedding as ``label_emb``) and under diffusers' own names (how the
@@ -251,6 +252,7 @@ def test_the_refiner_with_image_to_image(engine, xl):
     assert max_difference(plain, refined) > 2
 
 
+@pytest.mark.slow  # an engine of its own, or a pipeline run outside the engine
 def test_a_single_file_refiner_loads_as_its_folder(settings, xl, tmp_path):
     """The refiner in the layout of its download (sd_xl_refiner_1.0.safetensors: the one
     OpenCLIP encoder as conditioner.embedders.0, an aesthetic score in the UNet's extra
@@ -349,6 +351,7 @@ def test_the_refiner_with_controlnet_units_and_inpainting(engine, xl, sampler):
     assert max_difference(painted, alone) > 2  # inside: the refiner's work
 
 
+@pytest.mark.slow
 def test_stopping_early_is_diffusers_denoising_end(engine):
     """Where a pipeline has no ``denoising_end`` (SDXL ControlNet image-to-image), the base
     stops by interrupt at the same timestep: checked on one that has it."""
