@@ -58,6 +58,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/fleet.py
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/speed.py
+	$(BIN)/python bench/annotators.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
