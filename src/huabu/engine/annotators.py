@@ -281,14 +281,19 @@ def _anime(network: nn.Module, pixels: np.ndarray) -> np.ndarray:
     return 255 - line.clip(0, 255)
 
 
-#: ImageNet's mean and deviation (what the normals network was trained on).
+#: ImageNet's mean and deviation (what the normals and LeReS networks were trained on).
 _IMAGENET = (torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225]))
+
+
+def _imagenet(x: torch.Tensor) -> torch.Tensor:
+    """0…255 pixels normalised with ImageNet's mean and deviation (per channel, in order)."""
+    mean, std = (t.to(x.device)[None, :, None, None] for t in _IMAGENET)
+    return (x / 255.0 - mean) / std
 
 
 def _normals(network: nn.Module, x: torch.Tensor) -> np.ndarray:
     """Bae's surface normals, −1…1 per axis mapped to 0…255."""
-    mean, std = (t.to(x.device)[None, :, None, None] for t in _IMAGENET)
-    normal = network((x / 255.0 - mean) / std)[0, :3]
+    normal = network(_imagenet(x))[0, :3]
     normal = ((normal + 1) * 0.5).clip(0, 1).permute(1, 2, 0).cpu().numpy()
     return (normal * 255.0).clip(0, 255).astype(np.uint8)
 
@@ -296,8 +301,7 @@ def _normals(network: nn.Module, x: torch.Tensor) -> np.ndarray:
 def _leres(network: nn.Module, x: torch.Tensor) -> np.ndarray:
     """LeReS's depth (BGR in, ImageNet-normalised), scaled through 16 bits as controlnet_aux
     does, and inverted: near is white."""
-    mean, std = (t.to(x.device)[None, :, None, None] for t in _IMAGENET)
-    depth = network((x.flip(1) / 255.0 - mean) / std)[0].cpu().numpy().astype(np.float64)
+    depth = network(_imagenet(x.flip(1)))[0].cpu().numpy().astype(np.float64)
     low, high = depth.min(), depth.max()
     if high - low > np.finfo("float").eps:
         depth = (65535 * (depth - low) / (high - low)).astype(np.uint16)

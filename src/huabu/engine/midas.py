@@ -34,22 +34,32 @@ def same_pad(x: torch.Tensor, kernel: int, stride: int, value: float = 0.0) -> t
     return x
 
 
-class _StdConv(nn.Conv2d):
-    """A weight-standardised convolution (each filter to zero mean, unit variance), padded
-    "same"."""
+class SameConv(nn.Conv2d):
+    """A bias-free convolution padded as TensorFlow's "same" (statically where stride 1
+    allows, else per input; timm's and gen-efficientnet's ``Conv2dSame``)."""
 
-    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int = 1) -> None:
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int = 1, groups: int = 1):
         static = stride == 1
         super().__init__(c_in, c_out, kernel, stride, padding=(kernel - 1) // 2 if static else 0,
-                         bias=False)  # fmt: skip
+                         groups=groups, bias=False)  # fmt: skip
         self.dynamic = not static
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.dynamic:
             x = same_pad(x, self.kernel_size[0], self.stride[0])
+        return self._conv_forward(x, self.filters(), None)
+
+    def filters(self) -> torch.Tensor:
+        return self.weight
+
+
+class _StdConv(SameConv):
+    """A weight-standardised "same" convolution (each filter to zero mean, unit variance)."""
+
+    def filters(self) -> torch.Tensor:
         flat = self.weight.reshape(1, self.out_channels, -1)
         weight = F.batch_norm(flat, None, None, training=True, momentum=0.0, eps=1e-8)
-        return F.conv2d(x, weight.reshape_as(self.weight), None, self.stride, self.padding)
+        return weight.reshape_as(self.weight)
 
 
 class _GroupNormAct(nn.GroupNorm):

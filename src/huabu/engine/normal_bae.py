@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from huabu.engine.midas import same_pad
+from huabu.engine.midas import SameConv
 
 #: EfficientNet-B0's stages (block kind, repeats, kernel, stride, expansion, channels) and
 #: B5's multipliers of channels and depth.
@@ -33,20 +33,7 @@ def _divisible(value: float, divisor: int = 8) -> int:
 
 def _conv(c_in: int, c_out: int, kernel: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
     """A bias-free convolution padded as TensorFlow's "same"."""
-    return _SameConv(c_in, c_out, kernel, stride, groups)
-
-
-class _SameConv(nn.Conv2d):
-    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, groups: int) -> None:
-        static = stride == 1
-        super().__init__(c_in, c_out, kernel, stride, padding=(kernel - 1) // 2 if static else 0,
-                         groups=groups, bias=False)  # fmt: skip
-        self.dynamic = not static
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.dynamic:
-            x = same_pad(x, self.kernel_size[0], self.stride[0])
-        return super().forward(x)
+    return SameConv(c_in, c_out, kernel, stride, groups)
 
 
 def _bn(channels: int) -> nn.BatchNorm2d:
