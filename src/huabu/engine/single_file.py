@@ -122,22 +122,20 @@ def derive_configs(
         if architecture is Architecture.SD1:
             prefix = "cond_stage_model.transformer.text_model."
             _derive_clip(header.shapes, prefix, configs["text_encoder"])
-        elif architecture is Architecture.SDXL:
-            prefix = "conditioner.embedders.0.transformer.text_model."
-            _derive_clip(header.shapes, prefix, configs["text_encoder"])
+        elif architecture.is_sdxl:
+            # SDXL: CLIP-L as embedder 0, OpenCLIP as 1; its refiner: OpenCLIP alone, as 0.
+            refiner = architecture is Architecture.SDXL_REFINER
+            if not refiner:
+                prefix = "conditioner.embedders.0.transformer.text_model."
+                _derive_clip(header.shapes, prefix, configs["text_encoder"])
             second = configs["text_encoder_2"]
-            _derive_open_clip(header.shapes, "conditioner.embedders.1.model.", second)
-            # The UNet's extra embedding takes the pooled text and six size/crop numbers.
+            prefix = f"conditioner.embedders.{0 if refiner else 1}.model."
+            _derive_open_clip(header.shapes, prefix, second)
+            # The UNet's extra embedding takes the pooled text and six numbers (original size,
+            # crop, target size), or the refiner's five (an aesthetic score for the target).
             unet = configs["unet"]
             extra = unet["projection_class_embeddings_input_dim"] - second["projection_dim"]
-            unet["addition_time_embed_dim"] = extra // 6
-        elif architecture is Architecture.SDXL_REFINER:  # the second encoder alone
-            second = configs["text_encoder_2"]
-            _derive_open_clip(header.shapes, "conditioner.embedders.0.model.", second)
-            # ... and five numbers: the original size, the crop and the aesthetic score.
-            unet = configs["unet"]
-            extra = unet["projection_class_embeddings_input_dim"] - second["projection_dim"]
-            unet["addition_time_embed_dim"] = extra // 5
+            unet["addition_time_embed_dim"] = extra // (5 if refiner else 6)
     except (KeyError, StopIteration, IndexError) as exc:
         raise ModelUnavailable(
             f"checkpoint looks like {architecture.label} but lacks expected tensors ({exc})"
@@ -236,16 +234,15 @@ def _controlnet_from_ldm(state: dict[str, Any], name: str, per_level: int) -> di
     from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint
 
     bare = {key.removeprefix("control_model."): value for key, value in state.items()}
-    hints = [key for key in bare if key.startswith("input_hint_block.")]
-    if "time_embed.0.weight" not in bare or len(hints) < 4:
-        raise ModelUnavailable(
-            f"ControlNet {name!r} is not a ControlNet in A1111's layout (control_model.*) or "
-            "diffusers' (controlnet_cond_embedding.*)"
-        )
     hint_out = sorted(
         (int(key.split(".")[1]), value.shape[0]) for key, value in bare.items()
         if key.startswith("input_hint_block.") and key.endswith(".weight")
     )  # fmt: skip
+    if "time_embed.0.weight" not in bare or len(hint_out) < 2:
+        raise ModelUnavailable(
+            f"ControlNet {name!r} is not a ControlNet in A1111's layout (control_model.*) or "
+            "diffusers' (controlnet_cond_embedding.*)"
+        )
     config = {
         "layers_per_block": per_level,
         "conditioning_embedding_out_channels": tuple(o for _, o in hint_out[:-1])[0::2],
