@@ -8,7 +8,7 @@ const SAMPLERS = ["Euler a", "Euler", "LMS", "Heun", "DPM2", "DPM2 a", "DPM++ 2S
 const SIZES = [[512, 512], [768, 512], [512, 768], [768, 768], [1024, 1024], [1216, 832],
   [832, 1216], [256, 256], [64, 64]];
 const FORM_FIELDS = ["prompt", "negative_prompt", "model", "sampler", "steps", "width", "height",
-  "seed", "n_images", "guidance"];
+  "seed", "n_images", "guidance", "subseed", "subseed_strength", "clip_skip", "output_format"];
 const MAX_UNITS = 3;
 // The library, as the choices offer it.
 const library = { loras: [], controlnet: [], ipadapter: [], preprocessors: [] };
@@ -286,11 +286,7 @@ function useSettings(task) {
     $("refiner-switch").value = request.refiner.switch_at;
     $("refiner-pass").value = request.refiner.hires_pass;
   }
-  $("output_format").value = request.output_format || "png";
-  $("subseed").value = request.subseed ?? -1;
-  $("subseed_strength").value = request.subseed_strength ?? 0;
   $("tiling").checked = Boolean(request.tiling);
-  $("clip_skip").value = request.clip_skip ?? 1;
   if (hires || request.refiner || request.subseed_strength > 0 || request.tiling
     || request.clip_skip > 1) $("advanced").open = true;
   location.hash = "#generate";
