@@ -1,6 +1,6 @@
 """What the network preprocessors cost on this machine, at A1111's processor resolution.
 
-    .venv/bin/python bench/annotators.py [--size 512] [--runs 3]
+    .venv/bin/python bench/annotators.py [--size 512] [--runs 3] [--only NAME]
 
 Each annotator file is written in its published layout with random weights of the real
 network's size (the published files cannot be downloaded here: the numbers are the networks'
@@ -25,26 +25,30 @@ from PIL import Image
 
 from huabu.engine import demo, preprocessors
 from huabu.engine.annotators import Annotators
-from huabu.engine.leres import Leres
+from huabu.engine.leres import Leres, MergeNet
 from huabu.engine.midas import DptHybrid
 from huabu.engine.normal_bae import NormalBae
 from huabu.native import GenerationRequest
 from huabu.settings import Settings
 
-NETWORKS = {
-    "depth_midas": ("dpt_hybrid-midas-501f0c75.pt", DptHybrid),
-    "normal_bae": ("scannet.pt", NormalBae),
-    "depth_leres": ("res101.pth", Leres),
+#: The annotator files written, and the preprocessors timed.
+FILES = {
+    "dpt_hybrid-midas-501f0c75.pt": DptHybrid,
+    "scannet.pt": NormalBae,
+    "res101.pth": Leres,
+    "latest_net_G.pth": MergeNet,
 }
+NAMES = ("depth_midas", "normal_bae", "depth_leres", "depth_leres++", "mediapipe_face")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--only", choices=NAMES, help="time this preprocessor alone")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="huabu-annotators-"))
-    for file_name, network in NETWORKS.values():
+    for file_name, network in FILES.items():
         torch.save({k: v.half() for k, v in network().state_dict().items()}, folder / file_name)
     annotators = Annotators(lambda name: folder / name, torch.device("cpu"))
     photo = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
@@ -63,7 +67,7 @@ def main() -> None:
     )
     print(f"demo generation, 20 steps at {args.size}²: {generation:.2f} s "
           f"({torch.get_num_threads()} threads)")  # fmt: skip
-    for name in [*NETWORKS, "mediapipe_face"]:
+    for name in [args.only] if args.only else NAMES:
         first = _timed(lambda n=name: preprocessors.run(n, image, annotators=annotators))
         again = statistics.median(
             _timed(lambda n=name: preprocessors.run(n, image, annotators=annotators))

@@ -14,7 +14,7 @@ from PIL import Image
 from helpers import REF, max_difference
 from huabu.catalog.preprocessors import NETWORKS, NOT_YET, PACKAGES, WEIGHTLESS, check, listing
 from huabu.engine.annotators import Hed, LineartGenerator
-from huabu.engine.leres import Leres
+from huabu.engine.leres import Leres, MergeNet
 from huabu.engine.lineart_anime import AnimeLineart
 from huabu.engine.midas import DptHybrid
 from huabu.engine.mlsd import Mlsd
@@ -85,6 +85,9 @@ def annotated(tmp_path_factory, settings):
     # LeReS's: the network under "depth_model", saved from DataParallel.
     leres = {f"module.{k}": v.half() for k, v in Leres().state_dict().items()}
     torch.save({"depth_model": leres}, folder / "res101.pth")
+    # The boosting's merge network, as pix2pix saves it (a plain state dict).
+    merge = {k: v.half() for k, v in MergeNet().state_dict().items()}
+    torch.save(merge, folder / "latest_net_G.pth")
     return Settings(home=home, threads=2)
 
 
@@ -227,8 +230,9 @@ def picture(seed: int) -> Image.Image:
     "name",
     sorted(n for n in NETWORKS if "pose" not in n and n not in ("depth", "lineart"))
     + ["openpose", "dwpose"],
-)  # the aliases depth and lineart run the same networks (depth: in the grey-map test); the
-# other openpose variants: in test_openpose_draws_bodies_hands_and_faces_as_asked
+)  # the aliases depth and lineart run the same networks as depth_midas and
+# lineart_realistic; the other openpose variants: in
+# test_openpose_draws_bodies_hands_and_faces_as_asked
 def test_each_network_preprocessor_maps_its_input(annotating, name, quick_pose):
     from huabu.engine import preprocessors
 
@@ -241,6 +245,10 @@ def test_each_network_preprocessor_maps_its_input(annotating, name, quick_pose):
     assert max_difference(*maps) > 0  # the map depends on the input
     if name.startswith("scribble"):  # scribbles are black and white
         assert set(np.unique(np.asarray(maps[0]))) <= {0, 255}
+    if name.startswith("depth"):  # grey, scaled to the full range: far black, near white
+        depth = np.asarray(maps[0])
+        assert (depth[..., 0] == depth[..., 1]).all() and (depth[..., 1] == depth[..., 2]).all()
+        assert depth.min() <= 2 and depth.max() >= 230  # (resized from the detect size)
 
 
 def test_openpose_draws_bodies_hands_and_faces_as_asked(annotating, quick_pose):
@@ -299,14 +307,24 @@ def test_dwpose_draws_the_whole_body_where_the_network_finds_it(annotating):
     assert {tuple(int(c * 0.6) for c in colour) for colour in COLOURS} & colours  # limbs
 
 
-def test_depth_is_grey_from_far_black_to_near_white(annotating):
-    """MiDaS's inverse depth, scaled to its full range: grey, black to white."""
-    from huabu.engine import preprocessors
+def test_leres_boost_refines_where_the_picture_has_detail():
+    """depth_leres++'s plan, without the networks: the resolution search settles on the
+    receptive field for a picture whose detail is in one corner (more of it is far from an
+    edge), and the patches it refines cover that corner, none the flat rest."""
+    from huabu.engine.leres_boost import RECEPTIVE_FIELD, _patches, _processing_resolution
 
-    for name in ("depth", "depth_leres"):
-        depth = np.asarray(preprocessors.run(name, picture(4), annotators=annotating.annotators))
-        assert (depth[..., 0] == depth[..., 1]).all() and (depth[..., 1] == depth[..., 2]).all()
-        assert depth.min() <= 2 and depth.max() >= 230, name  # (resized from the detect size)
+    pixels = np.full((448, 448, 3), 120, np.uint8)
+    pixels[20:120, 30:140] = np.random.default_rng(1).integers(0, 255, (100, 110, 3))
+    size, density = _processing_resolution(pixels, RECEPTIVE_FIELD, 0.2, 3, 1600)
+    assert size == RECEPTIVE_FIELD and 0 < density < 0.2
+    textured = np.random.default_rng(2).integers(0, 255, (448, 448, 3), np.uint8)
+    assert _processing_resolution(textured, RECEPTIVE_FIELD, 0.2, 3, 1600)[0] > size
+    big = cv2.resize(pixels, (2240, 2240), interpolation=cv2.INTER_CUBIC)
+    patches = _patches(big, 2 * RECEPTIVE_FIELD, 0.2)
+    assert patches
+    for x, y, w, h in patches:  # each overlaps the detailed corner (×5: 100…700, 150…600)
+        assert x < 700 and y < 600 and x + w > 150 and y + h > 100
+    assert [p[2] for p in patches] == sorted((p[2] for p in patches), reverse=True)
 
 
 def test_normals_are_unit_vectors_in_colour(annotating):

@@ -43,6 +43,8 @@ NETWORKS: dict[str, tuple[str, ...]] = {
     "depth": ("dpt_hybrid-midas-501f0c75.pt",),
     # LeReS's depth (ResNeXt-101 encoder).
     "depth_leres": ("res101.pth",),
+    # ... boosted by merging several resolutions (Miangoleh et al.) with pix2pix's merge network.
+    "depth_leres++": ("res101.pth", "latest_net_G.pth"),
     # Bae et al.'s surface normals (EfficientNet-B5 encoder).
     "normal_bae": ("scannet.pt",),
     # DWPose: the ONNX files sd-webui-controlnet and comfyui_controlnet_aux run.
@@ -52,7 +54,7 @@ NETWORKS: dict[str, tuple[str, ...]] = {
 #: ``models/annotators/``: the package each needs.
 PACKAGES: dict[str, str] = {"mediapipe_face": "mediapipe"}
 #: Spec 003's preprocessors whose networks huabu does not run yet.
-NOT_YET = frozenset({"depth_leres++", "depth_zoe"})
+NOT_YET = frozenset({"depth_zoe"})
 
 
 def _installed(package: str) -> bool:

@@ -29,9 +29,9 @@ from PIL import Image
 from torch import nn
 
 from huabu.catalog.preprocessors import NETWORKS
-from huabu.engine import midas, normal_bae, openpose
+from huabu.engine import leres_boost, midas, normal_bae, openpose
 from huabu.engine.dwpose import DwPose
-from huabu.engine.leres import Leres
+from huabu.engine.leres import Leres, MergeNet
 from huabu.engine.lineart_anime import AnimeLineart
 from huabu.engine.midas import DptHybrid
 from huabu.engine.mlsd import Mlsd, draw
@@ -136,6 +136,7 @@ _CLASSES: dict[str, Callable[[], nn.Module]] = {
     "dpt_hybrid-midas-501f0c75.pt": DptHybrid,
     "scannet.pt": NormalBae,
     "res101.pth": Leres,
+    "latest_net_G.pth": MergeNet,
 }
 #: Keys a file may hold that its network does not use (dropped before a strict load).
 _UNUSED = {"dpt_hybrid-midas-501f0c75.pt": midas.UNUSED, "scannet.pt": normal_bae.UNUSED}
@@ -219,8 +220,9 @@ class Annotators:
                 edges = _anime(network, pixels)
             elif file_name == "dpt_hybrid-midas-501f0c75.pt":
                 edges = _depth(network, x)
-            elif file_name == "res101.pth":
-                edges = _leres(network, x)
+            elif file_name == "res101.pth":  # depth_leres++ boosts it with the merge network
+                merger = self.network("latest_net_G.pth") if more else None
+                edges = _leres(network, pixels, merger)
             elif file_name == "table5_pidinet.pth":  # BGR in, as PiDiNet was trained
                 edge = network(x.flip(1) / 255.0)[0, 0].cpu().numpy()
                 edges = (_safe(edge) if name.endswith("safe") else edge) * 255.0
@@ -285,10 +287,11 @@ def _anime(network: nn.Module, pixels: np.ndarray) -> np.ndarray:
 _IMAGENET = (torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225]))
 
 
-def _imagenet(x: torch.Tensor) -> torch.Tensor:
-    """0…255 pixels normalised with ImageNet's mean and deviation (per channel, in order)."""
+def _imagenet(x: torch.Tensor, scale: float = 1 / 255) -> torch.Tensor:
+    """0…255 pixels normalised with ImageNet's mean and deviation (per channel, in order),
+    after scaling by ``scale``."""
     mean, std = (t.to(x.device)[None, :, None, None] for t in _IMAGENET)
-    return (x / 255.0 - mean) / std
+    return (x * scale - mean) / std
 
 
 def _normals(network: nn.Module, x: torch.Tensor) -> np.ndarray:
@@ -298,10 +301,26 @@ def _normals(network: nn.Module, x: torch.Tensor) -> np.ndarray:
     return (normal * 255.0).clip(0, 255).astype(np.uint8)
 
 
-def _leres(network: nn.Module, x: torch.Tensor) -> np.ndarray:
-    """LeReS's depth (BGR in, ImageNet-normalised), scaled through 16 bits as controlnet_aux
-    does, and inverted: near is white."""
-    depth = network(_imagenet(x.flip(1)))[0].cpu().numpy().astype(np.float64)
+def _leres(network: nn.Module, pixels: np.ndarray, merger: nn.Module | None) -> np.ndarray:
+    """LeReS's depth, boosted where ``merger`` is given (depth_leres++), scaled through 16 bits
+    as controlnet_aux does, and inverted: near is white."""
+    device = next(network.parameters()).device
+
+    def estimate(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
+        bgr = cv2.resize(np.ascontiguousarray(rgb[:, :, ::-1]), (width, height))
+        x = torch.from_numpy(bgr).float().permute(2, 0, 1)[None].to(device)
+        # Normalised from 0…255, not 0…1, as sd-webui-controlnet and controlnet_aux feed it
+        # (their ToTensor is handed float32 pixels, which it does not scale).
+        with torch.inference_mode():
+            depth = network(_imagenet(x, scale=1.0))[0].float().cpu().numpy()
+        return cv2.resize(depth, (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_CUBIC)
+
+    height, width = pixels.shape[:2]
+    if merger is None:
+        depth = estimate(pixels, width, height)
+    else:
+        depth = leres_boost.boost(pixels, estimate, merger, max(width, height))
+    depth = depth.astype(np.float64)
     low, high = depth.min(), depth.max()
     if high - low > np.finfo("float").eps:
         depth = (65535 * (depth - low) / (high - low)).astype(np.uint16)

@@ -144,3 +144,50 @@ class Leres(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         model = self.depth_model
         return model.decoder_modules(model.encoder_modules.encoder(x))[:, 0]
+
+
+class _UnetLevel(nn.Module):
+    """One level of pix2pix's U-Net (its ``UnetSkipConnectionBlock``, without normalisation:
+    the merge network was trained with none). The Sequential keeps the original's indices,
+    which are the file's parameter names; its in-place LeakyReLU also rectified what the skip
+    connection carries, which is written out here."""
+
+    def __init__(self, outer: int, inner: int, inside: nn.Module | None = None, *,
+                 c_in: int | None = None) -> None:  # fmt: skip
+        super().__init__()
+        self.outermost = c_in is not None
+        down = nn.Conv2d(c_in or outer, inner, 4, 2, 1, bias=False)
+        if self.outermost:
+            layers = [down, inside, nn.ReLU(), nn.ConvTranspose2d(inner * 2, outer, 4, 2, 1),
+                      nn.Tanh()]  # fmt: skip
+        elif inside is None:  # the innermost level
+            up = nn.ConvTranspose2d(inner, outer, 4, 2, 1, bias=False)
+            layers = [nn.LeakyReLU(0.2), down, nn.ReLU(), up, nn.Identity()]
+        else:
+            up = nn.ConvTranspose2d(inner * 2, outer, 4, 2, 1, bias=False)
+            layers = [nn.LeakyReLU(0.2), down, nn.Identity(), inside, nn.ReLU(), up, nn.Identity()]
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.outermost:
+            return self.model(x)
+        x = F.leaky_relu(x, 0.2)
+        return torch.cat([x, self.model[1:](x)], 1)
+
+
+class MergeNet(nn.Module):
+    """``latest_net_G.pth``: the boosting method's merge network, pix2pix's ``unet_1024``
+    generator (ten levels, 64 filters, no normalisation). It takes a low- and a
+    high-resolution depth map (−1…1, 1024²) and gives their merge (−1…1)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        level = _UnetLevel(512, 512)
+        for _ in range(5):
+            level = _UnetLevel(512, 512, level)
+        for outer in (256, 128, 64):
+            level = _UnetLevel(outer, outer * 2, level)
+        self.model = _UnetLevel(1, 64, level, c_in=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
