@@ -28,6 +28,7 @@ from huabu.engine.annotators import Annotators
 from huabu.engine.leres import Leres, MergeNet
 from huabu.engine.midas import DptHybrid
 from huabu.engine.normal_bae import NormalBae
+from huabu.engine.zoe import ZoeDepth
 from huabu.native import GenerationRequest
 from huabu.settings import Settings
 
@@ -37,8 +38,9 @@ FILES = {
     "scannet.pt": NormalBae,
     "res101.pth": Leres,
     "latest_net_G.pth": MergeNet,
+    "ZoeD_M12_N.pt": ZoeDepth,
 }
-NAMES = ("depth_midas", "normal_bae", "depth_leres", "depth_leres++", "mediapipe_face")
+NAMES = ("depth_midas", "normal_bae", "depth_leres", "depth_leres++", "depth_zoe", "mediapipe_face")
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from helpers import REF, max_difference
-from huabu.catalog.preprocessors import NETWORKS, NOT_YET, PACKAGES, WEIGHTLESS, check, listing
+from huabu.catalog.preprocessors import NETWORKS, PACKAGES, WEIGHTLESS, check, listing
 from huabu.engine.annotators import Hed, LineartGenerator
 from huabu.engine.leres import Leres, MergeNet
 from huabu.engine.lineart_anime import AnimeLineart
@@ -21,6 +21,7 @@ from huabu.engine.mlsd import Mlsd
 from huabu.engine.normal_bae import NormalBae
 from huabu.engine.openpose import COLOURS, BodyNet, face_net, hand_net
 from huabu.engine.pidinet import PiDiNet
+from huabu.engine.zoe import ZoeDepth, relative_index
 from huabu.errors import InvalidRequest
 from huabu.native import ControlUnit, GenerationRequest
 from huabu.settings import Settings
@@ -88,7 +89,26 @@ def annotated(tmp_path_factory, settings):
     # The boosting's merge network, as pix2pix saves it (a plain state dict).
     merge = {k: v.half() for k, v in MergeNet().state_dict().items()}
     torch.save(merge, folder / "latest_net_G.pth")
+    torch.save({"model": zoe_state()}, folder / "ZoeD_M12_N.pt")
     return Settings(home=home, threads=2)
+
+
+def zoe_state() -> dict[str, torch.Tensor]:
+    """ZoeDepth's weights as ZoeDepth saved them with timm 0.6 (690 MB in half precision):
+    BEiT's unused classifier and each block's relative position index included."""
+    network = ZoeDepth()
+    with torch.no_grad():  # a metric head whose estimate varies across the picture
+        for name, parameter in network.named_parameters():
+            if not name.startswith("core."):
+                parameter.normal_(0, 0.3)
+    state = {k: v.half() for k, v in network.state_dict().items()}
+    beit = "core.core.pretrained.model."
+    for block in range(24):
+        state[f"{beit}blocks.{block}.attn.relative_position_index"] = relative_index(24, 24)
+    for name, shape in (("head.weight", (1000, 1024)), ("head.bias", (1000,)),
+                        ("fc_norm.weight", (1024,)), ("fc_norm.bias", (1024,))):  # fmt: skip
+        state[beit + name] = torch.zeros(shape, dtype=torch.half)
+    return state
 
 
 # DWPose's two ONNX graphs, in the inputs and outputs of the real ones: YOLOX-L takes BGR
@@ -427,7 +447,7 @@ def test_missing_weights_are_refused_naming_preprocessor_and_file(engine, small)
 def test_the_listing_says_what_each_needs():
     held = {"ControlNetHED"}
     listed = {item["name"]: item for item in listing(held)}
-    assert set(listed) == set(WEIGHTLESS) | set(NETWORKS) | set(PACKAGES) | set(NOT_YET)
+    assert set(listed) == set(WEIGHTLESS) | set(NETWORKS) | set(PACKAGES)
     assert listed["softedge_hed"]["available"] and listed["canny"]["available"]
     assert not listed["lineart_coarse"]["available"]
     assert listed["lineart_coarse"]["needs"] == "models/annotators/sk_model2.pth"
@@ -438,8 +458,8 @@ def test_the_listing_says_what_each_needs():
                                          "models/annotators/dw-ll_ucoco_384.onnx")  # fmt: skip
     assert listed["mediapipe_face"]["available"]  # its package is installed by make install
     with pytest.raises(InvalidRequest) as caught:
-        check("depth_zoe", held, param="p")
-    assert "not supported by this server yet" in caught.value.message
+        check("depth_anything", held, param="p")  # not one of spec 003's
+    assert "unknown preprocessor 'depth_anything'" in caught.value.message
     check("scribble_hedsafe", held, param="p")  # runs: no error
 
 

@@ -110,7 +110,7 @@ def test_preprocessors_make_control_maps(square):
     ("changes", "param", "text"),
     [
         ({"controlnets": (unit(preprocessor="depth_zoe"),)}, "controlnets.0.preprocessor",
-         "not supported by this server yet"),
+         "models/annotators/ZoeD_M12_N.pt"),
         ({"controlnets": (unit(preprocessor="dwpose"),)}, "controlnets.0.preprocessor",
          "models/annotators/yolox_l.onnx and models/annotators/dw-ll_ucoco_384.onnx"),
         ({"controlnets": (unit(preprocessor="openpose_full"),)}, "controlnets.0.preprocessor",

@@ -10,6 +10,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from serving import Server
 from test_service import client_for
 
 FORM = {
@@ -107,3 +108,27 @@ def test_credentials_are_required_in_the_dialects_shape(server):
         response = anonymous.post("/txt2img", data=FORM)
     assert response.status_code == 401
     assert response.json()["status"] == "error"
+
+
+@pytest.fixture(scope="module")
+def xl_default(service_home, server, dave):
+    """A second API process on the same database whose default checkpoint is demo-xl (the spec
+    names no model: the server's default is what its clients get); the first server's worker
+    generates for it."""
+    api = Server(service_home, {"HUABU_WORKER": "false", "HUABU_DEFAULT_MODEL": "demo-xl"})
+    yield api.client(dave.headers["authorization"].removeprefix("Bearer "))
+    api.stop()
+
+
+def test_a_server_whose_default_is_sdxl_generates_with_it(xl_default, dave):
+    response = xl_default.post("/txt2img", data=FORM | {"num_outputs": "1"})
+    assert response.status_code == 200, response.text
+    check_images(response.json(), 1, (64, 64), seed=10086)
+    form = {k: v for k, v in FORM.items() if k not in ("width", "height")}
+    response = xl_default.post(
+        "/img2img", data=form | {"strength": "0.5", "init_image": png_base64(), "num_outputs": "1"}
+    )
+    check_images(response.json(), 1, (96, 64))
+    tasks = dave.get("/huabu/v1/tasks", params={"limit": 2}).json()["data"]
+    assert [task["request"]["model"] for task in tasks] == ["demo-xl", "demo-xl"]
+    assert all(task["origin"] == "sdserver" for task in tasks)

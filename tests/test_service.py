@@ -419,7 +419,7 @@ def test_preprocessors_say_which_run_here(alice):
     listed = {item["name"]: item for item in alice.get("/huabu/v1/preprocessors").json()}
     assert listed["canny"] == {"name": "canny", "available": True, "needs": None}
     assert listed["depth_zoe"] == {"name": "depth_zoe", "available": False,
-                                   "needs": "a network huabu does not run yet"}  # fmt: skip
+                                   "needs": "models/annotators/ZoeD_M12_N.pt"}  # fmt: skip
     assert listed["dwpose"] == {
         "name": "dwpose", "available": False,
         "needs": "models/annotators/yolox_l.onnx, models/annotators/dw-ll_ucoco_384.onnx",

@@ -45,6 +45,8 @@ NETWORKS: dict[str, tuple[str, ...]] = {
     "depth_leres": ("res101.pth",),
     # ... boosted by merging several resolutions (Miangoleh et al.) with pix2pix's merge network.
     "depth_leres++": ("res101.pth", "latest_net_G.pth"),
+    # ZoeDepth's metric depth (MiDaS 3.1's DPT on a BEiT-L/16, and its metric bins head).
+    "depth_zoe": ("ZoeD_M12_N.pt",),
     # Bae et al.'s surface normals (EfficientNet-B5 encoder).
     "normal_bae": ("scannet.pt",),
     # DWPose: the ONNX files sd-webui-controlnet and comfyui_controlnet_aux run.
@@ -53,8 +55,6 @@ NETWORKS: dict[str, tuple[str, ...]] = {
 #: Preprocessors whose network ships in a Python package (its own model files), not in
 #: ``models/annotators/``: the package each needs.
 PACKAGES: dict[str, str] = {"mediapipe_face": "mediapipe"}
-#: Spec 003's preprocessors whose networks huabu does not run yet.
-NOT_YET = frozenset({"depth_zoe"})
 
 
 def _installed(package: str) -> bool:
@@ -95,8 +95,6 @@ def listing(held: set[str]) -> list[dict[str, object]]:
         there = _installed(package)
         needs = None if there else f"the Python package {package} (make install installs it)"
         found.append({"name": name, "available": there, "needs": needs})
-    found += [{"name": name, "available": False, "needs": "a network huabu does not run yet"}
-              for name in sorted(NOT_YET)]  # fmt: skip
     return found
 
 
@@ -129,12 +127,6 @@ def check(name: str, held: set[str], *, param: str) -> None:
             )
         return
     runs = ", ".join(available(held))
-    if name in NOT_YET:
-        raise InvalidRequest(
-            f"{param}: preprocessor {name!r} is not supported by this server yet; available "
-            f"here: {runs} (or send a ready control map with 'none')",
-            param=param,
-        )
     raise InvalidRequest(
         f"{param}: unknown preprocessor {name!r}; available here: {runs}", param=param
     )

@@ -7,7 +7,8 @@ The networks and their pre- and post-processing are ported from controlnet_aux 0
 are informative-drawings' (MIT); PiDiNet is :mod:`huabu.engine.pidinet`. OpenPose
 (:mod:`huabu.engine.openpose`) is written anew (its published code is non-commercial), and so
 is MiDaS (:mod:`huabu.engine.midas`, whose original needs timm), Bae's normals
-(:mod:`huabu.engine.normal_bae`) and LeReS (:mod:`huabu.engine.leres`). Each gives the same
+(:mod:`huabu.engine.normal_bae`), LeReS (:mod:`huabu.engine.leres`) and ZoeDepth
+(:mod:`huabu.engine.zoe`). Each gives the same
 outputs as controlnet_aux's module on the same weights (checked when written).
 controlnet_aux itself cannot be imported here (its package imports torchvision and timm).
 Weights load with ``torch.load(weights_only=True)``: the ``.pth`` files are plain state
@@ -29,7 +30,7 @@ from PIL import Image
 from torch import nn
 
 from huabu.catalog.preprocessors import NETWORKS
-from huabu.engine import leres_boost, midas, normal_bae, openpose
+from huabu.engine import leres_boost, midas, normal_bae, openpose, zoe
 from huabu.engine.dwpose import DwPose
 from huabu.engine.leres import Leres, MergeNet
 from huabu.engine.lineart_anime import AnimeLineart
@@ -37,6 +38,7 @@ from huabu.engine.midas import DptHybrid
 from huabu.engine.mlsd import Mlsd, draw
 from huabu.engine.normal_bae import NormalBae
 from huabu.engine.pidinet import PiDiNet
+from huabu.engine.zoe import ZoeDepth
 from huabu.errors import ModelUnavailable
 
 #: Loaded networks kept per worker process; the least recently used beyond this are dropped.
@@ -137,9 +139,14 @@ _CLASSES: dict[str, Callable[[], nn.Module]] = {
     "scannet.pt": NormalBae,
     "res101.pth": Leres,
     "latest_net_G.pth": MergeNet,
+    "ZoeD_M12_N.pt": ZoeDepth,
 }
 #: Keys a file may hold that its network does not use (dropped before a strict load).
-_UNUSED = {"dpt_hybrid-midas-501f0c75.pt": midas.UNUSED, "scannet.pt": normal_bae.UNUSED}
+_UNUSED = {
+    "dpt_hybrid-midas-501f0c75.pt": midas.UNUSED,
+    "scannet.pt": normal_bae.UNUSED,
+    "ZoeD_M12_N.pt": zoe.UNUSED,
+}
 
 
 class Annotators:
@@ -178,12 +185,13 @@ class Annotators:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
             state = state.get("state_dict", state)  # PiDiNet's is a training checkpoint
-            for entry in ("model", "depth_model"):  # so are MiDaS's, Bae's and LeReS's
+            for entry in ("model", "depth_model"):  # so are MiDaS's, Bae's, LeReS's, Zoe's
                 if isinstance(state.get(entry), dict):
                     state = state[entry]
             unused = _UNUSED.get(file_name, ())
             state = {k.removeprefix("module."): v for k, v in state.items()}
-            state = {k: v for k, v in state.items() if not k.startswith(unused)}
+            state = {k: v for k, v in state.items()
+                     if not k.startswith(unused) and not k.endswith(zoe.RECOMPUTED)}  # fmt: skip
             with torch.device("meta"):  # no random initialisation: the file has every weight
                 network = _CLASSES[file_name]()
             network.load_state_dict(state, assign=True)
@@ -220,6 +228,8 @@ class Annotators:
                 edges = _anime(network, pixels)
             elif file_name == "dpt_hybrid-midas-501f0c75.pt":
                 edges = _depth(network, x)
+            elif file_name == "ZoeD_M12_N.pt":
+                edges = _zoe(network, x)
             elif file_name == "res101.pth":  # depth_leres++ boosts it with the merge network
                 merger = self.network("latest_net_G.pth") if more else None
                 edges = _leres(network, pixels, merger)
@@ -335,6 +345,16 @@ def _depth(network: nn.Module, x: torch.Tensor) -> np.ndarray:
     depth = depth - depth.min()
     top = depth.max()
     return (depth / top * 255.0 if top > 0 else depth).cpu().numpy()
+
+
+def _zoe(network: nn.Module, x: torch.Tensor) -> np.ndarray:
+    """ZoeDepth's metric depth, scaled as sd-webui-controlnet does: its 2nd percentile white,
+    its 85th black (farther is darker, and the farthest 15 % all black)."""
+    depth = network(x / 255.0)[0, 0].float().cpu().numpy()
+    near, far = np.percentile(depth, 2), np.percentile(depth, 85)
+    if far - near <= np.finfo(np.float32).eps:  # a flat estimate: no depth to show
+        return np.zeros_like(depth)
+    return (1.0 - (depth - near) / (far - near)) * 255.0
 
 
 def _safe(edge: np.ndarray) -> np.ndarray:

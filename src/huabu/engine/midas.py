@@ -150,11 +150,11 @@ class _Attention(nn.Module):
         return self.proj(x.transpose(1, 2).reshape(batch, tokens, _WIDTH))
 
 
-class _Mlp(nn.Module):
-    def __init__(self) -> None:
+class Mlp(nn.Module):
+    def __init__(self, width: int) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(_WIDTH, 4 * _WIDTH)
-        self.fc2 = nn.Linear(4 * _WIDTH, _WIDTH)
+        self.fc1 = nn.Linear(width, 4 * width)
+        self.fc2 = nn.Linear(4 * width, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(F.gelu(self.fc1(x)))
@@ -166,7 +166,7 @@ class _Block(nn.Module):
         self.norm1 = nn.LayerNorm(_WIDTH, eps=1e-6)
         self.attn = _Attention()
         self.norm2 = nn.LayerNorm(_WIDTH, eps=1e-6)
-        self.mlp = _Mlp()
+        self.mlp = Mlp(_WIDTH)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x))
@@ -193,9 +193,9 @@ class _Vit(nn.Module):
 class _Readout(nn.Module):
     """DPT's "project" readout: the class token joined to each patch, projected back."""
 
-    def __init__(self) -> None:
+    def __init__(self, width: int) -> None:
         super().__init__()
-        self.project = nn.Sequential(nn.Linear(2 * _WIDTH, _WIDTH), nn.GELU())
+        self.project = nn.Sequential(nn.Linear(2 * width, width), nn.GELU())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         patches = x[:, 1:]
@@ -203,19 +203,19 @@ class _Readout(nn.Module):
         return self.project(torch.cat((patches, token), -1))
 
 
-def _reassemble(*convs: nn.Module) -> nn.Sequential:
-    """Readout, then (transpose and unflatten: done in ``forward``) the convolutions, at the
-    indices the file has them."""
-    return nn.Sequential(_Readout(), nn.Identity(), nn.Identity(), *convs)
+def reassemble(width: int, *convs: nn.Module) -> nn.Sequential:
+    """Readout of ``width``-wide tokens, then (transpose and unflatten: done in ``forward``)
+    the convolutions, at the indices the file has them."""
+    return nn.Sequential(_Readout(width), nn.Identity(), nn.Identity(), *convs)
 
 
 class _Pretrained(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.model = _Vit()
-        self.act_postprocess3 = _reassemble(nn.Conv2d(_WIDTH, _WIDTH, 1))
-        self.act_postprocess4 = _reassemble(nn.Conv2d(_WIDTH, _WIDTH, 1),
-                                            nn.Conv2d(_WIDTH, _WIDTH, 3, 2, 1))  # fmt: skip
+        self.act_postprocess3 = reassemble(_WIDTH, nn.Conv2d(_WIDTH, _WIDTH, 1))
+        self.act_postprocess4 = reassemble(_WIDTH, nn.Conv2d(_WIDTH, _WIDTH, 1),
+                                           nn.Conv2d(_WIDTH, _WIDTH, 3, 2, 1))  # fmt: skip
 
 
 class _ResidualUnit(nn.Module):
@@ -228,18 +228,24 @@ class _ResidualUnit(nn.Module):
         return self.conv2(F.relu(self.conv1(F.relu(x)))) + x
 
 
-class _Fusion(nn.Module):
+class Fusion(nn.Module):
+    """DPT's fusion: the finer level's features (``skip``) added through a residual unit,
+    another, then upsampled: to ``size`` where given (MiDaS 3.1), else twice."""
+
     def __init__(self) -> None:
         super().__init__()
         self.out_conv = nn.Conv2d(_FEATURES, _FEATURES, 1)
         self.resConfUnit1 = _ResidualUnit()
         self.resConfUnit2 = _ResidualUnit()
 
-    def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, skip: torch.Tensor | None = None, *, size: torch.Size | None = None
+    ) -> torch.Tensor:
         if skip is not None:
             x = x + self.resConfUnit1(skip)
         x = self.resConfUnit2(x)
-        x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
+        scale = {"size": size} if size is not None else {"scale_factor": 2}
+        x = F.interpolate(x, **scale, mode="bilinear", align_corners=True)
         return self.out_conv(x)
 
 
@@ -248,13 +254,16 @@ class _Interpolate(nn.Module):
         return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
 
 
-class _Scratch(nn.Module):
-    def __init__(self) -> None:
+class Scratch(nn.Module):
+    """DPT's decoder: the four levels (of ``channels``) to 256 channels, their fusions, and
+    the head that makes depth."""
+
+    def __init__(self, channels: tuple[int, int, int, int]) -> None:
         super().__init__()
-        for index, channels in enumerate((256, 512, _WIDTH, _WIDTH), start=1):
-            setattr(self, f"layer{index}_rn", nn.Conv2d(channels, _FEATURES, 3, padding=1,
+        for index, level in enumerate(channels, start=1):
+            setattr(self, f"layer{index}_rn", nn.Conv2d(level, _FEATURES, 3, padding=1,
                                                         bias=False))  # fmt: skip
-            setattr(self, f"refinenet{index}", _Fusion())
+            setattr(self, f"refinenet{index}", Fusion())
         self.output_conv = nn.Sequential(
             nn.Conv2d(_FEATURES, _FEATURES // 2, 3, padding=1), _Interpolate(),
             nn.Conv2d(_FEATURES // 2, 32, 3, padding=1), nn.ReLU(),
@@ -268,7 +277,7 @@ class DptHybrid(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.pretrained = _Pretrained()
-        self.scratch = _Scratch()
+        self.scratch = Scratch((256, 512, _WIDTH, _WIDTH))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         vit, scratch = self.pretrained.model, self.scratch
