@@ -33,9 +33,10 @@ _NET_SIZE = (384, 512)
 
 
 @lru_cache(maxsize=8)
-def relative_index(rows: int, columns: int) -> torch.Tensor:
+def relative_index(rows: int, columns: int, device: torch.device | None = None) -> torch.Tensor:
     """timm's ``gen_relative_position_index``: for each pair of tokens (the class token first),
-    its row in the relative position table; the last three rows are the class token's."""
+    its row in the relative position table; the last three rows are the class token's. Kept
+    per grid and device: every block of every pass looks it up."""
     coords = torch.stack(torch.meshgrid(torch.arange(rows), torch.arange(columns), indexing="ij"))
     coords = coords.flatten(1)
     relative = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0)
@@ -48,7 +49,7 @@ def relative_index(rows: int, columns: int) -> torch.Tensor:
     index[0, 0:] = distances - 3
     index[0:, 0] = distances - 2
     index[0, 0] = distances - 1
-    return index
+    return index.to(device) if device is not None else index
 
 
 class _Attention(nn.Module):
@@ -69,7 +70,7 @@ class _Attention(nn.Module):
         grid = F.interpolate(grid, size=(2 * rows - 1, 2 * columns - 1), mode="bilinear")
         table = torch.cat([grid.permute(0, 2, 3, 1).reshape(-1, _HEADS), table[side * side :]])
         tokens = rows * columns + 1
-        index = relative_index(rows, columns).to(table.device).view(-1)
+        index = relative_index(rows, columns, table.device).view(-1)
         return table[index].view(tokens, tokens, -1).permute(2, 0, 1)[None]
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
