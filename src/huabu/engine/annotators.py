@@ -147,6 +147,8 @@ _UNUSED = {
     "scannet.pt": normal_bae.UNUSED,
     "ZoeD_M12_N.pt": zoe.UNUSED,
 }
+#: Key endings of buffers a file may hold that its network computes itself (dropped too).
+_RECOMPUTED = {"ZoeD_M12_N.pt": zoe.RECOMPUTED}
 
 
 class Annotators:
@@ -188,10 +190,10 @@ class Annotators:
             for entry in ("model", "depth_model"):  # so are MiDaS's, Bae's, LeReS's, Zoe's
                 if isinstance(state.get(entry), dict):
                     state = state[entry]
-            unused = _UNUSED.get(file_name, ())
+            unused, recomputed = _UNUSED.get(file_name, ()), _RECOMPUTED.get(file_name, ())
             state = {k.removeprefix("module."): v for k, v in state.items()}
             state = {k: v for k, v in state.items()
-                     if not k.startswith(unused) and not k.endswith(zoe.RECOMPUTED)}  # fmt: skip
+                     if not k.startswith(unused) and not k.endswith(recomputed)}  # fmt: skip
             with torch.device("meta"):  # no random initialisation: the file has every weight
                 network = _CLASSES[file_name]()
             network.load_state_dict(state, assign=True)
@@ -321,8 +323,7 @@ def _leres(network: nn.Module, pixels: np.ndarray, merger: nn.Module | None) -> 
         x = torch.from_numpy(bgr).float().permute(2, 0, 1)[None].to(device)
         # Normalised from 0…255, not 0…1, as sd-webui-controlnet and controlnet_aux feed it
         # (their ToTensor is handed float32 pixels, which it does not scale).
-        with torch.inference_mode():
-            depth = network(_imagenet(x, scale=1.0))[0].float().cpu().numpy()
+        depth = network(_imagenet(x, scale=1.0))[0].float().cpu().numpy()
         return cv2.resize(depth, (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_CUBIC)
 
     height, width = pixels.shape[:2]

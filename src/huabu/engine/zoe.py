@@ -183,13 +183,16 @@ def net_size(height: int, width: int) -> tuple[int, int]:
     return (int(np.round(scale * height / 32) * 32), int(np.round(scale * width / 32) * 32))
 
 
-class _Mlp2(nn.Module):
-    """Two 1×1 convolutions under ``_net``, the layout of ZoeDepth's small heads."""
+def _two_convs(c_in: int, hidden: int, c_out: int, last: nn.Module | None) -> nn.Sequential:
+    """Two 1×1 convolutions with a ReLU between: the ``_net`` of ZoeDepth's small heads."""
+    layers = [nn.Conv2d(c_in, hidden, 1), nn.ReLU(), nn.Conv2d(hidden, c_out, 1)]
+    return nn.Sequential(*layers, *([last] if last else []))
 
+
+class _Mlp2(nn.Module):
     def __init__(self, c_in: int, hidden: int, c_out: int, last: nn.Module | None) -> None:
         super().__init__()
-        layers = [nn.Conv2d(c_in, hidden, 1), nn.ReLU(), nn.Conv2d(hidden, c_out, 1)]
-        self._net = nn.Sequential(*layers, *([last] if last else []))
+        self._net = _two_convs(c_in, hidden, c_out, last)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._net(x)
@@ -205,8 +208,7 @@ class _Attractor(nn.Module):
 
     def __init__(self, attractors: int) -> None:
         super().__init__()
-        self._net = nn.Sequential(nn.Conv2d(_EMBEDDING, _EMBEDDING, 1), nn.ReLU(),
-                                  nn.Conv2d(_EMBEDDING, attractors, 1), nn.Softplus())  # fmt: skip
+        self._net = _two_convs(_EMBEDDING, _EMBEDDING, attractors, nn.Softplus())
 
     def forward(
         self, x: torch.Tensor, centres: torch.Tensor, previous: torch.Tensor
