@@ -231,6 +231,24 @@ def test_the_gallery_reuses_settings_and_deletes(page, server, accounts):
     card = page.locator("#gallery .task", has_text="a heron at dawn")
     image = card.get_by_role("img", name="Image 1, seed 777")
     expect(image).to_be_visible()
+    # Shown again while its load is still out (as when the page starts slowly), the gallery
+    # still lists each task once.
+    listed = page.evaluate(
+        """async () => {
+          const loads = [], fetch = window.fetch;
+          window.fetch = (...args) => {
+            const load = fetch(...args);
+            loads.push(load);
+            return load;
+          };
+          for (let i = 0; i < 3; i++) dispatchEvent(new HashChangeEvent("hashchange"));
+          window.fetch = fetch;
+          await Promise.allSettled(loads);
+          await new Promise((resolve) => setTimeout(resolve, 200));
+          return [loads.length, document.querySelectorAll("#gallery .task").length];
+        }"""
+    )
+    assert listed == [3, 1]
     card.get_by_text("Parameters").click()
     expect(card.locator("pre")).to_contain_text("Seed: 777")
     url = image.get_attribute("src")

@@ -150,10 +150,15 @@ async function watch(task, list) {
   return task;
 }
 
+// Loads can overlap (the section shown again while a load is out, as a slow start does):
+// only the newest one's answer is shown, so that no task is listed twice.
+let galleryLoad = 0;
 async function loadGallery(fresh) {
-  if (fresh) { galleryCursor = null; $("gallery-items").replaceChildren(); }
-  const query = galleryCursor ? `&cursor=${encodeURIComponent(galleryCursor)}` : "";
+  const load = ++galleryLoad;
+  const query = !fresh && galleryCursor ? `&cursor=${encodeURIComponent(galleryCursor)}` : "";
   const page = await api("GET", `/tasks?limit=20${query}`);
+  if (load !== galleryLoad) return;
+  if (fresh) $("gallery-items").replaceChildren();
   for (const task of page.data) {
     const card = taskCard(task, { gallery: true });
     render(card, task);
