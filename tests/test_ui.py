@@ -410,6 +410,44 @@ def test_models_adapters_and_controlnet_are_sent(page, server, accounts):
     assert request["ip_adapter"]["name"] == "demo-ip-adapter"
 
 
+def test_the_extras_on_offer_fit_the_chosen_model(page, server, accounts):
+    """An SDXL LoRA, embedding or ControlNet is not offered for an SD 1.x model, and is for an
+    SDXL one; the demo's SD 1.x extras say no family (their files are too small to tell), so
+    they are offered for both. A choice already made stays when the model changes."""
+    from playwright.sync_api import expect
+
+    log_in(page, server, accounts, "ui-families@example.com")
+    model = page.locator("#model")
+    page.get_by_text("LoRAs, VAE, embeddings").click()
+    page.get_by_text("ControlNet and IP-Adapter").click()
+    page.get_by_role("button", name="Add ControlNet unit").click()
+    unit = page.get_by_role("group", name="ControlNet unit 1")
+    unit_model = unit.get_by_label("ControlNet model")
+    offered = {
+        "LoRA": lambda: page.get_by_label("Add LoRA").locator("option").all_inner_texts(),
+        "ControlNet": lambda: unit_model.locator("option").all_inner_texts(),
+    }
+    model.select_option("demo")
+    assert "demo-lora" in offered["LoRA"]() and "demo-xl-lora" not in offered["LoRA"]()
+    assert offered["ControlNet"]() == ["demo-controlnet", "demo-controlnet-single"]
+    expect(page.get_by_label("demo-xl-embedding")).to_be_hidden()
+    expect(page.get_by_label("demo-embedding")).to_be_visible()
+
+    model.select_option("demo-xl")
+    assert {"demo-lora", "demo-xl-lora"} <= set(offered["LoRA"]())
+    assert "demo-xl-controlnet" in offered["ControlNet"]()
+    expect(page.get_by_label("demo-xl-embedding")).to_be_visible()
+    page.get_by_label("Add LoRA").select_option("demo-xl-lora")
+    page.get_by_label("demo-xl-embedding").check()
+    unit_model.select_option("demo-xl-controlnet")
+
+    model.select_option("demo")  # what was chosen stays, for the user to see and take off
+    expect(page.get_by_label("Weight of demo-xl-lora")).to_be_visible()
+    expect(page.get_by_label("demo-xl-embedding")).to_be_checked()
+    expect(unit_model).to_have_value("demo-xl-controlnet")
+    assert "demo-xl-lora" not in offered["LoRA"]()
+
+
 def test_hires_fix_refiner_variation_and_tiling_from_the_form(page, server, accounts):
     from playwright.sync_api import expect
 

@@ -10,8 +10,8 @@ const SIZES = [[512, 512], [768, 512], [512, 768], [768, 768], [1024, 1024], [12
 const FORM_FIELDS = ["prompt", "negative_prompt", "model", "sampler", "steps", "width", "height",
   "seed", "n_images", "guidance", "subseed", "subseed_strength", "clip_skip", "output_format"];
 const MAX_UNITS = 3;
-// The library, as the choices offer it.
-const library = { loras: [], controlnet: [], ipadapter: [], preprocessors: [] };
+// The library, as the choices offer it; families: "kind/name" → the family it was made for.
+const library = { loras: [], controlnet: [], ipadapter: [], preprocessors: [], families: new Map() };
 // The chosen LoRAs: {name, weight input}; the uploaded source image; the ControlNet units.
 let chosenLoras = [];
 let source = null;
@@ -22,11 +22,16 @@ const options = (select, values, empty) => select.replaceChildren(
   ...(empty ? [new Option(t(empty), "")] : []), ...values.map((v) => new Option(v, v)));
 
 async function fillChoices() {
-  const names = async (kind) => (await api("GET", `/models?kind=${kind}`)).data.map((m) => m.name);
+  const names = async (kind) => {
+    const entries = (await api("GET", `/models?kind=${kind}`)).data;
+    for (const m of entries) library.families.set(`${kind}/${m.name}`, m.architecture);
+    return entries.map((m) => m.name);
+  };
   const [models, loras, vaes, embeddings, controlnets, adapters, preprocessors, trained, newest] =
     await Promise.all([api("GET", "/models?kind=checkpoints"), names("loras"), names("vae"),
       names("embeddings"), names("controlnet"), names("ipadapter"), api("GET", "/preprocessors"),
       api("GET", "/trained-models"), api("GET", "/tasks?limit=1")]);
+  for (const m of models.data) library.families.set(`checkpoints/${m.name}`, m.architecture);
   // A refiner only continues another model's image: it is offered as a refiner, not a model.
   const refining = (m) => m.architecture === "SDXL refiner";
   const checkpoints = models.data.filter((m) => !refining(m)).map((m) => m.name);
@@ -36,7 +41,6 @@ async function fillChoices() {
   if ($("sampler").options.length === 0) options($("sampler"), SAMPLERS);
   options($("vae"), vaes, "Automatic");
   library.loras = [...new Set(loras.concat(trained))].sort();
-  options($("lora-add"), library.loras, "Add LoRA");
   $("embeddings").replaceChildren($("embeddings").firstElementChild, ...embeddings.map((name) => {
     const label = document.createElement("label");
     label.className = "check";
@@ -46,14 +50,46 @@ async function fillChoices() {
     label.append(box, ` ${name}`);
     return label;
   }));
-  $("embeddings").hidden = embeddings.length === 0;
   library.controlnet = controlnets;
   library.ipadapter = adapters;
   library.preprocessors = preprocessors;
-  options($("ip-name"), adapters, "None");
+  offerExtras();
   for (const task of newest.data) noteSeed(task);  // for "Reuse last seed"
 }
 ON_START.push(fillChoices);
+
+// Whether an extra fits the chosen model: made for its family, or either's family unknown
+// (huabu tells a family from the files, where they say it).
+function fits(kind, name) {
+  const known = (family) => family && family !== "unknown";
+  const model = library.families.get(`checkpoints/${$("model").value}`);
+  const extra = library.families.get(`${kind}/${name}`);
+  return !known(model) || !known(extra) || model === extra;
+}
+
+// A select offers what fits the chosen model, and what it holds now.
+function offer(select, kind, names, empty) {
+  const current = select.value;
+  options(select, names.filter((name) => name === current || fits(kind, name)), empty);
+  if (names.includes(current)) select.value = current;
+}
+
+// The LoRAs, embeddings, ControlNets and IP-Adapters on offer are those that fit the chosen
+// model (an SDXL LoRA is not offered for an SD 1.x model); what is already chosen stays.
+function offerExtras() {
+  offer($("lora-add"), "loras", library.loras, "Add LoRA");
+  const boxes = [...$("embeddings").querySelectorAll("label.check")];
+  for (const label of boxes) {
+    const box = label.querySelector("input");
+    label.hidden = !box.checked && !fits("embeddings", box.value);
+  }
+  $("embeddings").hidden = boxes.every((label) => label.hidden);
+  for (const select of $("units").querySelectorAll(".unit-model")) {
+    offer(select, "controlnet", library.controlnet);
+  }
+  offer($("ip-name"), "ipadapter", library.ipadapter, "None");
+}
+$("model").addEventListener("change", offerExtras);
 
 // -- sizes and seeds ---------------------------------------------------------------------------
 
@@ -152,7 +188,7 @@ function controlUnit() {
   const spans = unit.querySelectorAll("label > span");
   ["ControlNet model", "Preprocessor", "Control image", "Control weight", "Start", "End"]
     .forEach((text, i) => { spans[i].textContent = t(text); });
-  options(unit.querySelector(".unit-model"), library.controlnet);
+  offer(unit.querySelector(".unit-model"), "controlnet", library.controlnet);
   const pre = unit.querySelector(".unit-preprocessor");
   pre.replaceChildren(...library.preprocessors.map((p) => {
     const option = new Option(p.available ? p.name : `${p.name} (${t("needs")} ${p.needs})`, p.name);
@@ -270,6 +306,7 @@ function useSettings(task) {
   for (const box of $("embeddings").querySelectorAll("input")) {
     box.checked = (request.embeddings || []).includes(box.value);
   }
+  offerExtras();
   if (chosenLoras.length || request.vae || (request.embeddings || []).length) $("extras").open = true;
   const hires = request.hires;
   $("hires-on").checked = Boolean(hires);
@@ -298,6 +335,7 @@ function useTrained(plan) {
   location.hash = "#generate";
   if (!library.loras.includes(plan.name)) library.loras.push(plan.name);
   $("model").value = plan.base_model;
+  offerExtras();
   addLora(plan.name);
   $("extras").open = true;
   if (plan.trigger_word && !$("prompt").value.includes(plan.trigger_word)) {
