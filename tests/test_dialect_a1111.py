@@ -17,6 +17,7 @@ import webuiapi
 from PIL import Image
 
 from helpers import max_difference
+from huabu.catalog.infotext import parse_infotext
 
 SMALL = {"steps": 8, "width": 64, "height": 64, "seed": 42, "sampler_name": "Euler a"}
 
@@ -167,12 +168,20 @@ def test_lora_in_the_prompt(api):
 def test_controlnet_unit(api):
     edges = Image.new("RGB", (64, 64), "black")
     edges.paste((255, 255, 255), (16, 16, 48, 48))
-    unit = webuiapi.ControlNetUnit(image=edges, module="canny", model="demo-controlnet")
+    unit = webuiapi.ControlNetUnit(image=edges, module="canny", model="demo-controlnet",
+                                   weight=0.8, guidance_start=0.1, guidance_end=0.9)  # fmt: skip
     # A fresh alwayson_scripts each call: webuiapi writes the units into its mutable default.
     plain = api.txt2img(prompt="a fox", **SMALL)
     controlled = api.txt2img(prompt="a fox", controlnet_units=[unit], alwayson_scripts={},
                              **SMALL)  # fmt: skip
     assert max_difference(plain.image, controlled.image) > 0
+    # The infotext lists the unit as sd-webui-controlnet does, and reads back as A1111 reads it.
+    infotext = controlled.info["infotexts"][0]
+    unit_text = ("Module: canny, Model: demo-controlnet, Weight: 0.8, Guidance Start: 0.1, "
+                 "Guidance End: 0.9")  # fmt: skip
+    assert f'ControlNet 0: "{unit_text}"' in infotext
+    assert parse_infotext(infotext)["ControlNet 0"] == unit_text
+    assert "ControlNet" not in plain.info["infotexts"][0]
     # sd-webui-controlnet's name for DWPose, whose files this server lacks
     unit = webuiapi.ControlNetUnit(image=edges, module="dw_openpose_full", model="demo-controlnet")
     body = refused(lambda: api.txt2img(prompt="a fox", controlnet_units=[unit],

@@ -396,7 +396,11 @@ def test_models_adapters_and_controlnet_are_sent(page, server, accounts):
     info = card.locator("pre")
     expect(info).to_contain_text("VAE: demo-vae")
     expect(info).to_contain_text("LoRAs: demo-lora:0.5")
-    # The units and the adapter went with it (the infotext does not list them).
+    expect(info).to_contain_text(
+        'ControlNet 0: "Module: canny, Model: demo-controlnet, Weight: 1, Guidance Start: 0.1, '
+        'Guidance End: 0.8"'
+    )
+    # The units and the adapter went with it (the infotext does not list the adapter).
     task_id = card.get_attribute("id").removeprefix("task-")
     sent = page.evaluate(
         """async (id) => (await fetch(`/huabu/v1/tasks/${id}`, {headers:

@@ -80,6 +80,14 @@ def infotext(request: GenerationRequest, seed: int, *, model_hash: str | None = 
             f"{lora.name.rpartition('/')[2]}:{_number(lora.weight)}" for lora in request.loras
         )
         fields.append(("LoRAs", used))
+    # Each unit as sd-webui-controlnet writes it ("ControlNet 0": its fields as "Key: value"
+    # pairs, quoted), with the fields huabu's units have; the module is huabu's preprocessor
+    # name, which every dialect takes back.
+    for index, unit in enumerate(request.controlnets):
+        described = (f"Module: {unit.preprocessor}, Model: {unit.model}, "
+                     f"Weight: {_number(unit.scale)}, Guidance Start: {_number(unit.start)}, "
+                     f"Guidance End: {_number(unit.end)}")  # fmt: skip
+        fields.append((f"ControlNet {index}", described))
     lines = [request.prompt]
     if request.negative_prompt:
         lines.append(f"Negative prompt: {request.negative_prompt}")
