@@ -128,6 +128,17 @@ def test_cli_manages_users_and_keys(tmp_path):
     key = created.stdout.strip().splitlines()[-1]
     accounts = Accounts(open_database(Settings(home=tmp_path)))
     assert accounts.user_for_key(key).email == "eve@example.com"
+    # Each admin action says what it did in one line.
+    assert (
+        huabu("users", "priority", "eve@example.com", "3").stdout == "eve@example.com: priority 3\n"
+    )
+    assert huabu("users", "disable", "eve@example.com").stdout == "eve@example.com: disabled\n"
+    listed = huabu("users", "list").stdout
+    assert "eve@example.com\tadmin,disabled\tpriority 3\timages/day none" in listed
+    assert huabu("users", "enable", "eve@example.com").stdout == "eve@example.com: enabled\n"
+    quota = huabu("keys", "set-quota", key, "--images-per-day", "5").stdout
+    assert quota.endswith(": images/day 5, requests/min none\n")
+    assert huabu("keys", "priority", key, "user").stdout == "priority user\n"
     assert huabu("keys", "revoke", key).returncode == 0
     with pytest.raises(AuthFailed):
         accounts.user_for_key(key)

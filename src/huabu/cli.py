@@ -6,13 +6,19 @@ from __future__ import annotations
 import getpass
 import sys
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn, TypeVar
 
 import typer
 
 from huabu.errors import HuabuError, InvalidRequest
 from huabu.settings import Settings
+
+if TYPE_CHECKING:
+    from huabu.auth.administration import Administration
+
+T = TypeVar("T")
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 models_app = typer.Typer(no_args_is_help=True, help="The model library under $HUABU_HOME/models.")
@@ -23,7 +29,7 @@ keys_app = typer.Typer(no_args_is_help=True, help="API keys (Bearer credentials)
 app.add_typer(keys_app, name="keys")
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(2)
 
@@ -260,15 +266,19 @@ def _accounts():
     return Accounts(open_database(Settings()))
 
 
-def _admin():
-    """Admin actions from the command line, audited as ``cli:<login>``."""
+def _administer(action: Callable[[Administration, str], T]) -> T:
+    """One admin action from the command line, audited as ``cli:<login>`` (the action gets
+    the administration and that actor); a refusal is one line on stderr."""
     from huabu.auth.administration import Administration
 
     try:
         login = getpass.getuser()
     except (KeyError, OSError):  # a container's uid with no name
         login = "unknown"
-    return Administration(_accounts()), f"cli:{login}"
+    try:
+        return action(Administration(_accounts()), f"cli:{login}")
+    except HuabuError as exc:
+        _fail(exc.message)
 
 
 def _limit(value: str | None, name: str) -> int | None:
@@ -301,19 +311,16 @@ def users_add(
     admin: Annotated[bool, typer.Option("--admin")] = False,
 ) -> None:
     """Create a user who can log in with EMAIL and PASSWORD."""
-    try:
-        administration, actor = _admin()
-        user = administration.add_user(actor, email, password, admin=admin)
-    except HuabuError as exc:
-        _fail(exc.message)
+    user = _administer(
+        lambda administration, actor: administration.add_user(actor, email, password, admin=admin)
+    )
     typer.echo(f"added {user.email}{' (admin)' if user.is_admin else ''}")
 
 
 @users_app.command("list")
 def users_list() -> None:
     """Every user: email, role, state, priority and quotas."""
-    administration, _ = _admin()
-    for user in administration.users(limit=10_000):
+    for user in _administer(lambda administration, _actor: administration.users(limit=10_000)):
         flags = [f for f, on in (("admin", user.is_admin), ("disabled", user.disabled)) if on]
         typer.echo(
             f"{user.email}\t{','.join(flags) or '-'}\tpriority {user.priority}\t"
@@ -332,11 +339,7 @@ def users_priority(
 ) -> None:
     """Queue EMAIL's tasks at LEVEL: higher levels run first; their requests may ask for any
     level up to it. Servers see the change within 5 seconds."""
-    try:
-        administration, actor = _admin()
-        administration.set_priority(actor, email, level)
-    except HuabuError as exc:
-        _fail(exc.message)
+    _administer(lambda administration, actor: administration.set_priority(actor, email, level))
     typer.echo(f"{email}: priority {level}")
 
 
@@ -348,11 +351,9 @@ def users_set_quota(
 ) -> None:
     """Limit EMAIL's images per day (UTC) and submits per minute (checked at each submit)."""
     changes = _quota_options(images_per_day, requests_per_minute)
-    try:
-        administration, actor = _admin()
-        user = administration.set_quota(actor, email, **changes)
-    except HuabuError as exc:
-        _fail(exc.message)
+    user = _administer(
+        lambda administration, actor: administration.set_quota(actor, email, **changes)
+    )
     typer.echo(f"{user.email}: images/day {_shown(user.images_per_day)}, "
                f"requests/min {_shown(user.requests_per_minute)}")  # fmt: skip
 
@@ -361,22 +362,14 @@ def users_set_quota(
 def users_disable(email: str) -> None:
     """Refuse EMAIL's password, sessions and keys (servers see it within 5 seconds); their
     tasks and images stay."""
-    try:
-        administration, actor = _admin()
-        administration.set_disabled(actor, email, True)
-    except HuabuError as exc:
-        _fail(exc.message)
+    _administer(lambda administration, actor: administration.set_disabled(actor, email, True))
     typer.echo(f"{email}: disabled")
 
 
 @users_app.command("enable")
 def users_enable(email: str) -> None:
     """Let a disabled user in again."""
-    try:
-        administration, actor = _admin()
-        administration.set_disabled(actor, email, False)
-    except HuabuError as exc:
-        _fail(exc.message)
+    _administer(lambda administration, actor: administration.set_disabled(actor, email, False))
     typer.echo(f"{email}: enabled")
 
 
@@ -388,11 +381,9 @@ def keys_create(
     ] = None,
 ) -> None:
     """Create an API key for EMAIL; the key is the last line of output, shown only once."""
-    try:
-        administration, actor = _admin()
-        key = administration.create_key(actor, email, priority=priority)
-    except HuabuError as exc:
-        _fail(exc.message)
+    key = _administer(
+        lambda administration, actor: administration.create_key(actor, email, priority=priority)
+    )
     typer.echo(f"API key for {email} (shown once; store it now):")
     typer.echo(key)
 
@@ -407,11 +398,7 @@ def keys_priority(
         priority = None if level == "user" else int(level)
     except ValueError:
         _fail(f"level must be a number from -9 to 9 or 'user', got {level!r}")
-    try:
-        administration, actor = _admin()
-        administration.set_key_priority(actor, key, priority)
-    except HuabuError as exc:
-        _fail(exc.message)
+    _administer(lambda administration, actor: administration.set_key_priority(actor, key, priority))
     typer.echo(f"priority {level}")
 
 
@@ -423,11 +410,9 @@ def keys_set_quota(
 ) -> None:
     """Limit one key's calls, on top of its user's quotas."""
     changes = _quota_options(images_per_day, requests_per_minute)
-    try:
-        administration, actor = _admin()
-        row = administration.set_key_quota(actor, key, **changes)
-    except HuabuError as exc:
-        _fail(exc.message)
+    row = _administer(
+        lambda administration, actor: administration.set_key_quota(actor, key, **changes)
+    )
     typer.echo(f"hb_{row.prefix}: images/day {_shown(row.images_per_day)}, "
                f"requests/min {_shown(row.requests_per_minute)}")  # fmt: skip
 
@@ -435,11 +420,7 @@ def keys_set_quota(
 @keys_app.command("revoke")
 def keys_revoke(key: Annotated[str, typer.Argument(help="The key, or its hb_<prefix>.")]) -> None:
     """Revoke an API key (servers stop accepting it within 5 seconds: they cache keys)."""
-    try:
-        administration, actor = _admin()
-        administration.revoke_key(actor, key)
-    except HuabuError as exc:
-        _fail(exc.message)
+    _administer(lambda administration, actor: administration.revoke_key(actor, key))
     typer.echo("revoked")
 
 
