@@ -121,7 +121,6 @@ def test_sdxl_extras_change_the_image_and_leave_nothing_behind(engine, xl, sampl
     assert max_difference(base, off_adapter.images[0]) == 0
 
 
-@pytest.mark.slow
 @pytest.mark.slow  # an engine of its own, or a pipeline run outside the engine
 def test_single_file_sdxl_controlnets_load_in_each_layout(settings, xl, tmp_path):
     """An SDXL ControlNet as one file: in A1111's layout (``control_model.*``, its pooled-text
@@ -282,7 +281,8 @@ def test_a_single_file_refiner_loads_as_its_folder(settings, xl, tmp_path):
     assert max_difference(made[0], engine.generate(xl(steps=6)).images[0]) > 2
 
 
-@pytest.mark.parametrize("sampler", samplers("Euler", "DPM fast"))
+@pytest.mark.slow  # a combination: make test-fast keeps the refiner's own case
+@pytest.mark.parametrize("sampler", ["Euler", "DPM fast"])
 def test_the_refiner_with_the_hires_fix_joins_the_pass_asked_for(engine, xl, sampler):
     """As A1111's ``hires_fix_refiner_pass``: the second pass by default, or the first, or
     both. A refiner with the base's own weights changes nothing in any pass, so the hand-over
@@ -313,7 +313,8 @@ def test_the_refiner_with_the_hires_fix_joins_the_pass_asked_for(engine, xl, sam
     assert progress[-1] == (total, total) and all(t == total for _, t in progress), progress
 
 
-@pytest.mark.parametrize("sampler", samplers("Euler", "DPM fast"))
+@pytest.mark.slow  # a combination: make test-fast keeps the refiner's, ControlNet's, inpainting's
+@pytest.mark.parametrize("sampler", ["Euler", "DPM fast"])
 def test_the_refiner_with_controlnet_units_and_inpainting(engine, xl, sampler):
     """ControlNet units guide the base's steps (they fit its UNet only) and the refiner
     finishes: each changes the image. Inpainting keeps its mask through the refiner's steps:
