@@ -235,16 +235,15 @@ def test_the_gallery_reuses_settings_and_deletes(page, server, accounts):
     # still lists each task once.
     listed = page.evaluate(
         """async () => {
-          const loads = [], fetch = window.fetch;
-          window.fetch = (...args) => {
-            const load = fetch(...args);
+          const loads = [], loadGallery = window.loadGallery;
+          window.loadGallery = (...args) => {
+            const load = loadGallery(...args);
             loads.push(load);
             return load;
           };
           for (let i = 0; i < 3; i++) dispatchEvent(new HashChangeEvent("hashchange"));
-          window.fetch = fetch;
-          await Promise.allSettled(loads);
-          await new Promise((resolve) => setTimeout(resolve, 200));
+          window.loadGallery = loadGallery;
+          await Promise.all(loads);  // each load rendered what it got, or stood down
           return [loads.length, document.querySelectorAll("#gallery .task").length];
         }"""
     )

@@ -22,21 +22,22 @@ const options = (select, values, empty) => select.replaceChildren(
   ...(empty ? [new Option(t(empty), "")] : []), ...values.map((v) => new Option(v, v)));
 
 async function fillChoices() {
-  const names = async (kind) => {
-    const entries = (await api("GET", `/models?kind=${kind}`)).data;
-    for (const m of entries) library.families.set(`${kind}/${m.name}`, m.architecture);
-    return entries.map((m) => m.name);
+  // Each kind's entries, their families noted (see fits).
+  const entries = async (kind) => {
+    const listed = (await api("GET", `/models?kind=${kind}`)).data;
+    for (const m of listed) library.families.set(`${kind}/${m.name}`, m.architecture);
+    return listed;
   };
+  const names = async (kind) => (await entries(kind)).map((m) => m.name);
   const [models, loras, vaes, embeddings, controlnets, adapters, preprocessors, trained, newest] =
-    await Promise.all([api("GET", "/models?kind=checkpoints"), names("loras"), names("vae"),
+    await Promise.all([entries("checkpoints"), names("loras"), names("vae"),
       names("embeddings"), names("controlnet"), names("ipadapter"), api("GET", "/preprocessors"),
       api("GET", "/trained-models"), api("GET", "/tasks?limit=1")]);
-  for (const m of models.data) library.families.set(`checkpoints/${m.name}`, m.architecture);
   // A refiner only continues another model's image: it is offered as a refiner, not a model.
   const refining = (m) => m.architecture === "SDXL refiner";
-  const checkpoints = models.data.filter((m) => !refining(m)).map((m) => m.name);
+  const checkpoints = models.filter((m) => !refining(m)).map((m) => m.name);
   options($("model"), checkpoints);
-  options($("refiner"), models.data.filter(refining).map((m) => m.name), "None");
+  options($("refiner"), models.filter(refining).map((m) => m.name), "None");
   options($("train-base"), checkpoints);
   if ($("sampler").options.length === 0) options($("sampler"), SAMPLERS);
   options($("vae"), vaes, "Automatic");
