@@ -59,6 +59,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/speed.py
 	$(BIN)/python bench/annotators.py
+	$(BIN)/python bench/abuse.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

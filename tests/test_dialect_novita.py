@@ -112,6 +112,30 @@ def test_img2img_v3_with_an_ip_adapter(server, key):
     assert done.task.status == V3TaskResponseStatus.TASK_STATUS_SUCCEED, done.task.reason
 
 
+def test_txt2img_v3_runs_its_controlnet_units(server, key):
+    """novita's txt2img takes ControlNet units as its img2img does: they steer the image (it
+    differs from the same seed without them) and the task records them."""
+    buffer = io.BytesIO()
+    picture = Image.new("RGB", (128, 128), (0, 0, 0))
+    ImageDraw.Draw(picture).rectangle((24, 24, 104, 104), fill=(255, 255, 255))
+    picture.save(buffer, format="PNG")
+    source = base64.b64encode(buffer.getvalue()).decode()
+    unit = {"model_name": "demo-controlnet", "image_base64": source, "strength": 1.0,
+            "preprocessor": "canny"}  # fmt: skip
+    common = VALID | {"seed": 5}
+    images = []
+    for request in (common, common | {"controlnet": {"units": [unit]}}):
+        task = raw(server, key, "/v3/async/txt2img", request)
+        assert task.status_code == 200, task.text
+        done = NovitaClient(key, base_url=server.url).wait_for_task_v3(task.json()["task_id"])
+        assert done.task.status == V3TaskResponseStatus.TASK_STATUS_SUCCEED, done.task.reason
+        images.append(Image.open(io.BytesIO(requests.get(done.images[0].image_url).content)))
+        native = requests.get(f"{server.url}/huabu/v1/tasks/{task.json()['task_id']}",
+                              headers={"Authorization": f"Bearer {key}"}).json()  # fmt: skip
+    assert [u["model"] for u in native["request"]["controlnets"]] == ["demo-controlnet"]
+    assert max_difference(images[0], images[1]) > 0
+
+
 def test_models_v3_lists_the_library_by_type(client):
     models = client.models_v3(refresh=True)
     checkpoints = {m.name for m in models.filter_by_type("checkpoint")}

@@ -140,7 +140,8 @@ def test_the_api_only_server_never_imports_torch_diffusers_or_opencv(fleet):
         "heavy = ('torch', 'diffusers', 'cv2', 'transformers')\n"
         "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in heavy)))\n"
     )
-    env = os.environ | fleet.env | {"HUABU_HOME": str(fleet.homes["api"]), "HUABU_WORKER": "false"}
+    env = os.environ | fleet.env | {"HUABU_HOME": str(fleet.homes["api"]), "HUABU_WORKER": "false",
+                                    "HUABU_ALLOWED_HOSTS": '["testserver"]'}  # fmt: skip
     result = subprocess.run([sys.executable, "-c", script, fleet.key], env=env,
                             capture_output=True, text=True, timeout=120)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]

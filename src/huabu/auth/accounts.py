@@ -89,9 +89,15 @@ def normalise_email(email: str) -> str:
     return email.strip().lower()
 
 
+MAX_EMAIL = 320  # RFC 3696's longest address, and the column's width
+MAX_PASSWORD = 1024
+
+
 def _plausible(email: str) -> bool:
     """Whether ``email`` (normalised) could be an address: one ``@``, no spaces, no control
-    characters (which PostgreSQL text cannot even hold)."""
+    characters (which PostgreSQL text cannot even hold), at most MAX_EMAIL characters."""
+    if len(email) > MAX_EMAIL:
+        return False
     try:
         printable(email)
     except ValueError:
@@ -109,10 +115,18 @@ class Accounts:
 
     def add_user(self, email: str, password: str | None, *, admin: bool = False) -> User:
         email = normalise_email(email)
+        if len(email) > MAX_EMAIL:
+            raise InvalidRequest(
+                f"email: an address has at most {MAX_EMAIL} characters", param="email"
+            )
         if not _plausible(email):
             raise InvalidRequest(f"email: {email!r} is not an email address", param="email")
-        if password is not None and len(password) < 8:
-            raise InvalidRequest("password: must be at least 8 characters", param="password")
+        if password is not None and not 8 <= len(password) <= MAX_PASSWORD:
+            raise InvalidRequest(
+                f"password: must be 8 to {MAX_PASSWORD} characters", param="password"
+            )
+        if password is not None and "\x00" in password:
+            raise InvalidRequest("password: must not contain NUL", param="password")
         user = User(
             email=email,
             password_hash=_hasher.hash(password) if password is not None else None,

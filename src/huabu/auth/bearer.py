@@ -15,6 +15,8 @@ import threading
 import time
 
 from huabu.auth.accounts import Accounts, Principal, normalise_email
+from huabu.auth.throttle import LoginThrottle
+from huabu.db.tables import User
 from huabu.errors import AuthFailed
 
 _MAX_ENTRIES = 10_000
@@ -26,23 +28,49 @@ def _digest(scheme: str, token: str) -> str:
 
 
 class Authenticator:
-    def __init__(self, accounts: Accounts, *, anonymous: bool, ttl: float = 5.0) -> None:
+    def __init__(
+        self,
+        accounts: Accounts,
+        *,
+        anonymous: bool,
+        ttl: float = 5.0,
+        login_attempts: int = 5,
+        login_address_attempts: int = 20,
+    ) -> None:
         self.accounts = accounts
         self.anonymous = anonymous
         self.ttl = ttl
+        self.throttle = LoginThrottle(login_attempts, login_address_attempts)
+        # argon2 takes 64 MiB and tens of ms of CPU per check: two at a time, the rest wait.
+        self._hashing = threading.BoundedSemaphore(2)
         self._cache: dict[str, tuple[Principal, float]] = {}
         self._lock = threading.Lock()
         self._anonymous: Principal | None = None
 
-    def principal(self, authorization: str | None) -> Principal:
-        """The caller, from an ``Authorization`` header value (or its absence)."""
+    def check_password(self, email: str, password: str, client: str | None = None) -> User:
+        """The user whose password this is, or AuthFailed; Overloaded while the account or
+        the client's address must wait after wrong passwords (``auth.throttle``)."""
+        keys = self.throttle.keys(email, client)
+        self.throttle.check(keys)
+        try:
+            with self._hashing:
+                user = self.accounts.check_password(email, password)
+        except AuthFailed:
+            self.throttle.failed(keys)
+            raise
+        self.throttle.succeeded(keys)
+        return user
+
+    def principal(self, authorization: str | None, client: str | None = None) -> Principal:
+        """The caller, from an ``Authorization`` header value (or its absence); ``client``:
+        their address, for the wrong-password throttle."""
         if not authorization:
             if self.anonymous:
                 return self.anonymous_principal()
             raise AuthFailed("missing credentials: send 'Authorization: Bearer <API key>'")
         scheme, _, token = authorization.strip().partition(" ")
         if scheme.lower() == "basic" and token.strip():
-            return self.for_basic(token.strip())
+            return self.for_basic(token.strip(), client)
         if scheme.lower() != "bearer" or not token.strip():
             raise AuthFailed("credentials must be 'Authorization: Bearer <API key>'")
         return self.for_token(token.strip())
@@ -71,7 +99,7 @@ class Authenticator:
             self._cache[digest] = (principal, now + self.ttl)
         return principal
 
-    def for_basic(self, encoded: str) -> Principal:
+    def for_basic(self, encoded: str, client: str | None = None) -> Principal:
         """HTTP Basic, as A1111's ``--api-auth`` clients send it: the user's email and either
         their password or one of their API keys. Cached like a token (passwords are slow to
         check on purpose)."""
@@ -82,14 +110,14 @@ class Authenticator:
             return cached[0]
         try:
             email, _, secret = base64.b64decode(encoded, validate=True).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError):
+        except (binascii.Error, ValueError):  # not base64 (or not ASCII at all), not UTF-8
             raise AuthFailed("Basic credentials are not base64 of 'email:password'") from None
         if secret.startswith("hb_"):
             principal = self.accounts.principal_for_key(secret)
             if principal.email != normalise_email(email):
                 raise AuthFailed("wrong email or API key")
         else:
-            principal = Principal.of(self.accounts.check_password(email, secret))
+            principal = Principal.of(self.check_password(email, secret, client))
         with self._lock:
             if len(self._cache) >= _MAX_ENTRIES:
                 self._cache.clear()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import io
 import json
-import re
 
 from PIL import Image, PngImagePlugin
 
@@ -22,8 +21,7 @@ from huabu.native import GenerationRequest
 _EXIF_IFD = 0x8769
 _USER_COMMENT = 0x9286
 _UNICODE_PREFIX = b"UNICODE\x00"
-#: A1111's ``re_param``: ``key: value`` pairs, values plain or quoted with escapes.
-_PARAM_RE = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+_KEY_PUNCTUATION = frozenset(" -/")
 
 
 def _number(value: float) -> str:
@@ -112,13 +110,74 @@ def _unquote(value: str) -> str:
     return value
 
 
+def _key_char(char: str) -> bool:
+    return char.isalnum() or char == "_" or char in _KEY_PUNCTUATION
+
+
+def _quoted_end(line: str, start: int) -> int | None:
+    """Where a quoted value opening at ``start`` ends (after its closing quote), if it closes
+    with at least one character inside."""
+    index, end = start + 1, len(line)
+    while index < end:
+        char = line[index]
+        if char == "\\":
+            if index + 1 >= end:
+                return None
+            index += 2
+        elif char == '"':
+            return index + 1 if index > start + 1 else None
+        else:
+            index += 1
+    return None
+
+
+def parameter_pairs(line: str) -> list[tuple[str, str]]:
+    """The ``key: value`` pairs of an infotext's parameters line, exactly as A1111's
+    ``re_param`` (``\\s*(\\w[\\w \\-/]+):\\s*("(?:\\\\.|[^\\\\"])+"|[^,]*)(?:,|$)``) finds them
+    with ``findall``, in time linear in the line: that regex, retried at every position,
+    takes time quadratic in a long run of key characters."""
+    pairs: list[tuple[str, str]] = []
+    position, end = 0, len(line)
+    while position < end:
+        key_start = position
+        while key_start < end and line[key_start].isspace():
+            key_start += 1
+        if key_start >= end:
+            break
+        if not (line[key_start].isalnum() or line[key_start] == "_"):
+            position = key_start + 1
+            continue
+        key_end = key_start + 1
+        while key_end < end and _key_char(line[key_end]):
+            key_end += 1
+        if key_end >= end or line[key_end] != ":" or key_end - key_start < 2:
+            # Every start up to key_end meets the same run and the same end: none can match.
+            position = key_end if key_end > position else position + 1
+            continue
+        value_start = key_end + 1
+        while value_start < end and line[value_start].isspace():
+            value_start += 1
+        value_end = None
+        if value_start < end and line[value_start] == '"':
+            closed = _quoted_end(line, value_start)
+            if closed is not None and (closed == end or line[closed] == ","):
+                value_end = closed
+        if value_end is None:
+            comma = line.find(",", value_start)
+            value_end = end if comma < 0 else comma
+        pairs.append((line[key_start:key_end], line[value_start:value_end]))
+        position = value_end + 1 if value_end < end else end
+    return pairs
+
+
 def parse_infotext(text: str) -> dict[str, str]:
     """A1111 parameters text → ``{"Prompt", "Negative prompt", "Steps", …}`` (values as text),
     the way A1111's ``parse_generation_parameters`` reads it: the last line is the parameters
     line only if it holds at least three ``key: value`` pairs; otherwise all of it is prompt."""
     *head, last = text.strip().split("\n")
-    if len(_PARAM_RE.findall(last)) < 3:
-        head, last = [*head, last], ""
+    pairs = parameter_pairs(last)
+    if len(pairs) < 3:
+        head, pairs = [*head, last], []
     prompt_lines: list[str] = []
     negative_lines: list[str] = []
     for line in head:
@@ -130,7 +189,7 @@ def parse_infotext(text: str) -> dict[str, str]:
         else:
             prompt_lines.append(line)
     result = {"Prompt": "\n".join(prompt_lines), "Negative prompt": "\n".join(negative_lines)}
-    for key, value in _PARAM_RE.findall(last):
+    for key, value in pairs:
         result[key.strip()] = _unquote(value.strip())
     return result
 

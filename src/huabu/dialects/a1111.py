@@ -27,19 +27,23 @@ from huabu.dialects import a1111_wire as wire
 from huabu.dialects.common import read_body, validate
 from huabu.errors import HuabuError, InvalidRequest
 from huabu.images import decode_base64, open_image
-from huabu.native import SAMPLER_NAMES, GenerationRequest
+from huabu.native import MAX_CONTROLNETS, SAMPLER_NAMES, GenerationRequest
 from huabu.tasks.uploads import NewUploads
+from huabu.web.bodies import SMALL_BODY
 from huabu.web.deps import CurrentUser, ServicesDep
 from huabu.web.openapi import SYNC, ok, request_body
+from huabu.web.routing import GuardedRoute
 from huabu.web.services import Services
 from huabu.web.waiting import submit_and_wait
 
 ORIGIN = "a1111"
 PREFIX = "/sdapi/v1"
-router = APIRouter(prefix=PREFIX, tags=["A1111: sdapi/v1"])
+router = APIRouter(route_class=GuardedRoute, prefix=PREFIX, tags=["A1111: sdapi/v1"])
 #: sd-webui-controlnet's listing routes, which A1111 clients read before sending units.
 CONTROLNET_PREFIX = "/controlnet"
-controlnet_router = APIRouter(prefix=CONTROLNET_PREFIX, tags=["A1111: sd-webui-controlnet"])
+controlnet_router = APIRouter(
+    route_class=GuardedRoute, prefix=CONTROLNET_PREFIX, tags=["A1111: sd-webui-controlnet"]
+)
 
 
 class ErrorOut(BaseModel):
@@ -132,8 +136,15 @@ async def _controlnets(
 ) -> list[tuple[int, wire.ControlNetArg, uuid.UUID]]:
     """The enabled units with the upload id of each one's image (the init image when a unit
     of img2img has none, as sd-webui-controlnet does)."""
+    enabled = wire.control_units(body)
+    if len(enabled) > MAX_CONTROLNETS:  # refused before any unit's image is decoded
+        param = "alwayson_scripts.controlnet.args"
+        raise InvalidRequest(
+            f"{param}: {len(enabled)} enabled units; at most {MAX_CONTROLNETS} at once",
+            param=param,
+        )
     units = []
-    for index, unit in wire.control_units(body):
+    for index, unit in enabled:
         field = f"alwayson_scripts.controlnet.args.{index}.image"
         image = unit.image_data()
         if image is None and init is None:
@@ -367,7 +378,7 @@ async def get_options(user: CurrentUser, services: ServicesDep) -> Response:
     responses=ok(_NULL),
 )
 async def set_options(request: Request, user: CurrentUser, services: ServicesDep) -> Response:
-    changes = wire.options_in(await read_body(request))
+    changes = wire.options_in(await read_body(request, limit=SMALL_BODY))
     if "sd_model_checkpoint" in changes:
         name = changes["sd_model_checkpoint"]
         known = await run_in_threadpool(services.library.names, "checkpoints")
@@ -389,17 +400,21 @@ async def set_options(request: Request, user: CurrentUser, services: ServicesDep
 )
 async def png_info(request: Request, user: CurrentUser, services: ServicesDep) -> Response:
     body = await read_body(request)
-    data = decode_base64(body.get("image", ""), field="image")
+    max_pixels = services.settings.max_input_pixels
+    return JSONResponse(await run_in_threadpool(_png_info, body.get("image", ""), max_pixels))
+
+
+def _png_info(image_text: Any, max_pixels: int) -> dict[str, Any]:
+    """The parameters in a base64 image (CPU work in proportion to the input: off the loop)."""
+    data = decode_base64(image_text, field="image")
     # The header only, under the input pixel cap: no pixel is decoded to read the text.
-    image = open_image(data, field="image", max_pixels=services.settings.max_input_pixels)
+    image = open_image(data, field="image", max_pixels=max_pixels)
     try:
         text = read_parameters(image) or ""
     except (OSError, ValueError, SyntaxError):
         raise InvalidRequest("image is a truncated or corrupt image", param="image") from None
-    return JSONResponse(
-        {"info": text, "items": {"parameters": text} if text else {},
-         "parameters": parse_infotext(text) if text.strip() else {}}
-    )  # fmt: skip
+    return {"info": text, "items": {"parameters": text} if text else {},
+            "parameters": parse_infotext(text) if text.strip() else {}}  # fmt: skip
 
 
 @router.get("/memory", summary="Memory of this API process's machine", responses=ok(_OBJECT))

@@ -18,8 +18,7 @@ from huabu.tasks.records import TaskRecord
 
 #: A1111's schedulers that huabu runs; the sampler's own schedule is "automatic".
 SCHEDULERS = {"automatic": "Automatic", "uniform": "Uniform", "karras": "Karras"}
-_LORA = re.compile(r"<lora:([^:>]+)(?::([^:>]*))?(?::[^>]*)?>", re.IGNORECASE)
-_TITLE_HASH = re.compile(r"\s*\[[0-9a-fA-F]{8,64}\]$")
+_TITLE_HASH = re.compile(r"\[[0-9a-fA-F]{8,64}\]$")
 _SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 #: sd-webui-controlnet module names → huabu's preprocessors.
 _MODULES = {"none": "none", "canny": "canny", "shuffle": "shuffle",
@@ -121,7 +120,10 @@ class Img2ImgIn(Txt2ImgIn):
 
 def model_name(title: str) -> str:
     """A checkpoint name from an A1111 title: ``v1-5.safetensors [6ce0161689]`` → ``v1-5``."""
-    name = _TITLE_HASH.sub("", title.strip())
+    name = title.strip()
+    tagged = _TITLE_HASH.search(name)
+    if tagged is not None:
+        name = name[: tagged.start()].rstrip()
     for suffix in _SUFFIXES:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
@@ -147,18 +149,77 @@ def sampler(body: Txt2ImgIn) -> str:
     return name
 
 
+class _Finder:
+    """``str.find`` of single characters over one text, remembering each answer so that a
+    scan moving forward never reads a stretch twice (linear however often it asks)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self._found: dict[str, int] = {}
+
+    def find(self, char: str, start: int) -> int:
+        """The first index from ``start`` holding ``char``, ``len(text)`` if none."""
+        known = self._found.get(char, -1)
+        if known < start:
+            known = self.text.find(char, start)
+            known = len(self.text) if known < 0 else known
+            self._found[char] = known
+        return known
+
+    def first(self, start: int, chars: str) -> int:
+        return min(self.find(char, start) for char in chars)
+
+
+def lora_tags(prompt: str) -> list[tuple[int, int, str, str | None]]:
+    """Each ``<lora:name>``, ``<lora:name:weight>`` or ``<lora:name:weight:…>`` tag as
+    (start, end, name, weight text or None), found as A1111's extra-networks regex
+    ``<lora:([^:>]+)(?::([^:>]*))?(?::[^>]*)?>`` (any case) finds them, in linear time: that
+    regex retried at every ``<lora:`` without a closing ``>`` is quadratic."""
+    tags: list[tuple[int, int, str, str | None]] = []
+    finder = _Finder(prompt)
+    position, end = 0, len(prompt)
+    while True:
+        start = finder.find("<", position)
+        if start + 6 > end:
+            return tags
+        if prompt[start + 1 : start + 6].lower() != "lora:":
+            position = start + 1
+            continue
+        name_start = start + 6
+        name_end = finder.first(name_start, ":>")
+        if name_end in (name_start, end):
+            position = start + 1
+            continue
+        name = prompt[name_start:name_end]
+        if prompt[name_end] == ">":
+            tags.append((start, name_end + 1, name, None))
+            position = name_end + 1
+            continue
+        weight_end = finder.first(name_end + 1, ":>")
+        if weight_end == end:
+            return tags  # no ">" after this tag's name: no later tag can close either
+        close = weight_end if prompt[weight_end] == ">" else finder.find(">", weight_end + 1)
+        if close == end:
+            return tags  # no ">" after this tag's name: no later tag can close either
+        tags.append((start, close + 1, name, prompt[name_end + 1 : weight_end]))
+        position = close + 1
+
+
 def split_loras(prompt: str) -> tuple[str, tuple[LoraRef, ...]]:
     """The prompt without its ``<lora:name:weight>`` tags, and the LoRAs they name."""
     loras = []
-    for match in _LORA.finditer(prompt):
-        weight = match[2] or "1"
+    kept, position = [], 0
+    for start, end, name, weight in lora_tags(prompt):
         try:
-            loras.append(LoraRef(name=match[1].strip(), weight=float(weight)))
+            loras.append(LoraRef(name=name.strip(), weight=float(weight or "1")))
         except ValueError:
             raise InvalidRequest(
-                f"prompt: {match[0]} has no valid weight", param="prompt"
+                f"prompt: {prompt[start:end]} has no valid weight", param="prompt"
             ) from None
-    return _LORA.sub("", prompt).strip().strip(","), tuple(loras)
+        kept.append(prompt[position:start])
+        position = end
+    kept.append(prompt[position:])
+    return "".join(kept).strip().strip(","), tuple(loras)
 
 
 def control_units(body: Txt2ImgIn) -> list[tuple[int, ControlNetArg]]:

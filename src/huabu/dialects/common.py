@@ -1,42 +1,51 @@
 """What every dialect's router needs: reading a body in whatever encoding its clients send,
-and validating it into its wire schema with errors that name the field."""
+within bounds and checked (``web.bodies``), and validating it into its wire schema with errors
+that name the field."""
 
 from __future__ import annotations
 
-import json
 import uuid
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from fastapi import Request
+from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ValidationError
 
 from huabu.errors import InvalidRequest, NotFound, invalid_field
 from huabu.fetch import fetch
 from huabu.tasks.uploads import NewUploads
+from huabu.web.bodies import (
+    OFF_LOOP_BYTES,
+    check_declared_size,
+    check_values,
+    parse_json,
+    read_limited,
+)
 from huabu.web.services import Services
 
 Wire = TypeVar("Wire", bound=BaseModel)
 
 
-async def read_body(request: Request) -> dict[str, Any]:
-    """JSON, urlencoded or multipart form, as a dict (form fields as strings)."""
+async def read_body(request: Request, *, limit: int | None = None) -> dict[str, Any]:
+    """JSON, urlencoded or multipart form, as a dict (form fields as strings), read within
+    ``limit`` bytes (the server's body cap if None) and checked (``web.bodies``). Call it
+    after the caller's credentials are checked: it is the expensive part of a request."""
+    settings = request.app.state.services.settings
+    limit = settings.max_body_bytes if limit is None else min(limit, settings.max_body_bytes)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        check_declared_size(request, limit)
         # A form field may be as large as the body may be (a base64 image in a urlencoded
         # body is one field; Starlette's default cap for it is 1 MiB).
-        form = await request.form(max_part_size=request.app.state.services.settings.max_body_bytes)
-        return {key: value for key, value in form.items() if isinstance(value, str)}
-    raw = await request.body()
-    if not raw.strip():
-        return {}
-    try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise InvalidRequest("the request body is not valid JSON", param=None) from None
-    if not isinstance(data, dict):
-        raise InvalidRequest("the request body must be a JSON object", param=None)
-    return data
+        form = await request.form(max_part_size=limit)
+        fields = {key: value for key, value in form.items() if isinstance(value, str)}
+        check_values(fields)
+        return fields
+    raw = await read_limited(request, limit)
+    if len(raw) > OFF_LOOP_BYTES:
+        return await run_in_threadpool(parse_json, raw)
+    return parse_json(raw)
 
 
 def validate(schema: type[Wire], data: dict[str, Any]) -> Wire:

@@ -25,10 +25,11 @@ from huabu.native import MAX_LORAS, MAX_OFFSET, MAX_SEED, SAMPLER_NAMES, Generat
 from huabu.tasks.records import TaskRecord
 from huabu.web.deps import CurrentUser, FileUrl, ServicesDep
 from huabu.web.openapi import ok, request_body
+from huabu.web.routing import GuardedRoute
 
 ORIGIN = "kamiya"
 PREFIX = "/api/image"
-router = APIRouter(prefix=PREFIX, tags=["kamiya (spec 002)"])
+router = APIRouter(route_class=GuardedRoute, prefix=PREFIX, tags=["kamiya (spec 002)"])
 
 _STATUS = {
     "queued": "created",

@@ -23,11 +23,12 @@ from huabu.tasks.records import TaskRecord, UploadRecord
 from huabu.web.deps import BaseUrl, CurrentUser, ServicesDep
 from huabu.web.errors import NativeError
 from huabu.web.openapi import MULTIPART, schema_of
+from huabu.web.routing import GuardedRoute
 from huabu.web.services import Services
 from huabu.web.waiting import wait_for_task
 
 PREFIX = "/huabu/v1"
-router = APIRouter(prefix=PREFIX, tags=["native"])
+router = APIRouter(route_class=GuardedRoute, prefix=PREFIX, tags=["native"])
 
 _KEEPALIVE_SECONDS = 15.0
 _MAX_WAIT_SECONDS = 60.0
@@ -381,8 +382,9 @@ async def upload(request: Request, user: CurrentUser, services: ServicesDep) -> 
 
 
 @router.post("/sessions", status_code=201, response_model=SessionOut, summary="Log in")
-def login(body: LoginIn, services: ServicesDep) -> SessionOut:
-    user = services.accounts.check_password(body.email, body.password)
+def login(body: LoginIn, request: Request, services: ServicesDep) -> SessionOut:
+    client = request.client.host if request.client else None
+    user = services.auth.check_password(body.email, body.password, client)
     token, expires = services.accounts.create_session(user.id, services.settings.session_ttl)
     return SessionOut(token=token, expires_at=expires)
 

@@ -17,9 +17,10 @@ from huabu.errors import Forbidden, InvalidRequest
 from huabu.tasks import quotas
 from huabu.web.deps import CurrentUser, ServicesDep
 from huabu.web.errors import NativeError
+from huabu.web.routing import GuardedRoute
 
 PREFIX = "/huabu/v1"
-router = APIRouter(prefix=PREFIX, tags=["native: accounts"])
+router = APIRouter(route_class=GuardedRoute, prefix=PREFIX, tags=["native: accounts"])
 _ADMINS_ONLY: dict[int | str, dict[str, Any]] = {
     403: {"model": NativeError, "description": "Not an admin"}
 }

@@ -16,9 +16,10 @@ from huabu.native.generation import Text
 from huabu.native.training import TrainingRequest
 from huabu.web.deps import BaseUrl, CurrentUser, FileUrl, ServicesDep
 from huabu.web.errors import NativeError
+from huabu.web.routing import GuardedRoute
 
 PREFIX = "/huabu/v1"
-router = APIRouter(prefix=PREFIX, tags=["native: training data"])
+router = APIRouter(route_class=GuardedRoute, prefix=PREFIX, tags=["native: training data"])
 _NOT_YOURS: dict[int | str, dict[str, Any]] = {
     404: {"model": NativeError, "description": "No such one of yours"}
 }

@@ -11,9 +11,10 @@ from pydantic import BaseModel, Field
 
 from huabu.tasks import webhooks
 from huabu.web.deps import CurrentUser, ServicesDep
+from huabu.web.routing import GuardedRoute
 
 PREFIX = "/huabu/v1"
-router = APIRouter(prefix=PREFIX, tags=["native: webhooks"])
+router = APIRouter(route_class=GuardedRoute, prefix=PREFIX, tags=["native: webhooks"])
 
 
 class SecretOut(BaseModel):

@@ -28,13 +28,15 @@ from huabu.images import decode_base64
 from huabu.native import MAX_CONTROLNETS, MAX_LORAS, MAX_SEED, GenerationRequest
 from huabu.settings import Settings
 from huabu.tasks.records import TaskRecord
+from huabu.tasks.uploads import NewUploads
 from huabu.web.deps import CurrentUser, FileUrl, ServicesDep
 from huabu.web.openapi import ok, request_body, schema_of
+from huabu.web.routing import GuardedRoute
 from huabu.web.services import Services
 
 ORIGIN = "novita"
 PREFIX = "/v3"
-router = APIRouter(prefix=PREFIX, tags=["novita v3 (spec 003)"])
+router = APIRouter(route_class=GuardedRoute, prefix=PREFIX, tags=["novita v3 (spec 003)"])
 
 _STATUS = {
     "queued": "TASK_STATUS_QUEUED",
@@ -101,6 +103,8 @@ class Txt2ImgIn(BaseModel):
     embeddings: list[NamedIn] | None = Field(default=None, max_length=5)
     hires_fix: HiresFixIn | None = None
     refiner: RefinerIn | None = None
+    controlnet: ControlNetIn | None = None
+    ip_adapters: list[IpAdapterIn] | None = Field(default=None, max_length=1)
 
 
 class RefinerIn(BaseModel):
@@ -130,8 +134,6 @@ class IpAdapterIn(BaseModel):
 class Img2ImgIn(Txt2ImgIn):
     image_base64: str = Field(min_length=1)
     strength: float = Field(default=0.75, gt=0, le=1)
-    controlnet: ControlNetIn | None = None
-    ip_adapters: list[IpAdapterIn] | None = Field(default=None, max_length=1)
 
 
 class WebhookIn(BaseModel):
@@ -279,8 +281,8 @@ def to_native(
                 param="request.refiner",
             )
         refiner = {"model": refiner_model, "switch_at": body.refiner.switch_at}
-    units = body.controlnet.units if isinstance(body, Img2ImgIn) and body.controlnet else []
-    adapters = body.ip_adapters if isinstance(body, Img2ImgIn) and body.ip_adapters else []
+    units = body.controlnet.units if body.controlnet else []
+    adapters = body.ip_adapters or []
     ip_adapter = None
     if adapters and ip_image is not None:
         ip_adapter = {
@@ -492,11 +494,36 @@ async def txt2img(request: Request, user: CurrentUser, services: ServicesDep) ->
         parsed = validate(Txt2ImgIn, body)
     except InvalidRequest as exc:
         raise _prefixed(exc) from None
+    uploads = services.new_uploads()
+    control_images, ip_image = await _adapter_images(parsed, uploads)
     try:
-        native = to_native(parsed, extra, refiner_model=await _refiner(parsed, services))
+        native = to_native(
+            parsed,
+            extra,
+            control_images=control_images,
+            ip_image=ip_image,
+            refiner_model=await _refiner(parsed, services),
+        )
     except InvalidRequest as exc:
         raise _renamed(exc) from None
-    return await _submit(native, extra, user, services)
+    return await _submit(native, extra, user, services, uploads)
+
+
+async def _adapter_images(
+    parsed: Txt2ImgIn, uploads: NewUploads
+) -> tuple[tuple[uuid.UUID, ...], uuid.UUID | None]:
+    """The ControlNet units' images and the IP-Adapter's, checked one at a time."""
+    control_images = []
+    for index, unit in enumerate(parsed.controlnet.units if parsed.controlnet else []):
+        field = f"request.controlnet.units.{index}.image_base64"
+        data = decode_base64(unit.image_base64, field=field)
+        control_images.append((await run_in_threadpool(uploads.add, data, field=field)).id)
+    ip_image = None
+    if parsed.ip_adapters:
+        field = "request.ip_adapters.0.image_base64"
+        data = decode_base64(parsed.ip_adapters[0].image_base64, field=field)
+        ip_image = (await run_in_threadpool(uploads.add, data, field=field)).id
+    return tuple(control_images), ip_image
 
 
 @router.post(
@@ -525,22 +552,13 @@ async def img2img(request: Request, user: CurrentUser, services: ServicesDep) ->
             f"request.image_base64: {upload.width}×{upload.height} is over 2048 pixels a side",
             param="request.image_base64",
         )
-    control_images = []
-    for index, unit in enumerate(parsed.controlnet.units if parsed.controlnet else []):
-        field = f"request.controlnet.units.{index}.image_base64"
-        data = decode_base64(unit.image_base64, field=field)
-        control_images.append((await run_in_threadpool(uploads.add, data, field=field)).id)
-    ip_image = None
-    if parsed.ip_adapters:
-        field = "request.ip_adapters.0.image_base64"
-        data = decode_base64(parsed.ip_adapters[0].image_base64, field=field)
-        ip_image = (await run_in_threadpool(uploads.add, data, field=field)).id
+    control_images, ip_image = await _adapter_images(parsed, uploads)
     try:
         native = to_native(
             parsed,
             extra,
             init_image=upload.id,
-            control_images=tuple(control_images),
+            control_images=control_images,
             ip_image=ip_image,
             refiner_model=await _refiner(parsed, services),
         )

@@ -33,12 +33,13 @@ from huabu.settings import Settings
 from huabu.tasks.uploads import NewUploads
 from huabu.web.deps import CurrentUser, FileUrl, ServicesDep
 from huabu.web.openapi import MULTIPART, SYNC, ok, request_body
+from huabu.web.routing import GuardedRoute
 from huabu.web.services import Services
 from huabu.web.waiting import submit_and_wait
 
 ORIGIN = "openai"
 PREFIX = "/v1"
-router = APIRouter(prefix=PREFIX, tags=["OpenAI images"])
+router = APIRouter(route_class=GuardedRoute, prefix=PREFIX, tags=["OpenAI images"])
 
 _SIZE = re.compile(r"^\s*(\d{1,5})x(\d{1,5})\s*$")
 #: OpenAI's quality levels → sampling steps.

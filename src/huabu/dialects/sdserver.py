@@ -24,12 +24,13 @@ from huabu.tasks.records import TaskRecord
 from huabu.tasks.uploads import NewUploads
 from huabu.web.deps import CurrentUser, FileUrl, ServicesDep
 from huabu.web.openapi import FORM, JSON, MULTIPART, SYNC, request_body
+from huabu.web.routing import GuardedRoute
 from huabu.web.services import Services
 from huabu.web.waiting import submit_and_wait
 
 ORIGIN = "sdserver"
 PATHS = ("/txt2img", "/img2img")
-router = APIRouter(tags=["Stable Diffusion API Server (spec 004)"])
+router = APIRouter(route_class=GuardedRoute, tags=["Stable Diffusion API Server (spec 004)"])
 
 
 class Txt2ImgForm(BaseModel):

@@ -25,13 +25,17 @@ from huabu.errors import AuthFailed, HuabuError, InvalidRequest
 from huabu.native import MAX_SEED, GenerationRequest
 from huabu.settings import Settings
 from huabu.tasks.records import TaskRecord
+from huabu.web.bodies import SMALL_BODY
 from huabu.web.deps import FileUrl, ServicesDep
 from huabu.web.openapi import ok, request_body
+from huabu.web.routing import GuardedRoute
 from huabu.web.services import Services
 
 ORIGIN = "v1b"
 PREFIX = "/api/v1b"
-router = APIRouter(prefix=PREFIX, tags=["v1b: remagi / miaohua (specs 000, 001)"])
+router = APIRouter(
+    route_class=GuardedRoute, prefix=PREFIX, tags=["v1b: remagi / miaohua (specs 000, 001)"]
+)
 
 _SIZE = re.compile(r"^\s*(\d{1,5})\s*[xX×*]\s*(\d{1,5})\s*$")
 #: The spec's recommended resolutions by aspect ratio; the form lists those this server allows.
@@ -222,7 +226,8 @@ async def caller(services: Services, token: str, request: Request) -> Principal:
         return await run_in_threadpool(services.auth.for_token, token.strip())
     header = request.headers.get("authorization")
     if header or services.settings.anonymous:
-        return await run_in_threadpool(services.auth.principal, header)
+        client = request.client.host if request.client else None
+        return await run_in_threadpool(services.auth.principal, header, client)
     raise AuthFailed("token is required: get one from /api/v1b/get_token")
 
 
@@ -231,7 +236,7 @@ async def authenticated(
 ) -> tuple[Principal, Wire]:
     """The caller (from the body's ``token``), then the body as ``schema``: a request without
     valid credentials is a 401 whatever else is wrong with it."""
-    data = await read_body(request)
+    data = await read_body(request, limit=SMALL_BODY)  # read before the token is known: small
     token = data.get("token")
     user = await caller(services, token if isinstance(token, str) else "", request)
     return user, validate(schema, data)
@@ -244,8 +249,9 @@ async def authenticated(
     responses=ok(TokenOut),
 )
 async def get_token(request: Request, services: ServicesDep) -> Response:
-    body = validate(TokenIn, await read_body(request))
-    user = await run_in_threadpool(services.accounts.check_password, body.email, body.password)
+    body = validate(TokenIn, await read_body(request, limit=SMALL_BODY))
+    client = request.client.host if request.client else None
+    user = await run_in_threadpool(services.auth.check_password, body.email, body.password, client)
     token, _ = await run_in_threadpool(
         services.accounts.create_session, user.id, services.settings.session_ttl
     )

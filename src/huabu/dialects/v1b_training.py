@@ -30,8 +30,11 @@ from huabu.tasks.records import TaskRecord
 from huabu.training.service import DatasetRecord
 from huabu.web.deps import FileUrl, ServicesDep
 from huabu.web.openapi import MULTIPART, ok, request_body
+from huabu.web.routing import GuardedRoute
 
-router = APIRouter(prefix=PREFIX, tags=["v1b: remagi / miaohua (specs 000, 001)"])
+router = APIRouter(
+    route_class=GuardedRoute, prefix=PREFIX, tags=["v1b: remagi / miaohua (specs 000, 001)"]
+)
 
 #: ``base_model`` values that mean "let the server choose" (the spec's default is 自动选择).
 _AUTOMATIC = {"", "自动选择", "auto", "automatic"}

@@ -22,14 +22,23 @@ COMMA_BACKTRACK = 20
 _TOKEN = re.compile(
     r"""\\[()\[\]\\]        # escaped bracket or backslash
       | \(|\[               # openers
-      | :\s*([+-]?(?:\d+\.?\d*|\.\d+))\s*\)   # explicit weight closing a round bracket
+      | :\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+))\s*\)   # explicit weight closing a round bracket
       | \)|\]               # closers
       | [^\\()\[\]:]+       # plain text
       | [:\\]               # a lone colon or backslash
     """,
     re.VERBOSE,
 )
-_BREAK = re.compile(r"\s*\bBREAK\b\s*")
+#: The whitespace around a BREAK goes with it (stripped from the parts, not matched: a regex
+#: starting with ``\s*`` is quadratic in a long run of spaces).
+_BREAK = re.compile(r"\bBREAK\b")
+
+
+def _comma_id(tokenizer) -> int | None:
+    """The id of CLIP's "," token, if the vocabulary has one (a lookup: transformers builds a
+    new 49,408-entry dictionary on every ``get_vocab()`` call)."""
+    token_id = tokenizer.convert_tokens_to_ids(",</w>")
+    return None if token_id is None or token_id == tokenizer.unk_token_id else token_id
 
 
 def parse_weights(prompt: str) -> list[tuple[str, float]]:
@@ -58,6 +67,8 @@ def parse_weights(prompt: str) -> list[tuple[str, float]]:
             scale(squares.pop(), 1 / ROUND_UP)
         else:
             parts = _BREAK.split(token)
+            parts = [part if i == 0 else part.lstrip() for i, part in enumerate(parts)]
+            parts = [part if i == len(parts) - 1 else part.rstrip() for i, part in enumerate(parts)]
             for i, part in enumerate(parts):
                 if i:
                     runs.append(["BREAK", -1.0])
@@ -92,7 +103,7 @@ def tokenize(tokenizer, prompt: str) -> Chunks:
     last comma is at most 20 tokens back, the words after that comma move to the next chunk,
     so a phrase is not cut in two."""
     chunks = Chunks([[]], [[]])
-    comma = tokenizer.get_vocab().get(",</w>")
+    comma = _comma_id(tokenizer)
     last_comma = -1
 
     def next_chunk() -> None:

@@ -80,12 +80,16 @@ MAX_PROMPT = 16_000
 MAX_NAME = 255
 #: C0 control characters other than tab, line feed and carriage return, and DEL. NUL cannot be
 #: stored in PostgreSQL text at all; the others have no business in a prompt or a name.
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
 
 
 def printable(value: str) -> str:
-    """``value`` if it holds no control characters (see ``_CONTROL``), else ValueError."""
-    if _CONTROL.search(value):
+    """``value`` if it holds no control characters and no lone surrogate (see ``_CONTROL``),
+    else ValueError."""
+    found = _CONTROL.search(value)
+    if found is not None:
+        if "\ud800" <= found[0] <= "\udfff":
+            raise ValueError("must not contain an unpaired UTF-16 surrogate (it is not text)")
         raise ValueError("must not contain control characters (NUL and the like)")
     return value
 

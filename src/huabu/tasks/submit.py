@@ -188,7 +188,7 @@ class TaskSubmitter:
         key = request.inpaint.mask.key
         arriving = next((image for image in new.values() if image.key == key), None)
         if arriving is not None:
-            mask = arriving.image
+            mask = arriving.decoded(self.settings)
         else:
             mask = decode_image(
                 self.storage.get(key),

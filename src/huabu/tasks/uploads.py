@@ -5,11 +5,17 @@ stored together with the rows that use them, all or nothing.
 multipart file, a fetched URL). They are checked when added and stored only when the task that
 uses them is queued, in the same unit (``storing`` + the task's transaction): a request refused
 at validation or by a queue limit leaves no file and no row behind.
+
+Memory stays bounded: every image's pixels are counted from its header against the request's
+budget (HUABU_MAX_REQUEST_PIXELS) before any is decoded; images are decoded one at a time, at
+most ``DecodeSlots`` of them at once in the process, and their pixels are let go as soon as
+they are checked (only the encoded bytes are kept).
 """
 
 from __future__ import annotations
 
 import io
+import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -20,7 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from huabu.db.tables import Upload
-from huabu.errors import TooLarge
+from huabu.errors import InvalidRequest, TooLarge
 from huabu.images import decode_image, open_image
 from huabu.settings import Settings
 from huabu.storage import Storage
@@ -42,19 +48,16 @@ class CheckedImage:
     data: bytes
     content_type: str
     extension: str
-    image: Image.Image
+    width: int
+    height: int
 
     @property
     def key(self) -> str:
         return f"uploads/{self.id}.{self.extension}"
 
-    @property
-    def width(self) -> int:
-        return self.image.width
-
-    @property
-    def height(self) -> int:
-        return self.image.height
+    def decoded(self, settings: Settings) -> Image.Image:
+        """Its pixels, decoded again (they are not kept in memory between uses)."""
+        return decode_image(self.data, field=self.field, max_pixels=settings.max_input_pixels)
 
     def record(self) -> UploadRecord:
         return UploadRecord(
@@ -73,8 +76,39 @@ class CheckedImage:
         )
 
 
-def check_image(data: bytes, *, field: str, settings: Settings) -> CheckedImage:
-    """``data`` as an image huabu accepts, or InvalidRequest/TooLarge naming ``field``."""
+class DecodeSlots:
+    """How many images this process decodes at once (each may be HUABU_MAX_INPUT_PIXELS); a
+    thread waits for a slot rather than adding another decoded image to memory."""
+
+    def __init__(self, slots: int) -> None:
+        self._slots = threading.BoundedSemaphore(slots)
+
+    def __enter__(self) -> None:
+        self._slots.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self._slots.release()
+
+
+class PixelBudget:
+    """The pixels one request's images may hold together, counted from their headers."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.spent = 0
+
+    def spend(self, pixels: int, *, field: str) -> None:
+        if self.spent + pixels > self.limit:
+            raise TooLarge(
+                f"{field}: the images of this request hold {self.spent + pixels} pixels "
+                f"together; the limit is {self.limit}",
+                param=field,
+            )
+        self.spent += pixels
+
+
+def _checked_size(data: bytes, *, field: str, settings: Settings) -> tuple[str | None, int, int]:
+    """Format, width and height from the header of ``data``: nothing decoded yet."""
     limit = settings.max_image_bytes
     if len(data) > limit:
         raise TooLarge(
@@ -82,28 +116,62 @@ def check_image(data: bytes, *, field: str, settings: Settings) -> CheckedImage:
             f"{limit / 2**20:.0f} MiB",
             param=field,
         )
-    source_format = open_image(data, field=field, max_pixels=settings.max_input_pixels).format
-    image = decode_image(data, field=field, max_pixels=settings.max_input_pixels)
-    if source_format in _KEPT_FORMATS:
-        extension, content_type = _KEPT_FORMATS[source_format]
-    else:  # BMP, GIF, TIFF: stored as PNG, which every client can display
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-        data, extension, content_type = buffer.getvalue(), "png", "image/png"
-    return CheckedImage(uuid.uuid4(), field, data, content_type, extension, image)
+    header = open_image(data, field=field, max_pixels=settings.max_input_pixels)
+    return header.format, header.width, header.height
+
+
+def check_image(
+    data: bytes,
+    *,
+    field: str,
+    settings: Settings,
+    budget: PixelBudget | None = None,
+    slots: DecodeSlots | None = None,
+) -> CheckedImage:
+    """``data`` as an image huabu accepts, or InvalidRequest/TooLarge naming ``field``. Its
+    pixels count against ``budget`` before they are decoded (in one of ``slots``)."""
+    source_format, width, height = _checked_size(data, field=field, settings=settings)
+    if budget is not None:
+        budget.spend(width * height, field=field)
+    with slots if slots is not None else _NO_SLOT:
+        image = decode_image(data, field=field, max_pixels=settings.max_input_pixels)
+        if source_format in _KEPT_FORMATS:
+            extension, content_type = _KEPT_FORMATS[source_format]
+        else:  # BMP, GIF, TIFF: stored as PNG, which every client can display
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG")
+            data, extension, content_type = buffer.getvalue(), "png", "image/png"
+        width, height = image.size  # after EXIF orientation
+        del image
+    return CheckedImage(uuid.uuid4(), field, data, content_type, extension, width, height)
+
+
+class _NoSlot:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+_NO_SLOT = _NoSlot()
 
 
 class NewUploads:
     """The images that came with one request, checked and not yet stored. Each gets an upload
     id at once, which the request's image fields use like any upload's."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, slots: DecodeSlots | None = None) -> None:
         self.settings = settings
+        self.slots = slots
+        self.budget = PixelBudget(settings.max_request_pixels)
         self._images: dict[uuid.UUID, CheckedImage] = {}
 
     def add(self, data: bytes, *, field: str) -> CheckedImage:
         """Check ``data`` (CPU work: call it off the event loop) and keep it for the submit."""
-        checked = check_image(data, field=field, settings=self.settings)
+        checked = check_image(
+            data, field=field, settings=self.settings, budget=self.budget, slots=self.slots
+        )
         self._images[checked.id] = checked
         return checked
 
@@ -140,11 +208,16 @@ class Uploads:
     """The caller's stored uploads: add some, find one."""
 
     def __init__(
-        self, settings: Settings, sessions: sessionmaker[Session], storage: Storage
+        self,
+        settings: Settings,
+        sessions: sessionmaker[Session],
+        storage: Storage,
+        slots: DecodeSlots | None = None,
     ) -> None:
         self.settings = settings
         self.sessions = sessions
         self.storage = storage
+        self.slots = slots
 
     def upload(self, owner_id: uuid.UUID, data: bytes, *, field: str = "file") -> UploadRecord:
         """Store an image the caller sends, after checking it is one (and not a bomb)."""
@@ -155,12 +228,22 @@ class Uploads:
     ) -> list[UploadRecord]:
         """Store several images, all or none: every one is checked before any is stored, and
         the files are removed again if their rows cannot be written. Errors name the file as
-        ``field.<index>`` when there are several."""
-        checked = [
-            check_image(
-                data, field=field if len(files) == 1 else f"{field}.{index}", settings=self.settings
+        ``field.<index>`` when there are several. Every header is read and counted against
+        the request's pixel budget before the first image is decoded."""
+        if len(files) > self.settings.max_dataset_images:
+            raise InvalidRequest(
+                f"{field}: {len(files)} images in one request; the limit is "
+                f"{self.settings.max_dataset_images}",
+                param=field,
             )
-            for index, data in enumerate(files)
+        names = [field if len(files) == 1 else f"{field}.{index}" for index in range(len(files))]
+        budget = PixelBudget(self.settings.max_request_pixels)
+        for name, data in zip(names, files, strict=True):
+            _, width, height = _checked_size(data, field=name, settings=self.settings)
+            budget.spend(width * height, field=name)
+        checked = [
+            check_image(data, field=name, settings=self.settings, slots=self.slots)
+            for name, data in zip(names, files, strict=True)
         ]
         with storing(self.storage, checked) as write, self.sessions.begin() as session:
             session.add_all([image.row(owner_id) for image in checked])

@@ -24,12 +24,18 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 
 
 async def current_user(request: Request, services: ServicesDep) -> Principal:
-    """The caller from ``Authorization: Bearer``, or the anonymous user if allowed."""
+    """The caller from ``Authorization: Bearer``, or the anonymous user if allowed (checked
+    once per request: ``web.routing`` checks it before the body is read)."""
+    known = getattr(request.state, "principal", None)
+    if known is not None:
+        return known
     header = request.headers.get("authorization")
-    cached = services.auth.cached(header)
-    if cached is not None:
-        return cached
-    return await run_in_threadpool(services.auth.principal, header)
+    principal = services.auth.cached(header)
+    if principal is None:
+        client = request.client.host if request.client else None
+        principal = await run_in_threadpool(services.auth.principal, header, client)
+    request.state.principal = principal
+    return principal
 
 
 CurrentUser = Annotated[Principal, Depends(current_user)]

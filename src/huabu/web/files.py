@@ -8,8 +8,9 @@ from fastapi.responses import FileResponse, Response
 from huabu.errors import NotFound
 from huabu.storage import content_type
 from huabu.web.deps import ServicesDep
+from huabu.web.routing import GuardedRoute
 
-router = APIRouter(tags=["files"])
+router = APIRouter(route_class=GuardedRoute, tags=["files"])
 
 
 @router.get(

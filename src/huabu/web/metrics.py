@@ -30,9 +30,10 @@ from huabu.errors import Forbidden
 from huabu.tasks import metrics
 from huabu.web.deps import current_user
 from huabu.web.errors import NativeError
+from huabu.web.routing import GuardedRoute
 from huabu.web.services import Services
 
-router = APIRouter(tags=["operations"])
+router = APIRouter(route_class=GuardedRoute, tags=["operations"])
 
 _HELP = {
     "huabu_tasks_submitted_total": "Tasks submitted, by kind and origin dialect",

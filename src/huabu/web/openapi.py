@@ -73,13 +73,14 @@ _ERRORS: dict[int, str] = {
     "the message).",
     401: "Missing, wrong, expired or revoked credentials.",
     404: "No such task, file, model or route (or not yours).",
+    429: "Too many: unfinished tasks, a quota, or wrong passwords in a row; see `Retry-After`.",
     500: "A bug: the message carries an error id that the server log has the details under.",
 }
-_WITH_BODY: dict[int, str] = {413: "The body is over HUABU_MAX_BODY_BYTES."}
-_SUBMITS: dict[int, str] = {
-    429: "Too many unfinished tasks (yours, or everyone's); see `Retry-After`.",
-    503: "The model cannot be loaded on this server now.",
+_WITH_BODY: dict[int, str] = {
+    413: "The body is over this route's limit (HUABU_MAX_BODY_BYTES; 256 KiB where it takes "
+    "no image), or its images hold more than HUABU_MAX_REQUEST_PIXELS together."
 }
+_SUBMITS: dict[int, str] = {503: "The model cannot be loaded on this server now."}
 _SYNC: dict[int, str] = {
     409: "The task was cancelled while this request waited for it.",
     500: "The task failed (the message says why; `task_id` names it), or a bug.",

@@ -21,7 +21,7 @@ from huabu.tasks.reads import TaskReads
 from huabu.tasks.records import TaskRecord
 from huabu.tasks.retention import delete_task
 from huabu.tasks.submit import TaskSubmitter
-from huabu.tasks.uploads import NewUploads, Uploads
+from huabu.tasks.uploads import DecodeSlots, NewUploads, Uploads
 from huabu.tasks.webhooks import Deliveries
 from huabu.training.service import TrainingService
 
@@ -60,7 +60,7 @@ class Services:
         library = Catalog(sessions, ModelLibrary(settings), settings.default_model)
         storage = open_storage(settings)
         reads = TaskReads(settings, sessions)
-        uploads = Uploads(settings, sessions, storage)
+        uploads = Uploads(settings, sessions, storage, DecodeSlots(settings.decode_slots))
         submitter = TaskSubmitter(settings, sessions, storage, library, reads, uploads)
         events = TaskEvents(database_uri)
         reads.enable_cache()
@@ -69,7 +69,12 @@ class Services:
             settings=settings,
             sessions=sessions,
             accounts=accounts,
-            auth=Authenticator(accounts, anonymous=settings.anonymous),
+            auth=Authenticator(
+                accounts,
+                anonymous=settings.anonymous,
+                login_attempts=settings.login_attempts,
+                login_address_attempts=settings.login_address_attempts,
+            ),
             library=library,
             storage=storage,
             signer=UrlSigner(installation_secret(settings), settings.url_ttl),
@@ -87,7 +92,7 @@ class Services:
 
     def new_uploads(self) -> NewUploads:
         """A holder for the images that arrive with one request (see ``tasks.uploads``)."""
-        return NewUploads(self.settings)
+        return NewUploads(self.settings, self.uploads.slots)
 
     def delete(self, owner_id: uuid.UUID, task_id: str | uuid.UUID) -> None:
         """Delete the caller's task (see ``tasks.retention``): gone from now on."""

@@ -9,10 +9,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, HTMLResponse
 
 from huabu.errors import NotFound
+from huabu.web.routing import GuardedRoute
 
 FOLDER = Path(__file__).parent / "ui"
 _TYPES = {".js": "text/javascript", ".css": "text/css", ".html": "text/html"}
-router = APIRouter(include_in_schema=False)
+router = APIRouter(route_class=GuardedRoute, include_in_schema=False)
 
 
 @router.get("/")

@@ -1,0 +1,45 @@
+"""Log lines that request data cannot forge.
+
+A message may carry what a client sent (a path, a model name); a newline in it would start a
+fake log line. The text format escapes control characters in the message (a traceback, which
+is huabu's own, keeps its lines); ``HUABU_LOG_FORMAT=json`` writes one JSON object a line,
+what log collectors read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
+
+
+def escaped(text: str) -> str:
+    """``text`` with control characters as ``\\n``, ``\\x1b``, …"""
+    return _CONTROL.sub(lambda found: found[0].encode("unicode_escape").decode("ascii"), text)
+
+
+class TextFormatter(logging.Formatter):
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        record.message = escaped(record.message)
+        return super().formatMessage(record)
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def formatter(kind: str) -> logging.Formatter:
+    if kind == "json":
+        return JsonFormatter()
+    return TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -1,0 +1,63 @@
+"""The route class every router uses: credentials first, then a bounded body.
+
+FastAPI reads and parses a route's body before it resolves the route's dependencies, so a
+caller without credentials could make the server parse 50 MB before hearing 401. Here a route
+that needs a caller (it depends on ``current_user``) checks the credentials first; and a body
+FastAPI parses itself (a route with a pydantic body parameter) is read within ``SMALL_BODY``
+and parsed by ``web.bodies`` (bounded, values checked), off the loop when large. Routes that
+read their bodies themselves do so through ``dialects.common.read_body``, after this.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from fastapi import params
+from fastapi.concurrency import run_in_threadpool
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
+from starlette.requests import Request
+from starlette.responses import Response
+
+from huabu.web.bodies import OFF_LOOP_BYTES, SMALL_BODY, parse_json, read_limited
+from huabu.web.deps import current_user
+
+
+def _depends_on(dependant: Dependant, call: Callable[..., Any]) -> bool:
+    return any(
+        dependency.call is call or _depends_on(dependency, call)
+        for dependency in dependant.dependencies
+    )
+
+
+def _is_json(request: Request) -> bool:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    return not content_type or content_type == "application/json" or content_type.endswith("+json")
+
+
+class GuardedRoute(APIRoute):
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        authenticates = _depends_on(self.dependant, current_user)
+        parses_json = self.body_field is not None and not isinstance(
+            self.body_field.field_info, params.Form
+        )
+
+        async def guarded(request: Request) -> Response:
+            if authenticates:
+                await current_user(request, request.app.state.services)
+            if parses_json and _is_json(request):
+                raw = await read_limited(request, SMALL_BODY)
+                # Starlette's own caches of the body, which FastAPI reads next.
+                request._body = raw
+                if raw.strip():
+                    parsed = (
+                        await run_in_threadpool(parse_json, raw)
+                        if len(raw) > OFF_LOOP_BYTES
+                        else parse_json(raw)
+                    )
+                    request._json = parsed
+            return await handler(request)
+
+        return guarded
