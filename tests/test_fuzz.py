@@ -95,6 +95,83 @@ def test_no_input_is_a_server_error_or_off_the_document(label, api_server):
     fuzz()
 
 
+#: What an attacker puts in a value: NUL, control characters, lone surrogates, numbers past
+#: every range, nesting past every parser's depth, and plain text around them.
+HOSTILE_TEXT = st.one_of(
+    st.text(st.sampled_from(["a", "\x00", "\n", "\r", "\ud800", "\udfff", "%", "/", "猫", "é"]),
+            max_size=12),
+    st.sampled_from(["9" * 400, "1e400", "-1e400", "NaN", "Infinity", "-0", "18446744073709551616",
+                     "[" * 3000, "{" * 3000, "..", "../../etc/passwd", "%00", "\x00" * 50]),
+)  # fmt: skip
+HOSTILE_JSON = st.recursive(
+    st.one_of(
+        HOSTILE_TEXT,
+        st.integers(min_value=-(2**80), max_value=2**80),
+        st.sampled_from([float("inf"), float("-inf"), float("nan"), 1e308, -0.0]),
+        st.booleans(),
+        st.none(),
+    ),
+    lambda inner: st.one_of(st.lists(inner, max_size=3),
+                            st.dictionaries(HOSTILE_TEXT, inner, max_size=3)),
+    max_leaves=8,
+)  # fmt: skip
+
+
+def _encoded(value: str) -> str:
+    from urllib.parse import quote
+
+    return quote(value.encode("utf-8", "surrogatepass"), safe="")
+
+
+@pytest.mark.parametrize("label", sorted(OPERATIONS))
+def test_hostile_values_in_paths_queries_and_bodies_are_never_a_server_error(label, api_server):
+    """Every operation, its path and query parameters (and, for one that takes a JSON body,
+    its fields) filled with NUL, surrogates, huge numbers and deep nesting: a 4xx, never a
+    5xx (except a synchronous route's documented 504)."""
+    import json
+
+    import httpx
+
+    operation = OPERATIONS[label]
+    definition = operation.definition.raw
+    parameters = definition.get("parameters", [])
+    names = {where: [p["name"] for p in parameters if p["in"] == where]
+             for where in ("path", "query")}  # fmt: skip
+    body_schema = (definition.get("requestBody", {}).get("content", {})
+                   .get("application/json", {}).get("schema"))  # fmt: skip
+    fields = list((body_schema or {}).get("properties", {}))[:6]
+    headers = {"Authorization": f"Bearer {api_server.key}", "Content-Type": "application/json"}
+
+    @given(
+        path=st.fixed_dictionaries({name: HOSTILE_TEXT for name in names["path"]}),
+        query=st.fixed_dictionaries({name: HOSTILE_TEXT for name in names["query"]}),
+        body=st.fixed_dictionaries({name: HOSTILE_JSON for name in fields}),
+        deep=st.integers(0, 3),
+    )
+    @settings(max_examples=EXAMPLES, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))  # fmt: skip
+    def fuzz(path, query, body, deep):
+        url = operation.path
+        for name, value in path.items():
+            url = url.replace("{" + name + "}", _encoded(value) or "x")
+        if query:
+            url += "?" + "&".join(f"{name}={_encoded(value)}" for name, value in query.items())
+        content = json.dumps(body, allow_nan=True).encode("utf-8", "surrogatepass")
+        if deep == 3:  # nesting past the JSON parser's own depth
+            content = b'{"x": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"
+        response = httpx.request(operation.method.upper(), api_server.url + url,
+                                 content=content if body_schema else None, headers=headers,
+                                 timeout=60)  # fmt: skip
+        documented = str(response.status_code) in definition.get("responses", {})
+        assert response.status_code < 500 or (response.status_code == 504 and documented), (
+            f"{response.status_code} from {operation.method.upper()} {url}: {response.text[:300]}"
+        )
+        WATCH.check(operation.method.upper(), str(response.request.url), response.status_code,
+                    response.headers.get("content-type", ""), response.text)  # fmt: skip
+
+    fuzz()
+
+
 def test_the_api_only_server_never_loaded_torch_or_opencv(api_server):
     """After serving every operation above (an API server is torch-free; workers are not):
     no native library of torch or OpenCV is mapped into its process."""

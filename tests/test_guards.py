@@ -135,7 +135,7 @@ def test_a_body_with_too_many_items_is_refused_before_parsing():
     [
         (b'{"prompt": "a\\u0000b"}', "prompt"),
         (b'{"prompt": "\\ud800"}', "prompt"),
-        (b'{"x": {"\\ud800": 1}}', "x.\ud800"),
+        (b'{"x": {"\\ud800": 1}}', "x.\\ud800"),  # as an error message can carry it
         (b'{"list": [1, 1e400]}', None),
         (b'{"n": Infinity}', None),
         (b'{"n": NaN}', None),
@@ -215,3 +215,29 @@ def test_hosts_allowed_by_default_are_the_bound_address_and_loopback():
     assert allowed_hosts(Settings(allowed_hosts=["Api.Example.com"])) == {"api.example.com"}
     assert host_name("[::1]:8000") == "::1" and host_name("Example.com:80") == "example.com"
     assert host_name("::1") == "::1"
+
+
+# -- the last check before a row is written ----------------------------------------------------
+
+
+def test_no_row_holds_what_postgresql_cannot_store(accounts):
+    """Whatever path a value takes into a row, it is a 400 naming the column, and nothing is
+    written: not a database error."""
+    from sqlalchemy import func, select
+
+    from huabu.db.tables import User
+
+    sessions = accounts.sessions
+    with sessions() as session:
+        before = session.scalar(select(func.count()).select_from(User))
+    for user, param in (
+        (User(email="x" * 400 + "@example.com"), "email"),
+        (User(email="nul\x00@example.com"), "email"),
+        (User(email="opts@example.com", options={"cfg": float("inf")}), "options.cfg"),
+        (User(email="opts@example.com", options={"\ud800": 1}), "options.\\ud800"),
+    ):
+        with pytest.raises(InvalidRequest) as refused, sessions.begin() as session:
+            session.add(user)
+        assert refused.value.param == param
+    with sessions() as session:
+        assert session.scalar(select(func.count()).select_from(User)) == before

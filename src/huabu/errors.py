@@ -28,10 +28,17 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 
+def renderable(text: str) -> str:
+    """``text`` as UTF-8 can carry it: a lone surrogate a client sent (and an error message
+    quotes) becomes its escape, ``\\ud800``."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 class HuabuError(Exception):
     """Base of every error whose message is meant for the user."""
 
     def __init__(self, message: str, *, task_id: str | None = None) -> None:
+        message = renderable(message)
         super().__init__(message)
         self.message = message
         self.task_id = task_id
@@ -42,7 +49,7 @@ class InvalidRequest(HuabuError):
 
     def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)
-        self.param = param
+        self.param = None if param is None else renderable(param)
 
 
 class TooLarge(InvalidRequest):

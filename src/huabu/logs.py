@@ -12,18 +12,27 @@ import json
 import logging
 import re
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029\ud800-\udfff]")
+_CONTROL_BUT_NEWLINE = re.compile(r"[\x00-\x09\x0b-\x1f\x7f\u2028\u2029\ud800-\udfff]")
+
+
+def _escape(found: re.Match[str]) -> str:
+    return found[0].encode("unicode_escape").decode("ascii")
 
 
 def escaped(text: str) -> str:
-    """``text`` with control characters as ``\\n``, ``\\x1b``, …"""
-    return _CONTROL.sub(lambda found: found[0].encode("unicode_escape").decode("ascii"), text)
+    """``text`` with control characters (and lone surrogates) as ``\\n``, ``\\x1b``, …"""
+    return _CONTROL.sub(_escape, text)
 
 
 class TextFormatter(logging.Formatter):
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
         record.message = escaped(record.message)
         return super().formatMessage(record)
+
+    def formatException(self, ei) -> str:  # noqa: N802 - logging's name
+        # A traceback keeps its lines; what an exception's text quotes keeps none of its own.
+        return _CONTROL_BUT_NEWLINE.sub(_escape, super().formatException(ei))
 
 
 class JsonFormatter(logging.Formatter):

@@ -15,6 +15,7 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.orm import Session, sessionmaker
 
+from huabu.db import checks
 from huabu.db.server import database_url
 from huabu.errors import DatabaseUnavailable, first_line
 from huabu.settings import Settings
@@ -113,4 +114,6 @@ def open_database(settings: Settings, *, wait: float = 0) -> sessionmaker[Sessio
                 log.warning("waiting for the database (up to %.0f s)", wait)
                 said = True
             time.sleep(1)
-    return sessionmaker(engine, expire_on_commit=False)
+    sessions = sessionmaker(engine, expire_on_commit=False)
+    checks.install(sessions)
+    return sessions

@@ -15,10 +15,10 @@ from pydantic import BaseModel, ValidationError
 from huabu.errors import InvalidRequest, NotFound, invalid_field
 from huabu.fetch import fetch
 from huabu.tasks.uploads import NewUploads
+from huabu.values import check_values
 from huabu.web.bodies import (
     OFF_LOOP_BYTES,
     check_declared_size,
-    check_values,
     parse_json,
     read_limited,
 )

@@ -7,77 +7,28 @@ while it runs, wherever it runs, so these bounds are what keep one body from sta
 other request; large bodies are also parsed on a worker thread so that the event loop keeps
 serving between the parser's steps.
 
-Every value is then checked once, for every dialect, for what no layer below can hold: text
-with NUL or a lone surrogate (PostgreSQL refuses both), numbers that are not finite or do
-not fit 64 bits, and nesting deeper than ``MAX_DEPTH``. Errors name the field.
+Every value is then checked once, for every dialect, for what no layer below can hold
+(``huabu.values``: text with NUL or a lone surrogate, numbers that are not finite or do not
+fit 64 bits, nesting deeper than ``MAX_DEPTH``). Errors name the field.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
 from typing import Any
 
 from starlette.requests import Request
 
 from huabu.errors import InvalidRequest, TooLarge
+from huabu.values import MAX_DEPTH, check_values
 
 #: Bodies of routes that carry no image (logins, options, polls, listings).
 SMALL_BODY = 256 * 1024
-#: Objects and arrays nest at most this deep (A1111's deepest real bodies nest 6).
-MAX_DEPTH = 32
 #: Separators (``,`` and ``:``) a JSON body may hold: items the parser would build.
 MAX_ITEMS = 200_000
 #: Bodies larger than this are parsed on a worker thread.
 OFF_LOOP_BYTES = 64 * 1024
-
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
-_INT_RANGE = 2**63
-
-
-def field_name(path: tuple[str | int, ...]) -> str | None:
-    return ".".join(str(part) for part in path) or None
-
-
-def checked_text(value: str, path: tuple[str | int, ...] = ()) -> str:
-    """``value`` if it can be stored as text: no NUL, no lone surrogate."""
-    found = _UNSTORABLE.search(value)
-    if found is not None:
-        what = "a NUL character" if found[0] == "\x00" else "an unpaired UTF-16 surrogate"
-        field = field_name(path) or "body"
-        raise InvalidRequest(f"{field} holds {what}, which is not text", param=field)
-    return value
-
-
-def check_values(data: Any, path: tuple[str | int, ...] = ()) -> None:
-    """Refuse text that cannot be stored, numbers out of range, and nesting over MAX_DEPTH,
-    naming the field."""
-    if isinstance(data, str):
-        checked_text(data, path)
-    elif isinstance(data, bool) or data is None:
-        return
-    elif isinstance(data, int):
-        if not -_INT_RANGE <= data < _INT_RANGE:
-            field = field_name(path) or "body"
-            raise InvalidRequest(f"{field} is out of range", param=field)
-    elif isinstance(data, float):
-        if not math.isfinite(data):
-            field = field_name(path) or "body"
-            raise InvalidRequest(f"{field} must be a finite number", param=field)
-    elif isinstance(data, dict | list):
-        if len(path) >= MAX_DEPTH:
-            field = field_name(path) or "body"
-            raise InvalidRequest(
-                f"{field} nests deeper than {MAX_DEPTH} levels of objects and arrays", param=field
-            )
-        if isinstance(data, dict):
-            for key, value in data.items():
-                checked_text(key, (*path, key))
-                check_values(value, (*path, key))
-        else:
-            for index, value in enumerate(data):
-                check_values(value, (*path, index))
 
 
 def _no_constant(name: str) -> Any:
