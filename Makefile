@@ -50,7 +50,7 @@ test-fast: $(STAMP)
 
 # Deeper schema-driven fuzzing than make test's: 200 examples per operation (about 3 minutes).
 fuzz: $(STAMP)
-	HUABU_FUZZ_EXAMPLES=$${HUABU_FUZZ_EXAMPLES:-200} $(BIN)/python -m pytest -q tests/test_fuzz.py
+	HUABU_FUZZ_EXAMPLES=$${HUABU_FUZZ_EXAMPLES:-200} HUABU_FUZZ_CHECKS=all $(BIN)/python -m pytest -q tests/test_fuzz.py
 
 bench: $(STAMP)
 	$(BIN)/python bench/engine.py

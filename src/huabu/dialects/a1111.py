@@ -401,11 +401,12 @@ async def set_options(request: Request, user: CurrentUser, services: ServicesDep
 async def png_info(request: Request, user: CurrentUser, services: ServicesDep) -> Response:
     body = await read_body(request)
     max_pixels = services.settings.max_input_pixels
-    return JSONResponse(await run_in_threadpool(_png_info, body.get("image", ""), max_pixels))
+    return await run_in_threadpool(_png_info, body.get("image", ""), max_pixels)
 
 
-def _png_info(image_text: Any, max_pixels: int) -> dict[str, Any]:
-    """The parameters in a base64 image (CPU work in proportion to the input: off the loop)."""
+def _png_info(image_text: Any, max_pixels: int) -> JSONResponse:
+    """The parameters in a base64 image, as the response (CPU work in proportion to the input,
+    rendering the answer's JSON included: off the loop)."""
     data = decode_base64(image_text, field="image")
     # The header only, under the input pixel cap: no pixel is decoded to read the text.
     image = open_image(data, field="image", max_pixels=max_pixels)
@@ -413,8 +414,8 @@ def _png_info(image_text: Any, max_pixels: int) -> dict[str, Any]:
         text = read_parameters(image) or ""
     except (OSError, ValueError, SyntaxError):
         raise InvalidRequest("image is a truncated or corrupt image", param="image") from None
-    return {"info": text, "items": {"parameters": text} if text else {},
-            "parameters": parse_infotext(text) if text.strip() else {}}  # fmt: skip
+    return JSONResponse({"info": text, "items": {"parameters": text} if text else {},
+                         "parameters": parse_infotext(text) if text.strip() else {}})  # fmt: skip
 
 
 @router.get("/memory", summary="Memory of this API process's machine", responses=ok(_OBJECT))

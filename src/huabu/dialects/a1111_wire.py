@@ -471,6 +471,8 @@ def options_in(body: dict[str, Any]) -> dict[str, Any]:
     """The options huabu keeps per user, from a POST /options body; others are ignored."""
     changes: dict[str, Any] = {}
     for name in ("sd_model_checkpoint", "sd_vae"):
+        if not isinstance(body.get(name, ""), str | None):
+            raise InvalidRequest(f"{name} must be a name (a string)", param=name)
         try:
             printable(str(body.get(name) or ""))
         except ValueError as exc:
@@ -481,8 +483,9 @@ def options_in(body: dict[str, Any]) -> dict[str, Any]:
         vae = str(body["sd_vae"] or "")
         changes["sd_vae"] = "" if vae in ("", "Automatic", "None") else model_name(vae)
     if "CLIP_stop_at_last_layers" in body:
+        value = body["CLIP_stop_at_last_layers"]
         try:
-            clip_skip = int(body["CLIP_stop_at_last_layers"])
+            clip_skip = 0 if isinstance(value, bool) else int(value)
         except (TypeError, ValueError):
             clip_skip = 0
         if not 1 <= clip_skip <= 12:

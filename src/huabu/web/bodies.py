@@ -27,6 +27,8 @@ from huabu.values import MAX_DEPTH, check_values
 SMALL_BODY = 256 * 1024
 #: Separators (``,`` and ``:``) a JSON body may hold: items the parser would build.
 MAX_ITEMS = 200_000
+#: What JSON counts as whitespace (Python's strip() takes more: a vertical tab is not JSON).
+_JSON_WHITESPACE = b" \t\r\n"
 #: Bodies larger than this are parsed on a worker thread.
 OFF_LOOP_BYTES = 64 * 1024
 
@@ -44,7 +46,7 @@ def _finite(text: str) -> float:
 
 def parse_json(raw: bytes) -> dict[str, Any]:
     """A JSON object body, bounded and checked (see the module's docstring)."""
-    if not raw.strip():
+    if not raw.strip(_JSON_WHITESPACE):  # no body; anything else must be JSON
         return {}
     items = raw.count(b",") + raw.count(b":")
     if items > MAX_ITEMS:

@@ -51,7 +51,7 @@ class GuardedRoute(APIRoute):
                 raw = await read_limited(request, SMALL_BODY)
                 # Starlette's own caches of the body, which FastAPI reads next.
                 request._body = raw
-                if raw.strip():
+                if raw:
                     parsed = (
                         await run_in_threadpool(parse_json, raw)
                         if len(raw) > OFF_LOOP_BYTES
