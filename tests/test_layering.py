@@ -68,3 +68,29 @@ def test_packages_depend_one_way():
     # The layers: dialects may use the engine's catalog, never the engine itself.
     assert "engine" not in graph["dialects"] and "engine" not in graph["web"]
     assert "training" not in graph["tasks"]
+
+
+def test_every_route_checks_credentials_before_its_body():
+    """Every route of the app is a GuardedRoute (``web.routing``): one added to a router made
+    without it would read and parse its body before the caller's credentials are checked."""
+    import tempfile
+
+    from fastapi.routing import APIRoute
+
+    from huabu.app import create_app
+    from huabu.settings import Settings
+    from huabu.web.routing import GuardedRoute
+
+    def flattened(routes) -> list:
+        found = []
+        for route in routes:  # FastAPI keeps an included router whole, as _IncludedRouter
+            inner = getattr(route, "original_router", None)
+            found += flattened(inner.routes) if inner is not None else [route]
+        return found
+
+    with tempfile.TemporaryDirectory() as home:
+        app = create_app(Settings(home=home))
+    routes = [route for route in flattened(app.routes) if isinstance(route, APIRoute)]
+    assert len(routes) > 50
+    unguarded = [route.path for route in routes if not isinstance(route, GuardedRoute)]
+    assert unguarded == []

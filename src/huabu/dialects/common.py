@@ -9,19 +9,13 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from fastapi import Request
-from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ValidationError
 
 from huabu.errors import InvalidRequest, NotFound, invalid_field
 from huabu.fetch import fetch
 from huabu.tasks.uploads import NewUploads
 from huabu.values import check_values
-from huabu.web.bodies import (
-    OFF_LOOP_BYTES,
-    check_declared_size,
-    parse_json,
-    read_limited,
-)
+from huabu.web.bodies import check_declared_size, parse_json_body, read_limited
 from huabu.web.services import Services
 
 Wire = TypeVar("Wire", bound=BaseModel)
@@ -42,10 +36,7 @@ async def read_body(request: Request, *, limit: int | None = None) -> dict[str, 
         fields = {key: value for key, value in form.items() if isinstance(value, str)}
         check_values(fields)
         return fields
-    raw = await read_limited(request, limit)
-    if len(raw) > OFF_LOOP_BYTES:
-        return await run_in_threadpool(parse_json, raw)
-    return parse_json(raw)
+    return await parse_json_body(await read_limited(request, limit))
 
 
 def validate(schema: type[Wire], data: dict[str, Any]) -> Wire:

@@ -18,6 +18,7 @@ import json
 import math
 from typing import Any
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from huabu.errors import InvalidRequest, TooLarge
@@ -89,3 +90,10 @@ async def read_limited(request: Request, limit: int) -> bytes:
             raise _too_large(limit)
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def parse_json_body(raw: bytes) -> dict[str, Any]:
+    """``parse_json``, on a worker thread when the body is over OFF_LOOP_BYTES."""
+    if len(raw) > OFF_LOOP_BYTES:
+        return await run_in_threadpool(parse_json, raw)
+    return parse_json(raw)

@@ -14,13 +14,12 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import params
-from fastapi.concurrency import run_in_threadpool
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from starlette.requests import Request
 from starlette.responses import Response
 
-from huabu.web.bodies import OFF_LOOP_BYTES, SMALL_BODY, parse_json, read_limited
+from huabu.web.bodies import SMALL_BODY, parse_json_body, read_limited
 from huabu.web.deps import current_user
 
 
@@ -52,12 +51,7 @@ class GuardedRoute(APIRoute):
                 # Starlette's own caches of the body, which FastAPI reads next.
                 request._body = raw
                 if raw:
-                    parsed = (
-                        await run_in_threadpool(parse_json, raw)
-                        if len(raw) > OFF_LOOP_BYTES
-                        else parse_json(raw)
-                    )
-                    request._json = parsed
+                    request._json = await parse_json_body(raw)
             return await handler(request)
 
         return guarded
