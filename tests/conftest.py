@@ -176,8 +176,8 @@ def api_server(tmp_path_factory, home):
     """An API-only `huabu serve` (no worker, no torch) with its own database, the demo library
     published to its store (its models folder is only where they are published from), and an
     API key for it as ``.key``: what it queues never runs, and a synchronous route answers 504 after
-    0.1 s; a request head must arrive within 2 s. For fuzzing, abuse, and measuring the API
-    process's memory."""
+    0.1 s; a request head must arrive within 2 s, and at most 64 connections are open. For
+    fuzzing, abuse, and measuring the API process's memory."""
     path = tmp_path_factory.mktemp("api")
     (path / "models").symlink_to(home / "models")
     server = Server(
@@ -191,6 +191,7 @@ def api_server(tmp_path_factory, home):
             # Every test (and the fuzzer) sends from 127.0.0.1: throttled per account only.
             "HUABU_LOGIN_ADDRESS_ATTEMPTS": "1000000",
             "HUABU_HEADER_TIMEOUT": "2",
+            "HUABU_MAX_CONNECTIONS": "64",
         },
     )
     sessions = open_database(Settings(home=path))

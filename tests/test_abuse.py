@@ -222,6 +222,34 @@ def test_a_head_sent_too_slowly_is_cut_off(api_server):
         assert sock.recv(1024) == b""
 
 
+def test_connections_past_the_cap_are_closed_and_the_others_served(api_server):
+    """conftest's api_server allows 64 open connections: past them a new one is closed
+    unanswered, the open ones are still served, and once they close new ones are too."""
+    head = b"GET /huabu/v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    held, refused = [], 0
+    try:
+        while len(held) + refused < 80:
+            sock = socket.create_connection(("127.0.0.1", api_server.port), timeout=10)
+            try:
+                sock.sendall(head)
+                answer = sock.recv(4096)
+            except OSError:  # reset by the server
+                answer = b""
+            if answer.startswith(b"HTTP/1.1 200"):
+                held.append(sock)
+            else:
+                refused += 1
+                sock.close()
+        assert refused > 0 and len(held) <= 64, (len(held), refused)
+        held[0].sendall(head)
+        assert held[0].recv(4096).startswith(b"HTTP/1.1 200")  # the open ones still work
+    finally:
+        for sock in held:
+            sock.close()
+    time.sleep(0.5)
+    assert httpx.get(api_server.url + "/huabu/v1/health").status_code == 200
+
+
 def test_a_request_s_images_are_counted_before_any_is_decoded(api_server):
     """Nine 4096² PNGs (about 50 KB each, 151 M pixels together) in one v1b upload: over the
     request's pixel budget, refused naming the first image past it, and the API process's
