@@ -8,7 +8,7 @@ at validation or by a queue limit leaves no file and no row behind.
 
 Memory stays bounded: every image's pixels are counted from its header against the request's
 budget (HUABU_MAX_REQUEST_PIXELS) before any is decoded; images are decoded one at a time, at
-most ``DecodeSlots`` of them at once in the process, and their pixels are let go as soon as
+most ``decode_slots`` of them at once in the process, and their pixels are let go as soon as
 they are checked (only the encoded bytes are kept).
 """
 
@@ -18,7 +18,7 @@ import io
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 from PIL import Image
@@ -76,18 +76,10 @@ class CheckedImage:
         )
 
 
-class DecodeSlots:
-    """How many images this process decodes at once (each may be HUABU_MAX_INPUT_PIXELS); a
+def decode_slots(slots: int) -> threading.BoundedSemaphore:
+    """How many images a process decodes at once (each may be HUABU_MAX_INPUT_PIXELS): a
     thread waits for a slot rather than adding another decoded image to memory."""
-
-    def __init__(self, slots: int) -> None:
-        self._slots = threading.BoundedSemaphore(slots)
-
-    def __enter__(self) -> None:
-        self._slots.acquire()
-
-    def __exit__(self, *exc: object) -> None:
-        self._slots.release()
+    return threading.BoundedSemaphore(slots)
 
 
 class PixelBudget:
@@ -126,14 +118,14 @@ def check_image(
     field: str,
     settings: Settings,
     budget: PixelBudget | None = None,
-    slots: DecodeSlots | None = None,
+    slots: threading.BoundedSemaphore | None = None,
 ) -> CheckedImage:
     """``data`` as an image huabu accepts, or InvalidRequest/TooLarge naming ``field``. Its
     pixels count against ``budget`` before they are decoded (in one of ``slots``)."""
     source_format, width, height = _checked_size(data, field=field, settings=settings)
     if budget is not None:
         budget.spend(width * height, field=field)
-    with slots if slots is not None else _NO_SLOT:
+    with slots if slots is not None else nullcontext():
         image = decode_image(data, field=field, max_pixels=settings.max_input_pixels)
         if source_format in _KEPT_FORMATS:
             extension, content_type = _KEPT_FORMATS[source_format]
@@ -146,22 +138,11 @@ def check_image(
     return CheckedImage(uuid.uuid4(), field, data, content_type, extension, width, height)
 
 
-class _NoSlot:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-_NO_SLOT = _NoSlot()
-
-
 class NewUploads:
     """The images that came with one request, checked and not yet stored. Each gets an upload
     id at once, which the request's image fields use like any upload's."""
 
-    def __init__(self, settings: Settings, slots: DecodeSlots | None = None) -> None:
+    def __init__(self, settings: Settings, slots: threading.BoundedSemaphore | None = None) -> None:
         self.settings = settings
         self.slots = slots
         self.budget = PixelBudget(settings.max_request_pixels)
@@ -212,7 +193,7 @@ class Uploads:
         settings: Settings,
         sessions: sessionmaker[Session],
         storage: Storage,
-        slots: DecodeSlots | None = None,
+        slots: threading.BoundedSemaphore | None = None,
     ) -> None:
         self.settings = settings
         self.sessions = sessions

@@ -21,7 +21,7 @@ from huabu.tasks.reads import TaskReads
 from huabu.tasks.records import TaskRecord
 from huabu.tasks.retention import delete_task
 from huabu.tasks.submit import TaskSubmitter
-from huabu.tasks.uploads import DecodeSlots, NewUploads, Uploads
+from huabu.tasks.uploads import NewUploads, Uploads, decode_slots
 from huabu.tasks.webhooks import Deliveries
 from huabu.training.service import TrainingService
 
@@ -60,7 +60,7 @@ class Services:
         library = Catalog(sessions, ModelLibrary(settings), settings.default_model)
         storage = open_storage(settings)
         reads = TaskReads(settings, sessions)
-        uploads = Uploads(settings, sessions, storage, DecodeSlots(settings.decode_slots))
+        uploads = Uploads(settings, sessions, storage, decode_slots(settings.decode_slots))
         submitter = TaskSubmitter(settings, sessions, storage, library, reads, uploads)
         events = TaskEvents(database_uri)
         reads.enable_cache()
