@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/abuse.py                 # each attack alone, ~2 minutes
     .venv/bin/python bench/abuse.py --soak 20       # + a 20-minute soak, memory every 30 s
+    .venv/bin/python bench/abuse.py --split         # API-only server beside its own worker
 
 (1) A `huabu serve` with a worker inside (the demo model, `make run`'s shape). For a quiet
     baseline and then for each of the probe's worst inputs, sent in a loop by one client for
@@ -40,11 +41,12 @@ from PIL import Image, PngImagePlugin
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from huabu import demos
 from huabu.auth import Accounts  # noqa: E402
 from huabu.db.session import open_database  # noqa: E402
-from huabu.engine import demo, quiet_libraries  # noqa: E402
+from huabu.engine import quiet_libraries  # noqa: E402
 from huabu.settings import Settings  # noqa: E402
-from serving import Server, stop_embedded_postgres  # noqa: E402
+from serving import Server, Worker, stop_embedded_postgres  # noqa: E402
 
 
 def _png_with_text(size: int) -> str:
@@ -219,8 +221,10 @@ def _user_traffic(url: str, key: str, stop: threading.Event, index: int) -> None
                 pass
 
 
-def soak(server: Server, attacks: Attacks, keys: list[str], minutes: float) -> None:
-    pid = server.process.pid
+def soak(
+    server: Server, attacks: Attacks, keys: list[str], minutes: float, worker: Worker | None
+) -> None:
+    pids = {"server": server.process.pid} | ({"worker": worker.process.pid} if worker else {})
     stop = threading.Event()
     threads = [
         threading.Thread(target=_user_traffic, args=(server.url, key, stop, i))
@@ -240,28 +244,30 @@ def soak(server: Server, attacks: Attacks, keys: list[str], minutes: float) -> N
     threads.append(threading.Thread(target=attacker))
     for thread in threads:
         thread.start()
-    print(f"\n(2) soak: {minutes:.0f} min, 3 users of 5 dialects + one attacker; server memory")
-    samples = []
+    print(f"\n(2) soak: {minutes:.0f} min, 3 users of 5 dialects + one attacker; memory of "
+          f"{' and '.join(pids)}")  # fmt: skip
+    samples: dict[str, list[int]] = {name: [] for name in pids}
     started = time.monotonic()
     try:
         while time.monotonic() - started < minutes * 60:
             time.sleep(30)
-            rss, peak = _memory(pid)
-            samples.append(rss)
-            minute = (time.monotonic() - started) / 60
-            print(f"  {minute:5.1f} min  RSS {rss / 2**20:6.0f} MB  peak {peak / 2**20:6.0f} MB",
-                  flush=True)  # fmt: skip
+            line = f"  {(time.monotonic() - started) / 60:5.1f} min"
+            for name, pid in pids.items():
+                rss, peak = _memory(pid)
+                samples[name].append(rss)
+                line += f"  {name} RSS {rss / 2**20:6.0f} MB  peak {peak / 2**20:6.0f} MB"
+            print(line, flush=True)
     finally:
         stop.set()
         for thread in threads:
             thread.join()
-    third = max(2, len(samples) // 3)
-    last = samples[-third:]
-    # Samples are 30 s apart: the last third's rise per minute, first to last sample.
-    slope = (last[-1] - last[0]) / 2**20 / ((len(last) - 1) / 2)
-    print(f"  last third: {last[0] / 2**20:.0f} -> {last[-1] / 2**20:.0f} MB, "
-          f"{slope:+.1f} MB a minute "
-          f"({'a plateau' if slope < 0.5 else 'still rising'})")  # fmt: skip
+    for name, rows in samples.items():
+        last = rows[-max(2, len(rows) // 3) :]
+        # Samples are 30 s apart: the last third's rise per minute, first to last sample.
+        slope = (last[-1] - last[0]) / 2**20 / ((len(last) - 1) / 2)
+        print(f"  {name}, last third: {last[0] / 2**20:.0f} -> {last[-1] / 2**20:.0f} MB, "
+              f"{slope:+.1f} MB a minute "
+              f"({'a plateau' if slope < 0.5 else 'still rising'})")  # fmt: skip
 
 
 def main() -> None:
@@ -269,24 +275,31 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="per attack in (1)")
     parser.add_argument("--soak", type=float, default=0.0, help="minutes of (2); 0: none")
     parser.add_argument("--only", default=",".join(Attacks.ALL), help="attacks of (1)")
+    parser.add_argument(
+        "--split", action="store_true", help="an API-only server beside a worker of its own"
+    )
     args = parser.parse_args()
     quiet_libraries()
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
-        demo.build(Settings(home=home))
+        demos.build(Settings(home=home))
         accounts = Accounts(open_database(Settings(home=home)))
         users = [accounts.add_user(f"user{i}@example.com", "password123") for i in range(3)]
         keys = [accounts.create_key(user.id) for user in users]
         accounts.add_user("bench@example.com", "password123")
-        server = Server(home, {"HUABU_THREADS": "2", "HUABU_MAX_QUEUED_PER_USER": "1000"})
+        env = {"HUABU_THREADS": "2", "HUABU_MAX_QUEUED_PER_USER": "1000"}
+        server = Server(home, env | ({"HUABU_WORKER": "false"} if args.split else {}))
+        worker = Worker(home, env) if args.split else None
         try:
             server.wait_ready()
             attacks = Attacks(server.url, server.port, keys[0])
-            each_attack(server, attacks, args.seconds, args.only.split(","))
+            each_attack(server, attacks, args.seconds, [n for n in args.only.split(",") if n])
             if args.soak:
-                soak(server, attacks, keys, args.soak)
+                soak(server, attacks, keys, args.soak, worker)
         finally:
             server.stop()
+            if worker:
+                worker.stop()
             stop_embedded_postgres(home)
 
 

@@ -23,12 +23,12 @@ import matplotlib
 import torch
 from PIL import Image
 
-from huabu.engine import demo, preprocessors
-from huabu.engine.annotators import Annotators
-from huabu.engine.leres import Leres, MergeNet
-from huabu.engine.midas import DptHybrid
-from huabu.engine.normal_bae import NormalBae
-from huabu.engine.zoe import ZoeDepth
+from huabu import demos
+from huabu.engine.annotators import Annotators, run
+from huabu.engine.annotators.leres import Leres, MergeNet
+from huabu.engine.annotators.midas import DptHybrid
+from huabu.engine.annotators.normal_bae import NormalBae
+from huabu.engine.annotators.zoe import ZoeDepth
 from huabu.native import GenerationRequest
 from huabu.settings import Settings
 
@@ -59,7 +59,7 @@ def main() -> None:
     from huabu.engine.engine import Engine
 
     home = Path(tempfile.mkdtemp(prefix="huabu-bench-"))
-    demo.build(Settings(home=home))
+    demos.build(Settings(home=home))
     engine = Engine(Settings(home=home))
     request = GenerationRequest(model="demo", prompt="a portrait", width=args.size,
                                 height=args.size, steps=20, seed=1, sampler="Euler")  # fmt: skip
@@ -70,10 +70,9 @@ def main() -> None:
     print(f"demo generation, 20 steps at {args.size}²: {generation:.2f} s "
           f"({torch.get_num_threads()} threads)")  # fmt: skip
     for name in [args.only] if args.only else NAMES:
-        first = _timed(lambda n=name: preprocessors.run(n, image, annotators=annotators))
+        first = _timed(lambda n=name: run(n, image, annotators=annotators))
         again = statistics.median(
-            _timed(lambda n=name: preprocessors.run(n, image, annotators=annotators))
-            for _ in range(args.runs)
+            _timed(lambda n=name: run(n, image, annotators=annotators)) for _ in range(args.runs)
         )
         print(f"{name:15} first (with loading) {first:6.2f} s   then {again:6.2f} s   "
               f"÷ a generation ×{again / generation:.2f}")  # fmt: skip

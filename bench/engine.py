@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionPipeline
 
-from huabu.engine import demo, quiet_libraries
+from huabu import demos
+from huabu.engine import quiet_libraries
 from huabu.engine.engine import Engine
 from huabu.native import GenerationRequest
 from huabu.settings import Settings
@@ -54,7 +55,7 @@ def main() -> None:
     args = parser.parse_args()
     home = args.home or Path(tempfile.mkdtemp(prefix="huabu-bench-"))
     settings = Settings(home=home)
-    demo.build(settings)
+    demos.build(settings)
     quiet_libraries()
     torch.set_num_threads(torch.get_num_threads())
 

@@ -28,9 +28,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from huabu import demos  # noqa: E402
 from huabu.auth import Accounts  # noqa: E402
 from huabu.db.session import open_database  # noqa: E402
-from huabu.engine import demo  # noqa: E402
 from huabu.settings import Settings  # noqa: E402
 from serving import Server, Worker, stop_embedded_postgres  # noqa: E402
 
@@ -76,7 +76,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
-        demo.build(Settings(home=home))
+        demos.build(Settings(home=home))
         api = Server(home, {"HUABU_WORKER": "false"})
         accounts = Accounts(open_database(Settings(home=home)))
         user = accounts.add_user("bench@example.com", "password123", admin=True)

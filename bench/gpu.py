@@ -44,8 +44,9 @@ from diffusers import (
 from PIL import Image, ImageDraw
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+from huabu import demos
 from huabu.catalog.architectures import Architecture, reference_config
-from huabu.engine import demo, demo_xl, quiet_libraries
+from huabu.engine import quiet_libraries
 from huabu.engine.engine import Engine
 from huabu.engine.single_file import tokenizer_files
 from huabu.native import (
@@ -119,38 +120,38 @@ def check_paths(settings: Settings) -> None:
             {"init_image": source, "mask_image": mask},
         ),
         "ControlNet + inpaint": (
-            inpaint | {"controlnets": (ControlUnit(model=demo.DEMO_CONTROLNET, image=REF,
+            inpaint | {"controlnets": (ControlUnit(model=demos.sd.DEMO_CONTROLNET, image=REF,
                                                    preprocessor="canny"),)},
             {"init_image": source, "mask_image": mask, "control_images": [source]},
         ),
-        "IP-Adapter": ({"ip_adapter": IpAdapterRef(name=demo.DEMO_IP_ADAPTER, image=REF)},
+        "IP-Adapter": ({"ip_adapter": IpAdapterRef(name=demos.sd.DEMO_IP_ADAPTER, image=REF)},
                        {"ip_image": source}),
-        "LoRA": ({"loras": (LoraRef(name=demo.DEMO_LORA, weight=0.8),)}, {}),
+        "LoRA": ({"loras": (LoraRef(name=demos.sd.DEMO_LORA, weight=0.8),)}, {}),
         "hires fix (Latent, ×2)": ({"hires": HiresFix(scale=2, steps=4)}, {}),
         "variation seed": ({"subseed": 3, "subseed_strength": 0.5}, {}),
         "tiling": ({"tiling": True}, {}),
-        "SDXL Euler a": ({"model": demo_xl.DEMO_XL}, {}),
+        "SDXL Euler a": ({"model": demos.xl.DEMO_XL}, {}),
         "SDXL single file, DPM++ 2M Karras": (
-            {"model": demo_xl.DEMO_XL_SINGLE, "sampler": "DPM++ 2M Karras"}, {}),
-        "SDXL DPM++ 2S a (k-diffusion)": ({"model": demo_xl.DEMO_XL, "sampler": "DPM++ 2S a"}, {}),
+            {"model": demos.xl.DEMO_XL_SINGLE, "sampler": "DPM++ 2M Karras"}, {}),
+        "SDXL DPM++ 2S a (k-diffusion)": ({"model": demos.xl.DEMO_XL, "sampler": "DPM++ 2S a"}, {}),
         "SDXL LoRA + embedding": (
-            {"model": demo_xl.DEMO_XL, "loras": (LoraRef(name=demo_xl.DEMO_XL_LORA),),
-             "embeddings": (demo_xl.DEMO_XL_EMBEDDING,)}, {}),
+            {"model": demos.xl.DEMO_XL, "loras": (LoraRef(name=demos.xl.DEMO_XL_LORA),),
+             "embeddings": (demos.xl.DEMO_XL_EMBEDDING,)}, {}),
         "SDXL ControlNet, DPM fast": (
-            {"model": demo_xl.DEMO_XL, "sampler": "DPM fast",
-             "controlnets": (ControlUnit(model=demo_xl.DEMO_XL_CONTROLNET, image=REF,
+            {"model": demos.xl.DEMO_XL, "sampler": "DPM fast",
+             "controlnets": (ControlUnit(model=demos.xl.DEMO_XL_CONTROLNET, image=REF,
                                          preprocessor="canny"),)},
             {"control_images": [source]}),
         "SDXL IP-Adapter": (
-            {"model": demo_xl.DEMO_XL,
-             "ip_adapter": IpAdapterRef(name=demo_xl.DEMO_XL_IP_ADAPTER, image=REF)},
+            {"model": demos.xl.DEMO_XL,
+             "ip_adapter": IpAdapterRef(name=demos.xl.DEMO_XL_IP_ADAPTER, image=REF)},
             {"ip_image": source}),
         "SDXL refiner (Euler a)": (
-            {"model": demo_xl.DEMO_XL, "refiner": Refiner(model=demo_xl.DEMO_XL_REFINER)}, {}),
+            {"model": demos.xl.DEMO_XL, "refiner": Refiner(model=demos.xl.DEMO_XL_REFINER)}, {}),
         "SDXL refiner (DPM++ 2M, k-diffusion)": (
-            {"model": demo_xl.DEMO_XL, "sampler": "DPM++ 2M",
-             "refiner": Refiner(model=demo_xl.DEMO_XL_REFINER, switch_at=0.5)}, {}),
-        "SDXL hires fix": ({"model": demo_xl.DEMO_XL, "hires": HiresFix(scale=1.5)}, {}),
+            {"model": demos.xl.DEMO_XL, "sampler": "DPM++ 2M",
+             "refiner": Refiner(model=demos.xl.DEMO_XL_REFINER, switch_at=0.5)}, {}),
+        "SDXL hires fix": ({"model": demos.xl.DEMO_XL, "hires": HiresFix(scale=1.5)}, {}),
     }  # fmt: skip
     for name, (changes, images) in cases.items():
         try:
@@ -277,8 +278,8 @@ def build_full_size_xl(folder: Path) -> None:
             vae=AutoencoderKL.from_config(configs["vae"]),
             text_encoder=CLIPTextModel(CLIPTextConfig(**configs["text_encoder"])),
             text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**configs["text_encoder_2"])),
-            tokenizer=demo.tokenizer(),
-            tokenizer_2=demo.tokenizer("!"),
+            tokenizer=demos.sd.tokenizer(),
+            tokenizer_2=demos.sd.tokenizer("!"),
             unet=UNet2DConditionModel.from_config(configs["unet"]),
             scheduler=EulerDiscreteScheduler.from_config(configs["scheduler"]),
             add_watermarker=False,
@@ -334,7 +335,7 @@ def main() -> None:
     parts = set(args.parts.split(","))
     home = args.home or Path(tempfile.mkdtemp(prefix="huabu-gpu-"))
     settings = Settings(home=home, device="auto")
-    demo.build(settings)
+    demos.build(settings)
     quiet_libraries()
     sections = {
         "checks": lambda: check_paths(settings),

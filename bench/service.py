@@ -1,11 +1,16 @@
 """Service benchmark: what HTTP, the queue and storage add, and how much load the API takes.
 
     .venv/bin/python bench/service.py [--runs 7] [--submits 1000] [--poll-seconds 5]
+                                      [--against REV]
 
 (1) End-to-end task time over HTTP (submit → long poll until succeeded → download the image)
     ÷ the engine's own time for the same request, 20 steps, at 64×64 (target ≤ 1.05) and
     256×256. The server
     (`huabu serve`, worker inside) and the in-process engine run alternately, never together.
+    With ``--against REV`` (a commit, e.g. the previous release), a `huabu serve` of that
+    revision (a git worktree of it, on its own database) runs in the same rounds, and its
+    ratio is printed beside this one's (both servers are up throughout, each idle while the
+    other works).
 (2) N submits to an API-only server (HUABU_WORKER=false) with an API key, first all N at
     once (N connections), then from 8 clients in a loop: p50/p99 submit latency (target p99
     < 50 ms) and throughput; then polls per second of GET /tasks/{id} from 8 and 64
@@ -17,18 +22,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from huabu import demos
 from huabu.auth import Accounts  # noqa: E402
 from huabu.db.session import open_database  # noqa: E402
-from huabu.engine import demo, quiet_libraries  # noqa: E402
+from huabu.engine import quiet_libraries  # noqa: E402
 from huabu.engine.engine import Engine  # noqa: E402
 from huabu.native import GenerationRequest  # noqa: E402
 from huabu.settings import Settings  # noqa: E402
@@ -38,34 +47,67 @@ REQUEST = {"model": "demo", "prompt": "a red fox in the snow", "width": 64, "hei
            "steps": 20, "seed": 42, "sampler": "Euler a"}  # fmt: skip
 
 
-def end_to_end_ratio(home: Path, runs: int, size: int) -> None:
+def end_to_end_ratio(home: Path, runs: int, size: int, against: Path | None) -> None:
     settings = Settings(home=home, threads=2)
     engine = Engine(settings)
     body = REQUEST | {"width": size, "height": size}
     request = GenerationRequest(**body)
-    server = Server(home, {"HUABU_THREADS": "2", "HUABU_ANONYMOUS": "true"})
-    client = server.client()
+    env = {"HUABU_THREADS": "2", "HUABU_ANONYMOUS": "true"}
+    servers = {"this": Server(home, env)}
+    if against is not None:  # the other revision on a database of its own, the same models
+        other = home.parent / f"{home.name}-against"
+        other.mkdir(exist_ok=True)
+        if not (other / "models").exists():
+            (other / "models").symlink_to(home / "models")
+        servers["against"] = Server(other, env | {"PYTHONPATH": str(against / "src")})
 
-    def over_http() -> None:
+    def over_http(server: Server) -> None:
+        client = server.client()
         task = client.post("/huabu/v1/generations", json=body).json()
         task = client.get(f"/huabu/v1/tasks/{task['id']}", params={"wait": 60}).json()
         assert task["state"] == "succeeded", task
         client.get(task["images"][0]["url"]).raise_for_status()
 
     try:
-        engine.generate(request), over_http(), over_http()  # warm-up: load, first-task costs
-        local, remote = [], []
+        engine.generate(request)  # warm-up: load, first-task costs
+        for server in servers.values():
+            over_http(server), over_http(server)
+        samples: dict[str, list[float]] = {"engine": [], **{name: [] for name in servers}}
+        steps = [("engine", lambda: engine.generate(request))] + [
+            (name, lambda server=server: over_http(server)) for name, server in servers.items()
+        ]
         for _ in range(runs):
-            for fn, samples in ((lambda: engine.generate(request), local), (over_http, remote)):
+            for name, step in steps:
                 time.sleep(0.5)  # let the other process's torch threads stop spinning
                 start = time.perf_counter()
-                fn()
-                samples.append(time.perf_counter() - start)
+                step()
+                samples[name].append(time.perf_counter() - start)
     finally:
-        server.stop()
-    e, h = statistics.median(local), statistics.median(remote)
-    print(f"(1) {size}x{size}, 20 steps, median of {runs}: engine {e * 1000:.0f} ms, "
-          f"over HTTP {h * 1000:.0f} ms  ->  ratio {h / e:.3f}  (target <= 1.05)")  # fmt: skip
+        for server in servers.values():
+            server.stop()
+    e = statistics.median(samples["engine"])
+    line = f"(1) {size}x{size}, 20 steps, median of {runs}: engine {e * 1000:.0f} ms"
+    for name in servers:
+        h = statistics.median(samples[name])
+        label = "over HTTP" if name == "this" else "previous over HTTP"
+        line += f"; {label} {h * 1000:.0f} ms, ratio {h / e:.3f}"
+    print(line + "  (target <= 1.05)")
+
+
+@contextlib.contextmanager
+def worktree(revision: str | None) -> Iterator[Path | None]:
+    """A checkout of ``revision`` in a temporary folder (None: none)."""
+    if revision is None:
+        yield None
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "rev"
+        subprocess.run(["git", "worktree", "add", "--detach", "-q", str(path), revision],
+                       check=True)  # fmt: skip
+        try:
+            yield path
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(path)], check=False)
 
 
 class Connection:
@@ -180,20 +222,22 @@ def main() -> None:
     parser.add_argument("--submits", type=int, default=1000)
     parser.add_argument("--poll-seconds", type=float, default=5.0)
     parser.add_argument("--sizes", default="64,256", help="sizes for (1), comma-separated")
+    parser.add_argument("--against", help="a revision to measure (1) beside, e.g. a release")
     args = parser.parse_args()
     quiet_libraries()
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, worktree(args.against) as against:
         for name in ("e2e", "load"):
             (Path(tmp) / name).mkdir()
-        demo.build(Settings(home=Path(tmp) / "e2e"))
+        demos.build(Settings(home=Path(tmp) / "e2e"))
         (Path(tmp) / "load" / "models").symlink_to(Path(tmp) / "e2e" / "models")
         try:
             for size in map(int, args.sizes.split(",")):
-                end_to_end_ratio(Path(tmp) / "e2e", args.runs, size)
+                end_to_end_ratio(Path(tmp) / "e2e", args.runs, size, against)
             asyncio.run(load(Path(tmp) / "load", args.submits, args.poll_seconds))
         finally:
-            for name in ("e2e", "load"):
-                stop_embedded_postgres(Path(tmp) / name)
+            for name in ("e2e", "e2e-against", "load"):
+                if (Path(tmp) / name).exists():
+                    stop_embedded_postgres(Path(tmp) / name)
 
 
 if __name__ == "__main__":

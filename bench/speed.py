@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from huabu.engine import demo
+from huabu import demos
 from huabu.engine.engine import Engine
 from huabu.native import GenerationRequest, LoraRef
 from huabu.settings import Settings
@@ -82,7 +82,7 @@ def write_loras(settings: Settings, model: str) -> list[str]:
     with engine.cache.lease(model) as loaded:
         for seed in (1, 2):
             name = f"bench-lora-{seed}"
-            state = demo.build_lora(loaded.txt2img, seed=seed)
+            state = demos.sd.build_lora(loaded.txt2img, seed=seed)
             save_file(state, str(settings.models_dir / "loras" / f"{name}.safetensors"))
             names.append(name)
     return names
@@ -184,7 +184,7 @@ def main() -> None:
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="huabu-speed-"))
     settings = Settings(home=home)
-    demo.build(settings)
+    demos.build(settings)
     batching(settings, "demo", args.size, args.steps, args.runs)
     previews(settings, "demo", args.size, args.steps, args.runs)
     compiled(settings, "demo", args.size, args.steps, args.runs, args.backend)

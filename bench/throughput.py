@@ -25,7 +25,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from huabu.engine import demo  # noqa: E402
+from huabu import demos  # noqa: E402
 from huabu.settings import Settings  # noqa: E402
 from serving import Server, stop_embedded_postgres  # noqa: E402
 
@@ -82,7 +82,7 @@ def main() -> None:
     parser.add_argument("--home", type=Path, default=None)
     args = parser.parse_args()
     home = args.home or Path(tempfile.mkdtemp(prefix="huabu-bench-"))
-    demo.build(Settings(home=home))
+    demos.build(Settings(home=home))
     configs = {
         "batched": {
             "HUABU_MAX_BATCH": str(args.clients),

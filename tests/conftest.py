@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from helpers import publish_library
+from huabu import demos
 from huabu.auth import Accounts
 from huabu.db.session import open_database
-from huabu.engine import demo
 from huabu.engine.engine import Engine
 from huabu.native import GenerationRequest
 from huabu.settings import Settings
@@ -57,15 +57,14 @@ def home(tmp_path_factory, request) -> Path:
     """A home with the demo models, built once per version of the code that builds them and
     kept in pytest's cache (the edit-test loop skips the 10 s build); each run gets a copy."""
     path = tmp_path_factory.mktemp("huabu-home")
-    engine = Path(demo.__file__).parent
-    sources = [*sorted(engine.glob("demo*.py")), engine / "ldm_layout.py",
-               engine.parent / "catalog" / "architectures.py"]  # fmt: skip
+    package = Path(demos.__file__).parent
+    sources = [*sorted(package.glob("*.py")), package.parent / "catalog" / "architectures.py"]
     digest = hashlib.sha256(b"".join(p.read_bytes() for p in sources)).hexdigest()[:16]
     cached = Path(str(request.config.cache.mkdir("huabu-demo"))) / digest
     if not (cached / "models").is_dir():
         staging = cached.with_name(f".{digest}-{os.getpid()}")
         shutil.rmtree(staging, ignore_errors=True)
-        demo.build(Settings(home=staging))
+        demos.build(Settings(home=staging))
         shutil.rmtree(cached, ignore_errors=True)
         for old in cached.parent.iterdir():  # earlier versions' builds
             if not old.name.startswith("."):

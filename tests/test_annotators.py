@@ -5,6 +5,10 @@ depends on its input, and one whose file is missing is refused naming it."""
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -13,15 +17,16 @@ from PIL import Image
 
 from helpers import REF, max_difference
 from huabu.catalog.preprocessors import NETWORKS, PACKAGES, WEIGHTLESS, check, listing
-from huabu.engine.annotators import Hed, LineartGenerator
-from huabu.engine.leres import Leres, MergeNet
-from huabu.engine.lineart_anime import AnimeLineart
-from huabu.engine.midas import DptHybrid
-from huabu.engine.mlsd import Mlsd
-from huabu.engine.normal_bae import NormalBae
-from huabu.engine.openpose import COLOURS, BodyNet, face_net, hand_net
-from huabu.engine.pidinet import PiDiNet
-from huabu.engine.zoe import ZoeDepth, relative_index
+from huabu.engine.annotators.hed import Hed
+from huabu.engine.annotators.leres import Leres, MergeNet
+from huabu.engine.annotators.lineart import LineartGenerator
+from huabu.engine.annotators.lineart_anime import AnimeLineart
+from huabu.engine.annotators.midas import DptHybrid
+from huabu.engine.annotators.mlsd import Mlsd
+from huabu.engine.annotators.normal_bae import NormalBae
+from huabu.engine.annotators.openpose import COLOURS, BodyNet, face_net, hand_net
+from huabu.engine.annotators.pidinet import PiDiNet
+from huabu.engine.annotators.zoe import ZoeDepth, relative_index
 from huabu.errors import InvalidRequest
 from huabu.native import ControlUnit, GenerationRequest
 from huabu.settings import Settings
@@ -227,7 +232,7 @@ def figure(shift: int) -> Image.Image:
 def quick_pose(monkeypatch):
     """Hands at 92² and faces at 96², not at four scales to 736² and 384²: the same code, fewer
     multiply-adds on two cores."""
-    from huabu.engine import openpose
+    from huabu.engine.annotators import openpose
 
     monkeypatch.setattr(openpose, "HAND_SCALES", (0.25,))
     monkeypatch.setattr(openpose, "FACE_SIZE", 96)
@@ -246,6 +251,30 @@ def picture(seed: int) -> Image.Image:
     return Image.fromarray(base[:64, :72])
 
 
+#: Each family's map of ``picture(1)`` on the fixture's seeded weights, averaged over 8×8
+#: blocks: the output of the ports when they matched their reference code, pinned so that a
+#: change of a port's arithmetic cannot pass unseen. ``HUABU_GOLDEN=update`` rewrites it
+#: (only when a change of output is meant, and said in the commit).
+GOLDEN = Path(__file__).parent / "golden" / "annotators.json"
+
+
+def assert_golden(name: str, control_map: Image.Image) -> None:
+    pixels = np.asarray(control_map, dtype=np.float64)
+    height, width = (pixels.shape[0] // 8) * 8, (pixels.shape[1] // 8) * 8
+    blocks = pixels[:height, :width].reshape(height // 8, 8, width // 8, 8, 3).mean(axis=(1, 3))
+    golden = json.loads(GOLDEN.read_text()) if GOLDEN.exists() else {}
+    if os.environ.get("HUABU_GOLDEN") == "update":
+        golden[name] = np.round(blocks, 2).tolist()
+        GOLDEN.parent.mkdir(exist_ok=True)
+        GOLDEN.write_text(json.dumps(dict(sorted(golden.items()))) + "\n")
+        return
+    assert name in golden, f"no golden map for {name}: run with HUABU_GOLDEN=update"
+    difference = np.abs(blocks - np.array(golden[name]))
+    # The same code on another CPU may round a few pixels differently (a thresholded map
+    # flips a pixel: 4 levels in its block's mean); a changed port moves whole blocks.
+    assert difference.mean() < 1.0 and difference.max() < 12, (difference.mean(), difference.max())
+
+
 @pytest.mark.parametrize(
     "name",
     sorted(n for n in NETWORKS if "pose" not in n and n not in ("depth", "lineart"))
@@ -254,15 +283,16 @@ def picture(seed: int) -> Image.Image:
 # lineart_realistic; the other openpose variants: in
 # test_openpose_draws_bodies_hands_and_faces_as_asked
 def test_each_network_preprocessor_maps_its_input(annotating, name, quick_pose):
-    from huabu.engine import preprocessors
+    from huabu.engine import annotators
 
     pose = "pose" in name
     images = [figure(shift) if pose else picture(seed) for seed, shift in ((1, 0), (2, 40))]
-    maps = [preprocessors.run(name, image, annotators=annotating.annotators) for image in images]
+    maps = [annotators.run(name, image, annotators=annotating.annotators) for image in images]
     for image, control_map in zip(images, maps, strict=True):
         assert control_map.size == image.size and control_map.mode == "RGB"
         assert np.asarray(control_map).std() > 0  # not a flat field
     assert max_difference(*maps) > 0  # the map depends on the input
+    assert_golden(name, maps[0])
     if name.startswith("scribble"):  # scribbles are black and white
         assert set(np.unique(np.asarray(maps[0]))) <= {0, 255}
     if name.startswith("depth"):  # grey, scaled to the full range: far black, near white
@@ -272,10 +302,10 @@ def test_each_network_preprocessor_maps_its_input(annotating, name, quick_pose):
 
 
 def test_openpose_draws_bodies_hands_and_faces_as_asked(annotating, quick_pose):
-    from huabu.engine import preprocessors
+    from huabu.engine import annotators
 
     def pose(name: str) -> np.ndarray:
-        return np.asarray(preprocessors.run(name, figure(0), annotators=annotating.annotators))
+        return np.asarray(annotators.run(name, figure(0), annotators=annotating.annotators))
 
     names = ("openpose", "openpose_hand", "openpose_face", "openpose_faceonly", "openpose_full")
     body, hands, faces, face_only, full = (pose(name) for name in names)
@@ -304,14 +334,14 @@ def test_dwpose_draws_the_whole_body_where_the_network_finds_it(annotating):
     """The keypoints come back through the detector's box, the crop's warp and SimCC's
     decoding to where the network put them: the figure follows the dot that the routed
     network reads, and is drawn as OpenPose's (limbs, blue hand joints, white face dots)."""
-    from huabu.engine import preprocessors
+    from huabu.engine import annotators
 
     def dot(x: int) -> Image.Image:
         pixels = np.zeros((256, 256, 3), np.uint8)
         cv2.circle(pixels, (x, 110), 6, (255, 255, 0), -1)
         return Image.fromarray(pixels)
 
-    maps = [preprocessors.run("dwpose", dot(x), annotators=annotating.annotators)
+    maps = [annotators.run("dwpose", dot(x), annotators=annotating.annotators)
             for x in (100, 140)]  # fmt: skip
     first, moved = lit(maps[0]), lit(maps[1])
     assert len(first) > 1000 and len(first) == len(moved)
@@ -331,7 +361,11 @@ def test_leres_boost_refines_where_the_picture_has_detail():
     """depth_leres++'s plan, without the networks: the resolution search settles on the
     receptive field for a picture whose detail is in one corner (more of it is far from an
     edge), and the patches it refines cover that corner, none the flat rest."""
-    from huabu.engine.leres_boost import RECEPTIVE_FIELD, _patches, _processing_resolution
+    from huabu.engine.annotators.leres_boost import (
+        RECEPTIVE_FIELD,
+        _patches,
+        _processing_resolution,
+    )
 
     pixels = np.full((448, 448, 3), 120, np.uint8)
     pixels[20:120, 30:140] = np.random.default_rng(1).integers(0, 255, (100, 110, 3))
@@ -349,9 +383,9 @@ def test_leres_boost_refines_where_the_picture_has_detail():
 
 def test_normals_are_unit_vectors_in_colour(annotating):
     """Bae's normals as RGB: each pixel a unit vector mapped from −1…1 to 0…255."""
-    from huabu.engine import preprocessors
+    from huabu.engine import annotators
 
-    normals = preprocessors.run("normal_bae", picture(5), annotators=annotating.annotators)
+    normals = annotators.run("normal_bae", picture(5), annotators=annotating.annotators)
     vectors = np.asarray(normals).astype(np.float64) / 127.5 - 1.0
     lengths = np.linalg.norm(vectors, axis=2)
     assert np.median(lengths) == pytest.approx(1.0, abs=0.05)  # (resizing blends a little)
@@ -365,13 +399,13 @@ def test_mediapipe_face_draws_the_face_it_finds():
     a black map."""
     import matplotlib
 
-    from huabu.engine import preprocessors
+    from huabu.engine import annotators
 
     path = f"{matplotlib.get_data_path()}/sample_data/grace_hopper.jpg"
     portrait = Image.open(path).convert("RGB").resize((256, 300))
     padded = Image.new("RGB", (320, 300))
     padded.paste(portrait, (64, 0))
-    face, moved = (preprocessors.run("mediapipe_face", image) for image in (portrait, padded))
+    face, moved = (annotators.run("mediapipe_face", image) for image in (portrait, padded))
     assert face.size == (256, 300) and face.mode == "RGB" and moved.size == (320, 300)
     found = lit(face)
     assert len(found) > 500
@@ -383,14 +417,14 @@ def test_mediapipe_face_draws_the_face_it_finds():
     colours = {tuple(c) for c in pixels[pixels.max(axis=2) > 0]}
     for colour in ((10, 200, 10), (10, 180, 10), (10, 200, 180), (180, 200, 10)):
         assert colour in colours  # outline, lips, left and right eye (pure, not blended)
-    blank = preprocessors.run("mediapipe_face", Image.new("RGB", (128, 128), "grey"))
+    blank = annotators.run("mediapipe_face", Image.new("RGB", (128, 128), "grey"))
     assert not np.asarray(blank).any()
 
 
 def test_openpose_parses_a_person_from_heatmaps_and_fields():
     """The parsing alone: a stick figure planted as part heatmaps and limb fields comes back
     as one person with every part where it was planted."""
-    from huabu.engine.openpose import FIELDS, LIMBS, PARTS, detect_bodies
+    from huabu.engine.annotators.openpose import FIELDS, LIMBS, PARTS, detect_bodies
 
     size = 200
     joints = [(100, 40), (100, 60), (80, 60), (70, 90), (65, 120), (120, 60), (130, 90),
@@ -428,7 +462,7 @@ def test_loaded_annotators_are_bounded(annotated, monkeypatch):
     loaded = annotators.Annotators(lambda name: annotated.models_dir / "annotators" / name,
                                    torch.device("cpu"))  # fmt: skip
     for name in ("softedge_hed", "lineart_realistic", "lineart_coarse", "lineart"):
-        loaded.run(name, picture(3))
+        loaded.draw(name, picture(3))
     assert list(loaded._loaded) == ["sk_model2.pth", "sk_model.pth"]  # least recent first
 
 

@@ -47,7 +47,7 @@ def more_loras(settings: Settings, compiled: Engine):
     and a rank-8 one that also has text-encoder weights."""
     from peft import LoraConfig, get_peft_model_state_dict
 
-    from huabu.engine.demo import build_lora
+    from huabu.demos.sd import build_lora
 
     folder = settings.models_dir / "loras"
     with compiled.cache.lease("demo") as model:

@@ -7,7 +7,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from helpers import REF, max_difference
-from huabu.engine import preprocessors
+from huabu.engine import annotators
 from huabu.errors import InvalidRequest, ModelUnavailable
 from huabu.native import ControlUnit, InpaintRef, LoraRef
 
@@ -95,15 +95,33 @@ def test_controlnet_with_inpainting(engine, small, square):
 
 
 def test_preprocessors_make_control_maps(square):
-    edges = np.asarray(preprocessors.run("canny", square))
+    edges = np.asarray(annotators.run("canny", square))
     assert set(np.unique(edges).tolist()) == {0, 255}
     assert edges[14:19, 30].max() == 255 and edges[32, 32].max() == 0  # its edge, not inside
-    assert np.asarray(preprocessors.run("lineart_standard", square)).shape == (64, 64, 3)
-    assert preprocessors.run("none", square) is not square  # a copy, as RGB
-    first = preprocessors.run("shuffle", square, seed=1)
-    assert np.array_equal(
-        np.asarray(first), np.asarray(preprocessors.run("shuffle", square, seed=1))
-    )
+    assert np.asarray(annotators.run("lineart_standard", square)).shape == (64, 64, 3)
+    assert annotators.run("none", square) is not square  # a copy, as RGB
+    first = annotators.run("shuffle", square, seed=1)
+    assert np.array_equal(np.asarray(first), np.asarray(annotators.run("shuffle", square, seed=1)))
+
+
+def test_the_catalog_names_what_the_annotator_families_run():
+    """The API process checks requests against the catalog's torch-free table: it must say
+    exactly what the engine's families need, or a request would be accepted that a worker
+    cannot run (or refused that it can)."""
+    from huabu.catalog import preprocessors as catalog
+
+    networks = {name: files for family in annotators.FAMILIES if family.package is None
+                for name, files in family.needs.items()}  # fmt: skip
+    packages = {name: family.package for family in annotators.FAMILIES if family.package
+                for name in family.needs}  # fmt: skip
+    assert networks == catalog.NETWORKS
+    assert packages == catalog.PACKAGES
+    assert not set(catalog.WEIGHTLESS) & set(annotators.FAMILY_OF)
+    for name in catalog.WEIGHTLESS:  # each weightless name runs without any file
+        assert annotators.run(name, Image.new("RGB", (64, 64), "grey")).size == (64, 64)
+    # Every file a family builds a network for is one a name of it needs.
+    for family in annotators.FAMILIES:
+        assert set(family.networks) <= {f for files in family.needs.values() for f in files}
 
 
 @pytest.mark.parametrize(

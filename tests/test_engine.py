@@ -109,7 +109,7 @@ def test_vae_override_is_used_and_does_not_stick(engine, small, settings):
 def test_single_file_vae_in_a1111_layout(engine, small, settings):
     from safetensors.torch import save_file
 
-    from huabu.engine.ldm_layout import vae_to_ldm
+    from huabu.demos.ldm_layout import vae_to_ldm
 
     vae = loaded(engine, "demo").components["vae"]
     state = vae_to_ldm(vae.state_dict(), dict(vae.config))

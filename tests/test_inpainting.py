@@ -167,13 +167,13 @@ def inpainting_engine(engine, tmp_path_factory):
     demo model's otherwise): the UNet also sees the mask and the masked image."""
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
-    from huabu.engine import demo
+    from huabu import demos
     from huabu.engine.engine import Engine
     from huabu.settings import Settings
 
     home = tmp_path_factory.mktemp("inpainting-home")
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(**(demo._UNET | {"in_channels": 9}))
+    unet = UNet2DConditionModel(**(demos.sd._UNET | {"in_channels": 9}))
     parts = loaded(engine, "demo").components
     StableDiffusionPipeline(**(parts | {"unet": unet})).save_pretrained(
         home / "models" / "checkpoints" / "demo-inpainting"

@@ -8,7 +8,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from huabu.dialects import a1111, novita
-from huabu.web.errors import ErrorRenderers, LastResort, install
+from huabu.web.error_renderers import ErrorRenderers, LastResort, install
 
 
 @pytest.fixture

@@ -30,44 +30,90 @@ def _unit(module: str) -> str:
     return module.split(".")[1] if module.count(".") >= 1 else module
 
 
-def _imports() -> dict[str, set[str]]:
-    """huabu unit → the huabu units its modules import (at any level, lazily or not)."""
-    graph: dict[str, set[str]] = {}
+def _modules() -> dict[str, Path]:
+    """Every huabu module (packages by their own name) → its file."""
+    found = {}
     for path in SRC.rglob("*.py"):
-        if "migrations" in path.parts:
-            continue
-        module = "huabu." + ".".join(path.relative_to(SRC).with_suffix("").parts)
-        unit = _unit(module.removesuffix(".__init__"))
-        targets = graph.setdefault(unit, set())
+        if "migrations" not in path.parts:
+            name = "huabu." + ".".join(path.relative_to(SRC).with_suffix("").parts)
+            found[name.removesuffix(".__init__")] = path
+    return found
+
+
+def _module_imports() -> dict[str, set[str]]:
+    """huabu module → the huabu modules it imports (at any level, lazily or not);
+    ``from huabu.tasks import queue`` is an import of the module ``huabu.tasks.queue``."""
+    modules = _modules()
+    graph: dict[str, set[str]] = {}
+    for module, path in modules.items():
+        targets = graph.setdefault(module, set())
         for node in ast.walk(ast.parse(path.read_text())):
             names = []
             if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                names = [node.module]
+                names = [
+                    full if (full := f"{node.module}.{alias.name}") in modules else node.module
+                    for alias in node.names
+                ]
             elif isinstance(node, ast.Import):
                 names = [alias.name for alias in node.names]
-            for name in names:
-                if name.startswith("huabu.") and _unit(name) != unit:
-                    targets.add(_unit(name))
+            targets.update(n for n in names if n in modules and n != module)
     return graph
+
+
+def _imports() -> dict[str, set[str]]:
+    """huabu unit → the huabu units its modules import."""
+    graph: dict[str, set[str]] = {}
+    for module, targets in _module_imports().items():
+        unit = _unit(module)
+        graph.setdefault(unit, set()).update(_unit(t) for t in targets if _unit(t) != unit)
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one node (Tarjan's algorithm)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for target in sorted(graph.get(node, ())):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
 
 
 def test_packages_depend_one_way():
     graph = _imports()
-    cycles = []
-
-    def visit(unit: str, path: list[str]) -> None:
-        for target in sorted(graph.get(unit, ())):
-            if target in path:
-                cycles.append(" → ".join(path[path.index(target) :] + [target]))
-            elif len(path) < len(graph):
-                visit(target, path + [target])
-
-    for unit in sorted(graph):
-        visit(unit, [unit])
-    assert not cycles, sorted(set(cycles))
-    # The layers: dialects may use the engine's catalog, never the engine itself.
+    assert _cycles(graph) == []
+    # The layers: dialects may use the engine's catalog, never the engine itself; the queue
+    # (tasks) never imports the engine, the trainer or the worker that runs them.
     assert "engine" not in graph["dialects"] and "engine" not in graph["web"]
-    assert "training" not in graph["tasks"]
+    assert not {"engine", "worker", "training", "demos"} & graph["tasks"]
+    assert not {"dialects", "web", "app"} & graph["worker"]
+
+
+def test_modules_import_each_other_one_way():
+    """No cycle between files either (a package's ``__init__`` counts as a file)."""
+    assert _cycles(_module_imports()) == []
 
 
 def test_every_route_checks_credentials_before_its_body():

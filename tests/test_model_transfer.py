@@ -153,7 +153,7 @@ def test_publishing_what_is_not_a_model_says_what_was_expected(place, tmp_path):
 
 
 def test_a_worker_prefers_its_loaded_checkpoint_until_a_job_has_waited_too_long(place, tmp_path):
-    """Routing (tasks.routing): a worker asks only for the queues of checkpoints it can serve,
+    """Routing (worker.router): a worker asks only for the queues of checkpoints it can serve,
     its loaded ones first; once a job it can serve is older than the pass-over bound, it asks
     for all of them (procrastinate then hands out the oldest)."""
     import asyncio
@@ -162,7 +162,7 @@ def test_a_worker_prefers_its_loaded_checkpoint_until_a_job_has_waited_too_long(
     from sqlalchemy import text
 
     from huabu.auth import Accounts
-    from huabu.tasks.routing import Router
+    from huabu.worker.router import Router
 
     settings, sessions, _ = place
     home = Settings(home=tmp_path, max_pass_over_seconds=30)

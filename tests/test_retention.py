@@ -20,7 +20,7 @@ from huabu.tasks import metrics, retention
 from huabu.tasks.reads import TaskReads
 from huabu.tasks.submit import TaskSubmitter
 from huabu.tasks.uploads import Uploads
-from huabu.web.errors import status_for
+from huabu.web.error_renderers import status_for
 from test_service import SLOW, SMALL, client_for, submit, wait_finished, wait_state
 
 pytestmark = pytest.mark.slow  # a database of its own

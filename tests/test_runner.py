@@ -12,12 +12,12 @@ from sqlalchemy import text
 from huabu.auth import Accounts, Principal
 from huabu.catalog.shared import Catalog
 from huabu.errors import DatabaseUnavailable
-from huabu.tasks.batching import Batcher
-from huabu.tasks.generation import GenerationHandler
 from huabu.tasks.reads import TaskReads
-from huabu.tasks.runner import RunLost, TaskRunner, WorkerId
 from huabu.tasks.submit import TaskSubmitter
 from huabu.tasks.uploads import Uploads
+from huabu.worker.batcher import Batcher
+from huabu.worker.handle_generation import GenerationHandler
+from huabu.worker.runner import RunLost, TaskRunner, WorkerId
 
 pytestmark = pytest.mark.slow  # a database of its own
 

@@ -130,10 +130,10 @@ def test_single_file_sdxl_controlnets_load_in_each_layout(settings, xl, tmp_path
     from diffusers import ControlNetModel
     from safetensors.torch import save_file
 
-    from huabu.engine.demo import build_controlnet
-    from huabu.engine.demo_xl import build_pipeline
+    from huabu.demos.ldm_layout import controlnet_to_ldm
+    from huabu.demos.sd import build_controlnet
+    from huabu.demos.xl import build_pipeline
     from huabu.engine.engine import Engine
-    from huabu.engine.ldm_layout import controlnet_to_ldm
     from huabu.settings import Settings
 
     models = tmp_path / "models"
@@ -260,7 +260,7 @@ def test_a_single_file_refiner_loads_as_its_folder(settings, xl, tmp_path):
     from safetensors.torch import save_file
 
     from huabu.catalog.checkpoints import METADATA_KEY
-    from huabu.engine.demo_xl import REFINER_OVERRIDES, build_refiner, refiner_single_file_state
+    from huabu.demos.xl import REFINER_OVERRIDES, build_refiner, refiner_single_file_state
     from huabu.engine.engine import Engine
     from huabu.native.generation import Refiner
     from huabu.settings import Settings

@@ -322,7 +322,7 @@ def test_failed_and_unfinished_tasks_in_each_synchronous_shape():
 
     from huabu.dialects import a1111
     from huabu.errors import Cancelled, TaskFailed, TaskTimedOut
-    from huabu.web.errors import render_native, status_for
+    from huabu.web.error_renderers import render_native, status_for
 
     timed_out = TaskTimedOut("the task is still running after 300 s", task_id="t-1")
     failed = TaskFailed("LoRA 'x' does not fit this checkpoint", task_id="t-2")

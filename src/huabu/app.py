@@ -33,12 +33,12 @@ from huabu.dialects import (
 from huabu.settings import Settings
 from huabu.tasks.records import TaskRecord
 from huabu.tasks.service_jobs import ServiceJobs
-from huabu.web import errors, files, metrics, ui
+from huabu.web import error_renderers, files, page, prometheus
 from huabu.web.guards import RequestGuard
-from huabu.web.idempotency import IdempotencyKeys
+from huabu.web.idempotency_header import IdempotencyKeys
 from huabu.web.limits import BodyLimit
-from huabu.web.metrics import RequestTimer, Telemetry
 from huabu.web.openapi import truthful_openapi
+from huabu.web.prometheus import RequestTimer, Telemetry
 from huabu.web.services import Services
 
 log = logging.getLogger("huabu.web")
@@ -70,7 +70,7 @@ def create_app(settings: Settings, sessions: sessionmaker[Session] | None = None
         await jobs.start()
         worker = None
         if settings.worker:
-            from huabu.worker import Worker  # imports torch; API-only servers skip it
+            from huabu.worker.process import Worker  # imports torch; API-only servers skip it
 
             worker = await run_in_threadpool(Worker, settings, database)
             await worker.start()
@@ -96,9 +96,9 @@ def create_app(settings: Settings, sessions: sessionmaker[Session] | None = None
         "files under /files (signed URLs).",
         lifespan=lifespan,
     )
-    renderers = errors.ErrorRenderers()
+    renderers = error_renderers.ErrorRenderers()
     app.state.error_renderers = renderers
-    errors.install(app, renderers)
+    error_renderers.install(app, renderers)
     app.openapi = lambda: truthful_openapi(app, renderers)  # type: ignore[method-assign]
     telemetry = Telemetry()
     app.state.telemetry = telemetry
@@ -106,7 +106,9 @@ def create_app(settings: Settings, sessions: sessionmaker[Session] | None = None
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, renderers=renderers)
     app.add_middleware(RequestGuard, settings=settings, renderers=renderers)
     app.add_middleware(RequestTimer, telemetry=telemetry)
-    app.add_middleware(errors.LastResort, renderers=renderers)  # outermost: sees everything
+    app.add_middleware(
+        error_renderers.LastResort, renderers=renderers
+    )  # outermost: sees everything
     app.include_router(native.router)
     app.include_router(native_admin.router)
     app.include_router(native_training.router)
@@ -130,6 +132,6 @@ def create_app(settings: Settings, sessions: sessionmaker[Session] | None = None
     for path in sdserver.PATHS:
         renderers.register(path, sdserver.render_error, sdserver.ErrorOut)
     app.include_router(files.router)
-    app.include_router(metrics.router)
-    app.include_router(ui.router)
+    app.include_router(prometheus.router)
+    app.include_router(page.router)
     return app

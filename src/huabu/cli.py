@@ -84,8 +84,8 @@ def _generate(args: dict) -> None:
     from huabu.catalog.infotext import encode_image
     from huabu.catalog.library import ModelLibrary
     from huabu.native import GenerationRequest, ImageRef
-    from huabu.tasks.inputs import input_images
     from huabu.tasks.uploads import check_image
+    from huabu.worker.inputs import input_images
 
     settings = Settings()
     width, height = _size(args["size"])
@@ -132,7 +132,7 @@ def _generate(args: dict) -> None:
         library.find("vae", request.vae, param="vae")
 
     # Only now torch: bad input is refused in a second, without loading it.
-    from huabu.engine.demo import DEMO, DEMO_SINGLE, NOTICE
+    from huabu.demos.sd import DEMO, DEMO_SINGLE, NOTICE
     from huabu.engine.engine import Engine
 
     if request.model in (DEMO, DEMO_SINGLE):
@@ -191,20 +191,20 @@ def models_demo(
     ] = False,
 ) -> None:
     """Build the tiny offline demo model (random weights: noise-like images)."""
+    from huabu import demos
     from huabu.catalog.library import ModelLibrary
-    from huabu.engine import demo
 
     settings = Settings()
     library = ModelLibrary(settings)
     if if_missing and library.entries("checkpoints"):
         return
     library.ensure_folders()
-    written = demo.build(settings, force=force)
+    written = demos.build(settings, force=force)
     for path in written:
         typer.echo(f"wrote {path}")
     if not written:
         typer.echo("demo model already present (use --force to rebuild)")
-    typer.echo(f"note: {demo.NOTICE}", err=True)
+    typer.echo(f"note: {demos.NOTICE}", err=True)
 
 
 @models_app.command("publish")
@@ -555,13 +555,13 @@ def worker(
     import asyncio
 
     from huabu.db.session import open_database
-    from huabu.worker import Worker
+    from huabu.worker.process import Worker
 
     settings = Settings()
     settings.worker_kinds  # noqa: B018 - a worker that would take nothing stops here
     _logging(settings.log_format)
     if devices is not None:
-        from huabu import devices as multi
+        from huabu.worker import devices as multi
 
         try:
             found = multi.expand(devices)

@@ -1,6 +1,6 @@
 """The ControlNet preprocessor names huabu knows, which run here, and what each needs: what the
-API process checks at submit. Running them is :mod:`huabu.engine.preprocessors` (OpenCV) and
-:mod:`huabu.engine.annotators` (networks).
+API process checks at submit (torch-free). Running them is :mod:`huabu.engine.annotators`,
+whose families' specs this table is tested against.
 
 A preprocessor that runs a network needs its weights in ``models/annotators/`` (the file names
 of lllyasviel/Annotators, as sd-webui-controlnet and controlnet_aux download them). Annotator

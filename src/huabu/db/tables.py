@@ -132,7 +132,7 @@ class Task(Base):
     fair_rank: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     #: The level it was queued at: higher levels go first (``tasks.fairness``).
     priority: Mapped[int] = mapped_column(SmallInteger, default=0, server_default="0")
-    #: Queued generation tasks with equal keys can share one denoising loop (``tasks.batching``);
+    #: Queued generation tasks with equal keys can share one denoising loop (``worker.batcher``);
     #: None: the task runs alone.
     batch_key: Mapped[str | None] = mapped_column(String(64))
     #: How many tasks the task's last run shared its loop with (itself included).

@@ -128,7 +128,7 @@ async def _model(services: Services, options: dict[str, Any], body: wire.Txt2Img
         return wire.model_name(str(wanted))
     if options.get("sd_model_checkpoint"):
         return options["sd_model_checkpoint"]
-    return await run_in_threadpool(services.library.default_model)
+    return await run_in_threadpool(services.catalog.default_model)
 
 
 async def _controlnets(
@@ -263,7 +263,7 @@ async def skip(user: CurrentUser, services: ServicesDep) -> Response:
 
 @router.get("/sd-models", summary="Checkpoints", responses=ok(_LIST))
 async def sd_models(user: CurrentUser, services: ServicesDep) -> Response:
-    entries = await run_in_threadpool(services.library.entries, "checkpoints")
+    entries = await run_in_threadpool(services.catalog.entries, "checkpoints")
     return JSONResponse(
         [
             {"title": e.name, "model_name": e.name, "hash": None, "sha256": None,
@@ -291,7 +291,7 @@ async def controlnet_version(user: CurrentUser) -> Response:
     "/model_list", summary="ControlNet models", responses=ok(ControlNetModelsOut)
 )
 async def controlnet_models(user: CurrentUser, services: ServicesDep) -> Response:
-    names = await run_in_threadpool(services.library.names, "controlnet")
+    names = await run_in_threadpool(services.catalog.names, "controlnet")
     return JSONResponse({"model_list": ["None", *names]})
 
 
@@ -301,7 +301,7 @@ async def controlnet_models(user: CurrentUser, services: ServicesDep) -> Respons
     responses=ok(ControlNetModulesOut),
 )
 async def controlnet_modules(user: CurrentUser, services: ServicesDep) -> Response:
-    held = set(await run_in_threadpool(services.library.names, "annotators"))
+    held = set(await run_in_threadpool(services.catalog.names, "annotators"))
     names = available_preprocessors(held)
     return JSONResponse(
         {"module_list": names, "module_detail": {name: {"sliders": []} for name in names}}
@@ -336,7 +336,7 @@ async def schedulers(user: CurrentUser) -> Response:
 
 @router.get("/loras", summary="LoRAs (the server's, and your trained ones)", responses=ok(_LIST))
 async def loras(user: CurrentUser, services: ServicesDep) -> Response:
-    entries = await run_in_threadpool(services.library.entries, "loras")
+    entries = await run_in_threadpool(services.catalog.entries, "loras")
     trained = await run_in_threadpool(services.training.trained_names, user.id)
     listed = [{"name": e.name, "alias": e.name, "path": e.location, "metadata": {}}
               for e in entries]  # fmt: skip
@@ -346,7 +346,7 @@ async def loras(user: CurrentUser, services: ServicesDep) -> Response:
 
 @router.get("/embeddings", summary="Textual-inversion embeddings", responses=ok(_OBJECT))
 async def embeddings(user: CurrentUser, services: ServicesDep) -> Response:
-    names = await run_in_threadpool(services.library.names, "embeddings")
+    names = await run_in_threadpool(services.catalog.names, "embeddings")
     loaded = {name: {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None,
                      "shape": None, "vectors": None} for name in names}  # fmt: skip
     return JSONResponse({"loaded": loaded, "skipped": {}})
@@ -354,7 +354,7 @@ async def embeddings(user: CurrentUser, services: ServicesDep) -> Response:
 
 @router.get("/sd-vae", summary="VAEs", responses=ok(_LIST))
 async def sd_vae(user: CurrentUser, services: ServicesDep) -> Response:
-    entries = await run_in_threadpool(services.library.entries, "vae")
+    entries = await run_in_threadpool(services.catalog.entries, "vae")
     return JSONResponse([{"model_name": e.name, "filename": e.location} for e in entries])
 
 
@@ -367,7 +367,7 @@ async def scripts(user: CurrentUser) -> Response:
 async def get_options(user: CurrentUser, services: ServicesDep) -> Response:
     options = await run_in_threadpool(services.accounts.options, user.id)
     if not options.get("sd_model_checkpoint"):
-        options["sd_model_checkpoint"] = await run_in_threadpool(services.library.default_model)
+        options["sd_model_checkpoint"] = await run_in_threadpool(services.catalog.default_model)
     return JSONResponse(wire.options_out(options))
 
 
@@ -381,13 +381,13 @@ async def set_options(request: Request, user: CurrentUser, services: ServicesDep
     changes = wire.options_in(await read_body(request, limit=SMALL_BODY))
     if "sd_model_checkpoint" in changes:
         name = changes["sd_model_checkpoint"]
-        known = await run_in_threadpool(services.library.names, "checkpoints")
+        known = await run_in_threadpool(services.catalog.names, "checkpoints")
         if name not in known and not await run_in_threadpool(
             services.submitter.trained_model, user.id, name
         ):
-            raise services.library.unknown("checkpoints", name, param="sd_model_checkpoint")
+            raise services.catalog.unknown("checkpoints", name, param="sd_model_checkpoint")
     if changes.get("sd_vae"):
-        await run_in_threadpool(services.library.find, "vae", changes["sd_vae"], param="sd_vae")
+        await run_in_threadpool(services.catalog.find, "vae", changes["sd_vae"], param="sd_vae")
     await run_in_threadpool(services.accounts.update_options, user.id, changes)
     return JSONResponse(None)
 

@@ -248,13 +248,13 @@ def render_error(error: HuabuError, status: int) -> Response:
 )
 def config(user: CurrentUser, services: ServicesDep) -> Response:
     settings = services.settings
-    library = services.library
+    catalog = services.catalog
     sizes = [(w, h) for w, h in ((512, 512), (768, 512), (512, 768), (1024, 1024), (1024, 576),
                                  (576, 1024)) if w * h <= settings.max_pixels]  # fmt: skip
     return envelope(
         {
-            "models": [{"id": name, "name": name} for name in library.names("checkpoints")],
-            "LoRAs": [{"id": name, "name": name} for name in library.names("loras")],
+            "models": [{"id": name, "name": name} for name in catalog.names("checkpoints")],
+            "LoRAs": [{"id": name, "name": name} for name in catalog.names("loras")],
             "samplings": list(SAMPLER_NAMES),
             "artboards": [f"{w}x{h}" for w, h in sizes],
             "limits": {
@@ -289,7 +289,7 @@ async def generate(
         upload_id = (await run_in_threadpool(uploads.add, data, field="image")).id
     model = body.model
     if not model:
-        model = await run_in_threadpool(services.library.default_model)
+        model = await run_in_threadpool(services.catalog.default_model)
     try:
         native = to_native(body, model=model, init_image=upload_id)
         record = await run_in_threadpool(

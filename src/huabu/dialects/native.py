@@ -21,7 +21,7 @@ from huabu.errors import DatabaseUnavailable, Forbidden, InvalidRequest
 from huabu.native import GenerationRequest
 from huabu.tasks.records import TaskRecord, UploadRecord
 from huabu.web.deps import BaseUrl, CurrentUser, ServicesDep
-from huabu.web.errors import NativeError
+from huabu.web.error_renderers import NativeError
 from huabu.web.openapi import MULTIPART, schema_of
 from huabu.web.routing import GuardedRoute
 from huabu.web.services import Services
@@ -320,7 +320,7 @@ async def task_events(
 
 @router.get("/models", response_model=ModelList, summary="Models the fleet can serve")
 def list_models(user: CurrentUser, services: ServicesDep, kind: str = "checkpoints") -> ModelList:
-    kinds = services.library.kinds
+    kinds = services.catalog.kinds
     if kind not in kinds:
         raise InvalidRequest(f"kind must be one of {', '.join(kinds)}, got {kind!r}", param="kind")
     return ModelList(
@@ -332,7 +332,7 @@ def list_models(user: CurrentUser, services: ServicesDep, kind: str = "checkpoin
                 layout=entry.layout,
                 size_bytes=entry.size_bytes,
             )
-            for entry in services.library.entries(kind)
+            for entry in services.catalog.entries(kind)
         ]
     )
 
@@ -349,7 +349,7 @@ class PreprocessorOut(BaseModel):
     summary="ControlNet preprocessors, and which run here",
 )
 def list_preprocessors(user: CurrentUser, services: ServicesDep) -> list[PreprocessorOut]:
-    held = set(services.library.names("annotators"))
+    held = set(services.catalog.names("annotators"))
     return [PreprocessorOut.model_validate(item) for item in preprocessor_listing(held)]
 
 

@@ -16,7 +16,7 @@ from huabu.auth.administration import KEEP, Administration, KeyRecord, UserRecor
 from huabu.errors import Forbidden, InvalidRequest
 from huabu.tasks import quotas
 from huabu.web.deps import CurrentUser, ServicesDep
-from huabu.web.errors import NativeError
+from huabu.web.error_renderers import NativeError
 from huabu.web.routing import GuardedRoute
 
 PREFIX = "/huabu/v1"

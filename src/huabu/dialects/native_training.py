@@ -15,7 +15,7 @@ from huabu.dialects.native import TaskOut, task_response
 from huabu.native.generation import Text
 from huabu.native.training import TrainingRequest
 from huabu.web.deps import BaseUrl, CurrentUser, FileUrl, ServicesDep
-from huabu.web.errors import NativeError
+from huabu.web.error_renderers import NativeError
 from huabu.web.routing import GuardedRoute
 
 PREFIX = "/huabu/v1"

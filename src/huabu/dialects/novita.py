@@ -344,7 +344,7 @@ async def _refiner(body: Txt2ImgIn, services: Services) -> str | None:
     """``refiner_for``, read only for a request that asks for the refiner."""
     if body.refiner is None:
         return None
-    return await run_in_threadpool(refiner_for, services.settings, services.library)
+    return await run_in_threadpool(refiner_for, services.settings, services.catalog)
 
 
 def _hires(fix: HiresFixIn | None) -> dict[str, Any] | None:
@@ -614,7 +614,7 @@ def models(
         for kind, (type_name, display) in _TYPES.items():
             if wanted and type_name not in wanted:
                 continue
-            for entry in services.library.entries(kind):
+            for entry in services.catalog.entries(kind):
                 sdxl = entry.architecture is not None and entry.architecture.is_sdxl
                 if is_sdxl is not None and sdxl != is_sdxl:
                     continue

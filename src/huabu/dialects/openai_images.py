@@ -191,10 +191,10 @@ def _resolve_model(services: Services, name: str | None) -> tuple[str, tuple[int
     """The checkpoint a request means (OpenAI's own model names, and none, mean the server's
     default), and its native size. Blocking (reads the library)."""
     if not name or name.startswith(_OPENAI_MODELS):
-        model = services.library.default_model()
+        model = services.catalog.default_model()
     else:
         model = name
-    entries = {entry.name: entry for entry in services.library.entries("checkpoints")}
+    entries = {entry.name: entry for entry in services.catalog.entries("checkpoints")}
     entry = entries.get(model)
     return model, native_square(entry)
 
@@ -351,7 +351,7 @@ def _model_out(name: str, created: float) -> dict[str, Any]:
 
 def _models(services: Services, user) -> list[dict[str, Any]]:
     """Checkpoints and the caller's trained models. Blocking."""
-    entries = services.library.entries("checkpoints")
+    entries = services.catalog.entries("checkpoints")
     trained = services.training.trained_names(user.id)
     now = time.time()
     listed = [_model_out(e.name, e.modified) for e in entries]

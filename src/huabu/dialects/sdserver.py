@@ -138,7 +138,7 @@ async def txt2img(
     request: Request, user: CurrentUser, services: ServicesDep, url: FileUrl
 ) -> Response:
     form = validate(Txt2ImgForm, await read_body(request))
-    model = await run_in_threadpool(services.library.default_model)
+    model = await run_in_threadpool(services.catalog.default_model)
     native = to_native(form, model=model, size=(form.width, form.height))
     return await _run(native, user, services, url)
 
@@ -160,6 +160,6 @@ async def img2img(
         form.width or min(1024, _round8(upload.width)),
         form.height or min(1024, _round8(upload.height)),
     )
-    model = await run_in_threadpool(services.library.default_model)
+    model = await run_in_threadpool(services.catalog.default_model)
     native = to_native(form, model=model, init_image=upload.id, size=size)
     return await _run(native, user, services, url, uploads)

@@ -300,6 +300,6 @@ async def task_result(request: Request, services: ServicesDep, url: FileUrl) -> 
     responses=ok(FormOut),
 )
 async def get_generation_form(services: ServicesDep) -> Response:
-    models = await run_in_threadpool(services.library.names, "checkpoints")
-    default = await run_in_threadpool(services.library.default_model) if models else ""
+    models = await run_in_threadpool(services.catalog.names, "checkpoints")
+    default = await run_in_threadpool(services.catalog.default_model) if models else ""
     return JSONResponse(generation_form(services.settings, models, default))

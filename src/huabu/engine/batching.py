@@ -116,7 +116,7 @@ def fan_out(
     """One progress callback that reports to every request of a batch (each previews its own
     first image), and one cancel check that stops the loop only when every request of it
     wants to stop (a request cancelled alone has its images dropped when the loop ends; see
-    ``tasks.generation``)."""
+    ``worker.handle_generation``)."""
     firsts = [sum(image_counts[:i]) for i in range(len(image_counts))]
 
     def on_progress(step: int, total: int, preview: LatentPreview) -> None:

@@ -24,7 +24,7 @@ from huabu.catalog.infotext import infotext
 from huabu.catalog.library import ModelLibrary, check_families
 from huabu.catalog.preprocessors import check as check_preprocessor
 from huabu.catalog.preprocessors import held_annotators, stem
-from huabu.engine import batching, inpainting, ksampling, preprocessors, quiet_libraries
+from huabu.engine import annotators, batching, inpainting, ksampling, quiet_libraries
 from huabu.engine.annotators import Annotators
 from huabu.engine.denoiser import Control, Denoiser, RefinerSwitch, noise_sampler
 from huabu.engine.pipelines import LoadedModel, PipelineCache
@@ -207,7 +207,7 @@ class Engine:
         for index, (unit, image) in enumerate(zip(request.controlnets, images, strict=True)):
             check_preprocessor(unit.preprocessor, held, param=f"controlnets.{index}.preprocessor")
             sized = image.convert("RGB").resize((request.width, request.height))
-            control_map = preprocessors.run(unit.preprocessor, sized, seed=request.seed,
+            control_map = annotators.run(unit.preprocessor, sized, seed=request.seed,
                                             annotators=self.annotators)  # fmt: skip
             controls.append((self.cache.controlnet(unit.model, index, unet), control_map))
         return controls

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-#: A task's preview, made only when asked for (a progress write decides; see ``tasks.runner``).
+#: A task's preview, made only when asked for (a progress write decides; see ``worker.runner``).
 Preview = Callable[[], "bytes | None"]
 
 # A1111's modules/sd_vae_approx.py ``cheap_approximation``: latent channel → RGB weights.

@@ -476,7 +476,7 @@ class GenerationRequest(BaseModel):
         return self.model_copy(update=update)
 
     def batch_key(self) -> str | None:
-        """Requests with equal keys can share one denoising loop (``tasks.batching``): same
+        """Requests with equal keys can share one denoising loop (``worker.batcher``): same
         checkpoint, VAE, size, steps, sampler, LoRAs at the same weights and tiling, and
         classifier-free guidance on or off for all; prompts, seeds, guidance, clip skip,
         embeddings, image counts and output formats may differ, and so may image-to-image

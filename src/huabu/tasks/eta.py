@@ -3,7 +3,7 @@
 Speed is worker-seconds per unit of work (steps × pixels × images), averaged over the last
 finished tasks of the same model (any model while a model has no history yet), so the estimate
 adapts to the hardware the workers actually have. A task that shared its denoising loop with
-others (``tasks.batching``) counts its share of the loop's time, by work: a batch of 4 equal
+others (``worker.batcher``) counts its share of the loop's time, by work: a batch of 4 equal
 tasks that took 2 s counts 0.5 s for each. ETA = work ahead × speed ÷ live workers + this
 task's own run, which lasts as long as its batch: the batch's remaining work × its model's
 speed while it runs; its own work × speed × the recent average batch size while queued.

@@ -18,7 +18,7 @@ The job's priority is ``level × BAND − rank``, so a rank must stay below ``BA
 
 Ranks only compare unfinished tasks, so they start again from 0 whenever the queue empties;
 a rank grows only while work stays queued, one per task, far within the integer's range.
-Routing (``tasks.routing``) still prefers the checkpoints a worker has loaded, for at most
+Routing (``worker.router``) still prefers the checkpoints a worker has loaded, for at most
 ``HUABU_MAX_PASS_OVER_SECONDS``: within what a worker takes, the order is this one.
 """
 

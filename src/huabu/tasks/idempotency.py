@@ -1,7 +1,7 @@
 """Idempotent submits: a client that retries a submit with the same ``Idempotency-Key``
 header and the same body gets the task its first try queued, not a second task.
 
-The web layer (``web.idempotency``) reads the header of every POST and fingerprints the
+The web layer (``web.idempotency_header``) reads the header of every POST and fingerprints the
 request as it is read (SHA-256 of method, path and body); the submitter, which queues every
 kind of task through one method, looks the key up in the transaction that would insert the
 task. Keys are per user and remembered for 24 hours:

@@ -1,4 +1,4 @@
-"""The fleet's figures as the database knows them, for Prometheus (``web.metrics``).
+"""The fleet's figures as the database knows them, for Prometheus (``web.prometheus``).
 
 Every server computes them from the same tables at scrape time, so API servers and workers
 may be separate processes on separate machines and any server shows the whole fleet: the

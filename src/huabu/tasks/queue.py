@@ -23,7 +23,7 @@ _MAX_QUEUE_NAME = 128  # procrastinate's column
 
 def job_queue(kind: str, model: str) -> str:
     """The procrastinate queue of a task's job: its kind and checkpoint (``generate/demo``),
-    so that a worker takes only jobs for checkpoints it can serve (see ``tasks.routing``).
+    so that a worker takes only jobs for checkpoints it can serve (see ``worker.router``).
     A name too long for the column goes by its hash (migration 0007 spells the same rule)."""
     name = f"{kind}/{model}"
     if len(name) <= _MAX_QUEUE_NAME:

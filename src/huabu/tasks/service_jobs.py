@@ -3,7 +3,7 @@ torch): webhook deliveries (``tasks.webhooks``), a sweep each minute that queues
 delivery whose sender died mid-try, and the housekeeping of ``tasks.retention`` each minute
 (periodic jobs: deferred once per minute for the whole fleet). They live on procrastinate's
 ``huabu-service`` queue, which generation workers never take (they fetch their own queues;
-``tasks.routing``).
+``worker.router``).
 
 A database outage ends procrastinate's worker; it is started again once the database
 answers, and says so in one line. Jobs in flight then are retried by their delivery's lease.

@@ -95,14 +95,14 @@ class TaskSubmitter:
         settings: Settings,
         sessions: sessionmaker[Session],
         storage: Storage,
-        library: Catalog,
+        catalog: Catalog,
         reads: TaskReads,
         uploads: Uploads,
     ) -> None:
         self.settings = settings
         self.sessions = sessions
         self.storage = storage
-        self.library = library
+        self.catalog = catalog
         self.reads = reads
         self.uploads = uploads
         self.free_space = FreeSpace(settings, storage)
@@ -129,19 +129,19 @@ class TaskSubmitter:
             fetch.check_url(webhook_url, field=webhook_field, settings=self.settings)
         request = self._resolve_trained(owner_id, request.checked(self.settings))
         if request.vae:
-            self.library.find("vae", request.vae, param="vae")
+            self.catalog.find("vae", request.vae, param="vae")
         for index, name in enumerate(request.embeddings):
-            self.library.find("embeddings", name, param=f"embeddings.{index}")
-        held = held_annotators((u.preprocessor for u in request.controlnets), self.library.names)
+            self.catalog.find("embeddings", name, param=f"embeddings.{index}")
+        held = held_annotators((u.preprocessor for u in request.controlnets), self.catalog.names)
         for index, unit in enumerate(request.controlnets):
-            self.library.find("controlnet", unit.model, param=f"controlnets.{index}.model")
+            self.catalog.find("controlnet", unit.model, param=f"controlnets.{index}.model")
             check_preprocessor(unit.preprocessor, held, param=f"controlnets.{index}.preprocessor")
         if request.ip_adapter is not None:
-            self.library.find("ipadapter", request.ip_adapter.name, param="ip_adapter.name")
+            self.catalog.find("ipadapter", request.ip_adapter.name, param="ip_adapter.name")
         refiner = None
         if request.refiner is not None:
-            refiner = self.library.find("checkpoints", request.refiner.model, param="refiner.model")
-        check_families(self.library.find("checkpoints", request.model), refiner)
+            refiner = self.catalog.find("checkpoints", request.refiner.model, param="refiner.model")
+        check_families(self.catalog.find("checkpoints", request.model), refiner)
         keys, new = self._resolve_images(owner_id, request, uploads)
         request = request.with_images(keys)
         if request.inpaint is not None:
@@ -204,19 +204,19 @@ class TaskSubmitter:
         model, its base with its LoRA and trigger word; as a LoRA, its private library name.
         Public names win. A private name written out (``@…/…``) is refused like any unknown
         name: it is the service's to hand out, never the caller's to choose."""
-        public_loras = set(self.library.names("loras"))
+        public_loras = set(self.catalog.names("loras"))
         loras = list(request.loras)
         for index, lora in enumerate(loras):
             if lora.name not in public_loras:
                 trained = self.trained_model(owner_id, lora.name)
                 if trained is None:
-                    raise self.library.unknown("loras", lora.name, param=f"loras.{index}.name")
+                    raise self.catalog.unknown("loras", lora.name, param=f"loras.{index}.name")
                 loras[index] = lora.model_copy(update={"name": trained.lora})
         update: dict[str, Any] = {"loras": tuple(loras)}
-        if request.model not in self.library.names("checkpoints"):
+        if request.model not in self.catalog.names("checkpoints"):
             trained = self.trained_model(owner_id, request.model)
             if trained is None:
-                raise self.library.unknown("checkpoints", request.model, param="model")
+                raise self.catalog.unknown("checkpoints", request.model, param="model")
             if len(loras) >= MAX_LORAS:
                 raise InvalidRequest(
                     f"loras: the trained model {request.model!r} takes one of the "

@@ -1,5 +1,5 @@
-"""LoRA training: the trainer, the worker's handler for training tasks, and the service that
-keeps datasets and queues trainings."""
+"""LoRA training: the service that keeps datasets and queues trainings, and the trainer a
+worker runs (``worker.handle_training`` is its task handler)."""
 
 from huabu.catalog.architectures import Architecture
 

@@ -70,7 +70,7 @@ class TrainingService:
         self.settings = settings
         self.submitter = submitter
         self.reads = submitter.reads
-        self.library = submitter.library
+        self.catalog = submitter.catalog
 
     # -- datasets ---------------------------------------------------------------------------
 
@@ -154,15 +154,15 @@ class TrainingService:
 
     def base_models(self) -> list[str]:
         """Checkpoints the trainer can train on."""
-        return [e.name for e in self.library.entries("checkpoints") if e.architecture in TRAINABLE]
+        return [e.name for e in self.catalog.entries("checkpoints") if e.architecture in TRAINABLE]
 
     def submit(self, caller: Principal, request: TrainingRequest, *, origin: str) -> TaskRecord:
         """Validate completely, reserve the name, queue the training (at the caller's level).
         Nothing is created when anything is refused."""
         owner_id = caller.id
         request = request.checked(self.settings)
-        base = request.base_model or self.library.default_model()
-        entry = self.library.find("checkpoints", base, param="base_model")
+        base = request.base_model or self.catalog.default_model()
+        entry = self.catalog.find("checkpoints", base, param="base_model")
         if entry.architecture not in TRAINABLE:
             raise InvalidRequest(
                 f"base_model: {base!r} is {entry.describe_architecture}; training supports "
@@ -170,7 +170,7 @@ class TrainingService:
                 param="base_model",
             )
         name = request.name
-        if name in self.library.names("checkpoints") or name in self.library.names("loras"):
+        if name in self.catalog.names("checkpoints") or name in self.catalog.names("loras"):
             raise InvalidRequest(f"name: this server has a model called {name!r}", param="name")
         keys = self._images(owner_id, request.datasets)
         plan = TrainingPlan(
@@ -294,7 +294,7 @@ class TrainingService:
         cancel_task(self.reads.sessions, owner_id, task_id)  # (a finished one: unchanged)
         for digest in blobs:
             self.submitter.storage.delete(blob_key(digest))
-        local = self.submitter.library.local
+        local = self.submitter.catalog.local
         if local is not None:
             with contextlib.suppress(NotFound, InvalidRequest):
                 path = local.find("loras", lora, param="name").path

@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from huabu.errors import InvalidRequest
 from huabu.settings import Settings
-from huabu.web.errors import ErrorRenderers
+from huabu.web.error_renderers import ErrorRenderers
 
 _NOT_TEXT = re.compile("[\x00-\x1f\x7f\ud800-\udfff\ufffd]")
 _LOOPBACK = ("localhost", "127.0.0.1", "::1")

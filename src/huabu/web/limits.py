@@ -5,7 +5,7 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from huabu.errors import TooLarge
-from huabu.web.errors import ErrorRenderers
+from huabu.web.error_renderers import ErrorRenderers
 
 
 class BodyLimit:

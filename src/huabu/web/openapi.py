@@ -16,7 +16,7 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 
 if TYPE_CHECKING:
-    from huabu.web.errors import ErrorRenderers
+    from huabu.web.error_renderers import ErrorRenderers
 
 JSON = "application/json"
 FORM = "application/x-www-form-urlencoded"

@@ -33,7 +33,7 @@ class Services:
     accounts: Accounts
     auth: Authenticator
     #: What requests may name: the fleet's models (see ``catalog.shared``).
-    library: Catalog
+    catalog: Catalog
     storage: Storage
     signer: UrlSigner
     #: Reading tasks (get, list, current, positions and ETAs).
@@ -57,11 +57,11 @@ class Services:
         """``render_task``: a task as the native API shows it (webhook bodies carry it)."""
         accounts = Accounts(sessions)
         # Its own library too, if it has one (one machine, or a shared folder), read live.
-        library = Catalog(sessions, ModelLibrary(settings), settings.default_model)
+        catalog = Catalog(sessions, ModelLibrary(settings), settings.default_model)
         storage = open_storage(settings)
         reads = TaskReads(settings, sessions)
         uploads = Uploads(settings, sessions, storage, decode_slots(settings.decode_slots))
-        submitter = TaskSubmitter(settings, sessions, storage, library, reads, uploads)
+        submitter = TaskSubmitter(settings, sessions, storage, catalog, reads, uploads)
         events = TaskEvents(database_uri)
         reads.enable_cache()
         events.listeners.append(reads.forget)
@@ -75,7 +75,7 @@ class Services:
                 login_attempts=settings.login_attempts,
                 login_address_attempts=settings.login_address_attempts,
             ),
-            library=library,
+            catalog=catalog,
             storage=storage,
             signer=UrlSigner(installation_secret(settings), settings.url_ttl),
             tasks=reads,
