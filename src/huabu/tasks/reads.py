@@ -25,9 +25,14 @@ from huabu.tasks.eta import EtaEstimator
 from huabu.tasks.fleet import fleet_view
 from huabu.tasks.records import UNFINISHED, ImageRecord, TaskRecord
 
-#: How stale a cached unfinished task may be, and how many tasks the read cache holds.
+#: How stale a cached unfinished task may be; how many tasks the read cache holds at most, and
+#: how long one stays unread before it is dropped. A poll loop reads its task every second or
+#: so and stops once it has finished: what nobody read for two minutes is not polled, and the
+#: cache stays the size of what is being polled (a finished task with its request and
+#: infotexts is several KB: 50,000 of them grew a server by about 2 MB a minute for hours).
 CACHE_SECONDS = 1.0
-CACHE_ENTRIES = 50_000
+CACHE_ENTRIES = 4096
+CACHE_IDLE_SECONDS = 120.0
 _IMAGE_FIELDS = (
     "index", "seed", "key", "preview_key", "format", "width", "height", "size_bytes", "infotext"
 )  # fmt: skip
@@ -79,7 +84,9 @@ class TaskReads:
             expire_on_commit=False,
         )
         self.eta = EtaEstimator(settings)
-        self._cache: OrderedDict[uuid.UUID, tuple[TaskRecord, float]] | None = None
+        #: task id → (record, when it was read from the database, when it was last used),
+        #: least recently used first.
+        self._cache: OrderedDict[uuid.UUID, tuple[TaskRecord, float, float]] | None = None
 
     def enable_cache(self) -> None:
         """Serve repeated reads from memory. Only for a process that calls ``forget`` on every
@@ -103,13 +110,18 @@ class TaskReads:
         if self._cache is None:
             return None
         try:
-            record, fetched = self._cache[uuid.UUID(task_id)]
+            key = uuid.UUID(task_id)
+            record, fetched, _ = self._cache[key]
         except (ValueError, KeyError):
             return None
         if record.owner_id != owner_id:
             return None
-        if not record.finished and time.monotonic() - fetched > CACHE_SECONDS:
+        now = time.monotonic()
+        if not record.finished and now - fetched > CACHE_SECONDS:
             return None
+        with contextlib.suppress(KeyError):  # another thread may have dropped it meanwhile
+            self._cache[key] = (record, fetched, now)
+            self._cache.move_to_end(key)
         return record
 
     def get(self, owner_id: uuid.UUID, task_id: str | uuid.UUID) -> TaskRecord:
@@ -123,10 +135,22 @@ class TaskReads:
                 raise NotFound(f"no task {task_id}")
             record = self.record(session, row._asdict())
         if self._cache is not None:
-            self._cache[record.id] = (record, time.monotonic())
-            if len(self._cache) > CACHE_ENTRIES:
-                self._cache.popitem(last=False)
+            self._remember(record)
         return record
+
+    def _remember(self, record: TaskRecord) -> None:
+        """Cache ``record``, dropping the least recently used beyond CACHE_ENTRIES and those
+        unread for CACHE_IDLE_SECONDS."""
+        cache, now = self._cache, time.monotonic()
+        assert cache is not None
+        # Other threads read and forget at the same time: a key gone meanwhile is fine.
+        with contextlib.suppress(KeyError, StopIteration):
+            cache[record.id] = (record, now, now)
+            cache.move_to_end(record.id)
+            while len(cache) > CACHE_ENTRIES or (
+                now - cache[next(iter(cache))][2] > CACHE_IDLE_SECONDS
+            ):
+                cache.popitem(last=False)
 
     def current(self, owner_id: uuid.UUID) -> TaskRecord | None:
         """The caller's running task, else their oldest queued one, else None."""
