@@ -138,8 +138,18 @@ class Attacks:
         body = {"prompt": "<lora:a:b:" * 1600, "steps": 1}
         client.post("/sdapi/v1/txt2img", json=body, headers=self.auth)
 
-    ALL = ("flood", "png_info", "deep_json", "many_items", "big_body_no_key", "wrong_passwords",
-           "half_heads", "upload_zeros", "controlnet_units", "lora_tags")  # fmt: skip
+    ALL = (
+        "flood",
+        "png_info",
+        "deep_json",
+        "many_items",
+        "big_body_no_key",
+        "wrong_passwords",
+        "half_heads",
+        "upload_zeros",
+        "controlnet_units",
+        "lora_tags",
+    )
 
 
 def _loop(step, url: str, stop: threading.Event) -> None:
@@ -163,16 +173,20 @@ def _health(url: str, seconds: float) -> list[float]:
 
 def _row(name: str, latencies: list[float], memory: tuple[int, int], baseline: float) -> str:
     p99 = statistics.quantiles(latencies, n=100)[98]
-    return (f"{name:18} {statistics.median(latencies) * 1e3:7.1f} {p99 * 1e3:8.1f} "
-            f"{max(latencies) * 1e3:8.1f} {p99 / baseline:7.1f} "
-            f"{memory[0] / 2**20:7.0f} {memory[1] / 2**20:7.0f}")  # fmt: skip
+    return (
+        f"{name:18} {statistics.median(latencies) * 1e3:7.1f} {p99 * 1e3:8.1f} "
+        f"{max(latencies) * 1e3:8.1f} {p99 / baseline:7.1f} "
+        f"{memory[0] / 2**20:7.0f} {memory[1] / 2**20:7.0f}"
+    )
 
 
 def each_attack(server: Server, attacks: Attacks, seconds: float, names: list[str]) -> None:
     pid = server.process.pid
     print(f"\n(1) /health while one client attacks, {seconds:.0f} s each; memory of the server")
-    print(f"{'attack':18} {'p50 ms':>7} {'p99 ms':>8} {'max ms':>8} {'p99 ×':>7} "
-          f"{'RSS MB':>7} {'peak MB':>7}")  # fmt: skip
+    print(
+        f"{'attack':18} {'p50 ms':>7} {'p99 ms':>8} {'max ms':>8} {'p99 ×':>7} "
+        f"{'RSS MB':>7} {'peak MB':>7}"
+    )
     quiet = _health(server.url, seconds)
     baseline = statistics.quantiles(quiet, n=100)[98]
     print(_row("(quiet)", quiet, _memory(pid), baseline))
@@ -206,8 +220,14 @@ def _user_traffic(url: str, key: str, stop: threading.Event, index: int) -> None
                 elif kind == 1:
                     client.post("/sdapi/v1/txt2img", json={"prompt": "a (cat:1.2)"} | small)
                 elif kind == 2:
-                    body = {"request": {"model_name": "demo.safetensors", "prompt": "a dog",
-                                        "sampler_name": "Euler a"} | small}  # fmt: skip
+                    body = {
+                        "request": {
+                            "model_name": "demo.safetensors",
+                            "prompt": "a dog",
+                            "sampler_name": "Euler a",
+                        }
+                        | small
+                    }
                     task = client.post("/v3/async/txt2img", json=body).json()
                     client.get("/v3/async/task-result", params={"task_id": task.get("task_id")})
                 elif kind == 3:
@@ -244,8 +264,10 @@ def soak(
     threads.append(threading.Thread(target=attacker))
     for thread in threads:
         thread.start()
-    print(f"\n(2) soak: {minutes:.0f} min, 3 users of 5 dialects + one attacker; memory of "
-          f"{' and '.join(pids)}")  # fmt: skip
+    print(
+        f"\n(2) soak: {minutes:.0f} min, 3 users of 5 dialects + one attacker; memory of "
+        f"{' and '.join(pids)}"
+    )
     samples: dict[str, list[int]] = {name: [] for name in pids}
     started = time.monotonic()
     try:
@@ -265,9 +287,11 @@ def soak(
         last = rows[-max(2, len(rows) // 3) :]
         # Samples are 30 s apart: the last third's rise per minute, first to last sample.
         slope = (last[-1] - last[0]) / 2**20 / ((len(last) - 1) / 2)
-        print(f"  {name}, last third: {last[0] / 2**20:.0f} -> {last[-1] / 2**20:.0f} MB, "
-              f"{slope:+.1f} MB a minute "
-              f"({'a plateau' if slope < 0.5 else 'still rising'})")  # fmt: skip
+        print(
+            f"  {name}, last third: {last[0] / 2**20:.0f} -> {last[-1] / 2**20:.0f} MB, "
+            f"{slope:+.1f} MB a minute "
+            f"({'a plateau' if slope < 0.5 else 'still rising'})"
+        )
 
 
 def main() -> None:

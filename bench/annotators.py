@@ -61,21 +61,32 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="huabu-bench-"))
     demos.build(Settings(home=home))
     engine = Engine(Settings(home=home))
-    request = GenerationRequest(model="demo", prompt="a portrait", width=args.size,
-                                height=args.size, steps=20, seed=1, sampler="Euler")  # fmt: skip
+    request = GenerationRequest(
+        model="demo",
+        prompt="a portrait",
+        width=args.size,
+        height=args.size,
+        steps=20,
+        seed=1,
+        sampler="Euler",
+    )
     engine.generate(request)  # load
     generation = statistics.median(
         _timed(lambda: engine.generate(request)) for _ in range(args.runs)
     )
-    print(f"demo generation, 20 steps at {args.size}²: {generation:.2f} s "
-          f"({torch.get_num_threads()} threads)")  # fmt: skip
+    print(
+        f"demo generation, 20 steps at {args.size}²: {generation:.2f} s "
+        f"({torch.get_num_threads()} threads)"
+    )
     for name in [args.only] if args.only else NAMES:
         first = _timed(lambda n=name: run(n, image, annotators=annotators))
         again = statistics.median(
             _timed(lambda n=name: run(n, image, annotators=annotators)) for _ in range(args.runs)
         )
-        print(f"{name:15} first (with loading) {first:6.2f} s   then {again:6.2f} s   "
-              f"÷ a generation ×{again / generation:.2f}")  # fmt: skip
+        print(
+            f"{name:15} first (with loading) {first:6.2f} s   then {again:6.2f} s   "
+            f"÷ a generation ×{again / generation:.2f}"
+        )
 
 
 def _timed(fn) -> float:

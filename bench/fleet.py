@@ -40,13 +40,21 @@ MODELS = ("demo", "demo-single")
 def run(home: Path, client, admin, *, workers: int, env: dict, tasks: int, steps: int) -> dict:
     ids = []
     for n in range(tasks):
-        body = {"model": MODELS[n % 2], "prompt": "a fox", "width": 64, "height": 64,
-                "steps": steps, "seed": n}  # fmt: skip
+        body = {
+            "model": MODELS[n % 2],
+            "prompt": "a fox",
+            "width": 64,
+            "height": 64,
+            "steps": steps,
+            "seed": n,
+        }
         response = client.post("/huabu/v1/generations", json=body)
         response.raise_for_status()
         ids.append(response.json()["id"])
-    started = [Worker(home, {"HUABU_PIPELINE_CACHE_SIZE": "1", "HUABU_THREADS": "1"} | env)
-               for _ in range(workers)]  # fmt: skip
+    started = [
+        Worker(home, {"HUABU_PIPELINE_CACHE_SIZE": "1", "HUABU_THREADS": "1"} | env)
+        for _ in range(workers)
+    ]
     try:
         records = {}
         deadline = time.monotonic() + 1800
@@ -84,20 +92,25 @@ def main() -> None:
         client = admin = api.client(key)
         try:
             common = {"tasks": args.tasks, "steps": args.steps}
-            plain = run(home, client, admin, workers=2,
-                        env={"HUABU_MAX_PASS_OVER_SECONDS": "0"}, **common)  # fmt: skip
+            plain = run(
+                home, client, admin, workers=2, env={"HUABU_MAX_PASS_OVER_SECONDS": "0"}, **common
+            )
             routed = run(home, client, admin, workers=2, env={}, **common)
             alone = run(home, client, admin, workers=1, env={}, **common)
         finally:
             client.close()
             api.stop()
             stop_embedded_postgres(home)
-    print(f"{args.tasks} requests, {MODELS[0]} and {MODELS[1]} interleaved, "
-          f"{args.steps} steps at 64x64, one checkpoint loaded per worker")  # fmt: skip
+    print(
+        f"{args.tasks} requests, {MODELS[0]} and {MODELS[1]} interleaved, "
+        f"{args.steps} steps at 64x64, one checkpoint loaded per worker"
+    )
     for label, result in (("first-come order", plain), ("routing by model", routed)):
         loads = sorted(result["loads"].values())
-        print(f"  {label:18} checkpoint loads per worker {loads} (total {sum(loads)}), "
-              f"{args.tasks / result['seconds']:.2f} tasks/s")  # fmt: skip
+        print(
+            f"  {label:18} checkpoint loads per worker {loads} (total {sum(loads)}), "
+            f"{args.tasks / result['seconds']:.2f} tasks/s"
+        )
     print(
         f"  loads, routing / first-come: {sum(routed['loads'].values())} / "
         f"{sum(plain['loads'].values())}; goal: at most {len(MODELS)} per worker"

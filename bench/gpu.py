@@ -100,8 +100,14 @@ def left_half(size: int) -> Image.Image:
 def check_paths(settings: Settings) -> None:
     engine = Engine(settings)
     print(f"device {engine.cache.device}, dtype {engine.cache.dtype}")
-    base = {"model": "demo", "prompt": "a red fox", "width": 64, "height": 64, "steps": 8,
-            "seed": 7}  # fmt: skip
+    base = {
+        "model": "demo",
+        "prompt": "a red fox",
+        "width": 64,
+        "height": 64,
+        "steps": 8,
+        "seed": 7,
+    }
     source, mask = noise_image(64), left_half(64)
     img2img = {"init_image": REF, "strength": 0.8}
     inpaint = img2img | {"inpaint": InpaintRef(mask=REF, blur=0)}
@@ -113,46 +119,76 @@ def check_paths(settings: Settings) -> None:
         "img2img Euler a": (img2img, {"init_image": source}),
         "img2img DPM fast": (img2img | {"sampler": "DPM fast"}, {"init_image": source}),
         "inpaint Euler a": (inpaint, {"init_image": source, "mask_image": mask}),
-        "inpaint DPM fast": (inpaint | {"sampler": "DPM fast"},
-                             {"init_image": source, "mask_image": mask}),
+        "inpaint DPM fast": (
+            inpaint | {"sampler": "DPM fast"},
+            {"init_image": source, "mask_image": mask},
+        ),
         "inpaint only masked, fill": (
             img2img | {"inpaint": InpaintRef(mask=REF, only_masked=True, fill="fill")},
             {"init_image": source, "mask_image": mask},
         ),
         "ControlNet + inpaint": (
-            inpaint | {"controlnets": (ControlUnit(model=demos.sd.DEMO_CONTROLNET, image=REF,
-                                                   preprocessor="canny"),)},
+            inpaint
+            | {
+                "controlnets": (
+                    ControlUnit(model=demos.sd.DEMO_CONTROLNET, image=REF, preprocessor="canny"),
+                )
+            },
             {"init_image": source, "mask_image": mask, "control_images": [source]},
         ),
-        "IP-Adapter": ({"ip_adapter": IpAdapterRef(name=demos.sd.DEMO_IP_ADAPTER, image=REF)},
-                       {"ip_image": source}),
+        "IP-Adapter": (
+            {"ip_adapter": IpAdapterRef(name=demos.sd.DEMO_IP_ADAPTER, image=REF)},
+            {"ip_image": source},
+        ),
         "LoRA": ({"loras": (LoraRef(name=demos.sd.DEMO_LORA, weight=0.8),)}, {}),
         "hires fix (Latent, ×2)": ({"hires": HiresFix(scale=2, steps=4)}, {}),
         "variation seed": ({"subseed": 3, "subseed_strength": 0.5}, {}),
         "tiling": ({"tiling": True}, {}),
         "SDXL Euler a": ({"model": demos.xl.DEMO_XL}, {}),
         "SDXL single file, DPM++ 2M Karras": (
-            {"model": demos.xl.DEMO_XL_SINGLE, "sampler": "DPM++ 2M Karras"}, {}),
+            {"model": demos.xl.DEMO_XL_SINGLE, "sampler": "DPM++ 2M Karras"},
+            {},
+        ),
         "SDXL DPM++ 2S a (k-diffusion)": ({"model": demos.xl.DEMO_XL, "sampler": "DPM++ 2S a"}, {}),
         "SDXL LoRA + embedding": (
-            {"model": demos.xl.DEMO_XL, "loras": (LoraRef(name=demos.xl.DEMO_XL_LORA),),
-             "embeddings": (demos.xl.DEMO_XL_EMBEDDING,)}, {}),
+            {
+                "model": demos.xl.DEMO_XL,
+                "loras": (LoraRef(name=demos.xl.DEMO_XL_LORA),),
+                "embeddings": (demos.xl.DEMO_XL_EMBEDDING,),
+            },
+            {},
+        ),
         "SDXL ControlNet, DPM fast": (
-            {"model": demos.xl.DEMO_XL, "sampler": "DPM fast",
-             "controlnets": (ControlUnit(model=demos.xl.DEMO_XL_CONTROLNET, image=REF,
-                                         preprocessor="canny"),)},
-            {"control_images": [source]}),
+            {
+                "model": demos.xl.DEMO_XL,
+                "sampler": "DPM fast",
+                "controlnets": (
+                    ControlUnit(model=demos.xl.DEMO_XL_CONTROLNET, image=REF, preprocessor="canny"),
+                ),
+            },
+            {"control_images": [source]},
+        ),
         "SDXL IP-Adapter": (
-            {"model": demos.xl.DEMO_XL,
-             "ip_adapter": IpAdapterRef(name=demos.xl.DEMO_XL_IP_ADAPTER, image=REF)},
-            {"ip_image": source}),
+            {
+                "model": demos.xl.DEMO_XL,
+                "ip_adapter": IpAdapterRef(name=demos.xl.DEMO_XL_IP_ADAPTER, image=REF),
+            },
+            {"ip_image": source},
+        ),
         "SDXL refiner (Euler a)": (
-            {"model": demos.xl.DEMO_XL, "refiner": Refiner(model=demos.xl.DEMO_XL_REFINER)}, {}),
+            {"model": demos.xl.DEMO_XL, "refiner": Refiner(model=demos.xl.DEMO_XL_REFINER)},
+            {},
+        ),
         "SDXL refiner (DPM++ 2M, k-diffusion)": (
-            {"model": demos.xl.DEMO_XL, "sampler": "DPM++ 2M",
-             "refiner": Refiner(model=demos.xl.DEMO_XL_REFINER, switch_at=0.5)}, {}),
+            {
+                "model": demos.xl.DEMO_XL,
+                "sampler": "DPM++ 2M",
+                "refiner": Refiner(model=demos.xl.DEMO_XL_REFINER, switch_at=0.5),
+            },
+            {},
+        ),
         "SDXL hires fix": ({"model": demos.xl.DEMO_XL, "hires": HiresFix(scale=1.5)}, {}),
-    }  # fmt: skip
+    }
     for name, (changes, images) in cases.items():
         try:
             result = engine.generate(GenerationRequest(**(base | changes)), **images)
@@ -169,12 +205,20 @@ def check_paths(settings: Settings) -> None:
     try:
         result = train_lora(
             settings,
-            TrainingJob(name="gpu-check", base_model="demo", images=(source, mask.convert("RGB")),
-                        captions=("sks fox", "sks fox"), steps=20, resolution=64),
-        )  # fmt: skip
+            TrainingJob(
+                name="gpu-check",
+                base_model="demo",
+                images=(source, mask.convert("RGB")),
+                captions=("sks fox", "sks fox"),
+                steps=20,
+                resolution=64,
+            ),
+        )
         losses = result.losses
-        print(f"  ok    LoRA training: loss {losses[0]:.3f} → {losses[-1]:.3f}, "
-              f"finite: {all(np.isfinite(losses))}")  # fmt: skip
+        print(
+            f"  ok    LoRA training: loss {losses[0]:.3f} → {losses[-1]:.3f}, "
+            f"finite: {all(np.isfinite(losses))}"
+        )
     except Exception:  # noqa: BLE001
         print(f"  FAIL  LoRA training:\n{traceback.format_exc(limit=3)}")
 
@@ -187,24 +231,27 @@ def build_full_size(folder: Path) -> None:
     pipe = StableDiffusionPipeline(
         vae=AutoencoderKL.from_config(configs["vae"]),
         text_encoder=CLIPTextModel(CLIPTextConfig(**configs["text_encoder"])),
-        tokenizer=CLIPTokenizer(vocab=str(files / "vocab.json"),
-                                merges=str(files / "merges.txt"), model_max_length=77),
+        tokenizer=CLIPTokenizer(
+            vocab=str(files / "vocab.json"), merges=str(files / "merges.txt"), model_max_length=77
+        ),
         unet=UNet2DConditionModel.from_config(configs["unet"]),
         scheduler=PNDMScheduler.from_config(configs["scheduler"]),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
-    )  # fmt: skip
+    )
     pipe.to(torch.float16).save_pretrained(folder)
 
 
-def against_bare(settings: Settings, model: str, size: int, steps: int, pipeline: type,
-                 runs: int) -> tuple:  # fmt: skip
+def against_bare(
+    settings: Settings, model: str, size: int, steps: int, pipeline: type, runs: int
+) -> tuple:
     """huabu's ``Engine.generate`` and a bare diffusers ``pipeline`` on the same weights and
     request (Euler a), timed side by side: (engine, request, components, ours, theirs)."""
     engine = Engine(settings)
-    request = GenerationRequest(model=model, prompt="a red fox", width=size, height=size,
-                                steps=steps, seed=1)  # fmt: skip
+    request = GenerationRequest(
+        model=model, prompt="a red fox", width=size, height=size, steps=steps, seed=1
+    )
     with engine.cache.lease(model) as loaded:  # the same weights, for bare diffusers
         components = loaded.components
     bare = pipeline(**components)
@@ -212,8 +259,13 @@ def against_bare(settings: Settings, model: str, size: int, steps: int, pipeline
     bare.set_progress_bar_config(disable=True)
 
     def bare_call():
-        bare("a red fox", width=size, height=size, num_inference_steps=steps,
-             generator=torch.Generator("cpu").manual_seed(1))  # fmt: skip
+        bare(
+            "a red fox",
+            width=size,
+            height=size,
+            num_inference_steps=steps,
+            generator=torch.Generator("cpu").manual_seed(1),
+        )
 
     ours, theirs = timed(lambda: engine.generate(request), bare_call, runs=runs)
     return engine, request, components, ours, theirs
@@ -225,10 +277,13 @@ def full_size(settings: Settings, args) -> None:
     build_full_size(folder)
     print(f"built a random full-size SD 1.5 in {time.perf_counter() - started:.0f} s")
     size, steps = args.size, args.steps
-    engine, request, _, ours, theirs = against_bare(settings, "sd15-random", size, steps,
-                                                    StableDiffusionPipeline, args.runs)  # fmt: skip
-    print(f"(1) {size}², {steps} steps, Euler a: huabu {ours:.3f} s, bare diffusers "
-          f"{theirs:.3f} s, ratio {ours / theirs:.3f}  ({steps / ours:.1f} it/s)")  # fmt: skip
+    engine, request, _, ours, theirs = against_bare(
+        settings, "sd15-random", size, steps, StableDiffusionPipeline, args.runs
+    )
+    print(
+        f"(1) {size}², {steps} steps, Euler a: huabu {ours:.3f} s, bare diffusers "
+        f"{theirs:.3f} s, ratio {ours / theirs:.3f}  ({steps / ours:.1f} it/s)"
+    )
     source, mask = noise_image(size), left_half(size)
     image_to_image = request.model_copy(update={"init_image": REF, "strength": 0.75})
     inpainting = image_to_image.model_copy(update={"inpaint": InpaintRef(mask=REF)})
@@ -246,11 +301,18 @@ def full_size(settings: Settings, args) -> None:
 
     result = train_lora(
         settings,
-        TrainingJob(name="gpu-bench", base_model="sd15-random", images=images,
-                    captions=("sks fox",) * len(images), steps=args.train_steps, rank=16,
-                    batch_size=4, resolution=size),
+        TrainingJob(
+            name="gpu-bench",
+            base_model="sd15-random",
+            images=images,
+            captions=("sks fox",) * len(images),
+            steps=args.train_steps,
+            rank=16,
+            batch_size=4,
+            resolution=size,
+        ),
         on_progress=progress,
-    )  # fmt: skip
+    )
     per_step = (times[-1] - times[4]) / (len(times) - 5) if len(times) > 6 else float("nan")
     print(
         f"(3) LoRA training at {size}², batch 4, rank 16: {per_step:.3f} s/step, "
@@ -283,7 +345,7 @@ def build_full_size_xl(folder: Path) -> None:
             unet=UNet2DConditionModel.from_config(configs["unet"]),
             scheduler=EulerDiscreteScheduler.from_config(configs["scheduler"]),
             add_watermarker=False,
-        )  # fmt: skip
+        )
     pipe.to(torch.float16).save_pretrained(folder)
 
 
@@ -300,9 +362,12 @@ def full_size_xl(settings: Settings, args) -> None:
     )
     peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0
     image = np.asarray(engine.generate(request).images[0])
-    print(f"(4) SDXL {size}², {steps} steps, Euler a, {engine.cache.dtype}: huabu {ours:.3f} s, "
-          f"bare diffusers {theirs:.3f} s, ratio {ours / theirs:.3f}  ({steps / ours:.2f} it/s); "
-          f"peak GPU memory {peak:.1f} GiB; pixel std {image.std():.1f}", flush=True)  # fmt: skip
+    print(
+        f"(4) SDXL {size}², {steps} steps, Euler a, {engine.cache.dtype}: huabu {ours:.3f} s, "
+        f"bare diffusers {theirs:.3f} s, ratio {ours / theirs:.3f}  ({steps / ours:.2f} it/s); "
+        f"peak GPU memory {peak:.1f} GiB; pixel std {image.std():.1f}",
+        flush=True,
+    )
     vae = components["vae"]
     latents = torch.randn(1, 4, size // 8, size // 8, generator=torch.Generator().manual_seed(2))
     latents = latents.to(vae.device)
@@ -313,13 +378,17 @@ def full_size_xl(settings: Settings, args) -> None:
             return loaded.txt2img.image_processor.postprocess(pixels, output_type="pil"), pixels
 
         scaled = latents * vae.config.scaling_factor  # huabu's decode divides by it
-        upcast, half = timed(lambda: engine._decode(loaded, vae, scaled), plain_decode,
-                             runs=args.runs)  # fmt: skip
+        upcast, half = timed(
+            lambda: engine._decode(loaded, vae, scaled), plain_decode, runs=args.runs
+        )
         plain = plain_decode()[1]
     finite = bool(plain.isfinite().all())
-    print(f"    VAE decode at {size}²: huabu (upcast to fp32) {upcast * 1000:.1f} ms, plain "
-          f"{vae.dtype} {half * 1000:.1f} ms, ratio {upcast / half:.2f}; the plain decode of "
-          f"these random weights is finite: {finite}", flush=True)  # fmt: skip
+    print(
+        f"    VAE decode at {size}²: huabu (upcast to fp32) {upcast * 1000:.1f} ms, plain "
+        f"{vae.dtype} {half * 1000:.1f} ms, ratio {upcast / half:.2f}; the plain decode of "
+        f"these random weights is finite: {finite}",
+        flush=True,
+    )
 
 
 def main() -> None:

@@ -102,8 +102,9 @@ def worktree(revision: str | None) -> Iterator[Path | None]:
         return
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "rev"
-        subprocess.run(["git", "worktree", "add", "--detach", "-q", str(path), revision],
-                       check=True)  # fmt: skip
+        subprocess.run(
+            ["git", "worktree", "add", "--detach", "-q", str(path), revision], check=True
+        )
         try:
             yield path
         finally:
@@ -149,9 +150,12 @@ async def load(home: Path, submits: int, poll_seconds: float) -> None:
     key = accounts.create_key(accounts.add_user("bench@example.com", "password123").id)
     server = Server(
         home,
-        {"HUABU_WORKER": "false", "HUABU_MAX_QUEUED_PER_USER": str(submits * 4),
-         "HUABU_MAX_QUEUED": str(submits * 8)},
-    )  # fmt: skip
+        {
+            "HUABU_WORKER": "false",
+            "HUABU_MAX_QUEUED_PER_USER": str(submits * 4),
+            "HUABU_MAX_QUEUED": str(submits * 8),
+        },
+    )
     headers = {"Authorization": f"Bearer {key}"}
     body = json.dumps(REQUEST).encode()
     try:
@@ -187,10 +191,12 @@ async def load(home: Path, submits: int, poll_seconds: float) -> None:
                 connection.close()
             ids += [task_id for _, task_id in results]
             latencies = sorted(seconds for seconds, _ in results)
-            print(f"(2) {len(results)} submits from {clients} concurrent clients: "
-                  f"p50 {percentile(latencies, 0.5) * 1000:.0f} ms, "
-                  f"p99 {percentile(latencies, 0.99) * 1000:.0f} ms (target < 50 ms); "
-                  f"{len(results) / wall:.0f} submits/s")  # fmt: skip
+            print(
+                f"(2) {len(results)} submits from {clients} concurrent clients: "
+                f"p50 {percentile(latencies, 0.5) * 1000:.0f} ms, "
+                f"p99 {percentile(latencies, 0.99) * 1000:.0f} ms (target < 50 ms); "
+                f"{len(results) / wall:.0f} submits/s"
+            )
 
         for clients in (8, 64):
             pool = await connections(clients)
@@ -210,8 +216,10 @@ async def load(home: Path, submits: int, poll_seconds: float) -> None:
             rate = count / (time.perf_counter() - start)
             for connection in pool:
                 connection.close()
-            print(f"    polls of queued tasks: {rate:.0f}/s from {clients} concurrent clients "
-                  f"(target >= 1000/s)")  # fmt: skip
+            print(
+                f"    polls of queued tasks: {rate:.0f}/s from {clients} concurrent clients "
+                f"(target >= 1000/s)"
+            )
     finally:
         server.stop()
 

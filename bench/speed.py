@@ -60,9 +60,12 @@ def graphs() -> int:
 
 def batching(settings: Settings, model: str, size: int, steps: int, runs: int) -> None:
     engine = Engine(settings)
-    requests = [GenerationRequest(model=model, prompt=p, seed=i, width=size, height=size,
-                                  steps=steps, sampler="Euler a")
-                for i, p in enumerate(PROMPTS)]  # fmt: skip
+    requests = [
+        GenerationRequest(
+            model=model, prompt=p, seed=i, width=size, height=size, steps=steps, sampler="Euler a"
+        )
+        for i, p in enumerate(PROMPTS)
+    ]
     nothing = [lambda step, total, preview: None] * 8
     never = [lambda: False] * 8
     engine.generate(requests[0])  # load and warm
@@ -88,11 +91,19 @@ def write_loras(settings: Settings, model: str) -> list[str]:
     return names
 
 
-def compiled(settings: Settings, model: str, size: int, steps: int, runs: int,
-             backend: str) -> None:  # fmt: skip
+def compiled(
+    settings: Settings, model: str, size: int, steps: int, runs: int, backend: str
+) -> None:
     eager = Engine(settings)
-    request = GenerationRequest(model=model, prompt="a red fox", seed=1, width=size,
-                                height=size, steps=steps, sampler="Euler a")  # fmt: skip
+    request = GenerationRequest(
+        model=model,
+        prompt="a red fox",
+        seed=1,
+        width=size,
+        height=size,
+        steps=steps,
+        sampler="Euler a",
+    )
     on = settings.model_copy(update={"compile": True, "compile_backend": backend})
     fast = Engine(on)
     began = time.perf_counter()
@@ -101,9 +112,12 @@ def compiled(settings: Settings, model: str, size: int, steps: int, runs: int,
     eager.generate(request)
     slow_s = median_time(lambda: eager.generate(request), runs)
     fast_s = median_time(lambda: fast.generate(request), runs)
-    print(f"(2) {size}², {steps} steps, Euler a: eager {steps / slow_s:.2f} it/s, compiled "
-          f"({backend}) {steps / fast_s:.2f} it/s, ratio {slow_s / fast_s:.2f}; the first "
-          f"generation (load + compile) took {first:.1f} s", flush=True)  # fmt: skip
+    print(
+        f"(2) {size}², {steps} steps, Euler a: eager {steps / slow_s:.2f} it/s, compiled "
+        f"({backend}) {steps / fast_s:.2f} it/s, ratio {slow_s / fast_s:.2f}; the first "
+        f"generation (load + compile) took {first:.1f} s",
+        flush=True,
+    )
     restart = _first_generation_elsewhere(on, model, size, steps)
     print(
         f"    a new process with the compile cache on disk: first generation {restart:.1f} s",
@@ -142,11 +156,15 @@ def _first_generation_elsewhere(settings: Settings, model: str, size: int, steps
         f"width={size}, height={size}, steps={steps}, sampler='Euler a'))\n"
         "print(time.perf_counter() - began)\n"
     )
-    env = os.environ | {"HUABU_HOME": str(settings.home), "HUABU_COMPILE": "true",
-                        "HUABU_COMPILE_BACKEND": settings.compile_backend,
-                        "HUABU_DEVICE": settings.device}  # fmt: skip
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, env=env)  # fmt: skip
+    env = os.environ | {
+        "HUABU_HOME": str(settings.home),
+        "HUABU_COMPILE": "true",
+        "HUABU_COMPILE_BACKEND": settings.compile_backend,
+        "HUABU_DEVICE": settings.device,
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+    )
     return float(out.stdout.strip().splitlines()[-1])
 
 
@@ -159,8 +177,15 @@ def previews(settings: Settings, model: str, size: int, steps: int, runs: int) -
         each = median_time(latents.at(0), 50)
         print(f"(4) one live preview of a {side}² image: {each * 1000:.2f} ms", flush=True)
     engine = Engine(settings)
-    request = GenerationRequest(model=model, prompt=PROMPTS[0], seed=1, width=size,
-                                height=size, steps=steps, sampler="Euler a")  # fmt: skip
+    request = GenerationRequest(
+        model=model,
+        prompt=PROMPTS[0],
+        seed=1,
+        width=size,
+        height=size,
+        steps=steps,
+        sampler="Euler a",
+    )
     engine.generate(request)
 
     def every_step(step, total, preview):

@@ -45,9 +45,15 @@ async def load(url: str, clients: int, tasks: int, size: int) -> tuple[float, li
             n = 0
             while left > 0:
                 left -= 1
-                body = {"model": "demo", "prompt": PROMPTS[index % len(PROMPTS)],
-                        "seed": index * 1000 + n, "width": size, "height": size, "steps": 20,
-                        "sampler": "Euler a"}  # fmt: skip
+                body = {
+                    "model": "demo",
+                    "prompt": PROMPTS[index % len(PROMPTS)],
+                    "seed": index * 1000 + n,
+                    "width": size,
+                    "height": size,
+                    "steps": 20,
+                    "sampler": "Euler a",
+                }
                 task = (await http.post("/huabu/v1/generations", json=body)).json()
                 while task["state"] not in ("succeeded", "failed", "cancelled"):
                     task = (
@@ -87,12 +93,14 @@ def main() -> None:
         "batched": {
             "HUABU_MAX_BATCH": str(args.clients),
             "HUABU_BATCH_WAIT_MS": str(args.wait_ms),
-        },  # fmt: skip
+        },
         "one at a time": {"HUABU_MAX_BATCH": "1"},
     }
-    print(f"{args.clients} clients, {args.tasks} tasks per measurement, 20 steps, demo model; "
-          f"batched: HUABU_MAX_BATCH={args.clients}, "
-          f"HUABU_BATCH_WAIT_MS={args.wait_ms}")  # fmt: skip
+    print(
+        f"{args.clients} clients, {args.tasks} tasks per measurement, 20 steps, demo model; "
+        f"batched: HUABU_MAX_BATCH={args.clients}, "
+        f"HUABU_BATCH_WAIT_MS={args.wait_ms}"
+    )
     try:
         for size in args.sizes:
             rates: dict[str, list[float]] = {name: [] for name in configs}
@@ -104,10 +112,11 @@ def main() -> None:
                     rates[name].append(rate)
                     batch_sizes[name].append(mean_batch)
             batched, alone = (statistics.median(rates[name]) for name in configs)
-            print(f"{size}x{size}: batched {batched:.2f} images/s (mean batch "
-                  f"{statistics.mean(batch_sizes['batched']):.1f}), one at a time {alone:.2f} "
-                  f"images/s: ratio {batched / alone:.2f}"
-                  + (" (goal >= 2)" if size == 64 else ""))  # fmt: skip
+            print(
+                f"{size}x{size}: batched {batched:.2f} images/s (mean batch "
+                f"{statistics.mean(batch_sizes['batched']):.1f}), one at a time {alone:.2f} "
+                f"images/s: ratio {batched / alone:.2f}" + (" (goal >= 2)" if size == 64 else "")
+            )
     finally:
         stop_embedded_postgres(home)
 

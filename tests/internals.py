@@ -95,8 +95,13 @@ def install(watch: Watch) -> None:
     def send_httpx(self, request, *args, **kwargs):
         response = httpx_send(self, request, *args, **kwargs)
         if not kwargs.get("stream"):
-            watch.check(request.method, str(request.url), response.status_code,
-                        response.headers.get("content-type", ""), response.text)  # fmt: skip
+            watch.check(
+                request.method,
+                str(request.url),
+                response.status_code,
+                response.headers.get("content-type", ""),
+                response.text,
+            )
         return response
 
     requests_send = requests.Session.send
@@ -104,8 +109,13 @@ def install(watch: Watch) -> None:
     def send_requests(self, request, **kwargs):
         response = requests_send(self, request, **kwargs)
         if not kwargs.get("stream"):
-            watch.check(request.method, request.url, response.status_code,
-                        response.headers.get("content-type", ""), response.text)  # fmt: skip
+            watch.check(
+                request.method,
+                request.url,
+                response.status_code,
+                response.headers.get("content-type", ""),
+                response.text,
+            )
         return response
 
     httpx.Client.send = send_httpx  # type: ignore[method-assign]

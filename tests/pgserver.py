@@ -39,8 +39,16 @@ class ExternalPostgres:
             ids = pwd.getpwnam(self.user)
             for path in (self.data, self.sockets, root):
                 os.chown(path, ids.pw_uid, ids.pw_gid)
-        self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth-local=trust",
-                  "--auth-host=scram-sha-256", "--encoding=utf8")  # fmt: skip
+        self._run(
+            "initdb",
+            "-D",
+            str(self.data),
+            "-U",
+            "postgres",
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            "--encoding=utf8",
+        )
         self.start()
         with self.admin() as connection:
             connection.execute(f"CREATE ROLE huabu LOGIN PASSWORD '{PASSWORD}'")
@@ -57,8 +65,7 @@ class ExternalPostgres:
 
     def start(self) -> None:
         options = f"-p {self.port} -h 127.0.0.1 -k {self.sockets}"
-        self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.log), "-w",
-                  "start")  # fmt: skip
+        self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.log), "-w", "start")
 
     def stop(self) -> None:
         """A fast shutdown: connections are cut, as in a restart or failover."""

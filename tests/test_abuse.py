@@ -108,7 +108,7 @@ def test_deep_nesting_is_a_400_on_every_route_that_reads_a_body(api_server, clie
         ("/api/v1b/get_token", {"email": "a\x00@b", "password": "x"}, "email"),
         ("/huabu/v1/generations", {"model": "demo", "prompt": "\ud800"}, "prompt"),
     ],
-)  # fmt: skip
+)
 def test_text_that_is_not_text_is_a_400_naming_the_field(client, path, body, param):
     import json
 
@@ -315,6 +315,8 @@ def test_health_stays_prompt_while_one_client_attacks(api_server):
         stop.set()
         attacker.join()
     p99 = statistics.quantiles(latencies, n=100)[98]
-    print(f"/health under attack: median {statistics.median(latencies) * 1000:.1f} ms, "
-          f"p99 {p99 * 1000:.1f} ms")  # fmt: skip
+    print(
+        f"/health under attack: median {statistics.median(latencies) * 1000:.1f} ms, "
+        f"p99 {p99 * 1000:.1f} ms"
+    )
     assert p99 < 0.1, f"p99 {p99 * 1000:.0f} ms"

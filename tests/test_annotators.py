@@ -45,13 +45,21 @@ def annotated(tmp_path_factory, settings):
     folder = models / "annotators"
     folder.mkdir()
     torch.manual_seed(7)
-    for file_name, network in (("ControlNetHED.pth", Hed()), ("sk_model.pth", LineartGenerator()),
-                               ("sk_model2.pth", LineartGenerator())):  # fmt: skip
+    for file_name, network in (
+        ("ControlNetHED.pth", Hed()),
+        ("sk_model.pth", LineartGenerator()),
+        ("sk_model2.pth", LineartGenerator()),
+    ):
         if isinstance(network, Hed):
             with torch.no_grad():  # random edges strong enough to cross scribble's threshold
                 network.norm.normal_()
-                for block in (network.block1, network.block2, network.block3, network.block4,
-                              network.block5):  # fmt: skip
+                for block in (
+                    network.block1,
+                    network.block2,
+                    network.block3,
+                    network.block4,
+                    network.block5,
+                ):
                     block.projection.bias.fill_(1.5)
         torch.save(network.state_dict(), folder / file_name)
     # PiDiNet's file is its training checkpoint: the weights under "state_dict", as saved
@@ -70,15 +78,19 @@ def annotated(tmp_path_factory, settings):
     with torch.no_grad():  # centres and segment lengths that vary across the image
         mlsd.block23.conv3.weight[7:12] *= 200.0
     torch.save(mlsd.state_dict(), folder / "mlsd_large_512_fp32.pth")
-    for file_name, network in (("body_pose_model.pth", routed_body()),
-                               ("hand_pose_model.pth", routed_keypoints(hand_net(), 22)),
-                               ("facenet.pth", routed_keypoints(face_net(), 71))):  # fmt: skip
+    for file_name, network in (
+        ("body_pose_model.pth", routed_body()),
+        ("hand_pose_model.pth", routed_keypoints(hand_net(), 22)),
+        ("facenet.pth", routed_keypoints(face_net(), 71)),
+    ):
         torch.save({k: v.half() for k, v in network.state_dict().items()}, folder / file_name)
     write_dwpose(folder)
     # MiDaS's file as MiDaS saved it: with the classifier timm's ViT was built with (unused).
     depth = {k: v.half() for k, v in DptHybrid().state_dict().items()}
-    depth |= {"pretrained.model.head.weight": torch.zeros(1000, 768, dtype=torch.half),
-              "pretrained.model.head.bias": torch.zeros(1000, dtype=torch.half)}  # fmt: skip
+    depth |= {
+        "pretrained.model.head.weight": torch.zeros(1000, 768, dtype=torch.half),
+        "pretrained.model.head.bias": torch.zeros(1000, dtype=torch.half),
+    }
     torch.save(depth, folder / "dpt_hybrid-midas-501f0c75.pt")
     # Bae's file is a training checkpoint: the weights under "model", "module." keys.
     normals = NormalBae()
@@ -110,8 +122,12 @@ def zoe_state() -> dict[str, torch.Tensor]:
     beit = "core.core.pretrained.model."
     for block in range(24):
         state[f"{beit}blocks.{block}.attn.relative_position_index"] = relative_index(24, 24)
-    for name, shape in (("head.weight", (1000, 1024)), ("head.bias", (1000,)),
-                        ("fc_norm.weight", (1024,)), ("fc_norm.bias", (1024,))):  # fmt: skip
+    for name, shape in (
+        ("head.weight", (1000, 1024)),
+        ("head.bias", (1000,)),
+        ("fc_norm.weight", (1024,)),
+        ("fc_norm.bias", (1024,)),
+    ):
         state[beit + name] = torch.zeros(shape, dtype=torch.half)
     return state
 
@@ -153,10 +169,12 @@ class _Pose(torch.nn.Module):
         super().__init__()
         offsets = dwpose_offsets()
         columns, rows = np.arange(576) // 2, np.arange(768) // 2
-        self.register_buffer("x_index", torch.from_numpy(
-            np.clip(columns[None] - offsets[:, :1], 0, 287)))  # fmt: skip
-        self.register_buffer("y_index", torch.from_numpy(
-            np.clip(rows[None] - offsets[:, 1:], 0, 383)))  # fmt: skip
+        self.register_buffer(
+            "x_index", torch.from_numpy(np.clip(columns[None] - offsets[:, :1], 0, 287))
+        )
+        self.register_buffer(
+            "y_index", torch.from_numpy(np.clip(rows[None] - offsets[:, 1:], 0, 383))
+        )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         red_columns = x[:, 2].amax(dim=1)[0]  # the input is BGR
@@ -167,11 +185,21 @@ class _Pose(torch.nn.Module):
 def write_dwpose(folder) -> None:
     for network, sample, names, file_name in (
         (_Detector(), torch.zeros(1, 3, 640, 640), (["images"], ["output"]), "yolox_l.onnx"),
-        (_Pose(), torch.zeros(1, 3, 384, 288), (["input"], ["simcc_x", "simcc_y"]),
-         "dw-ll_ucoco_384.onnx"),
-    ):  # fmt: skip
-        torch.onnx.export(network, (sample,), str(folder / file_name), input_names=names[0],
-                          output_names=names[1], dynamo=False)  # fmt: skip
+        (
+            _Pose(),
+            torch.zeros(1, 3, 384, 288),
+            (["input"], ["simcc_x", "simcc_y"]),
+            "dw-ll_ucoco_384.onnx",
+        ),
+    ):
+        torch.onnx.export(
+            network,
+            (sample,),
+            str(folder / file_name),
+            input_names=names[0],
+            output_names=names[1],
+            dynamo=False,
+        )
 
 
 # OpenPose's networks with random weights find no one. These pass the picture's red through
@@ -341,8 +369,7 @@ def test_dwpose_draws_the_whole_body_where_the_network_finds_it(annotating):
         cv2.circle(pixels, (x, 110), 6, (255, 255, 0), -1)
         return Image.fromarray(pixels)
 
-    maps = [annotators.run("dwpose", dot(x), annotators=annotating.annotators)
-            for x in (100, 140)]  # fmt: skip
+    maps = [annotators.run("dwpose", dot(x), annotators=annotating.annotators) for x in (100, 140)]
     first, moved = lit(maps[0]), lit(maps[1])
     assert len(first) > 1000 and len(first) == len(moved)
     assert (moved.mean(axis=0) - first.mean(axis=0)).round(1).tolist() == [40.0, 0.0]
@@ -427,12 +454,32 @@ def test_openpose_parses_a_person_from_heatmaps_and_fields():
     from huabu.engine.annotators.openpose import FIELDS, LIMBS, PARTS, detect_bodies
 
     size = 200
-    joints = [(100, 40), (100, 60), (80, 60), (70, 90), (65, 120), (120, 60), (130, 90),
-              (135, 120), (90, 120), (88, 150), (86, 185), (110, 120), (112, 150), (114, 185),
-              (95, 35), (105, 35), (90, 38), (110, 38)]  # fmt: skip
+    joints = [
+        (100, 40),
+        (100, 60),
+        (80, 60),
+        (70, 90),
+        (65, 120),
+        (120, 60),
+        (130, 90),
+        (135, 120),
+        (90, 120),
+        (88, 150),
+        (86, 185),
+        (110, 120),
+        (112, 150),
+        (114, 185),
+        (95, 35),
+        (105, 35),
+        (90, 38),
+        (110, 38),
+    ]
     ys, xs = np.mgrid[:size, :size]
-    heatmaps = np.stack([np.exp(-((xs - x) ** 2 + (ys - y) ** 2) / 18.0) for x, y in joints]
-                        + [np.zeros((size, size))], axis=2)  # fmt: skip
+    heatmaps = np.stack(
+        [np.exp(-((xs - x) ** 2 + (ys - y) ** 2) / 18.0) for x, y in joints]
+        + [np.zeros((size, size))],
+        axis=2,
+    )
     fields = np.zeros((size, size, 38))
     for (a, b), (cx, cy) in zip(LIMBS, FIELDS, strict=True):
         (xa, ya), (xb, yb) = joints[a], joints[b]
@@ -459,8 +506,9 @@ def test_loaded_annotators_are_bounded(annotated, monkeypatch):
     from huabu.engine import annotators
 
     monkeypatch.setattr(annotators, "MAX_LOADED", 2)
-    loaded = annotators.Annotators(lambda name: annotated.models_dir / "annotators" / name,
-                                   torch.device("cpu"))  # fmt: skip
+    loaded = annotators.Annotators(
+        lambda name: annotated.models_dir / "annotators" / name, torch.device("cpu")
+    )
     for name in ("softedge_hed", "lineart_realistic", "lineart_coarse", "lineart"):
         loaded.draw(name, picture(3))
     assert list(loaded._loaded) == ["sk_model2.pth", "sk_model.pth"]  # least recent first
@@ -486,10 +534,12 @@ def test_the_listing_says_what_each_needs():
     assert not listed["lineart_coarse"]["available"]
     assert listed["lineart_coarse"]["needs"] == "models/annotators/sk_model2.pth"
     assert not listed["openpose"]["available"]
-    assert listed["openpose_face"]["needs"] == ("models/annotators/body_pose_model.pth, "
-                                                "models/annotators/facenet.pth")  # fmt: skip
-    assert listed["dwpose"]["needs"] == ("models/annotators/yolox_l.onnx, "
-                                         "models/annotators/dw-ll_ucoco_384.onnx")  # fmt: skip
+    assert listed["openpose_face"]["needs"] == (
+        "models/annotators/body_pose_model.pth, models/annotators/facenet.pth"
+    )
+    assert listed["dwpose"]["needs"] == (
+        "models/annotators/yolox_l.onnx, models/annotators/dw-ll_ucoco_384.onnx"
+    )
     assert listed["mediapipe_face"]["available"]  # its package is installed by make install
     with pytest.raises(InvalidRequest) as caught:
         check("depth_anything", held, param="p")  # not one of spec 003's
@@ -511,8 +561,9 @@ def test_a_damaged_annotator_file_fails_the_task_with_a_reason(annotated, tmp_pa
         torch.save({"not": torch.zeros(1)}, home / "models" / "annotators" / file_name)
     engine = Engine(Settings(home=home, threads=2))
     unit = ControlUnit(model="demo-controlnet", image=REF, preprocessor=name)
-    request = GenerationRequest(model="demo", prompt="a fox", width=64, height=64, steps=2,
-                                controlnets=(unit,))  # fmt: skip
+    request = GenerationRequest(
+        model="demo", prompt="a fox", width=64, height=64, steps=2, controlnets=(unit,)
+    )
     with pytest.raises(HuabuError) as caught:
         engine.generate(request, control_images=[picture(1)])
     assert f"models/annotators/{NETWORKS[name][0]}" in caught.value.message

@@ -19,7 +19,7 @@ def _members(small, **shared):
             guidance=3.5,
             n_images=2,
             **shared,
-        ),  # fmt: skip
+        ),
         small(prompt="a bowl of ramen", seed=11, guidance=12.0, **shared),
     ]
 
@@ -81,15 +81,23 @@ def test_image_to_image_requests_share_a_loop_each_with_its_own_source(engine, s
 
     white = Image.new("RGB", (64, 64), (255, 255, 255))
     black = Image.new("RGB", (64, 64), (0, 0, 0))
-    shared = {"sampler": sampler, "steps": 6, "strength": 0.35,
-              "init_image": ImageRef.stored("uploads/source.png")}  # fmt: skip
-    requests = [small(seed=3, **shared), small(seed=3, n_images=2, **shared),
-                small(seed=9, prompt="a bowl of ramen", **shared)]  # fmt: skip
+    shared = {
+        "sampler": sampler,
+        "steps": 6,
+        "strength": 0.35,
+        "init_image": ImageRef.stored("uploads/source.png"),
+    }
+    requests = [
+        small(seed=3, **shared),
+        small(seed=3, n_images=2, **shared),
+        small(seed=9, prompt="a bowl of ramen", **shared),
+    ]
     assert len({request.batch_key() for request in requests}) == 1
     assert small(**shared | {"strength": 0.5}).batch_key() != requests[0].batch_key()
     sources = [white, black, white]
-    batched = engine.generate_batch(requests, [lambda s, t, _p: None] * 3, [lambda: False] * 3,
-                                    sources)  # fmt: skip
+    batched = engine.generate_batch(
+        requests, [lambda s, t, _p: None] * 3, [lambda: False] * 3, sources
+    )
     for request, source, result in zip(requests, sources, batched, strict=True):
         alone = engine.generate(request, init_image=source)
         assert len(result.images) == request.n_images

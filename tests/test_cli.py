@@ -128,8 +128,13 @@ def test_a_worker_that_would_take_no_job_stops_in_one_line(tmp_path):
         "would take no job"
     )
     for command in ("worker", "serve"):
-        result = subprocess.run([*HUABU, command], capture_output=True, text=True, timeout=60,
-                                env=os.environ | env | {"HUABU_HOME": str(tmp_path)})  # fmt: skip
+        result = subprocess.run(
+            [*HUABU, command],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=os.environ | env | {"HUABU_HOME": str(tmp_path)},
+        )
         assert result.returncode == 2 and result.stderr.strip() == message
 
 
@@ -139,14 +144,19 @@ def test_a_worker_that_would_take_no_job_stops_in_one_line(tmp_path):
         (
             {"HUABU_MAX_BATCH": "0"},
             "error: HUABU_MAX_BATCH: Input should be greater than or equal to 1",
-        ),  # fmt: skip
+        ),
         (
             {"HUABU_BATCH_WAIT_MS": "60000"},
             "error: HUABU_BATCH_WAIT_MS: Input should be less than or equal to 10000",
-        ),  # fmt: skip
+        ),
     ],
 )
 def test_batching_settings_out_of_range_stop_startup_in_one_line(tmp_path, env, message):
-    result = subprocess.run([*HUABU, "worker"], capture_output=True, text=True, timeout=60,
-                            env=os.environ | env | {"HUABU_HOME": str(tmp_path)})  # fmt: skip
+    result = subprocess.run(
+        [*HUABU, "worker"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=os.environ | env | {"HUABU_HOME": str(tmp_path)},
+    )
     assert result.returncode == 2 and result.stderr.strip() == message

@@ -20,8 +20,9 @@ def square():
 
 
 def unit(**changes) -> ControlUnit:
-    return ControlUnit(**({"model": "demo-controlnet", "image": REF, "preprocessor": "canny"}
-                          | changes))  # fmt: skip
+    return ControlUnit(
+        **({"model": "demo-controlnet", "image": REF, "preprocessor": "canny"} | changes)
+    )
 
 
 def run(engine, small, square, *units, **changes):
@@ -110,10 +111,18 @@ def test_the_catalog_names_what_the_annotator_families_run():
     cannot run (or refused that it can)."""
     from huabu.catalog import preprocessors as catalog
 
-    networks = {name: files for family in annotators.FAMILIES if family.package is None
-                for name, files in family.needs.items()}  # fmt: skip
-    packages = {name: family.package for family in annotators.FAMILIES if family.package
-                for name in family.needs}  # fmt: skip
+    networks = {
+        name: files
+        for family in annotators.FAMILIES
+        if family.package is None
+        for name, files in family.needs.items()
+    }
+    packages = {
+        name: family.package
+        for family in annotators.FAMILIES
+        if family.package
+        for name in family.needs
+    }
     assert networks == catalog.NETWORKS
     assert packages == catalog.PACKAGES
     assert not set(catalog.WEIGHTLESS) & set(annotators.FAMILY_OF)
@@ -127,21 +136,36 @@ def test_the_catalog_names_what_the_annotator_families_run():
 @pytest.mark.parametrize(
     ("changes", "param", "text"),
     [
-        ({"controlnets": (unit(preprocessor="depth_zoe"),)}, "controlnets.0.preprocessor",
-         "models/annotators/ZoeD_M12_N.pt"),
-        ({"controlnets": (unit(preprocessor="dwpose"),)}, "controlnets.0.preprocessor",
-         "models/annotators/yolox_l.onnx and models/annotators/dw-ll_ucoco_384.onnx"),
-        ({"controlnets": (unit(preprocessor="openpose_full"),)}, "controlnets.0.preprocessor",
-         "models/annotators/body_pose_model.pth and models/annotators/hand_pose_model.pth "
-         "and models/annotators/facenet.pth"),
-        ({"controlnets": (unit(preprocessor="softedge_hed"),)}, "controlnets.0.preprocessor",
-         "models/annotators/ControlNetHED.pth"),
-        ({"controlnets": (unit(preprocessor="sketchy"),)}, "controlnets.0.preprocessor",
-         "unknown preprocessor"),
+        (
+            {"controlnets": (unit(preprocessor="depth_zoe"),)},
+            "controlnets.0.preprocessor",
+            "models/annotators/ZoeD_M12_N.pt",
+        ),
+        (
+            {"controlnets": (unit(preprocessor="dwpose"),)},
+            "controlnets.0.preprocessor",
+            "models/annotators/yolox_l.onnx and models/annotators/dw-ll_ucoco_384.onnx",
+        ),
+        (
+            {"controlnets": (unit(preprocessor="openpose_full"),)},
+            "controlnets.0.preprocessor",
+            "models/annotators/body_pose_model.pth and models/annotators/hand_pose_model.pth "
+            "and models/annotators/facenet.pth",
+        ),
+        (
+            {"controlnets": (unit(preprocessor="softedge_hed"),)},
+            "controlnets.0.preprocessor",
+            "models/annotators/ControlNetHED.pth",
+        ),
+        (
+            {"controlnets": (unit(preprocessor="sketchy"),)},
+            "controlnets.0.preprocessor",
+            "unknown preprocessor",
+        ),
         ({"controlnets": (unit(start=0.6, end=0.4),)}, "controlnets.0.start", "below end"),
         ({"controlnets": (unit(model="nope"),)}, "controlnets.0.model", "demo-controlnet"),
     ],
-)  # fmt: skip
+)
 def test_bad_units_are_named(engine, small, square, changes, param, text):
     with pytest.raises(InvalidRequest) as caught:
         engine.generate(small(**changes), control_images=[square])

@@ -87,8 +87,10 @@ def _wait_all(client: httpx.Client, ids: list[str], timeout: float = 300) -> dic
                 continue
             response = client.get(f"/huabu/v1/tasks/{task_id}")
             if response.status_code == 200 and response.json()["state"] in (
-                "succeeded", "failed", "cancelled"
-            ):  # fmt: skip
+                "succeeded",
+                "failed",
+                "cancelled",
+            ):
                 tasks[task_id] = response.json()
         if len(tasks) == len(ids):
             return tasks
@@ -197,8 +199,10 @@ def test_a_role_that_may_not_create_tables_is_told_what_to_grant(fleet, tmp_path
     result = subprocess.run(
         [*HUABU, "users", "add", "someone@example.com", "--password", "password123"],
         env=os.environ | {"HUABU_HOME": str(tmp_path), "HUABU_DATABASE_URL": url},
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "GRANT CREATE ON SCHEMA public TO guest" in lines[0], lines
@@ -243,10 +247,12 @@ def test_the_fleet_view_shows_every_worker_and_queue(fleet):
     assert view["queues"] == [] and view["oldest_queued_seconds"] is None
     # The same from the command line.
     result = subprocess.run(
-        [*HUABU, "status"], capture_output=True, text=True, timeout=120,
-        env=os.environ | {"HUABU_HOME": str(api.log.parent),
-                          "HUABU_DATABASE_URL": postgres.url},
-    )  # fmt: skip
+        [*HUABU, "status"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=os.environ | {"HUABU_HOME": str(api.log.parent), "HUABU_DATABASE_URL": postgres.url},
+    )
     assert result.returncode == 0, result.stderr
     assert all(w["name"] in result.stdout for w in mine) and "nothing queued" in result.stdout
 
@@ -263,11 +269,16 @@ def test_one_worker_per_device_from_one_command(fleet):
             if w["name"] not in before and w["name"].rsplit("-", 1)[1] not in others
         ]
 
-    launcher = Process(["worker", "--devices", "cpu,cpu"], client.worker_home, client.env,
-                       client.worker_home / "devices.log")  # fmt: skip
+    launcher = Process(
+        ["worker", "--devices", "cpu,cpu"],
+        client.worker_home,
+        client.env,
+        client.worker_home / "devices.log",
+    )
     try:
-        view = _fleet_until(client, lambda v: len([w for w in launched(v)
-                                                   if w["state"] == "idle"]) >= 2)  # fmt: skip
+        view = _fleet_until(
+            client, lambda v: len([w for w in launched(v) if w["state"] == "idle"]) >= 2
+        )
         assert len(launched(view)) == 2, view
         assert all(w["device"] == "cpu" for w in launched(view)), view
         [task_id] = _submit(client, 1)

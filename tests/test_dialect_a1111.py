@@ -25,8 +25,9 @@ SMALL = {"steps": 8, "width": 64, "height": 64, "seed": 42, "sampler_name": "Eul
 def client(server, accounts, email) -> webuiapi.WebUIApi:
     accounts.add_user(email, "password123")
     # A1111's --api-auth: HTTP Basic with the user's email and password.
-    return webuiapi.WebUIApi(baseurl=server.url + "/sdapi/v1", username=email,
-                             password="password123")  # fmt: skip
+    return webuiapi.WebUIApi(
+        baseurl=server.url + "/sdapi/v1", username=email, password="password123"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -64,14 +65,30 @@ def test_txt2img(api):
 def test_txt2img_with_the_hires_fix_variation_seeds_and_tiling(api):
     """What webuiapi sends for a hires fix: the image comes back at the upscaled size, with
     A1111's infotext; variation seeds and tiling are applied and reported too."""
-    result = api.txt2img(prompt="a red fox", enable_hr=True, hr_scale=2, denoising_strength=0.6,
-                         hr_upscaler=webuiapi.HiResUpscaler.Latent, hr_second_pass_steps=4,
-                         subseed=7, subseed_strength=0.4, tiling=True, **SMALL)  # fmt: skip
+    result = api.txt2img(
+        prompt="a red fox",
+        enable_hr=True,
+        hr_scale=2,
+        denoising_strength=0.6,
+        hr_upscaler=webuiapi.HiResUpscaler.Latent,
+        hr_second_pass_steps=4,
+        subseed=7,
+        subseed_strength=0.4,
+        tiling=True,
+        **SMALL,
+    )
     assert result.image.size == (128, 128)
     text = result.info["infotexts"][0]
-    for field in ("Size: 64x64", "Hires upscale: 2", "Hires steps: 4", "Hires upscaler: Latent",
-                  "Denoising strength: 0.6", "Variation seed: 7",
-                  "Variation seed strength: 0.4", "Tiling: True"):  # fmt: skip
+    for field in (
+        "Size: 64x64",
+        "Hires upscale: 2",
+        "Hires steps: 4",
+        "Hires upscaler: Latent",
+        "Denoising strength: 0.6",
+        "Variation seed: 7",
+        "Variation seed strength: 0.4",
+        "Tiling: True",
+    ):
         assert field in text, text
     assert result.info["subseed"] == 7 and result.info["all_subseeds"] == [7]
     assert result.info["denoising_strength"] == 0.6
@@ -98,18 +115,28 @@ def test_inpainting_with_a_mask(api):
     def kept(image, box):
         return image.convert("RGB").crop(box).tobytes() == source.crop(box).tobytes()
 
-    whole = api.img2img(images=[source], mask_image=mask, mask_blur=0, inpaint_full_res=False,
-                        inpainting_fill=1, denoising_strength=1.0, prompt="a fox",
-                        **SMALL)  # fmt: skip
+    whole = api.img2img(
+        images=[source],
+        mask_image=mask,
+        mask_blur=0,
+        inpaint_full_res=False,
+        inpainting_fill=1,
+        denoising_strength=1.0,
+        prompt="a fox",
+        **SMALL,
+    )
     assert kept(whole.image, (32, 0, 64, 64)) and not kept(whole.image, (0, 0, 32, 64))
     assert whole.info["is_using_inpainting_conditioning"] is True
     # webuiapi's defaults: blur 4, "fill", only the masked area; inverted, the right half.
-    inverted = api.img2img(images=[source], mask_image=mask, inpainting_mask_invert=1,
-                           prompt="a fox", **SMALL)  # fmt: skip
+    inverted = api.img2img(
+        images=[source], mask_image=mask, inpainting_mask_invert=1, prompt="a fox", **SMALL
+    )
     assert kept(inverted.image, (0, 0, 20, 64)) and not kept(inverted.image, (40, 0, 64, 64))
     assert "Mask blur: 4, Inpaint area: Only masked" in inverted.info["infotexts"][0]
-    refused(lambda: api.img2img(images=[source], mask_image=mask, inpainting_fill=2, **SMALL),
-            "inpainting_fill")  # fmt: skip
+    refused(
+        lambda: api.img2img(images=[source], mask_image=mask, inpainting_fill=2, **SMALL),
+        "inpainting_fill",
+    )
     black = Image.new("RGB", (64, 64), "black")
     refused(lambda: api.img2img(images=[source], mask_image=black, **SMALL), "mask")
 
@@ -129,8 +156,11 @@ def test_sd_webui_controlnet_listings(api):
     """What clients read before sending ControlNet units, as sd-webui-controlnet answers."""
     assert api.controlnet_version() == 2
     models = api.controlnet_model_list()
-    assert models[0] == "None" and {"demo-controlnet", "demo-controlnet-single",
-                                    "demo-xl-controlnet"} <= set(models)  # fmt: skip
+    assert models[0] == "None" and {
+        "demo-controlnet",
+        "demo-controlnet-single",
+        "demo-xl-controlnet",
+    } <= set(models)
     modules = api.controlnet_module_list()
     # mediapipe_face needs only its package, which make install installs
     assert {"none", "canny", "shuffle", "lineart_standard", "mediapipe_face"} == set(modules)
@@ -168,25 +198,32 @@ def test_lora_in_the_prompt(api):
 def test_controlnet_unit(api):
     edges = Image.new("RGB", (64, 64), "black")
     edges.paste((255, 255, 255), (16, 16, 48, 48))
-    unit = webuiapi.ControlNetUnit(image=edges, module="canny", model="demo-controlnet",
-                                   weight=0.8, guidance_start=0.1, guidance_end=0.9)  # fmt: skip
+    unit = webuiapi.ControlNetUnit(
+        image=edges,
+        module="canny",
+        model="demo-controlnet",
+        weight=0.8,
+        guidance_start=0.1,
+        guidance_end=0.9,
+    )
     # A fresh alwayson_scripts each call: webuiapi writes the units into its mutable default.
     plain = api.txt2img(prompt="a fox", **SMALL)
-    controlled = api.txt2img(prompt="a fox", controlnet_units=[unit], alwayson_scripts={},
-                             **SMALL)  # fmt: skip
+    controlled = api.txt2img(prompt="a fox", controlnet_units=[unit], alwayson_scripts={}, **SMALL)
     assert max_difference(plain.image, controlled.image) > 0
     # The infotext lists the unit as sd-webui-controlnet does, and reads back as A1111 reads it.
     infotext = controlled.info["infotexts"][0]
-    unit_text = ("Module: canny, Model: demo-controlnet, Weight: 0.8, Guidance Start: 0.1, "
-                 "Guidance End: 0.9")  # fmt: skip
+    unit_text = (
+        "Module: canny, Model: demo-controlnet, Weight: 0.8, Guidance Start: 0.1, Guidance End: 0.9"
+    )
     assert f'ControlNet 0: "{unit_text}"' in infotext
     assert parse_infotext(infotext)["ControlNet 0"] == unit_text
     assert "ControlNet" not in plain.info["infotexts"][0]
     # sd-webui-controlnet's name for DWPose, whose files this server lacks
     unit = webuiapi.ControlNetUnit(image=edges, module="dw_openpose_full", model="demo-controlnet")
-    body = refused(lambda: api.txt2img(prompt="a fox", controlnet_units=[unit],
-                                       alwayson_scripts={}, **SMALL),
-                   "alwayson_scripts.controlnet.args.0.module")  # fmt: skip
+    body = refused(
+        lambda: api.txt2img(prompt="a fox", controlnet_units=[unit], alwayson_scripts={}, **SMALL),
+        "alwayson_scripts.controlnet.args.0.module",
+    )
     assert "'dwpose'" in body["detail"] and "models/annotators/yolox_l.onnx" in body["detail"]
 
 
@@ -198,14 +235,18 @@ def test_sdxl_with_a_lora_and_a_controlnet_unit(api):
     override = {"sd_model_checkpoint": "demo-xl"}
     plain = api.txt2img(prompt="a fox", override_settings=override, **SMALL)
     assert plain.info["sd_model_name"] == "demo-xl" and plain.image.size == (64, 64)
-    styled = api.txt2img(prompt="a fox <lora:demo-xl-lora:1>", override_settings=override,
-                         **SMALL)  # fmt: skip
+    styled = api.txt2img(prompt="a fox <lora:demo-xl-lora:1>", override_settings=override, **SMALL)
     assert max_difference(plain.image, styled.image) > 0
     edges = Image.new("RGB", (64, 64), "black")
     edges.paste((255, 255, 255), (16, 16, 48, 48))
     unit = webuiapi.ControlNetUnit(image=edges, module="canny", model="demo-xl-controlnet")
-    controlled = api.txt2img(prompt="a fox", override_settings=override, controlnet_units=[unit],
-                             alwayson_scripts={}, **SMALL)  # fmt: skip
+    controlled = api.txt2img(
+        prompt="a fox",
+        override_settings=override,
+        controlnet_units=[unit],
+        alwayson_scripts={},
+        **SMALL,
+    )
     assert max_difference(plain.image, controlled.image) > 0
     with pytest.raises(RuntimeError) as caught:
         api.txt2img(prompt="a fox <lora:demo-lora:1>", override_settings=override, **SMALL)
@@ -222,8 +263,10 @@ def test_the_sdxl_refiner(api, server):
     def txt2img(**changes):
         return requests.post(server.url + "/sdapi/v1/txt2img", json=body | changes, auth=auth)
 
-    plain, refined = txt2img(), txt2img(refiner_checkpoint="demo-xl-refiner [0123456789]",
-                                        refiner_switch_at=0.6)  # fmt: skip
+    plain, refined = (
+        txt2img(),
+        txt2img(refiner_checkpoint="demo-xl-refiner [0123456789]", refiner_switch_at=0.6),
+    )
     assert plain.status_code == refined.status_code == 200, refined.text
     assert plain.json()["images"][0] != refined.json()["images"][0]
     infotext = json.loads(refined.json()["info"])["infotexts"][0]
@@ -235,8 +278,10 @@ def test_the_sdxl_refiner(api, server):
     assert "demo-single" in wrong.json()["detail"]
     # With the hires fix: the pass A1111's option hires_fix_refiner_pass names.
     hires = {"enable_hr": True, "hr_scale": 1.5, "refiner_checkpoint": "demo-xl-refiner"}
-    first = txt2img(**hires, override_settings=body["override_settings"]
-                    | {"hires_fix_refiner_pass": "first pass"})  # fmt: skip
+    first = txt2img(
+        **hires,
+        override_settings=body["override_settings"] | {"hires_fix_refiner_pass": "first pass"},
+    )
     assert first.status_code == 200, first.text
     assert "Hires refiner: first pass" in json.loads(first.json()["info"])["infotexts"][0]
     bad = txt2img(**hires, override_settings={"hires_fix_refiner_pass": "every pass"})
@@ -256,8 +301,7 @@ def test_png_info_reads_back_the_parameters(api):
 def test_interrupt_stops_ones_own_task_only(api, other):
     outcome = {}
     slow = SMALL | {"width": 256, "height": 256, "steps": 150}
-    worker = threading.Thread(target=lambda: outcome.update(result=api.txt2img(prompt="x",
-                                                                              **slow)))  # fmt: skip
+    worker = threading.Thread(target=lambda: outcome.update(result=api.txt2img(prompt="x", **slow)))
     worker.start()
     deadline = time.monotonic() + 90
     while (progress := api.get_progress())["progress"] == 0:
@@ -284,10 +328,16 @@ def test_interrupt_stops_ones_own_task_only(api, other):
 def test_bad_requests_name_the_field(api, server):
     refused(lambda: api.txt2img(prompt="x", **SMALL | {"width": 100}), "width")
     refused(lambda: api.txt2img(prompt="x", **SMALL | {"sampler_name": "nope"}), "sampler_name")
-    refused(lambda: api.txt2img(prompt="x", enable_hr=True, hr_upscaler="R-ESRGAN 4x+", **SMALL),
-            "hr_upscaler")  # fmt: skip
-    refused(lambda: api.txt2img(prompt="x", enable_hr=True, hr_scale=4, **SMALL | {"width": 640,
-            "height": 640}), "hr_scale")  # fmt: skip
+    refused(
+        lambda: api.txt2img(prompt="x", enable_hr=True, hr_upscaler="R-ESRGAN 4x+", **SMALL),
+        "hr_upscaler",
+    )
+    refused(
+        lambda: api.txt2img(
+            prompt="x", enable_hr=True, hr_scale=4, **SMALL | {"width": 640, "height": 640}
+        ),
+        "hr_scale",
+    )
     refused(lambda: api.txt2img(prompt="x", batch_size=5, n_iter=2, **SMALL), "batch_size")
     response = requests.get(server.url + "/sdapi/v1/sd-models")
     assert response.status_code == 401
@@ -298,8 +348,9 @@ def test_bad_requests_name_the_field(api, server):
 def test_api_keys_work_as_bearer_and_as_basic_password(server, accounts):
     user = accounts.add_user("keyed@example.com", None)
     key = accounts.create_key(user.id)
-    bearer = requests.get(server.url + "/sdapi/v1/options",
-                          headers={"Authorization": f"Bearer {key}"})  # fmt: skip
+    bearer = requests.get(
+        server.url + "/sdapi/v1/options", headers={"Authorization": f"Bearer {key}"}
+    )
     assert bearer.status_code == 200
     basic = requests.get(server.url + "/sdapi/v1/options", auth=("keyed@example.com", key))
     assert basic.status_code == 200

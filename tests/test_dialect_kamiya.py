@@ -114,10 +114,16 @@ def test_loras_are_applied_and_reported(erin):
 def test_the_sdxl_demo_with_its_lora(erin):
     config = envelope(erin.get("/api/image/config"))["data"]
     assert "demo-xl" in {model["id"] for model in config["models"]}
-    body = RUNNABLE | {"model": "demo-xl", "width": 64, "height": 64, "step": 6,
-                       "LoRAs": [{"id": "demo-xl-lora", "weight": 100}]}  # fmt: skip
-    done = wait_generated(erin, envelope(erin.post("/api/image/generate", json=body))["data"][
-        "hashid"])  # fmt: skip
+    body = RUNNABLE | {
+        "model": "demo-xl",
+        "width": 64,
+        "height": 64,
+        "step": 6,
+        "LoRAs": [{"id": "demo-xl-lora", "weight": 100}],
+    }
+    done = wait_generated(
+        erin, envelope(erin.post("/api/image/generate", json=body))["data"]["hashid"]
+    )
     assert done["status"] == "generated" and done["metadata"]["model"] == "demo-xl"
     assert Image.open(io.BytesIO(httpx.get(done["metadata"]["jpg"]).content)).size == (64, 64)
 

@@ -37,8 +37,17 @@ def decoded(result) -> list[Image.Image]:
 
 
 def test_txt2img_v3_with_a_lora(client):
-    common = dict(model_name="demo", prompt="a red fox", image_num=2, width=128, height=128,
-                  steps=8, seed=42, sampler_name="Euler a", response_image_type="png")  # fmt: skip
+    common = dict(
+        model_name="demo",
+        prompt="a red fox",
+        image_num=2,
+        width=128,
+        height=128,
+        steps=8,
+        seed=42,
+        sampler_name="Euler a",
+        response_image_type="png",
+    )
     plain = client.txt2img_v3(**common)
     styled = client.txt2img_v3(**common, loras=[Txt2ImgV3LoRA(model_name="demo-lora", strength=1)])
     for result in (plain, styled):
@@ -63,8 +72,9 @@ def test_embeddings_are_used_in_the_prompt(client):
 
 
 def test_sd_vae_and_clip_skip(client):
-    common = dict(model_name="demo", prompt="a fox", image_num=1, width=128, height=128,
-                  steps=8, seed=11)  # fmt: skip
+    common = dict(
+        model_name="demo", prompt="a fox", image_num=1, width=128, height=128, steps=8, seed=11
+    )
     plain = decoded(client.txt2img_v3(**common))[0]
     other_vae = decoded(client.txt2img_v3(**common, sd_vae="demo-vae.safetensors"))[0]
     skipped = decoded(client.txt2img_v3(**common, clip_skip=2))[0]
@@ -76,9 +86,17 @@ def test_img2img_v3(client):
     buffer = io.BytesIO()
     Image.new("RGB", (160, 128), (20, 90, 200)).save(buffer, format="PNG")
     source = base64.b64encode(buffer.getvalue()).decode()
-    result = client.img2img_v3(model_name="demo.safetensors", input_image=source, prompt="sea",
-                               image_num=1, width=160, height=128, steps=8, strength=0.6,
-                               response_image_type="webp")  # fmt: skip
+    result = client.img2img_v3(
+        model_name="demo.safetensors",
+        input_image=source,
+        prompt="sea",
+        image_num=1,
+        width=160,
+        height=128,
+        steps=8,
+        strength=0.6,
+        response_image_type="webp",
+    )
     assert result.task.status == V3TaskResponseStatus.TASK_STATUS_SUCCEED
     assert result.task.task_type == "IMG_TO_IMG" and result.images[0].image_type == "webp"
     assert decoded(result)[0].size == (160, 128)
@@ -90,11 +108,21 @@ def test_img2img_v3_with_a_controlnet_unit(client):
     ImageDraw.Draw(picture).ellipse((32, 32, 96, 96), fill=(255, 255, 255))
     picture.save(buffer, format="PNG")
     source = base64.b64encode(buffer.getvalue()).decode()
-    common = dict(model_name="demo", input_image=source, prompt="moon", image_num=1, width=128,
-                  height=128, steps=8, seed=3, strength=0.7)  # fmt: skip
+    common = dict(
+        model_name="demo",
+        input_image=source,
+        prompt="moon",
+        image_num=1,
+        width=128,
+        height=128,
+        steps=8,
+        seed=3,
+        strength=0.7,
+    )
     plain = client.img2img_v3(**common)
-    unit = Img2ImgV3ControlNetUnit(model_name="demo-controlnet", image_base64=source,
-                                   strength=1.0, preprocessor="canny")  # fmt: skip
+    unit = Img2ImgV3ControlNetUnit(
+        model_name="demo-controlnet", image_base64=source, strength=1.0, preprocessor="canny"
+    )
     controlled = client.img2img_v3(**common, controlnet_units=[unit])
     assert controlled.task.status == V3TaskResponseStatus.TASK_STATUS_SUCCEED
     assert max_difference(decoded(plain)[0], decoded(controlled)[0]) > 0
@@ -105,8 +133,12 @@ def test_img2img_v3_with_an_ip_adapter(server, key):
     Image.new("RGB", (128, 128), (40, 160, 40)).save(buffer, format="PNG")
     image = base64.b64encode(buffer.getvalue()).decode()
     reference = {"model_name": "demo-ip-adapter", "image_base64": image, "strength": 1.0}
-    task = raw(server, key, "/v3/async/img2img",
-               VALID | {"image_base64": image, "ip_adapters": [reference]})  # fmt: skip
+    task = raw(
+        server,
+        key,
+        "/v3/async/img2img",
+        VALID | {"image_base64": image, "ip_adapters": [reference]},
+    )
     assert task.status_code == 200, task.text
     done = NovitaClient(key, base_url=server.url).wait_for_task_v3(task.json()["task_id"])
     assert done.task.status == V3TaskResponseStatus.TASK_STATUS_SUCCEED, done.task.reason
@@ -120,8 +152,12 @@ def test_txt2img_v3_runs_its_controlnet_units(server, key):
     ImageDraw.Draw(picture).rectangle((24, 24, 104, 104), fill=(255, 255, 255))
     picture.save(buffer, format="PNG")
     source = base64.b64encode(buffer.getvalue()).decode()
-    unit = {"model_name": "demo-controlnet", "image_base64": source, "strength": 1.0,
-            "preprocessor": "canny"}  # fmt: skip
+    unit = {
+        "model_name": "demo-controlnet",
+        "image_base64": source,
+        "strength": 1.0,
+        "preprocessor": "canny",
+    }
     common = VALID | {"seed": 5}
     images = []
     for request in (common, common | {"controlnet": {"units": [unit]}}):
@@ -130,8 +166,10 @@ def test_txt2img_v3_runs_its_controlnet_units(server, key):
         done = NovitaClient(key, base_url=server.url).wait_for_task_v3(task.json()["task_id"])
         assert done.task.status == V3TaskResponseStatus.TASK_STATUS_SUCCEED, done.task.reason
         images.append(Image.open(io.BytesIO(requests.get(done.images[0].image_url).content)))
-        native = requests.get(f"{server.url}/huabu/v1/tasks/{task.json()['task_id']}",
-                              headers={"Authorization": f"Bearer {key}"}).json()  # fmt: skip
+        native = requests.get(
+            f"{server.url}/huabu/v1/tasks/{task.json()['task_id']}",
+            headers={"Authorization": f"Bearer {key}"},
+        ).json()
     assert [u["model"] for u in native["request"]["controlnets"]] == ["demo-controlnet"]
     assert max_difference(images[0], images[1]) > 0
 
@@ -221,13 +259,19 @@ def test_img2img_errors(server, key):
     Image.new("RGB", (128, 128)).save(buffer, format="PNG")
     image = base64.b64encode(buffer.getvalue()).decode()
     unit = {"model_name": "demo-controlnet", "image_base64": image, "preprocessor": "softedge_hed"}
-    response = raw(server, key, "/v3/async/img2img",
-                   VALID | {"image_base64": image, "controlnet": {"units": [unit]}})  # fmt: skip
+    response = raw(
+        server,
+        key,
+        "/v3/async/img2img",
+        VALID | {"image_base64": image, "controlnet": {"units": [unit]}},
+    )
     assert response.status_code == 400, response.text
     assert response.json()["metadata"]["param"] == "request.controlnet.units.0.preprocessor"
     assert "models/annotators/ControlNetHED.pth" in response.json()["message"]  # what is missing
-    adapters = {"image_base64": image,
-                "ip_adapters": [{"model_name": "nope.bin", "image_base64": image}]}  # fmt: skip
+    adapters = {
+        "image_base64": image,
+        "ip_adapters": [{"model_name": "nope.bin", "image_base64": image}],
+    }
     response = raw(server, key, "/v3/async/img2img", VALID | adapters)
     assert response.json()["metadata"]["param"] == "request.ip_adapters.0.model_name"
     two = {"image_base64": image, "ip_adapters": [adapters["ip_adapters"][0]] * 2}
@@ -253,18 +297,37 @@ def test_bad_key_and_unknown_task(server, key):
 def test_sdxl_models_are_filtered_and_generate_with_their_extras(client, server, key):
     """filter.is_sdxl as novita's model list has it; the SDXL demo generates with its LoRA
     and embedding, and its base_model says SDXL."""
-    listed = requests.get(server.url + "/v3/model", params={"filter.is_sdxl": "true"},
-                          headers={"Authorization": f"Bearer {key}"}).json()["models"]  # fmt: skip
+    listed = requests.get(
+        server.url + "/v3/model",
+        params={"filter.is_sdxl": "true"},
+        headers={"Authorization": f"Bearer {key}"},
+    ).json()["models"]
     names = {m["name"] for m in listed}
-    assert {"demo-xl", "demo-xl-single", "demo-xl-lora", "demo-xl-embedding",
-            "demo-xl-controlnet"} <= names  # fmt: skip
+    assert {
+        "demo-xl",
+        "demo-xl-single",
+        "demo-xl-lora",
+        "demo-xl-embedding",
+        "demo-xl-controlnet",
+    } <= names
     assert not names & {"demo", "demo-single", "demo-v"}
     assert {m["base_model"] for m in listed} == {"SDXL", "SDXL refiner"}
-    others = requests.get(server.url + "/v3/model", params={"filter.is_sdxl": "false"},
-                          headers={"Authorization": f"Bearer {key}"}).json()["models"]  # fmt: skip
+    others = requests.get(
+        server.url + "/v3/model",
+        params={"filter.is_sdxl": "false"},
+        headers={"Authorization": f"Bearer {key}"},
+    ).json()["models"]
     assert "demo" in {m["name"] for m in others} and not names & {m["name"] for m in others}
-    common = dict(model_name="demo-xl", prompt="a red fox", image_num=1, width=128, height=128,
-                  steps=6, seed=42, sampler_name="Euler a")  # fmt: skip
+    common = dict(
+        model_name="demo-xl",
+        prompt="a red fox",
+        image_num=1,
+        width=128,
+        height=128,
+        steps=6,
+        seed=42,
+        sampler_name="Euler a",
+    )
     plain = client.txt2img_v3(**common)
     styled = client.txt2img_v3(
         **(common | {"prompt": "a red fox, demo-xl-embedding"}),

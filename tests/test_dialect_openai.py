@@ -36,9 +36,15 @@ def test_generate_as_urls(client):
 
 
 def test_generate_as_base64_in_another_format(client):
-    result = client.images.generate(model="demo-single", prompt="a red fox", size="64x64",
-                                    response_format="b64_json", output_format="jpeg",
-                                    quality="low", style="vivid")  # fmt: skip
+    result = client.images.generate(
+        model="demo-single",
+        prompt="a red fox",
+        size="64x64",
+        response_format="b64_json",
+        output_format="jpeg",
+        quality="low",
+        style="vivid",
+    )
     (item,) = result.data
     assert item.url is None
     image = Image.open(io.BytesIO(base64.b64decode(item.b64_json)))
@@ -49,19 +55,24 @@ def test_generate_as_base64_in_another_format(client):
 def test_auto_size_is_the_models_own(client):
     """size "auto" is the model's trained square: the tiny SDXL demo's is 512 (SDXL's 1024
     scaled down, as the demo is), read from its config."""
-    result = client.images.generate(model="demo-xl", prompt="a red fox", quality="low",
-                                    response_format="b64_json")  # fmt: skip
+    result = client.images.generate(
+        model="demo-xl", prompt="a red fox", quality="low", response_format="b64_json"
+    )
     image = Image.open(io.BytesIO(base64.b64decode(result.data[0].b64_json)))
     assert image.size == (512, 512) and result.size == "512x512"
 
 
 def test_edit_is_image_to_image(client):
-    result = client.images.edit(image=("fox.png", png(), "image/png"), prompt="a fox",
-                                response_format="b64_json")  # fmt: skip
+    result = client.images.edit(
+        image=("fox.png", png(), "image/png"), prompt="a fox", response_format="b64_json"
+    )
     image = Image.open(io.BytesIO(base64.b64decode(result.data[0].b64_json)))
     assert image.size == (72, 64)  # the source's size by default
-    other = client.images.edit(image=("fox.png", png((20, 20, 220)), "image/png"),
-                               prompt="a fox", response_format="b64_json")  # fmt: skip
+    other = client.images.edit(
+        image=("fox.png", png((20, 20, 220)), "image/png"),
+        prompt="a fox",
+        response_format="b64_json",
+    )
     blue = Image.open(io.BytesIO(base64.b64decode(other.data[0].b64_json)))
     assert max_difference(image, blue) > 0  # it started from the image it was sent
 
@@ -78,8 +89,10 @@ def test_edit_with_a_mask_repaints_only_its_transparent_area(client):
     def kept(image, box):
         return max_difference(image.crop(box), source.crop(box))
 
-    masked = edited(image=("fox.png", png_bytes(source), "image/png"),
-                    mask=("mask.png", png_bytes(mask), "image/png"))  # fmt: skip
+    masked = edited(
+        image=("fox.png", png_bytes(source), "image/png"),
+        mask=("mask.png", png_bytes(mask), "image/png"),
+    )
     # The mask's edge is blurred by 4 px (a Gaussian reaching about 12 px): beyond it, the
     # source's own pixels.
     assert kept(masked, (46, 0, 64, 64)) == 0 and kept(masked, (0, 0, 24, 64)) > 32
@@ -89,14 +102,17 @@ def test_edit_with_a_mask_repaints_only_its_transparent_area(client):
     transparent = edited(image=("fox.png", png_bytes(cutout), "image/png"))
     assert kept(transparent, (46, 0, 64, 64)) == 0 and kept(transparent, (0, 0, 24, 64)) > 32
     with pytest.raises(openai.BadRequestError) as caught:
-        edited(image=("fox.png", png_bytes(source), "image/png"),
-               mask=("mask.png", png_bytes(mask.resize((32, 32))), "image/png"))  # fmt: skip
+        edited(
+            image=("fox.png", png_bytes(source), "image/png"),
+            mask=("mask.png", png_bytes(mask.resize((32, 32))), "image/png"),
+        )
     assert caught.value.body["param"] == "mask" and "size" in caught.value.body["message"]
 
 
 def test_variation(client):
-    result = client.images.create_variation(image=("fox.png", png(), "image/png"), n=1,
-                                            size="64x64")  # fmt: skip
+    result = client.images.create_variation(
+        image=("fox.png", png(), "image/png"), n=1, size="64x64"
+    )
     assert Image.open(io.BytesIO(requests.get(result.data[0].url).content)).size == (64, 64)
 
 
@@ -121,8 +137,11 @@ def test_errors_arrive_as_the_sdks_exceptions(client, server):
         client.images.generate(prompt="a fox", model="nope", size="64x64")
     assert caught.value.body["param"] == "model"
     with pytest.raises(openai.BadRequestError) as caught:
-        client.images.edit(image=("fox.png", png(), "image/png"), prompt="a fox",
-                           mask=("mask.png", png(), "image/png"))  # fmt: skip
+        client.images.edit(
+            image=("fox.png", png(), "image/png"),
+            prompt="a fox",
+            mask=("mask.png", png(), "image/png"),
+        )
     assert caught.value.body["param"] == "mask"
     stranger = openai.OpenAI(base_url=server.url + "/v1", api_key="hb_nope_nope", max_retries=0)
     with pytest.raises(openai.AuthenticationError) as caught:

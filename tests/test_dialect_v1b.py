@@ -106,8 +106,16 @@ def test_generation_form_reflects_the_server(url):
     body = response.json()
     assert body["code"] == 0 and body["msg"] == ""
     fields = {item["name"]: item for item in body["info"]}
-    assert {"model_name", "prompt", "neg_prompt", "n_images", "scale", "select_seed",
-            "resolution", "init_img"} == set(fields)  # fmt: skip
+    assert {
+        "model_name",
+        "prompt",
+        "neg_prompt",
+        "n_images",
+        "scale",
+        "select_seed",
+        "resolution",
+        "init_img",
+    } == set(fields)
     assert {"demo", "demo-single"} <= set(fields["model_name"]["choices"])
     assert fields["n_images"]["max"] == 8 and fields["scale"]["max"] == 20
     # 1536x1024 is over the default 2048×2048 pixel budget? No: 1.5 MP is within it.
@@ -158,8 +166,12 @@ def test_image_to_image_from_this_servers_own_link(url, token):
 
 def test_image_to_image_from_a_public_host(url, token, hosts):
     public, _ = hosts
-    body = SUBMIT | {"token": token, "n_images": 1, "init_img": public + "/img.png",
-                     "output_size": "80x64"}  # fmt: skip
+    body = SUBMIT | {
+        "token": token,
+        "n_images": 1,
+        "init_img": public + "/img.png",
+        "output_size": "80x64",
+    }
     task = requests.post(url + "task_submit", json=body)
     assert task.status_code == 200, task.text
     done = result(url, token, task.json()["task_id"])
@@ -236,8 +248,9 @@ def test_bad_fields_are_named(url, token, change, param):
 def test_bad_token_and_unknown_task(url, token, accounts):
     response = requests.post(url + "task_submit", json=SUBMIT | {"token": "nonsense"})
     assert response.status_code == 401 and response.json()["code"] == 401
-    response = requests.post(url + "get_token", json={"email": "grace@example.com",
-                                                      "password": "wrong password"})  # fmt: skip
+    response = requests.post(
+        url + "get_token", json={"email": "grace@example.com", "password": "wrong password"}
+    )
     assert response.status_code == 401
     response = requests.post(
         url + "task_result",

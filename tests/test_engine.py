@@ -163,8 +163,9 @@ def test_the_v_prediction_demo_runs_as_sd2_and_its_prediction_type_is_used(setti
     assert entry.describe_architecture == "SD 2.x"
     engine = Engine(local)
     for sampler in ("Euler", "DPM fast"):
-        request = GenerationRequest(model="demo-v", prompt="a fox", width=64, height=64,
-                                    steps=8, seed=5, sampler=sampler)  # fmt: skip
+        request = GenerationRequest(
+            model="demo-v", prompt="a fox", width=64, height=64, steps=8, seed=5, sampler=sampler
+        )
         v_image = engine.generate(request).images[0]
         eps = engine.generate(request.model_copy(update={"model": "demo-eps"})).images[0]
         assert max_difference(v_image, eps) > 8, sampler

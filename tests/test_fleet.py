@@ -52,8 +52,10 @@ class Fleet:
             for model in models:  # each worker's own library (read-only model files)
                 target = self.homes[name] / "models" / "checkpoints" / model
                 target.symlink_to(home / "models" / "checkpoints" / model)
-        self.env = {"HUABU_DATABASE_URL": self.postgres.url,
-                    "HUABU_SECRET_KEY": "one-for-the-fleet"} | s3.env("fleet")  # fmt: skip
+        self.env = {
+            "HUABU_DATABASE_URL": self.postgres.url,
+            "HUABU_SECRET_KEY": "one-for-the-fleet",
+        } | s3.env("fleet")
         self.api = Server(self.homes["api"], self.env | {"HUABU_WORKER": "false"})
         self.workers = {"w1": self.start("w1"), "w2": self.start("w2")}
         self.accounts = Accounts(
@@ -140,10 +142,22 @@ def test_the_api_only_server_never_imports_torch_diffusers_or_opencv(fleet):
         "heavy = ('torch', 'diffusers', 'cv2', 'transformers')\n"
         "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in heavy)))\n"
     )
-    env = os.environ | fleet.env | {"HUABU_HOME": str(fleet.homes["api"]), "HUABU_WORKER": "false",
-                                    "HUABU_ALLOWED_HOSTS": '["testserver"]'}  # fmt: skip
-    result = subprocess.run([sys.executable, "-c", script, fleet.key], env=env,
-                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    env = (
+        os.environ
+        | fleet.env
+        | {
+            "HUABU_HOME": str(fleet.homes["api"]),
+            "HUABU_WORKER": "false",
+            "HUABU_ALLOWED_HOSTS": '["testserver"]',
+        }
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, fleet.key],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout.strip().splitlines()[-1]) == []
 
@@ -173,11 +187,13 @@ def test_an_upload_and_a_synchronous_dialect_go_through_the_bucket(fleet, s3):
     source = Image.new("RGB", (64, 64), "teal")
     buffer = io.BytesIO()
     source.save(buffer, format="PNG")
-    upload = client.post("/huabu/v1/uploads", content=buffer.getvalue(),
-                         headers={"content-type": "image/png"})  # fmt: skip
+    upload = client.post(
+        "/huabu/v1/uploads", content=buffer.getvalue(), headers={"content-type": "image/png"}
+    )
     assert upload.status_code == 201, upload.text
-    task_id = fleet.submit(model="demo", init_image={"upload": upload.json()["id"]},
-                           strength=0.5, **SMALL)  # fmt: skip
+    task_id = fleet.submit(
+        model="demo", init_image={"upload": upload.json()["id"]}, strength=0.5, **SMALL
+    )
     task = _wait_all(client, [task_id])[task_id]
     assert task["state"] == "succeeded", task  # the worker read the upload from the bucket
     [image] = task["images"]
@@ -189,8 +205,9 @@ def test_an_upload_and_a_synchronous_dialect_go_through_the_bucket(fleet, s3):
         == download.content
     )
     # A synchronous dialect answers with the bytes from the bucket too.
-    a1111 = client.post("/sdapi/v1/txt2img", json={"prompt": "a fox", "width": 64,
-                                                   "height": 64, "steps": 4})  # fmt: skip
+    a1111 = client.post(
+        "/sdapi/v1/txt2img", json={"prompt": "a fox", "width": 64, "height": 64, "steps": 4}
+    )
     assert a1111.status_code == 200, a1111.text
     picture = Image.open(io.BytesIO(base64.b64decode(a1111.json()["images"][0])))
     assert picture.size == (64, 64)
@@ -225,14 +242,22 @@ def test_a_lora_trained_on_one_worker_generates_on_the_other_after_it_stopped(fl
     login = {"email": "trainer@example.com", "password": "password123"}
     token = requests.post(url + "get_token", json=login).json()["token"]
     images = upload(url, token, [png(colour) for colour in FOXES])
-    dataset = requests.post(url + "dataset", json={"token": token, "name": "d",
-                                                   "images": images}).json()  # fmt: skip
+    dataset = requests.post(
+        url + "dataset", json={"token": token, "name": "d", "images": images}
+    ).json()
     data = TRAIN | {"token": token, "name": "fleet fox", "dataset": [dataset["info"]["dataset_id"]]}
     task_id = requests.post(url + "train_submit", json=data).json()["info"]["task_id"]
     assert wait_trained(url, token, task_id)[-1]["state"] == "done"
     fleet.workers["w1"].stop()  # the one that trained it (w2 takes no training)
-    body = {"token": token, "prompt": "in a field", "n_images": 1, "scale": 7,
-            "output_size": "64x64", "select_seed": 7, "model_name": "fleet_fox"}  # fmt: skip
+    body = {
+        "token": token,
+        "prompt": "in a field",
+        "n_images": 1,
+        "scale": 7,
+        "output_size": "64x64",
+        "select_seed": 7,
+        "model_name": "fleet_fox",
+    }
     response = requests.post(url + "task_submit", json=body)
     assert response.status_code == 200, response.text
     generated = response.json()["task_id"]
@@ -246,10 +271,11 @@ def test_a_lora_trained_on_one_worker_generates_on_the_other_after_it_stopped(fl
         trainer, generator = (
             connection.execute(
                 "SELECT r.worker FROM task_runs r JOIN tasks t ON t.id = r.task_id "
-                "WHERE t.kind = %s ORDER BY r.started_at DESC LIMIT 1", (kind,)
+                "WHERE t.kind = %s ORDER BY r.started_at DESC LIMIT 1",
+                (kind,),
             ).fetchone()[0]
             for kind in ("train", "generate")
-        )  # fmt: skip
+        )
     assert generator == fleet.name_of("w2") and trainer != generator
     # w2 fetched the LoRA from the store into its cache, checked.
     cached = list((fleet.homes["w2"] / "cache" / "models").glob("*/fleet_fox.safetensors"))
@@ -280,8 +306,13 @@ def test_a_task_no_live_worker_can_serve_waits_without_an_eta_then_runs(fleet):
 
 def test_a_published_checkpoint_runs_on_a_worker_that_never_had_it(fleet):
     env = os.environ | fleet.env | {"HUABU_HOME": str(fleet.homes["w2"])}
-    published = subprocess.run([*HUABU, "models", "publish", "demo-single"], env=env,
-                               capture_output=True, text=True, timeout=120)  # fmt: skip
+    published = subprocess.run(
+        [*HUABU, "models", "publish", "demo-single"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert published.returncode == 0, published.stderr
     assert published.stdout.startswith("published checkpoints/demo-single (")
     fleet.workers["w2"].stop()
@@ -295,8 +326,13 @@ def test_a_published_checkpoint_runs_on_a_worker_that_never_had_it(fleet):
     # Something that is not a model is refused in one line that says what was expected.
     notes = fleet.homes["w2"] / "notes.txt"
     notes.write_text("not a model")
-    refused = subprocess.run([*HUABU, "models", "publish", str(notes)], env=env,
-                             capture_output=True, text=True, timeout=120)  # fmt: skip
+    refused = subprocess.run(
+        [*HUABU, "models", "publish", str(notes)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert refused.returncode == 2
     assert refused.stderr.strip() == (
         f"error: {notes} is not a model: expected a .safetensors file (or, with "

@@ -96,8 +96,9 @@ def test_no_input_is_a_server_error_or_off_the_document(label, api_server):
     def fuzz(case):
         response = case.call(base_url=api_server.url, headers=headers, timeout=60)
         content_type = response.headers.get("content-type", [""])[0]
-        WATCH.check(case.method, response.request.url, response.status_code, content_type,
-                    response.text)  # fmt: skip
+        WATCH.check(
+            case.method, response.request.url, response.status_code, content_type, response.text
+        )
         if ALL_CHECKS:
             case.validate_response(
                 response,
@@ -151,10 +152,15 @@ def test_hostile_values_in_paths_queries_and_bodies_are_never_a_server_error(lab
     operation = OPERATIONS[label]
     definition = operation.definition.raw
     parameters = definition.get("parameters", [])
-    names = {where: [p["name"] for p in parameters if p["in"] == where]
-             for where in ("path", "query")}  # fmt: skip
-    body_schema = (definition.get("requestBody", {}).get("content", {})
-                   .get("application/json", {}).get("schema"))  # fmt: skip
+    names = {
+        where: [p["name"] for p in parameters if p["in"] == where] for where in ("path", "query")
+    }
+    body_schema = (
+        definition.get("requestBody", {})
+        .get("content", {})
+        .get("application/json", {})
+        .get("schema")
+    )
     fields = list((body_schema or {}).get("properties", {}))[:6]
     headers = {"Authorization": f"Bearer {api_server.key}", "Content-Type": "application/json"}
 
@@ -164,8 +170,9 @@ def test_hostile_values_in_paths_queries_and_bodies_are_never_a_server_error(lab
         body=st.fixed_dictionaries({name: HOSTILE_JSON for name in fields}),
         deep=st.integers(0, 3),
     )
-    @settings(max_examples=EXAMPLES, deadline=None, database=None,
-              suppress_health_check=list(HealthCheck))  # fmt: skip
+    @settings(
+        max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+    )
     def fuzz(path, query, body, deep):
         url = operation.path
         for name, value in path.items():
@@ -175,15 +182,24 @@ def test_hostile_values_in_paths_queries_and_bodies_are_never_a_server_error(lab
         content = json.dumps(body, allow_nan=True).encode("utf-8", "surrogatepass")
         if deep == 3:  # nesting past the JSON parser's own depth
             content = b'{"x": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"
-        response = httpx.request(operation.method.upper(), api_server.url + url,
-                                 content=content if body_schema else None, headers=headers,
-                                 timeout=60)  # fmt: skip
+        response = httpx.request(
+            operation.method.upper(),
+            api_server.url + url,
+            content=content if body_schema else None,
+            headers=headers,
+            timeout=60,
+        )
         documented = str(response.status_code) in definition.get("responses", {})
         assert response.status_code < 500 or (response.status_code == 504 and documented), (
             f"{response.status_code} from {operation.method.upper()} {url}: {response.text[:300]}"
         )
-        WATCH.check(operation.method.upper(), str(response.request.url), response.status_code,
-                    response.headers.get("content-type", ""), response.text)  # fmt: skip
+        WATCH.check(
+            operation.method.upper(),
+            str(response.request.url),
+            response.status_code,
+            response.headers.get("content-type", ""),
+            response.text,
+        )
 
     fuzz()
 
@@ -197,5 +213,6 @@ def test_the_api_only_server_never_loaded_torch_or_opencv(api_server):
     loaded = {line.rsplit("/", 1)[-1] for line in maps.splitlines() if ".so" in line}
     heavy = sorted(name for name in loaded if name.startswith(("libtorch", "libc10", "cv2")))
     assert heavy == [], heavy
-    assert any(name.startswith("libpython") or "psycopg" in name or "_pydantic" in name
-               for name in loaded)  # fmt: skip  # the check reads a real map
+    assert any(
+        name.startswith("libpython") or "psycopg" in name or "_pydantic" in name for name in loaded
+    )  # the check reads a real map

@@ -35,8 +35,12 @@ def test_variation_seeds_vary_the_k_diffusion_samplers_start(engine, small):
     base = image()
     assert max_difference(image(subseed=99, subseed_strength=0.0), base) == 0
     assert max_difference(image(subseed=99, subseed_strength=0.5), base) > 0
-    assert max_difference(image(subseed=99, subseed_strength=0.5),
-                          image(subseed=98, subseed_strength=0.5)) > 0  # fmt: skip
+    assert (
+        max_difference(
+            image(subseed=99, subseed_strength=0.5), image(subseed=98, subseed_strength=0.5)
+        )
+        > 0
+    )
 
 
 @pytest.mark.slow

@@ -30,8 +30,9 @@ def mask_of(box: tuple[int, int, int, int], size: int = 64) -> Image.Image:
 LEFT_HALF = (0, 0, 31, 63)
 
 
-def inpaint(engine, small, source, mask, *, strength=1.0, sampler="Euler a", model="demo",
-            **options):  # fmt: skip
+def inpaint(
+    engine, small, source, mask, *, strength=1.0, sampler="Euler a", model="demo", **options
+):
     request = small(
         model=model,
         sampler=sampler,
@@ -137,8 +138,11 @@ def test_only_masked_repaints_a_small_area_at_the_full_size(engine, small):
 
 def test_only_masked_cuts_out_the_mask_with_padding_at_the_output_aspect_ratio():
     source = noise_image(size=96).crop((0, 0, 96, 64))
-    the_plan = plan(source, mask_of((40, 20, 49, 29), size=96).crop((0, 0, 96, 64)),
-                    InpaintRef(mask=REF, blur=0, only_masked=True, padding=6))  # fmt: skip
+    the_plan = plan(
+        source,
+        mask_of((40, 20, 49, 29), size=96).crop((0, 0, 96, 64)),
+        InpaintRef(mask=REF, blur=0, only_masked=True, padding=6),
+    )
     x1, y1, x2, y2 = the_plan.box
     assert x1 <= 34 and y1 <= 14 and x2 >= 56 and y2 >= 36
     assert abs((x2 - x1) / (y2 - y1) - 96 / 64) < 0.05
@@ -194,7 +198,7 @@ def test_a_dedicated_inpainting_checkpoint_inpaints(inpainting_engine, small):
             sampler="DPM fast",
             init_image=REF,
             inpaint=InpaintRef(mask=REF),
-        ),  # fmt: skip
+        ),
     ):
         with pytest.raises(InvalidRequest) as error:
             inpainting_engine.generate(request, init_image=source, mask_image=mask_of(LEFT_HALF))

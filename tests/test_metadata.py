@@ -100,13 +100,27 @@ def test_infotext_round_trips(prompt, negative, model, vae):
     [
         # No parameters line: all of it is prompt (a colon is not a parameter).
         ("a prompt with: colon", {"Prompt": "a prompt with: colon", "Negative prompt": ""}),
-        ('a fox\nSteps: 20, Sampler: Euler, VAE: "C:\\\\vae, v2"',
-         {"Prompt": "a fox", "Negative prompt": "", "Steps": "20", "Sampler": "Euler",
-          "VAE": "C:\\vae, v2"}),
-        ("x\nNegative prompt: y\nz\nSteps: 1, Seed: 2, Lora hashes: \"a: 1, b: 2\"",
-         {"Prompt": "x", "Negative prompt": "y\nz", "Steps": "1", "Seed": "2",
-          "Lora hashes": "a: 1, b: 2"}),
+        (
+            'a fox\nSteps: 20, Sampler: Euler, VAE: "C:\\\\vae, v2"',
+            {
+                "Prompt": "a fox",
+                "Negative prompt": "",
+                "Steps": "20",
+                "Sampler": "Euler",
+                "VAE": "C:\\vae, v2",
+            },
+        ),
+        (
+            'x\nNegative prompt: y\nz\nSteps: 1, Seed: 2, Lora hashes: "a: 1, b: 2"',
+            {
+                "Prompt": "x",
+                "Negative prompt": "y\nz",
+                "Steps": "1",
+                "Seed": "2",
+                "Lora hashes": "a: 1, b: 2",
+            },
+        ),
     ],
-)  # fmt: skip
+)
 def test_parser_reads_what_a1111_writes(text, expected):
     assert parse_infotext(text) == expected

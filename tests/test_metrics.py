@@ -58,7 +58,9 @@ def test_metrics_are_parsed_and_move_after_a_task(server, accounts):
         assert time.monotonic() < deadline, "the worker's checkpoint load never showed"
         time.sleep(0.2)
     # This server's own HTTP latency, by route template, never by raw path.
-    polls = ("huabu_http_request_seconds_count",
-             (("method", "GET"), ("route", "/huabu/v1/tasks/{task_id}")))  # fmt: skip
+    polls = (
+        "huabu_http_request_seconds_count",
+        (("method", "GET"), ("route", "/huabu/v1/tasks/{task_id}")),
+    )
     assert after[polls] >= 1
     assert not any(done["id"] in str(labels) for _, labels in after)

@@ -21,12 +21,17 @@ def test_tasks_queued_before_typed_image_refs_read_after_the_upgrade(tmp_path):
         migrate(engine, "0003")
         owner, task = uuid.uuid4(), uuid.uuid4()
         old_request = {
-            "model": "demo", "prompt": "a fox", "seed": 7, "init_image": "uploads/a.png",
+            "model": "demo",
+            "prompt": "a fox",
+            "seed": 7,
+            "init_image": "uploads/a.png",
             "inpaint": {"mask": "uploads/m.png", "blur": 4},
-            "controlnets": [{"model": "c", "image": "uploads/c0.png"},
-                            {"model": "c", "image": "uploads/c1.png"}],
+            "controlnets": [
+                {"model": "c", "image": "uploads/c0.png"},
+                {"model": "c", "image": "uploads/c1.png"},
+            ],
             "ip_adapter": {"name": "ip", "image": "uploads/ip.png", "scale": 0.5},
-        }  # fmt: skip
+        }
         with engine.begin() as connection:
             connection.execute(
                 text(

@@ -183,12 +183,14 @@ def test_a_worker_prefers_its_loaded_checkpoint_until_a_job_has_waited_too_long(
     owner = Accounts(sessions).add_user(f"{uuid.uuid4().hex}@example.com", "password123").id
     with sessions.begin() as session:  # a job for sd-b, waiting for a minute already
         session.execute(
-            text("INSERT INTO tasks (id, owner_id, kind, origin, queue, state, model, request, "
-                 "work, step, total, attempts, cancel_requested, created_at) VALUES (:id, "
-                 ":owner, 'generate', 'test', 'generate', 'queued', 'sd-b', '{}', 1, 0, 1, 0, "
-                 "false, now() - interval '60 seconds')"),
+            text(
+                "INSERT INTO tasks (id, owner_id, kind, origin, queue, state, model, request, "
+                "work, step, total, attempts, cancel_requested, created_at) VALUES (:id, "
+                ":owner, 'generate', 'test', 'generate', 'queued', 'sd-b', '{}', 1, 0, 1, 0, "
+                "false, now() - interval '60 seconds')"
+            ),
             {"id": uuid.uuid4(), "owner": owner},
-        )  # fmt: skip
+        )
     asked.clear()
     asyncio.run(router.next_job(fetch, 1))
     assert asked == [["generate/sd-a", "generate/sd-b"]]  # the overdue job may go first

@@ -53,9 +53,12 @@ def test_a_malformed_storage_url_stops_startup_naming_the_variable(tmp_path):
     from serving import HUABU
 
     result = subprocess.run(
-        [*HUABU, "serve"], capture_output=True, text=True, timeout=60,
+        [*HUABU, "serve"],
+        capture_output=True,
+        text=True,
+        timeout=60,
         env=os.environ | {"HUABU_HOME": str(tmp_path), "HUABU_STORAGE_URL": "s3:/bucket"},
-    )  # fmt: skip
+    )
     assert result.returncode == 2
     assert result.stderr.strip() == (
         "error: HUABU_STORAGE_URL: must be file:///absolute/path or s3://bucket[/prefix]"
@@ -66,9 +69,14 @@ def test_a_store_that_fails_mid_task_is_retried_then_the_task_fails_saying_so(tm
     """The worker cannot store its images: the task goes back to the queue, and once its
     attempts are spent it fails with the reason; no image of it is ever served."""
     (tmp_path / "models").symlink_to(home / "models")
-    server = Server(tmp_path, {"HUABU_STORAGE_URL": "s3://huabu/files",
-                               "HUABU_S3_ENDPOINT_URL": "http://127.0.0.1:9",
-                               "HUABU_MAX_ATTEMPTS": "2"})  # fmt: skip
+    server = Server(
+        tmp_path,
+        {
+            "HUABU_STORAGE_URL": "s3://huabu/files",
+            "HUABU_S3_ENDPOINT_URL": "http://127.0.0.1:9",
+            "HUABU_MAX_ATTEMPTS": "2",
+        },
+    )
     try:
         accounts = Accounts(open_database(Settings(home=tmp_path)))
         user = accounts.add_user("store@example.com", "password123")

@@ -30,8 +30,7 @@ def person(api_server):
 @pytest.fixture(scope="module")
 def admin(api_server):
     accounts = api_server.accounts
-    user = accounts.add_user(f"admin-{uuid.uuid4().hex[:6]}@example.com", "password123",
-                             admin=True)  # fmt: skip
+    user = accounts.add_user(f"admin-{uuid.uuid4().hex[:6]}@example.com", "password123", admin=True)
     return user, api_server.client(accounts.create_key(user.id))
 
 
@@ -85,7 +84,7 @@ def test_idempotency_in_other_dialects_and_bad_keys(person):
             data={"prompt": "a fox", "size": "64x64"},
             files=files,
             headers={"Idempotency-Key": "edit-1"},
-        )  # fmt: skip
+        )
         for _ in range(2)
     ]
     assert edits[0].status_code == edits[1].status_code == 504
@@ -114,8 +113,7 @@ def _png() -> bytes:
 def test_a_quota_holds_exactly_under_concurrent_submits(api_server, person, admin):
     user, client = person
     admin_client = admin[1]
-    changed = admin_client.patch(f"/huabu/v1/admin/users/{user.id}",
-                                 json={"images_per_day": 7})  # fmt: skip
+    changed = admin_client.patch(f"/huabu/v1/admin/users/{user.id}", json={"images_per_day": 7})
     assert changed.status_code == 200 and changed.json()["images_per_day"] == 7
 
     def submit(_):
@@ -148,11 +146,16 @@ def test_requests_per_minute_per_key(api_server, person, admin):
     admin_client = admin[1]
     second_key = admin_client.post(f"/huabu/v1/admin/users/{user.id}/keys").json()
     limited = api_server.client(second_key["key"])
-    changed = admin_client.patch(f"/huabu/v1/admin/users/{user.id}/keys/{second_key['prefix']}",
-                                 json={"requests_per_minute": 2})  # fmt: skip
+    changed = admin_client.patch(
+        f"/huabu/v1/admin/users/{user.id}/keys/{second_key['prefix']}",
+        json={"requests_per_minute": 2},
+    )
     assert changed.status_code == 200 and changed.json()["requests_per_minute"] == 2
-    assert [limited.post("/huabu/v1/generations", json=NATIVE).status_code
-            for _ in range(3)] == [202, 202, 429]  # fmt: skip
+    assert [limited.post("/huabu/v1/generations", json=NATIVE).status_code for _ in range(3)] == [
+        202,
+        202,
+        429,
+    ]
     # The user's other key is not limited by this key's quota.
     assert client.post("/huabu/v1/generations", json=NATIVE).status_code == 202
     usage = limited.get("/huabu/v1/me/usage").json()
@@ -161,9 +164,12 @@ def test_requests_per_minute_per_key(api_server, person, admin):
 
 @pytest.mark.parametrize(
     ("change", "field"),
-    [({"images_per_day": -1}, "images_per_day"), ({"requests_per_minute": 2.5},
-     "requests_per_minute"), ({"images_per_day": "ten"}, "images_per_day")],
-)  # fmt: skip
+    [
+        ({"images_per_day": -1}, "images_per_day"),
+        ({"requests_per_minute": 2.5}, "requests_per_minute"),
+        ({"images_per_day": "ten"}, "images_per_day"),
+    ],
+)
 def test_bad_quotas_are_refused(person, admin, change, field):
     user, _ = person
     answer = admin[1].patch(f"/huabu/v1/admin/users/{user.id}", json=change)
@@ -174,9 +180,12 @@ def test_admins_manage_users_and_keys_and_every_change_is_audited(api_server, pe
     user, client = person
     admin_user, admin_client = admin
     # Not for non-admins.
-    for method, path in (("GET", "/huabu/v1/admin/users"), ("GET", "/huabu/v1/admin/audit"),
-                         ("POST", "/huabu/v1/admin/users"),
-                         ("PATCH", f"/huabu/v1/admin/users/{user.id}")):  # fmt: skip
+    for method, path in (
+        ("GET", "/huabu/v1/admin/users"),
+        ("GET", "/huabu/v1/admin/audit"),
+        ("POST", "/huabu/v1/admin/users"),
+        ("PATCH", f"/huabu/v1/admin/users/{user.id}"),
+    ):
         assert client.request(method, path, json={}).status_code == 403
 
     login_body = {"email": "New.Person@example.com", "password": "long-enough"}
@@ -190,8 +199,9 @@ def test_admins_manage_users_and_keys_and_every_change_is_audited(api_server, pe
     assert [k["prefix"] for k in listed] == [key["prefix"]] and listed[0]["last_used_at"]
 
     # Disabled: refused at once for a fresh credential (servers cache a known one 5 s).
-    assert admin_client.patch(f"/huabu/v1/admin/users/{new_id}",
-                              json={"disabled": True}).json()["disabled"]  # fmt: skip
+    assert admin_client.patch(f"/huabu/v1/admin/users/{new_id}", json={"disabled": True}).json()[
+        "disabled"
+    ]
     login = httpx.post(api_server.url + "/huabu/v1/sessions", json=login_body)
     assert login.status_code == 401 and "disabled" in login.json()["error"]["message"]
     admin_client.patch(f"/huabu/v1/admin/users/{new_id}", json={"disabled": False})
@@ -210,9 +220,21 @@ def test_admins_manage_users_and_keys_and_every_change_is_audited(api_server, pe
 
     # The CLI's changes are audited too.
     env = {"HUABU_HOME": str(api_server.home)}
-    subprocess.run([sys.executable, "-m", "huabu", "users", "set-quota", "new.person@example.com",
-                    "--images-per-day", "50"], check=True, capture_output=True,
-                   env=env | _inherited())  # fmt: skip
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "huabu",
+            "users",
+            "set-quota",
+            "new.person@example.com",
+            "--images-per-day",
+            "50",
+        ],
+        check=True,
+        capture_output=True,
+        env=env | _inherited(),
+    )
     entries = admin_client.get("/huabu/v1/admin/audit").json()["data"]
     actions = [(e["actor"], e["action"], e["target"]) for e in entries[:6]]
     mine = admin_user.email
@@ -221,8 +243,7 @@ def test_admins_manage_users_and_keys_and_every_change_is_audited(api_server, pe
     assert (mine, "key.revoke", key["prefix"]) in actions
     assert (mine, "user.disable", "new.person@example.com") in actions
     assert (mine, "user.enable", "new.person@example.com") in actions
-    assert any(a[:2] == (mine, "user.create") for a in
-               [(e["actor"], e["action"]) for e in entries])  # fmt: skip
+    assert any(a[:2] == (mine, "user.create") for a in [(e["actor"], e["action"]) for e in entries])
     assert Administration(api_server.accounts).user(uuid.UUID(new_id)).images_per_day == 50
 
 

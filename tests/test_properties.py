@@ -83,9 +83,10 @@ def test_each_bracket_multiplies_or_divides_by_1_1(text, depth, round_):
 # -- LoRA tags --------------------------------------------------------------------------------
 
 lora_names = st.text(
-    st.characters(whitelist_categories=("L", "N"), whitelist_characters="-_. "), min_size=1,
+    st.characters(whitelist_categories=("L", "N"), whitelist_characters="-_. "),
+    min_size=1,
     max_size=30,
-).filter(str.strip)  # fmt: skip
+).filter(str.strip)
 
 
 @MANY
@@ -109,8 +110,12 @@ def test_any_prompt_with_tags_splits_or_names_the_prompt(prompt):
 
 
 @MANY
-@given(st.text(max_size=100) | st.builds("http://{}:{}/{}".format, st.text(max_size=20),
-                                         st.text(max_size=8), st.text(max_size=10)))  # fmt: skip
+@given(
+    st.text(max_size=100)
+    | st.builds(
+        "http://{}:{}/{}".format, st.text(max_size=20), st.text(max_size=8), st.text(max_size=10)
+    )
+)
 def test_any_url_is_parsed_or_refused_naming_the_field(url):
     try:
         _parts(url, "init_img")
@@ -186,8 +191,9 @@ IMAGES = {fmt: _image(fmt, (48, 40)) for fmt in ("PNG", "JPEG", "WEBP")}
 def test_a_damaged_image_decodes_whole_or_is_refused(fmt, data):
     whole = IMAGES[fmt]
     cut = data.draw(st.integers(0, len(whole)))
-    flips = data.draw(st.lists(st.tuples(st.integers(0, len(whole) - 1), st.integers(0, 255)),
-                               max_size=4))  # fmt: skip
+    flips = data.draw(
+        st.lists(st.tuples(st.integers(0, len(whole) - 1), st.integers(0, 255)), max_size=4)
+    )
     damaged = bytearray(whole[:cut])
     for index, value in flips:
         if index < len(damaged):
@@ -240,8 +246,9 @@ def _translate(dialect: str, fields: dict):
         body = novita.Txt2ImgIn.model_validate({"prompt": "p", "model_name": "demo"} | fields)
         return novita.to_native(body, novita.ExtraIn())
     if dialect == "kamiya":
-        return kamiya.to_native(kamiya.GenerateIn.model_validate(fields), model="demo",
-                                init_image=None)  # fmt: skip
+        return kamiya.to_native(
+            kamiya.GenerateIn.model_validate(fields), model="demo", init_image=None
+        )
     if dialect == "v1b":
         body = v1b.SubmitIn.model_validate(fields | {"model_name": "demo"})
         return v1b.to_native(body, init_image=None, settings=SETTINGS)
@@ -249,8 +256,9 @@ def _translate(dialect: str, fields: dict):
         form = sdserver.Txt2ImgForm.model_validate(fields)
         return sdserver.to_native(form, model="demo", size=(form.width, form.height))
     body = a1111_wire.Txt2ImgIn.model_validate(fields)
-    return a1111_wire.to_native(body, model="demo", init_image=None, controlnets=[], options={},
-                                settings=SETTINGS)  # fmt: skip
+    return a1111_wire.to_native(
+        body, model="demo", init_image=None, controlnets=[], options={}, settings=SETTINGS
+    )
 
 
 #: Each dialect's size, steps, guidance, count, seed, sampler and prompt fields.

@@ -123,9 +123,15 @@ def _queue_training(client: httpx.Client, steps: int) -> str:
     files = [("init_img", (f"{i}.png", png)) for i, png in enumerate(_pngs())]
     links = client.post("/api/v1b/upload_imgs", files=files).json()["info"]
     dataset = client.post("/api/v1b/dataset", json={"name": "d", "images": links})
-    body = {"name": "resilient", "base_model": "demo", "main_body": "Style", "nsfw": 0,
-            "dataset": [dataset.json()["info"]["dataset_id"]], "steps": steps,
-            "resolution": 64}  # fmt: skip
+    body = {
+        "name": "resilient",
+        "base_model": "demo",
+        "main_body": "Style",
+        "nsfw": 0,
+        "dataset": [dataset.json()["info"]["dataset_id"]],
+        "steps": steps,
+        "resolution": 64,
+    }
     response = client.post("/api/v1b/train_submit", json=body)
     assert response.status_code == 200, response.text
     return response.json()["info"]["task_id"]

@@ -62,8 +62,9 @@ def test_a_deleted_task_is_gone_with_its_files(server, accounts, service_home):
 
     sessions = open_database(settings)
     with sessions() as session:
-        state = session.execute(text("SELECT state, cancel_requested FROM tasks WHERE id = :id"),
-                                {"id": running["id"]}).one()  # fmt: skip
+        state = session.execute(
+            text("SELECT state, cancel_requested FROM tasks WHERE id = :id"), {"id": running["id"]}
+        ).one()
     assert state.cancel_requested  # its worker stops it at the next step
 
 
@@ -75,8 +76,10 @@ def place(request, tmp_path, s3, home):
 
     changes = {}
     if request.param == "s3":
-        changes = {"storage_url": f"s3://{s3.bucket}/retention-{uuid.uuid4().hex[:6]}",
-                   "s3_endpoint_url": s3.url}  # fmt: skip
+        changes = {
+            "storage_url": f"s3://{s3.bucket}/retention-{uuid.uuid4().hex[:6]}",
+            "s3_endpoint_url": s3.url,
+        }
     settings = Settings(home=tmp_path, **changes)
     sessions = open_database(settings)
     yield settings, sessions, open_storage(settings)
@@ -87,24 +90,46 @@ def _finished_task(settings, sessions, storage, owner, *, days_ago: float) -> tu
     """A generation task that succeeded ``days_ago`` days ago, with an image and preview in
     storage."""
     reads = TaskReads(settings, sessions)
-    submitter = TaskSubmitter(settings, sessions, storage, Catalog(sessions, None, None), reads,
-                              Uploads(settings, sessions, storage))  # fmt: skip
-    task = submitter.enqueue(Principal.of(owner), kind="generate", origin="native", model="demo",
-                             request={"model": "demo"}, total=1, work=1.0, images=1)  # fmt: skip
+    submitter = TaskSubmitter(
+        settings,
+        sessions,
+        storage,
+        Catalog(sessions, None, None),
+        reads,
+        Uploads(settings, sessions, storage),
+    )
+    task = submitter.enqueue(
+        Principal.of(owner),
+        kind="generate",
+        origin="native",
+        model="demo",
+        request={"model": "demo"},
+        total=1,
+        work=1.0,
+        images=1,
+    )
     keys = [f"images/{task.id}/0.png", f"previews/{task.id}/0.webp"]
     for key in keys:
         storage.put(key, b"image bytes")
     with sessions.begin() as session:
-        session.execute(text(
-            "UPDATE tasks SET state = 'succeeded', created_at = now() - make_interval("
-            "days => :days) - interval '4 seconds', started_at = now() - make_interval("
-            "days => :days) - interval '3 seconds', finished_at = now() - make_interval("
-            "days => :days) WHERE id = :id"), {"id": task.id, "days": days_ago})  # fmt: skip
+        session.execute(
+            text(
+                "UPDATE tasks SET state = 'succeeded', created_at = now() - make_interval("
+                "days => :days) - interval '4 seconds', started_at = now() - make_interval("
+                "days => :days) - interval '3 seconds', finished_at = now() - make_interval("
+                "days => :days) WHERE id = :id"
+            ),
+            {"id": task.id, "days": days_ago},
+        )
         image = {"id": task.id, "key": keys[0], "preview": keys[1]}
-        session.execute(text(
-            "INSERT INTO task_images (id, task_id, index, seed, key, preview_key, format, width,"
-            " height, size_bytes, infotext) VALUES (gen_random_uuid(), :id, 0, 1, :key, :preview,"
-            " 'png', 64, 64, 11, '')"), image)  # fmt: skip
+        session.execute(
+            text(
+                "INSERT INTO task_images (id, task_id, index, seed, key, preview_key, format, "
+                "width, height, size_bytes, infotext) VALUES (gen_random_uuid(), :id, 0, 1, :key, "
+                ":preview, 'png', 64, 64, 11, '')"
+            ),
+            image,
+        )
     return str(task.id), keys
 
 
@@ -118,8 +143,10 @@ def test_retention_ages_out_tasks_and_unused_uploads_and_counters_stay(place):
     with sessions.begin() as session:
         session.execute(text("UPDATE uploads SET created_at = now() - interval '2 days'"))
         request = f'{{"init_image": {{"key": "{used.key}"}}}}'
-        session.execute(text("UPDATE tasks SET request = CAST(:request AS jsonb) WHERE id = :id"),
-                        {"id": new_id, "request": request})  # fmt: skip
+        session.execute(
+            text("UPDATE tasks SET request = CAST(:request AS jsonb) WHERE id = :id"),
+            {"id": new_id, "request": request},
+        )
     with sessions() as session:
         before = metrics.snapshot(session, stalled_seconds=10).counts
 
@@ -147,11 +174,24 @@ def test_a_nearly_full_disk_refuses_new_work(place):
     owner = Accounts(sessions).add_user(f"{uuid.uuid4().hex[:8]}@example.com", "password123")
     full = settings.model_copy(update={"min_free_bytes": 2**62})
     reads = TaskReads(full, sessions)
-    submitter = TaskSubmitter(full, sessions, storage, Catalog(sessions, None, None), reads,
-                              Uploads(full, sessions, storage))  # fmt: skip
+    submitter = TaskSubmitter(
+        full,
+        sessions,
+        storage,
+        Catalog(sessions, None, None),
+        reads,
+        Uploads(full, sessions, storage),
+    )
     with pytest.raises(StorageFull, match="nearly full") as caught:
-        submitter.enqueue(Principal.of(owner), kind="generate", origin="native", model="demo",
-                          request={"model": "demo"}, total=1, work=1.0)  # fmt: skip
+        submitter.enqueue(
+            Principal.of(owner),
+            kind="generate",
+            origin="native",
+            model="demo",
+            request={"model": "demo"},
+            total=1,
+            work=1.0,
+        )
     assert status_for(caught.value) == 507
     with sessions() as session:
         assert session.execute(text("SELECT count(*) FROM tasks")).scalar() == 0

@@ -29,10 +29,23 @@ def test_a_run_whose_database_went_away_under_its_handler_is_queued_again(place)
     settings, sessions, storage = place
     owner = Accounts(sessions).add_user(f"{uuid.uuid4().hex[:8]}@example.com", "password123")
     reads = TaskReads(settings, sessions)
-    submitter = TaskSubmitter(settings, sessions, storage, Catalog(sessions, None, None), reads,
-                              Uploads(settings, sessions, storage))  # fmt: skip
-    task = submitter.enqueue(Principal.of(owner), kind="generate", origin="native", model="demo",
-                             request={"model": "demo"}, total=1, work=1.0)  # fmt: skip
+    submitter = TaskSubmitter(
+        settings,
+        sessions,
+        storage,
+        Catalog(sessions, None, None),
+        reads,
+        Uploads(settings, sessions, storage),
+    )
+    task = submitter.enqueue(
+        Principal.of(owner),
+        kind="generate",
+        origin="native",
+        model="demo",
+        request={"model": "demo"},
+        total=1,
+        work=1.0,
+    )
 
     def handler(task_id, data, progress):
         raise DatabaseUnavailable("connection refused")
@@ -44,9 +57,17 @@ def test_a_run_whose_database_went_away_under_its_handler_is_queued_again(place)
     again = reads.get(owner.id, task.id)
     assert again.state == "queued" and again.attempts == 0  # handed back, not charged
     with sessions() as session:
-        jobs = session.execute(
-            text("SELECT status FROM procrastinate_jobs j JOIN tasks t ON t.job_id = j.id "
-                 "WHERE t.id = :id"), {"id": task.id}).scalars().all()  # fmt: skip
+        jobs = (
+            session.execute(
+                text(
+                    "SELECT status FROM procrastinate_jobs j JOIN tasks t ON t.job_id = j.id "
+                    "WHERE t.id = :id"
+                ),
+                {"id": task.id},
+            )
+            .scalars()
+            .all()
+        )
     assert jobs == ["todo"]  # a fresh job any worker can take
 
 
@@ -58,8 +79,14 @@ def test_a_batch_runs_as_one_and_a_failing_task_fails_alone(place, engine, small
     settings = settings.model_copy(update={"max_batch": 4})
     owner = Accounts(sessions).add_user(f"{uuid.uuid4().hex[:8]}@example.com", "password123")
     reads = TaskReads(settings, sessions)
-    submitter = TaskSubmitter(settings, sessions, storage, Catalog(sessions, None, None), reads,
-                              Uploads(settings, sessions, storage))  # fmt: skip
+    submitter = TaskSubmitter(
+        settings,
+        sessions,
+        storage,
+        Catalog(sessions, None, None),
+        reads,
+        Uploads(settings, sessions, storage),
+    )
     requests = [small(seed=1), small(seed=2, embeddings=("no-such-embedding",)), small(seed=3)]
     assert len({request.batch_key() for request in requests}) == 1
     tasks = [
@@ -72,21 +99,26 @@ def test_a_batch_runs_as_one_and_a_failing_task_fails_alone(place, engine, small
             total=r.steps,
             work=1.0,
             batch_key=r.batch_key(),
-        )  # fmt: skip
+        )
         for r in requests
     ]
     with sessions.begin() as session:
         worker = session.execute(text("SELECT procrastinate_register_worker_v1()")).scalar()
         job = session.execute(  # as procrastinate's fetch hands the worker the first one's
-            text("UPDATE procrastinate_jobs SET status = 'doing', worker_id = :w "
-                 "WHERE id = :job RETURNING id, queue_name"),
+            text(
+                "UPDATE procrastinate_jobs SET status = 'doing', worker_id = :w "
+                "WHERE id = :job RETURNING id, queue_name"
+            ),
             {"w": worker, "job": _rows(sessions, tasks)[0].job_id},
-        ).one()  # fmt: skip
-    runner = TaskRunner(settings, sessions, {"generate": GenerationHandler(settings, storage,
-                        engine)}, WorkerId("w1", "h", "cpu"))  # fmt: skip
+        ).one()
+    runner = TaskRunner(
+        settings,
+        sessions,
+        {"generate": GenerationHandler(settings, storage, engine)},
+        WorkerId("w1", "h", "cpu"),
+    )
     stopping = threading.Event()
-    gather = partial(Batcher(settings, sessions).join, job.queue_name, worker,
-                     stopping=stopping)  # fmt: skip
+    gather = partial(Batcher(settings, sessions).join, job.queue_name, worker, stopping=stopping)
     runner.run(tasks[0].id, stopping, threading.Event(), job.id, gather)
     done = [reads.get(owner.id, task.id) for task in tasks]
     assert [task.state for task in done] == ["succeeded", "failed", "succeeded"]

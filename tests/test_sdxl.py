@@ -39,9 +39,13 @@ def control(model="demo-xl-controlnet") -> tuple[ControlUnit, ...]:
 
 def test_the_library_knows_the_sdxl_demo_and_its_extras(settings):
     library = ModelLibrary(settings)
-    for kind, name in [("checkpoints", "demo-xl"), ("checkpoints", "demo-xl-single"),
-                       ("loras", "demo-xl-lora"), ("embeddings", "demo-xl-embedding"),
-                       ("controlnet", "demo-xl-controlnet")]:  # fmt: skip
+    for kind, name in [
+        ("checkpoints", "demo-xl"),
+        ("checkpoints", "demo-xl-single"),
+        ("loras", "demo-xl-lora"),
+        ("embeddings", "demo-xl-embedding"),
+        ("controlnet", "demo-xl-controlnet"),
+    ]:
         assert library.find(kind, name).architecture is Architecture.SDXL, name
     # The demo is trained at 512² (SDXL's 1024² scaled down): its default size says so.
     assert library.find("checkpoints", "demo-xl").native_size == 512
@@ -100,23 +104,33 @@ def test_sdxl_extras_change_the_image_and_leave_nothing_behind(engine, xl, sampl
     changed = {
         "lora": engine.generate(xl(sampler=sampler, loras=(LoraRef(name="demo-xl-lora"),))),
         "embedding": engine.generate(xl(sampler=sampler, prompt="a red fox demo-xl-embedding")),
-        "controlnet": engine.generate(xl(sampler=sampler, controlnets=control()),
-                                      control_images=[STRIPES]),
+        "controlnet": engine.generate(
+            xl(sampler=sampler, controlnets=control()), control_images=[STRIPES]
+        ),
         "ip-adapter": engine.generate(
-            xl(sampler=sampler, ip_adapter=IpAdapterRef(name="demo-xl-ip-adapter", image=REF,
-                                                        scale=1.0)), ip_image=RED),
-    }  # fmt: skip
+            xl(
+                sampler=sampler,
+                ip_adapter=IpAdapterRef(name="demo-xl-ip-adapter", image=REF, scale=1.0),
+            ),
+            ip_image=RED,
+        ),
+    }
     for what, result in changed.items():
         assert max_difference(base, result.images[0]) > 2, what
     other_map = engine.generate(xl(sampler=sampler, controlnets=control()), control_images=[RED])
     assert max_difference(changed["controlnet"].images[0], other_map.images[0]) > 2
     assert max_difference(base, engine.generate(xl(sampler=sampler)).images[0]) == 0
     # Switched off (weight 0, scale 0), each is the base model exactly.
-    off_lora = engine.generate(xl(sampler=sampler, loras=(LoraRef(name="demo-xl-lora",
-                                                                  weight=0.0),)))  # fmt: skip
+    off_lora = engine.generate(
+        xl(sampler=sampler, loras=(LoraRef(name="demo-xl-lora", weight=0.0),))
+    )
     off_adapter = engine.generate(
-        xl(sampler=sampler, ip_adapter=IpAdapterRef(name="demo-xl-ip-adapter", image=REF,
-                                                    scale=0.0)), ip_image=BLUE)  # fmt: skip
+        xl(
+            sampler=sampler,
+            ip_adapter=IpAdapterRef(name="demo-xl-ip-adapter", image=REF, scale=0.0),
+        ),
+        ip_image=BLUE,
+    )
     assert max_difference(base, off_lora.images[0]) == 0
     assert max_difference(base, off_adapter.images[0]) == 0
 
@@ -150,10 +164,13 @@ def test_single_file_sdxl_controlnets_load_in_each_layout(settings, xl, tmp_path
     save_file(state, str(folder / "diffusers.safetensors"))
     pipe = build_pipeline()
     pipe.unet.register_to_config(transformer_layers_per_block=[1, 1])
-    shallow = build_controlnet(pipe.__class__(**{**pipe.components, "unet": type(pipe.unet)(
-        **dict(pipe.unet.config))}))  # fmt: skip
-    save_file({k: v.contiguous() for k, v in shallow.state_dict().items()},
-              str(folder / "mid.safetensors"))  # fmt: skip
+    shallow = build_controlnet(
+        pipe.__class__(**{**pipe.components, "unet": type(pipe.unet)(**dict(pipe.unet.config))})
+    )
+    save_file(
+        {k: v.contiguous() for k, v in shallow.state_dict().items()},
+        str(folder / "mid.safetensors"),
+    )
     engine = Engine(Settings(home=tmp_path, threads=2))
 
     def guided(model: str) -> Image.Image:
@@ -171,15 +188,20 @@ def test_sdxl_img2img_and_inpainting_with_a_controlnet(engine, xl):
 
     source = Image.new("RGB", (64, 64), (90, 160, 60))
     plain = engine.generate(xl(init_image=REF, strength=0.6), init_image=source).images[0]
-    guided = engine.generate(xl(init_image=REF, strength=0.6, controlnets=control()),
-                             init_image=source, control_images=[STRIPES]).images[0]  # fmt: skip
+    guided = engine.generate(
+        xl(init_image=REF, strength=0.6, controlnets=control()),
+        init_image=source,
+        control_images=[STRIPES],
+    ).images[0]
     assert max_difference(plain, guided) > 2
     mask = Image.new("L", (64, 64), 0)
     mask.paste(255, (32, 0, 64, 64))
     painted = engine.generate(
         xl(init_image=REF, strength=0.9, inpaint=InpaintRef(mask=REF), controlnets=control()),
-        init_image=source, mask_image=mask, control_images=[STRIPES],
-    ).images[0]  # fmt: skip
+        init_image=source,
+        mask_image=mask,
+        control_images=[STRIPES],
+    ).images[0]
     left = np.asarray(painted)[:, :24].astype(int) - np.asarray(source)[:, :24]
     assert np.abs(left).max() <= 3  # outside the mask: the source, kept
     assert max_difference(painted, source) > 20
@@ -191,17 +213,29 @@ def test_sdxl_img2img_and_inpainting_with_a_controlnet(engine, xl):
     [
         ("demo-xl", {"loras": (LoraRef(name="demo-lora"),)}, {}, "demo-lora"),
         ("demo-xl", {"prompt": "a fox demo-embedding"}, {}, "demo-embedding"),
-        ("demo-xl", {"controlnets": control("demo-controlnet")}, {"control_images": [STRIPES]},
-         "demo-controlnet"),
-        ("demo-xl", {"ip_adapter": IpAdapterRef(name="demo-ip-adapter", image=REF)},
-         {"ip_image": RED}, "demo-ip-adapter"),
+        (
+            "demo-xl",
+            {"controlnets": control("demo-controlnet")},
+            {"control_images": [STRIPES]},
+            "demo-controlnet",
+        ),
+        (
+            "demo-xl",
+            {"ip_adapter": IpAdapterRef(name="demo-ip-adapter", image=REF)},
+            {"ip_image": RED},
+            "demo-ip-adapter",
+        ),
         ("demo", {"loras": (LoraRef(name="demo-xl-lora"),)}, {}, "demo-xl-lora"),
         ("demo", {"prompt": "a fox demo-xl-embedding"}, {}, "demo-xl-embedding"),
         ("demo", {"controlnets": control()}, {"control_images": [STRIPES]}, "demo-xl-controlnet"),
-        ("demo", {"ip_adapter": IpAdapterRef(name="demo-xl-ip-adapter", image=REF)},
-         {"ip_image": RED}, "demo-xl-ip-adapter"),
+        (
+            "demo",
+            {"ip_adapter": IpAdapterRef(name="demo-xl-ip-adapter", image=REF)},
+            {"ip_image": RED},
+            "demo-xl-ip-adapter",
+        ),
     ],
-)  # fmt: skip
+)
 def test_extras_of_the_other_family_are_refused_by_name(engine, xl, model, changes, inputs, name):
     before = engine.generate(xl(model=model)).images[0]
     with pytest.raises(HuabuError) as caught:
@@ -230,8 +264,9 @@ def test_the_refiner_continues_the_same_sampling(engine, xl, sampler):
     early = engine.generate(
         xl(sampler=sampler, steps=10, refiner=Refiner(model="demo-xl-refiner", switch_at=0.3))
     ).images[0]
-    itself = engine.generate(xl(sampler=sampler, steps=10, refiner=Refiner(
-        model="demo-xl-single", switch_at=0.5))).images[0]  # fmt: skip
+    itself = engine.generate(
+        xl(sampler=sampler, steps=10, refiner=Refiner(model="demo-xl-single", switch_at=0.5))
+    ).images[0]
     assert max_difference(base, late.images[0]) > 2
     assert max_difference(late.images[0], early) > 2
     assert max_difference(base, itself) <= 1
@@ -246,8 +281,10 @@ def test_the_refiner_with_image_to_image(engine, xl):
 
     source = Image.new("RGB", (64, 64), (90, 160, 60))
     plain = engine.generate(xl(init_image=REF, strength=0.7), init_image=source).images[0]
-    refined = engine.generate(xl(init_image=REF, strength=0.7, refiner=Refiner(
-        model="demo-xl-refiner", switch_at=0.6)), init_image=source).images[0]  # fmt: skip
+    refined = engine.generate(
+        xl(init_image=REF, strength=0.7, refiner=Refiner(model="demo-xl-refiner", switch_at=0.6)),
+        init_image=source,
+    ).images[0]
     assert max_difference(plain, refined) > 2
 
 
@@ -269,14 +306,19 @@ def test_a_single_file_refiner_loads_as_its_folder(settings, xl, tmp_path):
     checkpoints.mkdir(parents=True)
     for name in ("demo-xl", "demo-xl-refiner"):
         (checkpoints / name).symlink_to(settings.models_dir / "checkpoints" / name)
-    save_file(refiner_single_file_state(build_refiner()), str(checkpoints / "single.safetensors"),
-              metadata={METADATA_KEY: json.dumps(REFINER_OVERRIDES)})  # fmt: skip
+    save_file(
+        refiner_single_file_state(build_refiner()),
+        str(checkpoints / "single.safetensors"),
+        metadata={METADATA_KEY: json.dumps(REFINER_OVERRIDES)},
+    )
     home = Settings(home=tmp_path, threads=2)
     entry = ModelLibrary(home).find("checkpoints", "single")
     assert entry.architecture is Architecture.SDXL_REFINER and entry.layout == "single-file"
     engine = Engine(home)
-    made = [engine.generate(xl(steps=6, refiner=Refiner(model=name, switch_at=0.5))).images[0]
-            for name in ("demo-xl-refiner", "single")]  # fmt: skip
+    made = [
+        engine.generate(xl(steps=6, refiner=Refiner(model=name, switch_at=0.5))).images[0]
+        for name in ("demo-xl-refiner", "single")
+    ]
     assert max_difference(*made) <= 1
     assert max_difference(made[0], engine.generate(xl(steps=6)).images[0]) > 2
 
@@ -303,10 +345,13 @@ def test_the_refiner_with_the_hires_fix_joins_the_pass_asked_for(engine, xl, sam
     assert max_difference(made["both passes"], made["second pass"]) > 2
     progress: list[tuple[int, int]] = []
     itself = engine.generate(
-        xl(sampler=sampler, hires=hires,
-           refiner=Refiner(model="demo-xl-single", switch_at=0.5, hires_pass="both passes")),
+        xl(
+            sampler=sampler,
+            hires=hires,
+            refiner=Refiner(model="demo-xl-single", switch_at=0.5, hires_pass="both passes"),
+        ),
         on_progress=lambda s, t, _p: progress.append((s, t)),
-    ).images[0]  # fmt: skip
+    ).images[0]
     assert max_difference(alone, itself) <= 1
     # The hires pass runs int(6 × 0.6) steps; a k-diffusion sampler one more, as A1111's.
     total = 6 + int(6 * 0.6) + (sampler == "DPM fast")
@@ -328,15 +373,17 @@ def test_the_refiner_with_controlnet_units_and_inpainting(engine, xl, sampler):
     if sampler == "Euler":  # image-to-image: where diffusers' ControlNet pipeline stops early
         cases.append(({"init_image": REF, "strength": 0.8}, {"init_image": source}))
     for extra, images in cases:
-        controlled = engine.generate(xl(sampler=sampler, controlnets=control(), **extra),
-                                     control_images=[STRIPES], **images).images[0]  # fmt: skip
+        controlled = engine.generate(
+            xl(sampler=sampler, controlnets=control(), **extra), control_images=[STRIPES], **images
+        ).images[0]
         refined = engine.generate(xl(sampler=sampler, refiner=refiner, **extra), **images).images[0]
         progress: list[tuple[int, int]] = []
         both = engine.generate(
             xl(sampler=sampler, controlnets=control(), refiner=refiner, **extra),
-            control_images=[STRIPES], **images,
+            control_images=[STRIPES],
+            **images,
             on_progress=lambda s, t, _p, seen=progress: seen.append((s, t)),
-        )  # fmt: skip
+        )
         assert max_difference(both.images[0], controlled) > 2, extra  # the refiner took over
         assert max_difference(both.images[0], refined) > 2, extra  # the units guided the base
         assert progress[-1][0] == progress[-1][1], progress
@@ -345,8 +392,9 @@ def test_the_refiner_with_controlnet_units_and_inpainting(engine, xl, sampler):
     mask.paste(255, (32, 0, 64, 64))
     inpaint = xl(sampler=sampler, init_image=REF, strength=0.9, inpaint=InpaintRef(mask=REF))
     alone = engine.generate(inpaint, init_image=source, mask_image=mask).images[0]
-    painted = engine.generate(inpaint.model_copy(update={"refiner": refiner}),
-                              init_image=source, mask_image=mask).images[0]  # fmt: skip
+    painted = engine.generate(
+        inpaint.model_copy(update={"refiner": refiner}), init_image=source, mask_image=mask
+    ).images[0]
     left = np.asarray(painted)[:, :24].astype(int) - np.asarray(source)[:, :24]
     assert np.abs(left).max() <= 3  # outside the mask: the source, kept
     assert max_difference(painted, alone) > 2  # inside: the refiner's work
@@ -359,8 +407,13 @@ def test_stopping_early_is_diffusers_denoising_end(engine):
     from huabu.engine.engine import _stopping_at
 
     model = engine.cache._get("demo-xl")
-    common = dict(prompt="a fox", image=Image.new("RGB", (64, 64), (90, 160, 60)), strength=0.8,
-                  num_inference_steps=10, output_type="latent")  # fmt: skip
+    common = dict(
+        prompt="a fox",
+        image=Image.new("RGB", (64, 64), (90, 160, 60)),
+        strength=0.8,
+        num_inference_steps=10,
+        output_type="latent",
+    )
 
     def run(**kwargs):
         return model.img2img(generator=torch.Generator().manual_seed(3), **common, **kwargs).images

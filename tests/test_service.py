@@ -227,8 +227,9 @@ def test_inpainting_keeps_what_the_mask_does_not_mark(alice, bob):
     assert max_difference(image.crop((0, 0, 32, 64)), source.crop((0, 0, 32, 64))) > 32
     assert "Mask blur: 0" in task["images"][0]["infotext"]
     # A mask with nothing to repaint, a missing source, someone else's mask: refused at submit.
-    black = alice.post("/huabu/v1/uploads", files={"file": ("black.png", png_bytes(
-        Image.new("L", (64, 64), 0)))}).json()["id"]  # fmt: skip
+    black = alice.post(
+        "/huabu/v1/uploads", files={"file": ("black.png", png_bytes(Image.new("L", (64, 64), 0)))}
+    ).json()["id"]
     own = bob.post("/huabu/v1/uploads", files={"file": ("s.png", png_bytes(source))}).json()["id"]
     for client, change, param in (
         (alice, {"inpaint": {"mask": black}}, "inpaint.mask"),
@@ -283,8 +284,7 @@ def test_priorities_go_first_and_requests_may_ask_lower_only(accounts, server, a
     # Positions come from a snapshot of the queue at most 0.5 s old: the new order shows soon.
     settled(alice, low["id"], lambda task: task["queue_position"] == 5)
     expected = [urgent, keyed, *normal, low]
-    done = [wait_finished(alice if t not in (urgent,) else carol_client, t["id"])
-            for t in expected]  # fmt: skip
+    done = [wait_finished(alice if t not in (urgent,) else carol_client, t["id"]) for t in expected]
     assert all(task["state"] == "succeeded" for task in done)
     order = sorted(done, key=lambda task: task["finished_at"])
     assert [t["id"] for t in order] == [t["id"] for t in expected]
@@ -308,15 +308,19 @@ def test_queued_tasks_that_fit_share_one_loop(alice, bob):
     running = [wait_state(c, t["id"], "running") for c, t in zip(clients, batch, strict=True)]
     # The worker claims its own job first, then the ones that join it, then records the
     # batch's size on all three: read each once that is written.
-    running = [settled(c, t["id"], lambda task: task["batch_size"] > 1)
-               for c, t in zip(clients, batch, strict=True)]  # fmt: skip
+    running = [
+        settled(c, t["id"], lambda task: task["batch_size"] > 1)
+        for c, t in zip(clients, batch, strict=True)
+    ]
     assert {task["batch_size"] for task in running} == {3}
     assert {task["state"] for task in running} == {"running"}
     # Positions come from a snapshot of the queue at most 0.5 s old: the batch's start shows soon.
     waiting = settled(bob, later["id"], lambda task: task["queue_position"] == 0)
     assert waiting["state"] == "queued"
-    etas = [c.get(f"/huabu/v1/tasks/{t['id']}").json()["eta_seconds"]
-            for c, t in zip(clients, batch, strict=True)]  # fmt: skip
+    etas = [
+        c.get(f"/huabu/v1/tasks/{t['id']}").json()["eta_seconds"]
+        for c, t in zip(clients, batch, strict=True)
+    ]
     assert waiting["eta_seconds"] > max(etas) > 0  # after the batch, not after 3 runs of it
     bob.post(f"/huabu/v1/tasks/{batch[1]['id']}/cancel")
     done = [wait_finished(c, t["id"]) for c, t in zip(clients, batch, strict=True)]
@@ -326,8 +330,9 @@ def test_queued_tasks_that_fit_share_one_loop(alice, bob):
     # Alone (nothing else of its shape queued), the first task's request makes the same image.
     alone = wait_finished(alice, submit(alice, batch[0]["request"])["id"])
     assert alone["batch_size"] == 1
-    pictures = [Image.open(io.BytesIO(httpx.get(t["images"][0]["url"]).content))
-                for t in (done[0], alone)]  # fmt: skip
+    pictures = [
+        Image.open(io.BytesIO(httpx.get(t["images"][0]["url"]).content)) for t in (done[0], alone)
+    ]
     assert max_difference(*pictures) <= 2
     assert wait_finished(bob, later["id"])["state"] == "succeeded"
 
@@ -418,20 +423,27 @@ def test_models_and_health(alice, server):
 def test_preprocessors_say_which_run_here(alice):
     listed = {item["name"]: item for item in alice.get("/huabu/v1/preprocessors").json()}
     assert listed["canny"] == {"name": "canny", "available": True, "needs": None}
-    assert listed["depth_zoe"] == {"name": "depth_zoe", "available": False,
-                                   "needs": "models/annotators/ZoeD_M12_N.pt"}  # fmt: skip
+    assert listed["depth_zoe"] == {
+        "name": "depth_zoe",
+        "available": False,
+        "needs": "models/annotators/ZoeD_M12_N.pt",
+    }
     assert listed["dwpose"] == {
-        "name": "dwpose", "available": False,
+        "name": "dwpose",
+        "available": False,
         "needs": "models/annotators/yolox_l.onnx, models/annotators/dw-ll_ucoco_384.onnx",
-    }  # fmt: skip
-    assert listed["mediapipe_face"] == {"name": "mediapipe_face", "available": True,
-                                        "needs": None}  # fmt: skip
+    }
+    assert listed["mediapipe_face"] == {"name": "mediapipe_face", "available": True, "needs": None}
     assert listed["openpose_hand"] == {
-        "name": "openpose_hand", "available": False,
+        "name": "openpose_hand",
+        "available": False,
         "needs": "models/annotators/body_pose_model.pth, models/annotators/hand_pose_model.pth",
-    }  # fmt: skip
-    assert listed["softedge_hed"] == {"name": "softedge_hed", "available": False,
-                                      "needs": "models/annotators/ControlNetHED.pth"}  # fmt: skip
+    }
+    assert listed["softedge_hed"] == {
+        "name": "softedge_hed",
+        "available": False,
+        "needs": "models/annotators/ControlNetHED.pth",
+    }
     assert len(listed) == 30  # spec 003's 28 names, plus none and lineart_standard
 
 
@@ -459,17 +471,34 @@ def _b64(image: Image.Image) -> str:
     "path, body, status",
     [
         # Each sends valid images with a request refused for another reason.
-        ("/v3/async/img2img", lambda image: {"request": {
-            "model_name": "demo", "prompt": "p", "image_base64": image, "sampler_name": "nope",
-            "controlnet": {"units": [{"model_name": "demo-controlnet", "image_base64": image}]}}},
-         400),
-        ("/api/image/generate", lambda image: {"type": "image2image", "image": image,
-                                               "model": "nope"}, 400),
-        ("/sdapi/v1/img2img", lambda image: {"init_images": [image], "mask": image,
-                                             "sampler_name": "nope"}, 400),
+        (
+            "/v3/async/img2img",
+            lambda image: {
+                "request": {
+                    "model_name": "demo",
+                    "prompt": "p",
+                    "image_base64": image,
+                    "sampler_name": "nope",
+                    "controlnet": {
+                        "units": [{"model_name": "demo-controlnet", "image_base64": image}]
+                    },
+                }
+            },
+            400,
+        ),
+        (
+            "/api/image/generate",
+            lambda image: {"type": "image2image", "image": image, "model": "nope"},
+            400,
+        ),
+        (
+            "/sdapi/v1/img2img",
+            lambda image: {"init_images": [image], "mask": image, "sampler_name": "nope"},
+            400,
+        ),
         ("/img2img", lambda image: {"init_image": image, "num_inference_steps": 151}, 400),
     ],
-)  # fmt: skip
+)
 def test_refused_requests_store_no_images(alice, service_home, path, body, status):
     uploads = service_home / "files" / "uploads"
     before = set(uploads.iterdir()) if uploads.exists() else set()
@@ -564,12 +593,15 @@ def test_huge_numbers_are_field_errors(alice, method, path, payload, param):
         ("/huabu/v1/generations", SMALL | {"loras": [{"name": "x\x00"}]}, 400, "loras.0.name"),
         ("/api/image/generate", {"prompts": "\x00"}, 400, None),
         ("/sdapi/v1/options", {"sd_model_checkpoint": "a\x00"}, 400, "sd_model_checkpoint"),
-        ("/api/v1b/dataset", {"name": "d\x00", "images": ["http://127.0.0.2/x.png"]}, 400,
-         "name"),
-        ("/api/v1b/train_submit", {"name": "n", "trigger_word": "\x00", "dataset": [1]}, 400,
-         "trigger_word"),
+        ("/api/v1b/dataset", {"name": "d\x00", "images": ["http://127.0.0.2/x.png"]}, 400, "name"),
+        (
+            "/api/v1b/train_submit",
+            {"name": "n", "trigger_word": "\x00", "dataset": [1]},
+            400,
+            "trigger_word",
+        ),
     ],
-)  # fmt: skip
+)
 def test_nul_characters_are_field_errors(alice, path, body, status, param):
     response = alice.post(path, json=body)
     assert response.status_code == status, response.text
@@ -602,13 +634,17 @@ def _over_the_limit(head: bytes, tail: bytes = b""):
     "path, content_type, head, tail",
     [
         # A valid multipart body whose file part runs over the limit: a form parser reads it.
-        ("/v1/images/edits", "multipart/form-data; boundary=xx",
-         b'--xx\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n'
-         b"Content-Type: image/png\r\n\r\n", b"\r\n--xx--\r\n"),
+        (
+            "/v1/images/edits",
+            "multipart/form-data; boundary=xx",
+            b'--xx\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n'
+            b"Content-Type: image/png\r\n\r\n",
+            b"\r\n--xx--\r\n",
+        ),
         ("/v3/async/img2img", "application/json", b'{"request": {"image_base64": "', b'"}}'),
         ("/img2img", "application/x-www-form-urlencoded", b"init_image=", b""),
     ],
-)  # fmt: skip
+)
 def test_a_chunked_body_over_the_limit_is_a_413(alice, path, content_type, head, tail):
     response = alice.post(
         path, content=_over_the_limit(head, tail), headers={"content-type": content_type}

@@ -17,8 +17,15 @@ REDS = tuple(Image.new("RGB", (80, 64), c) for c in [(250, 20, 20), (230, 40, 30
 
 
 def job(name: str, **changes) -> TrainingJob:
-    base = dict(name=name, base_model="demo", images=REDS, captions=("sks fox",) * 3,
-                steps=20, resolution=64, learning_rate=1e-3)  # fmt: skip
+    base = dict(
+        name=name,
+        base_model="demo",
+        images=REDS,
+        captions=("sks fox",) * 3,
+        steps=20,
+        resolution=64,
+        learning_rate=1e-3,
+    )
     return TrainingJob(**(base | changes))
 
 
@@ -54,8 +61,12 @@ def test_cancelled_training_writes_nothing(settings, lora_path):
     lora_path("never")
     seen = []
     with pytest.raises(Cancelled):
-        train_lora(settings, job("never"), on_progress=lambda s, t, _: seen.append(s),
-                   should_cancel=lambda: len(seen) >= 5)  # fmt: skip
+        train_lora(
+            settings,
+            job("never"),
+            on_progress=lambda s, t, _: seen.append(s),
+            should_cancel=lambda: len(seen) >= 5,
+        )
     assert len(seen) == 5
     assert not (settings.models_dir / "loras" / "never.safetensors").exists()
 

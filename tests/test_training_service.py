@@ -95,8 +95,14 @@ def wait_trained(url, token, task_id, timeout=180) -> list[dict]:
 
 
 def generate(url, token, **changes) -> Image.Image:
-    data = {"token": token, "prompt": "in a field", "n_images": 1, "scale": 7,
-            "output_size": "64x64", "select_seed": 7} | changes  # fmt: skip
+    data = {
+        "token": token,
+        "prompt": "in a field",
+        "n_images": 1,
+        "scale": 7,
+        "output_size": "64x64",
+        "select_seed": 7,
+    } | changes
     response = requests.post(url + "task_submit", json=data)
     assert response.status_code == 200, response.text
     task_id = response.json()["task_id"]
@@ -118,8 +124,7 @@ def dataset_id(url, ada):
         image = Image.open(io.BytesIO(requests.get(link).content))
         assert image.size == (72, 64) and image.getpixel((5, 5)) == colour
     # The dataset snippet of the docs.
-    data = {"token": ada, "name": "dataset1", "description": "dataset1 description",
-            "images": urls}  # fmt: skip
+    data = {"token": ada, "name": "dataset1", "description": "dataset1 description", "images": urls}
     response = requests.post(url + "dataset", json=data)
     assert response.status_code == 200, response.text
     body = response.json()
@@ -158,8 +163,10 @@ def test_datasets_are_listed_with_their_images(url, ada, dataset_id):
     assert item["name"] == "dataset1" and item["description"] == "dataset1 description"
     assert item["images_num"] == 3 and item["demo_picture"] == item["images"][0]
     assert len(item["create_time"]) == len("2023-04-23 00:00:00")
-    colours = [Image.open(io.BytesIO(requests.get(link).content)).getpixel((5, 5))
-               for link in item["images"]]  # fmt: skip
+    colours = [
+        Image.open(io.BytesIO(requests.get(link).content)).getpixel((5, 5))
+        for link in item["images"]
+    ]
     assert colours == FOXES
 
 
@@ -197,8 +204,14 @@ def test_the_trained_model_is_a_lora_in_the_native_api(server, ada, trained):
     headers = {"Authorization": f"Bearer {ada}"}
 
     def native(**changes):
-        body = {"model": "demo", "prompt": "sks fox", "width": 64, "height": 64, "steps": 8,
-                "seed": 3} | changes  # fmt: skip
+        body = {
+            "model": "demo",
+            "prompt": "sks fox",
+            "width": 64,
+            "height": 64,
+            "steps": 8,
+            "seed": 3,
+        } | changes
         response = requests.post(server.url + "/huabu/v1/generations", json=body, headers=headers)
         assert response.status_code == 202, response.text
         task_id = response.json()["id"]
@@ -240,8 +253,11 @@ def test_bad_training_requests_name_the_field(url, ada, dataset_id):
 def test_bad_uploads_and_datasets_are_refused_and_nothing_is_kept(url, ada, service_home):
     uploads = service_home / "files" / "uploads"
     before = set(uploads.glob("*"))
-    files = [("init_img", ("a.png", png((1, 1, 1)))), ("init_img", ("b.txt", b"not an image")),
-             ("token", ada)]  # fmt: skip
+    files = [
+        ("init_img", ("a.png", png((1, 1, 1)))),
+        ("init_img", ("b.txt", b"not an image")),
+        ("token", ada),
+    ]
     assert "init_img" in error(requests.post(url + "upload_imgs", files=files), 400, "init_img.1")
     huge = io.BytesIO()
     Image.new("L", (5000, 4000)).save(huge, format="PNG")  # 20 MP, over the 16.7 MP cap
@@ -262,17 +278,32 @@ def test_another_user_sees_and_uses_nothing(url, ada, bob, dataset_id, trained):
     error(requests.post(url + "train_submit", json=data), 400, "dataset")
     response = requests.post(url + "train_progress", json={"token": bob, "task_id": task_id})
     assert response.status_code == 404
-    submit = {"token": bob, "model_name": "train_model1", "prompt": "x", "n_images": 1,
-              "scale": 7, "output_size": "64x64"}  # fmt: skip
+    submit = {
+        "token": bob,
+        "model_name": "train_model1",
+        "prompt": "x",
+        "n_images": 1,
+        "scale": 7,
+        "output_size": "64x64",
+    }
     error(requests.post(url + "task_submit", json=submit), 400, "model_name")
     ada_id = requests.get(
         url.replace("/api/v1b/", "/huabu/v1/me"), headers={"Authorization": f"Bearer {ada}"}
     ).json()["id"]
     for name in ("train_model1", f"@{ada_id.replace('-', '')}/train_model1"):
-        body = {"model": "demo", "prompt": "x", "width": 64, "height": 64, "steps": 2,
-                "loras": [{"name": name}]}  # fmt: skip
-        response = requests.post(url.replace("/api/v1b/", "/huabu/v1/generations"), json=body,
-                                 headers={"Authorization": f"Bearer {bob}"})  # fmt: skip
+        body = {
+            "model": "demo",
+            "prompt": "x",
+            "width": 64,
+            "height": 64,
+            "steps": 2,
+            "loras": [{"name": name}],
+        }
+        response = requests.post(
+            url.replace("/api/v1b/", "/huabu/v1/generations"),
+            json=body,
+            headers={"Authorization": f"Bearer {bob}"},
+        )
         assert response.status_code == 400 and response.json()["error"]["param"] == "loras.0.name"
 
 
@@ -298,8 +329,9 @@ def test_cancel_a_training(server, url, ada, dataset_id, service_home):
     assert list((service_home / "models" / "loras").glob("@*/cancelled_one.safetensors"))
 
 
-def test_owners_delete_datasets_and_trained_models(server, url, ada, bob, dataset_id, trained,
-                                                   service_home):  # fmt: skip
+def test_owners_delete_datasets_and_trained_models(
+    server, url, ada, bob, dataset_id, trained, service_home
+):
     """Through the native routes: another user's are not found; a deleted trained model is
     unusable at once, its name free, its published files gone from the store."""
     headers = {"Authorization": f"Bearer {ada}"}
@@ -327,8 +359,14 @@ def test_owners_delete_datasets_and_trained_models(server, url, ada, bob, datase
         requests.delete(native + "/trained-models/train_model1", headers=headers).status_code == 204
     )
     assert "train_model1" not in requests.get(native + "/trained-models", headers=headers).json()
-    body = {"model": "demo", "prompt": "x", "width": 64, "height": 64, "steps": 2,
-            "loras": [{"name": "train_model1"}]}  # fmt: skip
+    body = {
+        "model": "demo",
+        "prompt": "x",
+        "width": 64,
+        "height": 64,
+        "steps": 2,
+        "loras": [{"name": "train_model1"}],
+    }
     refused = requests.post(native + "/generations", json=body, headers=headers)
     assert refused.status_code == 400 and refused.json()["error"]["param"] == "loras.0.name"
     assert not any((stored / f"{digest}.blob").exists() for digest in blobs)

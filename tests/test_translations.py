@@ -23,17 +23,36 @@ def sign(key: str) -> str:
 def task(request: GenerationRequest, state="succeeded", **changes) -> TaskRecord:
     moment = datetime(2026, 11, 29, 12, 0, 0, tzinfo=UTC)
     images = tuple(
-        ImageRecord(index=i, seed=request.seed + i, key=f"images/t/{i}.png",
-                    preview_key=f"previews/t/{i}.jpg", format="png", width=request.width,
-                    height=request.height, size_bytes=100, infotext="x")
+        ImageRecord(
+            index=i,
+            seed=request.seed + i,
+            key=f"images/t/{i}.png",
+            preview_key=f"previews/t/{i}.jpg",
+            format="png",
+            width=request.width,
+            height=request.height,
+            size_bytes=100,
+            infotext="x",
+        )
         for i in range(request.n_images if state == "succeeded" else 0)
-    )  # fmt: skip
+    )
     fields = dict(
-        id=uuid.UUID(int=123456789), owner_id=uuid.UUID(int=1), kind="generate", origin="test",
-        state=state, model=request.model, request=request, step=0, total=request.steps,
-        attempts=1, error=None, created_at=moment, started_at=moment, finished_at=moment,
+        id=uuid.UUID(int=123456789),
+        owner_id=uuid.UUID(int=1),
+        kind="generate",
+        origin="test",
+        state=state,
+        model=request.model,
+        request=request,
+        step=0,
+        total=request.steps,
+        attempts=1,
+        error=None,
+        created_at=moment,
+        started_at=moment,
+        finished_at=moment,
         images=images,
-    )  # fmt: skip
+    )
     return TaskRecord(**(fields | changes))
 
 
@@ -42,16 +61,30 @@ def task(request: GenerationRequest, state="succeeded", **changes) -> TaskRecord
 
 def test_v1b_spec_example():
     body = v1b.SubmitIn.model_validate(
-        {"model_name": "Artist_V0.1.3", "prompt": "one girl, beautiful", "neg_prompt": "unsafe",
-         "n_images": 2, "scale": 7, "output_size": "640x640", "select_seed": 0, "token": ""}
-    )  # fmt: skip
+        {
+            "model_name": "Artist_V0.1.3",
+            "prompt": "one girl, beautiful",
+            "neg_prompt": "unsafe",
+            "n_images": 2,
+            "scale": 7,
+            "output_size": "640x640",
+            "select_seed": 0,
+            "token": "",
+        }
+    )
     native = v1b.to_native(body, init_image=None, settings=SETTINGS)
     assert (native.model, native.prompt, native.negative_prompt) == (
-        "Artist_V0.1.3", "one girl, beautiful", "unsafe"
-    )  # fmt: skip
+        "Artist_V0.1.3",
+        "one girl, beautiful",
+        "unsafe",
+    )
     assert (native.width, native.height, native.n_images, native.guidance, native.seed) == (
-        640, 640, 2, 7, 0
-    )  # fmt: skip
+        640,
+        640,
+        2,
+        7,
+        0,
+    )
     assert not native.is_img2img
     with_image = v1b.to_native(body, init_image=UPLOAD, settings=SETTINGS)
     assert with_image.init_image == ImageRef(upload=UPLOAD)
@@ -62,8 +95,9 @@ def test_v1b_result_and_errors():
     out = v1b.from_native(task(native), sign)
     assert out["state"] == "done" and out["select_seed"] == 5
     assert [image["large"] for image in out["images"]] == [
-        sign("images/t/0.png"), sign("images/t/1.png")
-    ]  # fmt: skip
+        sign("images/t/0.png"),
+        sign("images/t/1.png"),
+    ]
     assert out["images"][0]["middle"] == sign("previews/t/0.jpg")
     failed = v1b.from_native(task(native, "failed", error="out of luck"), sign)
     assert failed["state"] == "failed" and failed["error_msg"] == "out of luck"
@@ -93,8 +127,11 @@ def test_kamiya_spec_example():
     assert native.prompt == "礼花，气球，红色瞳孔"
     assert native.negative_prompt == "lowres, bad anatomy"
     assert (native.steps, native.guidance, native.seed, native.sampler) == (
-        28, 12, 218506577, "DPM++ 2M Karras"
-    )  # fmt: skip
+        28,
+        12,
+        218506577,
+        "DPM++ 2M Karras",
+    )
     assert (native.width, native.height, native.n_images) == (768, 512, 1)
     assert native.loras[0].name == "bocchiEdStyleLora_bocchiEdStyle"
     assert native.loras[0].weight == pytest.approx(0.6)  # kamiya's weight is a percentage
@@ -144,9 +181,12 @@ def test_novita_spec_example():
     body = novita.Img2ImgIn.model_validate(NOVITA_EXAMPLE)
     control, reference = uuid.uuid4(), uuid.uuid4()
     native = novita.to_native(
-        body, novita.ExtraIn(response_image_type="webp"), init_image=UPLOAD,
-        control_images=(control,), ip_image=reference,
-    )  # fmt: skip
+        body,
+        novita.ExtraIn(response_image_type="webp"),
+        init_image=UPLOAD,
+        control_images=(control,),
+        ip_image=reference,
+    )
     assert native.model == "dreamshaper_8" and native.vae == "vae-ft-mse"  # suffixes dropped
     assert native.init_image == ImageRef(upload=UPLOAD) and native.strength == 0.75
     assert native.loras[0].name == "add_detail" and native.loras[0].weight == 0.8
@@ -170,9 +210,12 @@ def test_novita_refusals_and_result():
     assert native.refiner is not None
     assert (native.refiner.model, native.refiner.switch_at) == ("sdxl-refiner", 0.6)
     fixed = novita.Txt2ImgIn.model_validate(
-        {"model_name": "m", "prompt": "p", "hires_fix": {"target_width": 1024,
-                                                         "target_height": 768}}
-    )  # fmt: skip
+        {
+            "model_name": "m",
+            "prompt": "p",
+            "hires_fix": {"target_width": 1024, "target_height": 768},
+        }
+    )
     hires = novita.to_native(fixed, novita.ExtraIn()).hires
     assert (hires.resize_width, hires.resize_height, hires.strength) == (1024, 768, 0.5)
     assert hires.upscaler == "Latent"
@@ -202,16 +245,20 @@ def test_sdserver_spec_example():
             "num_inference_steps": "30",
             "guidance_scale": "7",
         }
-    )  # fmt: skip (urlencoded forms arrive as strings)
+    )  # urlencoded forms arrive as strings
     native = sdserver.to_native(form, model="demo", size=(form.width, form.height))
     assert (native.prompt, native.seed, native.n_images, native.steps, native.guidance) == (
-        "Anime girl putting her hair up", 10086, 1, 30, 7
-    )  # fmt: skip
+        "Anime girl putting her hair up",
+        10086,
+        1,
+        30,
+        7,
+    )
     out = sdserver.from_native(task(native), sign)
     assert out.status == "success"
     assert [(i.image_url, i.mime_type, i.seed) for i in out.images] == [
         (sign("images/t/0.png"), "image/png", 10086)
-    ]  # fmt: skip
+    ]
 
 
 # -- A1111 ------------------------------------------------------------------------------------
@@ -219,18 +266,40 @@ def test_sdserver_spec_example():
 
 def test_a1111_prompt_loras_scheduler_and_units():
     body = a1111_wire.Txt2ImgIn.model_validate(
-        {"prompt": "a fox <lora:demo-lora:0.5>, snow", "sampler_name": "DPM++ 2M",
-         "scheduler": "Karras", "batch_size": 2, "n_iter": 2, "cfg_scale": 5,
-         "override_settings": {"sd_vae": "my-vae.safetensors", "CLIP_stop_at_last_layers": 2},
-         "alwayson_scripts": {"ControlNet": {"args": [
-             {"enabled": True, "module": "canny", "model": "control_canny [abcd1234]",
-              "weight": 0.7, "image": "x"},
-             {"enabled": False, "model": "other"}]}}}
-    )  # fmt: skip
+        {
+            "prompt": "a fox <lora:demo-lora:0.5>, snow",
+            "sampler_name": "DPM++ 2M",
+            "scheduler": "Karras",
+            "batch_size": 2,
+            "n_iter": 2,
+            "cfg_scale": 5,
+            "override_settings": {"sd_vae": "my-vae.safetensors", "CLIP_stop_at_last_layers": 2},
+            "alwayson_scripts": {
+                "ControlNet": {
+                    "args": [
+                        {
+                            "enabled": True,
+                            "module": "canny",
+                            "model": "control_canny [abcd1234]",
+                            "weight": 0.7,
+                            "image": "x",
+                        },
+                        {"enabled": False, "model": "other"},
+                    ]
+                }
+            },
+        }
+    )
     units = [(index, unit, UPLOAD) for index, unit in a1111_wire.control_units(body)]
     assert [index for index, _, _ in units] == [0]  # the disabled unit is dropped
-    native = a1111_wire.to_native(body, model="demo", init_image=None, controlnets=units,
-                                  options={"sd_vae": "ignored"}, settings=SETTINGS)  # fmt: skip
+    native = a1111_wire.to_native(
+        body,
+        model="demo",
+        init_image=None,
+        controlnets=units,
+        options={"sd_vae": "ignored"},
+        settings=SETTINGS,
+    )
     assert native.prompt == "a fox , snow" and native.loras[0].name == "demo-lora"
     assert native.loras[0].weight == 0.5 and native.sampler == "DPM++ 2M Karras"
     assert native.n_images == 4 and native.guidance == 5 and native.clip_skip == 2
@@ -247,29 +316,48 @@ def test_a1111_prompt_loras_scheduler_and_units():
         ({"batch_size": 9}, "batch_size"),
         ({"scheduler": "exponential"}, "scheduler"),
         ({"alwayson_scripts": {"controlnet": "x"}}, "alwayson_scripts.controlnet"),
-        ({"alwayson_scripts": {"controlnet": {"args": [{"weight": 5}]}}},
-         "alwayson_scripts.controlnet.args.0.weight"),
-        ({"override_settings": {"CLIP_stop_at_last_layers": "many"}},
-         "override_settings.CLIP_stop_at_last_layers"),
+        (
+            {"alwayson_scripts": {"controlnet": {"args": [{"weight": 5}]}}},
+            "alwayson_scripts.controlnet.args.0.weight",
+        ),
+        (
+            {"override_settings": {"CLIP_stop_at_last_layers": "many"}},
+            "override_settings.CLIP_stop_at_last_layers",
+        ),
     ],
-)  # fmt: skip
+)
 def test_a1111_refusals_name_the_field(change, param):
     body = a1111_wire.Txt2ImgIn.model_validate({"prompt": "p"} | change)
     with pytest.raises(InvalidRequest) as caught:
         units = [(i, unit, UPLOAD) for i, unit in a1111_wire.control_units(body)]
-        a1111_wire.to_native(body, model="demo", init_image=None, controlnets=units,
-                             options={}, settings=SETTINGS)  # fmt: skip
+        a1111_wire.to_native(
+            body, model="demo", init_image=None, controlnets=units, options={}, settings=SETTINGS
+        )
     assert a1111_wire.renamed(caught.value).param == param
 
 
 def test_a1111_inpainting_fields():
     body = a1111_wire.Img2ImgIn.model_validate(
-        {"init_images": ["x"], "mask": "y", "mask_blur": 8, "inpainting_fill": 0,
-         "inpaint_full_res": False, "inpainting_mask_invert": 1, "denoising_strength": 0.6}
-    )  # fmt: skip
+        {
+            "init_images": ["x"],
+            "mask": "y",
+            "mask_blur": 8,
+            "inpainting_fill": 0,
+            "inpaint_full_res": False,
+            "inpainting_mask_invert": 1,
+            "denoising_strength": 0.6,
+        }
+    )
     mask = uuid.uuid4()
-    native = a1111_wire.to_native(body, model="demo", init_image=UPLOAD, mask=mask,
-                                  controlnets=[], options={}, settings=SETTINGS)  # fmt: skip
+    native = a1111_wire.to_native(
+        body,
+        model="demo",
+        init_image=UPLOAD,
+        mask=mask,
+        controlnets=[],
+        options={},
+        settings=SETTINGS,
+    )
     assert native.init_image == ImageRef(upload=UPLOAD) and native.strength == 0.6
     assert native.inpaint.mask == ImageRef(upload=mask)
     assert (native.inpaint.blur, native.inpaint.invert, native.inpaint.fill) == (8, True, "fill")
@@ -284,8 +372,7 @@ def test_openai_sizes_quality_and_limits():
     native = openai_images.to_native(body, model="demo", auto_size=(512, 512), settings=SETTINGS)
     assert (native.width, native.height, native.steps) == (512, 512, 40)
     sized = openai_images.GenerationIn.model_validate({"prompt": "a fox", "size": "256x384"})
-    native = openai_images.to_native(sized, model="demo", auto_size=(1024, 1024),
-                                     settings=SETTINGS)  # fmt: skip
+    native = openai_images.to_native(sized, model="demo", auto_size=(1024, 1024), settings=SETTINGS)
     assert (native.width, native.height) == (256, 384)
     # size "auto": the model's trained square; SDXL's 1024 unless the model says otherwise
     # (the tiny SDXL demo is trained at 512, as its own default says).
@@ -293,8 +380,9 @@ def test_openai_sizes_quality_and_limits():
     from huabu.catalog.library import ModelInfo
 
     def info(architecture, side):
-        return ModelInfo("m", "checkpoints", "m.safetensors", "single-file", 1, architecture,
-                         side, 0.0)  # fmt: skip
+        return ModelInfo(
+            "m", "checkpoints", "m.safetensors", "single-file", 1, architecture, side, 0.0
+        )
 
     assert openai_images.native_square(None) == (512, 512)
     assert openai_images.native_square(info(Architecture.SDXL, None)) == (1024, 1024)
@@ -308,9 +396,14 @@ def test_openai_sizes_quality_and_limits():
         assert caught.value.param == param
     edit = openai_images.EditIn.model_validate({"prompt": "p"})
     native = openai_images.to_native(
-        edit, model="demo", auto_size=(320, 240), settings=SETTINGS, init_image=UPLOAD,
-        strength=1.0, mask=uuid.uuid4(),
-    )  # fmt: skip
+        edit,
+        model="demo",
+        auto_size=(320, 240),
+        settings=SETTINGS,
+        init_image=UPLOAD,
+        strength=1.0,
+        mask=uuid.uuid4(),
+    )
     assert (native.width, native.height) == (320, 240) and native.inpaint is not None
 
 
@@ -333,8 +426,10 @@ def test_failed_and_unfinished_tasks_in_each_synchronous_shape():
         return json.loads(render(error, status_for(error)).body)
 
     assert body(sdserver.render_error, timed_out) == {
-        "status": "timeout", "message": timed_out.message, "task_id": "t-1"
-    }  # fmt: skip
+        "status": "timeout",
+        "message": timed_out.message,
+        "task_id": "t-1",
+    }
     assert body(sdserver.render_error, failed)["status"] == "failed"
     assert body(sdserver.render_error, cancelled)["status"] == "failed"
     a1111_body = body(a1111.render_error, failed)
@@ -350,21 +445,46 @@ def test_failed_and_unfinished_tasks_in_each_synchronous_shape():
     [
         # Values a dialect's own schema allows but the native model does not: a 400 naming
         # the dialect's field, never a 500 from the translation.
-        (lambda: a1111_wire.to_native(
-            a1111_wire.Txt2ImgIn.model_validate(
-                {"prompt": "".join(f"<lora:l{i}:1>" for i in range(6))}),
-            model="demo", init_image=None, controlnets=[], options={}, settings=SETTINGS),
-         a1111_wire.renamed, "prompt"),
-        (lambda: a1111_wire.to_native(
-            a1111_wire.Img2ImgIn.model_validate({"init_images": ["x"], "denoising_strength": 0}),
-            model="demo", init_image=UPLOAD, controlnets=[], options={}, settings=SETTINGS),
-         a1111_wire.renamed, "denoising_strength"),
-        (lambda: openai_images.to_native(
-            openai_images.GenerationIn.model_validate({"prompt": "x" * 20_000}),
-            model="demo", auto_size=(512, 512), settings=SETTINGS),
-         openai_images.renamed, "prompt"),
+        (
+            lambda: a1111_wire.to_native(
+                a1111_wire.Txt2ImgIn.model_validate(
+                    {"prompt": "".join(f"<lora:l{i}:1>" for i in range(6))}
+                ),
+                model="demo",
+                init_image=None,
+                controlnets=[],
+                options={},
+                settings=SETTINGS,
+            ),
+            a1111_wire.renamed,
+            "prompt",
+        ),
+        (
+            lambda: a1111_wire.to_native(
+                a1111_wire.Img2ImgIn.model_validate(
+                    {"init_images": ["x"], "denoising_strength": 0}
+                ),
+                model="demo",
+                init_image=UPLOAD,
+                controlnets=[],
+                options={},
+                settings=SETTINGS,
+            ),
+            a1111_wire.renamed,
+            "denoising_strength",
+        ),
+        (
+            lambda: openai_images.to_native(
+                openai_images.GenerationIn.model_validate({"prompt": "x" * 20_000}),
+                model="demo",
+                auto_size=(512, 512),
+                settings=SETTINGS,
+            ),
+            openai_images.renamed,
+            "prompt",
+        ),
     ],
-)  # fmt: skip
+)
 def test_looser_dialect_limits_become_field_errors(build, renamed, param):
     with pytest.raises(InvalidRequest) as caught:
         build()

@@ -37,9 +37,14 @@ def page(browser, request):
     errors: list[str] = []
     # JavaScript errors and console.error calls. Chromium also logs each non-2xx answer as
     # "Failed to load resource": an API refusal the page shows is not a script error.
-    page.on("console", lambda m: errors.append(m.text)
+    page.on(
+        "console",
+        lambda m: (
+            errors.append(m.text)
             if m.type == "error" and not m.text.startswith("Failed to load resource")
-            else None)  # fmt: skip
+            else None
+        ),
+    )
     page.on("pageerror", lambda e: errors.append(str(e)))
     yield page
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -153,8 +158,12 @@ def test_create_and_revoke_a_key(page, server, accounts):
     shown = page.locator("#key-value")
     expect(shown).to_contain_text("hb_")
     key = shown.inner_text().strip()
-    assert httpx.get(server.url + "/huabu/v1/me",
-                     headers={"Authorization": f"Bearer {key}"}).status_code == 200  # fmt: skip
+    assert (
+        httpx.get(
+            server.url + "/huabu/v1/me", headers={"Authorization": f"Bearer {key}"}
+        ).status_code
+        == 200
+    )
     prefix = key[:15]
     row = page.locator("#key-table tbody tr", has_text=prefix)
     expect(row).to_be_visible()
@@ -162,8 +171,12 @@ def test_create_and_revoke_a_key(page, server, accounts):
     expect(row).to_contain_text("Revoked")
     # Servers cache a key for up to 5 s: a revoked one is refused after that.
     deadline = time.monotonic() + 10
-    while httpx.get(server.url + "/huabu/v1/me",
-                    headers={"Authorization": f"Bearer {key}"}).status_code != 401:  # fmt: skip
+    while (
+        httpx.get(
+            server.url + "/huabu/v1/me", headers={"Authorization": f"Bearer {key}"}
+        ).status_code
+        != 401
+    ):
         assert time.monotonic() < deadline, "the revoked key still works"
         time.sleep(0.5)
 
@@ -188,8 +201,9 @@ def test_the_chinese_page_is_remembered(page, server, accounts):
 def test_a_phone_sized_screen(browser, server, accounts, request):
     from playwright.sync_api import expect
 
-    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True,
-                                  has_touch=True)  # fmt: skip
+    context = browser.new_context(
+        viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True
+    )
     phone = context.new_page()
     errors: list[str] = []
     phone.on("pageerror", lambda e: errors.append(str(e)))
@@ -303,8 +317,14 @@ def png_file(name: str, image: Image.Image) -> dict:
 
 def gradient(size: int = 64) -> Image.Image:
     ramp = np.linspace(0, 255, size, dtype=np.uint8)
-    rgb = np.stack([np.tile(ramp, (size, 1)), np.tile(ramp[:, None], (1, size)),
-                    np.full((size, size), 128, np.uint8)], axis=-1)  # fmt: skip
+    rgb = np.stack(
+        [
+            np.tile(ramp, (size, 1)),
+            np.tile(ramp[:, None], (1, size)),
+            np.full((size, size), 128, np.uint8),
+        ],
+        axis=-1,
+    )
     return Image.fromarray(rgb, "RGB")
 
 
@@ -481,15 +501,22 @@ def test_hires_fix_refiner_variation_and_tiling_from_the_form(page, server, acco
     assert httpx.get(image.get_attribute("src")).headers["content-type"] == "image/webp"
     card.get_by_text("Parameters").click()
     info = card.locator("pre")
-    for text in ("Hires upscale: 1.5", "Hires steps: 3", "Refiner: demo-xl-refiner",
-                 "Refiner switch at: 0.6", "Variation seed: 7", "Variation seed strength: 0.3",
-                 "Tiling: True"):  # fmt: skip
+    for text in (
+        "Hires upscale: 1.5",
+        "Hires steps: 3",
+        "Refiner: demo-xl-refiner",
+        "Refiner switch at: 0.6",
+        "Variation seed: 7",
+        "Variation seed strength: 0.3",
+        "Tiling: True",
+    ):
         expect(info).to_contain_text(text)
     # A fresh form, then the task's settings back, these included.
     page.reload()
     page.get_by_role("link", name="Gallery").click()
     page.locator("#gallery .task", has_text="a lighthouse").get_by_role(
-        "button", name="Use these settings").click()  # fmt: skip
+        "button", name="Use these settings"
+    ).click()
     expect(page.get_by_label("Hires fix", exact=True)).to_be_checked()
     expect(page.get_by_label("Upscale by", exact=True)).to_have_value("1.5")
     expect(page.get_by_role("combobox", name="Refiner", exact=True)).to_have_value(
@@ -504,8 +531,10 @@ def test_training_from_upload_to_use(page, server, accounts):
 
     log_in(page, server, accounts, "ui-trainer@example.com")
     page.get_by_role("link", name="Training").click()
-    foxes = [png_file(f"fox{i}.png", Image.new("RGB", (64, 64), colour))
-             for i, colour in enumerate([(250, 20, 20), (230, 60, 10)])]  # fmt: skip
+    foxes = [
+        png_file(f"fox{i}.png", Image.new("RGB", (64, 64), colour))
+        for i, colour in enumerate([(250, 20, 20), (230, 60, 10)])
+    ]
     page.get_by_label("Training images", exact=True).set_input_files(foxes)
     page.get_by_label("Name", exact=True).fill("ui fox")
     page.get_by_label("Trigger word", exact=True).fill("sks fox")

@@ -127,9 +127,14 @@ def test_cancelled_and_failed_tasks_are_announced_and_retries_are_bounded(
 
 @pytest.mark.parametrize(
     "url",
-    ["ftp://127.0.0.2/hook", "http://127.0.0.1:9/hook", "http://10.0.0.5/hook",
-     "http://[::1]/hook", "not a url"],
-)  # fmt: skip
+    [
+        "ftp://127.0.0.2/hook",
+        "http://127.0.0.1:9/hook",
+        "http://10.0.0.5/hook",
+        "http://[::1]/hook",
+        "not a url",
+    ],
+)
 def test_webhook_urls_that_are_not_public_http_are_refused(server, accounts, url):
     client = client_for(accounts, server, f"hooks-{abs(hash(url))}@example.com")
     answer = client.post("/huabu/v1/generations", json=SMALL | {"webhook_url": url})
@@ -137,10 +142,18 @@ def test_webhook_urls_that_are_not_public_http_are_refused(server, accounts, url
     assert client.get("/huabu/v1/tasks").json()["data"] == []  # nothing queued
     novita = client.post(
         "/v3/async/txt2img",
-        json={"extra": {"webhook": {"url": url}},
-              "request": {"model_name": "demo", "prompt": "fox", "width": 128, "height": 128,
-                          "image_num": 1, "steps": 8}},
-    )  # fmt: skip
+        json={
+            "extra": {"webhook": {"url": url}},
+            "request": {
+                "model_name": "demo",
+                "prompt": "fox",
+                "width": 128,
+                "height": 128,
+                "image_num": 1,
+                "steps": 8,
+            },
+        },
+    )
     assert novita.status_code == 400
     assert json.loads(novita.text)["metadata"]["param"] == "extra.webhook.url"
 

@@ -230,8 +230,10 @@ def models_publish(
         digest = publish(open_database(settings), open_storage(settings), library, entry)
     except HuabuError as exc:
         _fail(exc.message)
-    typer.echo(f"published {entry.kind}/{entry.name} ({entry.size_bytes / 2**20:.1f} MiB, "
-               f"sha256 {digest[:12]}…)")  # fmt: skip
+    typer.echo(
+        f"published {entry.kind}/{entry.name} ({entry.size_bytes / 2**20:.1f} MiB, "
+        f"sha256 {digest[:12]}…)"
+    )
 
 
 @models_app.command("pull")
@@ -354,8 +356,10 @@ def users_set_quota(
     user = _administer(
         lambda administration, actor: administration.set_quota(actor, email, **changes)
     )
-    typer.echo(f"{user.email}: images/day {_shown(user.images_per_day)}, "
-               f"requests/min {_shown(user.requests_per_minute)}")  # fmt: skip
+    typer.echo(
+        f"{user.email}: images/day {_shown(user.images_per_day)}, "
+        f"requests/min {_shown(user.requests_per_minute)}"
+    )
 
 
 @users_app.command("disable")
@@ -413,8 +417,10 @@ def keys_set_quota(
     row = _administer(
         lambda administration, actor: administration.set_key_quota(actor, key, **changes)
     )
-    typer.echo(f"hb_{row.prefix}: images/day {_shown(row.images_per_day)}, "
-               f"requests/min {_shown(row.requests_per_minute)}")  # fmt: skip
+    typer.echo(
+        f"hb_{row.prefix}: images/day {_shown(row.images_per_day)}, "
+        f"requests/min {_shown(row.requests_per_minute)}"
+    )
 
 
 @keys_app.command("revoke")
@@ -518,10 +524,18 @@ def status(
         return
     rows = [("WORKER", "DEVICE", "STATE", "TASK", "LOADED", "LOADS", "DONE", "HEARTBEAT")]
     for worker in view["workers"]:
-        rows.append((worker["name"], worker["device"], worker["state"],
-                     worker["current_task"] or "-", ",".join(worker["loaded"]) or "-",
-                     str(worker["checkpoint_loads"]), str(worker["tasks_done"]),
-                     worker["last_heartbeat"][11:19]))  # fmt: skip
+        rows.append(
+            (
+                worker["name"],
+                worker["device"],
+                worker["state"],
+                worker["current_task"] or "-",
+                ",".join(worker["loaded"]) or "-",
+                str(worker["checkpoint_loads"]),
+                str(worker["tasks_done"]),
+                worker["last_heartbeat"][11:19],
+            )
+        )
     if len(rows) == 1:
         typer.echo("no workers have been seen in the last hour")
     else:
@@ -534,8 +548,10 @@ def status(
             )
     typer.echo("")
     for queue in view["queues"]:
-        typer.echo(f"{queue['kind']:<9} {queue['model']:<30} queued {queue['queued']:>5}  "
-                   f"running {queue['running']:>3}")  # fmt: skip
+        typer.echo(
+            f"{queue['kind']:<9} {queue['model']:<30} queued {queue['queued']:>5}  "
+            f"running {queue['running']:>3}"
+        )
     oldest = view["oldest_queued_seconds"]
     typer.echo("nothing queued" if oldest is None else f"oldest queued task: {oldest:.0f} s")
 

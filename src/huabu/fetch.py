@@ -158,8 +158,15 @@ def check_url(url: str, *, field: str, settings: Settings) -> str:
     return url
 
 
-def post(url: str, body: bytes, headers: dict[str, str], *, field: str, timeout: float,
-         settings: Settings) -> int:  # fmt: skip
+def post(
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    *,
+    field: str,
+    timeout: float,
+    settings: Settings,
+) -> int:
     """POST ``body`` to ``url`` over a connection pinned to its checked address (no
     redirects followed; at most 64 KiB of the answer read, and dropped). Returns the status;
     raises InvalidRequest naming ``field`` for a refused host, a timeout or no answer."""
@@ -171,7 +178,7 @@ def post(url: str, body: bytes, headers: dict[str, str], *, field: str, timeout:
             httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False) as client,
             client.stream(
                 "POST", pinned, content=body, headers=headers, extensions={"sni_hostname": hostname}
-            ) as response,  # fmt: skip
+            ) as response,
         ):
             read = 0
             for chunk in response.iter_bytes():

@@ -61,10 +61,12 @@ class Settings(BaseSettings):
         "a line).",
     )
     header_timeout: float = Field(
-        default=10.0, gt=0, le=300,
+        default=10.0,
+        gt=0,
+        le=300,
         description="A request's line and headers must arrive within this, s; a connection "
         "that sends nothing for this long is closed.",
-    )  # fmt: skip
+    )
     keep_alive_seconds: int = Field(
         default=5, ge=1, le=300, description="An idle kept-alive connection is closed after, s."
     )
@@ -83,14 +85,16 @@ class Settings(BaseSettings):
         "-Proto are believed; empty = none.",
     )
     login_attempts: int = Field(
-        default=5, ge=1,
+        default=5,
+        ge=1,
         description="Wrong passwords in a row for one account before each further try must "
         "wait; the wait doubles with each failure, from 1 s up to 5 minutes.",
-    )  # fmt: skip
+    )
     login_address_attempts: int = Field(
-        default=20, ge=1,
+        default=20,
+        ge=1,
         description="The same, for wrong passwords from one client address (any accounts).",
-    )  # fmt: skip
+    )
     max_attempts: int = Field(
         default=3, ge=1, description="Runs of one task (a worker died mid-task) before it fails."
     )
@@ -120,13 +124,17 @@ class Settings(BaseSettings):
     )
     fetch_timeout: float = Field(default=15.0, gt=0, description="Whole fetch of one URL, s.")
     retention_days: float = Field(
-        default=0, ge=0, description="Generation tasks finished longer ago are deleted with "
+        default=0,
+        ge=0,
+        description="Generation tasks finished longer ago are deleted with "
         "their images; 0 = keep forever.",
-    )  # fmt: skip
+    )
     min_free_bytes: int = Field(
-        default=0, ge=0, description="New work is refused (507) while the local storage has "
+        default=0,
+        ge=0,
+        description="New work is refused (507) while the local storage has "
         "less free space; 0 = no check.",
-    )  # fmt: skip
+    )
     metrics_public: bool = Field(
         default=False, description="Serve /metrics without credentials (else admins only)."
     )
@@ -137,9 +145,11 @@ class Settings(BaseSettings):
         default=6, ge=1, le=20, description="Tries of one webhook delivery before it is given up."
     )
     webhook_backoff_seconds: float = Field(
-        default=10.0, gt=0, le=3600,
+        default=10.0,
+        gt=0,
+        le=3600,
         description="Wait before a webhook's second try; it doubles for each try after.",
-    )  # fmt: skip
+    )
     fetch_max_bytes: int = Field(default=30 * 2**20, ge=1024, description="Fetched image cap.")
     max_image_bytes: int = Field(
         default=30 * 2**20, ge=1024, description="Cap on one uploaded (or sent) image, bytes."
@@ -165,10 +175,12 @@ class Settings(BaseSettings):
     max_steps: int = Field(default=150, ge=1)
 
     preview_seconds: float = Field(
-        default=1.0, ge=0, le=60,
+        default=1.0,
+        ge=0,
+        le=60,
         description="How often a running task's live preview (A1111's Approx cheap, at 1/8 of "
         "the image's size) is refreshed, s; 0 = no previews.",
-    )  # fmt: skip
+    )
     vae_tile_size: int = Field(
         default=1024,
         ge=0,
@@ -289,8 +301,14 @@ class Settings(BaseSettings):
         """The kinds of job a worker of these settings takes (never none)."""
         from huabu.errors import WorkerMisconfigured
 
-        kinds = [kind for kind, takes in (("generate", self.worker_generation),
-                                          ("train", self.worker_training)) if takes]  # fmt: skip
+        kinds = [
+            kind
+            for kind, takes in (
+                ("generate", self.worker_generation),
+                ("train", self.worker_training),
+            )
+            if takes
+        ]
         if not kinds:
             raise WorkerMisconfigured(
                 "HUABU_WORKER_GENERATION and HUABU_WORKER_TRAINING are both false: a worker "

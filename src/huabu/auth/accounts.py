@@ -185,8 +185,11 @@ class Accounts:
         prefix = "".join(secrets.choice("abcdefghijkmnopqrstuvwxyz23456789") for _ in range(12))
         secret = secrets.token_urlsafe(32)
         with self.sessions.begin() as session:
-            session.add(ApiKey(user_id=user_id, prefix=prefix, secret_hash=_digest(secret),
-                               priority=priority))  # fmt: skip
+            session.add(
+                ApiKey(
+                    user_id=user_id, prefix=prefix, secret_hash=_digest(secret), priority=priority
+                )
+            )
         return f"hb_{prefix}_{secret}"
 
     def revoke_key(self, key_or_prefix: str) -> None:

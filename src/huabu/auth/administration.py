@@ -34,9 +34,16 @@ class UserRecord:
 
     @classmethod
     def of(cls, user: User) -> UserRecord:
-        return cls(user.id, user.email, user.is_admin, user.disabled_at is not None,
-                   user.priority, user.images_per_day, user.requests_per_minute,
-                   user.created_at)  # fmt: skip
+        return cls(
+            user.id,
+            user.email,
+            user.is_admin,
+            user.disabled_at is not None,
+            user.priority,
+            user.images_per_day,
+            user.requests_per_minute,
+            user.created_at,
+        )
 
 
 @dataclass(frozen=True)
@@ -51,8 +58,15 @@ class KeyRecord:
 
     @classmethod
     def of(cls, key: ApiKey) -> KeyRecord:
-        return cls(key.prefix, key.created_at, key.last_used_at, key.revoked_at is not None,
-                   key.priority, key.images_per_day, key.requests_per_minute)  # fmt: skip
+        return cls(
+            key.prefix,
+            key.created_at,
+            key.last_used_at,
+            key.revoked_at is not None,
+            key.priority,
+            key.images_per_day,
+            key.requests_per_minute,
+        )
 
 
 @dataclass(frozen=True)
@@ -111,13 +125,16 @@ class Administration:
         if before is not None:
             query = query.where(AuditEntry.id < before)
         with self.sessions() as session:
-            return [AuditRecord(e.id, e.at, e.actor, e.action, e.target, dict(e.details))
-                    for e in session.scalars(query)]  # fmt: skip
+            return [
+                AuditRecord(e.id, e.at, e.actor, e.action, e.target, dict(e.details))
+                for e in session.scalars(query)
+            ]
 
     # -- changing ---------------------------------------------------------------------------
 
-    def add_user(self, actor: str, email: str, password: str | None, *, admin: bool = False
-                 ) -> UserRecord:  # fmt: skip
+    def add_user(
+        self, actor: str, email: str, password: str | None, *, admin: bool = False
+    ) -> UserRecord:
         user = self.accounts.add_user(email, password, admin=admin)
         with self.sessions.begin() as session:
             _log(session, actor, "user.create", user.email, admin=admin)
@@ -160,8 +177,9 @@ class Administration:
             _log(session, actor, "user.quota", user.email, **changes)
             return UserRecord.of(user)
 
-    def create_key(self, actor: str, user_id: uuid.UUID | str, *, priority: int | None = None
-                   ) -> str:  # fmt: skip
+    def create_key(
+        self, actor: str, user_id: uuid.UUID | str, *, priority: int | None = None
+    ) -> str:
         """A new API key for the user; the only time its full text exists."""
         with self.sessions() as session:
             user = self._user(session, user_id)
@@ -170,8 +188,9 @@ class Administration:
             _log(session, actor, "key.create", f"{user.email} {key[:15]}", priority=priority)
         return key
 
-    def revoke_key(self, actor: str, key_or_prefix: str, *, user_id: uuid.UUID | str | None = None
-                   ) -> None:  # fmt: skip
+    def revoke_key(
+        self, actor: str, key_or_prefix: str, *, user_id: uuid.UUID | str | None = None
+    ) -> None:
         with self.sessions.begin() as session:
             row = self._key(session, key_or_prefix, user_id)
             row.revoked_at = row.revoked_at or datetime.now(UTC)
@@ -223,8 +242,7 @@ class Administration:
             raise NotFound(f"no user {user_id}")
         return user
 
-    def _key(self, session: Session, key_or_prefix: str, user_id: uuid.UUID | str | None
-             ) -> ApiKey:  # fmt: skip
+    def _key(self, session: Session, key_or_prefix: str, user_id: uuid.UUID | str | None) -> ApiKey:
         row = self.accounts._key_by_prefix(session, key_or_prefix)
         if user_id is not None and row.user_id != self._user(session, user_id).id:
             raise NotFound(f"no API key with prefix {row.prefix} for that user")

@@ -28,8 +28,9 @@ class Architecture(enum.StrEnum):
 
     @property
     def label(self) -> str:
-        return {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL",
-                "sdxl-refiner": "SDXL refiner"}[self.value]  # fmt: skip
+        return {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL", "sdxl-refiner": "SDXL refiner"}[
+            self.value
+        ]
 
     @property
     def is_sdxl(self) -> bool:
@@ -241,7 +242,7 @@ _SDXL_REFINER: dict[str, Config] = {
         "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
         "projection_class_embeddings_input_dim": 2560,
         "transformer_layers_per_block": 4,
-    },  # fmt: skip
+    },
     "vae": _SDXL["vae"],
 }
 

@@ -82,9 +82,11 @@ def infotext(request: GenerationRequest, seed: int, *, model_hash: str | None = 
     # pairs, quoted), with the fields huabu's units have; the module is huabu's preprocessor
     # name, which every dialect takes back.
     for index, unit in enumerate(request.controlnets):
-        described = (f"Module: {unit.preprocessor}, Model: {unit.model}, "
-                     f"Weight: {_number(unit.scale)}, Guidance Start: {_number(unit.start)}, "
-                     f"Guidance End: {_number(unit.end)}")  # fmt: skip
+        described = (
+            f"Module: {unit.preprocessor}, Model: {unit.model}, "
+            f"Weight: {_number(unit.scale)}, Guidance Start: {_number(unit.start)}, "
+            f"Guidance End: {_number(unit.end)}"
+        )
         fields.append((f"ControlNet {index}", described))
     lines = [request.prompt]
     if request.negative_prompt:

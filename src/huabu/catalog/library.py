@@ -95,8 +95,9 @@ def _file_architecture(path: Path) -> tuple[Architecture | None, int | None]:
         architecture = header.architecture()
         if architecture is None:
             return None, None
-        return architecture, native_size(architecture, header.overrides(
-            path.with_suffix(".json")).get("unet"))  # fmt: skip
+        return architecture, native_size(
+            architecture, header.overrides(path.with_suffix(".json")).get("unet")
+        )
     except ModelUnavailable:
         return None, None
 
@@ -192,20 +193,56 @@ class ModelLibrary:
             arch, native = (
                 _folder_architecture(path) if checkpoint else (_extra_architecture(path), None)
             )
-            return ModelEntry(path.name, kind, path.name, "diffusers", disk_size(path), arch,
-                              native, path.stat().st_mtime, path)  # fmt: skip
+            return ModelEntry(
+                path.name,
+                kind,
+                path.name,
+                "diffusers",
+                disk_size(path),
+                arch,
+                native,
+                path.stat().st_mtime,
+                path,
+            )
         if path.suffix in SAFE_SUFFIXES:
             arch, native = (
                 _file_architecture(path) if checkpoint else (_extra_architecture(path), None)
             )
-            return ModelEntry(path.stem, kind, path.name, "single-file", disk_size(path), arch,
-                              native, path.stat().st_mtime, path)  # fmt: skip
+            return ModelEntry(
+                path.stem,
+                kind,
+                path.name,
+                "single-file",
+                disk_size(path),
+                arch,
+                native,
+                path.stat().st_mtime,
+                path,
+            )
         if path.suffix in PICKLE_SUFFIXES:
-            return ModelEntry(path.stem, kind, path.name, "pickle", disk_size(path), None,
-                              None, path.stat().st_mtime, path)  # fmt: skip
+            return ModelEntry(
+                path.stem,
+                kind,
+                path.name,
+                "pickle",
+                disk_size(path),
+                None,
+                None,
+                path.stat().st_mtime,
+                path,
+            )
         if path.suffix in ONNX_SUFFIXES and kind == "annotators":
-            return ModelEntry(path.stem, kind, path.name, "onnx", disk_size(path), None,
-                              None, path.stat().st_mtime, path)  # fmt: skip
+            return ModelEntry(
+                path.stem,
+                kind,
+                path.name,
+                "onnx",
+                disk_size(path),
+                None,
+                None,
+                path.stat().st_mtime,
+                path,
+            )
         return None
 
     def names(self, kind: str) -> list[str]:

@@ -103,9 +103,19 @@ class CatalogRow(ModelInfo):
 
 def _row(row: Any) -> CatalogRow:
     architecture = Architecture(row.architecture) if row.architecture else None
-    return CatalogRow(row.name, row.kind, row.file_name, row.layout, row.size_bytes,
-                      architecture, row.native_size, row.updated_at.timestamp(), row.sha256,
-                      row.owner_id, row.files)  # fmt: skip
+    return CatalogRow(
+        row.name,
+        row.kind,
+        row.file_name,
+        row.layout,
+        row.size_bytes,
+        architecture,
+        row.native_size,
+        row.updated_at.timestamp(),
+        row.sha256,
+        row.owner_id,
+        row.files,
+    )
 
 
 def _values(info: ModelInfo, sha256: str | None) -> dict[str, Any]:

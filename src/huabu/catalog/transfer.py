@@ -106,8 +106,17 @@ class ModelCache:
                     self._download(row, folder)
         os.utime(folder)  # used now: the last to be evicted
         path = folder / row.file_name
-        return ModelEntry(row.name, row.kind, row.file_name, row.layout, row.size_bytes,
-                          row.architecture, row.native_size, row.modified, path)  # fmt: skip
+        return ModelEntry(
+            row.name,
+            row.kind,
+            row.file_name,
+            row.layout,
+            row.size_bytes,
+            row.architecture,
+            row.native_size,
+            row.modified,
+            path,
+        )
 
     @contextlib.contextmanager
     def _locked(self, sha256: str) -> Iterator[None]:

@@ -65,8 +65,7 @@ class _Outage:
         now = time.monotonic()
         if now - self.last_report >= self.REPORT_SECONDS:
             more = f"; {self.unreported} more since the last report" if self.unreported else ""
-            log.warning("database unavailable (%s%s)", first_line(context.original_exception),
-                        more)  # fmt: skip
+            log.warning("database unavailable (%s%s)", first_line(context.original_exception), more)
             self.last_report, self.unreported = now, 0
         else:
             self.unreported += 1

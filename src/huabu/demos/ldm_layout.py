@@ -103,8 +103,10 @@ def controlnet_to_ldm(state: dict[str, torch.Tensor], config: Config) -> dict[st
     hint = "controlnet_cond_embedding."
     blocks = 2 * (len(config["conditioning_embedding_out_channels"]) - 1)
     pairs += [(f"{hint}blocks.{j}.", f"input_hint_block.{2 * (j + 1)}.") for j in range(blocks)]
-    pairs += [(f"{hint}conv_in.", "input_hint_block.0."),
-              (f"{hint}conv_out.", f"input_hint_block.{2 * (blocks + 1)}.")]  # fmt: skip
+    pairs += [
+        (f"{hint}conv_in.", "input_hint_block.0."),
+        (f"{hint}conv_out.", f"input_hint_block.{2 * (blocks + 1)}."),
+    ]
     out = {}
     for key, value in state.items():
         if key.startswith("controlnet_down_blocks."):

@@ -97,8 +97,12 @@ def tokenizer(pad: str = "<|endoftext|>") -> CLIPTokenizer:
     """The demos' CLIP tokenizer (the real BPE vocabulary, shipped); OpenCLIP-trained encoders
     pad with "!"."""
     files = tokenizer_files()
-    return CLIPTokenizer(vocab=str(files / "vocab.json"), merges=str(files / "merges.txt"),
-                         model_max_length=77, pad_token=pad)  # fmt: skip
+    return CLIPTokenizer(
+        vocab=str(files / "vocab.json"),
+        merges=str(files / "merges.txt"),
+        model_max_length=77,
+        pad_token=pad,
+    )
 
 
 def build_pipeline(
@@ -178,10 +182,17 @@ def write_ip_adapter(pipe: StableDiffusionPipeline, folder: Path, seed: int = _S
     torch.manual_seed(seed)
     unet, embed_dim = pipe.unet, 32
     cross = unet.config.cross_attention_dim
-    encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
-        hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2,
-        image_size=224, patch_size=32, projection_dim=embed_dim,
-    ))  # fmt: skip
+    encoder = CLIPVisionModelWithProjection(
+        CLIPVisionConfig(
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=224,
+            patch_size=32,
+            projection_dim=embed_dim,
+        )
+    )
     encoder.save_pretrained(folder / "image_encoder", safe_serialization=True)
     state = {
         "image_proj.proj.weight": torch.randn(cross * 4, embed_dim) * 0.1,
@@ -242,8 +253,17 @@ def build(models: Path, *, force: bool = False) -> list[Path]:
     vae = models / "vae" / DEMO_VAE
     ip_adapter = models / "ipadapter" / DEMO_IP_ADAPTER
     # In dependency order: the single-file ControlNet is converted from the folder one.
-    everything = (folder, single, lora, embedding, controlnet, controlnet_single, vae,
-                  ip_adapter, v_folder)  # fmt: skip
+    everything = (
+        folder,
+        single,
+        lora,
+        embedding,
+        controlnet,
+        controlnet_single,
+        vae,
+        ip_adapter,
+        v_folder,
+    )
     written = [p for p in everything if force or not p.exists()]
     for path in written:
         with staged(path) as staging:
@@ -251,10 +271,15 @@ def build(models: Path, *, force: bool = False) -> list[Path]:
                 build_pipeline().save_pretrained(staging, safe_serialization=True)
             elif path == single:
                 # What tensor shapes cannot tell the loader: the demo's head counts.
-                overrides = {"unet": {"attention_head_dim": 2},
-                             "text_encoder": {"num_attention_heads": 2}}  # fmt: skip
-                save_file(single_file_state(build_pipeline()), str(staging),
-                          metadata={METADATA_KEY: json.dumps(overrides)})  # fmt: skip
+                overrides = {
+                    "unet": {"attention_head_dim": 2},
+                    "text_encoder": {"num_attention_heads": 2},
+                }
+                save_file(
+                    single_file_state(build_pipeline()),
+                    str(staging),
+                    metadata={METADATA_KEY: json.dumps(overrides)},
+                )
             elif path == lora:
                 save_file(build_lora(build_pipeline()), str(staging))
             elif path == embedding:

@@ -193,15 +193,18 @@ def build_lora(pipe: StableDiffusionXLPipeline, seed: int = _SEED + 1) -> dict[s
     def add(name: str, module: torch.nn.Linear) -> None:
         down = torch.randn(rank, module.in_features, generator=generator) * 0.2
         state[f"{name}.lora_down.weight"] = down
-        state[f"{name}.lora_up.weight"] = torch.randn(module.out_features, rank,
-                                                      generator=generator) * 0.2  # fmt: skip
+        state[f"{name}.lora_up.weight"] = (
+            torch.randn(module.out_features, rank, generator=generator) * 0.2
+        )
         state[f"{name}.alpha"] = torch.tensor(float(rank))
 
     config = dict(pipe.unet.config)
     for path, module in pipe.unet.named_modules():
         if path.endswith((".to_q", ".to_k", ".to_v", ".to_out.0")) and ".attn" in path:
-            add("lora_unet_" + unet_key_to_ldm(path + ".", config).rstrip(".").replace(".", "_"),
-                module)  # fmt: skip
+            add(
+                "lora_unet_" + unet_key_to_ldm(path + ".", config).rstrip(".").replace(".", "_"),
+                module,
+            )
     for prefix, encoder in (("lora_te1_", pipe.text_encoder), ("lora_te2_", pipe.text_encoder_2)):
         for path, module in encoder.named_modules():
             if path.endswith(("_proj",)) and ".self_attn." in path:
@@ -221,9 +224,10 @@ def build(models: Path, *, force: bool = False) -> list[Path]:
     ip_adapter = models / "ipadapter" / DEMO_XL_IP_ADAPTER
     refiner = checkpoints / DEMO_XL_REFINER
     missing = [
-        p for p in (folder, single, lora, embedding, controlnet, ip_adapter, refiner)
+        p
+        for p in (folder, single, lora, embedding, controlnet, ip_adapter, refiner)
         if force or not p.exists()
-    ]  # fmt: skip
+    ]
     if not missing:
         return []
     pipe = build_pipeline()

@@ -170,8 +170,15 @@ async def _generate(
     model = await _model(services, options, body)
     units = await _controlnets(uploads, body, init)
     try:
-        native = wire.to_native(body, model=model, init_image=init, mask=mask, controlnets=units,
-                                options=options, settings=services.settings)  # fmt: skip
+        native = wire.to_native(
+            body,
+            model=model,
+            init_image=init,
+            mask=mask,
+            controlnets=units,
+            options=options,
+            settings=services.settings,
+        )
         # A1111 answers an interrupted call with what it has: here, no images.
         record = await submit_and_wait(
             services, user, native, origin=ORIGIN, uploads=uploads, cancelled_ok=True
@@ -266,11 +273,17 @@ async def sd_models(user: CurrentUser, services: ServicesDep) -> Response:
     entries = await run_in_threadpool(services.catalog.entries, "checkpoints")
     return JSONResponse(
         [
-            {"title": e.name, "model_name": e.name, "hash": None, "sha256": None,
-             "filename": e.location, "config": None}
+            {
+                "title": e.name,
+                "model_name": e.name,
+                "hash": None,
+                "sha256": None,
+                "filename": e.location,
+                "config": None,
+            }
             for e in entries
         ]
-    )  # fmt: skip
+    )
 
 
 class ControlNetModelsOut(BaseModel):
@@ -329,17 +342,26 @@ async def samplers(user: CurrentUser) -> Response:
 )
 async def schedulers(user: CurrentUser) -> Response:
     return JSONResponse(
-        [{"name": name, "label": label, "aliases": None, "default_rho": -1, "need_inner_model":
-          False} for name, label in wire.SCHEDULERS.items()]
-    )  # fmt: skip
+        [
+            {
+                "name": name,
+                "label": label,
+                "aliases": None,
+                "default_rho": -1,
+                "need_inner_model": False,
+            }
+            for name, label in wire.SCHEDULERS.items()
+        ]
+    )
 
 
 @router.get("/loras", summary="LoRAs (the server's, and your trained ones)", responses=ok(_LIST))
 async def loras(user: CurrentUser, services: ServicesDep) -> Response:
     entries = await run_in_threadpool(services.catalog.entries, "loras")
     trained = await run_in_threadpool(services.training.trained_names, user.id)
-    listed = [{"name": e.name, "alias": e.name, "path": e.location, "metadata": {}}
-              for e in entries]  # fmt: skip
+    listed = [
+        {"name": e.name, "alias": e.name, "path": e.location, "metadata": {}} for e in entries
+    ]
     listed += [{"name": name, "alias": name, "path": "", "metadata": {}} for name in trained]
     return JSONResponse(listed)
 
@@ -347,8 +369,16 @@ async def loras(user: CurrentUser, services: ServicesDep) -> Response:
 @router.get("/embeddings", summary="Textual-inversion embeddings", responses=ok(_OBJECT))
 async def embeddings(user: CurrentUser, services: ServicesDep) -> Response:
     names = await run_in_threadpool(services.catalog.names, "embeddings")
-    loaded = {name: {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None,
-                     "shape": None, "vectors": None} for name in names}  # fmt: skip
+    loaded = {
+        name: {
+            "step": None,
+            "sd_checkpoint": None,
+            "sd_checkpoint_name": None,
+            "shape": None,
+            "vectors": None,
+        }
+        for name in names
+    }
     return JSONResponse({"loaded": loaded, "skipped": {}})
 
 
@@ -414,8 +444,13 @@ def _png_info(image_text: Any, max_pixels: int) -> JSONResponse:
         text = read_parameters(image) or ""
     except (OSError, ValueError, SyntaxError):
         raise InvalidRequest("image is a truncated or corrupt image", param="image") from None
-    return JSONResponse({"info": text, "items": {"parameters": text} if text else {},
-                         "parameters": parse_infotext(text) if text.strip() else {}})  # fmt: skip
+    return JSONResponse(
+        {
+            "info": text,
+            "items": {"parameters": text} if text else {},
+            "parameters": parse_infotext(text) if text.strip() else {},
+        }
+    )
 
 
 @router.get("/memory", summary="Memory of this API process's machine", responses=ok(_OBJECT))
@@ -424,6 +459,8 @@ async def memory(user: CurrentUser) -> Response:
     free = os.sysconf("SC_AVPHYS_PAGES") * page
     total = pages * page
     return JSONResponse(
-        {"ram": {"free": free, "used": total - free, "total": total},
-         "cuda": {"error": "GPUs belong to the workers; the API process does not use one"}}
-    )  # fmt: skip
+        {
+            "ram": {"free": free, "used": total - free, "total": total},
+            "cuda": {"error": "GPUs belong to the workers; the API process does not use one"},
+        }
+    )

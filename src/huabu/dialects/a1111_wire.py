@@ -373,10 +373,15 @@ def renamed(error: InvalidRequest) -> InvalidRequest:
         return InvalidRequest(f"prompt: {error.message}", param="prompt")
     if param.startswith("controlnets."):
         index, _, field = param.removeprefix("controlnets.").partition(".")
-        field = {"preprocessor": "module", "scale": "weight", "start": "guidance_start",
-                 "end": "guidance_end"}.get(field, field)  # fmt: skip
-        return InvalidRequest(error.message, param=f"alwayson_scripts.controlnet.args.{index}"
-                                                   f".{field}")  # fmt: skip
+        field = {
+            "preprocessor": "module",
+            "scale": "weight",
+            "start": "guidance_start",
+            "end": "guidance_end",
+        }.get(field, field)
+        return InvalidRequest(
+            error.message, param=f"alwayson_scripts.controlnet.args.{index}.{field}"
+        )
     if param == "inpaint" or param.startswith("inpaint."):
         field = param.partition(".")[2]
         return InvalidRequest(error.message, param=_INPAINT_NAMES.get(field, "mask"))
@@ -417,7 +422,7 @@ def info(record: TaskRecord, request: GenerationRequest, body: Txt2ImgIn) -> dic
             else request.hires.strength
             if request.hires
             else None
-        ),  # fmt: skip
+        ),
         "extra_generation_params": {},
         "index_of_first_image": 0,
         "infotexts": [image.infotext for image in record.images],
@@ -438,12 +443,19 @@ def progress(record: TaskRecord | None, *, with_image: bool = True) -> dict[str,
         return {
             "progress": 0.0,
             "eta_relative": 0.0,
-            "state": {"skipped": False, "interrupted": False, "job": "", "job_count": 0,
-                      "job_timestamp": "0", "job_no": 0, "sampling_step": 0,
-                      "sampling_steps": 0},
+            "state": {
+                "skipped": False,
+                "interrupted": False,
+                "job": "",
+                "job_count": 0,
+                "job_timestamp": "0",
+                "job_no": 0,
+                "sampling_step": 0,
+                "sampling_steps": 0,
+            },
             "current_image": None,
             "textinfo": None,
-        }  # fmt: skip
+        }
     running = record.state == "running"
     return {
         "progress": round(record.step / max(record.total, 1), 4) if running else 0.0,

@@ -249,8 +249,11 @@ def render_error(error: HuabuError, status: int) -> Response:
 def config(user: CurrentUser, services: ServicesDep) -> Response:
     settings = services.settings
     catalog = services.catalog
-    sizes = [(w, h) for w, h in ((512, 512), (768, 512), (512, 768), (1024, 1024), (1024, 576),
-                                 (576, 1024)) if w * h <= settings.max_pixels]  # fmt: skip
+    sizes = [
+        (w, h)
+        for w, h in ((512, 512), (768, 512), (512, 768), (1024, 1024), (1024, 576), (576, 1024))
+        if w * h <= settings.max_pixels
+    ]
     return envelope(
         {
             "models": [{"id": name, "name": name} for name in catalog.names("checkpoints")],

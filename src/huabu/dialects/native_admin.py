@@ -27,8 +27,9 @@ _ADMINS_ONLY: dict[int | str, dict[str, Any]] = {
 
 
 class UsageOut(BaseModel):
-    images_today: int = Field(description="Images asked for since midnight UTC (failed and "
-                              "cancelled tasks not counted)")  # fmt: skip
+    images_today: int = Field(
+        description="Images asked for since midnight UTC (failed and cancelled tasks not counted)"
+    )
     images_per_day: int | None = Field(description="The quota (null: no limit)")
     requests_last_minute: int = Field(description="Tasks submitted in the last 60 seconds")
     requests_per_minute: int | None = Field(description="The limit (null: none)")
@@ -37,8 +38,10 @@ class UsageOut(BaseModel):
 
 class MyUsageOut(BaseModel):
     user: UsageOut
-    key: UsageOut | None = Field(description="The API key you called with (its own quotas, "
-                                 "on top of yours); null without a key")  # fmt: skip
+    key: UsageOut | None = Field(
+        description="The API key you called with (its own quotas, "
+        "on top of yours); null without a key"
+    )
 
 
 def _usage_out(used: quotas.Usage) -> UsageOut:
@@ -89,8 +92,9 @@ class UserList(BaseModel):
 class UserIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     email: str
-    password: str | None = Field(default=None, description="At least 8 characters; none: "
-                                 "the user can only use API keys")  # fmt: skip
+    password: str | None = Field(
+        default=None, description="At least 8 characters; none: the user can only use API keys"
+    )
     is_admin: bool = False
 
 
@@ -145,18 +149,28 @@ class AuditList(BaseModel):
 
 
 def _user_out(user: UserRecord) -> UserOut:
-    return UserOut(id=str(user.id), email=user.email, is_admin=user.is_admin,
-                   disabled=user.disabled, priority=user.priority,
-                   images_per_day=user.images_per_day,
-                   requests_per_minute=user.requests_per_minute,
-                   created_at=user.created_at)  # fmt: skip
+    return UserOut(
+        id=str(user.id),
+        email=user.email,
+        is_admin=user.is_admin,
+        disabled=user.disabled,
+        priority=user.priority,
+        images_per_day=user.images_per_day,
+        requests_per_minute=user.requests_per_minute,
+        created_at=user.created_at,
+    )
 
 
 def _key_out(key: KeyRecord) -> KeyOut:
-    return KeyOut(prefix=f"hb_{key.prefix}", created_at=key.created_at,
-                  last_used_at=key.last_used_at, revoked=key.revoked, priority=key.priority,
-                  images_per_day=key.images_per_day,
-                  requests_per_minute=key.requests_per_minute)  # fmt: skip
+    return KeyOut(
+        prefix=f"hb_{key.prefix}",
+        created_at=key.created_at,
+        last_used_at=key.last_used_at,
+        revoked=key.revoked,
+        priority=key.priority,
+        images_per_day=key.images_per_day,
+        requests_per_minute=key.requests_per_minute,
+    )
 
 
 def _user_id(user_id: str) -> uuid.UUID:
@@ -166,20 +180,28 @@ def _user_id(user_id: str) -> uuid.UUID:
         raise InvalidRequest(f"user id: {user_id!r} is not a user id", param="user_id") from None
 
 
-@router.get("/admin/users", response_model=UserList, summary="Users (admins only)",
-            responses=_ADMINS_ONLY)  # fmt: skip
+@router.get(
+    "/admin/users", response_model=UserList, summary="Users (admins only)", responses=_ADMINS_ONLY
+)
 def list_users(
     admin: Admin,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     cursor: str | None = Query(default=None, description="The last email of the page before"),
 ) -> UserList:
     users = admin[0].users(limit=limit, after=cursor)
-    return UserList(data=[_user_out(u) for u in users],
-                    next_cursor=users[-1].email if len(users) == limit else None)  # fmt: skip
+    return UserList(
+        data=[_user_out(u) for u in users],
+        next_cursor=users[-1].email if len(users) == limit else None,
+    )
 
 
-@router.post("/admin/users", status_code=status.HTTP_201_CREATED, response_model=UserOut,
-             summary="Create a user (admins only)", responses=_ADMINS_ONLY)  # fmt: skip
+@router.post(
+    "/admin/users",
+    status_code=status.HTTP_201_CREATED,
+    response_model=UserOut,
+    summary="Create a user (admins only)",
+    responses=_ADMINS_ONLY,
+)
 def create_user(body: UserIn, admin: Admin) -> UserOut:
     administration, caller = admin
     return _user_out(
@@ -187,15 +209,22 @@ def create_user(body: UserIn, admin: Admin) -> UserOut:
     )
 
 
-@router.get("/admin/users/{user_id}", response_model=UserOut, summary="One user (admins only)",
-            responses=_ADMINS_ONLY)  # fmt: skip
+@router.get(
+    "/admin/users/{user_id}",
+    response_model=UserOut,
+    summary="One user (admins only)",
+    responses=_ADMINS_ONLY,
+)
 def get_user(user_id: str, admin: Admin) -> UserOut:
     return _user_out(admin[0].user(_user_id(user_id)))
 
 
-@router.patch("/admin/users/{user_id}", response_model=UserOut,
-              summary="Disable or enable a user, set their priority and quotas (admins only)",
-              responses=_ADMINS_ONLY)  # fmt: skip
+@router.patch(
+    "/admin/users/{user_id}",
+    response_model=UserOut,
+    summary="Disable or enable a user, set their priority and quotas (admins only)",
+    responses=_ADMINS_ONLY,
+)
 def change_user(user_id: str, body: UserChange, admin: Admin) -> UserOut:
     administration, caller = admin
     target = _user_id(user_id)
@@ -221,15 +250,23 @@ def change_user(user_id: str, body: UserChange, admin: Admin) -> UserOut:
     return _user_out(user)
 
 
-@router.get("/admin/users/{user_id}/keys", response_model=list[KeyOut],
-            summary="A user's API keys (admins only)", responses=_ADMINS_ONLY)  # fmt: skip
+@router.get(
+    "/admin/users/{user_id}/keys",
+    response_model=list[KeyOut],
+    summary="A user's API keys (admins only)",
+    responses=_ADMINS_ONLY,
+)
 def list_keys(user_id: str, admin: Admin) -> list[KeyOut]:
     return [_key_out(key) for key in admin[0].keys(_user_id(user_id))]
 
 
-@router.post("/admin/users/{user_id}/keys", status_code=status.HTTP_201_CREATED,
-             response_model=NewKeyOut, summary="Create an API key for a user (admins only)",
-             responses=_ADMINS_ONLY)  # fmt: skip
+@router.post(
+    "/admin/users/{user_id}/keys",
+    status_code=status.HTTP_201_CREATED,
+    response_model=NewKeyOut,
+    summary="Create an API key for a user (admins only)",
+    responses=_ADMINS_ONLY,
+)
 def create_key(user_id: str, admin: Admin, body: KeyIn | None = None) -> NewKeyOut:
     administration, caller = admin
     priority = body.priority if body is not None else None
@@ -237,27 +274,45 @@ def create_key(user_id: str, admin: Admin, body: KeyIn | None = None) -> NewKeyO
     return NewKeyOut(key=key, prefix=key[:15])
 
 
-@router.patch("/admin/users/{user_id}/keys/{prefix}", response_model=KeyOut,
-              summary="Set a key's own quotas (admins only)", responses=_ADMINS_ONLY)  # fmt: skip
+@router.patch(
+    "/admin/users/{user_id}/keys/{prefix}",
+    response_model=KeyOut,
+    summary="Set a key's own quotas (admins only)",
+    responses=_ADMINS_ONLY,
+)
 def change_key(user_id: str, prefix: str, body: KeyChange, admin: Admin) -> KeyOut:
     administration, caller = admin
     given = body.model_fields_set
-    return _key_out(administration.set_key_quota(
-        caller.email, prefix, user_id=_user_id(user_id),
-        images_per_day=body.images_per_day if "images_per_day" in given else KEEP,
-        requests_per_minute=body.requests_per_minute if "requests_per_minute" in given else KEEP,
-    ))  # fmt: skip
+    return _key_out(
+        administration.set_key_quota(
+            caller.email,
+            prefix,
+            user_id=_user_id(user_id),
+            images_per_day=body.images_per_day if "images_per_day" in given else KEEP,
+            requests_per_minute=body.requests_per_minute
+            if "requests_per_minute" in given
+            else KEEP,
+        )
+    )
 
 
-@router.delete("/admin/users/{user_id}/keys/{prefix}", status_code=204,
-               summary="Revoke a user's API key (admins only)", responses=_ADMINS_ONLY)  # fmt: skip
+@router.delete(
+    "/admin/users/{user_id}/keys/{prefix}",
+    status_code=204,
+    summary="Revoke a user's API key (admins only)",
+    responses=_ADMINS_ONLY,
+)
 def revoke_key(user_id: str, prefix: str, admin: Admin) -> None:
     administration, caller = admin
     administration.revoke_key(caller.email, prefix, user_id=_user_id(user_id))
 
 
-@router.get("/admin/audit", response_model=AuditList,
-            summary="Who did what, newest first (admins only)", responses=_ADMINS_ONLY)  # fmt: skip
+@router.get(
+    "/admin/audit",
+    response_model=AuditList,
+    summary="Who did what, newest first (admins only)",
+    responses=_ADMINS_ONLY,
+)
 def audit(
     admin: Admin,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
@@ -267,10 +322,14 @@ def audit(
 ) -> AuditList:
     entries = admin[0].audit(limit=limit, before=cursor)
     return AuditList(
-        data=[AuditOut(id=e.id, at=e.at, actor=e.actor, action=e.action, target=e.target,
-                       details=e.details) for e in entries],
+        data=[
+            AuditOut(
+                id=e.id, at=e.at, actor=e.actor, action=e.action, target=e.target, details=e.details
+            )
+            for e in entries
+        ],
         next_cursor=str(entries[-1].id) if len(entries) == limit else None,
-    )  # fmt: skip
+    )
 
 
 @router.get("/me/keys", response_model=list[KeyOut], summary="Your API keys")
@@ -278,8 +337,12 @@ def my_keys(user: CurrentUser, services: ServicesDep) -> list[KeyOut]:
     return [_key_out(key) for key in Administration(services.accounts).keys(user.id)]
 
 
-@router.post("/me/keys", status_code=status.HTTP_201_CREATED, response_model=NewKeyOut,
-             summary="Create an API key (shown this once)")  # fmt: skip
+@router.post(
+    "/me/keys",
+    status_code=status.HTTP_201_CREATED,
+    response_model=NewKeyOut,
+    summary="Create an API key (shown this once)",
+)
 def create_my_key(user: CurrentUser, services: ServicesDep) -> NewKeyOut:
     key = Administration(services.accounts).create_key(user.email, user.id)
     return NewKeyOut(key=key, prefix=key[:15])

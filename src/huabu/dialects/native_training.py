@@ -45,14 +45,23 @@ class DatasetIn(BaseModel):
     images: list[uuid.UUID] = Field(min_length=1, description="Your uploads' ids.")
 
 
-@router.post("/datasets", status_code=201, response_model=DatasetOut,
-             summary="Make a dataset of your uploads")  # fmt: skip
+@router.post(
+    "/datasets",
+    status_code=201,
+    response_model=DatasetOut,
+    summary="Make a dataset of your uploads",
+)
 def create_dataset(
     body: DatasetIn, user: CurrentUser, services: ServicesDep, url: FileUrl
 ) -> DatasetOut:
     r = services.training.create_dataset(user.id, body.name, body.description, body.images)
-    return DatasetOut(id=r.id, name=r.name, description=r.description,
-                      images=[url(key) for key in r.images], created_at=r.created_at)  # fmt: skip
+    return DatasetOut(
+        id=r.id,
+        name=r.name,
+        description=r.description,
+        images=[url(key) for key in r.images],
+        created_at=r.created_at,
+    )
 
 
 @router.post(
@@ -81,15 +90,23 @@ def list_datasets(
 ) -> DatasetPage:
     records, total = services.training.datasets(user.id, page=page, per_page=per_page)
     return DatasetPage(
-        data=[DatasetOut(id=r.id, name=r.name, description=r.description,
-                         images=[url(key) for key in r.images], created_at=r.created_at)
-              for r in records],
+        data=[
+            DatasetOut(
+                id=r.id,
+                name=r.name,
+                description=r.description,
+                images=[url(key) for key in r.images],
+                created_at=r.created_at,
+            )
+            for r in records
+        ],
         total=total,
-    )  # fmt: skip
+    )
 
 
-@router.delete("/datasets/{dataset_id}", status_code=204, summary="Delete a dataset",
-               responses=_NOT_YOURS)  # fmt: skip
+@router.delete(
+    "/datasets/{dataset_id}", status_code=204, summary="Delete a dataset", responses=_NOT_YOURS
+)
 def delete_dataset(
     dataset_id: Annotated[int, Path(ge=1, le=2**31 - 1)], user: CurrentUser, services: ServicesDep
 ) -> Response:
@@ -99,14 +116,21 @@ def delete_dataset(
     return Response(status_code=204)
 
 
-@router.get("/trained-models", response_model=list[str],
-            summary="Your trained models (their training succeeded), by name")  # fmt: skip
+@router.get(
+    "/trained-models",
+    response_model=list[str],
+    summary="Your trained models (their training succeeded), by name",
+)
 def list_trained(user: CurrentUser, services: ServicesDep) -> list[str]:
     return services.training.trained_names(user.id)
 
 
-@router.delete("/trained-models/{name}", status_code=204, summary="Delete a trained model",
-               responses=_NOT_YOURS)  # fmt: skip
+@router.delete(
+    "/trained-models/{name}",
+    status_code=204,
+    summary="Delete a trained model",
+    responses=_NOT_YOURS,
+)
 def delete_trained(name: str, user: CurrentUser, services: ServicesDep) -> Response:
     """Unusable at once and its name free again; an unfinished training is cancelled; its
     published files leave the store."""

@@ -18,8 +18,10 @@ router = APIRouter(route_class=GuardedRoute, prefix=PREFIX, tags=["native: webho
 
 
 class SecretOut(BaseModel):
-    secret: str = Field(description="whsec_<base64 key>: verify webhook-signature with it. "
-                        "Shown this once; the one it replaces stops signing now.")  # fmt: skip
+    secret: str = Field(
+        description="whsec_<base64 key>: verify webhook-signature with it. "
+        "Shown this once; the one it replaces stops signing now."
+    )
 
 
 class DeliveryOut(BaseModel):
@@ -35,14 +37,21 @@ class DeliveryOut(BaseModel):
     created_at: datetime
 
 
-@router.post("/me/webhook-secret", response_model=SecretOut, status_code=201,
-             summary="Create or rotate your webhook signing secret")  # fmt: skip
+@router.post(
+    "/me/webhook-secret",
+    response_model=SecretOut,
+    status_code=201,
+    summary="Create or rotate your webhook signing secret",
+)
 async def rotate_secret(user: CurrentUser, services: ServicesDep) -> SecretOut:
     secret = await run_in_threadpool(webhooks.rotate_secret, services.sessions, user.id)
     return SecretOut(secret=secret)
 
 
-@router.get("/tasks/{task_id}/deliveries", response_model=list[DeliveryOut],
-            summary="A task's webhook deliveries and their tries")  # fmt: skip
+@router.get(
+    "/tasks/{task_id}/deliveries",
+    response_model=list[DeliveryOut],
+    summary="A task's webhook deliveries and their tries",
+)
 def deliveries(task_id: str, user: CurrentUser, services: ServicesDep) -> list[DeliveryOut]:
     return [DeliveryOut(**vars(record)) for record in services.deliveries.of_task(user.id, task_id)]

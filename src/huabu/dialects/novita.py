@@ -170,9 +170,11 @@ class SubmitOut(BaseModel):
 class TaskOut(BaseModel):
     task_id: str
     status: Literal[
-        "TASK_STATUS_QUEUED", "TASK_STATUS_PROCESSING", "TASK_STATUS_SUCCEED",
+        "TASK_STATUS_QUEUED",
+        "TASK_STATUS_PROCESSING",
+        "TASK_STATUS_SUCCEED",
         "TASK_STATUS_FAILED",
-    ]  # fmt: skip
+    ]
     reason: str
     task_type: Literal["TXT_TO_IMG", "IMG_TO_IMG"]
     eta: int
@@ -335,8 +337,11 @@ def refiner_for(settings: Settings, library: Catalog) -> str | None:
     library's only SDXL refiner. Blocking (reads the catalog)."""
     if settings.refiner_model:
         return settings.refiner_model
-    refiners = [entry.name for entry in library.entries("checkpoints")
-                if entry.architecture is Architecture.SDXL_REFINER]  # fmt: skip
+    refiners = [
+        entry.name
+        for entry in library.entries("checkpoints")
+        if entry.architecture is Architecture.SDXL_REFINER
+    ]
     return refiners[0] if len(refiners) == 1 else None
 
 
@@ -350,8 +355,12 @@ async def _refiner(body: Txt2ImgIn, services: Services) -> str | None:
 def _hires(fix: HiresFixIn | None) -> dict[str, Any] | None:
     if fix is None:
         return None
-    return {"resize_width": fix.target_width, "resize_height": fix.target_height,
-            "strength": fix.strength, "upscaler": fix.upscaler}  # fmt: skip
+    return {
+        "resize_width": fix.target_width,
+        "resize_height": fix.target_height,
+        "strength": fix.strength,
+        "upscaler": fix.upscaler,
+    }
 
 
 def _ms(moment) -> int:
@@ -421,12 +430,24 @@ def render_error(error: HuabuError, status: int) -> Response:
 
 def _renamed(error: InvalidRequest) -> InvalidRequest:
     """Native field names → novita's, with the ``request.`` prefix of its body."""
-    native = {"model": "model_name", "steps": "steps", "guidance": "guidance_scale",
-              "sampler": "sampler_name", "n_images": "image_num", "vae": "sd_vae",
-              "init_image": "image_base64", "loras": "loras", "width": "width",
-              "height": "height", "seed": "seed", "embeddings": "embeddings",
-              "controlnets": "controlnet.units", "ip_adapter": "ip_adapters.0",
-              "hires": "hires_fix", "refiner": "refiner"}  # fmt: skip
+    native = {
+        "model": "model_name",
+        "steps": "steps",
+        "guidance": "guidance_scale",
+        "sampler": "sampler_name",
+        "n_images": "image_num",
+        "vae": "sd_vae",
+        "init_image": "image_base64",
+        "loras": "loras",
+        "width": "width",
+        "height": "height",
+        "seed": "seed",
+        "embeddings": "embeddings",
+        "controlnets": "controlnet.units",
+        "ip_adapter": "ip_adapters.0",
+        "hires": "hires_fix",
+        "refiner": "refiner",
+    }
     head, _, rest = (error.param or "").partition(".")
     if head not in native:
         return error
@@ -436,16 +457,24 @@ def _renamed(error: InvalidRequest) -> InvalidRequest:
         param = "request.refiner" + (".switch_at" if rest == "switch_at" else "")
         return InvalidRequest(f"{param}: {error.message}", param=param)
     if head == "hires":
-        field = {"resize_width": "target_width", "resize_height": "target_height",
-                 "scale": "target_width"}.get(rest, rest)  # fmt: skip
+        field = {
+            "resize_width": "target_width",
+            "resize_height": "target_height",
+            "scale": "target_width",
+        }.get(rest, rest)
         param = "request.hires_fix" + ("." + field if field else "")
         return InvalidRequest(f"{param}: {error.message}", param=param)
     if head == "ip_adapter":
         field = {"name": "model_name", "image": "image_base64"}.get(rest, rest)
         param = "request.ip_adapters.0" + ("." + field if field else "")
         return InvalidRequest(f"{param}: {error.message}", param=param)
-    unit_fields = {"model": "model_name", "image": "image_base64", "scale": "strength",
-                   "start": "guidance_start", "end": "guidance_end"}  # fmt: skip
+    unit_fields = {
+        "model": "model_name",
+        "image": "image_base64",
+        "scale": "strength",
+        "start": "guidance_start",
+        "end": "guidance_end",
+    }
     if head == "controlnets" and rest:
         index, _, field = rest.partition(".")
         rest = index + ("." + unit_fields.get(field, field) if field else "")
@@ -474,9 +503,16 @@ async def _submit(
     webhook = extra.webhook.url if extra.webhook is not None else None
     try:
         record = await run_in_threadpool(
-            partial(services.submitter.submit_generation, user, native, origin=ORIGIN,
-                    uploads=uploads, webhook_url=webhook, webhook_field="extra.webhook.url")
-        )  # fmt: skip
+            partial(
+                services.submitter.submit_generation,
+                user,
+                native,
+                origin=ORIGIN,
+                uploads=uploads,
+                webhook_url=webhook,
+                webhook_field="extra.webhook.url",
+            )
+        )
     except InvalidRequest as exc:
         raise _renamed(exc) from None
     return JSONResponse({"task_id": str(record.id)})
@@ -607,8 +643,9 @@ def models(
     try:
         offset = int(cursor.removeprefix("c_") or 0)
     except ValueError:
-        raise InvalidRequest("pagination.cursor is not one this server handed out",
-                             param="pagination.cursor") from None  # fmt: skip
+        raise InvalidRequest(
+            "pagination.cursor is not one this server handed out", param="pagination.cursor"
+        ) from None
     found: list[dict[str, Any]] = []
     if visibility in (None, "public"):  # a self-hosted library has no private models
         for kind, (type_name, display) in _TYPES.items():
@@ -618,15 +655,25 @@ def models(
                 sdxl = entry.architecture is not None and entry.architecture.is_sdxl
                 if is_sdxl is not None and sdxl != is_sdxl:
                     continue
-                found.append({
-                    "id": len(found) + 1, "name": entry.name, "sd_name": entry.name,
-                    "sd_name_in_api": entry.name, "type": {"name": type_name,
-                    "display_name": display}, "status": 1, "base_model": (
-                        entry.architecture.label if entry.architecture else ""),
-                    "source": "local", "visibility": "public", "is_nsfw": False,
-                    "categories": [], "download_url": "", "download_url_ttl": 0,
-                    "cover_url": "", "hash_sha256": "",
-                })  # fmt: skip
+                found.append(
+                    {
+                        "id": len(found) + 1,
+                        "name": entry.name,
+                        "sd_name": entry.name,
+                        "sd_name_in_api": entry.name,
+                        "type": {"name": type_name, "display_name": display},
+                        "status": 1,
+                        "base_model": (entry.architecture.label if entry.architecture else ""),
+                        "source": "local",
+                        "visibility": "public",
+                        "is_nsfw": False,
+                        "categories": [],
+                        "download_url": "",
+                        "download_url_ttl": 0,
+                        "cover_url": "",
+                        "hash_sha256": "",
+                    }
+                )
     page = found[offset : offset + limit]
     more = offset + limit < len(found)
     return JSONResponse(

@@ -132,8 +132,9 @@ def _size(value: str | None, fallback: tuple[int, int]) -> tuple[int, int]:
         return fallback
     match = _SIZE.match(value)
     if match is None:
-        raise InvalidRequest(f"size must look like 1024x1024 or be 'auto', got {value!r}",
-                             param="size")  # fmt: skip
+        raise InvalidRequest(
+            f"size must look like 1024x1024 or be 'auto', got {value!r}", param="size"
+        )
     return int(match[1]), int(match[2])
 
 
@@ -147,9 +148,15 @@ def native_square(entry: ModelInfo | None) -> tuple[int, int]:
 
 
 def to_native(
-    body: GenerationIn, *, model: str, auto_size: tuple[int, int], settings: Settings,
-    init_image: uuid.UUID | None = None, strength: float = 0.75, mask: uuid.UUID | None = None,
-) -> GenerationRequest:  # fmt: skip
+    body: GenerationIn,
+    *,
+    model: str,
+    auto_size: tuple[int, int],
+    settings: Settings,
+    init_image: uuid.UUID | None = None,
+    strength: float = 0.75,
+    mask: uuid.UUID | None = None,
+) -> GenerationRequest:
     """Pure translation. ``model`` is already resolved (see ``_resolve_model``); ``auto_size`` is
     what ``size: auto`` means (the model's native square, or the input image's size for edits);
     ``init_image`` and ``mask`` are upload ids."""
@@ -177,8 +184,13 @@ def to_native(
 
 
 def renamed(error: InvalidRequest) -> InvalidRequest:
-    param = {"width": "size", "height": "size", "n_images": "n", "inpaint": "mask",
-             "inpaint.mask": "mask"}.get(error.param or "")  # fmt: skip
+    param = {
+        "width": "size",
+        "height": "size",
+        "n_images": "n",
+        "inpaint": "mask",
+        "inpaint.mask": "mask",
+    }.get(error.param or "")
     if param is None:
         return error
     return InvalidRequest(f"{param}: {error.message}", param=param)
@@ -200,13 +212,23 @@ def _resolve_model(services: Services, name: str | None) -> tuple[str, tuple[int
 
 
 async def _generate(
-    services: Services, user, body: GenerationIn, url, uploads: NewUploads | None = None,
-    source_size: tuple[int, int] | None = None, **image,
-) -> Response:  # fmt: skip
+    services: Services,
+    user,
+    body: GenerationIn,
+    url,
+    uploads: NewUploads | None = None,
+    source_size: tuple[int, int] | None = None,
+    **image,
+) -> Response:
     model, auto_size = await run_in_threadpool(_resolve_model, services, body.model)
     try:
-        native = to_native(body, model=model, auto_size=source_size or auto_size,
-                           settings=services.settings, **image)  # fmt: skip
+        native = to_native(
+            body,
+            model=model,
+            auto_size=source_size or auto_size,
+            settings=services.settings,
+            **image,
+        )
         record = await submit_and_wait(services, user, native, origin=ORIGIN, uploads=uploads)
     except InvalidRequest as exc:
         raise renamed(exc) from None
@@ -260,11 +282,16 @@ async def _mask(
     else:
         made = await run_in_threadpool(alpha_mask, mask, field="mask", max_pixels=limit)
         if made is None:
-            raise InvalidRequest("mask: its fully transparent pixels mark where to edit, and it "
-                                 "has none", param="mask")  # fmt: skip
+            raise InvalidRequest(
+                "mask: its fully transparent pixels mark where to edit, and it has none",
+                param="mask",
+            )
         if made.size != size:
-            raise InvalidRequest(f"mask must have the image's size {size[0]}x{size[1]}, got "
-                                 f"{made.width}x{made.height}", param="mask")  # fmt: skip
+            raise InvalidRequest(
+                f"mask must have the image's size {size[0]}x{size[1]}, got "
+                f"{made.width}x{made.height}",
+                param="mask",
+            )
     buffer = io.BytesIO()
     made.save(buffer, format="PNG")
     return (await run_in_threadpool(uploads.add, buffer.getvalue(), field="mask")).id
@@ -273,8 +300,9 @@ async def _mask(
 def _fitted(width: int, height: int, services: Services) -> tuple[int, int]:
     """An input image's size as an output size: multiples of 8 within the limits."""
     settings = services.settings
-    scale = min(1.0, settings.max_size / max(width, height),
-                (settings.max_pixels / (width * height)) ** 0.5)  # fmt: skip
+    scale = min(
+        1.0, settings.max_size / max(width, height), (settings.max_pixels / (width * height)) ** 0.5
+    )
 
     def fit(side: int) -> int:
         return max(settings.min_size, int(side * scale) // 8 * 8)
@@ -313,12 +341,21 @@ async def _from_image(
     mask = None
     if edit:
         mask_data = await mask_file.read() if mask_file is not None else None
-        mask = await _mask(uploads, services.settings, mask_data, data,
-                           (upload.width, upload.height))  # fmt: skip
+        mask = await _mask(
+            uploads, services.settings, mask_data, data, (upload.width, upload.height)
+        )
     size = _fitted(upload.width, upload.height, services)
-    return await _generate(services, user, body, url, uploads, source_size=size,
-                           init_image=upload.id, strength=1.0 if mask else strength,
-                           mask=mask)  # fmt: skip
+    return await _generate(
+        services,
+        user,
+        body,
+        url,
+        uploads,
+        source_size=size,
+        init_image=upload.id,
+        strength=1.0 if mask else strength,
+        mask=mask,
+    )
 
 
 @router.post(

@@ -152,24 +152,55 @@ def generation_form(settings: Settings, models: list[str], default_model: str) -
     return {
         "code": 0,
         "info": [
-            {"choices": models, "default": default_model, "description": "model name",
-             "name": "model_name", "type": "list"},
+            {
+                "choices": models,
+                "default": default_model,
+                "description": "model name",
+                "name": "model_name",
+                "type": "list",
+            },
             {"default": "", "description": "prompt", "name": "prompt", "type": "string"},
-            {"default": "", "description": "negative prompt", "name": "neg_prompt",
-             "type": "string"},
-            {"default": min(2, settings.max_images), "description": "number of images",
-             "max": settings.max_images, "min": 1, "name": "n_images", "type": "int"},
-            {"default": 7, "description": "Guidance Scale", "max": 20, "min": 1, "name": "scale",
-             "type": "int"},
-            {"default": -1, "description": "seed", "max": MAX_SEED, "min": 0,
-             "name": "select_seed", "type": "int"},
-            {"choices": {ratio: sizes for ratio, sizes in resolutions.items() if sizes},
-             "default": "512x512", "description": "resolution", "name": "resolution",
-             "type": "dict"},
+            {
+                "default": "",
+                "description": "negative prompt",
+                "name": "neg_prompt",
+                "type": "string",
+            },
+            {
+                "default": min(2, settings.max_images),
+                "description": "number of images",
+                "max": settings.max_images,
+                "min": 1,
+                "name": "n_images",
+                "type": "int",
+            },
+            {
+                "default": 7,
+                "description": "Guidance Scale",
+                "max": 20,
+                "min": 1,
+                "name": "scale",
+                "type": "int",
+            },
+            {
+                "default": -1,
+                "description": "seed",
+                "max": MAX_SEED,
+                "min": 0,
+                "name": "select_seed",
+                "type": "int",
+            },
+            {
+                "choices": {ratio: sizes for ratio, sizes in resolutions.items() if sizes},
+                "default": "512x512",
+                "description": "resolution",
+                "name": "resolution",
+                "type": "dict",
+            },
             {"default": "", "description": "init image url", "name": "init_img", "type": "str"},
         ],
         "msg": "",
-    }  # fmt: skip
+    }
 
 
 class ErrorOut(BaseModel):

@@ -138,12 +138,15 @@ class Embeddings:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
         pipe = self.pipe
-        parts = {"clip_l": (pipe.text_encoder, pipe.tokenizer),
-                 "clip_g": (pipe.text_encoder_2, pipe.tokenizer_2)}  # fmt: skip
+        parts = {
+            "clip_l": (pipe.text_encoder, pipe.tokenizer),
+            "clip_g": (pipe.text_encoder_2, pipe.tokenizer_2),
+        }
         parts = {k: v for k, v in parts.items() if v[0] is not None}  # a refiner: clip_g only
         vectors = {key: state.get(key) for key in parts}
-        widths = {key: encoder.get_input_embeddings().embedding_dim
-                  for key, (encoder, _) in parts.items()}  # fmt: skip
+        widths = {
+            key: encoder.get_input_embeddings().embedding_dim for key, (encoder, _) in parts.items()
+        }
         if (
             any(
                 not isinstance(v, torch.Tensor) or v.ndim != 2 or v.shape[1] != widths[key]

@@ -33,8 +33,12 @@ class Samples:
 
     @classmethod
     def of(cls, request: GenerationRequest, conditioning: Conditioning) -> Samples:
-        return cls(request.image_seeds(), [request.guidance] * request.n_images, conditioning,
-                   request.n_images)  # fmt: skip
+        return cls(
+            request.image_seeds(),
+            [request.guidance] * request.n_images,
+            conditioning,
+            request.n_images,
+        )
 
     @classmethod
     def stacked(cls, requests: Sequence[GenerationRequest], conditionings: list[Any]) -> Samples:
@@ -54,7 +58,7 @@ class Samples:
             [request.guidance for request in requests for _ in range(request.n_images)],
             Conditioning(
                 rows("embeds"), rows("negative_embeds"), rows("pooled"), rows("negative_pooled")
-            ),  # fmt: skip
+            ),
             1,
         )
 

@@ -96,6 +96,10 @@ def warm_up(pipe: Any, architecture: Architecture, name: str) -> None:
         }
     began = time.perf_counter()
     with torch.no_grad():
-        unet(sample, torch.full((2,), 500.0, device=device), encoder_hidden_states=context,
-             added_cond_kwargs=added)  # fmt: skip
+        unet(
+            sample,
+            torch.full((2,), 500.0, device=device),
+            encoder_hidden_states=context,
+            added_cond_kwargs=added,
+        )
     log.info("compiled %s's UNet in %.1f s", name, time.perf_counter() - began)

@@ -154,9 +154,15 @@ class Denoiser:
             if not control.start <= done <= control.end:
                 continue
             image = control.image.to(x_in.device, x_in.dtype).expand(x_in.shape[0], -1, -1, -1)
-            d, m = control.net(x_in, t, encoder_hidden_states=context, controlnet_cond=image,
-                               conditioning_scale=control.scale, added_cond_kwargs=added,
-                               return_dict=False)  # fmt: skip
+            d, m = control.net(
+                x_in,
+                t,
+                encoder_hidden_states=context,
+                controlnet_cond=image,
+                conditioning_scale=control.scale,
+                added_cond_kwargs=added,
+                return_dict=False,
+            )
             down = list(d) if down is None else [a + b for a, b in zip(down, d, strict=True)]
             mid = m if mid is None else mid + m
         if down is None:

@@ -106,8 +106,7 @@ class Engine:
                 reference = None
             loaded = time.perf_counter()
             with model.loras.applied(request.loras), model.ip_adapter.applied(request.ip_adapter):
-                inputs = _Inputs(source, plan, controls, reference, control_images or [],
-                                 refiner)  # fmt: skip
+                inputs = _Inputs(source, plan, controls, reference, control_images or [], refiner)
                 step = _StepHook(
                     _first_image(on_progress),
                     should_cancel,
@@ -134,9 +133,8 @@ class Engine:
             raise ValueError("generate_batch takes requests of one batch key")
         sources = [
             _source(request, image)
-            for request, image in zip(requests, init_images or [None] * len(requests),
-                                      strict=True)
-        ]  # fmt: skip
+            for request, image in zip(requests, init_images or [None] * len(requests), strict=True)
+        ]
         first = requests[0]
         results: dict[int, GenerationResult] = {}
         with self.cache.lease(first.model) as model, self._vae(first, model) as vae:
@@ -150,22 +148,34 @@ class Engine:
                     members = [requests[i] for i in group]
                     samples = batching.Samples.stacked(members, [conditionings[i] for i in group])
                     merged = first.model_copy(update={"n_images": len(samples.seeds)})
-                    hooks = batching.fan_out([on_progress[i] for i in group],
-                                             [should_cancel[i] for i in group],
-                                             [requests[i].n_images for i in group])  # fmt: skip
+                    hooks = batching.fan_out(
+                        [on_progress[i] for i in group],
+                        [should_cancel[i] for i in group],
+                        [requests[i].n_images for i in group],
+                    )
                     step = _StepHook(*hooks, LatentPreview(sdxl=model.architecture.is_sdxl))
                     # Image-to-image: each image's own source (a request's, once per image).
-                    source = None if sources[group[0]] is None else [
-                        image for i in group for image in [sources[i]] * requests[i].n_images
-                        if image is not None
-                    ]  # fmt: skip
-                    made = self._sample(merged, model, vae, _Inputs(source, None, [], None, []),
-                                        step, samples)  # fmt: skip
+                    source = (
+                        None
+                        if sources[group[0]] is None
+                        else [
+                            image
+                            for i in group
+                            for image in [sources[i]] * requests[i].n_images
+                            if image is not None
+                        ]
+                    )
+                    made = self._sample(
+                        merged, model, vae, _Inputs(source, None, [], None, []), step, samples
+                    )
                     finished = time.perf_counter()
-                    timings = Timings(load=loaded - started, prompt=encoded - loaded,
-                                      sample=made.sampled - sampling,
-                                      decode=finished - made.sampled,
-                                      total=finished - started)  # fmt: skip
+                    timings = Timings(
+                        load=loaded - started,
+                        prompt=encoded - loaded,
+                        sample=made.sampled - sampling,
+                        decode=finished - made.sampled,
+                        total=finished - started,
+                    )
                     images = iter(made.images)
                     for index, request in zip(group, members, strict=True):
                         mine = [next(images) for _ in range(request.n_images)]
@@ -207,8 +217,9 @@ class Engine:
         for index, (unit, image) in enumerate(zip(request.controlnets, images, strict=True)):
             check_preprocessor(unit.preprocessor, held, param=f"controlnets.{index}.preprocessor")
             sized = image.convert("RGB").resize((request.width, request.height))
-            control_map = annotators.run(unit.preprocessor, sized, seed=request.seed,
-                                            annotators=self.annotators)  # fmt: skip
+            control_map = annotators.run(
+                unit.preprocessor, sized, seed=request.seed, annotators=self.annotators
+            )
             controls.append((self.cache.controlnet(unit.model, index, unet), control_map))
         return controls
 
@@ -219,12 +230,17 @@ class Engine:
         if inputs.refiner is not None:  # the refiner reads the prompt with its own encoder
             inputs = replace(inputs, refiner_conditioning=_encode_prompts(inputs.refiner, request))
         encoded = time.perf_counter()
-        sampled = self._sample(request, model, vae, inputs, step,
-                               batching.Samples.of(request, conditioning))  # fmt: skip
+        sampled = self._sample(
+            request, model, vae, inputs, step, batching.Samples.of(request, conditioning)
+        )
         finished = time.perf_counter()
-        timings = Timings(load=loaded - started, prompt=encoded - loaded,
-                          sample=sampled.sampled - encoded, decode=finished - sampled.sampled,
-                          total=finished - started)  # fmt: skip
+        timings = Timings(
+            load=loaded - started,
+            prompt=encoded - loaded,
+            sample=sampled.sampled - encoded,
+            decode=finished - sampled.sampled,
+            total=finished - started,
+        )
         return self._result(request, model, sampled.images, timings)
 
     def _result(self, request, model, images, timings: Timings) -> GenerationResult:
@@ -260,8 +276,9 @@ class Engine:
                     model, vae, sampler, request, samples, seeded(samples.seeds), passes, first
                 )
                 if request.hires is not None:
-                    latents = self._hires(model, vae, sample, sampler, request, samples,
-                                          inputs, latents, step.after())  # fmt: skip
+                    latents = self._hires(
+                        model, vae, sample, sampler, request, samples, inputs, latents, step.after()
+                    )
                 sampled = time.perf_counter()
                 images = [self._decode(model, vae, latents[i : i + 1]) for i in range(len(latents))]
                 if inputs.plan is not None:
@@ -356,14 +373,16 @@ class Engine:
         denoisers: ``denoising_end`` then ``denoising_start`` at the same fraction). ControlNet
         units stay with the base (they fit its UNet only); inpainting keeps its mask."""
         refiner, conditioning = inputs.refiner, inputs.refiner_conditioning
-        scheduler = sampler.make_scheduler(refiner.img2img.scheduler.config,
-                                           request.image_seeds())  # fmt: skip
+        scheduler = sampler.make_scheduler(refiner.img2img.scheduler.config, request.image_seeds())
         from diffusers import StableDiffusionXLInpaintPipeline
 
         masked, pipe_class = {}, type(refiner.img2img)
         if inputs.plan is not None:
-            masked = {"mask_image": inputs.plan.mask, "width": request.width,
-                      "height": request.height}  # fmt: skip
+            masked = {
+                "mask_image": inputs.plan.mask,
+                "width": request.width,
+                "height": request.height,
+            }
             pipe_class = StableDiffusionXLInpaintPipeline
         pipe = pipe_class(
             **{**refiner.components, "scheduler": scheduler},
@@ -421,18 +440,17 @@ class Engine:
                 Control(net, _control_tensor(control_map), unit.scale, unit.start, unit.end)
                 for (net, control_map), unit in zip(
                     inputs.controls, request.controlnets, strict=True
-                )  # fmt: skip
+                )
             ),
             image_embeds=_image_embeds(
                 model, inputs.ip_image, len(generators), device, request.guidance > 1
-            ),  # fmt: skip
+            ),
         )
         noise = noise_sampler(generators, shape, device, dtype)
         sigmas = denoiser.schedule(request.steps, sampler.karras)
         x = noise()
         if request.subseed_strength > 0:
-            subnoise = noise_sampler(seeded(request.image_subseeds()), shape,
-                                     device, dtype)()  # fmt: skip
+            subnoise = noise_sampler(seeded(request.image_subseeds()), shape, device, dtype)()
             x = vary(x, subnoise, request.subseed_strength)
         if init is not None:  # img2img: start part-way down the schedule, as A1111 does
             kept = int(min(request.strength, 0.999) * request.steps)
@@ -445,8 +463,9 @@ class Engine:
         if inputs.refiner is not None:  # the refiner's part: its UNet and prompt reading
             assert request.refiner is not None
             # (ControlNet units stay with the base; inpainting keeps its mask on the refiner.)
-            refiner = self._denoiser(inputs.refiner, request, inputs.refiner_conditioning, step,
-                                     keep=keep)  # fmt: skip
+            refiner = self._denoiser(
+                inputs.refiner, request, inputs.refiner_conditioning, step, keep=keep
+            )
             model_fn = RefinerSwitch(denoiser, refiner, request.refiner.switch_at)
         total = len(sigmas) - 1
         report = step.fraction_reporter(total)
@@ -484,10 +503,16 @@ class Engine:
         cut to the final size, and refine that as image-to-image with the same seeds."""
         hires = request.hires
         upscaled, final = hires.sizes(request.width, request.height)
-        second = request.model_copy(update={
-            "width": final[0], "height": final[1], "steps": hires.steps or request.steps,
-            "strength": hires.strength, "hires": None, "subseed_strength": 0.0,
-        })  # fmt: skip
+        second = request.model_copy(
+            update={
+                "width": final[0],
+                "height": final[1],
+                "steps": hires.steps or request.steps,
+                "strength": hires.strength,
+                "hires": None,
+                "subseed_strength": 0.0,
+            }
+        )
         unet = model.components["unet"]
         if hires.upscaler in LATENT_UPSCALERS:
             source = upscale_latents(latents, hires.upscaler, upscaled)
@@ -495,7 +520,7 @@ class Engine:
             images = [
                 upscale_image(
                     self._decode(model, vae, latents[i : i + 1]), hires.upscaler, upscaled
-                )  # fmt: skip
+                )
                 for i in range(len(latents))
             ]
             source = torch.cat(
@@ -505,8 +530,9 @@ class Engine:
         controls = self._controls(second, model, inputs.control_images)
         again = _Inputs(source, None, controls, inputs.ip_image, inputs.control_images)
         if _refines(request, second=True):
-            again = replace(again, refiner=inputs.refiner,
-                            refiner_conditioning=inputs.refiner_conditioning)  # fmt: skip
+            again = replace(
+                again, refiner=inputs.refiner, refiner_conditioning=inputs.refiner_conditioning
+            )
         return sample(model, vae, sampler, second, samples, seeded(samples.seeds), again, step)
 
     def _decode(self, model: LoadedModel, vae, latents: torch.Tensor) -> Image.Image:
@@ -569,8 +595,14 @@ class _StepHook:
         self.reached = reached if reached is not None else [0]
 
     def _next(self, *, done: int, later: int) -> _StepHook:
-        return _StepHook(self.on_progress, self.should_cancel, self.preview, done=done,
-                         later=later, reached=self.reached)  # fmt: skip
+        return _StepHook(
+            self.on_progress,
+            self.should_cancel,
+            self.preview,
+            done=done,
+            later=later,
+            reached=self.reached,
+        )
 
     def split(self, second: int) -> tuple[_StepHook, int]:
         """This pass's hook when a second part of ``second`` steps follows it in the same

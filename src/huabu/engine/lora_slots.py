@@ -64,8 +64,10 @@ class LoraSlots:
     @property
     def encoders(self) -> list[tuple[str, Any]]:
         pipe = self.pipe
-        pairs = [("text_encoder", pipe.text_encoder),
-                 ("text_encoder_2", getattr(pipe, "text_encoder_2", None))]  # fmt: skip
+        pairs = [
+            ("text_encoder", pipe.text_encoder),
+            ("text_encoder_2", getattr(pipe, "text_encoder_2", None)),
+        ]
         return [(prefix, encoder) for prefix, encoder in pairs if encoder is not None]
 
     @contextmanager
@@ -130,16 +132,26 @@ class LoraSlots:
         one fits it, else as a new adapter (the graph changes)."""
         unet, slot = self.pipe.unet, f"slot_{index}"
         tensors, alphas, metadata = state
-        rank = max((t.shape[0] for k, t in tensors.items()
-                    if k.startswith("unet.") and ("lora_A" in k or "lora.down" in k)),
-                   default=0)  # fmt: skip
+        rank = max(
+            (
+                t.shape[0]
+                for k, t in tensors.items()
+                if k.startswith("unet.") and ("lora_A" in k or "lora.down" in k)
+            ),
+            default=0,
+        )
         if rank > self.max_rank:
             raise ModelUnavailable(
                 f"LoRA {name!r} has rank {rank}, above HUABU_LORA_MAX_RANK={self.max_rank} "
                 "(compiled models pad LoRAs to that rank)"
             )
-        load = dict(network_alphas=alphas, unet=unet, adapter_name=slot, metadata=metadata,
-                    _pipeline=self.pipe)  # fmt: skip
+        load = dict(
+            network_alphas=alphas,
+            unet=unet,
+            adapter_name=slot,
+            metadata=metadata,
+            _pipeline=self.pipe,
+        )
         if index < len(self.slots) and self.slots[index]:
             try:
                 self.pipe.load_lora_into_unet(tensors, hotswap=True, **load)
@@ -147,8 +159,12 @@ class LoraSlots:
                 self._remember(index, name)
                 return
             except (ValueError, RuntimeError, KeyError) as exc:
-                log.info("LoRA %s does not fit slot %d in place (%s): reloading it", name,
-                         index, str(exc)[:200])  # fmt: skip
+                log.info(
+                    "LoRA %s does not fit slot %d in place (%s): reloading it",
+                    name,
+                    index,
+                    str(exc)[:200],
+                )
                 unet.delete_adapters([slot])
                 self._remember(index, "")
         try:
@@ -170,9 +186,11 @@ class LoraSlots:
     def _remember(self, index: int, name: str) -> None:
         """Slot ``index`` holds LoRA ``name`` now ("": nothing); note its strength-1 scalings."""
         slot = f"slot_{index}"
-        scalings = {module: float(module.scaling[slot]) for module in self.pipe.unet.modules()
-                    if name and isinstance(module, BaseTunerLayer)
-                    and slot in module.scaling}  # fmt: skip
+        scalings = {
+            module: float(module.scaling[slot])
+            for module in self.pipe.unet.modules()
+            if name and isinstance(module, BaseTunerLayer) and slot in module.scaling
+        }
         if index == len(self.slots):
             self.slots.append(name)
             self._scalings.append(scalings)
@@ -191,9 +209,14 @@ class LoraSlots:
             if any(key.startswith(f"{prefix}.") for key in tensors):
                 try:
                     self.pipe.load_lora_into_text_encoder(
-                        tensors, network_alphas=alphas, text_encoder=encoder, prefix=prefix,
-                        adapter_name=adapter, _pipeline=self.pipe, metadata=metadata,
-                    )  # fmt: skip
+                        tensors,
+                        network_alphas=alphas,
+                        text_encoder=encoder,
+                        prefix=prefix,
+                        adapter_name=adapter,
+                        _pipeline=self.pipe,
+                        metadata=metadata,
+                    )
                 except (ValueError, KeyError, RuntimeError) as exc:
                     raise ModelUnavailable(
                         f"LoRA {name!r} does not fit this checkpoint's text encoder"

@@ -67,7 +67,7 @@ _PIPELINES = {
     Architecture.SDXL_REFINER: (
         StableDiffusionXLImg2ImgPipeline,
         StableDiffusionXLImg2ImgPipeline,
-    ),  # fmt: skip
+    ),
 }
 #: Built per request from the loaded pipeline's components (see Engine._diffusers_sample).
 _INPAINT_PIPELINES = {
@@ -220,8 +220,12 @@ class PipelineCache:
         """ControlNet ``name`` for a model whose UNet is ``unet``: a diffusers folder, or an
         A1111 single file (built on ``unet``'s structure, so it is cached per structure)."""
         param = f"controlnets.{index}.model"
-        key = (name, unet.config.cross_attention_dim, tuple(unet.config.block_out_channels),
-               unet.config.addition_embed_type)  # fmt: skip
+        key = (
+            name,
+            unet.config.cross_attention_dim,
+            tuple(unet.config.block_out_channels),
+            unet.config.addition_embed_type,
+        )
         with self._lock:
             if key not in self._controlnets:
                 entry = self.library.find("controlnet", name, param=param)
@@ -320,8 +324,9 @@ class PipelineCache:
         if compile and self.settings.compile:
             compiling.prepare(pipe.unet, self.settings)
             compiling.warm_up(pipe, architecture, entry.name)
-            loras: LoraSwitch | LoraSlots = LoraSlots(pipe, self.library,
-                                                      self.settings.lora_max_rank)  # fmt: skip
+            loras: LoraSwitch | LoraSlots = LoraSlots(
+                pipe, self.library, self.settings.lora_max_rank
+            )
         else:
             loras = LoraSwitch(pipe, self.library)
         # (A refiner is an image-to-image pipeline already, with its own settings.)

@@ -235,9 +235,10 @@ def _controlnet_from_ldm(state: dict[str, Any], name: str, per_level: int) -> di
 
     bare = {key.removeprefix("control_model."): value for key, value in state.items()}
     hint_out = sorted(
-        (int(key.split(".")[1]), value.shape[0]) for key, value in bare.items()
+        (int(key.split(".")[1]), value.shape[0])
+        for key, value in bare.items()
         if key.startswith("input_hint_block.") and key.endswith(".weight")
-    )  # fmt: skip
+    )
     if "time_embed.0.weight" not in bare or len(hint_out) < 2:
         raise ModelUnavailable(
             f"ControlNet {name!r} is not a ControlNet in A1111's layout (control_model.*) or "
@@ -251,8 +252,10 @@ def _controlnet_from_ldm(state: dict[str, Any], name: str, per_level: int) -> di
         converted = convert_controlnet_checkpoint(bare, config)
     except (KeyError, ValueError, IndexError) as exc:
         raise ModelUnavailable(f"ControlNet {name!r} is damaged ({exc})") from exc
-    for ldm, hf in (("label_emb.0.0.", "add_embedding.linear_1."),
-                    ("label_emb.0.2.", "add_embedding.linear_2.")):  # fmt: skip
+    for ldm, hf in (
+        ("label_emb.0.0.", "add_embedding.linear_1."),
+        ("label_emb.0.2.", "add_embedding.linear_2."),
+    ):
         for part in ("weight", "bias"):
             if ldm + part in bare:
                 converted[hf + part] = bare[ldm + part]

@@ -73,8 +73,9 @@ def varied_start(pipe: Any, request: GenerationRequest) -> Iterator[None]:
         if drawn or shape[0] != len(subseeds):
             return noise
         drawn = True
-        sub = original(shape, generator=generators(subseeds), device=device, dtype=dtype,
-                       layout=layout)  # fmt: skip
+        sub = original(
+            shape, generator=generators(subseeds), device=device, dtype=dtype, layout=layout
+        )
         return vary(noise, sub, request.subseed_strength)
 
     with _PATCHING:
@@ -138,5 +139,9 @@ def crop_latents(latents: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """The centre of ``latents`` at ``size`` (pixels), cut as A1111 truncates them."""
     cut_x = latents.shape[3] - size[0] // 8
     cut_y = latents.shape[2] - size[1] // 8
-    return latents[:, :, cut_y // 2 : latents.shape[2] - (cut_y + 1) // 2,
-                   cut_x // 2 : latents.shape[3] - (cut_x + 1) // 2]  # fmt: skip
+    return latents[
+        :,
+        :,
+        cut_y // 2 : latents.shape[2] - (cut_y + 1) // 2,
+        cut_x // 2 : latents.shape[3] - (cut_x + 1) // 2,
+    ]

@@ -421,8 +421,11 @@ class GenerationRequest(BaseModel):
                 param="hires.steps",
             )
         (up_w, up_h), (width, height) = hires.sizes(self.width, self.height)
-        param = "hires.scale" if not (hires.resize_width or hires.resize_height) else (
-            "hires.resize_width")  # fmt: skip
+        param = (
+            "hires.scale"
+            if not (hires.resize_width or hires.resize_height)
+            else ("hires.resize_width")
+        )
         largest = max(up_w, up_h)
         if largest > settings.max_size or up_w * up_h > settings.max_pixels:
             raise InvalidRequest(
@@ -499,10 +502,18 @@ class GenerationRequest(BaseModel):
             return None
         if sampler == "DPM adaptive":
             return None
-        shared = [self.model, self.vae, self.width, self.height, self.steps, sampler,
-                  [(lora.name, lora.weight) for lora in self.loras], self.tiling,
-                  self.guidance > 1,
-                  self.strength if self.init_image is not None else None]  # fmt: skip
+        shared = [
+            self.model,
+            self.vae,
+            self.width,
+            self.height,
+            self.steps,
+            sampler,
+            [(lora.name, lora.weight) for lora in self.loras],
+            self.tiling,
+            self.guidance > 1,
+            self.strength if self.init_image is not None else None,
+        ]
         return hashlib.sha256(json.dumps(shared).encode()).hexdigest()
 
     def image_seeds(self) -> list[int]:

@@ -28,7 +28,7 @@ class S3Storage:
             endpoint_url=endpoint_url,
             config=Config(
                 retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=60
-            ),  # fmt: skip
+            ),
         )
 
     def _key(self, key: str) -> str:

@@ -66,10 +66,18 @@ def advertise(
 ) -> None:
     session.execute(
         _ADVERTISE,
-        {"name": name, "host": host, "device": device, "kinds": json.dumps(kinds),
-         "loaded": json.dumps(loaded), "loads": loads, "current": current_task,
-         "load_seconds": load_seconds, "gpu_memory": gpu_memory},
-    )  # fmt: skip
+        {
+            "name": name,
+            "host": host,
+            "device": device,
+            "kinds": json.dumps(kinds),
+            "loaded": json.dumps(loaded),
+            "loads": loads,
+            "current": current_task,
+            "load_seconds": load_seconds,
+            "gpu_memory": gpu_memory,
+        },
+    )
 
 
 def leave(session: Session, name: str) -> None:
@@ -87,8 +95,15 @@ def fleet_view(session: Session, *, stalled_seconds: float) -> dict[str, Any]:
     workers = []
     for row in session.execute(_WORKERS):
         silent = (now - row.last_seen).total_seconds() > stalled_seconds
-        state = ("stopped" if row.stopped_at else "silent" if silent
-                 else "busy" if row.current_task else "idle")  # fmt: skip
+        state = (
+            "stopped"
+            if row.stopped_at
+            else "silent"
+            if silent
+            else "busy"
+            if row.current_task
+            else "idle"
+        )
         workers.append(
             {
                 "name": row.name,
@@ -103,13 +118,14 @@ def fleet_view(session: Session, *, stalled_seconds: float) -> dict[str, Any]:
                 "started_at": _stamp(row.started_at),
                 "last_heartbeat": _stamp(row.last_seen),
                 "tasks_done": row.done,
-            }  # fmt: skip
+            }
         )
     queues: dict[tuple[str, str], dict[str, Any]] = {}
     oldest: datetime | None = None
     for kind, model, state, count, first in session.execute(_QUEUES):
-        entry = queues.setdefault((kind, model), {"kind": kind, "model": model, "queued": 0,
-                                                  "running": 0})  # fmt: skip
+        entry = queues.setdefault(
+            (kind, model), {"kind": kind, "model": model, "queued": 0, "running": 0}
+        )
         entry[state] = count
         if state == "queued" and (oldest is None or first < oldest):
             oldest = first

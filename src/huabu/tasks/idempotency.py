@@ -119,6 +119,10 @@ def remember(session: Session, owner_id: uuid.UUID, task_id: uuid.UUID) -> None:
     if current is not None:
         session.execute(
             _REMEMBER,
-            {"owner": owner_id, "key": current.key, "fingerprint": current.fingerprint,
-             "task": task_id},
-        )  # fmt: skip
+            {
+                "owner": owner_id,
+                "key": current.key,
+                "fingerprint": current.fingerprint,
+                "task": task_id,
+            },
+        )

@@ -91,9 +91,14 @@ def retire(session: Session, scope: str, params: dict) -> None:
     """Before deleting the task rows ``scope`` selects: keep their counts in the baselines."""
     for (metric, labels), value in task_counts(session, scope, params).items():
         if value:
-            session.execute(_ADD_BASELINE, {"metric": metric,
-                                            "labels": json.dumps(dict(labels), sort_keys=True),
-                                            "value": value})  # fmt: skip
+            session.execute(
+                _ADD_BASELINE,
+                {
+                    "metric": metric,
+                    "labels": json.dumps(dict(labels), sort_keys=True),
+                    "value": value,
+                },
+            )
 
 
 @dataclass

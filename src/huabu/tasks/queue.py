@@ -105,9 +105,15 @@ def hand_over(
         session.execute(_END_JOB, {"job": current})
     session.execute(
         _NEW_JOB,
-        {"id": task_id, "job_queue": job_queue(kind, model), "task_name": TASK_NAMES[kind],
-         "rank": rank, "priority": priority, "args": json.dumps({"task_id": str(task_id)})},
-    )  # fmt: skip
+        {
+            "id": task_id,
+            "job_queue": job_queue(kind, model),
+            "task_name": TASK_NAMES[kind],
+            "rank": rank,
+            "priority": priority,
+            "args": json.dumps({"task_id": str(task_id)}),
+        },
+    )
     session.execute(_CLOSE_RUN, {"id": task_id, "outcome": outcome})
     announce(session, task_id)
     return True

@@ -82,8 +82,15 @@ def usage(session: Session, owner_id: uuid.UUID, key_id: uuid.UUID | None, limit
     images, requests, oldest, day_left, resets = session.execute(
         _USE, {"owner": owner_id, "key": key_id}
     ).one()
-    return Usage(int(images), int(requests), limit[0], limit[1],
-                 None if oldest is None else float(oldest), float(day_left), resets)  # fmt: skip
+    return Usage(
+        int(images),
+        int(requests),
+        limit[0],
+        limit[1],
+        None if oldest is None else float(oldest),
+        float(day_left),
+        resets,
+    )
 
 
 def check(session: Session, owner_id: uuid.UUID, key_id: uuid.UUID | None, images: int) -> None:

@@ -84,8 +84,9 @@ _UNUSED_UPLOADS = text(
 )
 
 
-def delete_task(sessions: sessionmaker[Session], storage: Storage, owner_id: uuid.UUID,
-                task_id: str | uuid.UUID) -> uuid.UUID:  # fmt: skip
+def delete_task(
+    sessions: sessionmaker[Session], storage: Storage, owner_id: uuid.UUID, task_id: str | uuid.UUID
+) -> uuid.UUID:
     """The owner deletes a task: cancelled first if unfinished, files removed, gone (404)."""
     task_id = parse_id(task_id)
     with sessions.begin() as session:
@@ -110,19 +111,29 @@ def housekeeping(settings: Settings, sessions: sessionmaker[Session], storage: S
     uploads = 0
     while True:
         with sessions.begin() as session:
-            keys = list(session.execute(_UNUSED_UPLOADS, {"days": UNUSED_UPLOAD_DAYS,
-                                                          "batch": BATCH}).scalars())  # fmt: skip
+            keys = list(
+                session.execute(
+                    _UNUSED_UPLOADS, {"days": UNUSED_UPLOAD_DAYS, "batch": BATCH}
+                ).scalars()
+            )
         _remove(storage, keys)
         uploads += len(keys)
         if len(keys) < BATCH:
             break
     if files or rows or uploads:
-        log.info("housekeeping: %d files of deleted tasks, %d task rows, %d unused uploads "
-                 "removed in %.1f s", files, rows, uploads, time.monotonic() - began)  # fmt: skip
+        log.info(
+            "housekeeping: %d files of deleted tasks, %d task rows, %d unused uploads "
+            "removed in %.1f s",
+            files,
+            rows,
+            uploads,
+            time.monotonic() - began,
+        )
 
 
-def _drop_images(sessions: sessionmaker[Session], storage: Storage, task_id: uuid.UUID | None
-                 ) -> int:  # fmt: skip
+def _drop_images(
+    sessions: sessionmaker[Session], storage: Storage, task_id: uuid.UUID | None
+) -> int:
     removed = 0
     while True:
         with sessions.begin() as session:
@@ -139,10 +150,17 @@ def _purge(sessions: sessionmaker[Session], storage: Storage, which: str, params
     removed = 0
     while True:
         with sessions.begin() as session:
-            ids = session.execute(
-                text(f"SELECT id FROM tasks WHERE {_DUE[which]} LIMIT :batch "
-                     "FOR UPDATE SKIP LOCKED"), params | {"batch": BATCH},
-            ).scalars().all()  # fmt: skip
+            ids = (
+                session.execute(
+                    text(
+                        f"SELECT id FROM tasks WHERE {_DUE[which]} LIMIT :batch "
+                        "FOR UPDATE SKIP LOCKED"
+                    ),
+                    params | {"batch": BATCH},
+                )
+                .scalars()
+                .all()
+            )
             if not ids:
                 return removed
             scope = {"ids": list(ids)}

@@ -41,9 +41,16 @@ _ORPHANS = text(
 
 
 class ServiceJobs:
-    def __init__(self, settings: Settings, conninfo: str, sessions: sessionmaker[Session],
-                 storage: Storage, deliveries: webhooks.Deliveries, *,
-                 concurrency: int = 4) -> None:  # fmt: skip
+    def __init__(
+        self,
+        settings: Settings,
+        conninfo: str,
+        sessions: sessionmaker[Session],
+        storage: Storage,
+        deliveries: webhooks.Deliveries,
+        *,
+        concurrency: int = 4,
+    ) -> None:
         self.settings = settings
         self.sessions = sessions
         self.storage = storage
@@ -68,8 +75,7 @@ class ServiceJobs:
         await asyncio.to_thread(sweep)
 
     async def _housekeeping(self, timestamp: int) -> None:
-        await asyncio.to_thread(retention.housekeeping, self.settings, self.sessions,
-                                self.storage)  # fmt: skip
+        await asyncio.to_thread(retention.housekeeping, self.settings, self.sessions, self.storage)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._supervise(), name="huabu-service-jobs")
@@ -94,6 +100,7 @@ class ServiceJobs:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the database went away (or refused us): wait, restart
-                log.warning("service jobs (webhooks) stopped: %s; starting again in 5 s",
-                            first_line(exc))  # fmt: skip
+                log.warning(
+                    "service jobs (webhooks) stopped: %s; starting again in 5 s", first_line(exc)
+                )
             await asyncio.sleep(5)

@@ -310,11 +310,26 @@ class TaskSubmitter:
                 also(session, task_id)
                 session.flush()
             row = dict(
-                id=task_id, owner_id=owner_id, kind=kind, origin=origin, state="queued",
-                model=model, request=request, step=0, total=total, work=work, attempts=0,
-                error=None, created_at=created_at, started_at=None, finished_at=None,
-                ahead=ahead, ahead_work=ahead_work, images=None, priority=priority,
-            )  # fmt: skip
+                id=task_id,
+                owner_id=owner_id,
+                kind=kind,
+                origin=origin,
+                state="queued",
+                model=model,
+                request=request,
+                step=0,
+                total=total,
+                work=work,
+                attempts=0,
+                error=None,
+                created_at=created_at,
+                started_at=None,
+                finished_at=None,
+                ahead=ahead,
+                ahead_work=ahead_work,
+                images=None,
+                priority=priority,
+            )
             return self.reads.record(session, row)
 
     def _check_limits(

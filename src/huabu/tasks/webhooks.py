@@ -106,8 +106,13 @@ class Deliveries:
     """Sending deliveries, and listing a task's to its owner. ``render`` turns a task into
     the JSON its owner gets from the native API (the web layer's, handed in)."""
 
-    def __init__(self, settings: Settings, sessions: sessionmaker[Session], reads: TaskReads,
-                 render: Callable[[TaskRecord], dict[str, Any]]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: sessionmaker[Session],
+        reads: TaskReads,
+        render: Callable[[TaskRecord], dict[str, Any]],
+    ) -> None:
         self.settings = settings
         self.sessions = sessions
         self.reads = reads
@@ -116,15 +121,28 @@ class Deliveries:
     def of_task(self, owner_id: uuid.UUID, task_id: str | uuid.UUID) -> list[DeliveryRecord]:
         task_id = parse_id(task_id)
         with self.sessions() as session:
-            owned = session.scalar(select(Task.id).where(Task.id == task_id,
-                                                         Task.owner_id == owner_id))  # fmt: skip
+            owned = session.scalar(
+                select(Task.id).where(Task.id == task_id, Task.owner_id == owner_id)
+            )
             if owned is None:
                 raise NotFound(f"no task {task_id}")
             query = select(WebhookDelivery).where(WebhookDelivery.task_id == task_id)
             rows = session.scalars(query.order_by(WebhookDelivery.created_at))
-            return [DeliveryRecord(message_id(r.id), r.event, r.url, r.state, r.attempts,
-                                   r.last_status, r.last_error, r.next_attempt_at,
-                                   r.delivered_at, r.created_at) for r in rows]  # fmt: skip
+            return [
+                DeliveryRecord(
+                    message_id(r.id),
+                    r.event,
+                    r.url,
+                    r.state,
+                    r.attempts,
+                    r.last_status,
+                    r.last_error,
+                    r.next_attempt_at,
+                    r.delivered_at,
+                    r.created_at,
+                )
+                for r in rows
+            ]
 
     def deliver(self, delivery_id: str) -> None:
         """One try of a delivery (a job's work); schedules the next try if it failed."""
@@ -135,19 +153,30 @@ class Deliveries:
         record = self.reads.get(owner_id, row.task_id)
         timestamp = int(time.time())
         body = json.dumps(
-            {"type": row.event, "timestamp": datetime.fromtimestamp(timestamp, UTC).isoformat(),
-             "data": self.render(record)},
+            {
+                "type": row.event,
+                "timestamp": datetime.fromtimestamp(timestamp, UTC).isoformat(),
+                "data": self.render(record),
+            },
             separators=(",", ":"),
-        ).encode()  # fmt: skip
+        ).encode()
         msg = message_id(row.id)
-        headers = {"content-type": "application/json", "webhook-id": msg,
-                   "webhook-timestamp": str(timestamp),
-                   "webhook-signature": sign(secret, msg, timestamp, body)}  # fmt: skip
+        headers = {
+            "content-type": "application/json",
+            "webhook-id": msg,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": sign(secret, msg, timestamp, body),
+        }
         status, error = None, None
         try:
-            status = fetch.post(row.url, body, headers, field="webhook_url",
-                                timeout=self.settings.webhook_timeout,
-                                settings=self.settings)  # fmt: skip
+            status = fetch.post(
+                row.url,
+                body,
+                headers,
+                field="webhook_url",
+                timeout=self.settings.webhook_timeout,
+                settings=self.settings,
+            )
         except InvalidRequest as exc:
             error = exc.message.removeprefix("webhook_url: ")
         if status is not None and not 200 <= status < 300:
@@ -158,9 +187,10 @@ class Deliveries:
         """The pending delivery, leased to this try; None if it is done or leased already."""
         with self.sessions.begin() as session:
             row = session.scalar(
-                select(WebhookDelivery).where(WebhookDelivery.id == delivery_id)
+                select(WebhookDelivery)
+                .where(WebhookDelivery.id == delivery_id)
                 .with_for_update(skip_locked=True)
-            )  # fmt: skip
+            )
             now = datetime.now(UTC)
             if (
                 row is None
@@ -172,9 +202,10 @@ class Deliveries:
             ):
                 return None
             owner_id, secret = session.execute(
-                select(User.id, User.webhook_secret).join(Task, Task.owner_id == User.id)
+                select(User.id, User.webhook_secret)
+                .join(Task, Task.owner_id == User.id)
                 .where(Task.id == row.task_id)
-            ).one()  # fmt: skip
+            ).one()
             if secret is None:  # (only a secret removed by hand: webhooks get one at submit)
                 secret = new_secret()
                 session.get_one(User, owner_id).webhook_secret = secret
@@ -183,8 +214,9 @@ class Deliveries:
             session.expunge(row)
             return row, owner_id, secret
 
-    def _record(self, delivery_id: uuid.UUID, attempts: int, status: int | None,
-                error: str | None) -> None:  # fmt: skip
+    def _record(
+        self, delivery_id: uuid.UUID, attempts: int, status: int | None, error: str | None
+    ) -> None:
         with self.sessions.begin() as session:
             row = session.get_one(WebhookDelivery, delivery_id, with_for_update=True)
             row.attempts, row.last_status, row.last_error = attempts, status, error
@@ -193,11 +225,22 @@ class Deliveries:
                 row.state, row.delivered_at, row.next_attempt_at = "delivered", now, None
             elif attempts >= self.settings.webhook_attempts:
                 row.state, row.next_attempt_at = "failed", None
-                log.warning("webhook %s for task %s given up after %d tries: %s",
-                            message_id(row.id), row.task_id, attempts, error)  # fmt: skip
+                log.warning(
+                    "webhook %s for task %s given up after %d tries: %s",
+                    message_id(row.id),
+                    row.task_id,
+                    attempts,
+                    error,
+                )
             else:
                 wait = self.settings.webhook_backoff_seconds * 2 ** (attempts - 1)
                 row.next_attempt_at = now + timedelta(seconds=wait)
-                session.execute(_REDEFER, {"queue": QUEUE, "task_name": TASK_NAME,
-                                           "args": json.dumps({"delivery_id": str(row.id)}),
-                                           "at": row.next_attempt_at})  # fmt: skip
+                session.execute(
+                    _REDEFER,
+                    {
+                        "queue": QUEUE,
+                        "task_name": TASK_NAME,
+                        "args": json.dumps({"delivery_id": str(row.id)}),
+                        "at": row.next_attempt_at,
+                    },
+                )

@@ -169,12 +169,14 @@ def _train(
     for step in range(job.steps):
         if should_cancel is not None and should_cancel():
             raise Cancelled("training cancelled")
-        index = torch.randint(0, len(job.images), (min(job.batch_size, len(job.images)),),
-                              generator=generator)  # fmt: skip
+        index = torch.randint(
+            0, len(job.images), (min(job.batch_size, len(job.images)),), generator=generator
+        )
         clean, text = latents[index].float(), conditioning[index]
         noise = torch.randn(clean.shape, generator=generator).to(device)
-        timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(index),),
-                                  generator=generator).to(device)  # fmt: skip
+        timesteps = torch.randint(
+            0, noise_scheduler.config.num_train_timesteps, (len(index),), generator=generator
+        ).to(device)
         noisy = noise_scheduler.add_noise(clean, noise, timesteps)
         if noise_scheduler.config.prediction_type == "v_prediction":
             wanted = noise_scheduler.get_velocity(clean, noise, timesteps)

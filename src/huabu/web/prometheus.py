@@ -56,23 +56,32 @@ class FleetCollector(Collector):
             snap = metrics.snapshot(session, stalled_seconds=settings.stalled_seconds)
         yield from _counters(snap.counts)
         yield from _histograms(snap.counts)
-        depth = GaugeMetricFamily("huabu_queue_depth", "Queued tasks, by kind and model",
-                                  labels=["kind", "model"])  # fmt: skip
+        depth = GaugeMetricFamily(
+            "huabu_queue_depth", "Queued tasks, by kind and model", labels=["kind", "model"]
+        )
         for kind, model, n in snap.queue_depth:
             depth.add_metric([kind, model], n)
         yield depth
-        workers = GaugeMetricFamily("huabu_workers", "Workers by state (stopped: in the last "
-                                    "hour)", labels=["state"])  # fmt: skip
+        workers = GaugeMetricFamily(
+            "huabu_workers", "Workers by state (stopped: in the last hour)", labels=["state"]
+        )
         for state in ("busy", "idle", "silent", "stopped"):
             workers.add_metric([state], snap.workers.get(state, 0))
         yield workers
-        yield CounterMetricFamily("huabu_model_loads", "Checkpoints loaded by workers",
-                                  value=snap.model_loads)  # fmt: skip
-        yield CounterMetricFamily("huabu_model_load_seconds", "Seconds workers spent loading "
-                                  "checkpoints", value=snap.model_load_seconds)  # fmt: skip
+        yield CounterMetricFamily(
+            "huabu_model_loads", "Checkpoints loaded by workers", value=snap.model_loads
+        )
+        yield CounterMetricFamily(
+            "huabu_model_load_seconds",
+            "Seconds workers spent loading checkpoints",
+            value=snap.model_load_seconds,
+        )
         if snap.gpu_memory:
-            gpu = GaugeMetricFamily("huabu_gpu_memory_bytes", "GPU memory allocated by torch, "
-                                    "by live worker", labels=["worker", "device"])  # fmt: skip
+            gpu = GaugeMetricFamily(
+                "huabu_gpu_memory_bytes",
+                "GPU memory allocated by torch, by live worker",
+                labels=["worker", "device"],
+            )
             for worker, device, used in snap.gpu_memory:
                 gpu.add_metric([worker, device], used)
             yield gpu
@@ -88,8 +97,9 @@ _LABELS = {
 def _counters(counts: metrics.Counts) -> Iterator[Metric]:
     for name, names in _LABELS.items():
         family = CounterMetricFamily(name.removesuffix("_total"), _HELP[name], labels=names)
-        rows = [(dict(labels), value) for (metric, labels), value in counts.items()
-                if metric == name]  # fmt: skip
+        rows = [
+            (dict(labels), value) for (metric, labels), value in counts.items() if metric == name
+        ]
         for labels, value in rows:
             family.add_metric([labels[k] for k in names], value)
         if not rows and not names:
@@ -109,8 +119,9 @@ def _histograms(counts: metrics.Counts) -> Iterator[Metric]:
         family = HistogramMetricFamily(name, _HELP[name], labels=["kind"])
         for kind, data in sorted(per_kind.items()):
             order = [str(b) for b in metrics.BUCKETS] + ["+Inf"]
-            family.add_metric([kind], [(le, data["buckets"].get(le, 0)) for le in order],
-                              sum_value=data["sum"])  # fmt: skip
+            family.add_metric(
+                [kind], [(le, data["buckets"].get(le, 0)) for le in order], sum_value=data["sum"]
+            )
         yield family
 
 

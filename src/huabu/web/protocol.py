@@ -124,6 +124,9 @@ def bounded_head(
     max_header_bytes: int, *, header_timeout: float = 10.0, max_connections: int = 1000
 ) -> type[BoundedHead]:
     """The protocol class for uvicorn's ``http=`` with these bounds."""
-    bounds = {"max_header_bytes": max_header_bytes, "header_timeout": header_timeout,
-              "max_connections": max_connections}  # fmt: skip
+    bounds = {
+        "max_header_bytes": max_header_bytes,
+        "header_timeout": header_timeout,
+        "max_connections": max_connections,
+    }
     return type("BoundedHead", (BoundedHead,), bounds)

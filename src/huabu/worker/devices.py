@@ -65,8 +65,9 @@ def run(devices: list[str]) -> int:
             code = child.poll()
             if code is None or stopping:
                 continue
-            log.warning("the worker for %s exited (code %s); starting it again", devices[slot],
-                        code)  # fmt: skip
+            log.warning(
+                "the worker for %s exited (code %s); starting it again", devices[slot], code
+            )
             if time.monotonic() - started < _QUICK_DEATH_SECONDS:
                 time.sleep(5)  # not a tight loop if it cannot start at all
             start(slot)

@@ -64,8 +64,11 @@ class GenerationHandler:
         except Cancelled:
             raise
         except Exception as exc:
-            log.warning("a batch of %d tasks failed (%s); each runs again alone", len(items),
-                        first_line(exc))  # fmt: skip
+            log.warning(
+                "a batch of %d tasks failed (%s); each runs again alone",
+                len(items),
+                first_line(exc),
+            )
             return [outcome_of(partial(self, *item)) for item in items]
         return [
             Cancelled() if mine.dropped() else outcome_of(partial(self._store, task, req, res))

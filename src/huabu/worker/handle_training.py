@@ -75,8 +75,9 @@ class TrainingHandler:
         )
         library = self.cache.library
         owner = uuid.UUID(plan.lora.split("/", 1)[0].removeprefix("@"))
-        publish(self.sessions, self.storage, library, library.find("loras", plan.lora),
-                owner_id=owner)  # fmt: skip
+        publish(
+            self.sessions, self.storage, library, library.find("loras", plan.lora), owner_id=owner
+        )
         return Outcome(
             {
                 "lora": plan.lora,

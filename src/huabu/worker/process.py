@@ -83,8 +83,13 @@ class Worker:
             self.identity,
         )
         self.router = Router(settings, sessions, self.library, self.kinds, self.cache.loaded)
-        self.jobs = Jobs(settings, database_uri(settings), self.kinds,
-                         self._run_on_engine_thread, self.router.next_job)  # fmt: skip
+        self.jobs = Jobs(
+            settings,
+            database_uri(settings),
+            self.kinds,
+            self._run_on_engine_thread,
+            self.router.next_job,
+        )
         self.batcher = Batcher(settings, sessions)
         self._held: list[tuple[ModelEntry, str | None]] = []
         self._busy = threading.Lock()  # held while a task runs
@@ -104,8 +109,9 @@ class Worker:
     def _run(self, job_queue: str, job_id: int, task_id: str) -> None:
         gather = None
         if self.jobs.worker_id is not None:
-            gather = partial(self.batcher.join, job_queue, self.jobs.worker_id,
-                             stopping=self.stopping)  # fmt: skip
+            gather = partial(
+                self.batcher.join, job_queue, self.jobs.worker_id, stopping=self.stopping
+            )
         with self._busy:
             try:
                 self.runner.run(uuid.UUID(task_id), self.stopping, self.lost, job_id, gather)
@@ -191,8 +197,12 @@ class Worker:
         await asyncio.wait([waiter, *self._tasks], return_when=asyncio.FIRST_COMPLETED)
         for task in self._tasks:  # none ends by itself: one that did is a bug, said here
             if task.done() and not task.cancelled() and task.exception() is not None:
-                log.error("worker %s: %s failed; stopping", self.name, task.get_name(),
-                          exc_info=task.exception())  # fmt: skip
+                log.error(
+                    "worker %s: %s failed; stopping",
+                    self.name,
+                    task.get_name(),
+                    exc_info=task.exception(),
+                )
         await self.stop()
 
     async def _supervise(self) -> None:
@@ -217,9 +227,12 @@ class Worker:
             # Ended by itself (a side task lost the database) or by the watchdog (cancelled).
             reason = None if jobs.cancelled() else jobs.exception()
             self.lost.set()
-            log.warning("worker %s: lost the database%s; its running task stops, and it "
-                        "starts again once the database answers", self.name,
-                        f" ({first_line(reason)})" if reason else "")  # fmt: skip
+            log.warning(
+                "worker %s: lost the database%s; its running task stops, and it "
+                "starts again once the database answers",
+                self.name,
+                f" ({first_line(reason)})" if reason else "",
+            )
             while self._busy.locked():  # the task's thread stops at its next step
                 await asyncio.sleep(0.1)
 
@@ -231,8 +244,12 @@ class Worker:
             await asyncio.sleep(min(self.settings.heartbeat_seconds, limit) / 2)
             age = time.monotonic() - self.jobs.last_beat
             if age > limit:
-                log.warning("worker %s: no heartbeat written for %.1f s; stopping its task so "
-                            "that no other worker runs it twice", self.name, age)  # fmt: skip
+                log.warning(
+                    "worker %s: no heartbeat written for %.1f s; stopping its task so "
+                    "that no other worker runs it twice",
+                    self.name,
+                    age,
+                )
                 self.lost.set()
                 jobs.cancel()
                 return
@@ -269,8 +286,7 @@ class Worker:
                 for task_id, job_id in await self.jobs.stalled():
                     handed = await asyncio.to_thread(self._reap, uuid.UUID(task_id), job_id)
                     if handed:
-                        log.warning("task %s: its worker stopped answering; queued again",
-                                    task_id)  # fmt: skip
+                        log.warning("task %s: its worker stopped answering; queued again", task_id)
             except asyncio.CancelledError:
                 raise
             except DatabaseUnavailable:
@@ -278,5 +294,6 @@ class Worker:
 
     def _reap(self, task_id: uuid.UUID, job_id: int | None) -> bool:
         with self.sessions.begin() as session:
-            return queue.hand_over(session, task_id, outcome="worker lost", job=job_id,
-                                   forgive=False)  # fmt: skip
+            return queue.hand_over(
+                session, task_id, outcome="worker lost", job=job_id, forgive=False
+            )

@@ -64,10 +64,13 @@ class Router:
             return bool(
                 session.execute(
                     _OVERDUE,
-                    {"kinds": self.kinds, "models": models,
-                     "bound": self.settings.max_pass_over_seconds},
+                    {
+                        "kinds": self.kinds,
+                        "models": models,
+                        "bound": self.settings.max_pass_over_seconds,
+                    },
                 ).scalar()
-            )  # fmt: skip
+            )
 
     def queues(self, models: list[str]) -> list[str]:
         return [job_queue(kind, model) for kind in self.kinds for model in models]

@@ -302,9 +302,17 @@ class TaskRunner:
             return None
         kind, request, attempt, cancel_requested, run, key = row
         claim = _Claim(task_id, job_id, kind, request, attempt, cancel_requested, run, key, joined)
-        session.execute(_RUN, {"id": task_id, "run": claim.run, "attempt": claim.attempt,
-                               "worker": self.worker.name, "host": self.worker.host,
-                               "device": self.worker.device})  # fmt: skip
+        session.execute(
+            _RUN,
+            {
+                "id": task_id,
+                "run": claim.run,
+                "attempt": claim.attempt,
+                "worker": self.worker.name,
+                "host": self.worker.host,
+                "device": self.worker.device,
+            },
+        )
         queue.announce(session, task_id)
         return claim
 
@@ -346,10 +354,16 @@ class TaskRunner:
         lost: threading.Event,
     ) -> None:
         progress = [
-            Progress(self.sessions, c.task_id, c.run, stopping, lost,
-                     preview_every=self.settings.preview_seconds)
+            Progress(
+                self.sessions,
+                c.task_id,
+                c.run,
+                stopping,
+                lost,
+                preview_every=self.settings.preview_seconds,
+            )
             for c in claims
-        ]  # fmt: skip
+        ]
         results: list[Outcome | Exception]
         if len(claims) == 1:
             first = claims[0]
@@ -407,8 +421,13 @@ class TaskRunner:
                 return
             # The store may come back: wait a little (this worker could not store anything
             # meanwhile either), then queue again, charged; nothing of this run was served.
-            log.warning("task %s: %s; queued again (attempt %d of %d)", task_id, exc.message,
-                        attempt, self.settings.max_attempts)  # fmt: skip
+            log.warning(
+                "task %s: %s; queued again (attempt %d of %d)",
+                task_id,
+                exc.message,
+                attempt,
+                self.settings.max_attempts,
+            )
             stopping.wait(min(30.0, 2.0**attempt))
             reason = exc.message
             final.write(
@@ -420,8 +439,9 @@ class TaskRunner:
             cause = exc.__cause__
             if cause is not None:  # the detail behind a stable message: for the log only
                 # No traceback: an expected failure is not a bug (tracebacks in the log are).
-                log.error("task %s failed: %s (%s: %s)", task_id, exc.message,
-                          type(cause).__name__, cause)  # fmt: skip
+                log.error(
+                    "task %s failed: %s (%s: %s)", task_id, exc.message, type(cause).__name__, cause
+                )
             final.finish("failed", error=exc.message)
         except Exception as exc:
             log.error("task %s failed", task_id, exc_info=exc)
@@ -475,8 +495,11 @@ class _Final:
         abandoned = abandoned or self.lost_event.is_set()
         self.runner.stopped.append((self.task_id, self.run, datetime.now(UTC), abandoned))
         if abandoned:
-            log.warning("task %s: stopped: this worker lost the database; it is handed back "
-                        "once the database is reachable", self.task_id)  # fmt: skip
+            log.warning(
+                "task %s: stopped: this worker lost the database; it is handed back "
+                "once the database is reachable",
+                self.task_id,
+            )
         else:
             log.warning("task %s: stopped: another worker has taken it over", self.task_id)
         return RunLost()
@@ -509,8 +532,13 @@ class _Final:
             if store is not None:
                 store(session)
                 session.flush()
-            values = {"id": task_id, "run": run, "state": state, "error": error,
-                      "result": json.dumps(result) if result is not None else None}  # fmt: skip
+            values = {
+                "id": task_id,
+                "run": run,
+                "state": state,
+                "error": error,
+                "result": json.dumps(result) if result is not None else None,
+            }
             if not _changed(session.execute(_FINISH, values)):
                 return False  # rolled back with the stored rows
             session.execute(_END_RUN, {"id": task_id, "run": run, "outcome": state})

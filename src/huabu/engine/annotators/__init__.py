@@ -67,7 +67,7 @@ FAMILIES: tuple[Family, ...] = tuple(
         zoe,
         normal_bae,
         mediapipe_face,
-    )  # fmt: skip
+    )
 )
 #: Preprocessor name → its family.
 FAMILY_OF: dict[str, Family] = {name: family for family in FAMILIES for name in family.needs}
@@ -115,8 +115,11 @@ class Annotators:
                 if isinstance(state.get(entry), dict):
                     state = state[entry]
             state = {k.removeprefix("module."): v for k, v in state.items()}
-            state = {k: v for k, v in state.items()
-                     if not k.startswith(unused) and not k.endswith(recomputed)}  # fmt: skip
+            state = {
+                k: v
+                for k, v in state.items()
+                if not k.startswith(unused) and not k.endswith(recomputed)
+            }
             with torch.device("meta"):  # no random initialisation: the file has every weight
                 network = family.networks[file_name]()
             network.load_state_dict(state, assign=True)

@@ -59,8 +59,9 @@ class DwPose:
         self.files, sessions = (detector, pose), []
         for path in (detector, pose):
             try:
-                sessions.append(onnxruntime.InferenceSession(str(path), options,
-                                                             providers=providers))  # fmt: skip
+                sessions.append(
+                    onnxruntime.InferenceSession(str(path), options, providers=providers)
+                )
             except Exception as exc:  # onnxruntime's errors derive from Exception alone
                 raise _damaged(path) from exc
         self.detector, self.pose = sessions
@@ -88,8 +89,10 @@ class DwPose:
         x = np.ascontiguousarray(padded.transpose(2, 0, 1)[None], dtype=np.float32)
         out = _run(self.detector, x, self.files[0])[0][0].astype(np.float64)
         if out.ndim != 2 or out.shape[1] < 6:
-            raise ModelUnavailable("annotator file models/annotators/yolox_l.onnx is not "
-                                   "YOLOX's detector (its output is not boxes × 85)")  # fmt: skip
+            raise ModelUnavailable(
+                "annotator file models/annotators/yolox_l.onnx is not "
+                "YOLOX's detector (its output is not boxes × 85)"
+            )
         grids, strides = [], []
         for stride in _STRIDES:
             side = _DETECT_SIDE // stride
@@ -132,8 +135,10 @@ class DwPose:
 
 
 def _damaged(path: Path) -> ModelUnavailable:
-    return ModelUnavailable(f"annotator file models/annotators/{path.name} is damaged or not "
-                            "the DWPose network it is named for")  # fmt: skip
+    return ModelUnavailable(
+        f"annotator file models/annotators/{path.name} is damaged or not "
+        "the DWPose network it is named for"
+    )
 
 
 def _run(session: Any, x: np.ndarray, path: Path) -> list[np.ndarray]:
@@ -201,9 +206,13 @@ def _draw(networks: Networks, name: str, pixels: np.ndarray) -> np.ndarray:
     """Body, hands and face at once, drawn as OpenPose's."""
     session = networks.cached(
         "dwpose",
-        lambda: DwPose(networks.locate(DETECTOR_FILE), networks.locate(POSE_FILE),
-                       cuda=networks.device.type == "cuda", threads=torch.get_num_threads()),
-    )  # fmt: skip
+        lambda: DwPose(
+            networks.locate(DETECTOR_FILE),
+            networks.locate(POSE_FILE),
+            cuda=networks.device.type == "cuda",
+            threads=torch.get_num_threads(),
+        ),
+    )
     height, width = pixels.shape[:2]
     return openpose.draw(session.detect(pixels), width, height, hands=True, face=True)
 

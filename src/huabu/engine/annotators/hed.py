@@ -44,8 +44,9 @@ class Hed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         h, projections = x - self.norm, []
-        for index, block in enumerate((self.block1, self.block2, self.block3, self.block4,
-                                       self.block5)):  # fmt: skip
+        for index, block in enumerate(
+            (self.block1, self.block2, self.block3, self.block4, self.block5)
+        ):
             h, projection = block(h, down=index > 0)
             projections.append(projection)
         return projections
@@ -66,7 +67,7 @@ FAMILY = Family(
     needs={
         name: (FILE,)
         for name in ("softedge_hed", "softedge_hedsafe", "scribble_hed", "scribble_hedsafe")
-    },  # fmt: skip
+    },
     networks={FILE: Hed},
     draw=draw,
 )

@@ -83,9 +83,12 @@ class _Transfer(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(c_in, c_mid, 3, padding=1)
         self.conv_branch = nn.Sequential(
-            nn.ReLU(), nn.Conv2d(c_mid, c_mid, 3, padding=1), nn.BatchNorm2d(c_mid), nn.ReLU(),
+            nn.ReLU(),
             nn.Conv2d(c_mid, c_mid, 3, padding=1),
-        )  # fmt: skip
+            nn.BatchNorm2d(c_mid),
+            nn.ReLU(),
+            nn.Conv2d(c_mid, c_mid, 3, padding=1),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.conv1(x))
@@ -106,9 +109,11 @@ class _Output(nn.Module):
     def __init__(self, c_in: int) -> None:
         super().__init__()
         self.adapt_conv = nn.Sequential(
-            nn.Conv2d(c_in, c_in // 2, 3, padding=1), nn.BatchNorm2d(c_in // 2), nn.ReLU(),
+            nn.Conv2d(c_in, c_in // 2, 3, padding=1),
+            nn.BatchNorm2d(c_in // 2),
+            nn.ReLU(),
             nn.Conv2d(c_in // 2, 1, 3, padding=1),
-        )  # fmt: skip
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _up(self.adapt_conv(x))
@@ -157,14 +162,20 @@ class _UnetLevel(nn.Module):
     which are the file's parameter names; its in-place LeakyReLU also rectified what the skip
     connection carries, which is written out here."""
 
-    def __init__(self, outer: int, inner: int, inside: nn.Module | None = None, *,
-                 c_in: int | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, outer: int, inner: int, inside: nn.Module | None = None, *, c_in: int | None = None
+    ) -> None:
         super().__init__()
         self.outermost = c_in is not None
         down = nn.Conv2d(c_in or outer, inner, 4, 2, 1, bias=False)
         if self.outermost:
-            layers = [down, inside, nn.ReLU(), nn.ConvTranspose2d(inner * 2, outer, 4, 2, 1),
-                      nn.Tanh()]  # fmt: skip
+            layers = [
+                down,
+                inside,
+                nn.ReLU(),
+                nn.ConvTranspose2d(inner * 2, outer, 4, 2, 1),
+                nn.Tanh(),
+            ]
         elif inside is None:  # the innermost level
             up = nn.ConvTranspose2d(inner, outer, 4, 2, 1, bias=False)
             layers = [nn.LeakyReLU(0.2), down, nn.ReLU(), up, nn.Identity()]
@@ -211,8 +222,9 @@ def _draw(networks: Networks, name: str, pixels: np.ndarray) -> np.ndarray:
         # Normalised from 0…255, not 0…1, as sd-webui-controlnet and controlnet_aux feed it
         # (their ToTensor is handed float32 pixels, which it does not scale).
         depth = network(imagenet(tensor(bgr, networks.device), scale=1.0))[0].float()
-        return cv2.resize(depth.cpu().numpy(), (rgb.shape[1], rgb.shape[0]),
-                          interpolation=cv2.INTER_CUBIC)  # fmt: skip
+        return cv2.resize(
+            depth.cpu().numpy(), (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_CUBIC
+        )
 
     height, width = pixels.shape[:2]
     if MERGE_FILE in FAMILY.needs[name]:

@@ -51,8 +51,9 @@ def boost(rgb: np.ndarray, estimate: Estimate, merger: nn.Module, max_res: int) 
         a, b = 2 * whole_size, round(2 * whole_size * width / height)
     else:
         a, b = round(2 * whole_size * height / width), 2 * whole_size
-    target = cv2.resize(rgb, (int(round(b / factor)), int(round(a / factor))),
-                        interpolation=cv2.INTER_CUBIC)  # fmt: skip
+    target = cv2.resize(
+        rgb, (int(round(b / factor)), int(round(a / factor))), interpolation=cv2.INTER_CUBIC
+    )
     patches = _patches(target, 2 * RECEPTIVE_FIELD, factor)
     # Patches are merged at the picture's own resolution.
     scale = height / target.shape[0]
@@ -63,18 +64,24 @@ def boost(rgb: np.ndarray, estimate: Estimate, merger: nn.Module, max_res: int) 
     for rect in patches:
         x, y, w, h = np.round(np.array(rect) * scale).astype(int)
         patch_base = base[y : y + h, x : x + w]
-        patch = _double(pixels[y : y + h, x : x + w], estimate, merger, RECEPTIVE_FIELD,
-                        2 * RECEPTIVE_FIELD)  # fmt: skip
-        patch_base_sized = cv2.resize(patch_base, (MERGE_SIZE, MERGE_SIZE),
-                                      interpolation=cv2.INTER_CUBIC)  # fmt: skip
+        patch = _double(
+            pixels[y : y + h, x : x + w], estimate, merger, RECEPTIVE_FIELD, 2 * RECEPTIVE_FIELD
+        )
+        patch_base_sized = cv2.resize(
+            patch_base, (MERGE_SIZE, MERGE_SIZE), interpolation=cv2.INTER_CUBIC
+        )
         mapped = (_merge(merger, patch_base_sized, patch) + 1) / 2
         # A line fitted so the merged patch keeps the whole estimate's values.
         fit = np.polyfit(mapped.reshape(-1), patch_base_sized.reshape(-1), deg=1)
         merged = np.polyval(fit, mapped.reshape(-1)).reshape(mapped.shape)
-        merged = cv2.resize(merged, (patch_base.shape[1], patch_base.shape[0]),
-                            interpolation=cv2.INTER_CUBIC)  # fmt: skip
-        mask = cv2.resize(_blend_mask(), (patch_base.shape[1], patch_base.shape[0]),
-                          interpolation=cv2.INTER_LINEAR)  # fmt: skip
+        merged = cv2.resize(
+            merged, (patch_base.shape[1], patch_base.shape[0]), interpolation=cv2.INTER_CUBIC
+        )
+        mask = cv2.resize(
+            _blend_mask(),
+            (patch_base.shape[1], patch_base.shape[0]),
+            interpolation=cv2.INTER_LINEAR,
+        )
         region = updated[y : y + h, x : x + w]
         updated[y : y + h, x : x + w] = region * (1 - mask) + merged * mask
     return cv2.resize(updated, (width, height), interpolation=cv2.INTER_CUBIC)
@@ -90,14 +97,15 @@ def _merge(merger: nn.Module, outer: np.ndarray, inner: np.ndarray) -> np.ndarra
     return merged[0, 0].float().cpu().numpy()
 
 
-def _double(rgb: np.ndarray, estimate: Estimate, merger: nn.Module, low: int,
-            high: int) -> np.ndarray:  # fmt: skip
+def _double(
+    rgb: np.ndarray, estimate: Estimate, merger: nn.Module, low: int, high: int
+) -> np.ndarray:
     """The paper's double estimation: the depth at ``low``² and at ``high``², merged; 0…1
     at the merge network's size."""
     maps = [
         cv2.resize(
             estimate(rgb, size, size), (MERGE_SIZE, MERGE_SIZE), interpolation=cv2.INTER_CUBIC
-        )  # fmt: skip
+        )
         for size in (low, high)
     ]
     merged = (_merge(merger, *maps) + 1) / 2
@@ -121,8 +129,9 @@ def _max_pool(image: np.ndarray, size: int) -> np.ndarray:
     return padded.reshape(rows // n, n, cols // n, n).max(axis=(1, 3))
 
 
-def _processing_resolution(rgb: np.ndarray, base: int, confidence: float, upscale: int,
-                           largest: int) -> tuple[int, float]:  # fmt: skip
+def _processing_resolution(
+    rgb: np.ndarray, base: int, confidence: float, upscale: int, largest: int
+) -> tuple[int, float]:
     """The paper's R_x (section 5): the largest resolution, in steps of half the receptive
     field, at which at most ``confidence`` of the picture is farther than the receptive field
     from an edge; and the edge density that sets the patches' scale (section 6)."""
@@ -169,8 +178,12 @@ def _patches(rgb: np.ndarray, size: int, factor: float) -> list[list[int]]:
                 continue
             while True:
                 grown = [box[0] - step // 2, box[1] - step // 2, box[2] + step, box[3] + step]
-                if (grown[0] < 0 or grown[1] < 0 or grown[1] + grown[3] >= integral.shape[0]
-                        or grown[0] + grown[2] >= integral.shape[1]):  # fmt: skip
+                if (
+                    grown[0] < 0
+                    or grown[1] < 0
+                    or grown[1] + grown[3] >= integral.shape[0]
+                    or grown[0] + grown[2] >= integral.shape[1]
+                ):
                     break
                 if _density(integral, grown) < density:
                     break

@@ -15,10 +15,14 @@ class _Residual(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.conv_block = nn.Sequential(
-            nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3), nn.InstanceNorm2d(channels),
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(channels, channels, 3),
+            nn.InstanceNorm2d(channels),
             nn.ReLU(inplace=True),
-            nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3), nn.InstanceNorm2d(channels),
-        )  # fmt: skip
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(channels, channels, 3),
+            nn.InstanceNorm2d(channels),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.conv_block(x)
@@ -31,19 +35,26 @@ class LineartGenerator(nn.Module):
     def __init__(self, residual_blocks: int = 3) -> None:
         super().__init__()
         norm = nn.InstanceNorm2d
-        self.model0 = nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(3, 64, 7), norm(64),
-                                    nn.ReLU(inplace=True))  # fmt: skip
+        self.model0 = nn.Sequential(
+            nn.ReflectionPad2d(3), nn.Conv2d(3, 64, 7), norm(64), nn.ReLU(inplace=True)
+        )
         self.model1 = nn.Sequential(
-            nn.Conv2d(64, 128, 3, stride=2, padding=1), norm(128), nn.ReLU(inplace=True),
-            nn.Conv2d(128, 256, 3, stride=2, padding=1), norm(256), nn.ReLU(inplace=True),
-        )  # fmt: skip
+            nn.Conv2d(64, 128, 3, stride=2, padding=1),
+            norm(128),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(128, 256, 3, stride=2, padding=1),
+            norm(256),
+            nn.ReLU(inplace=True),
+        )
         self.model2 = nn.Sequential(*[_Residual(256) for _ in range(residual_blocks)])
         self.model3 = nn.Sequential(
-            nn.ConvTranspose2d(256, 128, 3, stride=2, padding=1, output_padding=1), norm(128),
+            nn.ConvTranspose2d(256, 128, 3, stride=2, padding=1, output_padding=1),
+            norm(128),
             nn.ReLU(inplace=True),
-            nn.ConvTranspose2d(128, 64, 3, stride=2, padding=1, output_padding=1), norm(64),
+            nn.ConvTranspose2d(128, 64, 3, stride=2, padding=1, output_padding=1),
+            norm(64),
             nn.ReLU(inplace=True),
-        )  # fmt: skip
+        )
         self.model4 = nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(64, 1, 7), nn.Sigmoid())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -62,7 +73,7 @@ FAMILY = Family(
         "lineart_realistic": ("sk_model.pth",),
         "lineart": ("sk_model.pth",),
         "lineart_coarse": ("sk_model2.pth",),
-    },  # fmt: skip
+    },
     networks={"sk_model.pth": LineartGenerator, "sk_model2.pth": LineartGenerator},
     draw=draw,
 )

@@ -19,12 +19,17 @@ def _norm(channels: int) -> nn.Module:
 class _Level(nn.Module):
     """One level of the U-Net: down, the levels inside, up; its input is passed around it."""
 
-    def __init__(self, outer: int, inner: int, inside: nn.Module | None = None,
-                 channels_in: int | None = None, outermost: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        outer: int,
+        inner: int,
+        inside: nn.Module | None = None,
+        channels_in: int | None = None,
+        outermost: bool = False,
+    ) -> None:
         super().__init__()
         self.outermost = outermost
-        down = nn.Conv2d(channels_in or outer, inner, kernel_size=4, stride=2, padding=1,
-                         bias=True)  # fmt: skip
+        down = nn.Conv2d(channels_in or outer, inner, kernel_size=4, stride=2, padding=1, bias=True)
         if outermost:
             assert inside is not None
             up = nn.ConvTranspose2d(inner * 2, outer, kernel_size=4, stride=2, padding=1)
@@ -33,10 +38,16 @@ class _Level(nn.Module):
             up = nn.ConvTranspose2d(inner, outer, kernel_size=4, stride=2, padding=1, bias=True)
             layers = [nn.LeakyReLU(0.2, True), down, nn.ReLU(True), up, _norm(outer)]
         else:
-            up = nn.ConvTranspose2d(inner * 2, outer, kernel_size=4, stride=2, padding=1,
-                                    bias=True)  # fmt: skip
-            layers = [nn.LeakyReLU(0.2, True), down, _norm(inner), inside, nn.ReLU(True), up,
-                      _norm(outer)]  # fmt: skip
+            up = nn.ConvTranspose2d(inner * 2, outer, kernel_size=4, stride=2, padding=1, bias=True)
+            layers = [
+                nn.LeakyReLU(0.2, True),
+                down,
+                _norm(inner),
+                inside,
+                nn.ReLU(True),
+                up,
+                _norm(outer),
+            ]
         self.model = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -38,10 +38,13 @@ def _connections() -> dict[tuple[int, int], tuple[int, int, int]]:
 
     spec: dict[tuple[int, int], tuple[int, int, int]] = {}
     features = (
-        (fm.FACEMESH_FACE_OVAL, _OUTLINE), (fm.FACEMESH_LEFT_EYE, _LEFT_EYE),
-        (fm.FACEMESH_LEFT_EYEBROW, _LEFT_BROW), (fm.FACEMESH_RIGHT_EYE, _RIGHT_EYE),
-        (fm.FACEMESH_RIGHT_EYEBROW, _RIGHT_BROW), (fm.FACEMESH_LIPS, _MOUTH),
-    )  # fmt: skip
+        (fm.FACEMESH_FACE_OVAL, _OUTLINE),
+        (fm.FACEMESH_LEFT_EYE, _LEFT_EYE),
+        (fm.FACEMESH_LEFT_EYEBROW, _LEFT_BROW),
+        (fm.FACEMESH_RIGHT_EYE, _RIGHT_EYE),
+        (fm.FACEMESH_RIGHT_EYEBROW, _RIGHT_BROW),
+        (fm.FACEMESH_LIPS, _MOUTH),
+    )
     for edges, colour in features:
         for edge in edges:
             spec[edge] = colour
@@ -56,9 +59,11 @@ def landmarks(rgb: np.ndarray) -> list[np.ndarray]:
     with _lock:  # one graph per process; it is not safe to share between threads at once
         if _mesh is None:
             _mesh = face_mesh.FaceMesh(
-                static_image_mode=True, max_num_faces=1, refine_landmarks=True,
+                static_image_mode=True,
+                max_num_faces=1,
+                refine_landmarks=True,
                 min_detection_confidence=0.5,
-            )  # fmt: skip
+            )
         found = _mesh.process(np.ascontiguousarray(rgb)).multi_face_landmarks
     return [np.array([(p.x, p.y) for p in face.landmark]) for face in found or ()]
 

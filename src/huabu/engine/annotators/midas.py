@@ -32,8 +32,7 @@ def same_pad(x: torch.Tensor, kernel: int, stride: int, value: float = 0.0) -> t
     pad_h = max((math.ceil(height / stride) - 1) * stride + kernel - height, 0)
     pad_w = max((math.ceil(width / stride) - 1) * stride + kernel - width, 0)
     if pad_h or pad_w:
-        x = F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2],
-                  value=value)  # fmt: skip
+        x = F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2], value=value)
     return x
 
 
@@ -43,8 +42,15 @@ class SameConv(nn.Conv2d):
 
     def __init__(self, c_in: int, c_out: int, kernel: int, stride: int = 1, groups: int = 1):
         static = stride == 1
-        super().__init__(c_in, c_out, kernel, stride, padding=(kernel - 1) // 2 if static else 0,
-                         groups=groups, bias=False)  # fmt: skip
+        super().__init__(
+            c_in,
+            c_out,
+            kernel,
+            stride,
+            padding=(kernel - 1) // 2 if static else 0,
+            groups=groups,
+            bias=False,
+        )
         self.dynamic = not static
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -105,10 +111,12 @@ class _Bottleneck(nn.Module):
 class _Stage(nn.Module):
     def __init__(self, c_in: int, c_out: int, depth: int, stride: int) -> None:
         super().__init__()
-        self.blocks = nn.Sequential(*[
-            _Bottleneck(c_in if i == 0 else c_out, c_out, stride if i == 0 else 1, i == 0)
-            for i in range(depth)
-        ])  # fmt: skip
+        self.blocks = nn.Sequential(
+            *[
+                _Bottleneck(c_in if i == 0 else c_out, c_out, stride if i == 0 else 1, i == 0)
+                for i in range(depth)
+            ]
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.blocks(x)
@@ -129,8 +137,9 @@ class _ResNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.stem = _Stem()
-        self.stages = nn.ModuleList([_Stage(64, 256, 3, 1), _Stage(256, 512, 4, 2),
-                                     _Stage(512, 1024, 9, 2)])  # fmt: skip
+        self.stages = nn.ModuleList(
+            [_Stage(64, 256, 3, 1), _Stage(256, 512, 4, 2), _Stage(512, 1024, 9, 2)]
+        )
 
 
 class _PatchEmbed(nn.Module):
@@ -217,8 +226,9 @@ class _Pretrained(nn.Module):
         super().__init__()
         self.model = _Vit()
         self.act_postprocess3 = reassemble(_WIDTH, nn.Conv2d(_WIDTH, _WIDTH, 1))
-        self.act_postprocess4 = reassemble(_WIDTH, nn.Conv2d(_WIDTH, _WIDTH, 1),
-                                           nn.Conv2d(_WIDTH, _WIDTH, 3, 2, 1))  # fmt: skip
+        self.act_postprocess4 = reassemble(
+            _WIDTH, nn.Conv2d(_WIDTH, _WIDTH, 1), nn.Conv2d(_WIDTH, _WIDTH, 3, 2, 1)
+        )
 
 
 class _ResidualUnit(nn.Module):
@@ -264,14 +274,17 @@ class Scratch(nn.Module):
     def __init__(self, channels: tuple[int, int, int, int]) -> None:
         super().__init__()
         for index, level in enumerate(channels, start=1):
-            setattr(self, f"layer{index}_rn", nn.Conv2d(level, _FEATURES, 3, padding=1,
-                                                        bias=False))  # fmt: skip
+            setattr(self, f"layer{index}_rn", nn.Conv2d(level, _FEATURES, 3, padding=1, bias=False))
             setattr(self, f"refinenet{index}", Fusion())
         self.output_conv = nn.Sequential(
-            nn.Conv2d(_FEATURES, _FEATURES // 2, 3, padding=1), _Interpolate(),
-            nn.Conv2d(_FEATURES // 2, 32, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(32, 1, 1), nn.ReLU(), nn.Identity(),
-        )  # fmt: skip
+            nn.Conv2d(_FEATURES, _FEATURES // 2, 3, padding=1),
+            _Interpolate(),
+            nn.Conv2d(_FEATURES // 2, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(32, 1, 1),
+            nn.ReLU(),
+            nn.Identity(),
+        )
 
 
 class DptHybrid(nn.Module):
@@ -296,14 +309,17 @@ class DptHybrid(nn.Module):
         for index, block in enumerate(vit.blocks):
             tokens = block(tokens)
             if index in (8, 11):
-                post = self.pretrained.act_postprocess3 if index == 8 else (
-                    self.pretrained.act_postprocess4)  # fmt: skip
+                post = (
+                    self.pretrained.act_postprocess3
+                    if index == 8
+                    else (self.pretrained.act_postprocess4)
+                )
                 grid = post[0](tokens).transpose(1, 2).unflatten(2, (rows, columns))
                 layers.append(post[3:](grid))
         first, second, third, fourth = (
-            getattr(scratch, f"layer{i}_rn")(layer) for i, layer in enumerate(
-                (layers[0], layers[1], layers[3], layers[4]), start=1)
-        )  # fmt: skip
+            getattr(scratch, f"layer{i}_rn")(layer)
+            for i, layer in enumerate((layers[0], layers[1], layers[3], layers[4]), start=1)
+        )
         path = scratch.refinenet4(fourth)
         path = scratch.refinenet3(path, third)
         path = scratch.refinenet2(path, second)

@@ -13,8 +13,14 @@ from torch import nn
 from huabu.engine.annotators.family import Family
 
 
-def _conv_bn(channels_in: int, channels_out: int, kernel: int, relu: type[nn.Module] = nn.ReLU,
-             padding: int = 0, dilation: int = 1) -> nn.Sequential:  # fmt: skip
+def _conv_bn(
+    channels_in: int,
+    channels_out: int,
+    kernel: int,
+    relu: type[nn.Module] = nn.ReLU,
+    padding: int = 0,
+    dilation: int = 1,
+) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(channels_in, channels_out, kernel, padding=padding, dilation=dilation),
         nn.BatchNorm2d(channels_out),
@@ -58,15 +64,17 @@ class _BlockC(nn.Module):
 
 
 class _ConvBNReLU6(nn.Sequential):
-    def __init__(self, channels_in: int, channels_out: int, kernel: int = 3, stride: int = 1,
-                 groups: int = 1) -> None:  # fmt: skip
+    def __init__(
+        self, channels_in: int, channels_out: int, kernel: int = 3, stride: int = 1, groups: int = 1
+    ) -> None:
         padding = 0 if stride == 2 else (kernel - 1) // 2
         super().__init__(
-            nn.Conv2d(channels_in, channels_out, kernel, stride, padding, groups=groups,
-                      bias=False),
+            nn.Conv2d(
+                channels_in, channels_out, kernel, stride, padding, groups=groups, bias=False
+            ),
             nn.BatchNorm2d(channels_out),
             nn.ReLU6(inplace=True),
-        )  # fmt: skip
+        )
         self.stride = stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -99,11 +107,17 @@ class _Backbone(nn.Module):  # MobileNetV2's first 14 layers; 4 input channels (
         super().__init__()
         features: list[nn.Module] = [_ConvBNReLU6(4, 32, stride=2)]
         channels = 32
-        for expand, width, repeats, stride in ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2),
-                                               (6, 64, 4, 2), (6, 96, 3, 1)):  # fmt: skip
+        for expand, width, repeats, stride in (
+            (1, 16, 1, 1),
+            (6, 24, 2, 2),
+            (6, 32, 3, 2),
+            (6, 64, 4, 2),
+            (6, 96, 3, 1),
+        ):
             for index in range(repeats):
-                features.append(_InvertedResidual(channels, width, stride if index == 0 else 1,
-                                                  expand))  # fmt: skip
+                features.append(
+                    _InvertedResidual(channels, width, stride if index == 0 else 1, expand)
+                )
                 channels = width
         self.features = nn.Sequential(*features)
 
@@ -142,8 +156,9 @@ class Mlsd(nn.Module):
         return self.block23(x)[:, 7:, :, :]
 
 
-def segments(network: nn.Module, pixels: np.ndarray, score: float = 0.1,
-             distance: float = 0.1) -> list[tuple[float, float, float, float]]:  # fmt: skip
+def segments(
+    network: nn.Module, pixels: np.ndarray, score: float = 0.1, distance: float = 0.1
+) -> list[tuple[float, float, float, float]]:
     """The line segments (x0, y0, x1, y1, in ``pixels``' coordinates) M-LSD finds: the 200
     strongest centres (3×3 local maxima) over ``score`` whose segment is longer than
     ``distance``."""

@@ -56,8 +56,9 @@ class _SqueezeExcite(nn.Module):
 class _Block(nn.Module):
     """A depthwise-separable block (``ds``, no expansion) or an inverted residual (``ir``)."""
 
-    def __init__(self, kind: str, c_in: int, c_out: int, kernel: int, stride: int,
-                 expand: int) -> None:  # fmt: skip
+    def __init__(
+        self, kind: str, c_in: int, c_out: int, kernel: int, stride: int, expand: int
+    ) -> None:
         super().__init__()
         self.kind, self.residual = kind, stride == 1 and c_in == c_out
         middle = c_in if kind == "ds" else _divisible(c_in * expand)
@@ -94,8 +95,9 @@ class _EfficientNet(nn.Module):
         for kind, repeats, kernel, stride, expand, channels in _STAGES:
             c_out, blocks = _divisible(channels * _WIDER), []
             for index in range(math.ceil(repeats * _DEEPER)):
-                blocks.append(_Block(kind, c_in, c_out, kernel, stride if index == 0 else 1,
-                                     expand))  # fmt: skip
+                blocks.append(
+                    _Block(kind, c_in, c_out, kernel, stride if index == 0 else 1, expand)
+                )
                 c_in = c_out
             stages.append(nn.Sequential(*blocks))
         self.blocks = nn.Sequential(*stages)
@@ -124,9 +126,13 @@ class _Up(nn.Module):
     def __init__(self, c_in: int, c_out: int) -> None:
         super().__init__()
         self._net = nn.Sequential(
-            nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.LeakyReLU(),
-            nn.Conv2d(c_out, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.LeakyReLU(),
-        )  # fmt: skip
+            nn.Conv2d(c_in, c_out, 3, padding=1),
+            nn.BatchNorm2d(c_out),
+            nn.LeakyReLU(),
+            nn.Conv2d(c_out, c_out, 3, padding=1),
+            nn.BatchNorm2d(c_out),
+            nn.LeakyReLU(),
+        )
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         x = F.interpolate(x, size=skip.shape[2:], mode="bilinear", align_corners=True)
@@ -135,9 +141,14 @@ class _Up(nn.Module):
 
 def _head(c_in: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv1d(c_in, 128, 1), nn.ReLU(), nn.Conv1d(128, 128, 1), nn.ReLU(),
-        nn.Conv1d(128, 128, 1), nn.ReLU(), nn.Conv1d(128, 4, 1),
-    )  # fmt: skip
+        nn.Conv1d(c_in, 128, 1),
+        nn.ReLU(),
+        nn.Conv1d(128, 128, 1),
+        nn.ReLU(),
+        nn.Conv1d(128, 128, 1),
+        nn.ReLU(),
+        nn.Conv1d(128, 4, 1),
+    )
 
 
 def _normalise(out: torch.Tensor) -> torch.Tensor:
@@ -163,8 +174,11 @@ class _Decoder(nn.Module):
         d3 = self.up3(d2, quarter)
         d4 = self.up4(d3, half)
         out = _normalise(self.out_conv_res8(d2))
-        for feature, refine in ((d2, self.out_conv_res4), (d3, self.out_conv_res2),
-                                (d4, self.out_conv_res1)):  # fmt: skip
+        for feature, refine in (
+            (d2, self.out_conv_res4),
+            (d3, self.out_conv_res2),
+            (d4, self.out_conv_res1),
+        ):
             up = lambda t: F.interpolate(t, scale_factor=2, mode="bilinear", align_corners=True)  # noqa: E731
             joined = torch.cat([up(feature), up(out)], 1)
             batch, channels, height, width = joined.shape

@@ -81,8 +81,10 @@ class _Layers(nn.Module):
         return x
 
     def front(self, tail: list[tuple[str, int, int]]) -> list[str]:
-        return [name if name == "pool" else self.add(name, c_in, c_out, 3)
-                for name, c_in, c_out in _FRONT + tail]  # fmt: skip
+        return [
+            name if name == "pool" else self.add(name, c_in, c_out, 3)
+            for name, c_in, c_out in _FRONT + tail
+        ]
 
     def stage(self, template: str, c_in: int, c_out: int) -> list[str]:
         """A refinement stage: five 7×7 convolutions, a 1×1, and the 1×1 to the maps."""
@@ -103,8 +105,10 @@ class BodyNet(_Layers):
             for branch, maps in ((1, 38), (2, 19)):
                 if stage == 1:
                     sizes = [(128, 128, 3)] * 3 + [(128, 512, 1), (512, maps, 1)]
-                    names = [self.add(f"conv5_{n}_CPM_L{branch}", a, b, k)
-                             for n, (a, b, k) in enumerate(sizes, 1)]  # fmt: skip
+                    names = [
+                        self.add(f"conv5_{n}_CPM_L{branch}", a, b, k)
+                        for n, (a, b, k) in enumerate(sizes, 1)
+                    ]
                 else:
                     names = self.stage(f"Mconv{{}}_stage{stage}_L{branch}", 185, maps)
                 pair.append(names)
@@ -128,13 +132,20 @@ class KeypointNet(_Layers):
 
     def __init__(self, maps: int) -> None:
         super().__init__()
-        self.features = self.front([("conv4_3", 512, 512), ("conv4_4", 512, 512),
-                                    ("conv5_1", 512, 512), ("conv5_2", 512, 512),
-                                    ("conv5_3_CPM", 512, 128)])  # fmt: skip
+        self.features = self.front(
+            [
+                ("conv4_3", 512, 512),
+                ("conv4_4", 512, 512),
+                ("conv5_1", 512, 512),
+                ("conv5_2", 512, 512),
+                ("conv5_3_CPM", 512, 128),
+            ]
+        )
         first = [self.add("conv6_1_CPM", 128, 512, 1), self.add("conv6_2_CPM", 512, maps, 1)]
         self.stages = [first]
-        self.stages += [self.stage(f"Mconv{{}}_stage{stage}", maps + 128, maps)
-                        for stage in range(2, 7)]  # fmt: skip
+        self.stages += [
+            self.stage(f"Mconv{{}}_stage{stage}", maps + 128, maps) for stage in range(2, 7)
+        ]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.chain(x, self.features, last_relu=True)
@@ -171,18 +182,23 @@ def _resize(x: np.ndarray, width: int, height: int) -> np.ndarray:
     interpolation = cv2.INTER_LANCZOS4 if grow else cv2.INTER_AREA
     if x.ndim == 2 or x.shape[2] in (1, 3):
         return cv2.resize(x, (width, height), interpolation=interpolation)
-    return np.stack([cv2.resize(x[:, :, c], (width, height), interpolation=interpolation)
-                     for c in range(x.shape[2])], axis=2)  # fmt: skip
+    return np.stack(
+        [
+            cv2.resize(x[:, :, c], (width, height), interpolation=interpolation)
+            for c in range(x.shape[2])
+        ],
+        axis=2,
+    )
 
 
-def _maps(network: nn.Module, bgr: np.ndarray, width: int, height: int,
-          size: tuple[int, int]) -> list[np.ndarray]:  # fmt: skip
+def _maps(
+    network: nn.Module, bgr: np.ndarray, width: int, height: int, size: tuple[int, int]
+) -> list[np.ndarray]:
     """The network's outputs for ``bgr`` resized to ``width``×``height`` (padded to the stride
     with grey), back at ``size`` (height, width), channels last."""
     small = _resize(bgr, width, height)
     pad_h, pad_w = -small.shape[0] % _STRIDE, -small.shape[1] % _STRIDE
-    padded = cv2.copyMakeBorder(small, 0, pad_h, 0, pad_w, cv2.BORDER_CONSTANT,
-                                value=(_PAD,) * 3)  # fmt: skip
+    padded = cv2.copyMakeBorder(small, 0, pad_h, 0, pad_w, cv2.BORDER_CONSTANT, value=(_PAD,) * 3)
     device = next(network.parameters()).device
     x = torch.from_numpy(padded.astype(np.float32) / 256 - 0.5).permute(2, 0, 1)[None]
     outputs = network(x.to(device))
@@ -291,8 +307,9 @@ def hand_boxes(parts: Parts, width: int, height: int) -> list[tuple[int, int, in
         side = 1.5 * max(math.hypot(x3 - x2, y3 - y2), 0.9 * math.hypot(x2 - x1, y2 - y1))
         x = max(0.0, x3 + 0.33 * (x3 - x2) - side / 2)
         y = max(0.0, y3 + 0.33 * (y3 - y2) - side / 2)
-        side = min(side if x + side <= width else width - x,
-                   side if y + side <= height else height - y)  # fmt: skip
+        side = min(
+            side if x + side <= width else width - x, side if y + side <= height else height - y
+        )
         if side >= 20:
             boxes.append((int(x), int(y), int(side)))
     return boxes
@@ -302,16 +319,23 @@ def face_box(parts: Parts, width: int, height: int) -> tuple[int, int, int] | No
     """A square box around the face, from the nose and the eyes (3× their distance) or ears
     (1.5×); none under 20 pixels."""
     nose = parts[0]
-    others = [(parts[k], factor) for k, factor in ((14, 3.0), (15, 3.0), (16, 1.5),
-                                                          (17, 1.5))]  # fmt: skip
+    others = [(parts[k], factor) for k, factor in ((14, 3.0), (15, 3.0), (16, 1.5), (17, 1.5))]
     if nose is None or all(point is None for point, _ in others):
         return None
-    reach = max((max(abs(nose[0] - p[0]), abs(nose[1] - p[1])) * factor
-                 for p, factor in others if p is not None), default=0.0)  # fmt: skip
+    reach = max(
+        (
+            max(abs(nose[0] - p[0]), abs(nose[1] - p[1])) * factor
+            for p, factor in others
+            if p is not None
+        ),
+        default=0.0,
+    )
     x, y = max(0.0, nose[0] - reach), max(0.0, nose[1] - reach)
     # As the reference does: the box is 2×reach, but clipped when reach (not 2×) overflows.
-    side = min(2 * reach if x + reach <= width else width - x,
-               2 * reach if y + reach <= height else height - y)  # fmt: skip
+    side = min(
+        2 * reach if x + reach <= width else width - x,
+        2 * reach if y + reach <= height else height - y,
+    )
     return (int(x), int(y), int(side)) if side >= 20 else None
 
 
@@ -349,19 +373,26 @@ def face_keypoints(network: nn.Module, crop: np.ndarray) -> np.ndarray:
     device = next(network.parameters()).device
     x = torch.from_numpy(small).permute(2, 0, 1).float()[None] / 256.0 - 0.5
     heatmaps = network(x.to(device))
-    heatmaps = nn.functional.interpolate(heatmaps.float(), crop.shape[:2], mode="bilinear",
-                                         align_corners=True)[0].cpu().numpy()  # fmt: skip
+    heatmaps = (
+        nn.functional.interpolate(
+            heatmaps.float(), crop.shape[:2], mode="bilinear", align_corners=True
+        )[0]
+        .cpu()
+        .numpy()
+    )
     found = []
     for heatmap in heatmaps:
         if (heatmap > 0.05).any():
-            row, column = np.unravel_index(np.argmax(np.where(heatmap > 0.05, heatmap, -np.inf)),
-                                           heatmap.shape)  # fmt: skip
+            row, column = np.unravel_index(
+                np.argmax(np.where(heatmap > 0.05, heatmap, -np.inf)), heatmap.shape
+            )
             found.append((column, row))
     return np.array(found, dtype=np.float32).reshape(-1, 2)
 
 
-def detect(rgb: np.ndarray, body: nn.Module, hand: nn.Module | None = None,
-           face: nn.Module | None = None) -> list[Person]:  # fmt: skip
+def detect(
+    rgb: np.ndarray, body: nn.Module, hand: nn.Module | None = None, face: nn.Module | None = None
+) -> list[Person]:
     """Everyone in ``rgb`` (the detect-size image), with hands and faces when their networks
     are given."""
     bgr = np.ascontiguousarray(rgb[:, :, ::-1])
@@ -384,8 +415,15 @@ def detect(rgb: np.ndarray, body: nn.Module, hand: nn.Module | None = None,
     return found
 
 
-def draw(people: list[Person], width: int, height: int, *, body: bool = True,
-         hands: bool = False, face: bool = False) -> np.ndarray:  # fmt: skip
+def draw(
+    people: list[Person],
+    width: int,
+    height: int,
+    *,
+    body: bool = True,
+    hands: bool = False,
+    face: bool = False,
+) -> np.ndarray:
     """The pose map (RGB): limbs as ellipses in 60 % of their colour, parts as dots; hand
     bones in a rainbow with blue joints; face landmarks as white dots."""
     canvas = np.zeros((height, width, 3), dtype=np.uint8)
@@ -410,8 +448,9 @@ def _draw_body(canvas: np.ndarray, parts: Parts, size: np.ndarray) -> None:
         (xa, ya), (xb, yb) = np.array(parts[a]) * size, np.array(parts[b]) * size
         length = math.hypot(xa - xb, ya - yb)
         angle = math.degrees(math.atan2(ya - yb, xa - xb))
-        polygon = cv2.ellipse2Poly((int((xa + xb) / 2), int((ya + yb) / 2)),
-                                   (int(length / 2), 4), int(angle), 0, 360, 1)  # fmt: skip
+        polygon = cv2.ellipse2Poly(
+            (int((xa + xb) / 2), int((ya + yb) / 2)), (int(length / 2), 4), int(angle), 0, 360, 1
+        )
         cv2.fillConvexPoly(canvas, polygon, [int(c * 0.6) for c in colour])
     for point, colour in zip(parts, COLOURS, strict=True):
         if point is not None:
@@ -423,8 +462,13 @@ def _draw_hand(canvas: np.ndarray, xy: np.ndarray) -> None:
     for index, (a, b) in enumerate(HAND_EDGES):
         if (xy[a] > 0.01).all() and (xy[b] > 0.01).all():
             rgb = colorsys.hsv_to_rgb(index / len(HAND_EDGES), 1.0, 1.0)
-            cv2.line(canvas, tuple(map(int, xy[a])), tuple(map(int, xy[b])),
-                     [c * 255 for c in rgb], thickness=2)  # fmt: skip
+            cv2.line(
+                canvas,
+                tuple(map(int, xy[a])),
+                tuple(map(int, xy[b])),
+                [c * 255 for c in rgb],
+                thickness=2,
+            )
     for x, y in xy:
         if x > 0.01 and y > 0.01:
             cv2.circle(canvas, (int(x), int(y)), 4, (0, 0, 255), thickness=-1)
@@ -442,8 +486,14 @@ def _draw(networks: Networks, name: str, pixels: np.ndarray) -> np.ndarray:
     hand = networks.network(HAND_FILE) if HAND_FILE in files else None
     face = networks.network(FACE_FILE) if FACE_FILE in files else None
     people = detect(pixels, body, hand, face)
-    return draw(people, width, height, body=name != "openpose_faceonly",
-                hands=hand is not None, face=face is not None)  # fmt: skip
+    return draw(
+        people,
+        width,
+        height,
+        body=name != "openpose_faceonly",
+        hands=hand is not None,
+        face=face is not None,
+    )
 
 
 FAMILY = Family(

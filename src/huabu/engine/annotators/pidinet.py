@@ -27,8 +27,7 @@ _INNER = [6, 7, 8, 11, 13, 16, 17, 18]
 def _difference_conv(kind: str) -> Callable[..., torch.Tensor]:
     def conv(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
         if kind == "cd":
-            centre = F.conv2d(x, weight.sum(dim=[2, 3], keepdim=True), stride=stride,
-                              groups=groups)  # fmt: skip
+            centre = F.conv2d(x, weight.sum(dim=[2, 3], keepdim=True), stride=stride, groups=groups)
             return F.conv2d(x, weight, bias, stride, padding, dilation, groups) - centre
         shape = weight.shape
         flat = weight.view(shape[0], shape[1], -1)
@@ -38,15 +37,17 @@ def _difference_conv(kind: str) -> Callable[..., torch.Tensor]:
         ring = torch.zeros(shape[0], shape[1], 25, device=weight.device, dtype=weight.dtype)
         ring[:, :, _OUTER] = flat[:, :, 1:]
         ring[:, :, _INNER] = -flat[:, :, 1:]
-        return F.conv2d(x, ring.view(shape[0], shape[1], 5, 5), bias, stride, 2 * dilation,
-                        dilation, groups)  # fmt: skip
+        return F.conv2d(
+            x, ring.view(shape[0], shape[1], 5, 5), bias, stride, 2 * dilation, dilation, groups
+        )
 
     return F.conv2d if kind == "cv" else conv
 
 
 class _DifferenceConv(nn.Module):
-    def __init__(self, kind: str, channels_in: int, channels_out: int, groups: int = 1,
-                 bias: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self, kind: str, channels_in: int, channels_out: int, groups: int = 1, bias: bool = False
+    ) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.empty(channels_out, channels_in // groups, 3, 3))
         self.bias = nn.Parameter(torch.zeros(channels_out)) if bias else None
@@ -81,8 +82,10 @@ class _Dilations(nn.Module):  # CDCM: compact dilation convolutions
         self.relu1 = nn.ReLU()
         self.conv1 = nn.Conv2d(channels_in, channels, 1)
         for index, dilation in enumerate((5, 7, 9, 11), start=1):
-            self.add_module(f"conv2_{index}", nn.Conv2d(channels, channels, 3, dilation=dilation,
-                                                        padding=dilation, bias=False))  # fmt: skip
+            self.add_module(
+                f"conv2_{index}",
+                nn.Conv2d(channels, channels, 3, dilation=dilation, padding=dilation, bias=False),
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(self.relu1(x))
@@ -122,8 +125,9 @@ class PiDiNet(nn.Module):
             for index in range(1, 5 if level > 1 else 4):
                 layer = index if level == 1 else (level - 1) * 4 + index - 1
                 stride = 2 if level > 1 and index == 1 else 1
-                self.add_module(f"block{level}_{index}",
-                                _Block(kinds[layer], channels_in, plane, stride))  # fmt: skip
+                self.add_module(
+                    f"block{level}_{index}", _Block(kinds[layer], channels_in, plane, stride)
+                )
                 channels_in = plane
         self.dilations = nn.ModuleList(_Dilations(plane, dilation) for plane in planes)
         self.attentions = nn.ModuleList(_Attention(dilation) for _ in planes)
@@ -140,11 +144,13 @@ class PiDiNet(nn.Module):
                 h = getattr(self, f"block{level}_{index}")(h)
             levels.append(h)
         edges = [
-            F.interpolate(reduce(attend(dilate(h))), (height, width), mode="bilinear",
-                          align_corners=False)
-            for h, dilate, attend, reduce in zip(levels, self.dilations, self.attentions,
-                                                 self.conv_reduces, strict=True)
-        ]  # fmt: skip
+            F.interpolate(
+                reduce(attend(dilate(h))), (height, width), mode="bilinear", align_corners=False
+            )
+            for h, dilate, attend, reduce in zip(
+                levels, self.dilations, self.attentions, self.conv_reduces, strict=True
+            )
+        ]
         return torch.sigmoid(self.classifier(torch.cat(edges, dim=1)))
 
 
@@ -162,7 +168,7 @@ FAMILY = Family(
     needs={
         name: (FILE,)
         for name in ("softedge_pidinet", "softedge_pidsafe", "scribble_pidinet", "scribble_pidsafe")
-    },  # fmt: skip
+    },
     networks={FILE: PiDiNet},
     draw=draw,
 )

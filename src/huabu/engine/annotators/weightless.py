@@ -35,8 +35,9 @@ def run(name: str, image: Image.Image, *, seed: int = 0) -> Image.Image:
         rng = np.random.default_rng(seed)
         flow_x = _noise_disk(height, width, 256, rng) * (width - 1)
         flow_y = _noise_disk(height, width, 256, rng) * (height - 1)
-        shuffled = cv2.remap(pixels, flow_x.astype(np.float32), flow_y.astype(np.float32),
-                             cv2.INTER_LINEAR)  # fmt: skip
+        shuffled = cv2.remap(
+            pixels, flow_x.astype(np.float32), flow_y.astype(np.float32), cv2.INTER_LINEAR
+        )
         return Image.fromarray(shuffled)
     if name == "lineart_standard":  # controlnet_aux's LineartStandardDetector
         x = pixels.astype(np.float32)

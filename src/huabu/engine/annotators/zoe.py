@@ -116,13 +116,16 @@ class _Pretrained(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.model = _Beit()
-        self.act_postprocess1 = reassemble(_WIDTH, nn.Conv2d(_WIDTH, 256, 1),
-                                           nn.ConvTranspose2d(256, 256, 4, 4))  # fmt: skip
-        self.act_postprocess2 = reassemble(_WIDTH, nn.Conv2d(_WIDTH, 512, 1),
-                                           nn.ConvTranspose2d(512, 512, 2, 2))  # fmt: skip
+        self.act_postprocess1 = reassemble(
+            _WIDTH, nn.Conv2d(_WIDTH, 256, 1), nn.ConvTranspose2d(256, 256, 4, 4)
+        )
+        self.act_postprocess2 = reassemble(
+            _WIDTH, nn.Conv2d(_WIDTH, 512, 1), nn.ConvTranspose2d(512, 512, 2, 2)
+        )
         self.act_postprocess3 = reassemble(_WIDTH, nn.Conv2d(_WIDTH, _WIDTH, 1))
-        self.act_postprocess4 = reassemble(_WIDTH, nn.Conv2d(_WIDTH, _WIDTH, 1),
-                                           nn.Conv2d(_WIDTH, _WIDTH, 3, 2, 1))  # fmt: skip
+        self.act_postprocess4 = reassemble(
+            _WIDTH, nn.Conv2d(_WIDTH, _WIDTH, 1), nn.Conv2d(_WIDTH, _WIDTH, 3, 2, 1)
+        )
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The four reassembled feature maps, 1/4 … 1/32 of ``x``."""
@@ -234,8 +237,12 @@ class _ConditionalLogBinomial(nn.Module):
     def __init__(self, c_in: int, temperatures: tuple[float, float] = (0.0212, 50.0)) -> None:
         super().__init__()
         bottleneck = (c_in + _EMBEDDING) // 2
-        self.mlp = nn.Sequential(nn.Conv2d(c_in + _EMBEDDING, bottleneck, 1), nn.GELU(),
-                                 nn.Conv2d(bottleneck, 4, 1), nn.Softplus())  # fmt: skip
+        self.mlp = nn.Sequential(
+            nn.Conv2d(c_in + _EMBEDDING, bottleneck, 1),
+            nn.GELU(),
+            nn.Conv2d(bottleneck, 4, 1),
+            nn.Softplus(),
+        )
         self.log_binomial_transform = _LogBinomial()
         self.temperatures = temperatures
 
@@ -246,9 +253,11 @@ class _ConditionalLogBinomial(nn.Module):
         low, high = self.temperatures
         t = (high - low) * (pt[:, 2] / (pt[:, 2] + pt[:, 3]))[:, None] + low
         k, n = self.log_binomial_transform.k_idx, self.log_binomial_transform.K_minus_1
-        y = _log_choose(n, k) + k * torch.log(p.clamp(eps, 1)) + (
-            (_BINS - 1 - k) * torch.log((1 - p).clamp(eps, 1))
-        )  # fmt: skip
+        y = (
+            _log_choose(n, k)
+            + k * torch.log(p.clamp(eps, 1))
+            + ((_BINS - 1 - k) * torch.log((1 - p).clamp(eps, 1)))
+        )
         return torch.softmax(y / t, dim=1)
 
 
@@ -267,8 +276,7 @@ class ZoeDepth(nn.Module):
         self.conv2 = nn.Conv2d(_FEATURES, _FEATURES, 1)
         self.seed_bin_regressor = _Mlp2(_FEATURES, 256, _BINS, nn.Softplus())
         self.seed_projector = _Mlp2(_FEATURES, 128, _EMBEDDING, None)
-        self.projectors = nn.ModuleList([_Mlp2(_FEATURES, 128, _EMBEDDING, None)
-                                         for _ in range(4)])  # fmt: skip
+        self.projectors = nn.ModuleList([_Mlp2(_FEATURES, 128, _EMBEDDING, None) for _ in range(4)])
         self.attractors = nn.ModuleList([_Attractor(n) for n in (16, 8, 4, 1)])
         self.conditional_log_binomial = _ConditionalLogBinomial(32 + 1)
 
@@ -277,8 +285,9 @@ class ZoeDepth(nn.Module):
         relative, (last, bottleneck, *blocks) = self.core(x)
         x = self.conv2(bottleneck)
         centres, embedding = self.seed_bin_regressor(x), self.seed_projector(x)
-        for projector, attractor, block in zip(self.projectors, self.attractors, blocks,
-                                               strict=True):  # fmt: skip
+        for projector, attractor, block in zip(
+            self.projectors, self.attractors, blocks, strict=True
+        ):
             previous, embedding = embedding, projector(block)
             centres = attractor(embedding, centres, previous)
         last = torch.cat([last, _resized(relative[:, None], last.shape[2:])], dim=1)

@@ -32,22 +32,20 @@ def upgrade() -> None:
         "idempotency_keys",
         sa.Column(
             "owner_id", sa.Uuid(), sa.ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
-        ),  # fmt: skip
+        ),
         sa.Column("key", sa.String(255), primary_key=True),
         sa.Column("fingerprint", sa.String(64), nullable=False),
         sa.Column(
             "task_id", sa.Uuid(), sa.ForeignKey("tasks.id", ondelete="CASCADE"), nullable=False
-        ),  # fmt: skip
+        ),
         sa.Column(
             "created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
-        ),  # fmt: skip
+        ),
     )
     op.create_table(
         "audit_log",
         sa.Column("id", sa.BigInteger(), primary_key=True, autoincrement=True),
-        sa.Column(
-            "at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
-        ),  # fmt: skip
+        sa.Column("at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
         sa.Column("actor", sa.String(320), nullable=False),
         sa.Column("action", sa.String(64), nullable=False),
         sa.Column("target", sa.String(400), nullable=False),

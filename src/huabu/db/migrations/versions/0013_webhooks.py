@@ -50,7 +50,7 @@ def upgrade() -> None:
             sa.ForeignKey("tasks.id", ondelete="CASCADE"),
             nullable=False,
             index=True,
-        ),  # fmt: skip
+        ),
         sa.Column("event", sa.String(32), nullable=False),
         sa.Column("url", sa.Text(), nullable=False),
         sa.Column("state", sa.String(16), nullable=False),
@@ -61,7 +61,7 @@ def upgrade() -> None:
         sa.Column("delivered_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column(
             "created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
-        ),  # fmt: skip
+        ),
     )
     op.execute(_FUNCTION)
     op.execute(_TRIGGER)
