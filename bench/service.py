@@ -9,8 +9,8 @@
     (`huabu serve`, worker inside) and the in-process engine run alternately, never together.
     With ``--against REV`` (a commit, e.g. the previous release), a `huabu serve` of that
     revision (a git worktree of it, on its own database) runs in the same rounds, and its
-    ratio is printed beside this one's (both servers are up throughout, each idle while the
-    other works).
+    ratio is printed beside this one's (one server at a time, each alternating with the
+    engine).
 (2) N submits to an API-only server (HUABU_WORKER=false) with an API key, first all N at
     once (N connections), then from 8 clients in a loop: p50/p99 submit latency (target p99
     < 50 ms) and throughput; then polls per second of GET /tasks/{id} from 8 and 64
@@ -53,13 +53,13 @@ def end_to_end_ratio(home: Path, runs: int, size: int, against: Path | None) -> 
     body = REQUEST | {"width": size, "height": size}
     request = GenerationRequest(**body)
     env = {"HUABU_THREADS": "2", "HUABU_ANONYMOUS": "true"}
-    servers = {"this": Server(home, env)}
+    homes = {"this": (home, env)}
     if against is not None:  # the other revision on a database of its own, the same models
         other = home.parent / f"{home.name}-against"
         other.mkdir(exist_ok=True)
         if not (other / "models").exists():
             (other / "models").symlink_to(home / "models")
-        servers["against"] = Server(other, env | {"PYTHONPATH": str(against / "src")})
+        homes["previous"] = (other, env | {"PYTHONPATH": str(against / "src")})
 
     def over_http(server: Server) -> None:
         client = server.client()
@@ -68,29 +68,27 @@ def end_to_end_ratio(home: Path, runs: int, size: int, against: Path | None) -> 
         assert task["state"] == "succeeded", task
         client.get(task["images"][0]["url"]).raise_for_status()
 
-    try:
-        engine.generate(request)  # warm-up: load, first-task costs
-        for server in servers.values():
+    line = f"(1) {size}x{size}, 20 steps, median of {runs}:"
+    engine.generate(request)  # warm-up: load, first-task costs
+    # One server at a time, alternating with the engine: each ratio is measured against the
+    # engine's own time in the same minutes, with nothing else up.
+    for name, (server_home, server_env) in homes.items():
+        server = Server(server_home, server_env)
+        try:
             over_http(server), over_http(server)
-        samples: dict[str, list[float]] = {"engine": [], **{name: [] for name in servers}}
-        steps = [("engine", lambda: engine.generate(request))] + [
-            (name, lambda server=server: over_http(server)) for name, server in servers.items()
-        ]
-        for _ in range(runs):
-            for name, step in steps:
-                time.sleep(0.5)  # let the other process's torch threads stop spinning
-                start = time.perf_counter()
-                step()
-                samples[name].append(time.perf_counter() - start)
-    finally:
-        for server in servers.values():
+            local, remote = [], []
+            for _ in range(runs):
+                for over, samples in ((False, local), (True, remote)):
+                    time.sleep(0.5)  # let the other process's torch threads stop spinning
+                    start = time.perf_counter()
+                    over_http(server) if over else engine.generate(request)
+                    samples.append(time.perf_counter() - start)
+        finally:
             server.stop()
-    e = statistics.median(samples["engine"])
-    line = f"(1) {size}x{size}, 20 steps, median of {runs}: engine {e * 1000:.0f} ms"
-    for name in servers:
-        h = statistics.median(samples[name])
-        label = "over HTTP" if name == "this" else "previous over HTTP"
-        line += f"; {label} {h * 1000:.0f} ms, ratio {h / e:.3f}"
+        e, h = statistics.median(local), statistics.median(remote)
+        line += (
+            f" {name}: engine {e * 1000:.0f} ms, over HTTP {h * 1000:.0f} ms, ratio {h / e:.3f};"
+        )
     print(line + "  (target <= 1.05)")
 
 

@@ -120,13 +120,15 @@ def test_cli_manages_users_and_keys(tmp_path):
             timeout=120,
         )
 
+    # This process holds the embedded database open, so that each command uses it rather than
+    # starting it and (as its last user) stopping it again.
+    accounts = Accounts(open_database(Settings(home=tmp_path)))
     added = huabu("users", "add", "eve@example.com", "--password", "s3cret-pass", "--admin")
     assert added.returncode == 0, added.stderr
     assert "eve@example.com (admin)" in added.stdout
     created = huabu("keys", "create", "eve@example.com")
     assert created.returncode == 0, created.stderr
     key = created.stdout.strip().splitlines()[-1]
-    accounts = Accounts(open_database(Settings(home=tmp_path)))
     assert accounts.user_for_key(key).email == "eve@example.com"
     # Each admin action says what it did in one line.
     assert (

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from huabu.auth.throttle import LoginThrottle
 from huabu.catalog.infotext import infotext, parameter_pairs, parse_infotext
-from huabu.dialects.a1111_wire import lora_tags, split_loras
+from huabu.dialects.a1111 import lora_tags, split_loras
 from huabu.engine.prompts import parse_weights
 from huabu.errors import InvalidRequest, Overloaded, TooLarge
 from huabu.logs import JsonFormatter, TextFormatter

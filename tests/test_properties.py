@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from PIL import Image
 from pydantic import ValidationError
 
-from huabu.dialects import a1111_wire, kamiya, novita, sdserver, v1b
-from huabu.dialects.a1111_wire import split_loras
+from huabu.dialects import a1111, kamiya, novita, sdserver, v1b
+from huabu.dialects.a1111 import split_loras
 from huabu.engine.prompts import ROUND_UP, parse_weights
 from huabu.errors import InvalidRequest
 from huabu.fetch import _parts, allowed
@@ -255,8 +255,8 @@ def _translate(dialect: str, fields: dict):
     if dialect == "sdserver":
         form = sdserver.Txt2ImgForm.model_validate(fields)
         return sdserver.to_native(form, model="demo", size=(form.width, form.height))
-    body = a1111_wire.Txt2ImgIn.model_validate(fields)
-    return a1111_wire.to_native(
+    body = a1111.Txt2ImgIn.model_validate(fields)
+    return a1111.to_native(
         body, model="demo", init_image=None, controlnets=[], options={}, settings=SETTINGS
     )
 

@@ -139,3 +139,38 @@ def _rows(sessions, tasks):
             text("SELECT job_id FROM tasks WHERE id = ANY(:ids) ORDER BY fair_rank"),
             {"ids": [task.id for task in tasks]},
         ).all()
+
+
+def test_long_polls_wake_for_a_state_change_and_streams_for_progress_too(place):
+    """A worker announces every progress write; a long poll (which re-reads the task each
+    time it wakes) sleeps through them and wakes when the task's state changes, while an
+    event stream wakes for both."""
+    import asyncio
+
+    from huabu.db.server import database_uri
+    from huabu.tasks import queue
+    from huabu.tasks.events import TaskEvents
+
+    settings, sessions, _ = place
+    task_id = str(uuid.uuid4())
+
+    async def scenario() -> list[tuple[bool, bool]]:
+        events = TaskEvents(database_uri(settings))
+        await events.start()
+        poll = events.subscribe(task_id, progress=False)
+        stream = events.subscribe(task_id)
+        seen = []
+        try:
+            for progress in (True, False):
+                with sessions.begin() as session:
+                    queue.announce(session, task_id, progress=progress)
+                await asyncio.wait_for(stream.wait(), 10)
+                await asyncio.sleep(0.2)  # time for a wrongly woken poll to show
+                seen.append((poll.is_set(), stream.is_set()))
+                poll.clear(), stream.clear()
+        finally:
+            events.unsubscribe(task_id, poll), events.unsubscribe(task_id, stream)
+            await events.stop()
+        return seen
+
+    assert asyncio.run(scenario()) == [(False, True), (True, True)]

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from huabu.dialects import a1111_wire, kamiya, novita, openai_images, sdserver, v1b
+from huabu.dialects import a1111, kamiya, novita, openai, sdserver, v1b
 from huabu.errors import InvalidRequest
 from huabu.native import GenerationRequest, ImageRef
 from huabu.settings import Settings
@@ -219,7 +219,7 @@ def test_novita_refusals_and_result():
     hires = novita.to_native(fixed, novita.ExtraIn()).hires
     assert (hires.resize_width, hires.resize_height, hires.strength) == (1024, 768, 0.5)
     assert hires.upscaler == "Latent"
-    renamed = novita._renamed(InvalidRequest("bad", param="controlnets.0.scale"))
+    renamed = novita.renamed(InvalidRequest("bad", param="controlnets.0.scale"))
     assert renamed.param == "request.controlnet.units.0.strength"
     native = GenerationRequest(model="m", seed=9, init_image=ImageRef(key="uploads/a.png"))
     result = novita.from_native(task(native), sign, 3600)
@@ -265,7 +265,7 @@ def test_sdserver_spec_example():
 
 
 def test_a1111_prompt_loras_scheduler_and_units():
-    body = a1111_wire.Txt2ImgIn.model_validate(
+    body = a1111.Txt2ImgIn.model_validate(
         {
             "prompt": "a fox <lora:demo-lora:0.5>, snow",
             "sampler_name": "DPM++ 2M",
@@ -290,9 +290,9 @@ def test_a1111_prompt_loras_scheduler_and_units():
             },
         }
     )
-    units = [(index, unit, UPLOAD) for index, unit in a1111_wire.control_units(body)]
+    units = [(index, unit, UPLOAD) for index, unit in a1111.control_units(body)]
     assert [index for index, _, _ in units] == [0]  # the disabled unit is dropped
-    native = a1111_wire.to_native(
+    native = a1111.to_native(
         body,
         model="demo",
         init_image=None,
@@ -327,17 +327,17 @@ def test_a1111_prompt_loras_scheduler_and_units():
     ],
 )
 def test_a1111_refusals_name_the_field(change, param):
-    body = a1111_wire.Txt2ImgIn.model_validate({"prompt": "p"} | change)
+    body = a1111.Txt2ImgIn.model_validate({"prompt": "p"} | change)
     with pytest.raises(InvalidRequest) as caught:
-        units = [(i, unit, UPLOAD) for i, unit in a1111_wire.control_units(body)]
-        a1111_wire.to_native(
+        units = [(i, unit, UPLOAD) for i, unit in a1111.control_units(body)]
+        a1111.to_native(
             body, model="demo", init_image=None, controlnets=units, options={}, settings=SETTINGS
         )
-    assert a1111_wire.renamed(caught.value).param == param
+    assert a1111.renamed(caught.value).param == param
 
 
 def test_a1111_inpainting_fields():
-    body = a1111_wire.Img2ImgIn.model_validate(
+    body = a1111.Img2ImgIn.model_validate(
         {
             "init_images": ["x"],
             "mask": "y",
@@ -349,7 +349,7 @@ def test_a1111_inpainting_fields():
         }
     )
     mask = uuid.uuid4()
-    native = a1111_wire.to_native(
+    native = a1111.to_native(
         body,
         model="demo",
         init_image=UPLOAD,
@@ -368,11 +368,11 @@ def test_a1111_inpainting_fields():
 
 
 def test_openai_sizes_quality_and_limits():
-    body = openai_images.GenerationIn.model_validate({"prompt": "a fox", "quality": "high"})
-    native = openai_images.to_native(body, model="demo", auto_size=(512, 512), settings=SETTINGS)
+    body = openai.GenerationIn.model_validate({"prompt": "a fox", "quality": "high"})
+    native = openai.to_native(body, model="demo", auto_size=(512, 512), settings=SETTINGS)
     assert (native.width, native.height, native.steps) == (512, 512, 40)
-    sized = openai_images.GenerationIn.model_validate({"prompt": "a fox", "size": "256x384"})
-    native = openai_images.to_native(sized, model="demo", auto_size=(1024, 1024), settings=SETTINGS)
+    sized = openai.GenerationIn.model_validate({"prompt": "a fox", "size": "256x384"})
+    native = openai.to_native(sized, model="demo", auto_size=(1024, 1024), settings=SETTINGS)
     assert (native.width, native.height) == (256, 384)
     # size "auto": the model's trained square; SDXL's 1024 unless the model says otherwise
     # (the tiny SDXL demo is trained at 512, as its own default says).
@@ -384,18 +384,18 @@ def test_openai_sizes_quality_and_limits():
             "m", "checkpoints", "m.safetensors", "single-file", 1, architecture, side, 0.0
         )
 
-    assert openai_images.native_square(None) == (512, 512)
-    assert openai_images.native_square(info(Architecture.SDXL, None)) == (1024, 1024)
-    assert openai_images.native_square(info(Architecture.SD2, None)) == (768, 768)
-    assert openai_images.native_square(info(Architecture.SDXL, 512)) == (512, 512)
+    assert openai.native_square(None) == (512, 512)
+    assert openai.native_square(info(Architecture.SDXL, None)) == (1024, 1024)
+    assert openai.native_square(info(Architecture.SD2, None)) == (768, 768)
+    assert openai.native_square(info(Architecture.SDXL, 512)) == (512, 512)
     refused = (({"n": 99}, "n"), ({"stream": True}, "stream"), ({"size": "big"}, "size"))
     for change, param in refused:
-        body = openai_images.GenerationIn.model_validate({"prompt": "p"} | change)
+        body = openai.GenerationIn.model_validate({"prompt": "p"} | change)
         with pytest.raises(InvalidRequest) as caught:
-            openai_images.to_native(body, model="demo", auto_size=(512, 512), settings=SETTINGS)
+            openai.to_native(body, model="demo", auto_size=(512, 512), settings=SETTINGS)
         assert caught.value.param == param
-    edit = openai_images.EditIn.model_validate({"prompt": "p"})
-    native = openai_images.to_native(
+    edit = openai.EditIn.model_validate({"prompt": "p"})
+    native = openai.to_native(
         edit,
         model="demo",
         auto_size=(320, 240),
@@ -413,7 +413,6 @@ def test_openai_sizes_quality_and_limits():
 def test_failed_and_unfinished_tasks_in_each_synchronous_shape():
     import json
 
-    from huabu.dialects import a1111
     from huabu.errors import Cancelled, TaskFailed, TaskTimedOut
     from huabu.web.error_renderers import render_native, status_for
 
@@ -435,7 +434,7 @@ def test_failed_and_unfinished_tasks_in_each_synchronous_shape():
     a1111_body = body(a1111.render_error, failed)
     assert a1111_body["error"] == "TaskFailed" and a1111_body["task_id"] == "t-2"
     assert a1111_body["detail"] == failed.message
-    openai_error = body(openai_images.render_error, timed_out)["error"]
+    openai_error = body(openai.render_error, timed_out)["error"]
     assert openai_error["type"] == "server_error" and "(task t-1)" in openai_error["message"]
     assert body(render_native, failed)["error"]["task_id"] == "t-2"
 
@@ -446,8 +445,8 @@ def test_failed_and_unfinished_tasks_in_each_synchronous_shape():
         # Values a dialect's own schema allows but the native model does not: a 400 naming
         # the dialect's field, never a 500 from the translation.
         (
-            lambda: a1111_wire.to_native(
-                a1111_wire.Txt2ImgIn.model_validate(
+            lambda: a1111.to_native(
+                a1111.Txt2ImgIn.model_validate(
                     {"prompt": "".join(f"<lora:l{i}:1>" for i in range(6))}
                 ),
                 model="demo",
@@ -456,31 +455,29 @@ def test_failed_and_unfinished_tasks_in_each_synchronous_shape():
                 options={},
                 settings=SETTINGS,
             ),
-            a1111_wire.renamed,
+            a1111.renamed,
             "prompt",
         ),
         (
-            lambda: a1111_wire.to_native(
-                a1111_wire.Img2ImgIn.model_validate(
-                    {"init_images": ["x"], "denoising_strength": 0}
-                ),
+            lambda: a1111.to_native(
+                a1111.Img2ImgIn.model_validate({"init_images": ["x"], "denoising_strength": 0}),
                 model="demo",
                 init_image=UPLOAD,
                 controlnets=[],
                 options={},
                 settings=SETTINGS,
             ),
-            a1111_wire.renamed,
+            a1111.renamed,
             "denoising_strength",
         ),
         (
-            lambda: openai_images.to_native(
-                openai_images.GenerationIn.model_validate({"prompt": "x" * 20_000}),
+            lambda: openai.to_native(
+                openai.GenerationIn.model_validate({"prompt": "x" * 20_000}),
                 model="demo",
                 auto_size=(512, 512),
                 settings=SETTINGS,
             ),
-            openai_images.renamed,
+            openai.renamed,
             "prompt",
         ),
     ],

@@ -13,23 +13,16 @@ from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session, sessionmaker
 
-from huabu import __version__
+from huabu import __version__, api
 from huabu.db.server import database_uri
 from huabu.db.server import release as release_database
 from huabu.db.session import open_database
-from huabu.dialects import (
-    a1111,
-    kamiya,
-    native,
-    native_admin,
-    native_training,
-    native_webhooks,
-    novita,
-    openai_images,
-    sdserver,
-    v1b,
-    v1b_training,
-)
+from huabu.dialects.a1111 import routes as a1111
+from huabu.dialects.kamiya import routes as kamiya
+from huabu.dialects.novita import routes as novita
+from huabu.dialects.openai import routes as openai
+from huabu.dialects.sdserver import routes as sdserver
+from huabu.dialects.v1b import routes as v1b
 from huabu.settings import Settings
 from huabu.tasks.records import TaskRecord
 from huabu.tasks.service_jobs import ServiceJobs
@@ -43,13 +36,24 @@ from huabu.web.services import Services
 
 log = logging.getLogger("huabu.web")
 
+#: Every API the app serves: huabu's own, then the dialects.
+MOUNTS = (
+    api.MOUNT,
+    sdserver.MOUNT,
+    v1b.MOUNT,
+    novita.MOUNT,
+    kamiya.MOUNT,
+    a1111.MOUNT,
+    openai.MOUNT,
+)
+
 
 def _render_task(services: Services, record: TaskRecord) -> dict[str, Any]:
     """A task as ``GET /huabu/v1/tasks/{id}`` returns it, for webhook bodies: file URLs on
     HUABU_PUBLIC_URL (else this server's own address)."""
     settings = services.settings
     base = (settings.public_url or f"http://{settings.host}:{settings.port}").rstrip("/")
-    return native.task_out(record, services, base).model_dump(mode="json")
+    return api.routes.task_out(record, services, base).model_dump(mode="json")
 
 
 def create_app(settings: Settings, sessions: sessionmaker[Session] | None = None) -> FastAPI:
@@ -106,31 +110,13 @@ def create_app(settings: Settings, sessions: sessionmaker[Session] | None = None
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, renderers=renderers)
     app.add_middleware(RequestGuard, settings=settings, renderers=renderers)
     app.add_middleware(RequestTimer, telemetry=telemetry)
-    app.add_middleware(
-        error_renderers.LastResort, renderers=renderers
-    )  # outermost: sees everything
-    app.include_router(native.router)
-    app.include_router(native_admin.router)
-    app.include_router(native_training.router)
-    app.include_router(native_webhooks.router)
-    app.include_router(sdserver.router)
-    app.include_router(v1b.router)
-    app.include_router(v1b_training.router)
-    renderers.register(v1b.PREFIX, v1b.render_error, v1b.ErrorOut)
-    app.include_router(novita.router)
-    renderers.register(novita.PREFIX, novita.render_error, novita.ErrorOut)
-    app.include_router(kamiya.router)
-    app.include_router(a1111.router)
-    renderers.register(a1111.PREFIX, a1111.render_error, a1111.ErrorOut)
-    app.include_router(a1111.controlnet_router)
-    renderers.register(a1111.CONTROLNET_PREFIX, a1111.render_error, a1111.ErrorOut)
-    app.include_router(openai_images.router)
-    renderers.register(
-        openai_images.PREFIX + "/", openai_images.render_error, openai_images.ErrorOut
-    )
-    renderers.register(kamiya.PREFIX, kamiya.render_error, kamiya.ErrorOut)
-    for path in sdserver.PATHS:
-        renderers.register(path, sdserver.render_error, sdserver.ErrorOut)
+    # Outermost: sees everything.
+    app.add_middleware(error_renderers.LastResort, renderers=renderers)
+    for mount in MOUNTS:
+        for router in mount.routers:
+            app.include_router(router)
+        for prefix, renderer, shape in mount.errors:
+            renderers.register(prefix, renderer, shape)
     app.include_router(files.router)
     app.include_router(prometheus.router)
     app.include_router(page.router)

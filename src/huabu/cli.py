@@ -464,6 +464,7 @@ def serve(
     import uvicorn
 
     from huabu.app import create_app
+    from huabu.memory import trim_periodically
     from huabu.web.protocol import bounded_head
 
     settings = Settings()
@@ -488,6 +489,7 @@ def serve(
     # Opened before serving: a database that is away or unusable is one line here, not a
     # traceback from the server's startup.
     sessions = open_database(settings, wait=30)
+    trim_periodically()
     uvicorn.run(
         create_app(settings, sessions),
         host=settings.host,
@@ -571,6 +573,7 @@ def worker(
     import asyncio
 
     from huabu.db.session import open_database
+    from huabu.memory import trim_periodically
     from huabu.worker.process import Worker
 
     settings = Settings()
@@ -585,6 +588,7 @@ def worker(
             _fail(str(exc))
         raise typer.Exit(multi.run(found))
     sessions = open_database(settings, wait=float("inf"))  # a worker waits for its database
+    trim_periodically()
     asyncio.run(Worker(settings, sessions).run())
 
 

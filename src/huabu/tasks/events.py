@@ -15,7 +15,7 @@ from collections.abc import Callable
 import psycopg
 
 from huabu.errors import first_line
-from huabu.tasks.queue import CHANNEL
+from huabu.tasks.queue import CHANNEL, PROGRESS
 
 log = logging.getLogger("huabu.events")
 
@@ -23,7 +23,8 @@ log = logging.getLogger("huabu.events")
 class TaskEvents:
     def __init__(self, uri: str) -> None:
         self.uri = uri
-        self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
+        #: task id → its waiters, each with whether it wakes for progress too.
+        self._waiters: dict[str, dict[asyncio.Event, bool]] = defaultdict(dict)
         self._runner: asyncio.Task | None = None
         self._connected = asyncio.Event()
         #: Called with each changed task's id (None: anything may have changed), before
@@ -51,10 +52,13 @@ class TaskEvents:
                     delay = 0.5
                     self._wake_all()  # anything may have changed while we were away
                     async for notice in connection.notifies():
+                        task_id = notice.payload.removesuffix(PROGRESS)
+                        state_changed = task_id == notice.payload
                         for listener in self.listeners:
-                            listener(notice.payload)
-                        for event in self._waiters.get(notice.payload, ()):
-                            event.set()
+                            listener(task_id)
+                        for event, progress in self._waiters.get(task_id, {}).items():
+                            if progress or state_changed:
+                                event.set()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -70,16 +74,17 @@ class TaskEvents:
             for event in events:
                 event.set()
 
-    def subscribe(self, task_id: str) -> asyncio.Event:
-        """An event set at every change of ``task_id``; clear it after reading, and
-        ``unsubscribe`` when done. For streams that must not miss a change between waits."""
+    def subscribe(self, task_id: str, *, progress: bool = True) -> asyncio.Event:
+        """An event set at every change of ``task_id`` (with ``progress=False``: of its state,
+        not of its progress alone); clear it after reading, and ``unsubscribe`` when done. For
+        streams that must not miss a change between waits."""
         event = asyncio.Event()
-        self._waiters[task_id].add(event)
+        self._waiters[task_id][event] = progress
         return event
 
     def unsubscribe(self, task_id: str, event: asyncio.Event) -> None:
         waiters = self._waiters.get(task_id)
         if waiters is not None:
-            waiters.discard(event)
+            waiters.pop(event, None)
             if not waiters:
                 del self._waiters[task_id]

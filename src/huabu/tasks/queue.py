@@ -124,6 +124,11 @@ def cancel_job(session: Session, job_id: int) -> None:
     session.execute(_CANCEL, {"job_id": job_id})
 
 
-def announce(session: Session, task_id: object) -> None:
-    """Tell listeners (progress streams) that the task changed, when the transaction commits."""
-    session.execute(_NOTIFY, {"task_id": str(task_id)})
+#: The payload's suffix of a notification that only the task's progress changed.
+PROGRESS = ":progress"
+
+
+def announce(session: Session, task_id: object, *, progress: bool = False) -> None:
+    """Tell listeners that the task changed, when the transaction commits; ``progress``: only
+    its progress (and live preview) did, which long polls need not wake for."""
+    session.execute(_NOTIFY, {"task_id": str(task_id) + (PROGRESS if progress else "")})

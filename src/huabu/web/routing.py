@@ -11,16 +11,19 @@ read their bodies themselves do so through ``dialects.common.read_body``, after 
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any
 
-from fastapi import params
+from fastapi import APIRouter, params
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
+from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
 
 from huabu.web.bodies import SMALL_BODY, parse_json_body, read_limited
 from huabu.web.deps import current_user
+from huabu.web.error_renderers import Renderer
 
 
 def _depends_on(dependant: Dependant, call: Callable[..., Any]) -> bool:
@@ -55,3 +58,13 @@ class GuardedRoute(APIRoute):
             return await handler(request)
 
         return guarded
+
+
+@dataclass(frozen=True)
+class Mount:
+    """What an API adds to the app: its routers, and the error body of each path prefix it
+    owns (path prefix, renderer, the body's model for the OpenAPI document). ``app`` mounts
+    every API's in one loop."""
+
+    routers: tuple[APIRouter, ...]
+    errors: tuple[tuple[str, Renderer, type[BaseModel]], ...] = ()

@@ -21,7 +21,8 @@ async def wait_for_task(
 ) -> TaskRecord:
     """The task once finished, or as it is when ``timeout`` runs out. Wakes on the task's
     change notifications, not by polling."""
-    changed = services.events.subscribe(task_id)
+    # Woken when the task's state changes, not at every step's progress: each wake is a read.
+    changed = services.events.subscribe(task_id, progress=False)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     try:

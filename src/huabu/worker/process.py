@@ -1,8 +1,8 @@
 """The worker: a procrastinate worker that runs generation and training tasks (one of the two
 with ``HUABU_WORKER_TRAINING=false`` or ``HUABU_WORKER_GENERATION=false``) for the checkpoints
 it can serve (``worker.router``), plus the reaper that gives the tasks of dead workers back to
-the queue, and the advert of what it is and holds (``tasks.fleet``, ``catalog.shared``). The
-jobs come through ``worker.jobs`` (procrastinate, adapted).
+the queue, and the advert of what it is and holds (``worker.advert``). The jobs come through
+``worker.jobs`` (procrastinate, adapted).
 
 ``huabu worker`` runs one alone; ``huabu serve`` runs one inside the server process unless
 ``HUABU_WORKER=false``. One run at a time per worker (one GPU): one job, or one job and the
@@ -34,14 +34,14 @@ from functools import partial
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
-from huabu.catalog import shared
-from huabu.catalog.library import ModelEntry, ModelLibrary
+from huabu.catalog.library import ModelLibrary
 from huabu.catalog.transfer import ModelCache
 from huabu.db.server import database_uri
 from huabu.errors import DatabaseUnavailable, first_line
 from huabu.settings import Settings
 from huabu.storage import open_storage
-from huabu.tasks import fleet, queue
+from huabu.tasks import queue
+from huabu.worker.advert import Advert
 from huabu.worker.batcher import Batcher
 from huabu.worker.jobs import Jobs
 from huabu.worker.router import Router
@@ -91,7 +91,14 @@ class Worker:
             self.router.next_job,
         )
         self.batcher = Batcher(settings, sessions)
-        self._held: list[tuple[ModelEntry, str | None]] = []
+        self.advert = Advert(
+            sessions,
+            self.identity,
+            self.kinds,
+            self.library,
+            self.cache,
+            lambda: self.runner.current,
+        )
         self._busy = threading.Lock()  # held while a task runs
         self._engine_thread = ThreadPoolExecutor(1, thread_name_prefix="huabu-engine")
         self._tasks: list[asyncio.Task] = []
@@ -144,47 +151,15 @@ class Worker:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.jobs.close()
         with contextlib.suppress(DatabaseUnavailable):
-            await asyncio.to_thread(self._leave)
+            await asyncio.to_thread(self.advert.leave)
         self._engine_thread.shutdown(wait=False)
 
     async def _advertise(self) -> None:
         """What this worker is and holds, with its heartbeat (see ``tasks.fleet``)."""
         while True:
             with contextlib.suppress(DatabaseUnavailable):
-                await asyncio.to_thread(self._write_advert)
+                await asyncio.to_thread(self.advert.write)
             await asyncio.sleep(self.settings.heartbeat_seconds)
-
-    def _write_advert(self) -> None:
-        held = [
-            (entry, self.library.sha256(entry, compute=False))
-            for kind in self.library.kinds
-            for entry in self.library.entries(kind)
-        ]
-        with self.sessions.begin() as session:
-            fleet.advertise(
-                session,
-                name=self.name,
-                host=self.identity.host,
-                device=self.identity.device,
-                kinds=self.kinds,
-                loaded=self.cache.loaded(),
-                loads=self.cache.loads,
-                current_task=self.runner.current,
-                load_seconds=self.cache.load_seconds,
-                gpu_memory=self.cache.gpu_memory(),
-            )
-            if held != self._held:  # the catalog rows change only when the disk does
-                shared.describe_held(session, self.name, held)
-        self._held = held
-        # One missing hash per beat, so a library of large files is described at once and
-        # hashed over the following beats (once per file version: the hashes are cached).
-        unhashed = next((e for e, digest in held if digest is None and e.path.is_file()), None)
-        if unhashed is not None:
-            self.library.sha256(unhashed)
-
-    def _leave(self) -> None:
-        with self.sessions.begin() as session:
-            fleet.leave(session, self.name)
 
     async def run(self) -> None:
         """Run until SIGINT/SIGTERM (``huabu worker``)."""

@@ -188,7 +188,7 @@ class Progress:
                 self.cancel_requested = bool(row[0])
                 if image is not None:
                     session.execute(_PREVIEW, values | {"image": image})
-                queue.announce(session, self.task_id)
+                queue.announce(session, self.task_id, progress=True)
         except DatabaseUnavailable:
             pass  # logged where the engine noticed it; written again at the next interval
 

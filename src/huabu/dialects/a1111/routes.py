@@ -1,12 +1,5 @@
-"""AUTOMATIC1111's ``/sdapi/v1`` API, as its clients (``webuiapi``, painting-program plugins,
-bots) call it: synchronous ``txt2img`` / ``img2img`` with base64 images, and the listing,
-options, progress and interrupt routes around them.
-
-Unlike A1111 it is multi-user: ``options`` (the checkpoint a request without
-``override_settings`` uses) are per user, and ``progress`` / ``interrupt`` / ``skip`` see the
-caller's own task only. Auth: A1111's HTTP Basic (email and password, or email and API key)
-or a Bearer key. The wire shapes and their translation are in ``a1111_wire``.
-"""
+"""The routes of AUTOMATIC1111's sdapi/v1 (and sd-webui-controlnet's listings): thin; read the
+body, translate, submit or read through the task service, answer."""
 
 from __future__ import annotations
 
@@ -19,124 +12,86 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, Field
 
 from huabu.catalog.infotext import parse_infotext, read_parameters
 from huabu.catalog.preprocessors import available as available_preprocessors
-from huabu.dialects import a1111_wire as wire
+from huabu.dialects.a1111.translate import (
+    SCHEDULERS,
+    control_units,
+    info,
+    model_name,
+    options_in,
+    options_out,
+    progress_out,
+    renamed,
+    to_native,
+)
+from huabu.dialects.a1111.wire import (
+    CONTROLNET_PREFIX,
+    ORIGIN,
+    PREFIX,
+    ControlNetArg,
+    ControlNetModelsOut,
+    ControlNetModulesOut,
+    ErrorOut,
+    ImagesOut,
+    Img2ImgIn,
+    OptionsIn,
+    PngInfoIn,
+    PngInfoOut,
+    ProgressOut,
+    Txt2ImgIn,
+    render_error,
+)
 from huabu.dialects.common import read_body, validate
-from huabu.errors import HuabuError, InvalidRequest
+from huabu.errors import InvalidRequest
 from huabu.images import decode_base64, open_image
-from huabu.native import MAX_CONTROLNETS, SAMPLER_NAMES, GenerationRequest
+from huabu.native import (
+    MAX_CONTROLNETS,
+    SAMPLER_NAMES,
+    GenerationRequest,
+)
 from huabu.tasks.uploads import NewUploads
 from huabu.web.bodies import SMALL_BODY
 from huabu.web.deps import CurrentUser, ServicesDep
 from huabu.web.openapi import SYNC, ok, request_body
-from huabu.web.routing import GuardedRoute
+from huabu.web.routing import GuardedRoute, Mount
 from huabu.web.services import Services
 from huabu.web.waiting import submit_and_wait
 
-ORIGIN = "a1111"
-PREFIX = "/sdapi/v1"
 router = APIRouter(route_class=GuardedRoute, prefix=PREFIX, tags=["A1111: sdapi/v1"])
-#: sd-webui-controlnet's listing routes, which A1111 clients read before sending units.
-CONTROLNET_PREFIX = "/controlnet"
+
+
 controlnet_router = APIRouter(
     route_class=GuardedRoute, prefix=CONTROLNET_PREFIX, tags=["A1111: sd-webui-controlnet"]
 )
 
 
-class ErrorOut(BaseModel):
-    error: str = Field(description="InvalidRequest, AuthFailed, NotFound, TaskFailed, …")
-    detail: str
-    body: str
-    errors: str
-    param: str | None = Field(default=None, description="The field at fault (bad input only).")
-    task_id: str | None = Field(default=None, description="The task, once one was queued.")
-
-
-class ImagesOut(BaseModel):
-    images: list[str] = Field(description="PNG/JPEG/WebP images, base64")
-    parameters: dict[str, Any] = Field(description="The request as understood")
-    info: str = Field(description="JSON: seeds, infotexts, sampler, …")
-
-
-class ProgressState(BaseModel):
-    skipped: bool
-    interrupted: bool
-    job: str
-    job_count: int
-    job_timestamp: str
-    job_no: int
-    sampling_step: int
-    sampling_steps: int
-
-
-class ProgressOut(BaseModel):
-    progress: float
-    eta_relative: float
-    state: ProgressState
-    current_image: str | None
-    textinfo: str | None
-
-
-class PngInfoIn(BaseModel):
-    image: str = Field(description="The image, base64 (a data: URL prefix is allowed)")
-
-
-class PngInfoOut(BaseModel):
-    info: str
-    items: dict[str, str]
-    parameters: dict[str, Any]
-
-
-class OptionsIn(BaseModel):
-    sd_model_checkpoint: str | None = None
-    sd_vae: str | None = None
-    CLIP_stop_at_last_layers: int | None = None
-
-
 _LIST = {"type": "array", "items": {"type": "object"}}
+
+
 _OBJECT = {"type": "object"}
+
+
 _NULL = {"type": "null"}
 
 
-def render_error(error: HuabuError, status: int) -> Response:
-    """A1111's HTTP error body (``error``, ``detail``, ``body``, ``errors``), plus ``param``
-    and, for a task that was queued, ``task_id``."""
-    body: dict[str, Any] = {
-        # A1111 names the exception; a plain HTTP error (405, 500) is FastAPI's HTTPException.
-        "error": "HTTPException" if type(error) is HuabuError else type(error).__name__,
-        "detail": error.message,
-        "body": "",
-        "errors": error.message,
-    }
-    if isinstance(error, InvalidRequest):
-        body["param"] = error.param
-    if error.task_id is not None:
-        body["task_id"] = error.task_id
-    return JSONResponse(body, status_code=status)
-
-
-# -- generation -------------------------------------------------------------------------------
-
-
-async def _model(services: Services, options: dict[str, Any], body: wire.Txt2ImgIn) -> str:
+async def _model(services: Services, options: dict[str, Any], body: Txt2ImgIn) -> str:
     """override_settings, else the caller's options, else the server's default checkpoint."""
     wanted = body.override_settings.get("sd_model_checkpoint")
     if wanted:
-        return wire.model_name(str(wanted))
+        return model_name(str(wanted))
     if options.get("sd_model_checkpoint"):
         return options["sd_model_checkpoint"]
     return await run_in_threadpool(services.catalog.default_model)
 
 
 async def _controlnets(
-    uploads: NewUploads, body: wire.Txt2ImgIn, init: uuid.UUID | None
-) -> list[tuple[int, wire.ControlNetArg, uuid.UUID]]:
+    uploads: NewUploads, body: Txt2ImgIn, init: uuid.UUID | None
+) -> list[tuple[int, ControlNetArg, uuid.UUID]]:
     """The enabled units with the upload id of each one's image (the init image when a unit
     of img2img has none, as sd-webui-controlnet does)."""
-    enabled = wire.control_units(body)
+    enabled = control_units(body)
     if len(enabled) > MAX_CONTROLNETS:  # refused before any unit's image is decoded
         param = "alwayson_scripts.controlnet.args"
         raise InvalidRequest(
@@ -161,7 +116,7 @@ async def _controlnets(
 async def _generate(
     services: Services,
     user,
-    body: wire.Txt2ImgIn,
+    body: Txt2ImgIn,
     uploads: NewUploads,
     init: uuid.UUID | None = None,
     mask: uuid.UUID | None = None,
@@ -170,7 +125,7 @@ async def _generate(
     model = await _model(services, options, body)
     units = await _controlnets(uploads, body, init)
     try:
-        native = wire.to_native(
+        native = to_native(
             body,
             model=model,
             init_image=init,
@@ -184,7 +139,7 @@ async def _generate(
             services, user, native, origin=ORIGIN, uploads=uploads, cancelled_ok=True
         )
     except InvalidRequest as exc:
-        raise wire.renamed(exc) from None
+        raise renamed(exc) from None
     images = []
     if body.send_images:
         images = await run_in_threadpool(
@@ -195,7 +150,7 @@ async def _generate(
         {
             "images": images,
             "parameters": body.model_dump(exclude={"init_images", "mask"}),
-            "info": json.dumps(wire.info(record, record.request, body)),
+            "info": json.dumps(info(record, record.request, body)),
         }
     )
 
@@ -203,22 +158,22 @@ async def _generate(
 @router.post(
     "/txt2img",
     summary="Text to image (synchronous, base64 images)",
-    openapi_extra=request_body(wire.Txt2ImgIn) | SYNC,
+    openapi_extra=request_body(Txt2ImgIn) | SYNC,
     responses=ok(ImagesOut),
 )
 async def txt2img(request: Request, user: CurrentUser, services: ServicesDep) -> Response:
-    body = validate(wire.Txt2ImgIn, await read_body(request))
+    body = validate(Txt2ImgIn, await read_body(request))
     return await _generate(services, user, body, services.new_uploads())
 
 
 @router.post(
     "/img2img",
     summary="Image to image (synchronous, base64 images)",
-    openapi_extra=request_body(wire.Img2ImgIn) | SYNC,
+    openapi_extra=request_body(Img2ImgIn) | SYNC,
     responses=ok(ImagesOut),
 )
 async def img2img(request: Request, user: CurrentUser, services: ServicesDep) -> Response:
-    body = validate(wire.Img2ImgIn, await read_body(request))
+    body = validate(Img2ImgIn, await read_body(request))
     if len(body.init_images) > 1:
         raise InvalidRequest("init_images: send one image", param="init_images")
     uploads = services.new_uploads()
@@ -231,29 +186,26 @@ async def img2img(request: Request, user: CurrentUser, services: ServicesDep) ->
     return await _generate(services, user, body, uploads, init.id, mask)
 
 
-# -- the caller's current task ----------------------------------------------------------------
-
-
 @router.get(
     "/progress", summary="Your running task: progress, ETA, steps", responses=ok(ProgressOut)
 )
-async def progress(
+def progress(
     user: CurrentUser, services: ServicesDep, skip_current_image: bool = False
 ) -> Response:
-    record = await run_in_threadpool(services.tasks.current, user.id)
-    return JSONResponse(wire.progress(record, with_image=not skip_current_image))
+    record = services.tasks.current(user.id)
+    return JSONResponse(progress_out(record, with_image=not skip_current_image))
 
 
-async def _stop_current(user, services: Services) -> Response:
-    record = await run_in_threadpool(services.tasks.current, user.id)
+def _stop_current(user, services: Services) -> Response:
+    record = services.tasks.current(user.id)
     if record is not None and record.state == "running":
-        await run_in_threadpool(services.cancel, user.id, record.id)
+        services.cancel(user.id, record.id)
     return JSONResponse({})
 
 
 @router.post("/interrupt", summary="Stop your running task (nobody else's)", responses=ok(_OBJECT))
-async def interrupt(user: CurrentUser, services: ServicesDep) -> Response:
-    return await _stop_current(user, services)
+def interrupt(user: CurrentUser, services: ServicesDep) -> Response:
+    return _stop_current(user, services)
 
 
 @router.post(
@@ -261,16 +213,13 @@ async def interrupt(user: CurrentUser, services: ServicesDep) -> Response:
     summary="Like interrupt: huabu cannot skip one image of a batch",
     responses=ok(_OBJECT),
 )
-async def skip(user: CurrentUser, services: ServicesDep) -> Response:
-    return await _stop_current(user, services)
-
-
-# -- listings and options ---------------------------------------------------------------------
+def skip(user: CurrentUser, services: ServicesDep) -> Response:
+    return _stop_current(user, services)
 
 
 @router.get("/sd-models", summary="Checkpoints", responses=ok(_LIST))
-async def sd_models(user: CurrentUser, services: ServicesDep) -> Response:
-    entries = await run_in_threadpool(services.catalog.entries, "checkpoints")
+def sd_models(user: CurrentUser, services: ServicesDep) -> Response:
+    entries = services.catalog.entries("checkpoints")
     return JSONResponse(
         [
             {
@@ -286,25 +235,16 @@ async def sd_models(user: CurrentUser, services: ServicesDep) -> Response:
     )
 
 
-class ControlNetModelsOut(BaseModel):
-    model_list: list[str] = Field(description='"None", then the ControlNets the fleet serves')
-
-
-class ControlNetModulesOut(BaseModel):
-    module_list: list[str] = Field(description="The preprocessors that run here")
-    module_detail: dict[str, dict[str, Any]]
-
-
 @controlnet_router.get("/version", summary="sd-webui-controlnet's API version")
-async def controlnet_version(user: CurrentUser) -> Response:
+def controlnet_version(user: CurrentUser) -> Response:
     return JSONResponse({"version": 2})
 
 
 @controlnet_router.get(
     "/model_list", summary="ControlNet models", responses=ok(ControlNetModelsOut)
 )
-async def controlnet_models(user: CurrentUser, services: ServicesDep) -> Response:
-    names = await run_in_threadpool(services.catalog.names, "controlnet")
+def controlnet_models(user: CurrentUser, services: ServicesDep) -> Response:
+    names = services.catalog.names("controlnet")
     return JSONResponse({"model_list": ["None", *names]})
 
 
@@ -313,8 +253,8 @@ async def controlnet_models(user: CurrentUser, services: ServicesDep) -> Respons
     summary="Preprocessors that run here (the others need annotator weights)",
     responses=ok(ControlNetModulesOut),
 )
-async def controlnet_modules(user: CurrentUser, services: ServicesDep) -> Response:
-    held = set(await run_in_threadpool(services.catalog.names, "annotators"))
+def controlnet_modules(user: CurrentUser, services: ServicesDep) -> Response:
+    held = set(services.catalog.names("annotators"))
     names = available_preprocessors(held)
     return JSONResponse(
         {"module_list": names, "module_detail": {name: {"sliders": []} for name in names}}
@@ -326,12 +266,12 @@ async def controlnet_modules(user: CurrentUser, services: ServicesDep) -> Respon
     summary="No-op: the library is always read live",
     responses=ok(_NULL),
 )
-async def refresh_checkpoints(user: CurrentUser) -> Response:
+def refresh_checkpoints(user: CurrentUser) -> Response:
     return JSONResponse(None)
 
 
 @router.get("/samplers", summary="The A1111 sampler names huabu runs", responses=ok(_LIST))
-async def samplers(user: CurrentUser) -> Response:
+def samplers(user: CurrentUser) -> Response:
     return JSONResponse([{"name": name, "aliases": [], "options": {}} for name in SAMPLER_NAMES])
 
 
@@ -340,7 +280,7 @@ async def samplers(user: CurrentUser) -> Response:
     summary="Noise schedules (combined with sampler_name)",
     responses=ok(_LIST),
 )
-async def schedulers(user: CurrentUser) -> Response:
+def schedulers(user: CurrentUser) -> Response:
     return JSONResponse(
         [
             {
@@ -350,15 +290,15 @@ async def schedulers(user: CurrentUser) -> Response:
                 "default_rho": -1,
                 "need_inner_model": False,
             }
-            for name, label in wire.SCHEDULERS.items()
+            for name, label in SCHEDULERS.items()
         ]
     )
 
 
 @router.get("/loras", summary="LoRAs (the server's, and your trained ones)", responses=ok(_LIST))
-async def loras(user: CurrentUser, services: ServicesDep) -> Response:
-    entries = await run_in_threadpool(services.catalog.entries, "loras")
-    trained = await run_in_threadpool(services.training.trained_names, user.id)
+def loras(user: CurrentUser, services: ServicesDep) -> Response:
+    entries = services.catalog.entries("loras")
+    trained = services.training.trained_names(user.id)
     listed = [
         {"name": e.name, "alias": e.name, "path": e.location, "metadata": {}} for e in entries
     ]
@@ -367,8 +307,8 @@ async def loras(user: CurrentUser, services: ServicesDep) -> Response:
 
 
 @router.get("/embeddings", summary="Textual-inversion embeddings", responses=ok(_OBJECT))
-async def embeddings(user: CurrentUser, services: ServicesDep) -> Response:
-    names = await run_in_threadpool(services.catalog.names, "embeddings")
+def embeddings(user: CurrentUser, services: ServicesDep) -> Response:
+    names = services.catalog.names("embeddings")
     loaded = {
         name: {
             "step": None,
@@ -383,22 +323,22 @@ async def embeddings(user: CurrentUser, services: ServicesDep) -> Response:
 
 
 @router.get("/sd-vae", summary="VAEs", responses=ok(_LIST))
-async def sd_vae(user: CurrentUser, services: ServicesDep) -> Response:
-    entries = await run_in_threadpool(services.catalog.entries, "vae")
+def sd_vae(user: CurrentUser, services: ServicesDep) -> Response:
+    entries = services.catalog.entries("vae")
     return JSONResponse([{"model_name": e.name, "filename": e.location} for e in entries])
 
 
 @router.get("/scripts", summary="Scripts (none: ControlNet is built in)", responses=ok(_OBJECT))
-async def scripts(user: CurrentUser) -> Response:
+def scripts(user: CurrentUser) -> Response:
     return JSONResponse({"txt2img": [], "img2img": []})
 
 
 @router.get("/options", summary="Your options", responses=ok(_OBJECT))
-async def get_options(user: CurrentUser, services: ServicesDep) -> Response:
-    options = await run_in_threadpool(services.accounts.options, user.id)
+def get_options(user: CurrentUser, services: ServicesDep) -> Response:
+    options = services.accounts.options(user.id)
     if not options.get("sd_model_checkpoint"):
-        options["sd_model_checkpoint"] = await run_in_threadpool(services.catalog.default_model)
-    return JSONResponse(wire.options_out(options))
+        options["sd_model_checkpoint"] = services.catalog.default_model()
+    return JSONResponse(options_out(options))
 
 
 @router.post(
@@ -408,7 +348,7 @@ async def get_options(user: CurrentUser, services: ServicesDep) -> Response:
     responses=ok(_NULL),
 )
 async def set_options(request: Request, user: CurrentUser, services: ServicesDep) -> Response:
-    changes = wire.options_in(await read_body(request, limit=SMALL_BODY))
+    changes = options_in(await read_body(request, limit=SMALL_BODY))
     if "sd_model_checkpoint" in changes:
         name = changes["sd_model_checkpoint"]
         known = await run_in_threadpool(services.catalog.names, "checkpoints")
@@ -434,6 +374,19 @@ async def png_info(request: Request, user: CurrentUser, services: ServicesDep) -
     return await run_in_threadpool(_png_info, body.get("image", ""), max_pixels)
 
 
+@router.get("/memory", summary="Memory of this API process's machine", responses=ok(_OBJECT))
+def memory(user: CurrentUser) -> Response:
+    page, pages = os.sysconf("SC_PAGE_SIZE"), os.sysconf("SC_PHYS_PAGES")
+    free = os.sysconf("SC_AVPHYS_PAGES") * page
+    total = pages * page
+    return JSONResponse(
+        {
+            "ram": {"free": free, "used": total - free, "total": total},
+            "cuda": {"error": "GPUs belong to the workers; the API process does not use one"},
+        }
+    )
+
+
 def _png_info(image_text: Any, max_pixels: int) -> JSONResponse:
     """The parameters in a base64 image, as the response (CPU work in proportion to the input,
     rendering the answer's JSON included: off the loop)."""
@@ -453,14 +406,8 @@ def _png_info(image_text: Any, max_pixels: int) -> JSONResponse:
     )
 
 
-@router.get("/memory", summary="Memory of this API process's machine", responses=ok(_OBJECT))
-async def memory(user: CurrentUser) -> Response:
-    page, pages = os.sysconf("SC_PAGE_SIZE"), os.sysconf("SC_PHYS_PAGES")
-    free = os.sysconf("SC_AVPHYS_PAGES") * page
-    total = pages * page
-    return JSONResponse(
-        {
-            "ram": {"free": free, "used": total - free, "total": total},
-            "cuda": {"error": "GPUs belong to the workers; the API process does not use one"},
-        }
-    )
+#: What this API adds to the app (mounted by ``app``).
+MOUNT = Mount(
+    routers=(router, controlnet_router),
+    errors=tuple((p, render_error, ErrorOut) for p in (PREFIX, CONTROLNET_PREFIX)),
+)

@@ -1,202 +1,47 @@
-"""The OpenAI images API, for clients configured with ``base_url=http://HOST:PORT/v1``:
-``images/generations``, ``images/edits`` (image-to-image, or inpainting with a mask),
-``images/variations``, and ``models``. Synchronous like OpenAI's; errors in OpenAI's envelope
-``{"error": {"message", "type", "param", "code"}}``.
-
-OpenAI's model names (``dall-e-2``, ``dall-e-3``, ``gpt-image-…``) mean the server's default
-checkpoint; any checkpoint's name (or one's own trained model's) picks that one. ``quality``
-sets the number of steps; ``style`` is accepted and has no effect.
-"""
+"""The routes of OpenAI's images API: thin; read the body, translate, submit or read through the
+task service, answer."""
 
 from __future__ import annotations
 
 import base64
 import io
-import re
 import time
 import uuid
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import UploadFile
 
-from huabu.catalog.architectures import native_size
-from huabu.catalog.library import ModelInfo
 from huabu.dialects.common import read_body, validate
-from huabu.errors import AuthFailed, HuabuError, InvalidRequest, NotFound, Overloaded
+from huabu.dialects.openai.translate import model_out, native_square, renamed, to_native
+from huabu.dialects.openai.wire import (
+    ORIGIN,
+    PREFIX,
+    EditForm,
+    EditIn,
+    ErrorOut,
+    GenerationIn,
+    ImagesOut,
+    ModelOut,
+    ModelsOut,
+    render_error,
+)
+from huabu.errors import InvalidRequest, NotFound
 from huabu.images import alpha_mask
-from huabu.native import GenerationRequest
 from huabu.settings import Settings
 from huabu.tasks.uploads import NewUploads
 from huabu.web.deps import CurrentUser, FileUrl, ServicesDep
 from huabu.web.openapi import MULTIPART, SYNC, ok, request_body
-from huabu.web.routing import GuardedRoute
+from huabu.web.routing import GuardedRoute, Mount
 from huabu.web.services import Services
 from huabu.web.waiting import submit_and_wait
 
-ORIGIN = "openai"
-PREFIX = "/v1"
 router = APIRouter(route_class=GuardedRoute, prefix=PREFIX, tags=["OpenAI images"])
 
-_SIZE = re.compile(r"^\s*(\d{1,5})x(\d{1,5})\s*$")
-#: OpenAI's quality levels → sampling steps.
-_STEPS = {"low": 12, "auto": 25, "standard": 25, "medium": 25, "high": 40, "hd": 40}
+
 _OPENAI_MODELS = ("dall-e-", "gpt-image-")
-
-
-class ErrorDetail(BaseModel):
-    message: str
-    type: str = Field(description="invalid_request_error, requests or server_error")
-    param: str | None
-    code: str | None
-
-
-class ErrorOut(BaseModel):
-    error: ErrorDetail
-
-
-def render_error(error: HuabuError, status: int) -> Response:
-    kind, code = "invalid_request_error", None
-    if isinstance(error, AuthFailed):
-        code = "invalid_api_key"
-    elif isinstance(error, Overloaded):
-        kind, code = "requests", "rate_limit_exceeded"
-    elif status >= 500:
-        kind = "server_error"
-    param = error.param if isinstance(error, InvalidRequest) else None
-    message = error.message
-    if error.task_id is not None and error.task_id not in message:
-        message = f"{message} (task {error.task_id})"
-    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
-    return JSONResponse(body, status_code=status)
-
-
-class GenerationIn(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    prompt: str = Field(min_length=1, max_length=32_000)
-    model: str | None = None
-    n: int = Field(default=1, ge=1)
-    size: str | None = None
-    response_format: Literal["url", "b64_json"] | None = None
-    output_format: Literal["png", "jpeg", "webp"] = "png"
-    quality: Literal["auto", "standard", "hd", "low", "medium", "high"] = "auto"
-    style: str | None = None
-    stream: bool = False
-
-
-class EditIn(GenerationIn):
-    prompt: str = Field(default="", max_length=32_000)
-
-
-class EditForm(EditIn):
-    """The multipart body of edits and variations (documentation; read by ``_form``)."""
-
-    image: bytes = Field(description="The image to change (`image[]` is accepted too)")
-    mask: bytes | None = Field(default=None, description="Edits: transparent pixels = change")
-
-
-class ImageOut(BaseModel):
-    url: str | None = None
-    b64_json: str | None = None
-
-
-class ImagesOut(BaseModel):
-    created: int
-    data: list[ImageOut]
-    output_format: str
-    size: str
-    quality: str
-
-
-class ModelOut(BaseModel):
-    id: str
-    object: Literal["model"]
-    created: int
-    owned_by: str
-
-
-class ModelsOut(BaseModel):
-    object: Literal["list"]
-    data: list[ModelOut]
-
-
-# -- translation ------------------------------------------------------------------------------
-
-
-def _size(value: str | None, fallback: tuple[int, int]) -> tuple[int, int]:
-    """``WxH``, or ``fallback`` for "auto" (or none)."""
-    if value in (None, "", "auto"):
-        return fallback
-    match = _SIZE.match(value)
-    if match is None:
-        raise InvalidRequest(
-            f"size must look like 1024x1024 or be 'auto', got {value!r}", param="size"
-        )
-    return int(match[1]), int(match[2])
-
-
-def native_square(entry: ModelInfo | None) -> tuple[int, int]:
-    """What ``size: auto`` means for a model: the square it was trained at (1024 for SDXL,
-    768 for SD 2.x v-models, 512 for SD 1.x and for the tiny demos), or 512 if unknown."""
-    if entry is None or entry.architecture is None:
-        return 512, 512
-    side = entry.native_size or native_size(entry.architecture)
-    return side, side
-
-
-def to_native(
-    body: GenerationIn,
-    *,
-    model: str,
-    auto_size: tuple[int, int],
-    settings: Settings,
-    init_image: uuid.UUID | None = None,
-    strength: float = 0.75,
-    mask: uuid.UUID | None = None,
-) -> GenerationRequest:
-    """Pure translation. ``model`` is already resolved (see ``_resolve_model``); ``auto_size`` is
-    what ``size: auto`` means (the model's native square, or the input image's size for edits);
-    ``init_image`` and ``mask`` are upload ids."""
-    if body.stream:
-        raise InvalidRequest("stream: streaming partial images is not supported", param="stream")
-    if body.n > settings.max_images:
-        raise InvalidRequest(
-            f"n must be between 1 and {settings.max_images}, got {body.n}", param="n"
-        )
-    width, height = _size(body.size, auto_size)
-    return GenerationRequest.parse(
-        {
-            "model": model,
-            "prompt": body.prompt,
-            "width": width,
-            "height": height,
-            "steps": _STEPS[body.quality],
-            "n_images": body.n,
-            "init_image": init_image,
-            "strength": strength,
-            "inpaint": {"mask": mask} if mask else None,
-            "output_format": body.output_format,
-        }
-    )
-
-
-def renamed(error: InvalidRequest) -> InvalidRequest:
-    param = {
-        "width": "size",
-        "height": "size",
-        "n_images": "n",
-        "inpaint": "mask",
-        "inpaint.mask": "mask",
-    }.get(error.param or "")
-    if param is None:
-        return error
-    return InvalidRequest(f"{param}: {error.message}", param=param)
-
-
-# -- routes -----------------------------------------------------------------------------------
 
 
 def _resolve_model(services: Services, name: str | None) -> tuple[str, tuple[int, int]]:
@@ -382,31 +227,29 @@ async def variations(
     return await _from_image(request, user, services, url, strength=0.5, edit=False)
 
 
-def _model_out(name: str, created: float) -> dict[str, Any]:
-    return {"id": name, "object": "model", "created": int(created), "owned_by": "huabu"}
-
-
 def _models(services: Services, user) -> list[dict[str, Any]]:
     """Checkpoints and the caller's trained models. Blocking."""
     entries = services.catalog.entries("checkpoints")
     trained = services.training.trained_names(user.id)
     now = time.time()
-    listed = [_model_out(e.name, e.modified) for e in entries]
-    return listed + [_model_out(name, now) for name in trained]
+    listed = [model_out(e.name, e.modified) for e in entries]
+    return listed + [model_out(name, now) for name in trained]
 
 
 @router.get(
     "/models", summary="Models (checkpoints, and your trained ones)", responses=ok(ModelsOut)
 )
-async def models(user: CurrentUser, services: ServicesDep) -> Response:
-    return JSONResponse(
-        {"object": "list", "data": await run_in_threadpool(_models, services, user)}
-    )
+def models(user: CurrentUser, services: ServicesDep) -> Response:
+    return JSONResponse({"object": "list", "data": _models(services, user)})
 
 
 @router.get("/models/{model_id}", summary="One model", responses=ok(ModelOut))
-async def model(model_id: str, user: CurrentUser, services: ServicesDep) -> Response:
-    for item in await run_in_threadpool(_models, services, user):
+def model(model_id: str, user: CurrentUser, services: ServicesDep) -> Response:
+    for item in _models(services, user):
         if item["id"] == model_id:
             return JSONResponse(item)
     raise NotFound(f"The model '{model_id}' does not exist")
+
+
+#: What this API adds to the app (mounted by ``app``).
+MOUNT = Mount(routers=(router,), errors=((PREFIX + "/", render_error, ErrorOut),))

@@ -1,6 +1,6 @@
-"""The A1111 ``sdapi/v1`` wire shapes and their pure translation to and from the native
-model: request bodies, ``<lora:name:weight>`` in prompts, sampler + scheduler names,
-sd-webui-controlnet units, and the ``info`` JSON."""
+"""Translation between AUTOMATIC1111's sdapi/v1 (and sd-webui-controlnet's listings) and huabu's
+native requests and task records: pure functions, unit-tested without a server
+(tests/test_translations.py)."""
 
 from __future__ import annotations
 
@@ -9,17 +9,24 @@ import re
 import uuid
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
+from huabu.dialects.a1111.wire import ControlNetArg, Img2ImgIn, Txt2ImgIn
 from huabu.errors import InvalidRequest, invalid_field
-from huabu.native import MAX_SEED, GenerationRequest, LoraRef, canonical_sampler, printable
+from huabu.native import GenerationRequest, LoraRef, canonical_sampler, printable
 from huabu.settings import Settings
 from huabu.tasks.records import TaskRecord
 
 #: A1111's schedulers that huabu runs; the sampler's own schedule is "automatic".
 SCHEDULERS = {"automatic": "Automatic", "uniform": "Uniform", "karras": "Karras"}
+
+
 _TITLE_HASH = re.compile(r"\[[0-9a-fA-F]{8,64}\]$")
+
+
 _SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+
+
 #: sd-webui-controlnet module names → huabu's preprocessors.
 _MODULES = {"none": "none", "canny": "canny", "shuffle": "shuffle",
             "lineart_standard": "lineart_standard",
@@ -29,93 +36,6 @@ _MODULES = {"none": "none", "canny": "canny", "shuffle": "shuffle",
             "scribble_pidisafe": "scribble_pidsafe",
             # and DWPose's whole body "dw_openpose_full"
             "dw_openpose_full": "dwpose"}  # fmt: skip
-
-
-class ControlNetArg(BaseModel):
-    """One sd-webui-controlnet unit (``alwayson_scripts.controlnet.args[i]``)."""
-
-    model_config = ConfigDict(extra="ignore")
-    enabled: bool = True
-    image: str | dict[str, Any] | None = None
-    input_image: str | None = None
-    module: str = "none"
-    model: str = "None"
-    weight: float = Field(default=1.0, ge=0, le=2)
-    guidance_start: float = Field(default=0.0, ge=0, le=1)
-    guidance_end: float = Field(default=1.0, ge=0, le=1)
-
-    def image_data(self) -> str | None:
-        image = self.image
-        if isinstance(image, dict):  # {"image": b64, "mask": b64}
-            image = image.get("image")
-        return image or self.input_image or None
-
-
-class Txt2ImgIn(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    prompt: str = Field(default="", max_length=16_000)
-    negative_prompt: str = Field(default="", max_length=16_000)
-    styles: list[str] = []
-    seed: int = Field(default=-1, ge=-1, le=MAX_SEED)
-    subseed: int = Field(default=-1, ge=-1, le=MAX_SEED)
-    subseed_strength: float = Field(default=0.0, ge=0, le=1)
-    sampler_name: str | None = None
-    sampler_index: str | None = None
-    scheduler: str | None = None
-    batch_size: int = Field(default=1, ge=1)
-    n_iter: int = Field(default=1, ge=1)
-    steps: int = Field(default=20, ge=1)
-    cfg_scale: float = Field(default=7.0, ge=0, le=30)
-    width: int = 512
-    height: int = 512
-    enable_hr: bool = False
-    #: The hires fix (txt2img only, as in A1111): its second pass's strength.
-    denoising_strength: float = Field(default=0.75, ge=0, le=1)
-    hr_scale: float = 2.0
-    hr_upscaler: str | None = None
-    hr_second_pass_steps: int = 0
-    hr_resize_x: int = 0
-    hr_resize_y: int = 0
-    hr_checkpoint_name: str | None = None
-    hr_sampler_name: str | None = None
-    hr_prompt: str = ""
-    hr_negative_prompt: str = ""
-    #: SDXL's refiner: a checkpoint title ("", "None": none), and where it takes over.
-    refiner_checkpoint: str | None = None
-    refiner_switch_at: float | None = Field(default=None, ge=0, le=1)
-    tiling: bool = False
-    restore_faces: bool | None = None
-    override_settings: dict[str, Any] = {}
-    alwayson_scripts: dict[str, Any] = {}
-    send_images: bool = True
-
-
-class Img2ImgIn(Txt2ImgIn):
-    init_images: list[str] = Field(min_length=1)
-    #: Inpainting: white repaints. The defaults are A1111's API defaults.
-    mask: str | None = None
-    mask_blur: int = Field(default=4, ge=0, le=64)
-    inpainting_fill: int = Field(default=0, ge=0, le=3)  # fill, original, latent noise/nothing
-    inpaint_full_res: bool = True  # "only masked"
-    inpaint_full_res_padding: int = Field(default=0, ge=0, le=256)
-    inpainting_mask_invert: int = Field(default=0, ge=0, le=1)
-
-    def inpaint(self, mask_id: uuid.UUID) -> dict[str, Any]:
-        """The native ``inpaint`` of this body, its mask being the upload ``mask_id``."""
-        if self.inpainting_fill > 1:
-            raise InvalidRequest(
-                "inpainting_fill: 0 (fill) and 1 (original) are supported; latent noise (2) and "
-                "latent nothing (3) are not yet",
-                param="inpainting_fill",
-            )
-        return {
-            "mask": mask_id,
-            "blur": self.mask_blur,
-            "invert": bool(self.inpainting_mask_invert),
-            "fill": "fill" if self.inpainting_fill == 0 else "original",
-            "only_masked": self.inpaint_full_res,
-            "padding": self.inpaint_full_res_padding,
-        }
 
 
 def model_name(title: str) -> str:
@@ -436,7 +356,7 @@ def info(record: TaskRecord, request: GenerationRequest, body: Txt2ImgIn) -> dic
     }
 
 
-def progress(record: TaskRecord | None, *, with_image: bool = True) -> dict[str, Any]:
+def progress_out(record: TaskRecord | None, *, with_image: bool = True) -> dict[str, Any]:
     """A1111's ``/progress`` for the caller's current task (or none); ``current_image`` is
     its live preview (base64 PNG) unless ``skip_current_image`` was asked."""
     if record is None:

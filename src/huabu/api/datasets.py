@@ -11,7 +11,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
-from huabu.dialects.native import TaskOut, task_response
+from huabu.api.routes import TaskOut, task_response
 from huabu.native.generation import Text
 from huabu.native.training import TrainingRequest
 from huabu.web.deps import BaseUrl, CurrentUser, FileUrl, ServicesDep

@@ -6,7 +6,6 @@ from __future__ import annotations
 from datetime import datetime
 
 from fastapi import APIRouter
-from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
 from huabu.tasks import webhooks
@@ -43,8 +42,8 @@ class DeliveryOut(BaseModel):
     status_code=201,
     summary="Create or rotate your webhook signing secret",
 )
-async def rotate_secret(user: CurrentUser, services: ServicesDep) -> SecretOut:
-    secret = await run_in_threadpool(webhooks.rotate_secret, services.sessions, user.id)
+def rotate_secret(user: CurrentUser, services: ServicesDep) -> SecretOut:
+    secret = webhooks.rotate_secret(services.sessions, user.id)
     return SecretOut(secret=secret)
 
 
