@@ -55,11 +55,18 @@ class Advert:
             if held != self._held:  # the catalog rows change only when the disk does
                 shared.describe_held(session, self.identity.name, held)
         self._held = held
-        # One missing hash per beat, so a library of large files is described at once and
-        # hashed over the following beats (once per file version: the hashes are cached).
-        unhashed = next((e for e, digest in held if digest is None and e.path.is_file()), None)
-        if unhashed is not None:
-            self.library.sha256(unhashed)
+
+    def hash_next(self) -> bool:
+        """Hash one file the last advert held without a hash; False when none is left. Apart
+        from ``write``: hashing a checkpoint of several GB takes seconds, and a worker whose
+        advert waits for it looks dead meanwhile (no live worker, no ETA)."""
+        unhashed = next(
+            (e for e, digest in self._held if digest is None and e.path.is_file()), None
+        )
+        if unhashed is None:
+            return False
+        self.library.sha256(unhashed)  # cached per file version; the next advert carries it
+        return True
 
     def leave(self) -> None:
         """Say goodbye: the worker is stopped, and holds no task."""

@@ -140,6 +140,7 @@ class Worker:
             asyncio.create_task(self._supervise(), name="huabu-worker"),
             asyncio.create_task(self._reap_stalled(), name="huabu-reaper"),
             asyncio.create_task(self._advertise(), name="huabu-advertise"),
+            asyncio.create_task(self._hash_library(), name="huabu-hash"),
         ]
         log.info("worker %s started", self.name)
 
@@ -159,6 +160,13 @@ class Worker:
         while True:
             with contextlib.suppress(DatabaseUnavailable):
                 await asyncio.to_thread(self.advert.write)
+            await asyncio.sleep(self.settings.heartbeat_seconds)
+
+    async def _hash_library(self) -> None:
+        """The held files' hashes, one at a time, beside the advert (see ``Advert.hash_next``)."""
+        while True:  # one file a beat: hashing is I/O and CPU the engine may want
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(self.advert.hash_next)
             await asyncio.sleep(self.settings.heartbeat_seconds)
 
     async def run(self) -> None:
