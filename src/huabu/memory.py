@@ -14,14 +14,18 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import threading
+import time
 from collections.abc import Callable
 
 #: How often a server or worker gives free memory back, seconds.
 TRIM_SECONDS = 60.0
 
 
+@functools.cache
 def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, looked up once (``find_library`` runs a subprocess)."""
     name = ctypes.util.find_library("c")
     if not name:
         return None
@@ -45,10 +49,10 @@ def trim_periodically(seconds: float = TRIM_SECONDS) -> None:
     """``trim`` every ``seconds`` on a daemon thread, for the life of the process."""
     if _malloc_trim() is None:
         return
-    stop = threading.Event()
 
     def loop() -> None:
-        while not stop.wait(seconds):
+        while True:
+            time.sleep(seconds)
             trim()
 
     threading.Thread(target=loop, name="huabu-trim", daemon=True).start()
