@@ -13,6 +13,7 @@ from huabu.errors import NotFound, StorageUnavailable
 from huabu.settings import Settings
 from huabu.storage import open_storage
 from huabu.storage.s3 import S3Storage
+from s3server import CREDENTIALS
 from serving import Server, stop_embedded_postgres
 from test_service import wait_finished
 
@@ -71,7 +72,9 @@ def test_a_store_that_fails_mid_task_is_retried_then_the_task_fails_saying_so(tm
     (tmp_path / "models").symlink_to(home / "models")
     server = Server(
         tmp_path,
-        {
+        # Credentials of its own: without any, boto fails before it tries to connect.
+        CREDENTIALS
+        | {
             "HUABU_STORAGE_URL": "s3://huabu/files",
             "HUABU_S3_ENDPOINT_URL": "http://127.0.0.1:9",
             "HUABU_MAX_ATTEMPTS": "2",
