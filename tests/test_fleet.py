@@ -109,7 +109,8 @@ def test_the_api_server_lists_what_the_workers_hold_in_every_dialect(fleet):
     client = fleet.client
     native = client.get("/huabu/v1/models").json()["data"]
     single = next(m for m in native if m["name"] == "demo-single")
-    assert single["kind"] == "checkpoints" and single["architecture"] == "SD 1.x"
+    assert single["kind"] == "checkpoints" and single["architecture"] == "sd1"
+    assert single["label"] == "SD 1.x"
     assert single["layout"] == "single-file" and single["size_bytes"] > 1_000_000
     assert "demo-single" in [m["title"] for m in client.get("/sdapi/v1/sd-models").json()]
     assert "demo-single" in [m["id"] for m in client.get("/v1/models").json()["data"]]

@@ -104,7 +104,11 @@ class TaskPage(BaseModel):
 class ModelOut(BaseModel):
     name: str
     kind: str
-    architecture: str
+    architecture: str = Field(
+        description="The model family: sd1, sd2, sdxl, sdxl-refiner, flux1, flux1-kontext, "
+        "flux2, qwen-image, qwen-image-edit, z-image, sd3; unknown where the files do not tell."
+    )
+    label: str = Field(description='The family as people write it: "SD 1.x", "FLUX.1" …')
     layout: str
     size_bytes: int
 
@@ -215,7 +219,9 @@ def upload_out(record: UploadRecord) -> UploadOut:
 def submit_generation(
     body: GenerationBody, user: CurrentUser, services: ServicesDep, base: BaseUrl
 ) -> Response:
-    request = GenerationRequest.model_validate(body.model_dump(exclude={"priority", "webhook_url"}))
+    # Only what the caller sent: the model's family fills in what it left out.
+    sent = body.model_dump(exclude={"priority", "webhook_url"}, exclude_unset=True)
+    request = GenerationRequest.model_validate(sent)
     record = services.submitter.submit_generation(
         user, request, origin="native", priority=body.priority, webhook_url=body.webhook_url
     )
@@ -328,7 +334,8 @@ def list_models(user: CurrentUser, services: ServicesDep, kind: str = "checkpoin
             ModelOut(
                 name=entry.name,
                 kind=entry.kind,
-                architecture=entry.describe_architecture,
+                architecture=entry.architecture.value if entry.architecture else "unknown",
+                label=entry.describe_architecture,
                 layout=entry.layout,
                 size_bytes=entry.size_bytes,
             )

@@ -25,16 +25,54 @@ class Architecture(enum.StrEnum):
     #: SDXL's refiner: the second stage of SDXL's "ensemble of experts" (only the OpenCLIP
     #: encoder, an aesthetic-score condition); it only ever continues an SDXL model's image.
     SDXL_REFINER = "sdxl-refiner"
+    # The flow-matching transformer families (diffusers runs them whole; see engine.flow).
+    FLUX1 = "flux1"
+    FLUX1_KONTEXT = "flux1-kontext"
+    FLUX2 = "flux2"
+    QWEN_IMAGE = "qwen-image"
+    QWEN_IMAGE_EDIT = "qwen-image-edit"
+    Z_IMAGE = "z-image"
+    SD3 = "sd3"
 
     @property
     def label(self) -> str:
-        return {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL", "sdxl-refiner": "SDXL refiner"}[
-            self.value
-        ]
+        return _LABELS[self]
 
     @property
     def is_sdxl(self) -> bool:
         return self in (Architecture.SDXL, Architecture.SDXL_REFINER)
+
+    @property
+    def is_flow(self) -> bool:
+        """A flow-matching transformer family (FLUX, Qwen-Image, Z-Image, SD 3.x), not a UNet."""
+        return self.value not in ("sd1", "sd2", "sdxl", "sdxl-refiner")
+
+
+_LABELS = {
+    Architecture.SD1: "SD 1.x",
+    Architecture.SD2: "SD 2.x",
+    Architecture.SDXL: "SDXL",
+    Architecture.SDXL_REFINER: "SDXL refiner",
+    Architecture.FLUX1: "FLUX.1",
+    Architecture.FLUX1_KONTEXT: "FLUX.1 Kontext",
+    Architecture.FLUX2: "FLUX.2",
+    Architecture.QWEN_IMAGE: "Qwen-Image",
+    Architecture.QWEN_IMAGE_EDIT: "Qwen-Image-Edit",
+    Architecture.Z_IMAGE: "Z-Image",
+    Architecture.SD3: "SD 3.x",
+}
+#: The flow families by the pipeline class a diffusers folder's model_index names.
+_FLOW_PIPELINES = {
+    "FluxPipeline": Architecture.FLUX1,
+    "FluxKontextPipeline": Architecture.FLUX1_KONTEXT,
+    "Flux2Pipeline": Architecture.FLUX2,
+    "Flux2KleinPipeline": Architecture.FLUX2,
+    "QwenImagePipeline": Architecture.QWEN_IMAGE,
+    "QwenImageEditPipeline": Architecture.QWEN_IMAGE_EDIT,
+    "QwenImageEditPlusPipeline": Architecture.QWEN_IMAGE_EDIT,
+    "ZImagePipeline": Architecture.Z_IMAGE,
+    "StableDiffusion3Pipeline": Architecture.SD3,
+}
 
 
 _SCHEDULER: Config = {
@@ -257,7 +295,10 @@ def reference_config(architecture: Architecture) -> dict[str, Config]:
 
 def native_size(architecture: Architecture, unet: Config | None = None) -> int:
     """The square side a model was trained at: its UNet's ``sample_size`` latents, times the
-    VAE's 8 (SD 1.x 512, SD 2.x 768, SDXL 1024), or the family's when the config lacks it."""
+    VAE's 8 (SD 1.x 512, SD 2.x 768, SDXL 1024), or the family's when the config lacks it.
+    The flow families are trained at 1024² (their transformers take any size)."""
+    if architecture.is_flow:
+        return 1024
     sample = (unet or {}).get("sample_size") or reference_config(architecture)["unet"][
         "sample_size"
     ]
@@ -278,7 +319,11 @@ def detect_architecture(keys: set[str]) -> Architecture | None:
 
 
 def detect_folder_architecture(model_index: Config, unet_config: Config) -> Architecture | None:
-    """The family of a diffusers folder, from its model_index and UNet config."""
+    """The family of a diffusers folder, from its model_index and UNet config (empty for
+    the transformer families)."""
+    flow = _FLOW_PIPELINES.get(model_index.get("_class_name", ""))
+    if flow is not None:
+        return flow
     if "XL" in model_index.get("_class_name", "") or "text_encoder_2" in model_index:
         if model_index.get("requires_aesthetics_score") or (
             model_index.get("text_encoder", [None])[0] is None

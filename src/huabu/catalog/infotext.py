@@ -29,11 +29,15 @@ def _number(value: float) -> str:
 
 
 def infotext(request: GenerationRequest, seed: int, *, model_hash: str | None = None) -> str:
-    """The A1111 parameters text for one image of ``request`` generated with ``seed``."""
+    """The A1111 parameters text for one image of ``request`` generated with ``seed`` (a
+    distilled guidance as Forge writes FLUX.1's: "Distilled CFG Scale")."""
+    guidance = [("CFG scale", _number(request.guidance))]
+    if request.distilled_guidance is not None:
+        guidance.append(("Distilled CFG Scale", _number(request.distilled_guidance)))
     fields: list[tuple[str, str]] = [
         ("Steps", str(request.steps)),
         ("Sampler", request.sampler),
-        ("CFG scale", _number(request.guidance)),
+        *guidance,
         ("Seed", str(seed)),
         ("Size", f"{request.width}x{request.height}"),
     ]

@@ -81,7 +81,8 @@ def _folder_architecture(path: Path) -> tuple[Architecture | None, int | None]:
     """A diffusers folder's family and native size."""
     try:
         index = json.loads((path / "model_index.json").read_text())
-        unet = json.loads((path / "unet" / "config.json").read_text())
+        # (The transformer families have no UNet.)
+        unet = json.loads((path / "unet" / "config.json").read_text()) if "unet" in index else {}
     except (OSError, ValueError):
         return None, None
     architecture = detect_folder_architecture(index, unet)

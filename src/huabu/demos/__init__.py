@@ -1,21 +1,27 @@
 """The offline demo models: tiny checkpoints of the real architectures with random, seeded
 weights, built by huabu itself, so everything runs offline and fast on a CPU (their images are
 coloured noise). ``sd``: SD 1.x in both layouts, the SD 2.x sibling and their extras; ``xl``:
-SDXL in both layouts, its refiner and extras; ``ldm_layout``: the single-file (LDM/SGM)
-layouts they are also written in. ``huabu models demo`` and ``make run`` call ``build``."""
+SDXL in both layouts, its refiner and extras; ``flux``: FLUX.1; ``ldm_layout``: the
+single-file (LDM/SGM) layouts they are also written in. ``huabu models demo`` and ``make run``
+call ``build``."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from huabu.demos import sd, xl
+from huabu.demos import flux, sd, xl
 from huabu.demos.sd import DEMO, DEMO_SINGLE, NOTICE
 from huabu.settings import Settings
 
-__all__ = ["DEMO", "DEMO_SINGLE", "NOTICE", "build", "sd", "xl"]
+__all__ = ["DEMO", "DEMO_SINGLE", "NOTICE", "build", "flux", "sd", "xl"]
 
 
 def build(settings: Settings, *, force: bool = False) -> list[Path]:
     """Write every demo model and extra into the model library, each if it is missing (or all
     with ``force``); returns the paths written."""
-    return sd.build(settings.models_dir, force=force) + xl.build(settings.models_dir, force=force)
+    models = settings.models_dir
+    return (
+        sd.build(models, force=force)
+        + xl.build(models, force=force)
+        + flux.build(models, force=force)
+    )

@@ -20,11 +20,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from huabu.catalog.families import fit
 from huabu.catalog.infotext import infotext
 from huabu.catalog.library import ModelLibrary, check_families
 from huabu.catalog.preprocessors import check as check_preprocessor
 from huabu.catalog.preprocessors import held_annotators, stem
-from huabu.engine import annotators, batching, inpainting, ksampling, quiet_libraries
+from huabu.engine import annotators, batching, flow, inpainting, ksampling, quiet_libraries
 from huabu.engine.annotators import Annotators
 from huabu.engine.denoiser import Control, Denoiser, RefinerSwitch, noise_sampler
 from huabu.engine.pipelines import LoadedModel, PipelineCache
@@ -82,7 +83,10 @@ class Engine:
         ``ip_image`` the reference image of ``request.ip_adapter``, ``mask_image`` the mask of
         ``request.inpaint``."""
         started = time.perf_counter()
-        request = request.checked(self.settings)
+        entry = self.library.find("checkpoints", request.model)
+        request = fit(request, entry.architecture).checked(self.settings)
+        if entry.architecture is not None and entry.architecture.is_flow:
+            return self._generate_flow(request, init_image, on_progress, should_cancel, started)
         source, plan = _source(request, init_image), None
         if request.inpaint is not None:
             if mask_image is None:
@@ -127,6 +131,19 @@ class Engine:
         loop stops (``Cancelled``) only when every request wants to stop. Prompts of
         different lengths (more than 75 tokens) sample in separate loops."""
         started = time.perf_counter()
+        entry = self.library.find("checkpoints", requests[0].model)
+        if entry.architecture is not None and entry.architecture.is_flow:
+            # No shared loop for the flow families yet: each request runs alone, in turn.
+            return [
+                self.generate(request, init_image=image, on_progress=progress, should_cancel=stop)
+                for request, image, progress, stop in zip(
+                    requests,
+                    init_images or [None] * len(requests),
+                    on_progress,
+                    should_cancel,
+                    strict=True,
+                )
+            ]
         requests = [request.checked(self.settings) for request in requests]
         keys = {request.batch_key() for request in requests}
         if len(keys) != 1 or None in keys:
@@ -181,6 +198,24 @@ class Engine:
                         mine = [next(images) for _ in range(request.n_images)]
                         results[index] = self._result(request, model, mine, timings)
         return [results[index] for index in range(len(requests))]
+
+    def _generate_flow(
+        self, request, init_image, on_progress, should_cancel, started
+    ) -> GenerationResult:
+        """A flow-family request: one call of its diffusers pipeline (``engine.flow``)."""
+        source = _source(request, init_image)
+        with self.cache.lease(request.model) as model:
+            loaded = time.perf_counter()
+            step = _StepHook(_first_image(on_progress), should_cancel)
+            made = flow.generate(model, request, source, step.diffusers_callback)
+        timings = Timings(
+            load=loaded - started,
+            prompt=made.prompt,
+            sample=made.sample,
+            decode=0.0,  # inside the pipeline's call, counted in sample
+            total=time.perf_counter() - started,
+        )
+        return self._result(request, model, made.images, timings)
 
     def _annotator_file(self, file_name: str) -> Path:
         """Where annotator ``file_name`` is (downloaded first, if the fleet published it)."""

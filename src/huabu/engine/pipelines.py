@@ -43,7 +43,7 @@ from diffusers import (
 
 from huabu.catalog.architectures import Architecture
 from huabu.catalog.library import ModelEntry, ModelLibrary
-from huabu.engine import compiling
+from huabu.engine import compiling, flow
 from huabu.engine.adapters import Embeddings, IpAdapter, LoraSwitch
 from huabu.engine.lora_slots import LoraSlots
 from huabu.engine.prompts import PromptEncoder
@@ -143,7 +143,7 @@ class PipelineCache:
         self.settings = settings
         self.library = library
         self.device, self.dtype = pick_device(settings.device)
-        self._models: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._models: OrderedDict[str, LoadedModel | flow.FlowModel] = OrderedDict()
         #: Checkpoints loaded so far (the fleet view shows it per worker).
         self.loads = 0
         #: Seconds spent loading them (a worker advertises both with its heartbeat).
@@ -155,7 +155,7 @@ class PipelineCache:
             compiling.configure(settings)
 
     @contextmanager
-    def lease(self, name: str, *, param: str = "model") -> Iterator[LoadedModel]:
+    def lease(self, name: str, *, param: str = "model") -> Iterator[Any]:
         """The checkpoint ``name``, loaded if need be, for one request: the block has it to
         itself (other requests for it wait), and it is not evicted meanwhile."""
         with self._lock:
@@ -169,7 +169,7 @@ class PipelineCache:
                 model.leases -= 1
                 self._evict(keep=self.settings.pipeline_cache_size)
 
-    def _get(self, name: str, param: str = "model") -> LoadedModel:
+    def _get(self, name: str, param: str = "model") -> LoadedModel | flow.FlowModel:
         """The loaded model (the caller holds ``_lock``), evicting idle ones to make room."""
         if name in self._models:
             self._models.move_to_end(name)
@@ -272,10 +272,14 @@ class PipelineCache:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
-    def _load(self, entry: ModelEntry, *, compile: bool = True) -> LoadedModel:
+    def _load(self, entry: ModelEntry, *, compile: bool = True) -> Any:
+        """A ``LoadedModel`` (the SD families), or a ``flow.FlowModel``."""
         path = entry.path
         if entry.layout == "pickle":
             path = self._convert_pickle(entry)
+        if entry.architecture is not None and entry.architecture.is_flow:
+            model_hash = self.library.model_hash(entry)
+            return flow.load(entry, path, self.device, self.dtype, model_hash)
         if entry.layout == "diffusers":
             architecture = entry.architecture
             if architecture is None:

@@ -305,7 +305,11 @@ class GenerationRequest(BaseModel):
     width: int = 512
     height: int = 512
     steps: int = Field(default=20, ge=1)
+    #: Classifier-free guidance (A1111's CFG scale): 1 runs without the negative prompt.
     guidance: float = Field(default=7.0, ge=0, le=30)
+    #: A guidance-distilled family's guidance (FLUX.1's guidance embedding; Forge's
+    #: "Distilled CFG Scale"): unset, the family's default; families without one refuse it.
+    distilled_guidance: float | None = Field(default=None, ge=0, le=30)
     sampler: Name = "Euler a"
     seed: int = Field(default=-1, ge=-1, le=MAX_SEED)
     n_images: int = Field(default=1, ge=1)

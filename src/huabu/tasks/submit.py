@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from huabu import fetch
 from huabu.auth import Principal
+from huabu.catalog.families import fit
 from huabu.catalog.library import check_families, private_name
 from huabu.catalog.preprocessors import check as check_preprocessor
 from huabu.catalog.preprocessors import held_annotators
@@ -127,7 +128,10 @@ class TaskSubmitter:
         owner_id, level = caller.id, caller.priority_for(priority)
         if webhook_url is not None:
             fetch.check_url(webhook_url, field=webhook_field, settings=self.settings)
-        request = self._resolve_trained(owner_id, request.checked(self.settings))
+        request = self._resolve_trained(owner_id, request)
+        model = self.catalog.find("checkpoints", request.model)
+        # Its family's defaults first: checking canonicalises the sampler it may default.
+        request = fit(request, model.architecture).checked(self.settings)
         if request.vae:
             self.catalog.find("vae", request.vae, param="vae")
         for index, name in enumerate(request.embeddings):
@@ -141,7 +145,7 @@ class TaskSubmitter:
         refiner = None
         if request.refiner is not None:
             refiner = self.catalog.find("checkpoints", request.refiner.model, param="refiner.model")
-        check_families(self.catalog.find("checkpoints", request.model), refiner)
+        check_families(model, refiner)
         keys, new = self._resolve_images(owner_id, request, uploads)
         request = request.with_images(keys)
         if request.inpaint is not None:

@@ -188,42 +188,44 @@ def to_native(
     vae = overrides.get("sd_vae") or None
     if vae in ("Automatic", "None"):
         vae = None
-    return GenerationRequest.parse(
-        {
-            "model": model,
-            "prompt": prompt,
-            "negative_prompt": body.negative_prompt,
-            "width": body.width,
-            "height": body.height,
-            "steps": body.steps,
-            "guidance": body.cfg_scale,
-            "sampler": sampler(body),
-            "seed": body.seed,
-            "n_images": images,
-            "init_image": init_image,
-            "inpaint": body.inpaint(mask) if isinstance(body, Img2ImgIn) and mask else None,
-            "strength": body.denoising_strength if init_image else 0.75,
-            "subseed": body.subseed,
-            "subseed_strength": body.subseed_strength,
-            "tiling": body.tiling,
-            "hires": hires(body, sampler(body)) if init_image is None else None,
-            "refiner": refiner(body, overrides),
-            "clip_skip": overrides.get("CLIP_stop_at_last_layers") or 1,
-            "vae": model_name(str(vae)) if vae else None,
-            "loras": loras,
-            "controlnets": [
-                {
-                    "model": model_name(unit.model),
-                    "image": upload_id,
-                    "preprocessor": _MODULES.get(unit.module.strip().lower(), unit.module),
-                    "scale": unit.weight,
-                    "start": unit.guidance_start,
-                    "end": unit.guidance_end,
-                }
-                for _, unit, upload_id in controlnets
-            ],
-        }
-    )
+    fields = {
+        "model": model,
+        "prompt": prompt,
+        "negative_prompt": body.negative_prompt,
+        "width": body.width,
+        "height": body.height,
+        "steps": body.steps,
+        "guidance": body.cfg_scale,
+        "distilled_guidance": body.distilled_cfg_scale,
+        "sampler": sampler(body),
+        "seed": body.seed,
+        "n_images": images,
+        "init_image": init_image,
+        "inpaint": body.inpaint(mask) if isinstance(body, Img2ImgIn) and mask else None,
+        "strength": body.denoising_strength if init_image else 0.75,
+        "subseed": body.subseed,
+        "subseed_strength": body.subseed_strength,
+        "tiling": body.tiling,
+        "hires": hires(body, sampler(body)) if init_image is None else None,
+        "refiner": refiner(body, overrides),
+        "clip_skip": overrides.get("CLIP_stop_at_last_layers") or 1,
+        "vae": model_name(str(vae)) if vae else None,
+        "loras": loras,
+        "controlnets": [
+            {
+                "model": model_name(unit.model),
+                "image": upload_id,
+                "preprocessor": _MODULES.get(unit.module.strip().lower(), unit.module),
+                "scale": unit.weight,
+                "start": unit.guidance_start,
+                "end": unit.guidance_end,
+            }
+            for _, unit, upload_id in controlnets
+        ],
+    }
+    if not (body.sampler_name or body.sampler_index or body.scheduler):
+        del fields["sampler"]  # unnamed: the model's family chooses (SD: Euler a)
+    return GenerationRequest.parse(fields)
 
 
 def refiner(body: Txt2ImgIn, overrides: dict[str, Any]) -> dict[str, Any] | None:
@@ -271,6 +273,7 @@ def hires(body: Txt2ImgIn, sampler_name: str) -> dict[str, Any] | None:
 
 
 _NATIVE_NAMES = {"model": "override_settings.sd_model_checkpoint", "guidance": "cfg_scale",
+                 "distilled_guidance": "distilled_cfg_scale",
                  "sampler": "sampler_name", "n_images": "batch_size", "strength":
                  "denoising_strength", "vae": "override_settings.sd_vae",
                  "clip_skip": "override_settings.CLIP_stop_at_last_layers",

@@ -50,6 +50,8 @@ class Txt2ImgIn(BaseModel):
     n_iter: int = Field(default=1, ge=1)
     steps: int = Field(default=20, ge=1)
     cfg_scale: float = Field(default=7.0, ge=0, le=30)
+    #: Forge's guidance of guidance-distilled models (FLUX.1); unset: the model's default.
+    distilled_cfg_scale: float | None = Field(default=None, ge=0, le=30)
     width: int = 512
     height: int = 512
     enable_hr: bool = False

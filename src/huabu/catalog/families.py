@@ -1,0 +1,142 @@
+"""What each model family can do, and a request fitted to its model's family.
+
+The SD families (1.x, 2.x, SDXL) take everything a ``GenerationRequest`` holds. The flow-matching
+transformer families (FLUX, Qwen-Image, Z-Image, SD 3.x) run through diffusers' own pipelines:
+they have their own defaults for steps and guidance, their own samplers, and none of SD's
+extras (SD ControlNets, IP-Adapters, the SDXL refiner, clip skip, SD embeddings). ``fit`` gives
+a request its family's defaults for what the caller left out and refuses, naming the field,
+what the family cannot do, so that no field is ever silently ignored. Pure: the API process
+calls it at submit, the engine again before it runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from huabu.catalog.architectures import Architecture
+from huabu.errors import InvalidRequest
+from huabu.native import GenerationRequest
+
+
+@dataclass(frozen=True)
+class Family:
+    architecture: Architecture
+    #: Defaults for a request that does not say (None: the request's own default).
+    steps: int | None = None
+    guidance: float | None = None
+    sampler: str | None = None
+    #: The sampler names it runs (None: every SD sampler).
+    samplers: tuple[str, ...] | None = None
+    #: Image-to-image from an init image, and inpainting with a mask.
+    img2img: bool = True
+    inpaint: bool = True
+    #: The default distilled guidance of a guidance-distilled family (None: it has none).
+    distilled_guidance: float | None = None
+
+    @property
+    def label(self) -> str:
+        return self.architecture.label
+
+
+_SD = Family(Architecture.SD1)
+#: Flow matching's Euler: FLUX's, SD 3's and Qwen-Image's reference sampler.
+_FLOW_SAMPLERS = ("Euler",)
+FAMILIES = {
+    Architecture.FLUX1: Family(
+        Architecture.FLUX1,
+        steps=28,
+        # True CFG off: FLUX.1 [dev] is guided by its distilled guidance.
+        guidance=1.0,
+        distilled_guidance=3.5,
+        sampler="Euler",
+        samplers=_FLOW_SAMPLERS,
+        inpaint=False,
+    ),
+}
+
+#: The fields only the SD families read, and how a refusal names them.
+_SD_ONLY = (
+    ("controlnets", "SD ControlNet units"),
+    ("ip_adapter", "IP-Adapter"),
+    ("refiner", "SDXL refiner"),
+    ("embeddings", "SD textual-inversion embeddings"),
+    ("vae", "override VAE"),
+    ("hires", "hires fix yet"),
+    ("tiling", "tiling yet"),
+    ("loras", "LoRAs yet"),
+)
+
+
+def family_of(architecture: Architecture | None) -> Family:
+    """The family's rules (an SD family's, or one whose architecture is unknown: the SD
+    loaders decide what loads)."""
+    if architecture is None or not architecture.is_flow:
+        return _SD
+    family = FAMILIES.get(architecture)
+    if family is None:
+        raise InvalidRequest(
+            f"model: {architecture.label} models are recognised but cannot run yet", param="model"
+        )
+    return family
+
+
+def fit(request: GenerationRequest, architecture: Architecture | None) -> GenerationRequest:
+    """``request`` with its family's defaults where it left a field out; InvalidRequest
+    naming the first field the family cannot honour."""
+    family = family_of(architecture)
+    if family.distilled_guidance is None and request.distilled_guidance is not None:
+        label = architecture.label if architecture else "these"
+        raise InvalidRequest(
+            f"distilled_guidance: {label} models have no distilled guidance; guidance is their "
+            "CFG scale",
+            param="distilled_guidance",
+        )
+    if family is _SD:
+        return request
+    given = request.model_fields_set
+    defaults = {
+        name: value
+        for name, value in (
+            ("steps", family.steps),
+            ("guidance", family.guidance),
+            ("sampler", family.sampler),
+        )
+        if value is not None and name not in given
+    }
+    if request.distilled_guidance is None and family.distilled_guidance is not None:
+        defaults["distilled_guidance"] = family.distilled_guidance  # also when sent as null
+    request = request.model_copy(update=defaults)
+    for name, what in _SD_ONLY:
+        if getattr(request, name):
+            raise InvalidRequest(f"{name}: {family.label} models take no {what}", param=name)
+    if request.clip_skip != 1:
+        raise InvalidRequest(
+            f"clip_skip: {family.label} models do not skip text-encoder layers", param="clip_skip"
+        )
+    if request.subseed_strength > 0:
+        raise InvalidRequest(
+            f"subseed_strength: variation seeds are not available for {family.label} models yet",
+            param="subseed_strength",
+        )
+    if request.negative_prompt.strip() and request.guidance <= 1:
+        raise InvalidRequest(
+            f"negative_prompt: {family.label} models read a negative prompt only with true "
+            f"classifier-free guidance: set guidance above 1 (twice the work per step)",
+            param="negative_prompt",
+        )
+    if request.init_image is not None and not family.img2img:
+        raise InvalidRequest(
+            f"init_image: {family.label} models do not take an init image", param="init_image"
+        )
+    if request.inpaint is not None and not family.inpaint:
+        raise InvalidRequest(f"inpaint: {family.label} models do not inpaint", param="inpaint")
+    samplers = family.samplers
+    if samplers is not None and request.sampler.strip().lower() not in {
+        s.lower() for s in samplers
+    }:
+        raise InvalidRequest(
+            f"sampler {request.sampler!r} has no flow-matching form for {family.label} models; "
+            f"these work: {', '.join(samplers)}",
+            param="sampler",
+        )
+    return request

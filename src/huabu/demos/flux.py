@@ -1,0 +1,158 @@
+"""The offline FLUX.1 demo: a tiny FLUX.1 [dev]-architecture pipeline (guidance embedding, CLIP
+and T5 text encoders, a 16-channel-style VAE reduced to one channel) with random, seeded weights.
+
+Nothing can be downloaded, so its tokenizers are made here: the CLIP one from the vocabulary
+huabu ships, the T5 one (a SentencePiece-style Unigram model, as T5's) trained in a second with
+the ``tokenizers`` library on the CLIP vocabulary's words. Same code, same tokenizer, same
+weights: the folder is identical from build to build.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    FlowMatchEulerDiscreteScheduler,
+    FluxPipeline,
+    FluxTransformer2DModel,
+)
+from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel, T5TokenizerFast
+
+from huabu.demos.sd import staged, tokenizer
+from huabu.engine.single_file import tokenizer_files
+
+DEMO_FLUX = "demo-flux"
+_SEED = 20251201
+
+#: FLUX.1 [dev]'s transformer shrunk: one double and one single block, 2 heads of 16.
+_TRANSFORMER = {
+    "patch_size": 1,
+    "in_channels": 4,
+    "num_layers": 1,
+    "num_single_layers": 1,
+    "attention_head_dim": 16,
+    "num_attention_heads": 2,
+    "joint_attention_dim": 32,
+    "pooled_projection_dim": 32,
+    "axes_dims_rope": [4, 4, 8],
+    "guidance_embeds": True,
+}
+#: One 4-channel block: an 8× smaller latent as FLUX's, one latent channel (packed 2×2 → 4).
+_VAE = {
+    "block_out_channels": [4],
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ["DownEncoderBlock2D"],
+    "up_block_types": ["UpDecoderBlock2D"],
+    "latent_channels": 1,
+    "layers_per_block": 1,
+    "norm_num_groups": 1,
+    "sample_size": 32,
+    "use_quant_conv": False,
+    "use_post_quant_conv": False,
+    "shift_factor": 0.0609,
+    "scaling_factor": 1.5035,
+}
+_CLIP = {
+    "hidden_size": 32,
+    "intermediate_size": 37,
+    "num_attention_heads": 4,
+    "num_hidden_layers": 2,
+    "max_position_embeddings": 77,
+    "vocab_size": 49408,
+    "projection_dim": 32,
+    "bos_token_id": 0,
+    "eos_token_id": 2,
+    "pad_token_id": 1,
+}
+_T5 = {
+    "d_model": 32,
+    "d_kv": 8,
+    "d_ff": 37,
+    "num_layers": 2,
+    "num_heads": 4,
+    "relative_attention_num_buckets": 8,
+    "feed_forward_proj": "gated-gelu",
+    "is_encoder_decoder": False,
+    "pad_token_id": 0,
+    "eos_token_id": 1,
+}
+#: FLUX.1 [dev]'s published scheduler config.
+_SCHEDULER = {
+    "base_image_seq_len": 256,
+    "base_shift": 0.5,
+    "max_image_seq_len": 4096,
+    "max_shift": 1.15,
+    "num_train_timesteps": 1000,
+    "shift": 3.0,
+    "use_dynamic_shifting": True,
+}
+_T5_VOCAB = 1000
+
+
+def t5_tokenizer(work: Path) -> T5TokenizerFast:
+    """A T5-style tokenizer (Unigram, ``▁`` word marks; ``<pad>`` 0, ``</s>`` 1, ``<unk>`` 2)
+    trained on the words of the shipped CLIP vocabulary."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from tokenizers.processors import TemplateProcessing
+
+    words = json.loads((tokenizer_files() / "vocab.json").read_text())
+    corpus = sorted(w.removesuffix("</w>") for w in words if w.endswith("</w>") and w.isalpha())
+    model = Tokenizer(models.Unigram())
+    model.normalizer = normalizers.NFKC()
+    model.pre_tokenizer = pre_tokenizers.Metaspace()
+    model.decoder = decoders.Metaspace()
+    trainer = trainers.UnigramTrainer(
+        vocab_size=_T5_VOCAB, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>"
+    )
+    model.train_from_iterator(corpus, trainer=trainer)
+    model.post_processor = TemplateProcessing(
+        single="$A </s>", special_tokens=[("</s>", model.token_to_id("</s>"))]
+    )
+    file = work / "t5.json"
+    model.save(str(file))
+    return T5TokenizerFast(tokenizer_file=str(file), extra_ids=0, model_max_length=512)
+
+
+def build_pipeline(seed: int = _SEED) -> FluxPipeline:
+    """The FLUX demo pipeline in memory, identical for the same seed."""
+    with tempfile.TemporaryDirectory() as work:
+        t5 = t5_tokenizer(Path(work))
+        torch.manual_seed(seed)
+        transformer = FluxTransformer2DModel(**_TRANSFORMER)
+        vae = AutoencoderKL(**_VAE)
+        clip = CLIPTextModel(CLIPTextConfig(**_CLIP))
+        encoder = T5EncoderModel(T5Config(**(_T5 | {"vocab_size": len(t5)})))
+        # At their random initialisation the text and guidance pathways are too weak to show
+        # in the image (another prompt moves pixels by 8 of 255 at most); scaled up, a prompt
+        # steers the image about as much as the seed does, and guidance visibly.
+        embedders = transformer.time_text_embed
+        with torch.no_grad():
+            transformer.context_embedder.weight.mul_(8)
+            for part in (embedders.text_embedder, embedders.guidance_embedder):
+                for layer in part.modules():
+                    if isinstance(layer, torch.nn.Linear):
+                        layer.weight.mul_(4)
+        return FluxPipeline(
+            scheduler=FlowMatchEulerDiscreteScheduler(**_SCHEDULER),
+            vae=vae,
+            text_encoder=clip,
+            tokenizer=tokenizer(),
+            text_encoder_2=encoder,
+            tokenizer_2=t5,
+            transformer=transformer,
+        )
+
+
+def build(models: Path, *, force: bool = False) -> list[Path]:
+    """Write the FLUX.1 demo folder under ``models`` (if missing, or with ``force``)."""
+    folder = models / "checkpoints" / DEMO_FLUX
+    if folder.exists() and not force:
+        return []
+    with staged(folder) as staging:
+        build_pipeline().save_pretrained(staging, safe_serialization=True)
+    return [folder]

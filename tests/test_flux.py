@@ -1,0 +1,210 @@
+"""FLUX.1 through diffusers' own pipelines: the tiny demo-flux (random weights, the real
+FLUX.1 [dev] architecture), in the engine and through a real `huabu serve` over HTTP."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import httpx
+import numpy as np
+import pytest
+from diffusers import FluxPipeline
+from PIL import Image
+
+from helpers import max_difference, pixels
+from huabu.catalog.architectures import Architecture
+from huabu.catalog.infotext import parse_infotext, read_parameters
+from huabu.demos.flux import DEMO_FLUX
+from huabu.errors import InvalidRequest
+from huabu.native import ControlUnit, GenerationRequest, ImageRef, LoraRef
+from test_service import submit, wait_finished
+
+SMALL = {"model": DEMO_FLUX, "prompt": "a red fox in the snow", "width": 64, "height": 64}
+
+
+def request(**changes) -> GenerationRequest:
+    return GenerationRequest(**(SMALL | {"steps": 4, "seed": 7} | changes))
+
+
+def test_the_demo_is_a_flux1_folder(engine):
+    entry = engine.library.find("checkpoints", DEMO_FLUX)
+    assert entry.architecture is Architecture.FLUX1 and entry.layout == "diffusers"
+    assert entry.describe_architecture == "FLUX.1"
+
+
+def test_same_seed_same_pixels_and_each_image_is_its_own_seeds(engine):
+    first = engine.generate(request(n_images=2))
+    again = engine.generate(request(n_images=2))
+    second_alone = engine.generate(request(seed=8))
+    assert [pixels(i).tolist() for i in first.images] == [pixels(i).tolist() for i in again.images]
+    assert first.seeds == [7, 8]
+    # Image i of a request is the image its seed gives alone (A1111's seed + i), up to the
+    # rounding of batched arithmetic.
+    assert max_difference(first.images[1], second_alone.images[0]) <= 2
+    assert max_difference(first.images[0], first.images[1]) > 16
+    assert pixels(first.images[0]).std() > 5  # an image, not a flat colour
+
+
+def test_the_prompt_steers_and_emphasis_never_fails(engine):
+    plain = engine.generate(request(prompt="a red fox in the snow"))
+    other = engine.generate(request(prompt="a blue whale at sea"))
+    assert max_difference(plain.images[0], other.images[0]) > 16
+    # T5 has no A1111 emphasis: the words count unweighted, BREAK is a space.
+    weighted = engine.generate(request(prompt="a (red:1.3) [fox] in BREAK the snow"))
+    assert pixels(weighted.images[0]).tolist() == pixels(plain.images[0]).tolist()
+
+
+def test_the_engine_is_bare_diffusers_on_the_same_request(engine, settings):
+    """What huabu adds around the pipeline changes no pixel."""
+    made = engine.generate(request(distilled_guidance=2.5))
+    pipe = FluxPipeline.from_pretrained(
+        settings.models_dir / "checkpoints" / DEMO_FLUX, local_files_only=True
+    )
+    pipe.set_progress_bar_config(disable=True)
+    import torch
+
+    bare = pipe(
+        SMALL["prompt"],
+        width=64,
+        height=64,
+        num_inference_steps=4,
+        guidance_scale=2.5,
+        generator=[torch.Generator().manual_seed(7)],
+    ).images[0]
+    assert max_difference(made.images[0], bare) <= 1
+
+
+def test_family_defaults_fill_what_the_request_leaves_out(engine):
+    made = engine.generate(GenerationRequest(**SMALL, seed=1)).request
+    assert (made.steps, made.guidance, made.distilled_guidance, made.sampler) == (
+        28,
+        1.0,
+        3.5,
+        "Euler",
+    )
+    given = engine.generate(request(distilled_guidance=5.0, sampler="euler"))
+    assert (given.request.steps, given.request.distilled_guidance) == (4, 5.0)
+    assert given.request.sampler == "Euler"
+    fields = parse_infotext(given.infotexts[0])
+    assert fields["CFG scale"] == "1" and fields["Distilled CFG Scale"] == "5"
+
+
+def test_true_cfg_runs_the_negative_prompt_and_distilled_guidance_steers(engine):
+    plain = engine.generate(request()).images[0]
+    assert max_difference(engine.generate(request(distilled_guidance=9.0)).images[0], plain) > 16
+    # CFG above 1 runs the unconditional side: an empty negative prompt too, as Forge does.
+    empty = engine.generate(request(guidance=4.0)).images[0]
+    negative = engine.generate(request(guidance=4.0, negative_prompt="a blue whale")).images[0]
+    assert max_difference(empty, plain) > 16
+    assert max_difference(negative, empty) > 16
+
+
+def test_sd_models_have_no_distilled_guidance(engine):
+    with pytest.raises(InvalidRequest) as refused:
+        engine.generate(request(model="demo", distilled_guidance=3.5))
+    assert refused.value.param == "distilled_guidance"
+    assert "SD 1.x" in refused.value.message
+
+
+def test_image_to_image_starts_from_the_source(engine):
+    source = Image.new("RGB", (64, 64), (220, 30, 30))
+    light = engine.generate(request(init_image=ImageRef(key="x"), strength=0.25), init_image=source)
+    strong = engine.generate(request(init_image=ImageRef(key="x"), strength=1.0), init_image=source)
+    red = pixels(source).astype(int)
+    assert (
+        np.abs(pixels(light.images[0]).astype(int) - red).mean()
+        < np.abs(pixels(strong.images[0]).astype(int) - red).mean()
+    )
+
+
+def test_progress_and_cancel(engine):
+    seen = []
+    engine.generate(request(steps=3), on_progress=lambda step, total, _: seen.append((step, total)))
+    assert seen == [(1, 3), (2, 3), (3, 3)]
+    from huabu.errors import Cancelled
+
+    with pytest.raises(Cancelled):
+        engine.generate(request(steps=3), should_cancel=lambda: True)
+
+
+_UNIT = ControlUnit(model="demo-controlnet", image=ImageRef(key="x"))
+
+
+@pytest.mark.parametrize(
+    ("changes", "param"),
+    [
+        ({"sampler": "DPM++ 2M"}, "sampler"),
+        ({"negative_prompt": "blurry"}, "negative_prompt"),
+        ({"clip_skip": 2}, "clip_skip"),
+        ({"controlnets": (_UNIT,)}, "controlnets"),
+        ({"loras": (LoraRef(name="demo-lora"),)}, "loras"),
+        ({"embeddings": ("demo-embedding",)}, "embeddings"),
+        ({"tiling": True}, "tiling"),
+        ({"subseed_strength": 0.5}, "subseed_strength"),
+        ({"vae": "demo-vae"}, "vae"),
+    ],
+)
+def test_what_flux1_cannot_do_is_refused_by_field(engine, changes, param):
+    with pytest.raises(InvalidRequest) as refused:
+        engine.generate(request(**changes))
+    assert refused.value.param == param
+    assert "FLUX.1" in refused.value.message
+
+
+def test_flux_over_http_with_its_family_in_the_listing(server, accounts):
+    key = accounts.create_key(accounts.add_user("flux@example.com", "password123").id)
+    with server.client(key) as client:
+        models = client.get("/huabu/v1/models").json()["data"]
+        listed = {m["name"]: m for m in models}
+        assert listed[DEMO_FLUX]["architecture"] == "flux1"
+        assert listed["demo"]["architecture"] == "sd1"
+        task = wait_finished(client, submit(client, SMALL | {"steps": 3, "seed": 3})["id"])
+        assert task["state"] == "succeeded", task
+        assert task["request"]["distilled_guidance"] == 3.5
+        assert task["request"]["guidance"] == 1.0 and task["request"]["sampler"] == "Euler"
+        picture = Image.open(io.BytesIO(httpx.get(task["images"][0]["url"]).content))
+        assert picture.size == (64, 64)
+        assert parse_infotext(read_parameters(picture))["Distilled CFG Scale"] == "3.5"
+        # Refused at submit, naming the field; nothing queued.
+        before = len(client.get("/huabu/v1/tasks").json()["data"])
+        refused = client.post("/huabu/v1/generations", json=SMALL | {"sampler": "DDIM"})
+        assert refused.status_code == 400
+        assert refused.json()["error"]["param"] == "sampler"
+        assert "Euler" in refused.json()["error"]["message"]
+        assert len(client.get("/huabu/v1/tasks").json()["data"]) == before
+
+
+def test_a1111_clients_run_flux_as_forge_does(server, accounts):
+    """webuiapi picks FLUX by override_settings; CFG scale is true CFG (1: off) and
+    ``distilled_cfg_scale`` the distilled guidance, as in Forge; its infotext says both."""
+    import webuiapi
+
+    accounts.add_user("forge@example.com", "password123")
+    api = webuiapi.WebUIApi(
+        baseurl=server.url + "/sdapi/v1", username="forge@example.com", password="password123"
+    )
+    flux = {"override_settings": {"sd_model_checkpoint": DEMO_FLUX}, "width": 64, "height": 64}
+    result = api.txt2img(prompt="a fox", sampler_name="Euler", cfg_scale=1, steps=3, seed=5, **flux)
+    assert result.image.size == (64, 64)
+    assert result.info["sd_model_name"] == DEMO_FLUX and result.info["sampler_name"] == "Euler"
+    fields = parse_infotext(result.info["infotexts"][0])
+    assert fields["CFG scale"] == "1" and fields["Distilled CFG Scale"] == "3.5"
+    # webuiapi's own default sampler (Euler a) has no flow-matching form here: refused by name.
+    with pytest.raises(RuntimeError) as refused:
+        api.txt2img(prompt="a fox", steps=3, cfg_scale=1, **flux)
+    assert refused.value.args[0] == 400 and '"param":"sampler_name"' in refused.value.args[1]
+    auth = ("forge@example.com", "password123")
+    body = {"prompt": "a fox", "steps": 3, "seed": 5, "cfg_scale": 1} | flux
+    raw = httpx.post(
+        server.url + "/sdapi/v1/txt2img", json=body | {"distilled_cfg_scale": 6}, auth=auth
+    )
+    assert raw.status_code == 200, raw.text
+    info = json.loads(raw.json()["info"])
+    assert parse_infotext(info["infotexts"][0])["Distilled CFG Scale"] == "6"
+    sd = httpx.post(
+        server.url + "/sdapi/v1/txt2img",
+        json=body | {"distilled_cfg_scale": 3.5, "override_settings": {}},
+        auth=auth,
+    )
+    assert sd.status_code == 400 and sd.json()["param"] == "distilled_cfg_scale", sd.text
