@@ -16,6 +16,7 @@ from helpers import max_difference, pixels
 from huabu.catalog.architectures import Architecture
 from huabu.catalog.infotext import parse_infotext, read_parameters
 from huabu.demos.flux import DEMO_FLUX
+from huabu.engine import flow_sampling
 from huabu.errors import InvalidRequest
 from huabu.native import ControlUnit, GenerationRequest, ImageRef, LoraRef
 from test_service import submit, wait_finished
@@ -73,6 +74,37 @@ def test_the_engine_is_bare_diffusers_on_the_same_request(engine, settings):
         generator=[torch.Generator().manual_seed(7)],
     ).images[0]
     assert max_difference(made.images[0], bare) <= 1
+
+
+@pytest.mark.parametrize("sampler", ["Euler a", "Heun", "DPM2", "DPM++ 2M"])
+def test_the_flow_forms_of_a1111_samplers(engine, sampler):
+    seen = []
+    made = engine.generate(
+        request(sampler=sampler), on_progress=lambda step, total, _: seen.append((step, total))
+    )
+    assert seen == [(step, 4) for step in range(1, 5)]
+    again = engine.generate(request(sampler=sampler))
+    assert pixels(made.images[0]).tolist() == pixels(again.images[0]).tolist()
+    assert (
+        max_difference(made.images[0], engine.generate(request(seed=9, sampler=sampler)).images[0])
+        > 16
+    )
+    assert made.request.sampler == sampler and f"Sampler: {sampler}," in made.infotexts[0]
+
+
+def test_the_sampling_loop_is_the_pipelines_euler(engine, monkeypatch):
+    """huabu's loop (which runs every flow sampler but Euler) given k-diffusion's Euler gives
+    the pipeline's own Euler images, in text-to-image and image-to-image."""
+    source = Image.new("RGB", (64, 64), (220, 30, 30))
+    runs = [
+        {"init_image": None},
+        {"init_image": ImageRef(key="x"), "strength": 0.6},
+    ]
+    pipelines = [engine.generate(request(**r), init_image=source).images[0] for r in runs]
+    monkeypatch.setitem(flow_sampling.SAMPLERS, "Euler", flow_sampling.euler)
+    looped = [engine.generate(request(**r), init_image=source).images[0] for r in runs]
+    for pipeline, loop in zip(pipelines, looped, strict=True):
+        assert max_difference(pipeline, loop) <= 1
 
 
 def test_family_defaults_fill_what_the_request_leaves_out(engine):
@@ -134,7 +166,7 @@ _UNIT = ControlUnit(model="demo-controlnet", image=ImageRef(key="x"))
 @pytest.mark.parametrize(
     ("changes", "param"),
     [
-        ({"sampler": "DPM++ 2M"}, "sampler"),
+        ({"sampler": "DPM++ 2M Karras"}, "sampler"),
         ({"negative_prompt": "blurry"}, "negative_prompt"),
         ({"clip_skip": 2}, "clip_skip"),
         ({"controlnets": (_UNIT,)}, "controlnets"),
@@ -190,9 +222,13 @@ def test_a1111_clients_run_flux_as_forge_does(server, accounts):
     assert result.info["sd_model_name"] == DEMO_FLUX and result.info["sampler_name"] == "Euler"
     fields = parse_infotext(result.info["infotexts"][0])
     assert fields["CFG scale"] == "1" and fields["Distilled CFG Scale"] == "3.5"
-    # webuiapi's own default sampler (Euler a) has no flow-matching form here: refused by name.
+    # webuiapi's own default sampler, Euler a, in its flow form.
+    default = api.txt2img(prompt="a fox", steps=3, cfg_scale=1, seed=5, **flux)
+    assert default.info["sampler_name"] == "Euler a"
+    assert max_difference(default.image, result.image) > 16
+    # A sampler without a flow-matching form is refused by its A1111 name.
     with pytest.raises(RuntimeError) as refused:
-        api.txt2img(prompt="a fox", steps=3, cfg_scale=1, **flux)
+        api.txt2img(prompt="a fox", steps=3, cfg_scale=1, sampler_name="DDIM", **flux)
     assert refused.value.args[0] == 400 and '"param":"sampler_name"' in refused.value.args[1]
     auth = ("forge@example.com", "password123")
     body = {"prompt": "a fox", "steps": 3, "seed": 5, "cfg_scale": 1} | flux

@@ -39,8 +39,9 @@ class Family:
 
 
 _SD = Family(Architecture.SD1)
-#: Flow matching's Euler: FLUX's, SD 3's and Qwen-Image's reference sampler.
-_FLOW_SAMPLERS = ("Euler",)
+#: The A1111 names with a flow-matching form (see engine.flow_sampling): Euler, the families'
+#: reference sampler, first.
+_FLOW_SAMPLERS = ("Euler", "Euler a", "Heun", "DPM2", "DPM++ 2M")
 FAMILIES = {
     Architecture.FLUX1: Family(
         Architecture.FLUX1,

@@ -19,12 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from diffusers import FluxImg2ImgPipeline, FluxPipeline
+from diffusers import FlowMatchEulerDiscreteScheduler, FluxImg2ImgPipeline, FluxPipeline
+from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 from PIL import Image
 
 from huabu.catalog.architectures import Architecture
 from huabu.catalog.library import ModelEntry
+from huabu.engine import flow_sampling
 from huabu.engine.prompts import parse_weights
 from huabu.errors import ModelUnavailable
 from huabu.native import GenerationRequest
@@ -84,14 +87,6 @@ def plain_prompt(prompt: str) -> str:
     return "".join(" " if weight < 0 else text for text, weight in parse_weights(prompt)).strip()
 
 
-def _encode(pipe: Any, prompt: str, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A prompt's (sequence, pooled) embeddings, once per image."""
-    sequence, pooled, _ = pipe.encode_prompt(
-        plain_prompt(prompt), device=pipe.device, num_images_per_prompt=1
-    )
-    return sequence.repeat(count, 1, 1), pooled.repeat(count, 1)
-
-
 @dataclass(frozen=True)
 class Sampled:
     images: list[Image.Image]
@@ -104,37 +99,153 @@ def generate(
     model: FlowModel, request: GenerationRequest, source: Image.Image | None, callback: Any
 ) -> Sampled:
     """Run ``request`` (fitted to the family) on ``model``; ``source`` is the image-to-image
-    source at the output size; ``callback`` is diffusers' ``callback_on_step_end``."""
+    source at the output size; ``callback`` is diffusers' ``callback_on_step_end``. Euler runs
+    through the diffusers pipeline itself, the other samplers in ``flow_sampling``'s loop."""
     pipe = model.img2img if source is not None else model.txt2img
     seeds = request.image_seeds()
     began = time.perf_counter()
-    extra: dict[str, Any] = {}
     with torch.inference_mode():
-        prompt_embeds, pooled = _encode(pipe, request.prompt, len(seeds))
+        conditioning = _Conditioning.of(pipe, request, len(seeds))
+    encoded = time.perf_counter()
+    generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+    with torch.inference_mode():
+        if request.sampler in flow_sampling.SAMPLERS:
+            images = _k_sample(pipe, request, conditioning, source, generators, callback)
+        else:  # Euler: the pipeline's own
+            images = _pipeline_sample(pipe, request, conditioning, source, generators, callback)
+    return Sampled(images, encoded - began, time.perf_counter() - encoded)
+
+
+@dataclass(frozen=True)
+class _Conditioning:
+    """A request's encoded prompts, once per image; the negative side with true CFG only."""
+
+    prompt: torch.Tensor
+    pooled: torch.Tensor
+    text_ids: torch.Tensor
+    negative: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None
+
+    @classmethod
+    def of(cls, pipe: Any, request: GenerationRequest, count: int) -> _Conditioning:
+        negative = None
         if request.guidance > 1:
             # True classifier-free guidance, with the negative prompt (empty or not) as the
             # unconditional side, as Forge's CFG scale runs on FLUX.
-            negative, negative_pooled = _encode(pipe, request.negative_prompt, len(seeds))
-            extra = {
-                "true_cfg_scale": request.guidance,
-                "negative_prompt_embeds": negative,
-                "negative_pooled_prompt_embeds": negative_pooled,
-            }
-    encoded = time.perf_counter()
-    generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+            negative = _encode(pipe, request.negative_prompt, count)
+        return cls(*_encode(pipe, request.prompt, count), negative)
+
+
+def _encode(pipe: Any, prompt: str, count: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A prompt's (sequence, pooled) embeddings, once per image, and its text ids."""
+    sequence, pooled, text_ids = pipe.encode_prompt(
+        plain_prompt(prompt), device=pipe.device, num_images_per_prompt=1
+    )
+    return sequence.repeat(count, 1, 1), pooled.repeat(count, 1), text_ids
+
+
+def _pipeline_sample(pipe, request, conditioning: _Conditioning, source, generators, callback):
+    extra: dict[str, Any] = {}
+    if conditioning.negative is not None:
+        negative, negative_pooled, _ = conditioning.negative
+        extra = {
+            "true_cfg_scale": request.guidance,
+            "negative_prompt_embeds": negative,
+            "negative_pooled_prompt_embeds": negative_pooled,
+        }
     if source is not None:
         extra |= {"image": source, "strength": request.strength}
-    with torch.inference_mode():
-        images = pipe(
-            prompt_embeds=prompt_embeds,
-            pooled_prompt_embeds=pooled,
-            width=request.width,
-            height=request.height,
-            num_inference_steps=request.steps,
-            guidance_scale=request.distilled_guidance,
-            generator=generators,
-            callback_on_step_end=callback,
-            output_type="pil",
-            **extra,
-        ).images
-    return Sampled(images, encoded - began, time.perf_counter() - encoded)
+    return pipe(
+        prompt_embeds=conditioning.prompt,
+        pooled_prompt_embeds=conditioning.pooled,
+        width=request.width,
+        height=request.height,
+        num_inference_steps=request.steps,
+        guidance_scale=request.distilled_guidance,
+        generator=generators,
+        callback_on_step_end=callback,
+        output_type="pil",
+        **extra,
+    ).images
+
+
+def _sigmas(pipe: Any, steps: int, image_seq_len: int) -> list[float]:
+    """The family's shifted schedule for ``steps`` steps at this image size, ending at 0: the
+    sigmas the pipeline's own Euler steps through."""
+    config = pipe.scheduler.config
+    mu = calculate_shift(
+        image_seq_len,
+        config.get("base_image_seq_len", 256),
+        config.get("max_image_seq_len", 4096),
+        config.get("base_shift", 0.5),
+        config.get("max_shift", 1.15),
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler.from_config(config)
+    scheduler.set_timesteps(sigmas=list(np.linspace(1.0, 1 / steps, steps)), mu=mu)
+    return [float(sigma) for sigma in scheduler.sigmas]
+
+
+def _k_sample(pipe, request, conditioning: _Conditioning, source, generators, callback):
+    """Sample with a ``flow_sampling`` sampler: the pipeline's parts, huabu's loop."""
+    count, width, height = len(generators), request.width, request.height
+    channels = pipe.transformer.config.in_channels // 4
+    dtype, device = conditioning.prompt.dtype, pipe.device
+    packed = None
+    if source is not None:
+        # Image-to-image: the source's latents, drawn from each image's generator before its
+        # noise (the pipeline's own order, so that Euler here is the pipeline's Euler).
+        pixels = pipe.image_processor.preprocess(source, height=height, width=width)
+        pixels = pixels.to(device, dtype).repeat(count, 1, 1, 1)
+        latents = pipe._encode_vae_image(pixels, generators)
+        packed = pipe._pack_latents(latents, count, channels, *latents.shape[2:])
+    x, image_ids = FluxPipeline.prepare_latents(
+        pipe, count, channels, height, width, dtype, device, generators
+    )
+    sigmas = _sigmas(pipe, request.steps, x.shape[1])
+    if packed is not None:
+        # …noised to where the trimmed schedule starts (diffusers' rounding of the start).
+        first = int(max(request.steps - min(request.steps * request.strength, request.steps), 0))
+        sigmas = sigmas[first:]
+        x = sigmas[0] * x + (1 - sigmas[0]) * packed
+    guidance = None
+    if pipe.transformer.config.guidance_embeds:
+        guidance = torch.full([count], request.distilled_guidance, device=device)
+
+    def velocity(x: torch.Tensor, sigma: float, prompt, pooled, text_ids) -> torch.Tensor:
+        return pipe.transformer(
+            hidden_states=x,
+            timestep=torch.full([count], sigma, device=device, dtype=x.dtype),
+            guidance=guidance,
+            pooled_projections=pooled,
+            encoder_hidden_states=prompt,
+            txt_ids=text_ids,
+            img_ids=image_ids,
+            return_dict=False,
+        )[0]
+
+    def denoise(x: torch.Tensor, sigma: float) -> torch.Tensor:
+        v = velocity(x, sigma, conditioning.prompt, conditioning.pooled, conditioning.text_ids)
+        if conditioning.negative is not None:
+            v_negative = velocity(x, sigma, *conditioning.negative)
+            v = v_negative + request.guidance * (v - v_negative)
+        return x - sigma * v
+
+    def noise() -> torch.Tensor:
+        draws = [torch.randn(x.shape[1:], generator=g, dtype=torch.float32) for g in generators]
+        return torch.stack(draws).to(device, dtype)
+
+    latest = [x]
+
+    def step(index: int) -> None:
+        callback(pipe, index, None, {"latents": latest[0]})
+
+    def watched(x: torch.Tensor, sigma: float) -> torch.Tensor:
+        latest[0] = x
+        return denoise(x, sigma)
+
+    # Progress counts steps, as the pipeline's Euler does.
+    pipe._num_timesteps = len(sigmas) - 1
+    x = flow_sampling.SAMPLERS[request.sampler](watched, x, sigmas, noise, step)
+    latents = pipe._unpack_latents(x, height, width, pipe.vae_scale_factor)
+    latents = latents / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor
+    decoded = pipe.vae.decode(latents, return_dict=False)[0]
+    return pipe.image_processor.postprocess(decoded, output_type="pil")
