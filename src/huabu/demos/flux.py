@@ -41,16 +41,17 @@ _TRANSFORMER = {
     "axes_dims_rope": [4, 4, 8],
     "guidance_embeds": True,
 }
-#: One 4-channel block: an 8× smaller latent as FLUX's, one latent channel (packed 2×2 → 4).
+#: Four narrow blocks: a latent 8× smaller than the image, as FLUX's (so a 1024² image is 4,096
+#: tokens), with one latent channel (packed 2×2 into the transformer's 4).
 _VAE = {
-    "block_out_channels": [4],
+    "block_out_channels": [8, 8, 8, 8],
     "in_channels": 3,
     "out_channels": 3,
-    "down_block_types": ["DownEncoderBlock2D"],
-    "up_block_types": ["UpDecoderBlock2D"],
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
     "latent_channels": 1,
     "layers_per_block": 1,
-    "norm_num_groups": 1,
+    "norm_num_groups": 8,
     "sample_size": 32,
     "use_quant_conv": False,
     "use_post_quant_conv": False,
