@@ -244,3 +244,22 @@ def test_a1111_clients_run_flux_as_forge_does(server, accounts):
         auth=auth,
     )
     assert sd.status_code == 400 and sd.json()["param"] == "distilled_cfg_scale", sd.text
+
+
+def test_openai_clients_generate_with_flux(server, accounts):
+    """The OpenAI SDK names the model; FLUX.1's defaults apply (OpenAI has no guidance)."""
+    import openai
+
+    key = accounts.create_key(accounts.add_user("flux-openai@example.com", "password123").id)
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key=key, max_retries=0, timeout=120)
+    ids = [model.id for model in client.models.list().data]
+    assert DEMO_FLUX in ids
+    result = client.images.generate(
+        model=DEMO_FLUX, prompt="a red fox", size="64x64", quality="low", n=2
+    )
+    images = [Image.open(io.BytesIO(httpx.get(item.url).content)) for item in result.data]
+    assert [image.size for image in images] == [(64, 64), (64, 64)]
+    fields = parse_infotext(read_parameters(images[0]))
+    assert fields["Sampler"] == "Euler" and fields["Distilled CFG Scale"] == "3.5"
+    assert fields["CFG scale"] == "1"
+    assert max_difference(images[0], images[1]) > 16
