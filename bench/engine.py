@@ -4,7 +4,10 @@
 
 (1) huabu's ``Engine.generate`` time ÷ a bare ``StableDiffusionPipeline(...)`` call on the same
     request (same weights, sampler, size, steps, seed; target ≤ 1.03).
-(2) RSS while switching 10 times between two checkpoints with a one-slot pipeline cache
+(2) The same for FLUX.1 (demo-flux, Euler through the pipeline, distilled guidance 3.5)
+    against a bare ``FluxPipeline(...)`` call, and for its k-loop sampler DPM++ 2M against the
+    pipeline's Euler (same model calls per step: the loop's own cost; target ≤ 1.03 both).
+(3) RSS while switching 10 times between two checkpoints with a one-slot pipeline cache
     (target: the last switch ≤ 5 % above the second).
 Uses the demo model under a temporary HUABU_HOME; prints ratios, asserts nothing.
 """
@@ -18,7 +21,7 @@ import time
 from pathlib import Path
 
 import torch
-from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionPipeline
+from diffusers import EulerAncestralDiscreteScheduler, FluxPipeline, StableDiffusionPipeline
 
 from huabu import demos
 from huabu.engine import quiet_libraries
@@ -103,6 +106,8 @@ def main() -> None:
     print(f"  bare diffusers{bare_s * 1000:8.1f} ms")
     print(f"  ratio         {huabu_s / bare_s:8.3f}   (target <= 1.03)")
 
+    flux_engine(engine, settings, args)
+
     switching = Engine(settings.model_copy(update={"pipeline_cache_size": 1}))
     small = request.model_copy(update={"steps": 2})
     samples = []
@@ -114,6 +119,44 @@ def main() -> None:
         + " ".join(f"{s:.0f}" for s in samples)
     )
     print(f"  growth last/second {samples[-1] / samples[1]:8.3f}   (target <= 1.05)")
+
+
+def flux_engine(engine: Engine, settings: Settings, args) -> None:
+    request = GenerationRequest(
+        model="demo-flux",
+        prompt="a red fox in the snow",
+        width=args.size,
+        height=args.size,
+        steps=args.steps,
+        seed=42,
+    )
+    bare = FluxPipeline.from_pretrained(
+        settings.models_dir / "checkpoints" / "demo-flux", local_files_only=True
+    )
+    bare.set_progress_bar_config(disable=True)
+
+    def bare_call():
+        return bare(
+            prompt=request.prompt,
+            width=request.width,
+            height=request.height,
+            num_inference_steps=request.steps,
+            guidance_scale=3.5,
+            generator=torch.Generator("cpu").manual_seed(42),
+        ).images
+
+    huabu_s, bare_s = timed_pair(lambda: engine.generate(request), bare_call, args.runs)
+    print(f"FLUX.1 (demo-flux) @ {args.size}x{args.size}, {args.steps} steps, Euler")
+    print(f"  huabu engine  {huabu_s * 1000:8.1f} ms")
+    print(f"  bare diffusers{bare_s * 1000:8.1f} ms")
+    print(f"  ratio         {huabu_s / bare_s:8.3f}   (target <= 1.03)")
+    looped = request.model_copy(update={"sampler": "DPM++ 2M"})
+    loop_s, euler_s = timed_pair(
+        lambda: engine.generate(looped), lambda: engine.generate(request), args.runs
+    )
+    print(f"  DPM++ 2M (huabu's loop) {loop_s * 1000:8.1f} ms")
+    print(f"  Euler (the pipeline's)  {euler_s * 1000:8.1f} ms")
+    print(f"  ratio                   {loop_s / euler_s:8.3f}   (target <= 1.03)")
 
 
 if __name__ == "__main__":

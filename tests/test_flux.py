@@ -15,9 +15,9 @@ from PIL import Image
 from helpers import max_difference, pixels
 from huabu.catalog.architectures import Architecture
 from huabu.catalog.infotext import parse_infotext, read_parameters
-from huabu.demos.flux import DEMO_FLUX
+from huabu.demos.flux import DEMO_FLUX, DEMO_FLUX_LORA
 from huabu.engine import flow_sampling
-from huabu.errors import InvalidRequest
+from huabu.errors import InvalidRequest, ModelUnavailable
 from huabu.native import ControlUnit, GenerationRequest, ImageRef, LoraRef
 from test_service import submit, wait_finished
 
@@ -107,6 +107,26 @@ def test_the_sampling_loop_is_the_pipelines_euler(engine, monkeypatch):
         assert max_difference(pipeline, loop) <= 1
 
 
+def test_a_lora_changes_the_image_and_leaves_nothing_behind(engine):
+    assert engine.library.find("loras", DEMO_FLUX_LORA).architecture is Architecture.FLUX1
+    before = engine.generate(request()).images[0]
+    lora = engine.generate(request(loras=(LoraRef(name=DEMO_FLUX_LORA),))).images[0]
+    half = engine.generate(request(loras=(LoraRef(name=DEMO_FLUX_LORA, weight=0.5),))).images[0]
+    off = engine.generate(request(loras=(LoraRef(name=DEMO_FLUX_LORA, weight=0),))).images[0]
+    after = engine.generate(request()).images[0]
+    assert max_difference(lora, before) > 16 and max_difference(half, lora) > 4
+    # Weight 0, and every request after one with a LoRA, is the model's own image exactly.
+    assert pixels(off).tolist() == pixels(before).tolist() == pixels(after).tolist()
+    # A FLUX LoRA on an SD model is refused by its field before anything runs.
+    with pytest.raises(InvalidRequest) as refused:
+        engine.generate(request(model="demo", loras=(LoraRef(name=DEMO_FLUX_LORA),)))
+    assert refused.value.param == "loras.0.name" and "FLUX.1" in refused.value.message
+    # A LoRA whose files do not say its family, and that fits no layer, fails saying so.
+    with pytest.raises(ModelUnavailable, match="'demo-lora' does not fit this checkpoint"):
+        engine.generate(request(loras=(LoraRef(name="demo-lora"),)))
+    assert pixels(engine.generate(request()).images[0]).tolist() == pixels(before).tolist()
+
+
 def test_family_defaults_fill_what_the_request_leaves_out(engine):
     made = engine.generate(GenerationRequest(**SMALL, seed=1)).request
     assert (made.steps, made.guidance, made.distilled_guidance, made.sampler) == (
@@ -170,7 +190,7 @@ _UNIT = ControlUnit(model="demo-controlnet", image=ImageRef(key="x"))
         ({"negative_prompt": "blurry"}, "negative_prompt"),
         ({"clip_skip": 2}, "clip_skip"),
         ({"controlnets": (_UNIT,)}, "controlnets"),
-        ({"loras": (LoraRef(name="demo-lora"),)}, "loras"),
+        ({"loras": (LoraRef(name="demo-xl-lora"),)}, "loras.0.name"),
         ({"embeddings": ("demo-embedding",)}, "embeddings"),
         ({"tiling": True}, "tiling"),
         ({"subseed_strength": 0.5}, "subseed_strength"),
@@ -204,6 +224,10 @@ def test_flux_over_http_with_its_family_in_the_listing(server, accounts):
         assert refused.status_code == 400
         assert refused.json()["error"]["param"] == "sampler"
         assert "Euler" in refused.json()["error"]["message"]
+        sd_with_flux_lora = SMALL | {"model": "demo", "loras": [{"name": DEMO_FLUX_LORA}]}
+        refused = client.post("/huabu/v1/generations", json=sd_with_flux_lora)
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error"]["param"] == "loras.0.name"
         assert len(client.get("/huabu/v1/tasks").json()["data"]) == before
 
 
@@ -226,6 +250,16 @@ def test_a1111_clients_run_flux_as_forge_does(server, accounts):
     default = api.txt2img(prompt="a fox", steps=3, cfg_scale=1, seed=5, **flux)
     assert default.info["sampler_name"] == "Euler a"
     assert max_difference(default.image, result.image) > 16
+    # A LoRA by A1111's prompt tag.
+    tagged = api.txt2img(
+        prompt=f"a fox <lora:{DEMO_FLUX_LORA}:1>",
+        sampler_name="Euler",
+        cfg_scale=1,
+        steps=3,
+        seed=5,
+        **flux,
+    )
+    assert max_difference(tagged.image, result.image) > 16
     # A sampler without a flow-matching form is refused by its A1111 name.
     with pytest.raises(RuntimeError) as refused:
         api.txt2img(prompt="a fox", steps=3, cfg_scale=1, sampler_name="DDIM", **flux)

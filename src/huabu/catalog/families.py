@@ -30,6 +30,8 @@ class Family:
     #: Image-to-image from an init image, and inpainting with a mask.
     img2img: bool = True
     inpaint: bool = True
+    #: Whether LoRAs apply (diffusers' LoRA loaders for the family's pipeline).
+    loras: bool = True
     #: The default distilled guidance of a guidance-distilled family (None: it has none).
     distilled_guidance: float | None = None
 
@@ -64,7 +66,6 @@ _SD_ONLY = (
     ("vae", "override VAE"),
     ("hires", "hires fix yet"),
     ("tiling", "tiling yet"),
-    ("loras", "LoRAs yet"),
 )
 
 
@@ -110,6 +111,8 @@ def fit(request: GenerationRequest, architecture: Architecture | None) -> Genera
     for name, what in _SD_ONLY:
         if getattr(request, name):
             raise InvalidRequest(f"{name}: {family.label} models take no {what}", param=name)
+    if request.loras and not family.loras:
+        raise InvalidRequest(f"loras: {family.label} models take no LoRAs yet", param="loras")
     if request.clip_skip != 1:
         raise InvalidRequest(
             f"clip_skip: {family.label} models do not skip text-encoder layers", param="clip_skip"
@@ -141,3 +144,15 @@ def fit(request: GenerationRequest, architecture: Architecture | None) -> Genera
             param="sampler",
         )
     return request
+
+
+def check_lora(
+    model: Architecture | None, lora: Architecture | None, *, name: str, param: str
+) -> None:
+    """A LoRA made for a flow family runs on that family only, and an SD LoRA on no flow
+    family (between the SD families, where the files can mislead, the loader decides)."""
+    if model is None or lora is None or not (model.is_flow or lora.is_flow) or model is lora:
+        return
+    raise InvalidRequest(
+        f"{param}: LoRA {name!r} was made for {lora.label} models, not {model.label}", param=param
+    )

@@ -106,6 +106,14 @@ def _file_architecture(path: Path) -> tuple[Architecture | None, int | None]:
 #: The text width a cross-attention takes, by family.
 _TEXT_WIDTHS = {768: Architecture.SD1, 1024: Architecture.SD2, 2048: Architecture.SDXL}
 _SDXL_MARKS = ("lora_te2_", "text_encoder_2.", "te2.", "clip_g")
+#: FLUX's two block kinds, in the diffusers, BFL/ai-toolkit and kohya layouts.
+_FLUX_MARKS = (
+    "single_transformer_blocks.",
+    "double_blocks.",
+    "single_blocks.",
+    "double_blocks_",
+    "single_blocks_",
+)
 _CROSS_ATTENTION = ("attn2.to_k.weight", "attn2.to_k.lora_A.weight", "attn2_to_k.lora_down.weight",
                     "to_k_ip.weight")  # fmt: skip
 
@@ -130,6 +138,8 @@ def _extra_architecture(path: Path) -> Architecture | None:
         return None
     if any(key.startswith(_SDXL_MARKS) or ".label_emb." in key for key in shapes):
         return Architecture.SDXL
+    if any(mark in key for key in shapes for mark in _FLUX_MARKS):
+        return Architecture.FLUX1
     for key, shape in shapes.items():
         if key.endswith(_CROSS_ATTENTION) or (len(shapes) <= 2 and len(shape) == 2):
             return _TEXT_WIDTHS.get(shape[-1])  # (an embedding is its vectors alone)

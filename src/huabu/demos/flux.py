@@ -20,12 +20,15 @@ from diffusers import (
     FluxPipeline,
     FluxTransformer2DModel,
 )
+from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel, T5TokenizerFast
 
 from huabu.demos.sd import staged, tokenizer
 from huabu.engine.single_file import tokenizer_files
 
 DEMO_FLUX = "demo-flux"
+#: A LoRA for it in the diffusers/peft layout (``transformer.<module>.lora_A/B.weight``).
+DEMO_FLUX_LORA = "demo-flux-lora"
 _SEED = 20251201
 
 #: FLUX.1 [dev]'s transformer shrunk: one double and one single block, 2 heads of 16.
@@ -149,11 +152,41 @@ def build_pipeline(seed: int = _SEED) -> FluxPipeline:
         )
 
 
+#: The attention and feed-forward layers of both block kinds: where FLUX LoRAs train.
+_LORA_LAYERS = (
+    "transformer_blocks.0.attn.to_q",
+    "transformer_blocks.0.attn.to_v",
+    "transformer_blocks.0.attn.add_k_proj",
+    "transformer_blocks.0.ff.net.2",
+    "single_transformer_blocks.0.attn.to_k",
+    "single_transformer_blocks.0.proj_out",
+)
+
+
+def build_lora(pipe: FluxPipeline, seed: int = _SEED + 1, rank: int = 4) -> dict[str, torch.Tensor]:
+    """A random rank-``rank`` LoRA over ``_LORA_LAYERS``, strong enough to see."""
+    generator = torch.Generator().manual_seed(seed)
+    modules = dict(pipe.transformer.named_modules())
+    state = {}
+    for name in _LORA_LAYERS:
+        layer = modules[name]
+        down = torch.randn(rank, layer.in_features, generator=generator) * 0.5
+        up = torch.randn(layer.out_features, rank, generator=generator) * 0.5
+        state[f"transformer.{name}.lora_A.weight"] = down
+        state[f"transformer.{name}.lora_B.weight"] = up
+    return state
+
+
 def build(models: Path, *, force: bool = False) -> list[Path]:
-    """Write the FLUX.1 demo folder under ``models`` (if missing, or with ``force``)."""
+    """Write the FLUX.1 demo folder and its LoRA under ``models`` (each if missing, or both
+    with ``force``); returns the paths written."""
     folder = models / "checkpoints" / DEMO_FLUX
-    if folder.exists() and not force:
-        return []
-    with staged(folder) as staging:
-        build_pipeline().save_pretrained(staging, safe_serialization=True)
-    return [folder]
+    lora = models / "loras" / f"{DEMO_FLUX_LORA}.safetensors"
+    written = [path for path in (folder, lora) if force or not path.exists()]
+    for path in written:
+        with staged(path) as staging:
+            if path == folder:
+                build_pipeline().save_pretrained(staging, safe_serialization=True)
+            else:
+                save_file(build_lora(build_pipeline()), str(staging))
+    return written

@@ -59,6 +59,9 @@ class LoraSwitch:
             raise ModelUnavailable(
                 f"LoRA {name!r} does not fit this checkpoint or is not a LoRA"
             ) from exc
+        if not any(adapter in names for names in self.pipe.get_list_adapters().values()):
+            # The loader found no layer of this model in the file (another family's LoRA).
+            raise ModelUnavailable(f"LoRA {name!r} does not fit this checkpoint: no layer matches")
         self.loaded[name] = adapter
         while len(self.loaded) > MAX_LOADED:
             _, old = self.loaded.popitem(last=False)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from huabu.catalog.families import fit
+from huabu.catalog.families import check_lora, fit
 from huabu.catalog.infotext import infotext
 from huabu.catalog.library import ModelLibrary, check_families
 from huabu.catalog.preprocessors import check as check_preprocessor
@@ -85,6 +85,10 @@ class Engine:
         started = time.perf_counter()
         entry = self.library.find("checkpoints", request.model)
         request = fit(request, entry.architecture).checked(self.settings)
+        for index, lora in enumerate(request.loras):
+            param = f"loras.{index}.name"
+            made_for = self.library.find("loras", lora.name, param=param).architecture
+            check_lora(entry.architecture, made_for, name=lora.name, param=param)
         if entry.architecture is not None and entry.architecture.is_flow:
             return self._generate_flow(request, init_image, on_progress, should_cancel, started)
         source, plan = _source(request, init_image), None
@@ -207,7 +211,8 @@ class Engine:
         with self.cache.lease(request.model) as model:
             loaded = time.perf_counter()
             step = _StepHook(_first_image(on_progress), should_cancel)
-            made = flow.generate(model, request, source, step.diffusers_callback)
+            with model.loras.applied(request.loras):
+                made = flow.generate(model, request, source, step.diffusers_callback)
         timings = Timings(
             load=loaded - started,
             prompt=made.prompt,

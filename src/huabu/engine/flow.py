@@ -26,8 +26,9 @@ from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 from PIL import Image
 
 from huabu.catalog.architectures import Architecture
-from huabu.catalog.library import ModelEntry
+from huabu.catalog.library import ModelEntry, ModelLibrary
 from huabu.engine import flow_sampling
+from huabu.engine.adapters import LoraSwitch
 from huabu.engine.prompts import parse_weights
 from huabu.errors import ModelUnavailable
 from huabu.native import GenerationRequest
@@ -47,6 +48,7 @@ class FlowModel:
     txt2img: Any
     img2img: Any
     model_hash: str | None
+    loras: LoraSwitch
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     leases: int = 0
 
@@ -56,9 +58,15 @@ class FlowModel:
 
 
 def load(
-    entry: ModelEntry, path: Path, device: torch.device, dtype: torch.dtype, model_hash: str | None
+    entry: ModelEntry,
+    path: Path,
+    device: torch.device,
+    dtype: torch.dtype,
+    model_hash: str | None,
+    library: ModelLibrary,
 ) -> FlowModel:
-    """The diffusers folder at ``path`` as a ``FlowModel`` on ``device``."""
+    """The diffusers folder at ``path`` as a ``FlowModel`` on ``device``; its LoRAs come from
+    ``library`` (diffusers' loaders read the kohya, ai-toolkit and diffusers layouts)."""
     architecture = entry.architecture
     if architecture not in PIPELINES:
         label = architecture.label if architecture else "this family"
@@ -79,7 +87,7 @@ def load(
     pipe.set_progress_bar_config(disable=True)
     img2img = img2img_class(**pipe.components)
     img2img.set_progress_bar_config(disable=True)
-    return FlowModel(entry, architecture, pipe, img2img, model_hash)
+    return FlowModel(entry, architecture, pipe, img2img, model_hash, LoraSwitch(pipe, library))
 
 
 def plain_prompt(prompt: str) -> str:

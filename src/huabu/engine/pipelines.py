@@ -279,7 +279,7 @@ class PipelineCache:
             path = self._convert_pickle(entry)
         if entry.architecture is not None and entry.architecture.is_flow:
             model_hash = self.library.model_hash(entry)
-            return flow.load(entry, path, self.device, self.dtype, model_hash)
+            return flow.load(entry, path, self.device, self.dtype, model_hash, self.library)
         if entry.layout == "diffusers":
             architecture = entry.architecture
             if architecture is None:

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from huabu import fetch
 from huabu.auth import Principal
-from huabu.catalog.families import fit
+from huabu.catalog.families import check_lora, fit
 from huabu.catalog.library import check_families, private_name
 from huabu.catalog.preprocessors import check as check_preprocessor
 from huabu.catalog.preprocessors import held_annotators
@@ -132,6 +132,12 @@ class TaskSubmitter:
         model = self.catalog.find("checkpoints", request.model)
         # Its family's defaults first: checking canonicalises the sampler it may default.
         request = fit(request, model.architecture).checked(self.settings)
+        for index, lora in enumerate(request.loras):
+            if lora.name.startswith("@"):
+                continue  # a trained LoRA (a private name): trained on an SD base
+            param = f"loras.{index}.name"
+            found = self.catalog.find("loras", lora.name, param=param)
+            check_lora(model.architecture, found.architecture, name=lora.name, param=param)
         if request.vae:
             self.catalog.find("vae", request.vae, param="vae")
         for index, name in enumerate(request.embeddings):
