@@ -297,3 +297,25 @@ def test_openai_clients_generate_with_flux(server, accounts):
     assert fields["Sampler"] == "Euler" and fields["Distilled CFG Scale"] == "3.5"
     assert fields["CFG scale"] == "1"
     assert max_difference(images[0], images[1]) > 16
+
+
+def test_dialect_defaults_give_way_to_the_familys():
+    """What a kamiya, novita, v1b or SD-server caller leaves out is its dialect's default on an
+    SD model and the family's own on FLUX.1; what it sends holds for both."""
+    from huabu.catalog.families import fit
+    from huabu.dialects.kamiya.translate import to_native
+    from huabu.dialects.kamiya.wire import GenerateIn
+
+    quiet = to_native(GenerateIn(prompts="a fox"), model=DEMO_FLUX, init_image=None)
+    on_sd = fit(quiet, Architecture.SD1)
+    assert (on_sd.steps, on_sd.guidance, on_sd.sampler) == (28, 7.0, "DPM++ 2M Karras")
+    on_flux = fit(quiet, Architecture.FLUX1)
+    assert (on_flux.steps, on_flux.guidance, on_flux.sampler) == (28, 1.0, "Euler")
+    assert on_flux.distilled_guidance == 3.5
+    sent = to_native(
+        GenerateIn(prompts="a fox", cfg=4, step=9, sampling="Heun"),
+        model=DEMO_FLUX,
+        init_image=None,
+    )
+    on_flux = fit(sent, Architecture.FLUX1)
+    assert (on_flux.steps, on_flux.guidance, on_flux.sampler) == (9, 4.0, "Heun")

@@ -337,12 +337,28 @@ class GenerationRequest(BaseModel):
     output_format: OutputFormat = "png"
 
     @classmethod
-    def parse(cls, data: dict[str, Any]) -> GenerationRequest:
-        """Build a request from plain data; errors become InvalidRequest naming the field."""
+    def parse(
+        cls,
+        data: dict[str, Any],
+        *,
+        sent: set[str] | None = None,
+        wire_names: dict[str, str] | None = None,
+    ) -> GenerationRequest:
+        """Build a request from plain data; errors become InvalidRequest naming the field.
+
+        A dialect passes ``sent`` (the wire fields its caller sent) and ``wire_names`` (native
+        field → wire field) for the fields whose value may be its own default: those its
+        caller left out hold for the SD families as they are, while a family with defaults
+        of its own (FLUX.1 …) takes its own instead (``catalog.families.fit``)."""
         try:
-            return cls.model_validate(data)
+            request = cls.model_validate(data)
         except ValidationError as exc:
             raise invalid_field(exc.errors()[0]) from None
+        if sent is None or not wire_names:
+            return request
+        defaulted = {native for native, wire in wire_names.items() if wire not in sent}
+        given = request.model_fields_set - defaulted
+        return cls.model_construct(_fields_set=given, **dict(request))
 
     @property
     def is_img2img(self) -> bool:

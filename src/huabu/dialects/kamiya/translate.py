@@ -61,7 +61,9 @@ def to_native(body: GenerateIn, *, model: str, init_image: uuid.UUID | None) -> 
             # kamiya's weight is a percentage: 60 = strength 0.6.
             "loras": [{"name": lora.id, "weight": lora.weight / 100} for lora in body.LoRAs],
             "output_format": "jpeg",
-        }
+        },
+        sent=body.model_fields_set,
+        wire_names={"steps": "step", "guidance": "cfg", "sampler": "sampling"},
     )
 
 

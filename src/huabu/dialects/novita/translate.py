@@ -111,7 +111,9 @@ def to_native(
             "hires": _hires(body.hires_fix),
             "refiner": refiner,
             "output_format": extra.response_image_type,
-        }
+        },
+        sent=body.model_fields_set,
+        wire_names={"steps": "steps", "guidance": "guidance_scale", "sampler": "sampler_name"},
     )
 
 

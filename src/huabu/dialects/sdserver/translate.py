@@ -29,7 +29,9 @@ def to_native(
             "n_images": form.num_outputs,
             "init_image": init_image,
             "strength": form.strength if isinstance(form, Img2ImgForm) else 0.75,
-        }
+        },
+        sent=form.model_fields_set,
+        wire_names={"steps": "num_inference_steps", "guidance": "guidance_scale"},
     )
 
 

@@ -61,7 +61,9 @@ def to_native(
             "seed": body.select_seed,
             "n_images": body.n_images,
             "init_image": init_image,
-        }
+        },
+        sent=body.model_fields_set,
+        wire_names={"guidance": "scale"},
     )
 
 
