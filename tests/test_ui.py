@@ -450,8 +450,12 @@ def test_the_extras_on_offer_fit_the_chosen_model(page, server, accounts):
         "LoRA": lambda: page.get_by_label("Add LoRA").locator("option").all_inner_texts(),
         "ControlNet": lambda: unit_model.locator("option").all_inner_texts(),
     }
+    assert "demo-flux · FLUX.1" in model.locator("option").all_inner_texts()  # its family
+    model.select_option("demo-flux")
+    assert "demo-flux-lora" in offered["LoRA"]() and "demo-xl-lora" not in offered["LoRA"]()
     model.select_option("demo")
     assert "demo-lora" in offered["LoRA"]() and "demo-xl-lora" not in offered["LoRA"]()
+    assert "demo-flux-lora" not in offered["LoRA"]()
     assert "demo-controlnet" in offered["ControlNet"]()
     assert "demo-xl-controlnet" not in offered["ControlNet"]()
     expect(page.get_by_label("demo-xl-embedding")).to_be_hidden()

@@ -34,9 +34,14 @@ async function fillChoices() {
       names("embeddings"), names("controlnet"), names("ipadapter"), api("GET", "/preprocessors"),
       api("GET", "/trained-models"), api("GET", "/tasks?limit=1")]);
   // A refiner only continues another model's image: it is offered as a refiner, not a model.
-  const refining = (m) => m.architecture === "SDXL refiner";
+  const refining = (m) => m.architecture === "sdxl-refiner";
   const checkpoints = models.filter((m) => !refining(m)).map((m) => m.name);
   options($("model"), checkpoints);
+  // The picker names each model's family: "demo-flux · FLUX.1".
+  for (const option of $("model").options) {
+    const model = models.find((m) => m.name === option.value);
+    if (model && model.label !== "unknown") option.text = `${model.name} · ${model.label}`;
+  }
   options($("refiner"), models.filter(refining).map((m) => m.name), "None");
   options($("train-base"), checkpoints);
   if ($("sampler").options.length === 0) options($("sampler"), SAMPLERS);
