@@ -170,10 +170,21 @@ def test_image_to_image_starts_from_the_source(engine):
     )
 
 
-def test_progress_and_cancel(engine):
-    seen = []
-    engine.generate(request(steps=3), on_progress=lambda step, total, _: seen.append((step, total)))
-    assert seen == [(1, 3), (2, 3), (3, 3)]
+def test_progress_previews_and_cancel(engine):
+    seen, previews = [], []
+
+    def progress(step, total, preview):
+        seen.append((step, total))
+        previews.append(Image.open(io.BytesIO(preview())))
+
+    for sampler in ("Euler", "DPM++ 2M"):  # the pipeline's steps, and huabu's loop's
+        seen.clear()
+        previews.clear()
+        engine.generate(request(steps=3, sampler=sampler), on_progress=progress)
+        assert seen == [(1, 3), (2, 3), (3, 3)]
+        # A live preview of each step, at the latent size (1/8), changing as it denoises.
+        assert [p.size for p in previews] == [(8, 8)] * 3
+        assert max_difference(previews[0], previews[-1]) > 0
     from huabu.errors import Cancelled
 
     with pytest.raises(Cancelled):

@@ -46,7 +46,7 @@ def test_infotext_records_the_loras(engine, small):
 def test_unknown_lora_and_ranges(engine, small):
     with pytest.raises(InvalidRequest) as caught:
         engine.generate(small(loras=(LoraRef(name="nope"),)))
-    assert caught.value.param == "loras" and "demo-lora" in caught.value.message
+    assert caught.value.param == "loras.0.name" and "demo-lora" in caught.value.message
     for bad in (
         {"loras": [{"name": "demo-lora", "weight": 5}]},
         {"loras": [{"name": "demo-lora"}] * 6},

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from huabu.engine.previews import approx_cheap
+from huabu.engine.previews import approx_cheap, approx_flux
 
 
 def collect(engine, request):
@@ -34,6 +34,15 @@ def test_approx_cheap_uses_a1111s_weights():
     assert approx_cheap(latent, sdxl=True).getpixel((1, 1)) == (171, 181, 184)
     latent[:] = 0
     assert approx_cheap(latent, sdxl=False).getpixel((0, 0)) == (128, 128, 128)
+
+
+def test_approx_flux_uses_the_flux_map_and_its_offset():
+    latent = torch.zeros(16, 2, 2)
+    assert approx_flux(latent).getpixel((0, 0)) == (123, 118, 117)  # the offset alone
+    latent[13] = 1.0  # the channel with the strongest (negative) weights
+    assert approx_flux(latent).getpixel((1, 0)) == (107, 112, 103)
+    # A latent of another width (a tiny demo's): its channels' mean, as grey.
+    assert approx_flux(torch.full((1, 2, 2), 0.5)).getpixel((0, 1)) == (191, 191, 191)
 
 
 @pytest.mark.parametrize("sampler", ["Euler", "DPM adaptive"])

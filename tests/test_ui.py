@@ -593,3 +593,46 @@ def test_a_lost_connection_reconnects(page, server, accounts):
     expect(card.get_by_role("status")).to_have_text("Reconnecting…")
     expect(card.get_by_role("status")).to_have_text("Done", timeout=60_000)
     assert cut
+
+
+def test_a_flux_model_shows_its_own_controls_and_generates(page, server, accounts):
+    """Choosing FLUX.1 offers its samplers and its distilled guidance, hides SD's extras and
+    sets its usual steps and guidance; what it makes says so in its parameters."""
+    from playwright.sync_api import expect
+
+    log_in(page, server, accounts, "ui-flux@example.com")
+    sampler = page.get_by_label("Sampler")
+    page.locator("#model").select_option("demo-flux")
+    expect(page.get_by_label("Distilled guidance")).to_have_value("3.5")
+    expect(page.get_by_label("Guidance", exact=True)).to_have_value("1")
+    expect(page.get_by_label("Steps", exact=True)).to_have_value("28")
+    assert sampler.locator("option").all_inner_texts() == [
+        "Euler",
+        "Euler a",
+        "Heun",
+        "DPM2",
+        "DPM++ 2M",
+    ]
+    for hidden in ("#control", "#advanced"):
+        expect(page.locator(hidden)).to_be_hidden()
+    page.get_by_label("Prompt", exact=True).fill("a red fox")
+    page.get_by_label("Width", exact=True).fill("64")
+    page.get_by_label("Height", exact=True).fill("64")
+    page.get_by_label("Steps", exact=True).fill("3")
+    page.get_by_label("Seed", exact=True).fill("7")
+    page.get_by_label("Distilled guidance").fill("5")
+    sampler.select_option("DPM++ 2M")
+    page.get_by_role("button", name="Generate").click()
+    card = page.locator(".task").first
+    expect(card.get_by_role("status")).to_have_text("Done", timeout=60_000)
+    card.get_by_role("img", name="Image 1, seed 7").click()
+    parameters = page.get_by_role("dialog", name="Image 1, seed 7").locator("pre")
+    expect(parameters).to_contain_text("Sampler: DPM++ 2M")
+    expect(parameters).to_contain_text("Distilled CFG Scale: 5")
+    page.get_by_role("dialog").get_by_role("button", name="Close").click()
+    # Back on an SD model: every sampler and SD's extras again, with SD's usual values.
+    page.locator("#model").select_option("demo")
+    expect(page.locator("#control")).to_be_visible()
+    expect(page.get_by_label("Distilled guidance")).to_be_hidden()
+    expect(page.get_by_label("Guidance", exact=True)).to_have_value("7")
+    assert len(sampler.locator("option").all_inner_texts()) == 20

@@ -210,7 +210,8 @@ class Engine:
         source = _source(request, init_image)
         with self.cache.lease(request.model) as model:
             loaded = time.perf_counter()
-            step = _StepHook(_first_image(on_progress), should_cancel)
+            preview = LatentPreview(sdxl=False, unpack=flow.unpacker(model, request))
+            step = _StepHook(_first_image(on_progress), should_cancel, preview)
             with model.loras.applied(request.loras):
                 made = flow.generate(model, request, source, step.diffusers_callback)
         timings = Timings(

@@ -90,6 +90,14 @@ def load(
     return FlowModel(entry, architecture, pipe, img2img, model_hash, LoraSwitch(pipe, library))
 
 
+def unpacker(model: FlowModel, request: GenerationRequest) -> Any:
+    """Packed latents (the transformer's tokens) back to ``[B, C, h, w]``, for previews."""
+    pipe = model.txt2img
+    return lambda latents: pipe._unpack_latents(
+        latents, request.height, request.width, pipe.vae_scale_factor
+    )
+
+
 def plain_prompt(prompt: str) -> str:
     """An A1111 prompt's text without its emphasis: what a T5 or LLM encoder reads."""
     return "".join(" " if weight < 0 else text for text, weight in parse_weights(prompt)).strip()

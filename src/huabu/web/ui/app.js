@@ -31,6 +31,7 @@ const ZH = {
   "Disable": "停用", "Enable": "启用", "disabled": "已停用", "active": "正常", "admin": "管理员",
   "Use these settings": "使用这些设置", "Delete": "删除", "Download": "下载", "Parameters": "参数",
   "Training": "训练", "Size preset": "尺寸预设", "Custom": "自定义", "Guidance": "提示词引导系数",
+  "Distilled guidance": "蒸馏引导系数",
   "Random": "随机", "Reuse last seed": "沿用上次种子", "LoRAs, VAE, embeddings": "LoRA、VAE、嵌入",
   "VAE": "VAE", "Automatic": "自动", "Add LoRA": "添加 LoRA", "Weight of": "权重：",
   "Remove": "移除", "Embeddings": "嵌入", "Image to image and inpainting": "图生图与局部重绘",

@@ -5,10 +5,15 @@
 const SAMPLERS = ["Euler a", "Euler", "LMS", "Heun", "DPM2", "DPM2 a", "DPM++ 2S a", "DPM++ 2M",
   "DPM++ SDE", "DPM fast", "DPM adaptive", "LMS Karras", "DPM2 Karras", "DPM2 a Karras",
   "DPM++ 2S a Karras", "DPM++ 2M Karras", "DPM++ SDE Karras", "DDIM", "PLMS", "UniPC"];
+// What a flow-matching model (FLUX.1 …) samples with, and its families (see families.py).
+const FLOW_SAMPLERS = ["Euler", "Euler a", "Heun", "DPM2", "DPM++ 2M"];
+const FLOW = new Set(["flux1", "flux1-kontext", "flux2", "qwen-image", "qwen-image-edit",
+  "z-image", "sd3"]);
 const SIZES = [[512, 512], [768, 512], [512, 768], [768, 768], [1024, 1024], [1216, 832],
   [832, 1216], [256, 256], [64, 64]];
 const FORM_FIELDS = ["prompt", "negative_prompt", "model", "sampler", "steps", "width", "height",
-  "seed", "n_images", "guidance", "subseed", "subseed_strength", "clip_skip", "output_format"];
+  "seed", "n_images", "guidance", "distilled_guidance", "subseed", "subseed_strength", "clip_skip",
+  "output_format"];
 const MAX_UNITS = 3;
 // The library, as the choices offer it; families: "kind/name" → the family it was made for.
 const library = { loras: [], controlnet: [], ipadapter: [], preprocessors: [], families: new Map() };
@@ -94,8 +99,32 @@ function offerExtras() {
     offer(select, "controlnet", library.controlnet);
   }
   offer($("ip-name"), "ipadapter", library.ipadapter, "None");
+  fitFamily();
 }
 $("model").addEventListener("change", offerExtras);
+
+// A flow model (FLUX.1 …) shows only what it takes: its samplers, its distilled guidance, and
+// none of SD's extras (ControlNet, IP-Adapter, VAE, embeddings, hires fix, refiner, variation,
+// tiling, clip skip). Switching between the kinds sets their usual steps and guidance.
+let flowShown = false;
+const isFlow = () => FLOW.has(library.families.get(`checkpoints/${$("model").value}`));
+function fitFamily() {
+  const flow = isFlow();
+  for (const element of [$("control"), $("advanced"), $("vae").closest("label")]) {
+    element.hidden = flow;
+  }
+  if (flow) $("embeddings").hidden = true;
+  $("distilled-field").hidden = !flow;
+  const samplers = flow ? FLOW_SAMPLERS : SAMPLERS;
+  const current = $("sampler").value;
+  if ($("sampler").options.length !== samplers.length) options($("sampler"), samplers);
+  $("sampler").value = samplers.includes(current) ? current : samplers[0];
+  if (flow !== flowShown) {
+    $("guidance").value = flow ? 1 : 7;
+    $("steps").value = flow ? 28 : 20;
+    flowShown = flow;
+  }
+}
 
 // -- sizes and seeds ---------------------------------------------------------------------------
 
@@ -239,10 +268,13 @@ async function requestBody() {
     height: number("height"), seed: number("seed"), n_images: number("n_images"),
     guidance: number("guidance"),
   };
-  if ($("vae").value) body.vae = $("vae").value;
+  // A flow model's hidden controls send nothing (see fitFamily).
+  const flow = isFlow();
+  if (flow) body.distilled_guidance = number("distilled_guidance");
+  if ($("vae").value && !flow) body.vae = $("vae").value;
   if (chosenLoras.length) body.loras = chosenLoras.map(({ name, input }) => ({ name, weight: Number(input.value) }));
   const embeddings = [...$("embeddings").querySelectorAll("input:checked")].map((box) => box.value);
-  if (embeddings.length) body.embeddings = embeddings;
+  if (embeddings.length && !flow) body.embeddings = embeddings;
   if (source) {
     body.init_image = source.id;
     body.strength = number("strength");
@@ -255,7 +287,7 @@ async function requestBody() {
       };
     }
   }
-  const units = [...$("units").children];
+  const units = flow ? [] : [...$("units").children];
   if (units.length) {
     body.controlnets = units.map((unit) => ({
       model: unit.querySelector(".unit-model").value, image: unit.dataset.image || null,
@@ -265,6 +297,8 @@ async function requestBody() {
       end: Number(unit.querySelector(".unit-end").value),
     }));
   }
+  if ($("output_format").value !== "png") body.output_format = $("output_format").value;
+  if (flow) return body;
   if ($("ip-name").value) {
     body.ip_adapter = { name: $("ip-name").value, image: ipImage, scale: number("ip-scale") };
   }
@@ -277,7 +311,6 @@ async function requestBody() {
     body.refiner = { model: $("refiner").value, switch_at: number("refiner-switch"),
       hires_pass: $("refiner-pass").value };
   }
-  if ($("output_format").value !== "png") body.output_format = $("output_format").value;
   if (number("subseed_strength") > 0) {
     body.subseed = number("subseed");
     body.subseed_strength = number("subseed_strength");
@@ -300,6 +333,8 @@ form.addEventListener("submit", async (event) => {
 
 function useSettings(task) {
   const request = task.request;
+  $("model").value = request.model;
+  offerExtras();  // the family's controls first: they set its usual steps and guidance
   for (const field of FORM_FIELDS) {
     const value = request[field];
     if (value !== undefined && value !== null) $(field).value = value;
