@@ -330,3 +330,35 @@ def test_dialect_defaults_give_way_to_the_familys():
     )
     on_flux = fit(sent, Architecture.FLUX1)
     assert (on_flux.steps, on_flux.guidance, on_flux.sampler) == (9, 4.0, "Heun")
+
+
+def test_flux1_schnell_is_told_apart_and_runs_as_schnell(tmp_path, settings):
+    """A FLUX.1 folder without the guidance embedding is [schnell]: 4 steps by default, no
+    distilled guidance (asking for one is refused: it would change nothing), FLUX.1's LoRAs."""
+    import json
+    import shutil
+
+    from huabu.engine.engine import Engine
+    from huabu.settings import Settings
+
+    source = settings.models_dir / "checkpoints" / DEMO_FLUX
+    schnell = tmp_path / "models" / "checkpoints" / "demo-schnell"
+    shutil.copytree(source, schnell)
+    config = schnell / "transformer" / "config.json"
+    config.write_text(json.dumps(json.loads(config.read_text()) | {"guidance_embeds": False}))
+    (tmp_path / "models" / "loras").mkdir()
+    lora = settings.models_dir / "loras" / f"{DEMO_FLUX_LORA}.safetensors"
+    (tmp_path / "models" / "loras" / lora.name).symlink_to(lora)
+    engine = Engine(Settings(home=tmp_path, threads=2))
+    entry = engine.library.find("checkpoints", "demo-schnell")
+    assert entry.architecture is Architecture.FLUX1_SCHNELL
+    assert entry.describe_architecture == "FLUX.1 [schnell]"
+    base = {"model": "demo-schnell", "prompt": "a fox", "width": 64, "height": 64, "seed": 3}
+    made = engine.generate(GenerationRequest(**base))
+    assert (made.request.steps, made.request.distilled_guidance) == (4, None)
+    assert "Distilled CFG Scale" not in made.infotexts[0]
+    with pytest.raises(InvalidRequest) as refused:
+        engine.generate(GenerationRequest(**base, distilled_guidance=3.5))
+    assert refused.value.param == "distilled_guidance"
+    with_lora = engine.generate(GenerationRequest(**base, loras=(LoraRef(name=DEMO_FLUX_LORA),)))
+    assert max_difference(with_lora.images[0], made.images[0]) > 16

@@ -27,6 +27,8 @@ class Architecture(enum.StrEnum):
     SDXL_REFINER = "sdxl-refiner"
     # The flow-matching transformer families (diffusers runs them whole; see engine.flow).
     FLUX1 = "flux1"
+    #: FLUX.1 [schnell]: timestep-distilled (4 steps), without [dev]'s guidance embedding.
+    FLUX1_SCHNELL = "flux1-schnell"
     FLUX1_KONTEXT = "flux1-kontext"
     FLUX2 = "flux2"
     QWEN_IMAGE = "qwen-image"
@@ -43,6 +45,11 @@ class Architecture(enum.StrEnum):
         return self in (Architecture.SDXL, Architecture.SDXL_REFINER)
 
     @property
+    def lora_family(self) -> Architecture:
+        """The family whose LoRAs it takes ([schnell] takes FLUX.1's)."""
+        return Architecture.FLUX1 if self is Architecture.FLUX1_SCHNELL else self
+
+    @property
     def is_flow(self) -> bool:
         """A flow-matching transformer family (FLUX, Qwen-Image, Z-Image, SD 3.x), not a UNet."""
         return self.value not in ("sd1", "sd2", "sdxl", "sdxl-refiner")
@@ -54,6 +61,7 @@ _LABELS = {
     Architecture.SDXL: "SDXL",
     Architecture.SDXL_REFINER: "SDXL refiner",
     Architecture.FLUX1: "FLUX.1",
+    Architecture.FLUX1_SCHNELL: "FLUX.1 [schnell]",
     Architecture.FLUX1_KONTEXT: "FLUX.1 Kontext",
     Architecture.FLUX2: "FLUX.2",
     Architecture.QWEN_IMAGE: "Qwen-Image",
@@ -318,10 +326,14 @@ def detect_architecture(keys: set[str]) -> Architecture | None:
     return None
 
 
-def detect_folder_architecture(model_index: Config, unet_config: Config) -> Architecture | None:
+def detect_folder_architecture(
+    model_index: Config, unet_config: Config, transformer_config: Config | None = None
+) -> Architecture | None:
     """The family of a diffusers folder, from its model_index and UNet config (empty for
-    the transformer families)."""
+    the transformer families) or transformer config."""
     flow = _FLOW_PIPELINES.get(model_index.get("_class_name", ""))
+    if flow is Architecture.FLUX1 and (transformer_config or {}).get("guidance_embeds") is False:
+        return Architecture.FLUX1_SCHNELL
     if flow is not None:
         return flow
     if "XL" in model_index.get("_class_name", "") or "text_encoder_2" in model_index:

@@ -55,6 +55,15 @@ FAMILIES = {
         samplers=_FLOW_SAMPLERS,
         inpaint=False,
     ),
+    # Timestep-distilled: 4 steps, no guidance of either kind needed.
+    Architecture.FLUX1_SCHNELL: Family(
+        Architecture.FLUX1_SCHNELL,
+        steps=4,
+        guidance=1.0,
+        sampler="Euler",
+        samplers=_FLOW_SAMPLERS,
+        inpaint=False,
+    ),
 }
 
 #: The fields only the SD families read, and how a refusal names them.
@@ -151,7 +160,9 @@ def check_lora(
 ) -> None:
     """A LoRA made for a flow family runs on that family only, and an SD LoRA on no flow
     family (between the SD families, where the files can mislead, the loader decides)."""
-    if model is None or lora is None or not (model.is_flow or lora.is_flow) or model is lora:
+    if model is None or lora is None or not (model.is_flow or lora.is_flow):
+        return
+    if model.lora_family is lora.lora_family:
         return
     raise InvalidRequest(
         f"{param}: LoRA {name!r} was made for {lora.label} models, not {model.label}", param=param

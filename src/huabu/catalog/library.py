@@ -83,9 +83,11 @@ def _folder_architecture(path: Path) -> tuple[Architecture | None, int | None]:
         index = json.loads((path / "model_index.json").read_text())
         # (The transformer families have no UNet.)
         unet = json.loads((path / "unet" / "config.json").read_text()) if "unet" in index else {}
+        transformer = path / "transformer" / "config.json"
+        transformer_config = json.loads(transformer.read_text()) if transformer.is_file() else {}
     except (OSError, ValueError):
         return None, None
-    architecture = detect_folder_architecture(index, unet)
+    architecture = detect_folder_architecture(index, unet, transformer_config)
     return architecture, native_size(architecture, unet) if architecture else None
 
 

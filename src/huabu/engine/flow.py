@@ -36,6 +36,7 @@ from huabu.native import GenerationRequest
 #: (text-to-image, image-to-image) pipeline classes per family.
 PIPELINES: dict[Architecture, tuple[Any, Any]] = {
     Architecture.FLUX1: (FluxPipeline, FluxImg2ImgPipeline),
+    Architecture.FLUX1_SCHNELL: (FluxPipeline, FluxImg2ImgPipeline),
 }
 
 

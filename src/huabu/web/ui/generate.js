@@ -7,8 +7,10 @@ const SAMPLERS = ["Euler a", "Euler", "LMS", "Heun", "DPM2", "DPM2 a", "DPM++ 2S
   "DPM++ 2S a Karras", "DPM++ 2M Karras", "DPM++ SDE Karras", "DDIM", "PLMS", "UniPC"];
 // What a flow-matching model (FLUX.1 …) samples with, and its families (see families.py).
 const FLOW_SAMPLERS = ["Euler", "Euler a", "Heun", "DPM2", "DPM++ 2M"];
-const FLOW = new Set(["flux1", "flux1-kontext", "flux2", "qwen-image", "qwen-image-edit",
-  "z-image", "sd3"]);
+const FLOW = new Set(["flux1", "flux1-schnell", "flux1-kontext", "flux2", "qwen-image",
+  "qwen-image-edit", "z-image", "sd3"]);
+// The families guided by a distilled guidance (FLUX.1 [dev]'s guidance embedding).
+const DISTILLED = new Set(["flux1", "flux1-kontext"]);
 const SIZES = [[512, 512], [768, 512], [512, 768], [768, 768], [1024, 1024], [1216, 832],
   [832, 1216], [256, 256], [64, 64]];
 const FORM_FIELDS = ["prompt", "negative_prompt", "model", "sampler", "steps", "width", "height",
@@ -106,23 +108,25 @@ $("model").addEventListener("change", offerExtras);
 // A flow model (FLUX.1 …) shows only what it takes: its samplers, its distilled guidance, and
 // none of SD's extras (ControlNet, IP-Adapter, VAE, embeddings, hires fix, refiner, variation,
 // tiling, clip skip). Switching between the kinds sets their usual steps and guidance.
-let flowShown = false;
-const isFlow = () => FLOW.has(library.families.get(`checkpoints/${$("model").value}`));
+let shownKind = "sd";  // "sd", or the flow family shown
+const family = () => library.families.get(`checkpoints/${$("model").value}`);
+const isFlow = () => FLOW.has(family());
 function fitFamily() {
   const flow = isFlow();
   for (const element of [$("control"), $("advanced"), $("vae").closest("label")]) {
     element.hidden = flow;
   }
   if (flow) $("embeddings").hidden = true;
-  $("distilled-field").hidden = !flow;
+  $("distilled-field").hidden = !DISTILLED.has(family());
   const samplers = flow ? FLOW_SAMPLERS : SAMPLERS;
   const current = $("sampler").value;
   if ($("sampler").options.length !== samplers.length) options($("sampler"), samplers);
   $("sampler").value = samplers.includes(current) ? current : samplers[0];
-  if (flow !== flowShown) {
+  const kind = flow ? family() : "sd";
+  if (kind !== shownKind) {
     $("guidance").value = flow ? 1 : 7;
-    $("steps").value = flow ? 28 : 20;
-    flowShown = flow;
+    $("steps").value = flow ? (kind === "flux1-schnell" ? 4 : 28) : 20;
+    shownKind = kind;
   }
 }
 
@@ -270,7 +274,7 @@ async function requestBody() {
   };
   // A flow model's hidden controls send nothing (see fitFamily).
   const flow = isFlow();
-  if (flow) body.distilled_guidance = number("distilled_guidance");
+  if (DISTILLED.has(family())) body.distilled_guidance = number("distilled_guidance");
   if ($("vae").value && !flow) body.vae = $("vae").value;
   if (chosenLoras.length) body.loras = chosenLoras.map(({ name, input }) => ({ name, weight: Number(input.value) }));
   const embeddings = [...$("embeddings").querySelectorAll("input:checked")].map((box) => box.value);
