@@ -32,6 +32,8 @@ class Family:
     inpaint: bool = True
     #: Whether LoRAs apply (diffusers' LoRA loaders for the family's pipeline).
     loras: bool = True
+    #: What width and height must be multiples of (the latent's 8 × the transformer's patch).
+    multiple: int = 8
     #: The default distilled guidance of a guidance-distilled family (None: it has none).
     distilled_guidance: float | None = None
 
@@ -54,6 +56,7 @@ FAMILIES = {
         sampler="Euler",
         samplers=_FLOW_SAMPLERS,
         inpaint=False,
+        multiple=16,
     ),
     # Timestep-distilled: 4 steps, no guidance of either kind needed.
     Architecture.FLUX1_SCHNELL: Family(
@@ -63,6 +66,18 @@ FAMILIES = {
         sampler="Euler",
         samplers=_FLOW_SAMPLERS,
         inpaint=False,
+        multiple=16,
+    ),
+    # SD 3.5 Large's published defaults: true CFG 3.5, 28 steps, with a negative prompt.
+    Architecture.SD3: Family(
+        Architecture.SD3,
+        steps=28,
+        guidance=3.5,
+        sampler="Euler",
+        samplers=("Euler",),
+        inpaint=False,
+        loras=False,
+        multiple=16,
     ),
 }
 
@@ -117,6 +132,13 @@ def fit(request: GenerationRequest, architecture: Architecture | None) -> Genera
     if request.distilled_guidance is None and family.distilled_guidance is not None:
         defaults["distilled_guidance"] = family.distilled_guidance  # also when sent as null
     request = request.model_copy(update=defaults)
+    for name in ("width", "height"):
+        if getattr(request, name) % family.multiple:
+            raise InvalidRequest(
+                f"{name} must be a multiple of {family.multiple} for {family.label} models, got "
+                f"{getattr(request, name)}",
+                param=name,
+            )
     for name, what in _SD_ONLY:
         if getattr(request, name):
             raise InvalidRequest(f"{name}: {family.label} models take no {what}", param=name)

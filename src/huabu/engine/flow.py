@@ -21,7 +21,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler, FluxImg2ImgPipeline, FluxPipeline
+from diffusers import (
+    FlowMatchEulerDiscreteScheduler,
+    FluxImg2ImgPipeline,
+    FluxPipeline,
+    StableDiffusion3Img2ImgPipeline,
+    StableDiffusion3Pipeline,
+)
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 from PIL import Image
 
@@ -37,6 +43,7 @@ from huabu.native import GenerationRequest
 PIPELINES: dict[Architecture, tuple[Any, Any]] = {
     Architecture.FLUX1: (FluxPipeline, FluxImg2ImgPipeline),
     Architecture.FLUX1_SCHNELL: (FluxPipeline, FluxImg2ImgPipeline),
+    Architecture.SD3: (StableDiffusion3Pipeline, StableDiffusion3Img2ImgPipeline),
 }
 
 
@@ -92,8 +99,11 @@ def load(
 
 
 def unpacker(model: FlowModel, request: GenerationRequest) -> Any:
-    """Packed latents (the transformer's tokens) back to ``[B, C, h, w]``, for previews."""
+    """FLUX's packed latents (the transformer's tokens) back to ``[B, C, h, w]``, for
+    previews (None: the family's latents are not packed)."""
     pipe = model.txt2img
+    if not isinstance(pipe, FluxPipeline):
+        return None
     return lambda latents: pipe._unpack_latents(
         latents, request.height, request.width, pipe.vae_scale_factor
     )
@@ -120,6 +130,8 @@ def generate(
     through the diffusers pipeline itself, the other samplers in ``flow_sampling``'s loop."""
     pipe = model.img2img if source is not None else model.txt2img
     seeds = request.image_seeds()
+    if model.architecture is Architecture.SD3:
+        return _prompted_sample(pipe, request, source, callback)
     began = time.perf_counter()
     with torch.inference_mode():
         conditioning = _Conditioning.of(pipe, request, len(seeds))
@@ -183,6 +195,31 @@ def _pipeline_sample(pipe, request, conditioning: _Conditioning, source, generat
         output_type="pil",
         **extra,
     ).images
+
+
+def _prompted_sample(pipe: Any, request: GenerationRequest, source, callback) -> Sampled:
+    """SD 3.x: the pipeline encodes the prompts itself (its three encoders, true CFG with the
+    negative prompt above guidance 1); the prompt's time is counted in sampling."""
+    began = time.perf_counter()
+    extra: dict[str, Any] = {}
+    if source is not None:
+        extra = {"image": source, "strength": request.strength}
+    generators = [torch.Generator("cpu").manual_seed(seed) for seed in request.image_seeds()]
+    with torch.inference_mode():
+        images = pipe(
+            prompt=plain_prompt(request.prompt),
+            negative_prompt=plain_prompt(request.negative_prompt),
+            width=request.width,
+            height=request.height,
+            num_inference_steps=request.steps,
+            guidance_scale=request.guidance,
+            num_images_per_prompt=len(generators),
+            generator=generators,
+            callback_on_step_end=callback,
+            output_type="pil",
+            **extra,
+        ).images
+    return Sampled(images, 0.0, time.perf_counter() - began)
 
 
 def _sigmas(pipe: Any, steps: int, image_seq_len: int) -> list[float]:

@@ -5,12 +5,14 @@
 const SAMPLERS = ["Euler a", "Euler", "LMS", "Heun", "DPM2", "DPM2 a", "DPM++ 2S a", "DPM++ 2M",
   "DPM++ SDE", "DPM fast", "DPM adaptive", "LMS Karras", "DPM2 Karras", "DPM2 a Karras",
   "DPM++ 2S a Karras", "DPM++ 2M Karras", "DPM++ SDE Karras", "DDIM", "PLMS", "UniPC"];
-// What a flow-matching model (FLUX.1 …) samples with, and its families (see families.py).
+// The flow-matching families that run (see catalog/families.py): their samplers, usual steps
+// and guidance, and whether a distilled guidance steers them.
 const FLOW_SAMPLERS = ["Euler", "Euler a", "Heun", "DPM2", "DPM++ 2M"];
-const FLOW = new Set(["flux1", "flux1-schnell", "flux1-kontext", "flux2", "qwen-image",
-  "qwen-image-edit", "z-image", "sd3"]);
-// The families guided by a distilled guidance (FLUX.1 [dev]'s guidance embedding).
-const DISTILLED = new Set(["flux1", "flux1-kontext"]);
+const FLOW = new Map([
+  ["flux1", { samplers: FLOW_SAMPLERS, steps: 28, guidance: 1, distilled: true }],
+  ["flux1-schnell", { samplers: FLOW_SAMPLERS, steps: 4, guidance: 1, distilled: false }],
+  ["sd3", { samplers: ["Euler"], steps: 28, guidance: 3.5, distilled: false }],
+]);
 const SIZES = [[512, 512], [768, 512], [512, 768], [768, 768], [1024, 1024], [1216, 832],
   [832, 1216], [256, 256], [64, 64]];
 const FORM_FIELDS = ["prompt", "negative_prompt", "model", "sampler", "steps", "width", "height",
@@ -110,22 +112,23 @@ $("model").addEventListener("change", offerExtras);
 // tiling, clip skip). Switching between the kinds sets their usual steps and guidance.
 let shownKind = "sd";  // "sd", or the flow family shown
 const family = () => library.families.get(`checkpoints/${$("model").value}`);
-const isFlow = () => FLOW.has(family());
+const flowFamily = () => FLOW.get(family());
 function fitFamily() {
-  const flow = isFlow();
+  const flow = flowFamily();
   for (const element of [$("control"), $("advanced"), $("vae").closest("label")]) {
-    element.hidden = flow;
+    element.hidden = Boolean(flow);
   }
   if (flow) $("embeddings").hidden = true;
-  $("distilled-field").hidden = !DISTILLED.has(family());
-  const samplers = flow ? FLOW_SAMPLERS : SAMPLERS;
+  $("distilled-field").hidden = !(flow && flow.distilled);
+  const samplers = flow ? flow.samplers : SAMPLERS;
   const current = $("sampler").value;
-  if ($("sampler").options.length !== samplers.length) options($("sampler"), samplers);
+  const offered = [...$("sampler").options].map((option) => option.value);
+  if (offered.join() !== samplers.join()) options($("sampler"), samplers);
   $("sampler").value = samplers.includes(current) ? current : samplers[0];
   const kind = flow ? family() : "sd";
   if (kind !== shownKind) {
-    $("guidance").value = flow ? 1 : 7;
-    $("steps").value = flow ? (kind === "flux1-schnell" ? 4 : 28) : 20;
+    $("guidance").value = flow ? flow.guidance : 7;
+    $("steps").value = flow ? flow.steps : 20;
     shownKind = kind;
   }
 }
@@ -273,8 +276,8 @@ async function requestBody() {
     guidance: number("guidance"),
   };
   // A flow model's hidden controls send nothing (see fitFamily).
-  const flow = isFlow();
-  if (DISTILLED.has(family())) body.distilled_guidance = number("distilled_guidance");
+  const flow = Boolean(flowFamily());
+  if (flow && flowFamily().distilled) body.distilled_guidance = number("distilled_guidance");
   if ($("vae").value && !flow) body.vae = $("vae").value;
   if (chosenLoras.length) body.loras = chosenLoras.map(({ name, input }) => ({ name, weight: Number(input.value) }));
   const embeddings = [...$("embeddings").querySelectorAll("input:checked")].map((box) => box.value);

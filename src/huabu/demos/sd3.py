@@ -1,0 +1,109 @@
+"""The offline SD 3.x demo: a tiny Stable Diffusion 3 (an MMDiT transformer, two CLIP encoders
+with projections and a T5, a 16-channel-style VAE reduced to 4 channels) with random, seeded
+weights, tokenizers as in ``demos.flux``."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    FlowMatchEulerDiscreteScheduler,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
+)
+from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+from huabu.demos.flux import t5_tokenizer
+from huabu.demos.sd import staged, tokenizer
+
+DEMO_SD3 = "demo-sd3"
+_SEED = 20251202
+
+#: SD 3.5's transformer shrunk: two joint blocks of 4 heads of 8, 2×2 patches.
+_TRANSFORMER = {
+    "sample_size": 32,
+    "patch_size": 2,
+    "in_channels": 4,
+    "num_layers": 2,
+    "attention_head_dim": 8,
+    "num_attention_heads": 4,
+    "joint_attention_dim": 64,
+    "caption_projection_dim": 32,
+    "pooled_projection_dim": 64,
+    "out_channels": 4,
+    "pos_embed_max_size": 96,
+}
+#: Four narrow blocks: 8× smaller latents, as SD 3's VAE (with 4 channels, not 16).
+_VAE = {
+    "block_out_channels": [8, 8, 8, 8],
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "latent_channels": 4,
+    "layers_per_block": 1,
+    "norm_num_groups": 8,
+    "sample_size": 32,
+    "use_quant_conv": False,
+    "use_post_quant_conv": False,
+    "shift_factor": 0.0609,
+    "scaling_factor": 1.5035,
+}
+#: Each CLIP's width (their sequences side by side fill T5's 64) and pooled projection.
+_CLIP = {
+    "hidden_size": 32,
+    "intermediate_size": 37,
+    "num_attention_heads": 4,
+    "num_hidden_layers": 2,
+    "max_position_embeddings": 77,
+    "vocab_size": 49408,
+    "projection_dim": 32,
+    "bos_token_id": 0,
+    "eos_token_id": 2,
+    "pad_token_id": 1,
+}
+_T5 = {
+    "d_model": 64,
+    "d_kv": 8,
+    "d_ff": 37,
+    "num_layers": 2,
+    "num_heads": 4,
+    "relative_attention_num_buckets": 8,
+    "feed_forward_proj": "gated-gelu",
+    "is_encoder_decoder": False,
+    "pad_token_id": 0,
+    "eos_token_id": 1,
+}
+
+
+def build_pipeline(seed: int = _SEED) -> StableDiffusion3Pipeline:
+    """The SD 3 demo pipeline in memory, identical for the same seed."""
+    with tempfile.TemporaryDirectory() as work:
+        t5 = t5_tokenizer(Path(work))
+        torch.manual_seed(seed)
+        transformer = SD3Transformer2DModel(**_TRANSFORMER)
+        # As in demos.flux: the random text pathway scaled up, so that a prompt shows.
+        with torch.no_grad():
+            transformer.context_embedder.weight.mul_(8)
+        return StableDiffusion3Pipeline(
+            transformer=transformer,
+            scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+            vae=AutoencoderKL(**_VAE),
+            text_encoder=CLIPTextModelWithProjection(CLIPTextConfig(**_CLIP)),
+            tokenizer=tokenizer(),
+            text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**_CLIP)),
+            tokenizer_2=tokenizer(pad="!"),
+            text_encoder_3=T5EncoderModel(T5Config(**(_T5 | {"vocab_size": len(t5)}))),
+            tokenizer_3=t5,
+        )
+
+
+def build(models: Path, *, force: bool = False) -> list[Path]:
+    """Write the SD 3 demo folder under ``models`` (if missing, or with ``force``)."""
+    folder = models / "checkpoints" / DEMO_SD3
+    if folder.exists() and not force:
+        return []
+    with staged(folder) as staging:
+        build_pipeline().save_pretrained(staging, safe_serialization=True)
+    return [folder]
