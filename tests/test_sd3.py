@@ -3,7 +3,6 @@ architecture), in the engine and through a real `huabu serve`."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusion3Pipeline
@@ -67,16 +66,18 @@ def test_the_engine_is_bare_diffusers_on_the_same_request(engine, settings):
 
 
 def test_image_to_image_starts_from_the_source(engine):
-    source = Image.new("RGB", (64, 64), (220, 30, 30))
-    red = pixels(source).astype(int)
-
-    def distance(strength: float) -> float:
-        made = engine.generate(
-            request(init_image=ImageRef(key="x"), strength=strength), init_image=source
-        )
-        return float(np.abs(pixels(made.images[0]).astype(int) - red).mean())
-
-    assert distance(0.25) < distance(1.0)
+    """The source is used: another source gives another image at the same seed, and neither is
+    the text-to-image one. (The demo's random VAE does not give a source back, so closeness to
+    it tells nothing here.)"""
+    made = [
+        engine.generate(
+            request(init_image=ImageRef(key="x"), strength=0.5),
+            init_image=Image.new("RGB", (64, 64), colour),
+        ).images[0]
+        for colour in ((220, 30, 30), (30, 30, 220))
+    ]
+    assert max_difference(made[0], made[1]) > 16
+    assert max_difference(made[0], engine.generate(request()).images[0]) > 16
 
 
 @pytest.mark.parametrize(

@@ -79,6 +79,28 @@ FAMILIES = {
         loras=False,
         multiple=16,
     ),
+    # Qwen-Image's published defaults: 50 steps, true CFG 4 with a negative prompt.
+    Architecture.QWEN_IMAGE: Family(
+        Architecture.QWEN_IMAGE,
+        steps=50,
+        guidance=4.0,
+        sampler="Euler",
+        samplers=("Euler",),
+        inpaint=False,
+        loras=False,
+        multiple=16,
+    ),
+    # Z-Image Turbo's published use: 9 steps (8 model calls), no CFG.
+    Architecture.Z_IMAGE: Family(
+        Architecture.Z_IMAGE,
+        steps=9,
+        guidance=1.0,
+        sampler="Euler",
+        samplers=("Euler",),
+        inpaint=False,
+        loras=False,
+        multiple=16,
+    ),
 }
 
 #: The fields only the SD families read, and how a refusal names them.

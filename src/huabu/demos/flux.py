@@ -105,7 +105,8 @@ def t5_tokenizer(work: Path) -> T5TokenizerFast:
     from tokenizers.processors import TemplateProcessing
 
     words = json.loads((tokenizer_files() / "vocab.json").read_text())
-    corpus = sorted(w.removesuffix("</w>") for w in words if w.endswith("</w>") and w.isalpha())
+    stems = (w.removesuffix("</w>") for w in words if w.endswith("</w>"))
+    corpus = sorted(stem for stem in stems if stem.isalpha())
     model = Tokenizer(models.Unigram())
     model.normalizer = normalizers.NFKC()
     model.pre_tokenizer = pre_tokenizers.Metaspace()

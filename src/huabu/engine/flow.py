@@ -25,8 +25,12 @@ from diffusers import (
     FlowMatchEulerDiscreteScheduler,
     FluxImg2ImgPipeline,
     FluxPipeline,
+    QwenImageImg2ImgPipeline,
+    QwenImagePipeline,
     StableDiffusion3Img2ImgPipeline,
     StableDiffusion3Pipeline,
+    ZImageImg2ImgPipeline,
+    ZImagePipeline,
 )
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 from PIL import Image
@@ -44,6 +48,39 @@ PIPELINES: dict[Architecture, tuple[Any, Any]] = {
     Architecture.FLUX1: (FluxPipeline, FluxImg2ImgPipeline),
     Architecture.FLUX1_SCHNELL: (FluxPipeline, FluxImg2ImgPipeline),
     Architecture.SD3: (StableDiffusion3Pipeline, StableDiffusion3Img2ImgPipeline),
+    Architecture.Z_IMAGE: (ZImagePipeline, ZImageImg2ImgPipeline),
+    Architecture.QWEN_IMAGE: (QwenImagePipeline, QwenImageImg2ImgPipeline),
+}
+
+
+def _cfg(request: GenerationRequest) -> dict[str, Any]:
+    """SD 3's guidance: A1111's CFG scale, with the negative prompt."""
+    return {
+        "guidance_scale": request.guidance,
+        "negative_prompt": plain_prompt(request.negative_prompt),
+    }
+
+
+def _cfg_from_zero(request: GenerationRequest) -> dict[str, Any]:
+    """Z-Image's ``pos + g (pos - neg)`` is A1111's ``neg + c (pos - neg)`` with g = c - 1."""
+    return _cfg(request) | {"guidance_scale": request.guidance - 1}
+
+
+def _true_cfg(request: GenerationRequest) -> dict[str, Any]:
+    """Qwen-Image's true CFG runs only with a negative prompt given (a space for an empty one,
+    as diffusers asks)."""
+    if request.guidance <= 1:
+        return {"true_cfg_scale": 1.0, "negative_prompt": None}
+    negative = plain_prompt(request.negative_prompt) or " "
+    return {"true_cfg_scale": request.guidance, "negative_prompt": negative}
+
+
+#: The families whose pipelines encode the prompt themselves (``_prompted_sample``), and their
+#: guidance arguments for a request.
+_PROMPTED = {
+    Architecture.SD3: _cfg,
+    Architecture.Z_IMAGE: _cfg_from_zero,
+    Architecture.QWEN_IMAGE: _true_cfg,
 }
 
 
@@ -130,8 +167,9 @@ def generate(
     through the diffusers pipeline itself, the other samplers in ``flow_sampling``'s loop."""
     pipe = model.img2img if source is not None else model.txt2img
     seeds = request.image_seeds()
-    if model.architecture is Architecture.SD3:
-        return _prompted_sample(pipe, request, source, callback)
+    if model.architecture in _PROMPTED:
+        guidance = _PROMPTED[model.architecture](request)
+        return _prompted_sample(pipe, request, guidance, source, callback)
     began = time.perf_counter()
     with torch.inference_mode():
         conditioning = _Conditioning.of(pipe, request, len(seeds))
@@ -197,22 +235,23 @@ def _pipeline_sample(pipe, request, conditioning: _Conditioning, source, generat
     ).images
 
 
-def _prompted_sample(pipe: Any, request: GenerationRequest, source, callback) -> Sampled:
-    """SD 3.x: the pipeline encodes the prompts itself (its three encoders, true CFG with the
-    negative prompt above guidance 1); the prompt's time is counted in sampling."""
+def _prompted_sample(
+    pipe: Any, request: GenerationRequest, guidance: dict[str, Any], source, callback
+) -> Sampled:
+    """SD 3.x, Z-Image, Qwen-Image: the pipeline encodes the prompts itself, guided as
+    ``guidance`` (the family's arguments, see ``_PROMPTED``); the prompt's time is counted in
+    sampling."""
     began = time.perf_counter()
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = dict(guidance)
     if source is not None:
-        extra = {"image": source, "strength": request.strength}
+        extra |= {"image": source, "strength": request.strength}
     generators = [torch.Generator("cpu").manual_seed(seed) for seed in request.image_seeds()]
     with torch.inference_mode():
         images = pipe(
             prompt=plain_prompt(request.prompt),
-            negative_prompt=plain_prompt(request.negative_prompt),
             width=request.width,
             height=request.height,
             num_inference_steps=request.steps,
-            guidance_scale=request.guidance,
             num_images_per_prompt=len(generators),
             generator=generators,
             callback_on_step_end=callback,

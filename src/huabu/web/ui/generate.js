@@ -12,6 +12,8 @@ const FLOW = new Map([
   ["flux1", { samplers: FLOW_SAMPLERS, steps: 28, guidance: 1, distilled: true }],
   ["flux1-schnell", { samplers: FLOW_SAMPLERS, steps: 4, guidance: 1, distilled: false }],
   ["sd3", { samplers: ["Euler"], steps: 28, guidance: 3.5, distilled: false }],
+  ["z-image", { samplers: ["Euler"], steps: 9, guidance: 1, distilled: false }],
+  ["qwen-image", { samplers: ["Euler"], steps: 50, guidance: 4, distilled: false }],
 ]);
 const SIZES = [[512, 512], [768, 512], [512, 768], [768, 768], [1024, 1024], [1216, 832],
   [832, 1216], [256, 256], [64, 64]];

@@ -1,0 +1,109 @@
+"""The offline Qwen-Image demo: a tiny Qwen-Image (an MMDiT reading a Qwen2.5-VL model's
+hidden states, a Wan-style VAE) with random, seeded weights, and the byte-level BPE tokenizer
+of ``demos.zimage``."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import torch
+from diffusers import (
+    AutoencoderKLQwenImage,
+    FlowMatchEulerDiscreteScheduler,
+    QwenImagePipeline,
+    QwenImageTransformer2DModel,
+)
+from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+from huabu.demos.sd import staged
+from huabu.demos.zimage import qwen_tokenizer
+
+DEMO_QWEN_IMAGE = "demo-qwen-image"
+_SEED = 20251204
+_Z = 4  # latent channels (Qwen-Image's are 16)
+_TRANSFORMER = {
+    "patch_size": 2,
+    "in_channels": _Z * 4,
+    "out_channels": _Z,
+    "num_layers": 2,
+    "attention_head_dim": 16,
+    "num_attention_heads": 2,
+    "joint_attention_dim": 32,
+    "guidance_embeds": False,
+    "axes_dims_rope": (8, 4, 4),
+}
+#: Three spatial halvings: 8× smaller latents, as Qwen-Image's VAE.
+_VAE = {
+    "base_dim": _Z * 6,
+    "z_dim": _Z,
+    "dim_mult": [1, 2, 4, 4],
+    "num_res_blocks": 1,
+    "temperal_downsample": [False, True, True],
+    "latents_mean": [0.0] * _Z,
+    "latents_std": [1.0] * _Z,
+}
+_SCHEDULER = {
+    "base_image_seq_len": 256,
+    "base_shift": 0.5,
+    "max_image_seq_len": 8192,
+    "max_shift": 0.9,
+    "shift": 1.0,
+    "shift_terminal": 0.02,
+    "time_shift_type": "exponential",
+    "use_dynamic_shifting": True,
+}
+
+
+def _text_config(vocab: int) -> Qwen2_5_VLConfig:
+    return Qwen2_5_VLConfig(
+        text_config={
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 2,
+            "vocab_size": vocab,
+            "rope_scaling": {"mrope_section": [2, 2, 4], "rope_type": "default", "type": "default"},
+            "rope_theta": 1000000.0,
+        },
+        vision_config={
+            "depth": 1,
+            "hidden_size": 16,
+            "intermediate_size": 16,
+            "num_heads": 2,
+            "out_hidden_size": 32,
+        },
+        hidden_size=32,
+        vocab_size=vocab,
+        # The image markers lie outside the demo's vocabulary: it reads text only.
+        vision_start_token_id=vocab + 1,
+        vision_end_token_id=vocab + 2,
+        vision_token_id=vocab + 3,
+        image_token_id=vocab + 4,
+        video_token_id=vocab + 5,
+    )
+
+
+def build_pipeline(seed: int = _SEED) -> QwenImagePipeline:
+    """The Qwen-Image demo pipeline in memory, identical for the same seed."""
+    with tempfile.TemporaryDirectory() as work:
+        tokenizer = qwen_tokenizer(Path(work))
+        torch.manual_seed(seed)
+        return QwenImagePipeline(
+            scheduler=FlowMatchEulerDiscreteScheduler(**_SCHEDULER),
+            vae=AutoencoderKLQwenImage(**_VAE),
+            text_encoder=Qwen2_5_VLForConditionalGeneration(_text_config(len(tokenizer))),
+            tokenizer=tokenizer,
+            transformer=QwenImageTransformer2DModel(**_TRANSFORMER),
+        )
+
+
+def build(models: Path, *, force: bool = False) -> list[Path]:
+    """Write the Qwen-Image demo folder under ``models`` (if missing, or with ``force``)."""
+    folder = models / "checkpoints" / DEMO_QWEN_IMAGE
+    if folder.exists() and not force:
+        return []
+    with staged(folder) as staging:
+        build_pipeline().save_pretrained(staging, safe_serialization=True)
+    return [folder]
