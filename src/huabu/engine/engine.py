@@ -89,6 +89,13 @@ class Engine:
             param = f"loras.{index}.name"
             made_for = self.library.find("loras", lora.name, param=param).architecture
             check_lora(entry.architecture, made_for, name=lora.name, param=param)
+        refiner_entry = None
+        if request.refiner is not None:
+            refiner_entry = self.library.find(
+                "checkpoints", request.refiner.model, param="refiner.model"
+            )
+        # Before anything loads: refusing must not cost a checkpoint's load.
+        check_families(entry, refiner_entry)
         if entry.architecture is not None and entry.architecture.is_flow:
             return self._generate_flow(request, init_image, on_progress, should_cancel, started)
         source, plan = _source(request, init_image), None
@@ -103,7 +110,6 @@ class Engine:
             self._refiner(request) as refiner,
             self._vae(request, model) as vae,
         ):
-            check_families(model.entry, refiner.entry if refiner is not None else None)
             _check_unet(request, model)
             controls = self._controls(request, model, control_images or [])
             if request.ip_adapter is not None:
