@@ -365,3 +365,36 @@ def test_flux1_schnell_is_told_apart_and_runs_as_schnell(tmp_path, settings):
     assert refused.value.param == "distilled_guidance"
     with_lora = engine.generate(GenerationRequest(**base, loras=(LoraRef(name=DEMO_FLUX_LORA),)))
     assert max_difference(with_lora.images[0], made.images[0]) > 16
+
+
+def test_novita_clients_generate_with_flux(server, accounts):
+    """novita-client names the model and sends its own fields; FLUX.1's LoRA by novita's
+    ``loras``; the model listing names the family."""
+    from novita_client import NovitaClient, Txt2ImgV3LoRA
+    from novita_client.proto import V3TaskResponseStatus
+
+    key = accounts.create_key(accounts.add_user("flux-novita@example.com", "password123").id)
+    client = NovitaClient(key, base_url=server.url)
+    common = dict(
+        model_name=DEMO_FLUX,
+        prompt="a red fox",
+        image_num=1,
+        width=128,
+        height=128,
+        steps=3,
+        seed=42,
+        sampler_name="Euler",
+        guidance_scale=1,
+        response_image_type="png",
+    )
+    plain = client.txt2img_v3(**common)
+    styled = client.txt2img_v3(
+        **common, loras=[Txt2ImgV3LoRA(model_name=DEMO_FLUX_LORA, strength=1)]
+    )
+    pictures = []
+    for result in (plain, styled):
+        assert result.task.status == V3TaskResponseStatus.TASK_STATUS_SUCCEED
+        pictures.append(Image.open(io.BytesIO(httpx.get(result.images[0].image_url).content)))
+    assert pictures[0].size == (128, 128)
+    assert max_difference(pictures[0], pictures[1]) > 16
+    assert parse_infotext(read_parameters(pictures[0]))["Distilled CFG Scale"] == "3.5"
