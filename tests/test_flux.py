@@ -17,7 +17,7 @@ from huabu.catalog.infotext import parse_infotext, read_parameters
 from huabu.demos.flux import DEMO_FLUX, DEMO_FLUX_LORA
 from huabu.engine import flow_sampling
 from huabu.errors import InvalidRequest, ModelUnavailable
-from huabu.native import ControlUnit, GenerationRequest, ImageRef, LoraRef
+from huabu.native import ControlUnit, GenerationRequest, ImageRef, InpaintRef, LoraRef
 from test_service import submit, wait_finished
 
 SMALL = {"model": DEMO_FLUX, "prompt": "a red fox in the snow", "width": 64, "height": 64}
@@ -171,6 +171,29 @@ def test_image_to_image_starts_from_the_source(engine):
     ]
     assert max_difference(made[0], made[1]) > 16
     assert max_difference(made[0], engine.generate(request()).images[0]) > 16
+
+
+def test_inpainting_repaints_only_the_mask(engine):
+    """FLUX.1's inpainting pipeline, pasted back as on SD: outside the mask the source's own
+    pixels, inside a new picture; with Euler only."""
+    source = Image.new("RGB", (64, 64), (220, 30, 30))
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    inpaint = InpaintRef(mask=ImageRef(key="m"), blur=0)
+    made = engine.generate(
+        request(init_image=ImageRef(key="x"), strength=1.0, inpaint=inpaint),
+        init_image=source,
+        mask_image=mask,
+    ).images[0]
+    assert made.crop((0, 0, 64, 16)).tobytes() == source.crop((0, 0, 64, 16)).tobytes()
+    assert max_difference(made.crop((16, 16, 48, 48)), source.crop((16, 16, 48, 48))) > 32
+    with pytest.raises(InvalidRequest) as refused:
+        engine.generate(
+            request(init_image=ImageRef(key="x"), inpaint=inpaint, sampler="Heun"),
+            init_image=source,
+            mask_image=mask,
+        )
+    assert refused.value.param == "sampler"
 
 
 def test_progress_previews_and_cancel(engine):

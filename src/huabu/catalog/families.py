@@ -55,7 +55,6 @@ FAMILIES = {
         distilled_guidance=3.5,
         sampler="Euler",
         samplers=_FLOW_SAMPLERS,
-        inpaint=False,
         multiple=16,
     ),
     # Timestep-distilled: 4 steps, no guidance of either kind needed.
@@ -65,7 +64,6 @@ FAMILIES = {
         guidance=1.0,
         sampler="Euler",
         samplers=_FLOW_SAMPLERS,
-        inpaint=False,
         multiple=16,
     ),
     # SD 3.5 Large's published defaults: true CFG 3.5, 28 steps, with a negative prompt.
@@ -187,6 +185,11 @@ def fit(request: GenerationRequest, architecture: Architecture | None) -> Genera
         )
     if request.inpaint is not None and not family.inpaint:
         raise InvalidRequest(f"inpaint: {family.label} models do not inpaint", param="inpaint")
+    if request.inpaint is not None and request.sampler.strip().lower() != "euler":
+        raise InvalidRequest(
+            f"sampler: inpainting on {family.label} models runs with Euler (its pipeline's)",
+            param="sampler",
+        )
     samplers = family.samplers
     if samplers is not None and request.sampler.strip().lower() not in {
         s.lower() for s in samplers

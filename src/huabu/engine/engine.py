@@ -96,8 +96,6 @@ class Engine:
             )
         # Before anything loads: refusing must not cost a checkpoint's load.
         check_families(entry, refiner_entry)
-        if entry.architecture is not None and entry.architecture.is_flow:
-            return self._generate_flow(request, init_image, on_progress, should_cancel, started)
         source, plan = _source(request, init_image), None
         if request.inpaint is not None:
             if mask_image is None:
@@ -105,6 +103,8 @@ class Engine:
             mask = repaint_mask(mask_image, invert=request.inpaint.invert, field="inpaint.mask")
             assert source is not None  # checked(): inpainting needs an init image
             plan = inpainting.plan(source, mask, request.inpaint)
+        if entry.architecture is not None and entry.architecture.is_flow:
+            return self._generate_flow(request, source, plan, on_progress, should_cancel, started)
         with (
             self.cache.lease(request.model) as model,
             self._refiner(request) as refiner,
@@ -210,16 +210,15 @@ class Engine:
         return [results[index] for index in range(len(requests))]
 
     def _generate_flow(
-        self, request, init_image, on_progress, should_cancel, started
+        self, request, source, plan, on_progress, should_cancel, started
     ) -> GenerationResult:
         """A flow-family request: one call of its diffusers pipeline (``engine.flow``)."""
-        source = _source(request, init_image)
         with self.cache.lease(request.model) as model:
             loaded = time.perf_counter()
             preview = LatentPreview(sdxl=False, unpack=flow.unpacker(model, request))
             step = _StepHook(_first_image(on_progress), should_cancel, preview)
             with model.loras.applied(request.loras):
-                made = flow.generate(model, request, source, step.diffusers_callback)
+                made = flow.generate(model, request, source, step.diffusers_callback, plan)
         timings = Timings(
             load=loaded - started,
             prompt=made.prompt,

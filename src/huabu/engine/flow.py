@@ -24,6 +24,7 @@ import torch
 from diffusers import (
     FlowMatchEulerDiscreteScheduler,
     FluxImg2ImgPipeline,
+    FluxInpaintPipeline,
     FluxPipeline,
     QwenImageImg2ImgPipeline,
     QwenImagePipeline,
@@ -39,6 +40,7 @@ from huabu.catalog.architectures import Architecture
 from huabu.catalog.library import ModelEntry, ModelLibrary
 from huabu.engine import flow_sampling
 from huabu.engine.adapters import LoraSwitch
+from huabu.engine.inpainting import InpaintPlan
 from huabu.engine.prompts import parse_weights
 from huabu.errors import ModelUnavailable
 from huabu.native import GenerationRequest
@@ -160,12 +162,20 @@ class Sampled:
 
 
 def generate(
-    model: FlowModel, request: GenerationRequest, source: Image.Image | None, callback: Any
+    model: FlowModel,
+    request: GenerationRequest,
+    source: Image.Image | None,
+    callback: Any,
+    plan: InpaintPlan | None = None,
 ) -> Sampled:
     """Run ``request`` (fitted to the family) on ``model``; ``source`` is the image-to-image
-    source at the output size; ``callback`` is diffusers' ``callback_on_step_end``. Euler runs
-    through the diffusers pipeline itself, the other samplers in ``flow_sampling``'s loop."""
+    source at the output size, ``plan`` an inpainting's (FLUX.1's inpainting pipeline, pasted
+    back as on SD); ``callback`` is diffusers' ``callback_on_step_end``. Euler runs through the
+    diffusers pipeline itself, the other samplers in ``flow_sampling``'s loop."""
     pipe = model.img2img if source is not None else model.txt2img
+    if plan is not None:
+        pipe = FluxInpaintPipeline(**model.txt2img.components)
+        pipe.set_progress_bar_config(disable=True)
     seeds = request.image_seeds()
     if model.architecture in _PROMPTED:
         guidance = _PROMPTED[model.architecture](request)
@@ -176,7 +186,10 @@ def generate(
     encoded = time.perf_counter()
     generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
     with torch.inference_mode():
-        if request.sampler in flow_sampling.SAMPLERS:
+        if plan is not None:  # (fit: Euler only)
+            images = _pipeline_sample(pipe, request, conditioning, plan, generators, callback)
+            images = [plan.paste(image) for image in images]
+        elif request.sampler in flow_sampling.SAMPLERS:
             images = _k_sample(pipe, request, conditioning, source, generators, callback)
         else:  # Euler: the pipeline's own
             images = _pipeline_sample(pipe, request, conditioning, source, generators, callback)
@@ -211,6 +224,7 @@ def _encode(pipe: Any, prompt: str, count: int) -> tuple[torch.Tensor, torch.Ten
 
 
 def _pipeline_sample(pipe, request, conditioning: _Conditioning, source, generators, callback):
+    """The pipeline's own call; ``source`` an image-to-image source or an ``InpaintPlan``."""
     extra: dict[str, Any] = {}
     if conditioning.negative is not None:
         negative, negative_pooled, _ = conditioning.negative
@@ -219,7 +233,9 @@ def _pipeline_sample(pipe, request, conditioning: _Conditioning, source, generat
             "negative_prompt_embeds": negative,
             "negative_pooled_prompt_embeds": negative_pooled,
         }
-    if source is not None:
+    if isinstance(source, InpaintPlan):
+        extra |= {"image": source.start, "mask_image": source.mask, "strength": request.strength}
+    elif source is not None:
         extra |= {"image": source, "strength": request.strength}
     return pipe(
         prompt_embeds=conditioning.prompt,
