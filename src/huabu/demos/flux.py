@@ -3,14 +3,15 @@ and T5 text encoders, a 16-channel-style VAE reduced to one channel) with random
 
 Nothing can be downloaded, so its tokenizers are made here: the CLIP one from the vocabulary
 huabu ships, the T5 one (a SentencePiece-style Unigram model, as T5's) trained in a second with
-the ``tokenizers`` library on the CLIP vocabulary's words. Same code, same tokenizer, same
-weights: the folder is identical from build to build.
+the ``tokenizers`` library on the CLIP vocabulary's words. Same code, same weights from build to
+build (the tokenizer's scores may differ in their last digits: its trainer runs on threads).
 """
 
 from __future__ import annotations
 
 import json
 import tempfile
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -101,6 +102,14 @@ _T5_VOCAB = 1000
 def t5_tokenizer(work: Path) -> T5TokenizerFast:
     """A T5-style tokenizer (Unigram, ``▁`` word marks; ``<pad>`` 0, ``</s>`` 1, ``<unk>`` 2)
     trained on the words of the shipped CLIP vocabulary."""
+    file = work / "t5.json"
+    file.write_text(_trained_t5())
+    return T5TokenizerFast(tokenizer_file=str(file), extra_ids=0, model_max_length=512)
+
+
+@cache
+def _trained_t5() -> str:
+    """The trained tokenizer's JSON (training takes seconds: once per process)."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from tokenizers.processors import TemplateProcessing
 
@@ -118,9 +127,7 @@ def t5_tokenizer(work: Path) -> T5TokenizerFast:
     model.post_processor = TemplateProcessing(
         single="$A </s>", special_tokens=[("</s>", model.token_to_id("</s>"))]
     )
-    file = work / "t5.json"
-    model.save(str(file))
-    return T5TokenizerFast(tokenizer_file=str(file), extra_ids=0, model_max_length=512)
+    return model.to_str()
 
 
 def build_pipeline(seed: int = _SEED) -> FluxPipeline:
@@ -184,10 +191,13 @@ def build(models: Path, *, force: bool = False) -> list[Path]:
     folder = models / "checkpoints" / DEMO_FLUX
     lora = models / "loras" / f"{DEMO_FLUX_LORA}.safetensors"
     written = [path for path in (folder, lora) if force or not path.exists()]
+    if not written:
+        return []
+    pipe = build_pipeline()
     for path in written:
         with staged(path) as staging:
             if path == folder:
-                build_pipeline().save_pretrained(staging, safe_serialization=True)
+                pipe.save_pretrained(staging, safe_serialization=True)
             else:
-                save_file(build_lora(build_pipeline()), str(staging))
+                save_file(build_lora(pipe), str(staging))
     return written
