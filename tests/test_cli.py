@@ -110,8 +110,13 @@ def test_bad_input_is_one_line_and_no_traceback(home, tmp_path):
 def test_models_list_shows_architecture_and_size(home):
     result = run(home, "models", "list")
     assert result.returncode == 0
-    demo_line = next(line for line in result.stdout.splitlines() if " demo " in line)
+    lines = result.stdout.splitlines()
+    demo_line = next(line for line in lines if " demo " in line)
     assert "diffusers" in demo_line and "SD 1.x" in demo_line and "MiB" in demo_line
+    # Every family's label, and an extra's where its files tell.
+    flux_lora = next(line for line in lines if " demo-flux-lora " in line)
+    assert flux_lora.startswith("loras") and "FLUX.1" in flux_lora
+    assert "Qwen-Image" in next(line for line in lines if " demo-qwen-image " in line)
 
 
 def test_models_pull_offline_fails_clearly(home):

@@ -166,13 +166,15 @@ def models_list() -> None:
     from huabu.catalog.library import KINDS, ModelLibrary
 
     library = ModelLibrary(Settings())
-    typer.echo(f"{'KIND':12} {'NAME':32} {'LAYOUT':12} {'ARCH':8} SIZE")
+    typer.echo(f"{'KIND':12} {'NAME':32} {'LAYOUT':12} {'FAMILY':16} SIZE")
     count = 0
     for kind in KINDS:
         for entry in library.entries(kind):
-            arch = entry.describe_architecture if kind == "checkpoints" else "-"
+            # An extra's family where its files tell (see ModelLibrary), else "-".
+            known = kind == "checkpoints" or entry.architecture is not None
+            arch = entry.describe_architecture if known else "-"
             typer.echo(
-                f"{kind:12} {entry.name:32} {entry.layout:12} {arch:8} "
+                f"{kind:12} {entry.name:32} {entry.layout:12} {arch:16} "
                 f"{entry.size_bytes / 2**20:.1f} MiB"
             )
             count += 1
