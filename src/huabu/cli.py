@@ -192,7 +192,7 @@ def models_demo(
         bool, typer.Option("--if-missing", help="Only when the library has no checkpoint.")
     ] = False,
 ) -> None:
-    """Build the tiny offline demo model (random weights: noise-like images)."""
+    """Build the tiny offline demo models (random weights: noise-like images)."""
     from huabu import demos
     from huabu.catalog.library import ModelLibrary
 

@@ -43,8 +43,9 @@ DEMO_VAE = "demo-vae"
 DEMO_V = "demo-v"
 DEMO_IP_ADAPTER = "demo-ip-adapter"
 NOTICE = (
-    "The demo model has random weights: it makes noise-like images, not pictures. "
-    "Put a real Stable Diffusion checkpoint in models/checkpoints/ for real images."
+    "The demo models have random weights: they make noise-like images, not pictures. Put a "
+    "real checkpoint (Stable Diffusion, FLUX.1, SD 3.x, Z-Image, Qwen-Image) in "
+    "models/checkpoints/ for real images."
 )
 _SEED = 20240601
 
