@@ -11,7 +11,7 @@ import pytest
 from diffusers import FluxPipeline
 from PIL import Image
 
-from helpers import max_difference, pixels
+from helpers import max_difference, pixels, source_differences
 from huabu.catalog.architectures import Architecture
 from huabu.catalog.infotext import parse_infotext, read_parameters
 from huabu.demos.flux import DEMO_FLUX, DEMO_FLUX_LORA
@@ -160,17 +160,9 @@ def test_sd_models_have_no_distilled_guidance(engine):
 
 def test_image_to_image_starts_from_the_source(engine):
     """The source is used: another source gives another image at the same seed, and neither is
-    the text-to-image one. (The demo's random VAE does not give a source back, so closeness to
-    it tells nothing here.)"""
-    made = [
-        engine.generate(
-            request(init_image=ImageRef(key="x"), strength=0.5),
-            init_image=Image.new("RGB", (64, 64), colour),
-        ).images[0]
-        for colour in ((220, 30, 30), (30, 30, 220))
-    ]
-    assert max_difference(made[0], made[1]) > 16
-    assert max_difference(made[0], engine.generate(request()).images[0]) > 16
+    the text-to-image one (see ``helpers.source_differences``)."""
+    between, from_text = source_differences(engine, request)
+    assert between > 16 and from_text > 16
 
 
 def test_inpainting_repaints_only_the_mask(engine):

@@ -6,13 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 from diffusers import StableDiffusion3Pipeline
-from PIL import Image
 
-from helpers import max_difference, pixels
+from helpers import max_difference, pixels, source_differences
 from huabu.catalog.architectures import Architecture
 from huabu.demos.sd3 import DEMO_SD3
 from huabu.errors import InvalidRequest
-from huabu.native import GenerationRequest, ImageRef, LoraRef
+from huabu.native import GenerationRequest, LoraRef
 from test_service import submit, wait_finished
 
 SMALL = {"model": DEMO_SD3, "prompt": "a red fox in the snow", "width": 64, "height": 64}
@@ -67,17 +66,9 @@ def test_the_engine_is_bare_diffusers_on_the_same_request(engine, settings):
 
 def test_image_to_image_starts_from_the_source(engine):
     """The source is used: another source gives another image at the same seed, and neither is
-    the text-to-image one. (The demo's random VAE does not give a source back, so closeness to
-    it tells nothing here.)"""
-    made = [
-        engine.generate(
-            request(init_image=ImageRef(key="x"), strength=0.5),
-            init_image=Image.new("RGB", (64, 64), colour),
-        ).images[0]
-        for colour in ((220, 30, 30), (30, 30, 220))
-    ]
-    assert max_difference(made[0], made[1]) > 16
-    assert max_difference(made[0], engine.generate(request()).images[0]) > 16
+    the text-to-image one (see ``helpers.source_differences``)."""
+    between, from_text = source_differences(engine, request)
+    assert between > 16 and from_text > 16
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ calls it at submit, the engine again before it runs.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from huabu.catalog.architectures import Architecture
 from huabu.errors import InvalidRequest
@@ -46,59 +47,30 @@ _SD = Family(Architecture.SD1)
 #: The A1111 names with a flow-matching form (see engine.flow_sampling): Euler, the families'
 #: reference sampler, first.
 _FLOW_SAMPLERS = ("Euler", "Euler a", "Heun", "DPM2", "DPM++ 2M")
+
+
+def _flow(architecture: Architecture, steps: int, guidance: float, **more: Any) -> Family:
+    """A flow family: Euler by default, sizes in 16s (the latent's 8 × 2×2 patches); unless
+    ``more`` says otherwise, Euler only, without LoRAs or inpainting (not built for it yet)."""
+    rules: dict[str, Any] = {"samplers": ("Euler",), "inpaint": False, "loras": False} | more
+    return Family(architecture, steps, guidance, sampler="Euler", multiple=16, **rules)
+
+
+_FLUX: dict[str, Any] = {"samplers": _FLOW_SAMPLERS, "inpaint": True, "loras": True}
 FAMILIES = {
-    Architecture.FLUX1: Family(
-        Architecture.FLUX1,
-        steps=28,
+    family.architecture: family
+    for family in (
         # True CFG off: FLUX.1 [dev] is guided by its distilled guidance.
-        guidance=1.0,
-        distilled_guidance=3.5,
-        sampler="Euler",
-        samplers=_FLOW_SAMPLERS,
-        multiple=16,
-    ),
-    # Timestep-distilled: 4 steps, no guidance of either kind needed.
-    Architecture.FLUX1_SCHNELL: Family(
-        Architecture.FLUX1_SCHNELL,
-        steps=4,
-        guidance=1.0,
-        sampler="Euler",
-        samplers=_FLOW_SAMPLERS,
-        multiple=16,
-    ),
-    # SD 3.5 Large's published defaults: true CFG 3.5, 28 steps, with a negative prompt.
-    Architecture.SD3: Family(
-        Architecture.SD3,
-        steps=28,
-        guidance=3.5,
-        sampler="Euler",
-        samplers=("Euler",),
-        inpaint=False,
-        loras=False,
-        multiple=16,
-    ),
-    # Qwen-Image's published defaults: 50 steps, true CFG 4 with a negative prompt.
-    Architecture.QWEN_IMAGE: Family(
-        Architecture.QWEN_IMAGE,
-        steps=50,
-        guidance=4.0,
-        sampler="Euler",
-        samplers=("Euler",),
-        inpaint=False,
-        loras=False,
-        multiple=16,
-    ),
-    # Z-Image Turbo's published use: 9 steps (8 model calls), no CFG.
-    Architecture.Z_IMAGE: Family(
-        Architecture.Z_IMAGE,
-        steps=9,
-        guidance=1.0,
-        sampler="Euler",
-        samplers=("Euler",),
-        inpaint=False,
-        loras=False,
-        multiple=16,
-    ),
+        _flow(Architecture.FLUX1, 28, 1.0, distilled_guidance=3.5, **_FLUX),
+        # Timestep-distilled: 4 steps, no guidance of either kind needed.
+        _flow(Architecture.FLUX1_SCHNELL, 4, 1.0, **_FLUX),
+        # SD 3.5 Large's published defaults: true CFG 3.5, 28 steps, with a negative prompt.
+        _flow(Architecture.SD3, 28, 3.5),
+        # Qwen-Image's published defaults: 50 steps, true CFG 4 with a negative prompt.
+        _flow(Architecture.QWEN_IMAGE, 50, 4.0),
+        # Z-Image Turbo's published use: 9 steps (8 model calls), no CFG.
+        _flow(Architecture.Z_IMAGE, 9, 1.0),
+    )
 }
 
 #: The fields only the SD families read, and how a refusal names them.
