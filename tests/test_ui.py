@@ -636,3 +636,32 @@ def test_a_flux_model_shows_its_own_controls_and_generates(page, server, account
     expect(page.get_by_label("Distilled guidance")).to_be_hidden()
     expect(page.get_by_label("Guidance", exact=True)).to_have_value("7")
     assert len(sampler.locator("option").all_inner_texts()) == 20
+
+
+def test_an_editing_model_takes_the_image_to_edit_without_strength_or_mask(page, server, accounts):
+    """FLUX.1 Kontext: the source image is the image to edit, so the page hides what belongs to
+    image-to-image and inpainting (strength, the mask and its tools) and sends neither; its
+    distilled guidance starts at Kontext's 2.5."""
+    from playwright.sync_api import expect
+
+    log_in(page, server, accounts, "ui-kontext@example.com")
+    page.locator("#model").select_option("demo-flux-kontext")
+    expect(page.get_by_label("Distilled guidance")).to_have_value("2.5")
+    page.get_by_label("Prompt", exact=True).fill("make it blue")
+    page.get_by_label("Steps", exact=True).fill("3")
+    page.get_by_text("Image to image and inpainting").click()
+    page.get_by_label("Source image", exact=True).set_input_files(png_file("wall.png", gradient()))
+    expect(page.locator("#source-view")).to_be_visible()
+    for hidden in ("Strength", "Mask", "Brush size", "Mask blur"):
+        expect(page.get_by_label(hidden, exact=True)).to_be_hidden()
+    page.get_by_role("button", name="Generate").click()
+    card = page.locator(".task").first
+    expect(card.get_by_role("status")).to_have_text("Done", timeout=60_000)
+    card.get_by_role("img", name="Image 1", exact=False).first.click()
+    parameters = page.get_by_role("dialog").locator("pre")
+    expect(parameters).to_contain_text("Distilled CFG Scale: 2.5")
+    expect(parameters).to_contain_text("Denoising strength: 1")
+    page.get_by_role("dialog").get_by_role("button", name="Close").click()
+    # Back on an SD model, image-to-image has its strength again.
+    page.locator("#model").select_option("demo")
+    expect(page.get_by_label("Strength", exact=True)).to_be_visible()

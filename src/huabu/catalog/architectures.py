@@ -46,8 +46,11 @@ class Architecture(enum.StrEnum):
 
     @property
     def lora_family(self) -> Architecture:
-        """The family whose LoRAs it takes ([schnell] takes FLUX.1's)."""
-        return Architecture.FLUX1 if self is Architecture.FLUX1_SCHNELL else self
+        """The family whose LoRAs it takes ([schnell] and Kontext take FLUX.1's: the same
+        transformer's layers, and LoRA files that cannot tell them apart)."""
+        if self in (Architecture.FLUX1_SCHNELL, Architecture.FLUX1_KONTEXT):
+            return Architecture.FLUX1
+        return self
 
     @property
     def is_flow(self) -> bool:

@@ -37,6 +37,9 @@ class Family:
     multiple: int = 8
     #: The default distilled guidance of a guidance-distilled family (None: it has none).
     distilled_guidance: float | None = None
+    #: An editing family: ``init_image`` is the image to edit, which the model reads beside
+    #: the prompt while it generates from noise (no image-to-image strength).
+    edits: bool = False
 
     @property
     def label(self) -> str:
@@ -64,6 +67,8 @@ FAMILIES = {
         _flow(Architecture.FLUX1, 28, 1.0, distilled_guidance=3.5, **_FLUX),
         # Timestep-distilled: 4 steps, no guidance of either kind needed.
         _flow(Architecture.FLUX1_SCHNELL, 4, 1.0, **_FLUX),
+        # Kontext [dev]'s published use: 28 steps, distilled guidance 2.5; FLUX.1's LoRAs.
+        _flow(Architecture.FLUX1_KONTEXT, 28, 1.0, distilled_guidance=2.5, loras=True, edits=True),
         # SD 3.5 Large's published defaults: true CFG 3.5, 28 steps, with a negative prompt.
         _flow(Architecture.SD3, 28, 3.5),
         # Qwen-Image's published defaults: 50 steps, true CFG 4 with a negative prompt.
@@ -123,6 +128,15 @@ def fit(request: GenerationRequest, architecture: Architecture | None) -> Genera
     }
     if request.distilled_guidance is None and family.distilled_guidance is not None:
         defaults["distilled_guidance"] = family.distilled_guidance  # also when sent as null
+    if family.edits and request.init_image is not None:
+        if "strength" in given and request.strength != 1:
+            raise InvalidRequest(
+                f"strength: {family.label} models edit the image as the prompt says, generating "
+                f"the whole picture anew; they have no image-to-image strength (send 1 or leave "
+                f"it out)",
+                param="strength",
+            )
+        defaults["strength"] = 1.0
     request = request.model_copy(update=defaults)
     for name in ("width", "height"):
         if getattr(request, name) % family.multiple:

@@ -1,9 +1,10 @@
 """The offline demo models: tiny checkpoints of the real architectures with random, seeded
 weights, built by huabu itself, so everything runs offline and fast on a CPU (their images are
 coloured noise). ``sd``: SD 1.x in both layouts, the SD 2.x sibling and their extras; ``xl``:
-SDXL in both layouts, its refiner and extras; ``flux``: FLUX.1 and its LoRA; ``sd3``: SD 3.x;
-``zimage``: Z-Image; ``qwen``: Qwen-Image; ``ldm_layout``: the single-file (LDM/SGM) layouts
-they are also written in. ``huabu models demo`` and ``make run`` call ``build``."""
+SDXL in both layouts, its refiner and extras; ``flux``: FLUX.1, FLUX.1 Kontext and their LoRA;
+``sd3``: SD 3.x; ``zimage``: Z-Image; ``qwen``: Qwen-Image; ``ldm_layout``: the single-file
+(LDM/SGM) layouts they are also written in. ``huabu models demo`` and ``make run`` call
+``build``."""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""The offline FLUX.1 demo: a tiny FLUX.1 [dev]-architecture pipeline (guidance embedding, CLIP
-and T5 text encoders, a 16-channel-style VAE reduced to one channel) with random, seeded weights.
+"""The offline FLUX.1 demos: a tiny FLUX.1 [dev]-architecture pipeline (guidance embedding, CLIP
+and T5 text encoders, a 16-channel-style VAE reduced to one channel) with random, seeded weights,
+and the same weights as a FLUX.1 Kontext [dev] folder (Kontext's transformer is FLUX.1's; what
+makes it Kontext is that its pipeline reads the image to edit beside the prompt).
 
 Nothing can be downloaded, so its tokenizers are made here: the CLIP one from the vocabulary
 huabu ships, the T5 one (a SentencePiece-style Unigram model, as T5's) trained in a second with
@@ -18,6 +20,7 @@ import torch
 from diffusers import (
     AutoencoderKL,
     FlowMatchEulerDiscreteScheduler,
+    FluxKontextPipeline,
     FluxPipeline,
     FluxTransformer2DModel,
 )
@@ -28,6 +31,7 @@ from huabu.demos.sd import staged, tokenizer
 from huabu.engine.single_file import tokenizer_files
 
 DEMO_FLUX = "demo-flux"
+DEMO_FLUX_KONTEXT = "demo-flux-kontext"
 #: A LoRA for it in the diffusers/peft layout (``transformer.<module>.lora_A/B.weight``).
 DEMO_FLUX_LORA = "demo-flux-lora"
 _SEED = 20251201
@@ -186,11 +190,12 @@ def build_lora(pipe: FluxPipeline, seed: int = _SEED + 1, rank: int = 4) -> dict
 
 
 def build(models: Path, *, force: bool = False) -> list[Path]:
-    """Write the FLUX.1 demo folder and its LoRA under ``models`` (each if missing, or both
-    with ``force``); returns the paths written."""
+    """Write the FLUX.1 demo folder, its Kontext sibling and its LoRA under ``models`` (each if
+    missing, or all with ``force``); returns the paths written."""
     folder = models / "checkpoints" / DEMO_FLUX
+    kontext = models / "checkpoints" / DEMO_FLUX_KONTEXT
     lora = models / "loras" / f"{DEMO_FLUX_LORA}.safetensors"
-    written = [path for path in (folder, lora) if force or not path.exists()]
+    written = [path for path in (folder, kontext, lora) if force or not path.exists()]
     if not written:
         return []
     pipe = build_pipeline()
@@ -198,6 +203,10 @@ def build(models: Path, *, force: bool = False) -> list[Path]:
         with staged(path) as staging:
             if path == folder:
                 pipe.save_pretrained(staging, safe_serialization=True)
+            elif path == kontext:
+                FluxKontextPipeline(**pipe.components).save_pretrained(
+                    staging, safe_serialization=True
+                )
             else:
                 save_file(build_lora(pipe), str(staging))
     return written

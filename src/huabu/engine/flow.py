@@ -25,6 +25,7 @@ from diffusers import (
     FlowMatchEulerDiscreteScheduler,
     FluxImg2ImgPipeline,
     FluxInpaintPipeline,
+    FluxKontextPipeline,
     FluxPipeline,
     QwenImageImg2ImgPipeline,
     QwenImagePipeline,
@@ -49,6 +50,8 @@ from huabu.native import GenerationRequest
 PIPELINES: dict[Architecture, tuple[Any, Any]] = {
     Architecture.FLUX1: (FluxPipeline, FluxImg2ImgPipeline),
     Architecture.FLUX1_SCHNELL: (FluxPipeline, FluxImg2ImgPipeline),
+    # Kontext reads the image to edit beside the prompt: one pipeline for both.
+    Architecture.FLUX1_KONTEXT: (FluxKontextPipeline, FluxKontextPipeline),
     Architecture.SD3: (StableDiffusion3Pipeline, StableDiffusion3Img2ImgPipeline),
     Architecture.Z_IMAGE: (ZImagePipeline, ZImageImg2ImgPipeline),
     Architecture.QWEN_IMAGE: (QwenImagePipeline, QwenImageImg2ImgPipeline),
@@ -141,7 +144,7 @@ def unpacker(model: FlowModel, request: GenerationRequest) -> Any:
     """FLUX's packed latents (the transformer's tokens) back to ``[B, C, h, w]``, for
     previews (None: the family's latents are not packed)."""
     pipe = model.txt2img
-    if not isinstance(pipe, FluxPipeline):
+    if not isinstance(pipe, FluxPipeline | FluxKontextPipeline):
         return None
     return lambda latents: pipe._unpack_latents(
         latents, request.height, request.width, pipe.vae_scale_factor
@@ -235,6 +238,15 @@ def _pipeline_sample(pipe, request, conditioning: _Conditioning, source, generat
         }
     if isinstance(source, InpaintPlan):
         extra |= {"image": source.start, "mask_image": source.mask, "strength": request.strength}
+    elif isinstance(pipe, FluxKontextPipeline):
+        # The image to edit, as given at the output size (not moved to one of the sizes
+        # Kontext was trained at), and that size kept (the pipeline scales every size to 1024²
+        # unless told the area): the caller chose the size.
+        extra |= {
+            "image": source,
+            "_auto_resize": False,
+            "max_area": request.width * request.height,
+        }
     elif source is not None:
         extra |= {"image": source, "strength": request.strength}
     return pipe(

@@ -14,6 +14,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import UploadFile
 
+from huabu.catalog.families import family_of
 from huabu.dialects.common import read_body, validate
 from huabu.dialects.openai.translate import model_out, native_square, renamed, to_native
 from huabu.dialects.openai.wire import (
@@ -44,16 +45,22 @@ router = APIRouter(route_class=GuardedRoute, prefix=PREFIX, tags=["OpenAI images
 _OPENAI_MODELS = ("dall-e-", "gpt-image-")
 
 
-def _resolve_model(services: Services, name: str | None) -> tuple[str, tuple[int, int]]:
+def _resolve_model(
+    services: Services, name: str | None, source_size: tuple[int, int] | None
+) -> tuple[str, tuple[int, int]]:
     """The checkpoint a request means (OpenAI's own model names, and none, mean the server's
-    default), and its native size. Blocking (reads the library)."""
+    default), and what ``size: auto`` means for it: its native square, or the size of the
+    image an edit starts from, fitted to the model. Blocking (reads the library)."""
     if not name or name.startswith(_OPENAI_MODELS):
         model = services.catalog.default_model()
     else:
         model = name
     entries = {entry.name: entry for entry in services.catalog.entries("checkpoints")}
     entry = entries.get(model)
-    return model, native_square(entry)
+    if source_size is None:
+        return model, native_square(entry)
+    multiple = family_of(entry.architecture if entry else None).multiple
+    return model, _fitted(*source_size, services.settings, multiple)
 
 
 async def _generate(
@@ -65,12 +72,12 @@ async def _generate(
     source_size: tuple[int, int] | None = None,
     **image,
 ) -> Response:
-    model, auto_size = await run_in_threadpool(_resolve_model, services, body.model)
+    model, auto_size = await run_in_threadpool(_resolve_model, services, body.model, source_size)
     try:
         native = to_native(
             body,
             model=model,
-            auto_size=source_size or auto_size,
+            auto_size=auto_size,
             settings=services.settings,
             **image,
         )
@@ -142,15 +149,15 @@ async def _mask(
     return (await run_in_threadpool(uploads.add, buffer.getvalue(), field="mask")).id
 
 
-def _fitted(width: int, height: int, services: Services) -> tuple[int, int]:
-    """An input image's size as an output size: multiples of 8 within the limits."""
-    settings = services.settings
+def _fitted(width: int, height: int, settings: Settings, multiple: int) -> tuple[int, int]:
+    """An input image's size as an output size: multiples of ``multiple`` (the model
+    family's) within the limits."""
     scale = min(
         1.0, settings.max_size / max(width, height), (settings.max_pixels / (width * height)) ** 0.5
     )
 
     def fit(side: int) -> int:
-        return max(settings.min_size, int(side * scale) // 8 * 8)
+        return max(settings.min_size, int(side * scale) // multiple * multiple)
 
     return fit(width), fit(height)
 
@@ -189,14 +196,13 @@ async def _from_image(
         mask = await _mask(
             uploads, services.settings, mask_data, data, (upload.width, upload.height)
         )
-    size = _fitted(upload.width, upload.height, services)
     return await _generate(
         services,
         user,
         body,
         url,
         uploads,
-        source_size=size,
+        source_size=(upload.width, upload.height),
         init_image=upload.id,
         strength=1.0 if mask else strength,
         mask=mask,

@@ -74,7 +74,12 @@ def to_native(
             "strength": strength,
             "inpaint": {"mask": mask} if mask else None,
             "output_format": body.output_format,
-        }
+        },
+        # Steps follow ``quality`` unless it is left out or "auto" (the model's best); OpenAI
+        # has no strength (an edit's is huabu's choice). A family with defaults of its own
+        # (FLUX.1 …) replaces what the caller did not choose.
+        sent=body.model_fields_set - ({"quality"} if body.quality == "auto" else set()),
+        wire_names={"steps": "quality", "strength": ""},
     )
 
 

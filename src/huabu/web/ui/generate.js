@@ -6,11 +6,13 @@ const SAMPLERS = ["Euler a", "Euler", "LMS", "Heun", "DPM2", "DPM2 a", "DPM++ 2S
   "DPM++ SDE", "DPM fast", "DPM adaptive", "LMS Karras", "DPM2 Karras", "DPM2 a Karras",
   "DPM++ 2S a Karras", "DPM++ 2M Karras", "DPM++ SDE Karras", "DDIM", "PLMS", "UniPC"];
 // The flow-matching families that run (see catalog/families.py): their samplers, usual steps
-// and guidance, and whether a distilled guidance steers them.
+// and guidance, their distilled guidance (false: none steers them), and whether the source
+// image is the image to edit (an editing model: no strength, no mask).
 const FLOW_SAMPLERS = ["Euler", "Euler a", "Heun", "DPM2", "DPM++ 2M"];
 const FLOW = new Map([
-  ["flux1", { samplers: FLOW_SAMPLERS, steps: 28, guidance: 1, distilled: true }],
+  ["flux1", { samplers: FLOW_SAMPLERS, steps: 28, guidance: 1, distilled: 3.5 }],
   ["flux1-schnell", { samplers: FLOW_SAMPLERS, steps: 4, guidance: 1, distilled: false }],
+  ["flux1-kontext", { samplers: ["Euler"], steps: 28, guidance: 1, distilled: 2.5, edits: true }],
   ["sd3", { samplers: ["Euler"], steps: 28, guidance: 3.5, distilled: false }],
   ["z-image", { samplers: ["Euler"], steps: 9, guidance: 1, distilled: false }],
   ["qwen-image", { samplers: ["Euler"], steps: 50, guidance: 4, distilled: false }],
@@ -122,6 +124,9 @@ function fitFamily() {
   }
   if (flow) $("embeddings").hidden = true;
   $("distilled-field").hidden = !(flow && flow.distilled);
+  for (const element of document.querySelectorAll(".repaint")) {
+    element.hidden = Boolean(flow && flow.edits);
+  }
   const samplers = flow ? flow.samplers : SAMPLERS;
   const current = $("sampler").value;
   const offered = [...$("sampler").options].map((option) => option.value);
@@ -131,6 +136,7 @@ function fitFamily() {
   if (kind !== shownKind) {
     $("guidance").value = flow ? flow.guidance : 7;
     $("steps").value = flow ? flow.steps : 20;
+    if (flow && flow.distilled) $("distilled_guidance").value = flow.distilled;
     shownKind = kind;
   }
 }
@@ -284,7 +290,9 @@ async function requestBody() {
   if (chosenLoras.length) body.loras = chosenLoras.map(({ name, input }) => ({ name, weight: Number(input.value) }));
   const embeddings = [...$("embeddings").querySelectorAll("input:checked")].map((box) => box.value);
   if (embeddings.length && !flow) body.embeddings = embeddings;
-  if (source) {
+  if (source && flow && flowFamily().edits) {
+    body.init_image = source.id;  // the image to edit: drawn anew, no strength or mask
+  } else if (source) {
     body.init_image = source.id;
     body.strength = number("strength");
     const mask = await painter.mask();
