@@ -54,21 +54,23 @@ _FLOW_SAMPLERS = ("Euler", "Euler a", "Heun", "DPM2", "DPM++ 2M")
 
 def _flow(architecture: Architecture, steps: int, guidance: float, **more: Any) -> Family:
     """A flow family: Euler by default, sizes in 16s (the latent's 8 × 2×2 patches); unless
-    ``more`` says otherwise, Euler only, without LoRAs or inpainting (not built for it yet)."""
-    rules: dict[str, Any] = {"samplers": ("Euler",), "inpaint": False, "loras": False} | more
+    ``more`` says otherwise, Euler only (the pipeline's; huabu's loop has FLUX.1's form only)."""
+    rules: dict[str, Any] = {"samplers": ("Euler",)} | more
     return Family(architecture, steps, guidance, sampler="Euler", multiple=16, **rules)
 
 
-_FLUX: dict[str, Any] = {"samplers": _FLOW_SAMPLERS, "inpaint": True, "loras": True}
 FAMILIES = {
     family.architecture: family
     for family in (
         # True CFG off: FLUX.1 [dev] is guided by its distilled guidance.
-        _flow(Architecture.FLUX1, 28, 1.0, distilled_guidance=3.5, **_FLUX),
+        _flow(Architecture.FLUX1, 28, 1.0, distilled_guidance=3.5, samplers=_FLOW_SAMPLERS),
         # Timestep-distilled: 4 steps, no guidance of either kind needed.
-        _flow(Architecture.FLUX1_SCHNELL, 4, 1.0, **_FLUX),
-        # Kontext [dev]'s published use: 28 steps, distilled guidance 2.5; FLUX.1's LoRAs.
-        _flow(Architecture.FLUX1_KONTEXT, 28, 1.0, distilled_guidance=2.5, loras=True, edits=True),
+        _flow(Architecture.FLUX1_SCHNELL, 4, 1.0, samplers=_FLOW_SAMPLERS),
+        # Kontext [dev]'s published use: 28 steps, distilled guidance 2.5; FLUX.1's LoRAs; its
+        # inpainting pipeline (an edit inside a mask) is not wired in.
+        _flow(
+            Architecture.FLUX1_KONTEXT, 28, 1.0, distilled_guidance=2.5, inpaint=False, edits=True
+        ),
         # SD 3.5 Large's published defaults: true CFG 3.5, 28 steps, with a negative prompt.
         _flow(Architecture.SD3, 28, 3.5),
         # Qwen-Image's published defaults: 50 steps, true CFG 4 with a negative prompt.

@@ -116,14 +116,27 @@ _FLUX_MARKS = (
     "double_blocks_",
     "single_blocks_",
 )
+#: Other flow families' LoRA layers, by names their transformers alone have (the diffusers and
+#: kohya spellings): Qwen-Image's separate image and text streams, Z-Image's refiners and
+#: ``attention``/``feed_forward`` blocks, SD 3's ``joint_blocks`` (its SAI layout; SD 3
+#: LoRAs in the diffusers layout name layers FLUX.1's have too, and stay unknown).
+_FLOW_MARKS = (
+    (("img_mlp", "txt_mlp", "img_mod", "txt_mod"), Architecture.QWEN_IMAGE),
+    (
+        ("noise_refiner", "context_refiner", ".attention.to_", ".feed_forward.w"),
+        Architecture.Z_IMAGE,
+    ),
+    (("joint_blocks",), Architecture.SD3),
+)
 _CROSS_ATTENTION = ("attn2.to_k.weight", "attn2.to_k.lora_A.weight", "attn2_to_k.lora_down.weight",
                     "to_k_ip.weight")  # fmt: skip
 
 
 def _extra_architecture(path: Path) -> Architecture | None:
     """The family a LoRA, embedding, ControlNet or IP-Adapter was made for, where its files
-    tell: SDXL's second text encoder or size conditioning, else the width of the text its
-    cross-attention takes (768 SD 1.x, 1024 SD 2.x, 2048 SDXL). None when they don't."""
+    tell: SDXL's second text encoder or size conditioning, a flow family's layer names, else
+    the width of the text its cross-attention takes (768 SD 1.x, 1024 SD 2.x, 2048 SDXL).
+    None when they don't."""
     try:
         if path.is_dir():
             if (path / "config.json").is_file():  # a diffusers ControlNet
@@ -142,6 +155,9 @@ def _extra_architecture(path: Path) -> Architecture | None:
         return Architecture.SDXL
     if any(mark in key for key in shapes for mark in _FLUX_MARKS):
         return Architecture.FLUX1
+    for marks, architecture in _FLOW_MARKS:
+        if any(mark in key for key in shapes for mark in marks):
+            return architecture
     for key, shape in shapes.items():
         if key.endswith(_CROSS_ATTENTION) or (len(shapes) <= 2 and len(shape) == 2):
             return _TEXT_WIDTHS.get(shape[-1])  # (an embedding is its vectors alone)

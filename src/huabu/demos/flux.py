@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import (
@@ -177,16 +179,51 @@ _LORA_LAYERS = (
 
 def build_lora(pipe: FluxPipeline, seed: int = _SEED + 1, rank: int = 4) -> dict[str, torch.Tensor]:
     """A random rank-``rank`` LoRA over ``_LORA_LAYERS``, strong enough to see."""
+    return transformer_lora(pipe.transformer, _LORA_LAYERS, seed, rank)
+
+
+def transformer_lora(
+    transformer: torch.nn.Module, layers: tuple[str, ...], seed: int, rank: int = 4
+) -> dict[str, torch.Tensor]:
+    """A random rank-``rank`` LoRA over a transformer's ``layers``, in the diffusers/peft
+    layout every flow family's loader reads (``transformer.<module>.lora_A/B.weight``)."""
     generator = torch.Generator().manual_seed(seed)
-    modules = dict(pipe.transformer.named_modules())
+    modules = dict(transformer.named_modules())
     state = {}
-    for name in _LORA_LAYERS:
+    for name in layers:
         layer = modules[name]
         down = torch.randn(rank, layer.in_features, generator=generator) * 0.5
         up = torch.randn(layer.out_features, rank, generator=generator) * 0.5
         state[f"transformer.{name}.lora_A.weight"] = down
         state[f"transformer.{name}.lora_B.weight"] = up
     return state
+
+
+def write_with_lora(
+    models: Path,
+    name: str,
+    build_pipeline: Callable[[], Any],
+    layers: tuple[str, ...],
+    seed: int,
+    *,
+    force: bool,
+) -> list[Path]:
+    """Write a flow demo's folder ``checkpoints/<name>`` and a LoRA for it,
+    ``loras/<name>-lora.safetensors`` (each if missing, or both with ``force``), from one
+    build of its pipeline; returns the paths written."""
+    folder = models / "checkpoints" / name
+    lora = models / "loras" / f"{name}-lora.safetensors"
+    written = [path for path in (folder, lora) if force or not path.exists()]
+    if not written:
+        return []
+    pipe = build_pipeline()
+    for path in written:
+        with staged(path) as staging:
+            if path == folder:
+                pipe.save_pretrained(staging, safe_serialization=True)
+            else:
+                save_file(transformer_lora(pipe.transformer, layers, seed), str(staging))
+    return written
 
 
 def build(models: Path, *, force: bool = False) -> list[Path]:

@@ -16,7 +16,7 @@ from diffusers import (
 )
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-from huabu.demos.sd import staged
+from huabu.demos.flux import write_with_lora
 from huabu.demos.zimage import qwen_tokenizer
 
 DEMO_QWEN_IMAGE = "demo-qwen-image"
@@ -99,11 +99,19 @@ def build_pipeline(seed: int = _SEED) -> QwenImagePipeline:
         )
 
 
+#: Where its demo LoRA trains: attention and feed-forward layers of the transformer.
+_LORA_LAYERS = (
+    "transformer_blocks.0.attn.to_q",
+    "transformer_blocks.0.attn.to_v",
+    "transformer_blocks.0.attn.add_k_proj",
+    "transformer_blocks.0.img_mlp.net.2",
+    "transformer_blocks.1.txt_mlp.net.2",
+)
+
+
 def build(models: Path, *, force: bool = False) -> list[Path]:
-    """Write the Qwen-Image demo folder under ``models`` (if missing, or with ``force``)."""
-    folder = models / "checkpoints" / DEMO_QWEN_IMAGE
-    if folder.exists() and not force:
-        return []
-    with staged(folder) as staging:
-        build_pipeline().save_pretrained(staging, safe_serialization=True)
-    return [folder]
+    """Write the Qwen-Image demo folder and its LoRA under ``models`` (each if missing, or both
+    with ``force``); returns the paths written."""
+    return write_with_lora(
+        models, DEMO_QWEN_IMAGE, build_pipeline, _LORA_LAYERS, _SEED + 1, force=force
+    )

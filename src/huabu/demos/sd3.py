@@ -16,8 +16,8 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
-from huabu.demos.flux import t5_tokenizer
-from huabu.demos.sd import staged, tokenizer
+from huabu.demos.flux import t5_tokenizer, write_with_lora
+from huabu.demos.sd import tokenizer
 
 DEMO_SD3 = "demo-sd3"
 _SEED = 20251202
@@ -26,22 +26,23 @@ _SEED = 20251202
 _TRANSFORMER = {
     "sample_size": 32,
     "patch_size": 2,
-    "in_channels": 4,
+    "in_channels": 16,
     "num_layers": 2,
     "attention_head_dim": 8,
     "num_attention_heads": 4,
     "joint_attention_dim": 64,
     "caption_projection_dim": 32,
     "pooled_projection_dim": 64,
-    "out_channels": 4,
+    "out_channels": 16,
     "pos_embed_max_size": 96,
 }
-#: Four narrow blocks: 8× smaller latents, as SD 3's VAE (with 4 channels, not 16).
+#: Four narrow blocks: 8× smaller latents of 16 channels, as SD 3's VAE (its inpainting
+#: pipeline takes no other).
 _VAE = {
     "block_out_channels": [8, 8, 8, 8],
     "down_block_types": ["DownEncoderBlock2D"] * 4,
     "up_block_types": ["UpDecoderBlock2D"] * 4,
-    "latent_channels": 4,
+    "latent_channels": 16,
     "layers_per_block": 1,
     "norm_num_groups": 8,
     "sample_size": 32,
@@ -99,11 +100,17 @@ def build_pipeline(seed: int = _SEED) -> StableDiffusion3Pipeline:
         )
 
 
+#: Where its demo LoRA trains: attention and feed-forward layers of the transformer.
+_LORA_LAYERS = (
+    "transformer_blocks.0.attn.to_q",
+    "transformer_blocks.0.attn.to_v",
+    "transformer_blocks.0.attn.add_k_proj",
+    "transformer_blocks.0.ff.net.2",
+    "transformer_blocks.1.attn.to_out.0",
+)
+
+
 def build(models: Path, *, force: bool = False) -> list[Path]:
-    """Write the SD 3 demo folder under ``models`` (if missing, or with ``force``)."""
-    folder = models / "checkpoints" / DEMO_SD3
-    if folder.exists() and not force:
-        return []
-    with staged(folder) as staging:
-        build_pipeline().save_pretrained(staging, safe_serialization=True)
-    return [folder]
+    """Write the SD 3 demo folder and its LoRA under ``models`` (each if missing, or both
+    with ``force``); returns the paths written."""
+    return write_with_lora(models, DEMO_SD3, build_pipeline, _LORA_LAYERS, _SEED + 1, force=force)

@@ -21,7 +21,7 @@ from diffusers import (
 )
 from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3Model
 
-from huabu.demos.sd import staged
+from huabu.demos.flux import write_with_lora
 from huabu.engine.single_file import tokenizer_files
 
 DEMO_Z_IMAGE = "demo-z-image"
@@ -110,11 +110,19 @@ def build_pipeline(seed: int = _SEED) -> ZImagePipeline:
         )
 
 
+#: Where its demo LoRA trains: attention and feed-forward layers of the transformer.
+_LORA_LAYERS = (
+    "layers.0.attention.to_q",
+    "layers.0.attention.to_v",
+    "layers.0.feed_forward.w2",
+    "layers.1.attention.to_out.0",
+    "context_refiner.0.attention.to_k",
+)
+
+
 def build(models: Path, *, force: bool = False) -> list[Path]:
-    """Write the Z-Image demo folder under ``models`` (if missing, or with ``force``)."""
-    folder = models / "checkpoints" / DEMO_Z_IMAGE
-    if folder.exists() and not force:
-        return []
-    with staged(folder) as staging:
-        build_pipeline().save_pretrained(staging, safe_serialization=True)
-    return [folder]
+    """Write the Z-Image demo folder and its LoRA under ``models`` (each if missing, or both
+    with ``force``); returns the paths written."""
+    return write_with_lora(
+        models, DEMO_Z_IMAGE, build_pipeline, _LORA_LAYERS, _SEED + 1, force=force
+    )

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +28,13 @@ from diffusers import (
     FluxKontextPipeline,
     FluxPipeline,
     QwenImageImg2ImgPipeline,
+    QwenImageInpaintPipeline,
     QwenImagePipeline,
     StableDiffusion3Img2ImgPipeline,
+    StableDiffusion3InpaintPipeline,
     StableDiffusion3Pipeline,
     ZImageImg2ImgPipeline,
+    ZImageInpaintPipeline,
     ZImagePipeline,
 )
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift
@@ -46,15 +49,24 @@ from huabu.engine.prompts import parse_weights
 from huabu.errors import ModelUnavailable
 from huabu.native import GenerationRequest
 
-#: (text-to-image, image-to-image) pipeline classes per family.
-PIPELINES: dict[Architecture, tuple[Any, Any]] = {
-    Architecture.FLUX1: (FluxPipeline, FluxImg2ImgPipeline),
-    Architecture.FLUX1_SCHNELL: (FluxPipeline, FluxImg2ImgPipeline),
+#: (text-to-image, image-to-image, inpainting) pipeline classes per family (None: the family
+#: does not inpaint here).
+PIPELINES: dict[Architecture, tuple[Any, Any, Any]] = {
+    Architecture.FLUX1: (FluxPipeline, FluxImg2ImgPipeline, FluxInpaintPipeline),
+    Architecture.FLUX1_SCHNELL: (FluxPipeline, FluxImg2ImgPipeline, FluxInpaintPipeline),
     # Kontext reads the image to edit beside the prompt: one pipeline for both.
-    Architecture.FLUX1_KONTEXT: (FluxKontextPipeline, FluxKontextPipeline),
-    Architecture.SD3: (StableDiffusion3Pipeline, StableDiffusion3Img2ImgPipeline),
-    Architecture.Z_IMAGE: (ZImagePipeline, ZImageImg2ImgPipeline),
-    Architecture.QWEN_IMAGE: (QwenImagePipeline, QwenImageImg2ImgPipeline),
+    Architecture.FLUX1_KONTEXT: (FluxKontextPipeline, FluxKontextPipeline, None),
+    Architecture.SD3: (
+        StableDiffusion3Pipeline,
+        StableDiffusion3Img2ImgPipeline,
+        StableDiffusion3InpaintPipeline,
+    ),
+    Architecture.Z_IMAGE: (ZImagePipeline, ZImageImg2ImgPipeline, ZImageInpaintPipeline),
+    Architecture.QWEN_IMAGE: (
+        QwenImagePipeline,
+        QwenImageImg2ImgPipeline,
+        QwenImageInpaintPipeline,
+    ),
 }
 
 
@@ -125,7 +137,7 @@ def load(
         raise ModelUnavailable(
             f"{entry.name}: {architecture.label} models load from a diffusers folder for now"
         )
-    txt2img_class, img2img_class = PIPELINES[architecture]
+    txt2img_class, img2img_class, _ = PIPELINES[architecture]
     try:
         pipe = txt2img_class.from_pretrained(path, dtype=dtype, local_files_only=True)
     except (OSError, ValueError) as exc:
@@ -172,17 +184,20 @@ def generate(
     plan: InpaintPlan | None = None,
 ) -> Sampled:
     """Run ``request`` (fitted to the family) on ``model``; ``source`` is the image-to-image
-    source at the output size, ``plan`` an inpainting's (FLUX.1's inpainting pipeline, pasted
-    back as on SD); ``callback`` is diffusers' ``callback_on_step_end``. Euler runs through the
-    diffusers pipeline itself, the other samplers in ``flow_sampling``'s loop."""
+    source at the output size, ``plan`` an inpainting's (the family's inpainting pipeline,
+    pasted back as on SD); ``callback`` is diffusers' ``callback_on_step_end``. Euler runs
+    through the diffusers pipeline itself, the other samplers in ``flow_sampling``'s loop."""
     pipe = model.img2img if source is not None else model.txt2img
-    if plan is not None:
-        pipe = FluxInpaintPipeline(**model.txt2img.components)
+    if plan is not None:  # (fit: only the families with an inpainting pipeline here)
+        pipe = PIPELINES[model.architecture][2](**model.txt2img.components)
         pipe.set_progress_bar_config(disable=True)
     seeds = request.image_seeds()
     if model.architecture in _PROMPTED:
         guidance = _PROMPTED[model.architecture](request)
-        return _prompted_sample(pipe, request, guidance, source, callback)
+        made = _prompted_sample(pipe, request, guidance, plan or source, callback)
+        if plan is not None:
+            made = replace(made, images=[plan.paste(image) for image in made.images])
+        return made
     began = time.perf_counter()
     with torch.inference_mode():
         conditioning = _Conditioning.of(pipe, request, len(seeds))
@@ -267,11 +282,13 @@ def _prompted_sample(
     pipe: Any, request: GenerationRequest, guidance: dict[str, Any], source, callback
 ) -> Sampled:
     """SD 3.x, Z-Image, Qwen-Image: the pipeline encodes the prompts itself, guided as
-    ``guidance`` (the family's arguments, see ``_PROMPTED``); the prompt's time is counted in
-    sampling."""
+    ``guidance`` (the family's arguments, see ``_PROMPTED``); ``source`` an image-to-image
+    source or an ``InpaintPlan``; the prompt's time is counted in sampling."""
     began = time.perf_counter()
     extra: dict[str, Any] = dict(guidance)
-    if source is not None:
+    if isinstance(source, InpaintPlan):
+        extra |= {"image": source.start, "mask_image": source.mask, "strength": request.strength}
+    elif source is not None:
         extra |= {"image": source, "strength": request.strength}
     generators = [torch.Generator("cpu").manual_seed(seed) for seed in request.image_seeds()]
     with torch.inference_mode():
