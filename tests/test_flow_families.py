@@ -4,6 +4,8 @@ loaders, on their tiny demos."""
 
 from __future__ import annotations
 
+import io
+
 import pytest
 from PIL import Image
 
@@ -62,3 +64,19 @@ def test_a_lora_changes_the_image_and_leaves_nothing_behind(engine, model, lora_
     with pytest.raises(InvalidRequest) as refused:
         engine.generate(request(model, loras=(LoraRef(name=DEMO_FLUX_LORA),)))
     assert refused.value.param == "loras.0.name" and "FLUX.1" in refused.value.message
+
+
+@pytest.mark.parametrize(("model", "lora_family"), DEMOS)
+def test_each_step_is_previewed_live(engine, model, lora_family):
+    """Each step's latents through the family's VAE map (FLUX's for Z-Image, SD 3's, Wan
+    2.1's for Qwen-Image; Qwen-Image's packed tokens unpacked first), at 1/8 of the size."""
+    seen, previews = [], []
+
+    def progress(step, total, preview):
+        seen.append((step, total))
+        previews.append(Image.open(io.BytesIO(preview())))
+
+    engine.generate(request(model, width=128), on_progress=progress)
+    assert seen == [(1, 3), (2, 3), (3, 3)]
+    assert [p.size for p in previews] == [(16, 8)] * 3
+    assert max_difference(previews[0], previews[-1]) > 0

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from huabu.engine.previews import approx_cheap, approx_flux
+from huabu.engine.previews import approx_cheap, approx_flow
 
 
 def collect(engine, request):
@@ -36,13 +36,15 @@ def test_approx_cheap_uses_a1111s_weights():
     assert approx_cheap(latent, sdxl=False).getpixel((0, 0)) == (128, 128, 128)
 
 
-def test_approx_flux_uses_the_flux_map_and_its_offset():
+def test_approx_flow_uses_each_vaes_map_and_its_offset():
     latent = torch.zeros(16, 2, 2)
-    assert approx_flux(latent).getpixel((0, 0)) == (123, 118, 117)  # the offset alone
-    latent[13] = 1.0  # the channel with the strongest (negative) weights
-    assert approx_flux(latent).getpixel((1, 0)) == (107, 112, 103)
+    assert approx_flow(latent).getpixel((0, 0)) == (123, 118, 117)  # FLUX's offset alone
+    assert approx_flow(latent, "sd3").getpixel((0, 0)) == (158, 155, 152)  # SD 3's
+    assert approx_flow(latent, "wan").getpixel((0, 0)) == (104, 116, 85)  # Qwen-Image's VAE
+    latent[13] = 1.0  # the channel with FLUX's strongest (negative) weights
+    assert approx_flow(latent).getpixel((1, 0)) == (107, 112, 103)
     # A latent of another width (a tiny demo's): its channels' mean, as grey.
-    assert approx_flux(torch.full((1, 2, 2), 0.5)).getpixel((0, 1)) == (191, 191, 191)
+    assert approx_flow(torch.full((1, 2, 2), 0.5)).getpixel((0, 1)) == (191, 191, 191)
 
 
 @pytest.mark.parametrize("sampler", ["Euler", "DPM adaptive"])

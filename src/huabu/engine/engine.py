@@ -215,7 +215,7 @@ class Engine:
         """A flow-family request: one call of its diffusers pipeline (``engine.flow``)."""
         with self.cache.lease(request.model) as model:
             loaded = time.perf_counter()
-            preview = LatentPreview(sdxl=False, unpack=flow.unpacker(model, request))
+            preview = LatentPreview(sdxl=False, render=flow.previewer(model, request))
             step = _StepHook(_first_image(on_progress), should_cancel, preview)
             with model.loras.applied(request.loras):
                 made = flow.generate(model, request, source, step.diffusers_callback, plan)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ from huabu.catalog.library import ModelEntry, ModelLibrary
 from huabu.engine import flow_sampling
 from huabu.engine.adapters import LoraSwitch
 from huabu.engine.inpainting import InpaintPlan
+from huabu.engine.previews import approx_flow
 from huabu.engine.prompts import parse_weights
 from huabu.errors import ModelUnavailable
 from huabu.native import GenerationRequest
@@ -152,15 +154,38 @@ def load(
     return FlowModel(entry, architecture, pipe, img2img, model_hash, LoraSwitch(pipe, library))
 
 
-def unpacker(model: FlowModel, request: GenerationRequest) -> Any:
-    """FLUX's packed latents (the transformer's tokens) back to ``[B, C, h, w]``, for
-    previews (None: the family's latents are not packed)."""
-    pipe = model.txt2img
-    if not isinstance(pipe, FluxPipeline | FluxKontextPipeline):
-        return None
-    return lambda latents: pipe._unpack_latents(
-        latents, request.height, request.width, pipe.vae_scale_factor
+#: The latent map of each family's VAE for live previews (``engine.previews.FLOW_MAPS``):
+#: Z-Image uses FLUX's VAE, Qwen-Image Wan 2.1's.
+_PREVIEW_MAPS = {
+    Architecture.FLUX1: "flux",
+    Architecture.FLUX1_SCHNELL: "flux",
+    Architecture.FLUX1_KONTEXT: "flux",
+    Architecture.Z_IMAGE: "flux",
+    Architecture.SD3: "sd3",
+    Architecture.QWEN_IMAGE: "wan",
+}
+
+
+def previewer(model: FlowModel, request: GenerationRequest) -> Callable[[Any], Image.Image]:
+    """How one image's latents, as ``model``'s pipeline hands them to its step callback,
+    become a live preview: FLUX's and Qwen-Image's packed tokens unpacked to ``[C, h, w]``
+    first (Qwen-Image's with the frame axis of its video VAE), then the family's map."""
+    pipe, vae = model.txt2img, _PREVIEW_MAPS[model.architecture]
+    packed = model.architecture is Architecture.QWEN_IMAGE or isinstance(
+        pipe, FluxPipeline | FluxKontextPipeline
     )
+
+    def render(latents: torch.Tensor) -> Image.Image:
+        if packed:
+            latents = pipe._unpack_latents(
+                latents, request.height, request.width, pipe.vae_scale_factor
+            )
+        latent = latents[0]
+        if latent.dim() == 4:  # [C, frames, h, w]: the one frame
+            latent = latent[:, 0]
+        return approx_flow(latent, vae)
+
+    return render
 
 
 def plain_prompt(prompt: str) -> str:

@@ -1,6 +1,7 @@
 """Live previews: A1111's "Approx cheap" — the newest latents turned into RGB by one linear
 map per latent channel (no extra weights, about a millisecond), at the latent size (1/8 of the
-output); FLUX's 16 channels with ComfyUI's map for them. k-diffusion samplers preview their
+output); the flow families' 16 channels with ComfyUI's maps for their VAEs (FLUX's, SD 3's,
+Wan 2.1's for Qwen-Image). k-diffusion samplers preview their
 denoised estimate, as A1111 does; diffusers' samplers their current latents (noisier early on:
 the pipelines hand out nothing else).
 """
@@ -30,6 +31,24 @@ _FLUX = [[-0.0346, 0.0244, 0.0681], [0.0034, 0.0210, 0.0687], [0.0275, -0.0668, 
          [0.0817, 0.0765, 0.0749], [-0.1264, -0.0522, -0.1103], [-0.0280, -0.0881, -0.0499],
          [-0.1262, -0.0982, -0.0778]]  # fmt: skip
 _FLUX_BIAS = [-0.0329, -0.0718, -0.0851]
+# SD 3's, as ComfyUI's latent_formats.SD3 has them.
+_SD3 = [[-0.0922, -0.0175, 0.0749], [0.0311, 0.0633, 0.0954], [0.1994, 0.0927, 0.0458],
+        [0.0856, 0.0339, 0.0902], [0.0587, 0.0272, -0.0496], [-0.0006, 0.1104, 0.0309],
+        [0.0978, 0.0306, 0.0427], [-0.0042, 0.1038, 0.1358], [-0.0194, 0.0020, 0.0669],
+        [-0.0488, 0.0130, -0.0268], [0.0922, 0.0988, 0.0951], [-0.0278, 0.0524, -0.0542],
+        [0.0332, 0.0456, 0.0895], [-0.0069, -0.0030, -0.0810], [-0.0596, -0.0465, -0.0293],
+        [-0.1448, -0.1463, -0.1189]]  # fmt: skip
+_SD3_BIAS = [0.2394, 0.2135, 0.1925]
+# Wan 2.1's VAE (Qwen-Image's), as ComfyUI's latent_formats.Wan21 has them.
+_WAN = [[-0.1299, -0.1692, 0.2932], [0.0671, 0.0406, 0.0442], [0.3568, 0.2548, 0.1747],
+        [0.0372, 0.2344, 0.1420], [0.0313, 0.0189, -0.0328], [0.0296, -0.0956, -0.0665],
+        [-0.3477, -0.4059, -0.2925], [0.0166, 0.1902, 0.1975], [-0.0412, 0.0267, -0.1364],
+        [-0.1293, 0.0740, 0.1636], [0.0680, 0.3019, 0.1128], [0.0032, 0.0581, 0.0639],
+        [-0.1251, 0.0927, 0.1699], [0.0060, -0.0633, 0.0005], [0.3477, 0.2275, 0.2950],
+        [0.1984, 0.0913, 0.1861]]  # fmt: skip
+_WAN_BIAS = [-0.1835, -0.0868, -0.3360]
+#: The 16-channel latent maps by the VAE they read.
+FLOW_MAPS = {"flux": (_FLUX, _FLUX_BIAS), "sd3": (_SD3, _SD3_BIAS), "wan": (_WAN, _WAN_BIAS)}
 
 
 def approx_cheap(latent: torch.Tensor, *, sdxl: bool) -> Image.Image:
@@ -37,11 +56,13 @@ def approx_cheap(latent: torch.Tensor, *, sdxl: bool) -> Image.Image:
     return _rgb(latent, _SDXL if sdxl else _SD)
 
 
-def approx_flux(latent: torch.Tensor) -> Image.Image:
-    """One FLUX image's latent ``[16, h, w]`` (as the transformer sees it) as an RGB image; a
-    latent of another width (a tiny demo's) as the grey of its channels' mean."""
-    if latent.shape[0] == len(_FLUX):
-        return _rgb(latent, _FLUX, _FLUX_BIAS)
+def approx_flow(latent: torch.Tensor, vae: str = "flux") -> Image.Image:
+    """One image's latent ``[16, h, w]`` (as the transformer sees it) through the map of its
+    ``vae`` (a ``FLOW_MAPS`` key) as an RGB image; a latent of another width (a tiny demo's)
+    as the grey of its channels' mean."""
+    factors, bias = FLOW_MAPS[vae]
+    if latent.shape[0] == len(factors):
+        return _rgb(latent, factors, bias)
     grey = latent.detach().float().mean(0, keepdim=True).cpu()
     return _rgb(grey, [[1.0, 1.0, 1.0]])
 
@@ -57,16 +78,17 @@ def _rgb(latent: torch.Tensor, factors: list, bias: list | None = None) -> Image
 
 class LatentPreview:
     """The newest latents of one sampling run; ``at(i)`` previews its image ``i`` as PNG.
-    ``unpack`` (FLUX) turns the transformer's packed tokens back into ``[B, C, h, w]``."""
+    ``render`` (the flow families', see ``engine.flow.previewer``) turns one image's latents
+    (as the pipeline hands them out: FLUX's packed tokens …) into the preview image."""
 
     def __init__(
         self,
         *,
         sdxl: bool,
-        unpack: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        render: Callable[[torch.Tensor], Image.Image] | None = None,
     ) -> None:
         self.sdxl = sdxl
-        self.unpack = unpack
+        self.render = render
         self.latents: torch.Tensor | None = None
 
     def saw(self, latents: torch.Tensor) -> None:
@@ -77,8 +99,8 @@ class LatentPreview:
             latents = self.latents
             if latents is None or latents.shape[0] <= index:
                 return None
-            if self.unpack is not None:
-                image = approx_flux(self.unpack(latents[index : index + 1])[0])
+            if self.render is not None:
+                image = self.render(latents[index : index + 1])
             elif latents.shape[1] == 4:
                 image = approx_cheap(latents[index], sdxl=self.sdxl)
             else:
