@@ -11,7 +11,7 @@ from PIL import Image
 
 from helpers import max_difference, pixels
 from huabu.catalog.architectures import Architecture
-from huabu.demos.flux import DEMO_FLUX_LORA
+from huabu.demos.flux import DEMO_FLUX, DEMO_FLUX_LORA
 from huabu.demos.qwen import DEMO_QWEN_IMAGE
 from huabu.demos.sd3 import DEMO_SD3
 from huabu.demos.zimage import DEMO_Z_IMAGE
@@ -80,3 +80,53 @@ def test_each_step_is_previewed_live(engine, model, lora_family):
     assert seen == [(1, 3), (2, 3), (3, 3)]
     assert [p.size for p in previews] == [(16, 8)] * 3
     assert max_difference(previews[0], previews[-1]) > 0
+
+
+@pytest.mark.parametrize(
+    ("model", "sampler", "guidance"),
+    [
+        (DEMO_FLUX, "Euler", 1.0),  # FLUX.1: the pipeline's own Euler, distilled guidance
+        (DEMO_FLUX, "DPM++ 2M", 2.0),  # huabu's loop, with true CFG and negative prompts
+        (DEMO_SD3, "Euler", 3.5),  # the pipelines that encode the prompts themselves
+        (DEMO_Z_IMAGE, "Euler", 1.0),
+        (DEMO_QWEN_IMAGE, "Euler", 4.0),
+    ],
+)
+def test_a_batch_shares_one_call_and_each_request_gets_its_own_images(
+    engine, monkeypatch, model, sampler, guidance
+):
+    """Text-to-image requests of one batch key and the same guidance run as one pipeline
+    call; each keeps its prompt, negative prompt and seeds, and gets the images it gets alone.
+    Another guidance runs in a call of its own."""
+    shared = {"sampler": sampler, "guidance": guidance}
+    negative = {"negative_prompt": "blurry"} if guidance > 1 else {}
+    requests = [
+        request(model, prompt="a red fox", seed=3, n_images=2, **shared, **negative),
+        request(model, prompt="a blue whale at sea", seed=40, **shared),
+        request(model, prompt="a red fox", seed=9, **(shared | {"guidance": guidance + 1})),
+    ]
+    calls = []
+    seen: list[list[tuple[int, int]]] = [[] for _ in requests]
+    from huabu.engine import flow
+
+    original = flow.generate_many
+
+    def counted(model_, members, callback):
+        calls.append(len(members))
+        return original(model_, members, callback)
+
+    monkeypatch.setattr(flow, "generate_many", counted)
+    batched = engine.generate_batch(
+        requests,
+        [lambda s, t, _p, mine=mine: mine.append((s, t)) for mine in seen],
+        [lambda: False] * len(requests),
+    )
+    assert calls == [2]  # the first two together; the third (another guidance) alone
+    for request_, result, progress in zip(requests, batched, seen, strict=True):
+        alone = engine.generate(request_)
+        assert result.seeds == alone.seeds and len(result.images) == request_.n_images
+        for mine, single in zip(result.images, alone.images, strict=True):
+            assert max_difference(mine, single) <= 2
+        assert result.infotexts == alone.infotexts
+        assert progress[-1] == (3, 3)
+    assert max_difference(batched[0].images[0], batched[1].images[0]) > 0

@@ -22,7 +22,7 @@ from PIL import Image
 
 from huabu.catalog.families import check_lora, fit
 from huabu.catalog.infotext import infotext
-from huabu.catalog.library import ModelLibrary, check_families
+from huabu.catalog.library import ModelEntry, ModelLibrary, check_families
 from huabu.catalog.preprocessors import check as check_preprocessor
 from huabu.catalog.preprocessors import held_annotators, stem
 from huabu.engine import annotators, batching, flow, inpainting, ksampling, quiet_libraries
@@ -83,12 +83,7 @@ class Engine:
         ``ip_image`` the reference image of ``request.ip_adapter``, ``mask_image`` the mask of
         ``request.inpaint``."""
         started = time.perf_counter()
-        entry = self.library.find("checkpoints", request.model)
-        request = fit(request, entry.architecture).checked(self.settings)
-        for index, lora in enumerate(request.loras):
-            param = f"loras.{index}.name"
-            made_for = self.library.find("loras", lora.name, param=param).architecture
-            check_lora(entry.architecture, made_for, name=lora.name, param=param)
+        entry, request = self._fitted(request)
         refiner_entry = None
         if request.refiner is not None:
             refiner_entry = self.library.find(
@@ -128,6 +123,17 @@ class Engine:
                 )
                 return self._generate(request, model, vae, inputs, step, started, loaded)
 
+    def _fitted(self, request: GenerationRequest) -> tuple[ModelEntry, GenerationRequest]:
+        """The request's checkpoint, and the request fitted to its family and checked (its
+        LoRAs made for that family)."""
+        entry = self.library.find("checkpoints", request.model)
+        request = fit(request, entry.architecture).checked(self.settings)
+        for index, lora in enumerate(request.loras):
+            param = f"loras.{index}.name"
+            made_for = self.library.find("loras", lora.name, param=param).architecture
+            check_lora(entry.architecture, made_for, name=lora.name, param=param)
+        return entry, request
+
     def generate_batch(
         self,
         requests: list[GenerationRequest],
@@ -143,17 +149,7 @@ class Engine:
         started = time.perf_counter()
         entry = self.library.find("checkpoints", requests[0].model)
         if entry.architecture is not None and entry.architecture.is_flow:
-            # No shared loop for the flow families yet: each request runs alone, in turn.
-            return [
-                self.generate(request, init_image=image, on_progress=progress, should_cancel=stop)
-                for request, image, progress, stop in zip(
-                    requests,
-                    init_images or [None] * len(requests),
-                    on_progress,
-                    should_cancel,
-                    strict=True,
-                )
-            ]
+            return self._generate_flow_batch(requests, on_progress, should_cancel, init_images)
         requests = [request.checked(self.settings) for request in requests]
         keys = {request.batch_key() for request in requests}
         if len(keys) != 1 or None in keys:
@@ -207,6 +203,63 @@ class Engine:
                     for index, request in zip(group, members, strict=True):
                         mine = [next(images) for _ in range(request.n_images)]
                         results[index] = self._result(request, model, mine, timings)
+        return [results[index] for index in range(len(requests))]
+
+    def _generate_flow_batch(
+        self,
+        requests: list[GenerationRequest],
+        on_progress: list[ProgressCallback],
+        should_cancel: list[CancelCheck],
+        init_images: list[Image.Image | None] | None,
+    ) -> list[GenerationResult]:
+        """Flow-family requests of one batch key: text-to-image ones with the same guidance
+        share one pipeline call (``flow.generate_many``); the rest run alone, in turn."""
+        started = time.perf_counter()
+        fitted = [self._fitted(request)[1] for request in requests]
+        images = init_images or [None] * len(requests)
+        results: dict[int, GenerationResult] = {}
+        groups: dict[tuple, list[int]] = {}
+        for index, request in enumerate(fitted):
+            if request.init_image is None:
+                groups.setdefault((request.guidance, request.distilled_guidance), []).append(index)
+            else:
+                groups[("alone", index)] = [index]
+        for group in groups.values():
+            if len(group) == 1:
+                index = group[0]
+                results[index] = self.generate(
+                    requests[index],
+                    init_image=images[index],
+                    on_progress=on_progress[index],
+                    should_cancel=should_cancel[index],
+                )
+                continue
+            members = [fitted[i] for i in group]
+            with self.cache.lease(members[0].model) as model:
+                loaded = time.perf_counter()
+                hooks = batching.fan_out(
+                    [on_progress[i] for i in group],
+                    [should_cancel[i] for i in group],
+                    [request.n_images for request in members],
+                )
+                merged = members[0].model_copy(
+                    update={"n_images": sum(request.n_images for request in members)}
+                )
+                preview = LatentPreview(sdxl=False, render=flow.previewer(model, merged))
+                step = _StepHook(*hooks, preview)
+                with model.loras.applied(members[0].loras):
+                    made = flow.generate_many(model, members, step.diffusers_callback)
+            timings = Timings(
+                load=loaded - started,
+                prompt=made.prompt,
+                sample=made.sample,
+                decode=0.0,
+                total=time.perf_counter() - started,
+            )
+            produced = iter(made.images)
+            for index, request in zip(group, members, strict=True):
+                mine = [next(produced) for _ in range(request.n_images)]
+                results[index] = self._result(request, model, mine, timings)
         return [results[index] for index in range(len(requests))]
 
     def _generate_flow(

@@ -239,6 +239,37 @@ def generate(
     return Sampled(images, encoded - began, time.perf_counter() - encoded)
 
 
+def generate_many(model: FlowModel, requests: list[GenerationRequest], callback: Any) -> Sampled:
+    """Text-to-image requests of one batch key and the same guidance (fitted) in one pipeline
+    call, their images in order: each keeps its own prompt, negative prompt and seeds, and is
+    the image its request gets alone, up to the rounding of batched arithmetic."""
+    pipe = model.txt2img
+    merged = requests[0].model_copy(update={"n_images": sum(r.n_images for r in requests)})
+    seeds = [seed for request in requests for seed in request.image_seeds()]
+    generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+    if model.architecture in _PROMPTED:
+        family = _PROMPTED[model.architecture]
+        guidance = family(merged)
+        if guidance.get("negative_prompt") is not None:
+            guidance["negative_prompt"] = [
+                family(r)["negative_prompt"] for r in requests for _ in range(r.n_images)
+            ]
+        prompts = [plain_prompt(r.prompt) for r in requests for _ in range(r.n_images)]
+        return _prompted_sample(pipe, merged, guidance, None, callback, prompts, generators)
+    began = time.perf_counter()
+    with torch.inference_mode():
+        conditioning = _Conditioning.joined(
+            [_Conditioning.of(pipe, request, request.n_images) for request in requests]
+        )
+    encoded = time.perf_counter()
+    with torch.inference_mode():
+        if merged.sampler in flow_sampling.SAMPLERS:
+            images = _k_sample(pipe, merged, conditioning, None, generators, callback)
+        else:
+            images = _pipeline_sample(pipe, merged, conditioning, None, generators, callback)
+    return Sampled(images, encoded - began, time.perf_counter() - encoded)
+
+
 @dataclass(frozen=True)
 class _Conditioning:
     """A request's encoded prompts, once per image; the negative side with true CFG only."""
@@ -256,6 +287,24 @@ class _Conditioning:
             # unconditional side, as Forge's CFG scale runs on FLUX.
             negative = _encode(pipe, request.negative_prompt, count)
         return cls(*_encode(pipe, request.prompt, count), negative)
+
+    @classmethod
+    def joined(cls, parts: list[_Conditioning]) -> _Conditioning:
+        """Several requests' conditionings as one batch (all with true CFG or none)."""
+        negative = None
+        if parts[0].negative is not None:
+            negatives = [part.negative for part in parts if part.negative is not None]
+            negative = (
+                torch.cat([n[0] for n in negatives]),
+                torch.cat([n[1] for n in negatives]),
+                negatives[0][2],
+            )
+        return cls(
+            torch.cat([part.prompt for part in parts]),
+            torch.cat([part.pooled for part in parts]),
+            parts[0].text_ids,
+            negative,
+        )
 
 
 def _encode(pipe: Any, prompt: str, count: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -304,25 +353,33 @@ def _pipeline_sample(pipe, request, conditioning: _Conditioning, source, generat
 
 
 def _prompted_sample(
-    pipe: Any, request: GenerationRequest, guidance: dict[str, Any], source, callback
+    pipe: Any,
+    request: GenerationRequest,
+    guidance: dict[str, Any],
+    source,
+    callback,
+    prompts: list[str] | None = None,
+    generators: list[torch.Generator] | None = None,
 ) -> Sampled:
     """SD 3.x, Z-Image, Qwen-Image: the pipeline encodes the prompts itself, guided as
     ``guidance`` (the family's arguments, see ``_PROMPTED``); ``source`` an image-to-image
-    source or an ``InpaintPlan``; the prompt's time is counted in sampling."""
+    source or an ``InpaintPlan``; ``prompts`` and ``generators``, one per image, for a batch
+    of requests (``generate_many``); the prompt's time is counted in sampling."""
     began = time.perf_counter()
     extra: dict[str, Any] = dict(guidance)
     if isinstance(source, InpaintPlan):
         extra |= {"image": source.start, "mask_image": source.mask, "strength": request.strength}
     elif source is not None:
         extra |= {"image": source, "strength": request.strength}
-    generators = [torch.Generator("cpu").manual_seed(seed) for seed in request.image_seeds()]
+    if generators is None:
+        generators = [torch.Generator("cpu").manual_seed(s) for s in request.image_seeds()]
     with torch.inference_mode():
         images = pipe(
-            prompt=plain_prompt(request.prompt),
+            prompt=prompts if prompts is not None else plain_prompt(request.prompt),
             width=request.width,
             height=request.height,
             num_inference_steps=request.steps,
-            num_images_per_prompt=len(generators),
+            num_images_per_prompt=1 if prompts is not None else len(generators),
             generator=generators,
             callback_on_step_end=callback,
             output_type="pil",
