@@ -148,3 +148,43 @@ def test_past_the_recompile_bound_new_shapes_run_uncompiled(engine, settings, co
         assert max_difference(image, engine.generate(request).images[0]) <= 1
     finally:
         torch._dynamo.config.recompile_limit = settings.compile_recompiles
+
+
+def test_a_flow_models_repeated_blocks_compile_and_give_the_eager_images(engine, compiled):
+    """FLUX.1 and SD 3 (whose transformer does not name its blocks to diffusers): regional
+    compilation, each repeated block compiled in place; eager's images (LoRAs too), and a new
+    prompt and seed compile nothing."""
+    from huabu.demos.flux import DEMO_FLUX, DEMO_FLUX_LORA
+    from huabu.demos.sd3 import DEMO_SD3
+    from huabu.native import GenerationRequest
+
+    for model in (DEMO_FLUX, DEMO_SD3):
+        base = {"model": model, "prompt": "a red fox", "width": 64, "height": 64, "steps": 3}
+        request = GenerationRequest(**base, seed=5)
+        image = compiled.generate(request).images[0]
+        with compiled.cache.lease(model) as loaded:
+            blocks = [
+                module
+                for module in loaded.txt2img.transformer.modules()
+                if type(module).__name__.endswith("TransformerBlock")
+            ]
+            assert blocks and all(is_compiled(block) for block in blocks)
+            assert not is_compiled(loaded.txt2img.transformer)  # the blocks, not the whole
+        assert max_difference(image, engine.generate(request).images[0]) <= 1
+        before = graphs()
+        again = GenerationRequest(**(base | {"prompt": "a blue whale"}), seed=6)
+        assert (
+            max_difference(compiled.generate(again).images[0], engine.generate(again).images[0])
+            <= 1
+        )
+        assert graphs() == before
+    lora = GenerationRequest(
+        model=DEMO_FLUX,
+        prompt="a red fox",
+        width=64,
+        height=64,
+        steps=3,
+        seed=5,
+        loras=(LoraRef(name=DEMO_FLUX_LORA, weight=0.7),),
+    )
+    assert max_difference(compiled.generate(lora).images[0], engine.generate(lora).images[0]) <= 1

@@ -1,4 +1,5 @@
-"""HUABU_COMPILE: each loaded model's UNet compiled by torch.compile.
+"""HUABU_COMPILE: each loaded model's UNet compiled by torch.compile (a flow family's
+transformer: its repeated blocks, see ``prepare_transformer``).
 
 The UNet is compiled in place (``nn.Module.compile``: ``pipe.unet`` stays the same module, so
 LoRA loading, ControlNet pipelines and offloading see what they always see), in channels-last
@@ -54,6 +55,25 @@ def prepare(unet: Any, settings: Settings) -> None:
 
 def is_compiled(unet: Any) -> bool:
     return getattr(unet, "_compiled_call_impl", None) is not None
+
+
+#: The repeated block of a flow transformer that does not name its own (diffusers'
+#: ``_repeated_blocks``): SD 3's.
+_BLOCKS = {"SD3Transformer2DModel": ("JointTransformerBlock",)}
+
+
+def prepare_transformer(transformer: Any, settings: Settings) -> int:
+    """Regional compilation of a flow family's transformer: each of its repeated blocks
+    compiled in place (what diffusers' ``compile_repeated_blocks`` does, for SD 3's blocks
+    too), so that the first call compiles one graph per kind of block, not the whole model.
+    Returns how many blocks were compiled."""
+    kinds: tuple[str, ...] = tuple(getattr(transformer, "_repeated_blocks", None) or ()) or (
+        _BLOCKS.get(type(transformer).__name__, ())
+    )
+    blocks = [module for module in transformer.modules() if type(module).__name__ in kinds]
+    for block in blocks:
+        block.compile(backend=settings.compile_backend)
+    return len(blocks)
 
 
 def unfuse(unet: Any) -> None:

@@ -279,7 +279,10 @@ class PipelineCache:
             path = self._convert_pickle(entry)
         if entry.architecture is not None and entry.architecture.is_flow:
             model_hash = self.library.model_hash(entry)
-            return flow.load(entry, path, self.device, self.dtype, model_hash, self.library)
+            model = flow.load(entry, path, self.device, self.dtype, model_hash, self.library)
+            if compile and self.settings.compile:
+                compiling.prepare_transformer(model.txt2img.transformer, self.settings)
+            return model
         if entry.layout == "diffusers":
             architecture = entry.architecture
             if architecture is None:
