@@ -130,3 +130,37 @@ def test_a_batch_shares_one_call_and_each_request_gets_its_own_images(
         assert result.infotexts == alone.infotexts
         assert progress[-1] == (3, 3)
     assert max_difference(batched[0].images[0], batched[1].images[0]) > 0
+
+
+@pytest.mark.parametrize("sampler", ["Euler a", "DPM++ 2M"])
+def test_a_scheduled_sampler_steps_as_huabus_loop_does(engine, sampler):
+    """The pipelines that keep their own loop step Euler a and DPM++ 2M with a scheduler of
+    the same arithmetic as huabu's loop: FLUX.1 Kontext without an image (its pipeline's
+    loop, FLUX.1's weights) gives what demo-flux gives through the loop."""
+    from huabu.demos.flux import DEMO_FLUX_KONTEXT
+
+    same = {"sampler": sampler, "distilled_guidance": 3.5, "steps": 4}
+    scheduled = engine.generate(request(DEMO_FLUX_KONTEXT, **same)).images[0]
+    looped = engine.generate(request(DEMO_FLUX, **same)).images[0]
+    assert max_difference(scheduled, looped) <= 1
+    euler = engine.generate(request(DEMO_FLUX_KONTEXT, **(same | {"sampler": "Euler"})))
+    assert max_difference(scheduled, euler.images[0]) > 4  # (the sampler did change it)
+
+
+@pytest.mark.parametrize(("model", "lora_family"), DEMOS)
+def test_euler_a_and_dpmpp_2m_run_in_the_pipelines_loop(engine, model, lora_family):
+    euler = engine.generate(request(model, steps=4)).images[0]
+    for sampler in ("Euler a", "DPM++ 2M"):
+        seen: list[tuple[int, int]] = []
+        made = engine.generate(
+            request(model, steps=4, sampler=sampler),
+            on_progress=lambda step, total, _preview, seen=seen: seen.append((step, total)),
+        )
+        again = engine.generate(request(model, steps=4, sampler=sampler)).images[0]
+        assert pixels(made.images[0]).tolist() == pixels(again).tolist()  # seeded
+        assert max_difference(made.images[0], euler) > 0
+        assert seen[-1] == (4, 4) and made.request.sampler == sampler
+    with pytest.raises(InvalidRequest) as refused:
+        engine.generate(request(model, sampler="Heun"))
+    assert refused.value.param == "sampler"
+    assert "Euler, Euler a, DPM++ 2M" in refused.value.message

@@ -93,7 +93,7 @@ _MASK = InpaintRef(mask=ImageRef(key="m"))
     [
         ({"strength": 0.5}, "strength"),  # an edit is drawn anew: no image-to-image strength
         ({"inpaint": _MASK}, "inpaint"),
-        ({"sampler": "DPM++ 2M"}, "sampler"),
+        ({"sampler": "Heun"}, "sampler"),
         ({"negative_prompt": "blurry"}, "negative_prompt"),
     ],
 )

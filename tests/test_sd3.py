@@ -75,7 +75,7 @@ def test_image_to_image_starts_from_the_source(engine):
     ("changes", "param"),
     [
         ({"width": 72}, "width"),  # SD 3's latents are cut in 2×2 patches: multiples of 16
-        ({"sampler": "Euler a"}, "sampler"),
+        ({"sampler": "Heun"}, "sampler"),  # (Euler a and DPM++ 2M run: test_flow_families)
         ({"loras": (LoraRef(name="demo-flux-lora"),)}, "loras.0.name"),  # FLUX.1's
         ({"distilled_guidance": 3.5}, "distilled_guidance"),
         ({"guidance": 1.0, "negative_prompt": "blurry"}, "negative_prompt"),

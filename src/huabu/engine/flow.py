@@ -232,11 +232,24 @@ def generate(
         if plan is not None:  # (fit: Euler only)
             images = _pipeline_sample(pipe, request, conditioning, plan, generators, callback)
             images = [plan.paste(image) for image in images]
-        elif request.sampler in flow_sampling.SAMPLERS:
+        elif request.sampler in flow_sampling.SAMPLERS and not isinstance(
+            pipe, FluxKontextPipeline
+        ):
             images = _k_sample(pipe, request, conditioning, source, generators, callback)
-        else:  # Euler: the pipeline's own
+        else:  # Euler (the pipeline's own), or Kontext's loop with a scheduled sampler
             images = _pipeline_sample(pipe, request, conditioning, source, generators, callback)
     return Sampled(images, encoded - began, time.perf_counter() - encoded)
+
+
+def _sampled_by(pipe: Any, sampler: str, generators: list[torch.Generator]) -> Any:
+    """``pipe``, or for a sampler other than Euler a copy of it (the same components) whose
+    scheduler steps by that sampler (``flow_sampling.SamplerScheduler``)."""
+    if sampler not in flow_sampling.SCHEDULED:
+        return pipe
+    scheduler = flow_sampling.SamplerScheduler.of(pipe.scheduler.config, sampler, generators)
+    copy = type(pipe)(**(pipe.components | {"scheduler": scheduler}))
+    copy.set_progress_bar_config(disable=True)
+    return copy
 
 
 def generate_many(model: FlowModel, requests: list[GenerationRequest], callback: Any) -> Sampled:
@@ -317,6 +330,7 @@ def _encode(pipe: Any, prompt: str, count: int) -> tuple[torch.Tensor, torch.Ten
 
 def _pipeline_sample(pipe, request, conditioning: _Conditioning, source, generators, callback):
     """The pipeline's own call; ``source`` an image-to-image source or an ``InpaintPlan``."""
+    pipe = _sampled_by(pipe, request.sampler, generators)
     extra: dict[str, Any] = {}
     if conditioning.negative is not None:
         negative, negative_pooled, _ = conditioning.negative
@@ -373,6 +387,7 @@ def _prompted_sample(
         extra |= {"image": source, "strength": request.strength}
     if generators is None:
         generators = [torch.Generator("cpu").manual_seed(s) for s in request.image_seeds()]
+    pipe = _sampled_by(pipe, request.sampler, generators)
     with torch.inference_mode():
         images = pipe(
             prompt=prompts if prompts is not None else plain_prompt(request.prompt),

@@ -9,13 +9,14 @@ const SAMPLERS = ["Euler a", "Euler", "LMS", "Heun", "DPM2", "DPM2 a", "DPM++ 2S
 // and guidance, their distilled guidance (false: none steers them), and whether the source
 // image is the image to edit (an editing model: no strength, no mask).
 const FLOW_SAMPLERS = ["Euler", "Euler a", "Heun", "DPM2", "DPM++ 2M"];
+const SCHEDULED = ["Euler", "Euler a", "DPM++ 2M"];  // those a pipeline's own loop runs
 const FLOW = new Map([
   ["flux1", { samplers: FLOW_SAMPLERS, steps: 28, guidance: 1, distilled: 3.5 }],
   ["flux1-schnell", { samplers: FLOW_SAMPLERS, steps: 4, guidance: 1, distilled: false }],
-  ["flux1-kontext", { samplers: ["Euler"], steps: 28, guidance: 1, distilled: 2.5, edits: true }],
-  ["sd3", { samplers: ["Euler"], steps: 28, guidance: 3.5, distilled: false }],
-  ["z-image", { samplers: ["Euler"], steps: 9, guidance: 1, distilled: false }],
-  ["qwen-image", { samplers: ["Euler"], steps: 50, guidance: 4, distilled: false }],
+  ["flux1-kontext", { samplers: SCHEDULED, steps: 28, guidance: 1, distilled: 2.5, edits: true }],
+  ["sd3", { samplers: SCHEDULED, steps: 28, guidance: 3.5, distilled: false }],
+  ["z-image", { samplers: SCHEDULED, steps: 9, guidance: 1, distilled: false }],
+  ["qwen-image", { samplers: SCHEDULED, steps: 50, guidance: 4, distilled: false }],
 ]);
 const SIZES = [[512, 512], [768, 512], [512, 768], [768, 768], [1024, 1024], [1216, 832],
   [832, 1216], [256, 256], [64, 64]];
