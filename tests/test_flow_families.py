@@ -32,14 +32,19 @@ def request(model: str, **changes) -> GenerationRequest:
     return GenerationRequest(**(base | {"seed": 7} | changes))
 
 
-@pytest.mark.parametrize(("model", "lora_family"), DEMOS)
-def test_inpainting_repaints_only_the_mask(engine, model, lora_family):
+@pytest.mark.parametrize(
+    ("model", "sampler"),
+    [(model, "Euler") for model, _ in DEMOS] + [(DEMO_FLUX, "DPM++ 2M"), (DEMO_SD3, "Euler a")],
+)
+def test_inpainting_repaints_only_the_mask(engine, model, sampler):
     source = Image.new("RGB", (64, 64), (220, 30, 30))
     mask = Image.new("L", (64, 64), 0)
     mask.paste(255, (16, 16, 48, 48))
     inpaint = InpaintRef(mask=ImageRef(key="m"), blur=0)
     made = engine.generate(
-        request(model, init_image=ImageRef(key="x"), strength=1.0, inpaint=inpaint),
+        request(
+            model, init_image=ImageRef(key="x"), strength=1.0, inpaint=inpaint, sampler=sampler
+        ),
         init_image=source,
         mask_image=mask,
     ).images[0]
