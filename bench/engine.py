@@ -7,7 +7,11 @@
 (2) The same for FLUX.1 (demo-flux, Euler through the pipeline, distilled guidance 3.5)
     against a bare ``FluxPipeline(...)`` call, and for its k-loop sampler DPM++ 2M against the
     pipeline's Euler (same model calls per step: the loop's own cost; target ≤ 1.03 both).
-(3) RSS while switching 10 times between two checkpoints with a one-slot pipeline cache
+(3) Each other flow family's demo against its bare pipeline on the same request: FLUX.1
+    Kontext (an edit of a 64² image), SD 3.x, Z-Image and Qwen-Image (their defaults: true CFG
+    with the negative prompt on SD 3 and Qwen-Image; target ≤ 1.03 each), and the scheduled
+    DPM++ 2M on SD 3 against its pipeline's Euler (target ≤ 1.03).
+(4) RSS while switching 10 times between two checkpoints with a one-slot pipeline cache
     (target: the last switch ≤ 5 % above the second).
 Uses the demo model under a temporary HUABU_HOME; prints ratios, asserts nothing.
 """
@@ -21,12 +25,21 @@ import time
 from pathlib import Path
 
 import torch
-from diffusers import EulerAncestralDiscreteScheduler, FluxPipeline, StableDiffusionPipeline
+from diffusers import (
+    EulerAncestralDiscreteScheduler,
+    FluxKontextPipeline,
+    FluxPipeline,
+    QwenImagePipeline,
+    StableDiffusion3Pipeline,
+    StableDiffusionPipeline,
+    ZImagePipeline,
+)
+from PIL import Image
 
 from huabu import demos
 from huabu.engine import quiet_libraries
 from huabu.engine.engine import Engine
-from huabu.native import GenerationRequest
+from huabu.native import GenerationRequest, ImageRef
 from huabu.settings import Settings
 
 
@@ -107,6 +120,7 @@ def main() -> None:
     print(f"  ratio         {huabu_s / bare_s:8.3f}   (target <= 1.03)")
 
     flux_engine(engine, settings, args)
+    other_flow_families(engine, settings, args)
 
     switching = Engine(settings.model_copy(update={"pipeline_cache_size": 1}))
     small = request.model_copy(update={"steps": 2})
@@ -157,6 +171,72 @@ def flux_engine(engine: Engine, settings: Settings, args) -> None:
     print(f"  DPM++ 2M (huabu's loop) {loop_s * 1000:8.1f} ms")
     print(f"  Euler (the pipeline's)  {euler_s * 1000:8.1f} ms")
     print(f"  ratio                   {loop_s / euler_s:8.3f}   (target <= 1.03)")
+
+
+def other_flow_families(engine: Engine, settings: Settings, args) -> None:
+    """Each demo as the engine runs it, against its bare pipeline given what the engine
+    gives it (guidance as each family's pipeline counts it: see ``engine.flow``)."""
+    source = Image.new("RGB", (args.size, args.size), (220, 30, 30))
+    prompt, negative = "a red fox in the snow", "blurry"
+    cases = [
+        ("demo-flux-kontext", FluxKontextPipeline, {"init_image": ImageRef(key="x")},
+         {"image": source, "guidance_scale": 2.5, "_auto_resize": False,
+          "max_area": args.size * args.size}),
+        ("demo-sd3", StableDiffusion3Pipeline, {"negative_prompt": negative},
+         {"negative_prompt": negative, "guidance_scale": 3.5}),
+        ("demo-z-image", ZImagePipeline, {}, {"guidance_scale": 0.0}),
+        ("demo-qwen-image", QwenImagePipeline, {"negative_prompt": negative},
+         {"negative_prompt": negative, "true_cfg_scale": 4.0}),
+    ]  # fmt: skip
+    for name, pipeline, native, bare_extra in cases:
+        request = GenerationRequest(
+            model=name,
+            prompt=prompt,
+            width=args.size,
+            height=args.size,
+            steps=args.steps,
+            seed=42,
+            **native,
+        )
+        bare = pipeline.from_pretrained(
+            settings.models_dir / "checkpoints" / name, local_files_only=True
+        )
+        bare.set_progress_bar_config(disable=True)
+        image = source if "init_image" in native else None
+
+        def bare_call(bare=bare, bare_extra=bare_extra):
+            return bare(
+                prompt=prompt,
+                width=args.size,
+                height=args.size,
+                num_inference_steps=args.steps,
+                generator=torch.Generator("cpu").manual_seed(42),
+                **bare_extra,
+            ).images
+
+        def huabu_call(request=request, image=image):
+            return engine.generate(request, init_image=image)
+
+        huabu_s, bare_s = timed_pair(huabu_call, bare_call, args.runs)
+        print(f"{name} @ {args.size}x{args.size}, {args.steps} steps, Euler")
+        print(f"  huabu engine  {huabu_s * 1000:8.1f} ms")
+        print(f"  bare diffusers{bare_s * 1000:8.1f} ms")
+        print(f"  ratio         {huabu_s / bare_s:8.3f}   (target <= 1.03)")
+    euler = GenerationRequest(
+        model="demo-sd3",
+        prompt=prompt,
+        width=args.size,
+        height=args.size,
+        steps=args.steps,
+        seed=42,
+    )
+    scheduled = euler.model_copy(update={"sampler": "DPM++ 2M"})
+    dpm_s, euler_s = timed_pair(
+        lambda: engine.generate(scheduled), lambda: engine.generate(euler), args.runs
+    )
+    print(f"  demo-sd3 DPM++ 2M (scheduled) {dpm_s * 1000:8.1f} ms")
+    print(f"  demo-sd3 Euler (the pipeline's) {euler_s * 1000:8.1f} ms")
+    print(f"  ratio                   {dpm_s / euler_s:8.3f}   (target <= 1.03)")
 
 
 if __name__ == "__main__":
