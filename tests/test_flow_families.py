@@ -18,6 +18,9 @@ from huabu.demos.zimage import DEMO_Z_IMAGE
 from huabu.errors import InvalidRequest
 from huabu.native import GenerationRequest, ImageRef, InpaintRef, LoraRef
 
+#: Twenty-odd generations on four families' demos: the full suite's, not the edit loop's.
+pytestmark = pytest.mark.slow
+
 #: Each demo, and the family its LoRA is listed with (None: an SD 3 LoRA in the diffusers
 #: layout names layers FLUX.1's have too, so its file does not tell).
 DEMOS = [
