@@ -17,7 +17,14 @@ from huabu.catalog.infotext import parse_infotext, read_parameters
 from huabu.demos.flux import DEMO_FLUX, DEMO_FLUX_LORA
 from huabu.engine import flow_sampling
 from huabu.errors import InvalidRequest, ModelUnavailable
-from huabu.native import ControlUnit, GenerationRequest, ImageRef, InpaintRef, LoraRef
+from huabu.native import (
+    ControlUnit,
+    GenerationRequest,
+    HiresFix,
+    ImageRef,
+    InpaintRef,
+    LoraRef,
+)
 from test_service import submit, wait_finished
 
 SMALL = {"model": DEMO_FLUX, "prompt": "a red fox in the snow", "width": 64, "height": 64}
@@ -186,6 +193,31 @@ def test_inpainting_repaints_only_the_mask(engine):
             mask_image=mask,
         )
     assert refused.value.param == "sampler"
+
+
+def test_the_hires_fix_refines_each_image_upscaled(engine):
+    """A1111's hires fix on FLUX.1: the first pass at 64², each image upscaled (Lanczos) to 128²
+    and refined as image-to-image with its own seed; progress counts both passes; the latent
+    upscalers, which would need the transformer's packed latents upscaled, are refused."""
+    seen = []
+    hires = HiresFix(scale=2.0, upscaler="Lanczos", steps=3, strength=0.5)
+    made = engine.generate(
+        request(steps=3, n_images=2, hires=hires),
+        on_progress=lambda step, total, _preview: seen.append((step, total)),
+    )
+    assert [image.size for image in made.images] == [(128, 128), (128, 128)]
+    # 3 first-pass steps, then each image's 2 (strength 0.5 of 3, as diffusers trims).
+    assert seen == [(step, 7) for step in range(1, 8)]
+    second_alone = engine.generate(request(steps=3, seed=8, hires=hires)).images[0]
+    assert max_difference(made.images[1], second_alone) <= 2  # its own seed's image
+    assert max_difference(made.images[0], made.images[1]) > 16
+    plain = engine.generate(request(steps=3)).images[0].resize((128, 128), Image.LANCZOS)
+    assert max_difference(made.images[0], plain) > 0  # refined, not only resized
+    fields = parse_infotext(made.infotexts[0])
+    assert fields["Hires upscale"] == "2" and fields["Hires upscaler"] == "Lanczos"
+    with pytest.raises(InvalidRequest) as refused:
+        engine.generate(request(hires=HiresFix(upscaler="Latent")))
+    assert refused.value.param == "hires.upscaler" and "Lanczos" in refused.value.message
 
 
 def test_progress_previews_and_cancel(engine):

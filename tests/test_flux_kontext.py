@@ -108,6 +108,14 @@ def test_what_kontext_cannot_do_is_refused_by_field(engine, changes, param):
     assert "FLUX.1 Kontext" in refused.value.message or "Kontext" in refused.value.message
 
 
+def test_an_editing_model_takes_no_hires_fix(engine):
+    from huabu.native import HiresFix
+
+    with pytest.raises(InvalidRequest) as refused:
+        engine.generate(request(hires=HiresFix(upscaler="Lanczos")))
+    assert refused.value.param == "hires" and "Kontext" in refused.value.message
+
+
 def test_families_not_runnable_yet_are_listed_and_refused_naming_model(tmp_path, settings):
     """A FLUX.2 folder is recognised by its pipeline class: listed with its family, refused
     at submit (before anything loads) naming ``model``."""

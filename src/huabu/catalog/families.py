@@ -17,6 +17,7 @@ from typing import Any
 from huabu.catalog.architectures import Architecture
 from huabu.errors import InvalidRequest
 from huabu.native import GenerationRequest
+from huabu.native.generation import IMAGE_UPSCALERS, LATENT_UPSCALERS
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,6 @@ _SD_ONLY = (
     ("refiner", "SDXL refiner"),
     ("embeddings", "SD textual-inversion embeddings"),
     ("vae", "override VAE"),
-    ("hires", "hires fix yet"),
     ("tiling", "tiling yet"),
 )
 
@@ -153,6 +153,18 @@ def fit(request: GenerationRequest, architecture: Architecture | None) -> Genera
     for name, what in _SD_ONLY:
         if getattr(request, name):
             raise InvalidRequest(f"{name}: {family.label} models take no {what}", param=name)
+    if request.hires is not None:
+        if family.edits:
+            raise InvalidRequest(
+                f"hires: {family.label} models edit an image; they take no hires fix",
+                param="hires",
+            )
+        if request.hires.upscaler in LATENT_UPSCALERS:
+            raise InvalidRequest(
+                f"hires.upscaler: {family.label} models upscale the decoded image in the hires "
+                f"fix: {', '.join(IMAGE_UPSCALERS)}",
+                param="hires.upscaler",
+            )
     if request.loras and not family.loras:
         raise InvalidRequest(f"loras: {family.label} models take no LoRAs yet", param="loras")
     if request.clip_skip != 1:

@@ -271,7 +271,10 @@ class Engine:
             preview = LatentPreview(sdxl=False, render=flow.previewer(model, request))
             step = _StepHook(_first_image(on_progress), should_cancel, preview)
             with model.loras.applied(request.loras):
-                made = flow.generate(model, request, source, step.diffusers_callback, plan)
+                if request.hires is None:
+                    made = flow.generate(model, request, source, step.diffusers_callback, plan)
+                else:
+                    made = self._flow_hires(model, request, step)
         timings = Timings(
             load=loaded - started,
             prompt=made.prompt,
@@ -280,6 +283,32 @@ class Engine:
             total=time.perf_counter() - started,
         )
         return self._result(request, model, made.images, timings)
+
+    def _flow_hires(self, model, request: GenerationRequest, step: _StepHook) -> flow.Sampled:
+        """A1111's hires fix on a flow family: the first pass's images upscaled as decoded
+        images (``catalog.families.fit`` refuses the latent upscalers there), cut to the final
+        size, and each refined as image-to-image with its own seed."""
+        first, second = flow.hires_passes(request)
+        later = flow.image_to_image_steps(second)
+        hook = step._next(done=0, later=later * request.n_images)
+        made = flow.generate(model, first, None, hook.diffusers_callback)
+        images, prompt, sample = [], made.prompt, made.sample
+        for index, (image, seed) in enumerate(zip(made.images, request.image_seeds(), strict=True)):
+            one = second.model_copy(update={"seed": seed, "n_images": 1})
+            source = flow.hires_source(image, request, second)
+            preview = LatentPreview(sdxl=False, render=flow.previewer(model, one))
+            after = _StepHook(
+                step.on_progress,
+                step.should_cancel,
+                preview,
+                done=first.steps + index * later,
+                later=(request.n_images - 1 - index) * later,
+                reached=step.reached,
+            )
+            refined = flow.generate(model, one, source, after.diffusers_callback)
+            images += refined.images
+            prompt, sample = prompt + refined.prompt, sample + refined.sample
+        return flow.Sampled(images, prompt, sample)
 
     def _annotator_file(self, file_name: str) -> Path:
         """Where annotator ``file_name`` is (downloaded first, if the fleet published it)."""

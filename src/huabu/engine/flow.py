@@ -48,8 +48,9 @@ from huabu.engine.adapters import LoraSwitch
 from huabu.engine.inpainting import InpaintPlan
 from huabu.engine.previews import approx_flow
 from huabu.engine.prompts import parse_weights
+from huabu.engine.variation import upscale_image
 from huabu.errors import ModelUnavailable
-from huabu.native import GenerationRequest
+from huabu.native import GenerationRequest, ImageRef
 
 #: (text-to-image, image-to-image, inpainting) pipeline classes per family (None: the family
 #: does not inpaint here).
@@ -250,6 +251,41 @@ def _sampled_by(pipe: Any, sampler: str, generators: list[torch.Generator]) -> A
     copy = type(pipe)(**(pipe.components | {"scheduler": scheduler}))
     copy.set_progress_bar_config(disable=True)
     return copy
+
+
+def hires_passes(request: GenerationRequest) -> tuple[GenerationRequest, GenerationRequest]:
+    """The hires fix's two passes on a flow family: the first at the request's size, and the
+    image-to-image pass at the final size (A1111's sizes, in the family's multiples of 16),
+    with the hires steps and strength."""
+    assert request.hires is not None
+    _, final = request.hires.sizes(request.width, request.height)
+    first = request.model_copy(update={"hires": None})
+    second = first.model_copy(
+        update={
+            "width": final[0] // 16 * 16,
+            "height": final[1] // 16 * 16,
+            "steps": request.hires.steps or request.steps,
+            "strength": request.hires.strength,
+            "init_image": ImageRef(key="hires"),
+        }
+    )
+    return first, second
+
+
+def hires_source(image: Image.Image, request: GenerationRequest, second: GenerationRequest):
+    """A first-pass image upscaled as the hires fix asks (Lanczos or Nearest), then cut to
+    the second pass's size around its centre."""
+    assert request.hires is not None
+    upscaled, _ = request.hires.sizes(request.width, request.height)
+    big = upscale_image(image, request.hires.upscaler, upscaled)
+    left, top = (big.width - second.width) // 2, (big.height - second.height) // 2
+    return big.crop((left, top, left + second.width, top + second.height))
+
+
+def image_to_image_steps(request: GenerationRequest) -> int:
+    """The steps a flow pipeline's image-to-image pass runs: ``strength`` of the schedule,
+    as diffusers trims it (its start rounded down)."""
+    return request.steps - int(max(request.steps - request.steps * request.strength, 0))
 
 
 def generate_many(model: FlowModel, requests: list[GenerationRequest], callback: Any) -> Sampled:
