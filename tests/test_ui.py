@@ -613,8 +613,15 @@ def test_a_flux_model_shows_its_own_controls_and_generates(page, server, account
         "DPM2",
         "DPM++ 2M",
     ]
-    for hidden in ("#control", "#advanced"):
-        expect(page.locator(hidden)).to_be_hidden()
+    expect(page.locator("#control")).to_be_hidden()
+    # The hires fix stays, with the image upscalers only; the refiner and variation go.
+    page.get_by_text("Hires fix, refiner, variation, tiling").click()
+    expect(page.get_by_role("combobox", name="Refiner", exact=True)).to_be_hidden()
+    expect(page.locator("#subseed")).to_be_hidden()
+    upscalers = page.locator("#hires-upscaler option:not([hidden])").all_inner_texts()
+    assert upscalers == ["Lanczos", "Nearest"]
+    page.locator("#hires-on").check()
+    page.get_by_label("Hires steps").fill("2")
     page.get_by_label("Prompt", exact=True).fill("a red fox")
     page.get_by_label("Width", exact=True).fill("64")
     page.get_by_label("Height", exact=True).fill("64")
@@ -629,10 +636,13 @@ def test_a_flux_model_shows_its_own_controls_and_generates(page, server, account
     parameters = page.get_by_role("dialog", name="Image 1, seed 7").locator("pre")
     expect(parameters).to_contain_text("Sampler: DPM++ 2M")
     expect(parameters).to_contain_text("Distilled CFG Scale: 5")
+    expect(parameters).to_contain_text("Hires upscaler: Lanczos")
     page.get_by_role("dialog").get_by_role("button", name="Close").click()
     # Back on an SD model: every sampler and SD's extras again, with SD's usual values.
     page.locator("#model").select_option("demo")
     expect(page.locator("#control")).to_be_visible()
+    expect(page.get_by_role("combobox", name="Refiner", exact=True)).to_be_visible()
+    expect(page.locator("#subseed")).to_be_visible()
     expect(page.get_by_label("Distilled guidance")).to_be_hidden()
     expect(page.get_by_label("Guidance", exact=True)).to_have_value("7")
     assert len(sampler.locator("option").all_inner_texts()) == 20

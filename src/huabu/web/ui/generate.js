@@ -112,17 +112,26 @@ function offerExtras() {
 }
 $("model").addEventListener("change", offerExtras);
 
-// A flow model (FLUX.1 …) shows only what it takes: its samplers, its distilled guidance, and
-// none of SD's extras (ControlNet, IP-Adapter, VAE, embeddings, hires fix, refiner, variation,
-// tiling, clip skip). Switching between the kinds sets their usual steps and guidance.
+// A flow model (FLUX.1 …) shows only what it takes: its samplers, its distilled guidance, the
+// hires fix with the image upscalers, and none of SD's extras (ControlNet, IP-Adapter, VAE,
+// embeddings, refiner, variation, tiling, clip skip). Switching between the kinds sets their
+// usual steps and guidance.
 let shownKind = "sd";  // "sd", or the flow family shown
 const family = () => library.families.get(`checkpoints/${$("model").value}`);
 const flowFamily = () => FLOW.get(family());
 function fitFamily() {
   const flow = flowFamily();
-  for (const element of [$("control"), $("advanced"), $("vae").closest("label")]) {
+  // The advanced section stays (hires fix, image format); its SD-only parts and the latent
+  // upscalers (a flow model's hires fix upscales the decoded image) do not.
+  const sdOnly = [$("control"), $("vae").closest("label"), ...document.querySelectorAll(".sd-only")];
+  for (const element of sdOnly) {
     element.hidden = Boolean(flow);
   }
+  $("advanced").hidden = Boolean(flow && flow.edits);
+  for (const option of $("hires-upscaler").options) {
+    option.hidden = Boolean(flow) && option.value.startsWith("Latent");
+  }
+  if (flow && $("hires-upscaler").value.startsWith("Latent")) $("hires-upscaler").value = "Lanczos";
   if (flow) $("embeddings").hidden = true;
   $("distilled-field").hidden = !(flow && flow.distilled);
   for (const element of document.querySelectorAll(".repaint")) {
@@ -316,14 +325,14 @@ async function requestBody() {
     }));
   }
   if ($("output_format").value !== "png") body.output_format = $("output_format").value;
-  if (flow) return body;
-  if ($("ip-name").value) {
-    body.ip_adapter = { name: $("ip-name").value, image: ipImage, scale: number("ip-scale") };
-  }
-  if ($("hires-on").checked) {
+  if ($("hires-on").checked && !(flow && flowFamily().edits)) {
     body.hires = { scale: number("hires-scale"), upscaler: $("hires-upscaler").value,
       steps: number("hires-steps"), strength: number("hires-strength"),
       resize_width: number("hires-width"), resize_height: number("hires-height") };
+  }
+  if (flow) return body;
+  if ($("ip-name").value) {
+    body.ip_adapter = { name: $("ip-name").value, image: ipImage, scale: number("ip-scale") };
   }
   if ($("refiner").value) {
     body.refiner = { model: $("refiner").value, switch_at: number("refiner-switch"),
