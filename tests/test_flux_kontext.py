@@ -92,7 +92,7 @@ _MASK = InpaintRef(mask=ImageRef(key="m"))
     ("changes", "param"),
     [
         ({"strength": 0.5}, "strength"),  # an edit is drawn anew: no image-to-image strength
-        ({"inpaint": _MASK}, "inpaint"),
+        ({"inpaint": _MASK, "strength": 0.5}, "strength"),  # inside a mask too
         ({"sampler": "Heun"}, "sampler"),
         ({"negative_prompt": "blurry"}, "negative_prompt"),
     ],
@@ -106,6 +106,21 @@ def test_what_kontext_cannot_do_is_refused_by_field(engine, changes, param):
         )
     assert refused.value.param == param
     assert "FLUX.1 Kontext" in refused.value.message or "Kontext" in refused.value.message
+
+
+def test_an_edit_inside_a_mask_keeps_the_rest(engine):
+    """Kontext's inpainting pipeline: the prompt's edit inside the mask, the image's own
+    pixels outside it (pasted back as on SD)."""
+    source = Image.new("RGB", (64, 64), (220, 30, 30))
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    made = engine.generate(
+        request(init_image=ImageRef(key="x"), inpaint=InpaintRef(mask=ImageRef(key="m"), blur=0)),
+        init_image=source,
+        mask_image=mask,
+    ).images[0]
+    assert made.crop((0, 0, 64, 16)).tobytes() == source.crop((0, 0, 64, 16)).tobytes()
+    assert max_difference(made.crop((16, 16, 48, 48)), source.crop((16, 16, 48, 48))) > 32
 
 
 def test_an_editing_model_takes_no_hires_fix(engine):
@@ -135,7 +150,7 @@ def test_families_not_runnable_yet_are_listed_and_refused_naming_model(tmp_path,
 
 def test_openai_clients_edit_with_kontext(server, accounts):
     """``images.edit`` with an editing model is an instruction: the image and the prompt, at
-    the image's size (in the family's multiples of 16); a mask is refused by its name."""
+    the image's size (in the family's multiples of 16); with a mask, only inside it."""
     import openai
 
     key = accounts.create_key(accounts.add_user("kontext@example.com", "password123").id)
@@ -160,14 +175,16 @@ def test_openai_clients_edit_with_kontext(server, accounts):
     assert fields["Denoising strength"] == "1"
     mask = Image.new("RGBA", (72, 72), (0, 0, 0, 255))
     mask.paste((0, 0, 0, 0), (8, 8, 40, 40))
-    with pytest.raises(openai.BadRequestError) as refused:
-        client.images.edit(
-            model=DEMO_FLUX_KONTEXT,
-            image=("in.png", png(RED.resize((72, 72)))),
-            mask=("mask.png", png(mask)),
-            prompt="a hat",
-        )
-    assert refused.value.body["param"] == "mask"
+    masked = client.images.edit(
+        model=DEMO_FLUX_KONTEXT,
+        image=("in.png", png(RED.resize((64, 64)))),
+        mask=("mask.png", png(mask.resize((64, 64)))),
+        prompt="a hat",
+    )
+    hat = Image.open(io.BytesIO(httpx.get(masked.data[0].url).content)).convert("RGB")
+    corner = RED.crop((48, 48, 64, 64)).tobytes()
+    assert hat.crop((48, 48, 64, 64)).tobytes() == corner  # outside the mask: the image's
+    assert max_difference(hat.crop((8, 8, 32, 32)), RED.crop((8, 8, 32, 32))) > 32
 
 
 def test_a1111_clients_edit_with_kontext_through_img2img(server, accounts):

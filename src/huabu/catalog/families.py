@@ -70,11 +70,9 @@ FAMILIES = {
         _flow(Architecture.FLUX1, 28, 1.0, distilled_guidance=3.5, samplers=_FLOW_SAMPLERS),
         # Timestep-distilled: 4 steps, no guidance of either kind needed.
         _flow(Architecture.FLUX1_SCHNELL, 4, 1.0, samplers=_FLOW_SAMPLERS),
-        # Kontext [dev]'s published use: 28 steps, distilled guidance 2.5; FLUX.1's LoRAs; its
-        # inpainting pipeline (an edit inside a mask) is not wired in.
-        _flow(
-            Architecture.FLUX1_KONTEXT, 28, 1.0, distilled_guidance=2.5, inpaint=False, edits=True
-        ),
+        # Kontext [dev]'s published use: 28 steps, distilled guidance 2.5; FLUX.1's LoRAs;
+        # inpainting is an edit inside the mask.
+        _flow(Architecture.FLUX1_KONTEXT, 28, 1.0, distilled_guidance=2.5, edits=True),
         # SD 3.5 Large's published defaults: true CFG 3.5, 28 steps, with a negative prompt.
         _flow(Architecture.SD3, 28, 3.5),
         # Qwen-Image's published defaults: 50 steps, true CFG 4 with a negative prompt.

@@ -26,6 +26,7 @@ from diffusers import (
     FlowMatchEulerDiscreteScheduler,
     FluxImg2ImgPipeline,
     FluxInpaintPipeline,
+    FluxKontextInpaintPipeline,
     FluxKontextPipeline,
     FluxPipeline,
     QwenImageImg2ImgPipeline,
@@ -58,7 +59,11 @@ PIPELINES: dict[Architecture, tuple[Any, Any, Any]] = {
     Architecture.FLUX1: (FluxPipeline, FluxImg2ImgPipeline, FluxInpaintPipeline),
     Architecture.FLUX1_SCHNELL: (FluxPipeline, FluxImg2ImgPipeline, FluxInpaintPipeline),
     # Kontext reads the image to edit beside the prompt: one pipeline for both.
-    Architecture.FLUX1_KONTEXT: (FluxKontextPipeline, FluxKontextPipeline, None),
+    Architecture.FLUX1_KONTEXT: (
+        FluxKontextPipeline,
+        FluxKontextPipeline,
+        FluxKontextInpaintPipeline,
+    ),
     Architecture.SD3: (
         StableDiffusion3Pipeline,
         StableDiffusion3Img2ImgPipeline,
@@ -375,17 +380,16 @@ def _pipeline_sample(pipe, request, conditioning: _Conditioning, source, generat
             "negative_prompt_embeds": negative,
             "negative_pooled_prompt_embeds": negative_pooled,
         }
+    kept = {"_auto_resize": False, "max_area": request.width * request.height}
     if isinstance(source, InpaintPlan):
         extra |= {"image": source.start, "mask_image": source.mask, "strength": request.strength}
+        if isinstance(pipe, FluxKontextInpaintPipeline):  # the image is its own reference
+            extra |= kept
     elif isinstance(pipe, FluxKontextPipeline):
         # The image to edit, as given at the output size (not moved to one of the sizes
         # Kontext was trained at), and that size kept (the pipeline scales every size to 1024²
         # unless told the area): the caller chose the size.
-        extra |= {
-            "image": source,
-            "_auto_resize": False,
-            "max_area": request.width * request.height,
-        }
+        extra |= {"image": source} | kept
     elif source is not None:
         extra |= {"image": source, "strength": request.strength}
     return pipe(

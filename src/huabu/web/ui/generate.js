@@ -7,7 +7,7 @@ const SAMPLERS = ["Euler a", "Euler", "LMS", "Heun", "DPM2", "DPM2 a", "DPM++ 2S
   "DPM++ 2S a Karras", "DPM++ 2M Karras", "DPM++ SDE Karras", "DDIM", "PLMS", "UniPC"];
 // The flow-matching families that run (see catalog/families.py): their samplers, usual steps
 // and guidance, their distilled guidance (false: none steers them), and whether the source
-// image is the image to edit (an editing model: no strength, no mask).
+// image is the image to edit (an editing model: no strength; a mask edits inside it).
 const FLOW_SAMPLERS = ["Euler", "Euler a", "Heun", "DPM2", "DPM++ 2M"];
 const SCHEDULED = ["Euler", "Euler a", "DPM++ 2M"];  // those a pipeline's own loop runs
 const FLOW = new Map([
@@ -300,11 +300,10 @@ async function requestBody() {
   if (chosenLoras.length) body.loras = chosenLoras.map(({ name, input }) => ({ name, weight: Number(input.value) }));
   const embeddings = [...$("embeddings").querySelectorAll("input:checked")].map((box) => box.value);
   if (embeddings.length && !flow) body.embeddings = embeddings;
-  if (source && flow && flowFamily().edits) {
-    body.init_image = source.id;  // the image to edit: drawn anew, no strength or mask
-  } else if (source) {
+  if (source) {
     body.init_image = source.id;
-    body.strength = number("strength");
+    // An editing model's image is the image to edit, drawn anew: no strength.
+    if (!(flow && flowFamily().edits)) body.strength = number("strength");
     const mask = await painter.mask();
     if (mask) {
       body.inpaint = {
