@@ -172,3 +172,17 @@ def test_euler_a_and_dpmpp_2m_run_in_the_pipelines_loop(engine, model, lora_fami
         engine.generate(request(model, sampler="Heun"))
     assert refused.value.param == "sampler"
     assert "Euler, Euler a, DPM++ 2M" in refused.value.message
+
+
+def test_the_hires_fix_upscales_latents_on_sd3_and_images_on_the_others(engine):
+    from huabu.native import HiresFix
+
+    latent = HiresFix(scale=2.0, upscaler="Latent (bicubic)", steps=2, strength=0.5)
+    made = engine.generate(request(DEMO_SD3, hires=latent)).images[0]
+    assert made.size == (128, 128)
+    for model in (DEMO_Z_IMAGE, DEMO_QWEN_IMAGE):
+        lanczos = latent.model_copy(update={"upscaler": "Lanczos"})
+        assert engine.generate(request(model, hires=lanczos)).images[0].size == (128, 128)
+        with pytest.raises(InvalidRequest) as refused:
+            engine.generate(request(model, hires=latent))
+        assert refused.value.param == "hires.upscaler" and "Lanczos" in refused.value.message

@@ -196,9 +196,9 @@ def test_inpainting_repaints_only_the_mask(engine):
 
 
 def test_the_hires_fix_refines_each_image_upscaled(engine):
-    """A1111's hires fix on FLUX.1: the first pass at 64², each image upscaled (Lanczos) to 128²
-    and refined as image-to-image with its own seed; progress counts both passes; the latent
-    upscalers, which would need the transformer's packed latents upscaled, are refused."""
+    """A1111's hires fix on FLUX.1: the first pass at 64², each image upscaled (Lanczos, or a
+    latent mode) to 128² and refined as image-to-image with its own seed; progress counts both
+    passes."""
     seen = []
     hires = HiresFix(scale=2.0, upscaler="Lanczos", steps=3, strength=0.5)
     made = engine.generate(
@@ -215,9 +215,14 @@ def test_the_hires_fix_refines_each_image_upscaled(engine):
     assert max_difference(made.images[0], plain) > 0  # refined, not only resized
     fields = parse_infotext(made.infotexts[0])
     assert fields["Hires upscale"] == "2" and fields["Hires upscaler"] == "Lanczos"
-    with pytest.raises(InvalidRequest) as refused:
-        engine.generate(request(hires=HiresFix(upscaler="Latent")))
-    assert refused.value.param == "hires.upscaler" and "Lanczos" in refused.value.message
+    # A1111's latent modes upscale the transformer's latents (unpacked), in the pipeline's
+    # Euler and in huabu's loop alike.
+    for sampler in ("Euler", "DPM++ 2M"):
+        latent = hires.model_copy(update={"upscaler": "Latent"})
+        upscaled = engine.generate(request(steps=3, sampler=sampler, hires=latent)).images[0]
+        assert upscaled.size == (128, 128)
+        alone = engine.generate(request(steps=3, sampler=sampler, hires=hires)).images[0]
+        assert max_difference(upscaled, alone) > 0  # not the image upscaler's
 
 
 def test_progress_previews_and_cancel(engine):

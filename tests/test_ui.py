@@ -614,13 +614,14 @@ def test_a_flux_model_shows_its_own_controls_and_generates(page, server, account
         "DPM++ 2M",
     ]
     expect(page.locator("#control")).to_be_hidden()
-    # The hires fix stays, with the image upscalers only; the refiner and variation go.
+    # The hires fix stays (its latent modes too); the refiner and variation go.
     page.get_by_text("Hires fix, refiner, variation, tiling").click()
     expect(page.get_by_role("combobox", name="Refiner", exact=True)).to_be_hidden()
     expect(page.locator("#subseed")).to_be_hidden()
     upscalers = page.locator("#hires-upscaler option:not([hidden])").all_inner_texts()
-    assert upscalers == ["Lanczos", "Nearest"]
+    assert "Latent" in upscalers and "Lanczos" in upscalers
     page.locator("#hires-on").check()
+    page.locator("#hires-upscaler").select_option("Lanczos")
     page.get_by_label("Hires steps").fill("2")
     page.get_by_label("Prompt", exact=True).fill("a red fox")
     page.get_by_label("Width", exact=True).fill("64")

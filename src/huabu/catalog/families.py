@@ -41,6 +41,9 @@ class Family:
     #: An editing family: ``init_image`` is the image to edit, which the model reads beside
     #: the prompt while it generates from noise (no image-to-image strength).
     edits: bool = False
+    #: Whether the hires fix's latent upscalers run (its image-to-image pipeline starts from
+    #: latents as they come out of its first pass).
+    latent_hires: bool = True
 
     @property
     def label(self) -> str:
@@ -76,9 +79,12 @@ FAMILIES = {
         # SD 3.5 Large's published defaults: true CFG 3.5, 28 steps, with a negative prompt.
         _flow(Architecture.SD3, 28, 3.5),
         # Qwen-Image's published defaults: 50 steps, true CFG 4 with a negative prompt.
-        _flow(Architecture.QWEN_IMAGE, 50, 4.0),
+        # (Its image-to-image pipeline takes its video VAE's 5-D latents: the hires fix
+        # upscales the decoded image.)
+        _flow(Architecture.QWEN_IMAGE, 50, 4.0, latent_hires=False),
         # Z-Image Turbo's published use: 9 steps (8 model calls), no CFG.
-        _flow(Architecture.Z_IMAGE, 9, 1.0),
+        # (Its image-to-image pipeline preprocesses latents as an image: the same.)
+        _flow(Architecture.Z_IMAGE, 9, 1.0, latent_hires=False),
     )
 }
 
@@ -157,7 +163,7 @@ def fit(request: GenerationRequest, architecture: Architecture | None) -> Genera
                 f"hires: {family.label} models edit an image; they take no hires fix",
                 param="hires",
             )
-        if request.hires.upscaler in LATENT_UPSCALERS:
+        if request.hires.upscaler in LATENT_UPSCALERS and not family.latent_hires:
             raise InvalidRequest(
                 f"hires.upscaler: {family.label} models upscale the decoded image in the hires "
                 f"fix: {', '.join(IMAGE_UPSCALERS)}",

@@ -285,17 +285,23 @@ class Engine:
         return self._result(request, model, made.images, timings)
 
     def _flow_hires(self, model, request: GenerationRequest, step: _StepHook) -> flow.Sampled:
-        """A1111's hires fix on a flow family: the first pass's images upscaled as decoded
-        images (``catalog.families.fit`` refuses the latent upscalers there), cut to the final
-        size, and each refined as image-to-image with its own seed."""
+        """A1111's hires fix on a flow family: the first pass's latents upscaled (the latent
+        modes) or its decoded images (Lanczos, Nearest), cut to the final size, and each
+        refined as image-to-image with its own seed."""
+        assert request.hires is not None
         first, second = flow.hires_passes(request)
         later = flow.image_to_image_steps(second)
         hook = step._next(done=0, later=later * request.n_images)
-        made = flow.generate(model, first, None, hook.diffusers_callback)
+        latent = request.hires.upscaler in LATENT_UPSCALERS
+        made = flow.generate(model, first, None, hook.diffusers_callback, latent=latent)
         images, prompt, sample = [], made.prompt, made.sample
-        for index, (image, seed) in enumerate(zip(made.images, request.image_seeds(), strict=True)):
+        for index, seed in enumerate(request.image_seeds()):
             one = second.model_copy(update={"seed": seed, "n_images": 1})
-            source = flow.hires_source(image, request, second)
+            source: Image.Image | torch.Tensor
+            if made.latents is not None:
+                source = flow.hires_latents(made.latents[index : index + 1], request, second)
+            else:
+                source = flow.hires_source(made.images[index], request, second)
             preview = LatentPreview(sdxl=False, render=flow.previewer(model, one))
             after = _StepHook(
                 step.on_progress,

@@ -49,7 +49,7 @@ from huabu.engine.adapters import LoraSwitch
 from huabu.engine.inpainting import InpaintPlan
 from huabu.engine.previews import approx_flow
 from huabu.engine.prompts import parse_weights
-from huabu.engine.variation import upscale_image
+from huabu.engine.variation import crop_latents, upscale_image, upscale_latents
 from huabu.errors import ModelUnavailable
 from huabu.native import GenerationRequest, ImageRef
 
@@ -205,19 +205,27 @@ class Sampled:
     #: Seconds encoding the prompt, and sampling and decoding (one pipeline call).
     prompt: float
     sample: float
+    #: With ``generate(..., latent=True)``: the undecoded latents ``[B, C, h, w]`` (as the
+    #: transformer sees them, unpacked) instead of images.
+    latents: torch.Tensor | None = None
 
 
 def generate(
     model: FlowModel,
     request: GenerationRequest,
-    source: Image.Image | None,
+    source: Image.Image | torch.Tensor | None,
     callback: Any,
     plan: InpaintPlan | None = None,
+    *,
+    latent: bool = False,
 ) -> Sampled:
     """Run ``request`` (fitted to the family) on ``model``; ``source`` is the image-to-image
     source at the output size, ``plan`` an inpainting's (the family's inpainting pipeline,
     pasted back as on SD); ``callback`` is diffusers' ``callback_on_step_end``. Euler runs
-    through the diffusers pipeline itself, the other samplers in ``flow_sampling``'s loop."""
+    through the diffusers pipeline itself, the other samplers in ``flow_sampling``'s loop. A
+    ``source`` may be latents (the hires fix's latent upscale); ``latent`` returns the
+    latents undecoded (``Sampled.latents``)."""
+    output = "latent" if latent else "pil"
     pipe = model.img2img if source is not None else model.txt2img
     if plan is not None:  # (fit: only the families with an inpainting pipeline here)
         pipe = PIPELINES[model.architecture][2](**model.txt2img.components)
@@ -225,7 +233,11 @@ def generate(
     seeds = request.image_seeds()
     if model.architecture in _PROMPTED:
         guidance = _PROMPTED[model.architecture](request)
-        made = _prompted_sample(pipe, request, guidance, plan or source, callback)
+        made = _prompted_sample(
+            pipe, request, guidance, plan or source, callback, output_type=output
+        )
+        if latent:
+            return replace(made, images=[], latents=_unpacked(model, request, made.images))
         if plan is not None:
             made = replace(made, images=[plan.paste(image) for image in made.images])
         return made
@@ -241,10 +253,23 @@ def generate(
         elif request.sampler in flow_sampling.SAMPLERS and not isinstance(
             pipe, FluxKontextPipeline
         ):
-            images = _k_sample(pipe, request, conditioning, source, generators, callback)
+            images = _k_sample(pipe, request, conditioning, source, generators, callback, output)
         else:  # Euler (the pipeline's own), or Kontext's loop with a scheduled sampler
-            images = _pipeline_sample(pipe, request, conditioning, source, generators, callback)
+            images = _pipeline_sample(
+                pipe, request, conditioning, source, generators, callback, output
+            )
+    if latent:
+        latents = _unpacked(model, request, images)
+        return Sampled([], encoded - began, time.perf_counter() - encoded, latents)
     return Sampled(images, encoded - began, time.perf_counter() - encoded)
+
+
+def _unpacked(model: FlowModel, request: GenerationRequest, latents: Any) -> torch.Tensor:
+    """A pipeline's latent output as ``[B, C, h, w]``: FLUX's packed tokens unpacked."""
+    pipe = model.txt2img
+    if isinstance(pipe, FluxPipeline | FluxKontextPipeline) and latents.dim() == 3:
+        return pipe._unpack_latents(latents, request.height, request.width, pipe.vae_scale_factor)
+    return latents
 
 
 def _sampled_by(pipe: Any, sampler: str, generators: list[torch.Generator]) -> Any:
@@ -275,6 +300,16 @@ def hires_passes(request: GenerationRequest) -> tuple[GenerationRequest, Generat
         }
     )
     return first, second
+
+
+def hires_latents(latents: torch.Tensor, request: GenerationRequest, second: GenerationRequest):
+    """First-pass latents upscaled by the hires fix's latent mode, then cut to the second
+    pass's size around their centre (A1111's latent upscale, on the transformer's latents)."""
+    assert request.hires is not None
+    upscaled, _ = request.hires.sizes(request.width, request.height)
+    return crop_latents(
+        upscale_latents(latents, request.hires.upscaler, upscaled), (second.width, second.height)
+    )
 
 
 def hires_source(image: Image.Image, request: GenerationRequest, second: GenerationRequest):
@@ -369,7 +404,9 @@ def _encode(pipe: Any, prompt: str, count: int) -> tuple[torch.Tensor, torch.Ten
     return sequence.repeat(count, 1, 1), pooled.repeat(count, 1), text_ids
 
 
-def _pipeline_sample(pipe, request, conditioning: _Conditioning, source, generators, callback):
+def _pipeline_sample(
+    pipe, request, conditioning: _Conditioning, source, generators, callback, output="pil"
+):
     """The pipeline's own call; ``source`` an image-to-image source or an ``InpaintPlan``."""
     pipe = _sampled_by(pipe, request.sampler, generators)
     extra: dict[str, Any] = {}
@@ -401,7 +438,7 @@ def _pipeline_sample(pipe, request, conditioning: _Conditioning, source, generat
         guidance_scale=request.distilled_guidance,
         generator=generators,
         callback_on_step_end=callback,
-        output_type="pil",
+        output_type=output,
         **extra,
     ).images
 
@@ -414,6 +451,7 @@ def _prompted_sample(
     callback,
     prompts: list[str] | None = None,
     generators: list[torch.Generator] | None = None,
+    output_type: str = "pil",
 ) -> Sampled:
     """SD 3.x, Z-Image, Qwen-Image: the pipeline encodes the prompts itself, guided as
     ``guidance`` (the family's arguments, see ``_PROMPTED``); ``source`` an image-to-image
@@ -437,7 +475,7 @@ def _prompted_sample(
             num_images_per_prompt=1 if prompts is not None else len(generators),
             generator=generators,
             callback_on_step_end=callback,
-            output_type="pil",
+            output_type=output_type,
             **extra,
         ).images
     return Sampled(images, 0.0, time.perf_counter() - began)
@@ -459,13 +497,19 @@ def _sigmas(pipe: Any, steps: int, image_seq_len: int) -> list[float]:
     return [float(sigma) for sigma in scheduler.sigmas]
 
 
-def _k_sample(pipe, request, conditioning: _Conditioning, source, generators, callback):
-    """Sample with a ``flow_sampling`` sampler: the pipeline's parts, huabu's loop."""
+def _k_sample(
+    pipe, request, conditioning: _Conditioning, source, generators, callback, output="pil"
+):
+    """Sample with a ``flow_sampling`` sampler: the pipeline's parts, huabu's loop; ``source``
+    an image, or latents ``[B, C, h, w]``; ``output`` "latent": the packed latents."""
     count, width, height = len(generators), request.width, request.height
     channels = pipe.transformer.config.in_channels // 4
     dtype, device = conditioning.prompt.dtype, pipe.device
     packed = None
-    if source is not None:
+    if isinstance(source, torch.Tensor):  # latents already (as the pipeline takes them too)
+        latents = source.to(device, dtype).repeat(count // source.shape[0], 1, 1, 1)
+        packed = pipe._pack_latents(latents, count, channels, *latents.shape[2:])
+    elif source is not None:
         # Image-to-image: the source's latents, drawn from each image's generator before its
         # noise (the pipeline's own order, so that Euler here is the pipeline's Euler).
         pixels = pipe.image_processor.preprocess(source, height=height, width=width)
@@ -520,6 +564,8 @@ def _k_sample(pipe, request, conditioning: _Conditioning, source, generators, ca
     # Progress counts steps, as the pipeline's Euler does.
     pipe._num_timesteps = len(sigmas) - 1
     x = flow_sampling.SAMPLERS[request.sampler](watched, x, sigmas, noise, step)
+    if output == "latent":
+        return x
     latents = pipe._unpack_latents(x, height, width, pipe.vae_scale_factor)
     latents = latents / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor
     decoded = pipe.vae.decode(latents, return_dict=False)[0]

@@ -6,8 +6,9 @@ const SAMPLERS = ["Euler a", "Euler", "LMS", "Heun", "DPM2", "DPM2 a", "DPM++ 2S
   "DPM++ SDE", "DPM fast", "DPM adaptive", "LMS Karras", "DPM2 Karras", "DPM2 a Karras",
   "DPM++ 2S a Karras", "DPM++ 2M Karras", "DPM++ SDE Karras", "DDIM", "PLMS", "UniPC"];
 // The flow-matching families that run (see catalog/families.py): their samplers, usual steps
-// and guidance, their distilled guidance (false: none steers them), and whether the source
-// image is the image to edit (an editing model: no strength; a mask edits inside it).
+// and guidance, their distilled guidance (false: none steers them), whether the source
+// image is the image to edit (an editing model: no strength; a mask edits inside it), and
+// whether the hires fix takes the image upscalers only.
 const FLOW_SAMPLERS = ["Euler", "Euler a", "Heun", "DPM2", "DPM++ 2M"];
 const SCHEDULED = ["Euler", "Euler a", "DPM++ 2M"];  // those a pipeline's own loop runs
 const FLOW = new Map([
@@ -15,8 +16,8 @@ const FLOW = new Map([
   ["flux1-schnell", { samplers: FLOW_SAMPLERS, steps: 4, guidance: 1, distilled: false }],
   ["flux1-kontext", { samplers: SCHEDULED, steps: 28, guidance: 1, distilled: 2.5, edits: true }],
   ["sd3", { samplers: SCHEDULED, steps: 28, guidance: 3.5, distilled: false }],
-  ["z-image", { samplers: SCHEDULED, steps: 9, guidance: 1, distilled: false }],
-  ["qwen-image", { samplers: SCHEDULED, steps: 50, guidance: 4, distilled: false }],
+  ["z-image", { samplers: SCHEDULED, steps: 9, guidance: 1, distilled: false, pixelHires: true }],
+  ["qwen-image", { samplers: SCHEDULED, steps: 50, guidance: 4, distilled: false, pixelHires: true }],
 ]);
 const SIZES = [[512, 512], [768, 512], [512, 768], [768, 768], [1024, 1024], [1216, 832],
   [832, 1216], [256, 256], [64, 64]];
@@ -121,17 +122,20 @@ const family = () => library.families.get(`checkpoints/${$("model").value}`);
 const flowFamily = () => FLOW.get(family());
 function fitFamily() {
   const flow = flowFamily();
-  // The advanced section stays (hires fix, image format); its SD-only parts and the latent
-  // upscalers (a flow model's hires fix upscales the decoded image) do not.
+  // The advanced section stays (hires fix, image format); its SD-only parts do not, nor the
+  // latent upscalers where the family's hires fix upscales the decoded image only.
   const sdOnly = [$("control"), $("vae").closest("label"), ...document.querySelectorAll(".sd-only")];
   for (const element of sdOnly) {
     element.hidden = Boolean(flow);
   }
   $("advanced").hidden = Boolean(flow && flow.edits);
+  const pixelsOnly = Boolean(flow && flow.pixelHires);
   for (const option of $("hires-upscaler").options) {
-    option.hidden = Boolean(flow) && option.value.startsWith("Latent");
+    option.hidden = pixelsOnly && option.value.startsWith("Latent");
   }
-  if (flow && $("hires-upscaler").value.startsWith("Latent")) $("hires-upscaler").value = "Lanczos";
+  if (pixelsOnly && $("hires-upscaler").value.startsWith("Latent")) {
+    $("hires-upscaler").value = "Lanczos";
+  }
   if (flow) $("embeddings").hidden = true;
   $("distilled-field").hidden = !(flow && flow.distilled);
   for (const element of document.querySelectorAll(".repaint")) {
