@@ -106,8 +106,8 @@ class ModelOut(BaseModel):
     kind: str
     architecture: str = Field(
         description="The model family: sd1, sd2, sdxl, sdxl-refiner, flux1, flux1-schnell, "
-        "flux1-kontext, flux2, qwen-image, qwen-image-edit, z-image, sd3; unknown where the "
-        "files do not tell."
+        "flux1-kontext, flux2, flux2-klein, qwen-image, qwen-image-edit, z-image, sd3; unknown "
+        "where the files do not tell."
     )
     label: str = Field(description='The family as people write it: "SD 1.x", "FLUX.1" …')
     layout: str

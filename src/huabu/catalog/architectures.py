@@ -31,6 +31,8 @@ class Architecture(enum.StrEnum):
     FLUX1_SCHNELL = "flux1-schnell"
     FLUX1_KONTEXT = "flux1-kontext"
     FLUX2 = "flux2"
+    #: FLUX.2 [klein]: the small FLUX.2 over a Qwen3 text encoder (FLUX.2 [dev]: Mistral).
+    FLUX2_KLEIN = "flux2-klein"
     QWEN_IMAGE = "qwen-image"
     QWEN_IMAGE_EDIT = "qwen-image-edit"
     Z_IMAGE = "z-image"
@@ -67,6 +69,7 @@ _LABELS = {
     Architecture.FLUX1_SCHNELL: "FLUX.1 [schnell]",
     Architecture.FLUX1_KONTEXT: "FLUX.1 Kontext",
     Architecture.FLUX2: "FLUX.2",
+    Architecture.FLUX2_KLEIN: "FLUX.2 [klein]",
     Architecture.QWEN_IMAGE: "Qwen-Image",
     Architecture.QWEN_IMAGE_EDIT: "Qwen-Image-Edit",
     Architecture.Z_IMAGE: "Z-Image",
@@ -77,7 +80,7 @@ _FLOW_PIPELINES = {
     "FluxPipeline": Architecture.FLUX1,
     "FluxKontextPipeline": Architecture.FLUX1_KONTEXT,
     "Flux2Pipeline": Architecture.FLUX2,
-    "Flux2KleinPipeline": Architecture.FLUX2,
+    "Flux2KleinPipeline": Architecture.FLUX2_KLEIN,
     "QwenImagePipeline": Architecture.QWEN_IMAGE,
     "QwenImageEditPipeline": Architecture.QWEN_IMAGE_EDIT,
     "QwenImageEditPlusPipeline": Architecture.QWEN_IMAGE_EDIT,

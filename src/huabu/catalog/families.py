@@ -44,6 +44,8 @@ class Family:
     #: Whether the hires fix's latent upscalers run (its image-to-image pipeline starts from
     #: latents as they come out of its first pass).
     latent_hires: bool = True
+    #: Whether a negative prompt is read (with true CFG).
+    negative: bool = True
 
     @property
     def label(self) -> str:
@@ -76,6 +78,11 @@ FAMILIES = {
         # Kontext [dev]'s published use: 28 steps, distilled guidance 2.5; FLUX.1's LoRAs;
         # inpainting is an edit inside the mask.
         _flow(Architecture.FLUX1_KONTEXT, 28, 1.0, distilled_guidance=2.5, edits=True),
+        # FLUX.2 [klein] (distilled): 4 steps, no CFG; an image is a reference to edit from.
+        # Its loaders, inpainting and image-to-image are not wired in yet.
+        _flow(
+            Architecture.FLUX2_KLEIN, 4, 1.0, edits=True, loras=False, inpaint=False, negative=False
+        ),
         # SD 3.5 Large's published defaults: true CFG 3.5, 28 steps, with a negative prompt.
         _flow(Architecture.SD3, 28, 3.5),
         # Qwen-Image's published defaults: 50 steps, true CFG 4 with a negative prompt.
@@ -179,6 +186,11 @@ def fit(request: GenerationRequest, architecture: Architecture | None) -> Genera
         raise InvalidRequest(
             f"subseed_strength: variation seeds are not available for {family.label} models yet",
             param="subseed_strength",
+        )
+    if request.negative_prompt.strip() and not family.negative:
+        raise InvalidRequest(
+            f"negative_prompt: {family.label} models take no negative prompt here",
+            param="negative_prompt",
         )
     if request.negative_prompt.strip() and request.guidance <= 1:
         raise InvalidRequest(

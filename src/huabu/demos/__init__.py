@@ -2,19 +2,31 @@
 weights, built by huabu itself, so everything runs offline and fast on a CPU (their images are
 coloured noise). ``sd``: SD 1.x in both layouts, the SD 2.x sibling and their extras; ``xl``:
 SDXL in both layouts, its refiner and extras; ``flux``: FLUX.1, FLUX.1 Kontext and their LoRA;
-``sd3``: SD 3.x; ``zimage``: Z-Image; ``qwen``: Qwen-Image; ``ldm_layout``: the single-file
-(LDM/SGM) layouts they are also written in. ``huabu models demo`` and ``make run`` call
-``build``."""
+``flux2``: FLUX.2 [klein]; ``sd3``: SD 3.x; ``zimage``: Z-Image; ``qwen``: Qwen-Image;
+``ldm_layout``: the single-file (LDM/SGM) layouts they are also written in. ``huabu models
+demo`` and ``make run`` call ``build``."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from huabu.demos import flux, qwen, sd, sd3, xl, zimage
+from huabu.demos import flux, flux2, qwen, sd, sd3, xl, zimage
 from huabu.demos.sd import DEMO, DEMO_SINGLE, NOTICE
 from huabu.settings import Settings
 
-__all__ = ["DEMO", "DEMO_SINGLE", "NOTICE", "build", "flux", "qwen", "sd", "sd3", "xl", "zimage"]
+__all__ = [
+    "DEMO",
+    "DEMO_SINGLE",
+    "NOTICE",
+    "build",
+    "flux",
+    "flux2",
+    "qwen",
+    "sd",
+    "sd3",
+    "xl",
+    "zimage",
+]
 
 
 def build(settings: Settings, *, force: bool = False) -> list[Path]:
@@ -25,6 +37,7 @@ def build(settings: Settings, *, force: bool = False) -> list[Path]:
         sd.build(models, force=force)
         + xl.build(models, force=force)
         + flux.build(models, force=force)
+        + flux2.build(models, force=force)
         + sd3.build(models, force=force)
         + zimage.build(models, force=force)
         + qwen.build(models, force=force)

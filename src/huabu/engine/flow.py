@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from diffusers import (
     FlowMatchEulerDiscreteScheduler,
+    Flux2KleinPipeline,
     FluxImg2ImgPipeline,
     FluxInpaintPipeline,
     FluxKontextInpaintPipeline,
@@ -64,6 +65,8 @@ PIPELINES: dict[Architecture, tuple[Any, Any, Any]] = {
         FluxKontextPipeline,
         FluxKontextInpaintPipeline,
     ),
+    # [klein] reads its images as references beside the prompt: one pipeline for both.
+    Architecture.FLUX2_KLEIN: (Flux2KleinPipeline, Flux2KleinPipeline, None),
     Architecture.SD3: (
         StableDiffusion3Pipeline,
         StableDiffusion3Img2ImgPipeline,
@@ -100,9 +103,15 @@ def _true_cfg(request: GenerationRequest) -> dict[str, Any]:
     return {"true_cfg_scale": request.guidance, "negative_prompt": negative}
 
 
+def _klein(request: GenerationRequest) -> dict[str, Any]:
+    """FLUX.2 [klein]'s guidance: CFG scale as given (the distilled model ignores it)."""
+    return {"guidance_scale": request.guidance}
+
+
 #: The families whose pipelines encode the prompt themselves (``_prompted_sample``), and their
 #: guidance arguments for a request.
 _PROMPTED = {
+    Architecture.FLUX2_KLEIN: _klein,
     Architecture.SD3: _cfg,
     Architecture.Z_IMAGE: _cfg_from_zero,
     Architecture.QWEN_IMAGE: _true_cfg,
@@ -172,11 +181,14 @@ _PREVIEW_MAPS = {
 }
 
 
-def previewer(model: FlowModel, request: GenerationRequest) -> Callable[[Any], Image.Image]:
+def previewer(model: FlowModel, request: GenerationRequest) -> Callable[[Any], Image.Image] | None:
     """How one image's latents, as ``model``'s pipeline hands them to its step callback,
-    become a live preview: FLUX's and Qwen-Image's packed tokens unpacked to ``[C, h, w]``
-    first (Qwen-Image's with the frame axis of its video VAE), then the family's map."""
-    pipe, vae = model.txt2img, _PREVIEW_MAPS[model.architecture]
+    become a live preview (None: none for the family): FLUX's and Qwen-Image's packed tokens
+    unpacked to ``[C, h, w]`` first (Qwen-Image's with the frame axis of its video VAE), then
+    the family's map."""
+    pipe, vae = model.txt2img, _PREVIEW_MAPS.get(model.architecture)
+    if vae is None:  # (FLUX.2's 128-channel tokens: no map here yet)
+        return None
     packed = model.architecture is Architecture.QWEN_IMAGE or isinstance(
         pipe, FluxPipeline | FluxKontextPipeline
     )
@@ -461,6 +473,9 @@ def _prompted_sample(
     extra: dict[str, Any] = dict(guidance)
     if isinstance(source, InpaintPlan):
         extra |= {"image": source.start, "mask_image": source.mask, "strength": request.strength}
+    elif isinstance(pipe, Flux2KleinPipeline):
+        if source is not None:  # a reference image (fit: strength 1)
+            extra["image"] = [source]
     elif source is not None:
         extra |= {"image": source, "strength": request.strength}
     if generators is None:

@@ -101,7 +101,7 @@ class LatentPreview:
                 return None
             if self.render is not None:
                 image = self.render(latents[index : index + 1])
-            elif latents.shape[1] == 4:
+            elif latents.dim() == 4 and latents.shape[1] == 4:  # SD's (not packed tokens)
                 image = approx_cheap(latents[index], sdxl=self.sdxl)
             else:
                 return None

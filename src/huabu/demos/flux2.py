@@ -1,0 +1,102 @@
+"""The offline FLUX.2 [klein] demo: a tiny ``Flux2KleinPipeline`` (one double and one single
+block, a 28-layer Qwen3 text encoder of width 32, since the pipeline reads its hidden states 9,
+18 and 27, and a four-channel FLUX.2 VAE) with random, seeded weights, and the byte-level BPE
+tokenizer of the Z-Image demo.
+
+At their random initialisation the transformer's modulation gates let almost nothing of the
+prompt through (another prompt moves pixels by 1 of 255); the gates and the time embedding
+that drives them are scaled up, so that a prompt steers the image about as much as the seed.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import torch
+from diffusers import (
+    AutoencoderKLFlux2,
+    FlowMatchEulerDiscreteScheduler,
+    Flux2KleinPipeline,
+    Flux2Transformer2DModel,
+)
+from transformers import Qwen3Config, Qwen3ForCausalLM
+
+from huabu.demos.sd import staged
+from huabu.demos.zimage import qwen_tokenizer
+
+DEMO_FLUX2_KLEIN = "demo-flux2-klein"
+_SEED = 20251207
+
+_TRANSFORMER = {
+    "patch_size": 1,
+    "in_channels": 16,  # the VAE's 4 channels, patchified 2×2
+    "num_layers": 1,
+    "num_single_layers": 1,
+    "attention_head_dim": 16,
+    "num_attention_heads": 2,
+    "joint_attention_dim": 96,  # three hidden states of the text encoder side by side
+    "timestep_guidance_channels": 32,
+    "axes_dims_rope": [4, 4, 4, 4],
+    "guidance_embeds": False,
+}
+_VAE = {
+    "block_out_channels": [8, 8, 8, 8],
+    "layers_per_block": 1,
+    "latent_channels": 4,
+    "norm_num_groups": 8,
+    "sample_size": 32,
+}
+_TEXT = {
+    "hidden_size": 32,
+    "intermediate_size": 37,
+    "num_hidden_layers": 28,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 1,
+    "head_dim": 16,
+    "max_position_embeddings": 1024,
+    "tie_word_embeddings": True,
+}
+#: FLUX.2's published scheduler config.
+_SCHEDULER = {
+    "base_image_seq_len": 256,
+    "base_shift": 0.5,
+    "max_image_seq_len": 4096,
+    "max_shift": 1.15,
+    "shift": 3.0,
+    "use_dynamic_shifting": True,
+}
+
+
+def build_pipeline(seed: int = _SEED) -> Flux2KleinPipeline:
+    """The FLUX.2 [klein] demo pipeline in memory, identical for the same seed."""
+    with tempfile.TemporaryDirectory() as work:
+        tokenizer = qwen_tokenizer(Path(work))
+        torch.manual_seed(seed)
+        transformer = Flux2Transformer2DModel(**_TRANSFORMER)
+        with torch.no_grad():
+            for name, layer in transformer.named_modules():
+                if not isinstance(layer, torch.nn.Linear):
+                    continue
+                if "modulation" in name:
+                    layer.weight.mul_(16)
+                elif name.startswith("time_guidance_embed"):
+                    layer.weight.mul_(4)
+        return Flux2KleinPipeline(
+            scheduler=FlowMatchEulerDiscreteScheduler(**_SCHEDULER),
+            vae=AutoencoderKLFlux2(**_VAE),
+            text_encoder=Qwen3ForCausalLM(Qwen3Config(vocab_size=len(tokenizer), **_TEXT)),
+            tokenizer=tokenizer,
+            transformer=transformer,
+            is_distilled=True,
+        )
+
+
+def build(models: Path, *, force: bool = False) -> list[Path]:
+    """Write the FLUX.2 [klein] demo folder under ``models`` (if missing, or with ``force``)."""
+    folder = models / "checkpoints" / DEMO_FLUX2_KLEIN
+    if folder.exists() and not force:
+        return []
+    with staged(folder) as staging:
+        build_pipeline().save_pretrained(staging, safe_serialization=True)
+    return [folder]

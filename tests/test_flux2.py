@@ -1,0 +1,100 @@
+"""FLUX.2 [klein] through diffusers' own pipeline: the tiny demo-flux2-klein (random weights,
+the real architecture: a FLUX.2 transformer over a Qwen3 text encoder), in the engine; an image
+is a reference it edits from."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers import Flux2KleinPipeline
+from PIL import Image
+
+from helpers import max_difference, pixels
+from huabu.catalog.architectures import Architecture
+from huabu.demos.flux import DEMO_FLUX_LORA
+from huabu.demos.flux2 import DEMO_FLUX2_KLEIN
+from huabu.errors import InvalidRequest
+from huabu.native import GenerationRequest, HiresFix, ImageRef, InpaintRef, LoraRef
+
+SMALL = {"model": DEMO_FLUX2_KLEIN, "prompt": "a red fox in the snow", "width": 64, "height": 64}
+BLUE = Image.new("RGB", (64, 64), (30, 30, 220))
+
+
+def request(**changes) -> GenerationRequest:
+    return GenerationRequest(**(SMALL | {"seed": 7} | changes))
+
+
+def test_listed_as_flux2_klein_with_its_defaults(engine):
+    entry = engine.library.find("checkpoints", DEMO_FLUX2_KLEIN)
+    assert entry.architecture is Architecture.FLUX2_KLEIN
+    assert entry.describe_architecture == "FLUX.2 [klein]"
+    made = engine.generate(GenerationRequest(**SMALL, seed=1)).request
+    assert (made.steps, made.guidance, made.sampler) == (4, 1.0, "Euler")
+
+
+def test_seeds_and_prompts_steer_and_it_is_bare_diffusers(engine, settings):
+    first = engine.generate(request(n_images=2))
+    again = engine.generate(request(n_images=2))
+    assert [pixels(i).tolist() for i in first.images] == [pixels(i).tolist() for i in again.images]
+    assert max_difference(first.images[0], first.images[1]) > 16
+    other = engine.generate(request(prompt="a blue whale at sea")).images[0]
+    assert max_difference(first.images[0], other) > 16
+    pipe = Flux2KleinPipeline.from_pretrained(
+        settings.models_dir / "checkpoints" / DEMO_FLUX2_KLEIN, local_files_only=True
+    )
+    pipe.set_progress_bar_config(disable=True)
+    bare = pipe(
+        prompt=SMALL["prompt"],
+        width=64,
+        height=64,
+        num_inference_steps=4,
+        guidance_scale=1.0,
+        generator=[torch.Generator().manual_seed(7)],
+    ).images[0]
+    assert max_difference(first.images[0], bare) <= 1
+
+
+def test_a_reference_image_is_read_and_the_samplers_run(engine):
+    plain = engine.generate(request()).images[0]
+    referenced = engine.generate(request(init_image=ImageRef(key="x")), init_image=BLUE)
+    assert referenced.request.strength == 1.0
+    # (Barely, on the tiny demo: a few levels, as with Kontext's.)
+    assert max_difference(referenced.images[0], plain) > 0
+    for sampler in ("Euler a", "DPM++ 2M"):
+        assert max_difference(engine.generate(request(sampler=sampler)).images[0], plain) > 0
+
+
+@pytest.mark.parametrize(
+    ("changes", "param"),
+    [
+        ({"negative_prompt": "blurry"}, "negative_prompt"),
+        ({"loras": (LoraRef(name=DEMO_FLUX_LORA),)}, "loras"),
+        ({"init_image": ImageRef(key="x"), "strength": 0.5}, "strength"),
+        (
+            {"init_image": ImageRef(key="x"), "inpaint": InpaintRef(mask=ImageRef(key="m"))},
+            "inpaint",
+        ),
+        ({"hires": HiresFix(upscaler="Lanczos")}, "hires"),
+        ({"sampler": "Heun"}, "sampler"),
+        ({"width": 72}, "width"),
+    ],
+)
+def test_what_klein_cannot_do_is_refused_by_field(engine, changes, param):
+    with pytest.raises(InvalidRequest) as refused:
+        engine.generate(
+            request(**changes), init_image=BLUE, mask_image=Image.new("L", (64, 64), 255)
+        )
+    assert refused.value.param == param
+
+
+def test_flux2_klein_over_http_with_its_family_in_the_listing(server, accounts):
+    from test_service import submit, wait_finished
+
+    key = accounts.create_key(accounts.add_user("klein@example.com", "password123").id)
+    with server.client(key) as client:
+        listed = {m["name"]: m for m in client.get("/huabu/v1/models").json()["data"]}
+        assert listed[DEMO_FLUX2_KLEIN]["architecture"] == "flux2-klein"
+        assert listed[DEMO_FLUX2_KLEIN]["label"] == "FLUX.2 [klein]"
+        task = wait_finished(client, submit(client, SMALL | {"seed": 3})["id"])
+        assert task["state"] == "succeeded", task
+        assert task["request"]["steps"] == 4 and len(task["images"]) == 1
