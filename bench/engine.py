@@ -62,6 +62,14 @@ def timed_pair(first, second, runs: int) -> tuple[float, float]:
     return statistics.median(a), statistics.median(b)
 
 
+def report(first: tuple[str, float], second: tuple[str, float], target: float = 1.03) -> None:
+    """Two medians (seconds) and their ratio, as every comparison here prints them."""
+    width = max(len(first[0]), len(second[0]), len("ratio"))
+    for name, seconds in (first, second):
+        print(f"  {name:<{width}} {seconds * 1000:8.1f} ms")
+    print(f"  {'ratio':<{width}} {first[1] / second[1]:8.3f}   (target <= {target})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--size", type=int, default=64)
@@ -115,9 +123,7 @@ def main() -> None:
         f"engine overhead @ {args.size}x{args.size}, {args.steps} steps, Euler a "
         f"(median of {args.runs}, {torch.get_num_threads()} threads)"
     )
-    print(f"  huabu engine  {huabu_s * 1000:8.1f} ms")
-    print(f"  bare diffusers{bare_s * 1000:8.1f} ms")
-    print(f"  ratio         {huabu_s / bare_s:8.3f}   (target <= 1.03)")
+    report(("huabu engine", huabu_s), ("bare diffusers", bare_s))
 
     flux_engine(engine, settings, args)
     other_flow_families(engine, settings, args)
@@ -161,16 +167,12 @@ def flux_engine(engine: Engine, settings: Settings, args) -> None:
 
     huabu_s, bare_s = timed_pair(lambda: engine.generate(request), bare_call, args.runs)
     print(f"FLUX.1 (demo-flux) @ {args.size}x{args.size}, {args.steps} steps, Euler")
-    print(f"  huabu engine  {huabu_s * 1000:8.1f} ms")
-    print(f"  bare diffusers{bare_s * 1000:8.1f} ms")
-    print(f"  ratio         {huabu_s / bare_s:8.3f}   (target <= 1.03)")
+    report(("huabu engine", huabu_s), ("bare diffusers", bare_s))
     looped = request.model_copy(update={"sampler": "DPM++ 2M"})
     loop_s, euler_s = timed_pair(
         lambda: engine.generate(looped), lambda: engine.generate(request), args.runs
     )
-    print(f"  DPM++ 2M (huabu's loop) {loop_s * 1000:8.1f} ms")
-    print(f"  Euler (the pipeline's)  {euler_s * 1000:8.1f} ms")
-    print(f"  ratio                   {loop_s / euler_s:8.3f}   (target <= 1.03)")
+    report(("DPM++ 2M (huabu's loop)", loop_s), ("Euler (the pipeline's)", euler_s))
 
 
 def other_flow_families(engine: Engine, settings: Settings, args) -> None:
@@ -219,9 +221,7 @@ def other_flow_families(engine: Engine, settings: Settings, args) -> None:
 
         huabu_s, bare_s = timed_pair(huabu_call, bare_call, args.runs)
         print(f"{name} @ {args.size}x{args.size}, {args.steps} steps, Euler")
-        print(f"  huabu engine  {huabu_s * 1000:8.1f} ms")
-        print(f"  bare diffusers{bare_s * 1000:8.1f} ms")
-        print(f"  ratio         {huabu_s / bare_s:8.3f}   (target <= 1.03)")
+        report(("huabu engine", huabu_s), ("bare diffusers", bare_s))
     euler = GenerationRequest(
         model="demo-sd3",
         prompt=prompt,
@@ -234,9 +234,7 @@ def other_flow_families(engine: Engine, settings: Settings, args) -> None:
     dpm_s, euler_s = timed_pair(
         lambda: engine.generate(scheduled), lambda: engine.generate(euler), args.runs
     )
-    print(f"  demo-sd3 DPM++ 2M (scheduled) {dpm_s * 1000:8.1f} ms")
-    print(f"  demo-sd3 Euler (the pipeline's) {euler_s * 1000:8.1f} ms")
-    print(f"  ratio                   {dpm_s / euler_s:8.3f}   (target <= 1.03)")
+    report(("demo-sd3 DPM++ 2M (scheduled)", dpm_s), ("demo-sd3 Euler (the pipeline's)", euler_s))
 
 
 if __name__ == "__main__":

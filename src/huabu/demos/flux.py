@@ -52,8 +52,9 @@ _TRANSFORMER = {
     "guidance_embeds": True,
 }
 #: Four narrow blocks: a latent 8× smaller than the image, as FLUX's (so a 1024² image is 4,096
-#: tokens), with one latent channel (packed 2×2 into the transformer's 4).
-_VAE = {
+#: tokens), with one latent channel (packed 2×2 into the transformer's 4). The other flow demos
+#: take it with their own latent channels and scaling.
+TINY_VAE = {
     "block_out_channels": [8, 8, 8, 8],
     "in_channels": 3,
     "out_channels": 3,
@@ -68,7 +69,8 @@ _VAE = {
     "shift_factor": 0.0609,
     "scaling_factor": 1.5035,
 }
-_CLIP = {
+#: The tiny CLIP text encoder of the flow demos (FLUX.1's, SD 3's two).
+TINY_CLIP = {
     "hidden_size": 32,
     "intermediate_size": 37,
     "num_attention_heads": 4,
@@ -80,7 +82,8 @@ _CLIP = {
     "eos_token_id": 2,
     "pad_token_id": 1,
 }
-_T5 = {
+#: The tiny T5 encoder of the flow demos (SD 3's is twice as wide).
+TINY_T5 = {
     "d_model": 32,
     "d_kv": 8,
     "d_ff": 37,
@@ -142,9 +145,9 @@ def build_pipeline(seed: int = _SEED) -> FluxPipeline:
         t5 = t5_tokenizer(Path(work))
         torch.manual_seed(seed)
         transformer = FluxTransformer2DModel(**_TRANSFORMER)
-        vae = AutoencoderKL(**_VAE)
-        clip = CLIPTextModel(CLIPTextConfig(**_CLIP))
-        encoder = T5EncoderModel(T5Config(**(_T5 | {"vocab_size": len(t5)})))
+        vae = AutoencoderKL(**TINY_VAE)
+        clip = CLIPTextModel(CLIPTextConfig(**TINY_CLIP))
+        encoder = T5EncoderModel(T5Config(**(TINY_T5 | {"vocab_size": len(t5)})))
         # At their random initialisation the text and guidance pathways are too weak to show
         # in the image (another prompt moves pixels by 8 of 255 at most); scaled up, a prompt
         # steers the image about as much as the seed does, and guidance visibly.
@@ -177,11 +180,6 @@ _LORA_LAYERS = (
 )
 
 
-def build_lora(pipe: FluxPipeline, seed: int = _SEED + 1, rank: int = 4) -> dict[str, torch.Tensor]:
-    """A random rank-``rank`` LoRA over ``_LORA_LAYERS``, strong enough to see."""
-    return transformer_lora(pipe.transformer, _LORA_LAYERS, seed, rank)
-
-
 def transformer_lora(
     transformer: torch.nn.Module, layers: tuple[str, ...], seed: int, rank: int = 4
 ) -> dict[str, torch.Tensor]:
@@ -207,43 +205,38 @@ def write_with_lora(
     seed: int,
     *,
     force: bool,
+    siblings: dict[str, Any] | None = None,
 ) -> list[Path]:
-    """Write a flow demo's folder ``checkpoints/<name>`` and a LoRA for it,
-    ``loras/<name>-lora.safetensors`` (each if missing, or both with ``force``), from one
-    build of its pipeline; returns the paths written."""
+    """Write a flow demo's folder ``checkpoints/<name>``, a LoRA for it,
+    ``loras/<name>-lora.safetensors``, and ``siblings`` (name → another pipeline class over
+    the same components), each if missing (or all with ``force``), from one build of its
+    pipeline; returns the paths written."""
     folder = models / "checkpoints" / name
     lora = models / "loras" / f"{name}-lora.safetensors"
-    written = [path for path in (folder, lora) if force or not path.exists()]
+    others = {models / "checkpoints" / other: cls for other, cls in (siblings or {}).items()}
+    written = [path for path in (folder, *others, lora) if force or not path.exists()]
     if not written:
         return []
     pipe = build_pipeline()
     for path in written:
         with staged(path) as staging:
-            if path == folder:
-                pipe.save_pretrained(staging, safe_serialization=True)
-            else:
+            if path == lora:
                 save_file(transformer_lora(pipe.transformer, layers, seed), str(staging))
+            else:
+                as_written = others[path](**pipe.components) if path in others else pipe
+                as_written.save_pretrained(staging, safe_serialization=True)
     return written
 
 
 def build(models: Path, *, force: bool = False) -> list[Path]:
     """Write the FLUX.1 demo folder, its Kontext sibling and its LoRA under ``models`` (each if
     missing, or all with ``force``); returns the paths written."""
-    folder = models / "checkpoints" / DEMO_FLUX
-    kontext = models / "checkpoints" / DEMO_FLUX_KONTEXT
-    lora = models / "loras" / f"{DEMO_FLUX_LORA}.safetensors"
-    written = [path for path in (folder, kontext, lora) if force or not path.exists()]
-    if not written:
-        return []
-    pipe = build_pipeline()
-    for path in written:
-        with staged(path) as staging:
-            if path == folder:
-                pipe.save_pretrained(staging, safe_serialization=True)
-            elif path == kontext:
-                FluxKontextPipeline(**pipe.components).save_pretrained(
-                    staging, safe_serialization=True
-                )
-            else:
-                save_file(build_lora(pipe), str(staging))
-    return written
+    return write_with_lora(
+        models,
+        DEMO_FLUX,
+        build_pipeline,
+        _LORA_LAYERS,
+        _SEED + 1,
+        force=force,
+        siblings={DEMO_FLUX_KONTEXT: FluxKontextPipeline},
+    )

@@ -16,7 +16,7 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
-from huabu.demos.flux import t5_tokenizer, write_with_lora
+from huabu.demos.flux import TINY_CLIP, TINY_T5, TINY_VAE, t5_tokenizer, write_with_lora
 from huabu.demos.sd import tokenizer
 
 DEMO_SD3 = "demo-sd3"
@@ -36,46 +36,12 @@ _TRANSFORMER = {
     "out_channels": 16,
     "pos_embed_max_size": 96,
 }
-#: Four narrow blocks: 8× smaller latents of 16 channels, as SD 3's VAE (its inpainting
-#: pipeline takes no other).
-_VAE = {
-    "block_out_channels": [8, 8, 8, 8],
-    "down_block_types": ["DownEncoderBlock2D"] * 4,
-    "up_block_types": ["UpDecoderBlock2D"] * 4,
-    "latent_channels": 16,
-    "layers_per_block": 1,
-    "norm_num_groups": 8,
-    "sample_size": 32,
-    "use_quant_conv": False,
-    "use_post_quant_conv": False,
-    "shift_factor": 0.0609,
-    "scaling_factor": 1.5035,
-}
+#: The flow demos' VAE with 16 latent channels, as SD 3's (its inpainting pipeline takes no
+#: other).
+_VAE = TINY_VAE | {"latent_channels": 16}
 #: Each CLIP's width (their sequences side by side fill T5's 64) and pooled projection.
-_CLIP = {
-    "hidden_size": 32,
-    "intermediate_size": 37,
-    "num_attention_heads": 4,
-    "num_hidden_layers": 2,
-    "max_position_embeddings": 77,
-    "vocab_size": 49408,
-    "projection_dim": 32,
-    "bos_token_id": 0,
-    "eos_token_id": 2,
-    "pad_token_id": 1,
-}
-_T5 = {
-    "d_model": 64,
-    "d_kv": 8,
-    "d_ff": 37,
-    "num_layers": 2,
-    "num_heads": 4,
-    "relative_attention_num_buckets": 8,
-    "feed_forward_proj": "gated-gelu",
-    "is_encoder_decoder": False,
-    "pad_token_id": 0,
-    "eos_token_id": 1,
-}
+_CLIP = TINY_CLIP
+_T5 = TINY_T5 | {"d_model": 64}
 
 
 def build_pipeline(seed: int = _SEED) -> StableDiffusion3Pipeline:

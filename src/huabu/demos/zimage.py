@@ -21,7 +21,7 @@ from diffusers import (
 )
 from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3Model
 
-from huabu.demos.flux import write_with_lora
+from huabu.demos.flux import TINY_VAE, write_with_lora
 from huabu.engine.single_file import tokenizer_files
 
 DEMO_Z_IMAGE = "demo-z-image"
@@ -45,19 +45,8 @@ _TRANSFORMER = {
     "axes_dims": [4, 6, 6],
     "axes_lens": [256, 128, 128],
 }
-_VAE = {
-    "block_out_channels": [8, 8, 8, 8],
-    "down_block_types": ["DownEncoderBlock2D"] * 4,
-    "up_block_types": ["UpDecoderBlock2D"] * 4,
-    "latent_channels": 4,
-    "layers_per_block": 1,
-    "norm_num_groups": 8,
-    "sample_size": 32,
-    "use_quant_conv": False,
-    "use_post_quant_conv": False,
-    "shift_factor": 0.1159,
-    "scaling_factor": 0.3611,
-}
+#: The flow demos' VAE with 4 latent channels and FLUX's scaling (Z-Image uses FLUX's VAE).
+_VAE = TINY_VAE | {"latent_channels": 4, "shift_factor": 0.1159, "scaling_factor": 0.3611}
 _TEXT = {
     "hidden_size": 32,
     "intermediate_size": 37,
