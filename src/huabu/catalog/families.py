@@ -56,15 +56,15 @@ _SD = Family(Architecture.SD1)
 #: The A1111 names with a flow-matching form (see engine.flow_sampling): Euler, the families'
 #: reference sampler, first.
 _FLOW_SAMPLERS = ("Euler", "Euler a", "Heun", "DPM2", "DPM++ 2M")
-#: Those the families whose pipelines keep their own loop run (a scheduler steps them: one
-#: model call per step; see engine.flow_sampling.SamplerScheduler).
-_SCHEDULED = ("Euler", "Euler a", "DPM++ 2M")
+#: Those the families whose pipelines keep their own loop run: Euler, the pipeline's own, and
+#: those a scheduler steps (one model call per step; see engine.flow_sampling.SamplerScheduler).
+SCHEDULED = ("Euler", "Euler a", "DPM++ 2M")
 
 
 def _flow(architecture: Architecture, steps: int, guidance: float, **more: Any) -> Family:
     """A flow family: Euler by default, sizes in 16s (the latent's 8 × 2×2 patches); unless
     ``more`` says otherwise, the samplers its pipeline's own loop can step."""
-    rules: dict[str, Any] = {"samplers": _SCHEDULED} | more
+    rules: dict[str, Any] = {"samplers": SCHEDULED} | more
     return Family(architecture, steps, guidance, sampler="Euler", multiple=16, **rules)
 
 
@@ -205,11 +205,11 @@ def fit(request: GenerationRequest, architecture: Architecture | None) -> Genera
     if request.inpaint is not None and not family.inpaint:
         raise InvalidRequest(f"inpaint: {family.label} models do not inpaint", param="inpaint")
     if request.inpaint is not None and request.sampler.strip().lower() not in {
-        s.lower() for s in _SCHEDULED
+        s.lower() for s in SCHEDULED
     }:
         raise InvalidRequest(
             f"sampler: inpainting on {family.label} models runs in its pipeline's loop, with "
-            f"{', '.join(_SCHEDULED)}",
+            f"{', '.join(SCHEDULED)}",
             param="sampler",
         )
     samplers = family.samplers

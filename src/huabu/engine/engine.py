@@ -199,10 +199,7 @@ class Engine:
                         decode=finished - made.sampled,
                         total=finished - started,
                     )
-                    images = iter(made.images)
-                    for index, request in zip(group, members, strict=True):
-                        mine = [next(images) for _ in range(request.n_images)]
-                        results[index] = self._result(request, model, mine, timings)
+                    results |= self._shared_out(group, members, made.images, model, timings)
         return [results[index] for index in range(len(requests))]
 
     def _generate_flow_batch(
@@ -256,11 +253,20 @@ class Engine:
                 decode=0.0,
                 total=time.perf_counter() - started,
             )
-            produced = iter(made.images)
-            for index, request in zip(group, members, strict=True):
-                mine = [next(produced) for _ in range(request.n_images)]
-                results[index] = self._result(request, model, mine, timings)
+            results |= self._shared_out(group, members, made.images, model, timings)
         return [results[index] for index in range(len(requests))]
+
+    def _shared_out(
+        self, group: list[int], members: list[GenerationRequest], images, model, timings
+    ) -> dict[int, GenerationResult]:
+        """A shared run's images, in order, as each member's result (by its index)."""
+        produced = iter(images)
+        return {
+            index: self._result(
+                request, model, [next(produced) for _ in range(request.n_images)], timings
+            )
+            for index, request in zip(group, members, strict=True)
+        }
 
     def _generate_flow(
         self, request, source, plan, on_progress, should_cancel, started

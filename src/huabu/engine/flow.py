@@ -183,27 +183,12 @@ _PREVIEW_MAPS = {
 
 def previewer(model: FlowModel, request: GenerationRequest) -> Callable[[Any], Image.Image] | None:
     """How one image's latents, as ``model``'s pipeline hands them to its step callback,
-    become a live preview (None: none for the family): FLUX's and Qwen-Image's packed tokens
-    unpacked to ``[C, h, w]`` first (Qwen-Image's with the frame axis of its video VAE), then
-    the family's map."""
-    pipe, vae = model.txt2img, _PREVIEW_MAPS.get(model.architecture)
+    become a live preview (None: none for the family): made ``[C, h, w]`` (``_spatial``),
+    then through the family's map."""
+    vae = _PREVIEW_MAPS.get(model.architecture)
     if vae is None:  # (FLUX.2's 128-channel tokens: no map here yet)
         return None
-    packed = model.architecture is Architecture.QWEN_IMAGE or isinstance(
-        pipe, FluxPipeline | FluxKontextPipeline
-    )
-
-    def render(latents: torch.Tensor) -> Image.Image:
-        if packed:
-            latents = pipe._unpack_latents(
-                latents, request.height, request.width, pipe.vae_scale_factor
-            )
-        latent = latents[0]
-        if latent.dim() == 4:  # [C, frames, h, w]: the one frame
-            latent = latent[:, 0]
-        return approx_flow(latent, vae)
-
-    return render
+    return lambda latents: approx_flow(_spatial(model, request, latents)[0], vae)
 
 
 def plain_prompt(prompt: str) -> str:
@@ -249,7 +234,7 @@ def generate(
             pipe, request, guidance, plan or source, callback, output_type=output
         )
         if latent:
-            return replace(made, images=[], latents=_unpacked(model, request, made.images))
+            return replace(made, images=[], latents=_spatial(model, request, made.images))
         if plan is not None:
             made = replace(made, images=[plan.paste(image) for image in made.images])
         return made
@@ -271,23 +256,29 @@ def generate(
                 pipe, request, conditioning, source, generators, callback, output
             )
     if latent:
-        latents = _unpacked(model, request, images)
+        latents = _spatial(model, request, images)
         return Sampled([], encoded - began, time.perf_counter() - encoded, latents)
     return Sampled(images, encoded - began, time.perf_counter() - encoded)
 
 
-def _unpacked(model: FlowModel, request: GenerationRequest, latents: Any) -> torch.Tensor:
-    """A pipeline's latent output as ``[B, C, h, w]``: FLUX's packed tokens unpacked."""
+def _spatial(model: FlowModel, request: GenerationRequest, latents: Any) -> torch.Tensor:
+    """Latents as a pipeline hands them out (to its step callback, or as its latent output)
+    as ``[B, C, h, w]``: FLUX's and Qwen-Image's packed tokens unpacked, and the one frame of
+    Qwen-Image's video latents."""
     pipe = model.txt2img
-    if isinstance(pipe, FluxPipeline | FluxKontextPipeline) and latents.dim() == 3:
-        return pipe._unpack_latents(latents, request.height, request.width, pipe.vae_scale_factor)
+    if latents.dim() == 3:  # [B, tokens, C × 2 × 2]
+        latents = pipe._unpack_latents(
+            latents, request.height, request.width, pipe.vae_scale_factor
+        )
+    if latents.dim() == 5:  # [B, C, frames, h, w]
+        latents = latents[:, :, 0]
     return latents
 
 
 def _sampled_by(pipe: Any, sampler: str, generators: list[torch.Generator]) -> Any:
-    """``pipe``, or for a sampler other than Euler a copy of it (the same components) whose
-    scheduler steps by that sampler (``flow_sampling.SamplerScheduler``)."""
-    if sampler not in flow_sampling.SCHEDULED:
+    """``pipe`` for Euler (its own), or a copy of it (the same components) whose scheduler
+    steps by ``sampler`` (``flow_sampling.SamplerScheduler``)."""
+    if sampler == "Euler":
         return pipe
     scheduler = flow_sampling.SamplerScheduler.of(pipe.scheduler.config, sampler, generators)
     copy = type(pipe)(**(pipe.components | {"scheduler": scheduler}))

@@ -24,6 +24,8 @@ from diffusers.schedulers.scheduling_flow_match_euler_discrete import (
     FlowMatchEulerDiscreteSchedulerOutput,
 )
 
+from huabu.catalog.families import SCHEDULED
+
 #: model(x, sigma) -> denoised (k-diffusion's denoiser convention).
 Model = Callable[[torch.Tensor, float], torch.Tensor]
 #: noise() -> one draw shaped like x, each image from its own generator.
@@ -150,6 +152,8 @@ class SamplerScheduler(FlowMatchEulerDiscreteScheduler):
 
     @classmethod
     def of(cls, config: Any, sampler: str, generators: list[torch.Generator]) -> SamplerScheduler:
+        if sampler == "Euler" or sampler not in SCHEDULED:  # (catalog.families.fit refuses it)
+            raise ValueError(f"{sampler!r} is not a sampler a scheduler steps")
         scheduler = cls.from_config(config)
         scheduler.sampler = sampler
 
@@ -181,10 +185,6 @@ class SamplerScheduler(FlowMatchEulerDiscreteScheduler):
         if not return_dict:
             return (prev_sample,)
         return FlowMatchEulerDiscreteSchedulerOutput(prev_sample=prev_sample)
-
-
-#: The samplers ``SamplerScheduler`` steps (with Euler, the pipeline's own).
-SCHEDULED = ("Euler a", "DPM++ 2M")
 
 
 #: The A1111 names that run on a flow model, and their sampler ("Euler" runs through the
