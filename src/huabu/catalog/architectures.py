@@ -298,8 +298,71 @@ _SDXL_REFINER: dict[str, Config] = {
     "vae": _SDXL["vae"],
 }
 
+#: FLUX.1 [dev]'s published configs, for its split single files (see ``catalog.split_files``):
+#: the shapes give every width and depth, these what they cannot (rotary axes, VAE scaling).
+_FLUX1: dict[str, Config] = {
+    "transformer": {
+        "_class_name": "FluxTransformer2DModel",
+        "attention_head_dim": 128,
+        "axes_dims_rope": [16, 56, 56],
+        "guidance_embeds": True,
+        "in_channels": 64,
+        "joint_attention_dim": 4096,
+        "num_attention_heads": 24,
+        "num_layers": 19,
+        "num_single_layers": 38,
+        "patch_size": 1,
+        "pooled_projection_dim": 768,
+    },
+    "text_encoder": _CLIP_L,
+    "text_encoder_2": {
+        "architectures": ["T5EncoderModel"],
+        "model_type": "t5",
+        "d_model": 4096,
+        "d_kv": 64,
+        "d_ff": 10240,
+        "num_layers": 24,
+        "num_heads": 64,
+        "relative_attention_num_buckets": 32,
+        "relative_attention_max_distance": 128,
+        "feed_forward_proj": "gated-gelu",
+        "layer_norm_epsilon": 1e-6,
+        "vocab_size": 32128,
+        "is_encoder_decoder": False,
+        "use_cache": False,
+        "pad_token_id": 0,
+        "eos_token_id": 1,
+    },
+    "vae": {
+        **_VAE,
+        "latent_channels": 16,
+        "sample_size": 1024,
+        "scaling_factor": 0.3611,
+        "shift_factor": 0.1159,
+        "use_quant_conv": False,
+        "use_post_quant_conv": False,
+    },
+    "scheduler": {
+        "base_image_seq_len": 256,
+        "base_shift": 0.5,
+        "max_image_seq_len": 4096,
+        "max_shift": 1.15,
+        "num_train_timesteps": 1000,
+        "shift": 3.0,
+        "use_dynamic_shifting": True,
+    },
+}
+#: [schnell]: no guidance embedding, and a fixed schedule (no resolution-dependent shift).
+_FLUX1_SCHNELL = {
+    **_FLUX1,
+    "transformer": {**_FLUX1["transformer"], "guidance_embeds": False},
+    "scheduler": {"num_train_timesteps": 1000, "shift": 1.0, "use_dynamic_shifting": False},
+}
+
 _CONFIGS = {Architecture.SD1: _SD1, Architecture.SD2: _SD2, Architecture.SDXL: _SDXL,
-            Architecture.SDXL_REFINER: _SDXL_REFINER}  # fmt: skip
+            Architecture.SDXL_REFINER: _SDXL_REFINER, Architecture.FLUX1: _FLUX1,
+            Architecture.FLUX1_KONTEXT: _FLUX1,
+            Architecture.FLUX1_SCHNELL: _FLUX1_SCHNELL}  # fmt: skip
 
 
 def reference_config(architecture: Architecture) -> dict[str, Config]:

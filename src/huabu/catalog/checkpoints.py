@@ -1,6 +1,6 @@
-"""What a ``.safetensors`` file says about itself, read from its header alone: tensor names,
-shapes and metadata. No tensor is read and nothing here imports torch, so API processes can
-describe a library of multi-GB checkpoints in milliseconds."""
+"""What a ``.safetensors`` (or ``.gguf``) file says about itself, read from its header alone:
+tensor names, shapes and metadata. No tensor is read and nothing here imports torch, so API
+processes can describe a library of multi-GB checkpoints in milliseconds."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from huabu.catalog.architectures import Architecture, detect_architecture
+from huabu.catalog.split_files import transformer_architecture
 from huabu.errors import ModelUnavailable
 
 #: The safetensors metadata key of config overrides (JSON, by component: ``{"unet": {…}}``).
@@ -28,8 +29,10 @@ class CheckpointHeader:
 
     @classmethod
     def read(cls, path: Path) -> CheckpointHeader:
-        """Parse the header (8 bytes of length, then JSON), or ModelUnavailable naming the
-        file by its name only."""
+        """Parse the header (8 bytes of length, then JSON; or a GGUF file's tensor infos and
+        key-values), or ModelUnavailable naming the file by its name only."""
+        if path.suffix == ".gguf":
+            return cls._read_gguf(path)
         try:
             with path.open("rb") as handle:
                 prefix = handle.read(8)
@@ -53,8 +56,29 @@ class CheckpointHeader:
             ) from None
         return cls(shapes, {str(k): str(v) for k, v in metadata.items()})
 
-    def architecture(self) -> Architecture | None:
-        return detect_architecture(set(self.shapes))
+    @classmethod
+    def _read_gguf(cls, path: Path) -> CheckpointHeader:
+        """A GGUF file's tensor names and shapes (in torch's order: GGUF lists the innermost
+        dimension first) and its string key-values as metadata."""
+        from gguf import GGUFReader, GGUFValueType
+
+        try:
+            reader = GGUFReader(path)
+            shapes = {t.name: tuple(int(n) for n in reversed(t.shape)) for t in reader.tensors}
+            metadata = {
+                key: str(field.contents())
+                for key, field in reader.fields.items()
+                if field.types == [GGUFValueType.STRING]
+            }
+        except (OSError, ValueError, KeyError, IndexError) as exc:
+            raise ModelUnavailable(f"{path.name} is not a readable GGUF file ({exc})") from None
+        return cls(shapes, metadata)
+
+    def architecture(self, name: str = "") -> Architecture | None:
+        """The family of an original-layout checkpoint, or of a FLUX.1 transformer alone (whose
+        file ``name`` tells Kontext apart)."""
+        keys = set(self.shapes)
+        return detect_architecture(keys) or transformer_architecture(keys, name)
 
     def overrides(self, sidecar: Path | None = None) -> dict[str, dict[str, Any]]:
         """Config values the shapes cannot tell, by component: from the file's metadata

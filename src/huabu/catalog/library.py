@@ -1,6 +1,8 @@
 """The model library under ``$HUABU_HOME/models``: what is there, and what each thing is.
 
-    models/checkpoints/   diffusers folders or single-file .safetensors (.ckpt/.pt: opt-in)
+    models/checkpoints/   diffusers folders or single-file .safetensors (.ckpt/.pt: opt-in);
+                          a FLUX.1 transformer alone (.safetensors or .gguf), its parts in
+    models/text_encoders/ and models/vae/ (see ``catalog.split_files``)
     models/loras/  models/embeddings/  models/vae/  models/controlnet/
     models/ipadapter/<name>/   an adapter .safetensors and its image_encoder/ folder
 
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from huabu.catalog import split_files
 from huabu.catalog.architectures import Architecture, detect_folder_architecture, native_size
 from huabu.catalog.checkpoints import CheckpointHeader
 from huabu.errors import InvalidRequest, ModelUnavailable
@@ -31,6 +34,8 @@ from huabu.settings import Settings
 
 KINDS = ("checkpoints", "loras", "embeddings", "vae", "controlnet", "ipadapter", "annotators")
 SAFE_SUFFIXES = (".safetensors",)
+#: GGUF: a quantized FLUX.1 transformer (a checkpoint; see ``catalog.split_files``).
+GGUF_SUFFIXES = (".gguf",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 #: ONNX graphs (DWPose's annotators): data that onnxruntime runs, no Python code in them.
 ONNX_SUFFIXES = (".onnx",)
@@ -95,7 +100,7 @@ def _file_architecture(path: Path) -> tuple[Architecture | None, int | None]:
     """A single-file checkpoint's family and native size (from its overrides, if any)."""
     try:
         header = CheckpointHeader.read(path)
-        architecture = header.architecture()
+        architecture = header.architecture(path.name)
         if architecture is None:
             return None, None
         return architecture, native_size(
@@ -190,7 +195,7 @@ class ModelLibrary:
         self._described: dict[tuple[Path, int, int], ModelEntry | None] = {}
 
     def ensure_folders(self) -> None:
-        for kind in KINDS:
+        for kind in (*KINDS, "text_encoders"):
             (self.root / kind).mkdir(parents=True, exist_ok=True)
 
     def entries(self, kind: str) -> list[ModelEntry]:
@@ -233,7 +238,7 @@ class ModelLibrary:
                 path.stat().st_mtime,
                 path,
             )
-        if path.suffix in SAFE_SUFFIXES:
+        if path.suffix in SAFE_SUFFIXES or (checkpoint and path.suffix in GGUF_SUFFIXES):
             arch, native = (
                 _file_architecture(path) if checkpoint else (_extra_architecture(path), None)
             )
@@ -290,12 +295,22 @@ class ModelLibrary:
                 return entry
         for entry in self.entries(kind):
             if entry.name == name:
+                if kind == "checkpoints":
+                    self.parts(entry)  # a part missing: refused now, naming it
                 return entry
         if self.shared is not None:
             fetched = self.shared.find(kind, name)
             if fetched is not None:
                 return fetched
         raise self.unknown(kind, name, param=param)
+
+    def parts(self, entry: ModelEntry) -> dict[str, Path]:
+        """The files beside a split checkpoint (a flow transformer alone), by component: none
+        for any other; InvalidRequest naming the first one missing."""
+        if entry.layout != "single-file" or not (entry.architecture and entry.architecture.is_flow):
+            return {}
+        overrides = CheckpointHeader.read(entry.path).overrides(entry.path.with_suffix(".json"))
+        return split_files.parts(entry.path, self.root, overrides)
 
     def default_model(self) -> str:
         """The checkpoint used when a request names none (HUABU_DEFAULT_MODEL, else the first)."""

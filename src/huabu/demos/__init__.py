@@ -2,6 +2,7 @@
 weights, built by huabu itself, so everything runs offline and fast on a CPU (their images are
 coloured noise). ``sd``: SD 1.x in both layouts, the SD 2.x sibling and their extras; ``xl``:
 SDXL in both layouts, its refiner and extras; ``flux``: FLUX.1, FLUX.1 Kontext and their LoRA;
+``flux_files``: FLUX.1 as split single files;
 ``flux2``: FLUX.2 [klein]; ``sd3``: SD 3.x; ``zimage``: Z-Image; ``qwen``: Qwen-Image;
 ``ldm_layout``: the single-file (LDM/SGM) layouts they are also written in. ``huabu models
 demo`` and ``make run`` call ``build``."""
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from huabu.demos import flux, flux2, qwen, sd, sd3, xl, zimage
+from huabu.demos import flux, flux2, flux_files, qwen, sd, sd3, xl, zimage
 from huabu.demos.sd import DEMO, DEMO_SINGLE, NOTICE
 from huabu.settings import Settings
 
@@ -21,6 +22,7 @@ __all__ = [
     "build",
     "flux",
     "flux2",
+    "flux_files",
     "qwen",
     "sd",
     "sd3",
@@ -37,6 +39,7 @@ def build(settings: Settings, *, force: bool = False) -> list[Path]:
         sd.build(models, force=force)
         + xl.build(models, force=force)
         + flux.build(models, force=force)
+        + flux_files.build(models, force=force)
         + flux2.build(models, force=force)
         + sd3.build(models, force=force)
         + zimage.build(models, force=force)

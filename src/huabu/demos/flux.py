@@ -3,18 +3,15 @@ and T5 text encoders, a 16-channel-style VAE reduced to one channel) with random
 and the same weights as a FLUX.1 Kontext [dev] folder (Kontext's transformer is FLUX.1's; what
 makes it Kontext is that its pipeline reads the image to edit beside the prompt).
 
-Nothing can be downloaded, so its tokenizers are made here: the CLIP one from the vocabulary
-huabu ships, the T5 one (a SentencePiece-style Unigram model, as T5's) trained in a second with
-the ``tokenizers`` library on the CLIP vocabulary's words. Same code, same weights from build to
-build (the tokenizer's scores may differ in their last digits: its trainer runs on threads).
+Its tokenizers are the ones huabu ships: CLIP's vocabulary and T5 v1.1's. The same weights are
+also written as FLUX.1 is downloaded (``demos.flux_files``): the transformer alone, in BFL's
+layout and as GGUF, its text encoders and VAE beside it. Same code, same weights from build to
+build.
 """
 
 from __future__ import annotations
 
-import json
-import tempfile
 from collections.abc import Callable
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +24,10 @@ from diffusers import (
     FluxTransformer2DModel,
 )
 from safetensors.torch import save_file
-from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel, T5TokenizerFast
+from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
 from huabu.demos.sd import staged, tokenizer
-from huabu.engine.single_file import tokenizer_files
+from huabu.engine.split_files import T5_VOCABULARY, t5_tokenizer
 
 DEMO_FLUX = "demo-flux"
 DEMO_FLUX_KONTEXT = "demo-flux-kontext"
@@ -94,6 +91,7 @@ TINY_T5 = {
     "is_encoder_decoder": False,
     "pad_token_id": 0,
     "eos_token_id": 1,
+    "vocab_size": T5_VOCABULARY,
 }
 #: FLUX.1 [dev]'s published scheduler config.
 _SCHEDULER = {
@@ -105,68 +103,34 @@ _SCHEDULER = {
     "shift": 3.0,
     "use_dynamic_shifting": True,
 }
-_T5_VOCAB = 1000
-
-
-def t5_tokenizer(work: Path) -> T5TokenizerFast:
-    """A T5-style tokenizer (Unigram, ``▁`` word marks; ``<pad>`` 0, ``</s>`` 1, ``<unk>`` 2)
-    trained on the words of the shipped CLIP vocabulary."""
-    file = work / "t5.json"
-    file.write_text(_trained_t5())
-    return T5TokenizerFast(tokenizer_file=str(file), extra_ids=0, model_max_length=512)
-
-
-@cache
-def _trained_t5() -> str:
-    """The trained tokenizer's JSON (training takes seconds: once per process)."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-    from tokenizers.processors import TemplateProcessing
-
-    words = json.loads((tokenizer_files() / "vocab.json").read_text())
-    stems = (w.removesuffix("</w>") for w in words if w.endswith("</w>"))
-    corpus = sorted(stem for stem in stems if stem.isalpha())
-    model = Tokenizer(models.Unigram())
-    model.normalizer = normalizers.NFKC()
-    model.pre_tokenizer = pre_tokenizers.Metaspace()
-    model.decoder = decoders.Metaspace()
-    trainer = trainers.UnigramTrainer(
-        vocab_size=_T5_VOCAB, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>"
-    )
-    model.train_from_iterator(corpus, trainer=trainer)
-    model.post_processor = TemplateProcessing(
-        single="$A </s>", special_tokens=[("</s>", model.token_to_id("</s>"))]
-    )
-    return model.to_str()
 
 
 def build_pipeline(seed: int = _SEED) -> FluxPipeline:
     """The FLUX demo pipeline in memory, identical for the same seed."""
-    with tempfile.TemporaryDirectory() as work:
-        t5 = t5_tokenizer(Path(work))
-        torch.manual_seed(seed)
-        transformer = FluxTransformer2DModel(**_TRANSFORMER)
-        vae = AutoencoderKL(**TINY_VAE)
-        clip = CLIPTextModel(CLIPTextConfig(**TINY_CLIP))
-        encoder = T5EncoderModel(T5Config(**(TINY_T5 | {"vocab_size": len(t5)})))
-        # At their random initialisation the text and guidance pathways are too weak to show
-        # in the image (another prompt moves pixels by 8 of 255 at most); scaled up, a prompt
-        # steers the image about as much as the seed does, and guidance visibly.
-        embedders = transformer.time_text_embed
-        with torch.no_grad():
-            transformer.context_embedder.weight.mul_(8)
-            for part in (embedders.text_embedder, embedders.guidance_embedder):
-                for layer in part.modules():
-                    if isinstance(layer, torch.nn.Linear):
-                        layer.weight.mul_(4)
-        return FluxPipeline(
-            scheduler=FlowMatchEulerDiscreteScheduler(**_SCHEDULER),
-            vae=vae,
-            text_encoder=clip,
-            tokenizer=tokenizer(),
-            text_encoder_2=encoder,
-            tokenizer_2=t5,
-            transformer=transformer,
-        )
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(**_TRANSFORMER)
+    vae = AutoencoderKL(**TINY_VAE)
+    clip = CLIPTextModel(CLIPTextConfig(**TINY_CLIP))
+    encoder = T5EncoderModel(T5Config(**TINY_T5))
+    # At their random initialisation the text and guidance pathways are too weak to show
+    # in the image (another prompt moves pixels by 8 of 255 at most); scaled up, a prompt
+    # steers the image about as much as the seed does, and guidance visibly.
+    embedders = transformer.time_text_embed
+    with torch.no_grad():
+        transformer.context_embedder.weight.mul_(8)
+        for part in (embedders.text_embedder, embedders.guidance_embedder):
+            for layer in part.modules():
+                if isinstance(layer, torch.nn.Linear):
+                    layer.weight.mul_(4)
+    return FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(**_SCHEDULER),
+        vae=vae,
+        text_encoder=clip,
+        tokenizer=tokenizer(),
+        text_encoder_2=encoder,
+        tokenizer_2=t5_tokenizer(),
+        transformer=transformer,
+    )
 
 
 #: The attention and feed-forward layers of both block kinds: where FLUX LoRAs train.

@@ -24,12 +24,12 @@ from diffusers import (
     UNet2DConditionModel,
 )
 from safetensors.torch import save_file
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextConfig, CLIPTextModel
 
 from huabu.catalog.architectures import Architecture, reference_config
 from huabu.catalog.checkpoints import METADATA_KEY
 from huabu.demos.ldm_layout import controlnet_to_ldm, text_encoder_to_ldm, unet_to_ldm, vae_to_ldm
-from huabu.engine.single_file import tokenizer_files
+from huabu.engine.single_file import clip_tokenizer as tokenizer
 
 DEMO = "demo"
 DEMO_SINGLE = "demo-single"
@@ -92,18 +92,6 @@ _TEXT = {
 #: attention projections, a GELU text encoder) and a v-prediction scheduler.
 _SD2_UNET = {"use_linear_projection": True}
 _SD2_TEXT = {"hidden_act": "gelu"}
-
-
-def tokenizer(pad: str = "<|endoftext|>") -> CLIPTokenizer:
-    """The demos' CLIP tokenizer (the real BPE vocabulary, shipped); OpenCLIP-trained encoders
-    pad with "!"."""
-    files = tokenizer_files()
-    return CLIPTokenizer(
-        vocab=str(files / "vocab.json"),
-        merges=str(files / "merges.txt"),
-        model_max_length=77,
-        pad_token=pad,
-    )
 
 
 def build_pipeline(

@@ -4,7 +4,6 @@ weights, tokenizers as in ``demos.flux``."""
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import torch
@@ -16,8 +15,9 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
-from huabu.demos.flux import TINY_CLIP, TINY_T5, TINY_VAE, t5_tokenizer, write_with_lora
+from huabu.demos.flux import TINY_CLIP, TINY_T5, TINY_VAE, write_with_lora
 from huabu.demos.sd import tokenizer
+from huabu.engine.split_files import t5_tokenizer
 
 DEMO_SD3 = "demo-sd3"
 _SEED = 20251202
@@ -46,24 +46,22 @@ _T5 = TINY_T5 | {"d_model": 64}
 
 def build_pipeline(seed: int = _SEED) -> StableDiffusion3Pipeline:
     """The SD 3 demo pipeline in memory, identical for the same seed."""
-    with tempfile.TemporaryDirectory() as work:
-        t5 = t5_tokenizer(Path(work))
-        torch.manual_seed(seed)
-        transformer = SD3Transformer2DModel(**_TRANSFORMER)
-        # As in demos.flux: the random text pathway scaled up, so that a prompt shows.
-        with torch.no_grad():
-            transformer.context_embedder.weight.mul_(8)
-        return StableDiffusion3Pipeline(
-            transformer=transformer,
-            scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
-            vae=AutoencoderKL(**_VAE),
-            text_encoder=CLIPTextModelWithProjection(CLIPTextConfig(**_CLIP)),
-            tokenizer=tokenizer(),
-            text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**_CLIP)),
-            tokenizer_2=tokenizer(pad="!"),
-            text_encoder_3=T5EncoderModel(T5Config(**(_T5 | {"vocab_size": len(t5)}))),
-            tokenizer_3=t5,
-        )
+    torch.manual_seed(seed)
+    transformer = SD3Transformer2DModel(**_TRANSFORMER)
+    # As in demos.flux: the random text pathway scaled up, so that a prompt shows.
+    with torch.no_grad():
+        transformer.context_embedder.weight.mul_(8)
+    return StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=AutoencoderKL(**_VAE),
+        text_encoder=CLIPTextModelWithProjection(CLIPTextConfig(**_CLIP)),
+        tokenizer=tokenizer(),
+        text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**_CLIP)),
+        tokenizer_2=tokenizer(pad="!"),
+        text_encoder_3=T5EncoderModel(T5Config(**_T5)),
+        tokenizer_3=t5_tokenizer(),
+    )
 
 
 #: Where its demo LoRA trains: attention and feed-forward layers of the transformer.

@@ -45,7 +45,7 @@ from PIL import Image
 
 from huabu.catalog.architectures import Architecture
 from huabu.catalog.library import ModelEntry, ModelLibrary
-from huabu.engine import flow_sampling
+from huabu.engine import flow_sampling, split_files
 from huabu.engine.adapters import LoraSwitch
 from huabu.engine.inpainting import InpaintPlan
 from huabu.engine.previews import approx_flow
@@ -150,17 +150,21 @@ def load(
     if architecture not in PIPELINES:
         label = architecture.label if architecture else "this family"
         raise ModelUnavailable(f"{entry.name}: {label} models cannot run yet")
-    if entry.layout != "diffusers":
-        raise ModelUnavailable(
-            f"{entry.name}: {architecture.label} models load from a diffusers folder for now"
-        )
     txt2img_class, img2img_class, _ = PIPELINES[architecture]
     try:
-        pipe = txt2img_class.from_pretrained(path, dtype=dtype, local_files_only=True)
+        if entry.layout == "single-file":  # a transformer alone, its parts beside it
+            parts = split_files.load_parts(
+                architecture, path, library.parts(entry), dtype, library.settings.cache_dir
+            )
+            pipe = txt2img_class(**parts)
+        elif entry.layout == "diffusers":
+            pipe = txt2img_class.from_pretrained(path, dtype=dtype, local_files_only=True)
+        else:
+            raise ModelUnavailable(f"{entry.name}: {architecture.label} models cannot be pickles")
     except (OSError, ValueError) as exc:
         raise ModelUnavailable(
-            f"model {entry.name!r} cannot be loaded: its diffusers folder is incomplete or "
-            "damaged (the server log has the details)"
+            f"model {entry.name!r} cannot be loaded: its files are incomplete or damaged (the "
+            "server log has the details)"
         ) from exc
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)

@@ -25,13 +25,13 @@ _UNET = "model.diffusion_model."
 _VAE = "first_stage_model."
 
 
-def _indices(shapes: dict[str, Any], prefix: str) -> list[int]:
+def indices(shapes: dict[str, Any], prefix: str) -> list[int]:
     pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
     return sorted({int(m[1]) for key in shapes if (m := pattern.match(key))})
 
 
 def _derive_unet(shapes: dict[str, tuple[int, ...]], unet: Config) -> None:
-    blocks = _indices(shapes, _UNET + "input_blocks.")
+    blocks = indices(shapes, _UNET + "input_blocks.")
     downsamplers = [i for i in blocks if f"{_UNET}input_blocks.{i}.0.op.weight" in shapes]
     levels = len(downsamplers) + 1
     per_level = (len(blocks) - 1 - len(downsamplers)) // levels
@@ -40,7 +40,7 @@ def _derive_unet(shapes: dict[str, tuple[int, ...]], unet: Config) -> None:
         first = f"{_UNET}input_blocks.{level * (per_level + 1) + 1}."
         channels.append(shapes[first + "0.out_layers.3.weight"][0])
         has_attention.append(f"{first}1.proj_in.weight" in shapes)
-        depth.append(len(_indices(shapes, first + "1.transformer_blocks.")) or 1)
+        depth.append(len(indices(shapes, first + "1.transformer_blocks.")) or 1)
     unet["in_channels"] = shapes[_UNET + "input_blocks.0.0.weight"][1]
     unet["out_channels"] = shapes[_UNET + "out.2.weight"][0]
     unet["block_out_channels"] = channels
@@ -63,9 +63,9 @@ def _derive_unet(shapes: dict[str, tuple[int, ...]], unet: Config) -> None:
         unet["projection_class_embeddings_input_dim"] = label[1]
 
 
-def _derive_vae(shapes: dict[str, tuple[int, ...]], vae: Config, prefix: str = _VAE) -> None:
-    levels = _indices(shapes, prefix + "encoder.down.")
-    per_level = len(_indices(shapes, prefix + "encoder.down.0.block."))
+def derive_vae(shapes: dict[str, tuple[int, ...]], vae: Config, prefix: str = _VAE) -> None:
+    levels = indices(shapes, prefix + "encoder.down.")
+    per_level = len(indices(shapes, prefix + "encoder.down.0.block."))
     vae["block_out_channels"] = [
         shapes[f"{prefix}encoder.down.{i}.block.{per_level - 1}.conv2.weight"][0] for i in levels
     ]
@@ -81,20 +81,20 @@ def derive_vae_config(header: CheckpointHeader) -> Config:
     prefix = _VAE if any(k.startswith(_VAE) for k in header.shapes) else ""
     vae = reference_config(Architecture.SD1)["vae"]
     try:
-        _derive_vae(header.shapes, vae, prefix)
+        derive_vae(header.shapes, vae, prefix)
     except (KeyError, IndexError) as exc:
         raise ModelUnavailable(f"not an SD VAE file (missing {exc})") from None
     return vae
 
 
-def _derive_clip(shapes: dict[str, tuple[int, ...]], prefix: str, encoder: Config) -> None:
+def derive_clip(shapes: dict[str, tuple[int, ...]], prefix: str, encoder: Config) -> None:
     token = shapes[prefix + "embeddings.token_embedding.weight"]
     hidden = token[1]
     if hidden != encoder["hidden_size"]:
         encoder["num_attention_heads"] = max(hidden // 64, 1)
     encoder["vocab_size"], encoder["hidden_size"] = token
     encoder["projection_dim"] = hidden  # CLIP-L's projection is as wide as its hidden state
-    encoder["num_hidden_layers"] = len(_indices(shapes, prefix + "encoder.layers."))
+    encoder["num_hidden_layers"] = len(indices(shapes, prefix + "encoder.layers."))
     encoder["intermediate_size"] = shapes[prefix + "encoder.layers.0.mlp.fc1.weight"][0]
     encoder["max_position_embeddings"] = shapes[prefix + "embeddings.position_embedding.weight"][0]
 
@@ -106,7 +106,7 @@ def _derive_open_clip(shapes: dict[str, tuple[int, ...]], prefix: str, encoder: 
         encoder["num_attention_heads"] = max(hidden // 64, 1)
     encoder["vocab_size"], encoder["hidden_size"] = vocab, hidden
     encoder["projection_dim"] = shapes[prefix + "text_projection"][1]
-    encoder["num_hidden_layers"] = len(_indices(shapes, prefix + "transformer.resblocks."))
+    encoder["num_hidden_layers"] = len(indices(shapes, prefix + "transformer.resblocks."))
     encoder["intermediate_size"] = shapes[prefix + "transformer.resblocks.0.mlp.c_fc.weight"][0]
     encoder["max_position_embeddings"] = shapes[prefix + "positional_embedding"][0]
 
@@ -118,16 +118,16 @@ def derive_configs(
     configs = reference_config(architecture)
     try:
         _derive_unet(header.shapes, configs["unet"])
-        _derive_vae(header.shapes, configs["vae"])
+        derive_vae(header.shapes, configs["vae"])
         if architecture is Architecture.SD1:
             prefix = "cond_stage_model.transformer.text_model."
-            _derive_clip(header.shapes, prefix, configs["text_encoder"])
+            derive_clip(header.shapes, prefix, configs["text_encoder"])
         elif architecture.is_sdxl:
             # SDXL: CLIP-L as embedder 0, OpenCLIP as 1; its refiner: OpenCLIP alone, as 0.
             refiner = architecture is Architecture.SDXL_REFINER
             if not refiner:
                 prefix = "conditioner.embedders.0.transformer.text_model."
-                _derive_clip(header.shapes, prefix, configs["text_encoder"])
+                derive_clip(header.shapes, prefix, configs["text_encoder"])
             second = configs["text_encoder_2"]
             prefix = f"conditioner.embedders.{0 if refiner else 1}.model."
             _derive_open_clip(header.shapes, prefix, second)
@@ -150,6 +150,19 @@ def derive_configs(
 def tokenizer_files() -> Path:
     """The shipped CLIP BPE vocabulary (vocab.json, merges.txt), shared by every family."""
     return Path(str(resources.files("huabu.engine") / "configs" / "clip_tokenizer"))
+
+
+def clip_tokenizer(pad: str = "<|endoftext|>") -> Any:
+    """A CLIP tokenizer over the shipped vocabulary (OpenCLIP-trained encoders pad with "!")."""
+    from transformers import CLIPTokenizer
+
+    files = tokenizer_files()
+    return CLIPTokenizer(
+        vocab=str(files / "vocab.json"),
+        merges=str(files / "merges.txt"),
+        model_max_length=77,
+        pad_token=pad,
+    )
 
 
 def write_config_folder(configs: dict[str, Config], destination: Path) -> None:
@@ -208,7 +221,7 @@ def single_file_controlnet(path: Path, name: str, unet: Any) -> Any:
     else:
         converted = _controlnet_from_ldm(state, name, unet.config.layers_per_block)
     embedding = "controlnet_cond_embedding."
-    blocks = _indices(converted, embedding + "blocks.")
+    blocks = indices(converted, embedding + "blocks.")
     widths = [converted[f"{embedding}blocks.{i}.weight"].shape[0] for i in blocks[1::2]]
     channels = (converted[embedding + "conv_in.weight"].shape[0], *widths)
     try:
@@ -267,9 +280,9 @@ def _transformer_depths(state: dict[str, Any], config: dict[str, Any]) -> list[i
     (SDXL's "mid" and "small" ControlNets are shallower than their base); None if not."""
     depths = []
     for level in range(len(config["down_block_types"])):
-        found = _indices(state, f"down_blocks.{level}.attentions.0.transformer_blocks.")
+        found = indices(state, f"down_blocks.{level}.attentions.0.transformer_blocks.")
         depths.append(len(found) or 1)
-    mid = _indices(state, "mid_block.attentions.0.transformer_blocks.")
+    mid = indices(state, "mid_block.attentions.0.transformer_blocks.")
     base = config.get("transformer_layers_per_block", 1)
     base_list = base if isinstance(base, list | tuple) else [base] * len(depths)
     if mid and len(mid) != depths[-1]:
