@@ -52,6 +52,8 @@ class Architecture(enum.StrEnum):
         transformer's layers, and LoRA files that cannot tell them apart)."""
         if self in (Architecture.FLUX1_SCHNELL, Architecture.FLUX1_KONTEXT):
             return Architecture.FLUX1
+        if self is Architecture.QWEN_IMAGE_EDIT:  # (Qwen-Image's transformer, fine-tuned)
+            return Architecture.QWEN_IMAGE
         return self
 
     @property

@@ -89,6 +89,9 @@ FAMILIES = {
         # (Its image-to-image pipeline takes its video VAE's 5-D latents: the hires fix
         # upscales the decoded image.)
         _flow(Architecture.QWEN_IMAGE, 50, 4.0, latent_hires=False),
+        # Qwen-Image-Edit's published use: Qwen-Image's (50 steps, true CFG 4); an image is the
+        # image to edit, which its text encoder sees too; Qwen-Image's LoRAs.
+        _flow(Architecture.QWEN_IMAGE_EDIT, 50, 4.0, edits=True, latent_hires=False),
         # Z-Image Turbo's published use: 9 steps (8 model calls), no CFG.
         # (Its image-to-image pipeline preprocesses latents as an image: the same.)
         _flow(Architecture.Z_IMAGE, 9, 1.0, latent_hires=False),

@@ -58,8 +58,9 @@ _TEXT = {
 }
 
 
-def qwen_tokenizer(work: Path) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer with Qwen's chat markers and a chat template."""
+def qwen_tokenizer(work: Path, specials: tuple[str, ...] = ()) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer with Qwen's chat markers (and ``specials`` after them) and a
+    chat template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     words = json.loads((tokenizer_files() / "vocab.json").read_text())
@@ -70,7 +71,7 @@ def qwen_tokenizer(work: Path) -> PreTrainedTokenizerFast:
     model.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=1000,
-        special_tokens=_SPECIALS,
+        special_tokens=[*_SPECIALS, *specials],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     model.train_from_iterator(corpus, trainer=trainer)

@@ -13,6 +13,7 @@ text, never an error). What a family cannot do is refused before anything loads
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -30,6 +31,9 @@ from diffusers import (
     FluxKontextInpaintPipeline,
     FluxKontextPipeline,
     FluxPipeline,
+    QwenImageEditInpaintPipeline,
+    QwenImageEditPipeline,
+    QwenImageEditPlusPipeline,
     QwenImageImg2ImgPipeline,
     QwenImageInpaintPipeline,
     QwenImagePipeline,
@@ -51,6 +55,7 @@ from huabu.engine.inpainting import InpaintPlan
 from huabu.engine.previews import approx_flow
 from huabu.engine.prompts import parse_weights
 from huabu.engine.variation import crop_latents, upscale_image, upscale_latents
+from huabu.engine.vision_prompts import VisionPrompts
 from huabu.errors import ModelUnavailable
 from huabu.native import GenerationRequest, ImageRef
 
@@ -78,7 +83,16 @@ PIPELINES: dict[Architecture, tuple[Any, Any, Any]] = {
         QwenImageImg2ImgPipeline,
         QwenImageInpaintPipeline,
     ),
+    # Text to image through Qwen-Image's pipeline; an image is the image to edit (Edit Plus,
+    # 2509 and after, named so in the folder's model_index.json: ``_EDITORS``).
+    Architecture.QWEN_IMAGE_EDIT: (
+        QwenImagePipeline,
+        QwenImageEditPipeline,
+        QwenImageEditInpaintPipeline,
+    ),
 }
+#: The edit pipelines a Qwen-Image-Edit folder may name.
+_EDITORS = {cls.__name__: cls for cls in (QwenImageEditPipeline, QwenImageEditPlusPipeline)}
 
 
 def _cfg(request: GenerationRequest) -> dict[str, Any]:
@@ -115,6 +129,7 @@ _PROMPTED = {
     Architecture.SD3: _cfg,
     Architecture.Z_IMAGE: _cfg_from_zero,
     Architecture.QWEN_IMAGE: _true_cfg,
+    Architecture.QWEN_IMAGE_EDIT: _true_cfg,
 }
 
 
@@ -157,6 +172,8 @@ def load(
                 architecture, path, library.parts(entry), dtype, library.settings.cache_dir
             )
             pipe = txt2img_class(**parts)
+        elif architecture is Architecture.QWEN_IMAGE_EDIT:
+            pipe, editor = _qwen_editor(path, dtype)
         elif entry.layout == "diffusers":
             pipe = txt2img_class.from_pretrained(path, dtype=dtype, local_files_only=True)
         else:
@@ -168,9 +185,22 @@ def load(
         ) from exc
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
-    img2img = img2img_class(**pipe.components)
+    if architecture is Architecture.QWEN_IMAGE_EDIT:
+        img2img = editor(**pipe.components, processor=pipe.processor)
+    else:
+        img2img = img2img_class(**pipe.components)
     img2img.set_progress_bar_config(disable=True)
     return FlowModel(entry, architecture, pipe, img2img, model_hash, LoraSwitch(pipe, library))
+
+
+def _qwen_editor(path: Path, dtype: torch.dtype) -> tuple[Any, type]:
+    """A Qwen-Image-Edit folder as Qwen-Image's text-to-image pipeline (its ``processor``
+    attached: ``vision_prompts``) and the edit pipeline class its model_index names."""
+    index = json.loads((path / "model_index.json").read_text())
+    editor = _EDITORS.get(index.get("_class_name", ""), QwenImageEditPipeline)
+    pipe = QwenImagePipeline.from_pretrained(path, dtype=dtype, local_files_only=True)
+    pipe.processor = VisionPrompts.load(path / "processor")
+    return pipe, editor
 
 
 #: The latent map of each family's VAE for live previews (``engine.previews.FLOW_MAPS``):
@@ -182,6 +212,7 @@ _PREVIEW_MAPS = {
     Architecture.Z_IMAGE: "flux",
     Architecture.SD3: "sd3",
     Architecture.QWEN_IMAGE: "wan",
+    Architecture.QWEN_IMAGE_EDIT: "wan",
 }
 
 
@@ -229,7 +260,7 @@ def generate(
     output = "latent" if latent else "pil"
     pipe = model.img2img if source is not None else model.txt2img
     if plan is not None:  # (fit: only the families with an inpainting pipeline here)
-        pipe = PIPELINES[model.architecture][2](**model.txt2img.components)
+        pipe = PIPELINES[model.architecture][2](**model.img2img.components)
         pipe.set_progress_bar_config(disable=True)
     seeds = request.image_seeds()
     if model.architecture in _PROMPTED:
@@ -471,6 +502,8 @@ def _prompted_sample(
     elif isinstance(pipe, Flux2KleinPipeline):
         if source is not None:  # a reference image (fit: strength 1)
             extra["image"] = [source]
+    elif isinstance(pipe, tuple(_EDITORS.values())):
+        extra["image"] = source  # the image to edit (fit: strength 1)
     elif source is not None:
         extra |= {"image": source, "strength": request.strength}
     if generators is None:

@@ -19,7 +19,11 @@ const FLOW = new Map([
   ["sd3", { samplers: SCHEDULED, steps: 28, guidance: 3.5, distilled: false }],
   ["z-image", { samplers: SCHEDULED, steps: 9, guidance: 1, distilled: false, pixelHires: true }],
   ["qwen-image", { samplers: SCHEDULED, steps: 50, guidance: 4, distilled: false, pixelHires: true }],
+  ["qwen-image-edit", { samplers: SCHEDULED, steps: 50, guidance: 4, distilled: false, edits: true }],
 ]);
+// The families that take another's extras (Architecture.lora_family): the same transformer.
+const EXTRAS_OF = new Map([["flux1-schnell", "flux1"], ["flux1-kontext", "flux1"],
+  ["qwen-image-edit", "qwen-image"]]);
 const SIZES = [[512, 512], [768, 512], [512, 768], [768, 768], [1024, 1024], [1216, 832],
   [832, 1216], [256, 256], [64, 64]];
 const FORM_FIELDS = ["prompt", "negative_prompt", "model", "sampler", "steps", "width", "height",
@@ -86,7 +90,7 @@ function fits(kind, name) {
   const known = (family) => family && family !== "unknown";
   const model = library.families.get(`checkpoints/${$("model").value}`);
   const extra = library.families.get(`${kind}/${name}`);
-  return !known(model) || !known(extra) || model === extra;
+  return !known(model) || !known(extra) || (EXTRAS_OF.get(model) || model) === extra;
 }
 
 // A select offers what fits the chosen model, and what it holds now.
