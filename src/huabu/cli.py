@@ -509,6 +509,12 @@ def serve(
     )
 
 
+def _with_plan(name: str, plans: dict[str, str]) -> str:
+    """A loaded model, with how it fits the device where that is not simply whole."""
+    plan = plans.get(name, "none")
+    return name if plan == "none" else f"{name} ({plan})"
+
+
 @app.command()
 def status(
     as_json: Annotated[bool, typer.Option("--json", help="The fleet view as JSON.")] = False,
@@ -534,7 +540,8 @@ def status(
                 worker["device"],
                 worker["state"],
                 worker["current_task"] or "-",
-                ",".join(worker["loaded"]) or "-",
+                ",".join(_with_plan(name, worker["memory_plans"]) for name in worker["loaded"])
+                or "-",
                 str(worker["checkpoint_loads"]),
                 str(worker["tasks_done"]),
                 worker["last_heartbeat"][11:19],

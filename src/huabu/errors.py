@@ -116,7 +116,8 @@ class StorageFull(HuabuError):
 
 
 class WorkerMisconfigured(Exception):
-    """Settings that leave a worker nothing to do (said in one line at startup)."""
+    """Settings that leave a worker nothing to do, or that its device cannot honour (said in
+    one line at startup)."""
 
 
 class Cancelled(HuabuError):

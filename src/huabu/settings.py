@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -218,6 +219,18 @@ class Settings(BaseSettings):
         le=64,
         description="Graphs of the UNet compiled per worker (its models together) for new "
         "shapes (sizes, batch sizes) and variants before further ones run uncompiled.",
+    )
+    quantize: Literal["auto", "none", "fp8", "int8", "nf4"] = Field(
+        default="auto",
+        description="How a flow model's transformer is held: as loaded (none), float8 or "
+        "int8 weights (torchao, weight-only), nf4 (bitsandbytes, CUDA only); auto chooses "
+        "from the model's size and the device's free memory (a GGUF file keeps its own).",
+    )
+    offload: Literal["auto", "none", "model", "group", "sequential"] = Field(
+        default="auto",
+        description="Where a flow model's weights wait while others run: on the device "
+        "(none), in RAM a whole component at a time (model), a block at a time with streams "
+        "(group), or layer by layer (sequential); GPUs only. auto chooses as quantize does.",
     )
     lora_max_rank: int = Field(
         default=128,

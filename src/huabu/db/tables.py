@@ -207,6 +207,8 @@ class WorkerRow(Base):
     #: Seconds those loads took, and torch's allocated GPU memory now (None: no GPU).
     load_seconds: Mapped[float] = mapped_column(Float, server_default="0")
     gpu_memory_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    #: How each loaded flow model fits the device: ``{"name": "fp8 + model offload"}``.
+    memory_plans: Mapped[dict[str, str]] = mapped_column(JSONB, server_default="{}")
     current_task: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     last_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

@@ -49,7 +49,7 @@ from PIL import Image
 
 from huabu.catalog.architectures import Architecture
 from huabu.catalog.library import ModelEntry, ModelLibrary
-from huabu.engine import flow_sampling, split_files
+from huabu.engine import flow_sampling, memory_plan, split_files
 from huabu.engine.adapters import LoraSwitch
 from huabu.engine.inpainting import InpaintPlan
 from huabu.engine.previews import approx_flow
@@ -143,6 +143,8 @@ class FlowModel:
     img2img: Any
     model_hash: str | None
     loras: LoraSwitch
+    #: How its weights fit the device (HUABU_QUANTIZE, HUABU_OFFLOAD).
+    memory: memory_plan.MemoryPlan
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     leases: int = 0
 
@@ -166,16 +168,25 @@ def load(
         label = architecture.label if architecture else "this family"
         raise ModelUnavailable(f"{entry.name}: {label} models cannot run yet")
     txt2img_class, img2img_class, _ = PIPELINES[architecture]
+    if device.type == "cuda":  # published and run in bf16 (fp16 overflows in T5 and FLUX.1)
+        dtype = torch.bfloat16
+    itemsize = torch.finfo(dtype).bits // 8
     try:
         if entry.layout == "single-file":  # a transformer alone, its parts beside it
+            files = library.parts(entry)
             parts = split_files.load_parts(
-                architecture, path, library.parts(entry), dtype, library.settings.cache_dir
+                architecture, path, files, dtype, library.settings.cache_dir
             )
             pipe = txt2img_class(**parts)
+            sizes = {"transformer": memory_plan.file_bytes(path, itemsize)} | {
+                name: memory_plan.file_bytes(file, itemsize) for name, file in files.items()
+            }
         elif architecture is Architecture.QWEN_IMAGE_EDIT:
             pipe, editor = _qwen_editor(path, dtype)
+            sizes = memory_plan.component_bytes(path, itemsize)
         elif entry.layout == "diffusers":
             pipe = txt2img_class.from_pretrained(path, dtype=dtype, local_files_only=True)
+            sizes = memory_plan.component_bytes(path, itemsize)
         else:
             raise ModelUnavailable(f"{entry.name}: {architecture.label} models cannot be pickles")
     except (OSError, ValueError) as exc:
@@ -183,14 +194,16 @@ def load(
             f"model {entry.name!r} cannot be loaded: its files are incomplete or damaged (the "
             "server log has the details)"
         ) from exc
-    pipe.to(device)
+    memory = memory_plan.plan_for(library.settings, sizes, device, gguf=path.suffix == ".gguf")
+    memory_plan.apply(pipe, memory, device, dtype)
     pipe.set_progress_bar_config(disable=True)
     if architecture is Architecture.QWEN_IMAGE_EDIT:
         img2img = editor(**pipe.components, processor=pipe.processor)
     else:
         img2img = img2img_class(**pipe.components)
     img2img.set_progress_bar_config(disable=True)
-    return FlowModel(entry, architecture, pipe, img2img, model_hash, LoraSwitch(pipe, library))
+    loras = LoraSwitch(pipe, library)
+    return FlowModel(entry, architecture, pipe, img2img, model_hash, loras, memory)
 
 
 def _qwen_editor(path: Path, dtype: torch.dtype) -> tuple[Any, type]:

@@ -43,7 +43,7 @@ from diffusers import (
 
 from huabu.catalog.architectures import Architecture
 from huabu.catalog.library import ModelEntry, ModelLibrary
-from huabu.engine import compiling, flow
+from huabu.engine import compiling, flow, memory_plan
 from huabu.engine.adapters import Embeddings, IpAdapter, LoraSwitch
 from huabu.engine.lora_slots import LoraSlots
 from huabu.engine.prompts import PromptEncoder
@@ -151,6 +151,7 @@ class PipelineCache:
         self._vaes: OrderedDict[str, tuple[AutoencoderKL, threading.Lock]] = OrderedDict()
         self._controlnets: OrderedDict[tuple, ControlNetModel] = OrderedDict()
         self._lock = threading.Lock()
+        memory_plan.check(settings, self.device)
         if settings.compile:
             compiling.configure(settings)
 
@@ -259,6 +260,14 @@ class PipelineCache:
         (training adds adapters) and must ``release`` it when done."""
         entry = self.library.find("checkpoints", name, param="base_model")
         return self._load(entry, compile=False)
+
+    def memory_plans(self) -> dict[str, str]:
+        """How each loaded flow model's weights fit the device (``MemoryPlan.label``)."""
+        return {
+            name: model.memory.label
+            for name, model in self._models.items()
+            if isinstance(model, flow.FlowModel)
+        }
 
     def gpu_memory(self) -> int | None:
         """Bytes of GPU memory torch has allocated on this cache's device (None: no GPU)."""

@@ -15,13 +15,14 @@ from sqlalchemy.orm import Session
 _ADVERTISE = text(
     """
     INSERT INTO workers (name, host, device, kinds, loaded, loads, current_task, load_seconds,
-                         gpu_memory_bytes)
+                         gpu_memory_bytes, memory_plans)
     VALUES (:name, :host, :device, CAST(:kinds AS jsonb), CAST(:loaded AS jsonb), :loads,
-            :current, :load_seconds, :gpu_memory)
+            :current, :load_seconds, :gpu_memory, CAST(:plans AS jsonb))
     ON CONFLICT (name) DO UPDATE
        SET host = EXCLUDED.host, device = EXCLUDED.device, kinds = EXCLUDED.kinds,
            loaded = EXCLUDED.loaded, loads = EXCLUDED.loads,
            load_seconds = EXCLUDED.load_seconds, gpu_memory_bytes = EXCLUDED.gpu_memory_bytes,
+           memory_plans = EXCLUDED.memory_plans,
            current_task = EXCLUDED.current_task,
            last_seen = now(), stopped_at = NULL
     """
@@ -32,7 +33,8 @@ _LEAVE = text(
 )
 _WORKERS = text(
     """
-    SELECT w.name, w.host, w.device, w.kinds, w.loaded, w.loads, w.models, w.current_task,
+    SELECT w.name, w.host, w.device, w.kinds, w.loaded, w.memory_plans, w.loads, w.models,
+           w.current_task,
            w.started_at,
            w.last_seen, w.stopped_at,
            (SELECT count(*) FROM task_runs r
@@ -63,6 +65,7 @@ def advertise(
     current_task: uuid.UUID | None,
     load_seconds: float = 0.0,
     gpu_memory: int | None = None,
+    memory_plans: dict[str, str] | None = None,
 ) -> None:
     session.execute(
         _ADVERTISE,
@@ -76,6 +79,7 @@ def advertise(
             "current": current_task,
             "load_seconds": load_seconds,
             "gpu_memory": gpu_memory,
+            "plans": json.dumps(memory_plans or {}),
         },
     )
 
@@ -112,6 +116,7 @@ def fleet_view(session: Session, *, stalled_seconds: float) -> dict[str, Any]:
                 "state": state,
                 "kinds": row.kinds,
                 "loaded": row.loaded,
+                "memory_plans": row.memory_plans,
                 "checkpoint_loads": row.loads,
                 "models_held": len(row.models),
                 "current_task": str(row.current_task) if row.current_task else None,

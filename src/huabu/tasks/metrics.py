@@ -111,6 +111,8 @@ class Snapshot:
     model_loads: int = 0
     model_load_seconds: float = 0.0
     gpu_memory: list[tuple[str, str, int]] = field(default_factory=list)
+    #: (worker, model, plan) of every loaded flow model of a live worker.
+    memory_plans: list[tuple[str, str, str]] = field(default_factory=list)
 
 
 def snapshot(session: Session, *, stalled_seconds: float) -> Snapshot:
@@ -126,4 +128,10 @@ def snapshot(session: Session, *, stalled_seconds: float) -> Snapshot:
         model_loads=int(loads),
         model_load_seconds=float(load_seconds),
         gpu_memory=[tuple(row) for row in session.execute(_GPU, {"stalled": stalled_seconds})],
+        memory_plans=[
+            (worker["name"], model, plan)
+            for worker in fleet["workers"]
+            if worker["state"] in ("busy", "idle")
+            for model, plan in sorted(worker["memory_plans"].items())
+        ],
     )

@@ -85,6 +85,16 @@ class FleetCollector(Collector):
             for worker, device, used in snap.gpu_memory:
                 gpu.add_metric([worker, device], used)
             yield gpu
+        if snap.memory_plans:
+            plans = GaugeMetricFamily(
+                "huabu_memory_plan",
+                "How each loaded flow model fits its worker's device (HUABU_QUANTIZE, "
+                "HUABU_OFFLOAD): 1 for the plan in use",
+                labels=["worker", "model", "plan"],
+            )
+            for worker, model, plan in snap.memory_plans:
+                plans.add_metric([worker, model, plan], 1)
+            yield plans
 
 
 _LABELS = {

@@ -51,6 +51,7 @@ class Advert:
                 current_task=self.current_task(),
                 load_seconds=self.cache.load_seconds,
                 gpu_memory=self.cache.gpu_memory(),
+                memory_plans=self.cache.memory_plans(),
             )
             if held != self._held:  # the catalog rows change only when the disk does
                 shared.describe_held(session, self.identity.name, held)

@@ -70,7 +70,12 @@ async function loadAdmin() {
   }));
   $("admin-workers").tBodies[0].replaceChildren(...fleet.workers.map((worker) => {
     const row = document.createElement("tr");
-    cells(row, [worker.name, worker.state, worker.device, worker.loaded.join(", ") || "—"]);
+    // A loaded model with how it fits the device (quantized, offloaded) where it does not whole.
+    const plan = (name) => {
+      const how = (worker.memory_plans || {})[name];
+      return how && how !== "none" ? `${name} (${how})` : name;
+    };
+    cells(row, [worker.name, worker.state, worker.device, worker.loaded.map(plan).join(", ") || "—"]);
     return row;
   }));
   $("admin-queues").tBodies[0].replaceChildren(...fleet.queues.map((queue) => {
