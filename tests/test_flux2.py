@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from diffusers import Flux2KleinPipeline
+from diffusers import Flux2KleinPipeline, Flux2Pipeline
 from PIL import Image
 
 from helpers import max_difference, pixels
 from huabu.catalog.architectures import Architecture
 from huabu.demos.flux import DEMO_FLUX_LORA
-from huabu.demos.flux2 import DEMO_FLUX2_KLEIN
+from huabu.demos.flux2 import DEMO_FLUX2, DEMO_FLUX2_KLEIN
 from huabu.errors import InvalidRequest
 from huabu.native import GenerationRequest, HiresFix, ImageRef, InpaintRef, LoraRef
 
@@ -98,3 +98,60 @@ def test_flux2_klein_over_http_with_its_family_in_the_listing(server, accounts):
         task = wait_finished(client, submit(client, SMALL | {"seed": 3})["id"])
         assert task["state"] == "succeeded", task
         assert task["request"]["steps"] == 4 and len(task["images"]) == 1
+
+
+DEV = {"model": DEMO_FLUX2, "prompt": "a red fox in the snow", "width": 64, "height": 64}
+
+
+def test_flux2_dev_runs_as_published_and_is_bare_diffusers(engine, settings):
+    """FLUX.2 [dev]: 50 steps and guidance 4 through its guidance embedding by default; its
+    folder's tokenizer is published as a PixtralProcessor (which needs torchvision): huabu
+    reads the tokenizer in it. Same seed, same pixels; the image is diffusers' own."""
+    from transformers import AutoTokenizer
+
+    entry = engine.library.find("checkpoints", DEMO_FLUX2)
+    assert entry.architecture is Architecture.FLUX2 and entry.describe_architecture == "FLUX.2"
+    fields = DEV | {"steps": 3, "seed": 7}
+    made = engine.generate(GenerationRequest(**fields))
+    assert made.request.distilled_guidance == 4.0 and made.request.guidance == 1.0
+    assert "Distilled CFG Scale: 4" in made.infotexts[0]
+    assert (
+        pixels(made.images[0]).tolist()
+        == pixels(engine.generate(GenerationRequest(**fields)).images[0]).tolist()
+    )
+    folder = settings.models_dir / "checkpoints" / DEMO_FLUX2
+    pipe = Flux2Pipeline.from_pretrained(folder, tokenizer=None, local_files_only=True)
+    pipe.register_modules(tokenizer=AutoTokenizer.from_pretrained(folder / "tokenizer"))
+    pipe.set_progress_bar_config(disable=True)
+    bare = pipe(
+        prompt=DEV["prompt"],
+        width=64,
+        height=64,
+        num_inference_steps=3,
+        guidance_scale=4.0,
+        generator=[torch.Generator().manual_seed(7)],
+    ).images[0]
+    assert max_difference(made.images[0], bare) <= 1
+    # Guidance steers it; a reference image is read (faintly, on the tiny demo).
+    guided = engine.generate(GenerationRequest(**fields, distilled_guidance=1.5)).images[0]
+    assert max_difference(guided, made.images[0]) > 16
+    referenced = engine.generate(
+        GenerationRequest(**fields, init_image=ImageRef(key="x")), init_image=BLUE
+    )
+    assert referenced.request.strength == 1.0
+    assert max_difference(referenced.images[0], made.images[0]) > 0
+
+
+@pytest.mark.parametrize(
+    ("changes", "param"),
+    [
+        ({"negative_prompt": "blurry"}, "negative_prompt"),
+        ({"loras": (LoraRef(name=DEMO_FLUX_LORA),)}, "loras"),
+        ({"hires": HiresFix(upscaler="Lanczos")}, "hires"),
+        ({"sampler": "Heun"}, "sampler"),
+    ],
+)
+def test_what_flux2_dev_cannot_do_is_refused_by_field(engine, changes, param):
+    with pytest.raises(InvalidRequest) as refused:
+        engine.generate(GenerationRequest(**(DEV | changes)))
+    assert refused.value.param == param

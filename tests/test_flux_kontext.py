@@ -5,8 +5,6 @@ with the OpenAI SDK's ``images.edit`` and webuiapi's img2img."""
 from __future__ import annotations
 
 import io
-import json
-import shutil
 
 import httpx
 import pytest
@@ -17,7 +15,7 @@ from PIL import Image
 from helpers import max_difference, pixels
 from huabu.catalog.architectures import Architecture
 from huabu.catalog.infotext import parse_infotext, read_parameters
-from huabu.demos.flux import DEMO_FLUX, DEMO_FLUX_KONTEXT, DEMO_FLUX_LORA
+from huabu.demos.flux import DEMO_FLUX_KONTEXT, DEMO_FLUX_LORA
 from huabu.errors import InvalidRequest
 from huabu.native import GenerationRequest, ImageRef, InpaintRef, LoraRef
 
@@ -129,23 +127,6 @@ def test_an_editing_model_takes_no_hires_fix(engine):
     with pytest.raises(InvalidRequest) as refused:
         engine.generate(request(hires=HiresFix(upscaler="Lanczos")))
     assert refused.value.param == "hires" and "Kontext" in refused.value.message
-
-
-def test_families_not_runnable_yet_are_listed_and_refused_naming_model(tmp_path, settings):
-    """A FLUX.2 folder is recognised by its pipeline class: listed with its family, refused
-    at submit (before anything loads) naming ``model``."""
-    from huabu.engine.engine import Engine
-    from huabu.settings import Settings
-
-    flux2 = tmp_path / "models" / "checkpoints" / "some-flux2"
-    shutil.copytree(settings.models_dir / "checkpoints" / DEMO_FLUX, flux2)
-    index = flux2 / "model_index.json"
-    index.write_text(json.dumps(json.loads(index.read_text()) | {"_class_name": "Flux2Pipeline"}))
-    engine = Engine(Settings(home=tmp_path, threads=2))
-    assert engine.library.find("checkpoints", "some-flux2").architecture is Architecture.FLUX2
-    with pytest.raises(InvalidRequest) as refused:
-        engine.generate(GenerationRequest(**(SMALL | {"model": "some-flux2"})))
-    assert refused.value.param == "model" and "FLUX.2" in refused.value.message
 
 
 def test_openai_clients_edit_with_kontext(server, accounts):

@@ -1,7 +1,9 @@
-"""The offline FLUX.2 [klein] demo: a tiny ``Flux2KleinPipeline`` (one double and one single
-block, a 28-layer Qwen3 text encoder of width 32, since the pipeline reads its hidden states 9,
-18 and 27, and a four-channel FLUX.2 VAE) with random, seeded weights, and the byte-level BPE
-tokenizer of the Z-Image demo.
+"""The offline FLUX.2 demos: a tiny ``Flux2KleinPipeline`` (one double and one single block, a
+28-layer Qwen3 text encoder of width 32, since the pipeline reads its hidden states 9, 18 and
+27, and a four-channel FLUX.2 VAE) with random, seeded weights, and the byte-level BPE
+tokenizer of the Z-Image demo; and a tiny FLUX.2 [dev] (``Flux2Pipeline``: the same transformer
+with [dev]'s guidance embedding, over a 31-layer Mistral 3 whose hidden states 10, 20 and 30 it
+reads; its tokenizer named in ``model_index.json`` as the published ``PixtralProcessor``).
 
 At their random initialisation the transformer's modulation gates let almost nothing of the
 prompt through (another prompt moves pixels by 1 of 255); the gates and the time embedding
@@ -10,6 +12,7 @@ that drives them are scaled up, so that a prompt steers the image about as much 
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 
@@ -18,14 +21,21 @@ from diffusers import (
     AutoencoderKLFlux2,
     FlowMatchEulerDiscreteScheduler,
     Flux2KleinPipeline,
+    Flux2Pipeline,
     Flux2Transformer2DModel,
 )
-from transformers import Qwen3Config, Qwen3ForCausalLM
+from transformers import (
+    Mistral3Config,
+    Mistral3ForConditionalGeneration,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
 
 from huabu.demos.sd import staged
 from huabu.demos.zimage import qwen_tokenizer
 
 DEMO_FLUX2_KLEIN = "demo-flux2-klein"
+DEMO_FLUX2 = "demo-flux2"
 _SEED = 20251207
 
 _TRANSFORMER = {
@@ -92,11 +102,57 @@ def build_pipeline(seed: int = _SEED) -> Flux2KleinPipeline:
         )
 
 
+#: Mistral's chat format, as far as the pipeline uses it: each message's text parts in turn.
+_CHAT = (
+    "{% for message in messages %}[{{ message['role'] | upper }}]"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for part in message['content'] %}{% if part['type'] == 'text' %}{{ part['text'] }}"
+    "{% endif %}{% endfor %}{% endif %}[/{{ message['role'] | upper }}]{% endfor %}"
+)
+
+
+def build_dev_pipeline(seed: int = _SEED) -> Flux2Pipeline:
+    """The FLUX.2 [dev] demo pipeline in memory, identical for the same seed."""
+    with tempfile.TemporaryDirectory() as work:
+        tokenizer = qwen_tokenizer(Path(work), ("[IMG]",))
+    tokenizer.chat_template = _CHAT
+    klein = build_pipeline(seed)
+    torch.manual_seed(seed + 1)
+    transformer = Flux2Transformer2DModel(**(_TRANSFORMER | {"guidance_embeds": True}))
+    transformer.load_state_dict(klein.transformer.state_dict(), strict=False)
+    text = _TEXT | {"num_hidden_layers": 31, "vocab_size": len(tokenizer)}
+    vision = {"hidden_size": 16, "intermediate_size": 16, "num_hidden_layers": 1,
+              "num_attention_heads": 2, "head_dim": 8, "patch_size": 16}  # fmt: skip
+    config = Mistral3Config(
+        text_config={k: v for k, v in text.items() if k != "tie_word_embeddings"},
+        vision_config=vision,
+        image_token_index=tokenizer.convert_tokens_to_ids("[IMG]"),
+    )
+    return Flux2Pipeline(
+        scheduler=klein.scheduler,
+        vae=klein.vae,
+        text_encoder=Mistral3ForConditionalGeneration(config),
+        tokenizer=tokenizer,
+        transformer=transformer,
+    )
+
+
 def build(models: Path, *, force: bool = False) -> list[Path]:
-    """Write the FLUX.2 [klein] demo folder under ``models`` (if missing, or with ``force``)."""
-    folder = models / "checkpoints" / DEMO_FLUX2_KLEIN
-    if folder.exists() and not force:
-        return []
-    with staged(folder) as staging:
-        build_pipeline().save_pretrained(staging, safe_serialization=True)
-    return [folder]
+    """Write the FLUX.2 [klein] and [dev] demo folders under ``models`` (each if missing, or
+    both with ``force``); returns the paths written."""
+    written = []
+    for name, build_folder in (
+        (DEMO_FLUX2_KLEIN, build_pipeline),
+        (DEMO_FLUX2, build_dev_pipeline),
+    ):
+        folder = models / "checkpoints" / name
+        if folder.exists() and not force:
+            continue
+        with staged(folder) as staging:
+            build_folder().save_pretrained(staging, safe_serialization=True)
+            if name == DEMO_FLUX2:  # its tokenizer as published: Mistral's, in a processor
+                index = json.loads((staging / "model_index.json").read_text())
+                index["tokenizer"] = ["transformers", "PixtralProcessor"]
+                (staging / "model_index.json").write_text(json.dumps(index, indent=2))
+        written.append(folder)
+    return written

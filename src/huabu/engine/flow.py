@@ -26,6 +26,7 @@ import torch
 from diffusers import (
     FlowMatchEulerDiscreteScheduler,
     Flux2KleinPipeline,
+    Flux2Pipeline,
     FluxImg2ImgPipeline,
     FluxInpaintPipeline,
     FluxKontextInpaintPipeline,
@@ -46,6 +47,7 @@ from diffusers import (
 )
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 from PIL import Image
+from transformers import AutoTokenizer
 
 from huabu.catalog.architectures import Architecture
 from huabu.catalog.library import ModelEntry, ModelLibrary
@@ -72,6 +74,7 @@ PIPELINES: dict[Architecture, tuple[Any, Any, Any]] = {
     ),
     # [klein] reads its images as references beside the prompt: one pipeline for both.
     Architecture.FLUX2_KLEIN: (Flux2KleinPipeline, Flux2KleinPipeline, None),
+    Architecture.FLUX2: (Flux2Pipeline, Flux2Pipeline, None),
     Architecture.SD3: (
         StableDiffusion3Pipeline,
         StableDiffusion3Img2ImgPipeline,
@@ -122,10 +125,16 @@ def _klein(request: GenerationRequest) -> dict[str, Any]:
     return {"guidance_scale": request.guidance}
 
 
+def _flux2(request: GenerationRequest) -> dict[str, Any]:
+    """FLUX.2 [dev]'s guidance: its guidance embedding, fed the distilled guidance."""
+    return {"guidance_scale": request.distilled_guidance}
+
+
 #: The families whose pipelines encode the prompt themselves (``_prompted_sample``), and their
 #: guidance arguments for a request.
 _PROMPTED = {
     Architecture.FLUX2_KLEIN: _klein,
+    Architecture.FLUX2: _flux2,
     Architecture.SD3: _cfg,
     Architecture.Z_IMAGE: _cfg_from_zero,
     Architecture.QWEN_IMAGE: _true_cfg,
@@ -164,9 +173,6 @@ def load(
     """The diffusers folder at ``path`` as a ``FlowModel`` on ``device``; its LoRAs come from
     ``library`` (diffusers' loaders read the kohya, ai-toolkit and diffusers layouts)."""
     architecture = entry.architecture
-    if architecture not in PIPELINES:
-        label = architecture.label if architecture else "this family"
-        raise ModelUnavailable(f"{entry.name}: {label} models cannot run yet")
     txt2img_class, img2img_class, _ = PIPELINES[architecture]
     if device.type == "cuda":  # published and run in bf16 (fp16 overflows in T5 and FLUX.1)
         dtype = torch.bfloat16
@@ -183,6 +189,14 @@ def load(
             }
         elif architecture is Architecture.QWEN_IMAGE_EDIT:
             pipe, editor = _qwen_editor(path, dtype)
+            sizes = memory_plan.component_bytes(path, itemsize)
+        elif architecture is Architecture.FLUX2:
+            # Its tokenizer folder holds Mistral's tokenizer in a PixtralProcessor, which will
+            # not construct without torchvision; the pipeline needs only the tokenizer.
+            pipe = Flux2Pipeline.from_pretrained(
+                path, tokenizer=None, dtype=dtype, local_files_only=True
+            )
+            pipe.register_modules(tokenizer=AutoTokenizer.from_pretrained(path / "tokenizer"))
             sizes = memory_plan.component_bytes(path, itemsize)
         elif entry.layout == "diffusers":
             pipe = txt2img_class.from_pretrained(path, dtype=dtype, local_files_only=True)
@@ -512,7 +526,7 @@ def _prompted_sample(
     extra: dict[str, Any] = dict(guidance)
     if isinstance(source, InpaintPlan):
         extra |= {"image": source.start, "mask_image": source.mask, "strength": request.strength}
-    elif isinstance(pipe, Flux2KleinPipeline):
+    elif isinstance(pipe, (Flux2KleinPipeline, Flux2Pipeline)):
         if source is not None:  # a reference image (fit: strength 1)
             extra["image"] = [source]
     elif isinstance(pipe, tuple(_EDITORS.values())):

@@ -16,6 +16,7 @@ const FLOW = new Map([
   ["flux1-schnell", { samplers: FLOW_SAMPLERS, steps: 4, guidance: 1, distilled: false }],
   ["flux1-kontext", { samplers: SCHEDULED, steps: 28, guidance: 1, distilled: 2.5, edits: true }],
   ["flux2-klein", { samplers: SCHEDULED, steps: 4, guidance: 1, distilled: false, edits: true }],
+  ["flux2", { samplers: SCHEDULED, steps: 50, guidance: 1, distilled: 4, edits: true }],
   ["sd3", { samplers: SCHEDULED, steps: 28, guidance: 3.5, distilled: false }],
   ["z-image", { samplers: SCHEDULED, steps: 9, guidance: 1, distilled: false, pixelHires: true }],
   ["qwen-image", { samplers: SCHEDULED, steps: 50, guidance: 4, distilled: false, pixelHires: true }],
