@@ -8,9 +8,13 @@
     against a bare ``FluxPipeline(...)`` call, and for its k-loop sampler DPM++ 2M against the
     pipeline's Euler (same model calls per step: the loop's own cost; target ≤ 1.03 both).
 (3) Each other flow family's demo against its bare pipeline on the same request: FLUX.1
-    Kontext (an edit of a 64² image), SD 3.x, Z-Image and Qwen-Image (their defaults: true CFG
-    with the negative prompt on SD 3 and Qwen-Image; target ≤ 1.03 each), and the scheduled
-    DPM++ 2M on SD 3 against its pipeline's Euler (target ≤ 1.03).
+    Kontext (an edit of a 64² image), FLUX.2 [klein] and [dev], SD 3.x, Z-Image, Qwen-Image and
+    Qwen-Image-Edit (an edit; their defaults: true CFG with the negative prompt on SD 3 and
+    Qwen-Image; target ≤ 1.03 each), and the scheduled DPM++ 2M on SD 3 against its pipeline's
+    Euler (target ≤ 1.03).
+(3b) demo-flux loaded from its split files (the transformer alone in BFL's layout; as Q8_0
+    GGUF) and with HUABU_QUANTIZE=int8/fp8, each against the folder as loaded (no target: what
+    each costs on this device).
 (4) RSS while switching 10 times between two checkpoints with a one-slot pipeline cache
     (target: the last switch ≤ 5 % above the second).
 Uses the demo model under a temporary HUABU_HOME; prints ratios, asserts nothing.
@@ -27,18 +31,23 @@ from pathlib import Path
 import torch
 from diffusers import (
     EulerAncestralDiscreteScheduler,
+    Flux2KleinPipeline,
+    Flux2Pipeline,
     FluxKontextPipeline,
     FluxPipeline,
+    QwenImageEditPipeline,
     QwenImagePipeline,
     StableDiffusion3Pipeline,
     StableDiffusionPipeline,
     ZImagePipeline,
 )
 from PIL import Image
+from transformers import AutoTokenizer
 
 from huabu import demos
 from huabu.engine import quiet_libraries
 from huabu.engine.engine import Engine
+from huabu.engine.vision_prompts import VisionPrompts
 from huabu.native import GenerationRequest, ImageRef
 from huabu.settings import Settings
 
@@ -62,12 +71,16 @@ def timed_pair(first, second, runs: int) -> tuple[float, float]:
     return statistics.median(a), statistics.median(b)
 
 
-def report(first: tuple[str, float], second: tuple[str, float], target: float = 1.03) -> None:
-    """Two medians (seconds) and their ratio, as every comparison here prints them."""
+def report(
+    first: tuple[str, float], second: tuple[str, float], target: float | None = 1.03
+) -> None:
+    """Two medians (seconds) and their ratio, as every comparison here prints them (``target``
+    None: a cost to know, with no goal)."""
     width = max(len(first[0]), len(second[0]), len("ratio"))
     for name, seconds in (first, second):
         print(f"  {name:<{width}} {seconds * 1000:8.1f} ms")
-    print(f"  {'ratio':<{width}} {first[1] / second[1]:8.3f}   (target <= {target})")
+    goal = f"(target <= {target})" if target is not None else "(no target)"
+    print(f"  {'ratio':<{width}} {first[1] / second[1]:8.3f}   {goal}")
 
 
 def main() -> None:
@@ -127,6 +140,7 @@ def main() -> None:
 
     flux_engine(engine, settings, args)
     other_flow_families(engine, settings, args)
+    flux_layouts_and_memory(settings, args)
 
     switching = Engine(settings.model_copy(update={"pipeline_cache_size": 1}))
     small = request.model_copy(update={"steps": 2})
@@ -180,17 +194,22 @@ def other_flow_families(engine: Engine, settings: Settings, args) -> None:
     gives it (guidance as each family's pipeline counts it: see ``engine.flow``)."""
     source = Image.new("RGB", (args.size, args.size), (220, 30, 30))
     prompt, negative = "a red fox in the snow", "blurry"
+    edit = {"init_image": ImageRef(key="x")}
     cases = [
-        ("demo-flux-kontext", FluxKontextPipeline, {"init_image": ImageRef(key="x")},
+        ("demo-flux-kontext", FluxKontextPipeline.from_pretrained, edit,
          {"image": source, "guidance_scale": 2.5, "_auto_resize": False,
           "max_area": args.size * args.size}),
-        ("demo-sd3", StableDiffusion3Pipeline, {"negative_prompt": negative},
+        ("demo-flux2-klein", Flux2KleinPipeline.from_pretrained, {}, {"guidance_scale": 1.0}),
+        ("demo-flux2", _flux2_dev, {}, {"guidance_scale": 4.0}),
+        ("demo-sd3", StableDiffusion3Pipeline.from_pretrained, {"negative_prompt": negative},
          {"negative_prompt": negative, "guidance_scale": 3.5}),
-        ("demo-z-image", ZImagePipeline, {}, {"guidance_scale": 0.0}),
-        ("demo-qwen-image", QwenImagePipeline, {"negative_prompt": negative},
+        ("demo-z-image", ZImagePipeline.from_pretrained, {}, {"guidance_scale": 0.0}),
+        ("demo-qwen-image", QwenImagePipeline.from_pretrained, {"negative_prompt": negative},
          {"negative_prompt": negative, "true_cfg_scale": 4.0}),
+        ("demo-qwen-image-edit", _qwen_edit, edit,
+         {"image": source, "negative_prompt": " ", "true_cfg_scale": 4.0}),
     ]  # fmt: skip
-    for name, pipeline, native, bare_extra in cases:
+    for name, load, native, bare_extra in cases:
         request = GenerationRequest(
             model=name,
             prompt=prompt,
@@ -200,9 +219,7 @@ def other_flow_families(engine: Engine, settings: Settings, args) -> None:
             seed=42,
             **native,
         )
-        bare = pipeline.from_pretrained(
-            settings.models_dir / "checkpoints" / name, local_files_only=True
-        )
+        bare = load(settings.models_dir / "checkpoints" / name, local_files_only=True)
         bare.set_progress_bar_config(disable=True)
         image = source if "init_image" in native else None
 
@@ -235,6 +252,46 @@ def other_flow_families(engine: Engine, settings: Settings, args) -> None:
         lambda: engine.generate(scheduled), lambda: engine.generate(euler), args.runs
     )
     report(("demo-sd3 DPM++ 2M (scheduled)", dpm_s), ("demo-sd3 Euler (the pipeline's)", euler_s))
+
+
+def _flux2_dev(folder: Path, **kwargs) -> Flux2Pipeline:
+    """FLUX.2 [dev] with the tokenizer in its processor folder (as ``engine.flow`` loads it)."""
+    pipe = Flux2Pipeline.from_pretrained(folder, tokenizer=None, **kwargs)
+    pipe.register_modules(tokenizer=AutoTokenizer.from_pretrained(folder / "tokenizer"))
+    return pipe
+
+
+def _qwen_edit(folder: Path, **kwargs) -> QwenImageEditPipeline:
+    base = QwenImagePipeline.from_pretrained(folder, **kwargs)
+    return QwenImageEditPipeline(
+        **base.components, processor=VisionPrompts.load(folder / "processor")
+    )
+
+
+def flux_layouts_and_memory(settings: Settings, args) -> None:
+    """demo-flux from its split files and quantized, each against the folder, in one engine
+    per setting (their times include nothing but generating: the models are loaded first)."""
+
+    def request(model: str) -> GenerationRequest:
+        return GenerationRequest(
+            model=model, prompt="a red fox in the snow", width=args.size, height=args.size,
+            steps=args.steps, seed=42,
+        )  # fmt: skip
+
+    engine = Engine(settings)
+    folder = lambda: engine.generate(request("demo-flux"))  # noqa: E731
+    for name in ("demo-flux-single", "demo-flux-gguf"):
+        split_s, folder_s = timed_pair(
+            lambda name=name: engine.generate(request(name)), folder, args.runs
+        )
+        print(f"{name} @ {args.size}x{args.size}, {args.steps} steps")
+        report((name, split_s), ("demo-flux folder", folder_s), target=None)
+    for quantize in ("int8", "fp8"):
+        quantized = Engine(Settings(home=settings.home, quantize=quantize))
+        run = lambda quantized=quantized: quantized.generate(request("demo-flux"))  # noqa: E731
+        quantized_s, full_s = timed_pair(run, folder, args.runs)
+        print(f"demo-flux, HUABU_QUANTIZE={quantize}")
+        report((quantize, quantized_s), ("as loaded", full_s), target=None)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from huabu.db.session import open_database
 from huabu.errors import InvalidRequest, NotFound
 from huabu.settings import Settings
 
-HEAD = "0015"  # the newest migration in src/huabu/db/migrations/versions
+HEAD = "0016"  # the newest migration in src/huabu/db/migrations/versions
 
 
 @pytest.fixture(scope="module")
