@@ -186,3 +186,66 @@ def test_the_hires_fix_upscales_latents_on_sd3_and_images_on_the_others(engine):
         with pytest.raises(InvalidRequest) as refused:
             engine.generate(request(model, hires=latent))
         assert refused.value.param == "hires.upscaler" and "Lanczos" in refused.value.message
+
+
+#: Every flow demo and what its listing says (the clients send CFG 1, as Forge's users do for
+#: the flow families: no true CFG).
+EVERY_DEMO = [
+    ("demo-flux", "flux1"),
+    ("demo-flux-gguf", "flux1"),
+    ("demo-flux-kontext", "flux1-kontext"),
+    ("demo-flux2", "flux2"),
+    ("demo-flux2-klein", "flux2-klein"),
+    (DEMO_SD3, "sd3"),
+    (DEMO_Z_IMAGE, "z-image"),
+    (DEMO_QWEN_IMAGE, "qwen-image"),
+    ("demo-qwen-image-edit", "qwen-image-edit"),
+]
+
+
+def test_every_flow_family_through_webuiapi_and_novita_client(server, accounts):
+    """Each flow demo through A1111's client (picked by ``override_settings``, as Forge users
+    do) and novita's (``model_name``): listed with its family, the same seed gives the same
+    pixels, another seed other pixels."""
+    import httpx
+    import webuiapi
+    from novita_client import NovitaClient
+    from novita_client.proto import V3TaskResponseStatus
+
+    accounts.add_user("families@example.com", "password123")
+    api = webuiapi.WebUIApi(
+        baseurl=server.url + "/sdapi/v1", username="families@example.com", password="password123"
+    )
+    novita = NovitaClient(
+        accounts.create_key(accounts.user_by_email("families@example.com").id),
+        base_url=server.url,
+    )
+    listed = {m["title"]: m for m in api.get_sd_models()}
+    huabu_listing = httpx.get(
+        server.url + "/huabu/v1/models", auth=("families@example.com", "password123")
+    ).json()["data"]
+    families = {m["name"]: m["architecture"] for m in huabu_listing}
+    for name, family in EVERY_DEMO:
+        assert name in listed, name
+        assert families[name] == family
+        picked = {"override_settings": {"sd_model_checkpoint": name}, "width": 64, "height": 64}
+        run = {"prompt": "a fox", "sampler_name": "Euler", "steps": 2, "cfg_scale": 1} | picked
+        first, again, other = (api.txt2img(seed=seed, **run) for seed in (5, 5, 6))
+        assert first.info["sd_model_name"] == name
+        assert pixels(first.image).tolist() == pixels(again.image).tolist(), name
+        assert max_difference(first.image, other.image) > 0, name
+        result = novita.txt2img_v3(
+            model_name=name,
+            prompt="a fox",
+            image_num=1,
+            width=128,  # (novita's smallest)
+            height=128,
+            steps=2,
+            seed=5,
+            sampler_name="Euler",
+            guidance_scale=1,
+            response_image_type="png",
+        )
+        assert result.task.status == V3TaskResponseStatus.TASK_STATUS_SUCCEED, name
+        picture = Image.open(io.BytesIO(httpx.get(result.images[0].image_url).content))
+        assert picture.size == (128, 128)

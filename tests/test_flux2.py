@@ -149,6 +149,7 @@ def test_flux2_dev_runs_as_published_and_is_bare_diffusers(engine, settings):
         ({"loras": (LoraRef(name=DEMO_FLUX_LORA),)}, "loras"),
         ({"hires": HiresFix(upscaler="Lanczos")}, "hires"),
         ({"sampler": "Heun"}, "sampler"),
+        ({"guidance": 3.5}, "guidance"),
     ],
 )
 def test_what_flux2_dev_cannot_do_is_refused_by_field(engine, changes, param):

@@ -46,6 +46,9 @@ class Family:
     latent_hires: bool = True
     #: Whether a negative prompt is read (with true CFG).
     negative: bool = True
+    #: Whether ``guidance`` (A1111's CFG scale) means anything to it: False for a family
+    #: guided by its guidance embedding alone, whose pipeline has no CFG.
+    cfg: bool = True
 
     @property
     def label(self) -> str:
@@ -95,6 +98,7 @@ FAMILIES = {
             loras=False,
             inpaint=False,
             negative=False,
+            cfg=False,
         ),
         # SD 3.5 Large's published defaults: true CFG 3.5, 28 steps, with a negative prompt.
         _flow(Architecture.SD3, 28, 3.5),
@@ -189,6 +193,12 @@ def fit(request: GenerationRequest, architecture: Architecture | None) -> Genera
             )
     if request.loras and not family.loras:
         raise InvalidRequest(f"loras: {family.label} models take no LoRAs yet", param="loras")
+    if not family.cfg and request.guidance != 1:
+        raise InvalidRequest(
+            f"guidance: {family.label} models are guided by their guidance embedding "
+            f"(distilled_guidance) and have no CFG; send 1 or leave it out",
+            param="guidance",
+        )
     if request.clip_skip != 1:
         raise InvalidRequest(
             f"clip_skip: {family.label} models do not skip text-encoder layers", param="clip_skip"
