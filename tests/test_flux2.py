@@ -68,12 +68,7 @@ def test_a_reference_image_is_read_and_the_samplers_run(engine):
     ("changes", "param"),
     [
         ({"negative_prompt": "blurry"}, "negative_prompt"),
-        ({"loras": (LoraRef(name=DEMO_FLUX_LORA),)}, "loras"),
         ({"init_image": ImageRef(key="x"), "strength": 0.5}, "strength"),
-        (
-            {"init_image": ImageRef(key="x"), "inpaint": InpaintRef(mask=ImageRef(key="m"))},
-            "inpaint",
-        ),
         ({"hires": HiresFix(upscaler="Lanczos")}, "hires"),
         ({"sampler": "Heun"}, "sampler"),
         ({"width": 72}, "width"),
@@ -146,7 +141,11 @@ def test_flux2_dev_runs_as_published_and_is_bare_diffusers(engine, settings):
     ("changes", "param"),
     [
         ({"negative_prompt": "blurry"}, "negative_prompt"),
-        ({"loras": (LoraRef(name=DEMO_FLUX_LORA),)}, "loras"),
+        ({"loras": (LoraRef(name=DEMO_FLUX_LORA),)}, "loras.0.name"),  # FLUX.1's LoRA
+        (
+            {"init_image": ImageRef(key="x"), "inpaint": InpaintRef(mask=ImageRef(key="m"))},
+            "inpaint",
+        ),
         ({"hires": HiresFix(upscaler="Lanczos")}, "hires"),
         ({"sampler": "Heun"}, "sampler"),
         ({"guidance": 3.5}, "guidance"),
@@ -154,5 +153,42 @@ def test_flux2_dev_runs_as_published_and_is_bare_diffusers(engine, settings):
 )
 def test_what_flux2_dev_cannot_do_is_refused_by_field(engine, changes, param):
     with pytest.raises(InvalidRequest) as refused:
-        engine.generate(GenerationRequest(**(DEV | changes)))
+        engine.generate(
+            GenerationRequest(**(DEV | changes)),
+            init_image=BLUE,
+            mask_image=Image.new("L", (64, 64), 255),
+        )
     assert refused.value.param == param
+
+
+@pytest.mark.parametrize("model", [DEMO_FLUX2_KLEIN, DEMO_FLUX2])
+def test_flux2_loras_change_the_image_and_leave_nothing_behind(engine, model):
+    """FLUX.2's LoRAs (diffusers' layout; their fused single-block projection tells them from
+    FLUX.1's) are listed as FLUX.2's and load through its pipeline's loader."""
+    lora = f"{model}-lora"
+    assert engine.library.find("loras", lora).architecture is Architecture.FLUX2
+    fields = {"model": model, "prompt": "a red fox", "width": 64, "height": 64, "steps": 2}
+    plain = engine.generate(GenerationRequest(**fields, seed=3)).images[0]
+    styled = engine.generate(GenerationRequest(**fields, seed=3, loras=(LoraRef(name=lora),)))
+    assert max_difference(styled.images[0], plain) > 16
+    off = engine.generate(
+        GenerationRequest(**fields, seed=3, loras=(LoraRef(name=lora, weight=0),))
+    )
+    assert pixels(off.images[0]).tolist() == pixels(plain).tolist()
+    again = engine.generate(GenerationRequest(**fields, seed=3)).images[0]
+    assert pixels(again).tolist() == pixels(plain).tolist()
+
+
+def test_klein_edits_inside_a_mask_only(engine):
+    """Inpainting on [klein] through its own inpainting pipeline: the image is its own
+    reference, and outside the mask its pixels stay."""
+    source = Image.new("RGB", (64, 64), (220, 30, 30))
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (8, 8, 40, 40))
+    made = engine.generate(
+        request(init_image=ImageRef(key="x"), inpaint=InpaintRef(mask=ImageRef(key="m"), blur=0)),
+        init_image=source,
+        mask_image=mask,
+    ).images[0]
+    assert made.crop((48, 48, 64, 64)).tobytes() == source.crop((48, 48, 64, 64)).tobytes()
+    assert max_difference(made.crop((8, 8, 32, 32)), source.crop((8, 8, 32, 32))) > 32

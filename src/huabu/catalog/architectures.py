@@ -54,6 +54,8 @@ class Architecture(enum.StrEnum):
             return Architecture.FLUX1
         if self is Architecture.QWEN_IMAGE_EDIT:  # (Qwen-Image's transformer, fine-tuned)
             return Architecture.QWEN_IMAGE
+        if self is Architecture.FLUX2_KLEIN:  # (FLUX.2's layers; the widths tell the sizes apart)
+            return Architecture.FLUX2
         return self
 
     @property

@@ -81,21 +81,17 @@ FAMILIES = {
         # Kontext [dev]'s published use: 28 steps, distilled guidance 2.5; FLUX.1's LoRAs;
         # inpainting is an edit inside the mask.
         _flow(Architecture.FLUX1_KONTEXT, 28, 1.0, distilled_guidance=2.5, edits=True),
-        # FLUX.2 [klein] (distilled): 4 steps, no CFG; an image is a reference to edit from.
-        # Its loaders, inpainting and image-to-image are not wired in yet.
-        _flow(
-            Architecture.FLUX2_KLEIN, 4, 1.0, edits=True, loras=False, inpaint=False, negative=False
-        ),
+        # FLUX.2 [klein] (distilled): 4 steps, no CFG; an image is a reference to edit from,
+        # and with a mask it is edited inside it.
+        _flow(Architecture.FLUX2_KLEIN, 4, 1.0, edits=True, negative=False),
         # FLUX.2 [dev]'s published use: 50 steps, guidance 4 through its guidance embedding;
-        # images are references to edit from. Its LoRAs (whose layer names FLUX.1's loader
-        # would misread) and inpainting are not wired in yet.
+        # images are references to edit from (diffusers has no inpainting pipeline for it).
         _flow(
             Architecture.FLUX2,
             50,
             1.0,
             distilled_guidance=4.0,
             edits=True,
-            loras=False,
             inpaint=False,
             negative=False,
             cfg=False,

@@ -113,6 +113,9 @@ def _file_architecture(path: Path) -> tuple[Architecture | None, int | None]:
 #: The text width a cross-attention takes, by family.
 _TEXT_WIDTHS = {768: Architecture.SD1, 1024: Architecture.SD2, 2048: Architecture.SDXL}
 _SDXL_MARKS = ("lora_te2_", "text_encoder_2.", "te2.", "clip_g")
+#: FLUX.2's layers FLUX.1 lacks (its single blocks' fused projection, its shared modulation,
+#: its feed-forward names), in the diffusers and kohya spellings: checked before FLUX.1's.
+_FLUX2_MARKS = ("to_qkv_mlp_proj", "stream_modulation", "ff.linear_in", "ff_linear_in")
 #: FLUX's two block kinds, in the diffusers, BFL/ai-toolkit and kohya layouts.
 _FLUX_MARKS = (
     "single_transformer_blocks.",
@@ -158,6 +161,8 @@ def _extra_architecture(path: Path) -> Architecture | None:
         return None
     if any(key.startswith(_SDXL_MARKS) or ".label_emb." in key for key in shapes):
         return Architecture.SDXL
+    if any(mark in key for key in shapes for mark in _FLUX2_MARKS):
+        return Architecture.FLUX2
     if any(mark in key for key in shapes for mark in _FLUX_MARKS):
         return Architecture.FLUX1
     for marks, architecture in _FLOW_MARKS:

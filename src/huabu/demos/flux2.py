@@ -31,7 +31,7 @@ from transformers import (
     Qwen3ForCausalLM,
 )
 
-from huabu.demos.sd import staged
+from huabu.demos.flux import write_with_lora
 from huabu.demos.zimage import qwen_tokenizer
 
 DEMO_FLUX2_KLEIN = "demo-flux2-klein"
@@ -137,22 +137,27 @@ def build_dev_pipeline(seed: int = _SEED) -> Flux2Pipeline:
     )
 
 
+#: Where their demo LoRAs train: both block kinds' attention and feed-forward layers.
+_LORA_LAYERS = (
+    "transformer_blocks.0.attn.to_q",
+    "transformer_blocks.0.attn.add_v_proj",
+    "transformer_blocks.0.ff.linear_in",
+    "single_transformer_blocks.0.attn.to_qkv_mlp_proj",
+    "single_transformer_blocks.0.attn.to_out",
+)
+
+
 def build(models: Path, *, force: bool = False) -> list[Path]:
-    """Write the FLUX.2 [klein] and [dev] demo folders under ``models`` (each if missing, or
-    both with ``force``); returns the paths written."""
-    written = []
-    for name, build_folder in (
-        (DEMO_FLUX2_KLEIN, build_pipeline),
-        (DEMO_FLUX2, build_dev_pipeline),
-    ):
-        folder = models / "checkpoints" / name
-        if folder.exists() and not force:
-            continue
-        with staged(folder) as staging:
-            build_folder().save_pretrained(staging, safe_serialization=True)
-            if name == DEMO_FLUX2:  # its tokenizer as published: Mistral's, in a processor
-                index = json.loads((staging / "model_index.json").read_text())
-                index["tokenizer"] = ["transformers", "PixtralProcessor"]
-                (staging / "model_index.json").write_text(json.dumps(index, indent=2))
-        written.append(folder)
+    """Write the FLUX.2 [klein] and [dev] demo folders and a LoRA for each under ``models``
+    (each if missing, or all with ``force``); returns the paths written."""
+    written = write_with_lora(
+        models, DEMO_FLUX2_KLEIN, build_pipeline, _LORA_LAYERS, _SEED + 2, force=force
+    )
+    written += write_with_lora(
+        models, DEMO_FLUX2, build_dev_pipeline, _LORA_LAYERS, _SEED + 3, force=force
+    )
+    index = models / "checkpoints" / DEMO_FLUX2 / "model_index.json"
+    if index.parent in written:  # its tokenizer as published: Mistral's, in a processor
+        config = json.loads(index.read_text())
+        index.write_text(json.dumps(config | {"tokenizer": ["transformers", "PixtralProcessor"]}))
     return written

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from diffusers import (
     FlowMatchEulerDiscreteScheduler,
+    Flux2KleinInpaintPipeline,
     Flux2KleinPipeline,
     Flux2Pipeline,
     FluxImg2ImgPipeline,
@@ -73,7 +74,7 @@ PIPELINES: dict[Architecture, tuple[Any, Any, Any]] = {
         FluxKontextInpaintPipeline,
     ),
     # [klein] reads its images as references beside the prompt: one pipeline for both.
-    Architecture.FLUX2_KLEIN: (Flux2KleinPipeline, Flux2KleinPipeline, None),
+    Architecture.FLUX2_KLEIN: (Flux2KleinPipeline, Flux2KleinPipeline, Flux2KleinInpaintPipeline),
     Architecture.FLUX2: (Flux2Pipeline, Flux2Pipeline, None),
     Architecture.SD3: (
         StableDiffusion3Pipeline,

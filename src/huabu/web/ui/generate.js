@@ -24,7 +24,7 @@ const FLOW = new Map([
 ]);
 // The families that take another's extras (Architecture.lora_family): the same transformer.
 const EXTRAS_OF = new Map([["flux1-schnell", "flux1"], ["flux1-kontext", "flux1"],
-  ["qwen-image-edit", "qwen-image"]]);
+  ["qwen-image-edit", "qwen-image"], ["flux2-klein", "flux2"]]);
 const SIZES = [[512, 512], [768, 512], [512, 768], [768, 768], [1024, 1024], [1216, 832],
   [832, 1216], [256, 256], [64, 64]];
 const FORM_FIELDS = ["prompt", "negative_prompt", "model", "sampler", "steps", "width", "height",
