@@ -192,3 +192,28 @@ def test_klein_edits_inside_a_mask_only(engine):
     ).images[0]
     assert made.crop((48, 48, 64, 64)).tobytes() == source.crop((48, 48, 64, 64)).tobytes()
     assert max_difference(made.crop((8, 8, 32, 32)), source.crop((8, 8, 32, 32))) > 32
+
+
+@pytest.mark.parametrize("model", [DEMO_FLUX2_KLEIN, DEMO_FLUX2])
+def test_each_step_is_previewed_live(engine, model):
+    """FLUX.2's packed tokens, spread back to its VAE's channels, at the latent size (1/8)."""
+    import io
+
+    previews = []
+
+    def progress(step, total, preview):
+        previews.append(Image.open(io.BytesIO(preview())))
+
+    fields = {"model": model, "prompt": "a red fox", "width": 64, "height": 96, "steps": 3}
+    engine.generate(GenerationRequest(**fields, seed=2), on_progress=progress)
+    assert [p.size for p in previews] == [(8, 12)] * 3
+    assert max_difference(previews[0], previews[-1]) > 0
+
+
+def test_the_flux2_map_reads_its_vaes_32_channels():
+    from huabu.engine.previews import approx_flow
+
+    latent = torch.zeros(32, 2, 2)
+    assert approx_flow(latent, "flux2").getpixel((0, 0)) == (123, 118, 117)  # the offset alone
+    latent[3] = 1.0  # the channel that brightens most, bluest
+    assert approx_flow(latent, "flux2").getpixel((0, 0)) == (151, 157, 163)

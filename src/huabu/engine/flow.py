@@ -241,6 +241,8 @@ _PREVIEW_MAPS = {
     Architecture.SD3: "sd3",
     Architecture.QWEN_IMAGE: "wan",
     Architecture.QWEN_IMAGE_EDIT: "wan",
+    Architecture.FLUX2: "flux2",
+    Architecture.FLUX2_KLEIN: "flux2",
 }
 
 
@@ -248,9 +250,7 @@ def previewer(model: FlowModel, request: GenerationRequest) -> Callable[[Any], I
     """How one image's latents, as ``model``'s pipeline hands them to its step callback,
     become a live preview (None: none for the family): made ``[C, h, w]`` (``_spatial``),
     then through the family's map."""
-    vae = _PREVIEW_MAPS.get(model.architecture)
-    if vae is None:  # (FLUX.2's 128-channel tokens: no map here yet)
-        return None
+    vae = _PREVIEW_MAPS[model.architecture]
     return lambda latents: approx_flow(_spatial(model, request, latents)[0], vae)
 
 
@@ -326,9 +326,15 @@ def generate(
 
 def _spatial(model: FlowModel, request: GenerationRequest, latents: Any) -> torch.Tensor:
     """Latents as a pipeline hands them out (to its step callback, or as its latent output)
-    as ``[B, C, h, w]``: FLUX's and Qwen-Image's packed tokens unpacked, and the one frame of
-    Qwen-Image's video latents."""
+    as ``[B, C, h, w]``: FLUX's and Qwen-Image's packed tokens unpacked, FLUX.2's patches
+    spread back to the VAE's channels, and the one frame of Qwen-Image's video latents."""
     pipe = model.txt2img
+    if model.architecture in (Architecture.FLUX2, Architecture.FLUX2_KLEIN):
+        # [B, tokens, C × 2 × 2] → [B, C, 2h, 2w]: the VAE's channels, each patch spread out.
+        h, w = request.height // 16, request.width // 16
+        batch, _, packed = latents.shape
+        grid = latents.permute(0, 2, 1).reshape(batch, packed // 4, 2, 2, h, w)
+        return grid.permute(0, 1, 4, 2, 5, 3).reshape(batch, packed // 4, 2 * h, 2 * w)
     if latents.dim() == 3:  # [B, tokens, C × 2 × 2]
         latents = pipe._unpack_latents(
             latents, request.height, request.width, pipe.vae_scale_factor

@@ -1,7 +1,7 @@
 """Live previews: A1111's "Approx cheap" — the newest latents turned into RGB by one linear
 map per latent channel (no extra weights, about a millisecond), at the latent size (1/8 of the
-output); the flow families' 16 channels with ComfyUI's maps for their VAEs (FLUX's, SD 3's,
-Wan 2.1's for Qwen-Image). k-diffusion samplers preview their
+output); the flow families' with ComfyUI's maps for their VAEs (FLUX's, SD 3's, Wan 2.1's for
+Qwen-Image: 16 channels; FLUX.2's 32). k-diffusion samplers preview their
 denoised estimate, as A1111 does; diffusers' samplers their current latents (noisier early on:
 the pipelines hand out nothing else).
 """
@@ -47,8 +47,27 @@ _WAN = [[-0.1299, -0.1692, 0.2932], [0.0671, 0.0406, 0.0442], [0.3568, 0.2548, 0
         [-0.1251, 0.0927, 0.1699], [0.0060, -0.0633, 0.0005], [0.3477, 0.2275, 0.2950],
         [0.1984, 0.0913, 0.1861]]  # fmt: skip
 _WAN_BIAS = [-0.1835, -0.0868, -0.3360]
-#: The 16-channel latent maps by the VAE they read.
-FLOW_MAPS = {"flux": (_FLUX, _FLUX_BIAS), "sd3": (_SD3, _SD3_BIAS), "wan": (_WAN, _WAN_BIAS)}
+# FLUX.2's VAE: its 32 latent channels (the transformer's 128 are them in 2×2 patches), as
+# ComfyUI's latent_formats.Flux2 has them.
+_FLUX2 = [[0.0058, 0.0113, 0.0073], [0.0495, 0.0443, 0.0836], [-0.0099, 0.0096, 0.0644],
+          [0.2144, 0.3009, 0.3652], [0.0166, -0.0039, -0.0054], [0.0157, 0.0103, -0.0160],
+          [-0.0398, 0.0902, -0.0235], [-0.0052, 0.0095, 0.0109], [-0.3527, -0.2712, -0.1666],
+          [-0.0301, -0.0356, -0.0180], [-0.0107, 0.0078, 0.0013], [0.0746, 0.0090, -0.0941],
+          [0.0156, 0.0169, 0.0070], [-0.0034, -0.0040, -0.0114], [0.0032, 0.0181, 0.0080],
+          [-0.0939, -0.0008, 0.0186], [0.0018, 0.0043, 0.0104], [0.0284, 0.0056, -0.0127],
+          [-0.0024, -0.0022, -0.0030], [0.1207, -0.0026, 0.0065], [0.0128, 0.0101, 0.0142],
+          [0.0137, -0.0072, -0.0007], [0.0095, 0.0092, -0.0059], [0.0000, -0.0077, -0.0049],
+          [-0.0465, -0.0204, -0.0312], [0.0095, 0.0012, -0.0066], [0.0290, -0.0034, 0.0025],
+          [0.0220, 0.0169, -0.0048], [-0.0332, -0.0457, -0.0468], [-0.0085, 0.0389, 0.0609],
+          [-0.0076, 0.0003, -0.0043], [-0.0111, -0.0460, -0.0614]]  # fmt: skip
+_FLUX2_BIAS = [-0.0329, -0.0718, -0.0851]
+#: The flow families' latent maps by the VAE they read.
+FLOW_MAPS = {
+    "flux": (_FLUX, _FLUX_BIAS),
+    "sd3": (_SD3, _SD3_BIAS),
+    "wan": (_WAN, _WAN_BIAS),
+    "flux2": (_FLUX2, _FLUX2_BIAS),
+}
 
 
 def approx_cheap(latent: torch.Tensor, *, sdxl: bool) -> Image.Image:
@@ -57,7 +76,7 @@ def approx_cheap(latent: torch.Tensor, *, sdxl: bool) -> Image.Image:
 
 
 def approx_flow(latent: torch.Tensor, vae: str = "flux") -> Image.Image:
-    """One image's latent ``[16, h, w]`` (as the transformer sees it) through the map of its
+    """One image's latent ``[C, h, w]`` (as the transformer sees it) through the map of its
     ``vae`` (a ``FLOW_MAPS`` key) as an RGB image; a latent of another width (a tiny demo's)
     as the grey of its channels' mean."""
     factors, bias = FLOW_MAPS[vae]
