@@ -217,3 +217,42 @@ def test_the_flux2_map_reads_its_vaes_32_channels():
     assert approx_flow(latent, "flux2").getpixel((0, 0)) == (123, 118, 117)  # the offset alone
     latent[3] = 1.0  # the channel that brightens most, bluest
     assert approx_flow(latent, "flux2").getpixel((0, 0)) == (151, 157, 163)
+
+
+def test_the_base_klein_takes_cfg_with_a_negative_prompt_and_the_distilled_one_refuses_it(
+    tmp_path, settings, engine
+):
+    """A [klein] folder whose model_index says it is not distilled (the base model) runs CFG
+    with the negative prompt, as diffusers does given its embeddings; the distilled demo has
+    no CFG, so a guidance above 1 is refused naming it rather than ignored."""
+    import json
+    import shutil
+
+    from huabu.engine.engine import Engine
+    from huabu.settings import Settings
+
+    with pytest.raises(InvalidRequest) as refused:
+        engine.generate(request(guidance=3.0))
+    assert refused.value.param == "guidance"
+    base = tmp_path / "models" / "checkpoints" / "klein-base"
+    shutil.copytree(settings.models_dir / "checkpoints" / DEMO_FLUX2_KLEIN, base)
+    index = base / "model_index.json"
+    index.write_text(json.dumps(json.loads(index.read_text()) | {"is_distilled": False}))
+    own = Engine(Settings(home=tmp_path, threads=2))
+    fields = SMALL | {"model": "klein-base", "steps": 3, "seed": 7, "guidance": 3.0}
+    plain = own.generate(GenerationRequest(**fields)).images[0]
+    steered = own.generate(GenerationRequest(**fields, negative_prompt="snow")).images[0]
+    assert max_difference(plain, steered) > 0
+    pipe = Flux2KleinPipeline.from_pretrained(base, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    negative, _ = pipe.encode_prompt(prompt="snow")
+    bare = pipe(
+        prompt=SMALL["prompt"],
+        negative_prompt_embeds=negative,
+        width=64,
+        height=64,
+        num_inference_steps=3,
+        guidance_scale=3.0,
+        generator=[torch.Generator().manual_seed(7)],
+    ).images[0]
+    assert max_difference(steered, bare) <= 1

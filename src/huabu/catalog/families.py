@@ -82,8 +82,9 @@ FAMILIES = {
         # inpainting is an edit inside the mask.
         _flow(Architecture.FLUX1_KONTEXT, 28, 1.0, distilled_guidance=2.5, edits=True),
         # FLUX.2 [klein] (distilled): 4 steps, no CFG; an image is a reference to edit from,
-        # and with a mask it is edited inside it.
-        _flow(Architecture.FLUX2_KLEIN, 4, 1.0, edits=True, negative=False),
+        # and with a mask it is edited inside it. The base [klein] takes CFG and a negative
+        # prompt (the distilled one refuses guidance above 1 where it runs: engine.flow).
+        _flow(Architecture.FLUX2_KLEIN, 4, 1.0, edits=True),
         # FLUX.2 [dev]'s published use: 50 steps, guidance 4 through its guidance embedding;
         # images are references to edit from (diffusers has no inpainting pipeline for it).
         _flow(

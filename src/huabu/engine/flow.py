@@ -59,7 +59,7 @@ from huabu.engine.previews import approx_flow
 from huabu.engine.prompts import parse_weights
 from huabu.engine.variation import crop_latents, upscale_image, upscale_latents
 from huabu.engine.vision_prompts import VisionPrompts
-from huabu.errors import ModelUnavailable
+from huabu.errors import InvalidRequest, ModelUnavailable
 from huabu.native import GenerationRequest, ImageRef
 
 #: (text-to-image, image-to-image, inpainting) pipeline classes per family (None: the family
@@ -122,8 +122,24 @@ def _true_cfg(request: GenerationRequest) -> dict[str, Any]:
 
 
 def _klein(request: GenerationRequest) -> dict[str, Any]:
-    """FLUX.2 [klein]'s guidance: CFG scale as given (the distilled model ignores it)."""
-    return {"guidance_scale": request.guidance}
+    """FLUX.2 [klein]'s guidance: the base model's CFG, with the negative prompt (the
+    distilled one has none: ``_check_guidance``)."""
+    if request.guidance <= 1:
+        return {"guidance_scale": 1.0}
+    return {
+        "guidance_scale": request.guidance,
+        "negative_prompt": plain_prompt(request.negative_prompt),
+    }
+
+
+def _check_guidance(model: FlowModel, request: GenerationRequest) -> None:
+    """A distilled [klein] has no CFG: its pipeline would ignore a guidance above 1."""
+    if request.guidance != 1 and model.txt2img.config.get("is_distilled", False):
+        raise InvalidRequest(
+            f"guidance: {model.entry.name} is a distilled {model.architecture.label} model and "
+            "has no CFG (nor a negative prompt); send 1 or leave it out",
+            param="guidance",
+        )
 
 
 def _flux2(request: GenerationRequest) -> dict[str, Any]:
@@ -285,6 +301,7 @@ def generate(
     through the diffusers pipeline itself, the other samplers in ``flow_sampling``'s loop. A
     ``source`` may be latents (the hires fix's latent upscale); ``latent`` returns the
     latents undecoded (``Sampled.latents``)."""
+    _check_guidance(model, request)
     output = "latent" if latent else "pil"
     pipe = model.img2img if source is not None else model.txt2img
     if plan is not None:  # (fit: only the families with an inpainting pipeline here)
@@ -405,6 +422,7 @@ def generate_many(model: FlowModel, requests: list[GenerationRequest], callback:
     call, their images in order: each keeps its own prompt, negative prompt and seeds, and is
     the image its request gets alone, up to the rounding of batched arithmetic."""
     pipe = model.txt2img
+    _check_guidance(model, requests[0])  # (a batch shares its guidance)
     merged = requests[0].model_copy(update={"n_images": sum(r.n_images for r in requests)})
     seeds = [seed for request in requests for seed in request.image_seeds()]
     generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
@@ -531,6 +549,15 @@ def _prompted_sample(
     of requests (``generate_many``); the prompt's time is counted in sampling."""
     began = time.perf_counter()
     extra: dict[str, Any] = dict(guidance)
+    if (
+        isinstance(pipe, (Flux2KleinPipeline, Flux2KleinInpaintPipeline))
+        and "negative_prompt" in extra
+    ):
+        # [klein]'s pipeline runs CFG against an empty prompt unless given the negative's
+        # embeddings (one per image in a batch; repeated per image of one request).
+        negative = extra.pop("negative_prompt")
+        with torch.inference_mode():
+            extra["negative_prompt_embeds"] = pipe.encode_prompt(prompt=negative)[0]
     if isinstance(source, InpaintPlan):
         extra |= {"image": source.start, "mask_image": source.mask, "strength": request.strength}
     elif isinstance(pipe, (Flux2KleinPipeline, Flux2Pipeline)):
