@@ -98,3 +98,48 @@ def test_sd3_over_http(server, accounts):
         assert task["request"]["guidance"] == 3.5 and task["progress"]["step"] == 3
         refused = client.post("/huabu/v1/generations", json=SMALL | {"height": 72})
         assert refused.status_code == 400 and refused.json()["error"]["param"] == "height"
+
+
+def test_sais_all_in_one_file_gives_the_folders_image_and_split_parts_load_too(
+    tmp_path, settings, engine
+):
+    """demo-sd3-single is demo-sd3 in SAI's layout, all in one file: listed as SD 3, the
+    folder's image. The same MMDiT and VAE with the text encoders beside them in ComfyUI's
+    files load alike; with one missing, the request is refused naming the file and where."""
+    from safetensors.torch import load_file, save_file
+
+    from huabu.catalog.checkpoints import CheckpointHeader
+    from huabu.demos.sd3_files import DEMO_SD3_SINGLE
+    from huabu.engine.engine import Engine
+    from huabu.settings import Settings
+
+    entry = engine.library.find("checkpoints", DEMO_SD3_SINGLE)
+    assert (entry.architecture, entry.layout) == (Architecture.SD3, "single-file")
+    fields = {"prompt": "a red fox", "negative_prompt": "blurry", "width": 64, "height": 64,
+              "steps": 3, "seed": 7}  # fmt: skip
+    folder = engine.generate(GenerationRequest(model=DEMO_SD3, **fields)).images[0]
+    single = engine.generate(GenerationRequest(model=DEMO_SD3_SINGLE, **fields)).images[0]
+    assert max_difference(folder, single) <= 1
+    # Split: the text encoders as files of their own, under ComfyUI's names.
+    source = settings.models_dir / "checkpoints" / f"{DEMO_SD3_SINGLE}.safetensors"
+    state = load_file(str(source))
+    metadata = CheckpointHeader.read(source).metadata
+    models = tmp_path / "models"
+    (models / "checkpoints").mkdir(parents=True)
+    (models / "text_encoders").mkdir()
+    save_file(
+        {k: v for k, v in state.items() if not k.startswith("text_encoders.")},
+        str(models / "checkpoints" / "sd3-split.safetensors"),
+        metadata=metadata,
+    )
+    split = Engine(Settings(home=tmp_path, threads=2))
+    with pytest.raises(InvalidRequest) as refused:
+        split.generate(GenerationRequest(model="sd3-split", **fields))
+    assert refused.value.param == "model"
+    assert "models/text_encoders/clip_l.safetensors" in str(refused.value)
+    for part, name in (("clip_l", "clip_l"), ("clip_g", "clip_g"), ("t5xxl", "t5xxl_fp16")):
+        prefix = f"text_encoders.{part}.transformer."
+        own = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+        save_file(own, str(models / "text_encoders" / f"{name}.safetensors"))
+    made = split.generate(GenerationRequest(model="sd3-split", **fields)).images[0]
+    assert max_difference(made, folder) <= 1

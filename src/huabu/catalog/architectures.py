@@ -363,10 +363,44 @@ _FLUX1_SCHNELL = {
     "scheduler": {"num_train_timesteps": 1000, "shift": 1.0, "use_dynamic_shifting": False},
 }
 
+#: SD 3.5 Large's published configs, for SAI's single files (see ``catalog.split_files``).
+_SD3: dict[str, Config] = {
+    "transformer": {
+        "_class_name": "SD3Transformer2DModel",
+        "attention_head_dim": 64,
+        "caption_projection_dim": 2432,
+        "dual_attention_layers": [],
+        "in_channels": 16,
+        "joint_attention_dim": 4096,
+        "num_attention_heads": 38,
+        "num_layers": 38,
+        "out_channels": 16,
+        "patch_size": 2,
+        "pooled_projection_dim": 2048,
+        "pos_embed_max_size": 192,
+        "qk_norm": "rms_norm",
+        "sample_size": 128,
+    },
+    "text_encoder": {**_CLIP_L, "architectures": ["CLIPTextModelWithProjection"]},
+    "text_encoder_2": {
+        **_CLIP_L,
+        "architectures": ["CLIPTextModelWithProjection"],
+        "hidden_size": 1280,
+        "intermediate_size": 5120,
+        "num_attention_heads": 20,
+        "num_hidden_layers": 32,
+        "hidden_act": "gelu",
+        "projection_dim": 1280,
+    },
+    "text_encoder_3": _FLUX1["text_encoder_2"],
+    "vae": {**_FLUX1["vae"], "scaling_factor": 1.5305, "shift_factor": 0.0609},
+    "scheduler": {"num_train_timesteps": 1000, "shift": 3.0},
+}
+
 _CONFIGS = {Architecture.SD1: _SD1, Architecture.SD2: _SD2, Architecture.SDXL: _SDXL,
             Architecture.SDXL_REFINER: _SDXL_REFINER, Architecture.FLUX1: _FLUX1,
             Architecture.FLUX1_KONTEXT: _FLUX1,
-            Architecture.FLUX1_SCHNELL: _FLUX1_SCHNELL}  # fmt: skip
+            Architecture.FLUX1_SCHNELL: _FLUX1_SCHNELL, Architecture.SD3: _SD3}  # fmt: skip
 
 
 def reference_config(architecture: Architecture) -> dict[str, Config]:

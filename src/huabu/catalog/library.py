@@ -309,13 +309,16 @@ class ModelLibrary:
                 return fetched
         raise self.unknown(kind, name, param=param)
 
-    def parts(self, entry: ModelEntry) -> dict[str, Path]:
-        """The files beside a split checkpoint (a flow transformer alone), by component: none
-        for any other; InvalidRequest naming the first one missing."""
+    def parts(self, entry: ModelEntry) -> dict[str, tuple[Path, str]]:
+        """The parts of a split checkpoint (a flow family's single file), by component: (file,
+        key prefix in it); none for any other; InvalidRequest naming the first one missing."""
         if entry.layout != "single-file" or not (entry.architecture and entry.architecture.is_flow):
             return {}
-        overrides = CheckpointHeader.read(entry.path).overrides(entry.path.with_suffix(".json"))
-        return split_files.parts(entry.path, self.root, overrides)
+        header = CheckpointHeader.read(entry.path)
+        overrides = header.overrides(entry.path.with_suffix(".json"))
+        return split_files.parts(
+            entry.path, self.root, overrides, set(header.shapes), entry.architecture
+        )
 
     def default_model(self) -> str:
         """The checkpoint used when a request names none (HUABU_DEFAULT_MODEL, else the first)."""

@@ -3,7 +3,8 @@ weights, built by huabu itself, so everything runs offline and fast on a CPU (th
 coloured noise). ``sd``: SD 1.x in both layouts, the SD 2.x sibling and their extras; ``xl``:
 SDXL in both layouts, its refiner and extras; ``flux``: FLUX.1, FLUX.1 Kontext and their LoRA;
 ``flux_files``: FLUX.1 as split single files;
-``flux2``: FLUX.2 [klein]; ``sd3``: SD 3.x; ``zimage``: Z-Image; ``qwen``: Qwen-Image;
+``flux2``: FLUX.2 [klein] and [dev]; ``sd3``: SD 3.x; ``sd3_files``: SD 3.x as SAI's
+all-in-one file; ``zimage``: Z-Image; ``qwen``: Qwen-Image and Qwen-Image-Edit;
 ``ldm_layout``: the single-file (LDM/SGM) layouts they are also written in. ``huabu models
 demo`` and ``make run`` call ``build``."""
 
@@ -11,7 +12,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from huabu.demos import flux, flux2, flux_files, qwen, sd, sd3, xl, zimage
+# (The engine package first: it quiets the libraries the demos import.)
+from huabu import engine  # noqa: F401, I001
+from huabu.demos import flux, flux2, flux_files, qwen, sd, sd3, sd3_files, xl, zimage
 from huabu.demos.sd import DEMO, DEMO_SINGLE, NOTICE
 from huabu.settings import Settings
 
@@ -26,6 +29,7 @@ __all__ = [
     "qwen",
     "sd",
     "sd3",
+    "sd3_files",
     "xl",
     "zimage",
 ]
@@ -42,6 +46,7 @@ def build(settings: Settings, *, force: bool = False) -> list[Path]:
         + flux_files.build(models, force=force)
         + flux2.build(models, force=force)
         + sd3.build(models, force=force)
+        + sd3_files.build(models, force=force)
         + zimage.build(models, force=force)
         + qwen.build(models, force=force)
     )

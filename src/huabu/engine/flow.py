@@ -201,8 +201,11 @@ def load(
                 architecture, path, files, dtype, library.settings.cache_dir
             )
             pipe = txt2img_class(**parts)
-            sizes = {"transformer": memory_plan.file_bytes(path, itemsize)} | {
-                name: memory_plan.file_bytes(file, itemsize) for name, file in files.items()
+            inside = any(prefix for _, prefix in files.values())  # (SAI's: keys by part)
+            transformer = split_files.DIFFUSION_MODEL if inside else ""
+            sizes = {"transformer": memory_plan.file_bytes(path, itemsize, transformer)} | {
+                name: memory_plan.file_bytes(file, itemsize, prefix)
+                for name, (file, prefix) in files.items()
             }
         elif architecture is Architecture.QWEN_IMAGE_EDIT:
             pipe, editor = _qwen_editor(path, dtype)

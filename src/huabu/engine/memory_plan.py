@@ -54,13 +54,14 @@ class MemoryPlan:
         return " + ".join(parts) or "none"
 
 
-def file_bytes(file: Path, itemsize: int) -> int:
-    """A weights file's bytes once loaded at ``itemsize`` bytes a weight (from its header: no
-    weight is read); a GGUF file stays as it is."""
+def file_bytes(file: Path, itemsize: int, prefix: str = "") -> int:
+    """A weights file's bytes (those under the key ``prefix``) once loaded at ``itemsize``
+    bytes a weight (from its header: no weight is read); a GGUF file stays as it is."""
     if file.suffix == ".gguf":
         return file.stat().st_size
     count = 0
-    for shape in CheckpointHeader.read(file).shapes.values():
+    shapes = CheckpointHeader.read(file).shapes
+    for shape in (v for k, v in shapes.items() if k.startswith(prefix)):
         elements = 1
         for n in shape:
             elements *= n

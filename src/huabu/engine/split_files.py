@@ -19,7 +19,14 @@ from typing import Any
 
 import torch
 from tokenizers import Tokenizer
-from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel, T5TokenizerFast
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    T5Config,
+    T5EncoderModel,
+    T5TokenizerFast,
+)
 
 from huabu.catalog.architectures import Architecture, Config, reference_config
 from huabu.catalog.checkpoints import CheckpointHeader
@@ -88,43 +95,95 @@ def _vae_config(shapes: dict[str, tuple[int, ...]], config: Config) -> None:
     )
 
 
+def sd3_transformer_config(shapes: dict[str, tuple[int, ...]], config: Config) -> None:
+    """Overlay an SAI-layout SD 3.x MMDiT's widths and depths on ``config`` (its heads, the
+    hidden width over ``attention_head_dim``, are counted once overrides are in: ``configs``)."""
+    shapes = {key.removeprefix(DIFFUSION_MODEL): shape for key, shape in shapes.items()}
+    hidden, in_channels, patch, _ = shapes["x_embedder.proj.weight"]
+    config["in_channels"], config["patch_size"] = in_channels, patch
+    config["out_channels"] = shapes["final_layer.linear.weight"][0] // (patch * patch)
+    config["pos_embed_max_size"] = round(shapes["pos_embed"][1] ** 0.5)
+    config["caption_projection_dim"], config["joint_attention_dim"] = shapes[
+        "context_embedder.weight"
+    ]
+    config["pooled_projection_dim"] = shapes["y_embedder.mlp.0.weight"][1]
+    config["num_layers"] = len(indices(shapes, "joint_blocks."))
+    config["hidden_size"] = hidden  # (not a config key: ``configs`` turns it into heads)
+    config["qk_norm"] = "rms_norm" if any(".ln_q." in key for key in shapes) else None
+    config["dual_attention_layers"] = sorted(
+        {int(key.split(".")[1]) for key in shapes if ".x_block.attn2." in key}
+    )
+
+
+def _clip_config(shapes: dict[str, tuple[int, ...]], config: Config) -> None:
+    derive_clip(shapes, "text_model.", config)
+    if "text_projection.weight" in shapes:  # (CLIP-G's projection is narrower than CLIP-L's)
+        config["projection_dim"] = shapes["text_projection.weight"][0]
+
+
+def _t5_or_clip(config: Config) -> Any:
+    return t5_config if config.get("model_type") == "t5" else _clip_config
+
+
+#: How each transformer class's config is read from its tensors.
+_TRANSFORMERS = {"FluxTransformer2DModel": transformer_config,
+                 "SD3Transformer2DModel": sd3_transformer_config}  # fmt: skip
+
+
+def _part_header(file: Path, prefix: str) -> CheckpointHeader:
+    header = CheckpointHeader.read(file)
+    if not prefix:
+        return header
+    shapes = {k.removeprefix(prefix): v for k, v in header.shapes.items() if k.startswith(prefix)}
+    return CheckpointHeader(shapes, header.metadata)
+
+
 def configs(
-    architecture: Architecture, path: Path, parts: dict[str, Path]
-) -> tuple[dict[str, Config], dict[str, CheckpointHeader]]:
-    """Every part's config (and each part's header), from the files' shapes and overrides."""
+    architecture: Architecture, path: Path, parts: dict[str, tuple[Path, str]]
+) -> dict[str, Config]:
+    """Every part's config, from the files' shapes and overrides."""
     found = reference_config(architecture)
     headers = {"transformer": CheckpointHeader.read(path)} | {
-        component: CheckpointHeader.read(file) for component, file in parts.items()
-    }
-    derive = {
-        "transformer": transformer_config,
-        "text_encoder": lambda shapes, config: derive_clip(shapes, "text_model.", config),
-        "text_encoder_2": t5_config,
-        "vae": _vae_config,
+        component: _part_header(file, prefix) for component, (file, prefix) in parts.items()
     }
     for component, header in headers.items():
+        config = found[component]
+        if component == "transformer":
+            derive = _TRANSFORMERS[config["_class_name"]]
+        elif component == "vae":
+            derive = _vae_config
+        else:
+            derive = _t5_or_clip(config)
         try:
-            derive[component](header.shapes, found[component])
+            derive(header.shapes, config)
         except (KeyError, IndexError, ValueError) as exc:
-            name = path.name if component == "transformer" else parts[component].name
+            name = path.name if component == "transformer" else parts[component][0].name
             raise ModelUnavailable(
                 f"{name} is not the {component} of a {architecture.label} model (missing {exc})"
             ) from None
     # What shapes cannot tell: the parts' own metadata, then the checkpoint's (its sidecar too).
-    for component, header in headers.items():
-        found[component].update(header.overrides().get(component, {}))
+    for component, (_, prefix) in parts.items():
+        if not prefix:
+            found[component].update(headers[component].overrides().get(component, {}))
     for component, values in headers["transformer"].overrides(path.with_suffix(".json")).items():
         if component in found:
             found[component].update(values)
-    return found, headers
+    transformer = found["transformer"]
+    if "hidden_size" in transformer:  # SD 3: heads of attention_head_dim (64 unless overridden)
+        hidden = transformer.pop("hidden_size")
+        transformer["num_attention_heads"] = hidden // transformer["attention_head_dim"]
+    return found
 
 
-def _weights(path: Path, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """A safetensors file's tensors in ``dtype``; fp8 ones too, and ComfyUI's "scaled fp8"
-    (each weight stored over its ``scale_weight``) multiplied back."""
+def _weights(path: Path, dtype: torch.dtype, prefix: str = "") -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors (those under ``prefix``, without it) in ``dtype``; fp8 ones
+    too, and ComfyUI's "scaled fp8" (each weight stored over its ``scale_weight``) multiplied
+    back."""
     from safetensors.torch import load_file
 
     state = load_file(str(path))
+    if prefix:
+        state = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
     if "scaled_fp8" in state:
         del state["scaled_fp8"]
         for key in [k for k in state if k.endswith(".scale_weight")]:
@@ -135,14 +194,14 @@ def _weights(path: Path, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     return {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
 
 
-def _encoder(model_class: Any, config: Any, path: Path, dtype: torch.dtype) -> Any:
+def _encoder(model_class: Any, config: Any, part: tuple[Path, str], dtype: torch.dtype) -> Any:
     """A text encoder built without initialising its weights (T5-XXL has 4.7 billion) and
     given the file's; ModelUnavailable if the file lacks one it needs."""
     from accelerate import init_empty_weights
 
     with init_empty_weights():  # (buffers such as CLIP's position ids stay real)
         model = model_class(config)
-    state = _weights(path, dtype)
+    state = _weights(part[0], dtype, part[1])
     own = model.state_dict()
     if not any(key.startswith("text_model.") for key in own):  # CLIP, as transformers 5 has it
         state = {key.removeprefix("text_model."): value for key, value in state.items()}
@@ -153,19 +212,34 @@ def _encoder(model_class: Any, config: Any, path: Path, dtype: torch.dtype) -> A
         model.tie_weights()
     empty = [name for name, p in model.named_parameters() if p.device.type == "meta"]
     if empty:
-        raise ModelUnavailable(f"{path.name} lacks tensors the model needs (e.g. {empty[0]})")
+        raise ModelUnavailable(f"{part[0].name} lacks tensors the model needs (e.g. {empty[0]})")
     return model.eval()  # (built in training mode: T5's dropout would be on)
 
 
+def _text_encoder(config: Config, part: tuple[Path, str], dtype: torch.dtype) -> Any:
+    """T5, CLIP (FLUX.1's: its last hidden state) or CLIP with its projection (SD 3's two)."""
+    if config.get("model_type") == "t5":
+        return _encoder(T5EncoderModel, T5Config(**config), part, dtype)
+    projected = config.get("architectures") == ["CLIPTextModelWithProjection"]
+    model_class = CLIPTextModelWithProjection if projected else CLIPTextModel
+    return _encoder(model_class, CLIPTextConfig(**config), part, dtype)
+
+
 def load_parts(
-    architecture: Architecture, path: Path, parts: dict[str, Path], dtype: torch.dtype, cache: Path
+    architecture: Architecture,
+    path: Path,
+    parts: dict[str, tuple[Path, str]],
+    dtype: torch.dtype,
+    cache: Path,
 ) -> dict[str, Any]:
-    """The pipeline components of a split FLUX.1 checkpoint: ``path`` the transformer
-    (.safetensors, or .gguf kept quantized), ``parts`` its text encoders and VAE."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+    """The pipeline components of a split checkpoint: ``path`` the transformer (FLUX.1's
+    .safetensors, or .gguf kept quantized; SD 3's SAI file), ``parts`` its text encoders and
+    VAE (files of their own, or inside it)."""
+    import diffusers
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
     from diffusers.loaders.single_file_utils import load_single_file_checkpoint
 
-    found, _ = configs(architecture, path, parts)
+    found = configs(architecture, path, parts)
     folder = config_folder({k: found[k] for k in ("transformer", "vae")}, architecture, cache)
     quantization = None
     if path.suffix == ".gguf":
@@ -173,33 +247,39 @@ def load_parts(
 
         quantization = GGUFQuantizationConfig(compute_dtype=dtype)
     state = load_single_file_checkpoint(str(path), local_files_only=True)
-    transformer = FluxTransformer2DModel.from_single_file(
-        bfl_to_diffusers(state),
+    transformer_class = getattr(diffusers, found["transformer"]["_class_name"])
+    if transformer_class is diffusers.FluxTransformer2DModel:
+        state = bfl_to_diffusers(state)  # (SD 3's: diffusers' own converter, widths and all)
+    else:
+        state = {k: v for k, v in state.items() if k.startswith(DIFFUSION_MODEL)}
+    transformer = transformer_class.from_single_file(
+        state,
         config=str(folder),
         subfolder="transformer",
         torch_dtype=dtype,
         quantization_config=quantization,
         local_files_only=True,
     )
-    clip = _encoder(
-        CLIPTextModel, CLIPTextConfig(**found["text_encoder"]), parts["text_encoder"], dtype
-    )
-    t5 = _encoder(
-        T5EncoderModel, T5Config(**found["text_encoder_2"]), parts["text_encoder_2"], dtype
-    )
+    vae_file, vae_prefix = parts["vae"]
     vae = AutoencoderKL.from_single_file(
-        str(parts["vae"]), config=str(folder), subfolder="vae", torch_dtype=dtype,
-        local_files_only=True,
+        _weights(vae_file, dtype, vae_prefix), config=str(folder), subfolder="vae",
+        torch_dtype=dtype, local_files_only=True,
     )  # fmt: skip
-    return {
+    components = {
         "scheduler": FlowMatchEulerDiscreteScheduler(**found["scheduler"]),
         "vae": vae,
-        "text_encoder": clip,
-        "tokenizer": clip_tokenizer(),
-        "text_encoder_2": t5,
-        "tokenizer_2": t5_tokenizer(),
         "transformer": transformer,
     }
+    encoders = sorted(name for name in parts if name.startswith("text_encoder"))
+    for index, name in enumerate(encoders):
+        encoder = _text_encoder(found[name], parts[name], dtype)
+        tokenizer = "tokenizer" + name.removeprefix("text_encoder")
+        components[name] = encoder
+        if isinstance(encoder, T5EncoderModel):
+            components[tokenizer] = t5_tokenizer()
+        else:  # (OpenCLIP-trained encoders, SD 3's second, pad with "!")
+            components[tokenizer] = clip_tokenizer(pad="!" if index == 1 else "<|endoftext|>")
+    return components
 
 
 def swap_halves(weight: torch.Tensor) -> torch.Tensor:
