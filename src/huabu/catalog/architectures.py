@@ -143,6 +143,19 @@ _CLIP_L: Config = {
     "torch_dtype": "float32",
 }
 
+#: OpenCLIP bigG's text tower with its projection (SDXL's second encoder, SD 3's CLIP-G).
+_CLIP_G: Config = {
+    **_CLIP_L,
+    "architectures": ["CLIPTextModelWithProjection"],
+    "model_type": "clip_text_model",
+    "hidden_size": 1280,
+    "intermediate_size": 5120,
+    "num_attention_heads": 20,
+    "num_hidden_layers": 32,
+    "hidden_act": "gelu",
+    "projection_dim": 1280,
+}
+
 _UNET_SD1: Config = {
     "_class_name": "UNet2DConditionModel",
     "act_fn": "silu",
@@ -240,17 +253,7 @@ _SDXL: dict[str, Config] = {
         "use_karras_sigmas": False,
     },
     "text_encoder": _CLIP_L,
-    "text_encoder_2": {
-        **_CLIP_L,
-        "architectures": ["CLIPTextModelWithProjection"],
-        "model_type": "clip_text_model",
-        "hidden_size": 1280,
-        "intermediate_size": 5120,
-        "num_attention_heads": 20,
-        "num_hidden_layers": 32,
-        "hidden_act": "gelu",
-        "projection_dim": 1280,
-    },
+    "text_encoder_2": _CLIP_G,
     "tokenizer": _TOKENIZER_L,
     "tokenizer_2": _TOKENIZER_OPENCLIP,
     "unet": {
@@ -382,16 +385,7 @@ _SD3: dict[str, Config] = {
         "sample_size": 128,
     },
     "text_encoder": {**_CLIP_L, "architectures": ["CLIPTextModelWithProjection"]},
-    "text_encoder_2": {
-        **_CLIP_L,
-        "architectures": ["CLIPTextModelWithProjection"],
-        "hidden_size": 1280,
-        "intermediate_size": 5120,
-        "num_attention_heads": 20,
-        "num_hidden_layers": 32,
-        "hidden_act": "gelu",
-        "projection_dim": 1280,
-    },
+    "text_encoder_2": _CLIP_G,
     "text_encoder_3": _FLUX1["text_encoder_2"],
     "vae": {**_FLUX1["vae"], "scaling_factor": 1.5305, "shift_factor": 0.0609},
     "scheduler": {"num_train_timesteps": 1000, "shift": 3.0},

@@ -26,6 +26,7 @@ from diffusers import (
 from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
+from huabu.catalog.architectures import Architecture, reference_config
 from huabu.demos.sd import staged, tokenizer
 from huabu.engine.split_files import T5_VOCABULARY, t5_tokenizer
 
@@ -94,15 +95,7 @@ TINY_T5 = {
     "vocab_size": T5_VOCABULARY,
 }
 #: FLUX.1 [dev]'s published scheduler config.
-_SCHEDULER = {
-    "base_image_seq_len": 256,
-    "base_shift": 0.5,
-    "max_image_seq_len": 4096,
-    "max_shift": 1.15,
-    "num_train_timesteps": 1000,
-    "shift": 3.0,
-    "use_dynamic_shifting": True,
-}
+_SCHEDULER = reference_config(Architecture.FLUX1)["scheduler"]
 
 
 def build_pipeline(seed: int = _SEED) -> FluxPipeline:

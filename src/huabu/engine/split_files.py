@@ -1,12 +1,14 @@
-"""Loading FLUX.1 from its split single files (see ``catalog.split_files`` for the layout).
+"""Loading FLUX.1 and SD 3.x from their single files (see ``catalog.split_files`` for the
+layouts).
 
 Each part's config is its family's published one with every width and depth read from the
 tensors, and what the tensors cannot tell from the file's ``huabu.config`` metadata (or the
-checkpoint's ``<name>.json`` sidecar, by component). The transformer is converted from BFL's
-layout here rather than by diffusers' converter, which assumes FLUX.1's full width (3,072):
-this one reads the widths from the tensors, so FLUX.1 and huabu's tiny demo load alike, and
-GGUF tensors stay quantized through it (diffusers' GGUF layers dequantize them as they run).
-The tokenizers are huabu's own copies: CLIP's vocabulary and T5 v1.1's (Apache-2.0).
+checkpoint's ``<name>.json`` sidecar, by component). FLUX.1's transformer is converted from
+BFL's layout here rather than by diffusers' converter, which assumes FLUX.1's full width
+(3,072): this one reads the widths from the tensors, so FLUX.1 and huabu's tiny demo load
+alike, and GGUF tensors stay quantized through it (diffusers' GGUF layers dequantize them as
+they run). SD 3's MMDiT goes through diffusers' own converter, which reads its widths. The
+tokenizers are huabu's own copies: CLIP's vocabulary and T5 v1.1's (Apache-2.0).
 """
 
 from __future__ import annotations
