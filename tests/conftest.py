@@ -20,7 +20,7 @@ from huabu.settings import Settings
 from huabu.storage import open_storage
 from internals import WATCH, install
 from s3server import CREDENTIALS, MotoS3
-from serving import LOGS, TRACEBACK, Server, stop_embedded_postgres
+from serving import LOGS, TRACEBACK, Server, close_zygote, stop_embedded_postgres
 
 
 def pytest_configure(config):
@@ -38,6 +38,7 @@ def pytest_collection_modifyitems(config, items):
 def pytest_sessionfinish(session, exitstatus):
     """Fail the run if any response showed the server's insides (see ``internals``), or any
     huabu process logged a traceback: a traceback is a bug that nothing expected."""
+    close_zygote()
     for log in dict.fromkeys(LOGS):
         count = log.read_text(errors="replace").count(TRACEBACK) if log.exists() else 0
         if count:

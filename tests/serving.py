@@ -1,5 +1,8 @@
-"""Real huabu processes for end-to-end tests: `huabu serve` and `huabu worker` as
-subprocesses on a free port, talking to the embedded PostgreSQL of a shared HUABU_HOME."""
+"""Real huabu processes for end-to-end tests: `huabu serve` and `huabu worker` as separate
+processes on a free port, talking to the embedded PostgreSQL of a shared HUABU_HOME. They are
+forked from the session's zygote (``zygote.py``: imported once, so that each start does not
+spend seconds importing torch); ``HUABU_TEST_ZYGOTE=0`` starts each as a fresh interpreter
+instead."""
 
 from __future__ import annotations
 
@@ -9,10 +12,13 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import httpx
+
+from zygote import ForkedProcess, Zygote
 
 HUABU = [sys.executable, "-m", "huabu"]
 #: Fast failure detection for tests: heartbeat every 0.5 s, a worker silent 3 s is dead.
@@ -28,8 +34,26 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+_ZYGOTE: Zygote | None = None
+
+
+def zygote() -> Zygote | None:
+    """The session's zygote (None with HUABU_TEST_ZYGOTE=0)."""
+    global _ZYGOTE
+    if os.environ.get("HUABU_TEST_ZYGOTE", "1") == "0":
+        return None
+    if _ZYGOTE is None:
+        _ZYGOTE = Zygote(Path(tempfile.mkdtemp(prefix="huabu-zygote-")))
+    return _ZYGOTE
+
+
+def close_zygote() -> None:
+    if _ZYGOTE is not None:
+        _ZYGOTE.close()
+
+
 class Process:
-    """A huabu subprocess whose output goes to a log file (read it when a test fails)."""
+    """A huabu process whose output goes to a log file (read it when a test fails)."""
 
     def __init__(self, args: list[str], home: Path, env: dict[str, str], log: Path) -> None:
         self.home = home
@@ -37,9 +61,13 @@ class Process:
         LOGS.append(log)
         self.handle = open(log, "ab")  # noqa: SIM115 - closed in stop()
         full_env = os.environ | {"HUABU_HOME": str(home)} | FAST | env
-        self.process = subprocess.Popen(
-            [*HUABU, *args], env=full_env, stdout=self.handle, stderr=subprocess.STDOUT
-        )
+        forks = zygote()
+        if forks is not None:
+            self.process: subprocess.Popen | ForkedProcess = forks.spawn(args, full_env, log)
+        else:
+            self.process = subprocess.Popen(
+                [*HUABU, *args], env=full_env, stdout=self.handle, stderr=subprocess.STDOUT
+            )
 
     def alive(self) -> bool:
         return self.process.poll() is None
