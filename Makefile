@@ -44,7 +44,7 @@ $(CHROMIUM) $(CJK_FONT):
 test: $(STAMP) $(CHROMIUM) $(CJK_FONT)
 	$(BIN)/python -m pytest -q
 
-# The edit-test loop: no shared server, nothing marked slow (under a minute on 2 cores).
+# The edit-test loop: no shared server, nothing marked slow.
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow and not server"
 

@@ -1,8 +1,8 @@
 """Real huabu processes for end-to-end tests: `huabu serve` and `huabu worker` as separate
 processes on a free port, talking to the embedded PostgreSQL of a shared HUABU_HOME. They are
 forked from the session's zygote (``zygote.py``: imported once, so that each start does not
-spend seconds importing torch); ``HUABU_TEST_ZYGOTE=0`` starts each as a fresh interpreter
-instead."""
+spend seconds importing torch), but for API-only servers, which import no torch and must be
+seen not to; ``HUABU_TEST_ZYGOTE=0`` starts each as a fresh interpreter instead."""
 
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ def free_port() -> int:
 
 
 _ZYGOTE: Zygote | None = None
+_FALSE = ("false", "0", "no", "off", "f", "n")
 
 
 def zygote() -> Zygote | None:
@@ -52,6 +53,28 @@ def close_zygote() -> None:
         _ZYGOTE.close()
 
 
+def run_huabu(
+    args: list[str], env: dict[str, str], timeout: float = 300
+) -> subprocess.CompletedProcess:
+    """``huabu <args>`` run to its end, as ``subprocess.run(..., capture_output=True,
+    text=True)`` runs it (forked from the zygote where there is one)."""
+    forks = zygote()
+    if forks is None:
+        return subprocess.run(
+            [*HUABU, *args], capture_output=True, text=True, env=env, timeout=timeout
+        )
+    with tempfile.TemporaryDirectory() as folder:
+        out, err = Path(folder) / "out", Path(folder) / "err"
+        child = forks.spawn(args, env, out, err)
+        try:
+            code = child.wait(timeout)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            raise
+        read = lambda path: path.read_text() if path.exists() else ""  # noqa: E731
+        return subprocess.CompletedProcess(args, code, read(out), read(err))
+
+
 class Process:
     """A huabu process whose output goes to a log file (read it when a test fails)."""
 
@@ -61,7 +84,10 @@ class Process:
         LOGS.append(log)
         self.handle = open(log, "ab")  # noqa: SIM115 - closed in stop()
         full_env = os.environ | {"HUABU_HOME": str(home)} | FAST | env
-        forks = zygote()
+        # (An API-only server imports no torch: forked from the zygote it would hold it, and
+        # it starts in a second anyway.)
+        api_only = args[0] == "serve" and full_env.get("HUABU_WORKER", "").lower() in _FALSE
+        forks = None if api_only else zygote()
         if forks is not None:
             self.process: subprocess.Popen | ForkedProcess = forks.spawn(args, full_env, log)
         else:

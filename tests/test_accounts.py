@@ -1,8 +1,6 @@
 """Users and API keys on a real (embedded) PostgreSQL, and the CLI that manages them."""
 
 import os
-import subprocess
-import sys
 
 import pytest
 from sqlalchemy import inspect, text
@@ -12,6 +10,7 @@ from huabu.auth.administration import Administration
 from huabu.db.session import open_database
 from huabu.errors import InvalidRequest, NotFound
 from huabu.settings import Settings
+from serving import run_huabu
 
 HEAD = "0016"  # the newest migration in src/huabu/db/migrations/versions
 
@@ -112,13 +111,7 @@ def test_cli_manages_users_and_keys(tmp_path):
     env = {**os.environ, "HUABU_HOME": str(tmp_path)}
 
     def huabu(*args):
-        return subprocess.run(
-            [sys.executable, "-m", "huabu", *args],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=120,
-        )
+        return run_huabu(list(args), env, 120)
 
     # This process holds the embedded database open, so that each command uses it rather than
     # starting it and (as its last user) stopping it again.

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from huabu.catalog.infotext import parse_infotext, read_parameters
+from serving import run_huabu
 
 pytestmark = pytest.mark.slow  # each test runs the CLI as a process
 
@@ -17,7 +18,7 @@ HUABU = [sys.executable, "-m", "huabu"]
 
 def run(home: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HUABU_HOME": str(home), "HUABU_THREADS": "2"}
-    return subprocess.run([*HUABU, *args], capture_output=True, text=True, env=env, timeout=300)
+    return run_huabu(list(args), env)
 
 
 def test_generate_writes_images_with_parameters(home, tmp_path):
@@ -133,13 +134,7 @@ def test_a_worker_that_would_take_no_job_stops_in_one_line(tmp_path):
         "would take no job"
     )
     for command in ("worker", "serve"):
-        result = subprocess.run(
-            [*HUABU, command],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env=os.environ | env | {"HUABU_HOME": str(tmp_path)},
-        )
+        result = run_huabu([command], os.environ | env | {"HUABU_HOME": str(tmp_path)}, 60)
         assert result.returncode == 2 and result.stderr.strip() == message
 
 
@@ -157,11 +152,5 @@ def test_a_worker_that_would_take_no_job_stops_in_one_line(tmp_path):
     ],
 )
 def test_batching_settings_out_of_range_stop_startup_in_one_line(tmp_path, env, message):
-    result = subprocess.run(
-        [*HUABU, "worker"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=os.environ | env | {"HUABU_HOME": str(tmp_path)},
-    )
+    result = run_huabu(["worker"], os.environ | env | {"HUABU_HOME": str(tmp_path)}, 60)
     assert result.returncode == 2 and result.stderr.strip() == message

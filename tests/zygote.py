@@ -30,9 +30,8 @@ def _child(request: dict[str, Any]) -> None:
     """In the forked child: become ``huabu <args>`` with the request's environment and log."""
     code = 1
     try:
-        log = os.open(request["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        os.dup2(log, 1)
-        os.dup2(log, 2)
+        for fd, name in ((1, "log"), (2, "errors" if request.get("errors") else "log")):
+            os.dup2(os.open(request[name], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644), fd)
         os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
         os.chdir(request["cwd"])
         os.environ.clear()
@@ -135,8 +134,13 @@ class Zygote:
                 raise RuntimeError("the test zygote did not start (see zygote.log)")
             time.sleep(0.05)
 
-    def spawn(self, args: list[str], env: dict[str, str], log: Path) -> ForkedProcess:
-        request = {"op": "spawn", "args": args, "env": env, "log": str(log), "cwd": os.getcwd()}
+    def spawn(
+        self, args: list[str], env: dict[str, str], log: Path, errors: Path | None = None
+    ) -> ForkedProcess:
+        """``huabu <args>``, its output appended to ``log`` (its errors to ``errors``, if
+        given)."""
+        request = {"op": "spawn", "args": args, "env": env, "log": str(log), "cwd": os.getcwd(),
+                   "errors": str(errors) if errors else None}  # fmt: skip
         return ForkedProcess(self, self._ask(request)["pid"])
 
     def exit_code(self, pid: int, timeout: float) -> int | None:
