@@ -24,6 +24,7 @@ from huabu.demos.sd import staged
 from huabu.engine.split_files import (
     BFL_DOUBLE,
     BFL_DOUBLE_NORMS,
+    BFL_LINEAR1,
     BFL_RENAMED,
     bfl_to_diffusers,
     swap_halves,
@@ -76,9 +77,8 @@ def bfl_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out[f"{old}norm.query_norm.scale"] = diffusers.pop(f"{new}attn.norm_q.weight")
         out[f"{old}norm.key_norm.scale"] = diffusers.pop(f"{new}attn.norm_k.weight")
         for part in ("weight", "bias"):
-            names = ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")
-            pieces = [diffusers.pop(f"{new}{name}.{part}") for name in names]
-            out[f"{old}linear1.{part}"] = torch.cat(pieces)
+            fused = [diffusers.pop(f"{new}{name}.{part}") for name in BFL_LINEAR1]
+            out[f"{old}linear1.{part}"] = torch.cat(fused)
     if diffusers:
         raise AssertionError(f"left unconverted: {sorted(diffusers)[:3]}")
     return out

@@ -190,6 +190,8 @@ def load(
     """The diffusers folder at ``path`` as a ``FlowModel`` on ``device``; its LoRAs come from
     ``library`` (diffusers' loaders read the kohya, ai-toolkit and diffusers layouts)."""
     architecture = entry.architecture
+    if architecture is None:  # (only the flow families come here: pipelines' _load)
+        raise ModelUnavailable(f"{entry.name}: not a flow-matching model")
     txt2img_class, img2img_class, _ = PIPELINES[architecture]
     if device.type == "cuda":  # published and run in bf16 (fp16 overflows in T5 and FLUX.1)
         dtype = torch.bfloat16

@@ -320,6 +320,10 @@ BFL_DOUBLE_NORMS = {
 }
 
 
+#: What a single block's fused ``linear1`` holds, in order.
+BFL_LINEAR1 = ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")
+
+
 def bfl_to_diffusers(checkpoint: dict[str, Any]) -> dict[str, Any]:
     """A FLUX.1 transformer's state dict from BFL's layout (``double_blocks``, fused QKV;
     ComfyUI's ``model.diffusion_model.`` prefix allowed) to diffusers', widths from the
@@ -360,8 +364,7 @@ def bfl_to_diffusers(checkpoint: dict[str, Any]) -> dict[str, Any]:
             fused = bfl.pop(f"{old}linear1.{part}")
             width = out["x_embedder.weight"].shape[0]  # the hidden width
             sizes = (width, width, width, fused.shape[0] - 3 * width)
-            names = ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")
-            for name, piece in zip(names, torch.split(fused, sizes, dim=0), strict=True):
+            for name, piece in zip(BFL_LINEAR1, torch.split(fused, sizes, dim=0), strict=True):
                 out[f"{new}{name}.{part}"] = piece
     if bfl:
         extra = next(iter(bfl))
