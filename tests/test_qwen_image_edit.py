@@ -103,3 +103,21 @@ def test_openai_images_edit_with_qwen_image_edit(server, accounts):
     fields = parse_infotext(read_parameters(picture))
     assert fields["Steps"] == "12" and fields["CFG scale"] == "4"
     assert fields["Denoising strength"] == "1"
+
+
+def test_with_a_mask_it_edits_inside_it_only(engine):
+    """Inpainting on Qwen-Image-Edit through its own inpainting pipeline: the image is also
+    what its text encoder sees; outside the mask its pixels stay."""
+    from huabu.native import InpaintRef
+
+    source = RED.resize((64, 64))
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (8, 8, 40, 40))
+    inpaint = InpaintRef(mask=ImageRef(key="m"), blur=0)
+    made = engine.generate(
+        GenerationRequest(**SMALL, steps=3, seed=5, init_image=ImageRef(key="x"), inpaint=inpaint),
+        init_image=source,
+        mask_image=mask,
+    ).images[0]
+    assert made.crop((48, 48, 64, 64)).tobytes() == source.crop((48, 48, 64, 64)).tobytes()
+    assert max_difference(made.crop((8, 8, 32, 32)), source.crop((8, 8, 32, 32))) > 32

@@ -321,7 +321,16 @@ def generate(
         if latent:
             return replace(made, images=[], latents=_spatial(model, request, made.images))
         if plan is not None:
-            made = replace(made, images=[plan.paste(image) for image in made.images])
+            # (Qwen-Image-Edit's inpainting pipeline edits at about a megapixel whatever the
+            # size asked: its result is brought to that size before the pasting back.)
+            size = (request.width, request.height)
+            made = replace(
+                made,
+                images=[
+                    plan.paste(i if i.size == size else i.resize(size, Image.Resampling.LANCZOS))
+                    for i in made.images
+                ],
+            )
         return made
     began = time.perf_counter()
     with torch.inference_mode():
