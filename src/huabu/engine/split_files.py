@@ -177,15 +177,21 @@ def configs(
     return found
 
 
+def _tensors(path: Path, prefix: str) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file whose names start with ``prefix``, read alone: an
+    all-in-one checkpoint's parts each read their own, not the whole file each time."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as handle:
+        names = [name for name in handle.keys() if name.startswith(prefix)]  # noqa: SIM118 - (no __iter__)
+        return {name: handle.get_tensor(name) for name in names}
+
+
 def _weights(path: Path, dtype: torch.dtype, prefix: str = "") -> dict[str, torch.Tensor]:
     """A safetensors file's tensors (those under ``prefix``, without it) in ``dtype``; fp8 ones
     too, and ComfyUI's "scaled fp8" (each weight stored over its ``scale_weight``) multiplied
     back."""
-    from safetensors.torch import load_file
-
-    state = load_file(str(path))
-    if prefix:
-        state = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+    state = {k.removeprefix(prefix): v for k, v in _tensors(path, prefix).items()}
     if "scaled_fp8" in state:
         del state["scaled_fp8"]
         for key in [k for k in state if k.endswith(".scale_weight")]:
@@ -248,12 +254,11 @@ def load_parts(
         from diffusers import GGUFQuantizationConfig
 
         quantization = GGUFQuantizationConfig(compute_dtype=dtype)
-    state = load_single_file_checkpoint(str(path), local_files_only=True)
     transformer_class = getattr(diffusers, found["transformer"]["_class_name"])
-    if transformer_class is diffusers.FluxTransformer2DModel:
-        state = bfl_to_diffusers(state)  # (SD 3's: diffusers' own converter, widths and all)
-    else:
-        state = {k: v for k, v in state.items() if k.startswith(DIFFUSION_MODEL)}
+    if transformer_class is diffusers.FluxTransformer2DModel:  # (.safetensors or .gguf)
+        state = bfl_to_diffusers(load_single_file_checkpoint(str(path), local_files_only=True))
+    else:  # SD 3's MMDiT alone: diffusers' own converter reads it, widths and all
+        state = _tensors(path, DIFFUSION_MODEL)
     transformer = transformer_class.from_single_file(
         state,
         config=str(folder),
