@@ -195,6 +195,25 @@ def test_lora_in_the_prompt(api):
     refused(lambda: api.txt2img(prompt="a fox <lora:nope:1>", **SMALL), "prompt")
 
 
+def test_prompt_editing_alternation_and_and(api):
+    """A1111's prompt syntax through webuiapi: a switch to itself is the plain image, editing
+    changes it, the infotext keeps the prompt as sent; a flow model refuses it by name."""
+    plain = api.txt2img(prompt="a fox [in|in] the snow", **SMALL)
+    assert max_difference(plain.image, api.txt2img(prompt="a fox in the snow", **SMALL).image) == 0
+    edited = api.txt2img(prompt="a [fox:cat:0.3] in the snow AND a tree :0.4", **SMALL)
+    assert max_difference(plain.image, edited.image) > 0
+    assert edited.info["infotexts"][0].startswith("a [fox:cat:0.3] in the snow AND a tree :0.4\n")
+    body = refused(
+        lambda: api.txt2img(
+            prompt="a [fox:cat:0.3]",
+            override_settings={"sd_model_checkpoint": "demo-flux"},
+            **(SMALL | {"sampler_name": "Euler", "cfg_scale": 1}),
+        ),
+        "prompt",
+    )
+    assert "SD 1.x, 2.x and SDXL" in body["detail"]
+
+
 def test_controlnet_unit(api):
     edges = Image.new("RGB", (64, 64), "black")
     edges.paste((255, 255, 255), (16, 16, 48, 48))

@@ -17,10 +17,10 @@ from hypothesis import strategies as st
 from huabu.auth.throttle import LoginThrottle
 from huabu.catalog.infotext import infotext, parameter_pairs, parse_infotext
 from huabu.dialects.a1111 import lora_tags, split_loras
-from huabu.engine.prompts import parse_weights
 from huabu.errors import InvalidRequest, Overloaded, TooLarge
 from huabu.logs import JsonFormatter, TextFormatter
 from huabu.native import GenerationRequest
+from huabu.native.prompt_syntax import parse_weights
 from huabu.settings import Settings
 from huabu.web.bodies import MAX_DEPTH, MAX_ITEMS, parse_json
 from huabu.web.guards import allowed_hosts, host_name

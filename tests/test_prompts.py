@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from helpers import loaded
-from huabu.engine.prompts import parse_weights, tokenize
+from huabu.engine.prompts import tokenize
+from huabu.native.prompt_syntax import parse_weights
 
 
 @pytest.mark.parametrize(

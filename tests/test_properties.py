@@ -20,11 +20,11 @@ from pydantic import ValidationError
 
 from huabu.dialects import a1111, kamiya, novita, sdserver, v1b
 from huabu.dialects.a1111 import split_loras
-from huabu.engine.prompts import ROUND_UP, parse_weights
 from huabu.errors import InvalidRequest
 from huabu.fetch import _parts, allowed
 from huabu.images import decode_base64, decode_image, open_image
 from huabu.native import SAMPLER_NAMES
+from huabu.native.prompt_syntax import ROUND_UP, parse_weights
 from huabu.settings import Settings
 
 SYNTAX = "()[]\\:"

@@ -18,6 +18,7 @@ from huabu.catalog.architectures import Architecture
 from huabu.errors import InvalidRequest
 from huabu.native import GenerationRequest
 from huabu.native.generation import IMAGE_UPSCALERS, LATENT_UPSCALERS
+from huabu.native.prompt_syntax import has_and, is_scheduled
 
 
 @dataclass(frozen=True)
@@ -171,6 +172,15 @@ def fit(request: GenerationRequest, architecture: Architecture | None) -> Genera
             raise InvalidRequest(
                 f"{name} must be a multiple of {family.multiple} for {family.label} models, got "
                 f"{getattr(request, name)}",
+                param=name,
+            )
+    for name in ("prompt", "negative_prompt"):
+        text = getattr(request, name)
+        if is_scheduled(text) or (name == "prompt" and has_and(text)):
+            raise InvalidRequest(
+                f"{name}: prompt editing [from:to:when], alternation [a|b] and AND run on "
+                f"SD 1.x, 2.x and SDXL models; {family.label} models read the prompt as text "
+                f"(write 'and' in lower case, and \\[ \\] for literal brackets)",
                 param=name,
             )
     for name, what in _SD_ONLY:

@@ -25,11 +25,20 @@ from huabu.catalog.infotext import infotext
 from huabu.catalog.library import ModelEntry, ModelLibrary, check_families
 from huabu.catalog.preprocessors import check as check_preprocessor
 from huabu.catalog.preprocessors import held_annotators, stem
-from huabu.engine import annotators, batching, flow, inpainting, ksampling, quiet_libraries
+from huabu.engine import (
+    annotators,
+    batching,
+    flow,
+    inpainting,
+    ksampling,
+    prompt_hooks,
+    quiet_libraries,
+)
 from huabu.engine.annotators import Annotators
 from huabu.engine.denoiser import Control, Denoiser, RefinerSwitch, noise_sampler
 from huabu.engine.pipelines import LoadedModel, PipelineCache
 from huabu.engine.previews import LatentPreview, Preview
+from huabu.engine.prompts import Conditioning, condition
 from huabu.engine.samplers import SAMPLERS, Sampler
 from huabu.engine.variation import (
     crop_latents,
@@ -44,7 +53,7 @@ from huabu.engine.variation import generators as seeded
 from huabu.errors import Cancelled, GenerationFailed, HuabuError, InvalidRequest
 from huabu.images import repaint_mask
 from huabu.native import GenerationRequest, GenerationResult, Timings
-from huabu.native.generation import LATENT_UPSCALERS, hires_steps
+from huabu.native.generation import LATENT_UPSCALERS, SECOND_ORDER, canonical_sampler, hires_steps
 from huabu.settings import Settings
 
 #: on_progress(step, total, preview) after each sampling step; ``preview()`` makes a PNG of
@@ -442,6 +451,7 @@ class Engine:
         self, model, vae, sampler: Sampler, request, samples, generators, inputs, step
     ) -> torch.Tensor:
         scheduler = sampler.make_scheduler(model.txt2img.scheduler.config, samples.seeds)
+        calls = prompt_hooks.Calls()
         source, plan, controls = inputs.source, inputs.plan, inputs.controls
         conditioning = samples.conditioning
         pipe = model.img2img if source is not None else model.txt2img
@@ -498,16 +508,22 @@ class Engine:
         # A pipeline object holds per-call state; give it this request's scheduler only.
         call_pipe = pipe_class(**components)
         call_pipe.set_progress_bar_config(disable=True)
+        nets = [net for net, _ in controls]
         with (
+            prompt_hooks.following(
+                components["unet"], conditioning.timeline, calls, len(generators), nets
+            ),
             varied_start(call_pipe, request),
             batching.per_image_guidance(components["unet"], samples) as guidance,
         ):
             latents = call_pipe(**kwargs, guidance_scale=guidance).images
         if inputs.refiner is None:
             return latents
-        return self._refine(sampler, request, latents, generators, inputs, step.after_this(later))
+        return self._refine(
+            sampler, request, latents, generators, inputs, step.after_this(later), calls
+        )
 
-    def _refine(self, sampler, request, latents, generators, inputs, step) -> torch.Tensor:
+    def _refine(self, sampler, request, latents, generators, inputs, step, calls) -> torch.Tensor:
         """The refiner's part of a diffusers sampler's run: the same sampler and generators
         continue, from where the base stopped, on the refiner (diffusers' ensemble of expert
         denoisers: ``denoising_end`` then ``denoising_start`` at the same fraction). ControlNet
@@ -531,21 +547,23 @@ class Engine:
             ),
         )
         pipe.set_progress_bar_config(disable=True)
-        return pipe(
-            **masked,
-            image=latents,
-            denoising_start=request.refiner.switch_at,
-            num_inference_steps=request.steps,
-            num_images_per_prompt=request.n_images,
-            prompt_embeds=conditioning.embeds,
-            negative_prompt_embeds=conditioning.negative_embeds,
-            pooled_prompt_embeds=conditioning.pooled,
-            negative_pooled_prompt_embeds=conditioning.negative_pooled,
-            guidance_scale=request.guidance,
-            generator=generators,
-            output_type="latent",
-            callback_on_step_end=step.diffusers_callback,
-        ).images
+        unet = refiner.components["unet"]
+        with prompt_hooks.following(unet, conditioning.timeline, calls, len(generators)):
+            return pipe(
+                **masked,
+                image=latents,
+                denoising_start=request.refiner.switch_at,
+                num_inference_steps=request.steps,
+                num_images_per_prompt=request.n_images,
+                prompt_embeds=conditioning.embeds,
+                negative_prompt_embeds=conditioning.negative_embeds,
+                pooled_prompt_embeds=conditioning.pooled,
+                negative_pooled_prompt_embeds=conditioning.negative_pooled,
+                guidance_scale=request.guidance,
+                generator=generators,
+                output_type="latent",
+                callback_on_step_end=step.diffusers_callback,
+            ).images
 
     def _k_sample(
         self,
@@ -569,6 +587,10 @@ class Engine:
             init = _encode_image(vae, model, start, device, dtype)
         if plan is not None:
             keep = (init, plan.latent_mask(shape, device, dtype))
+        controls = tuple(
+            Control(net, _control_tensor(control_map), unit.scale, unit.start, unit.end)
+            for (net, control_map), unit in zip(inputs.controls, request.controlnets, strict=True)
+        )
         denoiser = self._denoiser(
             model,
             request,
@@ -576,12 +598,7 @@ class Engine:
             step,
             guidance=samples.scale,
             keep=keep,
-            controls=tuple(
-                Control(net, _control_tensor(control_map), unit.scale, unit.start, unit.end)
-                for (net, control_map), unit in zip(
-                    inputs.controls, request.controlnets, strict=True
-                )
-            ),
+            controls=controls,
             image_embeds=_image_embeds(
                 model, inputs.ip_image, len(generators), device, request.guidance > 1
             ),
@@ -609,15 +626,27 @@ class Engine:
             model_fn = RefinerSwitch(denoiser, refiner, request.refiner.switch_at)
         total = len(sigmas) - 1
         report = step.fraction_reporter(total)
-        if sampler.k_sampler == "dpmpp_2s_a":
-            return ksampling.sample_dpmpp_2s_ancestral(model_fn, x, sigmas, noise, report)
-        sigma_min = float(sigmas[-2]) if source is not None else denoiser.sigma_min
-        sigma_max = float(sigmas[0])
-        if sampler.k_sampler == "dpm_fast":
-            return ksampling.sample_dpm_fast(
-                model_fn, x, sigma_min, sigma_max, total, noise, report
-            )
-        return ksampling.sample_dpm_adaptive(model_fn, x, sigma_min, sigma_max, noise, report)
+        calls, images = prompt_hooks.Calls(), len(generators)
+        with (
+            prompt_hooks.following(
+                unet, samples.conditioning.timeline, calls, images, [c.net for c in controls]
+            ),
+            prompt_hooks.following(
+                inputs.refiner.components["unet"] if inputs.refiner is not None else None,
+                getattr(inputs.refiner_conditioning, "timeline", None),
+                calls,
+                images,
+            ),
+        ):
+            if sampler.k_sampler == "dpmpp_2s_a":
+                return ksampling.sample_dpmpp_2s_ancestral(model_fn, x, sigmas, noise, report)
+            sigma_min = float(sigmas[-2]) if source is not None else denoiser.sigma_min
+            sigma_max = float(sigmas[0])
+            if sampler.k_sampler == "dpm_fast":
+                return ksampling.sample_dpm_fast(
+                    model_fn, x, sigma_min, sigma_max, total, noise, report
+                )
+            return ksampling.sample_dpm_adaptive(model_fn, x, sigma_min, sigma_max, noise, report)
 
     def _denoiser(self, model: LoadedModel, request, conditioning, step, **extra) -> Denoiser:
         """``model``'s UNet as a k-diffusion denoiser for ``request`` with ``conditioning``."""
@@ -673,6 +702,13 @@ class Engine:
             again = replace(
                 again, refiner=inputs.refiner, refiner_conditioning=inputs.refiner_conditioning
             )
+        if samples.conditioning.timeline is not None:  # its texts, as the second pass counts
+            samples = replace(samples, conditioning=_encode_prompts(model, request, hires=second))
+            if again.refiner is not None:
+                again = replace(
+                    again,
+                    refiner_conditioning=_encode_prompts(again.refiner, request, hires=second),
+                )
         return sample(model, vae, sampler, second, samples, seeded(samples.seeds), again, step)
 
     def _decode(self, model: LoadedModel, vae, latents: torch.Tensor) -> Image.Image:
@@ -846,13 +882,29 @@ def _check_unet(request: GenerationRequest, model: LoadedModel) -> None:
         )
 
 
-def _encode_prompts(model: LoadedModel, request: GenerationRequest) -> Any:
+def _encode_prompts(
+    model: LoadedModel, request: GenerationRequest, *, hires: GenerationRequest | None = None
+) -> Conditioning:
     """The request's prompt and negative prompt as ``model``'s text encoders read them, its
-    embeddings' tokens in place."""
+    embeddings' tokens in place, over the first pass's model calls (or, given the ``hires``
+    pass's request, over that pass's, as A1111 reads a prompt that edits in a hires pass)."""
     prompt, negative = model.embeddings.prepare(
         [request.prompt, request.negative_prompt], request.embeddings
     )
-    return model.prompt_encoder.encode(prompt, negative, request.clip_skip)
+    return condition(
+        model.prompt_encoder,
+        prompt,
+        negative,
+        clip_skip=request.clip_skip,
+        steps=_model_calls(request),
+        hires_steps=None if hires is None else _model_calls(hires),
+    )
+
+
+def _model_calls(request: GenerationRequest) -> int:
+    """The model calls a prompt's schedule spans, as A1111 counts them: a step's worth, two
+    for a second-order sampler."""
+    return request.steps * (2 if canonical_sampler(request.sampler) in SECOND_ORDER else 1)
 
 
 def _stopping_at(switch_at: float, callback: Callable) -> Callable:

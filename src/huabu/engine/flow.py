@@ -56,11 +56,11 @@ from huabu.engine import flow_sampling, memory_plan, split_files
 from huabu.engine.adapters import LoraSwitch
 from huabu.engine.inpainting import InpaintPlan
 from huabu.engine.previews import approx_flow
-from huabu.engine.prompts import parse_weights
 from huabu.engine.variation import crop_latents, upscale_image, upscale_latents
 from huabu.engine.vision_prompts import VisionPrompts
 from huabu.errors import InvalidRequest, ModelUnavailable
 from huabu.native import GenerationRequest, ImageRef
+from huabu.native.prompt_syntax import parse_weights
 
 #: (text-to-image, image-to-image, inpainting) pipeline classes per family (None: the family
 #: does not inpaint here).

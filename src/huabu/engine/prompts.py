@@ -9,29 +9,15 @@ A1111's semantics, so prompts copied from A1111 or civitai mean the same thing h
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import torch
 
-ROUND_UP = 1.1
+from huabu.native.prompt_syntax import is_scheduled, parse_weights, schedule, split_and
+
 CHUNK_TOKENS = 75
 #: How far back from a chunk's end a comma may be for the words after it to move on.
 COMMA_BACKTRACK = 20
-
-_TOKEN = re.compile(
-    r"""\\[()\[\]\\]        # escaped bracket or backslash
-      | \(|\[               # openers
-      | :\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+))\s*\)   # explicit weight closing a round bracket
-      | \)|\]               # closers
-      | [^\\()\[\]:]+       # plain text
-      | [:\\]               # a lone colon or backslash
-    """,
-    re.VERBOSE,
-)
-#: The whitespace around a BREAK goes with it (stripped from the parts, not matched: a regex
-#: starting with ``\s*`` is quadratic in a long run of spaces).
-_BREAK = re.compile(r"\bBREAK\b")
 
 
 def _comma_id(tokenizer) -> int | None:
@@ -39,53 +25,6 @@ def _comma_id(tokenizer) -> int | None:
     new 49,408-entry dictionary on every ``get_vocab()`` call)."""
     token_id = tokenizer.convert_tokens_to_ids(",</w>")
     return None if token_id is None or token_id == tokenizer.unk_token_id else token_id
-
-
-def parse_weights(prompt: str) -> list[tuple[str, float]]:
-    """Split an A1111 prompt into (text, weight) runs; ``("BREAK", -1)`` marks a chunk break."""
-    runs: list[list] = []
-    rounds: list[int] = []
-    squares: list[int] = []
-
-    def scale(start: int, factor: float) -> None:
-        for run in runs[start:]:
-            run[1] *= factor
-
-    for match in _TOKEN.finditer(prompt):
-        token, weight = match[0], match[1]
-        if token.startswith("\\") and len(token) == 2:
-            runs.append([token[1], 1.0])
-        elif token == "(":
-            rounds.append(len(runs))
-        elif token == "[":
-            squares.append(len(runs))
-        elif weight is not None and rounds:
-            scale(rounds.pop(), float(weight))
-        elif token == ")" and rounds:
-            scale(rounds.pop(), ROUND_UP)
-        elif token == "]" and squares:
-            scale(squares.pop(), 1 / ROUND_UP)
-        else:
-            parts = _BREAK.split(token)
-            parts = [part if i == 0 else part.lstrip() for i, part in enumerate(parts)]
-            parts = [part if i == len(parts) - 1 else part.rstrip() for i, part in enumerate(parts)]
-            for i, part in enumerate(parts):
-                if i:
-                    runs.append(["BREAK", -1.0])
-                if part:
-                    runs.append([part, 1.0])
-    for start in rounds:  # unclosed brackets apply to the rest of the prompt, as in A1111
-        scale(start, ROUND_UP)
-    for start in squares:
-        scale(start, 1 / ROUND_UP)
-
-    merged: list[tuple[str, float]] = []
-    for text, weight in runs:
-        if merged and merged[-1][1] == weight and weight != -1.0:
-            merged[-1] = (merged[-1][0] + text, weight)
-        else:
-            merged.append((text, weight))
-    return merged or [("", 1.0)]
 
 
 @dataclass
@@ -138,14 +77,108 @@ def tokenize(tokenizer, prompt: str) -> Chunks:
     return chunks
 
 
+@dataclass(frozen=True)
+class Timed:
+    """One prompt's texts over a pass's model calls: ``rows[i]`` (an index into
+    ``Timeline.embeds``) until the call's index passes ``ends[i]``."""
+
+    ends: tuple[int, ...]
+    rows: tuple[int, ...]
+
+    def at(self, call: int) -> int:
+        """The row at model call ``call`` (counted from 0), as A1111 picks it: the first whose
+        end is not before the call; past the last end, the first row again (a sampler that
+        calls the model more often than it has steps, DPM adaptive, starts over)."""
+        for end, row in zip(self.ends, self.rows, strict=True):
+            if call <= end:
+                return row
+        return self.rows[0]
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """Prompts that edit, alternate or compose (``AND``): the conditionings of their texts,
+    and which of them the negative prompt and each weighted part of the prompt take at each
+    model call (``prompt_hooks`` feeds them to the UNet)."""
+
+    embeds: tuple[torch.Tensor, ...]  # [1, 77 * chunks, dim] each, all as long
+    pooled: tuple[torch.Tensor | None, ...]
+    negative: Timed
+    parts: tuple[tuple[Timed, float], ...]
+
+    def at(self, call: int) -> tuple[int, list[tuple[int, float]]]:
+        """(the negative's row, each part's (row, weight)) at model call ``call``."""
+        return self.negative.at(call), [(timed.at(call), weight) for timed, weight in self.parts]
+
+    @property
+    def composed(self) -> bool:
+        """Whether the prompt is more than one part at weight 1: the UNet runs once a part."""
+        return len(self.parts) > 1 or self.parts[0][1] != 1.0
+
+
 @dataclass
 class Conditioning:
-    """Encoder outputs for a prompt and its negative, equal in length."""
+    """Encoder outputs for a prompt and its negative, equal in length; with a ``timeline``,
+    those of the first model call."""
 
     embeds: torch.Tensor  # [1, 77 * chunks, dim]
     negative_embeds: torch.Tensor
     pooled: torch.Tensor | None = None  # SDXL only: [1, dim]
     negative_pooled: torch.Tensor | None = None
+    timeline: Timeline | None = None
+
+
+def condition(
+    encoder: PromptEncoder,
+    prompt: str,
+    negative: str,
+    *,
+    clip_skip: int,
+    steps: int,
+    hires_steps: int | None = None,
+) -> Conditioning:
+    """The conditioning of one sampling pass of ``steps`` model calls (of a hires pass of
+    ``hires_steps`` after them): a plain prompt's is encoded once; one that edits, alternates
+    or composes gets a timeline, each distinct text encoded once."""
+    parts = split_and(prompt)
+    if (
+        len(parts) == 1
+        and parts[0][1] == 1.0
+        and not is_scheduled(prompt)
+        and not is_scheduled(negative)
+    ):
+        return encoder.encode(prompt, negative, clip_skip)
+    texts: list[tuple[str, bool]] = []
+
+    def timed(text: str, negative: bool) -> Timed:
+        entries = schedule(text, steps, hires_steps)
+        rows = []
+        for _, each in entries:
+            if (each, negative) not in texts:
+                texts.append((each, negative))
+            rows.append(texts.index((each, negative)))
+        return Timed(tuple(end for end, _ in entries), tuple(rows))
+
+    negative_timed = timed(negative, True)
+    part_timeds = tuple((timed(text, False), weight) for text, weight in parts)
+    encoded = encoder.encode_texts([text for text, _ in texts], clip_skip)
+    for i, (text, is_negative) in enumerate(texts):
+        if is_negative and encoder.zero_empty_negative and not text.strip():
+            encoded[i] = encoder.zeros(*encoded[i])
+    timeline = Timeline(
+        tuple(embeds for embeds, _ in encoded),
+        tuple(pooled for _, pooled in encoded),
+        negative_timed,
+        part_timeds,
+    )
+    negative_row, [(row, _), *_] = timeline.at(0)
+    return Conditioning(
+        timeline.embeds[row],
+        timeline.embeds[negative_row],
+        timeline.pooled[row],
+        timeline.pooled[negative_row],
+        timeline,
+    )
 
 
 class PromptEncoder:
@@ -163,28 +196,36 @@ class PromptEncoder:
 
     @torch.no_grad()
     def encode(self, prompt: str, negative: str, clip_skip: int = 1) -> Conditioning:
-        parts, negative_parts = [], []
-        pooled = negative_pooled = None
-        for tokenizer, encoder in zip(self.tokenizers, self.encoders, strict=True):
-            chunks, negative_chunks = tokenize(tokenizer, prompt), tokenize(tokenizer, negative)
-            length = max(len(chunks.ids), len(negative_chunks.ids))
-            for c in (chunks, negative_chunks):
-                c.ids += [[] for _ in range(length - len(c.ids))]
-                c.weights += [[] for _ in range(length - len(c.weights))]
-            embeds, pooled = self._encode_chunks(tokenizer, encoder, chunks, clip_skip)
-            negative_embeds, negative_pooled = self._encode_chunks(
-                tokenizer, encoder, negative_chunks, clip_skip
-            )
-            parts.append(embeds)
-            negative_parts.append(negative_embeds)
-        result = Conditioning(
-            torch.cat(parts, dim=-1), torch.cat(negative_parts, dim=-1), pooled, negative_pooled
+        (embeds, pooled), (negative_embeds, negative_pooled) = self.encode_texts(
+            [prompt, negative], clip_skip
         )
         if self.zero_empty_negative and not negative.strip():
-            result.negative_embeds = torch.zeros_like(result.negative_embeds)
-            if result.negative_pooled is not None:
-                result.negative_pooled = torch.zeros_like(result.negative_pooled)
-        return result
+            negative_embeds, negative_pooled = self.zeros(negative_embeds, negative_pooled)
+        return Conditioning(embeds, negative_embeds, pooled, negative_pooled)
+
+    @torch.no_grad()
+    def encode_texts(
+        self, texts: list[str], clip_skip: int = 1
+    ) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """Each text's (embeddings, pooled embedding), all as many chunks long (the longest's):
+        shorter ones end with empty chunks, so that any of them can stand in for another."""
+        parts: list[list[torch.Tensor]] = [[] for _ in texts]
+        pooled: list[torch.Tensor | None] = [None for _ in texts]
+        for tokenizer, encoder in zip(self.tokenizers, self.encoders, strict=True):
+            chunks = [tokenize(tokenizer, text) for text in texts]
+            length = max(len(c.ids) for c in chunks)
+            for c in chunks:
+                c.ids += [[] for _ in range(length - len(c.ids))]
+                c.weights += [[] for _ in range(length - len(c.weights))]
+            for i, c in enumerate(chunks):
+                embeds, pooled[i] = self._encode_chunks(tokenizer, encoder, c, clip_skip)
+                parts[i].append(embeds)
+        return [(torch.cat(p, dim=-1), pool) for p, pool in zip(parts, pooled, strict=True)]
+
+    @staticmethod
+    def zeros(embeds: torch.Tensor, pooled: torch.Tensor | None):
+        """An empty negative prompt as SDXL's ``force_zeros_for_empty_prompt`` reads it."""
+        return torch.zeros_like(embeds), None if pooled is None else torch.zeros_like(pooled)
 
     def _encode_chunks(self, tokenizer, encoder, chunks: Chunks, clip_skip: int):
         bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id

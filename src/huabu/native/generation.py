@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from huabu.errors import InvalidRequest, invalid_field
+from huabu.native.prompt_syntax import is_composed, is_scheduled
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -54,6 +55,13 @@ SAMPLER_NAMES: tuple[str, ...] = (
     "DPM++ 2M SDE Karras",
 )
 _SAMPLERS_BY_KEY = {name.lower(): name for name in SAMPLER_NAMES}
+#: The samplers that call the model twice a step: A1111 counts a prompt's schedule in model
+#: calls, over twice the steps, for them.
+SECOND_ORDER = frozenset(
+    name
+    for name in SAMPLER_NAMES
+    if name.removesuffix(" Karras") in {"Heun", "DPM2", "DPM2 a", "DPM++ 2S a", "DPM++ SDE"}
+)
 
 OutputFormat = Literal["png", "jpeg", "webp"]
 MAX_SEED = 2**32 - 1
@@ -504,9 +512,9 @@ class GenerationRequest(BaseModel):
         classifier-free guidance on or off for all; prompts, seeds, guidance, clip skip,
         embeddings, image counts and output formats may differ, and so may image-to-image
         sources (at the same strength). None: this request runs alone: inpainting, ControlNet,
-        IP-Adapter, hires fix, refiner and variation seeds each have per-request inputs the
-        shared loop does not take yet, and DPM adaptive chooses its steps by the error of the
-        whole batch."""
+        IP-Adapter, hires fix, refiner, variation seeds and prompts that edit, alternate or
+        compose (AND) each have per-request inputs the shared loop does not take yet, and DPM
+        adaptive chooses its steps by the error of the whole batch."""
         if (
             self.inpaint is not None
             or self.controlnets
@@ -514,6 +522,9 @@ class GenerationRequest(BaseModel):
             or self.hires is not None
             or self.refiner is not None
             or self.subseed_strength > 0
+            or is_scheduled(self.prompt)
+            or is_scheduled(self.negative_prompt)
+            or is_composed(self.prompt)
         ):
             return None
         try:
