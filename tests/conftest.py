@@ -171,6 +171,22 @@ def server(service_home, accounts):
     server.stop()
 
 
+STYLES_CSV = """name,prompt,negative_prompt
+oil painting,"oil painting of {prompt}, thick brush strokes",blurry
+tagged,"<lora:demo-lora:0.5>",
+"moody, dark","dark, moody light","bright, {prompt}"
+"""
+
+
+@pytest.fixture
+def styles(service_home):
+    """The shared server's styles.csv, in A1111's format, for one test."""
+    path = service_home / "styles.csv"
+    path.write_text(STYLES_CSV, encoding="utf-8")
+    yield path
+    path.unlink()
+
+
 @pytest.fixture(scope="session")
 def api_server(tmp_path_factory, home):
     """An API-only `huabu serve` (no worker, no torch) with its own database, the demo library

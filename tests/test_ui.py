@@ -387,11 +387,12 @@ def test_inpainting_with_a_painted_mask(page, server, accounts):
     assert np.abs(made[:, 40:] - kept[:, 40:]).mean() > 20
 
 
-def test_models_adapters_and_controlnet_are_sent(page, server, accounts):
+def test_models_adapters_and_controlnet_are_sent(page, server, accounts, styles):
     from playwright.sync_api import expect
 
     log_in(page, server, accounts, "ui-extras@example.com")
     page.get_by_label("Prompt", exact=True).fill("a fox, demo-embedding")
+    page.get_by_role("group", name="Styles").get_by_label("oil painting").check()
     page.get_by_label("Size preset").select_option("64 × 64")
     page.get_by_label("Steps", exact=True).fill("4")
     page.get_by_text("LoRAs, VAE, embeddings").click()
@@ -413,6 +414,7 @@ def test_models_adapters_and_controlnet_are_sent(page, server, accounts):
     expect(card.get_by_role("status")).to_have_text("Done", timeout=60_000)
     card.get_by_text("Parameters").click()
     info = card.locator("pre")
+    expect(info).to_contain_text("oil painting of a fox, demo-embedding, thick brush strokes")
     expect(info).to_contain_text("VAE: demo-vae")
     expect(info).to_contain_text("LoRAs: demo-lora:0.5")
     expect(info).to_contain_text(

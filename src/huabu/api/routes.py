@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from huabu.catalog.preprocessors import listing as preprocessor_listing
+from huabu.catalog.styles import read_styles
 from huabu.errors import DatabaseUnavailable, Forbidden, InvalidRequest
 from huabu.native import GenerationRequest
 from huabu.tasks.records import TaskRecord, UploadRecord
@@ -343,6 +344,24 @@ def list_models(user: CurrentUser, services: ServicesDep, kind: str = "checkpoin
             for entry in services.catalog.entries(kind)
         ]
     )
+
+
+class StyleOut(BaseModel):
+    name: str
+    prompt: str = Field(description="Its text; `{prompt}` marks where the request's prompt goes")
+    negative_prompt: str
+
+
+@router.get(
+    "/styles",
+    response_model=list[StyleOut],
+    summary="Prompt styles (the server's styles.csv), for a request's `styles`",
+)
+def list_styles(user: CurrentUser, services: ServicesDep) -> list[StyleOut]:
+    return [
+        StyleOut(name=s.name, prompt=s.prompt, negative_prompt=s.negative_prompt)
+        for s in read_styles(services.settings).values()
+    ]
 
 
 class PreprocessorOut(BaseModel):

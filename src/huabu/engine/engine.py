@@ -25,6 +25,7 @@ from huabu.catalog.infotext import infotext
 from huabu.catalog.library import ModelEntry, ModelLibrary, check_families
 from huabu.catalog.preprocessors import check as check_preprocessor
 from huabu.catalog.preprocessors import held_annotators, stem
+from huabu.catalog.styles import apply_styles
 from huabu.engine import (
     annotators,
     batching,
@@ -136,7 +137,8 @@ class Engine:
         """The request's checkpoint, and the request fitted to its family and checked (its
         LoRAs made for that family)."""
         entry = self.library.find("checkpoints", request.model)
-        request = fit(request, entry.architecture).checked(self.settings)
+        request = fit(apply_styles(request, self.settings), entry.architecture)
+        request = request.checked(self.settings)
         for index, lora in enumerate(request.loras):
             param = f"loras.{index}.name"
             made_for = self.library.find("loras", lora.name, param=param).architecture

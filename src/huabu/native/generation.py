@@ -82,6 +82,7 @@ def canonical_sampler(name: str) -> str:
 
 MAX_LORAS = 5
 MAX_EMBEDDINGS = 5
+MAX_STYLES = 20
 #: The longest prompt (or negative prompt) any dialect passes on.
 MAX_PROMPT = 16_000
 #: The longest model, LoRA, VAE, … name.
@@ -331,6 +332,9 @@ class GenerationRequest(BaseModel):
     #: A1111, an embedding applies where its name appears in the prompt or negative prompt
     #: (listed or not); listing one only checks that it exists.
     embeddings: tuple[Name, ...] = Field(default=(), max_length=MAX_EMBEDDINGS)
+    #: Prompt styles from ``$HUABU_HOME/styles.csv`` (A1111's), applied in order when the
+    #: request is accepted (``catalog.styles``): what is queued has them in its prompts.
+    styles: tuple[Name, ...] = Field(default=(), max_length=MAX_STYLES)
     controlnets: tuple[ControlUnit, ...] = Field(default=(), max_length=MAX_CONTROLNETS)
     ip_adapter: IpAdapterRef | None = None
     inpaint: InpaintRef | None = None

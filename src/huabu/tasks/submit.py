@@ -25,6 +25,7 @@ from huabu.catalog.library import check_families, private_name
 from huabu.catalog.preprocessors import check as check_preprocessor
 from huabu.catalog.preprocessors import held_annotators
 from huabu.catalog.shared import Catalog
+from huabu.catalog.styles import apply_styles
 from huabu.db.tables import Task, TrainedModel
 from huabu.errors import InvalidRequest, Overloaded
 from huabu.images import decode_image, repaint_mask
@@ -128,7 +129,7 @@ class TaskSubmitter:
         owner_id, level = caller.id, caller.priority_for(priority)
         if webhook_url is not None:
             fetch.check_url(webhook_url, field=webhook_field, settings=self.settings)
-        request = self._resolve_trained(owner_id, request)
+        request = apply_styles(self._resolve_trained(owner_id, request), self.settings)
         model = self.catalog.find("checkpoints", request.model)
         # Its family's defaults first: checking canonicalises the sampler it may default.
         request = fit(request, model.architecture).checked(self.settings)

@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, Response
 
 from huabu.catalog.infotext import parse_infotext, read_parameters
 from huabu.catalog.preprocessors import available as available_preprocessors
+from huabu.catalog.styles import read_styles
 from huabu.dialects.a1111.translate import (
     SCHEDULERS,
     control_units,
@@ -326,6 +327,18 @@ def embeddings(user: CurrentUser, services: ServicesDep) -> Response:
 def sd_vae(user: CurrentUser, services: ServicesDep) -> Response:
     entries = services.catalog.entries("vae")
     return JSONResponse([{"model_name": e.name, "filename": e.location} for e in entries])
+
+
+@router.get(
+    "/prompt-styles", summary="Prompt styles (the server's styles.csv)", responses=ok(_LIST)
+)
+def prompt_styles(user: CurrentUser, services: ServicesDep) -> Response:
+    return JSONResponse(
+        [
+            {"name": s.name, "prompt": s.prompt, "negative_prompt": s.negative_prompt}
+            for s in read_styles(services.settings).values()
+        ]
+    )
 
 
 @router.get("/scripts", summary="Scripts (none: ControlNet is built in)", responses=ok(_OBJECT))

@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from huabu.catalog.styles import style_prompts
 from huabu.dialects.a1111.wire import ControlNetArg, Img2ImgIn, Txt2ImgIn
 from huabu.errors import InvalidRequest, invalid_field
 from huabu.native import GenerationRequest, LoraRef, canonical_sampler, printable
@@ -183,7 +184,9 @@ def to_native(
             f"batch_size × n_iter must be at most {settings.max_images}, got {images}",
             param="batch_size",
         )
-    prompt, loras = split_loras(body.prompt)
+    # Styles first, as A1111 applies them: a style's LoRA tags count.
+    styled, negative = style_prompts(body.prompt, body.negative_prompt, body.styles, settings)
+    prompt, loras = split_loras(styled)
     overrides = options | body.override_settings
     vae = overrides.get("sd_vae") or None
     if vae in ("Automatic", "None"):
@@ -191,7 +194,7 @@ def to_native(
     fields = {
         "model": model,
         "prompt": prompt,
-        "negative_prompt": body.negative_prompt,
+        "negative_prompt": negative,
         "width": body.width,
         "height": body.height,
         "steps": body.steps,

@@ -34,7 +34,7 @@ const ZH = {
   "Distilled guidance": "蒸馏引导系数",
   "Random": "随机", "Reuse last seed": "沿用上次种子", "LoRAs, VAE, embeddings": "LoRA、VAE、嵌入",
   "VAE": "VAE", "Automatic": "自动", "Add LoRA": "添加 LoRA", "Weight of": "权重：",
-  "Remove": "移除", "Embeddings": "嵌入", "Image to image and inpainting": "图生图与局部重绘",
+  "Remove": "移除", "Embeddings": "嵌入", "Styles": "风格", "Image to image and inpainting": "图生图与局部重绘",
   "Source image": "原图", "Choose or drop an image here.": "选择图片，或把图片拖到这里。",
   "Strength": "重绘幅度", "Mask": "蒙版",
   "Paint where the image should change (inpainting); leave it unpainted to change all of it.":

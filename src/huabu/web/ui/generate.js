@@ -50,10 +50,22 @@ async function fillChoices() {
     return listed;
   };
   const names = async (kind) => (await entries(kind)).map((m) => m.name);
-  const [models, loras, vaes, embeddings, controlnets, adapters, preprocessors, trained, newest] =
-    await Promise.all([entries("checkpoints"), names("loras"), names("vae"),
-      names("embeddings"), names("controlnet"), names("ipadapter"), api("GET", "/preprocessors"),
-      api("GET", "/trained-models"), api("GET", "/tasks?limit=1")]);
+  const [models, loras, vaes, embeddings, controlnets, adapters, preprocessors, trained, newest,
+    styles] = await Promise.all([entries("checkpoints"), names("loras"), names("vae"),
+    names("embeddings"), names("controlnet"), names("ipadapter"), api("GET", "/preprocessors"),
+    api("GET", "/trained-models"), api("GET", "/tasks?limit=1"), api("GET", "/styles")]);
+  // The server's prompt styles (styles.csv), each box showing what it adds.
+  $("styles").replaceChildren($("styles").firstElementChild, ...styles.map((style) => {
+    const label = document.createElement("label");
+    label.className = "check";
+    label.title = [style.prompt, style.negative_prompt].filter(Boolean).join(" | ");
+    const box = document.createElement("input");
+    box.type = "checkbox";
+    box.value = style.name;
+    label.append(box, ` ${style.name}`);
+    return label;
+  }));
+  $("styles").hidden = styles.length === 0;
   // A refiner only continues another model's image: it is offered as a refiner, not a model.
   const refining = (m) => m.architecture === "sdxl-refiner";
   const checkpoints = models.filter((m) => !refining(m)).map((m) => m.name);
@@ -310,6 +322,8 @@ async function requestBody() {
   if (chosenLoras.length) body.loras = chosenLoras.map(({ name, input }) => ({ name, weight: Number(input.value) }));
   const embeddings = [...$("embeddings").querySelectorAll("input:checked")].map((box) => box.value);
   if (embeddings.length && !flow) body.embeddings = embeddings;
+  const styles = [...$("styles").querySelectorAll("input:checked")].map((box) => box.value);
+  if (styles.length) body.styles = styles;
   if (source) {
     body.init_image = source.id;
     // An editing model's image is the image to edit, drawn anew: no strength.
