@@ -403,3 +403,179 @@ def test_a_failed_task_is_a_500_with_its_id_and_a_reason(api, server, broken_lor
     listing = api.get_sd_models()
     assert all(not model["filename"].startswith("/") for model in listing)
     assert {model["filename"] for model in listing} >= {"checkpoints/demo-single.safetensors"}
+
+
+#: The body of A1111's own API tests (test/test_txt2img.py): eta 0, a hires fix at
+#: denoising_strength 0 when enabled, seeds not resized.
+A1111_TEST_BODY = {
+    "enable_hr": False,
+    "denoising_strength": 0,
+    "firstphase_width": 0,
+    "firstphase_height": 0,
+    "prompt": "example prompt",
+    "styles": [],
+    "seed": 42,
+    "subseed": -1,
+    "subseed_strength": 0,
+    "seed_resize_from_h": -1,
+    "seed_resize_from_w": -1,
+    "batch_size": 1,
+    "n_iter": 1,
+    "steps": 3,
+    "cfg_scale": 7,
+    "width": 64,
+    "height": 64,
+    "restore_faces": False,
+    "tiling": False,
+    "negative_prompt": "",
+    "eta": 0,
+    "s_churn": 0,
+    "s_tmax": 0,
+    "s_tmin": 0,
+    "s_noise": 1,
+    "sampler_index": "Euler a",
+}
+
+
+@pytest.mark.parametrize(
+    ("changes", "images", "size"),
+    [
+        ({}, 1, (64, 64)),
+        (
+            {
+                "prompt": "((emphasis)), (emphasis1:1.1), [to:1], [from::2], [from:to:0.3], "
+                "[alt|alt1]"
+            },
+            1,
+            (64, 64),
+        ),
+        ({"height": 128}, 1, (64, 128)),
+        ({"enable_hr": True}, 1, (128, 128)),  # at denoising_strength 0: upscaled, not refined
+        ({"tiling": True}, 1, (64, 64)),
+        ({"sampler_index": "PLMS"}, 1, (64, 64)),
+        ({"sampler_index": "DDIM"}, 1, (64, 64)),
+        ({"sampler_index": "UniPC"}, 1, (64, 64)),
+        ({"n_iter": 2}, 2, (64, 64)),
+        ({"batch_size": 2}, 2, (64, 64)),
+    ],
+)
+def test_a1111s_own_api_test_list(server, api, changes, images, size):
+    answer = requests.post(
+        server.url + "/sdapi/v1/txt2img",
+        json=A1111_TEST_BODY | changes,
+        auth=("webui@example.com", "password123"),
+    )
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    decoded = [Image.open(io.BytesIO(base64.b64decode(b))) for b in body["images"]]
+    assert [image.size for image in decoded] == [size] * images
+    info = json.loads(body["info"])
+    assert info["infotexts"][0].startswith(
+        A1111_TEST_BODY["prompt"] if "prompt" not in changes else changes["prompt"]
+    )
+    if changes.get("sampler_index", "Euler a") == "Euler a":
+        assert "Eta: 0" in info["infotexts"][0]  # as A1111 writes an eta other than 1
+
+
+def test_eta_0_makes_euler_a_euler_and_ddim_takes_its_eta(api):
+    euler = api.txt2img(prompt="a fox", **(SMALL | {"sampler_name": "Euler"}))
+    calm = api.txt2img(prompt="a fox", eta=0, **SMALL)  # SMALL's sampler: Euler a
+    noisy = api.txt2img(prompt="a fox", **SMALL)  # webuiapi sends eta 1, A1111's default
+    assert max_difference(euler.image, calm.image) == 0
+    assert max_difference(calm.image, noisy.image) > 0
+    ddim = {"sampler_name": "DDIM", "steps": 8}
+    deterministic = api.txt2img(prompt="a fox", eta=0, **(SMALL | ddim))
+    stochastic = api.txt2img(prompt="a fox", eta=1, **(SMALL | ddim))
+    assert max_difference(deterministic.image, stochastic.image) > 0
+    assert "Eta DDIM: 1" in stochastic.info["infotexts"][0]
+    body = refused(lambda: api.txt2img(prompt="a fox", eta=0.5, **SMALL), "eta")
+    assert "Euler a runs with eta 1, or 0" in body["detail"]
+
+
+@pytest.mark.parametrize(
+    ("changes", "param"),
+    [
+        ({"restore_faces": True}, "restore_faces"),
+        ({"script_name": "x/y/z plot"}, "script_name"),
+        ({"s_churn": 0.5}, "s_churn"),
+        ({"s_noise": 0.9}, "s_noise"),
+        ({"seed_resize_from_h": 128, "seed_resize_from_w": 128}, "seed_resize_from_w"),
+        ({"firstphase_width": 256}, "firstphase_width"),
+        ({"override_settings_restore_afterwards": False}, "override_settings_restore_afterwards"),
+        ({"override_settings": {"samples_format": "jpg"}}, "override_settings.samples_format"),
+        ({"override_settings": {"no_such_option": 1}}, "override_settings.no_such_option"),
+        ({"infotext": "a fox\nSteps: 20"}, "infotext"),
+        ({"hr_scheduler": "Karras", "enable_hr": True}, "hr_scheduler"),
+    ],
+)
+def test_what_huabu_does_not_do_is_refused_by_name(server, changes, param):
+    answer = requests.post(
+        server.url + "/sdapi/v1/txt2img",
+        json=A1111_TEST_BODY | changes,
+        auth=("webui@example.com", "password123"),
+    )
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["param"] == param
+    assert {"error", "detail", "body", "errors"} <= set(answer.json())
+
+
+def test_what_a1111_sends_at_its_defaults_is_accepted(server, api):
+    """The fields A1111 clients send at their defaults (webuiapi's img2img sends
+    image_cfg_scale 1.5, which A1111 reads on instruct-pix2pix models only)."""
+    square = io.BytesIO()
+    Image.new("RGB", (64, 64), "gray").save(square, format="PNG")
+    body = {
+        "init_images": [base64.b64encode(square.getvalue()).decode()],
+        "prompt": "a fox",
+        "image_cfg_scale": 1.5,
+        "resize_mode": 0,
+        "initial_noise_multiplier": 1,
+        "include_init_images": False,
+        "do_not_save_samples": True,
+        "save_images": True,
+        "override_settings": {"send_seed": True, "eta_ancestral": 1},
+        "override_settings_restore_afterwards": True,
+        "script_args": [],
+        "script_name": None,
+        **SMALL,
+    }
+    answer = requests.post(
+        server.url + "/sdapi/v1/img2img", json=body, auth=("webui@example.com", "password123")
+    )
+    assert answer.status_code == 200, answer.text
+    refused_resize = requests.post(
+        server.url + "/sdapi/v1/img2img",
+        json=body | {"resize_mode": 1},
+        auth=("webui@example.com", "password123"),
+    )
+    assert refused_resize.status_code == 400 and refused_resize.json()["param"] == "resize_mode"
+
+
+def test_the_routes_clients_call_on_connect(server, api):
+    auth = ("webui@example.com", "password123")
+
+    def get(path):
+        answer = requests.get(server.url + "/sdapi/v1/" + path, auth=auth)
+        assert answer.status_code == 200, (path, answer.text)
+        return answer.json()
+
+    assert [u["name"] for u in get("upscalers")] == ["None", "Lanczos", "Nearest"]
+    assert {"name": "Latent (bicubic antialiased)"} in get("latent-upscale-modes")
+    assert get("face-restorers") == [] and get("realesrgan-models") == []
+    assert get("hypernetworks") == [] and get("extensions") == []
+    assert {s["name"] for s in get("script-info")} == {"controlnet"}
+    assert get("cmd-flags")["api"] is True
+    options = get("options")
+    assert options["send_seed"] is True and options["eta_ancestral"] == 1.0
+    assert options["sd_model_checkpoint"]
+    # Options clients send back unchanged are accepted; another value is refused by name.
+    ok = requests.post(server.url + "/sdapi/v1/options", json={"send_seed": True}, auth=auth)
+    assert ok.status_code == 200
+    bad = requests.post(server.url + "/sdapi/v1/options", json={"samples_format": "jpg"}, auth=auth)
+    assert bad.status_code == 400 and bad.json()["param"] == "options.samples_format"
+    interrogate = requests.post(
+        server.url + "/sdapi/v1/interrogate", json={"image": "", "model": "clip"}, auth=auth
+    )
+    assert interrogate.status_code == 404
+    assert "no interrogator is installed" in interrogate.json()["detail"]
+    assert {"error", "detail"} <= set(interrogate.json())

@@ -3,10 +3,11 @@ for what a user sees (pixels, sizes, infotext), on the demo model."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
-from helpers import max_difference
+from helpers import max_difference, pixels
 from huabu.catalog.infotext import parse_infotext
 from huabu.engine.variation import tiled
 from huabu.errors import InvalidRequest
@@ -126,6 +127,26 @@ def test_the_hires_pass_changes_the_plain_upscale(engine, small):
     refined = engine.generate(small(width=64, height=64, steps=6, hires=hires)).images[0]
     resized = base.resize((128, 128), Image.Resampling.LANCZOS)
     assert max_difference(refined, resized) > 16
+
+
+def test_hires_strength_0_is_the_upscaled_first_pass(engine, small):
+    """A1111's API tests send the hires fix at denoising_strength 0: the first pass upscaled,
+    not refined. The latents are upscaled and decoded; a refining pass would redraw them."""
+    hires = {"resize_width": 128, "upscaler": "Latent", "strength": 0}
+    upscaled = engine.generate(small(width=64, height=64, steps=6, hires=hires))
+    refined = engine.generate(
+        small(width=64, height=64, steps=6, hires=hires | {"strength": 0.6})
+    ).images[0]
+    plain = engine.generate(small(width=64, height=64, steps=6)).images[0]
+    assert upscaled.images[0].size == refined.size == (128, 128)
+    assert "Denoising strength: 0" in upscaled.infotexts[0]
+
+    def distance(image):
+        return np.abs(
+            pixels(image).astype(int) - pixels(plain.resize((128, 128))).astype(int)
+        ).mean()
+
+    assert distance(upscaled.images[0]) < distance(refined)
 
 
 @pytest.mark.parametrize(

@@ -74,3 +74,24 @@ def test_samplers_are_not_aliases_of_each_other(engine, small):
 
 def test_sampler_names_match_case_insensitively(engine, small):
     assert engine.generate(small(sampler="dpm++ 2m karras")).request.sampler == "DPM++ 2M Karras"
+
+
+@pytest.mark.parametrize("sampler", ["DPM++ 2S a", "DPM fast"])
+def test_huabus_k_samplers_take_any_eta(engine, small, sampler):
+    default = engine.generate(small(sampler=sampler)).images[0]
+    calm = engine.generate(small(sampler=sampler, eta=0)).images[0]
+    again = engine.generate(small(sampler=sampler, eta=0)).images[0]
+    assert max_difference(default, calm) > 0
+    assert max_difference(calm, again) == 0
+    assert "Eta: 0" in engine.generate(small(sampler=sampler, eta=0)).infotexts[0]
+
+
+def test_an_eta_a_sampler_cannot_take_is_refused_by_name(engine, small):
+    from huabu.errors import InvalidRequest
+
+    for sampler, eta in (("DPM++ SDE", 0.5), ("Euler a", 0.3), ("DPM++ 2M SDE", 0)):
+        with pytest.raises(InvalidRequest) as refused:
+            engine.generate(small(sampler=sampler, eta=eta))
+        assert refused.value.param == "eta"
+    # Samplers without noise ignore it, as in A1111.
+    assert engine.generate(small(sampler="DPM++ 2M", eta=0.3)).images

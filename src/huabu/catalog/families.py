@@ -187,6 +187,12 @@ def fit(request: GenerationRequest, architecture: Architecture | None) -> Genera
         if getattr(request, name):
             raise InvalidRequest(f"{name}: {family.label} models take no {what}", param=name)
     if request.hires is not None:
+        if request.hires.strength == 0:
+            raise InvalidRequest(
+                f"hires.strength: {family.label} models refine the hires pass with a strength "
+                f"above 0",
+                param="hires.strength",
+            )
         if family.edits:
             raise InvalidRequest(
                 f"hires: {family.label} models edit an image; they take no hires fix",
@@ -206,6 +212,8 @@ def fit(request: GenerationRequest, architecture: Architecture | None) -> Genera
             f"(distilled_guidance) and have no CFG; send 1 or leave it out",
             param="guidance",
         )
+    if request.eta is not None:
+        raise InvalidRequest(f"eta: {family.label} models' samplers take no eta here", param="eta")
     if request.clip_skip != 1:
         raise InvalidRequest(
             f"clip_skip: {family.label} models do not skip text-encoder layers", param="clip_skip"

@@ -17,6 +17,10 @@ import json
 from PIL import Image, PngImagePlugin
 
 from huabu.native import GenerationRequest
+from huabu.native.generation import ETA_ANY, ETA_OFF
+
+#: The k-diffusion samplers A1111 gives an eta (written when it is not 1).
+ETA_SAMPLERS = (ETA_ANY - {"DDIM"}) | set(ETA_OFF)
 
 _EXIF_IFD = 0x8769
 _USER_COMMENT = 0x9286
@@ -70,6 +74,11 @@ def infotext(request: GenerationRequest, seed: int, *, model_hash: str | None = 
         if request.inpaint.only_masked:
             fields.append(("Inpaint area", "Only masked"))
             fields.append(("Masked area padding", str(request.inpaint.padding)))
+    if request.eta is not None:  # as A1111 writes it: where it differs from the default
+        if request.sampler == "DDIM" and request.eta != 0:
+            fields.append(("Eta DDIM", _number(request.eta)))
+        elif request.sampler in ETA_SAMPLERS and request.eta != 1:
+            fields.append(("Eta", _number(request.eta)))
     if request.clip_skip > 1:
         fields.append(("Clip skip", str(request.clip_skip)))
     if request.vae:

@@ -54,7 +54,13 @@ from huabu.engine.variation import generators as seeded
 from huabu.errors import Cancelled, GenerationFailed, HuabuError, InvalidRequest
 from huabu.images import repaint_mask
 from huabu.native import GenerationRequest, GenerationResult, Timings
-from huabu.native.generation import LATENT_UPSCALERS, SECOND_ORDER, canonical_sampler, hires_steps
+from huabu.native.generation import (
+    LATENT_UPSCALERS,
+    SECOND_ORDER,
+    canonical_sampler,
+    hires_steps,
+    sampler_run,
+)
 from huabu.settings import Settings
 
 #: on_progress(step, total, preview) after each sampling step; ``preview()`` makes a PNG of
@@ -408,7 +414,7 @@ class Engine:
         self, request, model, vae, inputs: _Inputs, step: _StepHook, samples: batching.Samples
     ) -> _Sampled:
         """Sample (with the hires pass, if asked), decode, and paste inpainting back."""
-        sampler = SAMPLERS[request.sampler]
+        sampler = SAMPLERS[sampler_run(request)]
         nets = [net for net, _ in inputs.controls]
         try:
             with (
@@ -466,6 +472,8 @@ class Engine:
             "output_type": "latent",
             "callback_on_step_end": step.diffusers_callback,
         }
+        if request.eta is not None:  # DDIM's η (the pipelines pass it to DDIM only)
+            kwargs["eta"] = request.eta
         if model.architecture.is_sdxl:
             kwargs["pooled_prompt_embeds"] = conditioning.pooled
             kwargs["negative_pooled_prompt_embeds"] = conditioning.negative_pooled
@@ -640,15 +648,20 @@ class Engine:
                 images,
             ),
         ):
+            eta = 1.0 if request.eta is None else request.eta  # A1111's eta for ancestral
             if sampler.k_sampler == "dpmpp_2s_a":
-                return ksampling.sample_dpmpp_2s_ancestral(model_fn, x, sigmas, noise, report)
+                return ksampling.sample_dpmpp_2s_ancestral(
+                    model_fn, x, sigmas, noise, report, eta=eta
+                )
             sigma_min = float(sigmas[-2]) if source is not None else denoiser.sigma_min
             sigma_max = float(sigmas[0])
             if sampler.k_sampler == "dpm_fast":
                 return ksampling.sample_dpm_fast(
-                    model_fn, x, sigma_min, sigma_max, total, noise, report
+                    model_fn, x, sigma_min, sigma_max, total, noise, report, eta=eta
                 )
-            return ksampling.sample_dpm_adaptive(model_fn, x, sigma_min, sigma_max, noise, report)
+            return ksampling.sample_dpm_adaptive(
+                model_fn, x, sigma_min, sigma_max, noise, report, eta=eta
+            )
 
     def _denoiser(self, model: LoadedModel, request, conditioning, step, **extra) -> Denoiser:
         """``model``'s UNet as a k-diffusion denoiser for ``request`` with ``conditioning``."""
@@ -698,6 +711,8 @@ class Engine:
                 [_encode_image(vae, model, image, unet.device, unet.dtype) for image in images]
             )
         source = crop_latents(source, final)
+        if hires.strength == 0:  # the upscaled first pass, not refined
+            return source
         controls = self._controls(second, model, inputs.control_images)
         again = _Inputs(source, None, controls, inputs.ip_image, inputs.control_images)
         if _refines(request, second=True):
@@ -795,7 +810,7 @@ class _StepHook:
         """The hook of the first pass, whose total counts the hires pass's steps too (the
         k-diffusion samplers run one more in an image-to-image pass, as A1111's do)."""
         later = hires_steps(request)
-        if later and SAMPLERS[request.sampler].k_sampler:
+        if later and SAMPLERS[sampler_run(request)].k_sampler:
             later += 1
         return self._next(done=0, later=later)
 
@@ -875,7 +890,7 @@ def _image_embeds(model, image, batch: int, device, cfg: bool) -> list[torch.Ten
 def _check_unet(request: GenerationRequest, model: LoadedModel) -> None:
     """An inpainting checkpoint (a 9-channel UNet) runs inpainting requests only."""
     if model.components["unet"].config.in_channels != 4 and (
-        request.inpaint is None or SAMPLERS[request.sampler].k_sampler
+        request.inpaint is None or SAMPLERS[sampler_run(request)].k_sampler
     ):
         raise InvalidRequest(
             f"{request.model} is an inpainting checkpoint: it runs inpainting requests "

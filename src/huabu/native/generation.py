@@ -239,7 +239,8 @@ class HiresFix(BaseModel):
     upscaler: Name = "Latent"
     #: Steps of the second pass (0: the request's steps).
     steps: int = Field(default=0, ge=0)
-    strength: float = Field(default=0.75, gt=0, le=1)
+    #: 0: the upscaled first pass as it is, not refined.
+    strength: float = Field(default=0.75, ge=0, le=1)
 
     def sizes(self, width: int, height: int) -> tuple[tuple[int, int], tuple[int, int]]:
         """(the size to upscale to, the final size after cropping), as A1111 computes them;
@@ -295,6 +296,42 @@ class Refiner(BaseModel):
         )
 
 
+#: How eta acts on each sampler that adds noise (A1111 passes it to those whose function has
+#: an eta): any value (huabu's k-diffusion ports and DDIM); 1, or 0 for the sampler without the
+#: noise; 1 only (diffusers' SDE schedulers have no eta).
+ETA_ANY = frozenset({"DPM++ 2S a", "DPM++ 2S a Karras", "DPM fast", "DPM adaptive", "DDIM"})
+ETA_OFF = {"Euler a": "Euler", "DPM2 a": "DPM2", "DPM2 a Karras": "DPM2 Karras"}
+ETA_ONE = frozenset({"DPM++ SDE", "DPM++ SDE Karras", "DPM++ 2M SDE", "DPM++ 2M SDE Karras"})
+
+
+def check_eta(sampler: str, eta: float | None) -> None:
+    """InvalidRequest naming ``eta`` when ``sampler`` cannot run with it."""
+    if eta is None or sampler in ETA_ANY or (eta == 1 and sampler in ETA_ONE):
+        return
+    if sampler in ETA_OFF:
+        if eta in (0, 1):
+            return
+        raise InvalidRequest(
+            f"eta: {sampler} runs with eta 1, or 0 (which makes it {ETA_OFF[sampler]}); "
+            f"DPM++ 2S a, DPM fast, DPM adaptive and DDIM take any eta",
+            param="eta",
+        )
+    if sampler in ETA_ONE:
+        raise InvalidRequest(
+            f"eta: {sampler} runs with eta 1 here; DPM++ 2S a, DPM fast, DPM adaptive and DDIM "
+            f"take any eta",
+            param="eta",
+        )
+
+
+def sampler_run(request: GenerationRequest) -> str:
+    """The sampler that runs ``request``: its own, or the one eta 0 makes of an ancestral one."""
+    sampler = canonical_sampler(request.sampler)
+    if request.eta == 0 and sampler in ETA_OFF:
+        return ETA_OFF[sampler]
+    return sampler
+
+
 def hires_steps(request: GenerationRequest) -> int:
     """The steps the hires pass runs (an image-to-image pass runs ``strength`` of its steps)."""
     if request.hires is None:
@@ -320,6 +357,10 @@ class GenerationRequest(BaseModel):
     #: "Distilled CFG Scale"): unset, the family's default; families without one refuse it.
     distilled_guidance: float | None = Field(default=None, ge=0, le=30)
     sampler: Name = "Euler a"
+    #: A1111's eta: how much fresh noise an ancestral sampler adds each step (1, A1111's
+    #: default; 0 makes Euler a Euler and DPM2 a DPM2), DDIM's η (0 by default). None: the
+    #: sampler's default. Samplers without noise ignore it, as in A1111.
+    eta: float | None = Field(default=None, ge=0, le=1)
     seed: int = Field(default=-1, ge=-1, le=MAX_SEED)
     n_images: int = Field(default=1, ge=1)
     #: The img2img source.
@@ -428,6 +469,7 @@ class GenerationRequest(BaseModel):
                 "refiner.model: the refiner must be another checkpoint than model",
                 param="refiner.model",
             )
+        check_eta(canonical_sampler(self.sampler), self.eta)
         seed = self.seed if self.seed >= 0 else secrets.randbelow(MAX_SEED - settings.max_images)
         subseed = self.subseed
         if subseed < 0 and self.subseed_strength > 0:
@@ -440,7 +482,7 @@ class GenerationRequest(BaseModel):
         hires.checked_upscaler()
         if self.init_image is not None:
             raise InvalidRequest("hires: the hires fix is for text-to-image", param="hires")
-        if hires_steps(self) < 1:
+        if hires.strength > 0 and hires_steps(self) < 1:
             raise InvalidRequest(
                 f"hires: steps × strength must be at least 1 (the second pass runs that many "
                 f"steps), got {hires.steps or self.steps} × {hires.strength:g}; raise "
@@ -546,6 +588,7 @@ class GenerationRequest(BaseModel):
             sampler,
             [(lora.name, lora.weight) for lora in self.loras],
             self.tiling,
+            self.eta,
             self.guidance > 1,
             self.strength if self.init_image is not None else None,
         ]

@@ -45,13 +45,14 @@ from huabu.dialects.a1111.wire import (
     render_error,
 )
 from huabu.dialects.common import read_body, validate
-from huabu.errors import InvalidRequest
+from huabu.errors import InvalidRequest, NotFound
 from huabu.images import decode_base64, open_image
 from huabu.native import (
     MAX_CONTROLNETS,
     SAMPLER_NAMES,
     GenerationRequest,
 )
+from huabu.native.generation import IMAGE_UPSCALERS, LATENT_UPSCALERS
 from huabu.tasks.uploads import NewUploads
 from huabu.web.bodies import SMALL_BODY
 from huabu.web.deps import CurrentUser, ServicesDep
@@ -327,6 +328,84 @@ def embeddings(user: CurrentUser, services: ServicesDep) -> Response:
 def sd_vae(user: CurrentUser, services: ServicesDep) -> Response:
     entries = services.catalog.entries("vae")
     return JSONResponse([{"model_name": e.name, "filename": e.location} for e in entries])
+
+
+@router.get("/upscalers", summary="Upscalers (the built-in image ones)", responses=ok(_LIST))
+def upscalers(user: CurrentUser) -> Response:
+    return JSONResponse(
+        [
+            {"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": 4}
+            for name in IMAGE_UPSCALERS
+        ]
+    )
+
+
+@router.get("/latent-upscale-modes", summary="The hires fix's latent modes", responses=ok(_LIST))
+def latent_upscale_modes(user: CurrentUser) -> Response:
+    return JSONResponse([{"name": name} for name in LATENT_UPSCALERS])
+
+
+@router.get("/face-restorers", summary="Face restorers (none installed)", responses=ok(_LIST))
+def face_restorers(user: CurrentUser) -> Response:
+    return JSONResponse([])
+
+
+@router.get("/realesrgan-models", summary="Real-ESRGAN models (none)", responses=ok(_LIST))
+def realesrgan_models(user: CurrentUser) -> Response:
+    return JSONResponse([])
+
+
+@router.get("/hypernetworks", summary="Hypernetworks (none: not supported)", responses=ok(_LIST))
+def hypernetworks(user: CurrentUser) -> Response:
+    return JSONResponse([])
+
+
+@router.get("/extensions", summary="Extensions (none: ControlNet is built in)", responses=ok(_LIST))
+def extensions(user: CurrentUser) -> Response:
+    return JSONResponse([])
+
+
+@router.get("/script-info", summary="Scripts: ControlNet, always on", responses=ok(_LIST))
+def script_info(user: CurrentUser) -> Response:
+    return JSONResponse(
+        [
+            {"name": "controlnet", "is_alwayson": True, "is_img2img": img2img, "args": []}
+            for img2img in (False, True)
+        ]
+    )
+
+
+@router.get("/cmd-flags", summary="How this server runs, in A1111's flags", responses=ok(_OBJECT))
+def cmd_flags(user: CurrentUser) -> Response:
+    return JSONResponse(
+        {
+            "api": True,
+            "nowebui": True,
+            "medvram": False,
+            "lowvram": False,
+            "no_half": False,
+            "no_half_vae": False,
+            "xformers": False,
+            "disable_safe_unpickle": False,
+            "hide_ui_dir_config": True,
+            "lora_dir": None,
+            "ckpt_dir": None,
+            "embeddings_dir": None,
+            "hypernetwork_dir": None,
+        }
+    )
+
+
+@router.post(
+    "/interrogate",
+    summary="Caption an image (no interrogator installed: 404)",
+    responses=ok(_OBJECT),
+)
+def interrogate(user: CurrentUser) -> Response:
+    raise NotFound(
+        "no interrogator is installed on this server: it runs neither CLIP nor DeepBooru "
+        "interrogation"
+    )
 
 
 @router.get(

@@ -176,8 +176,7 @@ def to_native(
 ) -> GenerationRequest:
     """Pure translation. ``init_image``, ``mask`` and each unit's third item are upload ids;
     ``options`` are the caller's saved options (``override_settings`` win over them)."""
-    if body.restore_faces:
-        raise InvalidRequest("restore_faces is not supported yet", param="restore_faces")
+    check_fields(body)
     images = body.batch_size * body.n_iter
     if images > settings.max_images:
         raise InvalidRequest(
@@ -187,6 +186,9 @@ def to_native(
     # Styles first, as A1111 applies them: a style's LoRA tags count.
     styled, negative = style_prompts(body.prompt, body.negative_prompt, body.styles, settings)
     prompt, loras = split_loras(styled)
+    if body.disable_extra_networks:  # the tags are taken out, and nothing applied
+        loras = ()
+    check_overrides(body.override_settings, param="override_settings")
     overrides = options | body.override_settings
     vae = overrides.get("sd_vae") or None
     if vae in ("Automatic", "None"):
@@ -201,6 +203,7 @@ def to_native(
         "guidance": body.cfg_scale,
         "distilled_guidance": body.distilled_cfg_scale,
         "sampler": sampler(body),
+        "eta": body.eta,
         "seed": body.seed,
         "n_images": images,
         "init_image": init_image,
@@ -231,6 +234,73 @@ def to_native(
     return GenerationRequest.parse(fields)
 
 
+#: A1111's values of its fields that mean "nothing asked" (None: any value has no effect
+#: here, as in A1111 on the models huabu serves).
+_DEFAULTS: dict[str, tuple[Any, ...]] = {
+    "s_churn": (0, None),
+    "s_noise": (1, None),
+    "s_min_uncond": (0, None),
+    "firstphase_width": (0, None),
+    "firstphase_height": (0, None),
+    "override_settings_restore_afterwards": (True, None),
+    "comments": (None, {}),
+    "firstpass_image": (None, ""),
+    "force_task_id": (None, ""),
+    "infotext": (None, ""),
+    "resize_mode": (0,),
+    "initial_noise_multiplier": (None, 1),
+    "latent_mask": (None, ""),
+    "include_init_images": (False,),
+}
+_REASONS = {
+    "s_churn": "the samplers run without churn (s_churn 0)",
+    "s_noise": "the samplers add noise at s_noise 1",
+    "s_min_uncond": "every step runs the negative prompt (s_min_uncond 0)",
+    "firstphase_width": "the old hires fix's first-phase size is gone; use hr_resize_x",
+    "firstphase_height": "the old hires fix's first-phase size is gone; use hr_resize_y",
+    "override_settings_restore_afterwards": (
+        "override_settings apply to this request only; set options through /sdapi/v1/options"
+    ),
+    "comments": "comments are not written into the infotext",
+    "firstpass_image": "a given first-pass image is not supported",
+    "force_task_id": "task ids are the server's (see the response's task_id)",
+    "infotext": "reading the request from an infotext is not supported; send the fields",
+    "resize_mode": "only resize mode 0 (just resize) is supported",
+    "initial_noise_multiplier": "the initial noise is not scaled (1)",
+    "latent_mask": "a separate latent mask is not supported",
+    "include_init_images": "the response holds the generated images only",
+}
+
+
+def check_fields(body: Txt2ImgIn) -> None:
+    """InvalidRequest naming the first field that asks for what huabu does not do (A1111's
+    fields left at their defaults ask for nothing)."""
+    if body.restore_faces:
+        raise InvalidRequest(
+            "restore_faces: face restoration is not available on this server", param="restore_faces"
+        )
+    if body.script_name and body.script_name.strip().lower() not in ("", "none"):
+        raise InvalidRequest(
+            f"script_name: unknown script {body.script_name!r}; this server runs no scripts "
+            "(ControlNet is built in: alwayson_scripts.controlnet)",
+            param="script_name",
+        )
+    if body.seed_resize_from_h > 0 and body.seed_resize_from_w > 0:
+        raise InvalidRequest(
+            "seed_resize_from_w: resizing the seed from another size is not supported",
+            param="seed_resize_from_w",
+        )
+    for field, allowed in _DEFAULTS.items():
+        if field in type(body).model_fields and getattr(body, field) not in allowed:
+            raise InvalidRequest(f"{field}: {_REASONS[field]}", param=field)
+    x, y = (body.mask_blur_x, body.mask_blur_y) if isinstance(body, Img2ImgIn) else (None, None)
+    if x is not None and y is not None and x != y:
+        raise InvalidRequest(
+            "mask_blur_x: the mask is blurred alike in both directions (mask_blur)",
+            param="mask_blur_x",
+        )
+
+
 def refiner(body: Txt2ImgIn, overrides: dict[str, Any]) -> dict[str, Any] | None:
     """The native refiner of a body: A1111 runs one when ``refiner_checkpoint`` names a
     checkpoint, switching at ``refiner_switch_at`` (0.8, its UI's default, when unset); at 1
@@ -251,6 +321,7 @@ def hires(body: Txt2ImgIn, sampler_name: str) -> dict[str, Any] | None:
     same = {
         "hr_checkpoint_name": (body.hr_checkpoint_name, ("", "Use same checkpoint")),
         "hr_sampler_name": (body.hr_sampler_name, ("", "Use same sampler", sampler_name)),
+        "hr_scheduler": (body.hr_scheduler, ("", "Use same scheduler", body.scheduler)),
         "hr_prompt": (body.hr_prompt, ("", body.prompt)),
         "hr_negative_prompt": (body.hr_negative_prompt, ("", body.negative_prompt)),
     }
@@ -261,10 +332,6 @@ def hires(body: Txt2ImgIn, sampler_name: str) -> dict[str, Any] | None:
                 "prompts here",
                 param=field,
             )
-    if body.denoising_strength <= 0:
-        raise InvalidRequest(
-            "denoising_strength must be above 0 for the hires fix", param="denoising_strength"
-        )
     return {
         "scale": body.hr_scale,
         "resize_width": body.hr_resize_x,
@@ -406,8 +473,12 @@ def progress_out(record: TaskRecord | None, *, with_image: bool = True) -> dict[
 
 
 def options_in(body: dict[str, Any]) -> dict[str, Any]:
-    """The options huabu keeps per user, from a POST /options body; others are ignored."""
+    """The options huabu keeps per user, from a POST /options body (the fixed ones may come
+    back unchanged; any other is a 400 naming it)."""
+    check_overrides(body, param="options")
     changes: dict[str, Any] = {}
+    if "hires_fix_refiner_pass" in body:
+        changes["hires_fix_refiner_pass"] = body["hires_fix_refiner_pass"]
     for name in ("sd_model_checkpoint", "sd_vae"):
         if not isinstance(body.get(name, ""), str | None):
             raise InvalidRequest(f"{name} must be a name (a string)", param=name)
@@ -435,12 +506,73 @@ def options_in(body: dict[str, Any]) -> dict[str, Any]:
     return changes
 
 
+#: A1111's options that clients read, at the values huabu runs with: a client may send them
+#: back unchanged (POST /options, override_settings); another value is a 400 naming it.
+FIXED_OPTIONS: dict[str, Any] = {
+    "sd_checkpoint_hash": None,
+    "samples_format": "png",
+    "sd_lora": "None",
+    "send_seed": True,
+    "send_size": True,
+    "eta_ancestral": 1.0,
+    "eta_ddim": 0.0,
+    "eta_noise_seed_delta": 0,
+    "s_churn": 0.0,
+    "s_min_uncond": 0.0,
+    "s_noise": 1.0,
+    "s_tmin": 0.0,
+    "s_tmax": 0.0,
+    "randn_source": "CPU",
+    "comma_padding_backtrack": 20,
+    "emphasis": "Original",
+    "use_old_emphasis_implementation": False,
+    "use_old_scheduling": False,
+    "img2img_fix_steps": False,
+    "face_restoration": False,
+    "face_restoration_model": None,
+    "upscaler_for_img2img": None,
+    "live_previews_enable": True,
+    "show_progress_every_n_steps": 1,
+    "samples_save": True,
+    "grid_save": False,
+    "return_grid": False,
+    "enable_pnginfo": True,
+}
+#: The options each user keeps (POST /options), and those a request may also override.
+SETTABLE_OPTIONS = ("sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers")
+REFINER_PASSES = ("first pass", "second pass", "both passes")
+
+
+def check_overrides(overrides: dict[str, Any], *, param: str) -> None:
+    """InvalidRequest naming ``param.key`` for an option huabu does not have or runs at
+    another value (``FIXED_OPTIONS``)."""
+    for key, value in overrides.items():
+        if key in SETTABLE_OPTIONS:
+            continue
+        if key == "hires_fix_refiner_pass":
+            if value not in REFINER_PASSES:
+                raise InvalidRequest(
+                    f"{param}.{key} must be one of {', '.join(REFINER_PASSES)}",
+                    param=f"{param}.{key}",
+                )
+            continue
+        if key not in FIXED_OPTIONS:
+            raise InvalidRequest(
+                f"{param}.{key}: not an option this server has (it has "
+                f"{', '.join(SETTABLE_OPTIONS)}, hires_fix_refiner_pass, and fixed ones)",
+                param=f"{param}.{key}",
+            )
+        if value != FIXED_OPTIONS[key]:
+            raise InvalidRequest(
+                f"{param}.{key}: fixed at {FIXED_OPTIONS[key]!r} on this server",
+                param=f"{param}.{key}",
+            )
+
+
 def options_out(options: dict[str, Any]) -> dict[str, Any]:
-    return {
+    return FIXED_OPTIONS | {
         "sd_model_checkpoint": options["sd_model_checkpoint"],
-        "sd_checkpoint_hash": None,
         "sd_vae": options.get("sd_vae") or "Automatic",
         "CLIP_stop_at_last_layers": options.get("CLIP_stop_at_last_layers", 1),
-        "samples_format": "png",
-        "sd_lora": "None",
+        "hires_fix_refiner_pass": options.get("hires_fix_refiner_pass", "second pass"),
     }

@@ -74,6 +74,31 @@ class Txt2ImgIn(BaseModel):
     override_settings: dict[str, Any] = {}
     alwayson_scripts: dict[str, Any] = {}
     send_images: bool = True
+    # The rest of A1111's fields, at A1111's defaults: each is honoured, has no effect here as
+    # in A1111 (saving to the server's disk: huabu keeps every task's images), or is refused
+    # by name when it asks for what huabu does not do (``translate.check_fields``).
+    eta: float | None = Field(default=None, ge=0, le=1)
+    s_churn: float = 0.0
+    s_tmax: float | None = None
+    s_tmin: float = 0.0
+    s_noise: float = 1.0
+    s_min_uncond: float = 0.0
+    seed_resize_from_h: int = -1
+    seed_resize_from_w: int = -1
+    firstphase_width: int = 0
+    firstphase_height: int = 0
+    hr_scheduler: str | None = None
+    do_not_save_samples: bool = False
+    do_not_save_grid: bool = False
+    save_images: bool = False
+    override_settings_restore_afterwards: bool = True
+    disable_extra_networks: bool = False
+    script_name: str | None = None
+    script_args: list[Any] = []
+    comments: dict[str, Any] | None = None
+    firstpass_image: str | None = None
+    force_task_id: str | None = None
+    infotext: str | None = None
 
 
 class Img2ImgIn(Txt2ImgIn):
@@ -85,6 +110,14 @@ class Img2ImgIn(Txt2ImgIn):
     inpaint_full_res: bool = True  # "only masked"
     inpaint_full_res_padding: int = Field(default=0, ge=0, le=256)
     inpainting_mask_invert: int = Field(default=0, ge=0, le=1)
+    resize_mode: int = Field(default=0, ge=0, le=3)
+    #: instruct-pix2pix's image guidance: A1111 reads it on such models only (huabu has none).
+    image_cfg_scale: float | None = None
+    mask_blur_x: int | None = None
+    mask_blur_y: int | None = None
+    initial_noise_multiplier: float | None = None
+    latent_mask: str | None = None
+    include_init_images: bool = False
 
     def inpaint(self, mask_id: uuid.UUID) -> dict[str, Any]:
         """The native ``inpaint`` of this body, its mask being the upload ``mask_id``."""
@@ -94,9 +127,12 @@ class Img2ImgIn(Txt2ImgIn):
                 "latent nothing (3) are not yet",
                 param="inpainting_fill",
             )
+        blur = self.mask_blur
+        if "mask_blur" not in self.model_fields_set and self.mask_blur_x is not None:
+            blur = self.mask_blur_x  # A1111's two blurs, equal (translate.check_fields)
         return {
             "mask": mask_id,
-            "blur": self.mask_blur,
+            "blur": blur,
             "invert": bool(self.inpainting_mask_invert),
             "fill": "fill" if self.inpainting_fill == 0 else "original",
             "only_masked": self.inpaint_full_res,
