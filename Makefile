@@ -61,6 +61,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/speed.py
 	$(BIN)/python bench/annotators.py
 	$(BIN)/python bench/abuse.py
+	$(BIN)/python bench/prompts.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

@@ -45,6 +45,7 @@ def following(
         yield
         return
     state: dict[str, Any] = {}
+    made = _Rows(timeline, images)
 
     def before_unet(module, args, kwargs):
         call = calls.count
@@ -55,14 +56,14 @@ def following(
         state.update(cfg=cfg, weights=[weight for _, weight in parts])
         if not timeline.composed:
             rows = [negative, parts[0][0]] if cfg else [parts[0][0]]
-            return args, _conditioned(kwargs, timeline, rows, images)
+            return args, _conditioned(kwargs, made, rows)
         # [negative, part 1, …, part k]: without CFG the negative half is added here.
         rows = [negative, *(row for row, _ in parts)]
         copies = [0, *([1] * len(parts))] if cfg else [0] * (len(parts) + 1)
         widen = _widener(sample.shape[0], images, copies)
         args = tuple(widen(value) for value in args)
         kwargs = {name: widen(value) for name, value in kwargs.items()}
-        return args, _conditioned(kwargs, timeline, rows, images)
+        return args, _conditioned(kwargs, made, rows)
 
     def after_unet(module, args, output):
         if not timeline.composed:
@@ -83,7 +84,7 @@ def following(
         negative, parts = timeline.at(calls.count)
         sample = args[0] if args else kwargs["sample"]
         rows = [negative, parts[0][0]] if sample.shape[0] == 2 * images else [parts[0][0]]
-        return args, _conditioned(kwargs, timeline, rows, images)
+        return args, _conditioned(kwargs, made, rows)
 
     with ExitStack() as stack:
         hooks = [
@@ -99,27 +100,50 @@ def following(
         yield
 
 
-def _conditioned(
-    kwargs: dict[str, Any], timeline: Timeline, rows: list[int], images: int
-) -> dict[str, Any]:
-    """``kwargs`` with the text conditioning of ``rows`` (each for ``images`` images): the
-    encoder's hidden states, and SDXL's pooled text among the added conditions."""
-    context = kwargs["encoder_hidden_states"]
-    kwargs = dict(kwargs)
-    kwargs["encoder_hidden_states"] = torch.cat(
-        [
-            timeline.embeds[row].to(context.device, context.dtype).expand(images, -1, -1)
-            for row in rows
-        ]
-    )
-    added = kwargs.get("added_cond_kwargs")
-    pooled = [timeline.pooled[row] for row in rows]
-    if added and "text_embeds" in added:
-        like = added["text_embeds"]
-        kwargs["added_cond_kwargs"] = dict(added) | {
-            "text_embeds": torch.cat(
-                [p.to(like.device, like.dtype).expand(images, -1) for p in pooled if p is not None]
+class _Rows:
+    """The batched conditioning of each combination of rows, made once per pass (a schedule
+    has a few): the hooks' per-call cost is a dictionary lookup."""
+
+    def __init__(self, timeline: Timeline, images: int) -> None:
+        self.timeline, self.images = timeline, images
+        self.made: dict[tuple, torch.Tensor] = {}
+
+    def context(self, rows: list[int], like: torch.Tensor) -> torch.Tensor:
+        key = ("context", *rows)
+        if key not in self.made:
+            self.made[key] = torch.cat(
+                [
+                    self.timeline.embeds[row]
+                    .to(like.device, like.dtype)
+                    .expand(self.images, -1, -1)
+                    for row in rows
+                ]
             )
+        return self.made[key]
+
+    def pooled(self, rows: list[int], like: torch.Tensor) -> torch.Tensor:
+        key = ("pooled", *rows)
+        if key not in self.made:
+            pooled = [self.timeline.pooled[row] for row in rows]
+            self.made[key] = torch.cat(
+                [
+                    p.to(like.device, like.dtype).expand(self.images, -1)
+                    for p in pooled
+                    if p is not None
+                ]
+            )
+        return self.made[key]
+
+
+def _conditioned(kwargs: dict[str, Any], made: _Rows, rows: list[int]) -> dict[str, Any]:
+    """``kwargs`` with the text conditioning of ``rows``: the encoder's hidden states, and
+    SDXL's pooled text among the added conditions."""
+    kwargs = dict(kwargs)
+    kwargs["encoder_hidden_states"] = made.context(rows, kwargs["encoder_hidden_states"])
+    added = kwargs.get("added_cond_kwargs")
+    if added and "text_embeds" in added:
+        kwargs["added_cond_kwargs"] = dict(added) | {
+            "text_embeds": made.pooled(rows, added["text_embeds"])
         }
     return kwargs
 
