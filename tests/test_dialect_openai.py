@@ -147,3 +147,56 @@ def test_errors_arrive_as_the_sdks_exceptions(client, server):
     with pytest.raises(openai.AuthenticationError) as caught:
         stranger.models.list()
     assert caught.value.body["code"] == "invalid_api_key"
+
+
+def test_todays_gpt_image_parameters(client):
+    """What today's SDK sends for GPT-image models: such a request is answered in b64_json
+    (all the SDK reads for them), with usage; output_compression sets the jpeg/webp quality;
+    background opaque/auto, moderation, user, style are accepted."""
+    common = {"prompt": "a red fox", "size": "64x64", "quality": "low"}
+    compressed = client.images.generate(
+        **common, output_format="jpeg", output_compression=10, background="opaque"
+    )
+    (item,) = compressed.data
+    assert item.url is None and item.b64_json  # b64_json without asking
+    small = base64.b64decode(item.b64_json)
+    fine = base64.b64decode(
+        client.images.generate(**common, output_format="jpeg", output_compression=100)
+        .data[0]
+        .b64_json
+    )
+    assert Image.open(io.BytesIO(small)).format == "JPEG"
+    assert len(small) < len(fine)  # more compression, fewer bytes
+    assert compressed.background == "opaque"
+    assert compressed.usage.input_tokens == 3 and compressed.usage.output_tokens == 0
+    named = client.images.generate(
+        **common, model="gpt-image-1", moderation="low", user="u-1", background="auto"
+    )
+    assert named.data[0].b64_json
+    assert client.images.generate(**common, model="dall-e-2").data[0].url  # urls by default
+
+
+@pytest.mark.parametrize(
+    ("changes", "param"),
+    [
+        ({"background": "transparent"}, "background"),
+        ({"output_compression": 50}, "output_compression"),  # png
+        ({"partial_images": 2}, "partial_images"),
+        ({"extra_body": {"frame_count": 4}}, "frame_count"),
+        ({"extra_body": {"no_such_field": 1}}, "no_such_field"),
+    ],
+)
+def test_what_huabu_cannot_give_is_refused_by_name(client, changes, param):
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.images.generate(prompt="a fox", size="64x64", **changes)
+    assert caught.value.body["param"] == param
+
+
+def test_an_edit_of_several_images_is_refused_by_name(client):
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.images.edit(
+            image=[("a.png", png(), "image/png"), ("b.png", png((0, 0, 200)), "image/png")],
+            prompt="a fox",
+            size="64x64",
+        )
+    assert caught.value.body["param"] == "image"

@@ -209,8 +209,11 @@ def parse_infotext(text: str) -> dict[str, str]:
     return result
 
 
-def encode_image(image: Image.Image, fmt: str, parameters: str) -> bytes:
-    """Encode ``image`` as png/jpeg/webp with ``parameters`` embedded as A1111 does."""
+def encode_image(
+    image: Image.Image, fmt: str, parameters: str, quality: int | None = None
+) -> bytes:
+    """Encode ``image`` as png/jpeg/webp (at ``quality``, 92 unless given) with
+    ``parameters`` embedded as A1111 does."""
     buffer = io.BytesIO()
     if fmt == "png":
         info = PngImagePlugin.PngInfo()
@@ -219,7 +222,12 @@ def encode_image(image: Image.Image, fmt: str, parameters: str) -> bytes:
     elif fmt in ("jpeg", "webp"):
         exif = Image.Exif()
         exif.get_ifd(_EXIF_IFD)[_USER_COMMENT] = _UNICODE_PREFIX + parameters.encode("utf-16-be")
-        image.save(buffer, format=fmt.upper(), quality=92, exif=exif.tobytes())
+        image.save(
+            buffer,
+            format=fmt.upper(),
+            quality=92 if quality is None else quality,
+            exif=exif.tobytes(),
+        )
     else:
         raise ValueError(f"unsupported output format {fmt!r}")
     return buffer.getvalue()

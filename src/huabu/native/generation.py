@@ -388,6 +388,8 @@ class GenerationRequest(BaseModel):
     hires: HiresFix | None = None
     refiner: Refiner | None = None
     output_format: OutputFormat = "png"
+    #: jpeg and webp: the encoder's quality, 0–100 (None: 92).
+    output_quality: int | None = Field(default=None, ge=0, le=100)
 
     @classmethod
     def parse(

@@ -83,7 +83,7 @@ class GenerationHandler:
         for index, (image, seed, info) in enumerate(
             zip(result.images, result.seeds, result.infotexts, strict=True)
         ):
-            data = encode_image(image, request.output_format, info)
+            data = encode_image(image, request.output_format, info, request.output_quality)
             key = f"images/{task_id}/{index}.{extension}"
             preview_key = f"previews/{task_id}/{index}.jpg"
             self.storage.put(key, data)

@@ -16,7 +16,7 @@ from starlette.datastructures import UploadFile
 
 from huabu.catalog.families import family_of
 from huabu.dialects.common import read_body, validate
-from huabu.dialects.openai.translate import model_out, native_square, renamed, to_native
+from huabu.dialects.openai.translate import model_out, native_square, renamed, to_native, usage
 from huabu.dialects.openai.wire import (
     ORIGIN,
     PREFIX,
@@ -85,7 +85,7 @@ async def _generate(
     except InvalidRequest as exc:
         raise renamed(exc) from None
     b64 = body.response_format == "b64_json" or (
-        body.response_format is None and (body.model or "").startswith("gpt-image-")
+        body.response_format is None and body.gpt_image_style
     )
     if b64:
         data = await run_in_threadpool(
@@ -100,9 +100,11 @@ async def _generate(
         {
             "created": int(record.created_at.timestamp()),
             "data": data,
+            "background": "opaque",
             "output_format": native.output_format,
             "size": f"{native.width}x{native.height}",
             "quality": body.quality,
+            "usage": usage(native.prompt),
         }
     )
 
@@ -114,8 +116,17 @@ async def _form(request: Request) -> tuple[dict[str, Any], UploadFile | None, Up
         raise InvalidRequest("send the image as multipart/form-data", param="image")
     form = await request.form()
     fields = {key: value for key, value in form.items() if isinstance(value, str)}
-    images = [item for key in ("image", "image[]") for item in form.getlist(key)]
-    image = next((item for item in images if isinstance(item, UploadFile)), None)
+    images = [
+        item
+        for key in ("image", "image[]")
+        for item in form.getlist(key)
+        if isinstance(item, UploadFile)
+    ]
+    if len(images) > 1:
+        raise InvalidRequest(
+            f"image: the models here edit one image at a time, got {len(images)}", param="image"
+        )
+    image = images[0] if images else None
     mask = form.get("mask")
     return fields, image, mask if isinstance(mask, UploadFile) else None
 

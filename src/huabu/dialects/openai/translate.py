@@ -18,7 +18,42 @@ _SIZE = re.compile(r"^\s*(\d{1,5})x(\d{1,5})\s*$")
 
 
 #: OpenAI's quality levels → sampling steps.
-_STEPS = {"low": 12, "auto": 25, "standard": 25, "medium": 25, "high": 40, "hd": 40}
+_STEPS = {
+    "low": 12,
+    "auto": 25,
+    "standard": 25,
+    "medium": 25,
+    "high": 40,
+    "hd": 40,
+    "xhigh": 50,
+    "max": 60,
+}
+#: The SDK's fields for OpenAI's animated and SVG models.
+_OTHER_MODELS = ("complexity", "frame_count", "frame_duration_ms", "svg", "markup")
+
+
+def check_fields(body: GenerationIn) -> None:
+    """InvalidRequest naming a field whose meaning huabu cannot give."""
+    for name in _OTHER_MODELS:
+        if getattr(body, name, None) is not None:
+            raise InvalidRequest(
+                f"{name}: for OpenAI's animation and SVG models; huabu's models make still images",
+                param=name,
+            )
+    if body.stream:
+        raise InvalidRequest("stream: streaming partial images is not supported", param="stream")
+    if body.partial_images:
+        raise InvalidRequest("partial_images: they come with stream: true", param="partial_images")
+    if body.background == "transparent":
+        raise InvalidRequest(
+            "background: the models here paint every pixel; transparent backgrounds are not "
+            "available (opaque and auto are)",
+            param="background",
+        )
+    if body.output_format == "png" and body.output_compression not in (None, 100):
+        raise InvalidRequest(
+            "output_compression: for jpeg and webp (png is lossless)", param="output_compression"
+        )
 
 
 def _size(value: str | None, fallback: tuple[int, int]) -> tuple[int, int]:
@@ -55,8 +90,7 @@ def to_native(
     """Pure translation. ``model`` is already resolved (see ``_resolve_model``); ``auto_size`` is
     what ``size: auto`` means (the model's native square, or the input image's size for edits);
     ``init_image`` and ``mask`` are upload ids."""
-    if body.stream:
-        raise InvalidRequest("stream: streaming partial images is not supported", param="stream")
+    check_fields(body)
     if body.n > settings.max_images:
         raise InvalidRequest(
             f"n must be between 1 and {settings.max_images}, got {body.n}", param="n"
@@ -74,6 +108,7 @@ def to_native(
             "strength": strength,
             "inpaint": {"mask": mask} if mask else None,
             "output_format": body.output_format,
+            "output_quality": body.output_compression if body.output_format != "png" else None,
         },
         # Steps follow ``quality`` unless it is left out or "auto" (the model's best); OpenAI
         # has no strength (an edit's is huabu's choice). A family with defaults of its own
@@ -81,6 +116,21 @@ def to_native(
         sent=body.model_fields_set - ({"quality"} if body.quality == "auto" else set()),
         wire_names={"steps": "quality", "strength": ""},
     )
+
+
+_WORDS = re.compile(r"\w+|[^\w\s]")
+
+
+def usage(prompt: str) -> dict[str, Any]:
+    """OpenAI's ``usage``, counted as huabu counts: the prompt's words and marks are its text
+    tokens; images count none (huabu bills no tokens; its quotas count images and steps)."""
+    text = len(_WORDS.findall(prompt))
+    return {
+        "total_tokens": text,
+        "input_tokens": text,
+        "output_tokens": 0,
+        "input_tokens_details": {"text_tokens": text, "image_tokens": 0},
+    }
 
 
 def renamed(error: InvalidRequest) -> InvalidRequest:
