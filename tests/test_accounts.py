@@ -12,7 +12,7 @@ from huabu.errors import InvalidRequest, NotFound
 from huabu.settings import Settings
 from serving import run_huabu
 
-HEAD = "0016"  # the newest migration in src/huabu/db/migrations/versions
+HEAD = "0017"  # the newest migration in src/huabu/db/migrations/versions
 
 
 @pytest.fixture(scope="module")

@@ -200,3 +200,36 @@ def test_an_edit_of_several_images_is_refused_by_name(client):
             size="64x64",
         )
     assert caught.value.body["param"] == "image"
+
+
+def test_streamed_partial_images(client):
+    """stream with partial_images: that many of huabu's live previews, kept at steps spread
+    over the task's (quality low: 12 steps, so steps 4 and 8), then the image, as the SDK's
+    stream iterator reads them."""
+    events = list(
+        client.images.generate(
+            prompt="a red fox", size="64x64", quality="low", stream=True, partial_images=2
+        )
+    )
+    partial = [e for e in events if e.type == "image_generation.partial_image"]
+    completed = [e for e in events if e.type == "image_generation.completed"]
+    assert [e.partial_image_index for e in partial] == [0, 1]
+    assert len(completed) == 1 and len(events) == 3
+    images = [Image.open(io.BytesIO(base64.b64decode(e.b64_json))) for e in partial + completed]
+    assert [image.size for image in images] == [(64, 64)] * 3
+    assert max_difference(images[0], images[1]) > 0 and max_difference(images[1], images[2]) > 0
+    assert completed[0].usage.input_tokens == 3 and completed[0].size == "64x64"
+
+
+def test_a_streamed_edit(client):
+    events = list(
+        client.images.edit(
+            image=("fox.png", png(), "image/png"),
+            prompt="a fox",
+            size="64x64",
+            quality="low",
+            stream=True,
+            partial_images=1,
+        )
+    )
+    assert [e.type for e in events] == ["image_edit.partial_image", "image_edit.completed"]

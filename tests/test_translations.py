@@ -388,7 +388,11 @@ def test_openai_sizes_quality_and_limits():
     assert openai.native_square(info(Architecture.SDXL, None)) == (1024, 1024)
     assert openai.native_square(info(Architecture.SD2, None)) == (768, 768)
     assert openai.native_square(info(Architecture.SDXL, 512)) == (512, 512)
-    refused = (({"n": 99}, "n"), ({"stream": True}, "stream"), ({"size": "big"}, "size"))
+    refused = (
+        ({"n": 99}, "n"),
+        ({"partial_images": 2}, "partial_images"),  # without stream
+        ({"size": "big"}, "size"),
+    )
     for change, param in refused:
         body = openai.GenerationIn.model_validate({"prompt": "p"} | change)
         with pytest.raises(InvalidRequest) as caught:

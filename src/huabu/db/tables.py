@@ -189,6 +189,20 @@ class LivePreview(Base):
     image: Mapped[bytes] = mapped_column(LargeBinary)
 
 
+class PartialImage(Base):
+    """A live preview kept at a step the request chose (``partial_images``), for its run."""
+
+    __tablename__ = "partial_images"
+
+    task_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True
+    )
+    run: Mapped[int] = mapped_column(Integer, primary_key=True)
+    index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    step: Mapped[int] = mapped_column(Integer)
+    image: Mapped[bytes] = mapped_column(LargeBinary)
+
+
 class WorkerRow(Base):
     """What a worker advertises with its heartbeat (``last_seen``); kept after it stops
     (``stopped_at``) so the fleet view can say it left."""

@@ -332,6 +332,13 @@ def sampler_run(request: GenerationRequest) -> str:
     return sampler
 
 
+def partial_steps(count: int, total: int) -> list[int]:
+    """The steps at which ``count`` partial images are kept in a task of ``total`` steps:
+    spread evenly, none at the last (the image itself); fewer when there are fewer steps."""
+    steps = {round(i * total / (count + 1)) for i in range(1, count + 1)}
+    return sorted(step for step in steps if 1 <= step < total)
+
+
 def hires_steps(request: GenerationRequest) -> int:
     """The steps the hires pass runs (an image-to-image pass runs ``strength`` of its steps)."""
     if request.hires is None:
@@ -387,6 +394,9 @@ class GenerationRequest(BaseModel):
     tiling: bool = False
     hires: HiresFix | None = None
     refiner: Refiner | None = None
+    #: Live previews to keep at steps spread evenly over the task's (OpenAI's streamed
+    #: partial images): read from its events while it runs (``partial_steps``).
+    partial_images: int = Field(default=0, ge=0, le=3)
     output_format: OutputFormat = "png"
     #: jpeg and webp: the encoder's quality, 0–100 (None: 92).
     output_quality: int | None = Field(default=None, ge=0, le=100)
@@ -573,6 +583,7 @@ class GenerationRequest(BaseModel):
             or is_scheduled(self.prompt)
             or is_scheduled(self.negative_prompt)
             or is_composed(self.prompt)
+            or self.partial_images
         ):
             return None
         try:

@@ -58,6 +58,13 @@ _CURRENT = text(
     _SELECT_TASKS.format(where="t.owner_id = :owner AND t.state IN ('queued', 'running')")
     + " ORDER BY t.state = 'running' DESC, t.created_at LIMIT 1"
 )
+_PARTIALS = text(
+    """
+    SELECT p.index, p.image FROM partial_images p JOIN tasks t ON t.id = p.task_id
+     WHERE p.task_id = :id AND t.owner_id = :owner AND p.run = t.runs AND p.index > :after
+     ORDER BY p.index
+    """
+)
 #: The typed request of each kind of task.
 _REQUESTS: dict[str, type[GenerationRequest] | type[TrainingPlan]] = {
     "generate": GenerationRequest,
@@ -123,6 +130,17 @@ class TaskReads:
             self._cache[key] = (record, fetched, now)
             self._cache.move_to_end(key)
         return record
+
+    def partial_images(
+        self, owner_id: uuid.UUID, task_id: uuid.UUID, after: int = -1
+    ) -> list[tuple[int, bytes]]:
+        """The task's kept partial images (``partial_images``) of its current run, by index,
+        those after ``after``: (index, PNG at the latent preview's size)."""
+        with self.sessions() as session:
+            rows = session.execute(
+                _PARTIALS, {"id": task_id, "owner": owner_id, "after": after}
+            ).all()
+        return [(int(row[0]), bytes(row[1])) for row in rows]
 
     def get(self, owner_id: uuid.UUID, task_id: str | uuid.UUID) -> TaskRecord:
         task_id = parse_id(task_id)

@@ -30,6 +30,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from huabu.errors import Cancelled, DatabaseUnavailable, HuabuError, StorageUnavailable
+from huabu.native.generation import partial_steps
 from huabu.settings import Settings
 from huabu.tasks import queue
 from huabu.worker import batcher
@@ -96,6 +97,13 @@ _PREVIEW = text(
     """
 )
 _FORGET_PREVIEW = text("DELETE FROM live_previews WHERE task_id = :id")
+#: A preview the request asked to keep (``partial_images``): written at its step, unthrottled.
+_PARTIAL = text(
+    """
+    INSERT INTO partial_images (task_id, run, index, step, image)
+    VALUES (:id, :run, :index, :step, :image) ON CONFLICT DO NOTHING
+    """
+)
 _FINISH = text(
     """
     UPDATE tasks SET state = CAST(:state AS varchar), error = :error,
@@ -155,6 +163,7 @@ class Progress:
         lost: threading.Event,
         *,
         preview_every: float = 0.0,
+        partials: int = 0,
     ) -> None:
         self.sessions, self.task_id, self.run = sessions, task_id, run
         self.stopping, self.lost = stopping, lost
@@ -163,10 +172,16 @@ class Progress:
         self.last = 0.0
         #: Seconds between live previews (0: none), and when the last one was written.
         self.preview_every, self.last_preview = preview_every, 0.0
+        #: How many previews to keep at steps spread over the run, and how many are kept.
+        self.partials, self.kept = partials, 0
 
     def __call__(self, step: int, total: int, preview: Preview | None = None) -> None:
         now = time.monotonic()
-        if now - self.last < PROGRESS_INTERVAL or self.lost.is_set():
+        if self.lost.is_set():
+            return
+        if self.partials and preview is not None and self._keep(step, total, preview):
+            return
+        if now - self.last < PROGRESS_INTERVAL:
             return
         self.last = now
         values = {"step": step, "total": total, "id": self.task_id, "run": self.run}
@@ -191,6 +206,29 @@ class Progress:
                 queue.announce(session, self.task_id, progress=True)
         except DatabaseUnavailable:
             pass  # logged where the engine noticed it; written again at the next interval
+
+    def _keep(self, step: int, total: int, preview: Preview) -> bool:
+        """At (or first past) the next of the request's partial-image steps: keep this
+        preview, with the progress; whether it was kept."""
+        steps = partial_steps(self.partials, total)
+        if self.kept >= len(steps) or step < steps[self.kept]:
+            return False
+        values = {"step": step, "total": total, "id": self.task_id, "run": self.run}
+        try:
+            with self.sessions.begin() as session:
+                session.execute(_NOT_DURABLE)
+                row = session.execute(_PROGRESS, values).one_or_none()
+                if row is None:
+                    self.superseded = True
+                    return True
+                self.cancel_requested = bool(row[0])
+                session.execute(_PARTIAL, values | {"index": self.kept, "image": preview()})
+                queue.announce(session, self.task_id, progress=True)
+        except DatabaseUnavailable:
+            return False  # the next step tries again
+        self.kept += 1
+        self.last = time.monotonic()
+        return True
 
     def dropped(self) -> bool:
         """Whether this run's results are not to be kept: its task was cancelled, or is
@@ -361,6 +399,7 @@ class TaskRunner:
                 stopping,
                 lost,
                 preview_every=self.settings.preview_seconds,
+                partials=int(c.request.get("partial_images") or 0) if c.kind == "generate" else 0,
             )
             for c in claims
         ]

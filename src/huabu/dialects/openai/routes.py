@@ -16,6 +16,7 @@ from starlette.datastructures import UploadFile
 
 from huabu.catalog.families import family_of
 from huabu.dialects.common import read_body, validate
+from huabu.dialects.openai.streaming import stream_images
 from huabu.dialects.openai.translate import model_out, native_square, renamed, to_native, usage
 from huabu.dialects.openai.wire import (
     ORIGIN,
@@ -70,6 +71,7 @@ async def _generate(
     url,
     uploads: NewUploads | None = None,
     source_size: tuple[int, int] | None = None,
+    kind: str = "image_generation",
     **image,
 ) -> Response:
     model, auto_size = await run_in_threadpool(_resolve_model, services, body.model, source_size)
@@ -81,6 +83,16 @@ async def _generate(
             settings=services.settings,
             **image,
         )
+        if body.stream:
+            return await stream_images(
+                services,
+                user,
+                native,
+                kind=kind,
+                quality=body.quality,
+                origin=ORIGIN,
+                uploads=uploads,
+            )
         record = await submit_and_wait(services, user, native, origin=ORIGIN, uploads=uploads)
     except InvalidRequest as exc:
         raise renamed(exc) from None
@@ -214,6 +226,7 @@ async def _from_image(
         url,
         uploads,
         source_size=(upload.width, upload.height),
+        kind="image_edit" if edit else "image_generation",
         init_image=upload.id,
         strength=1.0 if mask else strength,
         mask=mask,

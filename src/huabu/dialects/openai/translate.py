@@ -40,9 +40,7 @@ def check_fields(body: GenerationIn) -> None:
                 f"{name}: for OpenAI's animation and SVG models; huabu's models make still images",
                 param=name,
             )
-    if body.stream:
-        raise InvalidRequest("stream: streaming partial images is not supported", param="stream")
-    if body.partial_images:
+    if body.partial_images and not body.stream:
         raise InvalidRequest("partial_images: they come with stream: true", param="partial_images")
     if body.background == "transparent":
         raise InvalidRequest(
@@ -109,6 +107,7 @@ def to_native(
             "inpaint": {"mask": mask} if mask else None,
             "output_format": body.output_format,
             "output_quality": body.output_compression if body.output_format != "png" else None,
+            "partial_images": (body.partial_images or 0) if body.stream else 0,
         },
         # Steps follow ``quality`` unless it is left out or "auto" (the model's best); OpenAI
         # has no strength (an edit's is huabu's choice). A family with defaults of its own
