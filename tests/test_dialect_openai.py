@@ -233,3 +233,55 @@ def test_a_streamed_edit(client):
         )
     )
     assert [e.type for e in events] == ["image_edit.partial_image", "image_edit.completed"]
+
+
+def test_the_json_form_of_edits(client, server):
+    """Today's API also takes an edit as JSON, the image by link (fetched through the
+    SSRF-safe fetcher: an allow-listed host here) or data URL."""
+    import http.server
+    import threading
+
+    fox = png()
+
+    class Host(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(fox)))
+            self.end_headers()
+            self.wfile.write(fox)
+
+        def log_message(self, *args):
+            pass
+
+    host = http.server.ThreadingHTTPServer(("127.0.0.2", 0), Host)  # allow-listed
+    threading.Thread(target=host.serve_forever, daemon=True).start()
+    link = f"http://127.0.0.2:{host.server_address[1]}/fox.png"
+    data_url = "data:image/png;base64," + base64.b64encode(fox).decode()
+    headers = {"Authorization": f"Bearer {client.api_key}"}
+    try:
+        for url in (link, data_url):
+            answer = requests.post(
+                server.url + "/v1/images/edits",
+                json={"prompt": "a fox", "images": [{"image_url": url}], "quality": "low"},
+                headers=headers,
+            )
+            assert answer.status_code == 200, answer.text
+            image = Image.open(io.BytesIO(requests.get(answer.json()["data"][0]["url"]).content))
+            assert image.size == (72, 64)  # the input's size
+        refused = requests.post(
+            server.url + "/v1/images/edits",
+            json={"prompt": "a fox", "images": [{"file_id": "file-1"}]},
+            headers=headers,
+        )
+        assert refused.status_code == 400
+        assert refused.json()["error"]["param"] == "images.0"
+        private = requests.post(
+            server.url + "/v1/images/edits",
+            json={"prompt": "a fox", "images": [{"image_url": "http://127.0.0.1:1/x.png"}]},
+            headers=headers,
+        )
+        assert private.status_code == 400
+        assert private.json()["error"]["param"] == "images.0.image_url"
+    finally:
+        host.shutdown()

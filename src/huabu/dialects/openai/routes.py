@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import UploadFile
 
 from huabu.catalog.families import family_of
-from huabu.dialects.common import read_body, validate
+from huabu.dialects.common import image_bytes_from_url, read_body, validate
 from huabu.dialects.openai.streaming import stream_images
 from huabu.dialects.openai.translate import model_out, native_square, renamed, to_native, usage
 from huabu.dialects.openai.wire import (
@@ -31,7 +31,7 @@ from huabu.dialects.openai.wire import (
     render_error,
 )
 from huabu.errors import InvalidRequest, NotFound
-from huabu.images import alpha_mask
+from huabu.images import alpha_mask, decode_base64
 from huabu.settings import Settings
 from huabu.tasks.uploads import NewUploads
 from huabu.web.deps import CurrentUser, FileUrl, ServicesDep
@@ -143,6 +143,49 @@ async def _form(request: Request) -> tuple[dict[str, Any], UploadFile | None, Up
     return fields, image, mask if isinstance(mask, UploadFile) else None
 
 
+async def _json_edit(
+    request: Request, services: Services
+) -> tuple[dict[str, Any], bytes, bytes | None]:
+    """A JSON edit body (today's API): its fields, the image of ``images: [{"image_url"}]``
+    (a link, fetched through the SSRF-safe fetcher, or a data URL) and of ``mask``."""
+    fields = await read_body(request)
+    images = fields.pop("images", None)
+    mask = fields.pop("mask", None)
+    if not isinstance(images, list) or not images:
+        raise InvalidRequest('images is required: [{"image_url": …}]', param="images")
+    if len(images) > 1:
+        raise InvalidRequest(
+            f"images: the models here edit one image at a time, got {len(images)}",
+            param="images",
+        )
+    data = await run_in_threadpool(_referenced, services, images[0], "images.0")
+    mask_data = None
+    if mask is not None:
+        mask_data = await run_in_threadpool(_referenced, services, mask, "mask")
+    return fields, data, mask_data
+
+
+def _referenced(services: Services, reference: Any, field: str) -> bytes:
+    """The bytes of ``{"image_url": …}``: a data URL's, or a link's (fetched). Blocking."""
+    if not isinstance(reference, dict) or "file_id" in reference:
+        raise InvalidRequest(
+            f'{field}: give {{"image_url": a link or a data URL}}; the files API (file_id) is '
+            "not available here",
+            param=field,
+        )
+    url = reference.get("image_url")
+    if not isinstance(url, str) or not url:
+        raise InvalidRequest(f"{field}.image_url is required", param=f"{field}.image_url")
+    if url.startswith("data:"):
+        header, _, payload = url.partition(",")
+        if not header.endswith(";base64"):
+            raise InvalidRequest(
+                f"{field}.image_url: a data URL must be base64", param=f"{field}.image_url"
+            )
+        return decode_base64(payload, field=f"{field}.image_url")
+    return image_bytes_from_url(services, url, field=f"{field}.image_url")
+
+
 async def _mask(
     uploads: NewUploads, settings: Settings, mask: bytes | None, image: bytes, size
 ) -> uuid.UUID | None:
@@ -204,18 +247,21 @@ async def _from_image(
     """Edits and variations: image-to-image from the multipart ``image``, at its size unless
     ``size`` says otherwise. An edit needs a prompt; with a mask (or transparency in the image)
     it repaints only the transparent area. Variations have no mask in OpenAI's API."""
-    fields, image, mask_file = await _form(request)
+    if edit and request.headers.get("content-type", "").startswith("application/json"):
+        fields, data, mask_data = await _json_edit(request, services)
+    else:
+        fields, image, mask_file = await _form(request)
+        if image is None:
+            raise InvalidRequest("image is required: send it as a file", param="image")
+        data = await image.read()
+        mask_data = await mask_file.read() if mask_file is not None else None
     body = validate(EditIn, fields)
     if edit and not body.prompt:
         raise InvalidRequest("prompt is required", param="prompt")
-    if image is None:
-        raise InvalidRequest("image is required: send it as a file", param="image")
-    data = await image.read()
     uploads = services.new_uploads()
     upload = await run_in_threadpool(uploads.add, data, field="image")
     mask = None
     if edit:
-        mask_data = await mask_file.read() if mask_file is not None else None
         mask = await _mask(
             uploads, services.settings, mask_data, data, (upload.width, upload.height)
         )
