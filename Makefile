@@ -12,14 +12,16 @@ export HUABU_HOME ?= $(CURDIR)/.huabu
 install: $(STAMP)
 
 # torch first, alone and pinned: it must resolve to the CPU/CUDA wheel for this machine before
-# anything else can ask for a different one. mediapipe (the mediapipe_face preprocessor) last,
-# without its declared dependencies: what it needs is in pyproject.toml (see there).
+# anything else can ask for a different one. mediapipe (the mediapipe_face preprocessor) and
+# spandrel (model upscalers) last, without their declared dependencies: what they need is in
+# pyproject.toml (see there).
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --disable-pip-version-check -q --upgrade pip
 	$(BIN)/pip install --disable-pip-version-check -q torch==2.13.0
 	$(BIN)/pip install --disable-pip-version-check -q -e '.[test]'
 	$(BIN)/pip install --disable-pip-version-check -q --no-deps mediapipe==0.10.21
+	$(BIN)/pip install --disable-pip-version-check -q --no-deps spandrel==0.4.2
 	touch $(STAMP)
 
 # Serve on HOST:PORT with a worker inside; build the demo model if the library has no checkpoint.
@@ -62,6 +64,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/annotators.py
 	$(BIN)/python bench/abuse.py
 	$(BIN)/python bench/prompts.py
+	$(BIN)/python bench/upscalers.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

@@ -477,6 +477,14 @@ def test_a1111s_own_api_test_list(server, api, changes, images, size):
         assert "Eta: 0" in info["infotexts"][0]  # as A1111 writes an eta other than 1
 
 
+def test_the_hires_fix_with_a_model_upscaler(api):
+    result = api.txt2img(
+        prompt="a fox", enable_hr=True, hr_upscaler="demo-upscaler", hr_scale=2, **SMALL
+    )
+    assert result.image.size == (128, 128)
+    assert "Hires upscaler: demo-upscaler" in result.info["infotexts"][0]
+
+
 def test_eta_0_makes_euler_a_euler_and_ddim_takes_its_eta(api):
     euler = api.txt2img(prompt="a fox", **(SMALL | {"sampler_name": "Euler"}))
     calm = api.txt2img(prompt="a fox", eta=0, **SMALL)  # SMALL's sampler: Euler a
@@ -559,7 +567,7 @@ def test_the_routes_clients_call_on_connect(server, api):
         assert answer.status_code == 200, (path, answer.text)
         return answer.json()
 
-    assert [u["name"] for u in get("upscalers")] == ["None", "Lanczos", "Nearest"]
+    assert [u["name"] for u in get("upscalers")] == ["None", "Lanczos", "Nearest", "demo-upscaler"]
     assert {"name": "Latent (bicubic antialiased)"} in get("latent-upscale-modes")
     assert get("face-restorers") == [] and get("realesrgan-models") == []
     assert get("hypernetworks") == [] and get("extensions") == []

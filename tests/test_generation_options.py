@@ -153,8 +153,9 @@ def test_hires_strength_0_is_the_upscaled_first_pass(engine, small):
     ("hires", "param", "message"),
     [
         ({"scale": 4}, "hires.scale", "the hires fix would make 2560x2560"),
-        ({"upscaler": "R-ESRGAN 4x+"}, "hires.upscaler", "needs upscaler weights"),
-        ({"upscaler": "Bilinear"}, "hires.upscaler", "unknown upscaler 'Bilinear'"),
+        ({"upscaler": "R-ESRGAN 4x+"}, "hires.upscaler", "it reads RealESRGAN_x4plus.pth"),
+        ({"upscaler": "Bilinear"}, "hires.upscaler", "no upscaler 'Bilinear' on this server"),
+        ({"upscaler": "LDSR"}, "hires.upscaler", "LDSR is not supported"),
     ],
 )
 def test_hires_requests_beyond_what_runs_are_refused_naming_the_field(

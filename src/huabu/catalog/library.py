@@ -24,15 +24,25 @@ import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from huabu.catalog import split_files
 from huabu.catalog.architectures import Architecture, detect_folder_architecture, native_size
 from huabu.catalog.checkpoints import CheckpointHeader
 from huabu.errors import InvalidRequest, ModelUnavailable
+from huabu.native.generation import IMAGE_UPSCALERS, LATENT_UPSCALERS, upscaler_file
 from huabu.settings import Settings
 
-KINDS = ("checkpoints", "loras", "embeddings", "vae", "controlnet", "ipadapter", "annotators")
+KINDS = (
+    "checkpoints",
+    "loras",
+    "embeddings",
+    "vae",
+    "controlnet",
+    "ipadapter",
+    "annotators",
+    "upscalers",
+)
 SAFE_SUFFIXES = (".safetensors",)
 #: GGUF: a quantized FLUX.1 transformer (a checkpoint; see ``catalog.split_files``).
 GGUF_SUFFIXES = (".gguf",)
@@ -420,3 +430,22 @@ def file_sha256(path: Path) -> str:
         while block := handle.read(1 << 20):
             digest.update(block)
     return digest.hexdigest()
+
+
+def check_upscaler(finder: Any, name: str, *, param: str) -> None:
+    """A model upscaler's name (A1111's names for its own too) must be in ``finder``'s
+    ``upscalers``: InvalidRequest naming ``param`` otherwise, with the file it would read."""
+    if name in LATENT_UPSCALERS or name in IMAGE_UPSCALERS:
+        return
+    held = finder.names("upscalers")
+    if upscaler_file(name) in held:
+        return
+    known = ", ".join([*LATENT_UPSCALERS, *IMAGE_UPSCALERS, *held])
+    hint = (
+        f" (it reads {upscaler_file(name)}.pth in models/upscalers/)"
+        if name != upscaler_file(name)
+        else ""
+    )
+    raise InvalidRequest(
+        f"{param}: no upscaler {name!r} on this server{hint}; these are: {known}", param=param
+    )

@@ -5,8 +5,8 @@ SDXL in both layouts, its refiner and extras; ``flux``: FLUX.1, FLUX.1 Kontext a
 ``flux_files``: FLUX.1 as split single files;
 ``flux2``: FLUX.2 [klein] and [dev]; ``sd3``: SD 3.x; ``sd3_files``: SD 3.x as SAI's
 all-in-one file; ``zimage``: Z-Image; ``qwen``: Qwen-Image and Qwen-Image-Edit;
-``ldm_layout``: the single-file (LDM/SGM) layouts they are also written in. ``huabu models
-demo`` and ``make run`` call ``build``."""
+``upscalers``: a Real-ESRGAN upscaler; ``ldm_layout``: the single-file (LDM/SGM) layouts
+they are also written in. ``huabu models demo`` and ``make run`` call ``build``."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 # (The engine package first: it quiets the libraries the demos import.)
 from huabu import engine  # noqa: F401, I001
-from huabu.demos import flux, flux2, flux_files, qwen, sd, sd3, sd3_files, xl, zimage
+from huabu.demos import flux, flux2, flux_files, qwen, sd, sd3, sd3_files, upscalers, xl, zimage
 from huabu.demos.sd import DEMO, DEMO_SINGLE, NOTICE
 from huabu.settings import Settings
 
@@ -30,6 +30,7 @@ __all__ = [
     "sd",
     "sd3",
     "sd3_files",
+    "upscalers",
     "xl",
     "zimage",
 ]
@@ -49,4 +50,5 @@ def build(settings: Settings, *, force: bool = False) -> list[Path]:
         + sd3_files.build(models, force=force)
         + zimage.build(models, force=force)
         + qwen.build(models, force=force)
+        + upscalers.build(models, force=force)
     )

@@ -22,7 +22,7 @@ from PIL import Image
 
 from huabu.catalog.families import check_lora, fit
 from huabu.catalog.infotext import infotext
-from huabu.catalog.library import ModelEntry, ModelLibrary, check_families
+from huabu.catalog.library import ModelEntry, ModelLibrary, check_families, check_upscaler
 from huabu.catalog.preprocessors import check as check_preprocessor
 from huabu.catalog.preprocessors import held_annotators, stem
 from huabu.catalog.styles import apply_styles
@@ -41,6 +41,7 @@ from huabu.engine.pipelines import LoadedModel, PipelineCache
 from huabu.engine.previews import LatentPreview, Preview
 from huabu.engine.prompts import Conditioning, condition
 from huabu.engine.samplers import SAMPLERS, Sampler
+from huabu.engine.upscalers import Upscalers
 from huabu.engine.variation import (
     crop_latents,
     tiled,
@@ -80,6 +81,7 @@ class Engine:
         self.library = library or ModelLibrary(settings)
         self.cache = PipelineCache(settings, self.library)
         self.annotators = Annotators(self._annotator_file, self.cache.device)
+        self.upscalers = Upscalers(self.library, self.cache.device)
         quiet_libraries()
         if settings.threads:
             torch.set_num_threads(settings.threads)
@@ -145,6 +147,8 @@ class Engine:
         entry = self.library.find("checkpoints", request.model)
         request = fit(apply_styles(request, self.settings), entry.architecture)
         request = request.checked(self.settings)
+        if request.hires is not None:
+            check_upscaler(self.library, request.hires.upscaler, param="hires.upscaler")
         for index, lora in enumerate(request.loras):
             param = f"loras.{index}.name"
             made_for = self.library.find("loras", lora.name, param=param).architecture
@@ -324,7 +328,7 @@ class Engine:
             if made.latents is not None:
                 source = flow.hires_latents(made.latents[index : index + 1], request, second)
             else:
-                source = flow.hires_source(made.images[index], request, second)
+                source = flow.hires_source(made.images[index], request, second, self.upscalers)
             preview = LatentPreview(sdxl=False, render=flow.previewer(model, one))
             after = _StepHook(
                 step.on_progress,
@@ -703,7 +707,10 @@ class Engine:
         else:
             images = [
                 upscale_image(
-                    self._decode(model, vae, latents[i : i + 1]), hires.upscaler, upscaled
+                    self._decode(model, vae, latents[i : i + 1]),
+                    hires.upscaler,
+                    upscaled,
+                    self.upscalers,
                 )
                 for i in range(len(latents))
             ]

@@ -415,12 +415,14 @@ def hires_latents(latents: torch.Tensor, request: GenerationRequest, second: Gen
     )
 
 
-def hires_source(image: Image.Image, request: GenerationRequest, second: GenerationRequest):
-    """A first-pass image upscaled as the hires fix asks (Lanczos or Nearest), then cut to
-    the second pass's size around its centre."""
+def hires_source(
+    image: Image.Image, request: GenerationRequest, second: GenerationRequest, models: Any = None
+):
+    """A first-pass image upscaled as the hires fix asks (Lanczos, Nearest, or a model
+    upscaler of ``models``), then cut to the second pass's size around its centre."""
     assert request.hires is not None
     upscaled, _ = request.hires.sizes(request.width, request.height)
-    big = upscale_image(image, request.hires.upscaler, upscaled)
+    big = upscale_image(image, request.hires.upscaler, upscaled, models)
     left, top = (big.width - second.width) // 2, (big.height - second.height) // 2
     return big.crop((left, top, left + second.width, top + second.height))
 

@@ -129,8 +129,13 @@ def upscale_latents(latents: torch.Tensor, upscaler: str, size: tuple[int, int])
     return scaled.to(latents.dtype)
 
 
-def upscale_image(image: Image.Image, upscaler: str, size: tuple[int, int]) -> Image.Image:
-    """A decoded image resized to ``size``: Nearest, or Lanczos (also A1111's "None")."""
+def upscale_image(
+    image: Image.Image, upscaler: str, size: tuple[int, int], models: Any = None
+) -> Image.Image:
+    """A decoded image at ``size``: Nearest, Lanczos (also A1111's "None"), or the library's
+    upscaler of that name, run by ``models`` (``upscalers.Upscalers``)."""
+    if upscaler not in ("None", "Lanczos", "Nearest") and models is not None:
+        return models.upscale(upscaler, image, size, param="hires.upscaler")
     resample = Image.Resampling.NEAREST if upscaler == "Nearest" else Image.Resampling.LANCZOS
     return image.resize(size, resample)
 

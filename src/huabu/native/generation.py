@@ -219,10 +219,28 @@ LATENT_UPSCALERS = {
 }
 #: Upscalers that resize the decoded image (A1111's "None" resizes with Lanczos too).
 IMAGE_UPSCALERS = ("None", "Lanczos", "Nearest")
-#: A1111's model-based upscalers: named so a request for one is told what it needs.
-MODEL_UPSCALERS = ("ESRGAN_4x", "R-ESRGAN 4x+", "R-ESRGAN 4x+ Anime6B", "LDSR", "ScuNET",
-                   "ScuNET PSNR", "SwinIR_4x", "DAT x2", "DAT x3", "DAT x4",
-                   "RealESRGAN_x4plus_anime_6B", "RealESRNet_x4plus")  # fmt: skip
+#: A1111's names for the model upscalers it ships, and the file (stem) each reads from
+#: ``models/upscalers/``; any other upscaler there goes by its own file's name.
+A1111_UPSCALERS = {
+    "R-ESRGAN 4x+": "RealESRGAN_x4plus",
+    "R-ESRGAN 4x+ Anime6B": "RealESRGAN_x4plus_anime_6B",
+    "R-ESRGAN General 4xV3": "realesr-general-x4v3",
+    "R-ESRGAN General WDN 4xV3": "realesr-general-wdn-x4v3",
+    "R-ESRGAN AnimeVideo": "realesr-animevideov3",
+    "ESRGAN_4x": "ESRGAN_4x",
+    "SwinIR 4x": "SwinIR_4x",
+    "SwinIR_4x": "SwinIR_4x",
+    "DAT x2": "DAT_x2",
+    "DAT x3": "DAT_x3",
+    "DAT x4": "DAT_x4",
+}
+#: A1111's upscalers that are not super-resolution nets spandrel reads.
+UNSUPPORTED_UPSCALERS = ("LDSR", "ScuNET", "ScuNET GAN", "ScuNET PSNR")
+
+
+def upscaler_file(name: str) -> str:
+    """The library name (file stem) an upscaler's name stands for."""
+    return A1111_UPSCALERS.get(name, name)
 
 
 class HiresFix(BaseModel):
@@ -262,19 +280,15 @@ class HiresFix(BaseModel):
         return (up[0] // 8 * 8, up[1] // 8 * 8), (target[0] // 8 * 8, target[1] // 8 * 8)
 
     def checked_upscaler(self) -> str:
-        if self.upscaler in LATENT_UPSCALERS or self.upscaler in IMAGE_UPSCALERS:
-            return self.upscaler
-        known = ", ".join([*LATENT_UPSCALERS, *IMAGE_UPSCALERS])
-        if self.upscaler in MODEL_UPSCALERS:
+        """The upscaler's name: a latent mode, an image one, or (found in the library when
+        the request is accepted) a model upscaler's."""
+        if self.upscaler in UNSUPPORTED_UPSCALERS:
             raise InvalidRequest(
-                f"hires.upscaler: {self.upscaler!r} needs upscaler weights this server does not "
-                f"have; use one of {known}",
+                f"hires.upscaler: {self.upscaler} is not supported; use a latent mode, "
+                f"{', '.join(IMAGE_UPSCALERS)} or a model upscaler in models/upscalers/",
                 param="hires.upscaler",
             )
-        raise InvalidRequest(
-            f"hires.upscaler: unknown upscaler {self.upscaler!r}; use one of {known}",
-            param="hires.upscaler",
-        )
+        return self.upscaler
 
 
 class Refiner(BaseModel):

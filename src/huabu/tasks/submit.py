@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from huabu import fetch
 from huabu.auth import Principal
 from huabu.catalog.families import check_lora, fit
-from huabu.catalog.library import check_families, private_name
+from huabu.catalog.library import check_families, check_upscaler, private_name
 from huabu.catalog.preprocessors import check as check_preprocessor
 from huabu.catalog.preprocessors import held_annotators
 from huabu.catalog.shared import Catalog
@@ -153,6 +153,8 @@ class TaskSubmitter:
         if request.refiner is not None:
             refiner = self.catalog.find("checkpoints", request.refiner.model, param="refiner.model")
         check_families(model, refiner)
+        if request.hires is not None:
+            check_upscaler(self.catalog, request.hires.upscaler, param="hires.upscaler")
         keys, new = self._resolve_images(owner_id, request, uploads)
         request = request.with_images(keys)
         if request.inpaint is not None:

@@ -52,7 +52,7 @@ from huabu.native import (
     SAMPLER_NAMES,
     GenerationRequest,
 )
-from huabu.native.generation import IMAGE_UPSCALERS, LATENT_UPSCALERS
+from huabu.native.generation import A1111_UPSCALERS, IMAGE_UPSCALERS, LATENT_UPSCALERS
 from huabu.tasks.uploads import NewUploads
 from huabu.web.bodies import SMALL_BODY
 from huabu.web.deps import CurrentUser, ServicesDep
@@ -330,12 +330,21 @@ def sd_vae(user: CurrentUser, services: ServicesDep) -> Response:
     return JSONResponse([{"model_name": e.name, "filename": e.location} for e in entries])
 
 
-@router.get("/upscalers", summary="Upscalers (the built-in image ones)", responses=ok(_LIST))
-def upscalers(user: CurrentUser) -> Response:
+def _model_upscalers(services: Services) -> list[str]:
+    """The fleet's model upscalers, by the names A1111 gives them (its own names for the
+    files it ships: ``RealESRGAN_x4plus`` is "R-ESRGAN 4x+")."""
+    held = services.catalog.names("upscalers")
+    by_file = {file: name for name, file in A1111_UPSCALERS.items()}
+    return [by_file.get(name, name) for name in held]
+
+
+@router.get("/upscalers", summary="Upscalers: built-in, and models/upscalers/", responses=ok(_LIST))
+def upscalers(user: CurrentUser, services: ServicesDep) -> Response:
+    names = [*IMAGE_UPSCALERS, *_model_upscalers(services)]
     return JSONResponse(
         [
             {"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": 4}
-            for name in IMAGE_UPSCALERS
+            for name in names
         ]
     )
 
@@ -350,9 +359,15 @@ def face_restorers(user: CurrentUser) -> Response:
     return JSONResponse([])
 
 
-@router.get("/realesrgan-models", summary="Real-ESRGAN models (none)", responses=ok(_LIST))
-def realesrgan_models(user: CurrentUser) -> Response:
-    return JSONResponse([])
+@router.get("/realesrgan-models", summary="Real-ESRGAN models held", responses=ok(_LIST))
+def realesrgan_models(user: CurrentUser, services: ServicesDep) -> Response:
+    return JSONResponse(
+        [
+            {"name": name, "path": None, "scale": 4}
+            for name in _model_upscalers(services)
+            if name.startswith("R-ESRGAN")
+        ]
+    )
 
 
 @router.get("/hypernetworks", summary="Hypernetworks (none: not supported)", responses=ok(_LIST))
