@@ -95,3 +95,9 @@ def test_an_eta_a_sampler_cannot_take_is_refused_by_name(engine, small):
         assert refused.value.param == "eta"
     # Samplers without noise ignore it, as in A1111.
     assert engine.generate(small(sampler="DPM++ 2M", eta=0.3)).images
+    # A flow family's ancestral sampler runs at eta 1 (webuiapi's default) only.
+    flux = {"model": "demo-flux", "negative_prompt": ""}
+    assert engine.generate(small(sampler="Euler a", eta=1, **flux)).images
+    with pytest.raises(InvalidRequest) as refused:
+        engine.generate(small(sampler="euler a", eta=0, **flux))
+    assert refused.value.param == "eta"

@@ -17,7 +17,14 @@ from typing import Any
 from huabu.catalog.architectures import Architecture
 from huabu.errors import InvalidRequest
 from huabu.native import GenerationRequest
-from huabu.native.generation import IMAGE_UPSCALERS, LATENT_UPSCALERS
+from huabu.native.generation import (
+    ETA_ANY,
+    ETA_OFF,
+    ETA_ONE,
+    IMAGE_UPSCALERS,
+    LATENT_UPSCALERS,
+    SAMPLER_NAMES,
+)
 from huabu.native.prompt_syntax import has_and, is_scheduled
 
 
@@ -114,6 +121,7 @@ FAMILIES = {
 }
 
 #: The fields only the SD families read, and how a refusal names them.
+_SAMPLER_NAMES = {name.lower(): name for name in SAMPLER_NAMES}
 _SD_ONLY = (
     ("controlnets", "SD ControlNet units"),
     ("ip_adapter", "IP-Adapter"),
@@ -212,8 +220,13 @@ def fit(request: GenerationRequest, architecture: Architecture | None) -> Genera
             f"(distilled_guidance) and have no CFG; send 1 or leave it out",
             param="guidance",
         )
-    if request.eta is not None:
-        raise InvalidRequest(f"eta: {family.label} models' samplers take no eta here", param="eta")
+    sampler = _SAMPLER_NAMES.get(request.sampler.strip().lower(), request.sampler)
+    if request.eta not in (None, 1) and sampler in (ETA_ANY | ETA_ONE | set(ETA_OFF)):
+        raise InvalidRequest(
+            f"eta: {family.label} models' {sampler} runs with eta 1 here "
+            "(samplers without noise ignore eta, as in A1111)",
+            param="eta",
+        )
     if request.clip_skip != 1:
         raise InvalidRequest(
             f"clip_skip: {family.label} models do not skip text-encoder layers", param="clip_skip"

@@ -184,35 +184,32 @@ class Progress:
         if now - self.last < PROGRESS_INTERVAL:
             return
         self.last = now
-        values = {"step": step, "total": total, "id": self.task_id, "run": self.run}
-        image = None
+        extra = None
         if (
             preview is not None
             and self.preview_every
             and now - self.last_preview >= (self.preview_every)
         ):
             self.last_preview = now
-            image = preview()
-        try:
-            with self.sessions.begin() as session:
-                session.execute(_NOT_DURABLE)
-                row = session.execute(_PROGRESS, values).one_or_none()
-                if row is None:
-                    self.superseded = True
-                    return
-                self.cancel_requested = bool(row[0])
-                if image is not None:
-                    session.execute(_PREVIEW, values | {"image": image})
-                queue.announce(session, self.task_id, progress=True)
-        except DatabaseUnavailable:
-            pass  # logged where the engine noticed it; written again at the next interval
+            extra = (_PREVIEW, {"image": preview()})
+        # On a database outage: logged where the engine noticed it; written at the next interval.
+        self._write(step, total, extra)
 
     def _keep(self, step: int, total: int, preview: Preview) -> bool:
         """At (or first past) the next of the request's partial-image steps: keep this
-        preview, with the progress; whether it was kept."""
+        preview, with the progress; whether it was kept (else the next step tries again)."""
         steps = partial_steps(self.partials, total)
         if self.kept >= len(steps) or step < steps[self.kept]:
             return False
+        if not self._write(step, total, (_PARTIAL, {"index": self.kept, "image": preview()})):
+            return False
+        self.kept += 1
+        self.last = time.monotonic()
+        return True
+
+    def _write(self, step: int, total: int, extra: tuple[Any, dict[str, Any]] | None) -> bool:
+        """The progress, with ``extra`` (a statement and its values: a preview), in one
+        transaction, and the cancel flag it returns; False while the database is away."""
         values = {"step": step, "total": total, "id": self.task_id, "run": self.run}
         try:
             with self.sessions.begin() as session:
@@ -222,12 +219,11 @@ class Progress:
                     self.superseded = True
                     return True
                 self.cancel_requested = bool(row[0])
-                session.execute(_PARTIAL, values | {"index": self.kept, "image": preview()})
+                if extra is not None:
+                    session.execute(extra[0], values | extra[1])
                 queue.announce(session, self.task_id, progress=True)
         except DatabaseUnavailable:
-            return False  # the next step tries again
-        self.kept += 1
-        self.last = time.monotonic()
+            return False
         return True
 
     def dropped(self) -> bool:
