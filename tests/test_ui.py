@@ -493,6 +493,7 @@ def test_hires_fix_refiner_variation_and_tiling_from_the_form(page, server, acco
     page.get_by_label("Hires fix", exact=True).check()
     page.get_by_label("Upscale by", exact=True).fill("1.5")
     page.get_by_label("Hires steps", exact=True).fill("3")
+    page.locator("#hires-upscaler").select_option("demo-upscaler")  # a model upscaler
     page.get_by_role("combobox", name="Refiner", exact=True).select_option("demo-xl-refiner")
     page.get_by_label("Switch at", exact=True).fill("0.6")
     page.get_by_label("Variation seed", exact=True).fill("7")
@@ -510,6 +511,7 @@ def test_hires_fix_refiner_variation_and_tiling_from_the_form(page, server, acco
     for text in (
         "Hires upscale: 1.5",
         "Hires steps: 3",
+        "Hires upscaler: demo-upscaler",
         "Refiner: demo-xl-refiner",
         "Refiner switch at: 0.6",
         "Variation seed: 7",

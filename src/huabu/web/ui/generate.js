@@ -51,9 +51,18 @@ async function fillChoices() {
   };
   const names = async (kind) => (await entries(kind)).map((m) => m.name);
   const [models, loras, vaes, embeddings, controlnets, adapters, preprocessors, trained, newest,
-    styles] = await Promise.all([entries("checkpoints"), names("loras"), names("vae"),
+    styles, upscalers] = await Promise.all([entries("checkpoints"), names("loras"), names("vae"),
     names("embeddings"), names("controlnet"), names("ipadapter"), api("GET", "/preprocessors"),
-    api("GET", "/trained-models"), api("GET", "/tasks?limit=1"), api("GET", "/styles")]);
+    api("GET", "/trained-models"), api("GET", "/tasks?limit=1"), api("GET", "/styles"),
+    names("upscalers")]);
+  // The library's model upscalers join the hires fix's built-in ones.
+  for (const option of $("hires-upscaler").querySelectorAll("option[data-model]")) option.remove();
+  for (const name of upscalers) {
+    const option = document.createElement("option");
+    option.textContent = name;
+    option.dataset.model = "";
+    $("hires-upscaler").append(option);
+  }
   // The server's prompt styles (styles.csv), each box showing what it adds.
   $("styles").replaceChildren($("styles").firstElementChild, ...styles.map((style) => {
     const label = document.createElement("label");
