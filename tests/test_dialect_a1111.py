@@ -516,7 +516,7 @@ def test_eta_0_makes_euler_a_euler_and_ddim_takes_its_eta(api):
         ({"hr_scheduler": "Karras", "enable_hr": True}, "hr_scheduler"),
     ],
 )
-def test_what_huabu_does_not_do_is_refused_by_name(server, changes, param):
+def test_what_huabu_does_not_do_is_refused_by_name(server, api, changes, param):
     answer = requests.post(
         server.url + "/sdapi/v1/txt2img",
         json=A1111_TEST_BODY | changes,
@@ -587,3 +587,35 @@ def test_the_routes_clients_call_on_connect(server, api):
     assert interrogate.status_code == 404
     assert "no interrogator is installed" in interrogate.json()["detail"]
     assert {"error", "detail"} <= set(interrogate.json())
+
+
+def test_img2img_with_the_sd_upscale_script(server, api):
+    """script_name "SD upscale" with A1111's script_args [info, overlap, upscaler index,
+    scale]: a 64² input comes back 128², redrawn tile by tile."""
+    square = io.BytesIO()
+    Image.new("RGB", (64, 64), (40, 120, 200)).save(square, format="PNG")
+    body = {
+        "init_images": [base64.b64encode(square.getvalue()).decode()],
+        "prompt": "a fox",
+        "denoising_strength": 0.5,
+        "script_name": "SD upscale",
+        "script_args": ["", 32, 1, 2],  # 1: Lanczos in /sdapi/v1/upscalers
+        **SMALL,
+    }
+    auth = ("webui@example.com", "password123")
+    answer = requests.post(server.url + "/sdapi/v1/img2img", json=body, auth=auth)
+    assert answer.status_code == 200, answer.text
+    (image,) = [Image.open(io.BytesIO(base64.b64decode(b))) for b in answer.json()["images"]]
+    assert image.size == (128, 128)
+    info = json.loads(answer.json()["info"])
+    assert "SD upscale overlap: 32, SD upscale upscaler: Lanczos" in info["infotexts"][0]
+    bad = requests.post(
+        server.url + "/sdapi/v1/img2img", json=body | {"script_args": ["", 32, 99, 2]}, auth=auth
+    )
+    assert bad.status_code == 400 and bad.json()["param"] == "script_args"
+    on_txt2img = requests.post(
+        server.url + "/sdapi/v1/txt2img",
+        json={"prompt": "a fox", "script_name": "SD upscale", **SMALL},
+        auth=auth,
+    )
+    assert on_txt2img.status_code == 400 and on_txt2img.json()["param"] == "script_name"

@@ -123,6 +123,7 @@ FAMILIES = {
 #: The fields only the SD families read, and how a refusal names them.
 _SAMPLER_NAMES = {name.lower(): name for name in SAMPLER_NAMES}
 _SD_ONLY = (
+    ("sd_upscale", "SD upscale script"),
     ("controlnets", "SD ControlNet units"),
     ("ip_adapter", "IP-Adapter"),
     ("refiner", "SDXL refiner"),

@@ -64,6 +64,9 @@ def infotext(request: GenerationRequest, seed: int, *, model_hash: str | None = 
         if hires.steps:
             fields.append(("Hires steps", str(hires.steps)))
         fields.append(("Hires upscaler", hires.upscaler))
+    if request.sd_upscale is not None:  # A1111's script writes these two
+        fields.append(("SD upscale overlap", str(request.sd_upscale.overlap)))
+        fields.append(("SD upscale upscaler", request.sd_upscale.upscaler))
     if request.refiner is not None:
         fields.append(("Refiner", request.refiner.model))
         fields.append(("Refiner switch at", _number(request.refiner.switch_at)))

@@ -34,6 +34,7 @@ from huabu.engine import (
     ksampling,
     prompt_hooks,
     quiet_libraries,
+    sd_upscale,
 )
 from huabu.engine.annotators import Annotators
 from huabu.engine.denoiser import Control, Denoiser, RefinerSwitch, noise_sampler
@@ -102,6 +103,8 @@ class Engine:
         ``request.inpaint``."""
         started = time.perf_counter()
         entry, request = self._fitted(request)
+        if request.sd_upscale is not None:  # tile by tile, each a request of its own
+            return sd_upscale.run(self, request, init_image, on_progress, should_cancel)
         refiner_entry = None
         if request.refiner is not None:
             refiner_entry = self.library.find(
@@ -149,6 +152,8 @@ class Engine:
         request = request.checked(self.settings)
         if request.hires is not None:
             check_upscaler(self.library, request.hires.upscaler, param="hires.upscaler")
+        if request.sd_upscale is not None:
+            check_upscaler(self.library, request.sd_upscale.upscaler, param="sd_upscale.upscaler")
         for index, lora in enumerate(request.loras):
             param = f"loras.{index}.name"
             made_for = self.library.find("loras", lora.name, param=param).architecture

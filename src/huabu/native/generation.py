@@ -243,6 +243,25 @@ def upscaler_file(name: str) -> str:
     return A1111_UPSCALERS.get(name, name)
 
 
+class SdUpscale(BaseModel):
+    """A1111's "SD upscale" script (image-to-image only): the init image upscaled by
+    ``scale`` with ``upscaler`` ("None": kept as it is), cut into tiles of the request's size
+    overlapping by ``overlap`` pixels, each tile redrawn as image-to-image, and the tiles
+    blended back. ``batch_size`` is A1111's: how its seeds advance from tile to tile."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    upscaler: Name = "None"
+    scale: float = Field(default=2.0, ge=1, le=4)
+    overlap: int = Field(default=64, ge=0, le=256)
+    batch_size: int = Field(default=1, ge=1, le=8)
+
+    def tile_seed(self, seed: int, tile: int) -> int:
+        """The seed of tile ``tile`` of an image whose seed is ``seed``: A1111 runs the tiles
+        in batches of ``batch_size`` from seed + (batch number) up."""
+        return seed + tile // self.batch_size + tile % self.batch_size
+
+
 class HiresFix(BaseModel):
     """A1111's hires fix: generate at the request's size, upscale (in latent space, or the
     decoded image), then refine at the new size as image-to-image with ``strength``."""
@@ -407,6 +426,8 @@ class GenerationRequest(BaseModel):
     #: Circular padding everywhere: an image that tiles.
     tiling: bool = False
     hires: HiresFix | None = None
+    #: A1111's "SD upscale" script, on an image-to-image request.
+    sd_upscale: SdUpscale | None = None
     refiner: Refiner | None = None
     #: Live previews to keep at steps spread evenly over the task's (OpenAI's streamed
     #: partial images): read from its events while it runs (``partial_steps``).
@@ -490,6 +511,21 @@ class GenerationRequest(BaseModel):
                 )
         if self.hires is not None:
             self._check_hires(self.hires, settings)
+        if self.sd_upscale is not None:
+            if self.init_image is None:
+                raise InvalidRequest("sd_upscale: it upscales an init_image", param="sd_upscale")
+            for name in ("inpaint", "controlnets", "ip_adapter", "refiner"):
+                if getattr(self, name):
+                    raise InvalidRequest(
+                        f"sd_upscale: it redraws tiles as plain image-to-image; {name} is not "
+                        "taken with it",
+                        param=name,
+                    )
+            if self.sd_upscale.upscaler in (*UNSUPPORTED_UPSCALERS, *LATENT_UPSCALERS):
+                raise InvalidRequest(
+                    f"sd_upscale.upscaler: {self.sd_upscale.upscaler} is not supported",
+                    param="sd_upscale.upscaler",
+                )
         if self.refiner is not None and self.refiner.model == self.model:
             raise InvalidRequest(
                 "refiner.model: the refiner must be another checkpoint than model",
@@ -598,6 +634,7 @@ class GenerationRequest(BaseModel):
             or is_scheduled(self.negative_prompt)
             or is_composed(self.prompt)
             or self.partial_images
+            or self.sd_upscale is not None
         ):
             return None
         try:

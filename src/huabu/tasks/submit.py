@@ -155,6 +155,8 @@ class TaskSubmitter:
         check_families(model, refiner)
         if request.hires is not None:
             check_upscaler(self.catalog, request.hires.upscaler, param="hires.upscaler")
+        if request.sd_upscale is not None:
+            check_upscaler(self.catalog, request.sd_upscale.upscaler, param="sd_upscale.upscaler")
         keys, new = self._resolve_images(owner_id, request, uploads)
         request = request.with_images(keys)
         if request.inpaint is not None:

@@ -135,6 +135,7 @@ async def _generate(
             controlnets=units,
             options=options,
             settings=services.settings,
+            upscalers=await run_in_threadpool(_upscaler_names, services),
         )
         # A1111 answers an interrupted call with what it has: here, no images.
         record = await submit_and_wait(
@@ -338,9 +339,14 @@ def _model_upscalers(services: Services) -> list[str]:
     return [by_file.get(name, name) for name in held]
 
 
+def _upscaler_names(services: Services) -> list[str]:
+    """A1111's list of upscalers (``sd_upscalers``), in order: scripts pick them by index."""
+    return [*IMAGE_UPSCALERS, *_model_upscalers(services)]
+
+
 @router.get("/upscalers", summary="Upscalers: built-in, and models/upscalers/", responses=ok(_LIST))
 def upscalers(user: CurrentUser, services: ServicesDep) -> Response:
-    names = [*IMAGE_UPSCALERS, *_model_upscalers(services)]
+    names = _upscaler_names(services)
     return JSONResponse(
         [
             {"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": 4}

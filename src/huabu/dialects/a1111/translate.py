@@ -173,11 +173,14 @@ def to_native(
     controlnets: list[tuple[int, ControlNetArg, uuid.UUID]],
     options: dict[str, Any],
     settings: Settings,
+    upscalers: list[str] | None = None,
 ) -> GenerationRequest:
     """Pure translation. ``init_image``, ``mask`` and each unit's third item are upload ids;
-    ``options`` are the caller's saved options (``override_settings`` win over them)."""
+    ``options`` are the caller's saved options (``override_settings`` win over them);
+    ``upscalers`` is A1111's list of them, which scripts index."""
     check_fields(body)
-    images = body.batch_size * body.n_iter
+    script = sd_upscale(body, upscalers or [])
+    images = body.n_iter if script else body.batch_size * body.n_iter
     if images > settings.max_images:
         raise InvalidRequest(
             f"batch_size × n_iter must be at most {settings.max_images}, got {images}",
@@ -214,6 +217,7 @@ def to_native(
         "tiling": body.tiling,
         "hires": hires(body, sampler(body)) if init_image is None else None,
         "refiner": refiner(body, overrides),
+        "sd_upscale": script,
         "clip_skip": overrides.get("CLIP_stop_at_last_layers") or 1,
         "vae": model_name(str(vae)) if vae else None,
         "loras": loras,
@@ -279,10 +283,13 @@ def check_fields(body: Txt2ImgIn) -> None:
         raise InvalidRequest(
             "restore_faces: face restoration is not available on this server", param="restore_faces"
         )
-    if body.script_name and body.script_name.strip().lower() not in ("", "none"):
+    script = (body.script_name or "").strip().lower()
+    if script not in ("", "none", "sd upscale") or (
+        script == "sd upscale" and not isinstance(body, Img2ImgIn)
+    ):
         raise InvalidRequest(
-            f"script_name: unknown script {body.script_name!r}; this server runs no scripts "
-            "(ControlNet is built in: alwayson_scripts.controlnet)",
+            f'script_name: unknown script {body.script_name!r}; this server runs "SD upscale" '
+            "(img2img) and no other (ControlNet is built in: alwayson_scripts.controlnet)",
             param="script_name",
         )
     if body.seed_resize_from_h > 0 and body.seed_resize_from_w > 0:
@@ -299,6 +306,31 @@ def check_fields(body: Txt2ImgIn) -> None:
             "mask_blur_x: the mask is blurred alike in both directions (mask_blur)",
             param="mask_blur_x",
         )
+
+
+def sd_upscale(body: Txt2ImgIn, upscalers: list[str]) -> dict[str, Any] | None:
+    """The native ``sd_upscale`` of an img2img body running A1111's "SD upscale" script:
+    ``script_args`` are ``[info, overlap, upscaler index, scale factor]`` as A1111 takes them
+    (missing ones at its defaults: 64, 0, 2), the index into A1111's upscaler list."""
+    if (body.script_name or "").strip().lower() != "sd upscale":
+        return None
+    args = list(body.script_args) + [None] * (4 - len(body.script_args))
+    _, overlap, index, scale = args[:4]
+    overlap = 64 if overlap is None else overlap
+    index = 0 if index is None else index
+    scale = 2 if scale is None else scale
+    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(upscalers):
+        raise InvalidRequest(
+            f"script_args[2]: the upscaler's index in /sdapi/v1/upscalers (0 to "
+            f"{len(upscalers) - 1}), got {index!r}",
+            param="script_args",
+        )
+    return {
+        "upscaler": upscalers[index],
+        "overlap": overlap,
+        "scale": scale,
+        "batch_size": body.batch_size,
+    }
 
 
 def refiner(body: Txt2ImgIn, overrides: dict[str, Any]) -> dict[str, Any] | None:
@@ -353,7 +385,10 @@ _NATIVE_NAMES = {"model": "override_settings.sd_model_checkpoint", "guidance": "
                  "hires.strength": "denoising_strength", "refiner": "refiner_checkpoint",
                  "refiner.model": "refiner_checkpoint",
                  "refiner.switch_at": "refiner_switch_at",
-                 "refiner.hires_pass": "override_settings.hires_fix_refiner_pass"}  # fmt: skip
+                 "refiner.hires_pass": "override_settings.hires_fix_refiner_pass",
+                 "sd_upscale": "script_args", "sd_upscale.scale": "script_args",
+                 "sd_upscale.overlap": "script_args",
+                 "sd_upscale.upscaler": "script_args"}  # fmt: skip
 
 
 _INPAINT_NAMES = {"blur": "mask_blur", "padding": "inpaint_full_res_padding"}
