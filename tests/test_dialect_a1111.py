@@ -613,6 +613,11 @@ def test_img2img_with_the_sd_upscale_script(server, api):
         server.url + "/sdapi/v1/img2img", json=body | {"script_args": ["", 32, 99, 2]}, auth=auth
     )
     assert bad.status_code == 400 and bad.json()["param"] == "script_args"
+    # Refused when accepted, not after waiting: "None" keeps 64², smaller than a 128² tile.
+    small_tiles = body | {"script_args": ["", 32, 0, 2], "width": 128, "height": 128}
+    too_small = requests.post(server.url + "/sdapi/v1/img2img", json=small_tiles, auth=auth)
+    assert too_small.status_code == 400 and too_small.json()["param"] == "script_args"
+    assert "smaller than a tile" in too_small.json()["detail"]
     on_txt2img = requests.post(
         server.url + "/sdapi/v1/txt2img",
         json={"prompt": "a fox", "script_name": "SD upscale", **SMALL},

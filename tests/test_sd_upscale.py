@@ -7,7 +7,6 @@ import pytest
 from PIL import Image
 
 from helpers import REF, max_difference, pixels
-from huabu.engine.sd_upscale import positions
 from huabu.errors import InvalidRequest
 from huabu.native.generation import SdUpscale
 
@@ -27,7 +26,8 @@ def _source() -> Image.Image:
     ],
 )
 def test_tiles_are_placed_as_a1111_places_them(length, tile, overlap, expected):
-    assert positions(length, tile, overlap) == expected
+    across, down = SdUpscale(overlap=overlap).tiles((length, length), (tile, tile))
+    assert across == down == expected
 
 
 def test_tile_seeds_advance_as_a1111s_batches_do():

@@ -5,7 +5,6 @@ with the edge) and seeded as it seeds them (``SdUpscale.tile_seed``)."""
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -17,13 +16,6 @@ from huabu.catalog.infotext import infotext
 from huabu.engine.variation import upscale_image
 from huabu.errors import InvalidRequest
 from huabu.native import GenerationRequest, GenerationResult, Timings
-
-
-def positions(length: int, tile: int, overlap: int) -> list[int]:
-    """Where the tiles start along one side of ``length`` pixels."""
-    count = max(math.ceil((length - overlap) / (tile - overlap)), 1)
-    step = (length - tile) / (count - 1) if count > 1 else 0
-    return [min(int(i * step), length - tile) for i in range(count)]
 
 
 def _ramp(overlap: int, size: int, *, across: bool) -> Image.Image:
@@ -80,7 +72,7 @@ def run(
         raise InvalidRequest("init_image could not be read", param="init_image")
     source = init_image.convert("RGB")
     if options.upscaler != "None":
-        size = (int(source.width * options.scale), int(source.height * options.scale))
+        size = options.upscaled(source.width, source.height)
         source = upscale_image(source, options.upscaler, size, engine.upscalers)
     tile_w, tile_h = request.width, request.height
     if source.width < tile_w or source.height < tile_h:
@@ -94,8 +86,7 @@ def run(
             f"sd_upscale.overlap must be below the tile's width and height ({tile_w}x{tile_h})",
             param="sd_upscale.overlap",
         )
-    xs = positions(source.width, tile_w, options.overlap)
-    ys = positions(source.height, tile_h, options.overlap)
+    xs, ys = options.tiles(source.size, (tile_w, tile_h))
     count = len(xs) * len(ys)
     images: list[Image.Image] = []
     timings: list[Timings] = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import secrets
 import uuid
@@ -243,6 +244,12 @@ def upscaler_file(name: str) -> str:
     return A1111_UPSCALERS.get(name, name)
 
 
+def _tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    count = max(math.ceil((length - overlap) / (tile - overlap)), 1)
+    step = (length - tile) / (count - 1) if count > 1 else 0
+    return [min(int(i * step), length - tile) for i in range(count)]
+
+
 class SdUpscale(BaseModel):
     """A1111's "SD upscale" script (image-to-image only): the init image upscaled by
     ``scale`` with ``upscaler`` ("None": kept as it is), cut into tiles of the request's size
@@ -255,6 +262,19 @@ class SdUpscale(BaseModel):
     scale: float = Field(default=2.0, ge=1, le=4)
     overlap: int = Field(default=64, ge=0, le=256)
     batch_size: int = Field(default=1, ge=1, le=8)
+
+    def upscaled(self, width: int, height: int) -> tuple[int, int]:
+        """The size an init image of ``width``×``height`` is upscaled to."""
+        if self.upscaler == "None":
+            return width, height
+        return int(width * self.scale), int(height * self.scale)
+
+    def tiles(self, size: tuple[int, int], tile: tuple[int, int]) -> tuple[list[int], list[int]]:
+        """Where the tiles of ``tile`` size start across and down an image of ``size``, as
+        A1111 places them: spread evenly, the last flush with the edge."""
+        across = _tile_starts(size[0], tile[0], self.overlap)
+        down = _tile_starts(size[1], tile[1], self.overlap)
+        return across, down
 
     def tile_seed(self, seed: int, tile: int) -> int:
         """The seed of tile ``tile`` of an image whose seed is ``seed``: A1111 runs the tiles

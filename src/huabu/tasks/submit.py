@@ -158,6 +158,7 @@ class TaskSubmitter:
         if request.sd_upscale is not None:
             check_upscaler(self.catalog, request.sd_upscale.upscaler, param="sd_upscale.upscaler")
         keys, new = self._resolve_images(owner_id, request, uploads)
+        work = work_units(request) * self._tile_count(owner_id, request, new)
         request = request.with_images(keys)
         if request.inpaint is not None:
             self._check_mask(request, new)
@@ -168,7 +169,7 @@ class TaskSubmitter:
             model=request.model,
             request=request.model_dump(mode="json"),
             total=request.steps + hires_steps(request),
-            work=work_units(request),
+            work=work,
             new_uploads=list(new.values()),
             batch_key=request.batch_key(),
             priority=level,
@@ -196,6 +197,34 @@ class TaskSubmitter:
                 raise InvalidRequest(f"{field}: no upload {ref.upload}", param=field)
             keys[field] = ImageRef.stored(found.key)
         return keys, new
+
+    def _tile_count(
+        self, owner_id: uuid.UUID, request: GenerationRequest, new: dict[uuid.UUID, CheckedImage]
+    ) -> int:
+        """How many image-to-image tiles an SD upscale request runs (1 for any other), or
+        InvalidRequest when its upscaled image is smaller than a tile."""
+        options = request.sd_upscale
+        if options is None or request.init_image is None or request.init_image.upload is None:
+            return 1
+        image = new.get(request.init_image.upload) or self.uploads.find(
+            owner_id, request.init_image.upload
+        )
+        if image is None:
+            return 1
+        size = options.upscaled(image.width, image.height)
+        if size[0] < request.width or size[1] < request.height:
+            raise InvalidRequest(
+                f"sd_upscale: the upscaled image ({size[0]}x{size[1]}) is smaller than a tile "
+                f"(width × height: {request.width}x{request.height}); raise sd_upscale.scale",
+                param="sd_upscale.scale",
+            )
+        if options.overlap >= min(request.width, request.height):
+            raise InvalidRequest(
+                "sd_upscale.overlap must be below the tile's width and height",
+                param="sd_upscale.overlap",
+            )
+        across, down = options.tiles(size, (request.width, request.height))
+        return len(across) * len(down)
 
     def _check_mask(self, request: GenerationRequest, new: dict[uuid.UUID, CheckedImage]) -> None:
         """A mask that repaints nothing is refused now, not after the task has waited."""
