@@ -23,7 +23,7 @@ from huabu.native.generation import (
     ETA_ONE,
     IMAGE_UPSCALERS,
     LATENT_UPSCALERS,
-    SAMPLER_NAMES,
+    canonical_sampler,
 )
 from huabu.native.prompt_syntax import has_and, is_scheduled
 
@@ -121,7 +121,6 @@ FAMILIES = {
 }
 
 #: The fields only the SD families read, and how a refusal names them.
-_SAMPLER_NAMES = {name.lower(): name for name in SAMPLER_NAMES}
 _SD_ONLY = (
     ("sd_upscale", "SD upscale script"),
     ("controlnets", "SD ControlNet units"),
@@ -221,7 +220,10 @@ def fit(request: GenerationRequest, architecture: Architecture | None) -> Genera
             f"(distilled_guidance) and have no CFG; send 1 or leave it out",
             param="guidance",
         )
-    sampler = _SAMPLER_NAMES.get(request.sampler.strip().lower(), request.sampler)
+    try:
+        sampler = canonical_sampler(request.sampler)
+    except InvalidRequest:
+        sampler = request.sampler  # unknown: refused by name further on
     if request.eta not in (None, 1) and sampler in (ETA_ANY | ETA_ONE | set(ETA_OFF)):
         raise InvalidRequest(
             f"eta: {family.label} models' {sampler} runs with eta 1 here "

@@ -288,7 +288,7 @@ class Engine:
         """A shared run's images, in order, as each member's result (by its index)."""
         produced = iter(images)
         return {
-            index: self._result(
+            index: self.result(
                 request, model, [next(produced) for _ in range(request.n_images)], timings
             )
             for index, request in zip(group, members, strict=True)
@@ -314,7 +314,7 @@ class Engine:
             decode=0.0,  # inside the pipeline's call, counted in sample
             total=time.perf_counter() - started,
         )
-        return self._result(request, model, made.images, timings)
+        return self.result(request, model, made.images, timings)
 
     def _flow_hires(self, model, request: GenerationRequest, step: _StepHook) -> flow.Sampled:
         """A1111's hires fix on a flow family: the first pass's latents upscaled (the latent
@@ -407,9 +407,10 @@ class Engine:
             decode=finished - sampled.sampled,
             total=finished - started,
         )
-        return self._result(request, model, sampled.images, timings)
+        return self.result(request, model, sampled.images, timings)
 
-    def _result(self, request, model, images, timings: Timings) -> GenerationResult:
+    def result(self, request, model, images, timings: Timings) -> GenerationResult:
+        """The images of ``request`` made with ``model``, with their seeds and infotexts."""
         seeds = request.image_seeds()
         return GenerationResult(
             request=request,

@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from huabu.catalog.infotext import infotext
 from huabu.engine.variation import upscale_image
 from huabu.errors import InvalidRequest
 from huabu.native import GenerationRequest, GenerationResult, Timings
@@ -75,17 +74,6 @@ def run(
         size = options.upscaled(source.width, source.height)
         source = upscale_image(source, options.upscaler, size, engine.upscalers)
     tile_w, tile_h = request.width, request.height
-    if source.width < tile_w or source.height < tile_h:
-        raise InvalidRequest(
-            f"sd_upscale: the upscaled image ({source.width}x{source.height}) is smaller than a "
-            f"tile (width × height: {tile_w}x{tile_h}); raise sd_upscale.scale",
-            param="sd_upscale.scale",
-        )
-    if options.overlap >= min(tile_w, tile_h):
-        raise InvalidRequest(
-            f"sd_upscale.overlap must be below the tile's width and height ({tile_w}x{tile_h})",
-            param="sd_upscale.overlap",
-        )
     xs, ys = options.tiles(source.size, (tile_w, tile_h))
     count = len(xs) * len(ys)
     images: list[Image.Image] = []
@@ -119,8 +107,6 @@ def run(
                 timings.append(result.timings)
             rows.append(line)
         images.append(combine(rows, xs, ys, source.size, options.overlap))
-    with engine.cache.lease(request.model) as model:
-        model_hash = model.model_hash
     summed = Timings(
         load=sum(t.load for t in timings),
         prompt=sum(t.prompt for t in timings),
@@ -128,11 +114,5 @@ def run(
         decode=sum(t.decode for t in timings),
         total=time.perf_counter() - started,
     )
-    seeds = request.image_seeds()
-    return GenerationResult(
-        request=request,
-        images=images,
-        seeds=seeds,
-        timings=summed,
-        infotexts=[infotext(request, s, model_hash=model_hash) for s in seeds],
-    )
+    with engine.cache.lease(request.model) as model:
+        return engine.result(request, model, images, summed)

@@ -270,8 +270,21 @@ class SdUpscale(BaseModel):
         return int(width * self.scale), int(height * self.scale)
 
     def tiles(self, size: tuple[int, int], tile: tuple[int, int]) -> tuple[list[int], list[int]]:
-        """Where the tiles of ``tile`` size start across and down an image of ``size``, as
-        A1111 places them: spread evenly, the last flush with the edge."""
+        """Where the tiles of ``tile`` size start across and down an (upscaled) image of
+        ``size``, as A1111 places them: spread evenly, the last flush with the edge; or
+        InvalidRequest when the image is smaller than a tile, or the overlap not below it."""
+        if size[0] < tile[0] or size[1] < tile[1]:
+            raise InvalidRequest(
+                f"sd_upscale: the upscaled image ({size[0]}x{size[1]}) is smaller than a tile "
+                f"(width × height: {tile[0]}x{tile[1]}); raise sd_upscale.scale",
+                param="sd_upscale.scale",
+            )
+        if self.overlap >= min(tile):
+            raise InvalidRequest(
+                f"sd_upscale.overlap must be below the tile's width and height "
+                f"({tile[0]}x{tile[1]})",
+                param="sd_upscale.overlap",
+            )
         across = _tile_starts(size[0], tile[0], self.overlap)
         down = _tile_starts(size[1], tile[1], self.overlap)
         return across, down

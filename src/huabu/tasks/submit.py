@@ -202,7 +202,7 @@ class TaskSubmitter:
         self, owner_id: uuid.UUID, request: GenerationRequest, new: dict[uuid.UUID, CheckedImage]
     ) -> int:
         """How many image-to-image tiles an SD upscale request runs (1 for any other), or
-        InvalidRequest when its upscaled image is smaller than a tile."""
+        InvalidRequest when it cannot tile (``SdUpscale.tiles``)."""
         options = request.sd_upscale
         if options is None or request.init_image is None or request.init_image.upload is None:
             return 1
@@ -212,17 +212,6 @@ class TaskSubmitter:
         if image is None:
             return 1
         size = options.upscaled(image.width, image.height)
-        if size[0] < request.width or size[1] < request.height:
-            raise InvalidRequest(
-                f"sd_upscale: the upscaled image ({size[0]}x{size[1]}) is smaller than a tile "
-                f"(width × height: {request.width}x{request.height}); raise sd_upscale.scale",
-                param="sd_upscale.scale",
-            )
-        if options.overlap >= min(request.width, request.height):
-            raise InvalidRequest(
-                "sd_upscale.overlap must be below the tile's width and height",
-                param="sd_upscale.overlap",
-            )
         across, down = options.tiles(size, (request.width, request.height))
         return len(across) * len(down)
 

@@ -18,6 +18,7 @@ from fastapi.responses import StreamingResponse
 from PIL import Image
 
 from huabu.auth import Principal
+from huabu.catalog.infotext import encode_image
 from huabu.dialects.openai.translate import usage
 from huabu.native import GenerationRequest
 from huabu.tasks.uploads import NewUploads
@@ -35,11 +36,8 @@ def _encoded(png: bytes, request: GenerationRequest) -> str:
     """A kept preview as the request's image: its size and format, base64."""
     image = Image.open(io.BytesIO(png)).convert("RGB")
     image = image.resize((request.width, request.height), Image.Resampling.LANCZOS)
-    buffer = io.BytesIO()
-    quality = 92 if request.output_quality is None else request.output_quality
-    options = {} if request.output_format == "png" else {"quality": quality}
-    image.save(buffer, format=request.output_format.upper(), **options)
-    return base64.b64encode(buffer.getvalue()).decode()
+    data = encode_image(image, request.output_format, "", request.output_quality)
+    return base64.b64encode(data).decode()
 
 
 async def stream_images(
